@@ -1,0 +1,1 @@
+"""Bridges to the outside: TensorBoard, torch.distributed, torch LR schedulers, sweep engines."""

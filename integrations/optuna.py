@@ -1,0 +1,382 @@
+"""Optuna: report the forecast final loss of each trial, and prune trials whose forecast cannot win.
+
+Two pieces, usable separately:
+
+- :class:`OptunaForecastReporter` is the ``on_forecast`` hook given to ``LossForecast`` (Lightning) or
+  ``HFLossForecast`` (HF Trainer). At each refit it stores the trial's latest forecast (mean, std, fit status)
+  in the trial's user attributes and, each time the run crosses a point of a progress grid, calls
+  ``trial.report(forecast_final_loss, step=progress_per_mille)``. The grid is in per mille of the trial's own
+  total steps, so it is the same across trials even when their lengths differ, and any Optuna pruner can
+  compare trials rung by rung. It returns True when the trial should stop; the callback then stops training
+  gracefully and the objective calls :meth:`OptunaForecastReporter.raise_if_pruned` after ``fit``.
+- :class:`ForecastPruner` is a pruner that applies :func:`scaleforecast.decision.decide_stop` to the trial's
+  latest forecast against the best of the study's *other* trials (completed values, and running trials'
+  confident forecasts): the study, wherever its storage lives (in memory, SQLite, any RDB URL shared by many
+  machines), is the sweep registry. :class:`OptunaRegistry` exposes the study as a
+  :class:`scaleforecast.registry.RunRegistry`.
+
+With the callbacks, pass the reporter as a health check: ``LossForecast(health=[reporter])`` (it implements
+:class:`scaleforecast.monitor.HealthCheck`); a pruning decision becomes a critical ``early_stop`` event, which
+stops training gracefully on every rank. The objective should return the same quantity that is forecast (the final training loss, e.g.
+``reporter.final_loss``), so that completed trials and forecasts are comparable. Under DDP the reporter talks
+to Optuna on global rank 0 only and broadcasts the decision (one ``torch.distributed`` collective per refit);
+an ``optuna_integration.TorchDistributedTrial`` is also accepted, in which case every rank calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial, TrialState
+
+from scaleforecast.decision import decide_stop, sweep_reference, widen_forecast
+from scaleforecast.events import Event
+from scaleforecast.registry import RunRecord, RunRegistry, RunState
+from scaleforecast.results import FitStatus, Forecast, ForecastPoint
+
+__all__ = [
+    "FORECAST_ATTR",
+    "ForecastPruner",
+    "OptunaForecastReporter",
+    "OptunaRegistry",
+    "forecast_from_attrs",
+]
+
+log = logging.getLogger(__name__)
+
+FORECAST_ATTR = "scaleforecast.forecast"
+"""User-attribute key holding a trial's latest forecast: ``{step, total_steps, loss, std, status, time}``."""
+
+GRID_SCALE = 1000
+"""Reported steps are in per mille of the trial's total steps."""
+
+
+def forecast_from_attrs(attrs: dict[str, Any]) -> Forecast | None:
+    """Rebuild a one-point :class:`Forecast` (the final step) from a trial's :data:`FORECAST_ATTR` entry."""
+    try:
+        loss, std = float(attrs["loss"]), float(attrs["std"])
+        final_step = int(attrs["total_steps"])
+        status = FitStatus(attrs["status"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (math.isfinite(loss) and math.isfinite(std)):
+        return None
+    point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=max(std, 0.0))
+    return Forecast(
+        law=str(attrs.get("law", "tissue")),
+        level=0.8,
+        fitted_at_step=int(attrs.get("step", 0)),
+        final_step=final_step,
+        points=[point],
+        params=None,
+        n_points=int(attrs.get("n_points", 0)),
+        status=status,
+    )
+
+
+def _trial_record(t: FrozenTrial, sweep: str) -> RunRecord:
+    attrs = t.user_attrs.get(FORECAST_ATTR) or {}
+    base: dict[str, Any] = {
+        "sweep": sweep,
+        "run_id": str(t.number),
+        "step": int(attrs.get("step", 0)),
+        "total_steps": attrs.get("total_steps"),
+        "loss": attrs.get("loss"),
+        "std": attrs.get("std"),
+        "status": attrs.get("status"),
+        "updated": float(attrs.get("time", 0.0)),
+    }
+    if t.state == TrialState.COMPLETE:
+        value = t.value if t.values is not None and len(t.values) == 1 else None
+        final = float(value) if value is not None and math.isfinite(value) else None
+        return RunRecord(**base, state=RunState.FINISHED, final_loss=final)
+    if t.state in (TrialState.RUNNING, TrialState.WAITING):
+        return RunRecord(**base, state=RunState.RUNNING)
+    return RunRecord(**base, state=RunState.STOPPED)
+
+
+class OptunaRegistry(RunRegistry):
+    """A study seen as a :class:`RunRegistry`: one run per trial (``run_id`` = trial number as a string).
+
+    Completed trials are ``finished`` with their objective value as final loss; running trials carry their
+    latest forecast from the :data:`FORECAST_ATTR` user attribute; pruned and failed trials are ``stopped``.
+    Writes go through the study's storage, so an RDB storage makes this a multi-machine registry. Only
+    single-objective, minimising studies are supported.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MINIMIZE:
+            raise ValueError("OptunaRegistry needs a single-objective study with direction='minimize'")
+        self.study = study
+        self.sweep = study.study_name
+
+    def _trial_id(self, run_id: str) -> int:
+        number = int(run_id)
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == number:
+                return t._trial_id
+        raise KeyError(f"no trial number {number} in study {self.sweep!r}")
+
+    def report_forecast(
+        self,
+        run_id: str,
+        *,
+        step: int,
+        loss: float,
+        std: float,
+        status: str,
+        total_steps: int | None = None,
+    ) -> None:
+        """Store the forecast in the trial's :data:`FORECAST_ATTR` user attribute."""
+        attrs = _attrs(step, total_steps, loss, std, str(getattr(status, "value", status)))
+        self.study._storage.set_trial_user_attr(self._trial_id(run_id), FORECAST_ATTR, attrs)
+
+    def report_final(
+        self, run_id: str, final_loss: float | None, *, state: RunState = RunState.FINISHED
+    ) -> None:
+        """Not supported: a trial's end state and value are set by Optuna when the objective returns."""
+        raise NotImplementedError("Optuna records a trial's final value when its objective returns")
+
+    def records(self) -> list[RunRecord]:
+        """One record per trial of the study."""
+        return [_trial_record(t, self.sweep) for t in self.study.get_trials(deepcopy=False)]
+
+
+def _attrs(step: int, total_steps: int | None, loss: float, std: float, status: str) -> dict[str, Any]:
+    return {
+        "step": int(step),
+        "total_steps": int(total_steps) if total_steps is not None else None,
+        "loss": float(loss),
+        "std": float(std),
+        "status": status,
+        "time": time.time(),
+    }
+
+
+class ForecastPruner(BasePruner):
+    """Prune a trial when ``P(its final loss >= reference) >= confidence`` (see
+    :func:`scaleforecast.decision.decide_stop`), from its latest forecast.
+
+    ``reference`` is :func:`scaleforecast.decision.sweep_reference` over the study's other trials: the best
+    completed value, or a running trial's forecast at its upper ``quantile`` (a confident forecast), or
+    ``target`` if lower. Grace: no pruning before ``max(min_steps, min_fraction * total_steps)`` of the trial's
+    own steps, nor before ``n_startup_trials`` trials have completed. Trials without a forecast attribute are
+    never pruned by this pruner. ``max_age_s`` ignores running trials whose forecast is older (crashed
+    workers in a distributed study). ``rel_std_floor`` widens every forecast's std by a model-error term
+    relative to the loss (:func:`scaleforecast.decision.widen_forecast`).
+    """
+
+    def __init__(
+        self,
+        confidence: float = 0.95,
+        *,
+        min_fraction: float = 0.1,
+        min_steps: int = 0,
+        quantile: float = 0.8,
+        target: float | None = None,
+        n_startup_trials: int = 0,
+        max_age_s: float | None = None,
+        rel_std_floor: float = 0.0,
+    ) -> None:
+        if rel_std_floor < 0:
+            raise ValueError(f"rel_std_floor must be >= 0, got {rel_std_floor}")
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        if not 0.5 <= quantile < 1.0:
+            raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+        if n_startup_trials < 0:
+            raise ValueError(f"n_startup_trials must be >= 0, got {n_startup_trials}")
+        self.confidence = confidence
+        self.min_fraction = min_fraction
+        self.min_steps = min_steps
+        self.quantile = quantile
+        self.target = target
+        self.n_startup_trials = n_startup_trials
+        self.max_age_s = max_age_s
+        self.rel_std_floor = rel_std_floor
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """The Optuna pruner entry point (called by ``trial.should_prune()``)."""
+        attrs = trial.user_attrs.get(FORECAST_ATTR)
+        forecast = forecast_from_attrs(attrs) if attrs else None
+        if forecast is None or attrs is None:
+            return False
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state == TrialState.COMPLETE for t in trials) < self.n_startup_trials:
+            return False
+        records = [_trial_record(t, study.study_name) for t in trials if t.number != trial.number]
+        reference = sweep_reference(
+            records,
+            target=self.target,
+            quantile=self.quantile,
+            max_age_s=self.max_age_s,
+            rel_std_floor=self.rel_std_floor,
+        )
+        decision = decide_stop(
+            widen_forecast(forecast, self.rel_std_floor),
+            reference,
+            step=int(attrs["step"]),
+            total_steps=forecast.final_step,
+            confidence=self.confidence,
+            min_fraction=self.min_fraction,
+            min_steps=self.min_steps,
+        )
+        if decision.stop:
+            log.info("trial %d pruned: %s", trial.number, decision.reason)
+        return decision.stop
+
+
+def _dist_world() -> tuple[int, int]:
+    """(rank, world size) when torch.distributed is initialised, else (0, 1); torch is imported lazily."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _broadcast_flag(flag: bool) -> bool:
+    import torch
+    import torch.distributed as dist
+
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+class OptunaForecastReporter:
+    """The ``on_forecast`` hook that connects a training callback to an Optuna trial.
+
+    ``reporter(step, forecast) -> bool`` is called after each refit with the optimizer step and the new
+    forecast. It records the forecast in the trial (user attribute :data:`FORECAST_ATTR`), reports the forecast
+    final loss at ``trial.report(value, step=k * 1000 // n_grid)`` when the run passes ``k / n_grid`` of its
+    ``total_steps`` (default: the forecast's final step), asks ``trial.should_prune()`` after each report, and
+    returns True when the trial is to stop. Unusable forecasts (no fit yet) are ignored. Errors inside Optuna
+    are logged once and disable the reporter, so that training goes on.
+
+    Under DDP (torch.distributed initialised, world size > 1) only global rank 0 needs a trial (other ranks
+    may pass ``trial=None``); every rank must call the hook at the same steps (the callbacks refit in lockstep)
+    and rank 0's decision is broadcast. A ``TorchDistributedTrial`` is called on every rank instead.
+    """
+
+    def __init__(
+        self,
+        trial: optuna.trial.Trial | Any | None,
+        *,
+        total_steps: int | None = None,
+        n_grid: int = 20,
+        prune: bool = True,
+    ) -> None:
+        if not 1 <= n_grid <= GRID_SCALE:
+            raise ValueError(f"n_grid must be in [1, {GRID_SCALE}], got {n_grid}")
+        if total_steps is not None and total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0, got {total_steps}")
+        self.trial = trial
+        self.total_steps = total_steps
+        self.n_grid = n_grid
+        self.prune = prune
+        self.pruned = False
+        self.pruned_at: int | None = None
+        self.last_forecast: Forecast | None = None
+        self._last_k = 0
+        self._disabled = False
+        self._self_distributed = type(trial).__name__ == "TorchDistributedTrial"
+        self._seen: Forecast | None = None
+
+    @property
+    def final_loss(self) -> float | None:
+        """The latest forecast of the final loss (mean), or None before the first usable fit."""
+        f = self.last_forecast
+        return f.final.loss if f is not None and f.final is not None else None
+
+    def grid_step(self, step: int, total_steps: int) -> int:
+        """The reported step (per mille of ``total_steps``) of the last grid point at or before ``step``."""
+        k = min(self.n_grid, (int(step) * self.n_grid) // int(total_steps))
+        return k * GRID_SCALE // self.n_grid
+
+    def __call__(self, step: int, forecast: Forecast | None) -> bool:
+        """Record, report and decide; True means: stop this trial now."""
+        rank, world = _dist_world()
+        distributed = world > 1 and not self._self_distributed
+        stop = False
+        if not distributed or rank == 0:
+            stop = self._local(step, forecast)
+        if distributed:
+            try:
+                stop = _broadcast_flag(stop)
+            except Exception as exc:  # a failed collective must not kill the run
+                self._disable(f"decision broadcast failed: {exc!r}")
+                stop = False
+        if stop and not self.pruned:
+            self.pruned, self.pruned_at = True, int(step)
+        return stop
+
+    def _local(self, step: int, forecast: Forecast | None) -> bool:
+        if self._disabled or self.pruned or forecast is None or not forecast.ok or forecast.final is None:
+            return self.pruned
+        self.last_forecast = forecast
+        total = self.total_steps or forecast.final_step
+        final = forecast.final
+        if self.trial is None:
+            return False
+        try:
+            self.trial.set_user_attr(
+                FORECAST_ATTR, _attrs(step, total, final.loss, final.std, forecast.status.value)
+            )
+            k = min(self.n_grid, (int(step) * self.n_grid) // int(total))
+            if k <= self._last_k:
+                return False
+            self._last_k = k
+            self.trial.report(float(final.loss), step=k * GRID_SCALE // self.n_grid)
+            return bool(self.prune and self.trial.should_prune())
+        except Exception as exc:  # Optuna/storage errors must not stop training
+            self._disable(f"{type(exc).__name__}: {exc}")
+            return False
+
+    def _disable(self, why: str) -> None:
+        if not self._disabled:
+            log.warning("scaleforecast Optuna reporter disabled: %s", why)
+        self._disabled = True
+
+    def check(self, batch: Any, forecaster: Any) -> list[Event]:
+        """The :class:`scaleforecast.monitor.HealthCheck` face of the hook, so that it plugs into the callbacks
+        as ``LossForecast(health=[reporter])`` / ``HFLossForecast(health=[reporter])``.
+
+        At each flush it takes the forecaster's latest forecast when it is new (one flush after the refit that
+        made it, since health checks run before the refit) and returns one critical ``early_stop`` event when
+        the trial is to be pruned; the callback's ``action="stop"`` (the default) then stops training on every
+        rank. The forecaster state is identical on all ranks, so every rank calls in lockstep.
+        """
+        latest = getattr(forecaster, "latest", None)
+        if latest is None or latest is self._seen or self.pruned:
+            return []
+        self._seen = latest
+        if not self(int(latest.fitted_at_step), latest):
+            return []
+        steps = getattr(batch, "steps", None)
+        step = int(steps[-1]) if steps is not None and len(steps) else int(latest.fitted_at_step)
+        final = latest.final
+        return [
+            Event(
+                kind="early_stop",
+                step=step,
+                severity="critical",
+                score=None if final is None else final.loss,
+                message=f"trial pruned by the Optuna pruner on its loss forecast (made at step {self.pruned_at})",
+                data={"source": "optuna", "forecast_step": self.pruned_at},
+            )
+        ]
+
+    def raise_if_pruned(self) -> None:
+        """Raise ``optuna.TrialPruned`` when the trial was stopped by its pruner (call after ``fit``)."""
+        if self.pruned:
+            raise optuna.TrialPruned(f"pruned on its loss forecast at step {self.pruned_at}")

@@ -1,0 +1,110 @@
+"""Ray Tune: report the forecast final loss so that ASHA (or any Tune scheduler) compares forecasts.
+
+Use :class:`RayTuneForecastReporter` as the ``on_forecast`` hook of ``LossForecast`` / ``HFLossForecast``
+inside a Tune function trainable, and schedule on the forecast::
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = ASHAScheduler(time_attr="step", metric="forecast_final_loss", mode="min",
+                              max_t=total_steps, grace_period=total_steps // 10)
+
+Each refit reports ``{"forecast_final_loss", "forecast_std", "forecast_status", "step", "progress"}``
+through ``ray.tune.report``. With the callbacks, pass it as a health check: ``LossForecast(health=[reporter])``. ASHA stops a trial by ending its trainable, so the hook itself never asks the
+callback to stop. ``time_attr="step"`` compares runs at equal optimizer steps; for a sweep whose runs differ in
+length use ``time_attr="progress"`` (per mille of each run's own total steps). Ray is imported lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from scaleforecast.results import Forecast
+
+__all__ = ["RayTuneForecastReporter", "forecast_metrics"]
+
+log = logging.getLogger(__name__)
+
+METRIC = "forecast_final_loss"
+
+
+def forecast_metrics(step: int, forecast: Forecast, total_steps: int | None = None) -> dict[str, Any] | None:
+    """The metrics dict reported for one forecast, or None when the forecast holds no final-step number.
+
+    ``progress`` is ``1000 * step / total_steps`` rounded down (per mille of the run's own length).
+    """
+    if forecast is None or not forecast.ok or forecast.final is None:
+        return None
+    total = int(total_steps or forecast.final_step)
+    return {
+        METRIC: float(forecast.final.loss),
+        "forecast_std": float(forecast.final.std),
+        "forecast_status": forecast.status.value,
+        "step": int(step),
+        "progress": (1000 * int(step)) // max(total, 1),
+    }
+
+
+class RayTuneForecastReporter:
+    """The ``on_forecast`` hook that reports each usable forecast to Ray Tune (``ray.tune.report``).
+
+    ``reporter(step, forecast) -> bool`` always returns False: Tune's scheduler ends the trial itself.
+    ``every`` reports only every n-th usable forecast (to bound Tune's result traffic). ``report_fn`` replaces
+    ``ray.tune.report`` (e.g. ``ray.train.report`` under a Ray Train ``TorchTrainer``, where every worker
+    must report). Errors are logged once and disable the reporter; training goes on.
+    """
+
+    def __init__(
+        self,
+        *,
+        total_steps: int | None = None,
+        every: int = 1,
+        report_fn: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.total_steps = total_steps
+        self.every = every
+        self._report_fn = report_fn
+        self._n = 0
+        self._disabled = False
+        self.last_metrics: dict[str, Any] | None = None
+        self._seen: Forecast | None = None
+
+    def _report(self, metrics: dict[str, Any]) -> None:
+        if self._report_fn is not None:
+            self._report_fn(metrics)
+            return
+        from ray import tune
+
+        tune.report(metrics)
+
+    def __call__(self, step: int, forecast: Forecast | None) -> bool:
+        """Report the forecast (when usable and due); never requests a stop."""
+        if self._disabled or forecast is None:
+            return False
+        metrics = forecast_metrics(step, forecast, self.total_steps)
+        if metrics is None:
+            return False
+        self._n += 1
+        if (self._n - 1) % self.every:
+            return False
+        try:
+            self._report(metrics)
+            self.last_metrics = metrics
+        except Exception as exc:
+            if not self._disabled:
+                log.warning("scaleforecast Ray Tune reporter disabled: %s: %s", type(exc).__name__, exc)
+            self._disabled = True
+        return False
+
+    def check(self, batch: Any, forecaster: Any) -> list[Any]:
+        """The :class:`scaleforecast.monitor.HealthCheck` face of the hook (``LossForecast(health=[reporter])``):
+        reports the forecaster's latest forecast when it is new; never raises an event."""
+        latest = getattr(forecaster, "latest", None)
+        if latest is not None and latest is not self._seen:
+            self._seen = latest
+            self(int(latest.fitted_at_step), latest)
+        return []

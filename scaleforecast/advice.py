@@ -1,0 +1,286 @@
+"""Schedule advice: is the rest of the planned LR schedule leaving loss on the table?
+
+At each refit the advisor asks the fitted law ``L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)`` a what-if: the
+predicted final loss of the remaining planned schedule, against candidates that keep the past and, from the
+current step on, start at the current LR and
+
+* decay linearly to 0, or follow a cosine to 0, over the remaining updates;
+* hold the LR, then cool down to 0 over the last 10 / 20 / 30% of the run (WSD), with a linear or a
+  1-sqrt cooldown (a cooldown that would start in the past starts now).
+
+It reports the best candidate and its predicted gain (a scalar every refit, an event when the gain exceeds
+the forecast's own uncertainty, the predictive std of the final loss) and flags plans that decay too early
+(the LR falls below 10% of its peak with more than a quarter of the run to go: most of the forward area
+``S1`` is given up) or end at too high an LR (above 10% of the peak: the annealing term ``C * S2`` is left
+unused).
+
+What the law can judge, and what it cannot
+------------------------------------------
+The law sees the schedule only through ``S1`` (the summed LR, progress) and ``S2`` (the annealing area,
+how much of the LR was taken away and how recently), with parameters fitted on *this* run at *its* LR
+scale. It can therefore rank schedule **shapes** that stay at or below the LRs the run has used: when to
+cool down, how fast, and to what final LR. It cannot tell whether the **peak LR** itself is too high or too
+low: an LR above what the run has seen is an extrapolation the fitted law knows nothing about (no
+instability, no divergence, no different optimum), so no candidate here ever raises the LR. When the
+annealing coefficient ``C`` is not yet pinned by the run's own data (the LR has not decayed yet; fit
+status ``annealing_unidentified``) the cooldown gains rest on the prior for ``C``; the advice says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from scaleforecast.events import Event
+
+log = logging.getLogger("scaleforecast.health")
+
+
+class AdviceConfig(BaseModel):
+    """Candidates and thresholds of :class:`ScheduleAdvisor`.
+
+    An event is raised when ``gain > max(min_sigma * std_final, min_rel_gain * planned_final)``: above the
+    forecast's own uncertainty and above a small practical floor. ``min_remaining``: no advice once less than
+    this fraction of the run is left (nothing worth changing). ``low_lr`` / ``early_fraction`` /
+    ``high_final`` set the flags.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cooldowns: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3])
+    shapes: list[str] = Field(default_factory=lambda: ["linear", "1-sqrt"])
+    min_sigma: float = Field(1.0, ge=0)
+    min_rel_gain: float = Field(0.001, ge=0)
+    min_remaining: float = Field(0.05, ge=0, lt=1)
+    low_lr: float = Field(0.1, gt=0, lt=1)
+    early_fraction: float = Field(0.25, gt=0, lt=1)
+    high_final: float = Field(0.1, gt=0, lt=1)
+
+
+class Candidate(BaseModel):
+    """One what-if schedule: its name, predicted final loss and gain over the plan (positive = better)."""
+
+    name: str
+    final_loss: float
+    gain: float
+
+
+class ScheduleAdvice(BaseModel):
+    """The advice at ``step``: the plan's predicted final loss and std, every candidate, the best one, the
+    flags on the plan, and whether the best gain is significant (beyond the forecast's uncertainty)."""
+
+    step: int
+    final_step: int
+    planned_final: float
+    planned_std: float
+    candidates: list[Candidate]
+    best: Candidate | None
+    significant: bool
+    flags: list[str] = Field(default_factory=list)
+    c_from_prior: bool = False
+
+    @property
+    def gain(self) -> float:
+        """Predicted gain of the best candidate (0 when none beats the plan)."""
+        return max(self.best.gain, 0.0) if self.best is not None else 0.0
+
+    def scalars(self) -> dict[str, float]:
+        """Scalars for the sinks: ``advice/best_gain``, ``advice/planned_final``, ``advice/best_final``."""
+        out = {"advice/best_gain": self.gain, "advice/planned_final": self.planned_final}
+        if self.best is not None:
+            out["advice/best_final"] = self.best.final_loss
+        return out
+
+
+def _tail(
+    kind: str, lr_now: float, n: int, total: int, cooldown: float = 0.0, shape: str = "linear"
+) -> np.ndarray:
+    """``n`` updates starting at ``lr_now`` and ending just above 0, built with :mod:`scaleforecast.schedules`.
+
+    ``cooldown`` is a fraction of the whole run (``total`` updates); the WSD tail holds ``lr_now`` until its
+    cooldown starts (at once when the cooldown is longer than what is left).
+    """
+    from scaleforecast.schedules import CosineSchedule, LinearSchedule, WSDSchedule
+
+    if kind == "linear":
+        return LinearSchedule(peak=lr_now, total=n).lrs()
+    if kind == "cosine":
+        return CosineSchedule(peak=lr_now, total=n).lrs()
+    frac = min(1.0, max(cooldown * total, 1.0) / n)
+    return WSDSchedule(peak=lr_now, total=n, cooldown=frac, shape=shape).lrs()  # type: ignore[arg-type]
+
+
+def candidate_schedules(
+    planned: np.ndarray, step: int, config: AdviceConfig | None = None
+) -> dict[str, np.ndarray]:
+    """The candidates at ``step`` (updates completed): the first ``step`` LRs of ``planned``, then each tail.
+
+    The tails start at the LR of the next planned update (never above it: the law cannot judge a higher
+    LR) and end just above 0 at the planned final step.
+    """
+    cfg = config or AdviceConfig()
+    planned = np.asarray(planned, dtype=float)
+    total = len(planned)
+    n = total - step
+    if n < 2:
+        return {}
+    lr_now = float(planned[min(step, total - 1)])
+    if not lr_now > 0:
+        return {}
+    tails = {
+        "linear decay to 0": _tail("linear", lr_now, n, total),
+        "cosine to 0": _tail("cosine", lr_now, n, total),
+    }
+    for c in cfg.cooldowns:
+        for shape in cfg.shapes:
+            tails[f"WSD {round(100 * c)}% {shape} cooldown"] = _tail("wsd", lr_now, n, total, c, shape)
+    return {name: np.concatenate([planned[:step], tail]) for name, tail in tails.items()}
+
+
+def schedule_flags(planned: np.ndarray, config: AdviceConfig | None = None) -> list[str]:
+    """Plain-language flags on a whole planned schedule: decays too early, ends at too high an LR."""
+    cfg = config or AdviceConfig()
+    lrs = np.asarray(planned, dtype=float)
+    total = len(lrs)
+    peak = float(lrs.max())
+    ipeak = int(np.argmax(lrs))
+    flags: list[str] = []
+    low = np.nonzero(lrs[ipeak:] <= cfg.low_lr * peak)[0]
+    if len(low):
+        first_low = ipeak + int(low[0])
+        left = (total - first_low) / total
+        if left > cfg.early_fraction:
+            s1_kept = float(lrs.sum() / (peak * (total - ipeak) + lrs[:ipeak].sum()))
+            flags.append(
+                f"decays too early: the LR is below {round(100 * cfg.low_lr)}% of its peak from update "
+                f"{first_low + 1}, with {100 * left:.0f}% of the run to go (the plan keeps {100 * s1_kept:.0f}% of "
+                "the forward area S1 of holding the peak)"
+            )
+    if lrs[-1] > cfg.high_final * peak:
+        flags.append(
+            f"ends at a high LR: the last update runs at {100 * lrs[-1] / peak:.0f}% of the peak; decaying further "
+            "would bank more of the annealing gain"
+        )
+    return flags
+
+
+class ScheduleAdvisor:
+    """Compare the plan with the candidates at each refit and report the best one (see the module doc).
+
+    ``advise(forecaster)`` returns a :class:`ScheduleAdvice` (or ``None`` when there is no usable fit or
+    nothing is left to change) and keeps it as :attr:`latest`; ``events(advice)`` turns it into events: one
+    ``schedule_advice`` event when the gain is significant, and each plan flag once per plan.
+    """
+
+    def __init__(self, config: AdviceConfig | None = None) -> None:
+        self.config = config or AdviceConfig()
+        self.latest: ScheduleAdvice | None = None
+        self._flagged: set[str] = set()
+
+    def advise(self, forecaster: Any) -> ScheduleAdvice | None:
+        cfg = self.config
+        planned = getattr(forecaster, "schedule", None)
+        fit = getattr(forecaster, "fit_result", None)
+        if planned is None or fit is None or getattr(fit, "params", None) is None:
+            return None
+        status = str(getattr(fit.status, "value", fit.status))
+        if status not in ("ok", "annealing_unidentified"):
+            return None
+        step = int(forecaster.last_step)
+        total = len(planned)
+        if total - step < max(2, cfg.min_remaining * total):
+            return None
+        plan = forecaster.forecast()
+        if plan.final is None:
+            return None
+        cands: list[Candidate] = []
+        for name, lrs in candidate_schedules(planned, step, cfg).items():
+            try:
+                final = float(forecaster.predict([total], schedule=lrs)[0])
+            except Exception as err:  # one bad candidate must not lose the others
+                log.debug("candidate %s failed: %r", name, err)
+                continue
+            if math.isfinite(final):
+                cands.append(Candidate(name=name, final_loss=final, gain=plan.final.loss - final))
+        best = max(cands, key=lambda c: c.gain) if cands else None
+        bar = max(cfg.min_sigma * plan.final.std, cfg.min_rel_gain * abs(plan.final.loss))
+        advice = ScheduleAdvice(
+            step=step,
+            final_step=total,
+            planned_final=plan.final.loss,
+            planned_std=plan.final.std,
+            candidates=cands,
+            best=best,
+            significant=best is not None and best.gain > bar,
+            flags=schedule_flags(planned, cfg),
+            c_from_prior=status == "annealing_unidentified",
+        )
+        self.latest = advice
+        return advice
+
+    def events(self, advice: ScheduleAdvice | None) -> list[Event]:
+        if advice is None:
+            return []
+        out: list[Event] = []
+        if advice.significant and advice.best is not None:
+            prior = " (C from the prior: the LR has not decayed yet)" if advice.c_from_prior else ""
+            out.append(
+                Event(
+                    kind="schedule_advice",
+                    step=advice.step,
+                    severity="warning",
+                    score=advice.best.gain,
+                    message=(
+                        f"switching to '{advice.best.name}' from step {advice.step} is predicted to lower the final "
+                        f"loss by {advice.best.gain:.4g} ({advice.planned_final:.4g} -> {advice.best.final_loss:.4g}, "
+                        f"forecast std {advice.planned_std:.2g}){prior}"
+                    ),
+                    data={
+                        "best": advice.best.name,
+                        "gain": advice.best.gain,
+                        "planned_final": advice.planned_final,
+                        "planned_std": advice.planned_std,
+                        "candidates": {c.name: c.final_loss for c in advice.candidates},
+                    },
+                )
+            )
+        for flag in advice.flags:
+            key = flag.split(":", 1)[0]
+            if key in self._flagged:
+                continue
+            self._flagged.add(key)
+            out.append(
+                Event(
+                    kind="schedule_advice",
+                    step=advice.step,
+                    severity="info",
+                    message=flag,
+                    data={"flag": key},
+                )
+            )
+        return out
+
+    def update(self, forecaster: Any) -> list[Event]:
+        """``events(advise(forecaster))``; never raises (a failure is logged and yields no events)."""
+        try:
+            return self.events(self.advise(forecaster))
+        except Exception as err:
+            log.warning("schedule advice failed at this refit: %r", err)
+            return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.model_dump(),
+            "flagged": sorted(self._flagged),
+            "latest": None if self.latest is None else self.latest.model_dump(mode="json"),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.config = AdviceConfig.model_validate(state["config"])
+        self._flagged = set(state.get("flagged", []))
+        latest = state.get("latest")
+        self.latest = None if latest is None else ScheduleAdvice.model_validate(latest)

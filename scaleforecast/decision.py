@@ -1,0 +1,295 @@
+"""The early-stopping rule: stop a run whose forecast final loss cannot beat a reference.
+
+One pure function, shared by every adapter (Lightning, HF Trainer, sweep engines), so that every rank and
+every framework takes the same decision from the same forecast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from statistics import NormalDist
+from typing import Any
+
+from pydantic import BaseModel
+
+from scaleforecast.events import Event
+from scaleforecast.registry import RunRecord, RunRegistry, RunState
+from scaleforecast.results import FitStatus, Forecast
+
+_log = logging.getLogger(__name__)
+_USABLE = (FitStatus.OK.value, FitStatus.ANNEALING_UNIDENTIFIED.value)
+
+
+class StopDecision(BaseModel):
+    """The outcome of :func:`decide_stop`: whether to stop, why, and the probability it was based on."""
+
+    stop: bool
+    reason: str
+    probability: float | None = None
+    reference: float | None = None
+    step: int
+
+
+def decide_stop(
+    forecast: Forecast | None,
+    reference: float | None,
+    *,
+    step: int,
+    total_steps: int,
+    confidence: float = 0.95,
+    min_fraction: float = 0.1,
+    min_steps: int = 0,
+) -> StopDecision:
+    """Stop when ``P(final loss >= reference) >= confidence`` under the forecast's predictive distribution.
+
+    The rule only speaks once the grace period is over, ``step >= max(min_steps, min_fraction * total_steps)``,
+    and only from a forecast that holds numbers (status neither ``insufficient_data`` nor ``failed``). Without a
+    reference (no target and no finished run to beat) it never stops. ``probability`` is reported whenever it
+    could be computed, so that callers can log how close the run came to being stopped.
+    """
+    if not 0.5 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+    if reference is None:
+        return StopDecision(stop=False, reason="no reference loss to beat", step=step)
+    grace = max(min_steps, int(min_fraction * total_steps))
+    if step < grace:
+        return StopDecision(
+            stop=False, reason=f"grace period: step {step} < {grace}", reference=reference, step=step
+        )
+    if forecast is None or forecast.status in (FitStatus.INSUFFICIENT_DATA, FitStatus.FAILED):
+        status = "no forecast" if forecast is None else f"fit status {forecast.status.value}"
+        return StopDecision(stop=False, reason=status, reference=reference, step=step)
+    if forecast.final is None:
+        return StopDecision(
+            stop=False, reason="forecast has no final-step point", reference=reference, step=step
+        )
+    p = forecast.prob_at_least(reference)
+    final = forecast.final
+    if p >= confidence:
+        reason = (
+            f"forecast final loss {final.loss:.4f} (±{final.std:.4f}) at step {forecast.final_step} cannot reach "
+            f"{reference:.4f}: P(final >= reference) = {p:.3f} >= {confidence:.2f}"
+        )
+        return StopDecision(stop=True, reason=reason, probability=p, reference=reference, step=step)
+    reason = f"P(final >= {reference:.4f}) = {p:.3f} < {confidence:.2f}"
+    return StopDecision(stop=False, reason=reason, probability=p, reference=reference, step=step)
+
+
+def sweep_reference(
+    records: Iterable[RunRecord],
+    *,
+    exclude: str | None = None,
+    target: float | None = None,
+    quantile: float = 0.8,
+    max_age_s: float | None = None,
+    now: float | None = None,
+    rel_std_floor: float = 0.0,
+) -> float | None:
+    """The loss a run has to beat in its sweep: the smallest of ``target``, the other runs' final losses and
+    the other running runs' *confident* forecasts.
+
+    A running run's forecast counts at its upper ``quantile``, ``loss + z_q * std`` (the loss it reaches with
+    probability ``q``), and only when its fit status holds numbers; that keeps one lucky, uncertain forecast
+    from setting the bar. Stopped runs deliver no model and never count. ``exclude`` is the asking run;
+    ``max_age_s`` drops running records not updated for that long (a run that died). ``rel_std_floor`` widens
+    each forecast's std to ``sqrt(std^2 + (rel_std_floor * loss)^2)`` (see :func:`widen_forecast`). None when
+    nothing counts.
+    """
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    if rel_std_floor < 0:
+        raise ValueError(f"rel_std_floor must be >= 0, got {rel_std_floor}")
+    z = NormalDist().inv_cdf(quantile)
+    now = time.time() if now is None else now
+    best = target if target is not None and math.isfinite(target) else None
+    for r in records:
+        if r.run_id == exclude or r.state == RunState.STOPPED:
+            continue
+        if r.state == RunState.FINISHED:
+            value = r.final_loss
+        else:
+            if max_age_s is not None and now - r.updated > max_age_s:
+                continue
+            if r.loss is None or r.status not in _USABLE:
+                continue
+            std = math.hypot(r.std or 0.0, rel_std_floor * r.loss)
+            value = r.loss + z * std
+        if value is not None and math.isfinite(value) and (best is None or value < best):
+            best = value
+    return best
+
+
+def decide_stop_in_sweep(
+    forecast: Forecast | None,
+    registry: RunRegistry,
+    run_id: str,
+    *,
+    step: int,
+    total_steps: int,
+    target: float | None = None,
+    confidence: float = 0.95,
+    min_fraction: float = 0.1,
+    min_steps: int = 0,
+    quantile: float = 0.8,
+    rel_std_floor: float = 0.0,
+    publish: bool = True,
+) -> StopDecision:
+    """:func:`decide_stop` against :func:`sweep_reference` read from ``registry``.
+
+    With ``publish`` the run's own forecast is written to the registry first (when it holds numbers), so that
+    the other runs see it (its own std, unwidened). ``rel_std_floor`` widens both this run's forecast and the
+    other runs' forecasts (:func:`widen_forecast`). Registry errors propagate: callers inside a training loop
+    catch them.
+    """
+    if publish and forecast is not None and forecast.ok and forecast.final is not None:
+        final = forecast.final
+        registry.report_forecast(
+            run_id,
+            step=step,
+            loss=final.loss,
+            std=final.std,
+            status=forecast.status.value,
+            total_steps=total_steps,
+        )
+    reference = sweep_reference(
+        registry.others(run_id), target=target, quantile=quantile, rel_std_floor=rel_std_floor
+    )
+    return decide_stop(
+        widen_forecast(forecast, rel_std_floor),
+        reference,
+        step=step,
+        total_steps=total_steps,
+        confidence=confidence,
+        min_fraction=min_fraction,
+        min_steps=min_steps,
+    )
+
+
+def widen_forecast(forecast: Forecast | None, rel_std_floor: float) -> Forecast | None:
+    """The forecast with every point's std widened to ``sqrt(std^2 + (rel_std_floor * loss)^2)``.
+
+    The fit's own std measures the noise and the parameter uncertainty under the law; it does not measure the
+    law's misfit to a given run, which on real curves is of the order of 1-3 % of the final loss mid-run. A
+    relative floor stands for that model error in stopping decisions, where a false stop is costly. Intervals
+    are widened by the same factor; ``rel_std_floor = 0`` returns the forecast unchanged.
+    """
+    if forecast is None or rel_std_floor <= 0:
+        return forecast
+    points = []
+    for p in forecast.points:
+        std = math.hypot(p.std, rel_std_floor * abs(p.loss))
+        scale = std / p.std if p.std > 0 else None
+        half_lo = (
+            (p.loss - p.lower) * scale if scale else NormalDist().inv_cdf(0.5 + forecast.level / 2) * std
+        )
+        half_hi = (p.upper - p.loss) * scale if scale else half_lo
+        points.append(p.model_copy(update={"std": std, "lower": p.loss - half_lo, "upper": p.loss + half_hi}))
+    return forecast.model_copy(update={"points": points})
+
+
+class SweepStopper:
+    """Stop a run that cannot beat the rest of its sweep, through a shared :class:`RunRegistry`.
+
+    ``stopper(step, forecast) -> bool`` publishes the run's forecast to the registry and applies
+    :func:`decide_stop_in_sweep`. It also has the :class:`scaleforecast.monitor.HealthCheck` face, so the
+    callbacks take it as ``LossForecast(health=[stopper])``: a stop becomes a critical ``early_stop`` event.
+    Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped). Registry
+    errors are logged once and switch the stopper off: training goes on without it.
+    """
+
+    def __init__(
+        self,
+        registry: RunRegistry,
+        run_id: str,
+        *,
+        target: float | None = None,
+        confidence: float = 0.95,
+        min_fraction: float = 0.1,
+        min_steps: int = 0,
+        quantile: float = 0.8,
+        rel_std_floor: float = 0.0,
+    ) -> None:
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        self.registry = registry
+        self.run_id = run_id
+        self.target = target
+        self.confidence = confidence
+        self.min_fraction = min_fraction
+        self.min_steps = min_steps
+        self.quantile = quantile
+        self.rel_std_floor = rel_std_floor
+        self.decision: StopDecision | None = None
+        self.stopped_at: int | None = None
+        self.last_forecast: Forecast | None = None
+        self._seen: Forecast | None = None
+        self._disabled = False
+
+    def __call__(self, step: int, forecast: Forecast | None) -> bool:
+        """Publish and decide; True means: stop this run now."""
+        if self._disabled or self.stopped_at is not None:
+            return self.stopped_at is not None
+        if forecast is not None and forecast.ok:
+            self.last_forecast = forecast
+        total = forecast.final_step if forecast is not None else None
+        if total is None:
+            return False
+        try:
+            self.decision = decide_stop_in_sweep(
+                forecast,
+                self.registry,
+                self.run_id,
+                step=step,
+                total_steps=total,
+                target=self.target,
+                confidence=self.confidence,
+                min_fraction=self.min_fraction,
+                min_steps=self.min_steps,
+                quantile=self.quantile,
+                rel_std_floor=self.rel_std_floor,
+            )
+        except Exception as exc:
+            self._disabled = True
+            _log.warning("scaleforecast sweep stopper disabled (%s: %s)", type(exc).__name__, exc)
+            return False
+        if self.decision.stop:
+            self.stopped_at = step
+        return self.decision.stop
+
+    def check(self, batch: Any, forecaster: Any) -> list[Event]:
+        """HealthCheck face: decide on the forecaster's latest forecast when it is new."""
+        latest = getattr(forecaster, "latest", None)
+        if latest is None or latest is self._seen or self.stopped_at is not None:
+            return []
+        self._seen = latest
+        if not self(int(latest.fitted_at_step), latest):
+            return []
+        steps = getattr(batch, "steps", None)
+        step = int(steps[-1]) if steps is not None and len(steps) else int(latest.fitted_at_step)
+        d = self.decision
+        return [
+            Event(
+                kind="early_stop",
+                step=step,
+                severity="critical",
+                score=None if d is None else d.probability,
+                message=f"cannot beat its sweep: {d.reason if d is not None else ''}",
+                data={"source": "sweep", "reference": None if d is None else d.reference},
+            )
+        ]
+
+    def finish(self, final_loss: float | None = None) -> None:
+        """Record the run's end: ``stopped`` if this stopper stopped it, else ``finished`` with ``final_loss``
+        (default: the mean of the latest forecast, a denoised estimate of the final loss)."""
+        if final_loss is None and self.last_forecast is not None and self.last_forecast.final is not None:
+            final_loss = self.last_forecast.final.loss
+        state = RunState.STOPPED if self.stopped_at is not None else RunState.FINISHED
+        try:
+            self.registry.report_final(self.run_id, final_loss, state=state)
+        except Exception as exc:
+            _log.warning(
+                "scaleforecast sweep stopper: could not record the end (%s: %s)", type(exc).__name__, exc
+            )

@@ -1,0 +1,105 @@
+"""Health events: what the detectors and the schedule advisor report, and the ``action=`` policy.
+
+An :class:`Event` is a small pydantic record (JSON-safe) that leaves the process through the sinks
+(TensorBoard text and scalars), the Python logger and an optional user ``on_event`` hook. The policy
+decides what a *critical* event does to the run: ``warn`` (log only), ``stop`` (ask the trainer to stop
+gracefully, with the event's message as the reason) or ``raise`` (raise :class:`TrainingHealthError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+Severity = Literal["info", "warning", "critical"]
+
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+
+EVENT_KINDS: tuple[str, ...] = (
+    "nonfinite",
+    "spike",
+    "divergence",
+    "stagnation",
+    "grad_norm",
+    "schedule_advice",
+    "early_stop",
+)
+
+
+class HealthAction(str, Enum):
+    """What a critical health event does: ``warn`` logs it, ``stop`` ends training, ``raise`` raises."""
+
+    WARN = "warn"
+    STOP = "stop"
+    RAISE = "raise"
+
+
+class Event(BaseModel):
+    """One health or advice event at optimizer step ``step`` (updates completed, 1-based).
+
+    ``score`` is the detector's statistic in its own units (a robust z-score for spikes, a CUSUM sum for
+    drift, a predicted loss gain for advice); ``data`` holds JSON-safe details (floats, ints, strings,
+    lists). Non-finite floats in ``score``/``data`` are stored as strings so the record stays JSON-safe.
+    """
+
+    kind: str
+    step: int
+    severity: Severity = "warning"
+    score: float | str | None = None
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _finite_score(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return value
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _json_safe_data(cls, value: Any) -> Any:
+        return _json_safe(value) if value is not None else {}
+
+    @property
+    def is_critical(self) -> bool:
+        return self.severity == "critical"
+
+    def text(self) -> str:
+        """One line for logs and TensorBoard text: ``[severity] kind @ step: message``."""
+        return f"[{self.severity}] {self.kind} @ step {self.step}: {self.message}"
+
+
+class TrainingHealthError(RuntimeError):
+    """Raised by the ``raise`` action when a critical health event fires; ``.event`` holds it."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(event.text())
+        self.event = event
+
+
+def _json_safe(value: Any) -> Any:
+    """Recursively turn numpy scalars/arrays and non-finite floats into JSON-safe Python values."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return _json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.ERROR}
+
+
+def log_event(event: Event, logger: logging.Logger | None = None) -> None:
+    """Write ``event`` to the Python logger at a level matching its severity."""
+    (logger or logging.getLogger("scaleforecast.health")).log(_LEVELS[event.severity], event.text())

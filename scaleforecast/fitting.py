@@ -1,0 +1,689 @@
+"""Fit the LR-annealing law to a (partial) loss curve by variable projection, and predict with intervals.
+
+For a fixed exponent ``alpha`` the law ``L0 + A * S1^-alpha - C * S2`` is linear in ``(L0, A, C)``: those are
+solved exactly as a bounded weighted least-squares problem (``A >= 0``, ``C >= 0``, by enumerating the active
+sets), and only ``alpha`` is searched (a coarse grid, then bounded Brent), optionally over a grid of ``lam``.
+No random restarts, no local minima in the linear part.
+
+Observations are window means (``start..end`` updates): the model of a window is the mean of the law over
+it. The S2 part is exact through prefix sums; the S1^-alpha part uses three Gauss-Legendre nodes on the
+window, so one evaluation costs O(n_obs) whatever the run length. Residuals are relative (~log-loss),
+weighted by the number of raw points per window, and robust (Huber by IRLS) on request.
+
+The fitter is stateless: the online forecaster bins its history into :class:`Observations` and calls
+:func:`fit`, passing the previous result as ``init`` for a warm start.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.optimize import minimize_scalar
+from scipy.special import ndtri
+
+from scaleforecast.laws import LAWS, annealing_term, forward_area, mpl_drop
+from scaleforecast.priors import AnnealingPrior, load_prior
+from scaleforecast.results import FitStatus, LawParams
+
+__all__ = ["FitConfig", "FitResult", "Observations", "fit", "predict"]
+
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(3)
+_GL_W = _GL_W / _GL_W.sum()
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Binned observations: window ``j`` covers updates ``start[j]..end[j]`` (1-based, inclusive) and ``y[j]``
+    is the mean loss over it, from ``count[j]`` raw points (its weight). A single step ``s`` has
+    ``start == end == s``."""
+
+    start: np.ndarray
+    end: np.ndarray
+    y: np.ndarray
+    count: np.ndarray
+
+    def __post_init__(self) -> None:
+        start = np.asarray(self.start, dtype=np.int64).reshape(-1)
+        end = np.asarray(self.end, dtype=np.int64).reshape(-1)
+        y = np.asarray(self.y, dtype=np.float64).reshape(-1)
+        count = np.asarray(self.count, dtype=np.float64).reshape(-1)
+        if not (start.size == end.size == y.size == count.size):
+            raise ValueError("Observations: start, end, y and count must have the same length")
+        if np.any(end < start):
+            raise ValueError("Observations: end < start in some window")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "y", y)
+        object.__setattr__(self, "count", count)
+
+    def __len__(self) -> int:
+        return int(self.y.size)
+
+    @classmethod
+    def from_steps(cls, steps: ArrayLike, losses: ArrayLike, window: int = 1) -> Observations:
+        """Observations at ``steps``, each the mean over the ``window`` updates ending there."""
+        end = np.asarray(steps, dtype=np.int64).reshape(-1)
+        y = np.asarray(losses, dtype=np.float64).reshape(-1)
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        return cls(np.maximum(end - window + 1, 0), end, y, np.ones(end.size))
+
+
+class FitConfig(BaseModel):
+    """How to fit. ``law``: "tissue" (the annealing law), "mpl" (Multi-Power Law) or "auto" (the better
+    held-out fit of the two). ``lam``: S2 decay; ``fit_lam`` searches ``lam_grid`` instead. ``loss``: "huber"
+    (IRLS on standardised relative residuals, threshold ``huber_k`` noise scales) or "l2". ``warmup``: S2
+    during warm-up, "raw" (the formula as written) or "hold" (LR held at its peak). ``prior``: name of a
+    shipped :class:`AnnealingPrior`, an AnnealingPrior, or None for the plain law. ``interval_scale`` and
+    ``model_sd`` calibrate the predictive std (see :func:`predict`)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    law: Literal["tissue", "mpl", "auto"] = "tissue"
+    lam: float = Field(0.999, ge=0.0, lt=1.0)
+    fit_lam: bool = False
+    lam_grid: tuple[float, ...] = (0.99, 0.995, 0.998, 0.999, 0.9995)
+    loss: Literal["huber", "l2"] = "huber"
+    huber_k: float = Field(1.345, gt=0)
+    irls_iters: int = Field(3, ge=1)
+    skip_warmup: bool = True
+    warmup: Literal["raw", "hold"] = "hold"
+    s2_power: float = Field(1.0, gt=0)
+    autocorr: bool = True
+    recency: float = Field(0.0, ge=0)
+    alpha_bounds: tuple[float, float] = (0.05, 2.0)
+    prior: str | AnnealingPrior | None = "default"
+    use_alpha_prior: bool = True
+    min_points: int = Field(6, ge=3)
+    identified_ratio: float = Field(0.5, gt=0)
+    interval_scale: float = Field(1.0, gt=0)
+    model_sd: float = Field(0.0, ge=0)
+
+
+class FitResult(BaseModel):
+    """A fit. ``params`` is None unless a law was fitted. ``sigma``: noise scale of one raw observation,
+    relative to the loss. ``cov``: posterior covariance of ``param_names`` (L0, A, alpha, C) in absolute
+    units. ``warmup``/``lam`` fix the S2 convention for :func:`predict`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    law: str
+    params: LawParams | None
+    status: FitStatus
+    n_points: int
+    sigma: float = 0.0
+    warnings: list[str] = Field(default_factory=list)
+    cov: list[list[float]] | None = None
+    param_names: list[str] = Field(default_factory=lambda: ["L0", "A", "alpha", "C"])
+    warmup: str = "hold"
+    fitted_until: int = 0
+    interval_scale: float = 1.0
+    model_sd: float = 0.0
+    l_ref: float = 0.0
+    c_prior: tuple[float, float] | None = None
+
+
+# --------------------------------------------------------------------------------------------------------
+# design
+
+
+class _Design:
+    """Everything an alpha evaluation needs, precomputed once per (observations, lrs, lam)."""
+
+    def __init__(
+        self, obs: Observations, lrs: np.ndarray, lam: float, warmup: str, s2_power: float = 1.0
+    ) -> None:
+        T = lrs.size
+        s1 = forward_area(lrs)
+        s2 = annealing_term(lrs, lam, "hold" if warmup == "hold" else "raw", s2_power)
+        cs2 = np.concatenate([[0.0], np.cumsum(s2)])
+        a, b = obs.start, obs.end
+        n = (b - a + 1).astype(np.float64)
+        self.s2m = (cs2[b] - cs2[a - 1]) / n
+        # nodes on the continuous window [a - 0.5, b + 0.5] (midpoint view of the discrete mean)
+        lo = np.maximum(a - 0.5, 1.0)
+        hi = np.minimum(b + 0.5, float(T))
+        single = a == b
+        t = 0.5 * (lo + hi)[:, None] + 0.5 * (hi - lo)[:, None] * _GL_X[None, :]
+        t[single] = b[single, None].astype(np.float64)
+        self.s1n = np.interp(t, np.arange(1, T + 1, dtype=np.float64), s1)
+        self.s1n = np.maximum(self.s1n, 1e-300)
+        self.log_s1n = np.log(self.s1n)
+        self.lam = lam
+        self.s2_all = s2
+        self.s1_all = s1
+
+    def f1(self, alpha: float) -> np.ndarray:
+        return np.exp(-alpha * self.log_s1n) @ _GL_W
+
+    def df1(self, alpha: float) -> np.ndarray:
+        return -(np.exp(-alpha * self.log_s1n) * self.log_s1n) @ _GL_W
+
+
+@dataclass
+class _Lin:
+    beta: np.ndarray
+    cost: float
+
+
+def _solve_linear(X: np.ndarray, y: np.ndarray, w: np.ndarray, c_prior: tuple[float, float] | None) -> _Lin:
+    """min sum w (y - X b)^2 + ((b_C - mu)/sd)^2 with b_A >= 0, b_C >= 0 (columns L0, A, -S2 -> C)."""
+    sw = np.sqrt(w)
+    Xw = X * sw[:, None]
+    yw = y * sw
+    if c_prior is not None:
+        mu, sd = c_prior
+        Xw = np.vstack([Xw, [0.0, 0.0, 1.0 / sd]])
+        yw = np.concatenate([yw, [mu / sd]])
+    scale = np.sqrt(np.sum(Xw**2, axis=0))
+    scale[scale == 0] = 1.0
+    Xs = Xw / scale
+    best: _Lin | None = None
+    for free in ((0, 1, 2), (0, 2), (0, 1), (0,)):
+        idx = list(free)
+        b = np.zeros(3)
+        sol, *_ = np.linalg.lstsq(Xs[:, idx], yw, rcond=None)
+        b[idx] = sol / scale[idx]
+        if b[1] < 0 or b[2] < 0:
+            continue
+        r = yw - Xw @ b
+        cost = float(r @ r)
+        if best is None or cost < best.cost:
+            best = _Lin(b, cost)
+        if len(idx) == 3:
+            break
+    if best is None:
+        b = np.zeros(3)
+        b[0] = float(np.sum(w * y) / np.sum(w))
+        r = yw - Xw @ b
+        best = _Lin(b, float(r @ r))
+    return best
+
+
+def _robust_sigma(r: np.ndarray) -> float:
+    if r.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+
+
+def _noise_from_differences(y: np.ndarray, count: np.ndarray) -> float:
+    """Relative noise of one raw point from second differences of neighbouring windows (trend-free)."""
+    if y.size < 5:
+        return 0.0
+    z = y / np.median(y)
+    d2 = z[2:] - 2 * z[1:-1] + z[:-2]
+    v = 1.0 / count[2:] + 4.0 / count[1:-1] + 1.0 / count[:-2]
+    return _robust_sigma(d2 / np.sqrt(v))
+
+
+# --------------------------------------------------------------------------------------------------------
+# fit
+
+
+def _usable(obs: Observations, lrs: np.ndarray, skip_warmup: bool) -> np.ndarray:
+    T = lrs.size
+    ok = np.isfinite(obs.y) & (obs.start >= 1) & (obs.end <= T) & (obs.count > 0) & (obs.y > 0)
+    if skip_warmup:
+        peak = int(np.argmax(lrs)) + 1
+        ok &= obs.end > peak
+    return ok
+
+
+def _insufficient(law: str, n: int, msg: str) -> FitResult:
+    return FitResult(law=law, params=None, status=FitStatus.INSUFFICIENT_DATA, n_points=n, warnings=[msg])
+
+
+def _resolve_prior(prior: str | AnnealingPrior | None) -> AnnealingPrior | None:
+    if prior is None or isinstance(prior, AnnealingPrior):
+        return prior
+    return load_prior(prior)
+
+
+def fit(
+    obs: Observations, lrs: ArrayLike, config: FitConfig | None = None, init: FitResult | None = None
+) -> FitResult:
+    """Fit the configured law to ``obs`` under the schedule ``lrs`` (the whole planned schedule; only the
+    observed part enters the fit, the rest decides whether ``C`` matters). Never raises on finite input:
+    too few usable points give ``insufficient_data``; an annealing coefficient the data cannot pin gives
+    ``annealing_unidentified`` (the prior carries it, or without a prior it is a guess of 0)."""
+    cfg = config or FitConfig()
+    a = np.asarray(lrs, dtype=np.float64).reshape(-1)
+    if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError("lrs must be a non-empty array of finite, non-negative learning rates")
+    if cfg.law == "mpl":
+        return _fit_mpl(obs, a, cfg, init)
+    if cfg.law == "auto":
+        return _fit_auto(obs, a, cfg, init)
+    return _fit_tissue(obs, a, cfg, init)
+
+
+def _fit_tissue(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult | None) -> FitResult:
+    ok = _usable(obs, lrs, cfg.skip_warmup)
+    n = int(ok.sum())
+    if n < cfg.min_points:
+        return _insufficient("tissue", n, f"only {n} usable points (need {cfg.min_points})")
+    sub = Observations(obs.start[ok], obs.end[ok], obs.y[ok], obs.count[ok])
+    prior = _resolve_prior(cfg.prior)
+    lams = cfg.lam_grid if cfg.fit_lam else (cfg.lam,)
+    peak = float(lrs.max())
+    # the loss level the run has reached: mean of the latest windows (robust to a single spike)
+    tail = sub.y[np.argsort(sub.end)[-max(3, n // 10) :]]
+    l_ref = float(np.median(tail))
+    sigma0 = max(_noise_from_differences(sub.y, sub.count), 1e-6)
+
+    best: tuple[float, dict] | None = None
+    for lam in lams:
+        res = _fit_one_lam(sub, lrs, lam, cfg, prior, peak, l_ref, sigma0, init)
+        if best is None or res["obj"] < best[0]:
+            best = (res["obj"], res)
+    assert best is not None
+    r = best[1]
+    return _finish(sub, lrs, cfg, prior, r, l_ref, peak)
+
+
+def _fit_one_lam(
+    sub: Observations,
+    lrs: np.ndarray,
+    lam: float,
+    cfg: FitConfig,
+    prior: AnnealingPrior | None,
+    peak: float,
+    l_ref: float,
+    sigma: float,
+    init: FitResult | None,
+) -> dict:
+    D = _Design(sub, lrs, lam, cfg.warmup, cfg.s2_power)
+    y = sub.y
+    base_w = sub.count / (y * y)  # relative residuals
+    if cfg.recency > 0:
+        # the law's shape is imperfect: let the latest part of the curve, nearest the forecast, count more
+        base_w = base_w * np.power(sub.end / float(sub.end.max()), cfg.recency)
+    c_prior = prior.c_prior(peak, lam, l_ref) if prior is not None else None
+    a_prior = (
+        (prior.alpha_mean, prior.alpha_sd)
+        if prior is not None and cfg.use_alpha_prior and prior.alpha_mean is not None and prior.alpha_sd
+        else None
+    )
+    lo, hi = cfg.alpha_bounds
+    rob = np.ones_like(y)
+    X = np.empty((y.size, 3))
+    X[:, 0] = 1.0
+    X[:, 2] = -D.s2m
+
+    def evaluate(alpha: float, w: np.ndarray) -> tuple[float, _Lin]:
+        X[:, 1] = D.f1(alpha)
+        lin = _solve_linear(X, y, w, c_prior)
+        obj = lin.cost
+        if a_prior is not None:
+            obj += ((alpha - a_prior[0]) / a_prior[1]) ** 2
+        return obj, lin
+
+    alpha0 = init.params.alpha if init is not None and init.params is not None else None
+    alpha = alpha0 if alpha0 is not None and lo <= alpha0 <= hi else None
+    obj = math.inf
+    lin: _Lin | None = None
+    for _ in range(cfg.irls_iters if cfg.loss == "huber" else 1):
+        w = base_w * rob / (sigma * sigma)
+        if alpha is None:
+            grid = np.geomspace(lo, hi, 25)
+            vals = [evaluate(float(g), w)[0] for g in grid]
+            k = int(np.argmin(vals))
+            bl, bh = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+        else:
+            bl, bh = max(lo, alpha * 0.7), min(hi, alpha * 1.3)
+        opt = minimize_scalar(
+            lambda t, w=w: evaluate(float(t), w)[0],
+            bounds=(bl, bh),
+            method="bounded",
+            options={"xatol": 1e-4},
+        )
+        alpha = float(opt.x)
+        obj, lin = evaluate(alpha, w)
+        X[:, 1] = D.f1(alpha)
+        rel = (y - X @ lin.beta) / y * np.sqrt(sub.count)
+        s_new = _robust_sigma(rel) if rel.size > 3 else sigma
+        sigma = max(s_new, 1e-6)
+        if cfg.loss == "huber":
+            u = np.abs(rel) / sigma
+            rob = np.where(u <= cfg.huber_k, 1.0, cfg.huber_k / np.maximum(u, 1e-12))
+    assert lin is not None and alpha is not None
+    infl = 1.0
+    if cfg.autocorr and y.size > 8:
+        # residuals that move together (model error, not noise) carry less information than their count:
+        # inflate the noise by the AR(1) factor so the prior keeps its say and the intervals widen
+        X[:, 1] = D.f1(alpha)
+        rr = ((y - X @ lin.beta) / y * np.sqrt(sub.count))[np.argsort(sub.end)]
+        rr = rr - rr.mean()
+        den = float(rr @ rr)
+        rho = float(rr[:-1] @ rr[1:]) / den if den > 0 else 0.0
+        rho = min(max(rho, 0.0), 0.98)
+        infl = math.sqrt((1.0 + rho) / (1.0 - rho))
+    w = base_w * rob / (sigma * sigma * infl * infl)
+    obj, lin = evaluate(alpha, w)
+    return {
+        "obj": obj,
+        "alpha": alpha,
+        "beta": lin.beta,
+        "lam": lam,
+        "sigma": sigma,
+        "w": w,
+        "D": D,
+        "c_prior": c_prior,
+        "a_prior": a_prior,
+    }
+
+
+def _finish(
+    sub: Observations,
+    lrs: np.ndarray,
+    cfg: FitConfig,
+    prior: AnnealingPrior | None,
+    r: dict,
+    l_ref: float,
+    peak: float,
+) -> FitResult:
+    D: _Design = r["D"]
+    L0, A, C = (float(v) for v in r["beta"])
+    alpha = float(r["alpha"])
+    w = r["w"]
+    # Laplace: J of the window-mean model wrt (L0, A, alpha, C)
+    J = np.column_stack([np.ones_like(sub.y), D.f1(alpha), A * D.df1(alpha), -D.s2m])
+    H = (J * w[:, None]).T @ J
+    H_data_c = H.copy()
+    if r["c_prior"] is not None:
+        H[3, 3] += 1.0 / r["c_prior"][1] ** 2
+    if r["a_prior"] is not None:
+        H[2, 2] += 1.0 / r["a_prior"][1] ** 2
+    # a tiny ridge keeps H invertible when a column vanishes (S2 = 0, A = 0)
+    H[np.diag_indices(4)] += 1e-12 * (np.abs(np.diag(H)).max() + 1.0)
+    try:
+        cov = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        cov = np.linalg.pinv(H)
+    cov = 0.5 * (cov + cov.T)
+
+    warns: list[str] = []
+    status = FitStatus.OK
+    # does the rest of the schedule anneal beyond what was seen? then C matters
+    s2_seen = float(np.max(D.s2m)) if D.s2m.size else 0.0
+    s2_future = float(np.max(D.s2_all))
+    c_scale = (
+        r["c_prior"][0]
+        if r["c_prior"] is not None
+        else load_prior("default").c_prior(peak, r["lam"], l_ref)[0]
+    )
+    if s2_future > s2_seen + 1e-12 and c_scale > 0:
+        # data-only information on C after profiling out the other parameters (Schur complement)
+        try:
+            Hd = H_data_c + np.eye(4) * 1e-12 * (np.abs(np.diag(H_data_c)).max() + 1.0)
+            sd_c_data = math.sqrt(max(np.linalg.inv(Hd)[3, 3], 0.0))
+        except np.linalg.LinAlgError:
+            sd_c_data = math.inf
+        if not sd_c_data < cfg.identified_ratio * c_scale:
+            status = FitStatus.ANNEALING_UNIDENTIFIED
+            if prior is None:
+                warns.append(
+                    "the LR has not decayed enough to learn the annealing coefficient C from this run, and no "
+                    f"prior is set: C = {C:.3g} is a guess, the forecast ignores most of the coming drop"
+                )
+            else:
+                warns.append("annealing coefficient C not yet identified by the run; it comes from the prior")
+    params = LawParams(
+        L0=L0,
+        A=A,
+        alpha=alpha,
+        C=C,
+        lam=float(r["lam"]),
+        extra={"warmup_hold": 1.0 if cfg.warmup == "hold" else 0.0, "s2_power": cfg.s2_power},
+    )
+    return FitResult(
+        law="tissue",
+        params=params,
+        status=status,
+        n_points=int(sub.y.size),
+        sigma=float(r["sigma"]),
+        warnings=warns,
+        cov=cov.tolist(),
+        warmup=cfg.warmup,
+        fitted_until=int(sub.end.max()),
+        interval_scale=cfg.interval_scale,
+        model_sd=cfg.model_sd,
+        l_ref=l_ref,
+        c_prior=r["c_prior"],
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# the Multi-Power Law (Luo et al. 2025), also by variable projection: L0, A, B linear; alpha, C, beta, gamma
+# searched by bounded least squares from the paper's typical values
+
+_MPL_NAMES = ["L0", "A", "B", "alpha", "logCm", "beta", "gamma"]
+_MPL_LO = np.array([0.05, math.log(1e-4), 0.05, 0.0])
+_MPL_HI = np.array([2.0, math.log(1e4), 3.0, 1.5])
+
+
+def _mpl_features(
+    theta: np.ndarray, lrs: np.ndarray, steps: np.ndarray, s1: np.ndarray, start: int
+) -> np.ndarray:
+    alpha, logc, beta, gamma = theta
+    f1 = np.power(np.maximum(s1, 1e-300), -alpha)
+    ld = mpl_drop(lrs, steps, 1.0, math.exp(logc), beta, gamma, start=start, max_blocks=256)
+    return np.column_stack([np.ones_like(f1), f1, -ld])
+
+
+def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult | None) -> FitResult:
+    from scipy.optimize import least_squares
+
+    ok = _usable(obs, lrs, True)
+    n = int(ok.sum())
+    if n < max(cfg.min_points, 8):
+        return _insufficient("mpl", n, f"only {n} usable points (need {max(cfg.min_points, 8)})")
+    sub = Observations(obs.start[ok], obs.end[ok], obs.y[ok], obs.count[ok])
+    # a window is represented by its midpoint (MPL windows are short against the curve's scale)
+    steps = np.clip((sub.start + sub.end) // 2, 1, lrs.size)
+    s1 = forward_area(lrs)[steps - 1]
+    start = int(np.argmax(lrs)) + 1
+    y = sub.y
+    prior = _resolve_prior(cfg.prior)
+    peak = float(lrs.max())
+    tail = y[np.argsort(sub.end)[-max(3, n // 10) :]]
+    l_ref = float(np.median(tail))
+    sigma = max(_noise_from_differences(y, sub.count), 1e-6)
+    # B * lr_peak is MPL's full-anneal drop: the same scale-free prior as kappa
+    b_prior = (prior.kappa_mean * l_ref / peak, prior.kappa_sd * l_ref / peak) if prior is not None else None
+    a_prior = (
+        (prior.alpha_mean, prior.alpha_sd)
+        if prior is not None and cfg.use_alpha_prior and prior.alpha_mean is not None and prior.alpha_sd
+        else None
+    )
+    w = sub.count / (y * y) / sigma**2
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        X = _mpl_features(theta, lrs, steps, s1, start)
+        lin = _solve_linear(X, y, w, b_prior)
+        r = np.sqrt(w) * (y - X @ lin.beta)
+        extra = []
+        if b_prior is not None:
+            extra.append((lin.beta[2] - b_prior[0]) / b_prior[1])
+        if a_prior is not None:
+            extra.append((theta[0] - a_prior[0]) / a_prior[1])
+        return np.concatenate([r, extra]) if extra else r
+
+    if init is not None and init.law == "mpl" and init.params is not None:
+        e = init.params.extra
+        x0 = np.array(
+            [init.params.alpha, math.log(e.get("Cm", 1.0)), e.get("beta", 0.5), e.get("gamma", 0.5)]
+        )
+    else:
+        x0 = np.array([0.5, math.log(1.0), 0.5, 0.5])
+    x0 = np.clip(x0, _MPL_LO + 1e-6, _MPL_HI - 1e-6)
+    try:
+        sol = least_squares(resid, x0, bounds=(_MPL_LO, _MPL_HI), x_scale=[0.1, 1.0, 0.2, 0.2], max_nfev=200)
+    except (ValueError, np.linalg.LinAlgError) as exc:  # non-finite residuals from a wild step
+        return FitResult(law="mpl", params=None, status=FitStatus.FAILED, n_points=n, warnings=[str(exc)])
+    theta = sol.x
+    X = _mpl_features(theta, lrs, steps, s1, start)
+    lin = _solve_linear(X, y, w, b_prior)
+    L0, A, B = (float(v) for v in lin.beta)
+    rel = (y - X @ lin.beta) / y * np.sqrt(sub.count)
+    sigma = max(_robust_sigma(rel), 1e-6)
+    # Laplace on all seven parameters (numerical Jacobian of the model)
+    full = np.array([L0, A, B, *theta])
+
+    def model(v: np.ndarray) -> np.ndarray:
+        Xv = _mpl_features(v[3:], lrs, steps, s1, start)
+        return Xv @ v[:3]
+
+    J = np.empty((n, 7))
+    f0 = model(full)
+    for i in range(7):
+        h = 1e-5 * max(abs(full[i]), 1e-3)
+        v = full.copy()
+        v[i] += h
+        J[:, i] = (model(v) - f0) / h
+    wn = sub.count / (y * y) / sigma**2
+    H = (J * wn[:, None]).T @ J
+    if b_prior is not None:
+        H[2, 2] += 1.0 / b_prior[1] ** 2
+    if a_prior is not None:
+        H[3, 3] += 1.0 / a_prior[1] ** 2
+    H[np.diag_indices(7)] += 1e-12 * (np.abs(np.diag(H)).max() + 1.0)
+    cov = np.linalg.pinv(H)
+    params = LawParams(
+        L0=L0,
+        A=A,
+        alpha=float(theta[0]),
+        C=0.0,
+        lam=cfg.lam,
+        extra={"B": B, "Cm": math.exp(theta[1]), "beta": float(theta[2]), "gamma": float(theta[3])},
+    )
+    # the annealing drop is pinned once the LR has decayed by a fair share of its peak
+    decayed = 1.0 - float(lrs[min(int(sub.end.max()), lrs.size) - 1]) / peak
+    future = 1.0 - float(lrs.min()) / peak
+    status = FitStatus.OK
+    warns: list[str] = []
+    if future > decayed + 1e-9 and decayed < 0.1:
+        status = FitStatus.ANNEALING_UNIDENTIFIED
+        warns.append("annealing drop not yet identified by the run; it comes from the prior")
+    return FitResult(
+        law="mpl",
+        params=params,
+        status=status,
+        n_points=n,
+        sigma=sigma,
+        warnings=warns,
+        cov=(0.5 * (cov + cov.T)).tolist(),
+        param_names=list(_MPL_NAMES),
+        warmup="hold",
+        fitted_until=int(sub.end.max()),
+        interval_scale=cfg.interval_scale,
+        model_sd=cfg.model_sd,
+        l_ref=l_ref,
+        c_prior=b_prior,
+    )
+
+
+def _fit_auto(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult | None) -> FitResult:
+    """Both laws fitted on the first 80% of the usable windows and scored on the last 20%; the better one
+    (relative squared error) is refitted on everything."""
+    ok = _usable(obs, lrs, cfg.skip_warmup)
+    idx = np.nonzero(ok)[0]
+    if idx.size < 2 * cfg.min_points:
+        return _fit_tissue(obs, lrs, cfg, init)
+    order = idx[np.argsort(obs.end[idx])]
+    cut = order[: int(0.8 * order.size)]
+    held = order[int(0.8 * order.size) :]
+    train = Observations(obs.start[cut], obs.end[cut], obs.y[cut], obs.count[cut])
+    score: dict[str, float] = {}
+    for law in ("tissue", "mpl"):
+        r = fit(train, lrs, cfg.model_copy(update={"law": law}))
+        if r.params is None:
+            continue
+        mu = LAWS[law].predict(r.params, lrs, obs.end[held])
+        score[law] = float(np.mean(((mu - obs.y[held]) / obs.y[held]) ** 2))
+    best = min(score, key=score.__getitem__) if score else "tissue"
+    res = fit(obs, lrs, cfg.model_copy(update={"law": best}), init if init and init.law == best else None)
+    return res.model_copy(update={"warnings": [*res.warnings, f"law auto-selected: {best}"]})
+
+
+# --------------------------------------------------------------------------------------------------------
+# predict
+
+
+def _tissue_grad(p: LawParams, warmup: str, lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    s1 = forward_area(lrs)[steps - 1]
+    s2 = annealing_term(lrs, p.lam, "hold" if warmup == "hold" else "raw", p.extra.get("s2_power", 1.0))[
+        steps - 1
+    ]
+    s1 = np.maximum(s1, 1e-300)
+    pw = np.power(s1, -p.alpha)
+    return np.column_stack([np.ones_like(s1), pw, -p.A * pw * np.log(s1), -s2])
+
+
+def _mpl_vec(p: LawParams) -> np.ndarray:
+    e = p.extra
+    return np.array([p.L0, p.A, e["B"], p.alpha, math.log(e["Cm"]), e["beta"], e["gamma"]])
+
+
+def _mpl_grad(p: LawParams, lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    v = _mpl_vec(p)
+    s1 = forward_area(lrs)[steps - 1]
+    start = int(np.argmax(lrs)) + 1
+
+    def model(u: np.ndarray) -> np.ndarray:
+        return _mpl_features(u[3:], lrs, steps, s1, start) @ u[:3]
+
+    f0 = model(v)
+    g = np.empty((steps.size, 7))
+    for i in range(7):
+        h = 1e-5 * max(abs(v[i]), 1e-3)
+        u = v.copy()
+        u[i] += h
+        g[:, i] = (model(u) - f0) / h
+    return g
+
+
+def predict(
+    result: FitResult, lrs: ArrayLike, steps: ArrayLike, level: float = 0.8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictive mean and std of the loss after ``steps`` updates (1..len(lrs)) under the schedule ``lrs``
+    (any schedule: the what-if). The std combines the parameter uncertainty (posterior covariance, scaled by
+    ``interval_scale``) with a model-error term ``model_sd * mean * h``, where ``h`` is the fraction of the
+    LR area still ahead of the fit (``(S1(s) - S1(fitted_until)) / S1(s)``, 0 inside the fitted range).
+    ``level`` is accepted for symmetry with the interval helpers; the std does not depend on it."""
+    if result.params is None:
+        raise ValueError(f"no fitted law to predict with (status {result.status.value})")
+    a = np.asarray(lrs, dtype=np.float64).reshape(-1)
+    st = np.asarray(steps, dtype=np.int64).reshape(-1)
+    if st.size and (st.min() < 1 or st.max() > a.size):
+        raise ValueError(f"steps must lie in 1..{a.size} (the schedule's length)")
+    law = LAWS[result.law]
+    mean = law.predict(result.params, a, st)
+    var = np.zeros_like(mean)
+    if result.cov is not None and result.law == "tissue":
+        g = _tissue_grad(result.params, result.warmup, a, st)
+        cov = np.asarray(result.cov)
+        var = np.einsum("ij,jk,ik->i", g, cov, g) * result.interval_scale**2
+    elif result.cov is not None and result.law == "mpl":
+        g = _mpl_grad(result.params, a, st)
+        cov = np.asarray(result.cov)
+        var = np.einsum("ij,jk,ik->i", g, cov, g) * result.interval_scale**2
+    if result.model_sd > 0:
+        s1 = forward_area(a)
+        s_fit = s1[min(max(result.fitted_until, 1), a.size) - 1]
+        h = np.clip((s1[st - 1] - s_fit) / np.maximum(s1[st - 1], 1e-300), 0.0, 1.0)
+        var = var + (result.model_sd * np.abs(mean) * h) ** 2
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def interval(mean: np.ndarray, std: np.ndarray, level: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Central normal interval at ``level``: ``mean -+ z * std``."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    z = float(ndtri(0.5 + level / 2.0))
+    return mean - z * std, mean + z * std

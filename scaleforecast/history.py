@@ -1,0 +1,129 @@
+"""A bounded history of loss observations: fixed-width bins that coarsen as the run grows.
+
+A refit must cost the same on a 1M-step run as on a 10k one, so the forecaster never keeps raw points. Each
+observation covers the updates ``start..end`` (1-based, inclusive: one step, or a logging window) and lands
+in the bin ``(end - 1) // width``. A bin keeps the sum and count of the losses it holds and the span of updates
+they cover, which is all the fitter needs to model it as a window mean. When there are more than ``max_bins``
+bins the width doubles and neighbours merge, so memory and refit time stay bounded while every observation
+keeps its weight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class BinnedHistory:
+    """Observations merged into at most ``max_bins`` equal-width bins of update steps."""
+
+    def __init__(self, max_bins: int = 1024) -> None:
+        if max_bins < 16:
+            raise ValueError(f"max_bins must be at least 16, got {max_bins}")
+        self.max_bins = max_bins
+        self.width = 1
+        self._key = np.zeros(0, dtype=np.int64)
+        self._start = np.zeros(0, dtype=np.int64)
+        self._end = np.zeros(0, dtype=np.int64)
+        self._sum = np.zeros(0)
+        self._sumsq = np.zeros(0)
+        self._count = np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self._key)
+
+    @property
+    def n_raw(self) -> int:
+        """Number of raw observations merged into the bins."""
+        return int(self._count.sum())
+
+    @property
+    def last_end(self) -> int:
+        """The last update covered by any observation (0 when empty)."""
+        return int(self._end.max()) if len(self._end) else 0
+
+    def add(self, start: np.ndarray, end: np.ndarray, y: np.ndarray) -> None:
+        """Merge observations (arrays of equal length, ``end`` non-decreasing) into the bins."""
+        if len(y) == 0:
+            return
+        start = np.asarray(start, dtype=np.int64)
+        end = np.asarray(end, dtype=np.int64)
+        y = np.asarray(y, dtype=float)
+        self._merge((end - 1) // self.width, start, end, y, y * y, np.ones_like(y), concat=True)
+        while len(self._key) > self.max_bins:
+            self.width *= 2
+            self._merge(
+                self._key // 2, self._start, self._end, self._sum, self._sumsq, self._count, concat=False
+            )
+
+    def _merge(
+        self,
+        key: np.ndarray,
+        start: np.ndarray,
+        end: np.ndarray,
+        s: np.ndarray,
+        s2: np.ndarray,
+        n: np.ndarray,
+        *,
+        concat: bool,
+    ) -> None:
+        if concat:
+            key = np.concatenate([self._key, key])
+            start = np.concatenate([self._start, start])
+            end = np.concatenate([self._end, end])
+            s = np.concatenate([self._sum, s])
+            s2 = np.concatenate([self._sumsq, s2])
+            n = np.concatenate([self._count, n])
+        order = np.argsort(key, kind="stable")
+        key, start, end, s, s2, n = (a[order] for a in (key, start, end, s, s2, n))
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        self._key = key[first]
+        self._start = np.minimum.reduceat(start, first)
+        self._end = np.maximum.reduceat(end, first)
+        self._sum = np.add.reduceat(s, first)
+        self._sumsq = np.add.reduceat(s2, first)
+        self._count = np.add.reduceat(n, first)
+
+    def truncate(self, step: int) -> int:
+        """Drop every bin holding an observation that ends after ``step``; return how many raw points went.
+
+        A bin cannot be split, so a resume can lose up to one bin's width of observations before ``step``.
+        """
+        keep = self._end <= step
+        dropped = int(self._count[~keep].sum())
+        for name in ("_key", "_start", "_end", "_sum", "_sumsq", "_count"):
+            setattr(self, name, getattr(self, name)[keep])
+        return dropped
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(start, end, mean loss, count)`` of every bin, in step order."""
+        return self._start.copy(), self._end.copy(), self._sum / self._count, self._count.copy()
+
+    def within_bin_std(self) -> float | None:
+        """Pooled standard deviation of single observations inside bins (``None`` with too few repeats)."""
+        dof = float((self._count - 1).sum())
+        if dof < 5:
+            return None
+        ss = self._sumsq - self._sum**2 / self._count
+        return float(np.sqrt(max(ss.sum(), 0.0) / dof))
+
+    def state_dict(self) -> dict:
+        return {
+            "max_bins": self.max_bins,
+            "width": self.width,
+            "key": self._key.tolist(),
+            "start": self._start.tolist(),
+            "end": self._end.tolist(),
+            "sum": self._sum.tolist(),
+            "sumsq": self._sumsq.tolist(),
+            "count": self._count.tolist(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.max_bins = int(state["max_bins"])
+        self.width = int(state["width"])
+        self._key = np.asarray(state["key"], dtype=np.int64)
+        self._start = np.asarray(state["start"], dtype=np.int64)
+        self._end = np.asarray(state["end"], dtype=np.int64)
+        self._sum = np.asarray(state["sum"], dtype=float)
+        self._sumsq = np.asarray(state["sumsq"], dtype=float)
+        self._count = np.asarray(state["count"], dtype=float)

@@ -1,0 +1,260 @@
+"""Loss-curve laws driven by the LR schedule: the LR-annealing law (Tissue et al. 2024) and the Multi-Power
+Law (Luo et al. 2025).
+
+Conventions: ``lrs[k]`` is the LR of optimizer update ``k + 1``; a *step* ``s`` is the number of updates
+completed, so the areas "after s updates" are element ``s - 1`` of the arrays returned here. Step 0 (no
+update yet) has ``S1 = S2 = 0``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.signal import lfilter
+
+from scaleforecast.results import LawParams
+
+__all__ = [
+    "LAWS",
+    "AreaAccumulator",
+    "Law",
+    "MPLLaw",
+    "TissueLaw",
+    "WarmupS2",
+    "annealing_area",
+    "annealing_term",
+    "forward_area",
+    "hold_warmup",
+    "mpl_drop",
+]
+
+WarmupS2 = Literal["raw", "hold"]
+
+
+def _as_lrs(lrs: ArrayLike) -> np.ndarray:
+    a = np.asarray(lrs, dtype=np.float64).reshape(-1)
+    if a.size == 0:
+        raise ValueError("empty LR schedule")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"non-finite LR at index {int(np.argmin(np.isfinite(a)))}")
+    return a
+
+
+def forward_area(lrs: ArrayLike) -> np.ndarray:
+    """S1: ``S1[k] = lrs[0] + ... + lrs[k]``, the LR area after ``k + 1`` updates (length T, O(T))."""
+    return np.cumsum(_as_lrs(lrs))
+
+
+def hold_warmup(lrs: ArrayLike) -> np.ndarray:
+    """The schedule as the annealing area sees it under ``warmup="hold"``: every LR before the first peak is
+    raised to that peak, so the warm-up's rising LR adds nothing (instead of a negative area) to S2."""
+    a = _as_lrs(lrs).copy()
+    k = int(np.argmax(a))
+    a[:k] = a[k]
+    return a
+
+
+def annealing_area(lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw") -> np.ndarray:
+    """S2 after each update (length T, vectorised O(T) through a first-order IIR filter).
+
+    ``S2(s) = m_1 + ... + m_s`` with ``m_i = lam * m_{i-1} + (lr_{i-1} - lr_i)`` and ``m_1 = 0``. With
+    ``warmup="raw"`` the formula is applied as written (the rising warm-up LR makes S2 negative);
+    ``warmup="hold"`` applies it to :func:`hold_warmup` of the schedule.
+    """
+    if not 0.0 <= lam < 1.0:
+        raise ValueError(f"lam must be in [0, 1), got {lam}")
+    a = hold_warmup(lrs) if warmup == "hold" else _as_lrs(lrs)
+    d = np.zeros_like(a)
+    d[1:] = a[:-1] - a[1:]
+    m = lfilter([1.0], [1.0, -lam], d)
+    return np.cumsum(m)
+
+
+def annealing_term(
+    lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", power: float = 1.0
+) -> np.ndarray:
+    """The S2 that multiplies ``-C`` in the law: :func:`annealing_area`, optionally shaped by ``power``.
+
+    With ``u = S2 * (1 - lam) / lr_peak`` (the fraction of a full anneal done, 1 after a settled decay to
+    zero), the term is ``sign(u) |u|^power * lr_peak / (1 - lam)``: ``power = 1`` is the law as written;
+    ``power > 1`` makes the drop accelerate as the LR nears zero (seen at the end of long linear cooldowns)
+    while a full anneal still drops by ``kappa = C * lr_peak / (1 - lam)``.
+    """
+    s2 = annealing_area(lrs, lam, warmup)
+    if power == 1.0:
+        return s2
+    full = float(np.max(np.asarray(lrs, dtype=np.float64))) / (1.0 - lam)
+    if full <= 0:
+        return s2
+    u = s2 / full
+    return np.sign(u) * np.power(np.abs(u), power) * full
+
+
+class AreaAccumulator:
+    """S1 and S2 updated in O(1) per optimizer update, for the online path.
+
+    ``push(lr)`` takes the LR of the next update and returns ``(S1, S2)`` after it; the results equal
+    :func:`forward_area` and :func:`annealing_area` (``warmup="raw"``) of the pushed sequence.
+    """
+
+    def __init__(self, lam: float = 0.999) -> None:
+        if not 0.0 <= lam < 1.0:
+            raise ValueError(f"lam must be in [0, 1), got {lam}")
+        self.lam = float(lam)
+        self.steps = 0
+        self.s1 = 0.0
+        self.s2 = 0.0
+        self.m = 0.0
+        self.prev_lr: float | None = None
+
+    def push(self, lr: float) -> tuple[float, float]:
+        """Account for one more update at LR ``lr``; return ``(S1, S2)`` after it."""
+        lr = float(lr)
+        if not np.isfinite(lr):
+            raise ValueError(f"non-finite LR at update {self.steps + 1}")
+        self.m = 0.0 if self.prev_lr is None else self.lam * self.m + (self.prev_lr - lr)
+        self.s1 += lr
+        self.s2 += self.m
+        self.prev_lr = lr
+        self.steps += 1
+        return self.s1, self.s2
+
+    def state_dict(self) -> dict:
+        """JSON-safe state."""
+        return {
+            "lam": self.lam,
+            "steps": self.steps,
+            "s1": self.s1,
+            "s2": self.s2,
+            "m": self.m,
+            "prev_lr": self.prev_lr,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the state written by :meth:`state_dict`."""
+        self.lam = float(state["lam"])
+        self.steps = int(state["steps"])
+        self.s1 = float(state["s1"])
+        self.s2 = float(state["s2"])
+        self.m = float(state["m"])
+        self.prev_lr = None if state["prev_lr"] is None else float(state["prev_lr"])
+
+
+def _at_steps(arr: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Values after ``steps`` updates (step 0 -> 0)."""
+    steps = np.asarray(steps, dtype=np.int64)
+    if np.any(steps < 0) or np.any(steps > arr.size):
+        raise ValueError(f"steps must lie in 0..{arr.size} (the schedule's length)")
+    out = np.zeros(steps.shape, dtype=np.float64)
+    pos = steps > 0
+    out[pos] = arr[steps[pos] - 1]
+    return out
+
+
+class Law(Protocol):
+    """A loss law: ``predict(params, lrs, steps)`` gives the loss after ``steps`` updates under ``lrs``."""
+
+    name: str
+
+    def predict(self, params: LawParams, lrs: ArrayLike, steps: ArrayLike) -> np.ndarray: ...
+
+
+class TissueLaw:
+    """The LR-annealing law (Tissue et al. 2024): ``L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)``.
+
+    S1 is the forward area (:func:`forward_area`), S2 the annealing area (:func:`annealing_area`) with decay
+    ``params.lam``; ``params.extra["warmup_hold"] == 1`` selects ``warmup="hold"`` for S2 and
+    ``params.extra["s2_power"]`` shapes it (:func:`annealing_term`; 1 = the law as written).
+    """
+
+    name = "tissue"
+
+    def predict(self, params: LawParams, lrs: ArrayLike, steps: ArrayLike) -> np.ndarray:
+        """Loss after ``steps`` updates (step 0 is undefined: S1 = 0; it returns +inf there)."""
+        a = _as_lrs(lrs)
+        st = np.asarray(steps, dtype=np.int64)
+        warm: WarmupS2 = "hold" if params.extra.get("warmup_hold", 0.0) >= 0.5 else "raw"
+        s1 = _at_steps(forward_area(a), st)
+        s2 = _at_steps(annealing_term(a, params.lam, warm, params.extra.get("s2_power", 1.0)), st)
+        with np.errstate(divide="ignore"):
+            p = np.where(s1 > 0, np.power(np.maximum(s1, 1e-300), -params.alpha), np.inf)
+        return params.L0 + params.A * p - params.C * s2
+
+
+def _blocks(lrs: np.ndarray, start: int, max_blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LR decreases ``d_k = lr_{k-1} - lr_k`` for updates ``k > start`` (1-based), merged into at most
+    ``max_blocks`` consecutive blocks: (block's last update k, summed d, LR after the block)."""
+    d = np.zeros_like(lrs)
+    d[1:] = lrs[:-1] - lrs[1:]
+    d[: max(start, 1)] = 0.0
+    ks = np.nonzero(d != 0.0)[0]
+    if ks.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    if ks.size > max_blocks:
+        edges = np.linspace(0, ks.size, max_blocks + 1).astype(np.int64)
+        csum = np.concatenate([[0.0], np.cumsum(d[ks])])
+        last = ks[edges[1:] - 1]
+        dsum = csum[edges[1:]] - csum[edges[:-1]]
+        return last + 1, dsum, lrs[last]
+    return ks + 1, d[ks], lrs[ks]
+
+
+def mpl_drop(
+    lrs: np.ndarray,
+    steps: np.ndarray,
+    B: float,
+    C: float,
+    beta: float,
+    gamma: float,
+    start: int = 0,
+    max_blocks: int = 1024,
+) -> np.ndarray:
+    """The Multi-Power Law's loss drop ``LD(t) = B * sum_k (lr_{k-1} - lr_k) * G(lr_k^-gamma * S_k(t))`` with
+    ``G(x) = 1 - (C x + 1)^-beta`` and ``S_k(t) = lr_k + ... + lr_t``, over decreases after update ``start``.
+    Decreases are merged into at most ``max_blocks`` blocks, so the cost is O(len(steps) * max_blocks)."""
+    s1 = np.concatenate([[0.0], np.cumsum(lrs)])
+    kk, dd, lk = _blocks(lrs, start, max_blocks)
+    t = np.asarray(steps, dtype=np.int64)
+    if kk.size == 0:
+        return np.zeros(t.shape)
+    # S_k(t) = S1(t) - S1(k - 1); only k <= t counts.
+    sk = s1[t][:, None] - s1[kk - 1][None, :]
+    mask = kk[None, :] <= t[:, None]
+    x = np.where(mask, np.maximum(lk, 1e-300)[None, :] ** (-gamma) * np.maximum(sk, 0.0), 0.0)
+    g = 1.0 - np.power(C * x + 1.0, -beta)
+    return B * np.sum(np.where(mask, dd[None, :] * g, 0.0), axis=1)
+
+
+class MPLLaw:
+    """The Multi-Power Law (Luo et al. 2025):
+    ``L(t) = L0 + A * S1(t)^(-alpha) - LD(t)``,
+    ``LD(t) = B * sum_{k<=t} (lr_{k-1} - lr_k) * (1 - (C * lr_k^(-gamma) * S_k(t) + 1)^(-beta))``,
+    ``S_k(t) = lr_k + ... + lr_t`` (S1 includes the warm-up area, the paper's ``S1 + S_W``). Parameters
+    ``L0, A, alpha`` are the LawParams fields; ``B, C, beta, gamma`` live in ``params.extra`` as
+    ``B, Cm, beta, gamma`` (``params.C`` is unused, kept 0). Decreases count from the LR peak on."""
+
+    name = "mpl"
+
+    def predict(self, params: LawParams, lrs: ArrayLike, steps: ArrayLike) -> np.ndarray:
+        """Loss after ``steps`` updates."""
+        a = _as_lrs(lrs)
+        st = np.asarray(steps, dtype=np.int64)
+        s1 = _at_steps(forward_area(a), st)
+        ex = params.extra
+        with np.errstate(divide="ignore"):
+            p = np.where(s1 > 0, np.power(np.maximum(s1, 1e-300), -params.alpha), np.inf)
+        ld = mpl_drop(
+            a,
+            np.clip(st, 0, a.size),
+            ex.get("B", 0.0),
+            ex.get("Cm", 1.0),
+            ex.get("beta", 0.5),
+            ex.get("gamma", 0.5),
+            start=int(np.argmax(a)) + 1,
+        )
+        return params.L0 + params.A * p - ld
+
+
+LAWS: dict[str, Law] = {"tissue": TissueLaw(), "mpl": MPLLaw()}

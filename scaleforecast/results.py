@@ -1,0 +1,106 @@
+"""Results that leave the process: fits and forecasts, as pydantic models (JSON-safe)."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FitStatus(str, Enum):
+    """How far a fit can be trusted.
+
+    - ``ok``: every parameter is pinned by the run's own data.
+    - ``annealing_unidentified``: the LR has not decayed enough for the data to pin the annealing
+      coefficient ``C``; the forecast leans on the prior (or, without one, on ``C = 0``) and says so.
+    - ``insufficient_data``: too few usable points to fit at all; the forecast is empty.
+    - ``failed``: the optimiser did not converge; the previous fit, if any, is kept.
+    """
+
+    OK = "ok"
+    ANNEALING_UNIDENTIFIED = "annealing_unidentified"
+    INSUFFICIENT_DATA = "insufficient_data"
+    FAILED = "failed"
+
+
+class LawParams(BaseModel):
+    """Fitted parameters of ``L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)``; MPL adds ``extra``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    L0: float
+    A: float
+    alpha: float
+    C: float
+    lam: float = 0.999
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class ForecastPoint(BaseModel):
+    """The forecast loss at one step, with a central interval at the forecast's ``level``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: int
+    loss: float
+    lower: float
+    upper: float
+    std: float = Field(description="standard deviation of the predictive distribution (normal)")
+
+
+class Forecast(BaseModel):
+    """A forecast of the loss at one or more steps, from the fit on ``n_points`` observations.
+
+    ``points`` are ordered as asked; ``final`` is the point at the schedule's last step (or ``None`` when
+    that step was not asked for). ``status`` is the fit's :class:`FitStatus`.
+    """
+
+    law: str
+    level: float
+    fitted_at_step: int
+    final_step: int
+    points: list[ForecastPoint]
+    params: LawParams | None
+    n_points: int
+    status: FitStatus
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def final(self) -> ForecastPoint | None:
+        for p in self.points:
+            if p.step == self.final_step:
+                return p
+        return None
+
+    @property
+    def ok(self) -> bool:
+        """True when the forecast holds numbers (any status but ``insufficient_data``/``failed``)."""
+        return self.status in (FitStatus.OK, FitStatus.ANNEALING_UNIDENTIFIED) and bool(self.points)
+
+    def prob_at_least(self, reference: float, step: int | None = None) -> float:
+        """P(loss at ``step`` >= ``reference``) under the forecast's normal predictive distribution."""
+        point = self.final if step is None else next((p for p in self.points if p.step == step), None)
+        if point is None:
+            raise ValueError(f"no forecast point at step {step if step is not None else self.final_step}")
+        if point.std <= 0:
+            return 1.0 if point.loss >= reference else 0.0
+        z = (point.loss - reference) / point.std
+        return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+    def to_cli_json(self) -> dict:
+        """The object printed by ``scaleforecast forecast --json`` (a stable contract)."""
+        return {
+            "forecasts": [
+                {"step": p.step, "loss": p.loss, "lower": p.lower, "upper": p.upper, "std": p.std}
+                for p in self.points
+            ],
+            "level": self.level,
+            "law": self.law,
+            "params": self.params.model_dump() if self.params else {},
+            "n_points": self.n_points,
+            "status": self.status.value,
+            "fitted_at_step": self.fitted_at_step,
+            "final_step": self.final_step,
+            "warnings": list(self.warnings),
+        }

@@ -1,0 +1,131 @@
+"""Where forecasts, health events and figures go: the :class:`Sink` protocol and a failure-isolating fan-out.
+
+A sink receives host-side values only (floats, pydantic results, numpy arrays) and never touches the training
+framework. Every adapter writes through a :class:`FanoutSink`, so one broken sink (a full disk, a closed
+writer) is reported once and switched off while the others, and the training run, carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from scaleforecast.results import Forecast
+
+if TYPE_CHECKING:
+    from scaleforecast.events import Event
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CurveSnapshot", "FanoutSink", "Sink"]
+
+
+@dataclass(frozen=True)
+class CurveSnapshot:
+    """Everything a figure of the run needs, as plain arrays (so sinks stay free of the forecaster).
+
+    ``observed_steps``/``observed_loss``: the (binned) losses seen so far; ``steps``/``mean``/``lower``/``upper``:
+    the forecast curve and its central band at ``level`` from the current step to ``final_step``;
+    ``lrs``: the planned per-update LR (element k = update k+1), drawn on a second axis when given;
+    ``fit_steps``/``fit_mean``: the fitted law over the steps already seen (to judge the fit by eye).
+    """
+
+    step: int
+    final_step: int
+    observed_steps: np.ndarray
+    observed_loss: np.ndarray
+    steps: np.ndarray
+    mean: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    level: float
+    target: float | None = None
+    lrs: np.ndarray | None = None
+    title: str = ""
+    fit_steps: np.ndarray | None = None
+    fit_mean: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination for the monitor's output. Implementations may ignore what they cannot show.
+
+    - ``write_forecast(step, forecast, extras)``: a new forecast made at optimizer step ``step``; ``extras`` are
+      further scalars (tag -> value) such as the stop probability or an advice gain.
+    - ``write_scalars(step, scalars)``: scalars outside a refit (observed loss, detector scores).
+    - ``write_event(event)``: a health/advice/decision event (``scaleforecast.events.Event``).
+    - ``write_figure(snapshot)``: a picture of the run and its forecast.
+    - ``flush()`` / ``close()``.
+    """
+
+    def write_forecast(self, step: int, forecast: Forecast, extras: Mapping[str, float]) -> None: ...
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None: ...
+
+    def write_event(self, event: Event) -> None: ...
+
+    def write_figure(self, snapshot: CurveSnapshot) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FanoutSink:
+    """Forward every call to each of ``sinks``; a sink that raises is reported once and disabled.
+
+    The error goes to ``warnings`` (category ``RuntimeWarning``) and the ``scaleforecast.sinks`` logger with the
+    sink's class name and the failing method; later calls skip that sink. Nothing ever propagates to the caller,
+    because a sink must not take a training run down with it.
+    """
+
+    def __init__(self, sinks: Iterable[Any] = ()) -> None:
+        self.sinks: list[Any] = list(sinks)
+        self.disabled: dict[int, str] = {}
+
+    def add(self, sink: Any) -> None:
+        self.sinks.append(sink)
+
+    @property
+    def active(self) -> list[Any]:
+        return [s for s in self.sinks if id(s) not in self.disabled]
+
+    def __len__(self) -> int:
+        return len(self.active)
+
+    def _call(self, method: str, *args: Any) -> None:
+        for sink in self.active:
+            fn = getattr(sink, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception as exc:  # a sink must never take the run down
+                msg = f"{type(sink).__name__}.{method} failed ({type(exc).__name__}: {exc}); sink disabled"
+                self.disabled[id(sink)] = msg
+                log.warning(msg, exc_info=True)
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def write_forecast(self, step: int, forecast: Forecast, extras: Mapping[str, float]) -> None:
+        self._call("write_forecast", step, forecast, extras)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self._call("write_scalars", step, scalars)
+
+    def write_event(self, event: Event) -> None:
+        self._call("write_event", event)
+
+    def write_figure(self, snapshot: CurveSnapshot) -> None:
+        self._call("write_figure", snapshot)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")

@@ -1,0 +1,183 @@
+"""A tiny GPT-2 on byte-level Python source text, trained by a real ``transformers.Trainer`` on CPU.
+
+Used by the HF tests in-process, and run as a script under ``torchrun`` for the two-process test:
+
+    torchrun --nproc_per_node 2 tests/hf_worker.py --out DIR --target 0.5 --max-steps 60
+
+Every rank writes ``DIR/rank{RANK}.json`` with the step it stopped at and the callback's decision. No download:
+the model is built from a config and the text is the standard library's own source, read at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+SEQ_LEN = 32
+
+
+def stdlib_text(n_bytes: int = 400_000) -> bytes:
+    """The first ``n_bytes`` of the standard library's ``.py`` sources, in sorted file order (deterministic)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chunks: list[bytes] = []
+    total = 0
+    for path in sorted(root.glob("*.py")):
+        data = path.read_bytes()
+        chunks.append(data)
+        total += len(data)
+        if total >= n_bytes:
+            break
+    return b"".join(chunks)[:n_bytes]
+
+
+class ByteChunks(Dataset):
+    """Non-overlapping byte windows of length ``seq_len``; ``labels`` equal ``input_ids`` (the model shifts)."""
+
+    def __init__(self, data: bytes, seq_len: int = SEQ_LEN) -> None:
+        ids = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+        n = ids.numel() // seq_len
+        self.rows = ids[: n * seq_len].view(n, seq_len)
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.rows[i]
+        return {"input_ids": row, "labels": row.clone()}
+
+
+def tiny_gpt2(seed: int = 0, n_embd: int = 16, n_layer: int = 1) -> torch.nn.Module:
+    """A GPT-2 language model built from a config (byte vocabulary, a few thousand parameters)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=256,
+        n_positions=SEQ_LEN,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def training_args(output_dir: str | Path, **overrides: Any) -> Any:
+    """CPU ``TrainingArguments`` for a short cosine run with TensorBoard logging (works on 4.4x and 5.x)."""
+    from transformers import TrainingArguments
+
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        max_steps=60,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=5,
+        weight_decay=0.0,
+        logging_steps=5,
+        report_to=["tensorboard"],
+        save_strategy="no",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def make_trainer(
+    output_dir: str | Path,
+    callbacks: list[Any],
+    n_bytes: int = 200_000,
+    eval_dataset: Dataset | None = None,
+    **overrides: Any,
+) -> Any:
+    """A real ``transformers.Trainer`` over the tiny model and the byte dataset."""
+    from transformers import Trainer
+
+    args = training_args(output_dir, **overrides)
+    return Trainer(
+        model=tiny_gpt2(),
+        args=args,
+        train_dataset=ByteChunks(stdlib_text(n_bytes)),
+        eval_dataset=eval_dataset,
+        callbacks=callbacks,
+    )
+
+
+class FirstLocalLoss:
+    """Records this rank's own first training loss (a test probe: it syncs, which the callback never does)."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        loss = getattr(output, "loss", None)
+        if self.value is None and module.training and loss is not None:
+            self.value = float(loss.detach())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train under torchrun (gloo) with the forecast callback; record where each rank stopped."""
+    from scaleforecast.callbacks.hf import HFLossForecast
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--max-steps", type=int, default=60)
+    parser.add_argument("--resolution", default="auto")
+    ns = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    out = Path(ns.out)
+    callback = HFLossForecast(
+        target_loss=ns.target,
+        confidence=0.9,
+        min_fraction=0.2,
+        refit_every=10,
+        flush_every=5,
+        resolution=ns.resolution,
+    )
+    trainer = make_trainer(
+        out / "run",
+        [callback],
+        max_steps=ns.max_steps,
+        # The distributed sampler gives each rank different batches, so per-rank losses differ and only the
+        # reduced values agree.
+        ddp_backend="gloo",
+        ddp_find_unused_parameters=False,
+    )
+    probe = FirstLocalLoss()
+    trainer.model.register_forward_hook(probe)
+    trainer.train()
+    record = {
+        "rank": rank,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "global_step": trainer.state.global_step,
+        "stopped": callback.stopped,
+        "stop_step": callback.stop_step,
+        "reason": callback.stop_reason,
+        "mode": callback.mode,
+        "local_first_loss": probe.value,
+        "final": None
+        if callback.latest is None or callback.latest.final is None
+        else callback.latest.final.loss,
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaleforecast.cli import main
+
+EPFML = "epfml_schaipp_haegele/ann0.2_openwebtext2_llama_norm_nlayers12_nhead10_lr0.001_sched_wsd_warmup300_iter25000"
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_forecast_json_contract_on_real_curve(curves_dir: Path, capsys):
+    base = curves_dir / EPFML
+    code, out, _ = _run(
+        [
+            "forecast",
+            f"{base}.csv",
+            "--lr-file",
+            f"{base}.lr.npy",
+            "--until-step",
+            "12500",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert {"forecasts", "level", "law", "params", "n_points", "status", "warnings"} <= set(result)
+    (point,) = result["forecasts"]
+    total = len(np.load(f"{base}.lr.npy"))
+    assert point["step"] == total
+    assert point["lower"] <= point["loss"] <= point["upper"]
+    assert result["level"] == 0.8
+    assert result["loss_column"] == "val_loss"
+    assert result["fitted_at_step"] <= 12500
+    # The real final validation loss of this run is within a few percent of the forecast.
+    assert abs(point["loss"] - 3.1119) / 3.1119 < 0.03
+
+
+def test_forecast_at_steps_level_and_loss_column(curves_dir: Path, capsys):
+    base = curves_dir / EPFML
+    code, out, _ = _run(
+        [
+            "forecast",
+            f"{base}.csv",
+            "--lr-file",
+            f"{base}.lr.npy",
+            "--loss-column",
+            "train_loss",
+            "--at",
+            "5000",
+            "20000",
+            "--level",
+            "0.95",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert [p["step"] for p in result["forecasts"]] == [5000, 20000]
+    assert result["level"] == 0.95
+
+
+def test_lr_column_and_schedule_spec(tmp_path: Path, capsys):
+    steps = np.arange(1, 2001)
+    lr = np.full(2000, 1e-3)
+    lr[:100] = np.linspace(1e-5, 1e-3, 100)
+    loss = 2.0 + 1.5 * np.cumsum(lr) ** -0.5
+    csv = tmp_path / "run.csv"
+    csv.write_text("step,lr,loss\n" + "".join(f"{s},{r},{v}\n" for s, r, v in zip(steps, lr, loss, strict=True)))
+    code, out, _ = _run(["forecast", str(csv), "--until-step", "1000", "--json"], capsys)
+    assert code == 0 and json.loads(out)["forecasts"][0]["step"] == 2000
+    code, out, _ = _run(
+        ["forecast", str(csv), "--schedule", "cosine:peak=1e-3,warmup=100,total=4000", "--json"], capsys
+    )
+    assert code == 0 and json.loads(out)["forecasts"][0]["step"] == 4000
+    code, out, _ = _run(["forecast", str(csv)], capsys)
+    assert code == 0 and "80% interval" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("", [], "empty CSV"),
+        ("step,loss\n", [], "no values"),
+        ("epoch,loss\n1,2.0\n", [], "no 'step' column"),
+        ("step,acc\n1,0.5\n", [], "no loss column"),
+        ("step,loss\n2,3.0\n1,2.9\n", [], "out of order"),
+        ("step,loss\n1,abc\n", [], "not a number"),
+        ("step,loss\n1,3.0\n2,2.9\n", [], "no LR for every step"),
+        ("step,loss\n1,3.0\n500,2.9\n", ["--schedule", "constant:peak=1e-3,total=100"], "losses up to step 500"),
+        ("step,loss\n1,3.0\n", ["--schedule", "cosine:peak=-1,total=100"], "peak"),
+        ("step,loss\n1,3.0\n", ["--loss-column", "nope"], "no column 'nope'"),
+    ],
+)
+def test_unusable_input_is_one_line_error(tmp_path: Path, capsys, content: str, extra: list[str], message: str):
+    csv = tmp_path / "run.csv"
+    csv.write_text(content)
+    code, out, err = _run(["forecast", str(csv), *extra], capsys)
+    assert code == 2
+    assert out == ""
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_lr_file_and_missing_file(tmp_path: Path, capsys):
+    csv = tmp_path / "run.csv"
+    csv.write_text("step,loss\n1,3.0\n2,2.9\n")
+    np.save(tmp_path / "bad.npy", np.array([1e-3, np.nan, 1e-3]))
+    code, _, err = _run(["forecast", str(csv), "--lr-file", str(tmp_path / "bad.npy")], capsys)
+    assert code == 2 and "index 1" in err
+    code, _, err = _run(["forecast", str(tmp_path / "missing.csv")], capsys)
+    assert code == 2 and "cannot read" in err
+
+
+def test_too_few_points_reports_status(tmp_path: Path, capsys):
+    csv = tmp_path / "run.csv"
+    csv.write_text("step,loss\n10,3.0\n20,2.9\n")
+    code, out, _ = _run(["forecast", str(csv), "--schedule", "constant:peak=1e-3,total=100", "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["status"] == "insufficient_data" and result["forecasts"] == []
+
+
+@pytest.mark.slow
+def test_console_script_on_every_real_curve(curves_dir: Path):
+    """The CLI contract holds on every run in the shared folder (one process, many runs)."""
+    runs = sorted(curves_dir.glob("*/*.lr.npy"))
+    assert len(runs) >= 100
+    code = "\n".join(
+        [
+            "import json, sys",
+            "from scaleforecast.cli import main",
+            "bad = []",
+            "for lr in sys.argv[1:]:",
+            "    csv = lr[: -len('.lr.npy')] + '.csv'",
+            "    if main(['forecast', csv, '--lr-file', lr, '--until-step', '1000000', '--json']) != 0:",
+            "        bad.append(csv)",
+            "print(json.dumps(bad), file=sys.stderr)",
+        ]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, runs)], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    objects = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(objects) == len(runs)
+    assert all(o["forecasts"] and o["status"] in ("ok", "annealing_unidentified") for o in objects)

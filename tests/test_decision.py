@@ -1,0 +1,88 @@
+"""The stopping rule and the sweep reference it is compared with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scaleforecast.decision import decide_stop, decide_stop_in_sweep, sweep_reference
+from scaleforecast.registry import RunRecord, RunState, SQLiteRegistry
+from scaleforecast.results import FitStatus, Forecast, ForecastPoint
+
+
+def _forecast(loss: float, std: float, status: FitStatus = FitStatus.OK, final_step: int = 1000) -> Forecast:
+    point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=std)
+    return Forecast(
+        law="tissue",
+        level=0.8,
+        fitted_at_step=100,
+        final_step=final_step,
+        points=[point],
+        params=None,
+        n_points=20,
+        status=status,
+    )
+
+
+def _rec(run_id: str, **kw: object) -> RunRecord:
+    return RunRecord(sweep="s", run_id=run_id, updated=1000.0, **kw)  # type: ignore[arg-type]
+
+
+def test_stop_when_confidently_worse() -> None:
+    d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000)
+    assert d.stop and d.probability is not None and d.probability > 0.999 and d.reference == 3.0
+    d = decide_stop(_forecast(3.05, 0.1), 3.0, step=500, total_steps=1000)  # P = 0.69 < 0.95
+    assert not d.stop and d.probability == pytest.approx(0.6915, abs=1e-3)
+
+
+def test_grace_status_and_missing_reference() -> None:
+    bad = _forecast(9.0, 0.01)
+    assert not decide_stop(bad, 3.0, step=99, total_steps=1000).stop  # min_fraction 0.1 -> grace to 100
+    assert decide_stop(bad, 3.0, step=100, total_steps=1000).stop
+    assert not decide_stop(bad, 3.0, step=300, total_steps=1000, min_steps=400).stop
+    assert not decide_stop(bad, None, step=900, total_steps=1000).stop
+    assert not decide_stop(None, 3.0, step=900, total_steps=1000).stop
+    for status in (FitStatus.INSUFFICIENT_DATA, FitStatus.FAILED):
+        assert not decide_stop(_forecast(9.0, 0.01, status), 3.0, step=900, total_steps=1000).stop
+    assert decide_stop(_forecast(9.0, 0.01, FitStatus.ANNEALING_UNIDENTIFIED), 3.0, step=900, total_steps=1000).stop
+    with pytest.raises(ValueError):
+        decide_stop(bad, 3.0, step=900, total_steps=1000, confidence=1.0)
+
+
+def test_sweep_reference_rules() -> None:
+    z80 = 0.8416212335729143
+    recs = [
+        _rec("self", loss=1.0, std=0.0, status="ok"),  # excluded: the asking run
+        _rec("fin", state=RunState.FINISHED, final_loss=3.2),
+        _rec("stopped", state=RunState.STOPPED, final_loss=1.5, loss=1.5, std=0.0, status="ok"),
+        _rec("run", loss=3.0, std=0.1, status="ok"),
+        _rec("nofit", loss=2.0, std=0.0, status="insufficient_data"),
+        _rec("fin_nan", state=RunState.FINISHED, final_loss=None),
+    ]
+    ref = sweep_reference(recs, exclude="self", now=1000.0)
+    assert ref == pytest.approx(3.0 + z80 * 0.1)
+    assert sweep_reference(recs, exclude="self", quantile=0.5) == pytest.approx(3.0)
+    assert sweep_reference(recs, exclude="self", target=2.5) == 2.5
+    assert sweep_reference(recs, exclude="self", target=3.9) == pytest.approx(3.0 + z80 * 0.1)
+    # a stale running record (run died) stops counting; the finished one remains
+    assert sweep_reference(recs, exclude="self", max_age_s=10, now=2000.0) == 3.2
+    assert sweep_reference([], exclude="self") is None
+    assert sweep_reference(recs[:1], exclude="self") is None
+    with pytest.raises(ValueError):
+        sweep_reference(recs, quantile=1.0)
+
+
+def test_decide_stop_in_sweep_publishes_and_compares(tmp_path: Path) -> None:
+    reg = SQLiteRegistry("sweep", tmp_path / "r.sqlite")
+    # the first run alone has nothing to beat, but its forecast becomes visible to the others
+    d = decide_stop_in_sweep(_forecast(3.0, 0.02), reg, "good", step=500, total_steps=1000)
+    assert not d.stop and reg.get("good").loss == 3.0  # type: ignore[union-attr]
+    d = decide_stop_in_sweep(_forecast(3.6, 0.05), reg, "bad", step=500, total_steps=1000)
+    assert d.stop and d.reference == pytest.approx(3.0 + 0.8416 * 0.02, abs=1e-4)
+    # the good run is not stopped by the worse one
+    d = decide_stop_in_sweep(_forecast(3.0, 0.02), reg, "good", step=600, total_steps=1000)
+    assert not d.stop
+    # an unusable forecast is not published and never stops the run
+    d = decide_stop_in_sweep(_forecast(9.0, 0.0, FitStatus.FAILED), reg, "nofit", step=600, total_steps=1000)
+    assert not d.stop and reg.get("nofit") is None

@@ -1,0 +1,247 @@
+"""HF Trainer callback: real ``transformers.Trainer`` fits of a tiny GPT-2 on CPU, TensorBoard files read back."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("tensorboard")
+
+from hf_worker import ByteChunks, make_trainer, stdlib_text
+from scaleforecast.callbacks import HFLossForecast
+from scaleforecast.integrations.tensorboard import TensorBoardSink
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import TrainerCallback
+
+MAX_STEPS = 60
+LOGGING_STEPS = 5
+
+
+class LogRecorder(TrainerCallback):
+    """Keeps what HF logs (``loss`` window means and the LR), to compare with what the forecast callback saw."""
+
+    def __init__(self) -> None:
+        self.logs: list[tuple[int, float, float]] = []
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            self.logs.append((state.global_step, float(logs["loss"]), float(logs["learning_rate"])))
+
+
+def _accumulator(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _event_dirs(root: Path) -> list[Path]:
+    return sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One real run (gradient accumulation 2, an evaluation every 20 steps) watched per step and by windows."""
+    out = tmp_path_factory.mktemp("hf_run")
+    step_cb = HFLossForecast(refit_every=10, flush_every=5, log_figures_every=1)
+    window_cb = HFLossForecast(
+        refit_every=10, resolution="window", writer=False, name="window", verbose=False
+    )
+    recorder = LogRecorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = make_trainer(
+            out,
+            [step_cb, window_cb, recorder],
+            max_steps=MAX_STEPS,
+            logging_steps=LOGGING_STEPS,
+            gradient_accumulation_steps=2,
+            eval_strategy="steps",
+            eval_steps=20,
+            per_device_eval_batch_size=8,
+            eval_dataset=ByteChunks(stdlib_text(4_000)),
+        )
+        trainer.train()
+    return {"out": out, "trainer": trainer, "step": step_cb, "window": window_cb, "recorder": recorder}
+
+
+@pytest.mark.slow
+def test_tensorboard_tags_in_hf_run_directory(run: dict[str, Any]) -> None:
+    dirs = _event_dirs(run["out"])
+    assert len(dirs) == 1, f"expected one run directory shared with HF's TensorBoard callback, got {dirs}"
+    acc = _accumulator(dirs[0])
+    scalars = set(acc.Tags()["scalars"])
+    assert "train/loss" in scalars  # HF's own curve: the same run directory
+    for tag in (
+        "forecast/final_loss",
+        "forecast/lower",
+        "forecast/upper",
+        "forecast/fit_status",
+        "law/L0",
+        "law/A",
+        "law/alpha",
+        "law/C",
+    ):
+        assert tag in scalars, tag
+    final = {e.step: e.value for e in acc.Scalars("forecast/final_loss")}
+    lower = {e.step: e.value for e in acc.Scalars("forecast/lower")}
+    upper = {e.step: e.value for e in acc.Scalars("forecast/upper")}
+    assert len(final) >= 3
+    assert set(final) <= set(range(1, MAX_STEPS + 1))
+    for step, value in final.items():
+        assert math.isfinite(value)
+        assert lower[step] <= value <= upper[step]
+    assert "forecast/curve" in acc.Tags()["images"]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    raw = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    layout = layout_pb2.Layout.FromString(raw)
+    margins = [
+        chart.margin.series[0]
+        for category in layout.category
+        for chart in category.chart
+        if chart.HasField("margin") and chart.margin.series
+    ]
+    assert any(
+        (s.value, s.lower, s.upper) == ("forecast/final_loss", "forecast/lower", "forecast/upper")
+        for s in margins
+    )
+
+
+@pytest.mark.slow
+def test_per_step_losses_match_logged_window_means(run: dict[str, Any]) -> None:
+    """One observation per optimizer step (accumulation and evaluation calls accounted for): their mean over
+    each logging window equals HF's own logged ``loss``, and the planned LRs are the LRs HF logged."""
+    step_obs = run["step"].forecaster.observations()
+    assert run["step"].mode == "step"
+    np.testing.assert_array_equal(step_obs.start, np.arange(1, MAX_STEPS + 1))
+    np.testing.assert_array_equal(step_obs.end, step_obs.start)
+    per_step = dict(zip(step_obs.end.tolist(), step_obs.y.tolist(), strict=True))
+    logs = run["recorder"].logs
+    assert len(logs) == MAX_STEPS // LOGGING_STEPS
+    plan = run["step"].forecaster.schedule
+    assert len(plan) == MAX_STEPS
+    for step, loss, lr in logs:
+        mean = np.mean([per_step[s] for s in range(step - LOGGING_STEPS + 1, step + 1)])
+        assert mean == pytest.approx(loss, rel=1e-5), step
+        assert plan[step - 1] == pytest.approx(lr, rel=1e-9), step
+
+
+@pytest.mark.slow
+def test_window_mean_path_forecast_close_to_per_step(run: dict[str, Any]) -> None:
+    win_obs = run["window"].forecaster.observations()
+    np.testing.assert_array_equal(win_obs.end - win_obs.start + 1, LOGGING_STEPS)
+    per_step, window = run["step"].forecast, run["window"].forecast
+    assert per_step is not None and window is not None and per_step.ok and window.ok
+    a, b = per_step.final, window.final
+    assert a is not None and b is not None
+    assert abs(a.loss - b.loss) <= 0.03 * a.loss, (a, b)
+    # Same run, so the band of one must cover the other's point forecast.
+    assert b.lower - 0.01 <= a.loss <= b.upper + 0.01
+
+
+@pytest.mark.slow
+def test_stop_when_target_unreachable_with_own_writer(tmp_path: Path) -> None:
+    """No HF TensorBoard callback: the callback's own writer under output_dir; the stop is recorded there."""
+    cb = HFLossForecast(target_loss=0.5, confidence=0.9, min_fraction=0.2, refit_every=5, flush_every=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = make_trainer(tmp_path, [cb], max_steps=MAX_STEPS, report_to="none")
+        trainer.train()
+    assert cb.stopped and cb.stopped_at == trainer.state.global_step < MAX_STEPS
+    assert cb.stop_reason and "0.5" in cb.stop_reason
+    dirs = _event_dirs(tmp_path)
+    assert dirs == [tmp_path / "runs" / "scaleforecast"]
+    acc = _accumulator(dirs[0])
+    assert "forecast/final_loss" in acc.Tags()["scalars"]
+    assert "events/early_stop/text_summary" in acc.Tags()["tensors"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hf_restore", [False, True], ids=["own-restore", "hf-restore"])
+def test_resume_keeps_history(tmp_path: Path, hf_restore: bool) -> None:
+    first = HFLossForecast(refit_every=10, flush_every=7, writer=False)
+    common: dict[str, Any] = dict(
+        max_steps=40, save_strategy="steps", save_steps=20, report_to="none", logging_steps=10
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path, [first], **common).train()
+    before = first.forecaster.observations()
+
+    second = HFLossForecast(refit_every=10, flush_every=7, writer=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = make_trainer(
+            tmp_path, [second], restore_callback_states_from_checkpoint=hf_restore, **common
+        )
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-20"))
+    # With HF's own restore the Trainer swaps in a new instance built from the saved arguments.
+    resumed = next(c for c in trainer.callback_handler.callbacks if isinstance(c, HFLossForecast))
+    assert (resumed is second) != hf_restore
+    after = resumed.forecaster.observations()
+    np.testing.assert_array_equal(after.end, np.arange(1, 41))
+    np.testing.assert_allclose(after.y[:20], before.y[:20], rtol=1e-6)
+    np.testing.assert_allclose(after.y[20:], before.y[20:], rtol=1e-3)
+    assert resumed.forecast is not None and resumed.forecast.ok
+
+
+def _fit_raises(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("injected fit failure")
+
+
+def _writer_raises(*args: Any, **kwargs: Any) -> None:
+    raise OSError("injected writer failure")
+
+
+def _hook_raises(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("injected hook failure")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["fit", "writer", "hook", "setup"])
+def test_injected_fault_training_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    import scaleforecast.callbacks.hf as hf_mod
+
+    import scaleforecast.forecaster as fc_mod
+
+    if fault == "fit":
+        monkeypatch.setattr(fc_mod, "fit", _fit_raises)
+    elif fault == "writer":
+        monkeypatch.setattr(TensorBoardSink, "write_forecast", _writer_raises)
+    elif fault == "hook":
+        monkeypatch.setattr(hf_mod, "_output_loss", _hook_raises)
+    else:
+        monkeypatch.setattr(hf_mod, "lookahead_lrs", _fit_raises)
+    cb = HFLossForecast(refit_every=5, flush_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, [cb], max_steps=30, logging_steps=2)
+        trainer.train()
+    assert trainer.state.global_step == 30  # the fault neither stopped nor broke training
+    reports = [w for w in caught if "injected" in str(w.message)]
+    assert len(reports) == 1, [str(w.message) for w in reports]
+    if fault == "hook":
+        # The per-step source died; the logged window means took over and still forecast.
+        assert cb.mode == "window"
+        assert cb.forecast is not None and cb.forecast.ok
+
+
+def test_bad_arguments_are_rejected() -> None:
+    with pytest.raises(ValueError, match="flush_every"):
+        HFLossForecast(flush_every=0)
+    with pytest.raises(ValueError, match="confidence"):
+        HFLossForecast(target_loss=3.0, confidence=1.0)
+    with pytest.raises(ValueError, match="resolution"):
+        HFLossForecast(resolution="token")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target_loss"):
+        HFLossForecast(target_loss=float("nan"))

@@ -1,0 +1,337 @@
+"""Readers: TensorBoard round trips (Megatron, Lightning and HF tags), CSV/JSONL edge cases, LR rebuilding."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaleforecast.io import (
+    ReadError,
+    check_event_file,
+    fit_schedule,
+    read_csv,
+    read_jsonl,
+    read_run,
+    read_tensorboard,
+    rebuild_lrs,
+)
+from scaleforecast.schedules import parse_schedule
+
+SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
+
+SPEC = "cosine:peak=1e-3,warmup=20,total=400,final=1e-5"
+LRS = parse_schedule(SPEC).lrs()
+
+
+def _loss(step: np.ndarray | int) -> np.ndarray:
+    return 2.0 + 3.0 * (np.asarray(step, dtype=float) * 1e-3) ** -0.2 / 10
+
+
+def _write(
+    logdir: Path, steps: range, loss_tag: str, lr_tag: str | None, lr_every: int = 1, flush_secs: int = 120
+) -> None:
+    w = SummaryWriter(str(logdir), flush_secs=flush_secs)
+    for s in steps:
+        w.add_scalar(loss_tag, float(_loss(s)), s)
+        if lr_tag and s % lr_every == 0:
+            w.add_scalar(lr_tag, float(LRS[s - 1]), s)
+    w.close()
+
+
+def test_megatron_tags_several_files_gap_windows(tmp_path: Path) -> None:
+    run = tmp_path / "megatron"
+    # Megatron logs every log_interval iterations; a restart opens a second event file.
+    _write(run, range(10, 201, 10), "lm loss", "learning-rate", lr_every=10)
+    time.sleep(1.1)
+    _write(run, range(210, 401, 10), "lm loss", "learning-rate", lr_every=10)
+    assert len(list(run.iterdir())) == 2
+    data = read_run(run, warn=False)
+    assert data.format == "tensorboard" and data.loss_name == "lm loss" and data.lr_name == "learning-rate"
+    np.testing.assert_array_equal(data.steps, np.arange(10, 401, 10))
+    np.testing.assert_allclose(data.losses, _loss(data.steps), rtol=1e-6)
+    # Megatron's "lm loss" is the mean over the log interval.
+    assert set(data.windows.tolist()) == {10}
+    assert data.total_steps == 400
+    assert data.lr is not None and data.lr.source.startswith("fit:cosine")
+    assert data.lr.max_error is not None and data.lr.max_error < 0.01
+    np.testing.assert_allclose(data.lrs[20:], LRS[20:], rtol=0, atol=0.01 * 1e-3)
+
+
+def test_lightning_tags_dense_lr_and_nested_version_dir(tmp_path: Path) -> None:
+    run = tmp_path / "lightning_logs" / "version_0"
+    _write(run, range(1, 401), "train_loss", "lr-AdamW")
+    data = read_run(tmp_path / "lightning_logs", warn=False)
+    assert data.loss_name == "train_loss" and data.lr_name == "lr-AdamW"
+    assert data.lr is not None and data.lr.source == "logged"
+    np.testing.assert_allclose(data.lrs, LRS, rtol=1e-6)
+    assert set(data.windows.tolist()) == {1}
+    assert len(data.steps) == 400
+
+
+def test_hf_tags_and_patterns(tmp_path: Path) -> None:
+    run = tmp_path / "hf"
+    _write(run, range(5, 401, 5), "train/loss", "train/learning_rate", lr_every=5)
+    data = read_tensorboard(run, loss="train/*", lr="*learning_rate")
+    assert data.loss_name == "train/learning_rate" or data.loss_name == "train/loss"
+    data = read_tensorboard(run, loss="train/lo*")
+    assert data.loss_name == "train/loss" and data.lr_name == "train/learning_rate"
+    assert set(data.windows.tolist()) == {5}
+    with pytest.raises(ReadError, match=r"no loss tag matching 'nope'.*train/loss"):
+        read_tensorboard(run, loss="nope")
+    with pytest.raises(ReadError, match="no LR tag matching"):
+        read_tensorboard(run, lr="momentum")
+
+
+def test_truncated_event_file_reads_what_came_before(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _write(run, range(1, 101), "lm loss", "learning-rate")
+    (f,) = list(run.iterdir())
+    data = f.read_bytes()
+    f.write_bytes(data[:-7])
+    good, problem = check_event_file(f)
+    assert problem == "truncated" and 0 < good < len(data)
+    with pytest.warns(UserWarning, match="truncated record"):
+        out = read_run(run, schedule=SPEC)
+    assert 95 <= len(out.steps) <= 100
+
+
+def test_garbage_and_empty_event_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "events.out.tfevents.1.host").write_bytes(b"this is not a tfrecord at all" * 5)
+    with pytest.raises(ReadError, match="not a TensorBoard event file"):
+        read_tensorboard(bad)
+    empty = tmp_path / "empty"
+    SummaryWriter(str(empty)).close()
+    with pytest.raises(ReadError, match="no scalars"):
+        read_tensorboard(empty)
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    with pytest.raises(ReadError, match="no TensorBoard event files"):
+        read_tensorboard(nothing)
+    with pytest.raises(ReadError, match="no such file"):
+        read_run(tmp_path / "missing")
+
+
+def test_several_runs_below_a_dir_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path / "a", range(1, 5), "loss", None)
+    _write(tmp_path / "b", range(1, 5), "loss", None)
+    with pytest.raises(ReadError, match="holds 2 runs"):
+        read_tensorboard(tmp_path)
+
+
+def test_missing_lr_is_a_clear_error(tmp_path: Path) -> None:
+    _write(tmp_path / "r", range(1, 50), "loss", None)
+    with pytest.raises(ReadError, match=r"no LR logged.*--schedule"):
+        read_run(tmp_path / "r")
+    data = read_run(tmp_path / "r", require_lr=False)
+    assert data.lr is None
+    data = read_run(tmp_path / "r", schedule="constant:peak=1e-3,total=60")
+    assert data.total_steps == 60 and data.lr is not None and data.lr.source == "schedule"
+
+
+def test_resume_in_event_files_keeps_newest(tmp_path: Path) -> None:
+    run = tmp_path / "resumed"
+    _write(run, range(1, 61), "loss", None)
+    time.sleep(1.1)
+    w = SummaryWriter(str(run))
+    for s in range(41, 81):
+        w.add_scalar("loss", 9.0, s)
+    w.close()
+    with pytest.warns(UserWarning, match="steps go back"):
+        data = read_run(run, schedule="constant:peak=1e-3,total=100")
+    np.testing.assert_array_equal(data.steps, np.arange(1, 81))
+    assert np.all(data.losses[40:] == 9.0) and np.all(data.losses[:40] < 9.0)
+
+
+# ------------------------------------------------------------------------------------------------ CSV
+def test_csv_basic_sparse_lr_and_nan(tmp_path: Path) -> None:
+    p = tmp_path / "run.csv"
+    lines = ["step,lr,train_loss,val_loss", "0,,,11.0"]
+    for s in range(10, 401, 10):
+        loss = "nan" if s == 200 else f"{_loss(s):.6f}"
+        lines.append(f"{s},{float(LRS[s - 1])!r},{loss},")
+    p.write_text("\n".join(lines) + "\n")
+    # val_loss exists but holds only the step-0 point (the law has no value there): train_loss is the column.
+    data = read_run(p, warn=False)
+    assert data.loss_name == "train_loss"
+    assert data.steps[0] == 10 and data.n_nonfinite == 1
+    assert data.lr is not None and data.lr.source.startswith("fit:cosine")
+    assert data.lr.max_error < 0.01
+
+
+def test_csv_empty_column_falls_through(tmp_path: Path) -> None:
+    p = tmp_path / "run.csv"
+    p.write_text("step,lr,train_loss,val_loss\n1,1e-3,3.0,\n2,1e-3,2.9,\n3,1e-3,2.8,\n")
+    data = read_csv(p)
+    assert data.loss_name == "train_loss"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "empty CSV"),
+        ("step,loss\n", "has no values"),
+        ("iteration_count,loss\n1,2.0\n", "no step column"),
+        ("step,accuracy\n1,0.5\n", "no loss column"),
+        ("step,loss\n1,abc\n", r"run.csv:2: loss: expected a number, got 'abc'"),
+        ("step,loss\n1.5,2.0\n", "non-negative integer"),
+        ("step,loss\n1,2.0,7\n", "3 cells but the header has 2"),
+        ("step,loss,loss\n1,2,3\n", "duplicate column"),
+        ("step,loss\n0,2.0\n", "no values at steps >= 1"),
+    ],
+)
+def test_csv_errors_are_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    p = tmp_path / "run.csv"
+    p.write_text(text)
+    with pytest.raises(ReadError, match=needle) as info:
+        read_csv(p)
+    assert "\n" not in str(info.value)
+
+
+def test_csv_cut_off_last_line_and_binary(tmp_path: Path) -> None:
+    p = tmp_path / "run.csv"
+    p.write_text("step,loss\n1,3.0\n2,2.9\n3,2.")
+    data = read_csv(p)
+    assert data.steps.tolist() == [1, 2]
+    assert any("last line" in w for w in data.warnings)
+    b = tmp_path / "bin.csv"
+    b.write_bytes(b"\xff\xfe\x00\x01garbage")
+    with pytest.raises(ReadError, match="not a text file"):
+        read_csv(b)
+
+
+def test_csv_window_column_and_option(tmp_path: Path) -> None:
+    p = tmp_path / "run.csv"
+    p.write_text("step,loss,window\n10,3.0,10\n20,2.9,10\n25,2.8,5\n")
+    data = read_csv(p)
+    assert data.windows.tolist() == [10, 10, 5]
+    data = read_csv(p, window="gap")
+    assert data.windows.tolist() == [10, 10, 5]
+    q = tmp_path / "r2.csv"
+    q.write_text("step,loss\n10,3.0\n20,2.9\n")
+    assert read_csv(q, window=4).windows.tolist() == [4, 4]
+
+
+# ---------------------------------------------------------------------------------------------- JSONL
+def test_jsonl_nested_eval_lines_and_cut_tail(tmp_path: Path) -> None:
+    p = tmp_path / "run.jsonl"
+    recs = []
+    for s in range(1, 401):
+        recs.append(json.dumps({"step": s, "train": {"loss": float(_loss(s))}, "lr": float(LRS[s - 1])}))
+        if s % 100 == 0:
+            recs.append(json.dumps({"step": s, "eval": {"loss": 3.0}}))
+    p.write_text("\n".join(recs) + '\n{"step": 401, "train": {"lo')
+    data = read_run(p, warn=False)
+    assert data.format == "jsonl" and data.loss_name == "train/loss"
+    assert len(data.steps) == 400
+    assert data.lr is not None and data.lr.source == "logged"
+    assert any("cut off" in w for w in data.warnings)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "no JSON records"),
+        ('{"step": 1, "loss": 2}\nnot json\n{"step": 3, "loss": 2}\n', r"run.jsonl:2: not valid JSON"),
+        ("[1, 2]\n", "expected a JSON object, got list"),
+        ('{"step": 1, "loss": "x"}\n', "expected a number"),
+        ('{"step": 1, "acc": 0.5}\n', "no loss column"),
+    ],
+)
+def test_jsonl_errors(tmp_path: Path, text: str, needle: str) -> None:
+    p = tmp_path / "run.jsonl"
+    p.write_text(text)
+    with pytest.raises(ReadError, match=needle):
+        read_jsonl(p)
+
+
+# ------------------------------------------------------------------------------------------ LR rebuild
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "constant:peak=3e-4,warmup=100,total=5000",
+        "cosine:peak=6e-4,warmup=200,total=5000,final=6e-5",
+        "linear:peak=1e-3,warmup=100,total=5000",
+        "wsd:peak=1e-3,warmup=100,total=5000,cooldown=0.2,shape=linear",
+        "wsd:peak=1e-3,warmup=100,total=5000,cooldown=0.3,shape=1-sqrt",
+        "wsd:peak=1e-3,total=5000,cooldown=0.2,shape=exp,final=1e-5",
+        "step:peak=1e-3,warmup=100,total=5000,milestones=2500/4000,gamma=0.3",
+        "inv_sqrt:peak=1e-3,warmup=200,total=5000",
+    ],
+)
+def test_rebuild_every_family_from_sparse_points(spec: str) -> None:
+    true = parse_schedule(spec).lrs()
+    steps = np.arange(50, 5001, 50)
+    rec = rebuild_lrs(steps, true[steps - 1], total=5000)
+    assert rec.trusted and rec.source.startswith("fit:")
+    assert rec.max_error is not None and rec.max_error < 0.01
+    # What the forecast depends on: the LR area. A step milestone is only known to within the logging gap.
+    tol = 0.01 if spec.startswith("step") else 0.005
+    assert abs(rec.lrs.sum() - true.sum()) / true.sum() < tol
+    best = fit_schedule(steps, true[steps - 1], 5000)[0][2]
+    assert best.kind == parse_schedule(spec).kind
+
+
+def test_rebuild_unknown_shape_warns_loudly() -> None:
+    steps = np.arange(10, 1001, 10)
+    vals = 1e-3 * (1.0 + 0.5 * np.sin(steps / 60.0))  # cyclic: no family fits
+    rec = rebuild_lrs(steps, vals, total=1200)
+    assert not rec.trusted and rec.source == "interpolated"
+    assert any("CANNOT BE TRUSTED" in w for w in rec.warnings)
+    assert len(rec.lrs) == 1200 and rec.lrs[-1] == vals[-1]
+
+
+def test_rebuild_with_given_schedule_checks_logged_points() -> None:
+    steps = np.arange(10, 401, 10)
+    rec = rebuild_lrs(steps, LRS[steps - 1], schedule=SPEC)
+    assert rec.source == "schedule" and rec.max_error < 1e-9 and not rec.warnings
+    wrong = rebuild_lrs(steps, LRS[steps - 1] * 2, schedule=SPEC)
+    assert any("differs from the logged LR" in w for w in wrong.warnings) and not wrong.trusted
+    with pytest.raises(ReadError, match="has 400 updates but the run's total is 500"):
+        rebuild_lrs(steps, LRS[steps - 1], total=500, schedule=SPEC)
+    with pytest.raises(ReadError, match="only 2 step"):
+        rebuild_lrs(np.array([1, 2]), np.array([1e-3, 1e-3]), total=10)
+
+
+def test_reader_does_not_import_tensorboard_at_import_time() -> None:
+    code = "import sys, scaleforecast.io, scaleforecast.schedules; print('tensorboard' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_feed_sends_windows(tmp_path: Path) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[list[int], int]] = []
+
+        def observe_many(self, steps: np.ndarray, losses: np.ndarray, window: int = 1) -> None:
+            self.calls.append((steps.tolist(), window))
+
+    p = tmp_path / "run.csv"
+    p.write_text("step,loss,window\n10,3.0,10\n20,2.9,10\n25,2.8,5\n30,2.7,5\n")
+    rec = Recorder()
+    assert read_csv(p).feed(rec, after=10) == 3
+    assert rec.calls == [([20], 10), ([25, 30], 5)]
+
+
+def test_real_curve_converted_to_event_files(tmp_path: Path, curves_dir: Path) -> None:
+    csv_path = next(iter(sorted((curves_dir / "epfml_schaipp_haegele").glob("*wsd*.csv"))))
+    true = np.load(str(csv_path)[:-4] + ".lr.npy")
+    src = read_csv(csv_path, loss="train_loss")
+    w = SummaryWriter(str(tmp_path / "tb"))
+    for s, y in zip(src.steps, src.losses, strict=True):
+        w.add_scalar("lm loss", float(y), int(s))
+        w.add_scalar("learning-rate", float(true[s - 1]), int(s))
+    w.close()
+    data = read_run(tmp_path / "tb", window=1, warn=False)
+    np.testing.assert_array_equal(data.steps, src.steps)
+    np.testing.assert_allclose(data.losses, src.losses, rtol=1e-6)
+    assert data.lr is not None and data.lr.trusted
+    assert abs(data.lrs.sum() - true.sum()) / true.sum() < 0.005

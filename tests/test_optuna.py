@@ -1,0 +1,195 @@
+"""Optuna integration: the reporter hook, the forecast pruner on a shared SQLite storage, and real trainer
+trials (Lightning, HF Trainer) pruned on their forecast."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from scaleforecast.integrations.optuna import (  # noqa: E402
+    FORECAST_ATTR,
+    ForecastPruner,
+    OptunaForecastReporter,
+    OptunaRegistry,
+    forecast_from_attrs,
+)
+
+from scaleforecast.registry import RunState  # noqa: E402
+from scaleforecast.results import FitStatus, Forecast, ForecastPoint  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _forecast(loss: float, std: float, final_step: int, status: FitStatus = FitStatus.OK) -> Forecast:
+    point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=std)
+    return Forecast(
+        law="tissue",
+        level=0.8,
+        fitted_at_step=0,
+        final_step=final_step,
+        points=[point],
+        params=None,
+        n_points=10,
+        status=status,
+    )
+
+
+def _synthetic_objective(final_by_lr: dict[float, float], total: int, refit_every: int):
+    """A trial whose forecast converges to a known final loss; the objective returns that loss."""
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_categorical("lr", list(final_by_lr))
+        final = final_by_lr[lr]
+        reporter = OptunaForecastReporter(trial, n_grid=10)
+        for step in range(refit_every, total + 1, refit_every):
+            std = 0.5 * (1.0 - step / total) + 0.005  # the forecast tightens as the run goes on
+            if reporter(step, _forecast(final, std, total)):
+                break
+        reporter.raise_if_pruned()
+        return final
+
+    return objective
+
+
+def test_reporter_grid_is_per_mille_and_identical_across_lengths() -> None:
+    study = optuna.create_study()
+    steps_seen = []
+    for total in (1000, 3700):
+        trial = study.ask()
+        rep = OptunaForecastReporter(trial, n_grid=20, prune=False)
+        assert not rep(10, None)  # no forecast yet: nothing reported
+        assert not rep(10, _forecast(3.0, 0.1, total, FitStatus.INSUFFICIENT_DATA))
+        for step in [*range(7, total, 7), total]:
+            rep(step, _forecast(3.0, 0.1, total))
+        study.tell(trial, 3.0)
+        steps_seen.append(sorted(study.trials[-1].intermediate_values))
+        assert rep.final_loss == 3.0
+    assert steps_seen[0] == steps_seen[1] == list(range(50, 1001, 50))
+    attrs = study.trials[-1].user_attrs[FORECAST_ATTR]
+    assert attrs["total_steps"] == 3700 and attrs["status"] == "ok"
+    back = forecast_from_attrs(attrs)
+    assert back is not None and back.final is not None and back.final.loss == 3.0 and back.final_step == 3700
+    assert forecast_from_attrs({"loss": 1.0}) is None
+    with pytest.raises(ValueError):
+        OptunaForecastReporter(None, n_grid=0)
+
+
+def test_forecast_pruner_on_sqlite_storage_prunes_the_bad_trial(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    finals = {1e-3: 3.0, 3e-3: 3.05, 1e-6: 4.5}
+    sampler = optuna.samplers.GridSampler({"lr": list(finals)})
+    study = optuna.create_study(storage=storage, study_name="s", sampler=sampler, pruner=ForecastPruner())
+    # the good run first (a baseline), then the others
+    study.enqueue_trial({"lr": 1e-3})
+    study.enqueue_trial({"lr": 3e-3})
+    study.enqueue_trial({"lr": 1e-6})
+    study.optimize(_synthetic_objective(finals, total=1000, refit_every=50), n_trials=3)
+    # a second process attaching to the same storage sees the same outcome
+    again = optuna.load_study(study_name="s", storage=storage)
+    states = {t.params["lr"]: t.state for t in again.trials}
+    assert states[1e-3] == optuna.trial.TrialState.COMPLETE
+    assert states[1e-6] == optuna.trial.TrialState.PRUNED
+    bad = next(t for t in again.trials if t.params["lr"] == 1e-6)
+    assert max(bad.intermediate_values) <= 500  # the far-off trial stops early
+    close = next(t for t in again.trials if t.params["lr"] == 3e-3)
+    # the close one is only stopped once its forecast is tight enough to tell 3.05 from 3.0 (> 90% of the run)
+    assert max(close.intermediate_values) >= 900
+    recs = {r.run_id: r for r in OptunaRegistry(again).records()}
+    assert recs[str(bad.number)].state is RunState.STOPPED
+    assert [r.final_loss for r in recs.values() if r.final_loss is not None] == [3.0]
+
+
+def test_forecast_pruner_uses_running_trials_confident_forecasts() -> None:
+    study = optuna.create_study(pruner=ForecastPruner(min_fraction=0.0))
+    good, bad = study.ask(), study.ask()
+    OptunaForecastReporter(good, n_grid=10, prune=False)(500, _forecast(3.0, 0.01, 1000))
+    rep_bad = OptunaForecastReporter(bad, n_grid=10)
+    assert rep_bad(500, _forecast(3.5, 0.01, 1000))
+    with pytest.raises(optuna.TrialPruned):
+        rep_bad.raise_if_pruned()
+    # an uncertain competitor is not a reference yet
+    s2 = optuna.create_study(pruner=ForecastPruner(min_fraction=0.0))
+    a, b = s2.ask(), s2.ask()
+    OptunaForecastReporter(a, n_grid=10, prune=False)(500, _forecast(3.0, 1.0, 1000))
+    assert not OptunaForecastReporter(b, n_grid=10)(500, _forecast(3.5, 0.01, 1000))
+    with pytest.raises(ValueError):
+        ForecastPruner(confidence=1.2)
+    with pytest.raises(ValueError):
+        OptunaRegistry(optuna.create_study(direction="maximize"))
+
+
+def test_successive_halving_on_forecasts(tmp_path: Path) -> None:
+    """Optuna's own SuccessiveHalvingPruner works on the reported forecasts (per-mille rungs)."""
+    finals = {1e-3: 3.0, 2e-3: 3.1, 1e-6: 4.5, 1e-5: 4.0}
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=100, reduction_factor=2)
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"lr": list(finals)}), pruner=pruner)
+    for lr in finals:
+        study.enqueue_trial({"lr": lr})
+    study.optimize(_synthetic_objective(finals, total=1000, refit_every=50), n_trials=4)
+    states = {t.params["lr"]: t.state for t in study.trials}
+    assert states[1e-3] == optuna.trial.TrialState.COMPLETE
+    assert states[1e-6] == optuna.trial.TrialState.PRUNED
+
+
+def test_reporter_disables_itself_on_storage_errors(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def set_user_attr(self, key: str, value: object) -> None:
+            raise RuntimeError("storage down")
+
+    rep = OptunaForecastReporter(Broken())
+    with caplog.at_level(logging.WARNING):
+        assert not rep(500, _forecast(3.0, 0.1, 1000))
+        assert not rep(600, _forecast(3.0, 0.1, 1000))
+    assert sum("disabled" in r.message for r in caplog.records) == 1
+
+
+def _lightning_objective(root: Path, lrs: dict[int, float], total: int = 60):
+    import lightning.pytorch as pl
+
+    from lightning_models import TinyRegressor
+    from scaleforecast.callbacks import LossForecast
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = lrs[trial.number]
+        model = TinyRegressor(lr=lr, total=total, warmup=5)
+        reporter = OptunaForecastReporter(trial, n_grid=10)
+        callback = LossForecast(refit_every=6, flush_every=3, writer=False, verbose=False, health=[reporter])
+        trainer = pl.Trainer(
+            max_steps=total,
+            callbacks=[callback],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            default_root_dir=str(root),
+        )
+        trainer.fit(model)
+        trial.set_user_attr("steps_run", trainer.global_step)
+        reporter.raise_if_pruned()
+        return float(sum(model.raw_losses[-5:]) / 5)
+
+    return objective
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_lightning_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    storage = f"sqlite:///{tmp_path / 'lightning.db'}"
+    # trial 1: a far-too-small LR, its loss barely moves; trial 2 converges faster than trial 0
+    lrs = {0: 0.05, 1: 1e-6, 2: 0.1}
+    study = optuna.create_study(storage=storage, study_name="lightning", pruner=ForecastPruner(min_fraction=0.2))
+    study.optimize(_lightning_objective(tmp_path, lrs), n_trials=3)
+    trials = optuna.load_study(study_name="lightning", storage=storage).trials
+    states = [t.state for t in trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
+    assert trials[1].user_attrs["steps_run"] < 60  # stopped early, gracefully (the trainer returned)
+    assert max(trials[1].intermediate_values) >= 200  # not before the grace fraction (20 %)
+    assert trials[2].value is not None and trials[0].value is not None and trials[2].value < trials[0].value
+    for t in trials:  # the forecast was recorded on the shared grid for every trial
+        assert FORECAST_ATTR in t.user_attrs and set(t.intermediate_values) <= set(range(100, 1001, 100))

@@ -1,0 +1,96 @@
+"""Ray Tune integration: forecast metrics, and a small local ASHA sweep that stops the bad trial early."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+from scaleforecast.integrations.ray import RayTuneForecastReporter, forecast_metrics
+
+from scaleforecast.results import FitStatus, Forecast, ForecastPoint
+
+TOTAL = 1000
+
+
+def _forecast(loss: float, std: float, final_step: int = TOTAL, status: FitStatus = FitStatus.OK) -> Forecast:
+    point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=std)
+    return Forecast(
+        law="tissue",
+        level=0.8,
+        fitted_at_step=0,
+        final_step=final_step,
+        points=[point],
+        params=None,
+        n_points=10,
+        status=status,
+    )
+
+
+def test_metrics_and_reporting_cadence() -> None:
+    sent: list[dict] = []
+    rep = RayTuneForecastReporter(every=2, report_fn=sent.append)
+    assert not rep(10, None)
+    assert not rep(10, _forecast(3.0, 0.1, status=FitStatus.INSUFFICIENT_DATA))
+    for step in (100, 200, 300):
+        assert not rep(step, _forecast(3.0, 0.1))
+    assert [m["step"] for m in sent] == [100, 300]
+    m = forecast_metrics(250, _forecast(3.2, 0.05), total_steps=2000)
+    assert m == {
+        "forecast_final_loss": 3.2,
+        "forecast_std": 0.05,
+        "forecast_status": "ok",
+        "step": 250,
+        "progress": 125,
+    }
+    with pytest.raises(ValueError):
+        RayTuneForecastReporter(every=0)
+
+
+def test_reporter_disables_itself_on_errors(caplog: pytest.LogCaptureFixture) -> None:
+    def boom(metrics: dict) -> None:
+        raise RuntimeError("no session")
+
+    rep = RayTuneForecastReporter(report_fn=boom)
+    with caplog.at_level(logging.WARNING):
+        rep(100, _forecast(3.0, 0.1))
+        rep(200, _forecast(3.0, 0.1))
+    assert sum("disabled" in r.message for r in caplog.records) == 1
+
+
+def _trainable(config: dict) -> None:
+    reporter = RayTuneForecastReporter()
+    for step in range(50, TOTAL + 1, 50):
+        std = 0.3 * (1.0 - step / TOTAL) + 0.01
+        reporter(step, _forecast(config["final"], std))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_asha_sweep_stops_bad_trials_on_forecast(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle, tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    # the workers cannot import this test module: ship the trainable and its helpers by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        scheduler = ASHAScheduler(time_attr="step", max_t=TOTAL, grace_period=100, reduction_factor=2)
+        tuner = tune.Tuner(
+            _trainable,
+            param_space={"final": tune.grid_search([3.0, 3.02, 4.0, 4.5])},
+            tune_config=tune.TuneConfig(
+                metric="forecast_final_loss", mode="min", scheduler=scheduler, max_concurrent_trials=1
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    last = {r.config["final"]: r.metrics["step"] for r in grid}
+    assert last[3.0] == TOTAL  # the best trial survives to the end
+    assert last[4.5] < TOTAL and last[4.0] < TOTAL  # the hopeless ones are stopped at a rung
+    best = grid.get_best_result()
+    assert best.config["final"] == 3.0

@@ -1,0 +1,129 @@
+"""The SQLite run registry: records round-trip, and several processes writing at once lose nothing."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from scaleforecast.registry import (
+    RegistryError,
+    RunRecord,
+    RunRegistry,
+    RunState,
+    SQLiteRegistry,
+    default_registry_path,
+    open_registry,
+)
+
+N_WRITERS = 4
+N_WRITES = 60
+
+
+def _writer(path: str, sweep: str, worker: int, n: int) -> None:
+    reg = SQLiteRegistry(sweep, path, busy_timeout_s=30.0)
+    run_id = f"run-{worker}"
+    for k in range(1, n + 1):
+        reg.report_forecast(run_id, step=k, loss=3.0 + worker + 1.0 / k, std=0.01, status="ok", total_steps=n)
+        # every writer also reads while the others write: a reader must never see a torn record
+        recs = reg.records()
+        assert all(isinstance(r, RunRecord) for r in recs)
+    reg.report_final(run_id, 3.0 + worker)
+    reg.close()
+
+
+def test_roundtrip_and_states(tmp_path: Path) -> None:
+    reg = SQLiteRegistry("s1", tmp_path / "s1.sqlite")
+    assert reg.records() == []
+    reg.report_forecast("a", step=10, loss=3.5, std=0.1, status="ok", total_steps=100)
+    reg.report_forecast("a", step=20, loss=3.4, std=0.05, status="annealing_unidentified")
+    reg.report_forecast("b", step=20, loss=float("nan"), std=float("inf"), status="failed", total_steps=100)
+    reg.report_final("c", 2.9)
+    reg.report_final("d", None, state=RunState.STOPPED)
+    got = {r.run_id: r for r in reg.records()}
+    assert set(got) == {"a", "b", "c", "d"}
+    a = got["a"]
+    assert (a.step, a.loss, a.std, a.status, a.total_steps) == (20, 3.4, 0.05, "annealing_unidentified", 100)
+    assert a.state is RunState.RUNNING and a.final_loss is None
+    assert got["b"].loss is None and got["b"].std is None  # non-finite stored as unknown, never as a number
+    assert got["c"].state is RunState.FINISHED and got["c"].final_loss == 2.9
+    assert got["d"].state is RunState.STOPPED and got["d"].final_loss is None
+    assert {r.run_id for r in reg.others("a")} == {"b", "c", "d"}
+    assert reg.get("zzz") is None
+    assert [h[1] for h in reg.history("a")] == [10, 20]
+    # a finished run keeps its last forecast; a second sweep in the same file is kept apart
+    reg.report_final("a", 3.3)
+    assert reg.get("a") is not None and reg.get("a").loss == 3.4  # type: ignore[union-attr]
+    other = SQLiteRegistry("s2", tmp_path / "s1.sqlite")
+    assert other.records() == []
+    with pytest.raises(ValueError, match="end state"):
+        reg.report_final("a", 1.0, state=RunState.RUNNING)
+
+
+def test_wal_mode_and_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCALEFORECAST_REGISTRY_DIR", str(tmp_path / "cache"))
+    assert default_registry_path("my sweep/1") == tmp_path / "cache" / "my_sweep_1.sqlite"
+    reg = open_registry(None, "my sweep/1")
+    assert isinstance(reg, SQLiteRegistry)
+    reg.report_forecast("r", step=1, loss=1.0, std=0.0, status="ok")
+    mode = sqlite3.connect(reg.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert open_registry(reg) is reg
+    assert isinstance(open_registry(tmp_path / "x.sqlite", "x"), SQLiteRegistry)
+    with pytest.raises(TypeError):
+        open_registry(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        default_registry_path("  ")
+
+
+def test_pickles_without_connection(tmp_path: Path) -> None:
+    reg = SQLiteRegistry("p", tmp_path / "p.sqlite")
+    reg.report_forecast("r", step=1, loss=1.0, std=0.0, status="ok")
+    clone = pickle.loads(pickle.dumps(reg))
+    assert [r.run_id for r in clone.records()] == ["r"]
+
+
+def test_locked_database_raises_registry_error_after_retries(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    reg = SQLiteRegistry("l", path, busy_timeout_s=0.05, retries=1)
+    reg.report_forecast("r", step=1, loss=1.0, std=0.0, status="ok")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(RegistryError, match="locked"):
+            reg.report_forecast("r", step=2, loss=1.0, std=0.0, status="ok")
+    finally:
+        blocker.execute("ROLLBACK")
+    reg.report_forecast("r", step=3, loss=1.0, std=0.0, status="ok")
+    assert reg.get("r").step == 3  # type: ignore[union-attr]
+
+
+def test_interface_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        RunRegistry()  # type: ignore[abstract]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_concurrent_writers_lose_nothing(tmp_path: Path, method: str) -> None:
+    path = str(tmp_path / "sweep.sqlite")
+    ctx = mp.get_context(method)
+    procs = [ctx.Process(target=_writer, args=(path, "sw", w, N_WRITES)) for w in range(N_WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=100)
+    assert [p.exitcode for p in procs] == [0] * N_WRITERS
+    reg = SQLiteRegistry("sw", path)
+    recs = {r.run_id: r for r in reg.records()}
+    assert set(recs) == {f"run-{w}" for w in range(N_WRITERS)}
+    for w in range(N_WRITERS):
+        r = recs[f"run-{w}"]
+        assert r.step == N_WRITES and r.state is RunState.FINISHED and r.final_loss == 3.0 + w
+        steps = [h[1] for h in reg.history(f"run-{w}")]
+        assert steps == list(range(1, N_WRITES + 1))  # every write landed, in order
+    assert len(reg.history()) == N_WRITERS * N_WRITES
