@@ -121,8 +121,9 @@ class _LossTap:
             loss = _output_loss(output)
             if loss is None:
                 return
+            # A copy: the Trainer rescales the returned loss in place (``loss *= num_processes``) afterwards.
             value = loss.detach().float()
-            value = value.mean() if value.ndim else value
+            value = value.mean() if value.ndim else value.clone()
             self.total = value if self.total is None else self.total + value
             self.micro += 1
             self.shared = kwargs.get("num_items_in_batch") is not None
@@ -138,10 +139,11 @@ class _LossTap:
         return total * self.scale if self.shared else total / micro
 
 
-def _find_handler_callbacks(max_depth: int = 8) -> list[Any]:
-    """The callbacks of the ``CallbackHandler`` that is calling us (callbacks get no handler reference).
+def _find_on_stack(kind: str, attribute: str, max_depth: int = 16) -> Any | None:
+    """The ``self`` of the nearest caller frame whose class (or a base) is named ``kind`` and has ``attribute``.
 
-    ``CallbackHandler.call_event`` is on the stack while any event runs; its ``self`` holds the callback list.
+    Callbacks get no reference to the ``Trainer`` nor to its ``CallbackHandler``, but both are on the stack
+    while an event runs (``Trainer._inner_training_loop`` calls ``CallbackHandler.call_event``).
     """
     frame = inspect.currentframe()
     try:
@@ -149,14 +151,23 @@ def _find_handler_callbacks(max_depth: int = 8) -> list[Any]:
             if frame is None:
                 break
             owner = frame.f_locals.get("self")
-            if type(owner).__name__ == "CallbackHandler" and isinstance(
-                getattr(owner, "callbacks", None), list
+            if (
+                owner is not None
+                and hasattr(owner, attribute)
+                and any(c.__name__ == kind for c in type(owner).__mro__)
             ):
-                return list(owner.callbacks)
+                return owner
             frame = frame.f_back
     finally:
         del frame
-    return []
+    return None
+
+
+def _find_handler_callbacks() -> list[Any]:
+    """The callbacks of the ``CallbackHandler`` that is calling us."""
+    handler = _find_on_stack("CallbackHandler", "callbacks")
+    callbacks = getattr(handler, "callbacks", None)
+    return list(callbacks) if isinstance(callbacks, list) else []
 
 
 def _hf_tensorboard_callback() -> Any | None:
@@ -352,6 +363,8 @@ class HFLossForecast(TrainerCallback, ExportableState):
 
     # --------------------------------------------------------------- planning
     def _lookahead(self, total: int, steps_done: int) -> np.ndarray:
+        if self._optimizer is None:
+            raise ValueError("cannot find the Trainer's optimizer to look ahead at its LR; pass schedule=")
         try:
             return lookahead_lrs(
                 self._optimizer, self._scheduler, total, steps_done=steps_done, group=self.param_group
@@ -446,6 +459,12 @@ class HFLossForecast(TrainerCallback, ExportableState):
             self._load(saved)
         self._optimizer = kwargs.get("optimizer")
         self._scheduler = kwargs.get("lr_scheduler")
+        if self._optimizer is None:
+            # transformers 4.x passes callbacks only the optimizer/scheduler given to ``Trainer(optimizers=)``.
+            trainer = _find_on_stack("Trainer", "callback_handler")
+            self._optimizer = getattr(trainer, "optimizer", None)
+            self._scheduler = self._scheduler or getattr(trainer, "lr_scheduler", None)
+
         self._max_steps = int(state.max_steps or 0)
         self._last_log_step = int(state.global_step)
         self._steps, self._lrs = [], []
@@ -488,7 +507,7 @@ class HFLossForecast(TrainerCallback, ExportableState):
     # ---------------------------------------------------------------- per step
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._started and "capture" not in self.errors:
-            self._guard("capture", self._capture_lr, kwargs.get("optimizer"))
+            self._guard("capture", self._capture_lr, kwargs.get("optimizer") or self._optimizer)
 
     def _capture_lr(self, optimizer: Any) -> None:
         lr = optimizer.param_groups[self.param_group]["lr"]
@@ -609,7 +628,9 @@ class HFLossForecast(TrainerCallback, ExportableState):
         self._guard("window", self._on_window, step, window, logs, control)
 
     def _on_window(self, step: int, window: int, logs: dict[str, float], control: Any) -> None:
-        lr = float(logs.get("learning_rate", math.nan))
+        # The LR this update used, read in on_step_begin: ``logs["learning_rate"]`` is that LR in transformers
+        # 5.x but the next update's in 4.x (read after the scheduler stepped).
+        lr = self._lr
         self._guard("schedule look-ahead", self._replan_if_needed, np.array([step]), np.array([lr]), step)
         batch = FlushBatch(
             steps=np.array([step]), loss=np.array([float(logs["loss"])]), lrs=np.array([lr]), window=window

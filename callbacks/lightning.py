@@ -50,7 +50,7 @@ from scaleforecast.integrations.lookahead import lookahead_lrs
 from scaleforecast.events import Event
 from scaleforecast.fitting import FitConfig
 from scaleforecast.forecaster import ForecasterConfig, ScheduleLike
-from scaleforecast.monitor import Action, FlushBatch, HealthCheck, RunMonitor
+from scaleforecast.monitor import Action, Advisor, FlushBatch, HealthCheck, RunMonitor
 from scaleforecast.results import Forecast
 from scaleforecast.schedules import as_lrs
 
@@ -101,6 +101,7 @@ class LossForecast(Callback):
         writer: a ``SummaryWriter``-like object to write to, or ``False`` to write no TensorBoard output.
         track_grad_norm: also buffer the gradient norm of each update (for health checks).
         health: health checks run at each flush (see :class:`scaleforecast.monitor.HealthCheck`).
+        advisor: schedule advice after each refit (see :class:`scaleforecast.monitor.Advisor`).
         on_event: a hook called with every event (alerts, advice, the stop decision).
         forecaster_config: full forecaster configuration (overrides ``refit_every``/``level``/``law``/``lam``).
         law: the law to fit (``"tissue"`` or ``"mpl"``); lam: the annealing-momentum decay.
@@ -126,6 +127,7 @@ class LossForecast(Callback):
         writer: Any = None,
         track_grad_norm: bool = False,
         health: Sequence[HealthCheck] = (),
+        advisor: Advisor | None = None,
         on_event: Callable[[Event], None] | None = None,
         forecaster_config: ForecasterConfig | None = None,
         law: str = "tissue",
@@ -169,6 +171,7 @@ class LossForecast(Callback):
         self.writer = writer
         self.track_grad_norm = track_grad_norm
         self.health = list(health)
+        self.advisor = advisor
         self.on_event = on_event
         self.config = forecaster_config or ForecasterConfig(
             fit=FitConfig(law=law, lam=lam), level=level, refit_every=refit_every
@@ -189,14 +192,17 @@ class LossForecast(Callback):
         self._gnorm: torch.Tensor | None = None
         self._steps: list[int] = []
         self._lrs: list[float] = []
+        self._present: list[bool] = []
         self._plan_key: tuple[Any, ...] | None = None
         self._is_zero = True
         self._warned_no_loss = False
         self._seen_global = 0
+        self._flushed_global = 0
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(target_loss=self.target_loss, param_group=self.param_group)
+        # The target may change between a run and its resume; the history still belongs to the same run.
+        return self._generate_state_key(param_group=self.param_group)
 
     @property
     def forecast(self) -> Forecast | None:
@@ -256,8 +262,13 @@ class LossForecast(Callback):
         if total is None:
             raise ValueError("the run's length is unknown: set max_steps or pass total_steps=")
         if self.schedule is not None:
-            if len(self.schedule) != total:
-                raise ValueError(f"schedule= has {len(self.schedule)} steps but the run has {total}")
+            if len(self.schedule) != total and self._is_zero:
+                warnings.warn(
+                    f"LossForecast: schedule= has {len(self.schedule)} steps but the trainer runs {total}; "
+                    "forecasting for the schedule's length",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             self.monitor.set_schedule(self.schedule)
             self._plan_key = ("override", total)
             return
@@ -281,9 +292,10 @@ class LossForecast(Callback):
                         stacklevel=2,
                     )
         lrs = np.concatenate([past, future])
-        if lrs.size and lrs[0] == 0.0:
-            # Warm-up schedulers may start at LR 0; the law needs a positive first LR for S1.
-            lrs[0] = lrs[1] if lrs.size > 1 and lrs[1] > 0 else 1e-12
+        # Schedulers may hit an LR of exactly 0 (a warm-up's first update, a decay to zero); the law is
+        # defined on positive LRs, and a vanishing one changes nothing it predicts.
+        floor = 1e-12 * float(np.max(lrs, initial=0.0)) or 1e-12
+        lrs = np.maximum(lrs, floor)
         self.monitor.set_schedule(lrs)
         self._plan_key = (tuple(id(s) for s in schedulers), every, total)
 
@@ -301,11 +313,12 @@ class LossForecast(Callback):
             used = np.asarray(self._lrs)
             # An LR of exactly 0 (a warm-up's first update) is stored as a tiny positive value: skip it.
             ok = (idx < len(planned)) & np.isfinite(used) & (used > 0)
-            drift = bool(np.any(~np.isclose(planned[idx[ok]], used[ok], rtol=_REPLAN_RTOL, atol=0.0)))
+            atol = 1e-9 * float(np.max(planned))
+            drift = bool(np.any(~np.isclose(planned[idx[ok]], used[ok], rtol=_REPLAN_RTOL, atol=atol)))
             if drift:
                 fixed = planned.copy()
                 fixed[idx[ok]] = used[ok]
-                fixed[fixed <= 0] = 1e-12
+                fixed = np.maximum(fixed, 1e-12 * float(np.max(fixed)))
                 self.monitor.set_schedule(fixed)
         if drift or key != self._plan_key:
             if self._is_zero and self.verbose:
@@ -329,6 +342,7 @@ class LossForecast(Callback):
             min_fraction=self.min_fraction,
             action=self.action,
             health=self.health,
+            advisor=self.advisor,
             figure_every=self.log_figures_every,
             on_event=self.on_event,
             verbose=self._is_zero and self.verbose,
@@ -338,8 +352,9 @@ class LossForecast(Callback):
             self._pending_state = None
         self._step = int(trainer.global_step)
         self._seen_global = int(trainer.global_step)
+        self._flushed_global = int(trainer.global_step)
         self._buffer = DeviceBuffer(self.flush_every, channels=2 if self.track_grad_norm else 1)
-        self._steps, self._lrs = [], []
+        self._steps, self._lrs, self._present = [], [], []
         self._acc, self._micro = None, 0
         self._guard("schedule look-ahead", self._plan, trainer, self._step)
         if self._pending_obs:
@@ -357,22 +372,25 @@ class LossForecast(Callback):
             self._guard("TensorBoard", self._attach_tensorboard, trainer)
 
     def _attach_tensorboard(self, trainer: pl.Trainer) -> None:
-        from scaleforecast.integrations.tensorboard import TensorBoardSink
+        from scaleforecast.integrations.tensorboard import ADVICE_CHARTS, TensorBoardSink
 
         assert self.monitor is not None
+        extra = ADVICE_CHARTS if self.advisor is not None else None
         if self.writer is not None:
-            self.monitor.add_sink(TensorBoardSink(self.writer))
+            self.monitor.add_sink(TensorBoardSink(self.writer, layout_extra=extra))
             return
         from lightning.pytorch.loggers import TensorBoardLogger
 
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                self.monitor.add_sink(TensorBoardSink(logger.experiment))
+                self.monitor.add_sink(TensorBoardSink(logger.experiment, layout_extra=extra))
                 return
         from torch.utils.tensorboard import SummaryWriter
 
         logdir = self.dirpath or Path(trainer.default_root_dir) / "scaleforecast"
-        self.monitor.add_sink(TensorBoardSink(SummaryWriter(str(logdir)), close_writer=True))
+        self.monitor.add_sink(
+            TensorBoardSink(SummaryWriter(str(logdir)), layout_extra=extra, close_writer=True)
+        )
         if self.verbose:
             rank_zero_info(f"LossForecast: TensorBoard logs in {logdir}  (tensorboard --logdir {logdir})")
 
@@ -396,9 +414,14 @@ class LossForecast(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._buffer is None or "step" in self.errors:
+        if self._buffer is None:
             return
-        self._guard("step", self._on_batch_end, trainer, pl_module, outputs)
+        if "step" not in self.errors:
+            self._guard("step", self._on_batch_end, trainer, pl_module, outputs)
+        # The flush cadence follows trainer.global_step, which is the same on every rank, and not this rank's
+        # own buffer: a rank whose per-step part failed still joins every collective.
+        if trainer.global_step - self._flushed_global >= self.flush_every:
+            self._flush_all(trainer)
 
     def _on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> None:
         assert self._buffer is not None
@@ -433,30 +456,48 @@ class LossForecast(Callback):
             self._buffer.push(value)
         self._steps.append(self._step)
         self._lrs.append(self._lr)
+        self._present.append(value is not None)
         self._acc, self._micro, self._lr, self._gnorm = None, 0, math.nan, None
-        if len(self._buffer) >= self.flush_every:
-            self._flush(trainer)
 
     # ------------------------------------------------------------- flush
+    def _flush_all(self, trainer: pl.Trainer) -> None:
+        """Flush on every rank. Errors are reported once but never switch the flush off, since the other
+        ranks would then wait alone in the next collective."""
+        self._flushed_global = trainer.global_step
+        try:
+            self._flush(trainer)
+        except Exception as exc:
+            from scaleforecast.events import TrainingHealthError
+
+            if isinstance(exc, TrainingHealthError):
+                raise
+            if "flush" not in self.errors:
+                msg = f"LossForecast: a flush failed ({type(exc).__name__}: {exc}); training goes on"
+                self.errors["flush"] = msg
+                if self._is_zero:
+                    log.warning(msg, exc_info=True)
+                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+
     def _flush(self, trainer: pl.Trainer) -> None:
         """One collective for the buffered steps, then the monitor (identical on every rank), then agreement."""
         assert self._buffer is not None
-        if not self._steps:
-            return
         flushed = self._buffer.flush()
-        n = flushed.count
+        n = min(flushed.count, len(self._steps))
         steps = np.asarray(self._steps[:n], dtype=np.int64)
         lrs = np.asarray(self._lrs[:n], dtype=float)
+        # Steps whose training_step returned no loss were pushed as NaN placeholders (so every rank flushes
+        # the same count); they are not observations.
+        seen = np.asarray(self._present[:n], dtype=bool)
         self._guard("schedule look-ahead", self._replan_if_needed, trainer)
-        self._steps, self._lrs = [], []
+        self._steps, self._lrs, self._present = [], [], []
         stop = False
-        if self.monitor is not None:
+        if self.monitor is not None and seen.any():
             batch = FlushBatch(
-                steps=steps,
-                loss=flushed.mean[0],
-                loss_max=flushed.max[0] if trainer.world_size > 1 else None,
-                grad_norm=flushed.mean[1] if self.track_grad_norm else None,
-                lrs=lrs,
+                steps=steps[seen],
+                loss=flushed.mean[0][seen],
+                loss_max=flushed.max[0][seen] if trainer.world_size > 1 else None,
+                grad_norm=flushed.mean[1][seen] if self.track_grad_norm else None,
+                lrs=lrs[seen],
             )
             result = self._guard("forecaster", self.monitor.flush, batch)
             if result is not None:
@@ -466,7 +507,7 @@ class LossForecast(Callback):
         # Every rank takes part, whatever happened above, so that nobody waits on a collective alone.
         stop = trainer.strategy.reduce_boolean_decision(bool(stop), all=False)
         if stop and self.stopped_at is None:
-            self.stopped_at = int(steps[-1])
+            self.stopped_at = int(trainer.global_step)
             reason = self.monitor.stop_reason if self.monitor is not None else None
             self.stop_reason = reason or "another rank decided to stop"
             trainer.should_stop = True
@@ -483,8 +524,8 @@ class LossForecast(Callback):
         )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._buffer is not None and len(self._buffer) and "step" not in self.errors:
-            self._guard("step", self._flush, trainer)
+        if self._buffer is not None and trainer.global_step > self._flushed_global:
+            self._flush_all(trainer)
         self._close()
 
     def on_exception(
@@ -501,10 +542,9 @@ class LossForecast(Callback):
         """Monitor state (history, fit, schedule, stop record) plus rank 0's not-yet-flushed steps."""
         pending: dict[str, list[float]] | None = None
         if self._buffer is not None and len(self._buffer):
-            n = len(self._buffer)
-            values = self._buffer._buf  # local peek: a checkpoint is already a sync point
-            if values is not None:
-                pending = {"steps": list(self._steps[:n]), "loss": values[0, :n].cpu().double().tolist()}
+            loss = self._buffer.peek()[0].tolist()
+            keep = [i for i in range(min(len(loss), len(self._steps))) if self._present[i]]
+            pending = {"steps": [self._steps[i] for i in keep], "loss": [loss[i] for i in keep]}
         monitor = self.monitor.state_dict() if self.monitor is not None else self._pending_state
         return {
             "version": 1,

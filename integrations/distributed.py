@@ -148,6 +148,15 @@ class DeviceBuffer:
             mx = values.max(axis=0)
         return Flushed(mean=mean, max=mx, count=common)
 
+    def peek(self) -> np.ndarray:
+        """This rank's buffered values, ``(channels, len)`` on the host, without a collective or emptying.
+
+        For checkpoints (already a sync point); the regular path is :meth:`flush`.
+        """
+        if self._buf is None:
+            return np.empty((self.channels, 0))
+        return self._buf[:, : self._n].cpu().double().numpy()
+
     def state_dict(self) -> dict[str, int]:
         """Only the shape: buffered values are flushed before any checkpoint that matters."""
         return {"capacity": self.capacity, "channels": self.channels}

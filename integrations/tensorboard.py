@@ -30,7 +30,14 @@ if TYPE_CHECKING:
 
     from scaleforecast.events import Event
 
-__all__ = ["STATUS_CODES", "TensorBoardSink", "draw_snapshot", "forecast_layout", "render_rgb"]
+__all__ = [
+    "ADVICE_CHARTS",
+    "STATUS_CODES",
+    "TensorBoardSink",
+    "draw_snapshot",
+    "forecast_layout",
+    "render_rgb",
+]
 
 STATUS_CODES: dict[FitStatus, int] = {
     FitStatus.OK: 0,
@@ -39,6 +46,12 @@ STATUS_CODES: dict[FitStatus, int] = {
     FitStatus.FAILED: 3,
 }
 CATEGORY = "scaleforecast"
+ADVICE_CHARTS: dict[str, list[Any]] = {
+    "schedule advice: final loss, planned vs best": [
+        "Multiline",
+        ["advice/planned_final", "advice/best_final"],
+    ],
+}
 
 
 def forecast_layout(extra: Mapping[str, list[Any]] | None = None) -> dict[str, dict[str, list[Any]]]:

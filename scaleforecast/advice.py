@@ -171,9 +171,12 @@ def schedule_flags(planned: np.ndarray, config: AdviceConfig | None = None) -> l
 class ScheduleAdvisor:
     """Compare the plan with the candidates at each refit and report the best one (see the module doc).
 
-    ``advise(forecaster)`` returns a :class:`ScheduleAdvice` (or ``None`` when there is no usable fit or
+    ``evaluate(forecaster)`` returns a :class:`ScheduleAdvice` (or ``None`` when there is no usable fit or
     nothing is left to change) and keeps it as :attr:`latest`; ``events(advice)`` turns it into events: one
-    ``schedule_advice`` event when the gain is significant, and each plan flag once per plan.
+    ``schedule_advice`` event when the gain is significant, and each plan flag once.
+    ``advise(forecaster, step)`` does both and never raises: it is the hook
+    :class:`~scaleforecast.monitor.RunMonitor` calls after each refit; :meth:`scalars` gives the latest
+    advice as scalars for the sinks.
     """
 
     def __init__(self, config: AdviceConfig | None = None) -> None:
@@ -181,7 +184,8 @@ class ScheduleAdvisor:
         self.latest: ScheduleAdvice | None = None
         self._flagged: set[str] = set()
 
-    def advise(self, forecaster: Any) -> ScheduleAdvice | None:
+    def evaluate(self, forecaster: Any) -> ScheduleAdvice | None:
+        """Compare the remaining plan with every candidate under the latest fit (see the class doc)."""
         cfg = self.config
         planned = getattr(forecaster, "schedule", None)
         fit = getattr(forecaster, "fit_result", None)
@@ -223,6 +227,7 @@ class ScheduleAdvisor:
         return advice
 
     def events(self, advice: ScheduleAdvice | None) -> list[Event]:
+        """The advice event (when significant) and the plan's flags (each once)."""
         if advice is None:
             return []
         out: list[Event] = []
@@ -264,13 +269,20 @@ class ScheduleAdvisor:
             )
         return out
 
-    def update(self, forecaster: Any) -> list[Event]:
-        """``events(advise(forecaster))``; never raises (a failure is logged and yields no events)."""
+    def advise(self, forecaster: Any, step: int | None = None) -> list[Event]:
+        """``events(evaluate(forecaster))``; never raises (a failure is logged and yields no events).
+
+        ``step`` is accepted for the monitor's hook signature; the forecaster's last step is used.
+        """
         try:
-            return self.events(self.advise(forecaster))
+            return self.events(self.evaluate(forecaster))
         except Exception as err:
             log.warning("schedule advice failed at this refit: %r", err)
             return []
+
+    def scalars(self) -> dict[str, float]:
+        """The latest advice as sink scalars (empty before the first advice)."""
+        return {} if self.latest is None else self.latest.scalars()
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,11 @@ from scaleforecast.results import Forecast
 from scaleforecast.schedules import as_lrs
 
 # Each module exposes ``add_parser(subparsers)`` (registering ``func=run``) and ``run(args) -> int``.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("scaleforecast.report", "scaleforecast.watch", "scaleforecast.backtest")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "scaleforecast.report",
+    "scaleforecast.watch",
+    "scaleforecast.backtest",
+)
 
 LOSS_COLUMNS = ("loss", "val_loss", "train_loss")
 

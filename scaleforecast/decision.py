@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 from pydantic import BaseModel
 
 from scaleforecast.events import Event
-from scaleforecast.registry import RunRecord, RunRegistry, RunState
+from scaleforecast.registry import RunRecord, RunRegistry, RunState, open_registry
 from scaleforecast.results import FitStatus, Forecast
 
 _log = logging.getLogger(__name__)
@@ -198,13 +202,18 @@ class SweepStopper:
     callbacks take it as ``LossForecast(health=[stopper])``: a stop becomes a critical ``early_stop`` event.
     Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped). Registry
     errors are logged once and switch the stopper off: training goes on without it.
+
+    ``registry`` is a :class:`RunRegistry`, a SQLite path, or ``None`` for the default SQLite file of ``sweep``
+    (``~/.cache/scaleforecast/<sweep>.sqlite``): no set-up needed. ``run_id`` defaults to a unique
+    ``host-pid-random`` name.
     """
 
     def __init__(
         self,
-        registry: RunRegistry,
-        run_id: str,
+        registry: RunRegistry | str | Path | None = None,
+        run_id: str | None = None,
         *,
+        sweep: str = "default",
         target: float | None = None,
         confidence: float = 0.95,
         min_fraction: float = 0.1,
@@ -214,8 +223,8 @@ class SweepStopper:
     ) -> None:
         if not 0.5 <= confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
-        self.registry = registry
-        self.run_id = run_id
+        self.registry = open_registry(registry, sweep)
+        self.run_id = run_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.target = target
         self.confidence = confidence
         self.min_fraction = min_fraction

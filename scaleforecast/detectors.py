@@ -219,22 +219,25 @@ class SpikeDetector:
         self.window = ResidualWindow(self.config.window)
         self.run = 0
         self.errors: deque[float] = deque(maxlen=self.config.noise_window)
+        self.errors_law: deque[float] = deque(maxlen=self.config.noise_window)
 
     def score(
         self, steps: np.ndarray, values: np.ndarray, law: LawFn | None = None
     ) -> tuple[np.ndarray, list[Event]]:
-        """Robust z-scores of the points (NaN where not scored) and the events they raise."""
+        """Robust z-scores of the points (NaN where not scored) and the events they raise.
+
+        With a law, a point must stand out both against the law (plus its local correction) and against
+        the local trend alone: ``z = min(z_law, z_local)``. The law removes the local trend's false alarms
+        where the LR schedule bends the curve (a step drop, a cooldown's start); the local trend removes the
+        law's where the fit is off (a cooldown that the prior for ``C`` misjudged). A real spike clears both.
+        """
         cfg = self.config
         steps = np.asarray(steps, dtype=np.int64).ravel()
         values = np.asarray(values, dtype=float).ravel()
         base = _law_at(law, steps)
-        use_law = base is not None
-        if base is None:
-            base = np.zeros(len(steps))
         z_all = np.full(len(steps), np.nan)
         events: list[Event] = []
-        model: LocalModel | None = None
-        noise: float | None = None
+        models: dict[str, tuple[LocalModel, float | None]] = {}
         since_fit = 0
         for i in range(len(steps)):
             s, y = int(steps[i]), float(values[i])
@@ -243,20 +246,23 @@ class SpikeDetector:
             if len(self.window) < cfg.min_points:
                 self.window.push(s, y)
                 continue
-            if model is None or since_fit >= cfg.chunk:
-                model = self._model(law if use_law else None)
+            if not models or since_fit >= cfg.chunk:
+                models = self._models(law if base is not None else None)
                 since_fit = 0
-                noise = self._noise(model)
-            trend, sigma = model.predict(math.log(s))
-            if noise is not None:
-                sigma = noise
-            pred = base[i] + trend
-            z = (y - pred) / sigma
-            z_all[i] = z
             since_fit += 1
+            scored: dict[str, tuple[float, float, float]] = {}
+            for mode, (model, noise) in models.items():
+                trend, sigma = model.predict(math.log(s))
+                sigma = noise if noise is not None else sigma
+                pred = trend + (base[i] if mode == "law" else 0.0)
+                scored[mode] = ((y - pred) / sigma, pred, sigma)
+            mode = min(scored, key=lambda m: scored[m][0])
+            z, pred, sigma = scored[mode]
+            z_all[i] = z
             if z > cfg.threshold:
                 self.run += 1
                 if self.run <= cfg.max_run:
+                    shown = scored.get("law", scored[mode])
                     events.append(
                         Event(
                             kind="spike",
@@ -264,24 +270,40 @@ class SpikeDetector:
                             severity="critical",
                             score=z,
                             message=(
-                                f"loss spike at step {s}: {y:.4g} vs expected {pred:.4g} "
-                                f"({z:.1f} sigma, sigma={sigma:.3g}, {'law' if use_law else 'local trend'})"
+                                f"loss spike at step {s}: {y:.4g} vs expected {shown[1]:.4g} "
+                                f"({z:.1f} sigma, sigma={shown[2]:.3g}, "
+                                f"{'law and local trend' if 'law' in scored else 'local trend'})"
                             ),
-                            data={"loss": y, "expected": pred, "sigma": sigma, "law": use_law},
+                            data={"loss": y, "expected": shown[1], "sigma": shown[2], "law": "law" in scored},
                         )
                     )
                     continue
             self.run = 0
             self.window.push(s, y)
-            self.errors.append(y - pred)
+            self.errors.append(y - scored["local"][1])
+            if "law" in scored:
+                self.errors_law.append(y - scored["law"][1])
         return z_all, events
 
-    def _noise(self, model: LocalModel) -> float | None:
+    def _models(self, law: LawFn | None) -> dict[str, tuple[LocalModel, float | None]]:
+        """The local-trend model (always) and the law model (when the law is usable on the window)."""
+        local = self._model(None)
+        out = {"local": (local, self._noise(self.errors, local))}
+        if law is not None:
+            wsteps, _ = self.window.arrays()
+            wbase = _law_at(law, wsteps)
+            if wbase is not None:
+                model = self.window.model(wbase, self.config.rel_floor, self.config.degree)
+                out["law"] = (model, self._noise(self.errors_law, model))
+        return out
+
+    @staticmethod
+    def _noise(errors: deque[float], model: LocalModel) -> float | None:
         """The spread of past one-step prediction errors: a steadier noise scale than the window's own
         residuals (a 64-point MAD is off by 15% now and then, which a 4.5-sigma rule cannot afford)."""
-        if len(self.errors) < 64:
+        if len(errors) < 64:
             return None
-        return max(robust_scale(np.asarray(self.errors)), model.sigma * 0.5)
+        return max(robust_scale(np.asarray(errors)), model.sigma * 0.5)
 
     def _model(self, law: LawFn | None) -> LocalModel:
         wsteps, _ = self.window.arrays()
@@ -299,6 +321,7 @@ class SpikeDetector:
             "window": self.window.state_dict(),
             "run": self.run,
             "errors": list(self.errors),
+            "errors_law": list(self.errors_law),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -306,6 +329,7 @@ class SpikeDetector:
         self.window.load_state_dict(state["window"])
         self.run = int(state.get("run", 0))
         self.errors.extend(float(e) for e in state.get("errors", []))
+        self.errors_law.extend(float(e) for e in state.get("errors_law", []))
 
 
 # ----------------------------------------------------------------------------------------- divergence
@@ -645,6 +669,8 @@ class HealthMonitor:
         self.counts: dict[str, int] = {}
         self.trigger: Event | None = None
         self._record_failed = False
+        self._lr_seen: dict[int, float] = {}
+        self._law_cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ running
     @property
@@ -666,8 +692,12 @@ class HealthMonitor:
         grad_norm: np.ndarray | list[float] | None = None,
         forecaster: Any = None,
         law: LawFn | None = None,
+        lr_of: Callable[[np.ndarray], np.ndarray | None] | None = None,
     ) -> list[Event]:
-        """Run every detector on one flush and return the (debounced) events to report."""
+        """Run every detector on one flush and return the (debounced) events to report.
+
+        ``law`` (``steps -> expected loss``) defaults to the forecaster's latest usable fit; ``lr_of``
+        (``steps -> LR``) to the forecaster's planned schedule."""
         st = np.asarray(steps, dtype=np.int64).ravel()
         y = np.asarray(loss, dtype=float).ravel()
         if st.shape != y.shape:
@@ -680,8 +710,9 @@ class HealthMonitor:
         if len(st) == 0:
             return []
         if law is None and forecaster is not None:
-            law = forecaster_law(forecaster)
-        lr_of = forecaster_lr(forecaster) if forecaster is not None else None
+            law = forecaster_law(forecaster, self._law_cache)
+        if lr_of is None and forecaster is not None:
+            lr_of = forecaster_lr(forecaster)
         raw: list[Event] = []
         raw += self.nonfinite.update(st, y, ymax, gn)
         scored = ymax if (ymax is not None and self.config.use_loss_max) else y
@@ -693,13 +724,39 @@ class HealthMonitor:
             raw += self.grad.update(st, gn)
         return self._report(raw)
 
+    def check(self, batch: Any, forecaster: Any) -> list[Event]:
+        """The :class:`~scaleforecast.monitor.RunMonitor` hook: :meth:`update` on a ``FlushBatch``.
+
+        Inside the run monitor its own ``action`` applies to every critical event; kinds outside ``act_on``
+        are reported as warnings, so they never stop the run.
+        """
+        lr_of = None
+        if getattr(batch, "lrs", None) is not None:
+            steps = np.asarray(batch.steps).tolist()
+            self._lr_seen.update(zip(steps, np.asarray(batch.lrs, dtype=float).tolist(), strict=True))
+            if len(self._lr_seen) > 4096:  # the drift blocks look back a few hundred points at most
+                keep = sorted(self._lr_seen)[-2048:]
+                self._lr_seen = {k: self._lr_seen[k] for k in keep}
+            lr_of = self._lr_lookup
+        return self.update(
+            batch.steps, batch.loss, batch.loss_max, batch.grad_norm, forecaster=forecaster, lr_of=lr_of
+        )
+
+    def _lr_lookup(self, steps: np.ndarray) -> np.ndarray | None:
+        try:
+            return np.array([self._lr_seen[int(s)] for s in steps], dtype=float)
+        except KeyError:
+            return None
+
     def _report(self, raw: list[Event]) -> list[Event]:
         out: list[Event] = []
         for ev in sorted(raw, key=lambda e: e.step):
             self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
             if ev.kind == "spike":
                 self._record_spike(ev.step)
-            if ev.severity == "critical" and ev.kind in self.config.act_on and self.trigger is None:
+            if ev.severity == "critical" and ev.kind not in self.config.act_on:
+                ev = ev.model_copy(update={"severity": "warning"})
+            if ev.severity == "critical" and self.trigger is None:
                 self.trigger = ev
             last = self.last_reported.get(ev.kind)
             rank = SEVERITY_RANK[ev.severity]
@@ -782,20 +839,34 @@ class HealthMonitor:
         self.trigger = None if state["trigger"] is None else Event.model_validate(state["trigger"])
 
 
-def forecaster_law(forecaster: Any) -> LawFn | None:
+def forecaster_law(forecaster: Any, cache: dict[str, Any] | None = None) -> LawFn | None:
     """``steps -> expected loss`` from an :class:`~scaleforecast.forecaster.OnlineForecaster`'s latest
-    usable fit, or ``None`` before one (or when its fit failed). Errors inside are treated as "no law"."""
+    usable fit, or ``None`` before one (or when its fit failed). The curve is computed once per fit over the
+    whole planned schedule (one pass over ``S1``/``S2``) and kept in ``cache`` (a dict the caller owns) for
+    as long as the fit and the schedule stay the same; errors mean "no law"."""
     fit = getattr(forecaster, "fit_result", None)
     if fit is None or getattr(fit, "params", None) is None:
         return None
     if str(getattr(fit.status, "value", fit.status)) not in ("ok", "annealing_unidentified"):
         return None
+    lrs = getattr(forecaster, "schedule", None)
+    if lrs is None:
+        return None
+    cache = {} if cache is None else cache
+    if cache.get("fit") is not fit or cache.get("lrs") is not lrs:
+        try:
+            curve = np.asarray(forecaster.predict(np.arange(1, len(lrs) + 1)), dtype=float)
+        except Exception:  # a law that cannot predict is no law: the detectors fall back to the local trend
+            return None
+        cache.update(fit=fit, lrs=lrs, curve=curve)
+    curve = cache["curve"]
 
     def law(steps: np.ndarray) -> np.ndarray:
-        try:
-            return np.asarray(forecaster.predict(steps), dtype=float)
-        except Exception:  # a law that cannot predict here is no law: fall back to the local trend
-            return np.full(len(steps), np.nan)
+        idx = np.asarray(steps, dtype=np.int64) - 1
+        out = np.full(len(idx), np.nan)
+        ok = (idx >= 0) & (idx < len(curve))
+        out[ok] = curve[idx[ok]]
+        return out
 
     return law
 

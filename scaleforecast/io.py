@@ -853,13 +853,15 @@ def rebuild_lrs(
     lr_steps = np.asarray(lr_steps, dtype=np.int64)
     lr_values = np.asarray(lr_values, dtype=np.float64)
     notes: list[str] = []
-    finite = np.isfinite(lr_values) & (lr_values > 0)
+    # An exact 0 is a real LR at the first update (warm-up from zero) and at the last (decay to zero).
+    edge = (lr_steps == 1) | ((lr_steps == lr_steps.max()) if len(lr_steps) else False)
+    finite = np.isfinite(lr_values) & ((lr_values > 0) | ((lr_values == 0) & edge))
     if not finite.all():
         i = int(np.argmax(~finite))
-        if not (i == 0 and lr_values[0] == 0 and finite[1:].all()):
-            notes.append(
-                f"{what}: logged LR has {int((~finite).sum())} non-finite or <= 0 value(s) (first at step {lr_steps[i]}); ignored them"
-            )
+        notes.append(
+            f"{what}: logged LR has {int((~finite).sum())} non-finite or <= 0 value(s) (first at step "
+            f"{lr_steps[i]}); ignored them"
+        )
         lr_steps, lr_values = lr_steps[finite], lr_values[finite]
     if schedule is not None:
         try:

@@ -8,6 +8,8 @@ update yet) has ``S1 = S2 = 0``.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Literal, Protocol
 
 import numpy as np
@@ -24,10 +26,12 @@ __all__ = [
     "TissueLaw",
     "WarmupS2",
     "annealing_area",
+    "annealing_prefix",
     "annealing_term",
     "forward_area",
     "hold_warmup",
     "mpl_drop",
+    "schedule_areas",
 ]
 
 WarmupS2 = Literal["raw", "hold"]
@@ -90,6 +94,58 @@ def annealing_term(
         return s2
     u = s2 / full
     return np.sign(u) * np.power(np.abs(u), power) * full
+
+
+_AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+
+
+def _areas_entry(lrs: ArrayLike, lam: float, warmup: WarmupS2, power: float) -> tuple[np.ndarray, ...]:
+    a = _as_lrs(lrs)
+    # a fingerprint, not a full hash: length, sum, a strided sample and the tail; a re-planned schedule
+    # changes at least one of them
+    n = a.size
+    fp = (
+        n,
+        float(a.sum()),
+        hashlib.sha1(a[:: max(1, n // 4096)].tobytes()).digest(),
+        hashlib.sha1(a[-1024:].tobytes()).digest(),
+    )
+    key = (fp, float(lam), warmup, float(power))
+    hit = _AREA_CACHE.get(key)
+    if hit is not None:
+        _AREA_CACHE.move_to_end(key)
+        return hit
+    s1 = forward_area(a)
+    s2 = annealing_term(a, lam, warmup, power)
+    cs2 = np.concatenate([[0.0], np.cumsum(s2)])
+    for arr in (s1, s2, cs2):
+        arr.flags.writeable = False
+    _AREA_CACHE[key] = (s1, s2, cs2)
+    while len(_AREA_CACHE) > 8:
+        _AREA_CACHE.popitem(last=False)
+    return s1, s2, cs2
+
+
+def schedule_areas(
+    lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", power: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(forward_area(lrs), annealing_term(lrs, lam, warmup, power))``, memoised on a fingerprint of the
+    schedule (its length, sum, a strided sample and its tail).
+
+    The online forecaster refits and predicts many times under one planned schedule: a fingerprint costs one
+    vectorised pass, recomputing costs two plus a recursive filter. The arrays returned are read-only.
+    """
+    s1, s2, _ = _areas_entry(lrs, lam, warmup, power)
+    return s1, s2
+
+
+def annealing_prefix(
+    lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", power: float = 1.0
+) -> np.ndarray:
+    """Prefix sums of :func:`annealing_term` (length T + 1, element 0 is 0), memoised with
+    :func:`schedule_areas`: the exact window mean of S2 over updates ``a..b`` is
+    ``(P[b] - P[a - 1]) / (b - a + 1)``."""
+    return _areas_entry(lrs, lam, warmup, power)[2]
 
 
 class AreaAccumulator:
@@ -176,8 +232,9 @@ class TissueLaw:
         a = _as_lrs(lrs)
         st = np.asarray(steps, dtype=np.int64)
         warm: WarmupS2 = "hold" if params.extra.get("warmup_hold", 0.0) >= 0.5 else "raw"
-        s1 = _at_steps(forward_area(a), st)
-        s2 = _at_steps(annealing_term(a, params.lam, warm, params.extra.get("s2_power", 1.0)), st)
+        full1, full2 = schedule_areas(a, params.lam, warm, params.extra.get("s2_power", 1.0))
+        s1 = _at_steps(full1, st)
+        s2 = _at_steps(full2, st)
         with np.errstate(divide="ignore"):
             p = np.where(s1 > 0, np.power(np.maximum(s1, 1e-300), -params.alpha), np.inf)
         return params.L0 + params.A * p - params.C * s2
@@ -185,7 +242,7 @@ class TissueLaw:
 
 def _blocks(lrs: np.ndarray, start: int, max_blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LR decreases ``d_k = lr_{k-1} - lr_k`` for updates ``k > start`` (1-based), merged into at most
-    ``max_blocks`` consecutive blocks: (block's last update k, summed d, LR after the block)."""
+    ``max_blocks`` consecutive blocks: (block's update k, summed d, LR at k)."""
     d = np.zeros_like(lrs)
     d[1:] = lrs[:-1] - lrs[1:]
     d[: max(start, 1)] = 0.0
@@ -193,11 +250,18 @@ def _blocks(lrs: np.ndarray, start: int, max_blocks: int) -> tuple[np.ndarray, n
     if ks.size == 0:
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     if ks.size > max_blocks:
+        # each block stands at its decrease-weighted centre, which keeps S_k(t) unbiased to first order
         edges = np.linspace(0, ks.size, max_blocks + 1).astype(np.int64)
         csum = np.concatenate([[0.0], np.cumsum(d[ks])])
-        last = ks[edges[1:] - 1]
+        cpos = np.concatenate([[0.0], np.cumsum(d[ks] * ks)])
         dsum = csum[edges[1:]] - csum[edges[:-1]]
-        return last + 1, dsum, lrs[last]
+        centre = np.where(
+            dsum != 0,
+            (cpos[edges[1:]] - cpos[edges[:-1]]) / np.where(dsum != 0, dsum, 1.0),
+            ks[edges[1:] - 1],
+        )
+        centre = np.clip(np.rint(centre).astype(np.int64), ks[edges[:-1]], ks[edges[1:] - 1])
+        return centre + 1, dsum, lrs[centre]
     return ks + 1, d[ks], lrs[ks]
 
 

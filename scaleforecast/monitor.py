@@ -239,6 +239,9 @@ class RunMonitor:
             extras: dict[str, float] = {}
             if self.target_loss is not None:
                 extras["forecast/target"] = self.target_loss
+            advice = getattr(self.advisor, "scalars", None)
+            if callable(advice):
+                extras.update(self._guard("advisor", advice) or {})
             self.sinks.write_forecast(step, forecast, extras)
             if self.verbose and forecast.final is not None:
                 f = forecast.final

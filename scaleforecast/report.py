@@ -167,60 +167,61 @@ def observed_final(run: RunData) -> float | None:
 
 
 def detect_events(run: RunData, fc: OnlineForecaster) -> list[Event]:
-    """Health events over the whole run from the detectors (non-finite losses, spikes against the law).
-
-    Missing or failing detectors are skipped: a report is still useful without them."""
-    events: list[Event] = []
+    """Health events over the whole run from the detectors (non-finite, spikes, drift, stagnation), judged
+    against the law fitted here, debounced as in a live run. A missing or failing detector is skipped: a report
+    is still useful without it."""
     try:
-        from scaleforecast import detectors
+        from scaleforecast.detectors import HealthMonitor
     except ImportError:
-        return events
-    steps, losses = run.steps, run.losses
+        return []
+    usable = fc.latest is not None and fc.latest.ok
+    # The detectors ask for the law at every refit of their window: tabulate it once.
+    table = fc.predict(np.arange(1, (fc.total_steps or run.last_step) + 1)) if usable else None
+    lrs = fc.schedule
+
+    def law(s: np.ndarray) -> np.ndarray:
+        return table[np.asarray(s, dtype=np.int64) - 1]  # type: ignore[index]
+
+    def lr_of(s: np.ndarray) -> np.ndarray | None:
+        return None if lrs is None else lrs[np.asarray(s, dtype=np.int64) - 1]
+
     try:
-        nf = detectors.NonFiniteDetector()
-        bad = np.flatnonzero(~np.isfinite(losses))
-        # One event per stretch of non-finite values, like a monitor flushing as they come.
-        for chunk in np.split(bad, np.flatnonzero(np.diff(bad) > 1) + 1) if len(bad) else []:
-            events += nf.update(steps[chunk], losses[chunk])
+        monitor = HealthMonitor()
+        return sorted(
+            monitor.update(run.steps, run.losses, law=law if usable else None, lr_of=lr_of),
+            key=lambda e: e.step,
+        )
     except Exception as err:
-        print(f"scaleforecast report: non-finite check skipped ({err})", file=sys.stderr)
-    try:
-        spike = detectors.SpikeDetector()
-
-        # The detector asks for the law at every refit of its window: tabulate it once.
-        table = fc.predict(np.arange(1, (fc.total_steps or run.last_step) + 1))
-
-        def law(s: np.ndarray) -> np.ndarray:
-            return table[np.asarray(s, dtype=np.int64) - 1]
-
-        events += spike.update(steps, losses, law=law if fc.latest is not None and fc.latest.ok else None)
-    except Exception as err:
-        print(f"scaleforecast report: spike check skipped ({err})", file=sys.stderr)
-    events.sort(key=lambda e: e.step)
-    return events
+        print(f"scaleforecast report: health checks skipped ({type(err).__name__}: {err})", file=sys.stderr)
+        return []
 
 
-def what_if_schedules(fc: OnlineForecaster, step: int) -> list[tuple[str, np.ndarray]]:
-    """Alternative schedules from the schedule-advice module, when it is installed: ``[(label, lrs)]``."""
+def what_if_schedules(
+    fc: OnlineForecaster, step: int, top: int = 3
+) -> tuple[list[tuple[str, np.ndarray]], list[Event]]:
+    """The best alternative schedules from the schedule-advice module, when it is installed.
+
+    Returns up to ``top`` ``(label, lrs)`` pairs, best predicted gain first (they keep the run's past LR and
+    change only what is left), and the advisor's events (significant advice, flags on the plan).
+    """
     try:
         advice = importlib.import_module("scaleforecast.advice")
     except ImportError:
-        return []
-    fn = getattr(advice, "candidate_schedules", None)
-    if not callable(fn):
-        return []
+        return [], []
     try:
-        out = []
-        for item in fn(fc, step):
-            label = getattr(item, "label", None) or getattr(item, "name", None) or str(item[0])
-            lrs = getattr(item, "lrs", None)
-            if lrs is None:
-                lrs = item[1]
-            out.append((str(label), np.asarray(lrs, dtype=float)))
-        return out[:4]
+        advisor = advice.ScheduleAdvisor()
+        result = advisor.evaluate(fc)
+        if result is None:
+            return [], []
+        events = list(advisor.events(result))
+        tails = advice.candidate_schedules(fc.schedule, step)
+        ranked = sorted(result.candidates, key=lambda c: -c.gain)
+        return [
+            (c.name, np.asarray(tails[c.name], dtype=float)) for c in ranked[:top] if c.name in tails
+        ], events
     except Exception as err:
         print(f"scaleforecast report: what-if schedules skipped ({err})", file=sys.stderr)
-        return []
+        return [], []
 
 
 def build_report(
@@ -238,9 +239,11 @@ def build_report(
     curve = fc.forecast(steps=grid)
     fit_step = fc.last_step
     what_if = []
+    advice_events: list[Event] = []
     if advice and forecast.ok:
-        for label, lrs in what_if_schedules(fc, fit_step):
-            g = np.unique(np.linspace(max(first, 1), len(lrs), points).round().astype(np.int64))
+        schedules, advice_events = what_if_schedules(fc, fit_step)
+        for label, lrs in schedules:
+            g = _what_if_grid(fit_step, len(lrs), points // 2)
             try:
                 what_if.append((label, lrs, fc.predict(g, schedule=lrs)))
             except ValueError:
@@ -251,10 +254,15 @@ def build_report(
         forecast=forecast,
         curve=curve,
         fit_step=fit_step,
-        events=detect_events(run, fc),
+        events=sorted(detect_events(run, fc) + advice_events, key=lambda e: e.step),
         what_if=what_if,
         observed_final=observed_final(run),
     )
+
+
+def _what_if_grid(start: int, total: int, points: int) -> np.ndarray:
+    """Where the what-if curves are drawn: from the fit step (they share the past) to their end."""
+    return np.unique(np.linspace(max(start, 1), total, max(points, 2)).round().astype(np.int64))
 
 
 def _binned_median(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,14 +317,16 @@ def draw_report(data: ReportData, width: float = 14.0, height: float = 8.0, dpi:
     seen = run.steps <= data.fit_step
     ok = np.isfinite(run.losses)
     many = len(run.steps) > 3000
-    dot = 2 if many else 7
+    # Sparse logs (eval losses) need visible dots drawn over the law; dense noisy logs need faint ones.
+    dot, alpha, z = (2, 0.25, 1) if many else (10 if len(run.steps) > 1000 else 16, 0.6, 3)
     ax.scatter(
         run.steps[seen & ok],
         run.losses[seen & ok],
         s=dot,
         color="tab:blue",
-        alpha=0.25,
+        alpha=alpha,
         lw=0,
+        zorder=z,
         label="observed (fitted)",
         rasterized=True,
     )
@@ -325,9 +335,10 @@ def draw_report(data: ReportData, width: float = 14.0, height: float = 8.0, dpi:
             run.steps[~seen & ok],
             run.losses[~seen & ok],
             s=dot,
-            color="0.55",
-            alpha=0.3,
+            color="0.45",
+            alpha=alpha,
             lw=0,
+            zorder=z,
             label="observed (held out)",
             rasterized=True,
         )
@@ -374,19 +385,17 @@ def draw_report(data: ReportData, width: float = 14.0, height: float = 8.0, dpi:
         )
     colors = ["tab:green", "tab:purple", "tab:brown", "tab:pink"]
     for (label, lrs, mean), color in zip(data.what_if, colors, strict=False):
-        g = np.unique(np.linspace(max(int(run.steps[0]), 1), len(lrs), len(mean)).round().astype(np.int64))
-        ax.plot(
-            g[: len(mean)], mean, color=color, lw=1.6, ls="-.", label=f"what-if: {label} -> {mean[-1]:.4f}"
-        )
+        g = _what_if_grid(data.fit_step, len(lrs), len(mean))
+        ax.plot(g, mean, color=color, lw=1.6, ls="-.", label=f"what-if: {label} -> {mean[-1]:.4f}")
         ax_lr.plot(np.arange(1, len(lrs) + 1), lrs, color=color, lw=1.0, ls="-.")
     if data.fit_step < total:
         ax.axvline(data.fit_step, color="0.3", ls=":", lw=1.2)
         ax.text(
             data.fit_step,
-            1.0,
-            f" fitted up to {data.fit_step}",
+            0.01,
+            f" fitted up to step {data.fit_step}",
             transform=ax.get_xaxis_transform(),
-            va="top",
+            va="bottom",
             ha="left",
             fontsize=9,
             color="0.3",
@@ -415,7 +424,8 @@ def draw_report(data: ReportData, width: float = 14.0, height: float = 8.0, dpi:
     ax.set_xlim(0, total * 1.01)
     ax.set_ylabel(run.loss_name)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8.5, framealpha=0.9)
+    # Loss curves fall, so the lower left is usually free; "best" searches, affordable for a few thousand points.
+    ax.legend(loc="best" if len(run.steps) <= 5000 else "lower left", fontsize=8.5, framealpha=0.9)
     name = run.name if len(run.name) <= 48 else run.name[:45] + "..."
     title = f"{name}: "
     title += (
@@ -451,7 +461,7 @@ def draw_report(data: ReportData, width: float = 14.0, height: float = 8.0, dpi:
         )
         y -= 0.024 * (wrapped.count("\n") + 1) + 0.036
     notes = list(dict.fromkeys(fc.warnings + run.warnings))[:4]
-    if data.events or notes:
+    if (data.events or notes) and y > 0.1:
         ax_tab.text(
             0.03, y, "events and notes", fontsize=11, weight="bold", va="top", transform=ax_tab.transAxes
         )

@@ -130,6 +130,19 @@ class FirstLocalLoss:
             self.value = float(loss.detach())
 
 
+class LoggedLoss:
+    """Keeps HF's logged ``loss`` window means (gathered over ranks by the Trainer)."""
+
+    def __init__(self) -> None:
+        self.logs: list[tuple[int, float]] = []
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            self.logs.append((int(state.global_step), float(logs["loss"])))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train under torchrun (gloo) with the forecast callback; record where each rank stopped."""
     from scaleforecast.callbacks.hf import HFLossForecast
@@ -150,9 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         flush_every=5,
         resolution=ns.resolution,
     )
+    from transformers import TrainerCallback
+
+    logged = type("LoggedLossCallback", (LoggedLoss, TrainerCallback), {})()
     trainer = make_trainer(
         out / "run",
-        [callback],
+        [callback, logged],
         max_steps=ns.max_steps,
         # The distributed sampler gives each rank different batches, so per-rank losses differ and only the
         # reduced values agree.
@@ -162,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = FirstLocalLoss()
     trainer.model.register_forward_hook(probe)
     trainer.train()
+    obs = callback.forecaster.observations()
     record = {
         "rank": rank,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
@@ -170,12 +187,21 @@ def main(argv: list[str] | None = None) -> int:
         "stop_step": callback.stop_step,
         "reason": callback.stop_reason,
         "mode": callback.mode,
+        "logs": logged.logs,
+        "observations": {
+            "start": obs.start.tolist(),
+            "end": obs.end.tolist(),
+            "y": obs.y.tolist(),
+        },
         "local_first_loss": probe.value,
         "final": None
         if callback.latest is None or callback.latest.final is None
         else callback.latest.final.loss,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 

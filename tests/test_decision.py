@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from scaleforecast.decision import decide_stop, decide_stop_in_sweep, sweep_reference
+from scaleforecast.decision import (
+    SweepStopper,
+    decide_stop,
+    decide_stop_in_sweep,
+    sweep_reference,
+    widen_forecast,
+)
 from scaleforecast.registry import RunRecord, RunState, SQLiteRegistry
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 
@@ -45,7 +51,9 @@ def test_grace_status_and_missing_reference() -> None:
     assert not decide_stop(None, 3.0, step=900, total_steps=1000).stop
     for status in (FitStatus.INSUFFICIENT_DATA, FitStatus.FAILED):
         assert not decide_stop(_forecast(9.0, 0.01, status), 3.0, step=900, total_steps=1000).stop
-    assert decide_stop(_forecast(9.0, 0.01, FitStatus.ANNEALING_UNIDENTIFIED), 3.0, step=900, total_steps=1000).stop
+    assert decide_stop(
+        _forecast(9.0, 0.01, FitStatus.ANNEALING_UNIDENTIFIED), 3.0, step=900, total_steps=1000
+    ).stop
     with pytest.raises(ValueError):
         decide_stop(bad, 3.0, step=900, total_steps=1000, confidence=1.0)
 
@@ -86,3 +94,76 @@ def test_decide_stop_in_sweep_publishes_and_compares(tmp_path: Path) -> None:
     # an unusable forecast is not published and never stops the run
     d = decide_stop_in_sweep(_forecast(9.0, 0.0, FitStatus.FAILED), reg, "nofit", step=600, total_steps=1000)
     assert not d.stop and reg.get("nofit") is None
+
+
+def test_widen_forecast() -> None:
+    f = _forecast(3.0, 0.003)
+    assert widen_forecast(f, 0.0) is f and widen_forecast(None, 0.1) is None
+    w = widen_forecast(f, 0.01)
+    assert w is not None and w.final is not None
+    assert w.final.std == pytest.approx((0.003**2 + 0.03**2) ** 0.5)
+    # the band widens by the same factor around the same mean
+    assert w.final.loss == 3.0 and w.final.upper - 3.0 == pytest.approx(0.003 * w.final.std / 0.003)
+    assert f.final is not None and f.final.std == 0.003  # the original is untouched
+    zero = widen_forecast(_forecast(2.0, 0.0), 0.01)
+    assert zero is not None and zero.final is not None and zero.final.std == pytest.approx(0.02)
+    assert zero.final.lower < 2.0 < zero.final.upper
+
+
+@pytest.mark.slow
+def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
+    """The stopper as a health check of a real RunMonitor: the bad run stops, the good one finishes."""
+    import numpy as np
+
+    from scaleforecast.monitor import FlushBatch, RunMonitor
+
+    reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
+    total = 400
+    lrs = np.full(total, 1e-3)
+    steps = np.arange(1, total + 1)
+    results = {}
+    for run_id, offset in (("good", 0.0), ("bad", 1.0)):
+        stopper = SweepStopper(reg, run_id, min_fraction=0.2)
+        monitor = RunMonitor(lrs, health=[stopper], verbose=False)
+        loss = 2.0 + offset + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
+        stopped_at = None
+        for lo in range(0, total, 20):
+            sl = slice(lo, lo + 20)
+            result = monitor.flush(FlushBatch(steps=steps[sl], loss=loss[sl]))
+            if result.stop:
+                stopped_at = int(steps[sl][-1])
+                break
+        stopper.finish(float(loss[-1]) if stopped_at is None else None)
+        results[run_id] = stopped_at
+    assert results["good"] is None
+    assert results["bad"] is not None and 80 <= results["bad"] < total
+    recs = {r.run_id: r for r in reg.records()}
+    assert recs["good"].state is RunState.FINISHED and recs["good"].final_loss is not None
+    assert recs["bad"].state is RunState.STOPPED
+
+
+def test_sweep_stopper_disables_itself_on_registry_errors(tmp_path: Path) -> None:
+    class Broken(SQLiteRegistry):
+        def records(self) -> list[RunRecord]:
+            raise RuntimeError("disk gone")
+
+    stopper = SweepStopper(Broken("b", tmp_path / "b.sqlite"), "r", min_fraction=0.0)
+    assert not stopper(500, _forecast(9.0, 0.01))
+    assert stopper._disabled and not stopper(600, _forecast(9.0, 0.01))
+
+
+def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCALEFORECAST_REGISTRY_DIR", str(tmp_path))
+    a, b = (
+        SweepStopper(sweep="zero-setup", min_fraction=0.0),
+        SweepStopper(sweep="zero-setup", min_fraction=0.0),
+    )
+    assert a.run_id != b.run_id and isinstance(a.registry, SQLiteRegistry)
+    assert a.registry.path == tmp_path / "zero-setup.sqlite"  # type: ignore[attr-defined]
+    assert not a(500, _forecast(3.0, 0.01))
+    a.finish()
+    assert b(500, _forecast(3.5, 0.01))
+    b.finish()
+    recs = {r.run_id: r for r in b.registry.records()}
+    assert recs[a.run_id].state is RunState.FINISHED and recs[a.run_id].final_loss == 3.0
+    assert recs[b.run_id].state is RunState.STOPPED

@@ -24,16 +24,22 @@ LOGGING_STEPS = 5
 
 
 class LogRecorder(TrainerCallback):
-    """Keeps what HF logs (``loss`` window means and the LR), to compare with what the forecast callback saw."""
+    """Keeps HF's logged ``loss`` window means and the LR each update used, read from the Trainer's optimizer
+    before the update (``logs["learning_rate"]`` is the next update's LR in transformers 4.x)."""
 
     def __init__(self) -> None:
-        self.logs: list[tuple[int, float, float]] = []
+        self.logs: list[tuple[int, float]] = []
+        self.used_lrs: list[float] = []
+        self.trainer: Any = None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.used_lrs.append(float(self.trainer.optimizer.param_groups[0]["lr"]))
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
     ) -> None:
         if logs and "loss" in logs:
-            self.logs.append((state.global_step, float(logs["loss"]), float(logs["learning_rate"])))
+            self.logs.append((state.global_step, float(logs["loss"])))
 
 
 def _accumulator(run_dir: Path) -> EventAccumulator:
@@ -68,6 +74,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             per_device_eval_batch_size=8,
             eval_dataset=ByteChunks(stdlib_text(4_000)),
         )
+        recorder.trainer = trainer
         trainer.train()
     return {"out": out, "trainer": trainer, "step": step_cb, "window": window_cb, "recorder": recorder}
 
@@ -118,7 +125,7 @@ def test_tensorboard_tags_in_hf_run_directory(run: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_per_step_losses_match_logged_window_means(run: dict[str, Any]) -> None:
     """One observation per optimizer step (accumulation and evaluation calls accounted for): their mean over
-    each logging window equals HF's own logged ``loss``, and the planned LRs are the LRs HF logged."""
+    each logging window equals HF's own logged ``loss``, and the planned LRs are the LRs the updates used."""
     step_obs = run["step"].forecaster.observations()
     assert run["step"].mode == "step"
     np.testing.assert_array_equal(step_obs.start, np.arange(1, MAX_STEPS + 1))
@@ -128,10 +135,15 @@ def test_per_step_losses_match_logged_window_means(run: dict[str, Any]) -> None:
     assert len(logs) == MAX_STEPS // LOGGING_STEPS
     plan = run["step"].forecaster.schedule
     assert len(plan) == MAX_STEPS
-    for step, loss, lr in logs:
+    for step, loss in logs:
         mean = np.mean([per_step[s] for s in range(step - LOGGING_STEPS + 1, step + 1)])
         assert mean == pytest.approx(loss, rel=1e-5), step
-        assert plan[step - 1] == pytest.approx(lr, rel=1e-9), step
+    used = np.array(run["recorder"].used_lrs)
+    assert len(used) == MAX_STEPS
+    # The first update of a warm-up from 0 uses LR 0, which the plan lifts to a positive value for S1.
+    np.testing.assert_allclose(plan[1:], used[1:], rtol=1e-9)
+    # The window-mean path planned the same schedule.
+    np.testing.assert_allclose(run["window"].forecaster.schedule, plan, rtol=1e-12)
 
 
 @pytest.mark.slow
@@ -245,3 +257,23 @@ def test_bad_arguments_are_rejected() -> None:
         HFLossForecast(resolution="token")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="target_loss"):
         HFLossForecast(target_loss=float("nan"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_example_runs(tmp_path: Path) -> None:
+    """``examples/hf_trainer.py`` end to end, shortened: it prints the forecasts against the actual final loss."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "hf_trainer.py"
+    proc = subprocess.run(
+        [sys.executable, str(example), "--steps", "60", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "actual final loss" in proc.stdout
+    assert "forecast made at step" in proc.stdout
+    assert _event_dirs(tmp_path / "runs")

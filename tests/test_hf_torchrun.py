@@ -66,3 +66,10 @@ def test_both_ranks_stop_at_the_same_step(tmp_path: Path, resolution: str) -> No
     assert records[0]["mode"] == records[1]["mode"] == resolution
     # The ranks really saw different data (only the reduced values agree).
     assert records[0]["local_first_loss"] != records[1]["local_first_loss"]
+    if resolution == "step":
+        # Per-step losses reduced over ranks average, window by window, to HF's own gathered logs.
+        obs = records[0]["observations"]
+        assert obs["start"] == obs["end"] == list(range(1, step + 1))
+        for end, loss in records[0]["logs"]:
+            window = obs["y"][end - 5 : end]
+            assert sum(window) / len(window) == pytest.approx(loss, rel=1e-5)

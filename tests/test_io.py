@@ -335,3 +335,21 @@ def test_real_curve_converted_to_event_files(tmp_path: Path, curves_dir: Path) -
     np.testing.assert_allclose(data.losses, src.losses, rtol=1e-6)
     assert data.lr is not None and data.lr.trusted
     assert abs(data.lrs.sum() - true.sum()) / true.sum() < 0.005
+
+
+def test_progress_bar_only_when_asked_or_on_a_tty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "run.csv"
+    p.write_text("step,loss\n" + "".join(f"{s},{3.0 - s * 1e-4}\n" for s in range(1, 2001)))
+    read_csv(p, progress=True)
+    err = capsys.readouterr().err
+    assert "reading run.csv" in err and "100%" in err
+    read_csv(p)  # stderr is not a terminal under pytest: no bar
+    assert capsys.readouterr().err == ""
+
+
+def test_zero_lr_at_the_edges_is_a_real_lr(tmp_path: Path) -> None:
+    lrs = np.r_[0.0, np.full(98, 1e-3), 0.0]
+    p = tmp_path / "run.csv"
+    p.write_text("step,lr,loss\n" + "".join(f"{s},{float(lrs[s - 1])!r},3.0\n" for s in range(1, 101)))
+    data = read_run(p)
+    assert data.lr is not None and data.lr.source == "logged" and not data.warnings

@@ -149,7 +149,6 @@ def test_reporter_disables_itself_on_storage_errors(caplog: pytest.LogCaptureFix
 
 def _lightning_objective(root: Path, lrs: dict[int, float], total: int = 60):
     import lightning.pytorch as pl
-
     from lightning_models import TinyRegressor
     from scaleforecast.callbacks import LossForecast
 
@@ -181,15 +180,93 @@ def _lightning_objective(root: Path, lrs: dict[int, float], total: int = 60):
 def test_lightning_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     storage = f"sqlite:///{tmp_path / 'lightning.db'}"
-    # trial 1: a far-too-small LR, its loss barely moves; trial 2 converges faster than trial 0
+    # trial 1: a far-too-small LR, its loss barely moves; trial 2 reaches the same noise floor as trial 0
     lrs = {0: 0.05, 1: 1e-6, 2: 0.1}
-    study = optuna.create_study(storage=storage, study_name="lightning", pruner=ForecastPruner(min_fraction=0.2))
+    study = optuna.create_study(
+        storage=storage, study_name="lightning", pruner=ForecastPruner(min_fraction=0.2)
+    )
     study.optimize(_lightning_objective(tmp_path, lrs), n_trials=3)
     trials = optuna.load_study(study_name="lightning", storage=storage).trials
     states = [t.state for t in trials]
-    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
+    assert states == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.COMPLETE,
+    ]
     assert trials[1].user_attrs["steps_run"] < 60  # stopped early, gracefully (the trainer returned)
     assert max(trials[1].intermediate_values) >= 200  # not before the grace fraction (20 %)
-    assert trials[2].value is not None and trials[0].value is not None and trials[2].value < trials[0].value
+    assert trials[1].intermediate_values[max(trials[1].intermediate_values)] > 2 * trials[0].value
     for t in trials:  # the forecast was recorded on the shared grid for every trial
         assert FORECAST_ATTR in t.user_attrs and set(t.intermediate_values) <= set(range(100, 1001, 100))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_hf_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    import warnings
+
+    from hf_worker import make_trainer
+    from scaleforecast.callbacks import HFLossForecast
+
+    lrs = {0: 3e-3, 1: 1e-8}  # trial 1: an absurdly small LR, the loss stays near ln(256)
+
+    def objective(trial: optuna.Trial) -> float:
+        reporter = OptunaForecastReporter(trial, n_grid=10)
+        cb = HFLossForecast(refit_every=6, flush_every=3, writer=False, verbose=False, health=[reporter])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = make_trainer(
+                tmp_path / f"t{trial.number}",
+                [cb],
+                max_steps=60,
+                learning_rate=lrs[trial.number],
+                report_to="none",
+            )
+            trainer.train()
+        trial.set_user_attr("steps_run", int(trainer.state.global_step))
+        reporter.raise_if_pruned()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        return float(losses[-1])
+
+    storage = f"sqlite:///{tmp_path / 'hf.db'}"
+    study = optuna.create_study(storage=storage, study_name="hf", pruner=ForecastPruner(min_fraction=0.2))
+    study.optimize(objective, n_trials=2)
+    trials = optuna.load_study(study_name="hf", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert 12 <= trials[1].user_attrs["steps_run"] < 60
+    assert FORECAST_ATTR in trials[1].user_attrs
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        trial = None
+        if rank == 0:  # only rank 0 talks to Optuna; it holds a study where a good trial already finished
+            study = optuna.create_study(pruner=ForecastPruner(min_fraction=0.0))
+            study.enqueue_trial({})
+            good = study.ask()
+            study.tell(good, 3.0)
+            trial = study.ask()
+        reporter = OptunaForecastReporter(trial, n_grid=10)
+        # rank 1 sees a forecast that would never be pruned: only rank 0's decision may count
+        loss = 4.0 if rank == 0 else 2.0
+        decisions = [reporter(step, _forecast(loss, 0.01, 1000)) for step in (100, 500)]
+        Path(out_dir, f"rank{rank}.txt").write_text(",".join(str(int(d)) for d in decisions))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ddp_rank0_decision_is_broadcast(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import torch.multiprocessing as tmp
+
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    tmp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "rank0.txt").read_text() == "1,1"
+    assert (tmp_path / "rank1.txt").read_text() == "1,1"

@@ -127,3 +127,41 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path, method: str) -> None:
         steps = [h[1] for h in reg.history(f"run-{w}")]
         assert steps == list(range(1, N_WRITES + 1))  # every write landed, in order
     assert len(reg.history()) == N_WRITERS * N_WRITES
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_lightning_runs_share_the_default_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two real Lightning runs of one sweep, no set-up: the second (hopeless) run stops against the first."""
+    pytest.importorskip("lightning")
+    import lightning.pytorch as pl
+    from lightning_models import TinyRegressor
+    from scaleforecast.callbacks import LossForecast
+
+    from scaleforecast.decision import SweepStopper
+
+    monkeypatch.setenv("SCALEFORECAST_REGISTRY_DIR", str(tmp_path / "cache"))
+    steps_run = {}
+    for run_id, lr in (("good", 0.05), ("tiny-lr", 1e-6)):
+        stopper = SweepStopper(run_id=run_id, sweep="lightning-sweep", min_fraction=0.2)
+        callback = LossForecast(refit_every=6, flush_every=3, writer=False, verbose=False, health=[stopper])
+        model = TinyRegressor(lr=lr, total=60, warmup=5)
+        trainer = pl.Trainer(
+            max_steps=60,
+            callbacks=[callback],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            default_root_dir=str(tmp_path),
+        )
+        trainer.fit(model)
+        stopper.finish(float(sum(model.raw_losses[-5:]) / 5) if stopper.stopped_at is None else None)
+        steps_run[run_id] = trainer.global_step
+    assert steps_run["good"] == 60 and 12 <= steps_run["tiny-lr"] < 60
+    reg = SQLiteRegistry("lightning-sweep", tmp_path / "cache" / "lightning-sweep.sqlite")
+    recs = {r.run_id: r for r in reg.records()}
+    assert recs["good"].state is RunState.FINISHED and recs["good"].final_loss is not None
+    assert recs["tiny-lr"].state is RunState.STOPPED and recs["tiny-lr"].loss is not None
+    assert len(reg.history("good")) >= 5  # every refit was published

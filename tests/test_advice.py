@@ -1,0 +1,127 @@
+"""Schedule advice: candidates, flags, and the advisor on real constant-LR and WSD runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaleforecast.advice import AdviceConfig, ScheduleAdvisor, candidate_schedules, schedule_flags
+from scaleforecast.forecaster import OnlineForecaster
+from scaleforecast.schedules import ConstantSchedule, CosineSchedule, LinearSchedule, WSDSchedule
+
+
+def test_candidates_keep_the_past_and_decay_from_the_current_lr() -> None:
+    planned = ConstantSchedule(peak=1e-3, total=1000, warmup=100).lrs()
+    cands = candidate_schedules(planned, 600)
+    assert len(cands) == 2 + 3 * 2
+    for name, lrs in cands.items():
+        assert len(lrs) == 1000, name
+        np.testing.assert_array_equal(lrs[:600], planned[:600])
+        assert lrs[600] == pytest.approx(1e-3)
+        assert lrs[-1] < 1e-4 and np.all(lrs > 0), name
+        assert np.all(np.diff(lrs[600:]) <= 1e-18), name
+    wsd10 = cands["WSD 10% linear cooldown"]
+    assert np.all(wsd10[600:900] == pytest.approx(1e-3)) and wsd10[901] < 1e-3
+    # a 30% cooldown that would have started at update 700 still fits; one longer than what is left starts now
+    late = candidate_schedules(planned, 800)["WSD 30% 1-sqrt cooldown"]
+    assert late[801] < late[800]
+
+
+def test_no_candidates_at_the_end() -> None:
+    assert candidate_schedules(np.full(100, 1e-3), 99) == {}
+
+
+def test_flags() -> None:
+    assert schedule_flags(WSDSchedule(peak=1e-3, total=1000, warmup=50, cooldown=0.2).lrs()) == []
+    assert schedule_flags(CosineSchedule(peak=1e-3, total=1000, warmup=50).lrs()) == []
+    high = schedule_flags(CosineSchedule(peak=1e-3, total=1000, warmup=50, final=2e-4).lrs())
+    assert len(high) == 1 and high[0].startswith("ends at a high LR")
+    early = np.concatenate([LinearSchedule(peak=1e-3, total=500, final=1e-5).lrs(), np.full(500, 1e-5)])
+    flags = schedule_flags(early)
+    assert len(flags) == 1 and flags[0].startswith("decays too early")
+    assert "forward area S1" in flags[0]
+    assert schedule_flags(ConstantSchedule(peak=1e-3, total=1000).lrs())[0].startswith("ends at a high LR")
+
+
+def test_advisor_without_a_fit_is_silent() -> None:
+    adv = ScheduleAdvisor()
+    fc = OnlineForecaster(ConstantSchedule(peak=1e-3, total=1000).lrs())
+    assert adv.evaluate(fc) is None
+    assert adv.advise(fc, 0) == []
+    assert adv.scalars() == {}
+
+    class Broken:
+        schedule = np.full(10, 1.0)
+
+        @property
+        def fit_result(self) -> None:
+            raise RuntimeError("boom")
+
+    assert adv.advise(Broken(), 5) == []
+
+
+# ------------------------------------------------------------------------------------------- real curves
+def _real(curves_dir: Path, run_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    base = curves_dir / "epfml_schaipp_haegele" / run_id
+    import csv
+
+    with open(f"{base}.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["train_loss"] and int(r["step"]) > 0]
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["train_loss"]) for r in rows])
+    return steps, loss, np.load(f"{base}.lr.npy")
+
+
+def _advisor_at(curves_dir: Path, run_id: str, fraction: float) -> tuple[ScheduleAdvisor, list]:
+    steps, loss, lrs = _real(curves_dir, run_id)
+    fc = OnlineForecaster(lrs)
+    seen = steps <= fraction * len(lrs)
+    fc.observe_many(steps[seen], loss[seen])
+    fc.refit()
+    adv = ScheduleAdvisor()
+    return adv, adv.advise(fc, int(steps[seen][-1]))
+
+
+CONSTANT = "stable-124m_slimpajama_llama_norm_nlayers12_nhead12_lr0.002_sched_wsd_warmup300_decay_linear_0.0_iter50000"
+WSD20 = "ann0.2_openwebtext2_llama_norm_nlayers12_nhead10_lr0.001_sched_wsd_warmup300_iter25000"
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.75])
+def test_constant_lr_to_the_end_gets_a_cooldown_with_a_predicted_gain(
+    curves_dir: Path, fraction: float
+) -> None:
+    adv, events = _advisor_at(curves_dir, CONSTANT, fraction)
+    advice = adv.latest
+    assert advice is not None and advice.significant
+    assert advice.best is not None and advice.best.gain > 0.05  # nats: a cooldown is worth a lot here
+    assert advice.gain > advice.planned_std
+    warn = [e for e in events if e.kind == "schedule_advice" and e.severity == "warning"]
+    assert len(warn) == 1 and warn[0].data["gain"] == pytest.approx(advice.best.gain)
+    assert "lower the final loss" in warn[0].message
+    assert any(e.data.get("flag") == "ends at a high LR" for e in events)
+    assert adv.scalars()["advice/best_gain"] == pytest.approx(advice.best.gain)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.75])
+def test_a_sensible_wsd_cooldown_gets_no_advice(curves_dir: Path, fraction: float) -> None:
+    adv, events = _advisor_at(curves_dir, WSD20, fraction)
+    assert adv.latest is not None and not adv.latest.significant
+    assert events == []
+
+
+def test_flags_are_reported_once_and_state_round_trips(curves_dir: Path) -> None:
+    steps, loss, lrs = _real(curves_dir, CONSTANT)
+    fc = OnlineForecaster(lrs)
+    adv = ScheduleAdvisor(AdviceConfig(min_sigma=1e9))  # only the flags can fire
+    fc.observe_many(steps[steps <= 20000], loss[steps <= 20000])
+    fc.refit()
+    first = adv.advise(fc, 20000)
+    assert [e.severity for e in first] == ["info"]
+    state = json.loads(json.dumps(adv.state_dict()))
+    again = ScheduleAdvisor()
+    again.load_state_dict(state)
+    assert again.advise(fc, 20000) == []
+    assert again.latest is not None and again.latest.planned_final == pytest.approx(adv.latest.planned_final)

@@ -1,0 +1,161 @@
+"""The sweep-replay benchmark's own logic: the event clock, the metrics, the policies, and real curves."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import sweep_replay as sr
+
+N_CK = 10
+
+
+def _trace(key: str, total: int, final: float, start: float = 4.0, std: float = 0.01) -> sr.RunTrace:
+    """A synthetic run whose forecast is exact (``final``) and whose raw loss falls from ``start``."""
+    steps = (np.arange(1, N_CK + 1) * total) // N_CK
+    raw = final + (start - final) * (1.0 - steps / total) ** 2
+    return sr.RunTrace(
+        key=key,
+        total_steps=total,
+        final=final,
+        steps=steps,
+        raw=raw,
+        fc_loss=np.full(N_CK, final),
+        fc_std=np.full(N_CK, std),
+        fc_status=["ok"] * N_CK,
+        nni=np.full(N_CK, final),
+    )
+
+
+class StopAt(sr.NoStop):
+    """Stops run ``victim`` at checkpoint ``k``; records the order in which runs were started."""
+
+    name = "stop-at"
+
+    def __init__(self, victim: int, k: int) -> None:
+        self.victim, self.k = victim, k
+        self.started: list[int] = []
+
+    def start(self, i: int) -> None:
+        self.started.append(i)
+
+    def check(self, i: int, k: int) -> bool:
+        return i == self.victim and k == self.k
+
+
+def test_no_stop_and_accounting() -> None:
+    sweep = sr.Sweep("s", [_trace("a", 1000, 3.0), _trace("b", 2000, 3.5), _trace("c", 1000, 3.2)])
+    out = sr.replay(sweep, sr.NoStop(), [0, 1, 2], workers=0)
+    assert (out.steps_used, out.steps_total, out.best_survived, out.regret, out.stopped) == (
+        4000,
+        4000,
+        True,
+        0.0,
+        0,
+    )
+    pol = StopAt(victim=1, k=2)  # run b stops at its 3rd checkpoint: 600 of 2000 steps
+    out = sr.replay(sweep, pol, [2, 1, 0], workers=1)
+    assert out.steps_used == 1000 + 600 + 1000 and out.stopped == 1 and out.best_survived
+    assert pol.started == [2, 1, 0]
+    # stopping the true best gives a regret equal to the gap to the best survivor
+    out = sr.replay(sweep, StopAt(victim=0, k=0), [0, 1, 2], workers=0)
+    assert not out.best_survived and out.regret == pytest.approx(0.2)
+    s = sr.summarise("x", [out, sr.replay(sweep, sr.NoStop(), [0, 1, 2], workers=0)])
+    assert (
+        s.best_kept == 0.5
+        and s.near_best_kept == 0.5
+        and s.saved == pytest.approx(1 - (3100 + 4000) / 8000)
+        and s.max_regret == pytest.approx(0.2)
+    )
+
+
+def test_workers_share_a_clock() -> None:
+    """With 2 workers the third run starts when the first one ends (or is stopped)."""
+    sweep = sr.Sweep("s", [_trace("a", 1000, 3.0), _trace("b", 3000, 3.1), _trace("c", 1000, 3.3)])
+    view_states: list[list[str]] = []
+
+    class Spy(sr.NoStop):
+        def check(self, i: int, k: int) -> bool:
+            if i == 2 and k == 0:
+                view_states.append(list(self.view.state))
+            return False
+
+    sr.replay(sweep, Spy(), [0, 1, 2], workers=2)
+    # when c reaches its first checkpoint (t = 1000 + 100), a has finished and b is still running
+    assert view_states == [["finished", "running", "running"]]
+
+
+def test_forecast_rule_stops_the_hopeless_run_only() -> None:
+    sweep = sr.Sweep("s", [_trace("good", 1000, 3.0), _trace("close", 1000, 3.005), _trace("bad", 1000, 3.8)])
+    rule = sr.ForecastRule(confidence=0.95, min_fraction=0.2)
+    out = sr.replay(sweep, rule, [0, 1, 2], workers=0)
+    assert out.best_survived and out.stopped == 1 and out.regret == 0.0
+    # the bad run stops at its 2nd checkpoint (20 % = the grace period): 200 of 1000 steps
+    assert out.steps_used == 1000 + 1000 + 200
+    # a relative std floor makes the close call undecidable but keeps the hopeless one stoppable
+    out = sr.replay(sweep, sr.ForecastRule(rel_std_floor=0.02, min_fraction=0.2), [0, 1, 2], workers=0)
+    assert out.stopped == 1
+
+
+@pytest.mark.slow
+def test_optuna_and_nni_policies_run() -> None:
+    pytest.importorskip("optuna")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    sweep = sr.Sweep(
+        "s", [_trace("a", 1000, 3.0), _trace("b", 1000, 3.6), _trace("c", 1000, 3.9), _trace("d", 1000, 3.1)]
+    )
+    rows = sr.run_benchmark([sweep], sr.default_policies(N_CK), workers=1, orders=2)
+    by = {r.policy: r for r in rows}
+    assert by["no stopping"].saved == 0.0 and by["no stopping"].best_kept == 1.0
+    # with exact forecasts the rule and its Optuna twin agree, and both save steps without losing the best
+    rule = by["forecast rule (conf 0.95, floor 0 %)"]
+    assert rule.saved > 0.2 and rule.best_kept == 1.0
+    assert by["optuna ForecastPruner (floor 1.5 %)"].saved == pytest.approx(
+        by["forecast rule (conf 0.95, floor 1.5 %)"].saved
+    )
+    nni = by["nni curvefit (x1)"]
+    assert nni.saved > 0 and nni.best_kept == 1.0
+    assert "inside 80 % band" in sr.calibration(sweep.runs)
+    # b and c are > 5 % above the best, d is 3.3 % above: 3 of 4 runs beyond 2 %, 2 of 4 beyond 5 %
+    assert "| 2 % | 75 % | 75 % |" in sr.headroom([sweep]) and "| 5 % | 50 % | 50 % |" in sr.headroom([sweep])
+    text = sr.table("t", rows)
+    assert text.count("\n|") == len(rows) + 2  # header, rule, one line per policy
+
+
+def test_powerlaw_extrapolation() -> None:
+    t = np.arange(100, 2001, 100, dtype=float)
+    y = 2.0 + 3.0 * (t / 100) ** -0.5
+    assert sr._powerlaw_extrapolate(t, y, 8000.0) == pytest.approx(2.0 + 3.0 * 80**-0.5, rel=1e-3)
+    assert math.isnan(sr._powerlaw_extrapolate(t[:3], y[:3], 8000.0))
+
+
+@pytest.mark.slow
+def test_real_curves_trace_and_group(curves_dir: Path) -> None:
+    from curves import load_curves
+
+    curves = [c for c in load_curves(curves_dir, folders=["mpl_luo2025"]) if c.run_id.startswith("25M_")][:3]
+    assert len(curves) == 3
+    traces = {}
+    for c in curves:
+        tr = sr.trace_run(c, N_CK)
+        assert tr is not None
+        traces[c.key] = tr
+        _, y = c.column()
+        assert tr.final == y[-1] and tr.total_steps == c.total_steps
+        assert list(tr.steps) == sorted(tr.steps) and tr.steps[-1] == c.total_steps
+        assert len(tr.fc_status) == len(tr.steps)
+        # by 90 % of the run the forecast is within a few per cent of the truth
+        assert abs(tr.fc_loss[-2] - tr.final) / tr.final < 0.05
+        assert np.isfinite(tr.raw[1:]).all()
+    sweeps = sr.make_sweeps(curves, traces, min_runs=3)
+    assert [s.name for s in sweeps] == ["mpl/25M"] and len(sweeps[0].runs) == 3
+    out = sr.replay(sweeps[0], sr.NoStop(), [0, 1, 2], workers=0)
+    assert out.steps_used == sum(c.total_steps for c in curves)
