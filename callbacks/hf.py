@@ -30,13 +30,19 @@ Loss resolution, and the trade-off. HF callbacks receive no per-step loss. Two s
 
 The planned schedule comes from looking ahead with the Trainer's ``lr_scheduler`` (on copies) to
 ``state.max_steps``; the LR each update used is read in ``on_step_begin`` (the scheduler steps before
-``on_step_end``), and a departure from the plan triggers a re-plan. TensorBoard output goes, on the world
+``on_step_end``; ``logs["learning_rate"]`` is that LR in transformers 5.x but the next update's in 4.x), and a
+departure from the plan triggers a re-plan. transformers 4.x hands callbacks the optimizer and scheduler only
+when they were given to ``Trainer(optimizers=...)``; otherwise the callback reads them off the ``Trainer``
+found on the call stack at ``on_train_begin`` (as it finds HF's ``TensorBoardCallback``: callbacks get no
+reference to the Trainer or its callback handler). TensorBoard output goes, on the world
 process zero only, into the writer of HF's own ``TensorBoardCallback`` when it is active (one run directory),
 else into the callback's own writer under ``output_dir``. The stop decision is taken from values that are
 identical on every rank and agreed with one ``torch.distributed`` all-reduce, so ``should_training_stop`` is
 set at the same step everywhere. State survives resume through ``ExportableState`` (``trainer_state.json``
 of the checkpoint, read back in ``on_train_begin``) or, on transformers without it, a file in the checkpoint
-folder. Any failure inside the callback is reported once and the failing part switches itself off.
+folder. Keep ``restore_callback_states_from_checkpoint`` at its default (``False``): when it is ``True`` the
+Trainer replaces this object by one rebuilt from its JSON-safe arguments, which drops ``writer=``, ``health=``,
+``advisor=`` and ``on_event=``. Any failure inside the callback is reported once and the failing part switches itself off.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from transformers import TrainerCallback
 from scaleforecast.events import Event, TrainingHealthError
 from scaleforecast.fitting import FitConfig
 from scaleforecast.forecaster import ForecasterConfig, ScheduleLike
-from scaleforecast.monitor import Action, FlushBatch, HealthCheck, RunMonitor
+from scaleforecast.monitor import Action, Advisor, FlushBatch, HealthCheck, RunMonitor
 from scaleforecast.results import Forecast
 from scaleforecast.schedules import as_lrs
 
@@ -205,6 +211,7 @@ class HFLossForecast(TrainerCallback, ExportableState):
         writer: a ``SummaryWriter``-like object to write to, or ``False`` for no TensorBoard output.
         track_grad_norm: also buffer the gradient norm of each update (after clipping; for health checks).
         health: health checks run at each flush (see :class:`scaleforecast.monitor.HealthCheck`).
+        advisor: schedule advice run after each refit (see :class:`scaleforecast.monitor.Advisor`).
         on_event: a hook called with every event (alerts, advice, the stop decision).
         forecaster_config: full forecaster configuration (overrides ``refit_every``/``level``/``law``/``lam``).
         law: the law to fit (``"tissue"`` or ``"mpl"``); lam: the annealing-momentum decay.
@@ -233,6 +240,7 @@ class HFLossForecast(TrainerCallback, ExportableState):
         writer: Any = None,
         track_grad_norm: bool = False,
         health: Sequence[HealthCheck] = (),
+        advisor: Advisor | None = None,
         on_event: Callable[[Event], None] | None = None,
         forecaster_config: ForecasterConfig | dict[str, Any] | None = None,
         law: str = "tissue",
@@ -274,6 +282,7 @@ class HFLossForecast(TrainerCallback, ExportableState):
         self.writer = writer
         self.track_grad_norm = track_grad_norm
         self.health = list(health)
+        self.advisor = advisor
         self.on_event = on_event
         self.law = law
         self.lam = lam
@@ -305,7 +314,6 @@ class HFLossForecast(TrainerCallback, ExportableState):
         self._scheduler: Any = None
         self._max_steps = 0
         self._hf_tb: Any = None
-        self._own_writer = False
 
     # ------------------------------------------------------------------ views
     @property
@@ -336,6 +344,7 @@ class HFLossForecast(TrainerCallback, ExportableState):
             min_fraction=self.min_fraction,
             action=self.action,
             health=self.health,
+            advisor=self.advisor,
             figure_every=self.log_figures_every,
             on_event=self.on_event,
             verbose=verbose,
@@ -483,23 +492,26 @@ class HFLossForecast(TrainerCallback, ExportableState):
         self._started = True
 
     def _attach_tensorboard(self, args: Any) -> None:
-        from scaleforecast.integrations.tensorboard import TensorBoardSink
+        from scaleforecast.integrations.tensorboard import ADVICE_CHARTS, TensorBoardSink
 
+        extra = ADVICE_CHARTS if self.advisor is not None else None
         if self.writer is not None:
-            self.monitor.add_sink(TensorBoardSink(self.writer))
+            self.monitor.add_sink(TensorBoardSink(self.writer, layout_extra=extra))
             self.log_dir = getattr(self.writer, "log_dir", None)
             return
         hf_tb = _hf_tensorboard_callback()
         if hf_tb is not None:
+            # One run directory with HF's own curves; HF owns (and closes) that writer.
             self._hf_tb = hf_tb
-            self.monitor.add_sink(TensorBoardSink(hf_tb.tb_writer))
+            self.monitor.add_sink(TensorBoardSink(hf_tb.tb_writer, layout_extra=extra))
             self.log_dir = getattr(hf_tb.tb_writer, "log_dir", None) or getattr(hf_tb, "logging_dir", None)
             return
         from torch.utils.tensorboard import SummaryWriter
 
         logdir = self.dirpath or Path(args.output_dir) / "runs" / "scaleforecast"
-        self.monitor.add_sink(TensorBoardSink(SummaryWriter(str(logdir)), close_writer=True))
-        self._own_writer = True
+        self.monitor.add_sink(
+            TensorBoardSink(SummaryWriter(str(logdir)), layout_extra=extra, close_writer=True)
+        )
         self.log_dir = str(logdir)
         if self.verbose:
             log.info("HFLossForecast: TensorBoard logs in %s  (tensorboard --logdir %s)", logdir, logdir)

@@ -333,8 +333,8 @@ class LossForecast(Callback):
         self._is_zero = trainer.is_global_zero
         self._guard("setup", self._start, trainer)
 
-    def _start(self, trainer: pl.Trainer) -> None:
-        self.monitor = RunMonitor(
+    def _new_monitor(self) -> RunMonitor:
+        return RunMonitor(
             config=self.config,
             target_loss=self.target_loss,
             confidence=self.confidence,
@@ -347,9 +347,15 @@ class LossForecast(Callback):
             on_event=self.on_event,
             verbose=self._is_zero and self.verbose,
         )
+
+    def _start(self, trainer: pl.Trainer) -> None:
+        self.monitor = self._new_monitor()
         if self._pending_state is not None:
-            self.monitor.load_state_dict(self._pending_state)
+            # A checkpoint from an incompatible version costs the history, not the run.
+            self._guard("resume", self.monitor.load_state_dict, self._pending_state)
             self._pending_state = None
+            if "resume" in self.errors:
+                self.monitor = self._new_monitor()
         self._step = int(trainer.global_step)
         self._seen_global = int(trainer.global_step)
         self._flushed_global = int(trainer.global_step)
@@ -449,7 +455,8 @@ class LossForecast(Callback):
         if self._acc is not None and self._micro:
             # Automatic optimisation divides each micro-batch loss by accumulate_grad_batches.
             scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
-            value = self._acc * (scale / self._micro)
+            factor = scale / self._micro
+            value = self._acc if factor == 1.0 else self._acc * factor
         if self.track_grad_norm:
             self._buffer.push(value, self._gnorm)
         else:

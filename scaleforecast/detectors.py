@@ -1,16 +1,19 @@
 """Run-health detectors: non-finite values, loss spikes, divergence, stagnation and gradient-norm growth.
 
 Every detector is fed host-side arrays at each flush (no per-step collective): the optimizer ``steps``
-(updates completed, strictly increasing), the loss and, where available, the law's expected loss at those
-steps (``expected``, NaN before the first usable fit) and the LR of those updates.
+(updates completed, strictly increasing), the loss (mean over ranks; the spike rule scores the max over
+ranks when given, so a spike on any rank counts) and, where available, the law's expected loss at any step
+(``law(steps)``, from the online forecaster's latest fit) and the LR of each update.
 
-The residual model is shared. Let ``b(s)`` be the law's prediction (or 0 before a fit). Over the last
-``window`` accepted observations the detector fits ``y - b(s) ≈ c0 + c1 * log(s)`` by least squares (the
-law supplies the curvature, the local line absorbs the law's local misfit; without a law the line in
-``log s`` is a local trend on its own). The noise scale is ``sigma = 1.4826 * MAD`` of that fit's residuals
-(floored at ``rel_floor * |level|`` for rounded, smooth logs), and the score of a new point is the robust
-residual ``z = (y - b(s) - c0 - c1 * log s) / sigma``. Points flagged as anomalous never enter the window, so
-one spike cannot hide the next.
+The spike rule scores robust residuals. Let ``b(s)`` be the law's prediction. Over the last ``window``
+accepted observations the detector fits ``y - b(s) ≈ c0 + c1 * log(s)`` by least squares (the law supplies
+the curvature, the local line absorbs the law's local misfit) and, separately, ``y ≈ c0' + c1' * log(s)``
+(a local trend alone). The noise scale is ``1.4826 * MAD`` of past one-step prediction errors, and a new
+point scores ``z = min(z_law, z_local)`` with ``z = (y - prediction) / noise``: it must stand out against
+both (before the first fit, against the local trend only). Points flagged as anomalous never enter the
+window, so one spike cannot hide the next. :class:`HealthMonitor` bundles the detectors with debouncing,
+the ``action=`` policy and the spike record; it plugs into :class:`scaleforecast.monitor.RunMonitor` as a
+health check (``health=[HealthMonitor()]``).
 """
 
 from __future__ import annotations
@@ -81,17 +84,14 @@ class LocalModel:
             h = 1.0 / self._n + (u - self._xm) ** 2 / self._sxx
         else:
             h = 1.0 / max(self._n, 1)
-        trend = self.coef[-1] + (self.coef[0] * u if len(self.coef) == 2 else 0.0)
-        if self._inv is not None:
-            trend = float(np.polyval(self.coef, u))
-        return float(trend), self.sigma * math.sqrt(1.0 + max(h, 0.0))
+        return float(np.polyval(self.coef, u)), self.sigma * math.sqrt(1.0 + max(h, 0.0))
 
 
 class ResidualWindow:
     """The last ``size`` accepted observations ``(step, loss)`` and the local residual model over them.
 
-    :meth:`model` returns ``(c0, c1, sigma)`` for residuals ``y - b(s)`` against ``log s``; the caller passes
-    the law's prediction ``b`` at the window's steps (zeros before a fit). JSON-safe via ``state_dict``.
+    :meth:`model` fits residuals ``y - b(s)`` against ``log s``; the caller passes the law's prediction ``b``
+    at the window's steps (zeros for the local trend alone). JSON-safe via ``state_dict``.
     """
 
     def __init__(self, size: int) -> None:
@@ -194,7 +194,7 @@ class SpikeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float = Field(4.5, gt=0)
+    threshold: float = Field(4.0, gt=0)
     window: int = Field(64, ge=8)
     min_points: int = Field(24, ge=4)
     min_step: int = Field(0, ge=0, description="ignore steps before this one (e.g. the warm-up)")
@@ -287,10 +287,10 @@ class SpikeDetector:
 
     def _models(self, law: LawFn | None) -> dict[str, tuple[LocalModel, float | None]]:
         """The local-trend model (always) and the law model (when the law is usable on the window)."""
-        local = self._model(None)
+        wsteps, _ = self.window.arrays()
+        local = self.window.model(np.zeros(len(wsteps)), self.config.rel_floor, self.config.degree)
         out = {"local": (local, self._noise(self.errors, local))}
         if law is not None:
-            wsteps, _ = self.window.arrays()
             wbase = _law_at(law, wsteps)
             if wbase is not None:
                 model = self.window.model(wbase, self.config.rel_floor, self.config.degree)
@@ -304,12 +304,6 @@ class SpikeDetector:
         if len(errors) < 64:
             return None
         return max(robust_scale(np.asarray(errors)), model.sigma * 0.5)
-
-    def _model(self, law: LawFn | None) -> LocalModel:
-        wsteps, _ = self.window.arrays()
-        wbase = _law_at(law, wsteps)
-        base = np.zeros(len(wsteps)) if wbase is None else wbase
-        return self.window.model(base, self.config.rel_floor, self.config.degree)
 
     def update(self, steps: np.ndarray, values: np.ndarray, law: LawFn | None = None) -> list[Event]:
         """Score one flush and return its spike events."""

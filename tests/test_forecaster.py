@@ -96,7 +96,7 @@ def test_stable_phase_without_prior_does_not_claim_to_know_the_annealing_term():
 
 
 def test_window_means_are_supported():
-    lrs, steps, y = _curve("cosine:peak=1e-3,warmup=100,total=4000")
+    lrs, _, y = _curve("cosine:peak=1e-3,warmup=100,total=4000")
     fc = OnlineForecaster(lrs, _plain())
     ends = np.arange(10, 3001, 10)
     means = y[:3000].reshape(-1, 10).mean(axis=1)

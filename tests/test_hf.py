@@ -277,3 +277,44 @@ def test_example_runs(tmp_path: Path) -> None:
     assert "actual final loss" in proc.stdout
     assert "forecast made at step" in proc.stdout
     assert _event_dirs(tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_loss_outside_the_model_falls_back_to_window_means(tmp_path: Path) -> None:
+    """With label smoothing the Trainer computes the loss itself, so the model returns none: the per-step
+    source sees nothing and the logged window means take over (with a warning when ``"step"`` was asked)."""
+    cb = HFLossForecast(refit_every=5, flush_every=5, writer=False, resolution="step")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, [cb], max_steps=40, logging_steps=2, label_smoothing_factor=0.1)
+        trainer.train()
+    assert trainer.state.global_step == 40
+    assert cb.mode == "window"
+    assert any("using the logged window means" in str(w.message) for w in caught)
+    obs = cb.forecaster.observations()
+    np.testing.assert_array_equal(obs.end - obs.start + 1, 2)
+    assert cb.forecast is not None and cb.forecast.ok
+
+
+@pytest.mark.slow
+def test_per_step_path_sees_nan_that_hf_logs_hide(tmp_path: Path) -> None:
+    """HF's ``logging_nan_inf_filter`` keeps NaN out of ``logs``; the per-step source still counts them."""
+    cb = HFLossForecast(refit_every=5, flush_every=5, writer=False)
+    recorder = LogRecorder()
+    nan_from = 25
+
+    def poison(module: Any, args: Any, output: Any) -> Any:  # injected fault: the loss turns NaN
+        if module.training and recorder.trainer.state.global_step >= nan_from - 1:
+            output.loss = output.loss * float("nan")
+        return output
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = make_trainer(tmp_path, [cb, recorder], max_steps=40, logging_steps=5, report_to="none")
+        recorder.trainer = trainer
+        trainer.model.register_forward_hook(poison)
+        trainer.train()
+    assert trainer.state.global_step == 40
+    assert all(math.isfinite(loss) for _, loss in recorder.logs)
+    assert cb.forecaster.n_nonfinite == 40 - nan_from + 1
+    assert cb.forecaster.last_step == 40
