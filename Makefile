@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,lightning,hf,optuna,tensorboard
+EXTRAS ?= dev,lightning,hf,optuna,ray,tensorboard
 
 .PHONY: demo test lint
 

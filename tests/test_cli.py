@@ -76,7 +76,9 @@ def test_lr_column_and_schedule_spec(tmp_path: Path, capsys):
     lr[:100] = np.linspace(1e-5, 1e-3, 100)
     loss = 2.0 + 1.5 * np.cumsum(lr) ** -0.5
     csv = tmp_path / "run.csv"
-    csv.write_text("step,lr,loss\n" + "".join(f"{s},{r},{v}\n" for s, r, v in zip(steps, lr, loss, strict=True)))
+    csv.write_text(
+        "step,lr,loss\n" + "".join(f"{s},{r},{v}\n" for s, r, v in zip(steps, lr, loss, strict=True))
+    )
     code, out, _ = _run(["forecast", str(csv), "--until-step", "1000", "--json"], capsys)
     assert code == 0 and json.loads(out)["forecasts"][0]["step"] == 2000
     code, out, _ = _run(
@@ -97,12 +99,18 @@ def test_lr_column_and_schedule_spec(tmp_path: Path, capsys):
         ("step,loss\n2,3.0\n1,2.9\n", [], "out of order"),
         ("step,loss\n1,abc\n", [], "not a number"),
         ("step,loss\n1,3.0\n2,2.9\n", [], "no LR for every step"),
-        ("step,loss\n1,3.0\n500,2.9\n", ["--schedule", "constant:peak=1e-3,total=100"], "losses up to step 500"),
+        (
+            "step,loss\n1,3.0\n500,2.9\n",
+            ["--schedule", "constant:peak=1e-3,total=100"],
+            "losses up to step 500",
+        ),
         ("step,loss\n1,3.0\n", ["--schedule", "cosine:peak=-1,total=100"], "peak"),
         ("step,loss\n1,3.0\n", ["--loss-column", "nope"], "no column 'nope'"),
     ],
 )
-def test_unusable_input_is_one_line_error(tmp_path: Path, capsys, content: str, extra: list[str], message: str):
+def test_unusable_input_is_one_line_error(
+    tmp_path: Path, capsys, content: str, extra: list[str], message: str
+):
     csv = tmp_path / "run.csv"
     csv.write_text(content)
     code, out, err = _run(["forecast", str(csv), *extra], capsys)
@@ -125,7 +133,9 @@ def test_bad_lr_file_and_missing_file(tmp_path: Path, capsys):
 def test_too_few_points_reports_status(tmp_path: Path, capsys):
     csv = tmp_path / "run.csv"
     csv.write_text("step,loss\n10,3.0\n20,2.9\n")
-    code, out, _ = _run(["forecast", str(csv), "--schedule", "constant:peak=1e-3,total=100", "--json"], capsys)
+    code, out, _ = _run(
+        ["forecast", str(csv), "--schedule", "constant:peak=1e-3,total=100", "--json"], capsys
+    )
     assert code == 0
     result = json.loads(out)
     assert result["status"] == "insufficient_data" and result["forecasts"] == []
