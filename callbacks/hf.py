@@ -63,10 +63,18 @@ from scaleforecast.integrations.distributed import DeviceBuffer, agree, world_si
 from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs
 from transformers import TrainerCallback
 
-from scaleforecast.events import Event, TrainingHealthError
+from scaleforecast.events import Event
 from scaleforecast.fitting import FitConfig
 from scaleforecast.forecaster import ForecasterConfig, ScheduleLike
-from scaleforecast.monitor import Action, Advisor, FlushBatch, HealthCheck, RunMonitor
+from scaleforecast.monitor import (
+    Action,
+    Advisor,
+    FlushBatch,
+    HealthCheck,
+    RunMonitor,
+    guarded_call,
+    validate_adapter_args,
+)
 from scaleforecast.results import Forecast
 from scaleforecast.schedules import as_lrs
 
@@ -249,18 +257,7 @@ class HFLossForecast(TrainerCallback, ExportableState):
         resolution: Resolution = "auto",
         name: str = "scaleforecast",
     ) -> None:
-        if total_steps is not None and total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if param_group < 0:
-            raise ValueError(f"param_group must be >= 0, got {param_group}")
-        if flush_every < 1:
-            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
-        if refit_every < 1:
-            raise ValueError(f"refit_every must be >= 1, got {refit_every}")
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must be in (0, 1), got {level}")
-        if log_figures_every < 0:
-            raise ValueError(f"log_figures_every must be >= 0, got {log_figures_every}")
+        validate_adapter_args(total_steps, param_group, flush_every, refit_every, level, log_figures_every)
         if resolution not in ("auto", "step", "window"):
             raise ValueError(f"resolution must be 'auto', 'step' or 'window', got {resolution!r}")
         if isinstance(forecaster_config, dict):
@@ -353,22 +350,18 @@ class HFLossForecast(TrainerCallback, ExportableState):
     # --------------------------------------------------------------- guarding
     def _guard(self, part: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn``; report an exception once, switch ``part`` off, and let training go on."""
-        if part in self.errors:
-            return None
-        try:
-            return fn(*args)
-        except TrainingHealthError:
-            raise
-        except Exception as exc:
-            self._report(part, f"{type(exc).__name__}: {exc}", exc_info=True)
-            return None
+        return guarded_call(self.errors, part, fn, args, self._report_guarded)
 
-    def _report(self, part: str, detail: str, exc_info: bool = False) -> None:
+    def _report_guarded(self, part: str, detail: str) -> None:
+        # Blame the code that called _guard, three frames up through guarded_call.
+        self._report(part, detail, exc_info=True, stacklevel=4)
+
+    def _report(self, part: str, detail: str, exc_info: bool = False, stacklevel: int = 3) -> None:
         msg = f"HFLossForecast: {part} failed ({detail}); it is switched off for this run"
         self.errors[part] = msg
         if self._is_zero:
             log.warning(msg, exc_info=exc_info)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
 
     # --------------------------------------------------------------- planning
     def _lookahead(self, total: int, steps_done: int) -> np.ndarray:

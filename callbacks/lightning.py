@@ -50,7 +50,16 @@ from scaleforecast.integrations.lookahead import lookahead_lrs
 from scaleforecast.events import Event
 from scaleforecast.fitting import FitConfig
 from scaleforecast.forecaster import ForecasterConfig, ScheduleLike
-from scaleforecast.monitor import Action, Advisor, FlushBatch, HealthCheck, RunMonitor
+from scaleforecast.monitor import (
+    Action,
+    Advisor,
+    FlushBatch,
+    HealthCheck,
+    RunMonitor,
+    guarded_call,
+    validate_adapter_args,
+    validate_stop_args,
+)
 from scaleforecast.results import Forecast
 from scaleforecast.schedules import as_lrs
 
@@ -135,28 +144,8 @@ class LossForecast(Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        if target_loss is not None and not math.isfinite(target_loss):
-            raise ValueError(f"target_loss must be a finite number, got {target_loss}")
-        if not 0.5 <= confidence < 1.0:
-            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
-        if min_steps < 0:
-            raise ValueError(f"min_steps must be >= 0, got {min_steps}")
-        if not 0.0 <= min_fraction <= 1.0:
-            raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
-        if total_steps is not None and total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if param_group < 0:
-            raise ValueError(f"param_group must be >= 0, got {param_group}")
-        if flush_every < 1:
-            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
-        if refit_every < 1:
-            raise ValueError(f"refit_every must be >= 1, got {refit_every}")
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must be in (0, 1), got {level}")
-        if log_figures_every < 0:
-            raise ValueError(f"log_figures_every must be >= 0, got {log_figures_every}")
-        if action not in ("stop", "warn", "raise"):
-            raise ValueError(f"action must be 'stop', 'warn' or 'raise', got {action!r}")
+        validate_stop_args(target_loss, confidence, min_steps, min_fraction, action)
+        validate_adapter_args(total_steps, param_group, flush_every, refit_every, level, log_figures_every)
         self.target_loss = target_loss
         self.confidence = confidence
         self.min_steps = min_steps
@@ -212,23 +201,15 @@ class LossForecast(Callback):
     # ------------------------------------------------------------- guarding
     def _guard(self, part: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn``; report an exception once, switch ``part`` off, and let training go on."""
-        if part in self.errors:
-            return None
-        try:
-            return fn(*args)
-        except Exception as exc:
-            from scaleforecast.events import TrainingHealthError
+        return guarded_call(self.errors, part, fn, args, self._report)
 
-            if isinstance(exc, TrainingHealthError):
-                raise
-            msg = (
-                f"LossForecast: {part} failed ({type(exc).__name__}: {exc}); it is switched off for this run"
-            )
-            self.errors[part] = msg
-            if self._is_zero:
-                log.warning(msg, exc_info=True)
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            return None
+    def _report(self, part: str, detail: str) -> None:
+        msg = f"LossForecast: {part} failed ({detail}); it is switched off for this run"
+        self.errors[part] = msg
+        if self._is_zero:
+            log.warning(msg, exc_info=True)
+            # Blame the code that called _guard, three frames up through guarded_call.
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
     # ------------------------------------------------------------- planning
     def _total_steps(self, trainer: pl.Trainer) -> int | None:

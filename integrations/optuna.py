@@ -34,7 +34,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from scaleforecast.decision import decide_stop, sweep_reference, widen_forecast
+from scaleforecast.decision import ForecastStopCheck, decide_stop_among
 from scaleforecast.events import Event
 from scaleforecast.registry import RunRecord, RunRegistry, RunState
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
@@ -210,21 +210,18 @@ class ForecastPruner(BasePruner):
         if sum(t.state == TrialState.COMPLETE for t in trials) < self.n_startup_trials:
             return False
         records = [_trial_record(t, study.study_name) for t in trials if t.number != trial.number]
-        reference = sweep_reference(
+        decision = decide_stop_among(
+            forecast,
             records,
-            target=self.target,
-            quantile=self.quantile,
-            max_age_s=self.max_age_s,
-            rel_std_floor=self.rel_std_floor,
-        )
-        decision = decide_stop(
-            widen_forecast(forecast, self.rel_std_floor),
-            reference,
             step=int(attrs["step"]),
             total_steps=forecast.final_step,
+            target=self.target,
             confidence=self.confidence,
             min_fraction=self.min_fraction,
             min_steps=self.min_steps,
+            quantile=self.quantile,
+            max_age_s=self.max_age_s,
+            rel_std_floor=self.rel_std_floor,
         )
         if decision.stop:
             log.info("trial %d pruned: %s", trial.number, decision.reason)
@@ -253,7 +250,7 @@ def _broadcast_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
-class OptunaForecastReporter:
+class OptunaForecastReporter(ForecastStopCheck):
     """The ``on_forecast`` hook that connects a training callback to an Optuna trial.
 
     ``reporter(step, forecast) -> bool`` is called after each refit with the optimizer step and the new
@@ -347,34 +344,19 @@ class OptunaForecastReporter:
             log.warning("scaleforecast Optuna reporter disabled: %s", why)
         self._disabled = True
 
-    def check(self, batch: Any, forecaster: Any) -> list[Event]:
-        """The :class:`scaleforecast.monitor.HealthCheck` face of the hook, so that it plugs into the callbacks
-        as ``LossForecast(health=[reporter])`` / ``HFLossForecast(health=[reporter])``.
+    def _has_stopped(self) -> bool:
+        return self.pruned
 
-        At each flush it takes the forecaster's latest forecast when it is new (one flush after the refit that
-        made it, since health checks run before the refit) and returns one critical ``early_stop`` event when
-        the trial is to be pruned; the callback's ``action="stop"`` (the default) then stops training on every
-        rank. The forecaster state is identical on all ranks, so every rank calls in lockstep.
-        """
-        latest = getattr(forecaster, "latest", None)
-        if latest is None or latest is self._seen or self.pruned:
-            return []
-        self._seen = latest
-        if not self(int(latest.fitted_at_step), latest):
-            return []
-        steps = getattr(batch, "steps", None)
-        step = int(steps[-1]) if steps is not None and len(steps) else int(latest.fitted_at_step)
+    def _stop_event(self, step: int, latest: Forecast) -> Event:
         final = latest.final
-        return [
-            Event(
-                kind="early_stop",
-                step=step,
-                severity="critical",
-                score=None if final is None else final.loss,
-                message=f"trial pruned by the Optuna pruner on its loss forecast (made at step {self.pruned_at})",
-                data={"source": "optuna", "forecast_step": self.pruned_at},
-            )
-        ]
+        return Event(
+            kind="early_stop",
+            step=step,
+            severity="critical",
+            score=None if final is None else final.loss,
+            message=f"trial pruned by the Optuna pruner on its loss forecast (made at step {self.pruned_at})",
+            data={"source": "optuna", "forecast_step": self.pruned_at},
+        )
 
     def raise_if_pruned(self) -> None:
         """Raise ``optuna.TrialPruned`` when the trial was stopped by its pruner (call after ``fit``)."""

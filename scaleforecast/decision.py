@@ -6,6 +6,7 @@ every framework takes the same decision from the same forecast.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import os
@@ -158,8 +159,42 @@ def decide_stop_in_sweep(
             status=forecast.status.value,
             total_steps=total_steps,
         )
+    return decide_stop_among(
+        forecast,
+        registry.others(run_id),
+        step=step,
+        total_steps=total_steps,
+        target=target,
+        confidence=confidence,
+        min_fraction=min_fraction,
+        min_steps=min_steps,
+        quantile=quantile,
+        rel_std_floor=rel_std_floor,
+    )
+
+
+def decide_stop_among(
+    forecast: Forecast | None,
+    records: Iterable[RunRecord],
+    *,
+    step: int,
+    total_steps: int,
+    target: float | None = None,
+    confidence: float = 0.95,
+    min_fraction: float = 0.1,
+    min_steps: int = 0,
+    quantile: float = 0.8,
+    max_age_s: float | None = None,
+    rel_std_floor: float = 0.0,
+) -> StopDecision:
+    """:func:`decide_stop` of the forecast widened by ``rel_std_floor`` (:func:`widen_forecast`) against
+    :func:`sweep_reference` of the other runs' ``records`` (widened by the same floor).
+
+    The rule every sweep engine applies, whether its records come from a :class:`RunRegistry` or from an
+    Optuna study; ``records`` must not hold the deciding run itself.
+    """
     reference = sweep_reference(
-        registry.others(run_id), target=target, quantile=quantile, rel_std_floor=rel_std_floor
+        records, target=target, quantile=quantile, max_age_s=max_age_s, rel_std_floor=rel_std_floor
     )
     return decide_stop(
         widen_forecast(forecast, rel_std_floor),
@@ -194,7 +229,42 @@ def widen_forecast(forecast: Forecast | None, rel_std_floor: float) -> Forecast 
     return forecast.model_copy(update={"points": points})
 
 
-class SweepStopper:
+class ForecastStopCheck(abc.ABC):
+    """The :class:`scaleforecast.monitor.HealthCheck` face of a forecast stopper, ``stopper(step, forecast) -> bool``.
+
+    At each flush :meth:`check` takes the forecaster's latest forecast when it is new (one flush after the refit
+    that made it, since health checks run before the refit), asks the stopper, and returns one critical
+    ``early_stop`` event when it says stop; the callbacks' ``action="stop"`` (the default) then stops training
+    on every rank. The forecaster state is identical on all ranks, so every rank calls in lockstep. Once the
+    stopper has stopped, it is not asked again.
+    """
+
+    _seen: Forecast | None = None
+
+    @abc.abstractmethod
+    def __call__(self, step: int, forecast: Forecast | None) -> bool:
+        """Decide on ``forecast`` made at ``step``; True means: stop this run now."""
+
+    @abc.abstractmethod
+    def _has_stopped(self) -> bool: ...
+
+    @abc.abstractmethod
+    def _stop_event(self, step: int, latest: Forecast) -> Event: ...
+
+    def check(self, batch: Any, forecaster: Any) -> list[Event]:
+        """Decide on the forecaster's latest forecast when it is new (see the class docstring)."""
+        latest = getattr(forecaster, "latest", None)
+        if latest is None or latest is self._seen or self._has_stopped():
+            return []
+        self._seen = latest
+        if not self(int(latest.fitted_at_step), latest):
+            return []
+        steps = getattr(batch, "steps", None)
+        step = int(steps[-1]) if steps is not None and len(steps) else int(latest.fitted_at_step)
+        return [self._stop_event(step, latest)]
+
+
+class SweepStopper(ForecastStopCheck):
     """Stop a run that cannot beat the rest of its sweep, through a shared :class:`RunRegistry`.
 
     ``stopper(step, forecast) -> bool`` publishes the run's forecast to the registry and applies
@@ -268,27 +338,19 @@ class SweepStopper:
             self.stopped_at = step
         return self.decision.stop
 
-    def check(self, batch: Any, forecaster: Any) -> list[Event]:
-        """HealthCheck face: decide on the forecaster's latest forecast when it is new."""
-        latest = getattr(forecaster, "latest", None)
-        if latest is None or latest is self._seen or self.stopped_at is not None:
-            return []
-        self._seen = latest
-        if not self(int(latest.fitted_at_step), latest):
-            return []
-        steps = getattr(batch, "steps", None)
-        step = int(steps[-1]) if steps is not None and len(steps) else int(latest.fitted_at_step)
+    def _has_stopped(self) -> bool:
+        return self.stopped_at is not None
+
+    def _stop_event(self, step: int, latest: Forecast) -> Event:
         d = self.decision
-        return [
-            Event(
-                kind="early_stop",
-                step=step,
-                severity="critical",
-                score=None if d is None else d.probability,
-                message=f"cannot beat its sweep: {d.reason if d is not None else ''}",
-                data={"source": "sweep", "reference": None if d is None else d.reference},
-            )
-        ]
+        return Event(
+            kind="early_stop",
+            step=step,
+            severity="critical",
+            score=None if d is None else d.probability,
+            message=f"cannot beat its sweep: {d.reason if d is not None else ''}",
+            data={"source": "sweep", "reference": None if d is None else d.reference},
+        )
 
     def finish(self, final_loss: float | None = None) -> None:
         """Record the run's end: ``stopped`` if this stopper stopped it, else ``finished`` with ``final_loss``

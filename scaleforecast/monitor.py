@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -34,10 +34,94 @@ from scaleforecast.sinks import CurveSnapshot, FanoutSink, Sink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Action", "Advisor", "FlushBatch", "FlushResult", "HealthCheck", "RunMonitor"]
+__all__ = [
+    "Action",
+    "Advisor",
+    "FlushBatch",
+    "FlushResult",
+    "HealthCheck",
+    "RunMonitor",
+    "guarded_call",
+    "validate_adapter_args",
+    "validate_stop_args",
+]
 
 Action = Literal["warn", "stop", "raise"]
 _ACTIONS = ("warn", "stop", "raise")
+
+
+def validate_stop_args(
+    target_loss: float | None, confidence: float, min_steps: int, min_fraction: float, action: str
+) -> None:
+    """Raise ``ValueError`` naming the first bad argument of the early-stopping rule.
+
+    The contract: ``target_loss`` is ``None`` or finite, ``0.5 <= confidence < 1``, ``min_steps >= 0``,
+    ``0 <= min_fraction <= 1`` and ``action`` is ``"stop"``, ``"warn"`` or ``"raise"``. The monitor and both
+    training callbacks take these arguments, and the callbacks check them at construction so that a bad value
+    fails before training starts rather than at the first flush.
+    """
+    if target_loss is not None and not math.isfinite(target_loss):
+        raise ValueError(f"target_loss must be a finite number, got {target_loss}")
+    if not 0.5 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+    if min_steps < 0:
+        raise ValueError(f"min_steps must be >= 0, got {min_steps}")
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+    if action not in _ACTIONS:
+        raise ValueError(f"action must be 'stop', 'warn' or 'raise', got {action!r}")
+
+
+def guarded_call(
+    disabled: Mapping[str, str],
+    part: str,
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    report: Callable[[str, str], None],
+) -> Any:
+    """Return ``fn(*args)``, or ``None`` when ``part`` is in ``disabled`` or ``fn`` raised.
+
+    The contract that keeps a plugin from killing training: an exception other than
+    :class:`scaleforecast.events.TrainingHealthError` (the user's ``action="raise"``) is handed to
+    ``report(part, "<ExceptionType>: <message>")`` from inside the ``except`` block (so ``exc_info`` works),
+    and ``report`` is expected to add ``part`` to ``disabled`` so that the part stays off for the run.
+    """
+    if part in disabled:
+        return None
+    try:
+        return fn(*args)
+    except TrainingHealthError:
+        raise
+    except Exception as exc:
+        report(part, f"{type(exc).__name__}: {exc}")
+        return None
+
+
+def validate_adapter_args(
+    total_steps: int | None,
+    param_group: int,
+    flush_every: int,
+    refit_every: int,
+    level: float,
+    log_figures_every: int,
+) -> None:
+    """Raise ``ValueError`` naming the first bad argument shared by the training callbacks.
+
+    The contract: ``total_steps`` is ``None`` or ``>= 1``, ``param_group >= 0``, ``flush_every >= 1``,
+    ``refit_every >= 1``, ``0 < level < 1`` and ``log_figures_every >= 0``.
+    """
+    if total_steps is not None and total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if param_group < 0:
+        raise ValueError(f"param_group must be >= 0, got {param_group}")
+    if flush_every < 1:
+        raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+    if refit_every < 1:
+        raise ValueError(f"refit_every must be >= 1, got {refit_every}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if log_figures_every < 0:
+        raise ValueError(f"log_figures_every must be >= 0, got {log_figures_every}")
 
 
 @dataclass(frozen=True)
@@ -114,16 +198,7 @@ class RunMonitor:
         on_event: Callable[[Event], None] | None = None,
         verbose: bool = True,
     ) -> None:
-        if target_loss is not None and not math.isfinite(target_loss):
-            raise ValueError(f"target_loss must be finite, got {target_loss}")
-        if not 0.5 <= confidence < 1.0:
-            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
-        if min_steps < 0:
-            raise ValueError(f"min_steps must be >= 0, got {min_steps}")
-        if not 0.0 <= min_fraction <= 1.0:
-            raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
-        if action not in _ACTIONS:
-            raise ValueError(f"action must be one of {_ACTIONS}, got {action!r}")
+        validate_stop_args(target_loss, confidence, min_steps, min_fraction, action)
         if figure_every < 0:
             raise ValueError(f"figure_every must be >= 0, got {figure_every}")
         if forecaster is not None and (schedule is not None or config is not None):
@@ -163,21 +238,15 @@ class RunMonitor:
 
     def _guard(self, part: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn``; on an exception report it once and switch ``part`` off (returns ``None``)."""
-        if part in self.disabled:
-            return None
-        try:
-            return fn(*args)
-        except TrainingHealthError:
-            raise
-        except Exception as exc:
-            msg = (
-                f"scaleforecast: {part} failed ({type(exc).__name__}: {exc}); it is switched off for this run"
-            )
-            self.disabled[part] = msg
-            if self.verbose:
-                log.warning(msg, exc_info=True)
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            return None
+        return guarded_call(self.disabled, part, fn, args, self._report)
+
+    def _report(self, part: str, detail: str) -> None:
+        msg = f"scaleforecast: {part} failed ({detail}); it is switched off for this run"
+        self.disabled[part] = msg
+        if self.verbose:
+            log.warning(msg, exc_info=True)
+            # Blame the code that called _guard, three frames up through guarded_call.
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
     # ------------------------------------------------------------------- flush
     def flush(self, batch: FlushBatch) -> FlushResult:
