@@ -47,7 +47,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from scaleforecast.integrations.distributed import DeviceBuffer
 from scaleforecast.integrations.lookahead import lookahead_lrs
 
-from scaleforecast.events import Event
+from scaleforecast.events import Event, TrainingHealthError
 from scaleforecast.fitting import FitConfig
 from scaleforecast.forecaster import ForecasterConfig, ScheduleLike
 from scaleforecast.monitor import (
@@ -455,8 +455,6 @@ class LossForecast(Callback):
         try:
             self._flush(trainer)
         except Exception as exc:
-            from scaleforecast.events import TrainingHealthError
-
             if isinstance(exc, TrainingHealthError):
                 raise
             if "flush" not in self.errors:

@@ -55,17 +55,10 @@ class Report(Callback):
         Path(self.outdir, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_ranks_stop_together_on_the_mean_over_ranks(tmp_path: Path) -> None:
-    total = 100
-    # rank 0 sees losses near 0.3, rank 1 the same plus 1.0: the mean over ranks cannot reach 0.45, rank 0
-    # alone would think it can.
-    model = TinyRegressor(total=total, rank_offset=1.0, batch_size=256)
-    rec = SpreadRecorder()
-    cb = LossForecast(
-        target_loss=0.45, min_fraction=0.3, flush_every=5, refit_every=5, health=[rec], writer=False
-    )
+def _fit_two_ranks(
+    tmp_path: Path, model: pl.LightningModule, total: int, cb: LossForecast, rec: SpreadRecorder
+) -> tuple[dict, dict]:
+    """A real 2-process ddp_spawn (gloo, CPU) fit; returns what each rank reported at the end."""
     trainer = pl.Trainer(
         max_steps=total,
         accelerator="cpu",
@@ -79,8 +72,21 @@ def test_ranks_stop_together_on_the_mean_over_ranks(tmp_path: Path) -> None:
         default_root_dir=str(tmp_path),
     )
     trainer.fit(model)
-    r0 = json.loads((tmp_path / "rank0.json").read_text())
-    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    return tuple(json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ranks_stop_together_on_the_mean_over_ranks(tmp_path: Path) -> None:
+    total = 100
+    # rank 0 sees losses near 0.3, rank 1 the same plus 1.0: the mean over ranks cannot reach 0.45, rank 0
+    # alone would think it can.
+    model = TinyRegressor(total=total, rank_offset=1.0, batch_size=256)
+    rec = SpreadRecorder()
+    cb = LossForecast(
+        target_loss=0.45, min_fraction=0.3, flush_every=5, refit_every=5, health=[rec], writer=False
+    )
+    r0, r1 = _fit_two_ranks(tmp_path, model, total, cb, rec)
     assert r0["errors"] == {} and r1["errors"] == {}
     assert r0["own_mean"] < 0.45 < r1["own_mean"]  # the ranks really disagree
     assert r0["stopped_at"] is not None and r0["stopped_at"] == r1["stopped_at"]
@@ -173,21 +179,7 @@ def test_a_fault_on_one_rank_neither_hangs_nor_stops_training(tmp_path: Path) ->
     cb = FlakyLossForecast(
         target_loss=0.0, min_fraction=0.0, flush_every=5, refit_every=5, health=[rec], writer=False
     )
-    trainer = pl.Trainer(
-        max_steps=total,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        callbacks=[cb, Report(str(tmp_path), cb, rec)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(TinyRegressor(total=total))
-    r0 = json.loads((tmp_path / "rank0.json").read_text())
-    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    r0, r1 = _fit_two_ranks(tmp_path, TinyRegressor(total=total), total, cb, rec)
     assert r0["global_step"] == r1["global_step"] == total
     assert "step" in r1["errors"] and "step" not in r0["errors"]
     assert r0["state_digest"] == r1["state_digest"]
