@@ -2,27 +2,43 @@
 
 Every detector is fed host-side arrays at each flush (no per-step collective): the optimizer ``steps``
 (updates completed, strictly increasing), the loss (mean over ranks; the spike rule scores the max over
-ranks when given, so a spike on any rank counts) and, where available, the law's expected loss at any step
-(``law(steps)``, from the online forecaster's latest fit) and the LR of each update.
+ranks when given, so a spike on any rank counts), the LR of each update when known and, once the online
+forecaster has a usable fit, the law's expected loss at any step (``law(steps)``).
 
-The spike rule scores robust residuals. Let ``b(s)`` be the law's prediction. Over the last ``window``
-accepted observations the detector fits ``y - b(s) ≈ c0 + c1 * log(s)`` by least squares (the law supplies
-the curvature, the local line absorbs the law's local misfit) and, separately, ``y ≈ c0' + c1' * log(s)``
-(a local trend alone). The noise scale is ``1.4826 * MAD`` of past one-step prediction errors, and a new
-point scores ``z = min(z_law, z_local)`` with ``z = (y - prediction) / noise``: it must stand out against
-both (before the first fit, against the local trend only). Points flagged as anomalous never enter the
-window, so one spike cannot hide the next. :class:`HealthMonitor` bundles the detectors with debouncing,
-the ``action=`` policy and the spike record; it plugs into :class:`scaleforecast.monitor.RunMonitor` as a
-health check (``health=[HealthMonitor()]``).
+**Stop policy: a detector calls an event critical (and the run monitor's default ``action="stop"`` stops the
+run) only on evidence that the run is lost.** Two kinds of evidence count:
+
+* a non-finite loss that persists: ``NonFiniteConfig.patience`` consecutive observations (8) with a NaN/Inf
+  loss (mean or max over ranks). A single NaN, or a few, is a warning; so is a non-finite gradient norm
+  (mixed-precision loss scaling skips such steps by design) unless it persists for ``grad_patience`` (64)
+  observations;
+* a divergence from the law that persists: after the divergence rule saw the loss rise beyond the noise and
+  beyond what the law and the LR explain (a warning), the loss level stays at least ``DriftConfig.lost_rise``
+  (10%) and ``lost_sigma`` noise units above its level before the rise (less any rise the law predicts) for
+  ``persist_steps`` (1,000) steps and ``persist_obs`` (8) observations without a break.
+
+Single spikes are never critical: each is a warning event, counted and shown (TensorBoard, log, hook) and
+written to the spike record, and training goes on. Stagnation and gradient-norm precursors are warnings too.
+
+The detectors cost O(1) per observation: each keeps exponentially weighted running statistics
+(:mod:`scaleforecast.streaming`) updated once per chunk of a flush, never a re-scan of a window. The spike
+rule scores robust residuals: it keeps an EW least-squares line ``y ≈ c0 + c1 * log(s)`` (the local trend)
+and, once there is a law, an EW line through ``y - law(s)`` (the law supplies the curvature, the line absorbs
+its local misfit); the noise scale is an EW mean of past one-step prediction errors (clipped, so spikes do not
+inflate it); a point scores ``z = min(z_law, z_local)``, so it must stand out against both. Points flagged as
+spikes never enter the statistics, so one spike cannot hide the next; ``max_run`` flagged points in a row
+mean the level itself moved and the statistics take them in. :class:`HealthMonitor` bundles the detectors
+with debouncing and the spike record; it plugs into :class:`scaleforecast.monitor.RunMonitor` as a health
+check (``health=[HealthMonitor()]``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,10 +47,24 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaleforecast.events import SEVERITY_RANK, Event, HealthAction, TrainingHealthError
+from scaleforecast.streaming import (
+    MEAN_ABS_TO_SIGMA,
+    EWLine,
+    Ring,
+    alpha_for,
+    chunks,
+    ew_last,
+    ew_path,
+    ew_paths,
+    run_lengths,
+)
 
 log = logging.getLogger("scaleforecast.health")
 
 _MAD_TO_SIGMA = 1.4826
+# First differences of white noise have sd sigma * sqrt(2) and mean absolute value 2 * sigma / sqrt(pi).
+_DIFF_ABS_TO_SIGMA = math.sqrt(math.pi) / 2.0
+_STATE_VERSION = 2
 
 
 def robust_scale(residuals: np.ndarray) -> float:
@@ -45,93 +75,8 @@ def robust_scale(residuals: np.ndarray) -> float:
     return float(_MAD_TO_SIGMA * np.median(np.abs(r - np.median(r))))
 
 
-def _local_fit(x: np.ndarray, r: np.ndarray, degree: int) -> np.ndarray:
-    """Least-squares polynomial coefficients (highest power first) of ``r`` in ``x``."""
-    if degree == 1 or (degree > 1 and len(x) < 4):
-        xm = float(x.mean())
-        dx = x - xm
-        sxx = float(dx @ dx)
-        if sxx <= 1e-18:
-            return np.array([float(r.mean())])
-        c1 = float(dx @ (r - r.mean())) / sxx
-        return np.array([c1, float(r.mean()) - c1 * xm])
-    if degree <= 0:
-        return np.array([float(np.mean(r))])
-    return np.polyfit(x, r, degree)
-
-
-class LocalModel:
-    """A fitted local polynomial in ``log s - x0`` and the noise scale of one observation around it."""
-
-    def __init__(self, coef: np.ndarray, x0: float, sigma: float, x: np.ndarray) -> None:
-        self.coef, self.x0, self.sigma = coef, x0, sigma
-        # Leverage of a new point: the fit's own prediction error adds to the noise off the window's centre.
-        self._n = len(x)
-        self._xm = float(x.mean()) if len(x) else 0.0
-        self._sxx = float(((x - self._xm) ** 2).sum())
-        self._inv: np.ndarray | None = None
-        if len(coef) > 2:
-            v = np.vander(x, len(coef))
-            self._inv = np.linalg.pinv(v.T @ v)
-
-    def predict(self, log_step: float) -> tuple[float, float]:
-        """(trend, scale) at ``log s``: scale = sigma * sqrt(1 + leverage)."""
-        u = log_step - self.x0
-        if self._inv is not None:
-            v = np.vander(np.array([u]), len(self.coef))[0]
-            h = float(v @ self._inv @ v)
-        elif len(self.coef) == 2 and self._sxx > 0:
-            h = 1.0 / self._n + (u - self._xm) ** 2 / self._sxx
-        else:
-            h = 1.0 / max(self._n, 1)
-        return float(np.polyval(self.coef, u)), self.sigma * math.sqrt(1.0 + max(h, 0.0))
-
-
-class ResidualWindow:
-    """The last ``size`` accepted observations ``(step, loss)`` and the local residual model over them.
-
-    :meth:`model` fits residuals ``y - b(s)`` against ``log s``; the caller passes the law's prediction ``b``
-    at the window's steps (zeros for the local trend alone). JSON-safe via ``state_dict``.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = int(size)
-        self.steps: deque[int] = deque(maxlen=self.size)
-        self.values: deque[float] = deque(maxlen=self.size)
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def push(self, step: int, value: float) -> None:
-        self.steps.append(int(step))
-        self.values.append(float(value))
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.steps, dtype=np.int64), np.asarray(self.values, dtype=float)
-
-    def model(self, base: np.ndarray, rel_floor: float, degree: int) -> LocalModel:
-        """The local polynomial (in ``log s``) through ``y - base`` over the window, and its noise scale."""
-        steps, y = self.arrays()
-        x = np.log(steps.astype(float))
-        x0 = float(x[-1])
-        coef = _local_fit(x - x0, y - base, degree)
-        res = y - base - np.polyval(coef, x - x0)
-        sigma = robust_scale(res)
-        # Fit residuals are narrower than the noise by the parameters used up.
-        sigma *= math.sqrt(len(res) / max(len(res) - len(coef), 1))
-        floor = rel_floor * abs(float(np.median(y))) + 1e-12
-        return LocalModel(coef=coef, x0=x0, sigma=max(sigma, floor), x=x - x0)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "steps": list(self.steps), "values": list(self.values)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.size = int(state["size"])
-        self.steps = deque((int(s) for s in state["steps"]), maxlen=self.size)
-        self.values = deque((float(v) for v in state["values"]), maxlen=self.size)
-
-
 LawFn = Callable[[np.ndarray], np.ndarray]
+LrFn = Callable[[np.ndarray], "np.ndarray | None"]
 
 
 def _law_at(law: LawFn | None, steps: np.ndarray) -> np.ndarray | None:
@@ -144,9 +89,68 @@ def _law_at(law: LawFn | None, steps: np.ndarray) -> np.ndarray | None:
     return e
 
 
+def _finite_mask(steps: np.ndarray, values: np.ndarray, min_step: int) -> np.ndarray:
+    return np.isfinite(values) & (steps >= min_step)
+
+
+class _Noise:
+    """An EW robust noise scale: the mean of ``|error|``, each clipped at ``clip`` times the errors' current sd.
+
+    ``sigma`` converts the mean absolute error to the noise sd (``to_sigma``: sqrt(pi/2) for the errors
+    themselves, sqrt(pi)/2 for first differences of white noise)."""
+
+    def __init__(self, span: int, clip: float = 4.0, to_sigma: float = MEAN_ABS_TO_SIGMA) -> None:
+        self.alpha = alpha_for(span)
+        self.clip = clip
+        self.to_sigma = to_sigma
+        self.mean_abs = math.nan
+        self.n = 0
+
+    @property
+    def sigma(self) -> float:
+        return self.to_sigma * self.mean_abs if self.n else math.nan
+
+    def add(self, errors: np.ndarray) -> None:
+        a = np.abs(np.asarray(errors, dtype=float))
+        if a.size == 0:
+            return
+        if self.n == 0:
+            # Normal errors: E|e| = 1.183 * median|e|; the median keeps a first outlier from setting the scale.
+            self.mean_abs = 1.1829 * float(np.median(a)) if a.size > 2 else float(a.mean())
+        elif self.n >= 8 and self.mean_abs > 0:
+            a = np.minimum(a, self.clip * MEAN_ABS_TO_SIGMA * self.mean_abs)
+        # Until ``span`` errors were seen the running mean weighs them equally (no start-up bias).
+        alpha = max(self.alpha, 1.0 / (self.n + a.size)) if self.n < 1.0 / self.alpha else self.alpha
+        self.mean_abs = ew_last(a, alpha, self.mean_abs)
+        self.n += a.size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean_abs": self.mean_abs, "n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean_abs = float(state["mean_abs"])
+        self.n = int(state["n"])
+
+
 # --------------------------------------------------------------------------------------------- non-finite
+class NonFiniteConfig(BaseModel):
+    """Non-finite values: every NaN/Inf loss or gradient norm is reported (a warning, once per flush); the
+    event is critical when non-finite losses persist for ``patience`` consecutive observations, or non-finite
+    gradient norms for ``grad_patience`` (loss scaling skips single non-finite gradient steps by design)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patience: int = Field(8, ge=1)
+    grad_patience: int = Field(64, ge=1)
+
+
 class NonFiniteDetector:
-    """A NaN/Inf loss (mean or max over ranks) or gradient norm: one critical ``nonfinite`` event per flush."""
+    """NaN/Inf in the loss (mean or max over ranks) or the gradient norm; critical once it persists."""
+
+    def __init__(self, config: NonFiniteConfig | None = None) -> None:
+        self.config = config or NonFiniteConfig()
+        self.run_loss = 0
+        self.run_grad = 0
 
     def update(
         self,
@@ -155,41 +159,74 @@ class NonFiniteDetector:
         loss_max: np.ndarray | None = None,
         grad_norm: np.ndarray | None = None,
     ) -> list[Event]:
+        cfg = self.config
         bad_loss = ~np.isfinite(loss)
         if loss_max is not None:
             bad_loss |= ~np.isfinite(loss_max)
         bad_grad = np.zeros_like(bad_loss) if grad_norm is None else ~np.isfinite(grad_norm)
         bad = bad_loss | bad_grad
+        runs_loss = run_lengths(bad_loss, self.run_loss)
+        runs_grad = run_lengths(bad_grad, self.run_grad)
+        self.run_loss = int(runs_loss[-1]) if len(runs_loss) else self.run_loss
+        self.run_grad = int(runs_grad[-1]) if len(runs_grad) else self.run_grad
         if not bad.any():
             return []
+        events: list[Event] = []
         first = int(np.argmax(bad))
         what = "loss" if bad_loss[first] else "gradient norm"
         value = loss[first] if bad_loss[first] else grad_norm[first]  # type: ignore[index]
-        return [
+        lost = [
+            (int(np.argmax(runs == limit)), name, limit)
+            for runs, name, limit in (
+                (runs_loss, "loss", cfg.patience),
+                (runs_grad, "gradient norm", cfg.grad_patience),
+            )
+            if (runs == limit).any()
+        ]
+        events.append(
             Event(
                 kind="nonfinite",
                 step=int(steps[first]),
-                severity="critical",
+                severity="warning",
                 score=float(value),
                 message=f"non-finite {what} ({value}) at step {int(steps[first])}"
                 + (f"; {int(bad.sum())} non-finite value(s) in this flush" if bad.sum() > 1 else ""),
                 data={"what": what, "n_bad": int(bad.sum()), "steps": steps[bad][:16]},
             )
-        ]
+        )
+        for i, name, limit in lost:
+            events.append(
+                Event(
+                    kind="nonfinite",
+                    step=int(steps[i]),
+                    severity="critical",
+                    score=float(limit),
+                    message=(
+                        f"non-finite {name} for {limit} observations in a row, up to step {int(steps[i])}: "
+                        "the run is lost"
+                    ),
+                    data={"what": name, "consecutive": limit},
+                )
+            )
+        return events
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"config": self.config.model_dump(), "run_loss": self.run_loss, "run_grad": self.run_grad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
+        self.__init__(NonFiniteConfig.model_validate(state.get("config", {})))  # type: ignore[misc]
+        self.run_loss = int(state.get("run_loss", 0))
+        self.run_grad = int(state.get("run_grad", 0))
 
 
 # -------------------------------------------------------------------------------------------------- spike
 class SpikeConfig(BaseModel):
-    """Robust residual spike rule: ``z > threshold`` once ``min_points`` observations are in the window.
+    """Robust residual spike rule: ``z > threshold`` once ``min_points`` observations were taken in.
 
-    ``max_run`` consecutive flagged points mean the level itself moved (a divergence, a data switch): the
-    window then takes them in so the detector re-anchors instead of flagging every later step.
+    ``window``: the effective number of points (EW) behind the local lines; ``noise_window``: that of the
+    noise scale. ``max_run`` flagged points in a row mean the level itself moved (a divergence, a data
+    switch): the statistics then take them in so the detector re-anchors instead of flagging every later
+    step. ``degree``: 1 for a local line in ``log(step)``, 0 for a local level.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -200,26 +237,53 @@ class SpikeConfig(BaseModel):
     min_step: int = Field(0, ge=0, description="ignore steps before this one (e.g. the warm-up)")
     max_run: int = Field(4, ge=1)
     rel_floor: float = Field(2e-5, ge=0)
-    chunk: int = Field(4, ge=1, description="refit the local model at least every this many points")
-    noise_window: int = Field(256, ge=16, description="one-step prediction errors kept for the noise scale")
-    degree: int = Field(1, ge=0, le=3, description="degree of the local polynomial in log(step)")
+    noise_window: int = Field(
+        256, ge=16, description="effective number of one-step errors in the noise scale"
+    )
+    degree: int = Field(1, ge=0, le=1, description="degree of the local polynomial in log(step)")
 
 
 class SpikeDetector:
-    """Loss spikes as robust residual outliers against the law (or a local trend before the first fit).
+    """Loss spikes as robust residual outliers against the law (or the local trend before the first fit).
 
-    ``update`` scores every finite point of the flush and returns one ``spike`` event per flagged point
-    (the monitor debounces). ``law(steps)`` returns the law's expected loss at any steps (NaN before a
+    ``update`` scores every finite point of the flush and returns one warning ``spike`` event per flagged
+    point (the monitor debounces). ``law(steps)`` returns the law's expected loss at any steps (NaN before a
     usable fit); the event's ``score`` is the robust z-score and ``data`` has the observed and expected loss
-    and the noise scale.
+    and the noise scale. The lines are rebuilt from the last ``3 * window`` accepted points when the law
+    changes (a refit), so a new fit never leaves residuals of the old one behind.
     """
+
+    _MIN_ERRORS = 64
 
     def __init__(self, config: SpikeConfig | None = None) -> None:
         self.config = config or SpikeConfig()
-        self.window = ResidualWindow(self.config.window)
+        w = self.config.window
+        self.lines = EWLine((w - 1.0) / (w + 1.0), 2)  # row 0: y (local trend), row 1: y - law
+        self.ring = Ring(3 * w)
+        self.noise = [_Noise(self.config.noise_window), _Noise(self.config.noise_window)]
         self.run = 0
-        self.errors: deque[float] = deque(maxlen=self.config.noise_window)
-        self.errors_law: deque[float] = deque(maxlen=self.config.noise_window)
+        self._law: LawFn | None = None  # the law row 1 holds residuals of (None: row 1 unusable)
+
+    def _sync_law(self, law: LawFn | None) -> bool:
+        """Make row 1 hold residuals of ``law``; False when the law is unusable on the accepted points."""
+        if law is None:
+            self._law = None
+            return False
+        if law is self._law:
+            return True
+        steps, y = self.ring.arrays()
+        base = _law_at(law, steps) if len(steps) else np.zeros(0)
+        if base is None:
+            self._law = None
+            return False
+        # A new fit: rebuild both lines from the ring, so that they are consistent with each other.
+        self.lines.reset()
+        if len(steps):
+            x = np.log(steps.astype(float))
+            self.lines.recentre(float(x[0]))
+            self.lines.add(x, np.vstack([y, y - base]))
+        self._law = law
+        return True
 
     def score(
         self, steps: np.ndarray, values: np.ndarray, law: LawFn | None = None
@@ -231,79 +295,97 @@ class SpikeDetector:
         where the LR schedule bends the curve (a step drop, a cooldown's start); the local trend removes the
         law's where the fit is off (a cooldown that the prior for ``C`` misjudged). A real spike clears both.
         """
-        cfg = self.config
         steps = np.asarray(steps, dtype=np.int64).ravel()
         values = np.asarray(values, dtype=float).ravel()
-        base = _law_at(law, steps)
         z_all = np.full(len(steps), np.nan)
         events: list[Event] = []
-        models: dict[str, tuple[LocalModel, float | None]] = {}
-        since_fit = 0
-        for i in range(len(steps)):
-            s, y = int(steps[i]), float(values[i])
-            if not math.isfinite(y) or s < cfg.min_step:
-                continue
-            if len(self.window) < cfg.min_points:
-                self.window.push(s, y)
-                continue
-            if not models or since_fit >= cfg.chunk:
-                models = self._models(law if base is not None else None)
-                since_fit = 0
-            since_fit += 1
-            scored: dict[str, tuple[float, float, float]] = {}
-            for mode, (model, noise) in models.items():
-                trend, sigma = model.predict(math.log(s))
-                sigma = noise if noise is not None else sigma
-                pred = trend + (base[i] if mode == "law" else 0.0)
-                scored[mode] = ((y - pred) / sigma, pred, sigma)
-            mode = min(scored, key=lambda m: scored[m][0])
-            z, pred, sigma = scored[mode]
-            z_all[i] = z
-            if z > cfg.threshold:
-                self.run += 1
-                if self.run <= cfg.max_run:
-                    shown = scored.get("law", scored[mode])
-                    events.append(
-                        Event(
-                            kind="spike",
-                            step=s,
-                            severity="critical",
-                            score=z,
-                            message=(
-                                f"loss spike at step {s}: {y:.4g} vs expected {shown[1]:.4g} "
-                                f"({z:.1f} sigma, sigma={shown[2]:.3g}, "
-                                f"{'law and local trend' if 'law' in scored else 'local trend'})"
-                            ),
-                            data={"loss": y, "expected": shown[1], "sigma": shown[2], "law": "law" in scored},
-                        )
-                    )
-                    continue
-            self.run = 0
-            self.window.push(s, y)
-            self.errors.append(y - scored["local"][1])
-            if "law" in scored:
-                self.errors_law.append(y - scored["law"][1])
+        keep = np.nonzero(_finite_mask(steps, values, self.config.min_step))[0]
+        if keep.size == 0:
+            return z_all, events
+        st, y = steps[keep], values[keep]
+        for sl in chunks(st):
+            z, ev = self._chunk(st[sl], y[sl], law)
+            z_all[keep[sl]] = z
+            events += ev
         return z_all, events
 
-    def _models(self, law: LawFn | None) -> dict[str, tuple[LocalModel, float | None]]:
-        """The local-trend model (always) and the law model (when the law is usable on the window)."""
-        wsteps, _ = self.window.arrays()
-        local = self.window.model(np.zeros(len(wsteps)), self.config.rel_floor, self.config.degree)
-        out = {"local": (local, self._noise(self.errors, local))}
-        if law is not None:
-            wbase = _law_at(law, wsteps)
-            if wbase is not None:
-                model = self.window.model(wbase, self.config.rel_floor, self.config.degree)
-                out["law"] = (model, self._noise(self.errors_law, model))
-        return out
+    def _chunk(self, s: np.ndarray, y: np.ndarray, law: LawFn | None) -> tuple[np.ndarray, list[Event]]:
+        cfg = self.config
+        x = np.log(s.astype(float))
+        base = _law_at(law, s)
+        use_law = self._sync_law(law if base is not None else None)
+        lines = self.lines
+        if lines.n == 0:
+            lines.recentre(float(x[0]))
+        n_warm = max(0, min(len(s), cfg.min_points - lines.n))
+        z = np.full(len(s), np.nan)
+        events: list[Event] = []
+        if n_warm:
+            # Too few points for a model: take them in unscored.
+            self._accept(s[:n_warm], x[:n_warm], y[:n_warm], None if base is None else base[:n_warm])
+            if n_warm == len(s):
+                return z, events
+            s, x, y = s[n_warm:], x[n_warm:], y[n_warm:]
+            base = None if base is None else base[n_warm:]
+        lines.recentre(float(x[0]))
+        c0, c1, xm, sxx, n_eff, rsd = lines.fit(cfg.degree)
+        u = x - lines.x_ref
+        level = abs(float(c0[0] + c1[0] * xm))
+        floor = cfg.rel_floor * level + 1e-12
+        lev = (1.0 + ((u - xm) ** 2 / sxx if sxx > 0 else 0.0)) / max(n_eff, 1.0)
+        modes = [0, 1] if use_law else [0]
+        preds, scales = [], []
+        for k in modes:
+            pred = c0[k] + c1[k] * u + (base if k == 1 else 0.0)  # type: ignore[operator]
+            model_sd = max(float(rsd[k]), floor)
+            noise = self.noise[k]
+            if noise.n >= self._MIN_ERRORS:
+                scale = np.full(len(s), max(noise.sigma, 0.5 * model_sd, floor))
+            else:
+                scale = np.maximum(model_sd * np.sqrt(1.0 + lev), floor)
+            preds.append(pred)
+            scales.append(scale)
+        zs = np.vstack([(y - p) / sc for p, sc in zip(preds, scales, strict=True)])
+        pick = np.argmin(zs, axis=0)
+        z = zs[pick, np.arange(len(s))]
+        flag = z > cfg.threshold
+        runs = run_lengths(flag, self.run)
+        self.run = int(runs[-1])
+        report = flag & (runs <= cfg.max_run)
+        accept = ~report
+        for i in np.nonzero(report)[0]:
+            shown = 1 if use_law else 0
+            events.append(
+                Event(
+                    kind="spike",
+                    step=int(s[i]),
+                    severity="warning",
+                    score=float(z[i]),
+                    message=(
+                        f"loss spike at step {int(s[i])}: {y[i]:.4g} vs expected {preds[shown][i]:.4g} "
+                        f"({z[i]:.1f} sigma, sigma={scales[shown][i]:.3g}, "
+                        f"{'law and local trend' if use_law else 'local trend'})"
+                    ),
+                    data={
+                        "loss": float(y[i]),
+                        "expected": float(preds[shown][i]),
+                        "sigma": float(scales[shown][i]),
+                        "law": use_law,
+                    },
+                )
+            )
+        if accept.any():
+            for k in modes:
+                self.noise[k].add((y - preds[k])[accept])
+            self._accept(s[accept], x[accept], y[accept], None if base is None else base[accept])
+        out = np.full(n_warm + len(s), np.nan)
+        out[n_warm:] = z
+        return out, events
 
-    @staticmethod
-    def _noise(errors: deque[float], model: LocalModel) -> float | None:
-        """The spread of past one-step prediction errors: a steadier noise scale than the window's own
-        residuals (a 64-point MAD is off by 15% now and then, which a 4.5-sigma rule cannot afford)."""
-        if len(errors) < 64:
-            return None
-        return max(robust_scale(np.asarray(errors)), model.sigma * 0.5)
+    def _accept(self, s: np.ndarray, x: np.ndarray, y: np.ndarray, base: np.ndarray | None) -> None:
+        resid = y - base if (base is not None and self._law is not None) else y
+        self.lines.add(x, np.vstack([y, resid]))
+        self.ring.extend(s, y)
 
     def update(self, steps: np.ndarray, values: np.ndarray, law: LawFn | None = None) -> list[Event]:
         """Score one flush and return its spike events."""
@@ -312,30 +394,40 @@ class SpikeDetector:
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.model_dump(),
-            "window": self.window.state_dict(),
+            "lines": self.lines.state_dict(),
+            "ring": self.ring.state_dict(),
+            "noise": [n.state_dict() for n in self.noise],
             "run": self.run,
-            "errors": list(self.errors),
-            "errors_law": list(self.errors_law),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.__init__(SpikeConfig.model_validate(state["config"]))  # type: ignore[misc]
-        self.window.load_state_dict(state["window"])
+        self.lines.load_state_dict(state["lines"])
+        self.ring.load_state_dict(state["ring"])
+        for n, s in zip(self.noise, state["noise"], strict=True):
+            n.load_state_dict(s)
         self.run = int(state.get("run", 0))
-        self.errors.extend(float(e) for e in state.get("errors", []))
-        self.errors_law.extend(float(e) for e in state.get("errors_law", []))
+        # The law is not saved: row 1 is rebuilt from the ring against the first law seen after resuming.
+        self._law = None
 
 
 # ----------------------------------------------------------------------------------------- divergence
 class DriftConfig(BaseModel):
-    """Divergence: the loss level rises (beyond what the law expects) over consecutive blocks.
+    """Divergence: the loss level rises (beyond what the law expects) and, to be critical, stays up.
 
-    For each block length ``L`` in ``blocks`` the statistic is
-    ``t = (Δ_obs - Δ_law) / (1.25 * sigma * sqrt(2 / L))`` with ``Δ_obs`` the change of the median loss
-    between the last two blocks of ``L`` points, ``Δ_law`` the law's change over the same steps (0 without a
-    law) and ``sigma`` the noise of one point from first differences. An alarm needs ``t > threshold`` on
-    ``patience`` consecutive points and a rise of at least ``min_rel`` of the loss level; without a law it
-    also needs the LR not to rise between the blocks (a rising LR in warm-up may raise the loss).
+    **Warning** (evidence of a rise): for each block length ``L`` in ``blocks`` the statistic is
+    ``t = (Δ_obs - max(Δ_law, 0)) / se`` where ``Δ_obs = m_fast - m_slow`` is the difference of two EW means of
+    the loss (effective lengths ``L`` and ``3 L``; values clipped at ``clip`` noise units around the level, so
+    single spikes barely move them), ``Δ_law`` the same difference of the law's expected loss (0 without a
+    law) and ``se`` its standard error under white noise of sd ``sigma`` (from first differences). An alarm
+    needs ``t > threshold`` on ``patience`` consecutive points and a rise of at least ``min_rel`` of the loss
+    level; without a law it also needs the LR not to rise (a rising LR in warm-up may raise the loss).
+
+    **Critical** (the run is lost): after a warning, the loss level (an unclipped EW mean over
+    ``min(blocks)`` points) stays above the slow level before the rise by at least
+    ``max(lost_rise * |level|, lost_sigma * sigma)`` (less any rise the law predicts since) for
+    ``persist_steps`` steps and ``persist_obs`` observations in a row. A spike the run recovers from falls
+    back below that bar before the time is up.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -346,114 +438,278 @@ class DriftConfig(BaseModel):
     min_rel: float = Field(0.002, ge=0)
     min_step: int = Field(0, ge=0)
     noise_window: int = Field(128, ge=16)
+    clip: float = Field(4.0, gt=0)
+    lost_rise: float = Field(0.1, ge=0)
+    lost_sigma: float = Field(5.0, ge=0)
+    persist_steps: int = Field(1000, ge=0)
+    persist_obs: int = Field(8, ge=1)
 
 
 class DriftDetector:
-    """Divergence or drift: a loss that rises block over block while the LR (and the law) say it should not."""
+    """Divergence: a loss that rises while the LR (and the law) say it should not; critical once it persists."""
 
     def __init__(self, config: DriftConfig | None = None) -> None:
         self.config = config or DriftConfig()
-        size = max(2 * max(self.config.blocks), self.config.noise_window)
-        self.steps: deque[int] = deque(maxlen=size)
-        self.values: deque[float] = deque(maxlen=size)
+        cfg = self.config
+        self.blocks = sorted(int(b) for b in cfg.blocks)
+        self.alphas = [(alpha_for(b), alpha_for(3 * b)) for b in self.blocks]
+        self.se_unit = [math.sqrt(_diff_var(af, a_s)) for af, a_s in self.alphas]
+        self.noise = _Noise(cfg.noise_window, to_sigma=MEAN_ABS_TO_SIGMA / math.sqrt(2.0))
+        self.n = 0
+        self.last_y = math.nan
+        self.m: list[list[float]] = []  # per block: [fast, slow] EW of the clipped loss
+        self.b: list[list[float]] | None = None  # the same of the law
+        self.lr: list[list[float]] | None = None  # the same of the LR
+        self.raw = math.nan  # unclipped fast level
         self.streak = 0
+        # The critical tier: the level before the rise, and how long the loss has stayed far above it.
+        self.anchor: dict[str, float] | None = None
+        self.over_run = 0
+        self.over_since: int | None = None
+        self.lost_reported = False
 
     def update(
         self,
         steps: np.ndarray,
         values: np.ndarray,
         law: LawFn | None = None,
-        lr_of: Callable[[np.ndarray], np.ndarray | None] | None = None,
+        lr_of: LrFn | None = None,
+        lrs: np.ndarray | None = None,
     ) -> list[Event]:
-        cfg = self.config
-        events: list[Event] = []
+        """Run the rule over one flush; ``lrs`` (or ``lr_of(steps)``) are the LRs of the updates."""
         steps = np.asarray(steps, dtype=np.int64).ravel()
         values = np.asarray(values, dtype=float).ravel()
-        for s, y in zip(steps.tolist(), values.tolist(), strict=True):
-            if not math.isfinite(y) or s < cfg.min_step:
-                continue
-            self.steps.append(int(s))
-            self.values.append(float(y))
-            best = self._best_statistic(law, lr_of)
-            if best is None or best[0] <= cfg.threshold:
-                self.streak = 0
-                continue
-            self.streak += 1
-            if self.streak == cfg.patience:
-                t, L, rise, level = best
-                events.append(
-                    Event(
-                        kind="divergence",
-                        step=int(s),
-                        severity="critical",
-                        score=t,
-                        message=(
-                            f"loss rising at step {s}: median up {rise:.4g} ({100 * rise / level:.2g}%) over the "
-                            f"last {L} points ({t:.1f} sigma{' beyond the law' if law is not None else ''})"
-                        ),
-                        data={"block": L, "rise": rise, "level": level, "statistic": t},
-                    )
-                )
+        keep = _finite_mask(steps, values, self.config.min_step)
+        if not keep.any():
+            return []
+        st, y = steps[keep], values[keep]
+        lr = None
+        if lrs is not None:
+            lr = np.asarray(lrs, dtype=float).ravel()[keep]
+        events: list[Event] = []
+        for sl in chunks(st):
+            s = st[sl]
+            lr_c = lr[sl] if lr is not None else (None if lr_of is None else lr_of(s))
+            if lr_c is not None and (len(lr_c) != len(s) or not np.all(np.isfinite(lr_c))):
+                lr_c = None
+            events += self._chunk(s, y[sl], _law_at(law, s), lr_c)
         return events
 
-    def _best_statistic(
-        self, law: LawFn | None, lr_of: Callable[[np.ndarray], np.ndarray | None] | None
-    ) -> tuple[float, int, float, float] | None:
+    def _chunk(
+        self, s: np.ndarray, y: np.ndarray, base: np.ndarray | None, lr: np.ndarray | None
+    ) -> list[Event]:
         cfg = self.config
-        y = np.asarray(self.values, dtype=float)
-        st = np.asarray(self.steps, dtype=np.int64)
-        if len(y) < 2 * min(cfg.blocks) + 2:
-            return None
-        noise_y = y[-cfg.noise_window :]
-        sigma = robust_scale(np.diff(noise_y)) / math.sqrt(2.0)
-        level = abs(float(np.median(noise_y)))
-        sigma = max(sigma, 1e-6 * level + 1e-12)
-        best: tuple[float, int, float, float] | None = None
-        for L in cfg.blocks:
-            if len(y) < 2 * L:
-                continue
-            prev, last = y[-2 * L : -L], y[-L:]
-            rise = float(np.median(last) - np.median(prev))
-            if rise <= cfg.min_rel * level:
-                continue
-            pst, lst = st[-2 * L : -L], st[-L:]
-            expected_rise = 0.0
-            base = _law_at(law, st[-2 * L :])
+        n0 = self.n
+        if n0 == 0:
+            self.last_y = float(y[0])
+            self.m = [[float(y[0])] * 2 for _ in self.blocks]
+            self.raw = float(y[0])
+        diffs = np.diff(np.concatenate([[self.last_y], y]))
+        if n0 == 0:
+            diffs = diffs[1:]
+        sigma_before = self.noise.sigma
+        self.noise.add(diffs)
+        sigma = self.noise.sigma if not math.isfinite(sigma_before) else sigma_before
+        level = abs(self.m[-1][1])
+        sigma = max(sigma if math.isfinite(sigma) else 0.0, 1e-6 * level + 1e-12)
+        self.last_y = float(y[-1])
+        self.n += len(y)
+        idx = n0 + np.arange(len(y))  # points seen before each point
+        centre = self.m[0][0]
+        yc = np.clip(y, centre - cfg.clip * sigma, centre + cfg.clip * sigma) if n0 >= 16 else y
+        raw = ew_path(y, self.alphas[0][0], self.raw)
+        self.raw = float(raw[-1])
+        if base is not None and self.b is None:
+            self.b = [[float(base[0])] * 2 for _ in self.blocks]
+        if base is None:
+            self.b = None
+        if lr is not None and self.lr is None:
+            self.lr = [[float(lr[0])] * 2 for _ in self.blocks]
+        if lr is None:
+            self.lr = None
+        # Every EW path of this chunk in one pass: per block the fast and slow mean of the clipped loss, and of
+        # the law (or, without one, of the LR).
+        nb = len(self.blocks)
+        rows = [yc] * (2 * nb)
+        alphas = [a for pair in self.alphas for a in pair]
+        starts = [v for pair in self.m for v in pair]
+        aux = None
+        if base is not None and self.b is not None:
+            aux, aux_state = base, self.b
+        elif lr is not None and self.lr is not None:
+            aux, aux_state = lr, self.lr
+        if aux is not None:
+            rows += [aux] * (2 * nb)
+            alphas += alphas[: 2 * nb]
+            starts += [v for pair in aux_state for v in pair]
+        slow_before = starts[2 * nb - 1]
+        paths = ew_paths(np.vstack(rows), np.asarray(alphas), np.asarray(starts))
+        last = paths[:, -1].tolist()
+        self.m = [last[2 * k : 2 * k + 2] for k in range(nb)]
+        if aux is not None:
+            aux_last = [last[2 * nb + 2 * k : 2 * nb + 2 * k + 2] for k in range(nb)]
             if base is not None:
-                expected_rise = float(np.median(base[L:]) - np.median(base[:L]))
-            elif lr_of is not None:
-                lr_prev, lr_last = lr_of(pst), lr_of(lst)
-                if (
-                    lr_prev is not None
-                    and lr_last is not None
-                    and np.mean(lr_last) > np.mean(lr_prev) * 1.001
-                ):
-                    continue  # the LR rose: a rising loss is no evidence of divergence
-            t = (rise - max(expected_rise, 0.0)) / (1.25 * sigma * math.sqrt(2.0 / L))
-            if best is None or t > best[0]:
-                best = (t, L, rise, level)
-        return best
+                self.b = aux_last
+            else:
+                self.lr = aux_last
+        best = np.full(len(y), -np.inf)
+        best_k = np.zeros(len(y), dtype=np.int64)
+        rises = np.zeros(len(y))
+        slow_long = paths[2 * nb - 1]
+        for k, L in enumerate(self.blocks):
+            mf, ms = paths[2 * k], paths[2 * k + 1]
+            rise = mf - ms
+            expected: np.ndarray | float = 0.0
+            blocked: np.ndarray | bool = False
+            if aux is not None:
+                af_, as_ = paths[2 * nb + 2 * k], paths[2 * nb + 2 * k + 1]
+                if base is not None:
+                    expected = np.maximum(af_ - as_, 0.0)
+                else:
+                    blocked = af_ > as_ * 1.001  # the LR rose: a rising loss is no evidence of divergence
+            t = (rise - expected) / (sigma * self.se_unit[k])
+            ok = (idx + 1 >= 2 * L) & (rise > cfg.min_rel * np.abs(ms)) & ~np.asarray(blocked)
+            t = np.where(ok, t, -np.inf)
+            better = t > best
+            best = np.where(better, t, best)
+            best_k = np.where(better, k, best_k)
+            rises = np.where(better, rise, rises)
+        exceed = (best > cfg.threshold) & (idx + 1 >= 2 * min(self.blocks) + 2)
+        streak = run_lengths(exceed, self.streak)
+        self.streak = int(streak[-1])
+        events: list[Event] = []
+        warn_at = np.nonzero(streak == cfg.patience)[0]
+        start = 0
+        for i in [*warn_at.tolist(), len(y)]:
+            events += self._lost(s[start:i], raw[start:i], None if base is None else base[start:i], sigma)
+            if i == len(y):
+                break
+            L = self.blocks[int(best_k[i])]
+            lvl = abs(float(slow_long[i]))
+            events.append(
+                Event(
+                    kind="divergence",
+                    step=int(s[i]),
+                    severity="warning",
+                    score=float(best[i]),
+                    message=(
+                        f"loss rising at step {int(s[i])}: level up {rises[i]:.4g} "
+                        f"({100 * rises[i] / max(lvl, 1e-300):.2g}%) over about {L} points "
+                        f"({best[i]:.1f} sigma{' beyond the law' if base is not None else ''})"
+                    ),
+                    data={"block": L, "rise": float(rises[i]), "level": lvl, "statistic": float(best[i])},
+                )
+            )
+            # The level before the rise: the slow mean of the longest block, one point back.
+            prev = float(slow_long[i - 1]) if i > 0 else slow_before
+            self.anchor = {
+                "level": prev,
+                "step": float(s[i]),
+                "law": float(base[i]) if base is not None else math.nan,
+                "sigma": sigma,
+            }
+            self.over_run, self.over_since, self.lost_reported = 0, None, False
+            start = i
+        return events
+
+    def _lost(self, s: np.ndarray, raw: np.ndarray, base: np.ndarray | None, sigma: float) -> list[Event]:
+        """The critical tier over points after the last warning: is the loss still far above its old level?"""
+        a = self.anchor
+        if a is None or len(s) == 0:
+            return []
+        cfg = self.config
+        elev = raw - a["level"]
+        if base is not None and math.isfinite(a["law"]):
+            elev = elev - np.maximum(base - a["law"], 0.0)
+        bar = max(cfg.lost_rise * abs(a["level"]), cfg.lost_sigma * a["sigma"])
+        over = elev >= bar
+        runs = run_lengths(over, self.over_run)
+        self.over_run = int(runs[-1])
+        # The step at which each point's run of "over" began (carried from the previous flush).
+        pos = np.arange(len(s))
+        began = pos - runs + 1
+        since = np.where(began >= 0, s[np.clip(began, 0, len(s) - 1)], self.over_since or 0)
+        if over[-1]:
+            self.over_since = int(since[-1])
+        else:
+            self.over_since = None
+            self.lost_reported = False
+        lost = over & (runs >= cfg.persist_obs) & (s - since >= cfg.persist_steps)
+        if self.lost_reported or not lost.any():
+            if not over[-1]:
+                self.lost_reported = False
+            return []
+        i = int(np.argmax(lost))
+        self.lost_reported = True
+        rel = elev[i] / max(abs(a["level"]), 1e-300)
+        return [
+            Event(
+                kind="divergence",
+                step=int(s[i]),
+                severity="critical",
+                score=float(elev[i] / max(a["sigma"], 1e-300)),
+                message=(
+                    f"loss diverged: level {raw[i]:.4g} has stayed at least {bar:.3g} above its level "
+                    f"{a['level']:.4g} before the rise (step {int(a['step'])}) since step {int(since[i])}, "
+                    f"{int(s[i] - since[i])} steps; now {100 * rel:.0f}% above: the run is lost"
+                ),
+                data={
+                    "level": float(raw[i]),
+                    "anchor": a["level"],
+                    "anchor_step": int(a["step"]),
+                    "since": int(since[i]),
+                    "bar": bar,
+                },
+            )
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.model_dump(),
-            "steps": list(self.steps),
-            "values": list(self.values),
+            "noise": self.noise.state_dict(),
+            "n": self.n,
+            "last_y": self.last_y,
+            "m": self.m,
+            "b": self.b,
+            "lr": self.lr,
+            "raw": self.raw,
             "streak": self.streak,
+            "anchor": self.anchor,
+            "over_run": self.over_run,
+            "over_since": self.over_since,
+            "lost_reported": self.lost_reported,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.__init__(DriftConfig.model_validate(state["config"]))  # type: ignore[misc]
-        self.steps.extend(int(s) for s in state["steps"])
-        self.values.extend(float(v) for v in state["values"])
-        self.streak = int(state.get("streak", 0))
+        self.noise.load_state_dict(state["noise"])
+        self.n = int(state["n"])
+        self.last_y = float(state["last_y"])
+        self.m = [[float(v) for v in pair] for pair in state["m"]]
+        self.b = None if state["b"] is None else [[float(v) for v in p] for p in state["b"]]
+        self.lr = None if state["lr"] is None else [[float(v) for v in p] for p in state["lr"]]
+        self.raw = float(state["raw"])
+        self.streak = int(state["streak"])
+        self.anchor = state["anchor"]
+        self.over_run = int(state["over_run"])
+        self.over_since = state["over_since"]
+        self.lost_reported = bool(state["lost_reported"])
+
+
+def _diff_var(af: float, a_s: float) -> float:
+    """Variance of ``m_fast - m_slow`` (two EW means of white noise of unit variance)."""
+    vf = af / (2.0 - af)
+    vs = a_s / (2.0 - a_s)
+    cov = af * a_s / (1.0 - (1.0 - af) * (1.0 - a_s))
+    return max(vf + vs - 2.0 * cov, 1e-12)
 
 
 # ----------------------------------------------------------------------------------------- stagnation
 class StagnationConfig(BaseModel):
-    """Stagnation: over the last ``window`` points the law predicts a clear improvement ``Δ_law`` (more than
-    ``threshold`` standard errors) but the loss improved by less than ``min_ratio * Δ_law``, and the shortfall
-    is itself more than ``threshold`` standard errors. Needs a law: without one, no progress is expected."""
+    """Stagnation: over two consecutive blocks of ``window / 2`` points the law predicts a clear improvement
+    ``Δ_law`` (more than ``threshold`` standard errors) but the loss improved by less than
+    ``min_ratio * Δ_law``, and the shortfall is itself more than ``threshold`` standard errors. Needs a law:
+    without one, no progress is expected. The blocks are compared by their medians when each one fills."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -468,59 +724,91 @@ class StagnationDetector:
 
     def __init__(self, config: StagnationConfig | None = None) -> None:
         self.config = config or StagnationConfig()
-        self.steps: deque[int] = deque(maxlen=self.config.window)
-        self.values: deque[float] = deque(maxlen=self.config.window)
+        self.half = max(self.config.window // 2, 4)
+        self.noise = _Noise(128, to_sigma=MEAN_ABS_TO_SIGMA / math.sqrt(2.0))
+        self.last_y = math.nan
+        self.fill = 0
+        self.block = np.zeros((2, self.half))  # the filling block: loss, law (NaN where missing)
+        self.prev: tuple[float, float] | None = None  # (median loss, median law) of the last full block
 
     def update(self, steps: np.ndarray, values: np.ndarray, law: LawFn | None = None) -> list[Event]:
-        cfg = self.config
-        for s, y in zip(np.asarray(steps).tolist(), np.asarray(values, dtype=float).tolist(), strict=True):
-            if math.isfinite(y) and s >= cfg.min_step:
-                self.steps.append(int(s))
-                self.values.append(float(y))
-        if len(self.values) < cfg.window or law is None:
+        steps = np.asarray(steps, dtype=np.int64).ravel()
+        values = np.asarray(values, dtype=float).ravel()
+        keep = _finite_mask(steps, values, self.config.min_step)
+        if not keep.any():
             return []
-        st = np.asarray(self.steps, dtype=np.int64)
-        y = np.asarray(self.values, dtype=float)
+        st, y = steps[keep], values[keep]
         base = _law_at(law, st)
         if base is None:
-            return []
-        h = len(y) // 2
-        sigma = max(robust_scale(np.diff(y)) / math.sqrt(2.0), 1e-6 * abs(float(np.median(y))) + 1e-12)
-        se = 1.25 * sigma * math.sqrt(2.0 / h)
-        gain_law = float(np.median(base[:h]) - np.median(base[h:]))
-        gain_obs = float(np.median(y[:h]) - np.median(y[h:]))
+            base = np.full(len(st), np.nan)
+        diffs = np.diff(np.concatenate([[self.last_y], y]))
+        self.noise.add(diffs[np.isfinite(diffs)])
+        self.last_y = float(y[-1])
+        events: list[Event] = []
+        i = 0
+        while i < len(y):
+            take = min(len(y) - i, self.half - self.fill)
+            self.block[0, self.fill : self.fill + take] = y[i : i + take]
+            self.block[1, self.fill : self.fill + take] = base[i : i + take]
+            self.fill += take
+            i += take
+            if self.fill == self.half:
+                cur = (float(np.median(self.block[0])), float(np.median(self.block[1])))
+                ev = self._compare(cur, int(st[i - 1]))
+                if ev is not None:
+                    events.append(ev)
+                self.prev, self.fill = cur, 0
+        return events
+
+    def _compare(self, cur: tuple[float, float], step: int) -> Event | None:
+        cfg = self.config
+        sigma = self.noise.sigma
+        if self.prev is None or not all(math.isfinite(v) for v in (*cur, *self.prev, sigma)):
+            return None
+        sigma = max(sigma, 1e-6 * abs(cur[0]) + 1e-12)
+        se = 1.25 * sigma * math.sqrt(2.0 / self.half)
+        gain_law = self.prev[1] - cur[1]
+        gain_obs = self.prev[0] - cur[0]
         if gain_law > cfg.threshold * se and gain_obs < cfg.min_ratio * gain_law:
             short = (gain_law - gain_obs) / se
             if short > cfg.threshold:
-                return [
-                    Event(
-                        kind="stagnation",
-                        step=int(st[-1]),
-                        severity="warning",
-                        score=short,
-                        message=(
-                            f"loss stalled at step {int(st[-1])}: improved {gain_obs:.4g} over the last "
-                            f"{len(y)} points where the law expects {gain_law:.4g}"
-                        ),
-                        data={"gain_obs": gain_obs, "gain_law": gain_law, "se": se},
-                    )
-                ]
-        return []
+                return Event(
+                    kind="stagnation",
+                    step=step,
+                    severity="warning",
+                    score=short,
+                    message=(
+                        f"loss stalled at step {step}: improved {gain_obs:.4g} over the last "
+                        f"{2 * self.half} points where the law expects {gain_law:.4g}"
+                    ),
+                    data={"gain_obs": gain_obs, "gain_law": gain_law, "se": se},
+                )
+        return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": self.config.model_dump(), "steps": list(self.steps), "values": list(self.values)}
+        return {
+            "config": self.config.model_dump(),
+            "noise": self.noise.state_dict(),
+            "last_y": self.last_y,
+            "block": self.block[:, : self.fill].tolist(),
+            "prev": None if self.prev is None else list(self.prev),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.__init__(StagnationConfig.model_validate(state["config"]))  # type: ignore[misc]
-        self.steps.extend(int(s) for s in state["steps"])
-        self.values.extend(float(v) for v in state["values"])
+        self.noise.load_state_dict(state["noise"])
+        self.last_y = float(state["last_y"])
+        block = np.asarray(state["block"], dtype=float).reshape(2, -1)
+        self.fill = block.shape[1]
+        self.block[:, : self.fill] = block
+        self.prev = None if state["prev"] is None else (float(state["prev"][0]), float(state["prev"][1]))
 
 
 # ------------------------------------------------------------------------------------------ grad norm
 class GradNormConfig(BaseModel):
-    """Gradient-norm precursors, on ``log(grad_norm)``: a spike (robust z over ``window`` points above
-    ``spike_threshold``) or sustained growth (median of the last ``block`` points above ``growth`` times the
-    lowest block median seen so far)."""
+    """Gradient-norm precursors, on ``log(grad_norm)``: a spike (robust z against an EW level and scale over
+    about ``window`` points above ``spike_threshold``) or sustained growth (the mean of a block of ``block``
+    points above ``growth`` times the lowest block mean seen so far)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -537,51 +825,80 @@ class GradNormDetector:
 
     def __init__(self, config: GradNormConfig | None = None) -> None:
         self.config = config or GradNormConfig()
-        self.values: deque[float] = deque(maxlen=max(self.config.window, self.config.block))
-        self.since_block = 0
+        self.alpha = alpha_for(self.config.window)
+        self.level = math.nan
+        self.scale = _Noise(self.config.window)
+        self.n = 0
+        self.block: list[float] = [0.0, 0.0]  # count, sum of log norms
         self.min_block: float | None = None
 
     def update(self, steps: np.ndarray, grad_norm: np.ndarray) -> list[Event]:
         cfg = self.config
+        steps = np.asarray(steps, dtype=np.int64).ravel()
+        g = np.asarray(grad_norm, dtype=float).ravel()
+        keep = np.isfinite(g) & (g > 0) & (steps >= cfg.min_step)
+        if not keep.any():
+            return []
+        st, lg = steps[keep], np.log(g[keep])
         events: list[Event] = []
-        for s, g in zip(np.asarray(steps).tolist(), np.asarray(grad_norm, dtype=float).tolist(), strict=True):
-            if not math.isfinite(g) or g <= 0 or s < cfg.min_step:
-                continue
-            lg = math.log(g)
-            w = np.asarray(self.values, dtype=float)[-cfg.window :]
-            if len(w) >= min(cfg.window, 16):
-                med = float(np.median(w))
-                scale = max(robust_scale(w), 1e-3)
-                z = (lg - med) / scale
-                if z > cfg.spike_threshold:
-                    events.append(
-                        Event(
-                            kind="grad_norm",
-                            step=int(s),
-                            severity="warning",
-                            score=z,
-                            message=f"gradient-norm spike at step {s}: {g:.4g} vs typical {math.exp(med):.4g}",
-                            data={"grad_norm": g, "typical": math.exp(med), "kind": "spike"},
-                        )
+        for sl in chunks(st):
+            events += self._chunk(st[sl], lg[sl])
+        return events
+
+    def _chunk(self, s: np.ndarray, lg: np.ndarray) -> list[Event]:
+        cfg = self.config
+        events: list[Event] = []
+        accept = np.ones(len(s), dtype=bool)
+        if self.n >= min(cfg.window, 16) and math.isfinite(self.level):
+            scale = max(self.scale.sigma, 1e-3)
+            z = (lg - self.level) / scale
+            spikes = z > cfg.spike_threshold
+            accept = ~spikes
+            for i in np.nonzero(spikes)[0]:
+                g = math.exp(lg[i])
+                typical = math.exp(self.level)
+                events.append(
+                    Event(
+                        kind="grad_norm",
+                        step=int(s[i]),
+                        severity="warning",
+                        score=float(z[i]),
+                        message=f"gradient-norm spike at step {int(s[i])}: {g:.4g} vs typical {typical:.4g}",
+                        data={"grad_norm": g, "typical": typical, "kind": "spike"},
                     )
-                    continue
-            self.values.append(lg)
-            self.since_block += 1
-            if len(self.values) >= cfg.block and self.since_block >= cfg.block:
-                self.since_block = 0
-                cur = float(np.median(np.asarray(self.values)[-cfg.block :]))
+                )
+        v = lg[accept]
+        if v.size == 0:
+            return events
+        if not math.isfinite(self.level):
+            self.level = float(v[0])
+        self.scale.add(v - self.level)
+        alpha = max(self.alpha, 1.0 / (self.n + v.size)) if self.n * self.alpha < 1.0 else self.alpha
+        self.level = ew_last(v, alpha, self.level)
+        self.n += v.size
+        sv = s[accept]
+        i = 0
+        while i < v.size:
+            take = min(v.size - i, cfg.block - int(self.block[0]))
+            self.block[0] += take
+            self.block[1] += float(v[i : i + take].sum())
+            i += take
+            if self.block[0] >= cfg.block:
+                cur = self.block[1] / cfg.block
+                self.block = [0.0, 0.0]
                 if self.min_block is None or cur < self.min_block:
                     self.min_block = cur
                 elif math.exp(cur - self.min_block) > cfg.growth:
                     ratio = math.exp(cur - self.min_block)
+                    step = int(sv[i - 1])
                     events.append(
                         Event(
                             kind="grad_norm",
-                            step=int(s),
+                            step=step,
                             severity="warning",
                             score=ratio,
                             message=(
-                                f"gradient norm growing at step {s}: typical {math.exp(cur):.4g}, "
+                                f"gradient norm growing at step {step}: typical {math.exp(cur):.4g}, "
                                 f"{ratio:.1f}x its lowest level"
                             ),
                             data={
@@ -596,21 +913,28 @@ class GradNormDetector:
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.model_dump(),
-            "values": list(self.values),
-            "since_block": self.since_block,
+            "level": self.level,
+            "scale": self.scale.state_dict(),
+            "n": self.n,
+            "block": list(self.block),
             "min_block": self.min_block,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.__init__(GradNormConfig.model_validate(state["config"]))  # type: ignore[misc]
-        self.values.extend(float(v) for v in state["values"])
-        self.since_block = int(state["since_block"])
+        self.level = float(state["level"])
+        self.scale.load_state_dict(state["scale"])
+        self.n = int(state["n"])
+        self.block = [float(v) for v in state["block"]]
         self.min_block = None if state["min_block"] is None else float(state["min_block"])
 
 
 # ------------------------------------------------------------------------------------- health monitor
 class HealthConfig(BaseModel):
     """The detectors, the debouncing and the ``action=`` policy of :class:`HealthMonitor`.
+
+    Which events are critical is the detectors' rule (see the module docstring: only persistent non-finite
+    losses and persistent divergence); ``act_on`` can only narrow it.
 
     ``action`` applies to critical events whose kind is in ``act_on``: ``warn`` only reports them, ``stop``
     asks the trainer to stop gracefully (:attr:`HealthMonitor.stop_reason`), ``raise`` raises
@@ -629,6 +953,7 @@ class HealthConfig(BaseModel):
     skip_before: int = Field(1, ge=0)
     skip_after: int = Field(0, ge=0)
     use_loss_max: bool = Field(True, description="score spikes on the max over ranks when it is given")
+    nonfinite: NonFiniteConfig = Field(default_factory=NonFiniteConfig)
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     stagnation: StagnationConfig | None = Field(default_factory=StagnationConfig)
@@ -652,7 +977,7 @@ class HealthMonitor:
     ) -> None:
         self.config = config or HealthConfig()
         self.on_event = on_event
-        self.nonfinite = NonFiniteDetector()
+        self.nonfinite = NonFiniteDetector(self.config.nonfinite)
         self.spike = SpikeDetector(self.config.spike)
         self.drift = DriftDetector(self.config.drift)
         self.stagnation = StagnationDetector(self.config.stagnation) if self.config.stagnation else None
@@ -663,7 +988,6 @@ class HealthMonitor:
         self.counts: dict[str, int] = {}
         self.trigger: Event | None = None
         self._record_failed = False
-        self._lr_seen: dict[int, float] = {}
         self._law_cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ running
@@ -686,32 +1010,34 @@ class HealthMonitor:
         grad_norm: np.ndarray | list[float] | None = None,
         forecaster: Any = None,
         law: LawFn | None = None,
-        lr_of: Callable[[np.ndarray], np.ndarray | None] | None = None,
+        lr_of: LrFn | None = None,
+        lrs: np.ndarray | list[float] | None = None,
     ) -> list[Event]:
         """Run every detector on one flush and return the (debounced) events to report.
 
-        ``law`` (``steps -> expected loss``) defaults to the forecaster's latest usable fit; ``lr_of``
-        (``steps -> LR``) to the forecaster's planned schedule."""
+        ``law`` (``steps -> expected loss``) defaults to the forecaster's latest usable fit; the LR of each
+        update is ``lrs`` when given, else ``lr_of(steps)``, else the forecaster's planned schedule."""
         st = np.asarray(steps, dtype=np.int64).ravel()
         y = np.asarray(loss, dtype=float).ravel()
         if st.shape != y.shape:
             raise ValueError(f"steps and loss differ in length: {len(st)} != {len(y)}")
         ymax = None if loss_max is None else np.asarray(loss_max, dtype=float).ravel()
         gn = None if grad_norm is None else np.asarray(grad_norm, dtype=float).ravel()
-        for name, arr in (("loss_max", ymax), ("grad_norm", gn)):
+        lr = None if lrs is None else np.asarray(lrs, dtype=float).ravel()
+        for name, arr in (("loss_max", ymax), ("grad_norm", gn), ("lrs", lr)):
             if arr is not None and arr.shape != st.shape:
                 raise ValueError(f"{name} has {arr.size} values for {len(st)} steps")
         if len(st) == 0:
             return []
         if law is None and forecaster is not None:
             law = forecaster_law(forecaster, self._law_cache)
-        if lr_of is None and forecaster is not None:
+        if lr is None and lr_of is None and forecaster is not None:
             lr_of = forecaster_lr(forecaster)
         raw: list[Event] = []
         raw += self.nonfinite.update(st, y, ymax, gn)
         scored = ymax if (ymax is not None and self.config.use_loss_max) else y
         raw += self.spike.update(st, scored, law)
-        raw += self.drift.update(st, y, law, lr_of)
+        raw += self.drift.update(st, y, law, lr_of, lr)
         if self.stagnation is not None:
             raw += self.stagnation.update(st, y, law)
         if gn is not None:
@@ -724,23 +1050,14 @@ class HealthMonitor:
         Inside the run monitor its own ``action`` applies to every critical event; kinds outside ``act_on``
         are reported as warnings, so they never stop the run.
         """
-        lr_of = None
-        if getattr(batch, "lrs", None) is not None:
-            steps = np.asarray(batch.steps).tolist()
-            self._lr_seen.update(zip(steps, np.asarray(batch.lrs, dtype=float).tolist(), strict=True))
-            if len(self._lr_seen) > 4096:  # the drift blocks look back a few hundred points at most
-                keep = sorted(self._lr_seen)[-2048:]
-                self._lr_seen = {k: self._lr_seen[k] for k in keep}
-            lr_of = self._lr_lookup
         return self.update(
-            batch.steps, batch.loss, batch.loss_max, batch.grad_norm, forecaster=forecaster, lr_of=lr_of
+            batch.steps,
+            batch.loss,
+            batch.loss_max,
+            batch.grad_norm,
+            forecaster=forecaster,
+            lrs=getattr(batch, "lrs", None),
         )
-
-    def _lr_lookup(self, steps: np.ndarray) -> np.ndarray | None:
-        try:
-            return np.array([self._lr_seen[int(s)] for s in steps], dtype=float)
-        except KeyError:
-            return None
 
     def _report(self, raw: list[Event]) -> list[Event]:
         out: list[Event] = []
@@ -802,8 +1119,9 @@ class HealthMonitor:
     def state_dict(self) -> dict[str, Any]:
         """JSON-safe state of every detector and of the debouncing, for checkpoints."""
         return {
-            "version": 1,
+            "version": _STATE_VERSION,
             "config": self.config.model_dump(mode="json"),
+            "nonfinite": self.nonfinite.state_dict(),
             "spike": self.spike.state_dict(),
             "drift": self.drift.state_dict(),
             "stagnation": None if self.stagnation is None else self.stagnation.state_dict(),
@@ -816,11 +1134,18 @@ class HealthMonitor:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported health-monitor state version {state.get('version')!r}")
+        """Restore what :meth:`state_dict` saved. The state of another version costs the detectors' running
+        statistics (they start afresh, with one warning), never the run."""
+        if state.get("version") != _STATE_VERSION:
+            log.warning(
+                "health-monitor state of version %r (this version reads %d): the detectors start afresh",
+                state.get("version"),
+                _STATE_VERSION,
+            )
+            return
         hook = self.on_event
         self.__init__(HealthConfig.model_validate(state["config"]), on_event=hook)  # type: ignore[misc]
+        self.nonfinite.load_state_dict(state["nonfinite"])
         self.spike.load_state_dict(state["spike"])
         self.drift.load_state_dict(state["drift"])
         if self.stagnation is not None and state.get("stagnation") is not None:
@@ -833,11 +1158,55 @@ class HealthMonitor:
         self.trigger = None if state["trigger"] is None else Event.model_validate(state["trigger"])
 
 
+_LAW_BEHIND, _LAW_AHEAD = 32768, 8192
+
+
+class FitLaw:
+    """``steps -> expected loss`` of one fit under one schedule, evaluated lazily in one block of steps.
+
+    After a refit the detectors ask for the law at the points they hold (up to a few hundred observations
+    back) and then at each new chunk (moving forward): one evaluation over
+    ``[first step asked - 32768, last step asked + 8192]`` covers both for many flushes, so a fit costs about
+    one evaluation of the law, never one over the whole planned schedule. Steps outside the schedule, or a
+    law that cannot be evaluated, give NaN.
+    """
+
+    def __init__(self, mean: Callable[[np.ndarray], np.ndarray], total: int) -> None:
+        self._mean = mean
+        self.total = int(total)
+        self._lo = 1
+        self._vals = np.zeros(0)
+
+    def _eval(self, steps: np.ndarray) -> np.ndarray:
+        out = np.full(len(steps), np.nan)
+        ok = (steps >= 1) & (steps <= self.total)
+        if ok.any():
+            # A law that cannot predict is no law: the detectors fall back to the local trend.
+            with contextlib.suppress(Exception):
+                out[ok] = np.asarray(self._mean(steps[ok]), dtype=float).ravel()
+        return out
+
+    def __call__(self, steps: np.ndarray) -> np.ndarray:
+        st = np.asarray(steps, dtype=np.int64).ravel()
+        if st.size == 0:
+            return np.zeros(0)
+        lo, hi = int(st.min()), int(st.max())
+        if lo >= self._lo and hi < self._lo + len(self._vals):
+            return self._vals[st - self._lo]
+        if hi - lo > _LAW_BEHIND:
+            return self._eval(st)
+        self._lo = max(lo - _LAW_BEHIND, 1)
+        self._vals = self._eval(np.arange(self._lo, min(hi + _LAW_AHEAD, self.total) + 1, dtype=np.int64))
+        if hi >= self._lo + len(self._vals):
+            return self._eval(st)
+        return self._vals[st - self._lo]
+
+
 def forecaster_law(forecaster: Any, cache: dict[str, Any] | None = None) -> LawFn | None:
     """``steps -> expected loss`` from an :class:`~scaleforecast.forecaster.OnlineForecaster`'s latest
-    usable fit, or ``None`` before one (or when its fit failed). The curve is computed once per fit over the
-    whole planned schedule (one pass over ``S1``/``S2``) and kept in ``cache`` (a dict the caller owns) for
-    as long as the fit and the schedule stay the same; errors mean "no law"."""
+    usable fit, or ``None`` before one (or when its fit failed). The same :class:`FitLaw` object is returned
+    (through ``cache``, a dict the caller owns) for as long as the fit and the schedule stay the same, so the
+    detectors can tell a new fit by identity. Only the law's mean is evaluated (no predictive spread)."""
     fit = getattr(forecaster, "fit_result", None)
     if fit is None or getattr(fit, "params", None) is None:
         return None
@@ -848,24 +1217,22 @@ def forecaster_law(forecaster: Any, cache: dict[str, Any] | None = None) -> LawF
         return None
     cache = {} if cache is None else cache
     if cache.get("fit") is not fit or cache.get("lrs") is not lrs:
-        try:
-            curve = np.asarray(forecaster.predict(np.arange(1, len(lrs) + 1)), dtype=float)
-        except Exception:  # a law that cannot predict is no law: the detectors fall back to the local trend
-            return None
-        cache.update(fit=fit, lrs=lrs, curve=curve)
-    curve = cache["curve"]
-
-    def law(steps: np.ndarray) -> np.ndarray:
-        idx = np.asarray(steps, dtype=np.int64) - 1
-        out = np.full(len(idx), np.nan)
-        ok = (idx >= 0) & (idx < len(curve))
-        out[ok] = curve[idx[ok]]
-        return out
-
-    return law
+        cache.update(fit=fit, lrs=lrs, law=FitLaw(_law_mean(forecaster, fit, lrs), len(lrs)))
+    return cache["law"]
 
 
-def forecaster_lr(forecaster: Any) -> Callable[[np.ndarray], np.ndarray | None]:
+def _law_mean(forecaster: Any, fit: Any, lrs: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The fitted law's mean at steps: straight from the law when the fit names one (no predictive spread
+    to compute), else the forecaster's point prediction."""
+    from scaleforecast.laws import LAWS
+
+    law = LAWS.get(getattr(fit, "law", None))  # type: ignore[arg-type]
+    if law is None:
+        return forecaster.predict
+    return lambda steps: law.predict(fit.params, lrs, steps)
+
+
+def forecaster_lr(forecaster: Any) -> LrFn:
     """``steps -> LR of those updates`` from the forecaster's planned schedule (``None`` when unknown)."""
 
     def lr_of(steps: np.ndarray) -> np.ndarray | None:

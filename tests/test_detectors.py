@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from scaleforecast.detectors import (
+    DriftConfig,
     DriftDetector,
     GradNormDetector,
     HealthConfig,
     HealthMonitor,
+    NonFiniteConfig,
     NonFiniteDetector,
     SpikeConfig,
     SpikeDetector,
@@ -97,9 +99,60 @@ def test_nonfinite_loss_and_grad_norm() -> None:
     steps = np.array([10, 11, 12])
     assert det.update(steps, np.array([1.0, 2.0, 3.0])) == []
     ev = det.update(steps, np.array([1.0, math.nan, math.inf]))
-    assert ev[0].step == 11 and ev[0].severity == "critical" and ev[0].data["n_bad"] == 2
-    ev = det.update(steps, np.ones(3), grad_norm=np.array([1.0, 1.0, math.nan]))
-    assert ev[0].step == 12 and ev[0].data["what"] == "gradient norm"
+    assert ev[0].step == 11 and ev[0].severity == "warning" and ev[0].data["n_bad"] == 2
+    ev = det.update(steps + 3, np.ones(3), grad_norm=np.array([1.0, 1.0, math.nan]))
+    assert ev[0].step == 15 and ev[0].data["what"] == "gradient norm" and ev[0].severity == "warning"
+
+
+def test_nonfinite_loss_is_critical_only_when_it_persists() -> None:
+    """A few NaN losses are warnings; ``patience`` in a row (across flushes) is one critical event."""
+    det = NonFiniteDetector(NonFiniteConfig(patience=8))
+    steps = np.arange(1, 101)
+    y = np.ones(100)
+    y[[10, 11, 30]] = math.nan  # transient
+    y[60:] = math.nan  # the weights went non-finite: every later loss is NaN
+    events = [e for i in range(0, 100, 5) for e in det.update(steps[i : i + 5], y[i : i + 5])]
+    critical = [e for e in events if e.severity == "critical"]
+    assert [e.step for e in critical] == [68]  # the 8th non-finite loss in a row, found across two flushes
+    assert {e.severity for e in events if e.step < 61} == {"warning"}
+    # Non-finite gradient norms (loss scaling skips those steps) need far longer to count.
+    g = np.full(100, math.inf)
+    ev = NonFiniteDetector().update(steps, np.ones(100), grad_norm=g)
+    assert [e.step for e in ev if e.severity == "critical"] == [64]
+
+
+def test_single_spikes_are_shown_but_never_critical() -> None:
+    """However large, a spike the run recovers from is a warning: counted, recorded, never a stop."""
+    steps, y = noisy_curve(4000)
+    for s, k in ((1000, 20), (2000, 1e4), (3000, 1e6)):
+        y[s - 1] += k * SIGMA
+    y[3500:3504] += 50 * SIGMA  # a short burst
+    mon = HealthMonitor(HealthConfig(action=HealthAction.STOP, debounce_steps=0))
+    events = feed(mon, steps, y)
+    assert {e.step for e in events if e.kind == "spike"} >= {1000, 2000, 3000, 3501}
+    assert all(e.severity != "critical" for e in events)
+    assert not mon.should_stop and mon.counts["spike"] >= 6
+
+
+def test_divergence_is_critical_once_it_persists_and_a_recovered_spike_is_not() -> None:
+    steps, y = noisy_curve(6000)
+    level = float(np.median(y[2400:2500]))
+    # A spike to twice the loss that decays with a 100-step time constant: the run recovers.
+    recovered = y.copy()
+    recovered[2500:] += level * np.exp(-np.arange(3500) / 100.0)
+    events = feed(HealthMonitor(), steps, recovered)
+    assert all(e.severity != "critical" for e in events)
+    # The loss runs away and stays up (capped where an untrained model is): lost.
+    diverged = y.copy()
+    diverged[2500:] = np.minimum(y[2500:] + SIGMA * np.expm1(np.arange(3500) / 30.0), 6.5)
+    events = feed(HealthMonitor(), steps, diverged)
+    crit = [e for e in events if e.severity == "critical"]
+    assert [e.kind for e in crit] == ["divergence"]
+    warn = [e for e in events if e.kind == "divergence" and e.severity == "warning"]
+    assert warn and warn[0].step < crit[0].step
+    # It needs the rise to last ``persist_steps`` past the point where the level first stood far above.
+    assert crit[0].step - crit[0].data["since"] >= DriftConfig().persist_steps
+    assert crit[0].step - 2500 < 1500
 
 
 def test_slow_exponential_divergence_is_caught_early_and_only_once() -> None:
@@ -166,14 +219,14 @@ def test_debouncing_reports_once_per_window_and_counts_the_rest() -> None:
 @pytest.mark.parametrize("action", ["warn", "stop", "raise"])
 def test_action_policy(action: str) -> None:
     steps, y = noisy_curve()
-    y[2000] = math.nan
+    y[2000:] = math.nan  # a NaN storm from step 2001 on
     mon = HealthMonitor(HealthConfig(action=HealthAction(action)))
     feed(mon, steps[:2100], y[:2100])
     if action == "warn":
         assert not mon.should_stop
         mon.enforce()
     elif action == "stop":
-        assert mon.should_stop and "nonfinite @ step 2001" in (mon.stop_reason or "")
+        assert mon.should_stop and "nonfinite @ step 2008" in (mon.stop_reason or "")
         mon.enforce()
     else:
         assert not mon.should_stop
@@ -245,6 +298,17 @@ def test_state_dict_is_json_and_resumes_identically() -> None:
     part += feed(resumed, steps[2000:], y[2000:], grad_norm=grad[2000:])
     assert [(e.kind, e.step) for e in part] == [(e.kind, e.step) for e in ref]
     assert {e.kind for e in ref} >= {"spike", "divergence"}
+
+
+def test_state_of_another_version_costs_the_statistics_not_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    mon = HealthMonitor()
+    steps, y = noisy_curve(500)
+    feed(mon, steps, y)
+    old = {"version": 1, "config": {}, "spike": {"window": {"steps": [1]}}}
+    fresh = HealthMonitor()
+    fresh.load_state_dict(old)
+    assert "start afresh" in caplog.text
+    assert feed(fresh, steps, y) == []  # it simply learns again
 
 
 def test_spike_config_validation() -> None:
