@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from scaleforecast.events import Event
-from scaleforecast.registry import RunRecord, RunRegistry, RunState, open_registry
+from scaleforecast.job import job_rank, job_run_id, job_world_size
+from scaleforecast.registry import BackgroundRegistry, RunRecord, RunRegistry, RunState, open_registry
 from scaleforecast.results import FitStatus, Forecast
 
 _log = logging.getLogger(__name__)
@@ -267,16 +268,31 @@ class ForecastStopCheck(abc.ABC):
 class SweepStopper(ForecastStopCheck):
     """Stop a run that cannot beat the rest of its sweep, through a shared :class:`RunRegistry`.
 
-    ``stopper(step, forecast) -> bool`` publishes the run's forecast to the registry and applies
-    :func:`decide_stop_in_sweep`. It also has the :class:`scaleforecast.monitor.HealthCheck` face, so the
+    ``stopper(step, forecast) -> bool`` publishes the run's forecast and applies :func:`decide_stop_among`
+    against the other runs' records. It also has the :class:`scaleforecast.monitor.HealthCheck` face, so the
     callbacks take it as ``LossForecast(health=[stopper])``: a stop becomes a critical ``early_stop`` event.
-    Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped). Registry
-    errors are logged once and switch the stopper off: training goes on without it.
+    Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped).
+
+    The training thread never waits on the registry: writes are queued to a :class:`BackgroundRegistry`
+    worker and each decision uses the records the worker last read (a read is asked for at every call, so
+    they are at most one call old while the storage answers). When the storage is locked or gone, the
+    worker logs one warning and retries in the background; decisions go on from the last records read while
+    they are younger than ``max_records_age_s`` and against ``target`` alone after that; everything queued
+    lands when the storage comes back. :meth:`sync` waits (bounded) for the worker, for tests and set-up.
+
+    One multi-process job is one run: global rank 0 (from ``rank=``, else the launcher's environment, see
+    :mod:`scaleforecast.job`) writes; every rank reads and decides against the same records, excluding the
+    job's own. ``run_id`` defaults to the job's id from the environment for a multi-process job (the ``k``-th
+    stopper of a process gets ``-k`` appended, the same on every rank), else a unique ``host-pid-random``
+    name. A non-zero rank that cannot learn the job's id (no id in the environment and none passed to
+    :meth:`bind`) leaves the decision to rank 0, whose stop every adapter applies on all ranks.
 
     ``registry`` is a :class:`RunRegistry`, a SQLite path, or ``None`` for the default SQLite file of ``sweep``
-    (``~/.cache/scaleforecast/<sweep>.sqlite``): no set-up needed. ``run_id`` defaults to a unique
-    ``host-pid-random`` name.
+    (``~/.cache/scaleforecast/<sweep>.sqlite``): no set-up needed. ``timeout_s``: how long one registry call
+    of the worker may wait for a lock before it is retried later.
     """
+
+    _made_in_process = 0
 
     def __init__(
         self,
@@ -290,53 +306,125 @@ class SweepStopper(ForecastStopCheck):
         min_steps: int = 0,
         quantile: float = 0.8,
         rel_std_floor: float = 0.0,
+        rank: int | None = None,
+        timeout_s: float = 2.0,
+        max_records_age_s: float = 600.0,
+        finish_timeout_s: float = 10.0,
     ) -> None:
         if not 0.5 <= confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        if max_records_age_s <= 0 or finish_timeout_s < 0:
+            raise ValueError("max_records_age_s must be > 0 and finish_timeout_s >= 0")
         self.registry = open_registry(registry, sweep)
-        self.run_id = run_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.target = target
         self.confidence = confidence
         self.min_fraction = min_fraction
         self.min_steps = min_steps
         self.quantile = quantile
         self.rel_std_floor = rel_std_floor
+        self.max_records_age_s = float(max_records_age_s)
+        self.finish_timeout_s = float(finish_timeout_s)
         self.decision: StopDecision | None = None
         self.stopped_at: int | None = None
         self.last_forecast: Forecast | None = None
         self._seen: Forecast | None = None
-        self._disabled = False
+        self._worker = BackgroundRegistry(self.registry, timeout_s=timeout_s)
+        self._ordinal = SweepStopper._made_in_process
+        SweepStopper._made_in_process += 1
+        self.rank = job_rank() if rank is None else int(rank)
+        self.run_id, self.knows_job = self._resolve_run_id(run_id)
+        self._worker.refresh()  # the first read starts now, off this thread
+
+    def _resolve_run_id(self, run_id: str | None) -> tuple[str, bool]:
+        if run_id is not None:
+            return run_id, True
+        shared = job_run_id()
+        explicit = bool(os.environ.get("SCALEFORECAST_RUN_ID", "").strip())
+        if shared is not None and (explicit or job_world_size() > 1 or self.rank != 0):
+            return shared + (f"-{self._ordinal}" if self._ordinal else ""), True
+        unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return unique, self.rank == 0
+
+    def bind(self, *, rank: int | None = None, run_id: str | None = None) -> None:
+        """Tell the stopper its global rank and the job's run id (the same on every rank), e.g. rank 0's
+        ``run_id`` broadcast by an adapter that owns a process group."""
+        if rank is not None:
+            self.rank = int(rank)
+        if run_id is not None:
+            self.run_id, self.knows_job = run_id, True
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the job's record (global rank 0)."""
+        return self.rank == 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_worker"] = self._worker.__getstate__()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        worker = BackgroundRegistry.__new__(BackgroundRegistry)
+        worker.__setstate__(state.pop("_worker"))
+        self.__dict__.update(state)
+        self._worker = worker
 
     def __call__(self, step: int, forecast: Forecast | None) -> bool:
-        """Publish and decide; True means: stop this run now."""
-        if self._disabled or self.stopped_at is not None:
-            return self.stopped_at is not None
+        """Publish and decide; True means: stop this run now. Never waits on the registry."""
+        if self.stopped_at is not None:
+            return True
         if forecast is not None and forecast.ok:
             self.last_forecast = forecast
         total = forecast.final_step if forecast is not None else None
         if total is None:
             return False
-        try:
-            self.decision = decide_stop_in_sweep(
-                forecast,
-                self.registry,
+        if self.writes and forecast is not None and forecast.ok and forecast.final is not None:
+            self._worker.post_forecast(
                 self.run_id,
                 step=step,
+                loss=forecast.final.loss,
+                std=forecast.final.std,
+                status=forecast.status.value,
                 total_steps=total,
-                target=self.target,
-                confidence=self.confidence,
-                min_fraction=self.min_fraction,
-                min_steps=self.min_steps,
-                quantile=self.quantile,
-                rel_std_floor=self.rel_std_floor,
             )
-        except Exception as exc:
-            self._disabled = True
-            _log.warning("scaleforecast sweep stopper disabled (%s: %s)", type(exc).__name__, exc)
+        self._worker.refresh()
+        if not self.knows_job:
+            self.decision = StopDecision(
+                stop=False, reason=f"rank {self.rank} cannot tell its job's record: rank 0 decides", step=step
+            )
             return False
+        self.decision = decide_stop_among(
+            forecast,
+            self._others(),
+            step=step,
+            total_steps=total,
+            target=self.target,
+            confidence=self.confidence,
+            min_fraction=self.min_fraction,
+            min_steps=self.min_steps,
+            quantile=self.quantile,
+            rel_std_floor=self.rel_std_floor,
+        )
         if self.decision.stop:
             self.stopped_at = step
         return self.decision.stop
+
+    def _others(self) -> list[RunRecord]:
+        """The other runs' records from the worker's last read, or none when that read is too old."""
+        snap = self._worker.snapshot()
+        if snap is None or snap.age_s > self.max_records_age_s:
+            return []
+        return [r for r in snap.records if r.run_id != self.run_id]
+
+    @property
+    def registry_failure(self) -> str | None:
+        """The registry's current error (``None`` while it answers)."""
+        return self._worker.failure
+
+    def sync(self, timeout_s: float = 30.0) -> bool:
+        """Wait up to ``timeout_s`` until every queued write landed and a fresh read of the records is in;
+        True when it was. For set-up and tests: the training loop never needs it."""
+        return self._worker.sync(timeout_s)
 
     def _has_stopped(self) -> bool:
         return self.stopped_at is not None
@@ -353,14 +441,20 @@ class SweepStopper(ForecastStopCheck):
         )
 
     def finish(self, final_loss: float | None = None) -> None:
-        """Record the run's end: ``stopped`` if this stopper stopped it, else ``finished`` with ``final_loss``
-        (default: the mean of the latest forecast, a denoised estimate of the final loss)."""
+        """Record the run's end (rank 0 only): ``stopped`` if this stopper stopped it, else ``finished`` with
+        ``final_loss`` (default: the mean of the latest forecast, a denoised estimate of the final loss).
+
+        Waits at most ``finish_timeout_s`` for the record to land (the run is over; a locked registry costs
+        that bound, with a warning, and the write keeps being retried while the process lives)."""
+        if not self.writes:
+            return
         if final_loss is None and self.last_forecast is not None and self.last_forecast.final is not None:
             final_loss = self.last_forecast.final.loss
         state = RunState.STOPPED if self.stopped_at is not None else RunState.FINISHED
-        try:
-            self.registry.report_final(self.run_id, final_loss, state=state)
-        except Exception as exc:
+        self._worker.post_final(self.run_id, final_loss, state=state)
+        if self.finish_timeout_s > 0 and not self._worker.drain(self.finish_timeout_s):
             _log.warning(
-                "scaleforecast sweep stopper: could not record the end (%s: %s)", type(exc).__name__, exc
+                "scaleforecast sweep stopper: the end of run %s is not recorded yet (%s); still retrying",
+                self.run_id,
+                self._worker.failure or "registry busy",
             )

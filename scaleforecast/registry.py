@@ -4,18 +4,26 @@ A run reads back the other runs' records to learn what it has to beat (see
 :func:`scaleforecast.decision.sweep_reference`). The interface is :class:`RunRegistry`; the embedded default
 is :class:`SQLiteRegistry`, one SQLite file per sweep that needs no server and no set-up, safe under several
 processes (and several machines on a shared file system with working POSIX locks) writing at once.
+
+A training loop never calls the registry itself: :class:`BackgroundRegistry` runs its reads and writes on a
+worker thread with short timeouts and retries with back-off, so a locked or slow database costs the training
+thread a queue append and a snapshot read (microseconds), whatever the storage does.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
+import logging
 import math
 import os
 import re
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
@@ -23,16 +31,19 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 __all__ = [
+    "BackgroundRegistry",
     "RegistryError",
     "RunRecord",
     "RunRegistry",
     "RunState",
     "SQLiteRegistry",
+    "Snapshot",
     "default_registry_path",
     "open_registry",
 ]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 
 class RegistryError(RuntimeError):
@@ -109,6 +120,11 @@ class RunRegistry(abc.ABC):
 
     def close(self) -> None:  # noqa: B027  (optional for implementations without resources)
         """Release connections; the registry may be used again afterwards (it reconnects)."""
+
+    def with_timeout(self, timeout_s: float) -> RunRegistry:
+        """The same registry, with each call giving up after about ``timeout_s`` when the storage is busy
+        (for the background worker, which retries on its own schedule). Default: the registry itself."""
+        return self
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -343,6 +359,12 @@ class SQLiteRegistry(RunRegistry):
             conn.close()
         self._local.conn = None
 
+    def with_timeout(self, timeout_s: float) -> SQLiteRegistry:
+        """A registry on the same file whose calls wait at most ``timeout_s`` for a lock, without retries."""
+        clone = copy.copy(self)  # a subclass stays itself; the copy opens its own connections
+        clone.busy_timeout_s, clone.retries = float(timeout_s), 0
+        return clone
+
 
 def open_registry(registry: RunRegistry | str | Path | None, sweep: str = "default") -> RunRegistry:
     """One entry point: a :class:`RunRegistry` is returned as is; a path (``.sqlite`` file) opens a
@@ -354,3 +376,246 @@ def open_registry(registry: RunRegistry | str | Path | None, sweep: str = "defau
     if isinstance(registry, (str, Path)):
         return SQLiteRegistry(sweep, registry)
     raise TypeError(f"expected a RunRegistry, a path or None, got {type(registry).__name__}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The sweep's records as read at ``taken_at`` (``time.time()``)."""
+
+    records: tuple[RunRecord, ...]
+    taken_at: float
+
+    @property
+    def age_s(self) -> float:
+        return max(time.time() - self.taken_at, 0.0)
+
+
+class BackgroundRegistry:
+    """A :class:`RunRegistry` driven from a worker thread: writes are queued, reads are snapshots.
+
+    The caller (the training thread) only appends to a queue (:meth:`post_forecast`, :meth:`post_final`),
+    asks for a fresh read (:meth:`refresh`) and reads the latest :meth:`snapshot`; none of these touches the
+    storage or waits for it. The worker thread does the calls on :meth:`RunRegistry.with_timeout` (each call
+    gives up after ``timeout_s``), in order, and on a failure keeps the call at the head of the queue and
+    retries with back-off (``0.1 s`` doubling to ``max_backoff_s``). The first failure of an outage is logged
+    once as a warning, the recovery once as info. At most ``max_pending`` forecast writes wait in the queue
+    (the oldest are dropped and counted: the latest forecast is what the sweep reads); final records are never
+    dropped. :meth:`drain` and :meth:`sync` wait, with a bound, for the queue; they are for the end of a run
+    and for tests, never for a training step. The thread is a daemon started on first use (again in a forked
+    child); the object pickles without it.
+    """
+
+    def __init__(
+        self,
+        registry: RunRegistry,
+        *,
+        timeout_s: float = 2.0,
+        max_backoff_s: float = 30.0,
+        max_pending: int = 256,
+    ) -> None:
+        if timeout_s <= 0 or max_backoff_s <= 0 or max_pending < 1:
+            raise ValueError("timeout_s and max_backoff_s must be > 0 and max_pending >= 1")
+        self.registry = registry
+        self.timeout_s = float(timeout_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.max_pending = int(max_pending)
+        self._setup()
+
+    def _setup(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[str, Callable[[RunRegistry], object]]] = deque()
+        self._want_read = False
+        self._busy = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._backend: RunRegistry | None = None
+        self._snapshot: Snapshot | None = None
+        self.failure: str | None = None
+        self.failing_since: float | None = None
+        self.dropped = 0
+        self.done = 0
+        self.recovered = threading.Event()
+        self.failed = threading.Event()
+
+    def __getstate__(self) -> dict:
+        return {k: getattr(self, k) for k in ("registry", "timeout_s", "max_backoff_s", "max_pending")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    # ----------------------------------------------------------------- caller side (never blocks)
+    def post_forecast(
+        self,
+        run_id: str,
+        *,
+        step: int,
+        loss: float,
+        std: float,
+        status: str,
+        total_steps: int | None = None,
+    ) -> None:
+        """Queue :meth:`RunRegistry.report_forecast`."""
+        kw = {"step": step, "loss": loss, "std": std, "status": status, "total_steps": total_steps}
+        self._post("forecast", lambda reg: reg.report_forecast(run_id, **kw))
+
+    def post_final(
+        self, run_id: str, final_loss: float | None, *, state: RunState = RunState.FINISHED
+    ) -> None:
+        """Queue :meth:`RunRegistry.report_final` (never dropped)."""
+        self._post("final", lambda reg: reg.report_final(run_id, final_loss, state=state))
+
+    def refresh(self) -> None:
+        """Ask for a fresh read of the records (done after the queued writes)."""
+        with self._started():
+            self._want_read = True
+            self._cond.notify_all()
+
+    def snapshot(self) -> Snapshot | None:
+        """The latest records read, or ``None`` before the first read succeeded."""
+        return self._snapshot
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + int(self._busy)
+
+    def _post(self, kind: str, op: Callable[[RunRegistry], object]) -> None:
+        with self._started():
+            if len(self._queue) >= self.max_pending:
+                oldest = next((i for i, (k, _) in enumerate(self._queue) if k == "forecast"), None)
+                if oldest is not None:
+                    del self._queue[oldest]
+                    self.dropped += 1
+            self._queue.append((kind, op))
+            self._cond.notify_all()
+
+    def _started(self) -> threading.Condition:
+        if self._pid != os.getpid():  # a forked child: the parent's thread and lock are not ours
+            state = self.__getstate__()
+            self.__setstate__(state)
+        if self._thread is None or not self._thread.is_alive():
+            self._closing = False
+            self._thread = threading.Thread(target=self._work, name="scaleforecast-registry", daemon=True)
+            self._thread.start()
+        return self._cond
+
+    # ------------------------------------------------------------------ bounded waits (not per step)
+    def drain(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for every queued write to land; True when they all did."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._queue or (self._busy and self._current != "read"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def sync(self, timeout_s: float) -> bool:
+        """Queue a read and wait up to ``timeout_s`` until it and every write before it are done."""
+        self.refresh()
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._queue or self._want_read or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return self.failure is None
+
+    def close(self, timeout_s: float = 0.0) -> None:
+        """Stop the worker after at most ``timeout_s`` more of draining (the queue left is dropped)."""
+        if timeout_s > 0:
+            self.drain(timeout_s)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------------------- worker side
+    _current: str | None = None
+
+    def _next(self, retry_at: dict[str, float]) -> tuple[str, Callable[[RunRegistry], object]] | None:
+        """The next call to make (under the lock): the oldest write, else a read; each kind waits out its own
+        back-off, so reads go on while a write is refused (a WAL database still reads under a write lock)."""
+        while not self._closing:
+            now = time.monotonic()
+            if self._queue and now >= retry_at["write"]:
+                return self._queue[0]
+            if self._want_read and now >= retry_at["read"]:
+                self._want_read = False
+                return "read", self._read
+            due = [
+                retry_at[k] for k, want in (("write", bool(self._queue)), ("read", self._want_read)) if want
+            ]
+            self._cond.wait(max(min(due) - now, 0.0) if due else None)
+        return None
+
+    def _work(self) -> None:
+        backoff = {"write": 0.1, "read": 0.1}
+        retry_at = {"write": 0.0, "read": 0.0}
+        failing: dict[str, str] = {}
+        while True:
+            with self._cond:
+                nxt = self._next(retry_at)
+                if nxt is None:
+                    self._busy = False
+                    self._cond.notify_all()
+                    return
+                kind, op = nxt
+                self._busy, self._current = True, kind
+            group = "read" if kind == "read" else "write"
+            try:
+                if self._backend is None:
+                    self._backend = self.registry.with_timeout(self.timeout_s)
+                op(self._backend)
+            except Exception as exc:  # the storage failed: keep the call, retry it after a back-off
+                with self._cond:
+                    if kind == "read":
+                        self._want_read = True
+                    retry_at[group] = time.monotonic() + backoff[group]
+                    backoff[group] = min(backoff[group] * 2.0, self.max_backoff_s)
+                    failing[group] = f"{type(exc).__name__}: {exc}"
+                    self._busy, self._current = False, None
+                    self._note(failing, exc)
+                    self._cond.notify_all()
+                continue
+            with self._cond:
+                if kind != "read":
+                    self._queue.popleft()
+                self.done += 1
+                backoff[group], retry_at[group] = 0.1, 0.0
+                failing.pop(group, None)
+                self._busy, self._current = False, None
+                self._note(failing, None)
+                self._cond.notify_all()
+
+    def _read(self, backend: RunRegistry) -> None:
+        self._snapshot = Snapshot(tuple(backend.records()), time.time())
+
+    def _note(self, failing: dict[str, str], exc: Exception | None) -> None:
+        """One warning when an outage starts (reads or writes refused), one info line when all is well again."""
+        if failing and self.failure is None:
+            self.failing_since = time.time()
+            _log.warning(
+                "scaleforecast registry %s unavailable (%s: %s); %d write(s) queued, retrying in the background; "
+                "stop decisions use the records last read",
+                _where(self.registry),
+                type(exc).__name__,
+                exc,
+                len(self._queue),
+            )
+            self.recovered.clear()
+            self.failed.set()
+        if failing:
+            self.failure = "; ".join(f"{k}: {v}" for k, v in sorted(failing.items()))
+        elif self.failure is not None:
+            lasted = time.time() - (self.failing_since or time.time())
+            _log.info("scaleforecast registry %s reachable again after %.1f s", _where(self.registry), lasted)
+            self.failure, self.failing_since = None, None
+            self.failed.clear()
+            self.recovered.set()
+
+
+def _where(registry: RunRegistry) -> str:
+    return str(getattr(registry, "path", None) or type(registry).__name__)

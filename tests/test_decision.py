@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from scaleforecast.decision import (
-    SweepStopper,
     decide_stop,
     decide_stop_in_sweep,
     sweep_reference,
@@ -108,62 +107,3 @@ def test_widen_forecast() -> None:
     zero = widen_forecast(_forecast(2.0, 0.0), 0.01)
     assert zero is not None and zero.final is not None and zero.final.std == pytest.approx(0.02)
     assert zero.final.lower < 2.0 < zero.final.upper
-
-
-@pytest.mark.slow
-def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
-    """The stopper as a health check of a real RunMonitor: the bad run stops, the good one finishes."""
-    import numpy as np
-
-    from scaleforecast.monitor import FlushBatch, RunMonitor
-
-    reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
-    total = 400
-    lrs = np.full(total, 1e-3)
-    steps = np.arange(1, total + 1)
-    results = {}
-    for run_id, offset in (("good", 0.0), ("bad", 1.0)):
-        stopper = SweepStopper(reg, run_id, min_fraction=0.2)
-        monitor = RunMonitor(lrs, health=[stopper], verbose=False)
-        loss = 2.0 + offset + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
-        stopped_at = None
-        for lo in range(0, total, 20):
-            sl = slice(lo, lo + 20)
-            result = monitor.flush(FlushBatch(steps=steps[sl], loss=loss[sl]))
-            if result.stop:
-                stopped_at = int(steps[sl][-1])
-                break
-        stopper.finish(float(loss[-1]) if stopped_at is None else None)
-        results[run_id] = stopped_at
-    assert results["good"] is None
-    assert results["bad"] is not None and 80 <= results["bad"] < total
-    recs = {r.run_id: r for r in reg.records()}
-    assert recs["good"].state is RunState.FINISHED and recs["good"].final_loss is not None
-    assert recs["bad"].state is RunState.STOPPED
-
-
-def test_sweep_stopper_disables_itself_on_registry_errors(tmp_path: Path) -> None:
-    class Broken(SQLiteRegistry):
-        def records(self) -> list[RunRecord]:
-            raise RuntimeError("disk gone")
-
-    stopper = SweepStopper(Broken("b", tmp_path / "b.sqlite"), "r", min_fraction=0.0)
-    assert not stopper(500, _forecast(9.0, 0.01))
-    assert stopper._disabled and not stopper(600, _forecast(9.0, 0.01))
-
-
-def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SCALEFORECAST_REGISTRY_DIR", str(tmp_path))
-    a, b = (
-        SweepStopper(sweep="zero-setup", min_fraction=0.0),
-        SweepStopper(sweep="zero-setup", min_fraction=0.0),
-    )
-    assert a.run_id != b.run_id and isinstance(a.registry, SQLiteRegistry)
-    assert a.registry.path == tmp_path / "zero-setup.sqlite"  # type: ignore[attr-defined]
-    assert not a(500, _forecast(3.0, 0.01))
-    a.finish()
-    assert b(500, _forecast(3.5, 0.01))
-    b.finish()
-    recs = {r.run_id: r for r in b.registry.records()}
-    assert recs[a.run_id].state is RunState.FINISHED and recs[a.run_id].final_loss == 3.0
-    assert recs[b.run_id].state is RunState.STOPPED

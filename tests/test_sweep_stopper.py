@@ -1,0 +1,333 @@
+"""The sweep stopper: decisions against the other runs, registry I/O off the training thread, one run per job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaleforecast.decision import SweepStopper
+from scaleforecast.job import job_rank, job_run_id, job_world_size
+from scaleforecast.registry import BackgroundRegistry, RunRecord, RunState, SQLiteRegistry
+from scaleforecast.results import FitStatus, Forecast, ForecastPoint
+
+HERE = Path(__file__).resolve().parent
+
+
+def _forecast(loss: float, std: float, status: FitStatus = FitStatus.OK, final_step: int = 1000) -> Forecast:
+    point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=std)
+    return Forecast(
+        law="tissue",
+        level=0.8,
+        fitted_at_step=100,
+        final_step=final_step,
+        points=[point],
+        params=None,
+        n_points=20,
+        status=status,
+    )
+
+
+@pytest.mark.slow
+def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
+    """The stopper as a health check of a real RunMonitor: the bad run stops, the good one finishes."""
+    from scaleforecast.monitor import FlushBatch, RunMonitor
+
+    reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
+    total = 400
+    lrs = np.full(total, 1e-3)
+    steps = np.arange(1, total + 1)
+    results = {}
+    for run_id, offset in (("good", 0.0), ("bad", 1.0)):
+        stopper = SweepStopper(reg, run_id, min_fraction=0.2)
+        assert stopper.sync()  # the records of the runs before this one are read before it trains
+        monitor = RunMonitor(lrs, health=[stopper], verbose=False)
+        loss = 2.0 + offset + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
+        stopped_at = None
+        for lo in range(0, total, 20):
+            sl = slice(lo, lo + 20)
+            result = monitor.flush(FlushBatch(steps=steps[sl], loss=loss[sl]))
+            if result.stop:
+                stopped_at = int(steps[sl][-1])
+                break
+        stopper.finish(float(loss[-1]) if stopped_at is None else None)
+        results[run_id] = stopped_at
+    assert results["good"] is None
+    assert results["bad"] is not None and 80 <= results["bad"] < total
+    recs = {r.run_id: r for r in reg.records()}
+    assert recs["good"].state is RunState.FINISHED and recs["good"].final_loss is not None
+    assert recs["bad"].state is RunState.STOPPED
+
+
+def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCALEFORECAST_REGISTRY_DIR", str(tmp_path))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    a, b = (
+        SweepStopper(sweep="zero-setup", min_fraction=0.0),
+        SweepStopper(sweep="zero-setup", min_fraction=0.0),
+    )
+    assert a.run_id != b.run_id and isinstance(a.registry, SQLiteRegistry)
+    assert a.registry.path == tmp_path / "zero-setup.sqlite"  # type: ignore[attr-defined]
+    assert not a(500, _forecast(3.0, 0.01))
+    a.finish()
+    assert b.sync()
+    assert b(500, _forecast(3.5, 0.01))
+    b.finish()
+    recs = {r.run_id: r for r in b.registry.records()}
+    assert recs[a.run_id].state is RunState.FINISHED and recs[a.run_id].final_loss == 3.0
+    assert recs[b.run_id].state is RunState.STOPPED
+
+
+def test_registry_errors_cost_one_warning_and_decisions_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An injected storage fault: the stopper warns once, decides against its target meanwhile, and
+    writes everything that was queued once the storage answers again."""
+
+    class Flaky(SQLiteRegistry):
+        broken = True
+
+        def records(self) -> list[RunRecord]:
+            if Flaky.broken:
+                raise RuntimeError("disk gone")
+            return super().records()
+
+        def report_forecast(self, run_id: str, **kw: object) -> None:  # type: ignore[override]
+            if Flaky.broken:
+                raise RuntimeError("disk gone")
+            super().report_forecast(run_id, **kw)  # type: ignore[arg-type]
+
+    caplog.set_level(logging.INFO, logger="scaleforecast.registry")
+    stopper = SweepStopper(Flaky("f", tmp_path / "f.sqlite"), "r", min_fraction=0.0, target=5.0)
+    assert not stopper(400, _forecast(4.0, 0.01))
+    assert stopper._worker.failed.wait(30)
+    assert stopper(500, _forecast(9.0, 0.01))  # the target alone still stops a hopeless run
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and r.name == "scaleforecast.registry"
+    ]
+    assert len(warnings) == 1 and "disk gone" in warnings[0].getMessage()
+    assert stopper.registry_failure is not None
+    Flaky.broken = False
+    assert stopper.sync(30)
+    assert stopper.registry_failure is None
+    steps = [h[1] for h in SQLiteRegistry("f", tmp_path / "f.sqlite").history("r")]
+    assert steps == [400, 500]  # both queued forecasts landed, in order
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_background_registry_drops_the_oldest_forecasts_when_the_queue_is_full(tmp_path: Path) -> None:
+    class Stuck(SQLiteRegistry):
+        def report_forecast(self, run_id: str, **kw: object) -> None:  # type: ignore[override]
+            raise RuntimeError("locked")
+
+        def report_final(self, run_id: str, final_loss: float | None, **kw: object) -> None:  # type: ignore[override]
+            raise RuntimeError("locked")
+
+    bg = BackgroundRegistry(Stuck("s", tmp_path / "s.sqlite"), max_pending=4)
+    for i in range(10):
+        bg.post_forecast("r", step=i, loss=1.0, std=0.1, status="ok")
+    bg.post_final("r", 1.0)
+    assert bg.failed.wait(30)
+    assert bg.pending <= 5 and bg.dropped >= 6
+    assert not bg.drain(0.01)
+    bg.close()
+
+
+# ------------------------------------------------------------------------------------------- locked database
+_LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+if sys.argv[2] == "rollback":
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.execute("CREATE TABLE IF NOT EXISTS filler (x)")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+def _start_locker(path: Path, mode: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOCKER, str(path), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["wal", "rollback"])
+def test_a_locked_database_never_stalls_the_training_loop(
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process holds ``BEGIN EXCLUSIVE`` on the registry file. The training loop's calls to the
+    stopper never wait on it (each returns well inside the worker's busy timeout, so none waited for the
+    lock), the stopper warns once and keeps deciding, and once the lock goes everything queued lands.
+
+    ``wal``: the sweep's file (WAL journal) is locked mid-run: writes are refused, reads still answer.
+    ``rollback``: a file in rollback-journal mode is locked before the run starts: nothing answers."""
+    caplog.set_level(logging.INFO, logger="scaleforecast.registry")
+    path = tmp_path / "sweep.sqlite"
+    timeout_s = 5.0
+    if mode == "wal":
+        other = SQLiteRegistry("s", path)
+        other.report_final("other", 3.0)
+        other.close()
+    locker = None if mode == "wal" else _start_locker(path, mode)
+    try:
+        stopper = SweepStopper(path, "job", sweep="s", min_fraction=0.0, target=10.0, timeout_s=timeout_s)
+        if mode == "wal":
+            assert stopper.sync(30)  # the other run's record is read before the lock
+            locker = _start_locker(path, mode)
+        lost: list[float] = []
+        decisions: list[bool] = []
+        step = 100
+        # Flush until the worker has met the lock, then a few more: the loop must not notice either way.
+        while not stopper._worker.failed.is_set() or len(lost) < 20:
+            step += 10
+            t0 = time.perf_counter()
+            decisions.append(stopper(step, _forecast(2.0, 0.01)))
+            lost.append(time.perf_counter() - t0)
+            if len(lost) > 5000:
+                pytest.fail("the worker never met the lock")
+            stopper._worker.failed.wait(0.05)
+        t0 = time.perf_counter()
+        hopeless = stopper(step + 10, _forecast(3.5, 0.01))
+        lost.append(time.perf_counter() - t0)
+        print(
+            f"\n{mode}: {len(lost)} flushes while locked, time lost per flush: median "
+            f"{1e3 * np.median(lost):.3f} ms, max {1e3 * max(lost):.3f} ms"
+        )
+        assert max(lost) < timeout_s / 2  # no call waited for the lock
+        assert not any(decisions)
+        # The other run's final loss (read before the lock in WAL mode) still stops a run that cannot beat it.
+        assert hopeless is (mode == "wal")
+        warnings = [
+            r for r in caplog.records if r.levelno == logging.WARNING and r.name == "scaleforecast.registry"
+        ]
+        assert len(warnings) == 1
+        assert locker.stdin is not None
+        locker.stdin.write("go\n")
+        locker.stdin.flush()
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "released"
+        locker.wait(30)
+        assert stopper.sync(60), stopper.registry_failure
+        stopper.finish()
+    finally:
+        if locker is not None:
+            _kill_group(locker)
+    reg = SQLiteRegistry("s", path)
+    recs = {r.run_id: r for r in reg.records()}
+    assert recs["job"].state is (RunState.STOPPED if mode == "wal" else RunState.FINISHED)
+    assert len(reg.history("job")) == len(lost)  # every forecast queued while locked landed
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+# -------------------------------------------------------------------------------------------- one run per job
+def test_job_identity_from_the_launchers_environment() -> None:
+    assert job_rank({}) == 0 and job_world_size({}) == 1 and job_run_id({}) is None
+    torchrun = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "abc"}
+    assert job_rank(torchrun) == 3 and job_world_size(torchrun) == 4
+    assert job_run_id(torchrun) == "torchrun-abc"
+    assert job_run_id({"TORCHELASTIC_RUN_ID": "none"}) is None  # static rendezvous: no id
+    assert job_run_id({"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "2"}) == "slurm-77.2"
+    assert job_run_id({"SCALEFORECAST_RUN_ID": "mine", "SLURM_JOB_ID": "77"}) == "mine"
+    assert job_rank({"SLURM_PROCID": "5"}) == 5
+    assert job_rank({"LOCAL_RANK": "0", "NODE_RANK": "1"}) != 0  # local rank 0 of node 1 is not rank 0
+    assert job_rank({"LOCAL_RANK": "1"}) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_ranks(tmp_path: Path, mode: str, extra_env: dict[str, str]) -> list[dict]:
+    """Two real processes of one job (RANK 0 and 1), each with a sweep stopper on the same registry."""
+    port = _free_port()
+    procs = []
+    env_base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")}
+    for rank in (0, 1):
+        env = {
+            **env_base,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            **extra_env,
+        }
+        out = tmp_path / f"rank{rank}.json"
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE / "registry_rank_worker.py"),
+                    str(tmp_path / "sweep.sqlite"),
+                    mode,
+                    str(out),
+                ],
+                env=env,
+                start_new_session=True,
+            )
+        )
+    try:
+        for p in procs:
+            assert p.wait(timeout=120) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize(
+    "mode, env",
+    [
+        ("env", {"TORCHELASTIC_RUN_ID": "job-42"}),  # torchrun's id in the environment
+        ("gloo", {}),  # no id in the environment: rank 0's id is broadcast over a real gloo group
+        ("none", {}),  # no id anywhere: rank 1 leaves the decision to rank 0
+    ],
+)
+def test_one_registry_run_per_job_not_per_rank(tmp_path: Path, mode: str, env: dict[str, str]) -> None:
+    if mode == "gloo":
+        pytest.importorskip("torch.distributed")
+    reg = SQLiteRegistry("s", tmp_path / "sweep.sqlite")
+    reg.report_final("other", 3.0)  # the run to beat
+    ranks = _run_ranks(tmp_path, mode, env)
+    recs = {r.run_id: r for r in reg.records()}
+    assert set(recs) == {"other", ranks[0]["run_id"]}  # one record for the job, written by rank 0
+    job = recs[ranks[0]["run_id"]]
+    assert job.state is RunState.STOPPED and job.step == ranks[0]["stopped_at"]
+    assert len(reg.history(job.run_id)) == ranks[0]["calls"]  # rank 1 wrote nothing
+    if mode == "env":
+        assert ranks[0]["run_id"] == ranks[1]["run_id"] == "torchrun-job-42"
+    if mode in ("env", "gloo"):
+        assert ranks[0]["run_id"] == ranks[1]["run_id"]
+        assert ranks[0]["decisions"] == ranks[1]["decisions"]  # both ranks decide alike
+    else:
+        assert not any(ranks[1]["decisions"]) and ranks[0]["stopped_at"] is not None
