@@ -521,6 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="every 3rd curve only")
     ap.add_argument("--half", choices=["dev", "holdout", "both"], default="both")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--ours-only", action="store_true", help="only this project's rows (no anchors, no sweep)")
     args = ap.parse_args(argv)
     dev, hold = split_curves(load_curves())
     halves = {"dev": dev, "holdout": hold}
@@ -542,6 +543,8 @@ def main(argv: list[str] | None = None) -> None:
             ("Megatron spiky-loss check", "megatron", {}),
             ("oracle (not causal), z>4.5", "oracle", {}),
         ):
+            if args.ours_only and name != "scaleforecast":
+                continue
             t = run(series, name, kw, args.jobs)
             results[label] = t
             print(row(label, t), flush=True)
@@ -549,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\nfalse alarms on clean curves by source:")
         for label, t in results.items():
             print(f"  {label}: {t.fa_by_folder}")
-        if not args.no_sweep:
+        if not (args.no_sweep or args.ours_only):
             target = ours_t.recall("spike5")
             print(
                 f"\nat equal recall (anchors' threshold swept to reach recall {target:.2f} on 5σ spikes):\n"
