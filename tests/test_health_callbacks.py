@@ -1,4 +1,5 @@
-"""The health monitor inside real (tiny, CPU) Lightning and HF Trainer runs: a loss spike stops training."""
+"""The health monitor inside real (tiny, CPU) Lightning and HF Trainer runs: a loss spike is shown and the run
+goes on; a NaN storm (the weights gone non-finite) stops it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from scaleforecast.advice import ScheduleAdvisor
 from scaleforecast.detectors import HealthConfig, HealthMonitor
 from scaleforecast.events import Event
 
-SPIKE_STEP = 40  # the optimizer update whose loss gets the injected spike
+SPIKE_STEP = 32  # the optimizer update whose loss gets an injected spike: shown, never a stop
+NAN_FROM = 44  # from this update on every loss is NaN (the weights went non-finite): the run is lost
 MAX_STEPS = 60
 
 
@@ -33,18 +35,21 @@ def _event_text(run_dir: Path, kind: str) -> list[bytes]:
 
 
 @pytest.mark.slow
-def test_spike_stops_a_lightning_run_with_the_reason(tmp_path: Path) -> None:
+def test_lightning_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path) -> None:
     pl = pytest.importorskip("lightning.pytorch")
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning_models import TinyRegressor
     from scaleforecast.callbacks import LossForecast
 
-    class Spiky(TinyRegressor):
+    class Faulty(TinyRegressor):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             loss = super().training_step(batch, batch_idx)
-            # A constant has no gradient: the reported loss spikes, the weights do not move differently.
-            return loss + 50.0 if self.global_step + 1 == SPIKE_STEP else loss
+            step = self.global_step + 1
+            if step == SPIKE_STEP:
+                # A constant has no gradient: the reported loss spikes, the weights do not move differently.
+                return loss + 50.0
+            return loss * float("nan") if step >= NAN_FROM else loss  # NaN gradients poison the weights
 
     seen: list[Event] = []
     health = HealthMonitor(HealthConfig(record_path=str(tmp_path / "skip.json")))
@@ -64,14 +69,20 @@ def test_spike_stops_a_lightning_run_with_the_reason(tmp_path: Path) -> None:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(Spiky(total=MAX_STEPS))
-    assert cb.stopped_at is not None and SPIKE_STEP <= cb.stopped_at < MAX_STEPS
+        trainer.fit(Faulty(total=MAX_STEPS))
+    spikes = [e for e in seen if e.kind == "spike"]
+    assert [e.step for e in spikes] == [SPIKE_STEP] and spikes[0].severity == "warning"
+    # The spike did not stop the run; the 8th NaN loss in a row did, at the next flush.
+    lost = NAN_FROM + HealthConfig().nonfinite.patience - 1
+    assert cb.stopped_at is not None and lost <= cb.stopped_at < MAX_STEPS
     assert trainer.global_step == cb.stopped_at
-    assert f"spike @ step {SPIKE_STEP}" in (cb.stop_reason or "")
-    assert [e.step for e in seen if e.kind == "spike"] == [SPIKE_STEP]
+    assert f"nonfinite @ step {lost}" in (cb.stop_reason or "") and "the run is lost" in (
+        cb.stop_reason or ""
+    )
     assert json.loads((tmp_path / "skip.json").read_text()) == [SPIKE_STEP - 1, SPIKE_STEP]
     texts = _event_text(Path(trainer.logger.log_dir), "spike")
     assert texts and f"at step {SPIKE_STEP}".encode() in texts[0]
+    assert _event_text(Path(trainer.logger.log_dir), "nonfinite")
     acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0})
     acc.Reload()
     assert "events/spike_score" in acc.Tags()["scalars"]
@@ -79,7 +90,7 @@ def test_spike_stops_a_lightning_run_with_the_reason(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_spike_stops_an_hf_run_with_the_reason(tmp_path: Path) -> None:
+def test_hf_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from hf_worker import make_trainer
     from scaleforecast.callbacks import HFLossForecast
@@ -98,18 +109,22 @@ def test_spike_stops_an_hf_run_with_the_reason(tmp_path: Path) -> None:
         trainer = make_trainer(tmp_path, [cb], max_steps=MAX_STEPS, report_to="none")
         calls = {"n": 0}
 
-        def spike(module: Any, args: Any, output: Any) -> Any:
+        def fault(module: Any, args: Any, output: Any) -> Any:
             if module.training:
-                calls["n"] += 1
-                if calls["n"] == SPIKE_STEP:  # one forward per update (no accumulation)
+                calls["n"] += 1  # one forward per update (no accumulation)
+                if calls["n"] == SPIKE_STEP:
                     output.loss = output.loss + 50.0
+                elif calls["n"] >= NAN_FROM:
+                    output.loss = output.loss * float("nan")
             return output
 
-        trainer.model.register_forward_hook(spike)
+        trainer.model.register_forward_hook(fault)
         trainer.train()
-    assert cb.stopped and SPIKE_STEP <= cb.stopped_at < MAX_STEPS
+    spikes = [e for e in seen if e.kind == "spike"]
+    assert [e.step for e in spikes] == [SPIKE_STEP] and spikes[0].severity == "warning"
+    lost = NAN_FROM + HealthConfig().nonfinite.patience - 1
+    assert cb.stopped and lost <= cb.stopped_at < MAX_STEPS
     assert cb.stopped_at == trainer.state.global_step
-    assert f"spike @ step {SPIKE_STEP}" in (cb.stop_reason or "")
-    assert [e.step for e in seen if e.kind == "spike"] == [SPIKE_STEP]
+    assert f"nonfinite @ step {lost}" in (cb.stop_reason or "")
     run_dirs = sorted({p.parent for p in tmp_path.rglob("events.out.tfevents.*")})
     assert any(_event_text(d, "spike") for d in run_dirs)
