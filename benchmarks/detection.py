@@ -521,7 +521,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="every 3rd curve only")
     ap.add_argument("--half", choices=["dev", "holdout", "both"], default="both")
     ap.add_argument("--no-sweep", action="store_true")
-    ap.add_argument("--ours-only", action="store_true", help="only this project's rows (no anchors, no sweep)")
+    ap.add_argument(
+        "--ours-only", action="store_true", help="only this project's rows (no anchors, no sweep)"
+    )
     args = ap.parse_args(argv)
     dev, hold = split_curves(load_curves())
     halves = {"dev": dev, "holdout": hold}

@@ -274,8 +274,8 @@ class SweepStopper(ForecastStopCheck):
     Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped).
 
     The training thread never waits on the registry: writes are queued to a :class:`BackgroundRegistry`
-    worker and each decision uses the records the worker last read (a read is asked for at every call, so
-    they are at most one call old while the storage answers). When the storage is locked or gone, the
+    worker and each decision uses the records the worker last read (a read is asked for at every call and
+    made at most once a second, so while the storage answers they are about a second old, or one call). When the storage is locked or gone, the
     worker logs one warning and retries in the background; decisions go on from the last records read while
     they are younger than ``max_records_age_s`` and against ``target`` alone after that; everything queued
     lands when the storage comes back. :meth:`sync` waits (bounded) for the worker, for tests and set-up.

@@ -412,10 +412,16 @@ class BackgroundRegistry:
         timeout_s: float = 2.0,
         max_backoff_s: float = 30.0,
         max_pending: int = 256,
+        min_read_interval_s: float = 1.0,
+        batch_s: float = 0.5,
     ) -> None:
-        if timeout_s <= 0 or max_backoff_s <= 0 or max_pending < 1:
-            raise ValueError("timeout_s and max_backoff_s must be > 0 and max_pending >= 1")
+        if timeout_s <= 0 or max_backoff_s <= 0 or max_pending < 1 or min(min_read_interval_s, batch_s) < 0:
+            raise ValueError(
+                "timeout_s and max_backoff_s must be > 0, max_pending >= 1, min_read_interval_s and batch_s >= 0"
+            )
+        self.batch_s = float(batch_s)
         self.registry = registry
+        self.min_read_interval_s = float(min_read_interval_s)
         self.timeout_s = float(timeout_s)
         self.max_backoff_s = float(max_backoff_s)
         self.max_pending = int(max_pending)
@@ -423,8 +429,12 @@ class BackgroundRegistry:
 
     def _setup(self) -> None:
         self._cond = threading.Condition()
-        self._queue: deque[tuple[str, Callable[[RunRegistry], object]]] = deque()
+        self._queue: deque[tuple[str, Callable[[RunRegistry], object], float]] = deque()
+        self._urgent = False  # write everything queued now (the end of a run, a sync)
+        self._batch_left = 0
         self._want_read = False
+        self._read_now = False
+        self._last_read = -math.inf
         self._busy = False
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -439,7 +449,8 @@ class BackgroundRegistry:
         self.failed = threading.Event()
 
     def __getstate__(self) -> dict:
-        return {k: getattr(self, k) for k in ("registry", "timeout_s", "max_backoff_s", "max_pending")}
+        keys = ("registry", "timeout_s", "max_backoff_s", "max_pending", "min_read_interval_s", "batch_s")
+        return {k: getattr(self, k) for k in keys}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -466,11 +477,17 @@ class BackgroundRegistry:
         """Queue :meth:`RunRegistry.report_final` (never dropped)."""
         self._post("final", lambda reg: reg.report_final(run_id, final_loss, state=state))
 
-    def refresh(self) -> None:
-        """Ask for a fresh read of the records (done after the queued writes)."""
+    def refresh(self, now: bool = False) -> None:
+        """Ask for a fresh read of the records: at most one per ``min_read_interval_s`` (records change
+        slowly, and each read costs the worker, and through the interpreter lock the caller, a little), or
+        at once with ``now``."""
         with self._started():
+            # Wake the worker only when there was nothing to do: a wake-up per call would make the two
+            # threads trade the interpreter lock at every flush.
+            if not self._want_read or now:
+                self._cond.notify_all()
             self._want_read = True
-            self._cond.notify_all()
+            self._read_now = self._read_now or now
 
     def snapshot(self) -> Snapshot | None:
         """The latest records read, or ``None`` before the first read succeeded."""
@@ -483,12 +500,18 @@ class BackgroundRegistry:
     def _post(self, kind: str, op: Callable[[RunRegistry], object]) -> None:
         with self._started():
             if len(self._queue) >= self.max_pending:
-                oldest = next((i for i, (k, _) in enumerate(self._queue) if k == "forecast"), None)
+                # The head may be in the worker's hands right now: it is never the one dropped.
+                first = 1 if (self._busy and self._current != "read") else 0
+                oldest = next(
+                    (i for i in range(first, len(self._queue)) if self._queue[i][0] == "forecast"), None
+                )
                 if oldest is not None:
                     del self._queue[oldest]
                     self.dropped += 1
-            self._queue.append((kind, op))
-            self._cond.notify_all()
+            if not self._queue or kind == "final":
+                self._cond.notify_all()
+            self._urgent = self._urgent or kind == "final"
+            self._queue.append((kind, op, time.monotonic()))
 
     def _started(self) -> threading.Condition:
         if self._pid != os.getpid():  # a forked child: the parent's thread and lock are not ours
@@ -505,6 +528,8 @@ class BackgroundRegistry:
         """Wait up to ``timeout_s`` for every queued write to land; True when they all did."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
             while self._queue or (self._busy and self._current != "read"):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -514,9 +539,11 @@ class BackgroundRegistry:
 
     def sync(self, timeout_s: float) -> bool:
         """Queue a read and wait up to ``timeout_s`` until it and every write before it are done."""
-        self.refresh()
+        self.refresh(now=True)
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
             while self._queue or self._want_read or self._busy:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -536,18 +563,26 @@ class BackgroundRegistry:
     _current: str | None = None
 
     def _next(self, retry_at: dict[str, float]) -> tuple[str, Callable[[RunRegistry], object]] | None:
-        """The next call to make (under the lock): the oldest write, else a read; each kind waits out its own
-        back-off, so reads go on while a write is refused (a WAL database still reads under a write lock)."""
+        """The next call to make (under the lock): the oldest write, else a read. Writes go in batches: the
+        first waits ``batch_s`` for others to join it, then all queued are written back to back (at once when
+        urgent). Each kind waits out its own back-off, so reads go on while a write is refused (a WAL
+        database still reads under a write lock)."""
         while not self._closing:
             now = time.monotonic()
-            if self._queue and now >= retry_at["write"]:
-                return self._queue[0]
-            if self._want_read and now >= retry_at["read"]:
-                self._want_read = False
+            write_at = retry_at["write"]
+            if self._queue and not (self._urgent or self._batch_left):
+                write_at = max(write_at, self._queue[0][2] + self.batch_s)
+            if self._queue and now >= write_at:
+                self._batch_left = self._batch_left or len(self._queue)
+                kind, op, _ = self._queue[0]
+                return kind, op
+            read_at = retry_at["read"]
+            if not self._read_now:
+                read_at = max(read_at, self._last_read + self.min_read_interval_s)
+            if self._want_read and now >= read_at:
+                self._want_read = self._read_now = False
                 return "read", self._read
-            due = [
-                retry_at[k] for k, want in (("write", bool(self._queue)), ("read", self._want_read)) if want
-            ]
+            due = [t for t, want in ((write_at, bool(self._queue)), (read_at, self._want_read)) if want]
             self._cond.wait(max(min(due) - now, 0.0) if due else None)
         return None
 
@@ -583,6 +618,8 @@ class BackgroundRegistry:
             with self._cond:
                 if kind != "read":
                     self._queue.popleft()
+                    self._batch_left = max(self._batch_left - 1, 0)
+                    self._urgent = self._urgent and bool(self._queue)
                 self.done += 1
                 backoff[group], retry_at[group] = 0.1, 0.0
                 failing.pop(group, None)
@@ -591,6 +628,7 @@ class BackgroundRegistry:
                 self._cond.notify_all()
 
     def _read(self, backend: RunRegistry) -> None:
+        self._last_read = time.monotonic()
         self._snapshot = Snapshot(tuple(backend.records()), time.time())
 
     def _note(self, failing: dict[str, str], exc: Exception | None) -> None:
