@@ -14,8 +14,9 @@ run) only on evidence that the run is lost.** Two kinds of evidence count:
   observations;
 * a divergence from the law that persists: after the divergence rule saw the loss rise beyond the noise and
   beyond what the law and the LR explain (a warning), the loss level stays at least ``DriftConfig.lost_rise``
-  (10%) and ``lost_sigma`` noise units above its level before the rise (less any rise the law predicts) for
-  ``persist_steps`` (1,000) steps and ``persist_obs`` (8) observations without a break.
+  (10%) and ``lost_sigma`` noise units above its level before the rise (less any rise that the fit in force
+  at the warning predicts, e.g. for a re-warmed LR) for ``persist_steps`` (1,000) steps and ``persist_obs``
+  (8) observations without a break.
 
 Single spikes are never critical: each is a warning event, counted and shown (TensorBoard, log, hook) and
 written to the spike record, and training goes on. Stagnation and gradient-norm precursors are warnings too.
@@ -425,9 +426,10 @@ class DriftConfig(BaseModel):
 
     **Critical** (the run is lost): after a warning, the loss level (an unclipped EW mean over
     ``min(blocks)`` points) stays above the slow level before the rise by at least
-    ``max(lost_rise * |level|, lost_sigma * sigma)`` (less any rise the law predicts since) for
-    ``persist_steps`` steps and ``persist_obs`` observations in a row. A spike the run recovers from falls
-    back below that bar before the time is up.
+    ``max(lost_rise * |level|, lost_sigma * sigma)`` for ``persist_steps`` steps and ``persist_obs``
+    observations in a row, less any rise that the law of the fit in force at the warning predicts since
+    (a fit made later follows the diverged curve, so it cannot be the reference). A spike the run recovers
+    from falls back below that bar before the time is up.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -467,6 +469,9 @@ class DriftDetector:
         self.over_run = 0
         self.over_since: int | None = None
         self.lost_reported = False
+        self._law_now: LawFn | None = None
+        # The law of the fit in force at the warning; not saved (after a resume the rise is judged plainly).
+        self._anchor_law: LawFn | None = None
 
     def update(
         self,
@@ -492,7 +497,9 @@ class DriftDetector:
             lr_c = lr[sl] if lr is not None else (None if lr_of is None else lr_of(s))
             if lr_c is not None and (len(lr_c) != len(s) or not np.all(np.isfinite(lr_c))):
                 lr_c = None
-            events += self._chunk(s, y[sl], _law_at(law, s), lr_c)
+            base = _law_at(law, s)
+            self._law_now = law if base is not None else None
+            events += self._chunk(s, y[sl], base, lr_c)
         return events
 
     def _chunk(
@@ -581,7 +588,7 @@ class DriftDetector:
         warn_at = np.nonzero(streak == cfg.patience)[0]
         start = 0
         for i in [*warn_at.tolist(), len(y)]:
-            events += self._lost(s[start:i], raw[start:i], None if base is None else base[start:i], sigma)
+            events += self._lost(s[start:i], raw[start:i], sigma)
             if i == len(y):
                 break
             L = self.blocks[int(best_k[i])]
@@ -606,21 +613,25 @@ class DriftDetector:
                 "level": prev,
                 "step": float(s[i]),
                 "law": float(base[i]) if base is not None else math.nan,
+                "lr": float(lr[i]) if lr is not None else math.nan,
                 "sigma": sigma,
             }
+            self._anchor_law = self._law_now if base is not None else None
             self.over_run, self.over_since, self.lost_reported = 0, None, False
             start = i
         return events
 
-    def _lost(self, s: np.ndarray, raw: np.ndarray, base: np.ndarray | None, sigma: float) -> list[Event]:
+    def _lost(self, s: np.ndarray, raw: np.ndarray, sigma: float) -> list[Event]:
         """The critical tier over points after the last warning: is the loss still far above its old level?"""
         a = self.anchor
         if a is None or len(s) == 0:
             return []
         cfg = self.config
         elev = raw - a["level"]
-        if base is not None and math.isfinite(a["law"]):
-            elev = elev - np.maximum(base - a["law"], 0.0)
+        # What the law fitted before the rise expects since (a fit made after it follows the diverged curve).
+        expected = _law_at(self._anchor_law, s)
+        if expected is not None and math.isfinite(a["law"]):
+            elev = elev - np.maximum(expected - a["law"], 0.0)
         bar = max(cfg.lost_rise * abs(a["level"]), cfg.lost_sigma * a["sigma"])
         over = elev >= bar
         runs = run_lengths(over, self.over_run)
@@ -1158,17 +1169,17 @@ class HealthMonitor:
         self.trigger = None if state["trigger"] is None else Event.model_validate(state["trigger"])
 
 
-_LAW_BEHIND, _LAW_AHEAD = 32768, 8192
+_LAW_AHEAD = 2048
 
 
 class FitLaw:
-    """``steps -> expected loss`` of one fit under one schedule, evaluated lazily in one block of steps.
+    """``steps -> expected loss`` of one fit under one schedule, evaluated lazily in blocks of steps.
 
-    After a refit the detectors ask for the law at the points they hold (up to a few hundred observations
-    back) and then at each new chunk (moving forward): one evaluation over
-    ``[first step asked - 32768, last step asked + 8192]`` covers both for many flushes, so a fit costs about
-    one evaluation of the law, never one over the whole planned schedule. Steps outside the schedule, or a
-    law that cannot be evaluated, give NaN.
+    The detectors ask for the law at each new chunk (moving forward) and, after a refit, once at the points
+    they hold: a chunk miss evaluates the block of :data:`_LAW_AHEAD` steps from its first step, which
+    covers the next flushes; a request wider than that (the points held) is evaluated as asked. A fit thus
+    costs a couple of evaluations of the law, never one over the whole planned schedule. Steps outside the
+    schedule, or a law that cannot be evaluated, give NaN.
     """
 
     def __init__(self, mean: Callable[[np.ndarray], np.ndarray], total: int) -> None:
@@ -1193,10 +1204,10 @@ class FitLaw:
         lo, hi = int(st.min()), int(st.max())
         if lo >= self._lo and hi < self._lo + len(self._vals):
             return self._vals[st - self._lo]
-        if hi - lo > _LAW_BEHIND:
+        if hi - lo >= _LAW_AHEAD:
             return self._eval(st)
-        self._lo = max(lo - _LAW_BEHIND, 1)
-        self._vals = self._eval(np.arange(self._lo, min(hi + _LAW_AHEAD, self.total) + 1, dtype=np.int64))
+        self._lo = lo
+        self._vals = self._eval(np.arange(lo, min(lo + _LAW_AHEAD, self.total + 1), dtype=np.int64))
         if hi >= self._lo + len(self._vals):
             return self._eval(st)
         return self._vals[st - self._lo]
