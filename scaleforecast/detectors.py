@@ -346,9 +346,9 @@ class SpikeDetector:
                 scale = np.maximum(model_sd * np.sqrt(1.0 + lev), floor)
             preds.append(pred)
             scales.append(scale)
-        zs = np.vstack([(y - p) / sc for p, sc in zip(preds, scales, strict=True)])
-        pick = np.argmin(zs, axis=0)
-        z = zs[pick, np.arange(len(s))]
+        z = (y - preds[0]) / scales[0]
+        if use_law:
+            z = np.minimum(z, (y - preds[1]) / scales[1])
         flag = z > cfg.threshold
         runs = run_lengths(flag, self.run)
         self.run = int(runs[-1])
@@ -385,7 +385,7 @@ class SpikeDetector:
 
     def _accept(self, s: np.ndarray, x: np.ndarray, y: np.ndarray, base: np.ndarray | None) -> None:
         resid = y - base if (base is not None and self._law is not None) else y
-        self.lines.add(x, np.vstack([y, resid]))
+        self.lines.add(x, np.array([y, resid]))
         self.ring.extend(s, y)
 
     def update(self, steps: np.ndarray, values: np.ndarray, law: LawFn | None = None) -> list[Event]:

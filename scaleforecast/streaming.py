@@ -74,8 +74,8 @@ def run_lengths(flag: np.ndarray, carry: int) -> np.ndarray:
     """Length of the run of consecutive ``True`` ending at each position; ``carry`` continues a run from the
     previous chunk. 0 where ``flag`` is ``False``."""
     n = len(flag)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
+    if n == 0 or not flag.any():
+        return np.zeros(n, dtype=np.int64)
     idx = np.arange(n)
     last_false = np.maximum.accumulate(np.where(~flag, idx, -1))
     out = idx - last_false
