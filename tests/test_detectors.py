@@ -383,3 +383,23 @@ def test_injected_events_on_a_real_curve_are_found(curves_dir: Path) -> None:
     assert ("nonfinite", int(steps[i_nan])) in found
     div = [s for k, s in found if k == "divergence"]
     assert div and 0 < min(div) - steps[i_div] < 60 * np.median(np.diff(steps))
+
+
+def test_the_law_is_evaluated_in_forward_blocks_not_over_the_whole_schedule() -> None:
+    from scaleforecast.detectors import FitLaw
+
+    calls: list[int] = []
+
+    def mean(steps: np.ndarray) -> np.ndarray:
+        calls.append(len(steps))
+        return law_curve(steps)
+
+    law = FitLaw(mean, total=1_000_000)
+    det = HealthMonitor()
+    steps, y = noisy_curve(6000)
+    for i in range(0, 6000, 50):
+        det.update(steps[i : i + 50], y[i : i + 50], law=law)
+    # A handful of evaluations for 120 flushes, none of them over the million planned steps.
+    assert len(calls) <= 6 and max(calls) <= 2048
+    np.testing.assert_allclose(law(np.array([5, 70_000])), law_curve(np.array([5, 70_000])))
+    assert np.isnan(law(np.array([0, 1_000_001]))).all()
