@@ -331,27 +331,47 @@ class SweepStopper(ForecastStopCheck):
         self._worker = BackgroundRegistry(self.registry, timeout_s=timeout_s)
         self._ordinal = SweepStopper._made_in_process
         SweepStopper._made_in_process += 1
-        self.rank = job_rank() if rank is None else int(rank)
-        self.run_id, self.knows_job = self._resolve_run_id(run_id)
+        self._rank: int | None = None if rank is None else int(rank)
+        self._run_id: str | None = run_id
+        self._knows_job: bool | None = True if run_id is not None else None
         self._worker.refresh()  # the first read starts now, off this thread
 
-    def _resolve_run_id(self, run_id: str | None) -> tuple[str, bool]:
-        if run_id is not None:
-            return run_id, True
-        shared = job_run_id()
-        explicit = bool(os.environ.get("SCALEFORECAST_RUN_ID", "").strip())
-        if shared is not None and (explicit or job_world_size() > 1 or self.rank != 0):
-            return shared + (f"-{self._ordinal}" if self._ordinal else ""), True
-        unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        return unique, self.rank == 0
+    # The job's identity is read from the environment when first needed, not at construction: a launcher
+    # (Lightning's DDP, torchrun's agent) may set the ranks after the user built the stopper.
+    @property
+    def rank(self) -> int:
+        """This process's global rank (``rank=``, :meth:`bind`, else the launcher's environment)."""
+        if self._rank is None:
+            self._rank = job_rank()
+        return self._rank
+
+    @property
+    def run_id(self) -> str:
+        """The job's run id in the registry (see the class docstring)."""
+        if self._run_id is None:
+            shared = job_run_id()
+            explicit = bool(os.environ.get("SCALEFORECAST_RUN_ID", "").strip())
+            if shared is not None and (explicit or job_world_size() > 1 or self.rank != 0):
+                self._run_id = shared + (f"-{self._ordinal}" if self._ordinal else "")
+                self._knows_job = True
+            else:
+                self._run_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                self._knows_job = self.rank == 0
+        return self._run_id
+
+    @property
+    def knows_job(self) -> bool:
+        """Whether this process can tell its job's own record among the sweep's (rank 0 always can)."""
+        _ = self.run_id
+        return bool(self._knows_job)
 
     def bind(self, *, rank: int | None = None, run_id: str | None = None) -> None:
-        """Tell the stopper its global rank and the job's run id (the same on every rank), e.g. rank 0's
-        ``run_id`` broadcast by an adapter that owns a process group."""
+        """Tell the stopper its global rank and the job's run id (the same on every rank), e.g. from an
+        adapter that owns a process group: ``trainer.global_rank`` and rank 0's ``run_id`` broadcast."""
         if rank is not None:
-            self.rank = int(rank)
+            self._rank = int(rank)
         if run_id is not None:
-            self.run_id, self.knows_job = run_id, True
+            self._run_id, self._knows_job = run_id, True
 
     @property
     def writes(self) -> bool:

@@ -331,3 +331,19 @@ def test_one_registry_run_per_job_not_per_rank(tmp_path: Path, mode: str, env: d
         assert ranks[0]["decisions"] == ranks[1]["decisions"]  # both ranks decide alike
     else:
         assert not any(ranks[1]["decisions"]) and ranks[0]["stopped_at"] is not None
+
+
+def test_the_job_identity_is_read_when_first_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher may set the ranks after the stopper was built (Lightning's DDP launches from the
+    user's process): the rank and the job's id are read at the first call, not at construction."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    stopper = SweepStopper(tmp_path / "s.sqlite", sweep="s", min_fraction=0.0)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "late")
+    assert not stopper(500, _forecast(2.0, 0.01))
+    assert stopper.rank == 1 and not stopper.writes and stopper.run_id.startswith("torchrun-late")
+    stopper.finish()
+    assert stopper.sync()
+    assert SQLiteRegistry("s", tmp_path / "s.sqlite").records() == []  # a non-zero rank never writes
