@@ -313,8 +313,11 @@ class SpikeDetector:
     def _chunk(self, s: np.ndarray, y: np.ndarray, law: LawFn | None) -> tuple[np.ndarray, list[Event]]:
         cfg = self.config
         x = np.log(s.astype(float))
-        base = _law_at(law, s)
-        use_law = self._sync_law(law if base is not None else None)
+        # The points held are asked first, so that one block of the law covers them and this chunk.
+        use_law = self._sync_law(law)
+        base = _law_at(law, s) if use_law else None
+        if base is None:
+            use_law = self._sync_law(None)
         lines = self.lines
         if lines.n == 0:
             lines.recentre(float(x[0]))
