@@ -467,12 +467,15 @@ class SweepStopper(ForecastStopCheck):
         Waits at most ``finish_timeout_s`` for the record to land (the run is over; a locked registry costs
         that bound, with a warning, and the write keeps being retried while the process lives)."""
         if not self.writes:
+            self._worker.close()
             return
         if final_loss is None and self.last_forecast is not None and self.last_forecast.final is not None:
             final_loss = self.last_forecast.final.loss
         state = RunState.STOPPED if self.stopped_at is not None else RunState.FINISHED
         self._worker.post_final(self.run_id, final_loss, state=state)
-        if self.finish_timeout_s > 0 and not self._worker.drain(self.finish_timeout_s):
+        if self._worker.drain(self.finish_timeout_s):
+            self._worker.close()  # its thread ends; a later call would start another
+        else:
             _log.warning(
                 "scaleforecast sweep stopper: the end of run %s is not recorded yet (%s); still retrying",
                 self.run_id,

@@ -13,6 +13,7 @@ thread a queue append and a snapshot read (microseconds), whatever the storage d
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import logging
 import math
@@ -517,10 +518,11 @@ class BackgroundRegistry:
         if self._pid != os.getpid():  # a forked child: the parent's thread and lock are not ours
             state = self.__getstate__()
             self.__setstate__(state)
-        if self._thread is None or not self._thread.is_alive():
-            self._closing = False
-            self._thread = threading.Thread(target=self._work, name="scaleforecast-registry", daemon=True)
-            self._thread.start()
+        with self._cond:
+            self._closing = False  # a worker told to close and not yet gone simply carries on
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="scaleforecast-registry", daemon=True)
+                self._thread.start()
         return self._cond
 
     # ------------------------------------------------------------------ bounded waits (not per step)
@@ -595,8 +597,11 @@ class BackgroundRegistry:
                 nxt = self._next(retry_at)
                 if nxt is None:
                     self._busy = False
+                    self._thread = None
                     self._cond.notify_all()
-                    return
+                    backend, self._backend = self._backend, None
+                    break
+
                 kind, op = nxt
                 self._busy, self._current = True, kind
             group = "read" if kind == "read" else "write"
@@ -626,6 +631,10 @@ class BackgroundRegistry:
                 self._busy, self._current = False, None
                 self._note(failing, None)
                 self._cond.notify_all()
+
+        if backend is not None:
+            with contextlib.suppress(Exception):
+                backend.close()  # this thread's connection
 
     def _read(self, backend: RunRegistry) -> None:
         self._last_read = time.monotonic()
