@@ -14,8 +14,6 @@ from collections.abc import Iterator
 import numpy as np
 
 MAX_CHUNK = 64
-# E|e| = sigma * sqrt(2 / pi) for normal e: the mean absolute error times this is the noise sigma.
-MEAN_ABS_TO_SIGMA = math.sqrt(math.pi / 2.0)
 
 
 def alpha_for(span: float) -> float:
