@@ -275,17 +275,19 @@ class SweepStopper(ForecastStopCheck):
 
     The training thread never waits on the registry: writes are queued to a :class:`BackgroundRegistry`
     worker and each decision uses the records the worker last read (a read is asked for at every call and
-    made at most once a second, so while the storage answers they are about a second old, or one call). When the storage is locked or gone, the
-    worker logs one warning and retries in the background; decisions go on from the last records read while
-    they are younger than ``max_records_age_s`` and against ``target`` alone after that; everything queued
-    lands when the storage comes back. :meth:`sync` waits (bounded) for the worker, for tests and set-up.
+    made at most once a second). When the storage is locked or gone, the worker logs one warning and
+    retries in the background; decisions go on from the last records read while they are younger than
+    ``max_records_age_s`` and against ``target`` alone after that; everything queued lands when the storage
+    comes back. :meth:`sync` waits (bounded) for the worker, for tests and set-up.
 
     One multi-process job is one run: global rank 0 (from ``rank=``, else the launcher's environment, see
     :mod:`scaleforecast.job`) writes; every rank reads and decides against the same records, excluding the
     job's own. ``run_id`` defaults to the job's id from the environment for a multi-process job (the ``k``-th
     stopper of a process gets ``-k`` appended, the same on every rank), else a unique ``host-pid-random``
-    name. A non-zero rank that cannot learn the job's id (no id in the environment and none passed to
-    :meth:`bind`) leaves the decision to rank 0, whose stop every adapter applies on all ranks.
+    name drawn at construction (so copies pickled to spawned ranks share it). A non-zero rank that cannot
+    learn the job's id (no id in the environment and none passed to :meth:`bind`) leaves the decision to
+    rank 0, whose stop every adapter applies on all ranks. Adapters that know the rank (``trainer.global_rank``)
+    should pass it to :meth:`bind`: a spawned rank may find no rank in its environment.
 
     ``registry`` is a :class:`RunRegistry`, a SQLite path, or ``None`` for the default SQLite file of ``sweep``
     (``~/.cache/scaleforecast/<sweep>.sqlite``): no set-up needed. ``timeout_s``: how long one registry call
@@ -334,6 +336,7 @@ class SweepStopper(ForecastStopCheck):
         self._rank: int | None = None if rank is None else int(rank)
         self._run_id: str | None = run_id
         self._knows_job: bool | None = True if run_id is not None else None
+        self._own_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._worker.refresh()  # the first read starts now, off this thread
 
     # The job's identity is read from the environment when first needed, not at construction: a launcher
@@ -355,7 +358,7 @@ class SweepStopper(ForecastStopCheck):
                 self._run_id = shared + (f"-{self._ordinal}" if self._ordinal else "")
                 self._knows_job = True
             else:
-                self._run_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                self._run_id = self._own_id
                 self._knows_job = self.rank == 0
         return self._run_id
 
