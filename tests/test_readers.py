@@ -334,6 +334,14 @@ def test_core_imports_neither_tensorboard_torch_nor_integrations() -> None:
     assert out.stdout.strip() == "[] []"
 
 
+def test_import_loads_no_heavy_scipy_module() -> None:
+    """``import scaleforecast`` stays cheap (benchmarks/import_time.py has the times): scipy.stats, .signal and
+    .optimize load on first use only."""
+    code = "import sys, scaleforecast; print([m for m in ('scipy.stats', 'scipy.signal', 'scipy.optimize') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_feed_sends_windows(tmp_path: Path) -> None:
     class Recorder:
         def __init__(self) -> None:
