@@ -282,7 +282,13 @@ def rebuild_lrs(
         inside = lr_steps <= len(lrs)
         if inside.any():
             peak = float(lrs.max())
-            err = np.abs(lrs[lr_steps[inside] - 1] - lr_values[inside]) / peak
+            at, logged = lr_steps[inside] - 1, lr_values[inside]
+            # Loggers differ by one step on which update's LR they record (before or after the scheduler steps):
+            # at a sharp drop that alone would look like a large mismatch, so the nearest of the three counts.
+            err = (
+                np.min([np.abs(lrs[np.clip(at + d, 0, len(lrs) - 1)] - logged) for d in (-1, 0, 1)], axis=0)
+                / peak
+            )
             rec.max_error, rec.rms_error = float(err.max()), float(np.sqrt(np.mean(err**2)))
             if rec.max_error > LR_TRUST_OK:
                 i = int(np.argmax(err))
