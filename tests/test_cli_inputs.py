@@ -286,13 +286,17 @@ _CELLS = st.one_of(
 
 @st.composite
 def _csv_bytes(draw: st.DrawFn) -> bytes:
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)) == 0:
         return draw(st.binary(max_size=200))
-    header = draw(st.lists(_NAMES, min_size=1, max_size=5))
-    ncol = len(header) + draw(st.integers(-1, 1))
-    rows = draw(st.lists(st.lists(_CELLS, min_size=max(ncol, 0), max_size=max(ncol, 0)), max_size=25))
-    if draw(st.booleans()):  # a well-formed core: increasing steps and a falling loss
-        header = ["step", "loss", *header]
+    header = draw(st.lists(_NAMES, min_size=1, max_size=5, unique=draw(st.booleans())))
+    core = draw(st.booleans())
+    if core:  # a well-formed core (increasing steps, a falling loss) under the random columns
+        header = ["step", "loss", *(h for h in header if h.strip() not in ("step", "loss"))]
+    clean = core and draw(st.booleans())  # extra columns of plain numbers, one cell per column
+    ncol = max(len(header) - (2 if core else 0) + (0 if clean else draw(st.integers(-1, 1))), 0)
+    cells = st.floats(1e-6, 10.0).map(repr) | st.just("") if clean else _CELLS
+    rows = draw(st.lists(st.lists(cells, min_size=ncol, max_size=ncol), max_size=25))
+    if core:
         rows = [[str(i + 1), repr(3.0 - i / 50), *r] for i, r in enumerate(rows)]
     end = draw(st.sampled_from(["\n", "\r\n", "\r"]))
     text = end.join(",".join(r) for r in [header, *rows]) + draw(st.sampled_from(["", end]))
@@ -300,7 +304,7 @@ def _csv_bytes(draw: st.DrawFn) -> bytes:
     return (bom + text).encode(draw(st.sampled_from(["utf-8", "latin-1"])), errors="replace")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=_csv_bytes(), lr_args=st.sampled_from([[], ["--schedule", "cosine:peak=1e-3,warmup=5,total=60"]]))
 def test_any_bytes_give_json_or_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes, lr_args: list[str]
@@ -316,3 +320,19 @@ def test_any_bytes_give_json_or_one_line(
     else:
         assert rc == 2, err  # bad input is a usage error, never an internal one
         assert out == "" and err.count("\n") == 1 and err.startswith(f"{CONTRACT}: error: ")
+
+
+def test_report_never_writes_through_a_planted_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = _csv(tmp_path, "step,loss\n" + "".join(f"{s},{3.0 - s / 1000}\n" for s in range(10, 501, 10)))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "r.png"
+    link.symlink_to(victim)
+    err = _error(["report", str(p), "--schedule", "constant:peak=1e-3,total=500", "-o", str(link)], capsys)
+    assert err == (
+        f"scaleforecast report: error: {link} is a symbolic link; refusing to write through it (remove it or pick "
+        "another path)"
+    )
+    assert victim.read_text() == "keep me"
