@@ -32,6 +32,7 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "Damage",
     "EventTailer",
+    "NoEventFiles",
     "TailResult",
     "find_event_files",
     "is_event_file",
@@ -49,6 +50,7 @@ _MAX_RECORD = 1 << 31
 _MASK_DELTA = 0xA282EAD8
 _U32 = np.uint32(0xFFFFFFFF)
 _LEN = struct.Struct("<Q")
+_CHUNK = 64 << 20
 
 Series = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -120,7 +122,9 @@ class Scan:
     resume, kind)`` for each stretch skipped, ``kind`` being ``payload`` (a record's payload fails its checksum)
     or ``header`` (a length field fails its checksum; ``resume`` is the next valid record, or the end).
     ``end``: where whole records stop; ``truncated``: bytes follow ``end`` that are not yet a whole record.
-    ``searching``: the buffer ends inside a damaged stretch (a live reader searches on from ``end``).
+    ``searching``: the buffer ends inside a damaged stretch (the next read searches on from ``end``).
+    ``found``: where a search that started at the buffer's first byte found a valid record (``None``: it did
+    not, or there was none to do).
     """
 
     starts: np.ndarray
@@ -129,6 +133,7 @@ class Scan:
     end: int
     truncated: bool
     searching: bool
+    found: int | None = None
 
 
 def _walk(data: bytes, pos: int, end: int) -> tuple[list[int], int]:
@@ -166,6 +171,7 @@ def scan_records(data: bytes, searching: bool = False) -> Scan:
     heads_all: list[np.ndarray] = []
     damage: list[tuple[int, int, str]] = []
     pos = 0
+    found = None
     if searching:
         found = _resync(buf, 0, n)
         if found is None:
@@ -187,11 +193,11 @@ def scan_records(data: bytes, searching: bool = False) -> Scan:
         if nxt is None:
             damage.append((at, n, "header"))
             heads = np.concatenate(heads_all)
-            return _finish(buf, heads, damage, max(at + 1, n - _HEADER + 1), False, True)
+            return _finish(buf, heads, damage, max(at + 1, n - _HEADER + 1), False, True, found)
         damage.append((at, nxt, "header"))
         pos = nxt
     heads = np.concatenate(heads_all)
-    return _finish(buf, heads, damage, stop, stop < n, False)
+    return _finish(buf, heads, damage, stop, stop < n, False, found)
 
 
 def _finish(
@@ -201,6 +207,7 @@ def _finish(
     end: int,
     trunc: bool,
     search: bool,
+    found: int | None,
 ) -> Scan:
     lengths = np.zeros(len(heads), dtype=np.int64)
     if len(heads):
@@ -211,7 +218,7 @@ def _finish(
     for h, ln in zip(heads[~ok], lengths[~ok], strict=True):
         damage.append((int(h), int(h + _HEADER + ln + _FOOTER), "payload"))
     damage.sort()
-    return Scan(starts[ok], lengths[ok], damage, end, trunc, search)
+    return Scan(starts[ok], lengths[ok], damage, end, trunc, search, found)
 
 
 def is_event_file(path: Path) -> bool:
@@ -227,6 +234,10 @@ def is_event_file(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ files
+class NoEventFiles(ReadError):
+    """The path does not exist, or holds no event files (yet)."""
+
+
 def _natural_key(path: Path) -> list[Any]:
     # File names start with the creation time and end with a counter: compare the numbers as numbers.
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
@@ -242,7 +253,7 @@ def find_event_files(path: str | os.PathLike[str]) -> list[Path]:
     if p.is_file():
         return [p]
     if not p.is_dir():
-        raise ReadError(f"cannot read {p}: No such file or directory")
+        raise NoEventFiles(f"cannot read {p}: No such file or directory")
     own = sorted(
         (f for f in p.iterdir() if f.name.startswith(EVENT_FILE_PREFIX) and f.is_file()), key=_natural_key
     )
@@ -253,7 +264,7 @@ def find_event_files(path: str | os.PathLike[str]) -> list[Path]:
     if len(below) == 1:
         return find_event_files(below[0])
     if not below:
-        raise ReadError(f"{p}: no TensorBoard event files ({EVENT_FILE_PREFIX}.*) found")
+        raise NoEventFiles(f"{p}: no TensorBoard event files ({EVENT_FILE_PREFIX}.*) found")
     names = ", ".join(str(d.relative_to(p)) for d in below[:8])
     raise ReadError(f"{p}: holds {len(below)} runs ({names}); pass one run directory")
 
@@ -329,6 +340,8 @@ class _FileState:
     values: dict[str, list[np.ndarray]] = field(default_factory=dict)
     last_step: int | None = None
     pending: list[Damage] = field(default_factory=list)
+    open: Damage | None = None
+    need: int = 0
     unusable: str | None = None
     truncated_noted: bool = False
 
@@ -371,8 +384,8 @@ class EventTailer:
         result = TailResult(scalars={})
         try:
             files = find_event_files(self.path)
-        except ReadError as err:
-            if not self.live or "holds" in str(err):
+        except NoEventFiles as err:
+            if not self.live:
                 raise
             result.waiting = str(err)
             result.reset = bool(self.files)
@@ -406,6 +419,9 @@ class EventTailer:
             if state is None:
                 continue
             for tag, parts in state.steps.items():
+                if len(parts) > 1:  # one array per tag and file, however many polls added to it
+                    state.steps[tag] = parts = [np.concatenate(parts)]
+                    state.values[tag] = [np.concatenate(state.values[tag])]
                 m = merged.setdefault(tag, ([], []))
                 m[0].extend(parts)
                 m[1].extend(state.values[tag])
@@ -426,19 +442,25 @@ class EventTailer:
             if state is not None:
                 result.reset = True
             state = self.files[f] = _FileState(inode=st.st_ino)
+        state.size = st.st_size
         if state.unusable is not None or st.st_size <= state.pos:
-            state.size = st.st_size
             return
         try:
             with open(f, "rb") as fh:
-                fh.seek(state.pos)
-                data = fh.read(st.st_size - state.pos)
+                # In chunks of whole records: memory stays bounded on files of images and histograms.
+                while state.pos < st.st_size:
+                    fh.seek(state.pos)
+                    data = fh.read(min(st.st_size - state.pos, max(_CHUNK, state.need)))
+                    if not self._consume(f, state, data, state.pos + len(data) >= st.st_size, result):
+                        break
         except OSError as err:
             msg = f"cannot read {f}: {err.strerror or err}"
             if not self.live:
                 raise ReadError(msg) from None
             self._note(result, msg)
-            return
+
+    def _consume(self, f: Path, state: _FileState, data: bytes, last: bool, result: TailResult) -> bool:
+        """Read the records in ``data`` (the file from ``state.pos``); whether reading moved on."""
         base = state.pos
         scan = scan_records(data, searching=state.searching)
         if base == 0 and not len(scan.starts) and (scan.damage or scan.searching) and len(data) >= _HEADER:
@@ -447,23 +469,40 @@ class EventTailer:
                 raise ReadError(msg)
             state.unusable = msg
             self._note(result, msg)
-            return
-        damages = [
-            Damage(f, base + a, base + b, kind, size=st.st_size, after_step=None)
-            for a, b, kind in scan.damage
-        ]
-        self._read_events(f, state, data, scan, base, damages, st.st_size)
+            return False
+        damages: list[Damage] = []
+        if state.open is not None and scan.found is not None:
+            state.open.resume = base + scan.found
+            damages.append(state.open)
+            state.open = None
+        for a, b, kind in scan.damage:
+            d = Damage(f, base + a, base + b, kind, size=state.size)
+            if scan.searching and b == len(data) and not last:
+                state.open = d  # where reading resumes is in a later chunk
+            else:
+                damages.append(d)
+        if last and state.open is not None:
+            state.open.resume = state.size
+            damages.append(state.open)
+            state.open = None
+        self._read_events(f, state, data, scan, base, damages, state.size)
         for d in damages:
             result.damage.append(d)
             self._note(result, d.message())
         state.pos = base + scan.end
         state.searching = scan.searching
-        state.size = st.st_size
-        if scan.truncated and not self.live and not state.truncated_noted:
+        state.need = 0
+        if scan.truncated and scan.end == 0 and not last and len(data) >= 8:
+            # One record longer than a chunk: read it whole next time.
+            (length,) = _LEN.unpack_from(data, 0)
+            state.need = _HEADER + int(length) + _FOOTER
+            return True
+        if scan.truncated and last and not self.live and not state.truncated_noted:
             state.truncated_noted = True
             self._note(
                 result, f"{f.name}: ends in a truncated record after byte {state.pos}; read what came before"
             )
+        return state.pos > base
 
     def _read_events(
         self, f: Path, state: _FileState, data: bytes, scan: Scan, base: int, damages: list[Damage], size: int

@@ -168,3 +168,31 @@ def test_live_tailer_reports_missing_path_and_garbage_once(tmp_path: Path) -> No
     assert tailer.poll().notes == []  # said once
     with pytest.raises(ReadError, match="not a TensorBoard event file"):
         EventTailer(run, live=False).poll()
+
+
+def test_reading_in_small_chunks_gives_the_same_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are read in bounded chunks of whole records: damage that spans a chunk boundary, and a record
+    longer than a chunk (an image), come out as in one read."""
+    import scaleforecast.tfevents as tfevents
+
+    run = tmp_path / "run"
+    w = SummaryWriter(str(run))
+    for s in range(1, 401):
+        w.add_scalar("loss", 3.0 - s * 1e-3, s)
+        if s == 200:
+            w.add_image("sample", np.random.default_rng(0).random((3, 64, 64)), s)  # about 12 KB
+    w.close()
+    (f,) = list(run.iterdir())
+    data = bytearray(f.read_bytes())
+    offsets = _record_offsets(bytes(data))
+    data[offsets[300] + 1] ^= 0x80  # a length field: reading resumes at the next record
+    data[offsets[360] + 30] ^= 0x01  # a payload
+    data[offsets[20] + 3 : offsets[20] + 6003] = bytes(6000)  # a stretch longer than a chunk
+    f.write_bytes(bytes(data))
+    whole, whole_notes = read_event_scalars(f)
+    monkeypatch.setattr(tfevents, "_CHUNK", 4096)
+    chunked, chunked_notes = read_event_scalars(f)
+    np.testing.assert_array_equal(chunked["loss"][0], whole["loss"][0])
+    np.testing.assert_array_equal(chunked["loss"][1], whole["loss"][1])
+    assert chunked_notes == whole_notes and len(whole_notes) == 3
+    assert f"corrupt data at byte {offsets[20]} (bad record header): skipped 60" in whole_notes[0]
