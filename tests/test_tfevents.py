@@ -170,7 +170,9 @@ def test_live_tailer_reports_missing_path_and_garbage_once(tmp_path: Path) -> No
         EventTailer(run, live=False).poll()
 
 
-def test_reading_in_small_chunks_gives_the_same_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reading_in_small_chunks_gives_the_same_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Files are read in bounded chunks of whole records: damage that spans a chunk boundary, and a record
     longer than a chunk (an image), come out as in one read."""
     import scaleforecast.tfevents as tfevents
