@@ -306,9 +306,15 @@ def test_missing_path_is_said_once_then_found(tmp_path: Path) -> None:
     assert watcher.poll_once() == 0 and watcher.poll_once() == 0
     waiting = [m for m in logs if "waiting for it" in m]
     assert waiting == [f"cannot read {run}: No such file or directory; waiting for it"]
+    run.mkdir()
+    garbage = run / "events.out.tfevents.1.host"
+    garbage.write_bytes(b"not an event file" * 8)
     _write(run, range(10, 501, 10))
     assert watcher.poll_once() == 50
     assert f"found event files in {run}" in logs
+    assert f"{garbage}: not a TensorBoard event file (no valid record in its first 136 bytes)" in logs
+    watcher.poll_once()
+    assert sum("not a TensorBoard event file" in m for m in logs) == 1
 
 
 def test_output_never_goes_through_a_planted_link(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
