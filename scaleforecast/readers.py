@@ -169,8 +169,8 @@ def read_run(
             )
     elif require_lr:
         raise ReadError(
-            f"{path}: no LR for every step: no LR logged (looked for {', '.join(LR_NAMES[:4])}, ...); pass "
-            "--lr-file RUN.lr.npy or --schedule SPEC"
+            f"{path}: no LR for every step; pass --lr-file RUN.lr.npy or --schedule SPEC (no LR logged: looked "
+            f"for {', '.join(LR_NAMES[:4])}, ...)"
         )
     rising = rising_loss_note(run if until_step is None else run.until(until_step))
     if rising is not None:

@@ -475,4 +475,4 @@ def load_lr_file(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         return validate_lrs(arr)
     except ScheduleError as err:
-        raise ScheduleError(f"LR file {path}: {err}") from None
+        raise ScheduleError(f"{err} (LR file {path})") from None

@@ -134,7 +134,7 @@ def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], lis
     return list(columns), rows
 
 
-def _num(cell: Any, where: str) -> float | None:
+def _num(cell: Any, where: str, column: str) -> float | None:
     """A cell as a float; ``None`` for "not logged"."""
     if cell is None:
         return None
@@ -142,7 +142,9 @@ def _num(cell: Any, where: str) -> float | None:
         try:
             return float(cell)
         except OverflowError:
-            raise ReadError(f"{where}: not a number: {str(cell)[:24]}... (too large)") from None
+            raise ReadError(
+                f"{where}: not a number: {str(cell)[:24]}... (too large; column {column})"
+            ) from None
     if isinstance(cell, str):
         text = cell.strip()
         if text.lower() in _MISSING:
@@ -152,7 +154,7 @@ def _num(cell: Any, where: str) -> float | None:
         except ValueError:
             pass
     shown = repr(cell if isinstance(cell, str) else json.dumps(cell))
-    raise ReadError(f"{where}: not a number: {shown[:60]}")
+    raise ReadError(f"{where}: not a number: {shown[:60]} (column {column})")
 
 
 def _column(rows: Sequence[Row], col: str | None, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +164,7 @@ def _column(rows: Sequence[Row], col: str | None, where: str) -> tuple[np.ndarra
     if col is None:
         return present, values
     for i, (lineno, row) in enumerate(rows):
-        v = _num(row.get(col), f"{where}:{lineno}: {col}")
+        v = _num(row.get(col), f"{where}:{lineno}", col)
         if v is not None:
             present[i] = True
             values[i] = v
@@ -245,7 +247,7 @@ def _rows_to_run(
         loss_col = pick_loss(filled, None, str(path)) or pick_loss(columns, None, str(path))
         if loss_col is None:
             raise ReadError(
-                f"{path}: no loss column; expected one of {', '.join(LOSS_NAMES[:3])}, ... or --loss-column NAME "
+                f"{path}: no loss column; expected one of {', '.join(LOSS_NAMES[:3])} or --loss-column "
                 f"(columns: {cols})"
             )
     else:

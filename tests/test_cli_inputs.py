@@ -54,12 +54,11 @@ def _csv(tmp_path: Path, text: str | bytes, name: str = "run.csv") -> Path:
         (
             "step,acc\n1,0.5\n",
             [],
-            "{p}: no loss column; expected one of loss, val_loss, train_loss, ... or --loss-column NAME "
-            "(columns: step, acc)",
+            "{p}: no loss column; expected one of loss, val_loss, train_loss or --loss-column (columns: step, acc)",
         ),
         ("step,loss\n2,3.0\n1,2.9\n", [], "{p}: steps out of order in column 'loss': 1 after 2"),
         ("step,loss\n1,3.0\n1,2.9\n", [], "{p}: steps out of order in column 'loss': 1 after 1"),
-        ("step,loss\n1,abc\n", [], "{p}:2: loss: not a number: 'abc'"),
+        ("step,loss\n1,abc\n", [], "{p}:2: not a number: 'abc' (column loss)"),
         ("step,loss\n1.5,2.0\n", [], "{p}:2: step must be a non-negative integer, got 1.5"),
         ("step,loss\n-1,2.0\n", [], "{p}:2: step must be a non-negative integer, got -1"),
         ("step,loss\n1,2.0,7\n", [], "{p}:2: 3 cells but the header has 2 columns"),
@@ -71,8 +70,8 @@ def _csv(tmp_path: Path, text: str | bytes, name: str = "run.csv") -> Path:
         (
             "step,loss\n1,3.0\n2,2.9\n",
             [],
-            "{p}: no LR for every step: no LR logged (looked for lr, train/learning_rate, learning-rate, "
-            "learning_rate, ...); pass --lr-file RUN.lr.npy or --schedule SPEC",
+            "{p}: no LR for every step; pass --lr-file RUN.lr.npy or --schedule SPEC (no LR logged: looked for "
+            "lr, train/learning_rate, learning-rate, learning_rate, ...)",
         ),
         (
             "step,lr,loss\n1,1e-3,3.0\n2,nan,2.9\n3,1e-3,2.8\n",
@@ -146,14 +145,15 @@ def test_lr_files_that_are_not_one_lr_per_update(tmp_path: Path, capsys: pytest.
         ),
         "neg.npy": (
             np.array([1e-3, -1e-3, 1e-3]),
-            "LR at index 1 (update 2) is -0.001: every LR must be > 0",
+            "LR at index 1 (update 2) is -0.001: every LR must be > 0 (an exact 0 is allowed only at the first "
+            "and the last update)",
         ),
     }
     for name, (arr, message) in cases.items():
         f = tmp_path / name
         np.save(f, arr)
         err = _error(["forecast", str(p), "--lr-file", str(f)], capsys)
-        assert err.startswith(f"{CONTRACT}: error: LR file {f}: {message}"), err
+        assert err == f"{CONTRACT}: error: {message} (LR file {f})", err
     err = _error(["forecast", str(p), "--lr-file", str(tmp_path / "missing.npy")], capsys)
     assert (
         err == f"{CONTRACT}: error: cannot read LR file {tmp_path / 'missing.npy'}: No such file or directory"

@@ -127,7 +127,9 @@ def test_several_runs_below_a_dir_is_an_error(tmp_path: Path) -> None:
 
 def test_missing_lr_is_a_clear_error(tmp_path: Path) -> None:
     _write(tmp_path / "r", range(1, 50), "loss", None)
-    with pytest.raises(ReadError, match=r"no LR logged.*--schedule"):
+    with pytest.raises(
+        ReadError, match=r"no LR for every step; pass --lr-file .* --schedule SPEC \(no LR logged"
+    ):
         read_run(tmp_path / "r")
     data = read_run(tmp_path / "r", require_lr=False)
     assert data.lr is None
@@ -179,14 +181,14 @@ def test_csv_empty_column_falls_through(tmp_path: Path) -> None:
         ("step,loss\n", "has no values"),
         ("iteration_count,loss\n1,2.0\n", r"no 'step' column \(columns: iteration_count, loss\)"),
         ("step,accuracy\n1,0.5\n", "no loss column"),
-        ("step,loss\n1,abc\n", r"run.csv:2: loss: not a number: 'abc'"),
+        ("step,loss\n1,abc\n", r"run.csv:2: not a number: 'abc' \(column loss\)"),
         ("step,loss\n1.5,2.0\n", "non-negative integer"),
         ("step,loss\n1e300,2.0\n", "non-negative integer"),
         ("step,loss\n1,2.0,7\n", "3 cells but the header has 2"),
         ("step,loss,loss\n1,2,3\n", "duplicate column names in header: loss"),
         ("step,loss\n0,2.0\n", "no values at steps >= 1"),
         ("step,loss,window\n1,2.0,0\n", "window must be a positive integer"),
-        ("step,loss\n1,2.0\n\x00\n", r"run.csv:3: step: not a number: .\\x00."),
+        ("step,loss\n1,2.0\n\x00\n", r"run.csv:3: not a number: .\\x00. \(column step\)"),
     ],
 )
 def test_csv_errors_are_one_line(tmp_path: Path, text: str, needle: str) -> None:
@@ -262,7 +264,7 @@ def test_jsonl_nested_eval_lines_and_cut_tail(tmp_path: Path) -> None:
         ("", "no JSON records"),
         ('{"step": 1, "loss": 2}\nnot json\n{"step": 3, "loss": 2}\n', r"run.jsonl:2: not valid JSON"),
         ("[1, 2]\n", "expected a JSON object, got list"),
-        ('{"step": 1, "loss": "x"}\n', "run.jsonl:1: loss: not a number: 'x'"),
+        ('{"step": 1, "loss": "x"}\n', r"run.jsonl:1: not a number: 'x' \(column loss\)"),
         ('{"step": 1, "loss": true}\n', "not a number"),
         ('{"step": 1, "loss": [1, 2]}\n', r"not a number: '\[1, 2\]'"),
         ('{"step": 1, "acc": 0.5}\n', "no loss column"),
