@@ -227,7 +227,7 @@ def test_real_detectors_and_advisor_plug_into_the_hooks() -> None:
     from scaleforecast.detectors import HealthMonitor
 
     y = _curve()
-    y[733] = np.nan
+    y[733:] = np.nan  # the weights went non-finite at step 734: a single NaN would only be a warning
     sink = _Recorder()
     mon = RunMonitor(LRS, health=[HealthMonitor()], advisor=ScheduleAdvisor(), sinks=[sink], action="stop")
     stop_at = None
@@ -237,6 +237,7 @@ def test_real_detectors_and_advisor_plug_into_the_hooks() -> None:
             stop_at = int(b.steps[-1])
             break
     assert stop_at == 750
-    assert any(e.kind == "nonfinite" and e.step == 734 for e in sink.events)
+    assert any(e.kind == "nonfinite" and e.step == 734 and e.severity == "warning" for e in sink.events)
+    assert any(e.kind == "nonfinite" and e.step == 741 and e.severity == "critical" for e in sink.events)
     assert "advice/planned_final" in sink.scalars
     assert mon.disabled == {}
