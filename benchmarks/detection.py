@@ -476,7 +476,7 @@ SWEEPS: dict[str, tuple[str, list[float]]] = {
 }
 
 
-OWN_THRESHOLDS = [3.5, 4.0, 5.0]
+OWN_THRESHOLDS = [3.5, 4.0, 4.1, 5.0]
 
 
 def operating_points(series: list[Series], jobs: int) -> list[str]:
