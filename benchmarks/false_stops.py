@@ -280,8 +280,11 @@ def print_tables(results: list[RunResult], timing: bool) -> None:
     injected = [r for r in results if r.injected]
     if injected:
         print(f"\n## Injected at 60% of the run ({len(injected)} healthy runs)\n")
-        print("| injection | must stop | stopped | recall | delay steps median / p90 / max | events shown |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| injection | must stop | stopped | recall | delay steps median / p90 / max | events shown "
+            "| missed (steps left after the injection) |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for name in [*FAILURES, *TRANSIENTS]:
             must = name in FAILURES
             reps = [(r, r.injected[name]) for r in injected if name in r.injected]
@@ -294,8 +297,15 @@ def print_tables(results: list[RunResult], timing: bool) -> None:
             recall = f"{len(stops) / len(reps):.2f}" if must and reps else "-"
             dl = f"{_pct(delays, 50)} / {_pct(delays, 90)} / {_pct(delays, 100)}" if must else "-"
             events = ", ".join(f"{k}: {n}" for k, n in sorted(shown.items())) or "-"
+            missed = sorted(
+                (r.total - r.inject_step, r.key.split("/", 1)[1][:28])  # type: ignore[operator]
+                for r, p in reps
+                if must and p.stopped_at is None
+            )
+            miss = "; ".join(f"{k} ({left})" for left, k in missed) or "-"
             print(
-                f"| {name} | {'yes' if must else 'no'} | {len(stops)}/{len(reps)} | {recall} | {dl} | {events} |"
+                f"| {name} | {'yes' if must else 'no'} | {len(stops)}/{len(reps)} | {recall} | {dl} | {events} "
+                f"| {miss} |"
             )
     if timing:
         obs = sum(r.clean.observations for r in results)

@@ -442,8 +442,8 @@ class DriftConfig(BaseModel):
 
     **Warning** (evidence of a rise): for each block length ``L`` in ``blocks`` the statistic is
     ``t = (Δ_obs - max(Δ_law, 0)) / se`` where ``Δ_obs = m_fast - m_slow`` is the difference of two EW means of
-    the loss (effective lengths ``L`` and ``3 L``; values clipped at ``clip`` noise units around the level, so
-    single spikes barely move them), ``Δ_law`` the same difference of the law's expected loss (0 without a
+    the loss (effective lengths ``L`` and ``3 L``; values clipped at ``max(clip * sigma, 4 * min_rel * level)``
+    around the level, so single spikes barely move them), ``Δ_law`` the same difference of the law's expected loss (0 without a
     law) and ``se`` its standard error under white noise of sd ``sigma`` (from first differences). An alarm
     needs ``t > threshold`` on ``patience`` consecutive points and a rise of at least ``min_rel`` of the loss
     level; without a law it also needs the LR not to rise (a rising LR in warm-up may raise the loss).
@@ -484,9 +484,10 @@ class DriftDetector:
         self.n = 0
         self.last_y = math.nan
         self.m: list[list[float]] = []  # per block: [fast, slow] EW of the clipped loss
-        self.b: list[list[float]] | None = None  # the same of the law
+        self.c: list[list[float]] | None = None  # the same of the step: where each mean is centred
         self.lr: list[list[float]] | None = None  # the same of the LR
         self.raw = math.nan  # unclipped fast level
+        self.calm_level = math.nan
         self.streak = 0
         # The critical tier: the level before the rise, and how long the loss has stayed far above it.
         self.anchor: dict[str, float] | None = None
@@ -534,7 +535,7 @@ class DriftDetector:
         if n0 == 0:
             self.last_y = float(y[0])
             self.m = [[float(y[0])] * 2 for _ in self.blocks]
-            self.raw = float(y[0])
+            self.raw = self.calm_level = float(y[0])
         diffs = np.diff(np.concatenate([[self.last_y], y]))
         if n0 == 0:
             diffs = diffs[1:]
@@ -547,57 +548,62 @@ class DriftDetector:
         self.n += len(y)
         idx = n0 + np.arange(len(y))  # points seen before each point
         centre = self.m[0][0]
-        yc = np.clip(y, centre - cfg.clip * sigma, centre + cfg.clip * sigma) if n0 >= 16 else y
+        # Clipping keeps single spikes from moving the means; on a smooth curve (noise far below the
+        # smallest rise counted) it must still let a real shift through within a few points.
+        width = max(cfg.clip * sigma, 4.0 * cfg.min_rel * level)
+        yc = np.clip(y, centre - width, centre + width) if n0 >= 16 else y
         raw = ew_path(y, self.alphas[0][0], self.raw)
         self.raw = float(raw[-1])
-        if base is not None and self.b is None:
-            self.b = [[float(base[0])] * 2 for _ in self.blocks]
-        if base is None:
-            self.b = None
-        if lr is not None and self.lr is None:
-            self.lr = [[float(lr[0])] * 2 for _ in self.blocks]
-        if lr is None:
+        if self.c is None:
+            self.c = [[float(s[0])] * 2 for _ in self.blocks]
+        use_lr = base is None and lr is not None
+        if use_lr and self.lr is None:
+            self.lr = [[float(lr[0])] * 2 for _ in self.blocks]  # type: ignore[index]
+        if not use_lr:
             self.lr = None
-        # Every EW path of this chunk in one pass: per block the fast and slow mean of the clipped loss, and of
-        # the law (or, without one, of the LR).
+        # Every EW path of this chunk in one pass: per block the fast and slow mean of the clipped loss, of the
+        # step (where each mean is centred) and, without a law, of the LR.
         nb = len(self.blocks)
-        rows = [yc] * (2 * nb)
         alphas = [a for pair in self.alphas for a in pair]
-        starts = [v for pair in self.m for v in pair]
-        aux = None
-        if base is not None and self.b is not None:
-            aux, aux_state = base, self.b
-        elif lr is not None and self.lr is not None:
-            aux, aux_state = lr, self.lr
-        if aux is not None:
-            rows += [aux] * (2 * nb)
-            alphas += alphas[: 2 * nb]
-            starts += [v for pair in aux_state for v in pair]
-        slow_before = starts[2 * nb - 1]
-        paths = ew_paths(np.vstack(rows), np.asarray(alphas), np.asarray(starts))
+        rows = [yc] * (2 * nb) + [s.astype(float)] * (2 * nb)
+        starts = [v for pair in self.m for v in pair] + [v for pair in self.c for v in pair]
+        if use_lr:
+            rows += [lr] * (2 * nb)  # type: ignore[list-item]
+            starts += [v for pair in self.lr for v in pair]  # type: ignore[union-attr]
+        paths = ew_paths(np.vstack(rows), np.asarray(alphas * (len(rows) // (2 * nb))), np.asarray(starts))
         last = paths[:, -1].tolist()
         self.m = [last[2 * k : 2 * k + 2] for k in range(nb)]
-        if aux is not None:
-            aux_last = [last[2 * nb + 2 * k : 2 * nb + 2 * k + 2] for k in range(nb)]
-            if base is not None:
-                self.b = aux_last
-            else:
-                self.lr = aux_last
+        self.c = [last[2 * nb + 2 * k : 2 * nb + 2 * k + 2] for k in range(nb)]
+        if use_lr:
+            self.lr = [last[4 * nb + 2 * k : 4 * nb + 2 * k + 2] for k in range(nb)]
+        # The law's expected change between the centres of the fast and the slow mean, from the one fit in
+        # force now: a series of refits that follow a rise must not explain it away.
+        law_at_centres = None
+        if base is not None and self._law_now is not None:
+            centres = np.rint(paths[2 * nb : 4 * nb]).astype(np.int64)
+            law_at_centres = _law_at(self._law_now, centres.ravel())
+            if law_at_centres is not None:
+                law_at_centres = law_at_centres.reshape(centres.shape)
         best = np.full(len(y), -np.inf)
         best_k = np.zeros(len(y), dtype=np.int64)
         rises = np.zeros(len(y))
         slow_long = paths[2 * nb - 1]
+        # The level before the current rise: the shortest block's slow mean at the last point where its fast
+        # mean was not above it (carried across chunks). The longer means lag too far behind a falling loss.
+        calm = (paths[0] - paths[1]) <= 0
+        last_calm = np.maximum.accumulate(np.where(calm, np.arange(len(y)), -1))
+        calm_level = np.where(last_calm >= 0, paths[1][np.maximum(last_calm, 0)], self.calm_level)
+        self.calm_level = float(calm_level[-1])
         for k, L in enumerate(self.blocks):
             mf, ms = paths[2 * k], paths[2 * k + 1]
             rise = mf - ms
             expected: np.ndarray | float = 0.0
             blocked: np.ndarray | bool = False
-            if aux is not None:
-                af_, as_ = paths[2 * nb + 2 * k], paths[2 * nb + 2 * k + 1]
-                if base is not None:
-                    expected = np.maximum(af_ - as_, 0.0)
-                else:
-                    blocked = af_ > as_ * 1.001  # the LR rose: a rising loss is no evidence of divergence
+            if law_at_centres is not None:
+                expected = np.maximum(law_at_centres[2 * k] - law_at_centres[2 * k + 1], 0.0)
+            elif use_lr:
+                lf, ls = paths[4 * nb + 2 * k], paths[4 * nb + 2 * k + 1]
+                blocked = lf > ls * 1.001  # the LR rose: a rising loss is no evidence of divergence
             t = (rise - expected) / (sigma * self.se_unit[k])
             ok = (idx + 1 >= 2 * L) & (rise > cfg.min_rel * np.abs(ms)) & ~np.asarray(blocked)
             t = np.where(ok, t, -np.inf)
@@ -631,8 +637,7 @@ class DriftDetector:
                     data={"block": L, "rise": float(rises[i]), "level": lvl, "statistic": float(best[i])},
                 )
             )
-            # The level before the rise: the slow mean of the longest block, one point back.
-            prev = float(slow_long[i - 1]) if i > 0 else slow_before
+            prev = float(calm_level[i])
             self.anchor = {
                 "level": prev,
                 "step": float(s[i]),
@@ -705,9 +710,10 @@ class DriftDetector:
             "n": self.n,
             "last_y": self.last_y,
             "m": self.m,
-            "b": self.b,
+            "c": self.c,
             "lr": self.lr,
             "raw": self.raw,
+            "calm_level": self.calm_level,
             "streak": self.streak,
             "anchor": self.anchor,
             "over_run": self.over_run,
@@ -721,9 +727,10 @@ class DriftDetector:
         self.n = int(state["n"])
         self.last_y = float(state["last_y"])
         self.m = [[float(v) for v in pair] for pair in state["m"]]
-        self.b = None if state["b"] is None else [[float(v) for v in p] for p in state["b"]]
+        self.c = None if state["c"] is None else [[float(v) for v in p] for p in state["c"]]
         self.lr = None if state["lr"] is None else [[float(v) for v in p] for p in state["lr"]]
         self.raw = float(state["raw"])
+        self.calm_level = float(state.get("calm_level", math.nan))
         self.streak = int(state["streak"])
         self.anchor = state["anchor"]
         self.over_run = int(state["over_run"])
