@@ -12,8 +12,8 @@ import pytest
 from scaleforecast.backtest import backtest, format_table
 from scaleforecast.cli import main
 from scaleforecast.fitting import FitConfig
-from scaleforecast.io import read_run
 from scaleforecast.laws import schedule_areas
+from scaleforecast.readers import read_run
 from scaleforecast.schedules import as_lrs
 
 SPEC = "wsd:peak=1e-3,warmup=50,total=3000,cooldown=0.2,shape=linear"
