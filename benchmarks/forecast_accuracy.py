@@ -20,7 +20,7 @@ at the schedule's last update as the CLI does), ``plain`` (no prior, S2 as writt
 Curves: ``shared/curves`` plus any roots that :func:`curves.load_curves` is told about (``--root``, repeatable).
 Options: ``--quick`` (default and cli only), ``--jobs``, ``--config`` (JSON FitConfig for ``default``),
 ``--learn-prior`` (write the shipped prior, learned on the dev half of every source), ``--calibrate`` (fit the
-interval calibration on the leave-one-source-out rows), ``--dump`` (rows as JSON lines).
+interval calibration on the leave-one-source-out rows: cold start on an unseen codebase is what it is for), ``--dump`` (rows as JSON lines).
 
     python benchmarks/forecast_accuracy.py [--quick] [--jobs 2]
 """
@@ -40,7 +40,7 @@ from scipy.special import ndtri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from curves import Curve, load_curves, split_curves
+from curves import Curve, default_root, load_curves, split_curves
 
 from scaleforecast.fitting import FitConfig, Observations, fit, predict
 from scaleforecast.laws import schedule_areas
@@ -217,7 +217,9 @@ def table(rows: list[dict], by: str, title: str) -> str:
 
 def _whole_fit(args: tuple[Curve, float, str]) -> dict | None:
     """The plain law (no prior, Huber, no recency) fitted to a whole run that anneals below half its peak:
-    its ``kappa / L_ref``, anneal share ``u`` and ``alpha``; None when the run cannot tell its C."""
+    its ``kappa / L_ref``, anneal share ``u`` and ``alpha``; None when the run cannot tell its C, or when its
+    ``alpha`` ends on a bound of the search (then neither alpha nor C is a measurement of the law: the run is in
+    a regime the law does not describe, as the tiny-model curves' early training is)."""
     c, lam, warmup = args
     st, y = c.column()
     keep = (st >= 1) & (st <= c.lrs.size)
@@ -229,12 +231,16 @@ def _whole_fit(args: tuple[Curve, float, str]) -> dict | None:
     r = fit(Observations.from_steps(st, y), c.lrs, cfg)
     if r.params is None or r.status != FitStatus.OK or r.params.C <= 0:
         return None
+    lo, hi = cfg.alpha_bounds
+    if not lo * 1.01 < r.params.alpha < hi * 0.99:  # alpha on its bound: the fit did not find the law
+        return None
     p = r.params
     # relative to the final loss before annealing, as the fitter's prior_ref="final" uses it
     ref = p.L0 + p.A * float(c.lrs.sum()) ** (-p.alpha)
     return dict(
         key=c.key,
         source=c.folder,
+        codebase=codebase(c),
         kappa_l=p.C * peak / (1 - lam) / ref,
         u=float(schedule_areas(c.lrs, lam, warmup, cfg.memory_for(c.lrs.size))[1][-1]) * (1 - lam) / peak,  # type: ignore[arg-type]
         alpha=p.alpha,
@@ -266,23 +272,31 @@ def random_effects(v: np.ndarray, groups: np.ndarray) -> tuple[float, float, flo
     return mu, float(np.sqrt(tau2)), float(np.sqrt(sig2)), dict(zip(names, means.tolist(), strict=True))
 
 
+def codebase(c: Curve) -> str:
+    """The codebase that made a run: its source repository (shared/curves), or the generator that trained it
+    (the tiny-model curves: one codebase whose folders differ by optimizer), else its folder."""
+    return str(c.meta.get("source_repo") or c.meta.get("generator") or c.folder)
+
+
 def learn_prior(
     fits: list[dict],
-    source_sd_min: float = 0.25,
+    source_sd_min: float = 0.3,
+    alpha_sd_min: float = 0.05,
     lam: float = 0.999,
     warmup: str = "hold",
     what: str = "",
 ) -> AnnealingPrior:
-    """The annealing prior from whole-curve fits (:func:`whole_fits`) grouped by source codebase.
+    """The annealing prior from whole-curve fits (:func:`whole_fits`) grouped by codebase.
 
-    ``log(kappa / L_ref) = log(kappa_mean) - q * log(u) + source effect + run effect``: ``q`` from the
-    within-source regression on ``log(u)`` (``u`` clipped at 0.05), the rest by :func:`random_effects`.
-    ``kappa_sd = kappa_mean * sqrt(source_sd^2 + run_sd^2)``, the spread a run of an unseen codebase has;
-    ``source_sd`` is at least ``source_sd_min`` (two or three sources cannot measure it; 0.25 is about the
-    log-distance between the two large sources here). ``alpha`` gets the median and spread of the fits."""
+    ``log(kappa / L_ref) = log(kappa_mean) - q * log(u) + codebase effect + run effect``: ``q`` from the
+    within-codebase regression on ``log(u)`` (``u`` clipped at 0.05), the rest by :func:`random_effects`.
+    ``kappa_sd = kappa_mean * hypot(source_sd, run_sd)``, the spread a run of an unseen codebase has;
+    ``source_sd`` is at least ``source_sd_min`` (a handful of codebases cannot measure it well; 0.3 is what the
+    four codebases here give together, while leaving one out can give 0). ``alpha`` gets the same treatment on its own scale:
+    mean and ``hypot(between, within)`` spread (at least ``alpha_sd_min``)."""
     k = np.log([w["kappa_l"] for w in fits])
     lu = np.log(np.maximum([w["u"] for w in fits], 0.05))
-    src = np.array([w["source"] for w in fits])
+    src = np.array([w["codebase"] for w in fits])
     kc, uc = k.copy(), lu.copy()
     for s in set(src.tolist()):
         kc[src == s] -= kc[src == s].mean()
@@ -291,24 +305,24 @@ def learn_prior(
     mu, tau, sig, means = random_effects(k + q * lu, src)
     source_sd = max(tau, source_sd_min)
     k0 = float(np.exp(mu))
-    alphas = np.array([w["alpha"] for w in fits])
+    a_mu, a_tau, a_sig, a_means = random_effects(np.array([w["alpha"] for w in fits]), src)
     runs_by_source = {s: int((src == s).sum()) for s in sorted(set(src.tolist()))}
     return AnnealingPrior(
         kappa_mean=k0,
         kappa_sd=k0 * float(np.hypot(source_sd, sig)),
         kappa_u_power=q,
-        alpha_mean=float(np.median(alphas)),
-        alpha_sd=float(max(np.std(alphas), 0.05)),
+        alpha_mean=a_mu,
+        alpha_sd=float(max(np.hypot(a_tau, a_sig), alpha_sd_min)),
         lam=lam,
         warmup=warmup,
         provenance={
             "what": "normal prior on kappa/L_ref at a full anneal (kappa = C*lr_peak/(1-lam), the full-anneal "
             "drop; L_ref = L0 + A*S1(T)^-alpha, the final loss without annealing), its mean "
-            "kappa_mean * u^-kappa_u_power with u the anneal share the schedule completes, no LR anywhere; "
-            "kappa_sd = kappa_mean * hypot(source_sd, run_sd) from a random-effects fit of log(kappa/L_ref) "
-            "over source codebases (DerSimonian-Laird, source_sd floored at source_sd_min); alpha's median "
-            "and spread. From whole-curve fits of the annealing law (no prior, Huber, S2 warm-up held at "
-            "peak) of runs whose LR decays below half its peak. " + what,
+            "kappa_mean * u^-kappa_u_power with u the anneal share the schedule completes (two-timescale "
+            "memory of FitConfig()), no LR anywhere; kappa_sd = kappa_mean * hypot(source_sd, run_sd) from a "
+            "random-effects fit of log(kappa/L_ref) over codebases (DerSimonian-Laird, source_sd floored at "
+            "source_sd_min), and alpha's the same way. From whole-curve fits of the annealing law (no prior, "
+            "Huber, S2 warm-up held at peak) of runs whose LR decays below half its peak. " + what,
             "script": "benchmarks/forecast_accuracy.py --learn-prior",
             "n_runs": len(fits),
             "runs_by_source": runs_by_source,
@@ -316,17 +330,22 @@ def learn_prior(
             "source_sd_min": source_sd_min,
             "run_sd": sig,
             "mean_log_kappa_by_source": {s: float(v) for s, v in means.items()},
-            "curves": sorted({w["key"].split("/")[0] for w in fits}),
+            "alpha_by_source": {s: float(v) for s, v in a_means.items()},
+            "alpha_source_sd": a_tau,
+            "alpha_run_sd": a_sig,
+            "folders": sorted({w["key"].split("/")[0] for w in fits}),
         },
     )
 
 
-def loso_priors(fits: list[dict], sources: list[str]) -> dict[str, AnnealingPrior]:
-    """For each source, the prior learned without any of its runs."""
+def loso_priors(fits: list[dict], curves: list[Curve]) -> dict[str, AnnealingPrior]:
+    """For each source folder, the prior learned without any run of its codebase (for the tiny-model curves,
+    without any of them: their folders share one codebase)."""
     out = {}
-    for s in sources:
-        rest = [w for w in fits if w["source"] != s]
-        out[s] = learn_prior(rest, what=f"Learned without {s}.")
+    for folder in sorted({c.folder for c in curves}):
+        cb = {codebase(c) for c in curves if c.folder == folder}
+        rest = [w for w in fits if w["codebase"] not in cb]
+        out[folder] = learn_prior(rest, what=f"Learned without {', '.join(sorted(cb))}.")
     return out
 
 
@@ -373,6 +392,20 @@ def calibrate(rows: list[dict]) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------------------
 
 
+def _load(roots: list[str] | None) -> list[Curve]:
+    """The curves of every root (default: ``shared/curves`` plus the tiny-model curves the repo ships)."""
+    if not roots:
+        tiny = Path(__file__).resolve().parent / "curves_tiny"
+        roots = [
+            str(r) for r in (default_root(), tiny) if r is not None and (Path(r) / "index.csv").is_file()
+        ]
+    curves = [c for r in roots for c in load_curves(r)]
+    keys = [c.key for c in curves]
+    if len(set(keys)) != len(keys):
+        raise ValueError("two roots hold the same folder/run")
+    return sorted(curves, key=lambda c: c.key)
+
+
 def _print_tables(rows: list[dict], bys: list[str]) -> None:
     for by in bys:
         print()
@@ -394,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dump", default=None, help="write every row as JSON lines here")
     args = ap.parse_args(argv)
 
-    curves = load_curves(args.root[0] if args.root and len(args.root) == 1 else args.root)
+    curves = _load(args.root)
     dev, hold = split_curves(curves)
     sources = sorted({c.folder for c in curves})
     base = FitConfig.model_validate(json.loads(args.config)) if args.config else FitConfig()
@@ -408,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         PRIOR_OUT.write_text(json.dumps(shipped.model_dump(mode="json"), indent=1) + "\n")
         print(json.dumps(shipped.model_dump(mode="json"), indent=1))
         return
-    loso = {s: base.model_copy(update={"prior": p}) for s, p in loso_priors(fits, sources).items()}
+    loso = {s: base.model_copy(update={"prior": p}) for s, p in loso_priors(fits, curves).items()}
     if args.calibrate:
         global _CALIBRATE
         _CALIBRATE = True
@@ -417,14 +450,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"interval_scale={s:.3g} model_sd={m:.3g} (leave-one-source-out rows)")
         return
 
-    print(f"{len(curves)} runs from {len(sources)} sources; {len(fits)} whole-curve fits tell their C")
+    n_cb = len({codebase(c) for c in curves})
+    print(
+        f"{len(curves)} runs from {len(sources)} sources ({n_cb} codebases); {len(fits)} whole-curve fits tell their C"
+    )
     for s in sources:
         p = loso[s].prior
         assert isinstance(p, AnnealingPrior)
         print(
-            f"  prior without {s:<28} kappa/L = {p.kappa_mean:.4f} u^-{p.kappa_u_power:.2f} "
-            f"(sd {p.kappa_sd / p.kappa_mean:.2f} relative; source_sd {p.provenance['source_sd']:.2f}, "
-            f"run_sd {p.provenance['run_sd']:.2f})"
+            f"  prior for {s:<26} kappa/L = {p.kappa_mean:.4f} * u^{-p.kappa_u_power:+.2f}, sd {p.kappa_sd / p.kappa_mean:.2f} "
+            f"relative (between codebases {p.provenance['source_sd']:.2f}, runs {p.provenance['run_sd']:.2f}); "
+            f"alpha {p.alpha_mean:.2f} +- {p.alpha_sd:.2f}"
         )
     all_rows: list[dict] = []
     if not args.no_loso:

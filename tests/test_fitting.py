@@ -351,15 +351,15 @@ def test_fit_config_rejects_unknown_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "until"),
+    ("spec", "until", "tol"),
     [
         # a long linear cooldown (60% of the run, to zero), seen 40% of the way down
-        ("wsd:peak=1e-3,warmup=0,total=20000,cooldown=0.6,shape=linear,final=0", 0.64),
+        ("wsd:peak=1e-3,warmup=0,total=20000,cooldown=0.6,shape=linear,final=0", 0.64, 0.003),
         # a short run: 3000 updates, half of them a linear cooldown, seen 40% of the way down
-        ("wsd:peak=1e-3,warmup=30,total=3000,cooldown=0.5,shape=linear,final=0", 0.7),
+        ("wsd:peak=1e-3,warmup=30,total=3000,cooldown=0.5,shape=linear,final=0", 0.7, 0.01),
     ],
 )
-def test_the_cooldown_takes_over_from_the_prior(spec: str, until: float) -> None:
+def test_the_cooldown_takes_over_from_the_prior(spec: str, until: float, tol: float) -> None:
     """A run whose annealing drop is twice what the prior expects: before its cooldown the forecast follows the
     prior and says so; once part of the cooldown is seen, the run's own data rule C and the status is ok."""
     lrs = as_lrs(spec)
@@ -377,5 +377,5 @@ def test_the_cooldown_takes_over_from_the_prior(spec: str, until: float) -> None
     assert after.status == FitStatus.OK and after.params is not None
     assert pytest.approx(truth.C, rel=0.15) == after.params.C
     mean, std = predict(after, lrs, [lrs.size])
-    assert abs(mean[0] - final_true) / final_true < 0.003
-    assert abs(mean[0] - final_true) < 3 * std[0]
+    assert abs(mean[0] - final_true) / final_true < tol
+    assert abs(mean[0] - final_true) < 2 * std[0]
