@@ -285,6 +285,7 @@ def learn_prior(
     lam: float = 0.999,
     warmup: str = "hold",
     what: str = "",
+    folders: list[str] | None = None,
 ) -> AnnealingPrior:
     """The annealing prior from whole-curve fits (:func:`whole_fits`) grouped by codebase.
 
@@ -325,7 +326,11 @@ def learn_prior(
             "Huber, S2 warm-up held at peak) of runs whose LR decays below half its peak. " + what,
             "script": "benchmarks/forecast_accuracy.py --learn-prior",
             "n_runs": len(fits),
+            "curve_folders": sorted(folders) if folders is not None else sorted({w["source"] for w in fits}),
             "runs_by_source": runs_by_source,
+            "runs_by_folder": {
+                f: sum(1 for w in fits if w["source"] == f) for f in sorted({w["source"] for w in fits})
+            },
             "source_sd": tau,
             "source_sd_min": source_sd_min,
             "run_sd": sig,
@@ -333,7 +338,6 @@ def learn_prior(
             "alpha_by_source": {s: float(v) for s, v in a_means.items()},
             "alpha_source_sd": a_tau,
             "alpha_run_sd": a_sig,
-            "folders": sorted({w["key"].split("/")[0] for w in fits}),
         },
     )
 
@@ -435,7 +439,9 @@ def main(argv: list[str] | None = None) -> None:
     fits = whole_fits(curves, args.jobs)
     dev_keys = {c.key for c in dev}
     shipped = learn_prior(
-        [w for w in fits if w["key"] in dev_keys], what="Dev half (benchmarks/curves.py split_curves)."
+        [w for w in fits if w["key"] in dev_keys],
+        what="Dev half (benchmarks/curves.py split_curves).",
+        folders=sorted({c.folder for c in dev}),
     )
     if args.learn_prior:
         PRIOR_OUT.write_text(json.dumps(shipped.model_dump(mode="json"), indent=1) + "\n")

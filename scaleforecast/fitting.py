@@ -548,7 +548,7 @@ def _finish(
     mu_prior, sd_prior = (
         r["c_prior"] if r["c_prior"] is not None else load_prior("default").c_prior(peak, r["lam"], l_ref)
     )
-    if (s2_future - s2_seen) * (1.0 - r["lam"]) / peak > 1e-9 and sd_prior > 0:
+    if (s2_future - s2_seen) * (1.0 - r["lam"]) / peak > 1e-9 and mu_prior > 0 and sd_prior > 0:
         # the run's own information on C after profiling out the other parameters (Schur complement): C is
         # identified once the data know it as precisely, relative to its size, as the prior does (a run whose
         # drop is far from the prior's is judged against its own C)
