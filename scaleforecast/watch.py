@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from scaleforecast.advice import ScheduleAdvisor
+from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig
 from scaleforecast.io import (
@@ -46,7 +48,7 @@ from scaleforecast.io import (
     find_event_files,
     rebuild_lrs,
 )
-from scaleforecast.monitor import FlushBatch, RunMonitor
+from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig, checked
 
 __all__ = ["EventTailer", "Watcher", "sidecar_dir"]
 
@@ -199,10 +201,10 @@ class Watcher:
         )
         self.monitor = RunMonitor(
             config=cfg,
-            target_loss=target_loss,
-            action="warn",
-            health=_health_checks(),
-            advisor=_advisor(),
+            # Alerts only: a sidecar cannot stop the job.
+            stop=checked(StopConfig, target_loss=target_loss, action="warn"),
+            detectors=[HealthMonitor()],
+            advisor=ScheduleAdvisor(),
             sinks=[],
             verbose=False,
             on_event=self._on_event,
@@ -423,24 +425,6 @@ class Watcher:
 
     def request_stop(self, *_: Any) -> None:
         self.stop_event.set()
-
-
-def _health_checks() -> list[Any]:
-    """The run-health detectors (alerts only: a sidecar cannot stop the job)."""
-    try:
-        from scaleforecast.detectors import HealthMonitor
-    except ImportError:
-        return []
-    return [HealthMonitor()]
-
-
-def _advisor() -> Any:
-    """Schedule advice after each refit, when the advice module is installed."""
-    try:
-        from scaleforecast.advice import ScheduleAdvisor
-    except ImportError:
-        return None
-    return ScheduleAdvisor()
 
 
 def _make_writer(out: Path) -> Any:
