@@ -223,10 +223,10 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             control.should_training_stop = True
 
     def _on_step_end(self, step: int) -> None:
-        assert self._tap is not None
-        if self._tap.error is not None:
+        # Without a working tap this rank records no loss, and still joins every flush.
+        if self._tap is not None and self._tap.error is not None:
             self.session.guard.report("loss hook", self._tap.error)
-        self.session.record(step, self._tap.take())
+        self.session.record(step, None if self._tap is None else self._tap.take())
 
     def _no_step_losses(self, step: int) -> None:
         """A whole flush without a loss from the model on any rank: window means from now (every rank)."""
