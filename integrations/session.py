@@ -537,8 +537,8 @@ class TrainingSession:
 
     def _adopt(self) -> None:
         """In the process that made this object, take over the result its child processes left."""
-        if self._ran_here or os.getpid() != self._owner[0]:
-            return
+        if self.comm is not None or os.getpid() != self._owner[0]:
+            return  # training runs in this process, or this is not the process that made the object
         path = self._handoff_path()
         if not path.is_file():
             return
