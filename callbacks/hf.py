@@ -181,7 +181,9 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
 
     # -------------------------------------------------------------- lifecycle
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        saved = self._saved_state if self._saved_state is not None else self._find_saved(state)
+        saved = self._saved_state
+        if saved is None:
+            saved = self.session.guard("resume", self._find_saved, state)
         self._saved_state = None
         if saved is not None and int(state.global_step) > 0:
             self.session.load_state_dict(saved)
@@ -205,7 +207,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         if self.mode == "step":
             average = bool(getattr(args, "average_tokens_across_devices", False))
             self._tap = _LossTap(scale=float(comm.world_size) if average and comm.world_size > 1 else 1.0)
-            self.session.guard("loss hook", self._tap.attach, kwargs["model"])
+            self.session.guard("loss hook", self._tap.attach, kwargs.get("model"))
         self._last_log_step = int(state.global_step)
         self._started = True
 
@@ -269,7 +271,8 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         """``ExportableState``: JSON-safe constructor arguments and the session's saved state."""
         self.session.extra.update(mode=self.mode, name=self.name)
         args = {**self.session.json_args(), "resolution": self.resolution, "name": self.name}
-        return {"args": args, "attributes": {"_saved_state": self.session.state_dict()}}
+        saved = self.state_dict()  # never raises: a checkpoint must not fail because of this callback
+        return {"args": args, "attributes": {"_saved_state": saved} if saved else {}}
 
     def _find_saved(self, state: Any) -> dict[str, Any] | None:
         """This callback's entry in the resumed ``trainer_state.json``."""

@@ -127,11 +127,12 @@ class LossForecast(SessionFace, Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._step = self._seen_global = int(trainer.global_step)
         self._acc, self._micro = None, 0
+        group = self.session.config.param_group
         self.session.start(
             _StrategyCollectives(trainer),
             step=int(trainer.global_step),
-            run_length=_run_length(trainer),
-            source=_lr_source(trainer, self.session.config.param_group),
+            run_length=self.session.guard("schedule look-ahead", _run_length, trainer),
+            source=self.session.guard("schedule look-ahead", _lr_source, trainer, group),
             find_writer=lambda: _logger_writer(trainer),
             default_logdir=Path(trainer.default_root_dir) / "scaleforecast",
         )

@@ -66,6 +66,10 @@ class LossForecastSession(SessionFace):
         schedulers = (
             [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
         )
+        if kwargs.get("total_steps") is None and kwargs.get("schedule") is None:
+            raise ValueError(
+                "total_steps: a plain loop must say how many optimizer steps it runs (or pass schedule=)"
+            )
         self.session = TrainingSession("LossForecastSession", target_loss, **kwargs)
         # Start now, before the first optimizer.step(): the plan begins at the LR that update will use. A
         # scheduler restored from a checkpoint knows how many updates were done (a saved state says it too).

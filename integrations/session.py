@@ -607,8 +607,9 @@ class SessionFace:
         return self.session.log_dir
 
     def state_dict(self) -> dict[str, Any]:
-        """The session's saved state (JSON-safe; see :meth:`TrainingSession.state_dict`)."""
-        return self.session.state_dict()
+        """The session's saved state (JSON-safe; see :meth:`TrainingSession.state_dict`). Never raises: a
+        checkpoint must not fail because of the plugin (a failure saves an empty state, reported once)."""
+        return self.session.guard("checkpoint state", self.session.state_dict) or {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore on resume; an unreadable state costs the history, with one warning, never the run."""

@@ -288,7 +288,8 @@ def _make(adapter: str, **kwargs: Any) -> Any:
     import torch
     from scaleforecast.callbacks import LossForecastSession
 
-    return LossForecastSession(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), **kwargs)
+    sgd = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    return LossForecastSession(sgd, **{"total_steps": 100, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -326,6 +327,33 @@ def test_a_state_of_another_version_never_raises(adapter: str) -> None:
         warnings.simplefilter("error")
         cb.load_state_dict({"version": 99})  # once: the same message is not repeated
         cb.load_state_dict({**cb.state_dict()})  # its own format loads
+
+
+def test_saving_the_state_never_raises(adapter: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint must not fail because of the plugin: a failure saves an empty state, reported once."""
+    cb = _make(adapter)
+
+    def boom() -> None:
+        raise OSError("unreadable buffer")
+
+    monkeypatch.setattr(cb.session, "state_dict", boom)
+    with pytest.warns(RuntimeWarning, match="checkpoint state failed"):
+        assert cb.state_dict() == {}
+    if adapter == "hf":  # HF saves it through ExportableState
+        assert cb.state()["attributes"] == {}
+
+
+def test_a_plain_loop_must_say_its_length() -> None:
+    """The trainers know their length (``max_steps``); a plain loop must say it."""
+    import torch
+    from scaleforecast.callbacks import LossForecastSession
+
+    sgd = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="total_steps: a plain loop must say"):
+        LossForecastSession(sgd)
+    with pytest.raises(ValueError, match="optimizer: expected a torch optimizer"):
+        LossForecastSession(object(), total_steps=10)  # type: ignore[arg-type]
+    assert LossForecastSession(sgd, schedule="constant:peak=0.1,total=10").session.planner.length(None) == 10
 
 
 def test_numbers_of_any_kind_are_accepted(adapter: str) -> None:
