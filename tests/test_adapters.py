@@ -107,6 +107,8 @@ def test_forecast_in_tensorboard_printed_and_stop_recorded(
     for tag in ("forecast/observed", "forecast/target", "forecast/p_miss_target", "law/L0", "law/C"):
         assert tag in scalars, tag
     assert "advice/planned_final" in scalars  # the advisor, after each refit
+    if adapter == "hf":  # one run directory with the Trainer's own curves
+        assert "train/loss" in scalars
     final = acc.Scalars("forecast/final_loss")
     assert all(e.step % 5 == 0 for e in final) and final[-1].step == cb.stopped_at
     assert math.isclose(final[-1].value, cb.forecast.final.loss, rel_tol=1e-6)
