@@ -93,8 +93,8 @@ class Plan:
     ``shift``: added to every loss; ``offset``: added to rank ``r``'s loss ``r`` times. ``ckpt_at``: save a checkpoint after this update; ``resume``: the checkpoint to resume from, its session
     state passed through ``doctor`` first; ``halve_lr_at``: halve the LR after this update; ``distributed``:
     this is one rank of a two-process job (the loop and the HF Trainer under torchrun; Lightning launches its
-    own two processes with ``launcher``, ``ddp_spawn`` or ``ddp_fork``); ``extra_callbacks``: more Lightning
-    callbacks.
+    own two processes with ``launcher``, ``ddp_spawn`` or ``ddp_fork``); ``extra_callbacks``: more callbacks of
+    the framework (Lightning, HF).
     """
 
     steps: int = 40
@@ -206,7 +206,11 @@ def _hf(root: Path, plan: Plan) -> Run:
         ddp_backend="gloo" if plan.distributed else None,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=Pairs(), optimizers=(opt, sched), callbacks=[cb, Halve()]
+        model=model,
+        args=args,
+        train_dataset=Pairs(),
+        optimizers=(opt, sched),
+        callbacks=[cb, Halve(), *plan.extra_callbacks],
     )
     trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     checkpoint = root / f"checkpoint-{plan.ckpt_at}" if plan.ckpt_at else None

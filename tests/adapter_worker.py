@@ -129,7 +129,28 @@ except ImportError:
     pass
 
 
-def write(out: Path, scenario: str, rank: int, cb: Any, steps_run: int, raw: list[float]) -> None:
+class LoggedLoss:
+    """Keeps the HF Trainer's logged ``loss`` window means (gathered over ranks by the Trainer)."""
+
+    def __init__(self) -> None:
+        self.logs: list[tuple[int, float]] = []
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            self.logs.append((int(state.global_step), float(logs["loss"])))
+
+
+def write(
+    out: Path,
+    scenario: str,
+    rank: int,
+    cb: Any,
+    steps_run: int,
+    raw: list[float],
+    logs: list[Any] | None = None,
+) -> None:
     state = cb.forecaster.state_dict()
     gaps = next((d.gaps for d in cb.monitor.detectors if isinstance(d, SpreadRecorder)), [])
     record = {
@@ -143,6 +164,8 @@ def write(out: Path, scenario: str, rank: int, cb: Any, steps_run: int, raw: lis
         "errors": cb.errors,
         "own_mean": finite_mean(raw[-10:]),
         "observed": cb.forecaster.n_observations,
+        "observations": [cb.forecaster.observations().end.tolist(), cb.forecaster.observations().y.tolist()],
+        "logs": logs or [],
     }
     (out / f"{scenario}-rank{rank}.json").write_text(json.dumps(record))
 
@@ -201,8 +224,15 @@ def main(argv: list[str] | None = None) -> int:
             parent["final"] = None if run.cb.forecast is None else run.cb.forecast.final.loss
             (out / f"{name}-parent.json").write_text(json.dumps(parent))
         else:
+            logged = None
+            if ns.adapter == "hf":
+                from transformers import TrainerCallback
+
+                logged = type("LoggedLossCallback", (LoggedLoss, TrainerCallback), {})()
+                plan.extra_callbacks = [logged]
             run = train(ns.adapter, out / f"{name}-{os.environ['RANK']}", plan)
-            write(out, name, int(os.environ["RANK"]), run.cb, run.steps_run, run.model.raw)
+            logs = None if logged is None else logged.logs
+            write(out, name, int(os.environ["RANK"]), run.cb, run.steps_run, run.model.raw, logs)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -393,6 +393,11 @@ def test_ranks_stop_together_on_the_mean_over_ranks(two_ranks: TwoRanks) -> None
     assert r0["reason"] == r1["reason"] and "cannot reach" in r0["reason"]
     assert r0["digest"] == r1["digest"]
     assert np.mean(r0["gaps"]) > 0.3  # the max over ranks carries rank 1's higher loss
+    if two_ranks.adapter == "hf":  # the per-step values reduced over ranks average to HF's own gathered logs
+        (end, y), logs = r0["observations"], r0["logs"]
+        assert end == list(range(1, r0["stopped_at"] + 1)) and logs
+        for step, loss in logs:
+            assert np.mean(y[step - 5 : step]) == pytest.approx(loss, rel=1e-5), step
     deprecated = [
         line for line in two_ranks.stderr.splitlines() if "all_gather" in line and "deprecated" in line
     ]
