@@ -139,9 +139,9 @@ class FitConfig(BaseModel):
     min_points: int = Field(6, ge=3)
     prior_fit_scale: float = Field(5.0, ge=1.0)
     identified_ratio: float = Field(1.0, gt=0)
-    interval_scale: float = Field(1.34, gt=0)
+    interval_scale: float = Field(1.25, gt=0)
     prior_interval_scale: float = Field(1.0, gt=0)
-    model_sd: float = Field(0.0162, ge=0)
+    model_sd: float = Field(0.0194, ge=0)
 
     @model_validator(mode="after")
     def _lam_search_needs_one_memory(self) -> FitConfig:
