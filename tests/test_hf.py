@@ -49,7 +49,9 @@ def _accumulator(run_dir: Path) -> EventAccumulator:
 
 
 def _event_dirs(root: Path) -> list[Path]:
-    return sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+    """Run directories, without the runs the TensorBoard sink writes inside a run (its comparison lines)."""
+    dirs = {p.parent for p in root.rglob("events.out.tfevents.*")}
+    return sorted(d for d in dirs if dirs.isdisjoint(d.parents))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ def test_tensorboard_tags_in_hf_run_directory(run: dict[str, Any]) -> None:
         "forecast/final_loss",
         "forecast/lower",
         "forecast/upper",
-        "forecast/fit_status",
+        "forecast/observed_vs_forecast",
         "law/L0",
         "law/A",
         "law/alpha",
@@ -108,7 +110,8 @@ def test_tensorboard_tags_in_hf_run_directory(run: dict[str, Any]) -> None:
     assert "forecast/curve" in acc.Tags()["images"]
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    raw = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    beside = _accumulator(dirs[0] / "scaleforecast" / "forecast")
+    raw = beside.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
     layout = layout_pb2.Layout.FromString(raw)
     margins = [
         chart.margin.series[0]

@@ -90,7 +90,7 @@ def test_event_files_hold_the_forecast(tmp_path: Path) -> None:
         "forecast/final_loss",
         "forecast/lower",
         "forecast/upper",
-        "forecast/fit_status",
+        "forecast/observed_vs_forecast",
         "law/L0",
         "law/C",
     ):
@@ -101,10 +101,12 @@ def test_event_files_hold_the_forecast(tmp_path: Path) -> None:
     assert math.isclose(final[-1].value, cb.forecast.final.loss, rel_tol=1e-6)
     lower, upper = acc.Scalars("forecast/lower")[-1].value, acc.Scalars("forecast/upper")[-1].value
     assert lower < final[-1].value < upper
-    observed = acc.Scalars("forecast/observed")
+    observed = acc.Scalars("forecast/observed_vs_forecast")
     assert [e.step for e in observed] == list(range(10, 61, 10))
     np.testing.assert_allclose(observed[-1].value, np.mean(model.raw_losses[-10:]), rtol=1e-5)
-    assert "custom_scalars__config__" in acc.Tags()["tensors"]
+    beside = EventAccumulator(str(Path(trainer.logger.log_dir) / "scaleforecast" / "forecast"))
+    beside.Reload()
+    assert "custom_scalars__config__" in beside.Tags()["tensors"]
     assert acc.Tags()["images"] == ["forecast/curve"]
 
 
