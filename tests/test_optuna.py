@@ -175,6 +175,7 @@ def _lightning_objective(root: Path, lrs: dict[int, float], total: int = 60):
     return objective
 
 
+@pytest.mark.trainer
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_lightning_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:
@@ -200,6 +201,7 @@ def test_lightning_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:
         assert FORECAST_ATTR in t.user_attrs and set(t.intermediate_values) <= set(range(100, 1001, 100))
 
 
+@pytest.mark.trainer
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_hf_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:
@@ -259,6 +261,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_ddp_rank0_decision_is_broadcast(tmp_path: Path) -> None:
