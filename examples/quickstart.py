@@ -289,15 +289,13 @@ def main() -> None:
     )
 
     print(f"Run 1: target loss {args.target:g}, which this model cannot reach in {args.steps} steps.")
-    stopped, seen1, t1 = train(args, text, "1-target", args.target)
+    stopped, seen1, _ = train(args, text, "1-target", args.target)
     if stopped.stopped_at is not None:
         saved = 1 - stopped.stopped_at / args.steps
-        print(
-            f"  stopped at step {stopped.stopped_at} of {args.steps} ({saved:.0%} of the run saved, {t1:.0f} s):"
-        )
+        print(f"  stopped at step {stopped.stopped_at} of {args.steps}, {saved:.0%} of its steps saved:")
         print(f"  {stopped.stop_reason}\n")
     else:
-        print(f"  the stop rule did not stop it ({t1:.0f} s)\n")
+        print("  the stop rule did not stop it\n")
 
     print("Run 2: the same run with no target, trained to the end.")
     _, seen2, t2 = train(args, text, "2-to-the-end", None)
