@@ -35,7 +35,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from scaleforecast.results import Forecast
+from scaleforecast.sinks import CurveSnapshot
 from scaleforecast.tensorboard_sink import draw_snapshot
+
+LEVEL = 0.8  # coverage of the printed and drawn band
 
 
 def stdlib_bytes(limit: int = 4_000_000) -> np.ndarray:
@@ -127,7 +130,7 @@ class Seen:
 
     losses: list[float] = field(default_factory=list)
     forecasts: list[tuple[int, float, float, float]] = field(default_factory=list)
-    halfway: Any = None  # the forecaster's picture of the run when the forecast made halfway was new
+    halfway: CurveSnapshot | None = None  # the forecaster's picture when the forecast made halfway was new
 
 
 class ForecastBar(ProgressBar):
@@ -151,11 +154,8 @@ class ForecastBar(ProgressBar):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.enabled:
-            print(f"  {'step':>9}  {'loss':>6}   forecast of the final loss, {self._level()} band")
-
-    def _level(self) -> str:
-        fc = self.forecast.forecast
-        return f"{round(100 * fc.level)}%" if fc is not None else "80%"
+            band = f"{round(100 * LEVEL)}% band"
+            print(f"  {'step':>9}  {'loss':>6}   forecast of the final loss [{band}]")
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -205,6 +205,7 @@ def train(
         target_loss=target,
         confidence=0.95,
         min_fraction=0.25,
+        level=LEVEL,
         flush_every=every,
         refit_every=every,
         log_figures_every=4,
@@ -233,7 +234,7 @@ def save_png(fig: Any, path: Path) -> None:
     FigureCanvasAgg(fig).print_png(str(path))
 
 
-def picture(snapshot: Any, losses: list[float], title: str, actual: float | None = None) -> Any:
+def picture(snapshot: CurveSnapshot, losses: list[float], title: str, actual: float | None = None) -> Any:
     """The forecaster's picture, with every step's observed loss; the actual final loss when known."""
     steps = np.arange(1, len(losses) + 1, dtype=float)
     fig = draw_snapshot(
@@ -316,7 +317,8 @@ def main() -> None:
             f"  error {mean - actual:+.4f}, {inside}"
         )
     if stopped.stopped_at is not None:
-        print(f"  run 1's target {args.target:g} was indeed out of reach: the same run ends at {actual:.4f}.")
+        verdict = "indeed out of reach" if actual > args.target else "within reach: that stop was wrong"
+        print(f"  run 1's target {args.target:g} was {verdict}: the same run ends at {actual:.4f}.")
 
     written = []
     if seen2.halfway is not None:
