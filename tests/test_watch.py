@@ -128,6 +128,7 @@ def _forecast_after(lines: Any, step: int) -> dict:
     raise AssertionError(f"the sidecar ended before forecasting step {step}")
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
