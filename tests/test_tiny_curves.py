@@ -96,6 +96,27 @@ def test_law_breaking_runs_leave_the_law_and_say_so(tiny: list) -> None:
         assert _late_rise(vs, vl, c.total_steps) > 0.015, c.key
 
 
+def test_runs_of_one_trunk_agree_until_their_schedules_part(tiny: list) -> None:
+    trunks: dict[str, list] = {}
+    for c in tiny:
+        if c.trunk:
+            trunks.setdefault(f"{c.source}/{c.trunk}", []).append(c)
+    assert trunks
+    for members in trunks.values():
+        ref = max(members, key=lambda c: c.total_steps)
+        for c in members:
+            n = min(len(c.lrs), len(ref.lrs))
+            differ = np.flatnonzero(c.lrs[:n] != ref.lrs[:n])
+            part = int(differ[0]) if differ.size else n  # updates 1..part ran at the same LR
+            mine = dict(zip(*c.column("val_loss"), strict=True))
+            theirs = dict(zip(*ref.column("val_loss"), strict=True))
+            shared = [s for s in mine if s in theirs and s <= part]
+            assert len(shared) >= 3, c.key
+            assert all(mine[s] == theirs[s] for s in shared), c.key
+            after = [s for s in mine if s in theirs and s > part + 50]
+            assert not after or any(mine[s] != theirs[s] for s in after), c.key
+
+
 def test_sources_families_and_split(tiny: list) -> None:
     sources = {c.source for c in tiny}
     assert len(sources) >= 4
