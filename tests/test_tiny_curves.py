@@ -75,8 +75,8 @@ def test_losses_are_sane_and_binned_as_declared(tiny: list) -> None:
         assert 5.0 < vl[0] < 6.0, c.key
         assert vl.min() < 3.0, c.key
         if not c.law_breaking:
-            # the law's runs end within noise of their best validation loss
-            assert vl[-1] <= vl.min() + 0.01, c.key
+            # the law's runs end within noise of their best validation loss (constant-LR runs fluctuate most)
+            assert vl[-1] <= vl.min() + 0.02, c.key
 
 
 def _late_rise(steps: np.ndarray, loss: np.ndarray, total: int) -> float:
@@ -92,7 +92,7 @@ def test_law_breaking_runs_leave_the_law_and_say_so(tiny: list) -> None:
     for c in broken:
         assert c.meta["note"], c.key
         vs, vl = c.column("val_loss")
-        # the validation loss turns up in the second half, beyond the noise of the fixed validation set
+        # the validation loss is above its best so far in the second half, beyond the noise of a good run
         assert _late_rise(vs, vl, c.total_steps) > 0.015, c.key
 
 
@@ -143,6 +143,22 @@ def test_extra_roots_join_the_shared_curves(curves_dir: Path, monkeypatch: pytes
         load_curves([TINY_ROOT, TINY_ROOT])
     with pytest.raises(FileNotFoundError):
         load_curves(curves_dir / "no-such-folder")
+
+
+def test_generator_table_matches_the_committed_runs(tiny: list) -> None:
+    import make_curves as mc
+
+    plan = {r.run_id: r for r in mc.RUNS}
+    for c in tiny:
+        r = plan[c.run_id]  # every committed run is still in the plan, under its source
+        m = c.meta
+        assert (r.source, r.optimizer, r.seed, r.batch, r.law_breaking) == (
+            c.source, m["optimizer"], m["seed"], m["batch_size"], m["law_breaking"]
+        ), c.key  # fmt: skip
+        assert parse_schedule(r.schedule) == parse_schedule(m["schedule"]), c.key
+        assert r.model.as_dict() == m["model_config"], c.key
+        assert json.loads(json.dumps(r.options)) == m["optimizer_options"], c.key
+        assert r.lr_units == m["lr_units"], c.key
 
 
 def test_generator_is_deterministic_and_writes_the_layout(tmp_path: Path) -> None:
