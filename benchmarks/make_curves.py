@@ -2,12 +2,12 @@
 
 The runs (the ``RUNS`` table below) cover what the forecaster meets in other people's code: AdamW, SGD with
 momentum, Adafactor, Lion and Muon (for the 2-D weights, AdamW for the rest); LRs in units that differ by
-orders of magnitude (AdamW ~1e-3, SGD ~0.3, Adafactor ~1e-2, Lion ~3e-4, Muon ~0.02) and runs whose logged
-"LR" is the schedule's multiplier (peak 1.0) as speedrun codebases log it; WSD with 10-70% cooldowns (linear,
-1-sqrt, exponential), linear to zero, cosine to 10%, step (8-1-1 and 50/75), constant; warm-ups of 0-10%;
-1k-16k updates. Families of runs share a config and differ only in length, schedule, peak LR or width. A few
-runs leave the annealing law on purpose (``law_breaking``): a model that overfits a small training set (its
-validation loss turns up while the LR decays), a run whose data changes late, LRs too high to stay stable.
+orders of magnitude (AdamW 1e-3 to 3e-2, SGD 0.15-1.5, Adafactor 1e-2, Lion 1e-3, Muon 0.01-0.05) and runs whose
+logged "LR" is the schedule's multiplier (peak 1.0) as speedrun codebases log it; WSD with 10-70% cooldowns
+(linear, 1-sqrt, exponential), linear to zero, cosine to 10%, step (8-1-1 and 50/75), constant; warm-ups of
+0-10%; 1k-12k updates. Families of runs share a config and differ only in length, schedule, peak LR or width.
+Some runs leave the annealing law (``law_breaking``): models that overfit a small training text (their
+validation loss turns up while the LR decays), runs whose data changes late, an SGD LR too high to stay stable.
 
 Output, one folder per source under ``--out`` (default ``benchmarks/curves_tiny``), in the layout of
 ``shared/curves`` (``benchmarks/curves.py`` loads both):
