@@ -228,7 +228,7 @@ def ours(s: Series, y: np.ndarray, law: bool = True, config: HealthConfig | None
     where = {int(st): i for i, st in enumerate(s.steps)}
     for i in range(0, s.n, flush):
         st, ys = s.steps[i : i + flush], y[i : i + flush]
-        for ev in mon.update(st, ys, forecaster=fc):
+        for ev in mon.update(st, ys, view=fc):
             if ev.kind in ALARM_KINDS:
                 alarms.append(where[ev.step])
         if fc is not None:

@@ -1,6 +1,7 @@
 """Detector cost benchmark: CPU time of the health detectors alone, per training step, amortised.
 
-A per-step loss stream goes through a :class:`scaleforecast.monitor.RunMonitor` with ``health=[HealthMonitor()]``
+A per-step loss stream goes through a :class:`scaleforecast.monitor.RunMonitor` with
+``detectors=[HealthMonitor()]``
 in flushes of 50 steps (the callbacks' default); only the ``HealthMonitor.check`` calls are timed (the
 forecaster's ingest and refits are not: they are the forecaster's cost). Streams:
 
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scaleforecast.detectors import HealthMonitor
 from scaleforecast.forecaster import ForecasterConfig
-from scaleforecast.monitor import FlushBatch, RunMonitor
+from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig
 
 FLUSH = 50
 
@@ -41,9 +42,9 @@ class Timed:
         self.seconds = 0.0
         self.slowest = 0.0
 
-    def check(self, batch: FlushBatch, forecaster: object) -> list:
+    def check(self, batch: FlushBatch, view: object) -> list:
         t0 = time.thread_time()
-        out = self.inner.check(batch, forecaster)
+        out = self.inner.check(batch, view)
         dt = time.thread_time() - t0
         self.seconds += dt
         self.slowest = max(self.slowest, dt)
@@ -53,7 +54,11 @@ class Timed:
 def stream(name: str, steps: np.ndarray, y: np.ndarray, lrs: np.ndarray, refit_every: int) -> str:
     timed = Timed()
     mon = RunMonitor(
-        lrs, config=ForecasterConfig(refit_every=refit_every), health=[timed], verbose=False, action="warn"
+        lrs,
+        config=ForecasterConfig(refit_every=refit_every),
+        detectors=[timed],
+        verbose=False,
+        stop=StopConfig(action="warn"),
     )
     events: Counter = Counter()
     t0 = time.thread_time()

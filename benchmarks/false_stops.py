@@ -6,7 +6,7 @@ and stayed there to the end (final validation loss 7.55 where its siblings reach
 a correct stop. A run counts as diverged in the data when its final level (median of the last 2% of the
 logged losses) is more than 25% above its best level (the lowest such median). Each run's logged
 training losses are replayed through the callbacks' own path: :class:`scaleforecast.monitor.RunMonitor` with
-the default detectors (``health=[HealthMonitor()]``), the default ``action="stop"`` and the callbacks'
+the default detectors (``detectors=[HealthMonitor()]``), the default ``action="stop"`` and the callbacks'
 defaults (``flush_every=50``, ``refit_every=100``), flushing the logged points every 50 optimizer steps, as
 ``LossForecast`` and ``HFLossForecast`` do. Printed:
 
@@ -75,10 +75,10 @@ class _Timed:
     def __init__(self, inner: HealthMonitor, clock: list[float]) -> None:
         self.inner, self.clock = inner, clock
 
-    def check(self, batch: FlushBatch, forecaster: object) -> list:
+    def check(self, batch: FlushBatch, view: object) -> list:
         t0 = time.thread_time()
         try:
-            return self.inner.check(batch, forecaster)
+            return self.inner.check(batch, view)
         finally:
             self.clock[0] += time.thread_time() - t0
 
@@ -87,11 +87,11 @@ class _Timed:
 
 
 def new_monitor(lrs: np.ndarray, clock: list[float]) -> RunMonitor:
-    """The monitor a ``LossForecast(health=[HealthMonitor()])`` builds, with no sinks and quiet logs."""
+    """The monitor a ``LossForecast(detectors=[HealthMonitor()])`` builds, with no sinks and quiet logs."""
     return RunMonitor(
         lrs,
         config=ForecasterConfig(refit_every=REFIT_EVERY),
-        health=[_Timed(HealthMonitor(), clock)],
+        detectors=[_Timed(HealthMonitor(), clock)],
         verbose=False,
     )
 
@@ -236,7 +236,7 @@ def run_curve(c: Curve, inject: bool) -> RunResult:
     for name, fn in {**FAILURES, **TRANSIENTS}.items():
         z = fn(steps, y, i0, sigma)
         m = copy.deepcopy(saved["mon"])
-        m.health[0].clock = clock  # type: ignore[attr-defined]
+        m.detectors[0].clock = clock  # type: ignore[attr-defined]
         out.injected[name] = replay(m, steps, z, slices[at:], clock)
     return out
 

@@ -23,15 +23,15 @@ written to the spike record, and training goes on. Stagnation and gradient-norm 
 
 The detectors cost O(1) per observation: each keeps exponentially weighted running statistics
 (:mod:`scaleforecast.streaming`) and block summaries, updated once per chunk of a flush, never a re-scan of a
-window. The spike
-rule scores robust residuals: it keeps an EW least-squares line ``y ≈ c0 + c1 * log(s)`` (the local trend)
+window. The spike rule scores robust residuals: it keeps an EW least-squares line ``y ≈ c0 + c1 * log(s)`` (the local trend)
 and, once there is a law, an EW line through ``y - law(s)`` (the law supplies the curvature, the line absorbs
 its local misfit); the noise scale is the median of the robust scales of the last blocks of one-step
-prediction errors (so neither spikes nor an early misfit inflate it); a point scores ``z = min(z_law, z_local)``, so it must stand out against both. Points flagged as
-spikes never enter the statistics, so one spike cannot hide the next; ``max_run`` flagged points in a row
+prediction errors (so neither spikes nor an early misfit inflate it); a point scores
+``z = min(z_law, z_local)``, so it must stand out against both. Points flagged as spikes never enter the
+statistics, so one spike cannot hide the next; ``max_run`` flagged points in a row
 mean the level itself moved and the statistics take them in. :class:`HealthMonitor` bundles the detectors
-with debouncing and the spike record; it plugs into :class:`scaleforecast.monitor.RunMonitor` as a health
-check (``health=[HealthMonitor()]``).
+with debouncing and the spike record; it plugs into :class:`scaleforecast.monitor.RunMonitor` as a detector
+(``detectors=[HealthMonitor()]``), and the monitor's ``action`` decides what its critical events do.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleforecast.events import SEVERITY_RANK, Event, HealthAction, TrainingHealthError
+from scaleforecast.events import SEVERITY_RANK, Event
 from scaleforecast.streaming import (
     EWLine,
     Ring,
@@ -86,6 +86,17 @@ def _law_at(law: LawFn | None, steps: np.ndarray) -> np.ndarray | None:
     if e.shape != (len(steps),) or not np.all(np.isfinite(e)):
         return None
     return e
+
+
+def _tame(resid: np.ndarray, k: float = 8.0) -> np.ndarray:
+    """``resid`` with values more than ``k`` robust scales from the median replaced by the median."""
+    if len(resid) < 4:
+        return resid
+    med = float(np.median(resid))
+    scale = robust_scale(resid)
+    if not scale > 0:
+        return resid
+    return np.where(np.abs(resid - med) > k * scale, med, resid)
 
 
 def _finite_mask(steps: np.ndarray, values: np.ndarray, min_step: int) -> np.ndarray:
@@ -322,12 +333,15 @@ class SpikeDetector:
         if base is None:
             self._law = None
             return False
-        # A new fit: rebuild both lines from the ring, so that they are consistent with each other.
+        # A new fit: rebuild both lines from the ring, so that they are consistent with each other. Where the
+        # law is far off (inside the warm-up its S1 is tiny and its prediction absurd) the residual is replaced
+        # by the typical one, so that a few such points cannot bend the law's line.
         self.lines.reset()
         if len(steps):
             x = np.log(steps.astype(float))
+            resid = _tame(y - base)
             self.lines.recentre(float(x[0]))
-            self.lines.add(x, np.vstack([y, y - base]))
+            self.lines.add(x, np.vstack([y, resid]))
         self._law = law
         return True
 
@@ -371,7 +385,8 @@ class SpikeDetector:
         events: list[Event] = []
         if n_warm:
             # Too few points for a model: take them in unscored.
-            self._accept(s[:n_warm], x[:n_warm], y[:n_warm], None if base is None else base[:n_warm])
+            warm = None if base is None or self._law is None else _tame(y[:n_warm] - base[:n_warm])
+            self._accept(s[:n_warm], x[:n_warm], y[:n_warm], warm)
             if n_warm == len(s):
                 return z, events
             s, x, y = s[n_warm:], x[n_warm:], y[n_warm:]
@@ -424,16 +439,21 @@ class SpikeDetector:
                 )
             )
         if accept.any():
-            for k in modes:
-                self.noise[k].add((y - preds[k])[accept])
-            self._accept(s[accept], x[accept], y[accept], None if base is None else base[accept])
+            self.noise[0].add((y - preds[0])[accept])
+            resid = None
+            if use_law:
+                # A point far off the law's line (where the law itself is off) must not bend that line.
+                off = np.abs((y - preds[1]) / scales[1]) > 2.0 * cfg.threshold
+                self.noise[1].add((y - preds[1])[accept & ~off])
+                resid = np.where(off, preds[1] - base, y - base)[accept]  # type: ignore[operator]
+            self._accept(s[accept], x[accept], y[accept], resid)
         out = np.full(n_warm + len(s), np.nan)
         out[n_warm:] = z
         return out, events
 
-    def _accept(self, s: np.ndarray, x: np.ndarray, y: np.ndarray, base: np.ndarray | None) -> None:
-        resid = y - base if (base is not None and self._law is not None) else y
-        self.lines.add(x, np.array([y, resid]))
+    def _accept(self, s: np.ndarray, x: np.ndarray, y: np.ndarray, resid: np.ndarray | None) -> None:
+        """Take points in: row 0 gets the losses, row 1 the law residuals ``resid`` (the losses without a law)."""
+        self.lines.add(x, np.array([y, y if resid is None or self._law is None else resid]))
         self.ring.extend(s, y)
 
     def update(self, steps: np.ndarray, values: np.ndarray, law: LawFn | None = None) -> list[Event]:
@@ -997,14 +1017,12 @@ class GradNormDetector:
 
 # ------------------------------------------------------------------------------------- health monitor
 class HealthConfig(BaseModel):
-    """The detectors, the debouncing and the ``action=`` policy of :class:`HealthMonitor`.
+    """The detectors and the debouncing of :class:`HealthMonitor`.
 
     Which events are critical is the detectors' rule (see the module docstring: only persistent non-finite
-    losses and persistent divergence); ``act_on`` can only narrow it.
-
-    ``action`` applies to critical events whose kind is in ``act_on``: ``warn`` only reports them, ``stop``
-    asks the trainer to stop gracefully (:attr:`HealthMonitor.stop_reason`), ``raise`` raises
-    :class:`~scaleforecast.events.TrainingHealthError` from :meth:`HealthMonitor.enforce`. An event of a kind
+    losses and persistent divergence); ``act_on`` can only narrow it (the other kinds are reported as
+    warnings). What a critical event does is the run monitor's ``action``
+    (:class:`scaleforecast.monitor.StopConfig`). An event of a kind
     already reported less than ``debounce_steps`` steps earlier, at the same or a lower severity, is
     counted but not reported again. ``skip_before``/``skip_after``: the steps around a spike written to
     ``record_path`` (a JSON list of optimizer steps to skip on a replay, like Lightning's ``SpikeDetection``).
@@ -1012,7 +1030,6 @@ class HealthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    action: HealthAction = HealthAction.WARN
     act_on: list[str] = Field(default_factory=lambda: ["nonfinite", "spike", "divergence"])
     debounce_steps: int = Field(200, ge=0)
     record_path: str | None = None
@@ -1027,22 +1044,16 @@ class HealthConfig(BaseModel):
 
 
 class HealthMonitor:
-    """All detectors behind one call per flush, with debouncing, the action policy and the spike record.
+    """All detectors behind one call per flush, with debouncing and the spike record.
 
-    ``update(steps, loss, loss_max=None, grad_norm=None, forecaster=None)`` takes host-side arrays (``loss``
+    ``update(steps, loss, loss_max=None, grad_norm=None, view=None)`` takes host-side arrays (``loss``
     = mean over ranks, ``loss_max`` = max over ranks: a spike on any rank counts) and returns the events to
-    report; the expected loss comes from ``forecaster.predict`` once it has a usable fit. ``on_event`` is
-    called with each reported event (its errors are logged once and the hook is dropped). Never raises from
-    ``update``; :meth:`enforce` applies the ``raise`` action after the events were routed.
+    report; the expected loss comes from ``view.predict`` (a :class:`scaleforecast.monitor.FitView`) once it
+    has a usable fit. Never raises from ``update``.
     """
 
-    def __init__(
-        self,
-        config: HealthConfig | None = None,
-        on_event: Callable[[Event], Any] | None = None,
-    ) -> None:
+    def __init__(self, config: HealthConfig | None = None) -> None:
         self.config = config or HealthConfig()
-        self.on_event = on_event
         self.nonfinite = NonFiniteDetector(self.config.nonfinite)
         self.spike = SpikeDetector(self.config.spike)
         self.drift = DriftDetector(self.config.drift)
@@ -1052,37 +1063,26 @@ class HealthMonitor:
         self.suppressed: dict[str, int] = {}
         self.skip_steps: set[int] = set()
         self.counts: dict[str, int] = {}
-        self.trigger: Event | None = None
         self._record_failed = False
         self._law_cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ running
-    @property
-    def stop_reason(self) -> str | None:
-        """Why training should stop (``action="stop"``), else ``None``."""
-        if self.trigger is None or self.config.action is not HealthAction.STOP:
-            return None
-        return self.trigger.text()
-
-    @property
-    def should_stop(self) -> bool:
-        return self.stop_reason is not None
-
     def update(
         self,
         steps: np.ndarray | list[int],
         loss: np.ndarray | list[float],
         loss_max: np.ndarray | list[float] | None = None,
         grad_norm: np.ndarray | list[float] | None = None,
-        forecaster: Any = None,
+        view: Any = None,
         law: LawFn | None = None,
         lr_of: LrFn | None = None,
         lrs: np.ndarray | list[float] | None = None,
     ) -> list[Event]:
         """Run every detector on one flush and return the (debounced) events to report.
 
-        ``law`` (``steps -> expected loss``) defaults to the forecaster's latest usable fit; the LR of each
-        update is ``lrs`` when given, else ``lr_of(steps)``, else the forecaster's planned schedule."""
+        ``law`` (``steps -> expected loss``) defaults to the latest usable fit of ``view`` (a
+        :class:`scaleforecast.monitor.FitView`); the LR of each update is ``lrs`` when given, else
+        ``lr_of(steps)``, else the planned schedule seen through ``view``."""
         st = np.asarray(steps, dtype=np.int64).ravel()
         y = np.asarray(loss, dtype=float).ravel()
         if st.shape != y.shape:
@@ -1095,10 +1095,10 @@ class HealthMonitor:
                 raise ValueError(f"{name} has {arr.size} values for {len(st)} steps")
         if len(st) == 0:
             return []
-        if law is None and forecaster is not None:
-            law = forecaster_law(forecaster, self._law_cache)
-        if lr is None and lr_of is None and forecaster is not None:
-            lr_of = forecaster_lr(forecaster)
+        if law is None and view is not None:
+            law = forecaster_law(view, self._law_cache)
+        if lr is None and lr_of is None and view is not None:
+            lr_of = forecaster_lr(view)
         raw: list[Event] = []
         raw += self.nonfinite.update(st, y, ymax, gn)
         scored = ymax if (ymax is not None and self.config.use_loss_max) else y
@@ -1110,18 +1110,18 @@ class HealthMonitor:
             raw += self.grad.update(st, gn)
         return self._report(raw)
 
-    def check(self, batch: Any, forecaster: Any) -> list[Event]:
+    def check(self, batch: Any, view: Any) -> list[Event]:
         """The :class:`~scaleforecast.monitor.RunMonitor` hook: :meth:`update` on a ``FlushBatch``.
 
-        Inside the run monitor its own ``action`` applies to every critical event; kinds outside ``act_on``
-        are reported as warnings, so they never stop the run.
+        Kinds outside ``act_on`` are reported as warnings, so they never stop the run; the monitor's
+        ``action`` decides what the critical ones do.
         """
         return self.update(
             batch.steps,
             batch.loss,
             batch.loss_max,
             batch.grad_norm,
-            forecaster=forecaster,
+            view=view,
             lrs=getattr(batch, "lrs", None),
         )
 
@@ -1133,8 +1133,6 @@ class HealthMonitor:
                 self._record_spike(ev.step)
             if ev.severity == "critical" and ev.kind not in self.config.act_on:
                 ev = ev.model_copy(update={"severity": "warning"})
-            if ev.severity == "critical" and self.trigger is None:
-                self.trigger = ev
             last = self.last_reported.get(ev.kind)
             rank = SEVERITY_RANK[ev.severity]
             if last is not None and ev.step - last[0] < self.config.debounce_steps and rank <= last[1]:
@@ -1145,22 +1143,7 @@ class HealthMonitor:
                 ev = ev.model_copy(update={"data": {**ev.data, "suppressed_before": n_sup}})
             self.last_reported[ev.kind] = (ev.step, rank)
             out.append(ev)
-            self._call_hook(ev)
         return out
-
-    def _call_hook(self, ev: Event) -> None:
-        if self.on_event is None:
-            return
-        try:
-            self.on_event(ev)
-        except Exception as err:  # a user hook must not break training
-            log.warning("on_event hook failed (%r); it is disabled from now on", err)
-            self.on_event = None
-
-    def enforce(self) -> None:
-        """Apply the ``raise`` action: raise :class:`TrainingHealthError` once a critical event triggered it."""
-        if self.trigger is not None and self.config.action is HealthAction.RAISE:
-            raise TrainingHealthError(self.trigger)
 
     # ------------------------------------------------------------- spike record
     def _record_spike(self, step: int) -> None:
@@ -1196,7 +1179,6 @@ class HealthMonitor:
             "suppressed": dict(self.suppressed),
             "skip_steps": sorted(self.skip_steps),
             "counts": dict(self.counts),
-            "trigger": None if self.trigger is None else self.trigger.model_dump(mode="json"),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1209,8 +1191,7 @@ class HealthMonitor:
                 _STATE_VERSION,
             )
             return
-        hook = self.on_event
-        self.__init__(HealthConfig.model_validate(state["config"]), on_event=hook)  # type: ignore[misc]
+        self.__init__(HealthConfig.model_validate(state["config"]))  # type: ignore[misc]
         self.nonfinite.load_state_dict(state["nonfinite"])
         self.spike.load_state_dict(state["spike"])
         self.drift.load_state_dict(state["drift"])
@@ -1221,7 +1202,6 @@ class HealthMonitor:
         self.suppressed = {k: int(v) for k, v in state["suppressed"].items()}
         self.skip_steps = {int(s) for s in state["skip_steps"]}
         self.counts = {k: int(v) for k, v in state["counts"].items()}
-        self.trigger = None if state["trigger"] is None else Event.model_validate(state["trigger"])
 
 
 _LAW_AHEAD = 2048
@@ -1268,41 +1248,40 @@ class FitLaw:
         return self._vals[st - self._lo]
 
 
-def forecaster_law(forecaster: Any, cache: dict[str, Any] | None = None) -> LawFn | None:
-    """``steps -> expected loss`` from an :class:`~scaleforecast.forecaster.OnlineForecaster`'s latest
-    usable fit, or ``None`` before one (or when its fit failed). The same :class:`FitLaw` object is returned
-    (through ``cache``, a dict the caller owns) for as long as the fit and the schedule stay the same, so the
-    detectors can tell a new fit by identity. Only the law's mean is evaluated (no predictive spread)."""
-    fit = getattr(forecaster, "fit_result", None)
-    if fit is None or getattr(fit, "params", None) is None:
+def forecaster_law(view: Any, cache: dict[str, Any] | None = None) -> LawFn | None:
+    """``steps -> expected loss`` from the latest usable fit seen through ``view`` (a
+    :class:`scaleforecast.monitor.FitView`, or anything with ``latest``, ``schedule`` and ``predict``), or
+    ``None`` before one (or when the fit is not usable). The same :class:`FitLaw` object is returned (through
+    ``cache``, a dict the caller owns) for as long as the fit and the schedule stay the same, so the detectors
+    can tell a new fit by identity. Only the law's mean is evaluated (no predictive spread)."""
+    latest = getattr(view, "latest", None)
+    if latest is None or latest.params is None or not latest.ok:
         return None
-    if str(getattr(fit.status, "value", fit.status)) not in ("ok", "annealing_unidentified"):
-        return None
-    lrs = getattr(forecaster, "schedule", None)
+    lrs = getattr(view, "schedule", None)
     if lrs is None:
         return None
     cache = {} if cache is None else cache
-    if cache.get("fit") is not fit or cache.get("lrs") is not lrs:
-        cache.update(fit=fit, lrs=lrs, law=FitLaw(_law_mean(forecaster, fit, lrs), len(lrs)))
+    if cache.get("fit") is not latest or cache.get("lrs") is not lrs:
+        cache.update(fit=latest, lrs=lrs, law=FitLaw(_law_mean(view, latest, lrs), len(lrs)))
     return cache["law"]
 
 
-def _law_mean(forecaster: Any, fit: Any, lrs: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def _law_mean(view: Any, fit: Any, lrs: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """The fitted law's mean at steps: straight from the law when the fit names one (no predictive spread
-    to compute), else the forecaster's point prediction."""
+    to compute), else the view's point prediction."""
     from scaleforecast.laws import LAWS
 
     law = LAWS.get(getattr(fit, "law", None))  # type: ignore[arg-type]
     if law is None:
-        return forecaster.predict
+        return view.predict
     return lambda steps: law.predict(fit.params, lrs, steps)
 
 
-def forecaster_lr(forecaster: Any) -> LrFn:
-    """``steps -> LR of those updates`` from the forecaster's planned schedule (``None`` when unknown)."""
+def forecaster_lr(view: Any) -> LrFn:
+    """``steps -> LR of those updates`` from the planned schedule seen through ``view`` (``None`` when unknown)."""
 
     def lr_of(steps: np.ndarray) -> np.ndarray | None:
-        lrs = getattr(forecaster, "schedule", None)
+        lrs = getattr(view, "schedule", None)
         if lrs is None or len(steps) == 0 or int(np.max(steps)) > len(lrs) or int(np.min(steps)) < 1:
             return None
         return np.asarray(lrs)[np.asarray(steps, dtype=np.int64) - 1]

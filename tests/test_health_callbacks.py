@@ -54,7 +54,7 @@ def test_lightning_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path)
     seen: list[Event] = []
     health = HealthMonitor(HealthConfig(record_path=str(tmp_path / "skip.json")))
     cb = LossForecast(
-        flush_every=5, refit_every=10, health=[health], advisor=ScheduleAdvisor(), on_event=seen.append
+        flush_every=5, refit_every=10, detectors=[health], advisor=ScheduleAdvisor(), on_event=seen.append
     )
     trainer = pl.Trainer(
         max_steps=MAX_STEPS,
@@ -99,7 +99,7 @@ def test_hf_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path) -> Non
     cb = HFLossForecast(
         flush_every=5,
         refit_every=10,
-        health=[HealthMonitor()],
+        detectors=[HealthMonitor()],
         advisor=ScheduleAdvisor(),
         on_event=seen.append,
         writer=None,
@@ -123,7 +123,7 @@ def test_hf_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path) -> Non
     spikes = [e for e in seen if e.kind == "spike"]
     assert [e.step for e in spikes] == [SPIKE_STEP] and spikes[0].severity == "warning"
     lost = NAN_FROM + HealthConfig().nonfinite.patience - 1
-    assert cb.stopped and lost <= cb.stopped_at < MAX_STEPS
+    assert cb.stopped_at is not None and lost <= cb.stopped_at < MAX_STEPS
     assert cb.stopped_at == trainer.state.global_step
     assert f"nonfinite @ step {lost}" in (cb.stop_reason or "")
     run_dirs = sorted({p.parent for p in tmp_path.rglob("events.out.tfevents.*")})

@@ -106,6 +106,7 @@ def test_interface_is_abstract() -> None:
         RunRegistry()  # type: ignore[abstract]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -129,6 +130,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path, method: str) -> None:
     assert len(reg.history()) == N_WRITERS * N_WRITES
 
 
+@pytest.mark.trainer
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_lightning_runs_share_the_default_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +147,9 @@ def test_lightning_runs_share_the_default_registry(tmp_path: Path, monkeypatch: 
     for run_id, lr in (("good", 0.05), ("tiny-lr", 1e-6)):
         stopper = SweepStopper(run_id=run_id, sweep="lightning-sweep", min_fraction=0.2)
         assert stopper.sync()  # the earlier runs' records are read before this one trains
-        callback = LossForecast(refit_every=6, flush_every=3, writer=False, verbose=False, health=[stopper])
+        callback = LossForecast(
+            refit_every=6, flush_every=3, writer=False, verbose=False, listeners=[stopper]
+        )
         model = TinyRegressor(lr=lr, total=60, warmup=5)
         trainer = pl.Trainer(
             max_steps=60,

@@ -39,7 +39,7 @@ def _forecast(loss: float, std: float, status: FitStatus = FitStatus.OK, final_s
 
 @pytest.mark.slow
 def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
-    """The stopper as a health check of a real RunMonitor: the bad run stops, the good one finishes."""
+    """The stopper as a listener of a real RunMonitor: the bad run stops, the good one finishes."""
     from scaleforecast.monitor import FlushBatch, RunMonitor
 
     reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
@@ -50,7 +50,7 @@ def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
     for run_id, offset in (("good", 0.0), ("bad", 1.0)):
         stopper = SweepStopper(reg, run_id, min_fraction=0.2)
         assert stopper.sync()  # the records of the runs before this one are read before it trains
-        monitor = RunMonitor(lrs, health=[stopper], verbose=False)
+        monitor = RunMonitor(lrs, listeners=[stopper], verbose=False)
         loss = 2.0 + offset + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
         stopped_at = None
         for lo in range(0, total, 20):
