@@ -9,6 +9,7 @@ update yet) has ``S1 = S2 = 0``.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Literal, Protocol
 
@@ -96,33 +97,61 @@ def annealing_term(
     return np.sign(u) * np.power(np.abs(u), power) * full
 
 
-_AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+_AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
+_AREA_LOCK = threading.Lock()  # refits run on a worker thread while the training thread predicts
+
+
+def _frozen_key(lrs: ArrayLike) -> tuple | None:
+    """An O(1) identity key for a 1-D float64 array whose memory nobody can write (a read-only array that owns
+    its data, or a read-only view of one), else ``None``. The memo keeps that array alive, so its address
+    cannot be reused while the entry exists. The online forecaster keeps its planned schedule this way."""
+    if not isinstance(lrs, np.ndarray) or lrs.dtype != np.float64 or lrs.ndim != 1 or lrs.flags.writeable:
+        return None
+    root = lrs
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if root.base is not None or root.flags.writeable:
+        return None
+    offset = lrs.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return ("frozen", id(root), offset, lrs.size, lrs.strides)
 
 
 def _areas_entry(lrs: ArrayLike, lam: float, warmup: WarmupS2, power: float) -> tuple[np.ndarray, ...]:
+    frozen = _frozen_key(lrs)
+    if frozen is not None:
+        with _AREA_LOCK:
+            hit = _AREA_CACHE.get((frozen, float(lam), warmup, float(power)))
+            if hit is not None:
+                _AREA_CACHE.move_to_end((frozen, float(lam), warmup, float(power)))
+                return hit[:3]
     a = _as_lrs(lrs)
-    # a fingerprint, not a full hash: length, sum, a strided sample and the tail; a re-planned schedule
-    # changes at least one of them
-    n = a.size
-    fp = (
-        n,
-        float(a.sum()),
-        hashlib.sha1(a[:: max(1, n // 4096)].tobytes()).digest(),
-        hashlib.sha1(a[-1024:].tobytes()).digest(),
-    )
+    if frozen is not None:
+        fp: tuple = frozen
+    else:
+        # a fingerprint, not a full hash: length, sum, a strided sample and the tail; a re-planned schedule
+        # changes at least one of them
+        n = a.size
+        fp = (
+            n,
+            float(a.sum()),
+            hashlib.sha1(a[:: max(1, n // 4096)].tobytes()).digest(),
+            hashlib.sha1(a[-1024:].tobytes()).digest(),
+        )
     key = (fp, float(lam), warmup, float(power))
-    hit = _AREA_CACHE.get(key)
-    if hit is not None:
-        _AREA_CACHE.move_to_end(key)
-        return hit
+    with _AREA_LOCK:
+        hit = _AREA_CACHE.get(key)
+        if hit is not None:
+            _AREA_CACHE.move_to_end(key)
+            return hit[:3]
     s1 = forward_area(a)
     s2 = annealing_term(a, lam, warmup, power)
     cs2 = np.concatenate([[0.0], np.cumsum(s2)])
     for arr in (s1, s2, cs2):
         arr.flags.writeable = False
-    _AREA_CACHE[key] = (s1, s2, cs2)
-    while len(_AREA_CACHE) > 8:
-        _AREA_CACHE.popitem(last=False)
+    with _AREA_LOCK:
+        _AREA_CACHE[key] = (s1, s2, cs2, lrs if frozen is not None else None)  # pins a frozen schedule
+        while len(_AREA_CACHE) > 8:
+            _AREA_CACHE.popitem(last=False)
     return s1, s2, cs2
 
 
@@ -130,7 +159,8 @@ def schedule_areas(
     lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", power: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(forward_area(lrs), annealing_term(lrs, lam, warmup, power))``, memoised on a fingerprint of the
-    schedule (its length, sum, a strided sample and its tail).
+    schedule (its length, sum, a strided sample and its tail), or in O(1) on the identity of a read-only array
+    that owns its memory (nothing can change it while the memo holds it). Thread-safe.
 
     The online forecaster refits and predicts many times under one planned schedule: a fingerprint costs one
     vectorised pass, recomputing costs two plus a recursive filter. The arrays returned are read-only.
