@@ -10,7 +10,9 @@ so the forecast lands in the same run directory as the user's own curves. Tags:
 - ``forecast/fit_status`` (0 ok, 1 annealing_unidentified, 2 insufficient_data, 3 failed) and text
   ``forecast/status`` whenever the status changes;
 - ``forecast/curve``: an image of the observed curve, the forecast curve and its band to the end of the
-  schedule;
+  schedule, drawn on a worker thread (a figure takes a few hundred milliseconds of matplotlib; the training
+  thread only hands over the snapshot, and a figure asked for while the previous one is still being drawn is
+  skipped);
 - ``events/<kind>``: text for alerts and decisions, with ``events/<kind>_score`` when the event has a score.
 """
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scaleforecast.background import Job, Worker
 from scaleforecast.results import FitStatus, Forecast
 from scaleforecast.sinks import CurveSnapshot
 
@@ -77,6 +80,8 @@ class TensorBoardSink:
     The writer needs ``add_scalar`` and ``add_text``; ``add_image`` and ``add_custom_scalars`` are used when
     present. ``layout_extra`` adds charts to the custom-scalars layout, which is written once, on the first
     forecast. ``close_writer``: close the writer in :meth:`close` (only for writers the sink's owner created).
+    ``background_figures``: draw figures on a worker thread (a failure there surfaces at the next figure or at
+    :meth:`close`, where the fan-out sink reports it).
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class TensorBoardSink:
         layout_extra: Mapping[str, list[Any]] | None = None,
         close_writer: bool = False,
         figure_tag: str = "forecast/curve",
+        background_figures: bool = True,
     ) -> None:
         for method in ("add_scalar", "add_text"):
             if not callable(getattr(writer, method, None)):
@@ -96,6 +102,9 @@ class TensorBoardSink:
         self.figure_tag = figure_tag
         self._layout_written = False
         self._last_status: FitStatus | None = None
+        self.background_figures = background_figures
+        self.skipped_figures = 0
+        self._figure: Job[None] | None = None
 
     def _write_layout(self) -> None:
         if self._layout_written:
@@ -149,11 +158,32 @@ class TensorBoardSink:
             self.writer.add_scalar(f"events/{event.kind}_score", float(event.score), event.step)
 
     def write_figure(self, snapshot: CurveSnapshot) -> None:
-        """The observed curve with the forecast and its band, as image ``forecast/curve``."""
-        add = getattr(self.writer, "add_image", None)
-        if not callable(add):
+        """The observed curve with the forecast and its band, as image ``forecast/curve`` (on the figure
+        worker when ``background_figures``; skipped while the previous figure is still being drawn)."""
+        if not callable(getattr(self.writer, "add_image", None)):
             return
-        add(self.figure_tag, render_rgb(draw_snapshot(snapshot)), snapshot.step, dataformats="HWC")
+        if not self.background_figures:
+            self._draw(snapshot)
+            return
+        previous = self._figure
+        if previous is not None:
+            if not previous.done():
+                self.skipped_figures += 1
+                return
+            self._figure = None
+            previous.result()  # a failure of the last figure is reported here, on the caller's thread
+        self._figure = _FIGURES.submit(self._draw, snapshot)
+
+    def _draw(self, snapshot: CurveSnapshot) -> None:
+        self.writer.add_image(
+            self.figure_tag, render_rgb(draw_snapshot(snapshot)), snapshot.step, dataformats="HWC"
+        )
+
+    def wait(self) -> None:
+        """Wait for the figure being drawn, if any (re-raising its failure)."""
+        job, self._figure = self._figure, None
+        if job is not None:
+            job.result()
 
     def flush(self) -> None:
         fn = getattr(self.writer, "flush", None)
@@ -161,9 +191,15 @@ class TensorBoardSink:
             fn()
 
     def close(self) -> None:
-        self.flush()
-        if self.close_writer:
-            self.writer.close()
+        try:
+            self.wait()
+        finally:
+            self.flush()
+            if self.close_writer:
+                self.writer.close()
+
+
+_FIGURES = Worker("scaleforecast-figures")
 
 
 def _y_limits(snapshot: CurveSnapshot) -> tuple[float, float]:

@@ -188,7 +188,7 @@ class OnlineForecaster:
         self._warnings: list[str] = []
         self._stale = False
         self._pending: _Pending | None = None
-        self._schedule_code: dict[str, Any] | None = None
+        self._schedule_code: Job[dict[str, Any]] | None = None
         if schedule is not None:
             self.set_schedule(schedule)
 
@@ -215,7 +215,8 @@ class OnlineForecaster:
         if not changed:
             return
         self._lrs = _frozen(lrs)
-        self._schedule_code = None
+        # the compact form a checkpoint carries costs a pass or two over the plan: prepared off-thread
+        self._schedule_code = refit_worker().submit(encode_lrs, self._lrs) if self.config.background else None
         # A fit made against the old schedule must not outlive it: the next policy check refits.
         self._stale = self._stale or self._fit is not None or self._pending is not None
 
@@ -458,8 +459,8 @@ class OnlineForecaster:
         if self._lrs is None:
             return None
         if self._schedule_code is None:
-            self._schedule_code = encode_lrs(self._lrs)
-        return self._schedule_code
+            self._schedule_code = Job.run_now(encode_lrs, self._lrs)
+        return self._schedule_code.result()
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-safe state: config, schedule (compact), binned history, latest fit and forecast.
@@ -510,7 +511,7 @@ class OnlineForecaster:
         elif version == 1:
             self._lrs, self._schedule_code = _frozen(_decode_v1_lrs(code)), None
         else:
-            self._lrs, self._schedule_code = _frozen(decode_lrs(code)), code
+            self._lrs, self._schedule_code = _frozen(decode_lrs(code)), Job.finished(code)
         self._history = BinnedHistory(self.config.max_bins)
         self._history.load_state_dict(state["history"])
         self._last_step = int(state["last_step"])

@@ -192,9 +192,55 @@ def test_fanout_isolates_a_failing_sink() -> None:
     assert len(fan) == 1
     with pytest.warns(RuntimeWarning, match="already closed"):
         fan.close()
+    assert fan.disabled
     assert len(fan) == 0
 
 
 def test_sink_rejects_objects_that_are_not_writers() -> None:
     with pytest.raises(TypeError, match="add_scalar"):
         TensorBoardSink(object())
+
+
+def test_figures_are_drawn_off_the_calling_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import scaleforecast.integrations.tensorboard as tb
+
+    drawn_on: list[str] = []
+    entered, gate = threading.Event(), threading.Event()
+    real_draw = tb.draw_snapshot
+
+    def gated_draw(snapshot: CurveSnapshot) -> object:
+        drawn_on.append(threading.current_thread().name)
+        entered.set()
+        assert gate.wait(60)
+        return real_draw(snapshot)
+
+    monkeypatch.setattr(tb, "draw_snapshot", gated_draw)
+    sink = TensorBoardSink(SummaryWriter(str(tmp_path)), close_writer=True)
+    sink.write_figure(_snapshot(300))  # returns at once: the worker is drawing
+    assert entered.wait(60)
+    sink.write_figure(_snapshot(400))  # the previous figure is still being drawn: skipped
+    assert sink.skipped_figures == 1
+    gate.set()
+    sink.close()  # waits for the figure in progress
+    assert drawn_on == ["scaleforecast-figures"]
+    assert [i.step for i in _read(tmp_path).Images("forecast/curve")] == [300]
+
+
+def test_a_failing_background_figure_is_reported_by_the_fanout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scaleforecast.integrations.tensorboard as tb
+
+    def broken(snapshot: CurveSnapshot) -> object:
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(tb, "draw_snapshot", broken)
+    sink = TensorBoardSink(SummaryWriter(str(tmp_path)), close_writer=True)
+    fan = FanoutSink([sink])
+    fan.write_figure(_snapshot(300))  # fails later, on the worker
+    assert not fan.disabled
+    with pytest.warns(RuntimeWarning, match="no fonts"):
+        fan.close()
+    assert fan.disabled
