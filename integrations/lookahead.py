@@ -329,9 +329,10 @@ def _cosine_maps(sched: Any, base: float, e: np.ndarray, restart: bool) -> tuple
     if getattr(sched, "_step_count", 1) < 1:  # its first step would take torch's closed-form branch
         raise _Unsupported("a CosineAnnealingLR that never took its initial step")
     T, eta = sched.T_max, sched.eta_min
-    ef = e.astype(np.float64)
+    # 1 + cos(pi * k / T) for k = e[0] - 1 .. e[-1] (the epochs are consecutive): each cosine once
+    one_plus = 1 + np.cos(math.pi * np.arange(e[0] - 1, e[-1] + 1, dtype=np.float64) / T)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = (1 + np.cos(math.pi * ef / T)) / (1 + np.cos(math.pi * (ef - 1) / T))
+        r = one_plus[1:] / one_plus[:-1]
     bump = (e - 1 - T) % (2 * T) == 0  # torch's step back up past T_max
     a = np.where(bump, 1.0, r)
     b = np.where(bump, (base - eta) * (1 - math.cos(math.pi / T)) / 2, eta * (1.0 - r) if eta else 0.0)
@@ -458,9 +459,22 @@ def _sequential_maps(seq: Any, optimizer: Optimizer, group: int, count: int) -> 
     return a, b
 
 
+def _fixed_point(a: np.ndarray, b: np.ndarray) -> float:
+    """The ``c`` with ``b = c * (1 - a)`` on most steps (the maps then contract towards ``c``: the cosine's
+    ``eta_min``), or 0. Around it, those steps are plain products: ``lr - c <- a * (lr - c)``."""
+    moving = (a != 1.0) & (b != 0.0)
+    if 2 * int(moving.sum()) < a.size:  # mostly plain products already
+        return 0.0
+    c = float(np.median(b[moving] / (1.0 - a[moving])))
+    return c if np.isfinite(c) else 0.0
+
+
 def _apply(lr0: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``out[0] = lr0``, ``out[k] = a[k-1] * out[k-1] + b[k-1]``: products by ``cumprod`` (the same sequence of
-    roundings as stepping), outright values by assignment, and a Python loop only where shifts add up."""
+    """``out[0] = lr0``, ``out[k] = a[k-1] * out[k-1] + b[k-1]``.
+
+    Outright values (``a = 0``) are assigned; between them, the LR relative to the maps' fixed point evolves by
+    products, computed by ``cumprod`` (for pure products: the very roundings of stepping); the few steps that
+    also shift it (the cosine's step back up past ``T_max``) are applied one by one in between."""
     n = a.size
     out = np.empty(n + 1)
     out[0] = lr0
@@ -473,27 +487,27 @@ def _apply(lr0: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for run in np.split(free, cuts):
         i, j = int(run[0]), int(run[-1]) + 1  # maps a[i:j] take out[i] to out[i+1 : j+1]
         ra, rb = a[i:j], b[i:j]
-        shifts = np.flatnonzero(rb != 0.0)
-        if shifts.size == 0:
-            out[i + 1 : j + 1] = np.multiply.accumulate(np.r_[out[i], ra])[1:]
-        elif shifts.size * 8 > ra.size:
-            v = float(out[i])
-            vals = []
-            for ak, bk in zip(ra.tolist(), rb.tolist(), strict=True):
+        c = _fixed_point(ra, rb)
+        shift = rb - c * (1.0 - ra)  # in z = lr - c: z <- a * z + shift
+        shift[np.abs(shift) <= 1e-15 * max(abs(c), 1e-300)] = 0.0
+        shifts = np.flatnonzero(shift != 0.0)
+        z = np.empty(ra.size)
+        if shifts.size * 8 > ra.size:
+            v = float(out[i]) - c
+            for k, (ak, bk) in enumerate(zip(ra.tolist(), shift.tolist(), strict=True)):
                 v = ak * v + bk
-                vals.append(v)
-            out[i + 1 : j + 1] = vals
+                z[k] = v
         else:
-            v, pos = float(out[i]), 0
+            v, pos = float(out[i]) - c, 0
             for s in [*shifts.tolist(), ra.size]:
                 if s > pos:
-                    seg = np.multiply.accumulate(np.r_[v, ra[pos:s]])[1:]
-                    out[i + 1 + pos : i + 1 + s] = seg
-                    v = float(seg[-1])
+                    z[pos:s] = np.multiply.accumulate(np.r_[v, ra[pos:s]])[1:]
+                    v = float(z[s - 1])
                 if s < ra.size:
-                    v = float(ra[s]) * v + float(rb[s])
-                    out[i + 1 + s] = v
+                    v = float(ra[s]) * v + float(shift[s])
+                    z[s] = v
                 pos = s + 1
+        out[i + 1 : j + 1] = z + c if c else z
     return out
 
 
