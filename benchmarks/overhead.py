@@ -1,116 +1,510 @@
-"""Step-time overhead of the LossForecast callback in a real Lightning fit (CPU), side by side in one run.
+"""What the monitor costs the training it watches, measured four ways (each prints a table).
 
-Runs the same small model and data with and without the callback, interleaved (A B, B A, ...) so that load on
-the machine hits both alike, and prints the median time per optimizer step of each, their ratio, and the time
-spent inside the callback's own hooks (a direct measure that machine noise does not blur). Target: ratio <= 1.01.
+``stream``: the monitor's CPU per training step, amortised over whole runs fed step by step (flushes of 50
+steps, as the callbacks do), with and without the health checks: synthetic runs of 10k / 100k / 1M steps, the
+real per-step curve in ``shared/curves/llmc_gpt2_124m`` and a 1M-step stream built from that run's own
+step-to-step noise. Columns: CPU of the training thread per step (what training pays), CPU of the whole
+process per step (including the background refit worker), and the longest and 99th-percentile wall time one
+flush held the training thread. Target: <= 20 us per step on the training thread, with the health checks on.
 
-    python benchmarks/overhead.py                      # defaults: 400 steps x 3 repeats
-    python benchmarks/overhead.py --sync-check         # on a CUDA machine
-    python benchmarks/overhead.py --steps 1000 --width 768
+``contention``: a CPU-bound training loop of ~5 ms steps (a torch MLP, and a pure-Python/numpy loop that holds
+the GIL) run alone and beside a refit running back to back in a worker thread; prints what the loop loses per
+refit. This is the price of a thread (the GIL) against a process.
+
+``lookahead``: the time to read a 1M-step schedule off each kind of torch LR scheduler, and the largest
+relative difference from stepping the real scheduler over the first ``--verify`` steps.
+
+``ab``: the wall-clock A/B ratio of a real Lightning fit with and without the callback, interleaved in one run
+(A B, B A, ...) on a CPU model of ~5 ms steps, and the time inside each of the callback's hooks. Target:
+ratio <= 1.01. ``ab --sync-check`` (CUDA only) runs the callback under ``torch.cuda.set_sync_debug_mode``
+off the flush steps, so any host-device sync on the per-step path raises.
+
+    python benchmarks/overhead.py stream [--lengths 10000 100000 1000000] [--flush 50]
+    python benchmarks/overhead.py contention [--refits 40]
+    python benchmarks/overhead.py lookahead [--steps 1000000] [--verify 20000]
+    python benchmarks/overhead.py ab [--steps 2000 --repeats 3]   |   ab --sync-check
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import logging
+import math
 import statistics
+import sys
+import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback
-from scaleforecast.callbacks import LossForecast
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scaleforecast.detectors import HealthMonitor
+from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
+from scaleforecast.laws import LAWS
+from scaleforecast.monitor import FlushBatch, RunMonitor
+from scaleforecast.results import LawParams
+from scaleforecast.schedules import parse_schedule
+
+LLMC = "llmc_gpt2_124m/llmc_gpt2_124m_10B_cosine_20241013"
 
 
-class MLP(pl.LightningModule):
-    """A 3-layer MLP regressor under AdamW with a warm-up + cosine schedule."""
-
-    def __init__(self, width: int, steps: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(64, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)
-        )
-        self.steps = steps
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
-        warm = torch.optim.lr_scheduler.LinearLR(opt, 0.01, 1.0, total_iters=max(self.steps // 20, 1))
-        cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.steps)
-        sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[max(self.steps // 20, 1)])
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+# ------------------------------------------------------------------------------------------------ streams
+def _synthetic(total: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(lrs, per-step loss): the annealing law under warm-up + cosine, with 1% relative noise."""
+    lrs = parse_schedule(f"cosine:peak=6e-4,warmup={max(total // 100, 1)},total={total},final=6e-6").lrs()
+    clean = LAWS["tissue"].predict(LawParams(L0=2.8, A=3.0, alpha=0.45, C=0.5), lrs, np.arange(1, total + 1))
+    return lrs, clean * (1.0 + 0.01 * np.random.default_rng(seed).standard_normal(total))
 
 
-class StepClock(Callback):
-    """Wall time from the start of step ``skip`` to the end of training (warm-up steps excluded)."""
+def _curves_root() -> Path | None:
+    from curves import default_root
 
-    def __init__(self, skip: int = 20) -> None:
-        self.skip, self.t0, self.t1, self.n = skip, 0.0, 0.0, 0
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.skip and self.t0 == 0.0:
-            self.t0 = time.perf_counter()
-            self.n = trainer.global_step
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.t1 = time.perf_counter()
-        self.n = trainer.global_step - self.n
-
-    @property
-    def per_step(self) -> float:
-        return (self.t1 - self.t0) / max(self.n, 1)
+    return default_root()
 
 
-class TimedLossForecast(LossForecast):
-    """LossForecast with a stopwatch around each of its per-step hooks.
+def _llmc() -> tuple[np.ndarray, np.ndarray] | None:
+    """The llm.c GPT-2 124M run: per-step train loss and its exact LR (None when the curves are absent)."""
+    root = _curves_root()
+    if root is None or not (root / f"{LLMC}.csv").is_file():
+        return None
+    with open(root / f"{LLMC}.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["train_loss"].strip()]
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["train_loss"]) for r in rows])
+    lrs = np.load(root / f"{LLMC}.lr.npy").astype(np.float64)
+    full = np.full(len(lrs), np.nan)
+    full[steps - 1] = loss
+    return np.maximum(lrs, 1e-12 * lrs.max()), full
 
-    With ``sync_check`` (CUDA only) the hooks run under ``torch.cuda.set_sync_debug_mode("error")`` on every
-    step that is not a flush step: a host-device sync there raises, the callback reports it and switches the
-    failing part off, so ``errors`` stays empty only if the per-step path never syncs.
-    """
 
-    spent = 0.0
-    sync_check = False
+def _llmc_noise_stream(total: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """A ``total``-step stream carrying the llm.c run's real step-to-step noise: its loss divided by a running
+    median (spikes and autocorrelation kept) is block-resampled onto the law under a 1M-step cosine."""
+    run = _llmc()
+    if run is None:
+        return None
+    _, loss = run
+    y = loss[2000:]
+    y = y[np.isfinite(y)]
+    k = 501
+    pad = np.pad(np.log(y), k // 2, mode="edge")
+    trend = np.median(np.lib.stride_tricks.sliding_window_view(pad, k), axis=1)
+    ratio = y / np.exp(trend)
+    lrs, clean = _synthetic(total, seed)
+    rng = np.random.default_rng(seed)
+    block = 2000
+    starts = rng.integers(0, len(ratio) - block, size=math.ceil(total / block))
+    noise = np.concatenate([ratio[s : s + block] for s in starts])[:total]
+    law = clean / (1.0 + 0.01 * np.random.default_rng(seed).standard_normal(total))
+    return lrs, law * noise
 
-    def _timed(self, hook: Any, trainer: pl.Trainer, *args: Any) -> None:
-        flushing = (trainer.global_step % self.flush_every == 0) and hook.__name__ == "on_train_batch_end"
-        strict = self.sync_check and not flushing
-        if strict:
-            torch.cuda.set_sync_debug_mode("error")
+
+def _feed(
+    monitor: RunMonitor, lrs: np.ndarray, loss: np.ndarray, flush: int, pace_ms: float, pace_from: int
+) -> tuple[float, float, list[float]]:
+    """Stream ``loss`` through ``monitor.flush`` in chunks of ``flush`` steps; from step ``pace_from`` on, sleep
+    ``pace_ms`` per step between flushes (a training step that leaves the CPU to others, as a GPU step does).
+
+    Returns (training-thread CPU s, process CPU s, wall seconds of every paced flush)."""
+    n = len(loss)
+    steps = np.arange(1, n + 1)
+    paced: list[float] = []
+    cpu0, proc0 = time.thread_time(), time.process_time()
+    slept = 0.0
+    for i in range(0, n, flush):
+        j = min(i + flush, n)
+        ok = np.isfinite(loss[i:j])
+        batch = FlushBatch(steps=steps[i:j][ok], loss=loss[i:j][ok], lrs=lrs[i:j][ok])
+        pace = pace_ms > 0 and i >= pace_from
+        if pace:
+            t = time.perf_counter()
+            time.sleep(pace_ms * 1e-3 * (j - i))
+            slept += time.perf_counter() - t
         t = time.perf_counter()
+        monitor.flush(batch)
+        if pace:
+            paced.append(time.perf_counter() - t)
+    cpu = time.thread_time() - cpu0
+    _drain(monitor)
+    return cpu, time.process_time() - proc0, paced
+
+
+def _drain(monitor: RunMonitor) -> None:
+    """Let a background refit still running finish, so that its CPU is counted."""
+    wait = getattr(monitor.forecaster, "wait", None)
+    if callable(wait):
+        wait()
+    monitor.close()
+
+
+def _monitor(lrs: np.ndarray, health: bool, background: bool) -> RunMonitor:
+    config = ForecasterConfig(background=background)
+    return RunMonitor(lrs, config=config, health=[HealthMonitor()] if health else [], verbose=False)
+
+
+def stream(args: argparse.Namespace) -> None:
+    sources: list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray] | None]]] = [
+        (f"synthetic {n // 1000}k", (lambda n=n: _synthetic(n))) for n in args.lengths
+    ]
+    if not args.synthetic_only:
+        sources += [("llm.c 124M (real)", _llmc), ("llm.c noise, 1M", lambda: _llmc_noise_stream(1_000_000))]
+    mode = "background refits" if args.background else "refits on the training thread"
+    print(f"flush every {args.flush} steps, {mode}; CPU in microseconds per training step over the whole run")
+    if args.pace_ms:
+        print(
+            f"from step {args.pace_from} on, {args.pace_ms} ms of (sleeping) training per step between flushes; "
+            "flush ms = wall time one flush held the training thread there"
+        )
+    print()
+    head = f"{'stream':<20}{'steps':>9}{'health':>8}{'refits':>8}{'train us/step':>15}{'total us/step':>15}"
+    if args.pace_ms:
+        head += f"{'flush ms p50':>14}{'p99':>8}{'max':>8}{'> 2 ms':>8}"
+    print(head)
+    print("-" * len(head))
+    for name, make in sources:
+        data = make()
+        if data is None:
+            print(f"{name:<20}  (curves not found)")
+            continue
+        lrs, loss = data
+        for health in args.health:
+            monitor = _monitor(lrs, health == "on", args.background)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cpu, proc, paced = _feed(monitor, lrs, loss, args.flush, args.pace_ms, args.pace_from)
+            n = len(loss)
+            line = (
+                f"{name:<20}{n:>9}{health:>8}{monitor.refits:>8}{1e6 * cpu / n:>15.2f}{1e6 * proc / n:>15.2f}"
+            )
+            if paced:
+                ms = 1e3 * np.asarray(paced)
+                line += f"{np.median(ms):>14.2f}{np.percentile(ms, 99):>8.2f}{ms.max():>8.2f}{int((ms > 2).sum()):>8}"
+            print(line, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- contention
+def _torch_step_fn(target_ms: float) -> Callable[[], None]:
+    import torch
+
+    torch.set_num_threads(1)
+    width = 256
+    net = torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.GELU(), torch.nn.Linear(width, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x, y = torch.randn(256, 64), torch.randn(256, 1)
+
+    def step() -> None:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+
+    return _calibrate(step, target_ms)
+
+
+def _python_step_fn(target_ms: float) -> Callable[[], None]:
+    a = np.random.default_rng(0).standard_normal(64)
+
+    def step() -> None:
+        s = 0.0
+        for _ in range(200):
+            s += float(np.dot(a, a)) * 1e-9
+            s += sum(i * 0.5 for i in range(20))
+
+    return _calibrate(step, target_ms)
+
+
+def _calibrate(step: Callable[[], None], target_ms: float) -> Callable[[], None]:
+    """Repeat ``step`` so that one call costs about ``target_ms`` of CPU (thread time: load-proof)."""
+    for _ in range(5):
+        step()
+    t = time.thread_time()
+    for _ in range(20):
+        step()
+    per = (time.thread_time() - t) / 20
+    reps = max(1, round(target_ms / 1e3 / per))
+
+    def run() -> None:
+        for _ in range(reps):
+            step()
+
+    return run
+
+
+def _refit_forecaster(history: int) -> OnlineForecaster:
+    lrs, loss = _synthetic(history * 10 // 9)
+    fc = OnlineForecaster(lrs)
+    fc.observe_many(np.arange(1, history + 1), loss[:history])
+    fc.refit()
+    return fc
+
+
+def _time_steps(step: Callable[[], None], n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t) / n
+
+
+def contention(args: argparse.Namespace) -> None:
+    fc = _refit_forecaster(args.history)
+    t = time.thread_time()
+    for _ in range(5):
+        fc.refit()
+    refit_s = (time.thread_time() - t) / 5
+    print(f"one refit at {args.history} steps of history: {1e3 * refit_s:.1f} ms of CPU (alone)")
+    print(
+        f"each cell: median over {args.repeats} interleaved rounds of {args.steps} training steps; the worker "
+        "refits back to back (a 100% duty cycle; a run refits ~150 times in all)\n"
+    )
+    head = (
+        f"{'training loop':<22}{'alone ms/step':>15}{'thread':>10}{'process':>10}"
+        f"{'lost ms per refit: thread':>28}{'process':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for loop, make in (("torch MLP (GIL free)", _torch_step_fn), ("python+numpy (GIL)", _python_step_fn)):
+        step = make(args.step_ms)
+        times: dict[str, list[float]] = {"alone": [], "thread": [], "process": []}
+        counts: dict[str, list[int]] = {"thread": [], "process": []}
+        for _ in range(args.repeats):
+            times["alone"].append(_time_steps(step, args.steps))
+            for kind in ("thread", "process"):
+                r, b = _beside(kind, step, args.steps, args.history)
+                times[kind].append(b)
+                counts[kind].append(r)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        lost = {
+            k: (med[k] - med["alone"]) * args.steps / max(statistics.median(counts[k]), 1)
+            for k in ("thread", "process")
+        }
+        print(
+            f"{loop:<22}{1e3 * med['alone']:>15.2f}{1e3 * med['thread']:>10.2f}{1e3 * med['process']:>10.2f}"
+            f"{1e3 * lost['thread']:>28.2f}{1e3 * lost['process']:>10.2f}",
+            flush=True,
+        )
+
+
+def _refit_loop(history: int, stop: Any, count: Any) -> None:
+    fc = _refit_forecaster(history)
+    while not stop.is_set():
+        fc.refit()
+        with count.get_lock():
+            count.value += 1
+
+
+def _beside(kind: str, step: Callable[[], None], n: int, history: int) -> tuple[int, float]:
+    """Time ``n`` steps while refits run back to back in a worker thread or process."""
+    import multiprocessing as mp
+
+    if kind == "thread":
+        stop, count = threading.Event(), mp.Value("i", 0)
+        ready = _refit_forecaster(history)
+        worker: Any = threading.Thread(target=_thread_refits, args=(ready, stop, count), daemon=True)
+    else:
+        ctx = mp.get_context("spawn")
+        stop, count = ctx.Event(), ctx.Value("i", 0)
+        worker = ctx.Process(target=_refit_loop, args=(history, stop, count), daemon=True)
+    worker.start()
+    while count.value == 0:  # the worker is up and refitting
+        time.sleep(0.01)
+    start = count.value
+    per = _time_steps(step, n)
+    done = count.value - start
+    stop.set()
+    worker.join()
+    return done, per
+
+
+def _thread_refits(fc: OnlineForecaster, stop: threading.Event, count: Any) -> None:
+    while not stop.is_set():
+        fc.refit()
+        with count.get_lock():
+            count.value += 1
+
+
+# ---------------------------------------------------------------------------------------------- lookahead
+def _schedulers(total: int) -> Iterator[tuple[str, Callable[[Any], Any]]]:
+    from torch.optim import lr_scheduler as ls
+
+    warm = max(total // 500, 1)
+    yield "StepLR", lambda o: ls.StepLR(o, step_size=total // 10, gamma=0.5)
+    yield "MultiStepLR", lambda o: ls.MultiStepLR(o, milestones=[3 * total // 10, 6 * total // 10], gamma=0.3)
+    yield "ExponentialLR", lambda o: ls.ExponentialLR(o, gamma=1.0 - 5.0 / total)
+    yield "ConstantLR", lambda o: ls.ConstantLR(o, factor=0.25, total_iters=warm)
+    yield "LinearLR", lambda o: ls.LinearLR(o, 1.0, 0.01, total_iters=total)
+    yield "PolynomialLR", lambda o: ls.PolynomialLR(o, total_iters=total, power=2.0)
+    yield "CosineAnnealingLR", lambda o: ls.CosineAnnealingLR(o, T_max=total, eta_min=1e-5)
+    yield "Cosine past T_max", lambda o: ls.CosineAnnealingLR(o, T_max=total // 3)
+    yield "LambdaLR (1/sqrt)", lambda o: ls.LambdaLR(o, lambda e: 1.0 / math.sqrt(1.0 + e / warm))
+    yield "LambdaLR (HF cosine)", _hf_cosine(warm, total)
+    yield "MultiplicativeLR", lambda o: ls.MultiplicativeLR(o, lambda e: 1.0 - 1.0 / total)
+    yield "OneCycleLR", lambda o: ls.OneCycleLR(o, max_lr=1e-3, total_steps=total + 1)
+    yield "CyclicLR", lambda o: ls.CyclicLR(o, 1e-4, 1e-3, step_size_up=total // 200)
+    yield "WarmRestarts", lambda o: ls.CosineAnnealingWarmRestarts(o, T_0=total // 20, T_mult=2)
+    yield (
+        "SequentialLR",
+        lambda o: ls.SequentialLR(
+            o,
+            [ls.LinearLR(o, 0.01, 1.0, total_iters=warm), ls.CosineAnnealingLR(o, T_max=total - warm)],
+            milestones=[warm],
+        ),
+    )
+    yield (
+        "ChainedScheduler",
+        lambda o: ls.ChainedScheduler(
+            [ls.ConstantLR(o, factor=0.5, total_iters=warm), ls.ExponentialLR(o, gamma=1.0 - 1.0 / total)]
+        ),
+    )
+
+
+def _hf_cosine(warm: int, total: int) -> Callable[[Any], Any]:
+    def make(o: Any) -> Any:
         try:
-            hook(trainer, *args)
-        finally:
-            self.spent += time.perf_counter() - t
+            from transformers import get_cosine_schedule_with_warmup
+        except ImportError:  # the HF extra is not installed: the same lambda, written out
+            from torch.optim.lr_scheduler import LambdaLR
+
+            def f(e: int) -> float:
+                if e < warm:
+                    return e / max(1, warm)
+                p = (e - warm) / max(1, total - warm)
+                return max(0.0, 0.5 * (1.0 + math.cos(math.pi * p)))
+
+            return LambdaLR(o, f)
+        return get_cosine_schedule_with_warmup(o, warm, total)
+
+    return make
+
+
+def lookahead(args: argparse.Namespace) -> None:
+    import torch
+    from scaleforecast.integrations.lookahead import lookahead_lrs
+
+    print(f"look-ahead of {args.steps} steps; error = max relative difference over the first {args.verify}")
+    head = f"{'scheduler':<22}{'seconds':>10}{'max rel err':>14}"
+    print(head)
+    print("-" * len(head))
+    for name, make in _schedulers(args.steps):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, momentum=0.9)
+        sched = make(opt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            lrs = lookahead_lrs(opt, sched, args.steps)
+            dt = time.perf_counter() - t
+            err = float("nan")
+            if args.verify:
+                real = np.empty(args.verify)
+                for j in range(args.verify):
+                    real[j] = opt.param_groups[0]["lr"]
+                    opt.step()
+                    sched.step()
+                err = float(np.max(np.abs(lrs[: args.verify] - real) / np.maximum(np.abs(real), 1e-300)))
+        print(f"{name:<22}{dt:>10.3f}{err:>14.2e}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ ab
+class HookTimer:
+    """Wraps every ``on_*`` / ``setup`` hook of a callback object with a stopwatch (and, for ``--sync-check``,
+    with ``torch.cuda.set_sync_debug_mode("error")`` except on flush steps, so a host-device sync on the
+    per-step path raises inside the callback, which reports it in its ``errors``)."""
+
+    def __init__(self, callback: Any, is_flush_step: Callable[[], bool], sync_check: bool = False) -> None:
+        self.spent: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.callback = callback
+        for name in dir(callback):
+            if (name.startswith("on_") or name == "setup") and callable(getattr(callback, name)):
+                setattr(callback, name, self._wrap(name, getattr(callback, name), is_flush_step, sync_check))
+
+    def _wrap(self, name: str, hook: Callable[..., Any], is_flush: Callable[[], bool], sync: bool) -> Any:
+        import torch
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            strict = sync and not is_flush()
             if strict:
-                torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.set_sync_debug_mode("error")
+            t = time.perf_counter()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t
+                self.calls[name] = self.calls.get(name, 0) + 1
+                if strict:
+                    torch.cuda.set_sync_debug_mode("default")
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._timed(super().on_before_optimizer_step, trainer, *args)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._timed(super().on_train_batch_end, trainer, *args)
+        return timed
 
 
-def run(
-    steps: int, width: int, batch: int, with_callback: bool, device: str = "cpu", sync_check: bool = False
-) -> tuple[float, float, int, dict[str, str]]:
-    """One fit; returns (seconds per step, seconds inside the callback per step, refits, callback errors)."""
+def _lightning_fit(args: argparse.Namespace, with_callback: bool, device: str = "cpu") -> dict[str, Any]:
+    """One Lightning fit of a small MLP (~5 ms steps on one CPU thread); wall time per step after warm-up."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import Callback
+    from scaleforecast.callbacks import LossForecast
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    steps, width, batch = args.steps, args.width, args.batch
+
+    class MLP(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Linear(64, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)
+            )
+
+        def training_step(self, b: Any, i: int) -> torch.Tensor:
+            x, y = b
+            return nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
+            warm = max(steps // 20, 1)
+            sched = torch.optim.lr_scheduler.SequentialLR(
+                opt,
+                [
+                    torch.optim.lr_scheduler.LinearLR(opt, 0.01, 1.0, total_iters=warm),
+                    torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+                ],
+                milestones=[warm],
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    class Clock(Callback):
+        def __init__(self) -> None:
+            self.t0 = self.t1 = 0.0
+            self.n0 = self.n1 = 0
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *a: Any) -> None:
+            if trainer.global_step == 20 and not self.t0:
+                self.t0, self.n0 = time.perf_counter(), trainer.global_step
+                self.c0 = time.process_time()
+
+        def on_train_end(self, trainer: pl.Trainer, *a: Any) -> None:
+            self.t1, self.n1, self.c1 = time.perf_counter(), trainer.global_step, time.process_time()
+
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch * 64, 64, generator=g)
     y = torch.sin(x[:, :1]) + 0.1 * torch.randn(batch * 64, 1, generator=g)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True)
-    clock = StepClock()
-    callbacks: list[Callback] = [clock]
-    forecast = TimedLossForecast(writer=False, verbose=False) if with_callback else None
-    if forecast is not None:
-        forecast.sync_check = sync_check
+    clock = Clock()
+    callbacks: list[Any] = [clock]
+    timer = None
+    if with_callback:
+        forecast = LossForecast(
+            writer=False, verbose=False, forecaster_config=ForecasterConfig(background=True)
+        )
+        trainer_ref: dict[str, Any] = {}
+        timer = HookTimer(
+            forecast,
+            lambda: trainer_ref["t"].global_step % forecast.flush_every == 0,
+            sync_check=args.sync_check,
+        )
         callbacks.append(forecast)
     trainer = pl.Trainer(
         max_steps=steps,
@@ -122,65 +516,99 @@ def run(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(MLP(width, steps), loader)
-    if forecast is None:
-        return clock.per_step, 0.0, 0, {}
-    refits = forecast.monitor.refits if forecast.monitor else 0
-    return clock.per_step, forecast.spent / steps, refits, forecast.errors
+    if timer is not None:
+        trainer_ref["t"] = trainer
+    trainer.fit(MLP(), DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True))
+    n = max(clock.n1 - clock.n0, 1)
+    out: dict[str, Any] = {"step_s": (clock.t1 - clock.t0) / n, "cpu_s": (clock.c1 - clock.c0) / n}
+    if timer is not None:
+        out["hooks"] = {k: v / steps for k, v in timer.spent.items()}
+        out["calls"] = dict(timer.calls)
+        out["refits"] = forecast.monitor.refits if forecast.monitor else 0
+        out["errors"] = dict(forecast.errors)
+    return out
+
+
+def ab(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    if args.sync_check:
+        if not torch.cuda.is_available():
+            raise SystemExit("--sync-check needs a CUDA device (none here)")
+        res = _lightning_fit(args, True, device="cuda")
+        errors = res["errors"]
+        verdict = "no host-device sync outside flush steps" if not errors else f"SYNC FOUND: {errors}"
+        print(f"Lightning, {args.steps} CUDA steps, sync_debug_mode='error' off the flush steps: {verdict}")
+        return
+    base, inst, hooks, cpu_b, cpu_i = [], [], [], [], []
+    refits = 0
+    _lightning_fit(argparse.Namespace(**{**vars(args), "steps": 60}), True)  # warm caches and imports
+    for i in range(args.repeats):
+        # A B, then B A: cancels drift in the machine's load and any cost of running first
+        for with_callback in (False, True) if i % 2 == 0 else (True, False):
+            res = _lightning_fit(args, with_callback)
+            (inst if with_callback else base).append(res["step_s"])
+            (cpu_i if with_callback else cpu_b).append(res["cpu_s"])
+            if with_callback:
+                hooks.append(res["hooks"])
+                refits = res["refits"]
+    b, w = statistics.median(base), statistics.median(inst)
+    print(
+        f"Lightning, MLP width {args.width}, batch {args.batch}, {args.steps} steps x {args.repeats} repeats "
+        f"(interleaved A B / B A), {args.threads} torch thread(s); {refits} refits per run (background)\n"
+    )
+    print(f"{'variant':<34}{'ms / step':>12}{'CPU ms / step':>15}")
+    print(f"{'without callback':<34}{1e3 * b:>12.3f}{1e3 * statistics.median(cpu_b):>15.3f}")
+    print(f"{'with LossForecast':<34}{1e3 * w:>12.3f}{1e3 * statistics.median(cpu_i):>15.3f}")
+    names = sorted(
+        {k for h in hooks for k in h}, key=lambda k: -statistics.median(h.get(k, 0.0) for h in hooks)
+    )
+    total = 0.0
+    for k in names:
+        v = statistics.median(h.get(k, 0.0) for h in hooks)
+        total += v
+        print(f"{'  in ' + k:<34}{1e3 * v:>12.4f}")
+    print(f"{'  in all hooks':<34}{1e3 * total:>12.4f}")
+    pairs = statistics.median(wi / bi for wi, bi in zip(inst, base, strict=True))
+    print(
+        f"\nwall-clock ratio with / without (median of the interleaved pairs): {pairs:.4f}   (target <= 1.01)"
+    )
+    print(f"ratio from the time inside the hooks:                            {(b + total) / b:.4f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--sync-check", action="store_true", help="on CUDA: show the per-step path makes no host-device sync"
-    )
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("stream", help="amortised monitor CPU per step")
+    p.add_argument("--lengths", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--flush", type=int, default=50)
+    p.add_argument("--health", nargs="+", choices=["off", "on"], default=["off", "on"])
+    p.add_argument("--sync", dest="background", action="store_false", help="refit on the training thread")
+    p.add_argument("--synthetic-only", action="store_true")
+    p.add_argument("--pace-ms", type=float, default=0.0, help="sleep this long per step between flushes")
+    p.add_argument("--pace-from", type=int, default=0, help="pace only from this step on")
+    p = sub.add_parser("contention", help="what a refit beside a CPU-bound loop costs the loop")
+    p.add_argument("--step-ms", type=float, default=5.0)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--history", type=int, default=100_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p = sub.add_parser("lookahead", help="look-ahead time per scheduler type")
+    p.add_argument("--steps", type=int, default=1_000_000)
+    p.add_argument("--verify", type=int, default=20_000)
+    p = sub.add_parser("ab", help="A/B wall-clock ratio of a real fit with and without the callback")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training")
+    p.add_argument("--sync-check", action="store_true", help="on CUDA: the per-step path makes no sync")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    import logging
-
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-
-    if args.sync_check:
-        if not torch.cuda.is_available():
-            raise SystemExit("--sync-check needs a CUDA device")
-        *_, errors = run(args.steps, args.width, args.batch, True, device="cuda", sync_check=True)
-        verdict = "no host-device sync outside flush steps" if not errors else f"SYNC FOUND: {errors}"
-        print(f"sync check over {args.steps} CUDA steps (sync_debug_mode='error' off flush steps): {verdict}")
-        return
-
-    base, with_cb, inside, refits = [], [], [], 0
-    run(60, args.width, args.batch, True)  # warm caches and imports once
-    for i in range(args.repeats):
-        # A B, then B A: cancels drift in the machine's load and any cost of running first
-        order = (False, True) if i % 2 == 0 else (True, False)
-        for with_callback in order:
-            t, spent, n_refits, _ = run(args.steps, args.width, args.batch, with_callback)
-            if with_callback:
-                with_cb.append(t)
-                inside.append(spent)
-                refits = n_refits
-            else:
-                base.append(t)
-    b, w, s = statistics.median(base), statistics.median(with_cb), statistics.median(inside)
-    print(
-        f"\nMLP width {args.width}, batch {args.batch}, {args.steps} steps x {args.repeats} repeats (interleaved A B / B A), "
-        f"{args.threads} threads; {refits} refits per run"
-    )
-    print(f"{'variant':<26}{'ms / step':>12}")
-    print(f"{'without callback':<26}{1e3 * b:>12.3f}")
-    print(f"{'with LossForecast':<26}{1e3 * w:>12.3f}")
-    print(f"{'  of which in its hooks':<26}{1e3 * s:>12.3f}")
-    pairs = statistics.median(wi / bi for wi, bi in zip(with_cb, base, strict=True))
-    print(f"\nratio with / without (median of the interleaved pairs): {pairs:.4f}")
-    print(f"ratio from the time inside the hooks:                  {(b + s) / b:.4f}   (target <= 1.01)")
+    {"stream": stream, "contention": contention, "lookahead": lookahead, "ab": ab}[args.part](args)
 
 
 if __name__ == "__main__":

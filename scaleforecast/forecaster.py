@@ -27,7 +27,7 @@ from scipy.stats import norm
 from scaleforecast.background import Job, refit_worker
 from scaleforecast.fitting import FitConfig, FitResult, Observations, fit, predict
 from scaleforecast.history import BinnedHistory
-from scaleforecast.laws import LAWS
+from scaleforecast.laws import LAWS, register_plan
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 from scaleforecast.schedule_codec import decode_lrs, encode_lrs
 from scaleforecast.schedules import Schedule, as_lrs
@@ -44,7 +44,7 @@ class ForecasterConfig(BaseModel):
     ``gap(s) = max(min_refit_gap, min(refit_growth * s, total / refits_per_run))`` more steps were seen: every
     ``min_refit_gap`` steps at first, then geometric (every 10% of the steps so far: early steps change the fit
     most), then ``refits_per_run`` evenly over the rest. A 1M-step run refits about 150 times, a 10k-step run
-    about 110, where a fixed 100-step period would give 10,000 and 100. ``refit_every`` (when set) restores a
+    about 100, where a fixed 100-step period gives 10,000 and 100. ``refit_every`` (when set) restores a
     fixed period, plus an early refit whenever the observations grew by ``refit_growth``. A schedule that
     changed is refitted at the next update. ``max_bins`` bounds memory and refit time.
 
@@ -70,10 +70,11 @@ def _decode_v1_lrs(text: str) -> np.ndarray:
 
 
 def _frozen(lrs: np.ndarray) -> np.ndarray:
-    """A private read-only copy: the forecaster's plan cannot change under a running refit, and the areas
-    memo (:func:`scaleforecast.laws.schedule_areas`) can key it by identity in O(1)."""
+    """A private copy of the plan that nothing writes: it cannot change under a running refit, and the areas
+    memo (:func:`scaleforecast.laws.schedule_areas`) keys it by identity in O(1). It stays writeable in
+    name only (numpy copies read-only arrays for ``argmax``); users see a read-only view."""
     out = np.array(lrs, dtype=np.float64, copy=True)
-    out.flags.writeable = False
+    register_plan(out)
     return out
 
 
@@ -195,8 +196,12 @@ class OnlineForecaster:
     # ------------------------------------------------------------------ schedule
     @property
     def schedule(self) -> np.ndarray | None:
-        """The planned per-update LR (element k = LR of update k+1), or ``None`` before one is set."""
-        return self._lrs
+        """The planned per-update LR (element k = LR of update k+1, a read-only view), or ``None``."""
+        if self._lrs is None:
+            return None
+        view = self._lrs.view()
+        view.flags.writeable = False
+        return view
 
     @property
     def total_steps(self) -> int | None:

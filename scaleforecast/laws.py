@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Literal, Protocol
 
@@ -32,6 +33,7 @@ __all__ = [
     "forward_area",
     "hold_warmup",
     "mpl_drop",
+    "register_plan",
     "schedule_areas",
 ]
 
@@ -101,16 +103,31 @@ _AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
 _AREA_LOCK = threading.Lock()  # refits run on a worker thread while the training thread predicts
 
 
+_PLANS: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
+
+def register_plan(lrs: np.ndarray) -> None:
+    """Declare ``lrs`` (a 1-D float64 array that owns its memory) a schedule nobody will write again, so that
+    :func:`schedule_areas` keys it by identity in O(1) instead of fingerprinting it in O(T). The online
+    forecaster registers its private copy of the plan (a read-only array would do too, but numpy copies a
+    read-only array for ``argmax``)."""
+    if not isinstance(lrs, np.ndarray) or lrs.base is not None:
+        raise ValueError("register_plan takes an array that owns its memory")
+    _PLANS[id(lrs)] = lrs
+
+
 def _frozen_key(lrs: ArrayLike) -> tuple | None:
-    """An O(1) identity key for a 1-D float64 array whose memory nobody can write (a read-only array that owns
-    its data, or a read-only view of one), else ``None``. The memo keeps that array alive, so its address
-    cannot be reused while the entry exists. The online forecaster keeps its planned schedule this way."""
-    if not isinstance(lrs, np.ndarray) or lrs.dtype != np.float64 or lrs.ndim != 1 or lrs.flags.writeable:
+    """An O(1) identity key for a 1-D float64 array whose memory nobody writes (a registered plan, a read-only
+    array that owns its data, or a view of either), else ``None``. The memo keeps that array alive, so its
+    address cannot be reused while the entry exists."""
+    if not isinstance(lrs, np.ndarray) or lrs.dtype != np.float64 or lrs.ndim != 1:
         return None
     root = lrs
     while isinstance(root.base, np.ndarray):
         root = root.base
-    if root.base is not None or root.flags.writeable:
+    if _PLANS.get(id(root)) is not root and (
+        root.base is not None or root.flags.writeable or lrs.flags.writeable
+    ):
         return None
     offset = lrs.__array_interface__["data"][0] - root.__array_interface__["data"][0]
     return ("frozen", id(root), offset, lrs.size, lrs.strides)
@@ -149,7 +166,8 @@ def _areas_entry(lrs: ArrayLike, lam: float, warmup: WarmupS2, power: float) -> 
     for arr in (s1, s2, cs2):
         arr.flags.writeable = False
     with _AREA_LOCK:
-        _AREA_CACHE[key] = (s1, s2, cs2, lrs if frozen is not None else None)  # pins a frozen schedule
+        # the last item pins a frozen schedule's memory (its root) while the entry lives
+        _AREA_CACHE[key] = (s1, s2, cs2, lrs if frozen is not None else None)
         while len(_AREA_CACHE) > 8:
             _AREA_CACHE.popitem(last=False)
     return s1, s2, cs2
@@ -159,8 +177,8 @@ def schedule_areas(
     lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", power: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(forward_area(lrs), annealing_term(lrs, lam, warmup, power))``, memoised on a fingerprint of the
-    schedule (its length, sum, a strided sample and its tail), or in O(1) on the identity of a read-only array
-    that owns its memory (nothing can change it while the memo holds it). Thread-safe.
+    schedule (its length, sum, a strided sample and its tail), or in O(1) on the identity of a schedule nobody
+    writes (:func:`register_plan`, or a read-only array that owns its memory). Thread-safe.
 
     The online forecaster refits and predicts many times under one planned schedule: a fingerprint costs one
     vectorised pass, recomputing costs two plus a recursive filter. The arrays returned are read-only.
