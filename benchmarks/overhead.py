@@ -19,7 +19,8 @@ relative difference from stepping the real scheduler over the first ``--verify``
 ratio <= 1.01. ``ab --sync-check`` (CUDA only) runs the callback under ``torch.cuda.set_sync_debug_mode``
 off the flush steps, so any host-device sync on the per-step path raises.
 
-    python benchmarks/overhead.py stream [--lengths 10000 100000 1000000] [--flush 50]
+    python benchmarks/overhead.py stream [--lengths 10000 100000 1000000] [--flush 50] [--health off on]
+    python benchmarks/overhead.py stream --sources llmc --pace-ms 5      # blocking per flush, paced
     python benchmarks/overhead.py contention [--refits 40]
     python benchmarks/overhead.py lookahead [--steps 1000000] [--verify 20000]
     python benchmarks/overhead.py ab [--steps 2000 --repeats 3]   |   ab --sync-check
@@ -149,11 +150,13 @@ def _monitor(lrs: np.ndarray, health: bool, background: bool) -> RunMonitor:
 
 
 def stream(args: argparse.Namespace) -> None:
-    sources: list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray] | None]]] = [
-        (f"synthetic {n // 1000}k", (lambda n=n: _synthetic(n))) for n in args.lengths
-    ]
-    if not args.synthetic_only:
-        sources += [("llm.c 124M (real)", _llmc), ("llm.c noise, 1M", lambda: _llmc_noise_stream(1_000_000))]
+    sources: list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray] | None]]] = []
+    if "synthetic" in args.sources:
+        sources += [(f"synthetic {n // 1000}k", (lambda n=n: _synthetic(n))) for n in args.lengths]
+    if "llmc" in args.sources:
+        sources.append(("llm.c 124M (real)", _llmc))
+    if "llmc-noise" in args.sources:
+        sources.append(("llm.c noise, 1M", lambda: _llmc_noise_stream(1_000_000)))
     mode = "background refits" if args.background else "refits on the training thread"
     print(f"flush every {args.flush} steps, {mode}; CPU in microseconds per training step over the whole run")
     if args.pace_ms:
@@ -588,7 +591,12 @@ def main() -> None:
     p.add_argument("--flush", type=int, default=50)
     p.add_argument("--health", nargs="+", choices=["off", "on"], default=["off", "on"])
     p.add_argument("--sync", dest="background", action="store_false", help="refit on the training thread")
-    p.add_argument("--synthetic-only", action="store_true")
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        choices=["synthetic", "llmc", "llmc-noise"],
+        default=["synthetic", "llmc", "llmc-noise"],
+    )
     p.add_argument("--pace-ms", type=float, default=0.0, help="sleep this long per step between flushes")
     p.add_argument("--pace-from", type=int, default=0, help="pace only from this step on")
     p = sub.add_parser("contention", help="what a refit beside a CPU-bound loop costs the loop")
