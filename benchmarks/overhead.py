@@ -112,10 +112,14 @@ def _feed(
     """Stream ``loss`` through ``monitor.flush`` in chunks of ``flush`` steps; from step ``pace_from`` on, sleep
     ``pace_ms`` per step between flushes (a training step that leaves the CPU to others, as a GPU step does).
 
-    Returns (training-thread CPU s, process CPU s, wall seconds of every paced flush)."""
+    Returns (training-thread CPU s, process CPU s, and for every paced flush: its wall seconds, its CPU seconds
+    on the training thread, and the seconds it blocked on an unfinished background refit)."""
     n = len(loss)
     steps = np.arange(1, n + 1)
     paced: list[float] = []
+    paced_cpu: list[float] = []
+    waited: list[float] = []
+    _watch_waits(waited)
     cpu0, proc0 = time.thread_time(), time.process_time()
     slept = 0.0
     for i in range(0, n, flush):
@@ -127,13 +131,42 @@ def _feed(
             t = time.perf_counter()
             time.sleep(pace_ms * 1e-3 * (j - i))
             slept += time.perf_counter() - t
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
+        waited.append(0.0)
         monitor.flush(batch)
         if pace:
             paced.append(time.perf_counter() - t)
+            paced_cpu.append(time.thread_time() - c)
+        else:
+            waited.pop()
     cpu = time.thread_time() - cpu0
     _drain(monitor)
-    return cpu, time.process_time() - proc0, paced
+    _watch_waits(None)
+    return cpu, time.process_time() - proc0, paced, paced_cpu, waited[: len(paced)]
+
+
+def _watch_waits(sink: list[float] | None) -> None:
+    """Add the time the training thread blocks on an unfinished background refit to ``sink[-1]``."""
+    try:
+        from scaleforecast.background import Job
+    except ImportError:  # the code before background refits
+        return
+    original = Job.__dict__.get("_unwatched_result", Job.result)
+    if sink is None:
+        Job.result = original  # type: ignore[method-assign]
+        return
+    Job._unwatched_result = original  # type: ignore[attr-defined]
+
+    def result(self: Any, timeout: float | None = None) -> Any:
+        if self.done() or threading.current_thread() is not threading.main_thread() or not sink:
+            return original(self, timeout)
+        t = time.perf_counter()
+        try:
+            return original(self, timeout)
+        finally:
+            sink[-1] += time.perf_counter() - t
+
+    Job.result = result  # type: ignore[method-assign]
 
 
 def _drain(monitor: RunMonitor) -> None:
@@ -145,7 +178,9 @@ def _drain(monitor: RunMonitor) -> None:
 
 
 def _monitor(lrs: np.ndarray, health: bool, background: bool) -> RunMonitor:
-    config = ForecasterConfig(background=background)
+    fields = ForecasterConfig.model_fields
+    # the same script measures the code before background refits existed (no such field there)
+    config = ForecasterConfig(background=background) if "background" in fields else ForecasterConfig()
     return RunMonitor(lrs, config=config, health=[HealthMonitor()] if health else [], verbose=False)
 
 
@@ -162,12 +197,16 @@ def stream(args: argparse.Namespace) -> None:
     if args.pace_ms:
         print(
             f"from step {args.pace_from} on, {args.pace_ms} ms of (sleeping) training per step between flushes; "
-            "flush ms = wall time one flush held the training thread there"
+            "per paced flush: wall ms (includes the OS scheduler on a loaded machine), the training thread's CPU "
+            "ms, flushes over 2 ms of CPU, and the longest wait for an unfinished background refit"
         )
     print()
     head = f"{'stream':<20}{'steps':>9}{'health':>8}{'refits':>8}{'train us/step':>15}{'total us/step':>15}"
     if args.pace_ms:
-        head += f"{'flush ms p50':>14}{'p99':>8}{'max':>8}{'> 2 ms':>8}"
+        head += (
+            f"{'wall ms p50':>13}{'p99':>7}{'max':>7}{'CPU ms p50':>12}{'p99':>7}{'max':>7}{'> 2 ms':>8}"
+            f"{'refit wait ms':>15}"
+        )
     print(head)
     print("-" * len(head))
     for name, make in sources:
@@ -180,14 +219,19 @@ def stream(args: argparse.Namespace) -> None:
             monitor = _monitor(lrs, health == "on", args.background)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cpu, proc, paced = _feed(monitor, lrs, loss, args.flush, args.pace_ms, args.pace_from)
+                cpu, proc, paced, paced_cpu, waited = _feed(
+                    monitor, lrs, loss, args.flush, args.pace_ms, args.pace_from
+                )
             n = len(loss)
             line = (
                 f"{name:<20}{n:>9}{health:>8}{monitor.refits:>8}{1e6 * cpu / n:>15.2f}{1e6 * proc / n:>15.2f}"
             )
             if paced:
                 ms = 1e3 * np.asarray(paced)
-                line += f"{np.median(ms):>14.2f}{np.percentile(ms, 99):>8.2f}{ms.max():>8.2f}{int((ms > 2).sum()):>8}"
+                cms = 1e3 * np.asarray(paced_cpu)
+                line += f"{np.median(ms):>13.2f}{np.percentile(ms, 99):>7.2f}{ms.max():>7.2f}"
+                line += f"{np.median(cms):>12.2f}{np.percentile(cms, 99):>7.2f}{cms.max():>7.2f}"
+                line += f"{int((cms > 2).sum()):>8}{1e3 * max(waited, default=0.0):>15.2f}"
             print(line, flush=True)
 
 

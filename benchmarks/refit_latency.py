@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.laws import LAWS
 from scaleforecast.results import LawParams
-from scaleforecast.schedule_codec import decode_lrs, encode_lrs
 from scaleforecast.schedules import parse_schedule
 
 OLD_CADENCE = {"refit_every": 100, "refit_growth": 0.25}  # the fixed period used before the run-scaled one
@@ -111,6 +110,8 @@ STATE_SPECS = {
 
 
 def state(args: argparse.Namespace) -> None:
+    from scaleforecast.schedule_codec import decode_lrs, encode_lrs
+
     header = (
         f"{'schedule':<10}{'steps':>10}{'segments':>10}{'schedule KiB':>14}{'state KiB':>11}"
         f"{'float64 KiB':>13}{'encode ms':>11}{'decode ms':>11}{'max rel err':>13}"
@@ -205,11 +206,10 @@ def cadence(args: argparse.Namespace) -> None:
         print(f"{n:>10}{old:>24}{new:>12}")
     if not args.replay:
         return
-    variants = {
-        "fixed 100": ForecasterConfig(**OLD_CADENCE),
-        "run-scaled": ForecasterConfig(),
-        "run-scaled, bg": ForecasterConfig(background=True),
-    }
+    variants = {} if args.no_fixed else {"fixed 100": ForecasterConfig(**OLD_CADENCE)}
+    for n in args.per_run:
+        variants[f"{n} per run"] = ForecasterConfig(refits_per_run=n)
+        variants[f"{n} per run, bg"] = ForecasterConfig(refits_per_run=n, background=True)
     print("\nlast forecast before each cut vs the final loss (train loss fed every 50 steps): |error| %")
     head = f"{'run':<52}{'variant':<16}{'refits':>7}{'25%':>8}{'50%':>8}{'75%':>8}"
     print(head)
@@ -248,6 +248,8 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[10_000, 100_000, 1_000_000, 10_000_000])
     p = sub.add_parser("cadence")
     p.add_argument("--replay", action="store_true", help="also replay real curves at both cadences")
+    p.add_argument("--per-run", type=int, nargs="+", default=[ForecasterConfig().refits_per_run])
+    p.add_argument("--no-fixed", action="store_true", help="leave out the fixed 100-step period")
     args = parser.parse_args()
     if args.part is None:
         args = parser.parse_args(["latency", *sys.argv[1:]])
