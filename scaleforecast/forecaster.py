@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from scaleforecast.background import Job, refit_worker
 from scaleforecast.fitting import FitConfig, FitResult, Observations, fit, predict
@@ -136,7 +136,7 @@ def _make_forecast(
             warnings=warns,
         )
     mean, std = predict(fit_result, lrs, steps_arr, level=level)
-    z = float(norm.ppf(0.5 + level / 2.0))
+    z = float(ndtri(0.5 + level / 2.0))
     points = [
         ForecastPoint(
             step=int(s), loss=float(m), lower=float(m - z * d), upper=float(m + z * d), std=float(d)

@@ -204,7 +204,7 @@ def test_sink_rejects_objects_that_are_not_writers() -> None:
 def test_figures_are_drawn_off_the_calling_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import scaleforecast.integrations.tensorboard as tb
+    import scaleforecast.tensorboard_sink as tb
 
     drawn_on: list[str] = []
     entered, gate = threading.Event(), threading.Event()
@@ -231,7 +231,7 @@ def test_figures_are_drawn_off_the_calling_thread(tmp_path: Path, monkeypatch: p
 def test_a_failing_background_figure_is_reported_by_the_fanout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import scaleforecast.integrations.tensorboard as tb
+    import scaleforecast.tensorboard_sink as tb
 
     def broken(snapshot: CurveSnapshot) -> object:
         raise RuntimeError("no fonts")
