@@ -503,6 +503,20 @@ class OnlineForecaster:
             "pending": pending,
         }
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickled (e.g. by a spawn-based launcher): the plan is a new array, registered again, and still the
+        # one a pending refit fitted against
+        self.__dict__.update(state)
+        old = self._lrs
+        if old is None:
+            return
+        if isinstance(old.base, np.ndarray):  # a view into the pickle's buffer
+            self._lrs = _frozen(old)
+        else:
+            register_plan(old)
+        if self._pending is not None and self._pending.lrs is old:
+            self._pending.lrs = self._lrs
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (e.g. from a checkpoint, on resume); a refit in flight here
         is dropped."""

@@ -112,7 +112,7 @@ def register_plan(lrs: np.ndarray) -> None:
     :func:`schedule_areas` keys it by identity in O(1) instead of fingerprinting it in O(T). The online
     forecaster registers its private copy of the plan (a read-only array would do too, but numpy copies a
     read-only array for ``argmax``)."""
-    if not isinstance(lrs, np.ndarray) or lrs.base is not None:
+    if not isinstance(lrs, np.ndarray) or isinstance(lrs.base, np.ndarray):
         raise ValueError("register_plan takes an array that owns its memory")
     _PLANS[id(lrs)] = lrs
 

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from scaleforecast import laws
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.laws import LAWS
 from scaleforecast.results import FitStatus, LawParams
@@ -278,9 +279,14 @@ def test_state_saved_during_a_refit_resumes_exactly():
     for s, loss in _flushes(y, steps, 5000)[65:]:
         assert same(resumed.update(s, loss), fc.update(s, loss))
     assert same(resumed.wait(), fc.wait())
-    # and a pickled forecaster carries its refit in flight the same way
+    # and a pickled forecaster carries its refit in flight the same way (with either pickle protocol)
+    fc._stale = True
     fc.update(steps[5000:5050], y[5000:5050])
-    clone = pickle.loads(pickle.dumps(fc))
+    assert fc.refit_pending
+    assert pickle.loads(pickle.dumps(fc, protocol=5)).wait() == fc._pending.job.result()[1]  # type: ignore[union-attr]
+    clone = pickle.loads(pickle.dumps(fc, protocol=4))
+    assert clone._pending.lrs is clone._lrs  # type: ignore[union-attr]  # still the plan it refits against
+    assert laws._frozen_key(clone._lrs) is not None  # and registered again: memoised by identity
     assert clone.wait() == fc.wait()
 
 
