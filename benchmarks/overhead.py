@@ -549,7 +549,7 @@ def _lightning_fit(args: argparse.Namespace, with_callback: bool, device: str = 
         trainer_ref: dict[str, Any] = {}
         timer = HookTimer(
             forecast,
-            lambda: trainer_ref["t"].global_step % forecast.flush_every == 0,
+            lambda: trainer_ref["t"].global_step % forecast.session.config.flush_every == 0,
             sync_check=args.sync_check,
         )
         callbacks.append(forecast)
