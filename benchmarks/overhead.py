@@ -456,124 +456,274 @@ def lookahead(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ ab
-class HookTimer:
-    """Wraps every ``on_*`` / ``setup`` hook of a callback object with a stopwatch (and, for ``--sync-check``,
-    with ``torch.cuda.set_sync_debug_mode("error")`` except on flush steps, so a host-device sync on the
-    per-step path raises inside the callback, which reports it in its ``errors``)."""
+PER_STEP = {  # the plugin's entry points on the per-step path: no host-device sync allowed there
+    "TrainingSession.record",
+    "TrainingSession.tick",
+    "TrainingSession._after_optimizer_step",
+    "_LossTap._hook",
+    "LossForecast.on_train_batch_end",
+    "HFLossForecast.on_step_end",
+    "LossForecastSession.step",
+}
+FLUSHING = {"TrainingSession.flush", "TrainingSession.finish"}  # a host copy is the point there
 
-    def __init__(self, callback: Any, is_flush_step: Callable[[], bool], sync_check: bool = False) -> None:
-        self.spent: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self.callback = callback
-        for name in dir(callback):
-            if (name.startswith("on_") or name == "setup") and callable(getattr(callback, name)):
-                setattr(callback, name, self._wrap(name, getattr(callback, name), is_flush_step, sync_check))
 
-    def _wrap(self, name: str, hook: Callable[..., Any], is_flush: Callable[[], bool], sync: bool) -> Any:
+class Stopwatch:
+    """Class-level stopwatches around the plugin's entry points (the adapters' hooks and the shared training
+    session's methods), summed by name. With ``sync_check`` (CUDA) the per-step entry points run under
+    ``torch.cuda.set_sync_debug_mode("error")`` and the flush under ``"default"``: a host-device sync on the
+    per-step path raises inside the plugin, which reports it in its ``errors``."""
+
+    def __init__(self, sync_check: bool = False) -> None:
+        self.spent: dict[str, float] = {}  # wall seconds (on a loaded machine: also the OS scheduler's)
+        self.cpu: dict[str, float] = {}  # CPU seconds of the calling (training) thread
+        self.sync_check = sync_check
+        self._undo: list[tuple[type, str, Any]] = []
+
+    def wrap(self, cls: type, names: list[str]) -> None:
+        for name in names:
+            original = cls.__dict__.get(name)
+            if original is None:
+                continue
+            self._undo.append((cls, name, original))
+            setattr(cls, name, self._timed(f"{cls.__name__}.{name}", original))
+
+    def _timed(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         import torch
 
+        mode = "error" if label in PER_STEP else "default" if label in FLUSHING else None
+
         def timed(*args: Any, **kwargs: Any) -> Any:
-            strict = sync and not is_flush()
-            if strict:
-                torch.cuda.set_sync_debug_mode("error")
-            t = time.perf_counter()
+            prev = None
+            if self.sync_check and mode is not None:
+                prev = torch.cuda.get_sync_debug_mode()
+                torch.cuda.set_sync_debug_mode(mode)
+            t, c = time.perf_counter(), time.thread_time()
             try:
-                return hook(*args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
-                self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t
-                self.calls[name] = self.calls.get(name, 0) + 1
-                if strict:
-                    torch.cuda.set_sync_debug_mode("default")
+                self.spent[label] = self.spent.get(label, 0.0) + time.perf_counter() - t
+                self.cpu[label] = self.cpu.get(label, 0.0) + time.thread_time() - c
+                if prev is not None:
+                    torch.cuda.set_sync_debug_mode(prev)
 
         return timed
 
+    def undo(self) -> None:
+        for cls, name, original in reversed(self._undo):
+            setattr(cls, name, original)
+        self._undo.clear()
 
-def _lightning_fit(args: argparse.Namespace, with_callback: bool, device: str = "cpu") -> dict[str, Any]:
-    """One Lightning fit of a small MLP (~5 ms steps on one CPU thread); wall time per step after warm-up."""
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import Callback
-    from scaleforecast.callbacks import LossForecast
+
+def _instrument(sync_check: bool) -> Stopwatch:
+    from scaleforecast.callbacks import HFLossForecast, LossForecast, LossForecastSession
+    from scaleforecast.callbacks import hf as hf_module
+    from scaleforecast.integrations.session import TrainingSession
+
+    watch = Stopwatch(sync_check)
+    watch.wrap(TrainingSession, ["record", "tick", "flush", "_after_optimizer_step", "finish", "start"])
+    watch.wrap(hf_module._LossTap, ["_hook"])
+    watch.wrap(LossForecast, ["on_train_start", "on_train_batch_end", "on_train_end"])
+    watch.wrap(HFLossForecast, ["on_train_begin", "on_step_end", "on_log", "on_train_end"])
+    watch.wrap(LossForecastSession, ["step", "close"])
+    return watch
+
+
+def _mlp(width: int) -> Any:
     from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
 
-    steps, width, batch = args.steps, args.width, args.batch
+    return nn.Sequential(
+        nn.Linear(64, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)
+    )
 
-    class MLP(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(
-                nn.Linear(64, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)
-            )
 
-        def training_step(self, b: Any, i: int) -> torch.Tensor:
-            x, y = b
-            return nn.functional.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self) -> Any:
-            opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
-            warm = max(steps // 20, 1)
-            sched = torch.optim.lr_scheduler.SequentialLR(
-                opt,
-                [
-                    torch.optim.lr_scheduler.LinearLR(opt, 0.01, 1.0, total_iters=warm),
-                    torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
-                ],
-                milestones=[warm],
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    class Clock(Callback):
-        def __init__(self) -> None:
-            self.t0 = self.t1 = 0.0
-            self.n0 = self.n1 = 0
-
-        def on_train_batch_start(self, trainer: pl.Trainer, *a: Any) -> None:
-            if trainer.global_step == 20 and not self.t0:
-                self.t0, self.n0 = time.perf_counter(), trainer.global_step
-                self.c0 = time.process_time()
-
-        def on_train_end(self, trainer: pl.Trainer, *a: Any) -> None:
-            self.t1, self.n1, self.c1 = time.perf_counter(), trainer.global_step, time.process_time()
+def _data(batch: int, device: str = "cpu") -> tuple[Any, Any]:
+    import torch
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch * 64, 64, generator=g)
     y = torch.sin(x[:, :1]) + 0.1 * torch.randn(batch * 64, 1, generator=g)
-    clock = Clock()
-    callbacks: list[Any] = [clock]
-    timer = None
-    if with_callback:
-        forecast = LossForecast(
-            writer=False, verbose=False, forecaster_config=ForecasterConfig(background=True)
-        )
-        trainer_ref: dict[str, Any] = {}
-        timer = HookTimer(
-            forecast,
-            lambda: trainer_ref["t"].global_step % forecast.session.config.flush_every == 0,
-            sync_check=args.sync_check,
-        )
-        callbacks.append(forecast)
+    return x.to(device), y.to(device)
+
+
+def _schedule(opt: Any, steps: int) -> Any:
+    from torch.optim import lr_scheduler as ls
+
+    warm = max(steps // 20, 1)
+    return ls.SequentialLR(
+        opt, [ls.LinearLR(opt, 0.01, 1.0, total_iters=warm), ls.CosineAnnealingLR(opt, T_max=steps)], [warm]
+    )
+
+
+def _kwargs(sync_check: bool) -> dict[str, Any]:
+    # what a user gets by default, without TensorBoard files (the machine's disk is not what is measured)
+    return {"writer": False, "verbose": False}
+
+
+class _Clock:
+    """Wall and CPU time from the ``skip``-th step to the end."""
+
+    def __init__(self, skip: int = 20) -> None:
+        self.skip, self.n = skip, 0
+        self.t0 = self.c0 = self.t1 = self.c1 = 0.0
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.n == self.skip:
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        self.t1, self.c1 = time.perf_counter(), time.process_time()
+
+    def per_step(self) -> tuple[float, float]:
+        n = max(self.n - self.skip, 1)
+        return (self.t1 - self.t0) / n, (self.c1 - self.c0) / n
+
+
+def _run_lightning(args: argparse.Namespace, plugin: bool, device: str) -> tuple[_Clock, Any]:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import Callback
+    from scaleforecast.callbacks import LossForecast
+    from torch.utils.data import DataLoader, TensorDataset
+
+    clock = _Clock()
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp(args.width)
+
+        def training_step(self, b: Any, i: int) -> Any:
+            return torch.nn.functional.mse_loss(self.net(b[0]), b[1])
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": _schedule(opt, args.steps), "interval": "step"},
+            }
+
+    class Tick(Callback):
+        def on_train_batch_end(self, *a: Any) -> None:
+            clock.tick()
+
+        def on_train_end(self, *a: Any) -> None:
+            clock.stop()
+
+    cb = LossForecast(**_kwargs(args.sync_check)) if plugin else None
     trainer = pl.Trainer(
-        max_steps=steps,
+        max_steps=args.steps,
         accelerator=device,
         devices=1,
         logger=False,
-        callbacks=callbacks,
+        callbacks=[Tick(), *([cb] if cb else [])],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    if timer is not None:
-        trainer_ref["t"] = trainer
-    trainer.fit(MLP(), DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True))
-    n = max(clock.n1 - clock.n0, 1)
-    out: dict[str, Any] = {"step_s": (clock.t1 - clock.t0) / n, "cpu_s": (clock.c1 - clock.c0) / n}
-    if timer is not None:
-        out["hooks"] = {k: v / steps for k, v in timer.spent.items()}
-        out["calls"] = dict(timer.calls)
-        out["refits"] = forecast.monitor.refits if forecast.monitor else 0
-        out["errors"] = dict(forecast.errors)
-    return out
+    x, y = _data(args.batch)
+    trainer.fit(Model(), DataLoader(TensorDataset(x, y), batch_size=args.batch, shuffle=True))
+    return clock, cb
+
+
+def _run_hf(args: argparse.Namespace, plugin: bool, device: str) -> tuple[_Clock, Any]:
+    import tempfile
+
+    import torch
+    from scaleforecast.callbacks import HFLossForecast
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    clock = _Clock()
+    x, y = _data(args.batch)
+
+    class Pairs(Dataset):
+        def __len__(self) -> int:
+            return x.shape[0]
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return {"x": x[i], "labels": y[i]}
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp(args.width)
+
+        def forward(self, x: Any, labels: Any) -> dict[str, Any]:
+            return {"loss": torch.nn.functional.mse_loss(self.net(x), labels)}
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            clock.tick()
+
+        def on_train_end(self, *a: Any, **k: Any) -> None:
+            clock.stop()
+
+    model = Model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cb = HFLossForecast(**_kwargs(args.sync_check)) if plugin else None
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(
+            output_dir=out,
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch,
+            logging_steps=10**9,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=device == "cpu",
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=targs,
+            train_dataset=Pairs(),
+            optimizers=(opt, _schedule(opt, args.steps)),
+            callbacks=[Tick(), *([cb] if cb else [])],
+        )
+        trainer.train()
+    return clock, cb
+
+
+def _run_loop(args: argparse.Namespace, plugin: bool, device: str) -> tuple[_Clock, Any]:
+    import torch
+    from scaleforecast.callbacks import LossForecastSession
+
+    clock = _Clock()
+    net = _mlp(args.width).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    sched = _schedule(opt, args.steps)
+    x, y = _data(args.batch, device)
+    fc = (
+        LossForecastSession(opt, sched, total_steps=args.steps, **_kwargs(args.sync_check))
+        if plugin
+        else None
+    )
+    g = torch.Generator().manual_seed(0)
+    for _ in range(args.steps):
+        idx = torch.randint(0, x.shape[0], (args.batch,), generator=g).to(device)
+        loss = torch.nn.functional.mse_loss(net(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if fc is not None:
+            fc.step(loss)
+        clock.tick()
+    if fc is not None:
+        fc.close()
+    clock.stop()
+    return clock, fc
+
+
+RUNNERS = {"lightning": _run_lightning, "hf": _run_hf, "loop": _run_loop}
+NAMES = {
+    "lightning": "Lightning LossForecast",
+    "hf": "HF Trainer HFLossForecast",
+    "loop": "plain loop session",
+}
 
 
 def ab(args: argparse.Namespace) -> None:
@@ -581,48 +731,72 @@ def ab(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    adapters = list(RUNNERS) if args.adapter == "all" else [args.adapter]
     if args.sync_check:
         if not torch.cuda.is_available():
             raise SystemExit("--sync-check needs a CUDA device (none here)")
-        res = _lightning_fit(args, True, device="cuda")
-        errors = res["errors"]
-        verdict = "no host-device sync outside flush steps" if not errors else f"SYNC FOUND: {errors}"
-        print(f"Lightning, {args.steps} CUDA steps, sync_debug_mode='error' off the flush steps: {verdict}")
+        for name in adapters:
+            watch = _instrument(sync_check=True)
+            try:
+                _, cb = RUNNERS[name](args, True, "cuda")
+            finally:
+                watch.undo()
+            errors = dict(cb.errors)
+            verdict = "no host-device sync outside the flushes" if not errors else f"SYNC FOUND: {errors}"
+            print(f"{NAMES[name]}: {args.steps} CUDA steps under sync_debug_mode='error' per step: {verdict}")
         return
-    base, inst, hooks, cpu_b, cpu_i = [], [], [], [], []
-    refits = 0
-    _lightning_fit(argparse.Namespace(**{**vars(args), "steps": 60}), True)  # warm caches and imports
-    for i in range(args.repeats):
-        # A B, then B A: cancels drift in the machine's load and any cost of running first
-        for with_callback in (False, True) if i % 2 == 0 else (True, False):
-            res = _lightning_fit(args, with_callback)
-            (inst if with_callback else base).append(res["step_s"])
-            (cpu_i if with_callback else cpu_b).append(res["cpu_s"])
-            if with_callback:
-                hooks.append(res["hooks"])
-                refits = res["refits"]
-    b, w = statistics.median(base), statistics.median(inst)
-    print(
-        f"Lightning, MLP width {args.width}, batch {args.batch}, {args.steps} steps x {args.repeats} repeats "
-        f"(interleaved A B / B A), {args.threads} torch thread(s); {refits} refits per run (background)\n"
-    )
-    print(f"{'variant':<34}{'ms / step':>12}{'CPU ms / step':>15}")
-    print(f"{'without callback':<34}{1e3 * b:>12.3f}{1e3 * statistics.median(cpu_b):>15.3f}")
-    print(f"{'with LossForecast':<34}{1e3 * w:>12.3f}{1e3 * statistics.median(cpu_i):>15.3f}")
-    names = sorted(
-        {k for h in hooks for k in h}, key=lambda k: -statistics.median(h.get(k, 0.0) for h in hooks)
-    )
-    total = 0.0
-    for k in names:
-        v = statistics.median(h.get(k, 0.0) for h in hooks)
-        total += v
-        print(f"{'  in ' + k:<34}{1e3 * v:>12.4f}")
-    print(f"{'  in all hooks':<34}{1e3 * total:>12.4f}")
-    pairs = statistics.median(wi / bi for wi, bi in zip(inst, base, strict=True))
-    print(
-        f"\nwall-clock ratio with / without (median of the interleaved pairs): {pairs:.4f}   (target <= 1.01)"
-    )
-    print(f"ratio from the time inside the hooks:                            {(b + total) / b:.4f}")
+    for name in adapters:
+        run = RUNNERS[name]
+        bare, inst, cpu_b, cpu_i, spent, spent_cpu = [], [], [], [], [], []
+        run(argparse.Namespace(**{**vars(args), "steps": 60}), True, "cpu")  # warm caches and imports
+        for i in range(args.repeats):
+            # A B, then B A: cancels drift in the machine's load and any cost of running first
+            for plugin in (False, True) if i % 2 == 0 else (True, False):
+                watch = _instrument(False) if plugin else None
+                try:
+                    clock, cb = run(args, plugin, "cpu")
+                finally:
+                    if watch is not None:
+                        watch.undo()
+                wall, cpu = clock.per_step()
+                (inst if plugin else bare).append(wall)
+                (cpu_i if plugin else cpu_b).append(cpu)
+                if watch is not None:
+                    spent.append({k: v / args.steps for k, v in watch.spent.items()})
+                    spent_cpu.append({k: v / args.steps for k, v in watch.cpu.items()})
+                    refits = cb.monitor.refits
+        b, w = statistics.median(bare), statistics.median(inst)
+        print(
+            f"\n{NAMES[name]}: MLP width {args.width}, batch {args.batch}, {args.steps} steps x {args.repeats} "
+            f"repeats (interleaved A B / B A), {args.threads} torch thread(s); {refits} refits per run"
+        )
+        print(f"{'per step':<44}{'wall ms':>11}{'CPU ms':>11}")
+        print(f"{'without the plugin':<44}{1e3 * b:>11.3f}{1e3 * statistics.median(cpu_b):>11.3f}")
+        print(f"{'with the plugin':<44}{1e3 * w:>11.3f}{1e3 * statistics.median(cpu_i):>11.3f}")
+
+        def med(rows: list[dict[str, float]], label: str) -> float:
+            return statistics.median(r.get(label, 0.0) for r in rows)
+
+        labels = sorted({k for s in spent for k in s}, key=lambda k: -med(spent_cpu, k))
+        for label in labels:
+            print(
+                f"{'  in ' + label:<44}{1e3 * med(spent, label):>11.4f}{1e3 * med(spent_cpu, label):>11.4f}"
+            )
+        entry = [
+            label
+            for label in labels
+            if label.split(".")[0] in ("LossForecast", "HFLossForecast", "LossForecastSession", "_LossTap")
+            or label == "TrainingSession._after_optimizer_step"
+        ]
+        top, top_cpu = sum(med(spent, k) for k in entry), sum(med(spent_cpu, k) for k in entry)
+        pairs = statistics.median(wi / bi for wi, bi in zip(inst, bare, strict=True))
+        print(f"{'  in all entry points (not nested)':<44}{1e3 * top:>11.4f}{1e3 * top_cpu:>11.4f}")
+        print(
+            f"wall-clock ratio with / without (median of the interleaved pairs): {pairs:.4f}   (target <= 1.01)"
+        )
+        print(f"ratio from the wall time inside the plugin:                      {(b + top) / b:.4f}")
+        print(f"ratio from the training thread's CPU inside the plugin:          {(b + top_cpu) / b:.4f}")
 
 
 def main() -> None:
@@ -657,6 +831,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training")
+    p.add_argument("--adapter", choices=["all", *RUNNERS], default="all")
     p.add_argument("--sync-check", action="store_true", help="on CUDA: the per-step path makes no sync")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

@@ -190,18 +190,21 @@ class OnlineForecaster:
         self._stale = False
         self._pending: _Pending | None = None
         self._schedule_code: Job[dict[str, Any]] | None = None
+        self._view: np.ndarray | None = None
         if schedule is not None:
             self.set_schedule(schedule)
 
     # ------------------------------------------------------------------ schedule
     @property
     def schedule(self) -> np.ndarray | None:
-        """The planned per-update LR (element k = LR of update k+1, a read-only view), or ``None``."""
+        """The planned per-update LR (element k = LR of update k+1; a read-only view, the same object until
+        the plan changes), or ``None``."""
         if self._lrs is None:
             return None
-        view = self._lrs.view()
-        view.flags.writeable = False
-        return view
+        if self._view is None or self._view.base is not self._lrs:
+            self._view = self._lrs.view()
+            self._view.flags.writeable = False
+        return self._view
 
     @property
     def total_steps(self) -> int | None:
