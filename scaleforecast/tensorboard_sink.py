@@ -242,7 +242,9 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
     ax = fig.add_subplot(1, 1, 1)
     if snapshot.lrs is not None and len(snapshot.lrs):
         ax_lr = ax.twinx()
-        ax_lr.plot(np.arange(1, len(snapshot.lrs) + 1), snapshot.lrs, color="0.65", lw=1.0, ls="--")
+        # a few thousand points draw the same line as a million, in a hundredth of the time
+        at = np.unique(np.linspace(0, len(snapshot.lrs) - 1, 4000).astype(np.int64))
+        ax_lr.plot(at + 1, np.asarray(snapshot.lrs)[at], color="0.65", lw=1.0, ls="--")
         ax_lr.set_ylabel("learning rate (dashed)", color="0.45")
         ax_lr.tick_params(axis="y", colors="0.45")
         ax_lr.set_ylim(bottom=0.0)
