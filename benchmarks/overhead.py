@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import logging
 import math
 import statistics
@@ -181,7 +182,10 @@ def _monitor(lrs: np.ndarray, health: bool, background: bool) -> RunMonitor:
     fields = ForecasterConfig.model_fields
     # the same script measures the code before background refits existed (no such field there)
     config = ForecasterConfig(background=background) if "background" in fields else ForecasterConfig()
-    return RunMonitor(lrs, config=config, health=[HealthMonitor()] if health else [], verbose=False)
+    checks = [HealthMonitor()] if health else []
+    # the health checks are "detectors" since the monitor has one policy owner ("health" before)
+    name = "detectors" if "detectors" in inspect.signature(RunMonitor).parameters else "health"
+    return RunMonitor(lrs, config=config, verbose=False, **{name: checks})
 
 
 def stream(args: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ class BinnedHistory:
         self._sum = np.zeros(0)
         self._sumsq = np.zeros(0)
         self._count = np.zeros(0)
+        self._n_raw = 0  # kept up to date: read at every flush
 
     def __len__(self) -> int:
         return len(self._key)
@@ -34,7 +35,7 @@ class BinnedHistory:
     @property
     def n_raw(self) -> int:
         """Number of raw observations merged into the bins."""
-        return int(self._count.sum()) if len(self._count) else 0
+        return self._n_raw
 
     @property
     def last_end(self) -> int:
@@ -48,6 +49,7 @@ class BinnedHistory:
         start = np.asarray(start, dtype=np.int64)
         end = np.asarray(end, dtype=np.int64)
         y = np.asarray(y, dtype=float)
+        self._n_raw += len(y)
         key = (end - 1) // self.width
         if len(self._key) and key[0] >= self._key[-1] and np.all(key[1:] >= key[:-1]):
             self._append(key, start, end, y)
@@ -119,6 +121,7 @@ class BinnedHistory:
         """
         keep = self._end <= step
         dropped = int(self._count[~keep].sum())
+        self._n_raw -= dropped
         for name in ("_key", "_start", "_end", "_sum", "_sumsq", "_count"):
             setattr(self, name, getattr(self, name)[keep])
         return dropped
@@ -156,3 +159,4 @@ class BinnedHistory:
         self._sum = np.asarray(state["sum"], dtype=float)
         self._sumsq = np.asarray(state["sumsq"], dtype=float)
         self._count = np.asarray(state["count"], dtype=float)
+        self._n_raw = int(self._count.sum())
