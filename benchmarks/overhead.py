@@ -466,6 +466,7 @@ PER_STEP = {  # the plugin's entry points on the per-step path: no host-device s
     "TrainingSession._after_optimizer_step",
     "_LossTap._hook",
     "LossForecast.on_train_batch_end",
+    "LossForecast.on_before_optimizer_step",
     "HFLossForecast.on_step_end",
     "LossForecastSession.step",
 }
@@ -520,16 +521,34 @@ class Stopwatch:
 
 
 def _instrument(sync_check: bool) -> Stopwatch:
-    from scaleforecast.callbacks import HFLossForecast, LossForecast, LossForecastSession
-    from scaleforecast.callbacks import hf as hf_module
-    from scaleforecast.integrations.session import TrainingSession
+    import importlib
 
     watch = Stopwatch(sync_check)
-    watch.wrap(TrainingSession, ["record", "tick", "flush", "_after_optimizer_step", "finish", "start"])
-    watch.wrap(hf_module._LossTap, ["_hook"])
-    watch.wrap(LossForecast, ["on_train_start", "on_train_batch_end", "on_train_end"])
-    watch.wrap(HFLossForecast, ["on_train_begin", "on_step_end", "on_log", "on_train_end"])
-    watch.wrap(LossForecastSession, ["step", "close"])
+    targets = [
+        (
+            "scaleforecast.integrations.session",
+            "TrainingSession",
+            ["record", "tick", "flush", "_after_optimizer_step", "finish", "start"],
+        ),
+        ("scaleforecast.callbacks.hf", "_LossTap", ["_hook"]),
+        (
+            "scaleforecast.callbacks",
+            "LossForecast",
+            ["on_train_start", "on_train_batch_end", "on_before_optimizer_step", "on_train_end"],
+        ),
+        (
+            "scaleforecast.callbacks",
+            "HFLossForecast",
+            ["on_train_begin", "on_step_end", "on_log", "on_train_end"],
+        ),
+        ("scaleforecast.callbacks", "LossForecastSession", ["step", "close"]),
+    ]
+    for module, name, methods in targets:
+        try:  # the code before the shared session (measured with the same script) lacks some of these
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        watch.wrap(cls, methods)
     return watch
 
 
