@@ -98,11 +98,12 @@ class TorchCollectives:
 
 
 class DeviceBuffer:
-    """A ``(channels, capacity)`` float64 buffer on the device of the first pushed value.
+    """One flush of per-step values, ``channels`` per step, kept where they were computed.
 
-    :meth:`push` stores one step's values (tensors are detached and copied device-side; Python floats are
-    written with ``fill_``); it never reads a value back. On a full buffer it raises ``BufferError`` (the
-    session flushes every ``capacity`` steps). :meth:`pack` empties it into the message that is gathered.
+    :meth:`push` records one step's values (a tensor is detached and copied on its device, one operation and
+    no read-back; a Python float is kept as is), so the per-step cost is a few microseconds of Python. On a full
+    buffer it raises ``BufferError`` (the session flushes every ``capacity`` steps). :meth:`pack` stacks them
+    into the ``(channels + 3, capacity)`` float64 message that is gathered, and empties the buffer.
     """
 
     def __init__(self, capacity: int, channels: int = 2) -> None:
@@ -112,7 +113,7 @@ class DeviceBuffer:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.capacity = capacity
         self.channels = channels
-        self._buf: torch.Tensor | None = None
+        self._cols: list[list[tuple[int, torch.Tensor | float]]] = [[] for _ in range(channels)]
         self._n = 0
 
     def __len__(self) -> int:
@@ -123,31 +124,38 @@ class DeviceBuffer:
         """Rows of a packed message: the channels, the step numbers, the LRs and the count."""
         return self.channels + 3
 
-    def _alloc(self, like: torch.Tensor | float | None) -> torch.Tensor:
-        device = like.device if isinstance(like, torch.Tensor) else torch.device("cpu")
-        # NaN so that a channel never pushed reads as missing, not as zero.
-        self._buf = torch.full(
-            (self.channels, self.capacity), float("nan"), dtype=torch.float64, device=device
-        )
-        return self._buf
-
     def push(self, *values: torch.Tensor | float | None) -> None:
         """Store one step: ``values[c]`` goes to channel ``c`` (``None`` or missing channels stay NaN)."""
         if len(values) > self.channels:
             raise ValueError(f"got {len(values)} values for {self.channels} channel(s)")
         if self._n >= self.capacity:
             raise BufferError(f"buffer full ({self.capacity} steps): flush first")
-        first = next((v for v in values if isinstance(v, torch.Tensor)), None)
-        buf = self._buf if self._buf is not None else self._alloc(first)
-        col = buf[:, self._n]
         for c, value in enumerate(values):
             if value is None:
                 continue
-            if isinstance(value, torch.Tensor):
-                col[c].copy_(value.detach().reshape(()), non_blocking=True)
-            else:
-                col[c].fill_(float(value))
+            # a copy now, on the device: the caller may change its tensor in place afterwards
+            kept = value.detach().clone() if isinstance(value, torch.Tensor) else float(value)
+            self._cols[c].append((self._n, kept))
         self._n += 1
+
+    def _fill(self, out: torch.Tensor) -> None:
+        """Write the buffered values into ``out`` (``(channels, >= len)``, float64): a few operations per
+        channel, whatever the number of steps."""
+        for c, entries in enumerate(self._cols):
+            tensors = [(i, v) for i, v in entries if isinstance(v, torch.Tensor)]
+            floats = [(i, v) for i, v in entries if not isinstance(v, torch.Tensor)]
+            if tensors:
+                values = [v for _, v in tensors]
+                try:
+                    stacked = torch.stack(values).reshape(-1)
+                except RuntimeError:  # mixed shapes or dtypes across steps
+                    stacked = torch.stack([v.reshape(()).double() for v in values])
+                index = torch.tensor([i for i, _ in tensors], device=out.device)
+                out[c].index_copy_(0, index, stacked.to(device=out.device, dtype=torch.float64))
+            if floats:
+                out[c, [i for i, _ in floats]] = torch.tensor([v for _, v in floats], dtype=torch.float64).to(
+                    out.device
+                )
 
     def pack(self, steps: list[int], lrs: list[float], device: torch.device) -> torch.Tensor:
         """The message for the gather, and the buffer emptied: ``(rows, capacity)`` float64 on ``device``.
@@ -159,13 +167,11 @@ class DeviceBuffer:
         if len(steps) != n or len(lrs) != n:
             raise ValueError(f"{n} buffered steps but {len(steps)} step numbers and {len(lrs)} LRs")
         msg = self.no_data(device)
-        if self._buf is not None:
-            msg[: self.channels].copy_(self._buf)
-            self._buf.fill_(float("nan"))
+        self._fill(msg)
         msg[self.channels, :n] = torch.tensor(steps, dtype=torch.float64)
         msg[self.channels + 1, :n] = torch.tensor(lrs, dtype=torch.float64)
         msg[self.channels + 2, 0] = float(n)
-        self._n = 0
+        self.clear()
         return msg
 
     def no_data(self, device: torch.device) -> torch.Tensor:
@@ -176,6 +182,8 @@ class DeviceBuffer:
 
     def clear(self) -> None:
         """Drop what is buffered (a rank whose per-step part failed sends "no data" from then on)."""
+        for entries in self._cols:
+            entries.clear()
         self._n = 0
 
     def peek(self) -> np.ndarray:
@@ -183,9 +191,9 @@ class DeviceBuffer:
 
         For checkpoints (already a sync point); the regular path is :meth:`pack`.
         """
-        if self._buf is None:
-            return np.empty((self.channels, 0))
-        return self._buf[:, : self._n].cpu().numpy()
+        out = torch.full((self.channels, self._n), float("nan"), dtype=torch.float64)
+        self._fill(out)
+        return out.numpy()
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ class SchedulePlanner:
         self.say = say
         self.key: tuple[Any, ...] | None = None
         self._warned_length = False
+        self._peak: tuple[np.ndarray, float] | None = None  # (the plan it belongs to, its largest LR)
 
     def length(self, run_length: int | None) -> int:
         """The planned length (see the module docstring); ``ValueError`` when nothing says it."""
@@ -148,7 +149,9 @@ class SchedulePlanner:
         idx = np.asarray(steps, dtype=np.int64) - 1
         used = np.asarray(used, dtype=float)
         ok = (idx >= 0) & (idx < len(planned)) & np.isfinite(used) & (used > 0)
-        tol = DRIFT_RTOL * np.abs(planned[idx[ok]]) + DRIFT_ATOL * float(np.max(planned))
+        if self._peak is None or self._peak[0] is not planned:  # once per plan, not per flush: O(run length)
+            self._peak = (planned, float(np.max(planned)))
+        tol = DRIFT_RTOL * np.abs(planned[idx[ok]]) + DRIFT_ATOL * self._peak[1]
         drift = bool(np.any(np.abs(planned[idx[ok]] - used[ok]) > tol))
         key = None if source is None else (*source.key, self.length(run_length))
         if not drift and key == self.key:

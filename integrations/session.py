@@ -96,7 +96,7 @@ class TrainingSession:
         total_steps: int | None = None,
         param_group: int = 0,
         flush_every: int = 50,
-        refit_every: int = 100,
+        refit_every: int | None = None,
         level: float = 0.8,
         log_figures_every: int = 5,
         dirpath: str | os.PathLike[str] | None = None,
@@ -152,6 +152,9 @@ class TrainingSession:
             level=self.config.level,
             refit_every=self.config.refit_every,
         )
+        if "background" not in self.forecaster_config.model_fields_set:
+            # the training thread never waits for a refit: each takes effect at the next flush, on every rank
+            self.forecaster_config = self.forecaster_config.model_copy(update={"background": True})
         self.detectors, self.listeners = list(detectors), list(listeners)
         self.advisor, self.on_event, self.writer = advisor, on_event, writer
         self.guard = Guard(name)
@@ -419,6 +422,15 @@ class TrainingSession:
             )
         return result
 
+    def _settle(self, step: int) -> None:
+        forecast = self.monitor.settle(step)
+        final = None if forecast is None else forecast.final
+        if forecast is not None and final is not None:
+            self.say(
+                f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
+                f"at step {forecast.final_step} ({forecast.status.value})"
+            )
+
     def observe_window(self, step: int, window: int, loss: float) -> None:
         """A logged mean loss over updates ``step - window + 1 .. step``, the same on every rank (e.g. HF's
         ``logs["loss"]``, already gathered over ranks); then the agreement, as after a flush."""
@@ -460,6 +472,8 @@ class TrainingSession:
             return
         if step > self.flushed_at and self.buffer is not None:
             self.flush(step)
+        # the refit the last flush started takes effect now, where every rank ends
+        self.guard("forecaster", self._settle, step)
         self._hook_off()
         self.guard("TensorBoard", self.monitor.close)
         if self.is_zero and os.getpid() != self._owner[0]:

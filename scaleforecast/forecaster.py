@@ -3,6 +3,11 @@
 This is the one stateful object of the core. It keeps a bounded, binned history of the run's losses, the
 planned LR schedule (replaceable mid-run), and the latest fit; it refits on a policy and answers forecasts from
 the latest fit. Every adapter (Lightning, HF Trainer, the ``watch`` sidecar, the CLI) drives one of these.
+
+With :attr:`ForecasterConfig.background` (what the training adapters use) refits run off the caller's thread:
+:meth:`OnlineForecaster.update` hands a snapshot of the binned history to a worker thread and installs the
+finished fit at the *next* ``update`` call, so that the training thread pays for bookkeeping only, and every
+rank of a job, fed the same flushes, acts on the same forecast at the same step.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import ndtri
 
+from scaleforecast.background import Job, refit_worker
 from scaleforecast.fitting import FitConfig, FitResult, Observations, fit, predict
 from scaleforecast.history import BinnedHistory
+from scaleforecast.laws import LAWS, register_plan
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
+from scaleforecast.schedule_codec import decode_lrs, encode_lrs
 from scaleforecast.schedules import Schedule, as_lrs
 
 log = logging.getLogger(__name__)
@@ -31,26 +40,121 @@ ScheduleLike = str | Schedule | Sequence[float] | np.ndarray
 class ForecasterConfig(BaseModel):
     """How the online forecaster fits and when it refits.
 
-    ``refit_every``: refit once this many optimizer steps have passed since the last fit. ``refit_growth``:
-    also refit early when the number of observations has grown by this fraction since the last fit (so sparse
-    logs, and the first few hundred steps, are not starved). ``max_bins`` bounds memory and refit time.
+    The refit cadence scales with the run. After a refit at step ``s`` the next one is due once
+    ``gap(s) = max(min_refit_gap, min(refit_growth * s, total / refits_per_run))`` more steps were seen: every
+    ``min_refit_gap`` steps at first, then geometric (every 10% of the steps so far: early steps change the fit
+    most), then ``refits_per_run`` evenly over the rest. A 1M-step run refits about 150 times, a 10k-step run
+    about 100, where a fixed 100-step period gives 10,000 and 100. ``refit_every`` (when set) restores a
+    fixed period, plus an early refit whenever the observations grew by ``refit_growth``. A schedule that
+    changed is refitted at the next update. ``max_bins`` bounds memory and refit time.
+
+    ``background``: refits run on a worker thread and take effect at the next update (see
+    :meth:`OnlineForecaster.update`): what the training adapters use. ``False`` (the default, for the CLI, the
+    ``watch`` sidecar, notebooks and tests) runs them on the caller's thread, taking effect at once.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     fit: FitConfig = Field(default_factory=FitConfig)
     level: float = Field(0.8, gt=0.0, lt=1.0, description="coverage of the reported interval")
-    refit_every: int = Field(100, ge=1)
-    refit_growth: float = Field(0.25, gt=0.0)
+    background: bool = False
+    refit_every: int | None = Field(None, ge=1, description="a fixed refit period in steps (None: scale)")
+    refits_per_run: int = Field(100, ge=1)
+    refit_growth: float = Field(0.1, gt=0.0)
+    min_refit_gap: int = Field(100, ge=1)
     max_bins: int = Field(1024, ge=16)
 
 
-def _encode_lrs(lrs: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(lrs, dtype="<f8").tobytes()).decode("ascii")
-
-
-def _decode_lrs(text: str) -> np.ndarray:
+def _decode_v1_lrs(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f8").copy()
+
+
+def _frozen(lrs: np.ndarray) -> np.ndarray:
+    """A private copy of the plan that nothing writes: it cannot change under a running refit, and the areas
+    memo (:func:`scaleforecast.laws.schedule_areas`) keys it by identity in O(1). It stays writeable in
+    name only (numpy copies read-only arrays for ``argmax``); users see a read-only view."""
+    out = np.array(lrs, dtype=np.float64, copy=True)
+    register_plan(out)
+    return out
+
+
+@dataclass
+class _Pending:
+    """A refit submitted at one update, to take effect at the next: its job and the history it saw."""
+
+    job: Job[tuple[FitResult, Forecast | None]]
+    step: int
+    n_raw: int
+    lrs: np.ndarray | None  # the schedule it fitted against (None: not the current one any more)
+
+
+def _refit_job(
+    obs: Observations,
+    lrs: np.ndarray,
+    config: ForecasterConfig,
+    init: FitResult | None,
+    step: int,
+    n_raw: int,
+    warns: list[str],
+) -> tuple[FitResult, Forecast | None]:
+    """Fit and forecast the final step: a pure function of its arguments, run on the worker thread."""
+    result = fit(obs, lrs, config.fit, init=init)
+    if result.status is FitStatus.FAILED and init is not None:
+        return result, None  # the forecaster keeps ``init``; it redoes the forecast on install
+    return result, _make_forecast(result, lrs, None, config.level, config.fit.law, step, n_raw, warns)
+
+
+def _make_forecast(
+    fit_result: FitResult | None,
+    lrs: np.ndarray,
+    steps: Sequence[int] | np.ndarray | None,
+    level: float,
+    law: str,
+    fitted_at_step: int,
+    n_points: int,
+    warns: list[str],
+) -> Forecast:
+    """The :class:`Forecast` of ``fit_result`` at ``steps`` (default: the final step) under ``lrs``."""
+    total = len(lrs)
+    steps_arr = np.array([total] if steps is None else steps, dtype=np.int64).ravel()
+    if len(steps_arr) and (steps_arr.min() < 1 or steps_arr.max() > total):
+        raise ValueError(f"forecast steps must lie in 1..{total}")
+    warns = list(warns)
+    if fit_result is None or fit_result.params is None:
+        status = FitStatus.INSUFFICIENT_DATA if fit_result is None else fit_result.status
+        if fit_result is not None:
+            warns += fit_result.warnings
+        return Forecast(
+            law=law,
+            level=level,
+            fitted_at_step=fitted_at_step,
+            final_step=total,
+            points=[],
+            params=None,
+            n_points=n_points,
+            status=status,
+            warnings=warns,
+        )
+    mean, std = predict(fit_result, lrs, steps_arr, level=level)
+    z = float(ndtri(0.5 + level / 2.0))
+    points = [
+        ForecastPoint(
+            step=int(s), loss=float(m), lower=float(m - z * d), upper=float(m + z * d), std=float(d)
+        )
+        for s, m, d in zip(steps_arr, mean, std, strict=True)
+        if math.isfinite(m) and math.isfinite(d)
+    ]
+    return Forecast(
+        law=fit_result.law,
+        level=level,
+        fitted_at_step=fitted_at_step,
+        final_step=total,
+        points=points,
+        params=fit_result.params,
+        n_points=n_points,
+        status=fit_result.status,
+        warnings=warns + list(fit_result.warnings),
+    )
 
 
 class OnlineForecaster:
@@ -59,10 +163,13 @@ class OnlineForecaster:
     Usage::
 
         fc = OnlineForecaster("cosine:peak=3e-4,warmup=200,total=10000")
-        for step, loss in stream:          # step = optimizer updates completed (1-based)
-            fc.observe(step, loss)
-            if fc.should_refit():
-                print(fc.refit().final)    # ForecastPoint(step=10000, loss=..., lower=..., upper=...)
+        for steps, losses in flushes:      # steps = optimizer updates completed (1-based)
+            forecast = fc.update(steps, losses)
+            if forecast is not None:       # a refit took effect
+                print(forecast.final)      # ForecastPoint(step=10000, loss=..., lower=..., upper=...)
+        fc.wait()                          # take in the refit still running, if any
+
+    or, on the caller's thread: ``fc.observe_many(steps, losses); fc.refit()``.
 
     Observations are single steps (``window=1``) or means over the last ``window`` updates, as HF Trainer logs
     them. NaN/Inf losses are counted and never fitted. A step at or before the last one seen means the run
@@ -81,14 +188,23 @@ class OnlineForecaster:
         self._step_at_fit = 0
         self._warnings: list[str] = []
         self._stale = False
+        self._pending: _Pending | None = None
+        self._schedule_code: Job[dict[str, Any]] | None = None
+        self._view: np.ndarray | None = None
         if schedule is not None:
             self.set_schedule(schedule)
 
     # ------------------------------------------------------------------ schedule
     @property
     def schedule(self) -> np.ndarray | None:
-        """The planned per-update LR (element k = LR of update k+1), or ``None`` before one is set."""
-        return self._lrs
+        """The planned per-update LR (element k = LR of update k+1; a read-only view, the same object until
+        the plan changes), or ``None``."""
+        if self._lrs is None:
+            return None
+        if self._view is None or self._view.base is not self._lrs:
+            self._view = self._lrs.view()
+            self._view.flags.writeable = False
+        return self._view
 
     @property
     def total_steps(self) -> int | None:
@@ -97,15 +213,20 @@ class OnlineForecaster:
     def set_schedule(self, schedule: ScheduleLike) -> None:
         """Replace the planned schedule (e.g. the user changed the scheduler mid-run); the next refit uses it.
 
-        The schedule must cover every step observed so far; its past part should be the LR actually used.
+        The schedule must cover every step observed so far; its past part should be the LR actually used. The
+        forecaster keeps a private read-only copy.
         """
         lrs = as_lrs(schedule)
         if self._last_step > len(lrs):
             raise ValueError(f"schedule has {len(lrs)} steps but step {self._last_step} was already observed")
         changed = self._lrs is None or len(lrs) != len(self._lrs) or not np.array_equal(lrs, self._lrs)
-        self._lrs = lrs
+        if not changed:
+            return
+        self._lrs = _frozen(lrs)
+        # the compact form a checkpoint carries costs a pass or two over the plan: prepared off-thread
+        self._schedule_code = refit_worker().submit(encode_lrs, self._lrs) if self.config.background else None
         # A fit made against the old schedule must not outlive it: the next policy check refits.
-        self._stale = self._stale or (changed and self._fit is not None)
+        self._stale = self._stale or self._fit is not None or self._pending is not None
 
     # -------------------------------------------------------------- observations
     @property
@@ -178,37 +299,109 @@ class OnlineForecaster:
         return Observations(start=start, end=end, y=y, count=count)
 
     # ------------------------------------------------------------------- fitting
+    def refit_gap(self, step: int) -> int:
+        """Steps from a refit at ``step`` to the next one due (see :class:`ForecasterConfig`)."""
+        cfg = self.config
+        if cfg.refit_every is not None:
+            return cfg.refit_every
+        total = len(self._lrs) if self._lrs is not None else 0
+        return max(cfg.min_refit_gap, math.ceil(min(cfg.refit_growth * step, total / cfg.refits_per_run)))
+
     def should_refit(self) -> bool:
-        """The refit policy: every ``refit_every`` steps, or when observations grew by ``refit_growth``."""
-        if self._lrs is None or self._history.n_raw == 0:
+        """The refit policy (see :class:`ForecasterConfig`); ``False`` while a refit is in flight."""
+        if self._lrs is None or self._pending is not None or self._history.n_raw == 0:
             return False
         if self._fit is None or self._stale:
             return True
-        if self._last_step - self._step_at_fit >= self.config.refit_every:
+        if self._last_step - self._step_at_fit >= self.refit_gap(self._step_at_fit):
             return True
-        return self._history.n_raw >= (1.0 + self.config.refit_growth) * max(self._raw_at_fit, 1)
+        growth = self.config.refit_growth
+        return self.config.refit_every is not None and self._history.n_raw >= (1.0 + growth) * max(
+            self._raw_at_fit, 1
+        )
+
+    @property
+    def refit_pending(self) -> bool:
+        """Whether a background refit was submitted and has not taken effect yet."""
+        return self._pending is not None
 
     def refit(self) -> Forecast:
-        """Fit the law to the history now and return the forecast at the final step of the schedule."""
+        """Fit the law to the history now, on this thread, and return the forecast at the final step.
+
+        A background refit still in flight is superseded (its result is dropped)."""
         if self._lrs is None:
             raise ValueError("no LR schedule set: call set_schedule() before refit()")
-        result = fit(self.observations(), self._lrs, self.config.fit, init=self._fit)
-        if result.status is not FitStatus.FAILED or self._fit is None:
-            self._fit = result
-        else:
-            self._warn_once("failed", "a refit failed to converge; keeping the previous fit")
-        self._raw_at_fit = self._history.n_raw
-        self._step_at_fit = self._last_step
-        self._stale = False
-        self._latest = self.forecast()
-        return self._latest
+        self._pending = None
+        self._submit(inline=True)
+        forecast = self._install()
+        assert forecast is not None
+        return forecast
 
     def update(
         self, steps: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray, window: int = 1
     ) -> Forecast | None:
-        """Observe, then refit if the policy says so; returns the new forecast, or ``None`` if none was made."""
+        """Observe, refit on the policy, and return the forecast that took effect at this call (else ``None``).
+
+        **When a refit takes effect.** With ``config.background`` a refit due at the ``k``-th
+        call is fitted on a snapshot of the history as of that call, on a worker thread, and takes effect at
+        the start of call ``k + 1``, before that call's observations are recorded: the call installs it and
+        returns its forecast. If the refit has not finished by then, call ``k + 1`` waits for it. So the
+        forecast in force after call ``k + 1`` was always fitted on exactly the observations up to call ``k``,
+        whatever the timing: every rank of a job fed the same flushes acts on the same forecast at the same
+        step. The training thread pays the bookkeeping (binning, a snapshot of at most ``max_bins`` bins) and
+        a wait only when a refit takes longer than one call interval. :meth:`wait` takes in the last refit
+        at the end of a run. Without ``background`` the refit runs inside call ``k`` and takes effect there.
+        """
+        installed = self._install()
         self.observe_many(steps, losses, window)
-        return self.refit() if self.should_refit() else None
+        if not self.should_refit():
+            return installed
+        self._submit()
+        return installed if self.config.background else self._install()
+
+    def wait(self) -> Forecast | None:
+        """Install a refit still in flight (waiting for it to finish) and return its forecast, else ``None``.
+
+        Call it where every rank calls it (the end of training), like :meth:`update`."""
+        return self._install()
+
+    def _submit(self, inline: bool = False) -> None:
+        """Start a refit on a snapshot of the history (on the worker, or on this thread when ``inline``)."""
+        assert self._lrs is not None
+        args = (
+            self.observations(),
+            self._lrs,
+            self.config,
+            self._fit,
+            self._last_step,
+            self._history.n_raw,
+            list(self._warnings),
+        )
+        job = refit_worker().submit(_refit_job, *args) if self.config.background and not inline else None
+        if job is None:  # synchronous, or the worker's queue is full: the same fit, on this thread
+            job = Job.run_now(_refit_job, *args)
+        self._pending = _Pending(job, self._last_step, self._history.n_raw, self._lrs)
+        self._stale = False
+
+    def _install(self) -> Forecast | None:
+        """Make the pending refit the current fit (waiting for it if needed); its forecast, or ``None``."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        result, forecast = pending.job.result()  # re-raises a failure of the fit on this thread
+        if result.status is not FitStatus.FAILED or self._fit is None:
+            self._fit = result
+        else:
+            self._warn_once("failed", "a refit failed to converge; keeping the previous fit")
+            forecast = None
+        self._raw_at_fit = pending.n_raw
+        self._step_at_fit = pending.step
+        if forecast is None or pending.lrs is not self._lrs:
+            # the fit was kept from before, or the schedule was re-planned while it ran: forecast under the
+            # current plan (the next update refits against it, as it is stale)
+            forecast = self.forecast()
+        self._latest = forecast
+        return forecast
 
     @property
     def fit_result(self) -> FitResult | None:
@@ -238,70 +431,69 @@ class OnlineForecaster:
         lrs = self._lrs if schedule is None else as_lrs(schedule)
         if lrs is None:
             raise ValueError("no LR schedule set")
-        total = len(lrs)
-        steps_arr = np.array([total] if steps is None else steps, dtype=np.int64).ravel()
-        if len(steps_arr) and (steps_arr.min() < 1 or steps_arr.max() > total):
-            raise ValueError(f"forecast steps must lie in 1..{total}")
-        fit_result = self._fit
-        warns = list(self._warnings)
-        if fit_result is None or fit_result.params is None:
-            status = FitStatus.INSUFFICIENT_DATA if fit_result is None else fit_result.status
-            if fit_result is not None:
-                warns += fit_result.warnings
-            return Forecast(
-                law=self.config.fit.law,
-                level=level,
-                fitted_at_step=self._step_at_fit,
-                final_step=total,
-                points=[],
-                params=None,
-                n_points=self._raw_at_fit,
-                status=status,
-                warnings=warns,
-            )
-        mean, std = predict(fit_result, lrs, steps_arr, level=level)
-        z = float(ndtri(0.5 + level / 2.0))
-        points = [
-            ForecastPoint(
-                step=int(s), loss=float(m), lower=float(m - z * d), upper=float(m + z * d), std=float(d)
-            )
-            for s, m, d in zip(steps_arr, mean, std, strict=True)
-            if math.isfinite(m) and math.isfinite(d)
-        ]
-        return Forecast(
-            law=fit_result.law,
-            level=level,
-            fitted_at_step=self._step_at_fit,
-            final_step=total,
-            points=points,
-            params=fit_result.params,
-            n_points=self._raw_at_fit,
-            status=fit_result.status,
-            warnings=warns + list(fit_result.warnings),
+        return _make_forecast(
+            self._fit,
+            lrs,
+            steps,
+            level,
+            self.config.fit.law,
+            self._step_at_fit,
+            self._raw_at_fit,
+            self._warnings,
         )
 
     def predict(self, steps: Sequence[int] | np.ndarray, schedule: ScheduleLike | None = None) -> np.ndarray:
-        """Point predictions of the latest fit at ``steps`` (NaN everywhere before the first usable fit)."""
+        """Point predictions of the latest fit at ``steps`` (NaN everywhere before the first usable fit).
+
+        The mean of :meth:`forecast` without its interval: O(len(steps)) under the planned schedule."""
         steps_arr = np.asarray(steps, dtype=np.int64).ravel()
         if self._fit is None or self._fit.params is None:
             return np.full(len(steps_arr), np.nan)
         lrs = self._lrs if schedule is None else as_lrs(schedule)
         if lrs is None:
             raise ValueError("no LR schedule set")
-        mean, _ = predict(self._fit, lrs, steps_arr, level=self.config.level)
-        return np.asarray(mean, dtype=float)
+        if len(steps_arr) and (steps_arr.min() < 1 or steps_arr.max() > len(lrs)):
+            raise ValueError(f"steps must lie in 1..{len(lrs)} (the schedule's length)")
+        return np.asarray(LAWS[self._fit.law].predict(self._fit.params, lrs, steps_arr), dtype=float)
 
     def _warn_once(self, key: str, message: str) -> None:
         prefix = f"[{key}] "
         self._warnings = [w for w in self._warnings if not w.startswith(prefix)] + [prefix + message]
 
     # --------------------------------------------------------------------- state
+    def schedule_code(self) -> dict[str, Any] | None:
+        """The planned schedule in the compact form the state carries (:mod:`scaleforecast.schedule_codec`),
+        computed once per schedule."""
+        if self._lrs is None:
+            return None
+        if self._schedule_code is None:
+            self._schedule_code = Job.run_now(encode_lrs, self._lrs)
+        return self._schedule_code.result()
+
     def state_dict(self) -> dict[str, Any]:
-        """JSON-safe state: config, schedule, binned history, latest fit and forecast."""
+        """JSON-safe state: config, schedule (compact), binned history, latest fit and forecast.
+
+        A refit in flight is waited for and saved as pending, so that a run resumed from this state installs
+        it at its next :meth:`update`, exactly as the uninterrupted run does. The size does not grow with the
+        run: the history is binned and the schedule is stored piecewise (a few KB for 1M steps of cosine)."""
+        pending = None
+        if self._pending is not None:
+            try:
+                result, forecast = self._pending.job.result()
+            except Exception:  # the failure surfaces at the next update, on this run; a resumed one refits
+                pending = None
+            else:
+                pending = {
+                    "fit": result.model_dump(mode="json"),
+                    "forecast": None if forecast is None else forecast.model_dump(mode="json"),
+                    "step": self._pending.step,
+                    "n_raw": self._pending.n_raw,
+                    "same_schedule": self._pending.lrs is self._lrs,
+                }
         return {
-            "version": 1,
+            "version": 2,
             "config": self.config.model_dump(mode="json"),
-            "schedule": None if self._lrs is None else _encode_lrs(self._lrs),
+            "schedule": self.schedule_code(),
             "history": self._history.state_dict(),
             "last_step": self._last_step,
             "n_nonfinite": self._n_nonfinite,
@@ -311,14 +503,37 @@ class OnlineForecaster:
             "step_at_fit": self._step_at_fit,
             "warnings": list(self._warnings),
             "stale": self._stale,
+            "pending": pending,
         }
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickled (e.g. by a spawn-based launcher): the plan is a new array, registered again, and still the
+        # one a pending refit fitted against
+        self.__dict__.update(state)
+        old = self._lrs
+        if old is None:
+            return
+        if isinstance(old.base, np.ndarray):  # a view into the pickle's buffer
+            self._lrs = _frozen(old)
+        else:
+            register_plan(old)
+        if self._pending is not None and self._pending.lrs is old:
+            self._pending.lrs = self._lrs
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (e.g. from a checkpoint, on resume)."""
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported forecaster state version {state.get('version')!r}")
+        """Restore what :meth:`state_dict` saved (e.g. from a checkpoint, on resume); a refit in flight here
+        is dropped."""
+        version = state.get("version")
+        if version not in (1, 2):
+            raise ValueError(f"unsupported forecaster state version {version!r}")
         self.config = ForecasterConfig.model_validate(state["config"])
-        self._lrs = None if state["schedule"] is None else _decode_lrs(state["schedule"])
+        code = state["schedule"]
+        if code is None:
+            self._lrs, self._schedule_code = None, None
+        elif version == 1:
+            self._lrs, self._schedule_code = _frozen(_decode_v1_lrs(code)), None
+        else:
+            self._lrs, self._schedule_code = _frozen(decode_lrs(code)), Job.finished(code)
         self._history = BinnedHistory(self.config.max_bins)
         self._history.load_state_dict(state["history"])
         self._last_step = int(state["last_step"])
@@ -329,3 +544,14 @@ class OnlineForecaster:
         self._step_at_fit = int(state["step_at_fit"])
         self._warnings = list(state["warnings"])
         self._stale = bool(state.get("stale", False))
+        self._pending = None
+        saved = state.get("pending")
+        if saved is not None:
+            fit_result = FitResult.model_validate(saved["fit"])
+            forecast = None if saved["forecast"] is None else Forecast.model_validate(saved["forecast"])
+            self._pending = _Pending(
+                Job.finished((fit_result, forecast)),
+                int(saved["step"]),
+                int(saved["n_raw"]),
+                self._lrs if saved["same_schedule"] else None,
+            )

@@ -16,6 +16,8 @@ length (unchanged by the run's time units), and :func:`mixed_annealing_area` the
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 from collections import OrderedDict
 from typing import Literal, Protocol
 
@@ -38,6 +40,7 @@ __all__ = [
     "memory_of",
     "mixed_annealing_area",
     "mpl_drop",
+    "register_plan",
     "run_memory",
     "schedule_areas",
 ]
@@ -130,29 +133,72 @@ def memory_of(params: LawParams) -> Memory | None:
     return ((float(ex["lam_fast"]), w), (float(ex["lam_slow"]), 1.0 - w))
 
 
-_AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+_AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
+_AREA_LOCK = threading.Lock()  # refits run on a worker thread while the training thread predicts
+
+
+_PLANS: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
+
+def register_plan(lrs: np.ndarray) -> None:
+    """Declare ``lrs`` (a 1-D float64 array that owns its memory) a schedule nobody will write again, so that
+    :func:`schedule_areas` keys it by identity in O(1) instead of fingerprinting it in O(T). The online
+    forecaster registers its private copy of the plan (a read-only array would do too, but numpy copies a
+    read-only array for ``argmax``)."""
+    if not isinstance(lrs, np.ndarray) or isinstance(lrs.base, np.ndarray):
+        raise ValueError("register_plan takes an array that owns its memory")
+    _PLANS[id(lrs)] = lrs
+
+
+def _frozen_key(lrs: ArrayLike) -> tuple | None:
+    """An O(1) identity key for a 1-D float64 array whose memory nobody writes (a registered plan, a read-only
+    array that owns its data, or a view of either), else ``None``. The memo keeps that array alive, so its
+    address cannot be reused while the entry exists."""
+    if not isinstance(lrs, np.ndarray) or lrs.dtype != np.float64 or lrs.ndim != 1:
+        return None
+    root = lrs
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if _PLANS.get(id(root)) is not root and (
+        root.base is not None or root.flags.writeable or lrs.flags.writeable
+    ):
+        return None
+    offset = lrs.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return ("frozen", id(root), offset, lrs.size, lrs.strides)
 
 
 def _areas_entry(
     lrs: ArrayLike, lam: float, warmup: WarmupS2, memory: Memory | None
 ) -> tuple[np.ndarray, ...]:
-    a = np.ascontiguousarray(_as_lrs(lrs))
-    # the key is a digest of the whole schedule: any change anywhere (a re-plan, a what-if that differs from
-    # the plan on a few steps only) is a new entry; one SHA-1 pass costs about what recomputing S1 does
     mem = None if memory is None else tuple((float(lj), float(w)) for lj, w in memory)
-    key = (a.size, hashlib.sha1(memoryview(a)).digest(), float(lam), warmup, mem)
-    hit = _AREA_CACHE.get(key)
-    if hit is not None:
-        _AREA_CACHE.move_to_end(key)
-        return hit
+    frozen = _frozen_key(lrs)
+    if frozen is not None:  # a plan nobody writes: known by its identity, no pass over it
+        with _AREA_LOCK:
+            hit = _AREA_CACHE.get((frozen, float(lam), warmup, mem))
+            if hit is not None:
+                _AREA_CACHE.move_to_end((frozen, float(lam), warmup, mem))
+                return hit[:3]
+    a = np.ascontiguousarray(_as_lrs(lrs))
+    # otherwise the key is a digest of the whole schedule: any change anywhere (a re-plan, a what-if that
+    # differs from the plan on a few steps only) is a new entry; one SHA-1 pass costs about what recomputing
+    # S1 does
+    fp = frozen if frozen is not None else (a.size, hashlib.sha1(memoryview(a)).digest())
+    key = (fp, float(lam), warmup, mem)
+    with _AREA_LOCK:
+        hit = _AREA_CACHE.get(key)
+        if hit is not None:
+            _AREA_CACHE.move_to_end(key)
+            return hit[:3]
     s1 = forward_area(a)
     s2 = annealing_area(a, lam, warmup) if mem is None else mixed_annealing_area(a, mem, lam, warmup)
     cs2 = np.concatenate([[0.0], np.cumsum(s2)])
     for arr in (s1, s2, cs2):
         arr.flags.writeable = False
-    _AREA_CACHE[key] = (s1, s2, cs2)
-    while len(_AREA_CACHE) > 8:
-        _AREA_CACHE.popitem(last=False)
+    with _AREA_LOCK:
+        # the last item pins a frozen schedule's memory (its root) while the entry lives
+        _AREA_CACHE[key] = (s1, s2, cs2, lrs if frozen is not None else None)
+        while len(_AREA_CACHE) > 8:
+            _AREA_CACHE.popitem(last=False)
     return s1, s2, cs2
 
 
@@ -160,11 +206,12 @@ def schedule_areas(
     lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", memory: Memory | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(forward_area(lrs), S2)`` with S2 the :func:`annealing_area` (or, given ``memory``, the
-    :func:`mixed_annealing_area`), memoised on a digest of the whole schedule.
+    :func:`mixed_annealing_area`), memoised on a digest of the whole schedule, or in O(1) on the identity of
+    a schedule nobody writes (:func:`register_plan`, or a read-only array that owns its memory). Thread-safe.
 
-    The online forecaster refits and predicts many times under one planned schedule: the digest costs one
-    pass over the schedule, recomputing costs two plus a recursive filter per memory. The arrays returned are
-    read-only.
+    The online forecaster refits and predicts many times under one planned schedule (registered: no pass);
+    for other schedules the digest costs one pass, recomputing costs two plus a recursive filter per memory.
+    The arrays returned are read-only.
     """
     s1, s2, _ = _areas_entry(lrs, lam, warmup, memory)
     return s1, s2

@@ -379,6 +379,26 @@ class RunMonitor:
     def _update(self, batch: FlushBatch) -> Forecast | None:
         return self.forecaster.update(batch.steps, batch.loss, window=batch.window)
 
+    def settle(self, step: int) -> Forecast | None:
+        """The end of a run: take in a background refit still in flight (waiting for it) and hand its forecast
+        to the listeners and sinks as a flush would; no stop decision, the run is over. Call it where every
+        rank ends, like :meth:`flush`. A run that was stopped keeps the forecast that stopped it as its last."""
+        if self.stopped_at is not None:
+            return None
+        forecast = self.guard("forecaster", self.forecaster.wait)
+        if forecast is None:
+            return None
+        self.refits += 1
+        result = FlushResult(forecast=forecast)
+        for i, listener in enumerate(self.listeners):
+            heard = self.guard(f"listener {_name(listener, i)}", listener.on_forecast, step, forecast)
+            result.events.extend(heard or [])
+        none = FlushBatch(steps=np.array([step]), loss=np.array([np.nan]))
+        self.guard("sinks", self._write, step, none, result)
+        for event in result.events:
+            self._emit(event)
+        return forecast
+
     def _decide(self, step: int) -> StopDecision | None:
         total = self.forecaster.total_steps
         cfg = self.stop

@@ -73,6 +73,59 @@ def break_recording(session: Any) -> None:
     session._record, session._window = flaky_record, flaky_window
 
 
+class Heard:
+    """A listener that keeps every forecast it hears: (step, fitted_at_step, final loss)."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[int, int, float | None]] = []
+
+    def on_forecast(self, step: int, forecast: Any) -> list[Any]:
+        final = forecast.final
+        self.heard.append((step, forecast.fitted_at_step, None if final is None else final.loss))
+        return []
+
+
+def slow_refits_here() -> None:
+    """Every refit on this rank takes 30 ms longer (an injected fault): its background refits come late, so
+    this rank waits where the other does not, and must still act on the same forecast at the same step."""
+    import time
+
+    import scaleforecast.forecaster as module
+
+    fit = module.fit
+
+    def slow_fit(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.03)
+        return fit(*args, **kwargs)
+
+    module.fit = slow_fit
+
+
+def _slow_classes() -> dict[str, Any]:
+    from scaleforecast.callbacks import LossForecastSession
+
+    class SlowLoop(LossForecastSession):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if int(os.environ.get("RANK", "0")) == 1:
+                slow_refits_here()
+            super().__init__(*args, **kwargs)
+
+    classes = {"loop": SlowLoop}
+    try:
+        from scaleforecast.callbacks import HFLossForecast
+
+        class SlowHF(HFLossForecast):
+            def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if int(os.environ.get("RANK", "0")) == 1:
+                    slow_refits_here()
+                super().on_train_begin(args, state, control, **kwargs)
+
+        classes["hf"] = SlowHF
+    except ImportError:
+        pass
+    return classes
+
+
 def _adapter_classes() -> dict[str, Any]:
     from scaleforecast.callbacks import LossForecastSession
 
@@ -107,6 +160,12 @@ try:  # module level, so that ddp_spawn can pickle it by reference
             super().on_train_start(trainer, pl_module)
             if trainer.global_rank == 1:
                 break_recording(self.session)
+
+    class SlowLightning(LossForecast):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.global_rank == 1:
+                slow_refits_here()
+            super().on_train_start(trainer, pl_module)
 
     class Report(Callback):
         """Each Lightning worker writes what it decided, after the forecast callback's own end."""
@@ -153,6 +212,7 @@ def write(
 ) -> None:
     state = cb.forecaster.state_dict()
     gaps = next((d.gaps for d in cb.monitor.detectors if isinstance(d, SpreadRecorder)), [])
+    heard = next((h.heard for h in cb.monitor.listeners if isinstance(h, Heard)), [])
     record = {
         "rank": rank,
         "steps_run": steps_run,
@@ -166,6 +226,8 @@ def write(
         "observed": cb.forecaster.n_observations,
         "observations": [cb.forecaster.observations().end.tolist(), cb.forecaster.observations().y.tolist()],
         "logs": logs or [],
+        "heard": heard,
+        "background": cb.forecaster.config.background,
     }
     (out / f"{scenario}-rank{rank}.json").write_text(json.dumps(record))
 
@@ -196,10 +258,24 @@ def scenarios(adapter: str, out: Path) -> list[tuple[str, Plan]]:
         tensorboard=False,
         adapter_class=FlakyLightning if adapter == "lightning" else _adapter_classes()[adapter],
     )
-    out = [("stop", stop), ("fault", fault)]
+    late = Plan(
+        steps=60,
+        kwargs={
+            **common,
+            "refit_every": None,
+            "forecaster_config": {"min_refit_gap": 5},
+            "listeners": [Heard()],
+        },
+        distributed=True,
+        launcher="ddp_fork",
+        tensorboard=False,
+        adapter_class=SlowLightning if adapter == "lightning" else _slow_classes()[adapter],
+    )
+    out = [("stop", stop), ("fault", fault), ("late-refits", late)]
     if adapter == "hf":  # the HF Trainer's second source of losses: logged window means (no gather)
         window = Plan(
-            steps=40,
+            # logged windows come every 5 updates and a refit takes effect at the next one: a longer run
+            steps=60,
             kwargs={**common, "listeners": [reporter()], "resolution": "window"},
             distributed=True,
             tensorboard=False,

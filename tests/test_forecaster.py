@@ -1,10 +1,13 @@
 import json
 import math
+import pickle
+import threading
 import warnings
 
 import numpy as np
 import pytest
 
+from scaleforecast import laws
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.laws import LAWS
 from scaleforecast.results import FitStatus, LawParams
@@ -114,7 +117,8 @@ def test_state_dict_is_json_safe_and_round_trips():
     state = json.loads(json.dumps(fc.state_dict()))
     other = OnlineForecaster()
     other.load_state_dict(state)
-    np.testing.assert_array_equal(other.schedule, lrs)
+    # the schedule travels in compact form: exact to 1e-10 of each LR
+    np.testing.assert_allclose(other.schedule, lrs, rtol=1e-10, atol=0)
     assert other.last_step == 2000
     assert other.latest == before
     assert other.forecast().final.loss == pytest.approx(before.final.loss)
@@ -168,3 +172,179 @@ def test_refit_cost_does_not_grow_with_history():
     assert len(fc.observations()) <= 512
     assert fc.n_observations == 1_000_000
     assert fc.refit().final is not None
+
+
+# ------------------------------------------------------------------------------ background refits and cadence
+def _background(**kw: object) -> ForecasterConfig:
+    return ForecasterConfig(background=True, **kw)
+
+
+def _flushes(
+    y: np.ndarray, steps: np.ndarray, upto: int, every: int = 50
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(steps[i : i + every], y[i : i + every]) for i in range(0, upto, every)]
+
+
+def test_background_refit_takes_effect_one_update_later_with_the_same_forecast():
+    lrs, steps, y = _curve("wsd:peak=1e-3,warmup=100,total=6000,cooldown=0.2")
+    sync = OnlineForecaster(lrs, ForecasterConfig(min_refit_gap=200))
+    bg = OnlineForecaster(lrs, _background(min_refit_gap=200))
+    made: dict[int, object] = {}
+    took_effect: dict[int, object] = {}
+    flushes = _flushes(y, steps, 5000)
+    for k, (s, loss) in enumerate(flushes):
+        if (f := sync.update(s, loss)) is not None:
+            made[k] = f
+        if (g := bg.update(s, loss)) is not None:
+            took_effect[k] = g
+    assert len(made) >= 10
+    # every refit made at update k takes effect at update k + 1, with exactly the same forecast
+    assert {k + 1: f for k, f in made.items() if k + 1 < len(flushes)} == took_effect
+    tail = bg.wait()  # the refit made at the last update, if any
+    assert tail == made.get(len(flushes) - 1)
+    assert bg.latest == sync.latest and not bg.refit_pending
+
+
+def test_background_refit_is_waited_for_when_it_is_late(monkeypatch: pytest.MonkeyPatch):
+    import scaleforecast.forecaster as module
+
+    lrs, steps, y = _curve("cosine:peak=1e-3,warmup=100,total=4000")
+    real_fit = module.fit
+    entered, gate = threading.Event(), threading.Event()
+
+    def slow_fit(*args: object, **kwargs: object) -> object:
+        entered.set()
+        assert gate.wait(60)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(module, "fit", slow_fit)
+    fc = OnlineForecaster(lrs, _background())
+    assert fc.update(steps[:2000], y[:2000]) is None  # submitted, running on the worker
+    assert entered.wait(60) and fc.refit_pending
+    job = fc._pending.job  # type: ignore[union-attr]
+    assert not job.done() and fc.latest is None
+    real_result = job.result
+
+    def open_then_wait(timeout: float | None = None) -> object:
+        gate.set()  # the refit is still blocked when the next update asks for it
+        return real_result(timeout)
+
+    job.result = open_then_wait  # type: ignore[method-assign]
+    installed = fc.update(steps[2000:2050], y[2000:2050])
+    assert installed is not None and installed.fitted_at_step == 2000 and fc.latest == installed
+    monkeypatch.setattr(module, "fit", real_fit)
+    reference = OnlineForecaster(lrs)
+    reference.observe_many(steps[:2000], y[:2000])
+    assert reference.refit().final == installed.final
+
+
+def test_a_failing_background_refit_raises_on_the_training_thread(monkeypatch: pytest.MonkeyPatch):
+    lrs, steps, y = _curve("cosine:peak=1e-3,warmup=100,total=4000")
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("fitter exploded")
+
+    monkeypatch.setattr("scaleforecast.forecaster.fit", explode)
+    fc = OnlineForecaster(lrs, _background())
+    assert fc.update(steps[:1000], y[:1000]) is None
+    with pytest.raises(RuntimeError, match="fitter exploded"):
+        fc.update(steps[1000:1050], y[1000:1050])
+    assert not fc.refit_pending
+
+
+def test_state_saved_during_a_refit_resumes_exactly():
+    lrs, steps, y = _curve("wsd:peak=1e-3,warmup=100,total=6000,cooldown=0.2")
+    fc = OnlineForecaster(lrs, _background())
+    for s, loss in _flushes(y, steps, 3000):
+        fc.update(s, loss)
+    fc.update(steps[3000:3150], y[3000:3150])
+    fc._stale = True  # force a refit to be in flight at the save
+    fc.update(steps[3150:3200], y[3150:3200])
+    assert fc.refit_pending
+    state = json.loads(json.dumps(fc.state_dict()))
+    assert state["pending"] is not None
+    resumed = OnlineForecaster()
+    resumed.load_state_dict(state)
+    assert resumed.refit_pending
+
+    def same(a: object, b: object) -> bool:
+        # the state's schedule is exact to 1e-10 of each LR, so later fits agree to about that much
+        if a is None or b is None:
+            return a is b
+        return (a.fitted_at_step, a.status, a.n_points) == (b.fitted_at_step, b.status, b.n_points) and (
+            a.final.loss == pytest.approx(b.final.loss, rel=1e-8)
+        )
+
+    assert resumed.update(steps[3200:3250], y[3200:3250]) == fc.update(steps[3200:3250], y[3200:3250])
+    for s, loss in _flushes(y, steps, 5000)[65:]:
+        assert same(resumed.update(s, loss), fc.update(s, loss))
+    assert same(resumed.wait(), fc.wait())
+    # and a pickled forecaster carries its refit in flight the same way (with either pickle protocol)
+    fc._stale = True
+    fc.update(steps[5000:5050], y[5000:5050])
+    assert fc.refit_pending
+    assert pickle.loads(pickle.dumps(fc, protocol=5)).wait() == fc._pending.job.result()[1]  # type: ignore[union-attr]
+    clone = pickle.loads(pickle.dumps(fc, protocol=4))
+    assert clone._pending.lrs is clone._lrs  # type: ignore[union-attr]  # still the plan it refits against
+    assert laws._frozen_key(clone._lrs) is not None  # and registered again: memoised by identity
+    assert clone.wait() == fc.wait()
+
+
+def test_schedule_replanned_during_a_refit_forecasts_under_the_new_plan():
+    lrs, steps, y = _curve("constant:peak=1e-3,warmup=100,total=6000")
+    fc = OnlineForecaster(lrs, _background())
+    fc.update(steps[:3000], y[:3000])
+    assert fc.refit_pending
+    longer = np.concatenate([lrs, np.linspace(1e-3, 1e-5, 2000)])
+    fc.set_schedule(longer)
+    installed = fc.update(steps[3000:3050], y[3000:3050])
+    assert installed is not None and installed.final_step == 8000
+    assert fc.refit_pending  # the fit itself was made under the old plan: refitted at once
+
+
+def test_refit_supersedes_a_refit_in_flight():
+    lrs, steps, y = _curve("cosine:peak=1e-3,warmup=100,total=4000")
+    fc = OnlineForecaster(lrs, _background())
+    fc.update(steps[:1000], y[:1000])
+    assert fc.refit_pending
+    fc.observe_many(steps[1000:2000], y[1000:2000])
+    direct = fc.refit()
+    assert not fc.refit_pending and direct.fitted_at_step == 2000 and fc.latest == direct
+    assert fc.update(steps[2000:2010], y[2000:2010]) is None
+
+
+def _count_refits(total: int, every: int = 50, **kw: object) -> int:
+    lrs = parse_schedule(f"cosine:peak=1e-3,warmup={max(total // 100, 1)},total={total}").lrs()
+    fc = OnlineForecaster(lrs, ForecasterConfig(**kw))
+    fc._submit = lambda inline=False: setattr(fc, "_step_at_fit", fc.last_step)  # type: ignore[method-assign]
+    fc._fit = object()  # type: ignore[assignment]  # a policy-only run: no fitting
+    fc._history.add(np.array([1]), np.array([1]), np.array([1.0]))
+    n = 0
+    for s in range(every, total + 1, every):
+        fc._last_step = s
+        if fc.should_refit():
+            fc._submit()
+            n += 1
+    return n
+
+
+def test_refit_cadence_scales_with_the_run():
+    short, medium, long = _count_refits(10_000), _count_refits(100_000), _count_refits(1_000_000, every=100)
+    assert 80 <= short <= 130 and 100 <= medium <= 180 and 110 <= long <= 200
+    # a fixed period (the old policy) refits ten thousand times on a 1M-step run
+    assert _count_refits(1_000_000, every=100, refit_every=100) == 10_000
+
+
+def test_state_size_does_not_grow_with_the_run():
+    sizes = {}
+    for total in (100_000, 1_000_000):
+        lrs = parse_schedule(f"cosine:peak=1e-3,warmup={total // 100},total={total}").lrs()
+        fc = OnlineForecaster(lrs)
+        steps = np.arange(1, total + 1)
+        fc.observe_many(steps, 2.0 + 1.5 * np.cumsum(lrs) ** -0.5)
+        sizes[total] = len(json.dumps(fc.state_dict()))
+        restored = OnlineForecaster()
+        restored.load_state_dict(json.loads(json.dumps(fc.state_dict())))
+        np.testing.assert_allclose(restored.schedule, lrs, rtol=1e-10, atol=1e-3 * 1e-10 * lrs.max())
+    # bounded by max_bins (512..1024 bins) and a few schedule segments; 1M float64 LRs alone are 8 MB
+    assert sizes[1_000_000] < 2 * sizes[100_000] and sizes[1_000_000] < 128 * 1024

@@ -76,3 +76,19 @@ def test_state_round_trip():
 def test_rejects_tiny_max_bins():
     with pytest.raises(ValueError, match="max_bins"):
         BinnedHistory(max_bins=4)
+
+
+def test_appending_in_order_bins_like_the_general_merge():
+    rng = np.random.default_rng(2)
+    steps = np.arange(1, 30_001)
+    y = 3.0 + rng.normal(size=len(steps))
+    live = BinnedHistory(max_bins=64)
+    _fill(live, steps, y, chunk=50)  # the live case: each flush after the last
+    shuffled = BinnedHistory(max_bins=64)
+    chunks = [slice(i, i + 50) for i in range(0, len(steps), 50)]
+    for k in rng.permutation(len(chunks)):  # the general case: chunks in any order
+        shuffled.add(steps[chunks[k]], steps[chunks[k]], y[chunks[k]])
+    assert live.width == shuffled.width
+    for a, b in zip(live.arrays(), shuffled.arrays(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert live.n_raw == shuffled.n_raw == len(steps)

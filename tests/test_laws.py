@@ -166,3 +166,47 @@ def test_mpl_predict_constant_lr_is_power_law() -> None:
     y = LAWS["mpl"].predict(p, lrs, [100, 500])
     np.testing.assert_allclose(y, 2.0 + 0.5 * (np.array([100, 500]) * 1e-3) ** -0.5)
     assert set(LAWS) == {"tissue", "mpl"}
+
+
+def test_registered_plan_is_memoised_by_identity_and_others_by_content():
+    from scaleforecast import laws
+
+    lrs = np.linspace(1e-3, 1e-5, 5000)
+    plan = lrs.copy()
+    laws.register_plan(plan)
+    view = plan.view()
+    view.flags.writeable = False
+    assert laws._frozen_key(plan) is not None and laws._frozen_key(view) == laws._frozen_key(plan)
+    assert laws._frozen_key(lrs) is None  # anyone may write it: fingerprinted instead
+    s1, s2 = laws.schedule_areas(plan, 0.999, "hold")
+    assert laws.schedule_areas(view, 0.999, "hold")[0] is s1  # the same memo entry
+    np.testing.assert_allclose(s1, laws.forward_area(lrs))
+    np.testing.assert_allclose(s2, laws.annealing_area(lrs, 0.999, "hold"))
+    with pytest.raises(ValueError, match="owns its memory"):
+        laws.register_plan(view)
+
+
+def test_areas_memo_is_safe_across_threads():
+    import threading
+
+    from scaleforecast import laws
+
+    schedules = [np.linspace(1e-3, 1e-5 * (k + 1), 3000) for k in range(12)]  # more than the memo holds
+    expected = [laws.forward_area(s)[-1] for s in schedules]
+    errors: list[BaseException] = []
+
+    def hammer(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for k in rng.integers(0, len(schedules), 300):
+                s1, _ = laws.schedule_areas(schedules[k], 0.999, "hold")
+                assert s1[-1] == pytest.approx(expected[k])
+        except BaseException as exc:  # collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

@@ -147,3 +147,133 @@ def test_lookahead_plateau_is_constant_with_warning() -> None:
     with pytest.warns(UserWarning, match="ReduceLROnPlateau"):
         lrs = lookahead_lrs(opt, sched, 10)
     np.testing.assert_array_equal(lrs, np.full(10, 0.05))
+
+
+# Composite and long-horizon cases: the vectorised reading must hold over many steps, from mid-run, through
+# milestones and restarts, and for nestings of SequentialLR and ChainedScheduler.
+LONG = 2500
+LONG_FACTORIES: dict[str, Callable[[torch.optim.Optimizer], object]] = {
+    **{k: v for k, v in FACTORIES.items() if k != "onecycle"},
+    "onecycle": lambda o: ls.OneCycleLR(o, max_lr=0.5, total_steps=LONG + 100),
+    "onecycle_3phase_linear": lambda o: ls.OneCycleLR(
+        o, max_lr=0.5, total_steps=LONG + 100, three_phase=True, anneal_strategy="linear"
+    ),
+    "cosine_eta_min": lambda o: ls.CosineAnnealingLR(o, T_max=77, eta_min=1e-3),
+    "multiplicative": lambda o: ls.MultiplicativeLR(o, lambda e: 0.999),
+    "cyclic_triangular2": lambda o: ls.CyclicLR(o, 0.01, 0.1, step_size_up=13, mode="triangular2"),
+    "cyclic_exp_range": lambda o: ls.CyclicLR(
+        o, 0.01, 0.1, step_size_up=13, step_size_down=7, mode="exp_range", gamma=0.999
+    ),
+    "cyclic_custom": lambda o: ls.CyclicLR(
+        o, 0.01, 0.1, step_size_up=13, scale_fn=lambda x: 1 / (1 + x), scale_mode="iterations"
+    ),
+    "warm_restarts_mult": lambda o: ls.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=3, eta_min=1e-4),
+    "sequential_three": lambda o: ls.SequentialLR(
+        o,
+        [
+            ls.LinearLR(o, 0.1, 1.0, total_iters=10),
+            ls.ConstantLR(o, factor=0.5, total_iters=20),
+            ls.CosineAnnealingLR(o, T_max=100, eta_min=1e-3),
+        ],
+        milestones=[10, 40],
+    ),
+    "sequential_lambda_restarts": lambda o: ls.SequentialLR(
+        o,
+        [ls.LambdaLR(o, lambda e: (e + 1) / 10), ls.CosineAnnealingWarmRestarts(o, T_0=7, T_mult=2)],
+        milestones=[10],
+    ),
+    "sequential_onecycle": lambda o: ls.SequentialLR(
+        o, [ls.ConstantLR(o, 0.1, 5), ls.OneCycleLR(o, max_lr=0.5, total_steps=LONG + 100)], milestones=[5]
+    ),
+    "chained_over_sequential": lambda o: ls.ChainedScheduler(
+        [_warmup_cosine(o), ls.MultiplicativeLR(o, lambda e: 0.9999)]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LONG_FACTORIES))
+@pytest.mark.parametrize("done", [0, 37])
+def test_vectorised_reading_matches_stepping_over_long_runs(name: str, done: int) -> None:
+    from scaleforecast.integrations import lookahead as la
+
+    opt = _optimizer()
+    sched = LONG_FACTORIES[name](opt)
+    _real_lrs(opt, [sched], done)
+    # the vectorised reading itself, not the stepping fallback
+    assert la._read_ahead([sched], opt, 0, LONG - done) is not None
+    predicted = lookahead_lrs(opt, sched, LONG, steps_done=done)
+    actual = _real_lrs(opt, [sched], LONG - done)
+    np.testing.assert_allclose(predicted, actual, rtol=1e-12, atol=1e-15)
+
+
+def test_two_schedulers_stepped_in_turn() -> None:
+    opt = _optimizer()
+    scheds = [ls.LinearLR(opt, 0.1, 1.0, total_iters=10), ls.ExponentialLR(opt, 0.999)]
+    predicted = lookahead_lrs(opt, scheds, LONG)
+    np.testing.assert_allclose(predicted, _real_lrs(opt, scheds, LONG), rtol=1e-12)
+
+
+HF_SCHEDULES = {
+    "linear": {},
+    "cosine": {},
+    "cosine_with_restarts": {"scheduler_specific_kwargs": {"num_cycles": 3}},
+    "polynomial": {"scheduler_specific_kwargs": {"lr_end": 1e-5, "power": 2.0}},
+    "constant_with_warmup": {},
+    "inverse_sqrt": {},
+    "cosine_with_min_lr": {"scheduler_specific_kwargs": {"min_lr_rate": 0.1}},
+    "warmup_stable_decay": {"scheduler_specific_kwargs": {"num_decay_steps": 500, "num_stable_steps": 1500}},
+}
+
+
+@pytest.mark.filterwarnings("ignore:Both num_training_steps and num_stable_steps")
+@pytest.mark.parametrize("kind", sorted(HF_SCHEDULES))
+def test_hugging_face_schedules_are_read_in_vectorised_form(kind: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    from scaleforecast.integrations import lookahead as la
+
+    opt = _optimizer()
+    sched = transformers.get_scheduler(
+        kind, opt, num_warmup_steps=100, num_training_steps=LONG, **HF_SCHEDULES[kind]
+    )
+    assert la._hf_twin(sched.lr_lambdas[0]) is not None
+    predicted = lookahead_lrs(opt, sched, LONG)
+    np.testing.assert_allclose(predicted, _real_lrs(opt, [sched], LONG), rtol=1e-12, atol=1e-15)
+
+
+def test_array_friendly_lambda_is_checked_before_it_is_trusted() -> None:
+    from scaleforecast.integrations import lookahead as la
+
+    calls: list[object] = []
+
+    def overflows(e: object) -> float:
+        calls.append(e)
+        # fine on Python ints, silently wrong on int64 arrays past ~2e6
+        return 1.0 / (1.0 + (e * 1000) ** 3)
+
+    xs = np.arange(0, 3000)
+    out = la._call_many(overflows, xs)
+    np.testing.assert_allclose(out, [1.0 / (1.0 + (int(e) * 1000) ** 3) for e in xs], rtol=1e-15)
+    assert len(calls) > xs.size  # the array call was rejected, every element was called alone
+    fast = la._call_many(lambda e: 0.99**e, xs)
+    np.testing.assert_allclose(fast, [0.99 ** int(e) for e in xs], rtol=1e-12)
+
+
+def test_one_cycle_too_short_for_the_run_is_a_clear_error() -> None:
+    opt = _optimizer()
+    sched = ls.OneCycleLR(opt, max_lr=0.5, total_steps=50)
+    with pytest.raises(LookaheadError, match="OneCycleLR was built for 50 steps"):
+        lookahead_lrs(opt, sched, 200)
+
+
+def test_custom_scheduler_falls_back_to_stepping() -> None:
+    from scaleforecast.integrations import lookahead as la
+
+    class Halving(ls.LRScheduler):
+        def get_lr(self) -> list[float]:
+            return [g["lr"] * (0.5 if self.last_epoch % 9 == 0 else 1.0) for g in self.optimizer.param_groups]
+
+    opt = _optimizer()
+    sched = Halving(opt)
+    assert la._read_ahead([sched], opt, 0, 100) is None
+    predicted = lookahead_lrs(opt, sched, 100)
+    np.testing.assert_allclose(predicted, _real_lrs(opt, [sched], 100), rtol=1e-12)

@@ -345,12 +345,59 @@ def test_fanout_isolates_a_failing_sink() -> None:
     assert len(fan) == 1
     with pytest.warns(RuntimeWarning, match="already closed"):
         fan.close()
+    assert fan.disabled
     assert len(fan) == 0
 
 
 def test_sink_rejects_objects_that_are_not_writers() -> None:
     with pytest.raises(TypeError, match="add_scalar"):
         TensorBoardSink(object())
+
+
+def test_figures_are_drawn_off_the_calling_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import scaleforecast.tensorboard_sink as tb
+
+    drawn_on: list[str] = []
+    entered, gate = threading.Event(), threading.Event()
+    real_draw = tb.draw_snapshot
+
+    def gated_draw(snapshot: CurveSnapshot) -> object:
+        drawn_on.append(threading.current_thread().name)
+        entered.set()
+        assert gate.wait(60)
+        return real_draw(snapshot)
+
+    monkeypatch.setattr(tb, "draw_snapshot", gated_draw)
+    sink = TensorBoardSink(SummaryWriter(str(tmp_path)), close_writer=True)
+    sink.write_figure(_snapshot(300))  # returns at once: the worker is drawing
+    assert entered.wait(60)
+    sink.write_figure(_snapshot(400))  # waits its turn
+    sink.write_figure(_snapshot(500))  # replaces the one still waiting: the latest figure is never lost
+    assert sink.skipped_figures == 1
+    gate.set()
+    sink.close()  # waits for the figures in progress and waiting
+    assert set(drawn_on) == {"scaleforecast-figures"} and len(drawn_on) == 2
+    assert [i.step for i in _read(tmp_path).Images("forecast/curve")] == [300, 500]
+
+
+def test_a_failing_background_figure_is_reported_by_the_fanout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scaleforecast.tensorboard_sink as tb
+
+    def broken(snapshot: CurveSnapshot) -> object:
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(tb, "draw_snapshot", broken)
+    sink = TensorBoardSink(SummaryWriter(str(tmp_path)), close_writer=True)
+    fan = FanoutSink([sink])
+    fan.write_figure(_snapshot(300))  # fails later, on the worker
+    assert not fan.disabled
+    with pytest.warns(RuntimeWarning, match="no fonts"):
+        fan.close()
+    assert fan.disabled
 
 
 @pytest.mark.trainer
@@ -384,8 +431,8 @@ def test_a_real_lightning_stop_is_marked_in_every_view(tmp_path: Path) -> None:
     cb = LossForecast(
         target_loss=0.01,
         min_fraction=0.3,
-        flush_every=10,
-        refit_every=10,
+        flush_every=5,  # a refit takes effect at the next flush: short flushes for a short run
+        refit_every=5,
         log_figures_every=100,
         verbose=False,
     )
