@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scaleforecast.family import NotAnnealed, ReferenceFit, fit_reference
+from scaleforecast.fitting import Observations
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.results import Forecast
 from scaleforecast.schedules import as_lrs
@@ -35,9 +37,14 @@ examples:
   scaleforecast forecast run.csv --lr-file run.lr.npy
   scaleforecast forecast run.csv --schedule wsd:peak=1e-3,warmup=300,total=25000,cooldown=0.2 --json
   scaleforecast forecast run.csv --lr-file run.lr.npy --until-step 5000 --at 10000 25000 --level 0.9
+  scaleforecast forecast run.csv --lr-file run.lr.npy --reference done.csv --reference-lr-file done.lr.npy
 
 RUN.csv has a `step` column (optimizer updates completed) and a loss column (default: `loss`, else
 `val_loss`, else `train_loss`). Empty cells are "not logged"; NaN/Inf cells are counted and left out.
+A --reference is a finished run of the same family (same model and data, another schedule or length): it is
+fitted whole and its fit becomes the prior of RUN ("fit one, predict the rest"). The i-th --reference-lr-file
+goes with the i-th --reference; a reference without one uses its CSV `lr` column. A reference whose LR never
+fell to half its peak says nothing about the annealing drop: it is reported and ignored.
 """
 
 
@@ -147,17 +154,59 @@ def _forecast_command(args: argparse.Namespace) -> int:
     at = args.at if args.at else [len(lrs)]
     if min(at) < 1 or max(at) > len(lrs):
         raise UsageError(f"--at steps must lie in 1..{len(lrs)}")
-    forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level))
+    references, ignored = _load_references(args, column)
+    forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level, references=references))
     forecaster.observe_many(steps, losses)
     forecaster.refit()
     forecast = forecaster.forecast(steps=at)
     if args.json:
         out = forecast.to_cli_json()
         out["loss_column"] = column
+        out["references_ignored"] = [{"reference": ref, "reason": why} for ref, why in ignored]
         print(json.dumps(out, allow_nan=False, default=_json_default))
     else:
         print(_format_forecast(forecast, column, path))
+        for ref, why in ignored:
+            print(f"  reference ignored: {ref}: {why}")
     return 0
+
+
+def _load_references(
+    args: argparse.Namespace, column: str
+) -> tuple[list[ReferenceFit], list[tuple[str, str]]]:
+    """Fit each ``--reference`` run whole; ``(references, [(path, why it was ignored)])``."""
+    refs: list[str] = args.reference or []
+    lr_files: list[str] = args.reference_lr_file or []
+    if len(lr_files) > len(refs):
+        raise UsageError(f"{len(lr_files)} --reference-lr-file for {len(refs)} --reference")
+    out: list[ReferenceFit] = []
+    ignored: list[tuple[str, str]] = []
+    for i, ref in enumerate(refs):
+        ref_path = Path(ref)
+        # the reference's loss in the run's own column when it logs one, else its default column
+        try:
+            steps, losses, _, lr_csv = load_csv_run(ref_path, column)
+        except UsageError:
+            steps, losses, _, lr_csv = load_csv_run(ref_path, None)
+        if i < len(lr_files):
+            try:
+                ref_lrs = as_lrs(np.asarray(np.load(lr_files[i], allow_pickle=False), dtype=float).ravel())
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"cannot read --reference-lr-file {lr_files[i]}: {exc}") from None
+        elif lr_csv is not None:
+            ref_lrs = as_lrs(lr_csv)
+        else:
+            raise UsageError(f"{ref}: no LR for every step; pass --reference-lr-file after this --reference")
+        keep = (steps >= 1) & (steps <= len(ref_lrs)) & np.isfinite(losses)
+        if not keep.any():
+            ignored.append((ref, "no finite loss within its schedule"))
+            continue
+        obs = Observations.from_steps(steps[keep], losses[keep])
+        try:
+            out.append(fit_reference(ref, obs, ref_lrs))
+        except NotAnnealed as exc:
+            ignored.append((ref, str(exc).removeprefix(f"{ref}: ")))
+    return out, ignored
 
 
 def _json_default(obj: object) -> object:
@@ -171,6 +220,8 @@ def _format_forecast(forecast: Forecast, column: str, path: Path) -> str:
         f"{path.name}: {column}, {forecast.n_points} points up to step {forecast.fitted_at_step}, "
         f"law {forecast.law}, fit status {forecast.status.value}"
     ]
+    if forecast.borrowed_from:
+        lines.append("  prior from finished runs of the family: " + ", ".join(forecast.borrowed_from))
     if forecast.params is not None:
         p = forecast.params
         lines.append(f"  L0={p.L0:.4g}  A={p.A:.4g}  alpha={p.alpha:.3g}  C={p.C:.4g}  lambda={p.lam:g}")
@@ -222,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fc.add_argument("--level", type=_positive_level, default=0.8, help="interval coverage (default 0.8)")
     fc.add_argument("--json", action="store_true", help="print one JSON object")
+    fc.add_argument(
+        "--reference",
+        action="append",
+        metavar="REF.csv",
+        help="a finished run of the same family, fitted whole as RUN's prior (repeatable)",
+    )
+    fc.add_argument(
+        "--reference-lr-file",
+        action="append",
+        metavar="REF.lr.npy",
+        help="LR of every update of the i-th --reference (default: its CSV lr column)",
+    )
     fc.set_defaults(func=_forecast_command)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
