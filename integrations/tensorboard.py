@@ -7,7 +7,8 @@ so the forecast lands in the same run directory as the user's own curves. Tags:
 - ``forecast/final_loss``, ``forecast/lower``, ``forecast/upper``, ``forecast/std``: the forecast of the loss
   at the schedule's last step and its central band (Margin chart "scaleforecast / final loss forecast");
 - ``law/L0``, ``law/A``, ``law/alpha``, ``law/C``: the fitted law;
-- ``forecast/fit_status`` (0 ok, 1 annealing_unidentified, 2 insufficient_data, 3 failed) and text
+- ``forecast/fit_status`` (0 ok, 1 annealing_unidentified, 2 insufficient_data, 3 failed, 4 law_violated,
+  5 stale) and text
   ``forecast/status`` whenever the status changes;
 - ``forecast/curve``: an image of the observed curve, the forecast curve and its band to the end of the
   schedule;
@@ -44,6 +45,8 @@ STATUS_CODES: dict[FitStatus, int] = {
     FitStatus.ANNEALING_UNIDENTIFIED: 1,
     FitStatus.INSUFFICIENT_DATA: 2,
     FitStatus.FAILED: 3,
+    FitStatus.LAW_VIOLATED: 4,
+    FitStatus.STALE: 5,
 }
 CATEGORY = "scaleforecast"
 ADVICE_CHARTS: dict[str, list[Any]] = {

@@ -27,6 +27,8 @@ EVENT_KINDS: tuple[str, ...] = (
     "grad_norm",
     "schedule_advice",
     "early_stop",
+    "drift",
+    "stale",
 )
 
 

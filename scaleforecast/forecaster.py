@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +17,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import norm
 
+from scaleforecast.events import Event
+from scaleforecast.family import ReferenceFit, family_prior
 from scaleforecast.fitting import FitConfig, FitResult, Observations, fit, predict
 from scaleforecast.history import BinnedHistory
+from scaleforecast.lawcheck import LawCheck, LawCheckConfig, check_law, widen
+from scaleforecast.priors import AnnealingPrior
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 from scaleforecast.schedules import Schedule, as_lrs
 
@@ -34,6 +37,9 @@ class ForecasterConfig(BaseModel):
     ``refit_every``: refit once this many optimizer steps have passed since the last fit. ``refit_growth``:
     also refit early when the number of observations has grown by this fraction since the last fit (so sparse
     logs, and the first few hundred steps, are not starved). ``max_bins`` bounds memory and refit time.
+    ``references``: fits of finished runs of the same family (:mod:`scaleforecast.family`); they replace the
+    fit's prior, and every forecast names them in ``borrowed_from``. ``law_check``: the posterior-predictive
+    check of the latest losses against the law (:mod:`scaleforecast.lawcheck`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -43,6 +49,8 @@ class ForecasterConfig(BaseModel):
     refit_every: int = Field(100, ge=1)
     refit_growth: float = Field(0.25, gt=0.0)
     max_bins: int = Field(1024, ge=16)
+    references: list[ReferenceFit] = Field(default_factory=list)
+    law_check: LawCheckConfig = Field(default_factory=LawCheckConfig)
 
 
 def _encode_lrs(lrs: np.ndarray) -> str:
@@ -67,6 +75,10 @@ class OnlineForecaster:
     Observations are single steps (``window=1``) or means over the last ``window`` updates, as HF Trainer logs
     them. NaN/Inf losses are counted and never fitted. A step at or before the last one seen means the run
     resumed from an older checkpoint: history after it is dropped, with a warning.
+
+    The status of a forecast says how far it holds (:class:`scaleforecast.results.FitStatus`): ``stale`` (no
+    band) while the latest losses are NaN/Inf, ``law_violated`` (a widened band) while the latest losses are
+    off the law, else the fit's own status.
     """
 
     def __init__(self, schedule: ScheduleLike | None = None, config: ForecasterConfig | None = None) -> None:
@@ -81,6 +93,10 @@ class OnlineForecaster:
         self._step_at_fit = 0
         self._warnings: list[str] = []
         self._stale = False
+        self._check: LawCheck | None = None
+        self._nonfinite_tail = 0
+        self._last_finite_step = 0
+        self._family: tuple[AnnealingPrior | None, list[str], list[str]] | None = None
         if schedule is not None:
             self.set_schedule(schedule)
 
@@ -158,6 +174,12 @@ class OnlineForecaster:
         start = np.maximum(steps - window + 1, 1)
         self._history.add(start[finite], steps[finite], losses[finite])
         self._last_step = int(steps[-1])
+        # the run of NaN/Inf at the end of the stream: while it lasts, no forecast is current
+        if finite.any():
+            self._last_finite_step = int(steps[finite][-1])
+            self._nonfinite_tail = int(len(finite) - 1 - np.flatnonzero(finite)[-1])
+        else:
+            self._nonfinite_tail += len(finite)
 
     def _rewind(self, step: int) -> None:
         step = max(step, 0)
@@ -169,6 +191,8 @@ class OnlineForecaster:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         log.warning(msg)
         self._last_step = step
+        self._nonfinite_tail = 0
+        self._last_finite_step = min(self._last_finite_step, step)
         self._raw_at_fit = min(self._raw_at_fit, self._history.n_raw)
         self._step_at_fit = min(self._step_at_fit, step)
 
@@ -192,11 +216,12 @@ class OnlineForecaster:
         """Fit the law to the history now and return the forecast at the final step of the schedule."""
         if self._lrs is None:
             raise ValueError("no LR schedule set: call set_schedule() before refit()")
-        result = fit(self.observations(), self._lrs, self.config.fit, init=self._fit)
+        result = fit(self.observations(), self._lrs, self.fit_config(), init=self._fit)
         if result.status is not FitStatus.FAILED or self._fit is None:
             self._fit = result
         else:
             self._warn_once("failed", "a refit failed to converge; keeping the previous fit")
+        self._check = self._check_law()
         self._raw_at_fit = self._history.n_raw
         self._step_at_fit = self._last_step
         self._stale = False
@@ -206,13 +231,51 @@ class OnlineForecaster:
     def update(
         self, steps: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray, window: int = 1
     ) -> Forecast | None:
-        """Observe, then refit if the policy says so; returns the new forecast, or ``None`` if none was made."""
+        """Observe, then refit if the policy says so; returns the new forecast, or ``None`` if none was made.
+        When the latest losses are NaN/Inf the forecast turns ``stale`` at once, without waiting for a refit."""
         self.observe_many(steps, losses, window)
-        return self.refit() if self.should_refit() else None
+        if self.should_refit():
+            return self.refit()
+        if self._nonfinite_tail and self._latest is not None and self._latest.status is not FitStatus.STALE:
+            # the latest losses are NaN/Inf: the last forecast is no longer current, say so now
+            self._latest = self.forecast()
+            return self._latest
+        return None
 
     @property
     def fit_result(self) -> FitResult | None:
         return self._fit
+
+    @property
+    def law_check(self) -> LawCheck | None:
+        """The posterior-predictive check of the last refit (``None`` before the first usable fit)."""
+        return self._check
+
+    @property
+    def borrowed_from(self) -> list[str]:
+        """The runs of the family whose fits serve as the prior (``config.references``)."""
+        return list(self._family_prior()[1])
+
+    def _family_prior(self) -> tuple[AnnealingPrior | None, list[str], list[str]]:
+        if self._family is None:
+            self._family = family_prior(self.config.references)
+        return self._family
+
+    def fit_config(self) -> FitConfig:
+        """The fit configuration used at a refit: ``config.fit``, with the family's prior when the config
+        holds references."""
+        prior = self._family_prior()[0]
+        return self.config.fit if prior is None else self.config.fit.model_copy(update={"prior": prior})
+
+    def _check_law(self) -> LawCheck | None:
+        if self._fit is None or self._fit.params is None or self._lrs is None:
+            return None
+        start, end, y, count = self._history.arrays()
+        try:
+            return check_law(self._fit, self._lrs, start, end, y, count, self.config.law_check)
+        except (ValueError, FloatingPointError, IndexError) as exc:
+            self._warn_once("law_check", f"the check of the law against the latest losses failed: {exc}")
+            return None
 
     @property
     def latest(self) -> Forecast | None:
@@ -243,7 +306,25 @@ class OnlineForecaster:
         if len(steps_arr) and (steps_arr.min() < 1 or steps_arr.max() > total):
             raise ValueError(f"forecast steps must lie in 1..{total}")
         fit_result = self._fit
-        warns = list(self._warnings)
+        warns = list(self._warnings) + self._family_prior()[2]
+        borrowed = self._family_prior()[1]
+        if fit_result is not None and fit_result.params is not None and self._nonfinite_tail:
+            warns.append(
+                f"[stale] no usable loss since step {self._last_finite_step} ({self._nonfinite_tail} "
+                f"non-finite value(s) since): the fit made at step {self._step_at_fit} is not current"
+            )
+            return Forecast(
+                law=fit_result.law,
+                level=level,
+                fitted_at_step=self._step_at_fit,
+                final_step=total,
+                points=[],
+                params=fit_result.params,
+                n_points=self._raw_at_fit,
+                status=FitStatus.STALE,
+                warnings=warns,
+                borrowed_from=borrowed,
+            )
         if fit_result is None or fit_result.params is None:
             status = FitStatus.INSUFFICIENT_DATA if fit_result is None else fit_result.status
             if fit_result is not None:
@@ -258,16 +339,29 @@ class OnlineForecaster:
                 n_points=self._raw_at_fit,
                 status=status,
                 warnings=warns,
+                borrowed_from=borrowed,
             )
         mean, std = predict(fit_result, lrs, steps_arr, level=level)
+        status = fit_result.status
+        check = self._check
+        if check is not None and check.violated:
+            mean, std = widen(mean, std, steps_arr, check, level)
+            status = FitStatus.LAW_VIOLATED
+            warns.append(f"[law_violated] {check.message}; the interval is widened to cover both outcomes")
         z = float(norm.ppf(0.5 + level / 2.0))
+        finite = np.isfinite(mean) & np.isfinite(std)
         points = [
             ForecastPoint(
                 step=int(s), loss=float(m), lower=float(m - z * d), upper=float(m + z * d), std=float(d)
             )
-            for s, m, d in zip(steps_arr, mean, std, strict=True)
-            if math.isfinite(m) and math.isfinite(d)
+            for s, m, d in zip(steps_arr[finite], mean[finite], std[finite], strict=True)
         ]
+        if not finite.all():
+            bad = steps_arr[~finite]
+            shown = ", ".join(str(int(b)) for b in bad[:5]) + (", ..." if bad.size > 5 else "")
+            warns.append(f"[nonfinite_forecast] the law is not finite at step(s) {shown}: no forecast there")
+            if not points:
+                status = FitStatus.FAILED
         return Forecast(
             law=fit_result.law,
             level=level,
@@ -276,8 +370,9 @@ class OnlineForecaster:
             points=points,
             params=fit_result.params,
             n_points=self._raw_at_fit,
-            status=fit_result.status,
+            status=status,
             warnings=warns + list(fit_result.warnings),
+            borrowed_from=borrowed,
         )
 
     def predict(self, steps: Sequence[int] | np.ndarray, schedule: ScheduleLike | None = None) -> np.ndarray:
@@ -311,6 +406,9 @@ class OnlineForecaster:
             "step_at_fit": self._step_at_fit,
             "warnings": list(self._warnings),
             "stale": self._stale,
+            "law_check": None if self._check is None else self._check.model_dump(mode="json"),
+            "nonfinite_tail": self._nonfinite_tail,
+            "last_finite_step": self._last_finite_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -329,3 +427,29 @@ class OnlineForecaster:
         self._step_at_fit = int(state["step_at_fit"])
         self._warnings = list(state["warnings"])
         self._stale = bool(state.get("stale", False))
+        check = state.get("law_check")
+        self._check = None if check is None else LawCheck.model_validate(check)
+        self._nonfinite_tail = int(state.get("nonfinite_tail", 0))
+        self._last_finite_step = int(state.get("last_finite_step", self._last_step))
+        self._family = None
+
+
+def status_event(previous: FitStatus | None, forecast: Forecast, step: int) -> Event | None:
+    """The event that a change of the forecast's status deserves, once per change: ``drift`` (a warning)
+    when it turns ``law_violated``, ``stale`` when it turns ``stale``; ``None`` otherwise."""
+    status = forecast.status
+    if status == previous or status not in (FitStatus.LAW_VIOLATED, FitStatus.STALE):
+        return None
+    tag = f"[{status.value}] "
+    detail = next((w[len(tag) :] for w in forecast.warnings if w.startswith(tag)), status.value)
+    if status is FitStatus.LAW_VIOLATED:
+        final = forecast.final
+        data = {} if final is None else {"final_loss": final.loss, "lower": final.lower, "upper": final.upper}
+        return Event(kind="drift", step=step, severity="warning", message=detail, data=data)
+    return Event(
+        kind="stale",
+        step=step,
+        severity="warning",
+        message=f"{detail}; no forecast is published until a finite loss arrives",
+        data={"fitted_at_step": forecast.fitted_at_step},
+    )

@@ -140,3 +140,20 @@ def test_mpl_predict_constant_lr_is_power_law() -> None:
     y = LAWS["mpl"].predict(p, lrs, [100, 500])
     np.testing.assert_allclose(y, 2.0 + 0.5 * (np.array([100, 500]) * 1e-3) ** -0.5)
     assert set(LAWS) == {"tissue", "mpl"}
+
+
+def test_area_memo_key_is_the_whole_schedule() -> None:
+    """Two schedules of equal length and sum that differ only off any strided sample get their own areas."""
+    from scaleforecast.laws import schedule_areas
+
+    a = as_lrs("cosine:peak=1e-3,warmup=100,total=200000")
+    b = a.copy()
+    b[12_345] += 1e-4
+    b[12_346] -= 1e-4
+    assert a.sum() == pytest.approx(b.sum(), rel=0, abs=1e-15)
+    s1a, s2a = schedule_areas(a, 0.999, "hold")
+    s1b, s2b = schedule_areas(b, 0.999, "hold")
+    assert s1b[12_344] == s1a[12_344] and s1b[12_345] != s1a[12_345]
+    np.testing.assert_array_equal(s2b, annealing_term(b, 0.999, "hold"))
+    # the same schedule again (another array) is served from the memo
+    assert schedule_areas(a.copy(), 0.999, "hold")[1] is s2a

@@ -1,0 +1,200 @@
+"""Posterior-predictive check of the fitted law against the run's latest losses, and the band when it fails.
+
+The LR-annealing law can only fall while the LR does not rise: ``dL/ds = -alpha A S1^(-alpha-1) lr_s - C m_s``
+with ``m_s >= 0`` once the warm-up is over. Real runs sometimes leave it: a small model that saturates or
+overfits (its loss turns and rises while the LR decays), a data-pipeline fault, a resume from the wrong
+checkpoint. A forecast that keeps the law's tight band around such a curve is confidently wrong.
+
+:func:`check_law` compares the latest stretch of the run (the last ``window_fraction`` of the observed steps,
+at least ``min_window`` windows) with the fit on two counts:
+
+- *departure*: the mean relative residual of the stretch, in units of its predictive spread ``sd_dep``
+  (noise of the stretch's mean, the fit's own parameter spread there, and the misfit the law shows on the rest
+  of the run, ``misfit``: the law's shape is imperfect, and a cooldown that it follows with a lag is not a
+  violation);
+- *rise*: the loss climbs across the stretch (least-squares slope, relative) by more than ``rise_z`` of its
+  standard error and by more than the law's usual misfit, while the LR over the stretch does not rise.
+
+The law is violated when the departure exceeds ``z`` or the loss rises. :func:`widen` then turns the law's
+forecast into an honest one: the band spans both outcomes, the curve returning to the law (the law's own
+lower bound) and the departure persisting, growing at its current rate until the last step when it rises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from scaleforecast.laws import LAWS
+
+__all__ = ["LawCheck", "LawCheckConfig", "check_law", "widen"]
+
+
+class LawCheckConfig(BaseModel):
+    """Thresholds of :func:`check_law`. ``z``: departure of the latest stretch in units of its predictive
+    spread. ``rise_z``: significance of a rising loss (t-statistic of the slope). ``min_rise``: a rise must
+    also exceed this multiple of the law's usual misfit, so a flat tail with a hair of upward noise is not
+    flagged. ``window_fraction``/``min_window``: the stretch checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    z: float = Field(5.0, gt=0)
+    rise_z: float = Field(4.0, gt=0)
+    min_rise: float = Field(3.0, ge=0)
+    window_fraction: float = Field(0.1, gt=0, le=0.5)
+    min_window: int = Field(6, ge=3)
+
+
+class LawCheck(BaseModel):
+    """The outcome of :func:`check_law` for the stretch ``from_step..to_step``.
+
+    ``departure``: mean relative residual of the stretch (``(loss - law) / law``); ``z_departure`` the same in
+    units of its predictive spread; ``rise``: relative change of the loss across the stretch from its fitted
+    slope, ``z_rise`` its t-statistic; ``misfit``: the law's usual relative misfit on the rest of the run;
+    ``level``: the loss level at the end of the stretch (from the slope), ``slope`` its change per step.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    violated: bool
+    from_step: int
+    to_step: int
+    departure: float = 0.0
+    z_departure: float = 0.0
+    rise: float = 0.0
+    z_rise: float = 0.0
+    misfit: float = 0.0
+    level: float | None = None
+    slope: float = 0.0
+    message: str = ""
+
+
+def _robust_scale(x: np.ndarray) -> float:
+    if x.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def check_law(
+    fit: object,
+    lrs: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    y: np.ndarray,
+    count: np.ndarray,
+    config: LawCheckConfig | None = None,
+) -> LawCheck:
+    """Check the fitted law (``fit``, a :class:`scaleforecast.fitting.FitResult` with parameters) against the
+    observed windows ``start..end`` (mean loss ``y`` of ``count`` raw points each) under the schedule ``lrs``.
+    Only windows after the LR peak count (the law does not model the warm-up). Never raises on finite input:
+    with too few windows the check passes (``violated=False``)."""
+    cfg = config or LawCheckConfig()
+    params = getattr(fit, "params", None)
+    end = np.asarray(end, dtype=np.int64)
+    start = np.asarray(start, dtype=np.int64)
+    y = np.asarray(y, dtype=np.float64)
+    count = np.asarray(count, dtype=np.float64)
+    peak = int(np.argmax(lrs)) + 1
+    ok = np.isfinite(y) & (y > 0) & (end > peak) & (end <= lrs.size) & (count > 0)
+    last = int(end[ok].max()) if ok.any() else 0
+    passed = LawCheck(violated=False, from_step=last, to_step=last)
+    if not cfg.enabled or params is None or ok.sum() < 2 * cfg.min_window:
+        return passed
+    start, end, y, count = start[ok], end[ok], y[ok], count[ok]
+    order = np.argsort(end)
+    start, end, y, count = start[order], end[order], y[order], count[order]
+    mid = np.clip((start + end) // 2, 1, lrs.size)
+    with np.errstate(all="ignore"):
+        mu = np.asarray(LAWS[getattr(fit, "law", "tissue")].predict(params, lrs, mid), dtype=np.float64)
+    if not np.all(np.isfinite(mu)) or np.any(mu <= 0):
+        return passed
+    rel = (y - mu) / mu
+    first = peak + 1
+    cut = last - cfg.window_fraction * (last - first)
+    win = end > cut
+    if win.sum() < cfg.min_window:
+        win = np.zeros_like(win)
+        win[-cfg.min_window :] = True
+    rest = ~win
+    if rest.sum() < cfg.min_window:
+        return passed
+    sigma = float(getattr(fit, "sigma", 0.0)) or _robust_scale(rel[rest] * np.sqrt(count[rest]))
+    # the law's usual misfit on the rest of the run: what the residuals show beyond the noise of each window
+    excess = np.maximum(rel[rest] ** 2 - sigma**2 / count[rest], 0.0)
+    misfit = math.sqrt(float(np.median(excess))) if excess.size else 0.0
+    misfit = max(misfit, _robust_scale(rel[rest]))
+    w = count[win]
+    n_eff = float(w.sum())
+    dep = float(np.sum(w * rel[win]) / n_eff)
+    sd_dep = math.sqrt(sigma**2 / n_eff + misfit**2)
+    z_dep = dep / sd_dep if sd_dep > 0 else 0.0
+    # a rising loss: least-squares slope of the relative loss over the stretch, weighted by raw points
+    x = mid[win].astype(np.float64)
+    yr = y[win] / float(np.median(y[win]))
+    xm = float(np.sum(w * x) / n_eff)
+    sxx = float(np.sum(w * (x - xm) ** 2))
+    slope_rel = float(np.sum(w * (x - xm) * (yr - np.sum(w * yr) / n_eff)) / sxx) if sxx > 0 else 0.0
+    resid = yr - (np.sum(w * yr) / n_eff + slope_rel * (x - xm))
+    # noise of the slope from the stretch's own scatter (robust to the law's shape), at least the fit's noise
+    s_res = max(_robust_scale(resid * np.sqrt(w)), sigma)
+    se = s_res / math.sqrt(sxx) if sxx > 0 else math.inf
+    span = float(x[-1] - x[0])
+    rise = slope_rel * span
+    z_rise = slope_rel / se if se > 0 and math.isfinite(se) else 0.0
+    lr_seg = lrs[int(start[win][0]) - 1 : int(end[win][-1])]
+    lr_flat_or_falling = lr_seg.size < 2 or float(lr_seg[-1]) <= float(lr_seg[0]) * (1 + 1e-9)
+    rising = lr_flat_or_falling and z_rise > cfg.rise_z and rise > cfg.min_rise * misfit
+    departed = abs(z_dep) > cfg.z
+    level = float(np.median(y[win]) * (np.sum(w * yr) / n_eff + slope_rel * (x[-1] - xm)))
+    slope_abs = slope_rel * float(np.median(y[win]))
+    lo_step, hi_step = int(start[win][0]), int(end[win][-1])
+    msg = ""
+    if rising:
+        msg = (
+            f"the loss rose by {100 * rise:.2f}% over steps {lo_step}..{hi_step} while the LR did not rise: "
+            "the annealing law cannot follow it"
+        )
+    elif departed:
+        msg = (
+            f"the loss over steps {lo_step}..{hi_step} is {100 * dep:+.2f}% off the fitted law "
+            f"({z_dep:+.1f} of its predictive spread)"
+        )
+    return LawCheck(
+        violated=rising or departed,
+        from_step=lo_step,
+        to_step=hi_step,
+        departure=dep,
+        z_departure=z_dep,
+        rise=rise,
+        z_rise=z_rise,
+        misfit=misfit,
+        level=level,
+        slope=slope_abs,
+        message=msg,
+    )
+
+
+def widen(
+    mean: np.ndarray, std: np.ndarray, steps: np.ndarray, check: LawCheck, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The forecast after a failed check, at ``steps``: the band at ``level`` spans the law's own lower bound
+    (the curve returns to the law) and the departed curve carried forward (its latest level, plus its current
+    rise continued to each step when it rises; at least the law's upper bound). Returned as a normal
+    ``(mean, std)`` whose central ``level`` interval is that span."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    lo_law, hi_law = mean - z * std, mean + z * std
+    cur = check.level if check.level is not None else float(np.max(mean))
+    ahead = np.maximum(np.asarray(steps, dtype=np.float64) - check.to_step, 0.0)
+    carried = cur + max(check.slope, 0.0) * ahead
+    # the departure carried along the law's own shape: the offset persists while the law goes on falling
+    shifted = mean * (1.0 + check.departure)
+    hi = np.maximum.reduce([hi_law, carried, shifted])
+    lo = np.minimum.reduce([lo_law, np.minimum(carried, shifted)])
+    return 0.5 * (lo + hi), (hi - lo) / (2.0 * z)
