@@ -341,7 +341,9 @@ class OnlineForecaster:
                 warnings=warns,
                 borrowed_from=borrowed,
             )
-        mean, std = predict(fit_result, lrs, steps_arr, level=level)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            # non-finite points are reported below, not warned about by numpy
+            mean, std = predict(fit_result, lrs, steps_arr, level=level)
         status = fit_result.status
         check = self._check
         if check is not None and check.violated:
