@@ -22,7 +22,6 @@ from scaleforecast.family import (
 from scaleforecast.fitting import Observations
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.registry import SQLiteRegistry
-from scaleforecast.results import FitStatus
 
 EPFML = "epfml_schaipp_haegele"
 WSD = "ann124-{cd}_slimpajama_llama_norm_nlayers12_nhead12_lr0.0005_sched_wsd_warmup300_decay_linear_{cd}_iter{T}"

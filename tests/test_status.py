@@ -98,10 +98,9 @@ def test_nan_storm_through_the_monitor_is_said_once_on_console_and_tensorboard(
     TensorBoard holds one status text and one event for it, and no final-loss scalar after it began."""
     pytest.importorskip("tensorboard")
     torch = pytest.importorskip("torch")
+    from scaleforecast.integrations.tensorboard import TensorBoardSink
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
-
-    from scaleforecast.integrations.tensorboard import TensorBoardSink
 
     del torch
     st, y, lrs = _train_curve(curves_dir)
