@@ -14,7 +14,10 @@ data until its own LR decays. This module holds the pure parts:
   (:meth:`scaleforecast.registry.SQLiteRegistry.record_family_fit`).
 
 A forecaster takes references through ``ForecasterConfig(references=...)``; its forecasts then name the runs
-they borrowed from (``Forecast.borrowed_from``).
+they borrowed from (``Forecast.borrowed_from``). A training integration needs two calls::
+
+    config, _ = with_family(config, registry, family, run_id)        # at start: borrow
+    record_reference(registry, reference_of(forecaster, run_id, family))   # at the end (NotAnnealed: skip)
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ __all__ = [
     "load_references",
     "record_reference",
     "reference_from_fit",
+    "reference_of",
+    "with_family",
 ]
 
 #: a reference must have seen its LR fall to at most this share of its peak
@@ -169,6 +174,25 @@ def fit_reference(
     return reference_from_fit(
         run_id, result, a, family=family, final_loss=final, base_prior=base, min_decay=min_decay
     )
+
+
+def reference_of(forecaster: Any, run_id: str, family: str = "") -> ReferenceFit:
+    """The reference a finished run leaves: its forecaster's whole binned history fitted under its schedule
+    (the forecaster's own fit configuration, without recency weighting). Raises :class:`NotAnnealed` when the
+    run never annealed, ``ValueError`` when the forecaster has no schedule."""
+    lrs = forecaster.schedule
+    if lrs is None:
+        raise ValueError("the forecaster has no schedule")
+    return fit_reference(run_id, forecaster.observations(), lrs, family=family, config=forecaster.config.fit)
+
+
+def with_family(
+    config: Any, registry: RunRegistry, family: str, run_id: str | None = None
+) -> tuple[Any, list[str]]:
+    """``config`` (a :class:`scaleforecast.forecaster.ForecasterConfig`) with the family's stored references
+    (``run_id``'s own left out: a resumed run does not borrow from itself), and the warnings of the read."""
+    refs, warns = load_references(registry, family, exclude=run_id)
+    return config.model_copy(update={"references": refs}), warns
 
 
 def family_prior(

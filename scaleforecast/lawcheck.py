@@ -13,7 +13,8 @@ at least ``min_window`` windows) with the fit on two counts:
   of the run, ``misfit``: the law's shape is imperfect, and a cooldown that it follows with a lag is not a
   violation);
 - *rise*: the loss climbs across the stretch (least-squares slope, relative) by more than ``rise_z`` of its
-  standard error and by more than the law's usual misfit, while the LR over the stretch does not rise.
+  standard error (from the stretch's own scatter, allowing for correlated residuals), while the LR over the
+  stretch does not rise.
 
 The law is violated when the departure exceeds ``z`` or the loss rises. :func:`widen` then turns the law's
 forecast into an honest one: the band spans both outcomes, the curve returning to the law (the law's own
@@ -34,16 +35,14 @@ __all__ = ["LawCheck", "LawCheckConfig", "check_law", "widen"]
 
 class LawCheckConfig(BaseModel):
     """Thresholds of :func:`check_law`. ``z``: departure of the latest stretch in units of its predictive
-    spread. ``rise_z``: significance of a rising loss (t-statistic of the slope). ``min_rise``: a rise must
-    also exceed this multiple of the law's usual misfit, so a flat tail with a hair of upward noise is not
-    flagged. ``window_fraction``/``min_window``: the stretch checked."""
+    spread. ``rise_z``: significance of a rising loss (t-statistic of the slope, from the stretch's own
+    scatter). ``window_fraction``/``min_window``: the stretch checked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     z: float = Field(5.0, gt=0)
     rise_z: float = Field(4.0, gt=0)
-    min_rise: float = Field(3.0, ge=0)
     window_fraction: float = Field(0.1, gt=0, le=0.5)
     min_window: int = Field(6, ge=3)
 
@@ -76,6 +75,16 @@ def _robust_scale(x: np.ndarray) -> float:
     if x.size == 0:
         return 0.0
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def _point_noise(y: np.ndarray, count: np.ndarray) -> float:
+    """Relative noise of one raw point from second differences of neighbouring windows (trend-free)."""
+    if y.size < 5:
+        return 0.0
+    z = y / np.median(y)
+    d2 = z[2:] - 2 * z[1:-1] + z[:-2]
+    v = 1.0 / count[2:] + 4.0 / count[1:-1] + 1.0 / count[:-2]
+    return _robust_scale(d2 / np.sqrt(v))
 
 
 def check_law(
@@ -138,15 +147,20 @@ def check_law(
     sxx = float(np.sum(w * (x - xm) ** 2))
     slope_rel = float(np.sum(w * (x - xm) * (yr - np.sum(w * yr) / n_eff)) / sxx) if sxx > 0 else 0.0
     resid = yr - (np.sum(w * yr) / n_eff + slope_rel * (x - xm))
-    # noise of the slope from the stretch's own scatter (robust to the law's shape), at least the fit's noise
-    s_res = max(_robust_scale(resid * np.sqrt(w)), sigma)
-    se = s_res / math.sqrt(sxx) if sxx > 0 else math.inf
+    # the slope's noise from the stretch's own scatter about its line (the fit's residual scale is no guide
+    # here: a curve that left the law inflates it), inflated for residuals that move together, and never
+    # below the run's point-to-point noise (a handful of smooth windows must not make any wiggle significant)
+    u = resid * np.sqrt(w)
+    s_res = max(float(np.sqrt(np.sum(u**2) / max(u.size - 2, 1))), _point_noise(y, count))
+    rho = float(u[:-1] @ u[1:]) / float(u @ u) if u.size > 3 and float(u @ u) > 0 else 0.0
+    rho = min(max(rho, 0.0), 0.9)
+    se = s_res * math.sqrt((1 + rho) / (1 - rho)) / math.sqrt(sxx) if sxx > 0 else math.inf
     span = float(x[-1] - x[0])
     rise = slope_rel * span
     z_rise = slope_rel / se if se > 0 and math.isfinite(se) else 0.0
     lr_seg = lrs[int(start[win][0]) - 1 : int(end[win][-1])]
     lr_flat_or_falling = lr_seg.size < 2 or float(lr_seg[-1]) <= float(lr_seg[0]) * (1 + 1e-9)
-    rising = lr_flat_or_falling and z_rise > cfg.rise_z and rise > cfg.min_rise * misfit
+    rising = lr_flat_or_falling and z_rise > cfg.rise_z
     departed = abs(z_dep) > cfg.z
     level = float(np.median(y[win]) * (np.sum(w * yr) / n_eff + slope_rel * (x[-1] - xm)))
     slope_abs = slope_rel * float(np.median(y[win]))

@@ -250,3 +250,29 @@ def test_cli_reference_works_on_every_run_in_shared_curves(
             assert (out["borrowed_from"] + ignored) == [str(rd / f"{ref}.csv")], run
             n += 1
     assert n == 146
+
+
+def test_a_finished_online_run_is_recorded_and_the_next_run_borrows_it(
+    tmp_path: Path, curves_dir: Path
+) -> None:
+    from scaleforecast.family import reference_of, with_family
+
+    reg = SQLiteRegistry("sweep", tmp_path / "reg.sqlite")
+    st, y, lrs = _run(curves_dir, WSD.format(cd="0.2", T=15000))
+    first = OnlineForecaster(lrs)
+    first.update(st, y)
+    ref = reference_of(first, "run-1", family="124m")
+    record_reference(reg, ref)
+    # a run that is cut before its cooldown leaves nothing
+    cut = OnlineForecaster(lrs)
+    cut.update(st[st <= 11000], y[st <= 11000])
+    with pytest.raises(NotAnnealed):
+        reference_of(cut, "run-cut", family="124m")
+    st2, y2, lrs2 = _run(curves_dir, WSD.format(cd="0.2", T=25000))
+    config, warns = with_family(ForecasterConfig(), reg, "124m", run_id="run-2")
+    second = OnlineForecaster(lrs2, config)
+    out = second.update(st2[st2 <= 6000], y2[st2 <= 6000])
+    assert not warns and out is not None and out.borrowed_from == ["run-1"]
+    # a resumed run does not borrow from its own record
+    own, _ = with_family(ForecasterConfig(), reg, "124m", run_id="run-1")
+    assert own.references == []
