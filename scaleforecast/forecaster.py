@@ -216,12 +216,13 @@ class OnlineForecaster:
         """Fit the law to the history now and return the forecast at the final step of the schedule."""
         if self._lrs is None:
             raise ValueError("no LR schedule set: call set_schedule() before refit()")
+        previous = self._fit
         result = fit(self.observations(), self._lrs, self.fit_config(), init=self._fit)
         if result.status is not FitStatus.FAILED or self._fit is None:
             self._fit = result
         else:
             self._warn_once("failed", "a refit failed to converge; keeping the previous fit")
-        self._check = self._check_law()
+        self._check = self._check_law(previous)
         self._raw_at_fit = self._history.n_raw
         self._step_at_fit = self._last_step
         self._stale = False
@@ -267,12 +268,12 @@ class OnlineForecaster:
         prior = self._family_prior()[0]
         return self.config.fit if prior is None else self.config.fit.model_copy(update={"prior": prior})
 
-    def _check_law(self) -> LawCheck | None:
+    def _check_law(self, previous: FitResult | None) -> LawCheck | None:
         if self._fit is None or self._fit.params is None or self._lrs is None:
             return None
         start, end, y, count = self._history.arrays()
         try:
-            return check_law(self._fit, self._lrs, start, end, y, count, self.config.law_check)
+            return check_law(self._fit, self._lrs, start, end, y, count, self.config.law_check, previous)
         except (ValueError, FloatingPointError, IndexError) as exc:
             self._warn_once("law_check", f"the check of the law against the latest losses failed: {exc}")
             return None
