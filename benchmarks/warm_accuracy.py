@@ -9,6 +9,9 @@ run is forecast from its first f of steps through the online forecaster (as the 
 
 Printed: median and p90 |error| of the final loss in %, and 80% interval coverage, by fraction, overall and by
 source, schedule relation (same shape / other shape) and length relation (sibling shorter / longer / equal).
+Two diagnostic rows bound what a sibling can give under the law (the same in every column): ``transfer``, the
+sibling's fitted law applied to the run's schedule with none of the run's data, and ``own fit``, the run's own
+fit on all of its data (how well the law fits the run's end at all).
 
     python benchmarks/warm_accuracy.py [--siblings 2] [--jobs 1]     # ~2 min on one core
 """
@@ -31,6 +34,7 @@ from curves import Curve, load_curves
 from scaleforecast.family import NotAnnealed, ReferenceFit, fit_reference
 from scaleforecast.fitting import Observations
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
+from scaleforecast.laws import LAWS
 
 FRACTIONS = (0.25, 0.5, 0.75)
 LEVEL = 0.8
@@ -94,12 +98,22 @@ def _job(pair: tuple[Curve, Curve]) -> list[dict]:
     ref = reference(s)
     if isinstance(ref, str):
         return [dict(run=c.key, sibling=s.key, skipped=ref)]
-    _, y = c.column()
+    st, y = c.column()
     final = float(y[-1])
+    # two diagnostics that bound what a sibling can give under the law: the sibling's law applied to this
+    # run's schedule (no data of this run), and this run's own fit on all of its data (in-sample)
+    assert ref.fit.params is not None
+    transfer = float(LAWS[ref.fit.law].predict(ref.fit.params, c.lrs, np.array([int(st[-1])]))[0])
+    own = forecast(c, 1.0, [])
     rows = []
     for f in FRACTIONS:
-        for method, refs in (("cold", []), ("warm", [ref])):
-            mu, sd, status = forecast(c, f, refs)
+        for method, refs in (("cold", []), ("warm", [ref]), ("transfer", None), ("own fit", None)):
+            if method == "transfer":
+                mu, sd, status = transfer, float("nan"), "-"
+            elif method == "own fit":
+                mu, sd, status = own
+            else:
+                mu, sd, status = forecast(c, f, refs)
             rows.append(
                 dict(
                     run=c.key,
@@ -145,26 +159,25 @@ def _cell(sel: list[dict]) -> str:
     cov = [abs(r["z"]) <= z for r in sel if np.isfinite(r["z"])]
     if not e.size:
         return f"{'-':>6} {'-':>6} {'-':>4}"
-    return (
-        f"{np.median(e):6.2f} {np.percentile(e, 90):6.2f} {100 * np.mean(cov) if cov else float('nan'):4.0f}"
-    )
+    c = f"{100 * np.mean(cov):4.0f}" if cov else f"{'-':>4}"
+    return f"{np.median(e):6.2f} {np.percentile(e, 90):6.2f} {c}"
 
 
 def table(rows: list[dict], by: str) -> str:
     """Median / p90 |error| % and 80% coverage per (group, method), one column block per fraction."""
     groups = ["all"] if by == "all" else sorted({r[by] for r in rows})
-    head = f"{by:<24}{'method':<7}{'pairs':>6}" + "".join(
+    head = f"{by:<24}{'method':<9}{'pairs':>6}" + "".join(
         f"  {int(f * 100):>3}%: med    p90  cov" for f in FRACTIONS
     )
     lines = [head, "-" * len(head)]
     for g in groups:
-        for m in ("cold", "warm"):
+        for m in ("cold", "warm", "transfer", "own fit"):
             sel = [r for r in rows if r["method"] == m and (by == "all" or r[by] == g)]
             if not sel:
                 continue
             n = len({(r["run"], r["sibling"]) for r in sel})
             cells = "".join("  " + _cell([r for r in sel if r["f"] == f]) for f in FRACTIONS)
-            lines.append(f"{str(g)[:23]:<24}{m:<7}{n:>6}{cells}")
+            lines.append(f"{str(g)[:23]:<24}{m:<9}{n:>6}{cells}")
     return "\n".join(lines)
 
 
