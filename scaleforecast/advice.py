@@ -232,7 +232,11 @@ class ScheduleAdvisor:
             return []
         out: list[Event] = []
         if advice.significant and advice.best is not None:
-            prior = " (C from the prior: the LR has not decayed yet)" if advice.c_from_prior else ""
+            prior = (
+                " (the annealing coefficient C is not pinned down by this run's data yet: it comes from the prior)"
+                if advice.c_from_prior
+                else ""
+            )
             out.append(
                 Event(
                     kind="schedule_advice",

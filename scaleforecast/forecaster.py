@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from scaleforecast.events import Event
 from scaleforecast.family import ReferenceFit, family_prior
@@ -351,7 +351,7 @@ class OnlineForecaster:
             mean, std = widen(mean, std, steps_arr, check, level)
             status = FitStatus.LAW_VIOLATED
             warns.append(f"[law_violated] {check.message}; the interval is widened to cover both outcomes")
-        z = float(norm.ppf(0.5 + level / 2.0))
+        z = float(ndtri(0.5 + level / 2.0))
         finite = np.isfinite(mean) & np.isfinite(std)
         points = [
             ForecastPoint(

@@ -200,15 +200,44 @@ def test_cli_reference_without_lr_file_uses_its_csv_lr_column(
     assert by_csv["forecasts"][0]["loss"] == pytest.approx(by_file["forecasts"][0]["loss"], rel=1e-9)
 
 
-def test_cli_reference_errors_are_one_line(curves_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reference_errors_are_one_line(
+    tmp_path: Path, curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = curves_dir / EPFML
     run = WSD.format(cd="0.2", T=25000)
     base = ["forecast", str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy")]
     rc, _, err = _cli_json(capsys, [*base, "--reference-lr-file", str(d / f"{run}.lr.npy")])
     assert rc == 2 and "1 --reference-lr-file for 0 --reference" in err and err.count("\n") == 1
-    # epfml logs its LR every 50 steps: not a schedule, so the reference needs its LR file
-    rc, _, err = _cli_json(capsys, [*base, "--reference", str(d / f"{CONSTANT}.csv")])
-    assert rc == 2 and "pass --reference-lr-file" in err and err.count("\n") == 1
+    missing = tmp_path / "nope.csv"
+    rc, _, err = _cli_json(capsys, [*base, "--reference", str(missing)])
+    assert rc == 2 and f"--reference {missing}" in err and err.count("\n") == 1
+    no_lr = tmp_path / "no_lr.csv"
+    no_lr.write_text("step,loss\n" + "".join(f"{s},{3 - s / 1000}\n" for s in range(1, 100)))
+    rc, _, err = _cli_json(capsys, [*base, "--reference", str(no_lr)])
+    assert rc == 2 and f"--reference {no_lr}" in err and err.count("\n") == 1
+
+
+def test_cli_reference_with_a_sparse_lr_column_has_it_rebuilt(
+    curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """epfml logs its LR every 50 steps: without an LR file the reference's schedule is rebuilt from it."""
+    d = curves_dir / EPFML
+    run, ref = WSD.format(cd="0.2", T=50000), WSD.format(cd="0.2", T=25000)
+    base = ["forecast", str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy"), "--until-step", "12500"]
+    rc, rebuilt, _ = _cli_json(capsys, [*base, "--reference", str(d / f"{ref}.csv"), "--json"])
+    rc2, exact, _ = _cli_json(
+        capsys,
+        [
+            *base,
+            "--reference",
+            str(d / f"{ref}.csv"),
+            "--reference-lr-file",
+            str(d / f"{ref}.lr.npy"),
+            "--json",
+        ],
+    )
+    assert rc == rc2 == 0 and rebuilt["borrowed_from"] == [str(d / f"{ref}.csv")]
+    assert rebuilt["forecasts"][0]["loss"] == pytest.approx(exact["forecasts"][0]["loss"], rel=2e-3)
 
 
 def _families(curves_dir: Path) -> dict[str, list[tuple[str, str]]]:
