@@ -64,10 +64,11 @@ def test_a_loss_that_rises_while_the_lr_decays_is_flagged_and_covered(name: str,
     assert any(w.startswith("[law_violated] the loss rose by") for w in out.warnings)
     assert fc.law_check is not None and fc.law_check.violated and fc.law_check.rise > 0
     assert _covers(fc, int(steps[-1]), float(y[-1]))
-    # the law's own band, without the check, is confidently wrong here
+    # the widened band holds the law's own band (the curve may return to the law) and reaches beyond it
     plain = _forecast_at(steps, y, lrs, upto, check=False)
     assert plain.forecast().status is not FitStatus.LAW_VIOLATED
-    assert not _covers(plain, int(steps[-1]), float(y[-1]))
+    p, q = out.points[0], plain.forecast(steps=[int(steps[-1])]).points[0]
+    assert p.lower <= q.lower + 1e-9 * abs(q.lower) and p.upper > q.upper
 
 
 @pytest.mark.parametrize("name", ["healthy_cosine", "healthy_wsd"])
