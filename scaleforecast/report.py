@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import importlib
 import io as _io
 import json
 import math
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scaleforecast.advice import ScheduleAdvisor, candidate_schedules
+from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.observed import ObservedFinal, observed_final
@@ -179,12 +180,8 @@ def fit_run(
 
 def detect_events(run: RunData, fc: OnlineForecaster) -> list[Event]:
     """Health events over the whole run from the detectors (non-finite, spikes, drift, stagnation), judged
-    against the law fitted here, debounced as in a live run. A missing or failing detector is skipped: a report
-    is still useful without it."""
-    try:
-        from scaleforecast.detectors import HealthMonitor
-    except ImportError:
-        return []
+    against the law fitted here, debounced as in a live run. A failing detector is skipped: a report is still
+    useful without it."""
     usable = fc.latest is not None and fc.latest.ok
     # The detectors ask for the law at every refit of their window: tabulate it once.
     table = fc.predict(np.arange(1, (fc.total_steps or run.last_step) + 1)) if usable else None
@@ -210,22 +207,18 @@ def detect_events(run: RunData, fc: OnlineForecaster) -> list[Event]:
 def what_if_schedules(
     fc: OnlineForecaster, step: int, top: int = 3
 ) -> tuple[list[tuple[str, np.ndarray]], list[Event]]:
-    """The best alternative schedules from the schedule-advice module, when it is installed.
+    """The best alternative schedules from the schedule advisor.
 
     Returns up to ``top`` ``(label, lrs)`` pairs, best predicted gain first (they keep the run's past LR and
     change only what is left), and the advisor's events (significant advice, flags on the plan).
     """
     try:
-        advice = importlib.import_module("scaleforecast.advice")
-    except ImportError:
-        return [], []
-    try:
-        advisor = advice.ScheduleAdvisor()
+        advisor = ScheduleAdvisor()
         result = advisor.evaluate(fc)
         if result is None:
             return [], []
         events = list(advisor.events(result))
-        tails = advice.candidate_schedules(fc.schedule, step)
+        tails = candidate_schedules(fc.schedule, step)
         ranked = sorted(result.candidates, key=lambda c: -c.gain)
         return [
             (c.name, np.asarray(tails[c.name], dtype=float)) for c in ranked[:top] if c.name in tails

@@ -41,7 +41,7 @@ from scaleforecast.advice import ScheduleAdvisor
 from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig
-from scaleforecast.monitor import FlushBatch, RunMonitor
+from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig, checked
 from scaleforecast.run_args import (
     add_run_arguments,
     finite_float,
@@ -144,9 +144,9 @@ class Watcher:
         )
         self.monitor = RunMonitor(
             config=cfg,
-            target_loss=target_loss,
-            action="warn",
-            health=[HealthMonitor()],
+            # Alerts only: a sidecar cannot stop the job.
+            stop=checked(StopConfig, target_loss=target_loss, action="warn"),
+            detectors=[HealthMonitor()],
             advisor=ScheduleAdvisor(),
             sinks=[],
             verbose=False,

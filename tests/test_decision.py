@@ -112,7 +112,7 @@ def test_widen_forecast() -> None:
 
 @pytest.mark.slow
 def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
-    """The stopper as a health check of a real RunMonitor: the bad run stops, the good one finishes."""
+    """The stopper as a listener of a real RunMonitor: the bad run stops, the good one finishes."""
     import numpy as np
 
     from scaleforecast.monitor import FlushBatch, RunMonitor
@@ -124,7 +124,7 @@ def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
     results = {}
     for run_id, offset in (("good", 0.0), ("bad", 1.0)):
         stopper = SweepStopper(reg, run_id, min_fraction=0.2)
-        monitor = RunMonitor(lrs, health=[stopper], verbose=False)
+        monitor = RunMonitor(lrs, listeners=[stopper], verbose=False)
         loss = 2.0 + offset + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
         stopped_at = None
         for lo in range(0, total, 20):

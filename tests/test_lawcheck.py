@@ -19,7 +19,7 @@ import pytest
 
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.lawcheck import LawCheckConfig, check_law
-from scaleforecast.monitor import FlushBatch, RunMonitor
+from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig
 from scaleforecast.results import FitStatus
 
 LAW_BREAK = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "law_break"
@@ -128,7 +128,7 @@ def test_check_passes_with_too_few_points_and_without_a_fit() -> None:
 
 def test_monitor_fires_one_drift_event_per_turn_into_law_violated(caplog: pytest.LogCaptureFixture) -> None:
     steps, y, lrs, meta = _law_break("overfit_wsd")
-    mon = RunMonitor(lrs, action="warn")
+    mon = RunMonitor(lrs, stop=StopConfig(action="warn"))
     caplog.set_level(logging.INFO, logger="scaleforecast")
     events, statuses = [], ["none"]
     for lo in range(0, len(steps), 2):

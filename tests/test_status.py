@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scaleforecast.forecaster import OnlineForecaster
-from scaleforecast.monitor import FlushBatch, RunMonitor
+from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig
 from scaleforecast.results import FitStatus
 
 RUN = "epfml_schaipp_haegele/ann124-0.2_slimpajama_llama_norm_nlayers12_nhead12_lr0.0005_sched_wsd_warmup300_decay_linear_0.2_iter15000"
@@ -105,7 +105,7 @@ def test_nan_storm_through_the_monitor_is_said_once_on_console_and_tensorboard(
     del torch
     st, y, lrs = _train_curve(curves_dir)
     writer = SummaryWriter(str(tmp_path))
-    mon = RunMonitor(lrs, sinks=[TensorBoardSink(writer)], action="warn")
+    mon = RunMonitor(lrs, sinks=[TensorBoardSink(writer)], stop=StopConfig(action="warn"))
     mon.forecaster.config = mon.forecaster.config.model_copy(update={"refit_every": 200})
     storm = 9000
     y = y.copy()
