@@ -132,3 +132,29 @@ def test_nan_storm_through_the_monitor_is_said_once_on_console_and_tensorboard(
     ]
     status_texts = [t for t in texts if b"stale" in t.tensor_proto.string_val[0]]
     assert len(status_texts) == 2  # the status change and the event, once each
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["lightning", "hf", "loop"])
+def test_nan_storm_in_real_training_without_a_health_check(
+    adapter: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NaN storm (the weights go to NaN) under each adapter with no detector: the console prints no band
+    after it began, the ``stale`` event comes once, and the adapter's forecast is stale, with no points."""
+    pytest.importorskip("torch")
+    from adapter_kit import Plan, train
+    from conftest import framework_or_skip
+
+    framework_or_skip(adapter)
+    seen: list = []
+    kwargs = {"flush_every": 5, "refit_every": 5, "verbose": True, "writer": False, "action": "warn"}
+    run = train(adapter, tmp_path, Plan(steps=60, nan_from=36, kwargs={**kwargs, "on_event": seen.append}))
+    assert run.steps_run == 60 and run.cb.errors == {}
+    stale = [e for e in seen if e.kind == "stale"]
+    assert len(stale) == 1 and 35 <= stale[0].step <= 45, seen
+    out = run.cb.forecast
+    assert out is not None and out.status is FitStatus.STALE and out.points == [] and not out.ok
+    printed = [line for line in capsys.readouterr().out.splitlines() if "forecast final loss" in line]
+    assert printed, "no forecast was printed before the storm"
+    steps = [int(line.split("step ")[1].split(":")[0]) for line in printed]
+    assert max(steps) < 40
