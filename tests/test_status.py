@@ -126,7 +126,6 @@ def test_nan_storm_through_the_monitor_is_said_once_on_console_and_tensorboard(
     acc.Reload()
     finals = [e.step for e in acc.Scalars("forecast/final_loss")]
     assert finals and max(finals) <= storm
-    assert [e.value for e in acc.Scalars("forecast/fit_status")][-1] == 5
     texts = [
         e for tag in acc.Tags()["tensors"] for e in acc.Tensors(tag) if "stale" in tag or "status" in tag
     ]
