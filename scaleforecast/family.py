@@ -51,13 +51,6 @@ __all__ = [
 
 #: a reference must have seen its LR fall to at most this share of its peak
 MIN_DECAY = 0.5
-#: spread of one reference's prior: relative sd of the drop, sd of alpha. Between runs of one family in
-#: shared/curves (another length or cooldown) the drop, brought to a full anneal, spreads by ~9% (log sd) and
-#: alpha by ~0.035; both are widened as the cold prior's spread is (x2.5, floor 0.05 for alpha), because a
-#: tighter prior over-rules the run's own data and its interval under-covers (measured in
-#: benchmarks/warm_accuracy.py)
-KAPPA_REL_SD = 0.25
-ALPHA_SD = 0.05
 
 
 class NotAnnealed(ValueError):
@@ -111,13 +104,16 @@ def reference_from_fit(
     final_loss: float | None = None,
     base_prior: str | AnnealingPrior = "default",
     min_decay: float = MIN_DECAY,
-    kappa_rel_sd: float = KAPPA_REL_SD,
-    alpha_sd: float = ALPHA_SD,
+    kappa_rel_sd: float | None = None,
+    alpha_sd: float | None = None,
 ) -> ReferenceFit:
     """A :class:`ReferenceFit` from a run's whole-curve fit ``result`` under its schedule ``lrs``.
 
     Raises :class:`NotAnnealed` when the LR over the fitted steps never fell to ``min_decay`` of its peak, or
-    when the fit found no annealing drop (``C = 0``): such a run says nothing about the drop.
+    when the fit found no annealing drop (``C = 0``): such a run says nothing about the drop. ``kappa_rel_sd`` and
+    ``alpha_sd`` override :func:`~scaleforecast.priors.prior_from`'s spread of one reference (by default it
+    is about twice what separates the runs of one family in shared/curves: ~5% on the drop, ~0.026 on alpha,
+    measured by ``benchmarks/warm_accuracy.py``'s family split; wider priors measured worse and over-covered).
     """
     a = np.asarray(lrs, dtype=np.float64).reshape(-1)
     if result.params is None:
@@ -132,7 +128,8 @@ def reference_from_fit(
             f"{result.fitted_until}; a reference needs <= {100 * min_decay:.0f}%)"
         )
     try:
-        prior = prior_from(result, a, base=base_prior, kappa_rel_sd=kappa_rel_sd, alpha_sd=alpha_sd)
+        spread = {k: v for k, v in (("kappa_rel_sd", kappa_rel_sd), ("alpha_sd", alpha_sd)) if v is not None}
+        prior = prior_from(result, a, base=base_prior, **spread)
     except ValueError as exc:
         raise NotAnnealed(f"{run_id}: {exc}") from None
     if final_loss is not None and not math.isfinite(final_loss):
