@@ -1,10 +1,12 @@
 """The ``law_violated`` check: alarms on healthy real runs, and coverage on runs whose loss leaves the law.
 
-1. False alarms: every run of ``shared/curves`` (train and val loss columns) streamed through the online
+1. False alarms: every healthy run of ``shared/curves`` and of the tiny-model set ``benchmarks/curves_tiny``
+   (train and val loss columns; tiny runs marked law-breaking go to 2.) streamed through the online
    forecaster (about 40 refits a run, plus the policy's early ones); the share of its forecasts whose status
    is ``law_violated`` (target 0: all of these runs finished healthy).
 2. Law-breaking runs (``benchmarks/data/law_break``, made by ``law_break_curves.py``: overfitting, a data
-   switch, a resume from the wrong checkpoint, and healthy controls), streamed the same way: the latest
+   switch, a resume from the wrong checkpoint, and healthy controls; and the tiny-model runs marked
+   law-breaking: late rises, a curriculum switch, a diverging SGD run), streamed the same way: the latest
    forecast by 25/50/60/75/90% of the steps, its status and whether its 80% interval covers the run's last
    loss, with the check (the default) and without it (``LawCheckConfig(enabled=False)``: the law's band).
 
@@ -24,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from curves import load_curves
+from curves import TINY_ROOT, default_root, load_curves
 
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.lawcheck import LawCheckConfig
@@ -81,9 +83,10 @@ def online(
 
 
 def false_alarms(every: int = 1) -> list[dict]:
-    """Every forecast of every healthy run (train and val columns) streamed through the forecaster."""
+    """Every forecast of every healthy run (train and val columns) streamed through the forecaster: the
+    runs of ``shared/curves`` and the tiny-model runs not marked law-breaking."""
     rows = []
-    for c in load_curves()[::every]:
+    for c in [c for c in load_curves([default_root(), TINY_ROOT]) if not c.law_breaking][::every]:
         for col in ("train_loss", "val_loss"):
             st, y = c.column(col)
             keep = st >= 1
@@ -119,15 +122,36 @@ def read_law_break(root: Path = LAW_BREAK) -> list[dict]:
     return runs
 
 
+def law_breaking_runs(root: Path = LAW_BREAK) -> list[dict]:
+    """This benchmark's own law-breaking runs (with the step where each leaves the law) and the tiny-model
+    runs marked law-breaking (``benchmarks/curves_tiny``; the step is not recorded there)."""
+    runs = [dict(r, window=1 if r["fault"] == "overfit" else 10) for r in read_law_break(root)]
+    for c in load_curves(TINY_ROOT):
+        if c.law_breaking:
+            st, y = c.column()
+            keep = st >= 1
+            runs.append(
+                dict(
+                    name=c.run_id,
+                    fault="tiny",
+                    fault_step=None,
+                    steps=st[keep],
+                    y=y[keep],
+                    lrs=c.lrs,
+                    window=1,
+                )
+            )
+    return runs
+
+
 def law_break_rows(root: Path = LAW_BREAK) -> list[dict]:
     """Each law-breaking run streamed through the forecaster, with and without the check; at each fraction
     the latest forecast made by then: its status and whether its 80% interval covers the run's last loss."""
     rows = []
-    for r in read_law_break(root):
+    for r in law_breaking_runs(root):
         final = float(r["y"][-1])
-        window = 1 if r["fault"] == "overfit" else 10  # val every 50 steps; train as 10-update means
         for check in (True, False):
-            stream = online(r["steps"], r["y"], r["lrs"], window=window, check=check)
+            stream = online(r["steps"], r["y"], r["lrs"], window=r["window"], check=check)
             for f in FRACTIONS:
                 made = [x for x in stream if x["step"] <= f * r["lrs"].size]
                 if not made:
@@ -137,7 +161,7 @@ def law_break_rows(root: Path = LAW_BREAK) -> list[dict]:
                     dict(
                         run=r["name"],
                         fault=r["fault"],
-                        after_fault=bool(r["fault"] != "none" and x["step"] > (r["fault_step"] or 0)),
+                        after_fault=bool(r["fault_step"] is not None and x["step"] > r["fault_step"]),
                         f=f,
                         check=check,
                         status=x["status"],
@@ -155,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = false_alarms(4 if args.quick else 1)
-    print("1. law_violated on healthy runs (shared/curves): every forecast of each run streamed online")
+    print(
+        "1. law_violated on healthy runs (shared/curves, curves_tiny): every forecast of each run streamed online"
+    )
     print(f"{'source':<26}{'column':<12}{'forecasts':>10}{'law_violated':>14}")
     for key in sorted({(r["source"], r["column"]) for r in rows}):
         sel = [r for r in rows if (r["source"], r["column"]) == key]
@@ -177,16 +203,21 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['run']:<20}{r['f']:>5}{mark} {r['status']:<24}{r['covered']!s:>8}"
             f"{r['width']:>8.2f}   {off['status']:<24}{off['covered']!s:>6}{off['width']:>7.2f}"
         )
-    print("  (* = forecast made after the run left the law)")
+    print(
+        "  (* = forecast made after the run left the law; tiny-model runs: where it leaves is not recorded)"
+    )
     for check in (True, False):
         sel = [r for r in lb if r["check"] == check and r["after_fault"]]
+        tiny = [r for r in lb if r["check"] == check and r["fault"] == "tiny"]
         ctl = [r for r in lb if r["check"] == check and r["fault"] == "none"]
         name = "with the check" if check else "law's own band"
         print(
             f"  {name:<15}: after the fault coverage {100 * np.mean([r['covered'] for r in sel]):.0f}% "
-            f"({len(sel)} forecasts), law_violated {sum(r['status'] == 'law_violated' for r in sel)}; "
-            f"healthy controls coverage {100 * np.mean([r['covered'] for r in ctl]):.0f}%, "
-            f"law_violated {sum(r['status'] == 'law_violated' for r in ctl)} of {len(ctl)}"
+            f"({len(sel)} forecasts, law_violated {sum(r['status'] == 'law_violated' for r in sel)}); "
+            f"tiny law-breaking runs {100 * np.mean([r['covered'] for r in tiny]):.0f}% ({len(tiny)}, "
+            f"law_violated {sum(r['status'] == 'law_violated' for r in tiny)}); healthy controls "
+            f"{100 * np.mean([r['covered'] for r in ctl]):.0f}% (law_violated "
+            f"{sum(r['status'] == 'law_violated' for r in ctl)} of {len(ctl)})"
         )
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 

@@ -2,7 +2,8 @@
 
 A *family* is runs of one model on one data set at one peak LR that differ in length or schedule (WSD with
 another cooldown, cosine vs WSD, a longer rerun): in ``shared/curves``, the epfml runs that share data, model
-shape, batch size and peak LR, and the MultiPowerLaw runs of one model size. For every run with such a sibling
+shape, batch size and peak LR, and the MultiPowerLaw runs of one model size; in ``benchmarks/curves_tiny``,
+the declared families (AdamW and Muon WSD runs of several lengths and cooldowns) at one model and peak LR. For every run with such a sibling
 (a different length or schedule; a sibling whose LR never annealed cannot serve and is counted apart), the
 sibling is fitted whole (:func:`scaleforecast.family.fit_reference`, as ``forecast --reference`` does) and the
 run is forecast from its first f of steps through the online forecaster (as the CLI does), cold and warm.
@@ -29,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from curves import Curve, load_curves
+from curves import TINY_ROOT, Curve, default_root, load_curves
 
 from scaleforecast.family import NotAnnealed, ReferenceFit, fit_reference
 from scaleforecast.fitting import Observations
@@ -42,17 +43,25 @@ TARGETS = {0.25: 0.3, 0.5: 0.2, 0.75: 0.15}
 
 
 def family_key(c: Curve) -> str | None:
-    """Same model, data, batch and peak LR (epfml: from ``replicate_group``); one model size (MultiPowerLaw)."""
+    """Same model, data, batch and peak LR (epfml: from ``replicate_group``); one model size (MultiPowerLaw);
+    the declared family of a tiny-model run, with its model and peak LR (an LR or width sweep is not one)."""
     if c.folder == "epfml_schaipp_haegele" and c.replicate_group:
         g = c.replicate_group.split("|")
         return f"{c.folder}|{'|'.join(g[:5])}|{g[6]}"
     if c.folder == "mpl_luo2025":
         return f"{c.folder}|{c.run_id.split('_')[0]}"
+    if c.meta.get("family") and not c.law_breaking:
+        return f"{c.folder}|{c.meta['family']}|{c.meta.get('model')}|{c.peak_lr:.6g}"
     return None
 
 
 def _differs(a: Curve, b: Curve) -> bool:
-    return a.total_steps != b.total_steps or a.replicate_group != b.replicate_group or a.shape != b.shape
+    return (
+        a.total_steps != b.total_steps
+        or a.replicate_group != b.replicate_group
+        or a.shape != b.shape
+        or not np.array_equal(a.lrs, b.lrs)
+    )
 
 
 def pairs(curves: list[Curve], per_run: int) -> list[tuple[Curve, Curve]]:
@@ -189,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--by", default="all,source,shape,length")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    rows, skipped = run_rows(load_curves(args.root), args.siblings, args.jobs)
+    roots = [args.root] if args.root else [default_root(), TINY_ROOT]
+    rows, skipped = run_rows(load_curves(roots), args.siblings, args.jobs)
     print(
         "warm start: one finished sibling of the family as prior; |error| of the final loss in %, 80% coverage"
     )
