@@ -144,3 +144,21 @@ def test_monitor_fires_one_drift_event_per_turn_into_law_violated(caplog: pytest
     logged = [r for r in caplog.records if "drift" in r.getMessage()]
     assert len(logged) == turns
     assert mon.stopped_at is None
+
+
+TINY = Path(__file__).resolve().parent.parent / "benchmarks" / "curves_tiny" / "tiny_late_rise"
+
+
+@pytest.mark.parametrize("fraction", [0.75, 0.8])
+def test_a_late_rise_in_the_tiny_model_set_is_flagged_and_covered(fraction: float) -> None:
+    """The tiny-model set's overfitting run (validation loss rising under a cosine to 10%)."""
+    steps, y = [], []
+    with open(TINY / "overfit_cos10_3k.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["val_loss"] and int(row["step"]) >= 1:
+                steps.append(int(row["step"]))
+                y.append(float(row["val_loss"]))
+    st, yy, lrs = np.array(steps), np.array(y), np.load(TINY / "overfit_cos10_3k.lr.npy")
+    fc = _forecast_at(st, yy, lrs, int(fraction * lrs.size))
+    assert fc.forecast().status is FitStatus.LAW_VIOLATED
+    assert _covers(fc, int(st[-1]), float(yy[-1]))
