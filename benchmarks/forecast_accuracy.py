@@ -11,7 +11,9 @@ interval coverage, by fraction, in one run:
    honest proxy for a codebase nobody has seen. Tables by source and by schedule shape.
 2. **The dev / holdout halves** (:func:`curves.split_curves`) with the prior learned on the dev half of every
    source, as the shipped one is. Every default of ``FitConfig`` was chosen on the dev half only.
-3. **LR units** (``--units``): the shipped-prior forecasts again with every run's LR divided by its peak (a
+3. **Warm start** (``--no-warm`` skips it): one finished sibling of the run's family (another length or
+   schedule) fitted whole as the prior, as ``forecast --reference`` does (:mod:`warm_accuracy`).
+4. **LR units** (``--units``): the shipped-prior forecasts again with every run's LR divided by its peak (a
    multiplier, as speedrun codebases log it) and multiplied by 1e3; the largest change of any forecast.
 
 Methods (``--methods``; ``default`` always runs): ``default`` (``FitConfig()``), ``cli`` (the same fit, forecast
@@ -437,6 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--learn-prior", action="store_true", help="write the shipped prior (dev half)")
     ap.add_argument("--calibrate", action="store_true", help="fit interval_scale, model_sd on LOSO rows")
     ap.add_argument("--dump", default=None, help="write every row as JSON lines here")
+    ap.add_argument("--no-warm", action="store_true", help="skip the warm start (one finished sibling)")
     args = ap.parse_args(argv)
 
     curves = _load(args.root)
@@ -518,6 +521,17 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"\nLR units: largest change of a forecast (LR / peak, LR * 1e3) = {100 * worst:.2g}% of the loss"
         )
+    if not args.no_warm:
+        import warm_accuracy
+
+        warm, skipped = warm_accuracy.run_rows(curves, 2, args.jobs)
+        print(
+            "\n=== warm start: one finished sibling of the run's family as prior (benchmarks/warm_accuracy.py); "
+            f"|error| of the final loss in %, 80% interval coverage in % ({len(skipped)} siblings never annealed)"
+        )
+        for by in ("all", "source", "length"):
+            print()
+            print(warm_accuracy.table(warm, by))
     ms = [r["ms"] for r in all_rows if r["method"] == "default"]
     if ms:
         print(f"\ndefault: median {np.median(ms):.0f} ms per forecast (fit + predict)")

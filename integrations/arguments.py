@@ -67,6 +67,12 @@ class ForecastArgs(TypedDict, total=False):
       each new forecast (sweep reporters and stoppers); ``advisor``: schedule advice after each refit;
       ``on_event``: a hook called with every event.
     - ``verbose``: print each new forecast, re-plans and the stop on rank 0.
+    - ``family``: runs of one family (a sweep, an ablation, a longer rerun of one model on one data set) share
+      their law: a new run borrows the fits of the family's finished runs as its prior, and at its end keeps its
+      own fit for the next ones ("fit one, predict the rest"; :mod:`scaleforecast.family`). Default: the sweep
+      of a ``SweepStopper`` listener, else none. ``family_store``: the registry that keeps the fits (a
+      :class:`~scaleforecast.registry.RunRegistry` or a ``.sqlite`` path); default: the sweep's registry, else
+      the default registry file named after the family.
     """
 
     confidence: float
@@ -91,6 +97,8 @@ class ForecastArgs(TypedDict, total=False):
     law: str
     lam: float
     verbose: bool
+    family: str | None
+    family_store: Any
 
 
 def check_plugins(

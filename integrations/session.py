@@ -46,6 +46,7 @@ from scaleforecast.integrations.distributed import GRAD, Collectives, DeviceBuff
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
 from scaleforecast.events import Event, TrainingHealthError
+from scaleforecast.family import NotAnnealed, record_reference, reference_of, with_family
 from scaleforecast.fitting import FitConfig
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster, ScheduleLike
 from scaleforecast.monitor import (
@@ -60,7 +61,8 @@ from scaleforecast.monitor import (
     StopConfig,
     checked,
 )
-from scaleforecast.results import Forecast
+from scaleforecast.registry import RunRegistry, SQLiteRegistry, default_registry_path
+from scaleforecast.results import FitStatus, Forecast
 from scaleforecast.schedules import as_lrs
 
 __all__ = ["STATE_FORMAT", "SessionFace", "TrainingSession"]
@@ -110,8 +112,13 @@ class TrainingSession:
         law: str = "tissue",
         lam: float = 0.999,
         verbose: bool = True,
+        family: str | None = None,
+        family_store: Any = None,
     ) -> None:
         self.name = name
+        if family is not None and (not isinstance(family, str) or not family.strip()):
+            raise ValueError(f"family: expected a non-empty name, got {family!r}")
+        self.family, self.family_store = family, family_store
         self.stop = checked(
             StopConfig,
             target_loss=target_loss,
@@ -251,6 +258,8 @@ class TrainingSession:
         ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""
         self.guard.label = self.name + ranked
         self._ran_here, self._stopping = True, False
+        # every rank reads the family's finished fits, so that every rank fits under the same prior
+        self.guard("family store", self._borrow)
         self.monitor = self._new_monitor(verbose=self.is_zero and self.config.verbose)
         self.step = self.flushed_at = int(step)
         self.run_length, self.source = run_length, source
@@ -260,6 +269,63 @@ class TrainingSession:
             self.guard("TensorBoard", self._attach_tensorboard, find_writer, default_logdir)
         if source is not None:
             self.guard("LR capture", self._watch, source.optimizer)
+
+    # ------------------------------------------------------------------- family
+    def _family(self) -> tuple[str, RunRegistry, str] | None:
+        """(family, store, this run's id): from ``family=``, else from a sweep listener's registry."""
+        sweep = next(
+            (x for x in self.listeners if isinstance(getattr(x, "registry", None), RunRegistry)), None
+        )
+        family = self.family or (None if sweep is None else getattr(sweep.registry, "sweep", None))
+        if not family:
+            return None
+        if self.family_store is None and sweep is not None:
+            store: RunRegistry = sweep.registry
+        elif isinstance(self.family_store, RunRegistry):
+            store = self.family_store
+        else:
+            # a read at start and a write at the end, off the per-step path; a locked store costs seconds, not
+            # minutes, and then the run goes on cold
+            path = self.family_store or default_registry_path(family)
+            store = SQLiteRegistry(family, path, busy_timeout_s=2.0, retries=1)
+        saved = (self._saved or {}).get("adapter") or {}
+        run_id = self.extra.get("run_id") or saved.get("run_id") or getattr(sweep, "run_id", None)
+        self.extra["run_id"] = run_id = run_id or f"{self.name}-{uuid.uuid4().hex[:12]}"
+        return family, store, str(run_id)
+
+    def _borrow(self) -> None:
+        found = self._family()
+        if found is None:
+            return
+        family, store, run_id = found
+        self.forecaster_config, notes = with_family(self.forecaster_config, store, family, run_id)
+        for note in notes:
+            self.warn(note)
+        names = [r.run_id for r in self.forecaster_config.references]
+        if names:
+            self.say(f"prior from {len(names)} finished run(s) of family {family!r}: {', '.join(names)}")
+
+    def _keep_reference(self) -> None:
+        """At the end, on rank 0: this run's fit joins its family's store (unless it left the law or never
+        annealed)."""
+        found = self._family()
+        forecaster = self.monitor.forecaster
+        latest = forecaster.latest
+        if found is None or latest is None:
+            return
+        family, store, run_id = found
+        if latest.status in (FitStatus.LAW_VIOLATED, FitStatus.STALE, FitStatus.FAILED):
+            self.say(
+                f"not kept as a reference of family {family!r}: its last forecast is {latest.status.value}"
+            )
+            return
+        try:
+            ref = reference_of(forecaster, run_id, family)
+        except NotAnnealed as exc:
+            self.say(f"not kept as a reference of family {family!r}: {exc}")
+            return
+        record_reference(store, ref)
+        self.say(f"kept this run's fit ({run_id}) as a reference of family {family!r}")
 
     def _resume(self) -> None:
         """Restore the saved state (if any), plan the schedule, then feed the steps the checkpoint held."""
@@ -475,6 +541,8 @@ class TrainingSession:
         # the refit the last flush started takes effect now, where every rank ends
         self.guard("forecaster", self._settle, step)
         self._hook_off()
+        if self.is_zero:
+            self.guard("family store", self._keep_reference)
         self.guard("TensorBoard", self.monitor.close)
         if self.is_zero and os.getpid() != self._owner[0]:
             self.guard("result hand-off", self._hand_off)

@@ -21,6 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+
+from scaleforecast.family import NotAnnealed, ReferenceFit, fit_reference
+from scaleforecast.fitting import Observations
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.readers import read_run
 from scaleforecast.results import Forecast
@@ -33,7 +37,7 @@ from scaleforecast.run_args import (
     steps_arg,
     window_arg,
 )
-from scaleforecast.runs import ReadError
+from scaleforecast.runs import LOSS_NAMES, ReadError
 
 # Each module exposes ``add_parser(subparsers)`` (registering ``func=run``) and ``run(args) -> int``.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -48,12 +52,17 @@ examples:
   scaleforecast forecast run.csv --schedule wsd:peak=1e-3,warmup=300,total=25000,cooldown=0.2 --json
   scaleforecast forecast run.csv --lr-file run.lr.npy --until-step 5000 --at 10000 25000 --level 0.9
   scaleforecast forecast lightning_logs/version_0 --total-steps 20000
+  scaleforecast forecast run.csv --lr-file run.lr.npy --reference done.csv --reference-lr-file done.lr.npy
 
 RUN.csv has a `step` column (optimizer updates completed) and a loss column (default: `loss`, else
 `val_loss`, else `train_loss`, ...). Empty cells are "not logged"; NaN/Inf cells are counted and left out.
 RUN may also be a .jsonl file or a TensorBoard log dir. Without --lr-file/--schedule the LR comes from the run's
 LR column/tag, rebuilt from the known schedule families when it was not logged at every step (a note says how
 well it fits); --total-steps then sets the run's planned length.
+A --reference is a finished run of the same family (same model and data, another schedule or length): it is
+fitted whole and its fit becomes the prior of RUN ("fit one, predict the rest"). The i-th --reference-lr-file
+goes with the i-th --reference; a reference without one uses its own LR column. A reference whose LR never
+fell to half its peak says nothing about the annealing drop: it is reported and ignored.
 """
 
 
@@ -121,6 +130,18 @@ def add_forecast_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="updates each logged loss averages (default auto: 1, or the gap between logs for HF/Megatron tags)",
     )
     fc.add_argument("--json", action="store_true", help="print one JSON object")
+    fc.add_argument(
+        "--reference",
+        action="append",
+        metavar="REF.csv",
+        help="a finished run of the same family, fitted whole as RUN's prior (repeatable)",
+    )
+    fc.add_argument(
+        "--reference-lr-file",
+        action="append",
+        metavar="REF.lr.npy",
+        help="LR of every update of the i-th --reference (default: its own LR column)",
+    )
     fc.set_defaults(func=forecast_command)
     return fc
 
@@ -145,7 +166,8 @@ def forecast_command(args: argparse.Namespace) -> int:
     at = args.at if args.at else [len(lrs)]
     if min(at) < 1 or max(at) > len(lrs):
         raise ReadError(f"--at steps must lie in 1..{len(lrs)}")
-    forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level))
+    references, ignored = _load_references(args, run.loss_name)
+    forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level, references=references))
     part.feed(forecaster)
     forecaster.refit()
     forecast = forecaster.forecast(steps=at)
@@ -154,11 +176,46 @@ def forecast_command(args: argparse.Namespace) -> int:
         out["loss_column"] = run.loss_name
         out["lr_source"] = None if run.lr is None else run.lr.source
         out["data_warnings"] = list(run.warnings)
+        out["references_ignored"] = [{"reference": ref, "reason": why} for ref, why in ignored]
         print(json.dumps(_json_safe(out), allow_nan=False))
     else:
         print(_format_forecast(forecast, run.loss_name, Path(args.run)))
+        for ref, why in ignored:
+            print(f"  reference ignored: {ref}: {why}")
     emit_notes(run.warnings)
     return 0
+
+
+def _load_references(
+    args: argparse.Namespace, column: str
+) -> tuple[list[ReferenceFit], list[tuple[str, str]]]:
+    """Fit each ``--reference`` run whole; ``(references, [(path, why it was ignored)])``. A reference is read
+    as strictly as RUN, in RUN's loss column when it logs one."""
+    refs: list[str] = args.reference or []
+    lr_files: list[str] = args.reference_lr_file or []
+    if len(lr_files) > len(refs):
+        raise ReadError(f"{len(lr_files)} --reference-lr-file for {len(refs)} --reference")
+    out: list[ReferenceFit] = []
+    ignored: list[tuple[str, str]] = []
+    for i, ref in enumerate(refs):
+        lr_file = lr_files[i] if i < len(lr_files) else None
+        try:
+            data = read_run(ref, loss=[column, *LOSS_NAMES], lr_file=lr_file, strict=True, warn=False)
+        except ReadError as err:
+            raise ReadError(f"--reference {ref}: {err}") from None
+        lrs = data.lrs
+        assert lrs is not None  # read_run raises when it has no LR
+        keep = (data.steps >= 1) & (data.steps <= len(lrs)) & np.isfinite(data.losses)
+        if not keep.any():
+            ignored.append((ref, "no finite loss within its schedule"))
+            continue
+        steps, windows = data.steps[keep], data.windows[keep]
+        obs = Observations(np.maximum(steps - windows + 1, 1), steps, data.losses[keep], np.ones(len(steps)))
+        try:
+            out.append(fit_reference(ref, obs, lrs))
+        except NotAnnealed as exc:
+            ignored.append((ref, str(exc).removeprefix(f"{ref}: ")))
+    return out, ignored
 
 
 def _json_safe(obj: Any) -> Any:
@@ -177,6 +234,8 @@ def _format_forecast(forecast: Forecast, column: str, path: Path) -> str:
         f"{path.name}: {column}, {forecast.n_points} points up to step {forecast.fitted_at_step}, "
         f"law {forecast.law}, fit status {forecast.status.value}"
     ]
+    if forecast.borrowed_from:
+        lines.append("  prior from finished runs of the family: " + ", ".join(forecast.borrowed_from))
     if forecast.params is not None:
         p = forecast.params
         lines.append(f"  L0={p.L0:.4g}  A={p.A:.4g}  alpha={p.alpha:.3g}  C={p.C:.4g}  lambda={p.lam:g}")

@@ -25,9 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import ndtri
 
 from scaleforecast.background import Job, refit_worker
+from scaleforecast.events import Event
+from scaleforecast.family import ReferenceFit, family_prior
 from scaleforecast.fitting import FitConfig, FitResult, Observations, fit, predict
 from scaleforecast.history import BinnedHistory
+from scaleforecast.lawcheck import LawCheck, LawCheckConfig, check_law, widen
 from scaleforecast.laws import LAWS, register_plan
+from scaleforecast.priors import AnnealingPrior
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 from scaleforecast.schedule_codec import decode_lrs, encode_lrs
 from scaleforecast.schedules import Schedule, as_lrs
@@ -51,6 +55,10 @@ class ForecasterConfig(BaseModel):
     ``background``: refits run on a worker thread and take effect at the next update (see
     :meth:`OnlineForecaster.update`): what the training adapters use. ``False`` (the default, for the CLI, the
     ``watch`` sidecar, notebooks and tests) runs them on the caller's thread, taking effect at once.
+
+    ``references``: fits of finished runs of the same family (:mod:`scaleforecast.family`); they replace the
+    fit's prior, and every forecast names them in ``borrowed_from``. ``law_check``: the posterior-predictive
+    check of the latest losses against the law (:mod:`scaleforecast.lawcheck`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,6 +71,8 @@ class ForecasterConfig(BaseModel):
     refit_growth: float = Field(0.1, gt=0.0)
     min_refit_gap: int = Field(100, ge=1)
     max_bins: int = Field(1024, ge=16)
+    references: list[ReferenceFit] = Field(default_factory=list)
+    law_check: LawCheckConfig = Field(default_factory=LawCheckConfig)
 
 
 def _decode_v1_lrs(text: str) -> np.ndarray:
@@ -79,29 +89,58 @@ def _frozen(lrs: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class _Refit:
+    """What a refit produced: the fit, the law check against the history it saw, and its final forecast."""
+
+    result: FitResult
+    check: LawCheck | None
+    check_error: str | None
+    forecast: Forecast | None
+
+
+@dataclass
 class _Pending:
     """A refit submitted at one update, to take effect at the next: its job and the history it saw."""
 
-    job: Job[tuple[FitResult, Forecast | None]]
+    job: Job[_Refit]
     step: int
     n_raw: int
     lrs: np.ndarray | None  # the schedule it fitted against (None: not the current one any more)
+
+
+Family = tuple[AnnealingPrior | None, list[str], list[str]]
+
+
+def _fit_config(config: ForecasterConfig, family: Family) -> FitConfig:
+    prior = family[0]
+    return config.fit if prior is None else config.fit.model_copy(update={"prior": prior})
 
 
 def _refit_job(
     obs: Observations,
     lrs: np.ndarray,
     config: ForecasterConfig,
+    family: Family,
     init: FitResult | None,
     step: int,
     n_raw: int,
     warns: list[str],
-) -> tuple[FitResult, Forecast | None]:
-    """Fit and forecast the final step: a pure function of its arguments, run on the worker thread."""
-    result = fit(obs, lrs, config.fit, init=init)
+) -> _Refit:
+    """Fit, check the law against the same history, and forecast the final step: a pure function of its
+    arguments, run on the worker thread."""
+    result = fit(obs, lrs, _fit_config(config, family), init=init)
     if result.status is FitStatus.FAILED and init is not None:
-        return result, None  # the forecaster keeps ``init``; it redoes the forecast on install
-    return result, _make_forecast(result, lrs, None, config.level, config.fit.law, step, n_raw, warns)
+        return _Refit(result, None, None, None)  # the forecaster keeps ``init``; it redoes the forecast
+    check, error = None, None
+    if result.params is not None:
+        try:
+            check = check_law(result, lrs, obs.start, obs.end, obs.y, obs.count, config.law_check, init)
+        except (ValueError, FloatingPointError, IndexError) as exc:
+            error = f"the check of the law against the latest losses failed: {exc}"
+    forecast = _make_forecast(
+        result, lrs, None, config.level, config.fit.law, step, n_raw, warns, check, family, None
+    )
+    return _Refit(result, check, error, forecast)
 
 
 def _make_forecast(
@@ -113,47 +152,68 @@ def _make_forecast(
     fitted_at_step: int,
     n_points: int,
     warns: list[str],
+    check: LawCheck | None,
+    family: Family,
+    stale: str | None,
 ) -> Forecast:
-    """The :class:`Forecast` of ``fit_result`` at ``steps`` (default: the final step) under ``lrs``."""
+    """The :class:`Forecast` of ``fit_result`` at ``steps`` (default: the final step) under ``lrs``.
+
+    ``check``: a failed law check widens the band (status ``law_violated``); ``stale``: the reason the fit
+    is not current (status ``stale``, no points); ``family``: the borrowed prior's sources and warnings."""
     total = len(lrs)
     steps_arr = np.array([total] if steps is None else steps, dtype=np.int64).ravel()
     if len(steps_arr) and (steps_arr.min() < 1 or steps_arr.max() > total):
         raise ValueError(f"forecast steps must lie in 1..{total}")
-    warns = list(warns)
+    warns = list(warns) + family[2]
+    borrowed = list(family[1])
+    common = {"level": level, "fitted_at_step": fitted_at_step, "final_step": total, "n_points": n_points}
+    if fit_result is not None and fit_result.params is not None and stale is not None:
+        return Forecast(
+            law=fit_result.law,
+            points=[],
+            params=fit_result.params,
+            status=FitStatus.STALE,
+            warnings=[*warns, stale],
+            borrowed_from=borrowed,
+            **common,
+        )
     if fit_result is None or fit_result.params is None:
         status = FitStatus.INSUFFICIENT_DATA if fit_result is None else fit_result.status
         if fit_result is not None:
             warns += fit_result.warnings
         return Forecast(
-            law=law,
-            level=level,
-            fitted_at_step=fitted_at_step,
-            final_step=total,
-            points=[],
-            params=None,
-            n_points=n_points,
-            status=status,
-            warnings=warns,
+            law=law, points=[], params=None, status=status, warnings=warns, borrowed_from=borrowed, **common
         )
-    mean, std = predict(fit_result, lrs, steps_arr, level=level)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # non-finite points are reported below, not warned about by numpy
+        mean, std = predict(fit_result, lrs, steps_arr, level=level)
+    status = fit_result.status
+    if check is not None and check.violated:
+        mean, std = widen(mean, std, steps_arr, check, level)
+        status = FitStatus.LAW_VIOLATED
+        warns.append(f"[law_violated] {check.message}; the interval is widened to cover both outcomes")
     z = float(ndtri(0.5 + level / 2.0))
+    finite = np.isfinite(mean) & np.isfinite(std)
     points = [
         ForecastPoint(
             step=int(s), loss=float(m), lower=float(m - z * d), upper=float(m + z * d), std=float(d)
         )
-        for s, m, d in zip(steps_arr, mean, std, strict=True)
-        if math.isfinite(m) and math.isfinite(d)
+        for s, m, d in zip(steps_arr[finite], mean[finite], std[finite], strict=True)
     ]
+    if not finite.all():
+        bad = steps_arr[~finite]
+        shown = ", ".join(str(int(b)) for b in bad[:5]) + (", ..." if bad.size > 5 else "")
+        warns.append(f"[nonfinite_forecast] the law is not finite at step(s) {shown}: no forecast there")
+        if not points:
+            status = FitStatus.FAILED
     return Forecast(
         law=fit_result.law,
-        level=level,
-        fitted_at_step=fitted_at_step,
-        final_step=total,
         points=points,
         params=fit_result.params,
-        n_points=n_points,
-        status=fit_result.status,
+        status=status,
         warnings=warns + list(fit_result.warnings),
+        borrowed_from=borrowed,
+        **common,
     )
 
 
@@ -174,6 +234,10 @@ class OnlineForecaster:
     Observations are single steps (``window=1``) or means over the last ``window`` updates, as HF Trainer logs
     them. NaN/Inf losses are counted and never fitted. A step at or before the last one seen means the run
     resumed from an older checkpoint: history after it is dropped, with a warning.
+
+    The status of a forecast says how far it holds (:class:`scaleforecast.results.FitStatus`): ``stale`` (no
+    band) while the latest losses are NaN/Inf, ``law_violated`` (a widened band) while the latest losses are
+    off the law, else the fit's own status.
     """
 
     def __init__(self, schedule: ScheduleLike | None = None, config: ForecasterConfig | None = None) -> None:
@@ -191,6 +255,10 @@ class OnlineForecaster:
         self._pending: _Pending | None = None
         self._schedule_code: Job[dict[str, Any]] | None = None
         self._view: np.ndarray | None = None
+        self._check: LawCheck | None = None
+        self._nonfinite_tail = 0
+        self._last_finite_step = 0
+        self._family: Family | None = None
         if schedule is not None:
             self.set_schedule(schedule)
 
@@ -279,6 +347,12 @@ class OnlineForecaster:
         start = np.maximum(steps - window + 1, 1)
         self._history.add(start[finite], steps[finite], losses[finite])
         self._last_step = int(steps[-1])
+        # the run of NaN/Inf at the end of the stream: while it lasts, no forecast is current
+        if finite.any():
+            self._last_finite_step = int(steps[finite][-1])
+            self._nonfinite_tail = int(len(finite) - 1 - np.flatnonzero(finite)[-1])
+        else:
+            self._nonfinite_tail += len(finite)
 
     def _rewind(self, step: int) -> None:
         step = max(step, 0)
@@ -290,6 +364,8 @@ class OnlineForecaster:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         log.warning(msg)
         self._last_step = step
+        self._nonfinite_tail = 0
+        self._last_finite_step = min(self._last_finite_step, step)
         self._raw_at_fit = min(self._raw_at_fit, self._history.n_raw)
         self._step_at_fit = min(self._step_at_fit, step)
 
@@ -354,10 +430,15 @@ class OnlineForecaster:
         """
         installed = self._install()
         self.observe_many(steps, losses, window)
-        if not self.should_refit():
-            return installed
-        self._submit()
-        return installed if self.config.background else self._install()
+        if self.should_refit():
+            self._submit()
+            if not self.config.background:
+                return self._install()
+        elif self._nonfinite_tail and self._latest is not None and self._latest.status is not FitStatus.STALE:
+            # the latest losses are NaN/Inf: the last forecast is no longer current, say so now
+            self._latest = self.forecast()
+            return self._latest
+        return installed
 
     def wait(self) -> Forecast | None:
         """Install a refit still in flight (waiting for it to finish) and return its forecast, else ``None``.
@@ -372,6 +453,7 @@ class OnlineForecaster:
             self.observations(),
             self._lrs,
             self.config,
+            self._family_prior(),
             self._fit,
             self._last_step,
             self._history.n_raw,
@@ -388,15 +470,18 @@ class OnlineForecaster:
         pending, self._pending = self._pending, None
         if pending is None:
             return None
-        result, forecast = pending.job.result()  # re-raises a failure of the fit on this thread
-        if result.status is not FitStatus.FAILED or self._fit is None:
-            self._fit = result
+        done = pending.job.result()  # re-raises a failure of the fit on this thread
+        forecast = done.forecast
+        if done.result.status is not FitStatus.FAILED or self._fit is None:
+            self._fit, self._check = done.result, done.check
+            if done.check_error is not None:
+                self._warn_once("law_check", done.check_error)
         else:
             self._warn_once("failed", "a refit failed to converge; keeping the previous fit")
             forecast = None
         self._raw_at_fit = pending.n_raw
         self._step_at_fit = pending.step
-        if forecast is None or pending.lrs is not self._lrs:
+        if forecast is None or pending.lrs is not self._lrs or self._nonfinite_tail:
             # the fit was kept from before, or the schedule was re-planned while it ran: forecast under the
             # current plan (the next update refits against it, as it is stale)
             forecast = self.forecast()
@@ -406,6 +491,34 @@ class OnlineForecaster:
     @property
     def fit_result(self) -> FitResult | None:
         return self._fit
+
+    @property
+    def law_check(self) -> LawCheck | None:
+        """The posterior-predictive check of the last refit (``None`` before the first usable fit)."""
+        return self._check
+
+    @property
+    def borrowed_from(self) -> list[str]:
+        """The runs of the family whose fits serve as the prior (``config.references``)."""
+        return list(self._family_prior()[1])
+
+    def _family_prior(self) -> Family:
+        if self._family is None:
+            self._family = family_prior(self.config.references)
+        return self._family
+
+    def fit_config(self) -> FitConfig:
+        """The fit configuration used at a refit: ``config.fit``, with the family's prior when the config
+        holds references."""
+        return _fit_config(self.config, self._family_prior())
+
+    def _stale_note(self) -> str | None:
+        if not self._nonfinite_tail:
+            return None
+        return (
+            f"[stale] no usable loss since step {self._last_finite_step} ({self._nonfinite_tail} "
+            f"non-finite value(s) since): the fit made at step {self._step_at_fit} is not current"
+        )
 
     @property
     def latest(self) -> Forecast | None:
@@ -440,6 +553,9 @@ class OnlineForecaster:
             self._step_at_fit,
             self._raw_at_fit,
             self._warnings,
+            self._check,
+            self._family_prior(),
+            self._stale_note(),
         )
 
     def predict(self, steps: Sequence[int] | np.ndarray, schedule: ScheduleLike | None = None) -> np.ndarray:
@@ -479,13 +595,15 @@ class OnlineForecaster:
         pending = None
         if self._pending is not None:
             try:
-                result, forecast = self._pending.job.result()
+                done = self._pending.job.result()
             except Exception:  # the failure surfaces at the next update, on this run; a resumed one refits
                 pending = None
             else:
                 pending = {
-                    "fit": result.model_dump(mode="json"),
-                    "forecast": None if forecast is None else forecast.model_dump(mode="json"),
+                    "fit": done.result.model_dump(mode="json"),
+                    "check": None if done.check is None else done.check.model_dump(mode="json"),
+                    "check_error": done.check_error,
+                    "forecast": None if done.forecast is None else done.forecast.model_dump(mode="json"),
                     "step": self._pending.step,
                     "n_raw": self._pending.n_raw,
                     "same_schedule": self._pending.lrs is self._lrs,
@@ -504,6 +622,9 @@ class OnlineForecaster:
             "warnings": list(self._warnings),
             "stale": self._stale,
             "pending": pending,
+            "law_check": None if self._check is None else self._check.model_dump(mode="json"),
+            "nonfinite_tail": self._nonfinite_tail,
+            "last_finite_step": self._last_finite_step,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -547,11 +668,42 @@ class OnlineForecaster:
         self._pending = None
         saved = state.get("pending")
         if saved is not None:
-            fit_result = FitResult.model_validate(saved["fit"])
-            forecast = None if saved["forecast"] is None else Forecast.model_validate(saved["forecast"])
+            check = saved.get("check")
+            done = _Refit(
+                FitResult.model_validate(saved["fit"]),
+                None if check is None else LawCheck.model_validate(check),
+                saved.get("check_error"),
+                None if saved["forecast"] is None else Forecast.model_validate(saved["forecast"]),
+            )
             self._pending = _Pending(
-                Job.finished((fit_result, forecast)),
+                Job.finished(done),
                 int(saved["step"]),
                 int(saved["n_raw"]),
                 self._lrs if saved["same_schedule"] else None,
             )
+        check = state.get("law_check")
+        self._check = None if check is None else LawCheck.model_validate(check)
+        self._nonfinite_tail = int(state.get("nonfinite_tail", 0))
+        self._last_finite_step = int(state.get("last_finite_step", self._last_step))
+        self._family = None
+
+
+def status_event(previous: FitStatus | None, forecast: Forecast, step: int) -> Event | None:
+    """The event that a change of the forecast's status deserves, once per change: ``drift`` (a warning)
+    when it turns ``law_violated``, ``stale`` when it turns ``stale``; ``None`` otherwise."""
+    status = forecast.status
+    if status == previous or status not in (FitStatus.LAW_VIOLATED, FitStatus.STALE):
+        return None
+    tag = f"[{status.value}] "
+    detail = next((w[len(tag) :] for w in forecast.warnings if w.startswith(tag)), status.value)
+    if status is FitStatus.LAW_VIOLATED:
+        final = forecast.final
+        data = {} if final is None else {"final_loss": final.loss, "lower": final.lower, "upper": final.upper}
+        return Event(kind="drift", step=step, severity="warning", message=detail, data=data)
+    return Event(
+        kind="stale",
+        step=step,
+        severity="warning",
+        message=f"{detail}; no forecast is published until a finite loss arrives",
+        data={"fitted_at_step": forecast.fitted_at_step},
+    )

@@ -35,8 +35,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from scaleforecast.decision import StopDecision, decide_stop
 from scaleforecast.events import Event, TrainingHealthError, log_event
-from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster, ScheduleLike
-from scaleforecast.results import Forecast
+from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster, ScheduleLike, status_event
+from scaleforecast.results import FitStatus, Forecast
 from scaleforecast.sinks import CurveSnapshot, FanoutSink, Sink
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,7 @@ class RunMonitor:
         self.stop_reason: str | None = None
         self.stop_reported = False
         self.events: list[Event] = []
+        self._status: FitStatus | None = None
 
     # ---------------------------------------------------------------- plumbing
     @property
@@ -361,6 +362,10 @@ class RunMonitor:
         if forecast is not None:
             result.forecast = forecast
             self.refits += 1
+            # a forecast that turns law_violated or stale is said once, as an event (console, TensorBoard)
+            changed = status_event(self._status, forecast, step)
+            result.events.extend([changed] if changed is not None else [])
+            self._status = forecast.status
         decision = self.guard("stop rule", self._decide, step)
         if decision is not None:
             result.decision = self.decision = decision

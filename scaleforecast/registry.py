@@ -127,6 +127,15 @@ class RunRegistry(abc.ABC):
         (for the background worker, which retries on its own schedule). Default: the registry itself."""
         return self
 
+    # The family store ("fit one, predict the rest", see scaleforecast.family): optional for implementations.
+    def record_family_fit(self, family: str, run_id: str, payload: str) -> None:
+        """Keep a finished run's fit (JSON ``payload``) under ``family``, replacing the run's older one."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no family fits")
+
+    def family_fits(self, family: str) -> list[tuple[str, str]]:
+        """``(run_id, payload)`` of every fit kept under ``family``, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no family fits")
+
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -164,6 +173,13 @@ CREATE TABLE IF NOT EXISTS forecasts (
     std REAL,
     status TEXT,
     written REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS family_fits (
+    family TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    fit TEXT NOT NULL,
+    written REAL NOT NULL,
+    PRIMARY KEY (family, run_id)
 );
 """
 
@@ -352,6 +368,27 @@ class SQLiteRegistry(RunRegistry):
             return self._conn().execute(sql + " ORDER BY rowid", args).fetchall()
 
         return [tuple(r) for r in self._retry(op)]
+
+    def record_family_fit(self, family: str, run_id: str, payload: str) -> None:
+        """Upsert ``run_id``'s fit in the ``family_fits`` table (one transaction)."""
+        self._write(
+            [
+                (
+                    "INSERT INTO family_fits (family, run_id, fit, written) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(family, run_id) DO UPDATE SET fit=excluded.fit, written=excluded.written",
+                    (family, run_id, payload, time.time()),
+                )
+            ]
+        )
+
+    def family_fits(self, family: str) -> list[tuple[str, str]]:
+        """``(run_id, payload)`` of every fit kept under ``family``, oldest first."""
+
+        def op() -> list[tuple]:
+            sql = "SELECT run_id, fit FROM family_fits WHERE family = ? ORDER BY written"
+            return self._conn().execute(sql, (family,)).fetchall()
+
+        return [(str(r), str(f)) for r, f in self._retry(op)]
 
     def close(self) -> None:
         """Close this thread's connection (the next call reconnects)."""

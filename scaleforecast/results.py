@@ -14,14 +14,25 @@ class FitStatus(str, Enum):
     - ``ok``: every parameter is pinned by the run's own data.
     - ``annealing_unidentified``: the LR has not decayed enough for the data to pin the annealing
       coefficient ``C``; the forecast leans on the prior (or, without one, on ``C = 0``) and says so.
+    - ``law_violated``: the latest losses have left the fitted law (a posterior-predictive check failed, e.g.
+      a loss that rises while the LR decays); the interval is widened to cover where the curve went, and the
+      forecast says so until the curve is back on the law.
+    - ``stale``: no usable loss arrived since the last fit (only NaN/Inf, or nothing); the forecast is empty
+      (no band is current) and its warnings say since when.
     - ``insufficient_data``: too few usable points to fit at all; the forecast is empty.
-    - ``failed``: the optimiser did not converge; the previous fit, if any, is kept.
+    - ``failed``: the optimiser did not converge, or the law is not finite at the asked steps.
     """
 
     OK = "ok"
     ANNEALING_UNIDENTIFIED = "annealing_unidentified"
+    LAW_VIOLATED = "law_violated"
+    STALE = "stale"
     INSUFFICIENT_DATA = "insufficient_data"
     FAILED = "failed"
+
+
+#: statuses whose forecast holds numbers (``law_violated`` holds a widened band)
+USABLE_STATUSES = (FitStatus.OK, FitStatus.ANNEALING_UNIDENTIFIED, FitStatus.LAW_VIOLATED)
 
 
 class LawParams(BaseModel):
@@ -53,7 +64,8 @@ class Forecast(BaseModel):
     """A forecast of the loss at one or more steps, from the fit on ``n_points`` observations.
 
     ``points`` are ordered as asked; ``final`` is the point at the schedule's last step (or ``None`` when
-    that step was not asked for). ``status`` is the fit's :class:`FitStatus`.
+    that step was not asked for). ``status`` is the fit's :class:`FitStatus`. ``borrowed_from`` names the
+    finished runs of the same family whose fits served as the prior (empty for a cold start).
     """
 
     law: str
@@ -65,6 +77,7 @@ class Forecast(BaseModel):
     n_points: int
     status: FitStatus
     warnings: list[str] = Field(default_factory=list)
+    borrowed_from: list[str] = Field(default_factory=list)
 
     @property
     def final(self) -> ForecastPoint | None:
@@ -75,8 +88,9 @@ class Forecast(BaseModel):
 
     @property
     def ok(self) -> bool:
-        """True when the forecast holds numbers (any status but ``insufficient_data``/``failed``)."""
-        return self.status in (FitStatus.OK, FitStatus.ANNEALING_UNIDENTIFIED) and bool(self.points)
+        """True when the forecast holds numbers: status ``ok``, ``annealing_unidentified`` or ``law_violated``
+        (a widened band), and at least one point."""
+        return self.status in USABLE_STATUSES and bool(self.points)
 
     def prob_at_least(self, reference: float, step: int | None = None) -> float:
         """P(loss at ``step`` >= ``reference``) under the forecast's normal predictive distribution."""
@@ -103,4 +117,5 @@ class Forecast(BaseModel):
             "fitted_at_step": self.fitted_at_step,
             "final_step": self.final_step,
             "warnings": list(self.warnings),
+            "borrowed_from": list(self.borrowed_from),
         }

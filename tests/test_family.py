@@ -1,0 +1,307 @@
+"""Fit one, predict the rest: references from finished runs, the family store, the forecaster and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaleforecast.cli import main
+from scaleforecast.family import (
+    NotAnnealed,
+    ReferenceFit,
+    family_prior,
+    fit_reference,
+    load_references,
+    record_reference,
+)
+from scaleforecast.fitting import Observations
+from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
+from scaleforecast.registry import SQLiteRegistry
+
+EPFML = "epfml_schaipp_haegele"
+WSD = "ann124-{cd}_slimpajama_llama_norm_nlayers12_nhead12_lr0.0005_sched_wsd_warmup300_decay_linear_{cd}_iter{T}"
+CONSTANT = "sl_slimpajama_llama_norm_nlayers12_nhead12_lr0.0005_sched_wsd_warmup300_iter30000"
+
+
+def _run(curves_dir: Path, name: str, folder: str = EPFML) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, val or train loss, lrs) of a real run."""
+    base = curves_dir / folder / name
+    steps, val, train = [], [], []
+    with open(f"{base}.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            steps.append(int(row["step"]))
+            val.append(float(row["val_loss"]) if row.get("val_loss") else math.nan)
+            train.append(float(row["train_loss"]) if row.get("train_loss") else math.nan)
+    s, v, t = np.array(steps), np.array(val), np.array(train)
+    y = v if np.isfinite(v).any() else t
+    ok = np.isfinite(y) & (s >= 1)
+    return s[ok], y[ok], np.load(f"{base}.lr.npy")
+
+
+def _reference(curves_dir: Path, name: str, family: str = "") -> ReferenceFit:
+    st, y, lrs = _run(curves_dir, name)
+    return fit_reference(name, Observations.from_steps(st, y), lrs, family=family)
+
+
+def test_a_finished_wsd_run_becomes_a_reference_and_a_constant_one_does_not(curves_dir: Path) -> None:
+    ref = _reference(curves_dir, WSD.format(cd="0.2", T=25000), family="124m")
+    assert ref.fit.params is not None and ref.fit.params.C > 0
+    assert ref.decayed_to < 0.05 and ref.total_steps == 25000 and ref.family == "124m"
+    prior = ref.annealing_prior()
+    assert prior.kappa_mean > 0 and prior.alpha_mean == pytest.approx(ref.fit.params.alpha)
+    with pytest.raises(NotAnnealed, match="never annealed"):
+        _reference(curves_dir, CONSTANT)
+
+
+def test_a_run_cut_before_its_cooldown_is_not_a_reference(curves_dir: Path) -> None:
+    st, y, lrs = _run(curves_dir, WSD.format(cd="0.2", T=25000))
+    keep = st <= 19000  # the cooldown starts at 20000
+    with pytest.raises(NotAnnealed, match="fell only to 100%"):
+        fit_reference("cut", Observations.from_steps(st[keep], y[keep]), lrs)
+
+
+def test_pooled_prior_sits_between_the_references_and_is_wider(curves_dir: Path) -> None:
+    a = _reference(curves_dir, WSD.format(cd="0.2", T=15000))
+    b = _reference(curves_dir, WSD.format(cd="0.2", T=50000))
+    pa, pb = a.annealing_prior(), b.annealing_prior()
+    pooled, names, warns = family_prior([a, b])
+    assert pooled is not None and names == [a.run_id, b.run_id] and not warns
+    lo, hi = sorted([pa.kappa_mean, pb.kappa_mean])
+    assert lo < pooled.kappa_mean < hi
+    assert pooled.kappa_sd / pooled.kappa_mean >= min(
+        pa.kappa_sd / pa.kappa_mean, pb.kappa_sd / pb.kappa_mean
+    )
+    one, names1, _ = family_prior([a])
+    assert one == pa and names1 == [a.run_id]
+    assert family_prior([]) == (None, [], [])
+
+
+def test_unreadable_stored_prior_is_left_out_with_a_warning(curves_dir: Path) -> None:
+    ref = _reference(curves_dir, WSD.format(cd="0.2", T=15000))
+    broken = ref.model_copy(update={"prior": {"kappa_mean": -1.0}})
+    prior, names, warns = family_prior([broken, ref])
+    assert names == [ref.run_id] and prior == ref.annealing_prior()
+    assert len(warns) == 1 and "unreadable prior" in warns[0]
+
+
+def test_family_store_round_trips_newest_first_and_skips_garbage(tmp_path: Path, curves_dir: Path) -> None:
+    reg = SQLiteRegistry("sweep", tmp_path / "reg.sqlite")
+    first = _reference(curves_dir, WSD.format(cd="0.2", T=15000), family="f")
+    second = _reference(curves_dir, WSD.format(cd="0.4", T=15000), family="f").model_copy(
+        update={"recorded_at": first.recorded_at + 1}
+    )
+    record_reference(reg, first)
+    record_reference(reg, second)
+    record_reference(reg, first, family="other")
+    reg.record_family_fit("f", "garbled", "{not json")
+    refs, warns = load_references(SQLiteRegistry("sweep", tmp_path / "reg.sqlite"), "f")
+    assert [r.run_id for r in refs] == [second.run_id, first.run_id]
+    assert refs[1] == first
+    assert len(warns) == 1 and "garbled" in warns[0]
+    refs, _ = load_references(reg, "f", exclude=second.run_id)
+    assert [r.run_id for r in refs] == [first.run_id]
+    # re-recording a run replaces its fit
+    record_reference(reg, first.model_copy(update={"final_loss": 1.0}))
+    refs, _ = load_references(reg, "f", exclude=second.run_id)
+    assert refs[0].final_loss == 1.0
+    with pytest.raises(ValueError, match="family name"):
+        record_reference(reg, first.model_copy(update={"family": ""}))
+
+
+def test_forecaster_uses_references_as_prior_and_names_them(curves_dir: Path) -> None:
+    ref = _reference(curves_dir, WSD.format(cd="0.2", T=25000))
+    st, y, lrs = _run(curves_dir, WSD.format(cd="0.2", T=50000))
+    keep = st <= 12500
+    cold = OnlineForecaster(lrs)
+    warm = OnlineForecaster(lrs, ForecasterConfig(references=[ref]))
+    for fc in (cold, warm):
+        fc.observe_many(st[keep], y[keep])
+        fc.refit()
+    assert warm.fit_config().prior == ref.annealing_prior()
+    assert warm.borrowed_from == [ref.run_id] and warm.latest.borrowed_from == [ref.run_id]
+    assert cold.latest.borrowed_from == []
+    assert warm.latest.to_cli_json()["borrowed_from"] == [ref.run_id]
+    # the reference's drop takes over from the shipped prior: another C prior, another forecast
+    assert warm.fit_result.c_prior != cold.fit_result.c_prior
+    assert warm.latest.final.loss != pytest.approx(cold.latest.final.loss, rel=1e-6)
+    # the references survive a checkpoint
+    again = OnlineForecaster()
+    again.load_state_dict(json.loads(json.dumps(warm.state_dict())))
+    assert again.borrowed_from == [ref.run_id]
+    assert again.forecast().final.loss == pytest.approx(warm.latest.final.loss)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def _cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict | None, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if rc == 0 and "--json" in argv else None), err if rc else out
+
+
+def test_cli_reference_with_lr_file_and_a_reference_that_never_annealed(
+    curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = curves_dir / EPFML
+    run, ref = WSD.format(cd="0.2", T=50000), WSD.format(cd="0.2", T=25000)
+    argv = [str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy"), "--until-step", "12500", "--json"]
+    rc, cold, _ = _cli_json(capsys, ["forecast", *argv])
+    assert rc == 0 and cold["borrowed_from"] == [] and cold["references_ignored"] == []
+    refs = ["--reference", str(d / f"{ref}.csv"), "--reference-lr-file", str(d / f"{ref}.lr.npy")]
+    refs += ["--reference", str(d / f"{CONSTANT}.csv"), "--reference-lr-file", str(d / f"{CONSTANT}.lr.npy")]
+    rc, warm, _ = _cli_json(capsys, ["forecast", *argv, *refs])
+    assert rc == 0
+    assert warm["borrowed_from"] == [str(d / f"{ref}.csv")]
+    assert [r["reference"] for r in warm["references_ignored"]] == [str(d / f"{CONSTANT}.csv")]
+    assert "never annealed" in warm["references_ignored"][0]["reason"]
+    assert warm["forecasts"][0]["loss"] != pytest.approx(cold["forecasts"][0]["loss"], rel=1e-6)
+    # the text output says the same
+    rc, _, text = _cli_json(capsys, ["forecast", *argv[:-1], *refs])
+    assert rc == 0
+    assert f"prior from finished runs of the family: {d / f'{ref}.csv'}" in text
+    assert f"reference ignored: {d / f'{CONSTANT}.csv'}: never annealed" in text
+
+
+def test_cli_reference_without_lr_file_uses_its_csv_lr_column(
+    tmp_path: Path, curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = curves_dir / EPFML
+    ref = WSD.format(cd="0.2", T=15000)
+    st, y, lrs = _run(curves_dir, ref)
+    # the reference as a CSV that logs the LR of every step (and its loss at the logged steps)
+    path = tmp_path / "ref.csv"
+    by_step = dict(zip(st.tolist(), y.tolist(), strict=True))
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "lr", "val_loss"])
+        for s in range(1, lrs.size + 1):
+            w.writerow([s, repr(float(lrs[s - 1])), by_step.get(s, "")])
+    run = WSD.format(cd="0.2", T=25000)
+    base = ["forecast", str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy"), "--until-step", "8000"]
+    rc, by_csv, _ = _cli_json(capsys, [*base, "--reference", str(path), "--json"])
+    rc2, by_file, _ = _cli_json(
+        capsys,
+        [
+            *base,
+            "--reference",
+            str(d / f"{ref}.csv"),
+            "--reference-lr-file",
+            str(d / f"{ref}.lr.npy"),
+            "--json",
+        ],
+    )
+    assert rc == rc2 == 0 and by_csv["borrowed_from"] == [str(path)]
+    assert by_csv["forecasts"][0]["loss"] == pytest.approx(by_file["forecasts"][0]["loss"], rel=1e-9)
+
+
+def test_cli_reference_errors_are_one_line(
+    tmp_path: Path, curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = curves_dir / EPFML
+    run = WSD.format(cd="0.2", T=25000)
+    base = ["forecast", str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy")]
+    rc, _, err = _cli_json(capsys, [*base, "--reference-lr-file", str(d / f"{run}.lr.npy")])
+    assert rc == 2 and "1 --reference-lr-file for 0 --reference" in err and err.count("\n") == 1
+    missing = tmp_path / "nope.csv"
+    rc, _, err = _cli_json(capsys, [*base, "--reference", str(missing)])
+    assert rc == 2 and f"--reference {missing}" in err and err.count("\n") == 1
+    no_lr = tmp_path / "no_lr.csv"
+    no_lr.write_text("step,loss\n" + "".join(f"{s},{3 - s / 1000}\n" for s in range(1, 100)))
+    rc, _, err = _cli_json(capsys, [*base, "--reference", str(no_lr)])
+    assert rc == 2 and f"--reference {no_lr}" in err and err.count("\n") == 1
+
+
+def test_cli_reference_with_a_sparse_lr_column_has_it_rebuilt(
+    curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """epfml logs its LR every 50 steps: without an LR file the reference's schedule is rebuilt from it."""
+    d = curves_dir / EPFML
+    run, ref = WSD.format(cd="0.2", T=50000), WSD.format(cd="0.2", T=25000)
+    base = ["forecast", str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy"), "--until-step", "12500"]
+    rc, rebuilt, _ = _cli_json(capsys, [*base, "--reference", str(d / f"{ref}.csv"), "--json"])
+    rc2, exact, _ = _cli_json(
+        capsys,
+        [
+            *base,
+            "--reference",
+            str(d / f"{ref}.csv"),
+            "--reference-lr-file",
+            str(d / f"{ref}.lr.npy"),
+            "--json",
+        ],
+    )
+    assert rc == rc2 == 0 and rebuilt["borrowed_from"] == [str(d / f"{ref}.csv")]
+    assert rebuilt["forecasts"][0]["loss"] == pytest.approx(exact["forecasts"][0]["loss"], rel=2e-3)
+
+
+def _families(curves_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """``{family: [(folder, run_id), ...]}`` from index.csv (same data, model, batch and peak LR)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    with open(curves_dir / "index.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            folder, run = row["folder"], row["run_id"]
+            if row.get("replicate_group"):
+                g = row["replicate_group"].split("|")
+                key = f"{folder}|{'|'.join(g[:5])}|{g[6]}"
+            elif folder == "mpl_luo2025":
+                key = f"{folder}|{run.split('_')[0]}"
+            else:
+                key = f"{folder}|{run}"
+            out.setdefault(key, []).append((folder, run))
+    return out
+
+
+@pytest.mark.slow
+def test_cli_reference_works_on_every_run_in_shared_curves(
+    curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every run, forecast from half its steps with another run of its family (itself when alone) as
+    reference: exit 0, a forecast, and the reference either borrowed from or reported as never annealed."""
+    n = 0
+    for members in _families(curves_dir).values():
+        for i, (folder, run) in enumerate(members):
+            rfolder, ref = members[(i + 1) % len(members)]
+            d, rd = curves_dir / folder, curves_dir / rfolder
+            total = np.load(d / f"{run}.lr.npy", mmap_mode="r").size
+            argv = ["forecast", str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy")]
+            argv += ["--until-step", str(total // 2), "--json"]
+            argv += ["--reference", str(rd / f"{ref}.csv"), "--reference-lr-file", str(rd / f"{ref}.lr.npy")]
+            rc, out, err = _cli_json(capsys, argv)
+            assert rc == 0, (run, err)
+            assert out["forecasts"] and math.isfinite(out["forecasts"][0]["loss"]), run
+            ignored = [r["reference"] for r in out["references_ignored"]]
+            assert (out["borrowed_from"] + ignored) == [str(rd / f"{ref}.csv")], run
+            n += 1
+    assert n == 146
+
+
+def test_a_finished_online_run_is_recorded_and_the_next_run_borrows_it(
+    tmp_path: Path, curves_dir: Path
+) -> None:
+    from scaleforecast.family import reference_of, with_family
+
+    reg = SQLiteRegistry("sweep", tmp_path / "reg.sqlite")
+    st, y, lrs = _run(curves_dir, WSD.format(cd="0.2", T=15000))
+    first = OnlineForecaster(lrs)
+    first.update(st, y)
+    ref = reference_of(first, "run-1", family="124m")
+    record_reference(reg, ref)
+    # a run that is cut before its cooldown leaves nothing
+    cut = OnlineForecaster(lrs)
+    cut.update(st[st <= 11000], y[st <= 11000])
+    with pytest.raises(NotAnnealed):
+        reference_of(cut, "run-cut", family="124m")
+    st2, y2, lrs2 = _run(curves_dir, WSD.format(cd="0.2", T=25000))
+    config, warns = with_family(ForecasterConfig(), reg, "124m", run_id="run-2")
+    second = OnlineForecaster(lrs2, config)
+    out = second.update(st2[st2 <= 6000], y2[st2 <= 6000])
+    assert not warns and out is not None and out.borrowed_from == ["run-1"]
+    # a resumed run does not borrow from its own record
+    own, _ = with_family(ForecasterConfig(), reg, "124m", run_id="run-1")
+    assert own.references == []

@@ -1,0 +1,83 @@
+"""Fit one, predict the rest, in real training: a second Lightning run of a family borrows from the first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pl = pytest.importorskip("lightning.pytorch")
+torch = pytest.importorskip("torch")
+
+from lightning_models import TinyRegressor  # noqa: E402
+from scaleforecast.callbacks import LossForecast  # noqa: E402
+
+from scaleforecast.family import load_references  # noqa: E402
+from scaleforecast.registry import SQLiteRegistry  # noqa: E402
+
+
+def _fit(tmp_path: Path, total: int, callback: LossForecast) -> None:
+    trainer = pl.Trainer(
+        max_steps=total,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(tmp_path),
+    )
+    # small batches and a large SGD step: the loss sits well above its floor until the LR anneals, so the run
+    # has a real annealing drop to pass on
+    trainer.fit(TinyRegressor(total=total, warmup=10, lr=0.2, batch_size=4))
+
+
+def _callback(store: Path, **kwargs: Any) -> LossForecast:
+    return LossForecast(
+        family="tiny-regression", family_store=store, writer=False, flush_every=10, refit_every=20, **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_a_second_run_of_the_family_borrows_from_the_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = tmp_path / "family.sqlite"
+    first = _callback(store)
+    _fit(tmp_path / "a", 300, first)
+    assert first.forecast is not None and first.forecast.borrowed_from == []
+    refs, _ = load_references(SQLiteRegistry("tiny-regression", store), "tiny-regression")
+    assert len(refs) == 1
+    first_id = refs[0].run_id
+    assert refs[0].total_steps == 300 and refs[0].fit.params is not None
+    assert (
+        f"kept this run's fit ({first_id}) as a reference of family 'tiny-regression'"
+        in capsys.readouterr().out
+    )
+    # another length: its prior comes from the first run, and every forecast says so
+    second = _callback(store)
+    _fit(tmp_path / "b", 200, second)
+    assert second.forecast is not None and second.forecast.borrowed_from == [first_id]
+    assert second.forecaster.config.references[0].run_id == first_id
+    out = capsys.readouterr().out
+    assert f"prior from 1 finished run(s) of family 'tiny-regression': {first_id}" in out
+    refs, _ = load_references(SQLiteRegistry("tiny-regression", store), "tiny-regression")
+    assert len(refs) == 2
+
+
+@pytest.mark.slow
+def test_an_unreadable_family_store_costs_the_prior_not_the_run(tmp_path: Path) -> None:
+    store = tmp_path / "not-a-database.sqlite"
+    store.write_bytes(b"this is not an SQLite file" * 100)
+    cb = _callback(store)
+    with pytest.warns(RuntimeWarning, match="family store failed"):
+        _fit(tmp_path, 120, cb)
+    assert cb.forecast is not None and cb.forecast.borrowed_from == []
+    assert "family store" in cb.errors
+
+
+def test_family_must_be_a_name() -> None:
+    with pytest.raises(ValueError, match="family"):
+        LossForecast(family="  ")

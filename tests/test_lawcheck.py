@@ -1,0 +1,164 @@
+"""Honest when the law breaks: the posterior-predictive check on real curves.
+
+The law-breaking runs are real tiny-transformer trainings made by ``benchmarks/law_break_curves.py`` (shipped
+under ``benchmarks/data/law_break``): validation loss that rises while the LR decays (overfitting), a data
+switch, a resume from the wrong checkpoint; and healthy controls. The healthy runs of ``shared/curves`` must
+raise no alarm.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
+from scaleforecast.lawcheck import LawCheckConfig, check_law
+from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig
+from scaleforecast.results import FitStatus
+
+LAW_BREAK = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "law_break"
+
+
+def _law_break(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    meta = json.loads((LAW_BREAK / "index.json").read_text())[name]
+    steps, y = [], []
+    with open(LAW_BREAK / f"{name}.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row[meta["column"]]:
+                steps.append(int(row["step"]))
+                y.append(float(row[meta["column"]]))
+    return np.array(steps), np.array(y), np.load(LAW_BREAK / f"{name}.lr.npy"), meta
+
+
+def _forecast_at(
+    steps: np.ndarray, y: np.ndarray, lrs: np.ndarray, upto: int, check: bool = True, window: int = 1
+) -> OnlineForecaster:
+    fc = OnlineForecaster(lrs, ForecasterConfig(law_check=LawCheckConfig(enabled=check)))
+    m = steps <= upto
+    fc.observe_many(steps[m], y[m], window=window)
+    fc.refit()
+    return fc
+
+
+def _covers(fc: OnlineForecaster, step: int, value: float) -> bool:
+    p = fc.forecast(steps=[step]).points[0]
+    return p.lower <= value <= p.upper
+
+
+@pytest.mark.parametrize(
+    ("name", "fraction"),
+    [("overfit_cosine", 0.6), ("overfit_cosine", 0.75), ("overfit_wsd", 0.6), ("overfit_wsd", 0.75)],
+)
+def test_a_loss_that_rises_while_the_lr_decays_is_flagged_and_covered(name: str, fraction: float) -> None:
+    steps, y, lrs, _ = _law_break(name)
+    upto = int(fraction * lrs.size)
+    fc = _forecast_at(steps, y, lrs, upto)
+    out = fc.forecast(steps=[int(steps[-1])])
+    assert out.status is FitStatus.LAW_VIOLATED and out.ok
+    assert any(w.startswith("[law_violated] the loss rose by") for w in out.warnings)
+    assert fc.law_check is not None and fc.law_check.violated and fc.law_check.rise > 0
+    assert _covers(fc, int(steps[-1]), float(y[-1]))
+    # the widened band holds the law's own band (the curve may return to the law) and reaches beyond it
+    plain = _forecast_at(steps, y, lrs, upto, check=False)
+    assert plain.forecast().status is not FitStatus.LAW_VIOLATED
+    p, q = out.points[0], plain.forecast(steps=[int(steps[-1])]).points[0]
+    assert p.lower <= q.lower + 1e-9 * abs(q.lower) and p.upper > q.upper
+
+
+@pytest.mark.parametrize("name", ["healthy_cosine", "healthy_wsd"])
+def test_healthy_tiny_runs_raise_no_alarm(name: str) -> None:
+    steps, y, lrs, _ = _law_break(name)
+    for fraction in (0.3, 0.5, 0.7, 0.9, 1.0):
+        fc = _forecast_at(steps, y, lrs, int(fraction * lrs.size), window=10)
+        assert fc.forecast().status is not FitStatus.LAW_VIOLATED, fraction
+
+
+# a sample of the real runs, one per source and schedule shape; the full sweep is benchmarks/law_check.py
+HEALTHY = [
+    ("mpl_luo2025", "400M_wsdcon_3", "train_loss"),
+    ("mpl_luo2025", "25M_cosine_72000", "train_loss"),
+    ("llmc_gpt2_124m", "llmc_gpt2_124m_10B_cosine_20241013", "train_loss"),
+    ("llmc_gpt2_124m", "llmc_gpt2_124m_10B_cosine_20241013", "val_loss"),
+    (
+        "epfml_schaipp_haegele",
+        "ann124-0.8_slimpajama_llama_norm_nlayers12_nhead12_lr0.0005_sched_wsd_warmup300_decay_linear_0.8_iter25000",
+        "train_loss",
+    ),
+    (
+        "epfml_schaipp_haegele",
+        "ann124-0.2_slimpajama_llama_norm_nlayers12_nhead12_lr0.0005_sched_wsd_warmup300_decay_linear_0.2_iter15000",
+        "val_loss",
+    ),
+]
+
+
+@pytest.mark.parametrize(("folder", "run", "column"), HEALTHY)
+def test_healthy_real_runs_raise_no_alarm(curves_dir: Path, folder: str, run: str, column: str) -> None:
+    steps, y = [], []
+    with open(curves_dir / folder / f"{run}.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row[column]:
+                steps.append(int(row["step"]))
+                y.append(float(row[column]))
+    st, yy, lrs = np.array(steps), np.array(y), np.load(curves_dir / folder / f"{run}.lr.npy")
+    keep = st >= 1
+    st, yy = st[keep], yy[keep]
+    for fraction in (0.3, 0.5, 0.7, 0.85, 1.0):
+        fc = _forecast_at(st, yy, lrs, int(fraction * lrs.size))
+        check = fc.law_check
+        assert check is not None and not check.violated, (fraction, check)
+
+
+def test_check_passes_with_too_few_points_and_without_a_fit() -> None:
+    lrs = np.full(100, 1e-3)
+    start = end = np.arange(2, 8)
+    y = np.linspace(3.0, 2.5, 6)
+    assert not check_law(object(), lrs, start, end, y, np.ones(6)).violated
+    fc = OnlineForecaster(lrs)
+    fc.observe_many(end, y)
+    fc.refit()
+    assert fc.law_check is None or not fc.law_check.violated
+
+
+def test_monitor_fires_one_drift_event_per_turn_into_law_violated(caplog: pytest.LogCaptureFixture) -> None:
+    steps, y, lrs, meta = _law_break("overfit_wsd")
+    mon = RunMonitor(lrs, stop=StopConfig(action="warn"))
+    caplog.set_level(logging.INFO, logger="scaleforecast")
+    events, statuses = [], ["none"]
+    for lo in range(0, len(steps), 2):
+        res = mon.flush(FlushBatch(steps=steps[lo : lo + 2], loss=y[lo : lo + 2]))
+        events += res.events
+        if res.forecast is not None:
+            statuses.append(res.forecast.status.value)
+    turns = sum(b == "law_violated" != a for a, b in pairwise(statuses))
+    drift = [e for e in events if e.kind == "drift"]
+    assert turns >= 1 and len(drift) == turns
+    assert drift[0].step > meta["min_val_step"] and drift[0].severity == "warning"
+    assert "rose by" in drift[0].message and {"final_loss", "lower", "upper"} <= set(drift[0].data)
+    logged = [r for r in caplog.records if "drift" in r.getMessage()]
+    assert len(logged) == turns
+    assert mon.stopped_at is None
+
+
+TINY = Path(__file__).resolve().parent.parent / "benchmarks" / "curves_tiny" / "tiny_late_rise"
+
+
+@pytest.mark.parametrize("fraction", [0.75, 0.8])
+def test_a_late_rise_in_the_tiny_model_set_is_flagged_and_covered(fraction: float) -> None:
+    """The tiny-model set's overfitting run (validation loss rising under a cosine to 10%)."""
+    steps, y = [], []
+    with open(TINY / "overfit_cos10_3k.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["val_loss"] and int(row["step"]) >= 1:
+                steps.append(int(row["step"]))
+                y.append(float(row["val_loss"]))
+    st, yy, lrs = np.array(steps), np.array(y), np.load(TINY / "overfit_cos10_3k.lr.npy")
+    fc = _forecast_at(st, yy, lrs, int(fraction * lrs.size))
+    assert fc.forecast().status is FitStatus.LAW_VIOLATED
+    assert _covers(fc, int(st[-1]), float(yy[-1]))
