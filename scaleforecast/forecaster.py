@@ -434,7 +434,7 @@ class OnlineForecaster:
             self._submit()
             if not self.config.background:
                 return self._install()
-        elif self._nonfinite_tail and self._latest is not None and self._latest.status is not FitStatus.STALE:
+        if self._nonfinite_tail and self._latest is not None and self._latest.status is not FitStatus.STALE:
             # the latest losses are NaN/Inf: the last forecast is no longer current, say so now
             self._latest = self.forecast()
             return self._latest

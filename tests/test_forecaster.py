@@ -283,7 +283,7 @@ def test_state_saved_during_a_refit_resumes_exactly():
     fc._stale = True
     fc.update(steps[5000:5050], y[5000:5050])
     assert fc.refit_pending
-    assert pickle.loads(pickle.dumps(fc, protocol=5)).wait() == fc._pending.job.result()[1]  # type: ignore[union-attr]
+    assert pickle.loads(pickle.dumps(fc, protocol=5)).wait() == fc._pending.job.result().forecast  # type: ignore[union-attr]
     clone = pickle.loads(pickle.dumps(fc, protocol=4))
     assert clone._pending.lrs is clone._lrs  # type: ignore[union-attr]  # still the plan it refits against
     assert laws._frozen_key(clone._lrs) is not None  # and registered again: memoised by identity

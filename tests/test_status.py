@@ -40,7 +40,7 @@ def test_nonfinite_tail_makes_the_forecast_stale_at_once_and_a_finite_loss_ends_
     assert fc.latest is out
     assert any(w.startswith("[stale] no usable loss since step 6000 (2 non-finite") for w in out.warnings)
     # said once: more NaN produce no new forecast until the policy refits, and then it is still stale
-    assert fc.update([6150], [float("nan")]) is None
+    assert fc.update([6120], [float("nan")]) is None  # the next refit is due 150 steps after 6000
     later = fc.update(np.arange(6200, 7000, 50), np.full(16, np.nan))
     assert later is not None and later.status is FitStatus.STALE
     assert fc.forecast(steps=[7000, 15000]).status is FitStatus.STALE
