@@ -28,6 +28,7 @@ import numpy as np
 
 from scaleforecast.decision import StopDecision, decide_stop
 from scaleforecast.events import Event, TrainingHealthError, log_event
+from scaleforecast.evidence import ForecastTrack
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster, ScheduleLike
 from scaleforecast.results import Forecast
 from scaleforecast.sinks import CurveSnapshot, FanoutSink, Sink
@@ -189,7 +190,7 @@ class RunMonitor:
         target_loss: float | None = None,
         confidence: float = 0.95,
         min_steps: int = 0,
-        min_fraction: float = 0.1,
+        min_fraction: float = 0.0,
         action: Action = "stop",
         health: Sequence[HealthCheck] = (),
         advisor: Advisor | None = None,
@@ -218,6 +219,7 @@ class RunMonitor:
         self.refits = 0
         self.usable_refits = 0
         self.decision: StopDecision | None = None
+        self.track = ForecastTrack()
         self.stopped_at: int | None = None
         self.stop_reason: str | None = None
         self.stop_reported = False
@@ -265,6 +267,7 @@ class RunMonitor:
         if forecast is not None:
             result.forecast = forecast
             self.refits += 1
+            self._guard("stop rule", self.track.update, self.forecaster)
         decision = self._guard("stop rule", self._decide, step)
         if decision is not None:
             result.decision = self.decision = decision
@@ -289,6 +292,7 @@ class RunMonitor:
             confidence=self.confidence,
             min_fraction=self.min_fraction,
             min_steps=self.min_steps,
+            features=self.track.features,
         )
 
     def _write(self, step: int, batch: FlushBatch, result: FlushResult) -> None:
@@ -417,6 +421,7 @@ class RunMonitor:
             "refits": self.refits,
             "usable_refits": self.usable_refits,
             "decision": None if self.decision is None else self.decision.model_dump(mode="json"),
+            "track": self.track.state_dict(),
             "stopped_at": self.stopped_at,
             "stop_reason": self.stop_reason,
             "stop_reported": self.stop_reported,
@@ -433,6 +438,8 @@ class RunMonitor:
         self.refits = int(state["refits"])
         self.usable_refits = int(state.get("usable_refits", 0))
         self.decision = None if state["decision"] is None else StopDecision.model_validate(state["decision"])
+        if state.get("track") is not None:
+            self.track.load_state_dict(state["track"])
         self.stopped_at = state["stopped_at"]
         self.stop_reason = state["stop_reason"]
         self.stop_reported = bool(state.get("stop_reported", self.stopped_at is not None))

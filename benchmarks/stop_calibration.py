@@ -1,0 +1,440 @@
+"""Learn the stop rule's error model from finished real runs, and write it as shipped data with its provenance.
+
+    python benchmarks/stop_calibration.py              # replay, learn, cross-validate, write the model
+    python benchmarks/stop_calibration.py --check      # learn and report only; the shipped file is untouched
+
+Re-run it whenever the forecaster changes: the error model measures *this* forecaster's errors. Every run of
+``../shared/curves`` and every tiny run of ``data/tiny_runs`` is replayed through ``RunMonitor.flush`` at the
+adapters' cadence (``stop_replay.py``); every usable forecast gives one sample ``e = log(forecast / final)``
+with the features of :class:`scaleforecast.evidence.StopFeatures`. Then (see
+:mod:`scaleforecast.calibration` for what the numbers mean):
+
+1. ``table[column][bin]``: per fraction bin and column (the LR phase of a forecast with a backtest, or
+   ``unproven`` without one), the weighted ``QUANTILE`` of the pessimistic errors ``max(e, 0)``, at least
+   ``TWO_SIDED_SHARE`` of the ``QUANTILE`` of ``|e|``; each run weighs the same within a cell and each group of
+   related runs (shared trunk, replicates) as one run. A phase cell with fewer than ``MIN_GROUPS`` groups takes
+   its bin's value over all columns; a sparse ``unproven`` cell the widest measured ``unproven`` value.
+2. ``fallback[bin]``: the weighted ``QUANTILE`` of the full scale (table and backtest) over that bin, and never
+   below any column: the scale assumed when only a forecast is known.
+3. ``upper``/``lower``: every run's largest ``e / scale`` (and ``-e / scale``) over its forecasts, computed with
+   the table learned *without the run's group* (leave one group out), so that the tails measure the error of a
+   model that has not seen the run.
+
+The report cross-validates the whole procedure: grouped 5-fold, and leave one source out (the honest proxy for a
+codebase nobody has seen), printing false stops and stops of unreachable targets as ``early_stop.py`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import subprocess
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stop_replay import TINY_DIR, Trace, all_runs, replay_all
+
+from scaleforecast.calibration import COLUMNS, ErrorModel, ErrorTail
+from scaleforecast.evidence import PHASES
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "scaleforecast" / "data" / "stop_error_default.json"
+FRACTION_EDGES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+QUANTILE = 0.9
+TWO_SIDED_SHARE = 0.3
+BACKTEST_WEIGHT = 1.0
+BACKTEST = "worst"
+MIN_GROUPS = 5
+FLOOR = 1e-4
+COMMAND = "python benchmarks/stop_calibration.py"
+
+
+# ------------------------------------------------------------------------------------------------ samples
+@dataclass
+class Samples:
+    """One row per usable forecast of every trace: its run, group, source, features and error."""
+
+    run: np.ndarray
+    group: np.ndarray
+    fraction: np.ndarray
+    phase: np.ndarray
+    backtest_latest: np.ndarray
+    backtest: np.ndarray
+    error: np.ndarray
+    flush_step: np.ndarray
+    keys: list[str]
+    groups: list[str]
+    sources: list[str]
+    totals: np.ndarray
+    finals: np.ndarray
+
+    def rows(self, runs: np.ndarray) -> np.ndarray:
+        """Row mask of the given run indices."""
+        return np.isin(self.run, runs)
+
+
+def samples(traces: Sequence[Trace]) -> Samples:
+    """The calibration samples of ``traces`` (see the module docstring)."""
+    run, fr, ph, bt, bw, err, fs = [], [], [], [], [], [], []
+    group_names = sorted({t.group for t in traces})
+    gidx = {g: i for i, g in enumerate(group_names)}
+    for i, t in enumerate(traces):
+        # the flush at which each forecast was first seen: where a rule could act on it
+        seen: dict[int, int] = {}
+        for step, j in zip(t.flush_steps.tolist(), t.latest.tolist(), strict=True):
+            if j >= 0 and j not in seen:
+                seen[j] = step
+        usable = t.usable
+        for j, f in enumerate(t.features):
+            if f is None or not usable[j] or j not in seen or seen[j] >= t.flush_steps[-1]:
+                continue
+            run.append(i)
+            fr.append(f.fraction)
+            ph.append(-1 if f.phase is None else PHASES.index(f.phase))
+            bt.append(math.nan if f.backtest is None else f.backtest)
+            bw.append(math.nan if f.backtest_worst is None else f.backtest_worst)
+            err.append(math.log(t.mean[j] / t.final))
+            fs.append(seen[j])
+    run_a = np.asarray(run, dtype=np.int64)
+    return Samples(
+        run=run_a,
+        group=np.array([gidx[traces[i].group] for i in run_a], dtype=np.int64),
+        fraction=np.asarray(fr, dtype=float),
+        phase=np.asarray(ph, dtype=np.int64),
+        backtest_latest=np.asarray(bt, dtype=float),
+        backtest=np.asarray(bw if BACKTEST == "worst" else bt, dtype=float),
+        error=np.asarray(err, dtype=float),
+        flush_step=np.asarray(fs, dtype=np.int64),
+        keys=[t.key for t in traces],
+        groups=[t.group for t in traces],
+        sources=[t.source for t in traces],
+        totals=np.array([t.total for t in traces], dtype=np.int64),
+        finals=np.array([t.final for t in traces], dtype=float),
+    )
+
+
+def weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    """The smallest ``x`` whose weighted CDF reaches ``q``."""
+    if x.size == 0:
+        return math.nan
+    o = np.argsort(x)
+    c = np.cumsum(w[o])
+    return float(x[o][min(int(np.searchsorted(c, q * c[-1])), x.size - 1)])
+
+
+def _run_weights(S: Samples, runs: np.ndarray) -> np.ndarray:
+    """Weight of each run: 1 / (runs of its group among ``runs``), so every group counts once."""
+    g = np.array([S.groups[i] for i in runs])
+    _, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inv]
+
+
+def _bins(fraction: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(FRACTION_EDGES, fraction, side="right") - 1, 0, len(FRACTION_EDGES) - 2)
+
+
+def _columns(S: Samples) -> np.ndarray:
+    """The table column of each sample: its phase once it has a backtest, ``unproven`` before."""
+    return np.where(np.isfinite(S.backtest), S.phase, COLUMNS.index("unproven"))
+
+
+def _model(table: dict[str, list[float]], fallback: list[float], upper: ErrorTail, lower: ErrorTail,
+           provenance: dict | None = None) -> ErrorModel:  # fmt: skip
+    return ErrorModel(
+        fraction_edges=list(FRACTION_EDGES),
+        table={k: [round(x, 6) for x in v] for k, v in table.items()},
+        fallback=[round(x, 6) for x in fallback],
+        backtest_weight=BACKTEST_WEIGHT,
+        backtest=BACKTEST,
+        floor=FLOOR,
+        upper=upper,
+        lower=lower,
+        provenance=provenance or {},
+    )
+
+
+_EMPTY = ErrorTail(values=[], weights=[])
+
+
+def _cell_scale(err: np.ndarray, w: np.ndarray) -> float:
+    """A cell's scale: the ``QUANTILE`` of its pessimistic errors, at least ``TWO_SIDED_SHARE`` of the
+    ``QUANTILE`` of the absolute ones."""
+    return max(
+        weighted_quantile(np.maximum(err, 0.0), w, QUANTILE),
+        TWO_SIDED_SHARE * weighted_quantile(np.abs(err), w, QUANTILE),
+    )
+
+
+def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
+    """The table and fallback learned from the forecasts of ``runs`` (tails left empty)."""
+    rows = S.rows(runs)
+    weight = np.zeros(len(S.keys))
+    weight[runs] = _run_weights(S, runs)
+    run, err = S.run[rows], S.error[rows]
+    b = _bins(S.fraction[rows])
+    col = _columns(S)[rows]
+    group = S.group[rows]
+    nb = len(FRACTION_EDGES) - 1
+
+    def cell(mask: np.ndarray) -> tuple[float, int]:
+        if not mask.any():
+            return math.nan, 0
+        # every run weighs the same within a cell whatever its number of forecasts there; each group once
+        _, inv, cnt = np.unique(run[mask], return_inverse=True, return_counts=True)
+        w = weight[run[mask]] / cnt[inv]
+        return _cell_scale(err[mask], w), len(np.unique(group[mask]))
+
+    pooled = np.array([cell(b == k)[0] for k in range(nb)])
+    ok = np.isfinite(pooled)
+    pooled = np.interp(np.arange(nb), np.nonzero(ok)[0], pooled[ok]) if ok.any() else np.full(nb, 0.05)
+    table: dict[str, list[float]] = {}
+    for i, name in enumerate(COLUMNS):
+        values, dense = [], []
+        for k in range(nb):
+            v, n_groups = cell((b == k) & (col == i))
+            values.append(v)
+            dense.append(n_groups >= MIN_GROUPS and math.isfinite(v))
+        vals = np.array(values)
+        if name == "unproven":
+            # a run that has not tested itself where too few runs were seen untested: the widest measured
+            worst = np.nanmax(vals[dense]) if any(dense) else np.nanmax(pooled)
+            filled = [
+                v if d else max(worst, pooled[k]) for k, (v, d) in enumerate(zip(vals, dense, strict=True))
+            ]
+        else:
+            filled = [v if d else pooled[k] for k, (v, d) in enumerate(zip(vals, dense, strict=True))]
+        table[name] = [max(float(x), FLOOR) for x in filled]
+    model = _model(table, [float(x) for x in pooled], _EMPTY, _EMPTY)
+    full = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows])
+    fallback = np.full(nb, np.nan)
+    for k in range(nb):
+        m = b == k
+        if m.any():
+            _, inv, cnt = np.unique(run[m], return_inverse=True, return_counts=True)
+            fallback[k] = weighted_quantile(full[m], weight[run[m]] / cnt[inv], QUANTILE)
+    ok = np.isfinite(fallback)
+    fallback = np.interp(np.arange(nb), np.nonzero(ok)[0], fallback[ok]) if ok.any() else pooled
+    # only a forecast is known: never narrower than any column
+    fallback = np.maximum(fallback, np.max([table[c] for c in COLUMNS], axis=0))
+    return _model(table, [float(x) for x in fallback], _EMPTY, _EMPTY)
+
+
+def run_maxima(S: Samples, model: ErrorModel, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's largest pessimistic and optimistic ``z`` (``e / scale`` and ``-e / scale``) under ``model``."""
+    up = np.full(len(runs), -np.inf)
+    lo = np.full(len(runs), -np.inf)
+    rows = S.rows(runs)
+    sc = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows])
+    z = S.error[rows] / sc
+    pos = {r: i for i, r in enumerate(runs.tolist())}
+    idx = np.array([pos[r] for r in S.run[rows]], dtype=np.int64)
+    np.maximum.at(up, idx, z)
+    np.maximum.at(lo, idx, -z)
+    return up, lo
+
+
+def _tail(values: np.ndarray, weights: np.ndarray) -> ErrorTail:
+    keep = np.isfinite(values)
+    o = np.argsort(values[keep])
+    return ErrorTail(values=values[keep][o].round(6).tolist(), weights=weights[keep][o].round(6).tolist())
+
+
+def learn(S: Samples, runs: np.ndarray | None = None, provenance: dict | None = None) -> ErrorModel:
+    """The error model of ``runs`` (default: all): the scales learned on all of them, the tails out of group."""
+    runs = np.unique(S.run) if runs is None else np.asarray(runs)
+    base = learn_scales(S, runs)
+    groups = np.array([S.groups[i] for i in runs])
+    up = np.full(len(runs), np.nan)
+    lo = np.full(len(runs), np.nan)
+    for g in np.unique(groups):
+        held = groups == g
+        m = learn_scales(S, runs[~held])
+        u, low = run_maxima(S, m, runs[held])
+        up[held], lo[held] = u, low
+    w = _run_weights(S, runs)
+    return _model(base.table, base.fallback, _tail(up, w), _tail(lo, w), provenance)
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+RATIOS = (0.97, 0.98, 0.99, 1.01, 1.02, 1.05)
+CONFIDENCES = (0.9, 0.95, 0.99)
+
+
+def stop_steps(
+    S: Samples, model: ErrorModel, runs: np.ndarray, ratio: float, confidence: float
+) -> np.ndarray:
+    """For each of ``runs``, the flush step at which the rule stops a target ``ratio * final`` (-1: never).
+
+    The vectorised twin of :func:`scaleforecast.decision.decide_stop` with no grace period, for the
+    cross-validation report; ``early_stop.py`` measures with ``decide_stop`` itself.
+    """
+    k = model.threshold(confidence)
+    rows = S.rows(runs)
+    sc = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows])
+    stop = (S.error[rows] - math.log(ratio)) / sc > k  # confidence(z) >= c exactly when z > threshold
+    out = np.full(len(runs), -1, dtype=np.int64)
+    pos = {r: i for i, r in enumerate(runs.tolist())}
+    for r, s in zip(S.run[rows][stop], S.flush_step[rows][stop], strict=True):
+        i = pos[int(r)]
+        if out[i] < 0 or s < out[i]:
+            out[i] = s
+    return out
+
+
+def cross_validate(
+    S: Samples, folds: list[np.ndarray]
+) -> dict[tuple[float, float], tuple[int, int, list[float]]]:
+    """For every (confidence, ratio): (runs stopped, runs, fractions at stop), each fold's runs judged by the
+    model learned without them."""
+    allruns = np.unique(S.run)
+    out: dict[tuple[float, float], tuple[int, int, list[float]]] = {}
+    for held in folds:
+        model = learn(S, np.setdiff1d(allruns, held))
+        for c in CONFIDENCES:
+            for ratio in RATIOS:
+                st = stop_steps(S, model, held, ratio, c)
+                n, tot, fr = out.get((c, ratio), (0, 0, []))
+                stopped = st >= 0
+                fr = fr + (st[stopped] / S.totals[held][stopped]).tolist()
+                out[(c, ratio)] = (n + int(stopped.sum()), tot + len(held), fr)
+    return out
+
+
+def group_folds(S: Samples, k: int = 5) -> list[np.ndarray]:
+    """``k`` folds of whole groups, assigned by a hash of the group name (deterministic)."""
+    import hashlib
+
+    runs = np.unique(S.run)
+    fold = np.array([int(hashlib.sha1(S.groups[r].encode()).hexdigest()[:8], 16) % k for r in runs])
+    return [runs[fold == i] for i in range(k) if (fold == i).any()]
+
+
+def source_folds(S: Samples) -> list[np.ndarray]:
+    """One fold per source (leave one source out); the tiny runs of both frameworks form one source."""
+    runs = np.unique(S.run)
+    src = np.array([_family(S.sources[r]) for r in runs])
+    return [runs[src == s] for s in sorted(set(src))]
+
+
+def _family(source: str) -> str:
+    return "tiny" if source.startswith("tiny") else source
+
+
+def cv_table(title: str, res: dict[tuple[float, float], tuple[int, int, list[float]]]) -> str:
+    """Markdown: per confidence, the share of runs stopped (median fraction at stop) per target ratio."""
+    head = "| confidence | " + " | ".join(f"x{r:g}" for r in RATIOS) + " |"
+    lines = [f"#### {title}", "", head, "|---" * (len(RATIOS) + 1) + "|"]
+    for c in CONFIDENCES:
+        cells = []
+        for r in RATIOS:
+            n, tot, fr = res[(c, r)]
+            med = f" @{np.median(fr):.2f}" if fr else ""
+            cells.append(f"{100 * n / max(tot, 1):.1f} %{med}")
+        lines.append(f"| {c:g} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Share of runs stopped (median fraction of the run at the stop); x1.01 and above are reachable"
+    )
+    lines.append("targets (false stops), below 1 unreachable ones.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(S: Samples, fingerprint: str, cv: dict) -> dict:
+    """Where the numbers come from: data, code, settings, the out-of-sample check, and how to re-learn."""
+    by_source: dict[str, int] = {}
+    for s in S.sources:
+        by_source[s] = by_source.get(s, 0) + 1
+    return {
+        "learned_by": COMMAND,
+        "date": _dt.date.today().isoformat(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--", "scaleforecast")),
+        "forecaster_fingerprint": fingerprint,
+        "runs": len(S.keys),
+        "groups": len(set(S.groups)),
+        "runs_by_source": by_source,
+        "forecasts": int(S.run.size),
+        "replay": "RunMonitor.flush every 50 optimizer steps (the adapters' default), refit policy as shipped",
+        "settings": {
+            "quantile": QUANTILE,
+            "two_sided_share": TWO_SIDED_SHARE,
+            "backtest_weight": BACKTEST_WEIGHT,
+            "backtest": BACKTEST,
+            "min_groups": MIN_GROUPS,
+            "fraction_edges": list(FRACTION_EDGES),
+        },
+        "cross_validation": cv,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default=None, help="curves folder (default: ../shared/curves)")
+    ap.add_argument(
+        "--out", default=str(OUT), help=f"where to write the model (default {OUT.relative_to(REPO)})"
+    )
+    ap.add_argument("--check", action="store_true", help="learn and report, do not write")
+    ap.add_argument(
+        "--cache", default=None, help="folder to cache the replayed traces in (keyed by data + code)"
+    )
+    ap.add_argument("--no-tiny", action="store_true", help="leave the tiny runs out")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("scaleforecast").setLevel(logging.ERROR)
+    runs = all_runs(args.root, tiny=None if args.no_tiny else TINY_DIR)
+    if not runs:
+        print("no runs found (../shared/curves missing and no tiny runs)", file=sys.stderr)
+        return 1
+    from stop_replay import code_fingerprint
+
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    traces = replay_all(runs, cache=args.cache, progress=say)
+    S = samples(traces)
+    cv5 = cross_validate(S, group_folds(S))
+    loso = cross_validate(S, source_folds(S))
+    print(cv_table("grouped 5-fold cross-validation (out of sample)", cv5) + "\n")
+    print(cv_table("leave one source out (out of sample)", loso) + "\n")
+
+    def summary(res: dict) -> dict:
+        return {
+            f"c={c:g}": {f"x{r:g}": round(res[(c, r)][0] / max(res[(c, r)][1], 1), 4) for r in RATIOS}
+            for c in CONFIDENCES
+        }
+
+    cv = {"grouped_5_fold_stop_rate": summary(cv5), "leave_one_source_out_stop_rate": summary(loso)}
+    model = learn(S, provenance=provenance(S, code_fingerprint(), cv))
+    print("thresholds z(c):", ", ".join(f"{c:g}: {model.threshold(c):.2f}" for c in CONFIDENCES))
+    print("table (scale u by fraction bin, %):")
+    for p in COLUMNS:
+        print(f"  {p:8s}", " ".join(f"{100 * v:5.2f}" for v in model.table[p]))
+    print(f"  {'fallback':8s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback))
+    if not args.check:
+        Path(args.out).write_text(json.dumps(model.model_dump(mode="json"), indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
