@@ -53,6 +53,7 @@ QUANTILE = 0.9
 TWO_SIDED_SHARE = 0.3
 BACKTEST_WEIGHT = 1.0
 BACKTEST = "worst"
+NOISE_SPLIT: float | None = 0.01
 MIN_GROUPS = 5
 FLOOR = 1e-4
 COMMAND = "python benchmarks/stop_calibration.py"
@@ -69,6 +70,7 @@ class Samples:
     phase: np.ndarray
     backtest_latest: np.ndarray
     backtest: np.ndarray
+    noise: np.ndarray
     error: np.ndarray
     flush_step: np.ndarray
     keys: list[str]
@@ -84,7 +86,7 @@ class Samples:
 
 def samples(traces: Sequence[Trace]) -> Samples:
     """The calibration samples of ``traces`` (see the module docstring)."""
-    run, fr, ph, bt, bw, err, fs = [], [], [], [], [], [], []
+    run, fr, ph, bt, bw, nz, err, fs = [], [], [], [], [], [], [], []
     group_names = sorted({t.group for t in traces})
     gidx = {g: i for i, g in enumerate(group_names)}
     for i, t in enumerate(traces):
@@ -102,6 +104,7 @@ def samples(traces: Sequence[Trace]) -> Samples:
             ph.append(-1 if f.phase is None else PHASES.index(f.phase))
             bt.append(math.nan if f.backtest is None else f.backtest)
             bw.append(math.nan if f.backtest_worst is None else f.backtest_worst)
+            nz.append(math.nan if f.noise is None else f.noise)
             err.append(math.log(t.mean[j] / t.final))
             fs.append(seen[j])
     run_a = np.asarray(run, dtype=np.int64)
@@ -112,6 +115,7 @@ def samples(traces: Sequence[Trace]) -> Samples:
         phase=np.asarray(ph, dtype=np.int64),
         backtest_latest=np.asarray(bt, dtype=float),
         backtest=np.asarray(bw if BACKTEST == "worst" else bt, dtype=float),
+        noise=np.asarray(nz, dtype=float),
         error=np.asarray(err, dtype=float),
         flush_step=np.asarray(fs, dtype=np.int64),
         keys=[t.key for t in traces],
@@ -155,6 +159,7 @@ def _model(table: dict[str, list[float]], fallback: list[float], upper: ErrorTai
         fallback=[round(x, 6) for x in fallback],
         backtest_weight=BACKTEST_WEIGHT,
         backtest=BACKTEST,
+        noise_split=NOISE_SPLIT,
         floor=FLOOR,
         upper=upper,
         lower=lower,
@@ -183,6 +188,7 @@ def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
     b = _bins(S.fraction[rows])
     col = _columns(S)[rows]
     group = S.group[rows]
+    noisy = _model({}, [], _EMPTY, _EMPTY).noisy(S.noise[rows])
     nb = len(FRACTION_EDGES) - 1
 
     def cell(mask: np.ndarray) -> tuple[float, int]:
@@ -193,38 +199,49 @@ def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
         w = weight[run[mask]] / cnt[inv]
         return _cell_scale(err[mask], w), len(np.unique(group[mask]))
 
-    pooled = np.array([cell(b == k)[0] for k in range(nb)])
-    ok = np.isfinite(pooled)
-    pooled = np.interp(np.arange(nb), np.nonzero(ok)[0], pooled[ok]) if ok.any() else np.full(nb, 0.05)
+    def fill(values: np.ndarray, default: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(values)
+        return np.interp(np.arange(nb), np.nonzero(ok)[0], values[ok]) if ok.any() else default
+
     table: dict[str, list[float]] = {}
-    for i, name in enumerate(COLUMNS):
-        values, dense = [], []
-        for k in range(nb):
-            v, n_groups = cell((b == k) & (col == i))
-            values.append(v)
-            dense.append(n_groups >= MIN_GROUPS and math.isfinite(v))
-        vals = np.array(values)
-        if name == "unproven":
-            # a run that has not tested itself where too few runs were seen untested: the widest measured
-            worst = np.nanmax(vals[dense]) if any(dense) else np.nanmax(pooled)
-            filled = [
-                v if d else max(worst, pooled[k]) for k, (v, d) in enumerate(zip(vals, dense, strict=True))
-            ]
-        else:
-            filled = [v if d else pooled[k] for k, (v, d) in enumerate(zip(vals, dense, strict=True))]
-        table[name] = [max(float(x), FLOOR) for x in filled]
-    model = _model(table, [float(x) for x in pooled], _EMPTY, _EMPTY)
-    full = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows])
+    smooth_pooled = np.full(nb, 0.05)
+    for regime in (False, True) if NOISE_SPLIT is not None else (False,):
+        here = noisy == regime
+        if not here.any():
+            continue
+        pooled = fill(np.array([cell((b == k) & here)[0] for k in range(nb)]), smooth_pooled)
+        if not regime:
+            smooth_pooled = pooled
+        for i, name in enumerate(COLUMNS):
+            values, dense = [], []
+            for k in range(nb):
+                v, n_groups = cell((b == k) & (col == i) & here)
+                values.append(v)
+                dense.append(n_groups >= MIN_GROUPS and math.isfinite(v))
+            vals = np.array(values)
+            if name == "unproven":
+                # a run that has not tested itself where too few runs were seen untested: the widest measured
+                worst = np.nanmax(vals[dense]) if any(dense) else np.nanmax(pooled)
+                filled = [
+                    max(worst, pooled[k]) if not d else v
+                    for k, (v, d) in enumerate(zip(vals, dense, strict=True))
+                ]
+            else:
+                filled = [v if d else pooled[k] for k, (v, d) in enumerate(zip(vals, dense, strict=True))]
+            table[f"noisy:{name}" if regime else name] = [max(float(x), FLOOR) for x in filled]
+    for name in COLUMNS:  # a regime no run was seen in reads the other one
+        table.setdefault(name, table.get(f"noisy:{name}", [0.05] * nb))
+    model = _model(table, [float(x) for x in smooth_pooled], _EMPTY, _EMPTY)
+    full = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows])
     fallback = np.full(nb, np.nan)
     for k in range(nb):
         m = b == k
         if m.any():
             _, inv, cnt = np.unique(run[m], return_inverse=True, return_counts=True)
             fallback[k] = weighted_quantile(full[m], weight[run[m]] / cnt[inv], QUANTILE)
-    ok = np.isfinite(fallback)
-    fallback = np.interp(np.arange(nb), np.nonzero(ok)[0], fallback[ok]) if ok.any() else pooled
+    fallback = fill(fallback, smooth_pooled)
     # only a forecast is known: never narrower than any column
-    fallback = np.maximum(fallback, np.max([table[c] for c in COLUMNS], axis=0))
+    fallback = np.maximum(fallback, np.max(list(table.values()), axis=0))
     return _model(table, [float(x) for x in fallback], _EMPTY, _EMPTY)
 
 
@@ -233,7 +250,7 @@ def run_maxima(S: Samples, model: ErrorModel, runs: np.ndarray) -> tuple[np.ndar
     up = np.full(len(runs), -np.inf)
     lo = np.full(len(runs), -np.inf)
     rows = S.rows(runs)
-    sc = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows])
+    sc = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows])
     z = S.error[rows] / sc
     pos = {r: i for i, r in enumerate(runs.tolist())}
     idx = np.array([pos[r] for r in S.run[rows]], dtype=np.int64)
@@ -245,7 +262,9 @@ def run_maxima(S: Samples, model: ErrorModel, runs: np.ndarray) -> tuple[np.ndar
 def _tail(values: np.ndarray, weights: np.ndarray) -> ErrorTail:
     keep = np.isfinite(values)
     o = np.argsort(values[keep])
-    return ErrorTail(values=values[keep][o].round(6).tolist(), weights=weights[keep][o].round(6).tolist())
+    # rounded up, so that the shipped file never lets a z pass that the measured one would not
+    up = np.ceil(values[keep][o] * 1e6) / 1e6
+    return ErrorTail(values=up.tolist(), weights=weights[keep][o].round(6).tolist())
 
 
 def learn(S: Samples, runs: np.ndarray | None = None, provenance: dict | None = None) -> ErrorModel:
@@ -279,7 +298,7 @@ def stop_steps(
     """
     k = model.threshold(confidence)
     rows = S.rows(runs)
-    sc = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows])
+    sc = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows])
     stop = (S.error[rows] - math.log(ratio)) / sc > k  # confidence(z) >= c exactly when z > threshold
     out = np.full(len(runs), -1, dtype=np.int64)
     pos = {r: i for i, r in enumerate(runs.tolist())}
@@ -379,6 +398,7 @@ def provenance(S: Samples, fingerprint: str, cv: dict) -> dict:
             "two_sided_share": TWO_SIDED_SHARE,
             "backtest_weight": BACKTEST_WEIGHT,
             "backtest": BACKTEST,
+            "noise_split": NOISE_SPLIT,
             "min_groups": MIN_GROUPS,
             "fraction_edges": list(FRACTION_EDGES),
         },
@@ -427,9 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = learn(S, provenance=provenance(S, code_fingerprint(), cv))
     print("thresholds z(c):", ", ".join(f"{c:g}: {model.threshold(c):.2f}" for c in CONFIDENCES))
     print("table (scale u by fraction bin, %):")
-    for p in COLUMNS:
-        print(f"  {p:8s}", " ".join(f"{100 * v:5.2f}" for v in model.table[p]))
-    print(f"  {'fallback':8s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback))
+    for p, values in model.table.items():
+        print(f"  {p:14s}", " ".join(f"{100 * v:5.2f}" for v in values))
+    print(f"  {'fallback':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback))
     if not args.check:
         Path(args.out).write_text(json.dumps(model.model_dump(mode="json"), indent=1) + "\n")
         print(f"wrote {args.out}")

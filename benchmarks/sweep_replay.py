@@ -344,7 +344,8 @@ class ForecastRule(NoStop):
 
 class CalibratedRule(NoStop):
     """:func:`decide_stop_among` with the measured error model: ``model_of(run key)`` (the shipped one, or the
-    one learned without the run's fold), fed the run's own features (or, with ``forecast_only``, none)."""
+    one learned without the run's fold), fed the run's own features and the other runs' error scales, as a
+    registry whose records carry them would (with ``forecast_only``: neither, only what a forecast carries)."""
 
     def __init__(
         self,
@@ -359,6 +360,13 @@ class CalibratedRule(NoStop):
 
     def check(self, i: int, k: int) -> bool:
         run = self.view.sweep.runs[i]
+        model = self.model_of(run.key)
+
+        def scale_of(record: RunRecord) -> float | None:
+            other = self.view.sweep.runs[int(record.run_id)]
+            f = other.feature(self.view.latest[int(record.run_id)])
+            return None if f is None else model.scale(f)
+
         d = decide_stop_among(
             run.forecast(k),
             self.view.records(i),
@@ -367,7 +375,8 @@ class CalibratedRule(NoStop):
             confidence=self.confidence,
             quantile=self.quantile,
             features=None if self.forecast_only else run.feature(k),
-            model=self.model_of(run.key),
+            model=model,
+            scale_of=None if self.forecast_only else scale_of,
         )
         return d.stop
 

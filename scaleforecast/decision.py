@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -133,18 +133,20 @@ def sweep_reference(
     now: float | None = None,
     rel_std_floor: float = 0.0,
     model: ErrorModel | None = None,
+    scale_of: Callable[[RunRecord], float | None] | None = None,
 ) -> float | None:
     """The loss a run has to beat in its sweep: the smallest of ``target``, the other runs' final losses and
     the other running runs' *confident* forecasts.
 
     A running run's forecast counts at the loss it stays below with probability ``quantile``: with an error
     ``model`` (:mod:`scaleforecast.calibration`), ``loss * exp(k_q * scale)``, where ``k_q`` is the measured
-    optimistic margin of forecasts (:meth:`ErrorModel.optimistic_margin`) and ``scale`` the error scale of a
-    forecast made at ``step / total_steps`` of that run, at least ``rel_std_floor``; without a model, the
-    normal quantile ``loss + z_q * std`` with the std widened by ``rel_std_floor`` (:func:`widen_forecast`).
-    Only forecasts whose fit status holds numbers count, so one lucky, uncertain forecast cannot set the bar.
-    Stopped runs deliver no model and never count. ``exclude`` is the asking run; ``max_age_s`` drops running
-    records not updated for that long (a run that died). None when nothing counts.
+    optimistic margin of forecasts (:meth:`ErrorModel.optimistic_margin`) and ``scale`` the run's error scale,
+    at least ``rel_std_floor``: ``scale_of(record)`` when the sweep's records carry it (the scale the run
+    computed from its own features), else the model's conservative ``fallback`` at ``step / total_steps``;
+    without a model, the normal quantile ``loss + z_q * std`` with the std widened by ``rel_std_floor``
+    (:func:`widen_forecast`). Only forecasts whose fit status holds numbers count, so one lucky, uncertain
+    forecast cannot set the bar. Stopped runs deliver no model and never count. ``exclude`` is the asking run;
+    ``max_age_s`` drops running records not updated for that long (a run that died). None when nothing counts.
     """
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
@@ -165,7 +167,9 @@ def sweep_reference(
             if r.loss is None or r.status not in _USABLE:
                 continue
             if model is not None:
-                value = r.loss * math.exp(k * max(model.scale(_record_features(r)), rel_std_floor))
+                known = scale_of(r) if scale_of is not None else None
+                scale = known if known is not None else model.scale(_record_features(r))
+                value = r.loss * math.exp(k * max(scale, rel_std_floor))
             else:
                 value = r.loss + z * math.hypot(r.std or 0.0, rel_std_floor * r.loss)
         if value is not None and math.isfinite(value) and (best is None or value < best):
@@ -201,9 +205,8 @@ def decide_stop_in_sweep(
     """:func:`decide_stop` against :func:`sweep_reference` read from ``registry``.
 
     With ``publish`` the run's own forecast is written to the registry first (when it holds numbers), so that
-    the other runs see it (its own std, unwidened). ``rel_std_floor`` widens both this run's forecast and the
-    other runs' forecasts (:func:`widen_forecast`). ``features``/``model``: see :func:`decide_stop_among`. Registry errors propagate: callers inside a training loop
-    catch them.
+    the other runs see it (its own std, unwidened). ``rel_std_floor``, ``features`` and ``model``: see
+    :func:`decide_stop_among`. Registry errors propagate: callers inside a training loop catch them.
     """
     if publish and forecast is not None and forecast.ok and forecast.final is not None:
         final = forecast.final
@@ -246,13 +249,15 @@ def decide_stop_among(
     rel_std_floor: float = 0.0,
     features: StopFeatures | None = None,
     model: ErrorModel | None = None,
+    scale_of: Callable[[RunRecord], float | None] | None = None,
 ) -> StopDecision:
     """:func:`decide_stop` against :func:`sweep_reference` of the other runs' ``records``, both with the same
     measured error ``model`` (default: the shipped one).
 
     The rule every sweep engine applies, whether its records come from a :class:`RunRegistry` or from an
     Optuna study; ``records`` must not hold the deciding run itself. ``features`` are the deciding run's own
-    (:class:`scaleforecast.calibration.ForecastTrack`); without them the forecast's own, with a wider scale.
+    (:class:`scaleforecast.evidence.ForecastTrack`); without them the forecast's own, with a wider scale.
+    ``scale_of``: the other runs' own error scales, when their records carry them (see :func:`sweep_reference`).
     ``rel_std_floor`` is the smallest error scale assumed for any forecast, this run's and the others'.
     """
     model = model or load_error_model()
@@ -265,6 +270,7 @@ def decide_stop_among(
         max_age_s=max_age_s,
         rel_std_floor=rel_std_floor,
         model=model,
+        scale_of=scale_of,
     )
     return decide_stop(
         forecast,

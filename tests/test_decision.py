@@ -135,6 +135,23 @@ def test_sweep_reference_rules() -> None:
         sweep_reference(recs, quantile=1.0)
 
 
+def test_sweep_reference_with_the_error_model() -> None:
+    recs = [
+        _rec("run", step=500, total_steps=1000, loss=3.0, std=0.01, status="ok"),
+        _rec("fin", state=RunState.FINISHED, final_loss=3.5),
+    ]
+    k = MODEL.optimistic_margin(0.8)
+    assert k == pytest.approx(3.0)
+    # a running run's own scale when its record carries it, else the model's conservative fallback (10 %)
+    assert sweep_reference(recs, model=MODEL) == pytest.approx(3.5)  # 3 * exp(0.3) = 4.05 > 3.5
+    assert sweep_reference(recs, model=MODEL, scale_of=lambda r: 0.02) == pytest.approx(3.0 * math.exp(0.06))
+    assert sweep_reference(recs, model=MODEL, scale_of=lambda r: None) == pytest.approx(3.5)
+    # the floor widens every scale
+    assert sweep_reference(
+        recs[:1], model=MODEL, scale_of=lambda r: 0.02, rel_std_floor=0.05
+    ) == pytest.approx(3.0 * math.exp(0.15))
+
+
 def test_decide_stop_in_sweep_publishes_and_compares(tmp_path: Path) -> None:
     reg = SQLiteRegistry("sweep", tmp_path / "r.sqlite")
     # the first run alone has nothing to beat, but its forecast becomes visible to the others
@@ -143,8 +160,9 @@ def test_decide_stop_in_sweep_publishes_and_compares(tmp_path: Path) -> None:
     d = decide_stop_in_sweep(
         _forecast(5.0, 0.05), reg, "bad", step=500, total_steps=1000, model=MODEL, features=TESTED
     )
-    # the running run counts at its measured optimistic margin (quantile 0.8: 2 scales) of its fallback scale
-    assert d.stop and d.reference == pytest.approx(3.0 * math.exp(2.0 * 0.1), abs=1e-4)
+    # the running run counts at its measured optimistic margin (quantile 0.8 of 100 groups: the 81st of 101, 3
+    # scales) of its fallback scale (10 %)
+    assert d.stop and d.reference == pytest.approx(3.0 * math.exp(3.0 * 0.1), abs=1e-4)
     # the good run is not stopped by the worse one
     d = decide_stop_in_sweep(_forecast(3.0, 0.02), reg, "good", step=600, total_steps=1000, model=MODEL)
     assert not d.stop

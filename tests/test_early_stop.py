@@ -78,7 +78,7 @@ def test_before_rule_is_the_normal_tail_after_the_grace() -> None:
 
 def test_learning_measures_tails_out_of_group() -> None:
     # nineteen well-behaved groups, and one whose forecasts are 10 % too pessimistic
-    traces = [_trace(f"r{i}", f"g{i}", 3.0, [0.002 * ((i % 3) - 1)] * 10) for i in range(19)]
+    traces = [_trace(f"r{i}", f"g{i}", 3.0, [0.002 * math.sin(i + 1)] * 10) for i in range(19)]
     traces.append(_trace("wild", "gw", 3.0, [0.1] * 10))
     S = sc.samples(traces)
     assert S.run.size == 20 * 9  # the last flush of each run is its end, never a decision
