@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(table(name, cells(res, keys)) + "\n")
         print(f"({time.time() - t1:.0f} s)\n")
     print("### New-user scenario\n")
-    print(scenario(traces, rules[:3]) + "\n")
+    print(scenario(traces, [rules[0], before_rule(0.25), *rules[1:3]]) + "\n")
     print(f"total {time.time() - t0:.0f} s")
     return 0
 

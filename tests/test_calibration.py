@@ -171,3 +171,20 @@ def test_shipped_model() -> None:
         assert all(fb >= v for fb, v in zip(m.fallback, m.table[p], strict=True))
     with pytest.raises(FileNotFoundError):
         load_error_model("no-such-model")
+
+
+def test_monitor_keeps_the_track_in_its_state() -> None:
+    from scaleforecast.monitor import FlushBatch, RunMonitor
+
+    steps = np.arange(1, TOTAL + 1)
+    loss = _law_curve(steps)
+    mon = RunMonitor(LRS, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lo in range(0, 1600, 50):
+            mon.flush(FlushBatch(steps=steps[lo : lo + 50], loss=loss[lo : lo + 50]))
+    f = mon.track.features
+    assert f is not None and f.backtest is not None and f.fraction == pytest.approx(1600 / TOTAL, abs=0.03)
+    again = RunMonitor(LRS, verbose=False)
+    again.load_state_dict(json.loads(json.dumps(mon.state_dict())))
+    assert again.track.features == f and again.track.state_dict() == mon.track.state_dict()
