@@ -18,8 +18,10 @@ Policies compared in one run:
   80 % quantile;
 - ``calibrated``: :func:`scaleforecast.decision.decide_stop_among`, the measured-error rule against the measured-
   error reference, with the shipped error model (in sample) and cross-fitted (each run judged by the model
-  learned without its fold of groups: out of sample);
-- ``optuna ForecastPruner``: the calibrated rule through Optuna, from what the trial's record carries;
+  learned without its fold of groups: out of sample); each run reads its own features, and the other runs'
+  error scales as a registry whose records carry them would show them;
+- ``optuna ForecastPruner``: the calibrated rule through Optuna, from what a trial's record carries today (the
+  forecast alone: the error model's widest, fallback scale);
 - ``median (raw)``, ``hyperband (raw)``: Optuna's MedianPruner and HyperbandPruner on the raw logged loss;
 - ``nni curvefit``: an NNI-style, schedule-blind assessor (``a + b * t^-c`` fitted to the curve so far);
 - ``oracle``: knows every run's final loss and stops each run that is not the sweep's best (or not within a gap

@@ -283,8 +283,15 @@ def _train_hf(spec: TinySpec, text: Any, workdir: Path) -> tuple[list[int], list
     trainer.train()
     held = _windows(text, spec.context - 1, EVAL_BATCHES * spec.batch, 10_000 + spec.seed)
     model.train()  # the loss the callbacks see is the training loss, with GPT-2's dropout
+
+    def step_loss(b: torch.Tensor) -> float:
+        # the Trainer's own loss of a step, normalised as in training (its count of label tokens included)
+        inputs = {"input_ids": b, "labels": b.clone()}
+        n = trainer._get_num_items_in_batch([inputs], b.device)
+        return float(trainer.compute_loss(model, inputs, num_items_in_batch=n))
+
     with torch.no_grad():
-        final = float(np.mean([float(model(input_ids=b, labels=b).loss) for b in held.split(spec.batch)]))
+        final = float(np.mean([step_loss(b) for b in held.split(spec.batch)]))
     return rec.steps, rec.lrs, rec.losses, final
 
 
