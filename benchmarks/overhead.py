@@ -79,7 +79,9 @@ class TimedLossForecast(LossForecast):
     sync_check = False
 
     def _timed(self, hook: Any, trainer: pl.Trainer, *args: Any) -> None:
-        flushing = (trainer.global_step % self.flush_every == 0) and hook.__name__ == "on_train_batch_end"
+        flushing = (
+            trainer.global_step % self.session.config.flush_every == 0
+        ) and hook.__name__ == "on_train_batch_end"
         strict = self.sync_check and not flushing
         if strict:
             torch.cuda.set_sync_debug_mode("error")

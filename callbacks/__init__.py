@@ -1,7 +1,8 @@
-"""Thin adapters from training frameworks (Lightning, Hugging Face Trainer) to the core forecaster.
+"""Thin adapters from training frameworks to the shared training session
+(:mod:`scaleforecast.integrations.session`): ``LossForecast`` (Lightning), ``HFLossForecast`` (HF ``Trainer``)
+and ``LossForecastSession`` (plain PyTorch loops).
 
-``LossForecast`` (Lightning) and ``HFLossForecast`` (transformers) are imported on first access, so that
-using one framework never imports the other.
+Each is imported on first access, so that using one framework never imports another.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from scaleforecast.callbacks.hf import HFLossForecast
     from scaleforecast.callbacks.lightning import LossForecast
+    from scaleforecast.callbacks.loop import LossForecastSession
 
-__all__ = ["HFLossForecast", "LossForecast"]
+__all__ = ["HFLossForecast", "LossForecast", "LossForecastSession"]
 
-_LAZY = {"LossForecast": "scaleforecast.callbacks.lightning", "HFLossForecast": "scaleforecast.callbacks.hf"}
+_LAZY = {
+    "LossForecast": "scaleforecast.callbacks.lightning",
+    "HFLossForecast": "scaleforecast.callbacks.hf",
+    "LossForecastSession": "scaleforecast.callbacks.loop",
+}
 
 
 def __getattr__(name: str) -> Any:

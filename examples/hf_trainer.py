@@ -133,7 +133,7 @@ def main() -> None:
     for at, loss, lower, upper in record.forecasts:
         inside = "in band" if lower <= actual <= upper else ""
         print(f"{at:>22} {loss:9.4f} [{lower:7.4f}, {upper:7.4f}] {loss - actual:+8.4f} {inside}")
-    if watch.stopped:
+    if watch.stopped_at is not None:
         print(f"stopped at step {watch.stopped_at}: {watch.stop_reason}")
     mid = [f for f in record.forecasts if f[0] <= steps // 2]
     if mid:

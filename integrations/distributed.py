@@ -1,23 +1,40 @@
-"""Per-step losses kept on the device, moved to the host every K steps with one collective.
+"""Per-step values kept on the device, and the two collectives the training session needs from a framework.
 
 Reading a CUDA loss with ``.item()`` every step stalls the host until the GPU catches up. :class:`DeviceBuffer`
-instead copies each detached step loss into a preallocated tensor on the loss's device (an asynchronous
-device-side copy). Every K steps :meth:`DeviceBuffer.flush` does the only synchronising work: one
-``all_gather_into_tensor`` of the fixed-size buffer (when ``torch.distributed`` is initialised) and one
-device-to-host copy, giving for each step the mean and the max over ranks. :func:`agree` makes a boolean
-decision identical on every rank. Without an initialised process group everything is local.
+instead copies each detached step value into a preallocated tensor on the value's device (an asynchronous
+device-side copy). Every K steps the session packs the buffer (:meth:`DeviceBuffer.pack`: the values, the step
+numbers, the LRs used and a count) and all-gathers it: one collective and one device-to-host copy, the only
+synchronising work. A rank whose own part of the plugin failed sends :meth:`DeviceBuffer.no_data` instead, a
+message of the same shape marked "no data", so that it still joins every collective. :func:`reduce_ranks`
+turns the gathered messages into per-step values over the ranks that had data: the mean and the max of the
+loss, the gradient norm, and whether any rank saw a loss at that step.
+
+:class:`Collectives` is the small protocol a framework implements (all-gather, reduce-boolean);
+:class:`TorchCollectives` implements it over ``torch.distributed`` (any process group, or none: local).
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DeviceBuffer", "Flushed", "agree", "dist_ready", "rank", "world_size"]
+__all__ = [
+    "Collectives",
+    "DeviceBuffer",
+    "Reduced",
+    "TorchCollectives",
+    "collective_device",
+    "dist_ready",
+    "reduce_ranks",
+]
+
+LOSS, SEEN, GRAD = 0, 1, 2
+"""Channels of the buffer: the step's loss, 1 where a loss was pushed, and the gradient norm (optional)."""
 
 
 def dist_ready() -> bool:
@@ -25,48 +42,70 @@ def dist_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist_ready() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist_ready() else 0
-
-
-def _collective_device(fallback: torch.device) -> torch.device:
-    """NCCL needs CUDA tensors and gloo CPU ones; pick the device the default group's backend wants."""
+def collective_device(fallback: torch.device, group: Any = None) -> torch.device:
+    """NCCL needs CUDA tensors and gloo CPU ones; pick the device the group's backend wants."""
     if not dist_ready():
         return fallback
-    backend = str(dist.get_backend()).lower()
+    backend = str(dist.get_backend(group)).lower()
     if "nccl" in backend and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
-    if backend == "gloo":
+    if "gloo" in backend:
         return torch.device("cpu")
     return fallback
 
 
-@dataclass(frozen=True)
-class Flushed:
-    """Host-side result of a flush: per-step ``mean`` and ``max`` over ranks of each channel.
+@runtime_checkable
+class Collectives(Protocol):
+    """The collectives the training session runs, at the same step on every rank.
 
-    ``mean[c, i]``/``max[c, i]`` hold channel ``c`` (0 = loss, then the extra channels) at the ``i``-th pushed
-    step; ``count`` is the number of steps (the same on every rank).
+    ``all_gather(t)`` returns a ``(world_size, *t.shape)`` tensor of every rank's ``t`` (on ``device``);
+    ``any(flag)`` is true on every rank when it is true on one. ``rank``/``world_size`` place this process.
     """
 
-    mean: np.ndarray
-    max: np.ndarray
-    count: int
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+    def any(self, flag: bool) -> bool: ...
+
+
+class TorchCollectives:
+    """:class:`Collectives` over ``torch.distributed`` (``group``: a process group, default the world);
+    without an initialised process group it is local (rank 0 of 1, no communication)."""
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+        ready = dist_ready()
+        self.rank = dist.get_rank(group) if ready else 0
+        self.world_size = dist.get_world_size(group) if ready else 1
+        self.device = collective_device(torch.device("cpu"), group)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor.unsqueeze(0)
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous(), group=self.group)
+        return torch.stack(parts)
+
+    def any(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(t.item())
 
 
 class DeviceBuffer:
-    """A ``(channels, capacity)`` float32 buffer on the device of the first pushed value.
+    """A ``(channels, capacity)`` float64 buffer on the device of the first pushed value.
 
     :meth:`push` stores one step's values (tensors are detached and copied device-side; Python floats are
-    written with ``fill_``); it never reads a value back. :meth:`flush` returns a :class:`Flushed` and empties
-    the buffer; on a full buffer :meth:`push` raises ``BufferError`` (the caller flushes every ``capacity`` steps).
+    written with ``fill_``); it never reads a value back. On a full buffer it raises ``BufferError`` (the
+    session flushes every ``capacity`` steps). :meth:`pack` empties it into the message that is gathered.
     """
 
-    def __init__(self, capacity: int, channels: int = 1) -> None:
+    def __init__(self, capacity: int, channels: int = 2) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if channels < 1:
@@ -80,14 +119,15 @@ class DeviceBuffer:
         return self._n
 
     @property
-    def device(self) -> torch.device | None:
-        return None if self._buf is None else self._buf.device
+    def rows(self) -> int:
+        """Rows of a packed message: the channels, the step numbers, the LRs and the count."""
+        return self.channels + 3
 
-    def _alloc(self, like: torch.Tensor | float) -> torch.Tensor:
+    def _alloc(self, like: torch.Tensor | float | None) -> torch.Tensor:
         device = like.device if isinstance(like, torch.Tensor) else torch.device("cpu")
-        # Fill with NaN so a channel that was never pushed reads as missing, not as zero.
+        # NaN so that a channel never pushed reads as missing, not as zero.
         self._buf = torch.full(
-            (self.channels, self.capacity), float("nan"), dtype=torch.float32, device=device
+            (self.channels, self.capacity), float("nan"), dtype=torch.float64, device=device
         )
         return self._buf
 
@@ -96,8 +136,9 @@ class DeviceBuffer:
         if len(values) > self.channels:
             raise ValueError(f"got {len(values)} values for {self.channels} channel(s)")
         if self._n >= self.capacity:
-            raise BufferError(f"buffer full ({self.capacity} steps): flush() first")
-        buf = self._buf if self._buf is not None else self._alloc(values[0] if values else 0.0)
+            raise BufferError(f"buffer full ({self.capacity} steps): flush first")
+        first = next((v for v in values if isinstance(v, torch.Tensor)), None)
+        buf = self._buf if self._buf is not None else self._alloc(first)
         col = buf[:, self._n]
         for c, value in enumerate(values):
             if value is None:
@@ -108,67 +149,106 @@ class DeviceBuffer:
                 col[c].fill_(float(value))
         self._n += 1
 
-    def flush(self, reduce: bool = True) -> Flushed:
-        """Move the buffered steps to the host, reduced over ranks when ``reduce`` and a group is initialised.
+    def pack(self, steps: list[int], lrs: list[float], device: torch.device) -> torch.Tensor:
+        """The message for the gather, and the buffer emptied: ``(rows, capacity)`` float64 on ``device``.
 
-        All ranks must call this at the same step (it is a collective). The whole fixed-size buffer is
-        gathered, with each rank's count appended, so ranks never disagree on message sizes; if the counts
-        differ (a caller bug), the common prefix is kept, with a warning.
+        Rows: the channels, then the step numbers, the LRs each update used and (in column 0) the count of
+        steps; ``steps``/``lrs`` are this rank's host-side records of the buffered steps.
         """
         n = self._n
+        if len(steps) != n or len(lrs) != n:
+            raise ValueError(f"{n} buffered steps but {len(steps)} step numbers and {len(lrs)} LRs")
+        msg = self.no_data(device)
+        if self._buf is not None:
+            msg[: self.channels].copy_(self._buf)
+            self._buf.fill_(float("nan"))
+        msg[self.channels, :n] = torch.tensor(steps, dtype=torch.float64)
+        msg[self.channels + 1, :n] = torch.tensor(lrs, dtype=torch.float64)
+        msg[self.channels + 2, 0] = float(n)
         self._n = 0
-        buf = self._buf
-        if buf is None:
-            buf = self._alloc(0.0)
-        if not (reduce and dist_ready()):
-            local = buf[:, :n].cpu().double().numpy()
-            buf.fill_(float("nan"))
-            return Flushed(mean=local, max=local.copy(), count=n)
-        ws = dist.get_world_size()
-        dev = _collective_device(buf.device)
-        packed = torch.empty((self.channels + 1, self.capacity), dtype=torch.float32, device=dev)
-        packed[: self.channels].copy_(buf)
-        packed[self.channels].fill_(float(n))
-        gathered = torch.empty((ws * (self.channels + 1), self.capacity), dtype=torch.float32, device=dev)
-        dist.all_gather_into_tensor(gathered, packed)
-        host = gathered.cpu().double().numpy().reshape(ws, self.channels + 1, self.capacity)
-        buf.fill_(float("nan"))
-        counts = host[:, self.channels, 0].astype(np.int64)
-        common = int(counts.min())
-        if (counts != common).any():
-            warnings.warn(
-                f"ranks flushed different step counts {counts.tolist()}; keeping the first {common}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        values = host[:, : self.channels, :common]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels are legitimate (never pushed)
-            mean = values.mean(axis=0)
-            mx = values.max(axis=0)
-        return Flushed(mean=mean, max=mx, count=common)
+        return msg
+
+    def no_data(self, device: torch.device) -> torch.Tensor:
+        """A message of the same shape that says "this rank has no data" (count -1)."""
+        msg = torch.full((self.rows, self.capacity), float("nan"), dtype=torch.float64, device=device)
+        msg[self.channels + 2, 0] = -1.0
+        return msg
+
+    def clear(self) -> None:
+        """Drop what is buffered (a rank whose per-step part failed sends "no data" from then on)."""
+        self._n = 0
 
     def peek(self) -> np.ndarray:
         """This rank's buffered values, ``(channels, len)`` on the host, without a collective or emptying.
 
-        For checkpoints (already a sync point); the regular path is :meth:`flush`.
+        For checkpoints (already a sync point); the regular path is :meth:`pack`.
         """
         if self._buf is None:
             return np.empty((self.channels, 0))
-        return self._buf[:, : self._n].cpu().double().numpy()
-
-    def state_dict(self) -> dict[str, int]:
-        """Only the shape: buffered values are flushed before any checkpoint that matters."""
-        return {"capacity": self.capacity, "channels": self.channels}
+        return self._buf[:, : self._n].cpu().numpy()
 
 
-def agree(flag: bool, *, mode: str = "any", device: torch.device | None = None) -> bool:
-    """The same boolean on every rank: ``any`` (true if one rank says so) or ``all``; local without a group."""
-    if mode not in ("any", "all"):
-        raise ValueError(f"mode must be 'any' or 'all', got {mode!r}")
-    if not dist_ready():
-        return bool(flag)
-    dev = _collective_device(device or torch.device("cpu"))
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX if mode == "any" else dist.ReduceOp.MIN)
-    return bool(t.item())
+@dataclass(frozen=True)
+class Reduced:
+    """Per-step values over the ranks that had data (all arrays of length ``count``).
+
+    ``loss``: the mean over the ranks that saw a loss at that step (NaN if one of them saw NaN); ``loss_max``:
+    their max; ``seen``: whether any rank saw a loss; ``grad_norm``: the mean gradient norm (NaN when not
+    measured); ``ranks``: how many ranks had data.
+    """
+
+    steps: np.ndarray
+    lrs: np.ndarray
+    loss: np.ndarray
+    loss_max: np.ndarray
+    seen: np.ndarray
+    grad_norm: np.ndarray
+    ranks: int
+
+    @property
+    def count(self) -> int:
+        return len(self.steps)
+
+
+def reduce_ranks(gathered: np.ndarray, channels: int) -> Reduced:
+    """Reduce ``(world, channels + 3, capacity)`` gathered messages (see :meth:`DeviceBuffer.pack`).
+
+    Ranks marked "no data" are left out; the step numbers and LRs are those of the first rank with data. If
+    the ranks with data buffered different counts (a caller bug), the common prefix is kept, with a warning.
+    """
+    counts = gathered[:, channels + 2, 0]
+    ok = counts >= 0
+    if not ok.any():
+        empty = np.empty(0)
+        return Reduced(empty, empty, empty, empty, np.empty(0, dtype=bool), empty, 0)
+    n = int(counts[ok].min())
+    if (counts[ok] != n).any():
+        warnings.warn(
+            f"ranks flushed different step counts {counts[ok].astype(int).tolist()}; keeping the first {n}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    msgs = gathered[ok][:, :, :n]
+    first = msgs[0]
+    seen = msgs[:, SEEN, :] == 1.0
+    n_seen = seen.sum(axis=0)
+    loss = np.where(seen, msgs[:, LOSS, :], 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n_seen > 0, loss / np.maximum(n_seen, 1), np.nan)
+    # NaN on any rank that saw a loss makes the max NaN too: a NaN storm on one rank is not hidden.
+    top = np.where(seen, msgs[:, LOSS, :], -np.inf).max(axis=0)
+    top = np.where(n_seen > 0, top, np.nan)
+    grad = np.full(n, np.nan)
+    if channels > GRAD:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # steps without a gradient norm on any rank
+            grad = np.nanmean(msgs[:, GRAD, :], axis=0)
+    return Reduced(
+        steps=first[channels].astype(np.int64),
+        lrs=first[channels + 1].copy(),
+        loss=mean,
+        loss_max=top,
+        seen=n_seen > 0,
+        grad_norm=grad,
+        ranks=int(ok.sum()),
+    )

@@ -2,12 +2,12 @@
 
 Two pieces, usable separately:
 
-- :class:`OptunaForecastReporter` is the ``on_forecast`` hook given to ``LossForecast`` (Lightning) or
-  ``HFLossForecast`` (HF Trainer). At each refit it stores the trial's latest forecast (mean, std, fit status)
+- :class:`OptunaForecastReporter` is a listener of the training adapters (``LossForecast``,
+  ``HFLossForecast``, ``LossForecastSession``). At each refit it stores the trial's latest forecast (mean, std, fit status)
   in the trial's user attributes and, each time the run crosses a point of a progress grid, calls
   ``trial.report(forecast_final_loss, step=progress_per_mille)``. The grid is in per mille of the trial's own
   total steps, so it is the same across trials even when their lengths differ, and any Optuna pruner can
-  compare trials rung by rung. It returns True when the trial should stop; the callback then stops training
+  compare trials rung by rung. It returns True when the trial should stop; the adapter then stops training
   gracefully and the objective calls :meth:`OptunaForecastReporter.raise_if_pruned` after ``fit``.
 - :class:`ForecastPruner` is a pruner that applies :func:`scaleforecast.decision.decide_stop` to the trial's
   latest forecast against the best of the study's *other* trials (completed values, and running trials'
@@ -15,12 +15,12 @@ Two pieces, usable separately:
   machines), is the sweep registry. :class:`OptunaRegistry` exposes the study as a
   :class:`scaleforecast.registry.RunRegistry`.
 
-With the callbacks, pass the reporter as a health check: ``LossForecast(health=[reporter])`` (it implements
-:class:`scaleforecast.monitor.HealthCheck`); a pruning decision becomes a critical ``early_stop`` event, which
-stops training gracefully on every rank. The objective should return the same quantity that is forecast (the final training loss, e.g.
-``reporter.final_loss``), so that completed trials and forecasts are comparable. Under DDP the reporter talks
-to Optuna on global rank 0 only and broadcasts the decision (one ``torch.distributed`` collective per refit);
-an ``optuna_integration.TorchDistributedTrial`` is also accepted, in which case every rank calls it.
+With the training adapters, pass the reporter as a listener: ``LossForecast(listeners=[reporter])`` (it
+implements :class:`scaleforecast.monitor.Listener` and is called right after each refit); a pruning decision
+becomes a critical ``early_stop`` event, which stops training gracefully on every rank. The objective should
+return the same quantity that is forecast (the final training loss, e.g. ``reporter.final_loss``), so that
+completed trials and forecasts are comparable. Under DDP the reporter talks
+to Optuna on global rank 0 only and runs no collective of its own: the adapters agree on its decision.
 """
 
 from __future__ import annotations
@@ -239,30 +239,20 @@ def _dist_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _broadcast_flag(flag: bool) -> bool:
-    import torch
-    import torch.distributed as dist
-
-    backend = dist.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 class OptunaForecastReporter(ForecastStopCheck):
-    """The ``on_forecast`` hook that connects a training callback to an Optuna trial.
+    """The listener that connects a training adapter to an Optuna trial: ``LossForecast(listeners=[reporter])``.
 
-    ``reporter(step, forecast) -> bool`` is called after each refit with the optimizer step and the new
-    forecast. It records the forecast in the trial (user attribute :data:`FORECAST_ATTR`), reports the forecast
-    final loss at ``trial.report(value, step=k * 1000 // n_grid)`` when the run passes ``k / n_grid`` of its
-    ``total_steps`` (default: the forecast's final step), asks ``trial.should_prune()`` after each report, and
-    returns True when the trial is to stop. Unusable forecasts (no fit yet) are ignored. Errors inside Optuna
-    are logged once and disable the reporter, so that training goes on.
+    The run monitor calls it right after each refit with the optimizer step and the new forecast
+    (``reporter(step, forecast) -> bool``). It records the forecast in the trial (user attribute
+    :data:`FORECAST_ATTR`), reports the forecast final loss at ``trial.report(value, step=k * 1000 // n_grid)``
+    when the run passes ``k / n_grid`` of its ``total_steps`` (default: the forecast's final step), asks
+    ``trial.should_prune()`` after each report, and returns True when the trial is to stop (as a listener: a
+    critical ``early_stop`` event, which stops training gracefully). Unusable forecasts (no fit yet) are
+    ignored. Errors inside Optuna are logged once and disable the reporter, so that training goes on.
 
-    Under DDP (torch.distributed initialised, world size > 1) only global rank 0 needs a trial (other ranks
-    may pass ``trial=None``); every rank must call the hook at the same steps (the callbacks refit in lockstep)
-    and rank 0's decision is broadcast. A ``TorchDistributedTrial`` is called on every rank instead.
+    Under DDP only global rank 0 talks to Optuna (the other ranks may pass ``trial=None``; a
+    ``TorchDistributedTrial`` is unwrapped to its rank-0 trial): the reporter itself runs no collective, and
+    the adapters agree on rank 0's stop so that every rank stops at the same step.
     """
 
     def __init__(
@@ -277,7 +267,10 @@ class OptunaForecastReporter(ForecastStopCheck):
             raise ValueError(f"n_grid must be in [1, {GRID_SCALE}], got {n_grid}")
         if total_steps is not None and total_steps <= 0:
             raise ValueError(f"total_steps must be > 0, got {total_steps}")
-        self.trial = trial
+        # A TorchDistributedTrial broadcasts inside each call; the adapters' own agreement replaces that.
+        self.trial = (
+            getattr(trial, "_delegate", trial) if type(trial).__name__ == "TorchDistributedTrial" else trial
+        )
         self.total_steps = total_steps
         self.n_grid = n_grid
         self.prune = prune
@@ -286,8 +279,6 @@ class OptunaForecastReporter(ForecastStopCheck):
         self.last_forecast: Forecast | None = None
         self._last_k = 0
         self._disabled = False
-        self._self_distributed = type(trial).__name__ == "TorchDistributedTrial"
-        self._seen: Forecast | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -295,24 +286,14 @@ class OptunaForecastReporter(ForecastStopCheck):
         f = self.last_forecast
         return f.final.loss if f is not None and f.final is not None else None
 
-    def grid_step(self, step: int, total_steps: int) -> int:
-        """The reported step (per mille of ``total_steps``) of the last grid point at or before ``step``."""
-        k = min(self.n_grid, (int(step) * self.n_grid) // int(total_steps))
-        return k * GRID_SCALE // self.n_grid
-
     def __call__(self, step: int, forecast: Forecast | None) -> bool:
-        """Record, report and decide; True means: stop this trial now."""
-        rank, world = _dist_world()
-        distributed = world > 1 and not self._self_distributed
-        stop = False
-        if not distributed or rank == 0:
-            stop = self._local(step, forecast)
-        if distributed:
-            try:
-                stop = _broadcast_flag(stop)
-            except Exception as exc:  # a failed collective must not kill the run
-                self._disable(f"decision broadcast failed: {exc!r}")
-                stop = False
+        """Record, report and decide; True means: stop this trial now (rank 0 only; see the class doc)."""
+        rank, _ = _dist_world()
+        if rank != 0:
+            if forecast is not None and forecast.ok and forecast.final is not None:
+                self.last_forecast = forecast
+            return False
+        stop = self._local(step, forecast)
         if stop and not self.pruned:
             self.pruned, self.pruned_at = True, int(step)
         return stop

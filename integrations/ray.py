@@ -1,7 +1,8 @@
 """Ray Tune: report the forecast final loss so that ASHA (or any Tune scheduler) compares forecasts.
 
-Use :class:`RayTuneForecastReporter` as the ``on_forecast`` hook of ``LossForecast`` / ``HFLossForecast``
-inside a Tune function trainable, and schedule on the forecast::
+Use :class:`RayTuneForecastReporter` as a listener of the training adapters inside a Tune function trainable
+(``LossForecast(listeners=[reporter])``, likewise ``HFLossForecast`` and ``LossForecastSession``), and
+schedule on the forecast::
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -10,9 +11,10 @@ inside a Tune function trainable, and schedule on the forecast::
                               max_t=total_steps, grace_period=total_steps // 10)
 
 Each refit reports ``{"forecast_final_loss", "forecast_std", "forecast_status", "step", "progress"}``
-through ``ray.tune.report``. With the callbacks, pass it as a health check: ``LossForecast(health=[reporter])``. ASHA stops a trial by ending its trainable, so the hook itself never asks the
-callback to stop. ``time_attr="step"`` compares runs at equal optimizer steps; for a sweep whose runs differ in
-length use ``time_attr="progress"`` (per mille of each run's own total steps). Ray is imported lazily.
+through ``ray.tune.report``, right after the refit that made the forecast. ASHA stops a trial by ending its
+trainable, so the reporter itself never asks the adapter to stop. ``time_attr="step"`` compares runs at equal
+optimizer steps; for a sweep whose runs differ in length use ``time_attr="progress"`` (per mille of each run's
+own total steps). Ray is imported lazily.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def forecast_metrics(step: int, forecast: Forecast, total_steps: int | None = No
 
 
 class RayTuneForecastReporter:
-    """The ``on_forecast`` hook that reports each usable forecast to Ray Tune (``ray.tune.report``).
+    """The listener that reports each usable forecast to Ray Tune (``ray.tune.report``).
 
-    ``reporter(step, forecast) -> bool`` always returns False: Tune's scheduler ends the trial itself.
+    The run monitor calls :meth:`on_forecast` with each new forecast, right after its refit;
+    ``reporter(step, forecast) -> bool`` does the reporting and always returns False: Tune's scheduler ends the trial itself.
     ``every`` reports only every n-th usable forecast (to bound Tune's result traffic). ``report_fn`` replaces
     ``ray.tune.report`` (e.g. ``ray.train.report`` under a Ray Train ``TorchTrainer``, where every worker
     must report). Errors are logged once and disable the reporter; training goes on.
@@ -71,7 +74,6 @@ class RayTuneForecastReporter:
         self._n = 0
         self._disabled = False
         self.last_metrics: dict[str, Any] | None = None
-        self._seen: Forecast | None = None
 
     def _report(self, metrics: dict[str, Any]) -> None:
         if self._report_fn is not None:
@@ -100,11 +102,7 @@ class RayTuneForecastReporter:
             self._disabled = True
         return False
 
-    def check(self, batch: Any, forecaster: Any) -> list[Any]:
-        """The :class:`scaleforecast.monitor.HealthCheck` face of the hook (``LossForecast(health=[reporter])``):
-        reports the forecaster's latest forecast when it is new; never raises an event."""
-        latest = getattr(forecaster, "latest", None)
-        if latest is not None and latest is not self._seen:
-            self._seen = latest
-            self(int(latest.fitted_at_step), latest)
+    def on_forecast(self, step: int, forecast: Forecast) -> list[Any]:
+        """The listener hook: report the new forecast; never raises an event."""
+        self(step, forecast)
         return []

@@ -171,10 +171,12 @@ def schedule_flags(planned: np.ndarray, config: AdviceConfig | None = None) -> l
 class ScheduleAdvisor:
     """Compare the plan with the candidates at each refit and report the best one (see the module doc).
 
-    ``evaluate(forecaster)`` returns a :class:`ScheduleAdvice` (or ``None`` when there is no usable fit or
-    nothing is left to change) and keeps it as :attr:`latest`; ``events(advice)`` turns it into events: one
+    ``evaluate(view)`` reads the fit through a read-only :class:`scaleforecast.monitor.FitView` (an
+    :class:`~scaleforecast.forecaster.OnlineForecaster` offers the same ``latest``, ``last_step``,
+    ``schedule`` and ``predict``) and returns a :class:`ScheduleAdvice` (or ``None`` when there is no usable
+    fit or nothing is left to change), kept as :attr:`latest`; ``events(advice)`` turns it into events: one
     ``schedule_advice`` event when the gain is significant, and each plan flag once.
-    ``advise(forecaster, step)`` does both and never raises: it is the hook
+    ``advise(view, step)`` does both and never raises: it is the hook
     :class:`~scaleforecast.monitor.RunMonitor` calls after each refit; :meth:`scalars` gives the latest
     advice as scalars for the sinks.
     """
@@ -184,27 +186,21 @@ class ScheduleAdvisor:
         self.latest: ScheduleAdvice | None = None
         self._flagged: set[str] = set()
 
-    def evaluate(self, forecaster: Any) -> ScheduleAdvice | None:
+    def evaluate(self, view: Any) -> ScheduleAdvice | None:
         """Compare the remaining plan with every candidate under the latest fit (see the class doc)."""
         cfg = self.config
-        planned = getattr(forecaster, "schedule", None)
-        fit = getattr(forecaster, "fit_result", None)
-        if planned is None or fit is None or getattr(fit, "params", None) is None:
+        planned = getattr(view, "schedule", None)
+        plan = getattr(view, "latest", None)
+        if planned is None or plan is None or plan.params is None or not plan.ok or plan.final is None:
             return None
-        status = str(getattr(fit.status, "value", fit.status))
-        if status not in ("ok", "annealing_unidentified"):
-            return None
-        step = int(forecaster.last_step)
+        step = int(view.last_step)
         total = len(planned)
-        if total - step < max(2, cfg.min_remaining * total):
-            return None
-        plan = forecaster.forecast()
-        if plan.final is None:
+        if plan.final_step != total or total - step < max(2, cfg.min_remaining * total):
             return None
         cands: list[Candidate] = []
         for name, lrs in candidate_schedules(planned, step, cfg).items():
             try:
-                final = float(forecaster.predict([total], schedule=lrs)[0])
+                final = float(view.predict([total], schedule=lrs)[0])
             except Exception as err:  # one bad candidate must not lose the others
                 log.debug("candidate %s failed: %r", name, err)
                 continue
@@ -221,7 +217,7 @@ class ScheduleAdvisor:
             best=best,
             significant=best is not None and best.gain > bar,
             flags=schedule_flags(planned, cfg),
-            c_from_prior=status == "annealing_unidentified",
+            c_from_prior=plan.status.value == "annealing_unidentified",
         )
         self.latest = advice
         return advice
@@ -232,7 +228,11 @@ class ScheduleAdvisor:
             return []
         out: list[Event] = []
         if advice.significant and advice.best is not None:
-            prior = " (C from the prior: the LR has not decayed yet)" if advice.c_from_prior else ""
+            prior = (
+                " (the annealing coefficient C is not pinned down by this run's data yet: it comes from the prior)"
+                if advice.c_from_prior
+                else ""
+            )
             out.append(
                 Event(
                     kind="schedule_advice",
@@ -269,13 +269,13 @@ class ScheduleAdvisor:
             )
         return out
 
-    def advise(self, forecaster: Any, step: int | None = None) -> list[Event]:
-        """``events(evaluate(forecaster))``; never raises (a failure is logged and yields no events).
+    def advise(self, view: Any, step: int | None = None) -> list[Event]:
+        """``events(evaluate(view))``; never raises (a failure is logged and yields no events).
 
-        ``step`` is accepted for the monitor's hook signature; the forecaster's last step is used.
+        ``step`` is accepted for the monitor's hook signature; the view's last step is used.
         """
         try:
-            return self.events(self.evaluate(forecaster))
+            return self.events(self.evaluate(view))
         except Exception as err:
             log.warning("schedule advice failed at this refit: %r", err)
             return []

@@ -1,8 +1,8 @@
 """``scaleforecast backtest RUN``: how far to trust the forecast on this kind of run.
 
 For each fraction ``f`` of a finished run, fit on the observations at steps ``<= f * T`` (as if the run had been
-stopped there), forecast the final loss, and compare with the loss the run actually reached (the median of
-the finite points in its last 2% of steps, since one noisy point is a poor reference). Prints a table (or
+stopped there), forecast the final loss, and compare with the loss the run actually reached at its last step
+(estimated from the end of its log, with its own uncertainty: :mod:`scaleforecast.observed`). Prints a table (or
 JSON) and draws a picture: the forecast with its band against the fraction of the run seen, and the error.
 """
 
@@ -18,8 +18,12 @@ import numpy as np
 from pydantic import BaseModel
 
 from scaleforecast.forecaster import ForecasterConfig
-from scaleforecast.io import RunData, _Progress, add_run_arguments, run_from_args
-from scaleforecast.report import fit_run, observed_final, png_bytes
+from scaleforecast.observed import observed_final
+from scaleforecast.progress import Progress
+from scaleforecast.report import fit_run, png_bytes
+from scaleforecast.run_args import add_run_arguments, level_arg, run_from_args
+from scaleforecast.runs import RunData
+from scaleforecast.safe_write import write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,8 +38,8 @@ examples:
   scaleforecast backtest lightning_logs/version_3 --fractions 0.25 0.5 0.75 -o backtest.png
   scaleforecast backtest megatron/tensorboard --loss "lm loss" --json
 
-The run must be finished (its last logged step at the end of its schedule): the reference is the median loss
-over its last 2% of steps.
+The run must be finished (its last logged step at the end of its schedule): the reference is its loss at the
+last step, read from a line through its last points (at least 8, over at most the last 10% of the run).
 """
 
 
@@ -50,6 +54,7 @@ class BacktestRow(BaseModel):
     lower: float | None
     upper: float | None
     actual: float
+    error: float | None = None
     error_pct: float | None
     inside: bool | None
 
@@ -62,6 +67,9 @@ class BacktestResult(BaseModel):
     final_step: int
     level: float
     actual: float
+    actual_std: float | None = None
+    actual_points: int = 0
+    notes: list[str] = []
     rows: list[BacktestRow]
     median_abs_error_pct: float | None
     max_abs_error_pct: float | None
@@ -78,8 +86,8 @@ def backtest(
     if run.lrs is None:
         raise ValueError(f"{run.source}: no LR for this run; pass --schedule SPEC or --lr-file")
     total = len(run.lrs)
-    actual = observed_final(run)
-    if actual is None:
+    obs = observed_final(run)
+    if obs is None:
         raise ValueError(
             f"{run.source}: the run is not finished (last loss at step {run.last_step} of {total}); "
             "a backtest needs the final loss (set --total-steps if the schedule is longer than the run)"
@@ -87,8 +95,9 @@ def backtest(
     for f in fractions:
         if not 0.0 < f < 1.0:
             raise ValueError(f"fractions must lie in (0, 1), got {f}")
+    actual = obs.value
     rows: list[BacktestRow] = []
-    bar = _Progress(len(fractions), f"backtest {run.name[:30]}", progress)
+    bar = Progress(len(fractions), f"backtest {run.name[:30]}", progress)
     try:
         for f in sorted(fractions):
             until = round(f * total)
@@ -122,7 +131,9 @@ def backtest(
                         lower=final.lower,
                         upper=final.upper,
                         actual=actual,
-                        error_pct=100.0 * (final.loss - actual) / actual,
+                        error=final.loss - actual,
+                        # A loss that reaches 0 has no relative error; the absolute one is still there.
+                        error_pct=100.0 * (final.loss - actual) / abs(actual) if actual != 0 else None,
                         inside=bool(final.lower <= actual <= final.upper),
                     )
                 )
@@ -137,6 +148,9 @@ def backtest(
         final_step=total,
         level=level,
         actual=actual,
+        actual_std=obs.std if math.isfinite(obs.std) else None,
+        actual_points=obs.n_points,
+        notes=[obs.note] if obs.note else [],
         rows=rows,
         median_abs_error_pct=float(np.median(errs)) if errs else None,
         max_abs_error_pct=float(np.max(errs)) if errs else None,
@@ -147,9 +161,10 @@ def backtest(
 def format_table(result: BacktestResult) -> str:
     """The rows as a fixed-width text table with a summary line."""
     pct = round(100 * result.level)
+    pm = f" ± {result.actual_std:.2g}" if result.actual_std is not None else ""
     lines = [
-        f"{Path(result.run).name}: {result.loss_name}, observed final loss {result.actual:.4f} "
-        f"(median of the last 2% of {result.final_step} steps)",
+        f"{Path(result.run).name}: {result.loss_name}, observed final loss {result.actual:.4f}{pm} at step "
+        f"{result.final_step} (from its last {result.actual_points} points)",
         f"{'seen':>5} {'step':>8} {'points':>7} {'forecast':>9} {f'{pct}% band':>19} {'error':>8}  in band  status",
     ]
     for r in result.rows:
@@ -159,15 +174,17 @@ def format_table(result: BacktestResult) -> str:
             )
             continue
         band = f"[{r.lower:.4f}, {r.upper:.4f}]"
+        err = f"{r.error_pct:>+7.2f}%" if r.error_pct is not None else f"{r.error:>+8.3g}"
         lines.append(
             f"{r.fraction:>5.0%} {r.step:>8} {r.n_points:>7} {r.forecast:>9.4f} {band:>19} "
-            f"{r.error_pct:>+7.2f}%  {'yes' if r.inside else 'NO':>7}  {r.status}"
+            f"{err}  {'yes' if r.inside else 'NO':>7}  {r.status}"
         )
     if result.median_abs_error_pct is not None:
         lines.append(
             f"median |error| {result.median_abs_error_pct:.2f}%, worst {result.max_abs_error_pct:.2f}%, "
             f"band coverage {100 * (result.coverage or 0):.0f}% (nominal {pct}%)"
         )
+    lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
 
 
@@ -190,6 +207,7 @@ def draw_backtest(result: BacktestResult, run: RunData, dpi: int = 100) -> Figur
         label=run.loss_name,
     )
     rows = [r for r in result.rows if r.forecast is not None]
+    relative = result.actual != 0
     if rows:
         s = np.array([r.step for r in rows])
         m = np.array([r.forecast for r in rows])
@@ -222,7 +240,8 @@ def draw_backtest(result: BacktestResult, run: RunData, dpi: int = 100) -> Figur
     ax.set_title(f"backtest: {name}", fontsize=11, loc="left")
 
     f = np.array([100 * r.fraction for r in rows])
-    e = np.array([r.error_pct for r in rows])
+    scale = 100 / abs(result.actual) if relative else 1.0
+    e = np.array([r.error * scale if r.error is not None else np.nan for r in rows])
     inside = np.array([bool(r.inside) for r in rows])
     if rows:
         ax_err.plot(f, e, color="0.4", lw=1.0)
@@ -239,12 +258,12 @@ def draw_backtest(result: BacktestResult, run: RunData, dpi: int = 100) -> Figur
             zorder=3,
             label="actual outside the band",
         )
-        band_lo = 100 * (np.array([r.lower for r in rows]) - result.actual) / result.actual
-        band_hi = 100 * (np.array([r.upper for r in rows]) - result.actual) / result.actual
+        band_lo = scale * (np.array([r.lower for r in rows]) - result.actual)
+        band_hi = scale * (np.array([r.upper for r in rows]) - result.actual)
         ax_err.fill_between(f, band_lo, band_hi, color="tab:orange", alpha=0.2, lw=0, label="band, relative")
     ax_err.axhline(0, color="k", lw=0.8)
     ax_err.set_xlabel("% of the run seen")
-    ax_err.set_ylabel("forecast error of the final loss (%)")
+    ax_err.set_ylabel("forecast error of the final loss" + (" (%)" if relative else ""))
     ax_err.set_xlim(0, 100)
     ax_err.grid(alpha=0.3)
     ax_err.legend(loc="upper right", fontsize=8.5)
@@ -277,7 +296,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="F",
         help="fractions of the run to fit on (default 0.1 ... 0.9)",
     )
-    p.add_argument("--level", type=float, default=0.8, help="band coverage (default 0.8)")
+    p.add_argument("--level", type=level_arg, default=0.8, help="band coverage (default 0.8)")
     p.add_argument("-o", "--output", metavar="PNG", help="picture (default: <run name>.backtest.png)")
     p.add_argument("--no-picture", action="store_true", help="print the table only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -286,14 +305,12 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``scaleforecast backtest``: read, refit on each prefix, print, draw."""
-    if not 0.0 < args.level < 1.0:
-        raise ValueError(f"--level must be in (0, 1), got {args.level}")
     data = run_from_args(args)
     result = backtest(data, tuple(args.fractions), level=args.level)
     out = None
     if not args.no_picture:
         out = Path(args.output) if args.output else Path(f"{data.name}.backtest.png")
-        out.write_bytes(png_bytes(draw_backtest(result, data)))
+        write_bytes(out, png_bytes(draw_backtest(result, data)))
     if args.json:
         obj = result.model_dump(mode="json")
         obj["png"] = None if out is None else str(out)

@@ -1,25 +1,39 @@
 """The ``scaleforecast`` command line: forecast a run from its logs, and the subcommands that read logs.
 
-``scaleforecast forecast RUN.csv`` is a stable contract used by external evaluation: its arguments and its
-``--json`` object must not change shape (fields may be added).
+``scaleforecast forecast RUN.csv [--lr-file RUN.lr.npy | --schedule SPEC | lr column] [--until-step N] [--json]``
+is a stable contract used by external evaluation: its arguments and its ``--json`` object must not change shape
+(fields may be added). It reads through the one reader in strict mode (:func:`~scaleforecast.readers.read_run`),
+so it takes what ``report`` takes (TensorBoard log dirs, JSONL, an LR logged every few steps) and refuses what it
+cannot use with one line on stderr and exit status 2. Every error of every command is one line (``--debug``
+shows the traceback); notes about the data go to stderr when the command succeeds.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import json
 import math
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import Any, NoReturn
 
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
+from scaleforecast.readers import read_run
 from scaleforecast.results import Forecast
-from scaleforecast.schedules import as_lrs
+from scaleforecast.run_args import (
+    DataNote,
+    emit_notes,
+    level_arg,
+    nonnegative_int,
+    note_text,
+    steps_arg,
+    window_arg,
+)
+from scaleforecast.runs import ReadError
 
 # Each module exposes ``add_parser(subparsers)`` (registering ``func=run``) and ``run(args) -> int``.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -28,142 +42,134 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "scaleforecast.backtest",
 )
 
-LOSS_COLUMNS = ("loss", "val_loss", "train_loss")
-
 FORECAST_EPILOG = """\
 examples:
   scaleforecast forecast run.csv --lr-file run.lr.npy
   scaleforecast forecast run.csv --schedule wsd:peak=1e-3,warmup=300,total=25000,cooldown=0.2 --json
   scaleforecast forecast run.csv --lr-file run.lr.npy --until-step 5000 --at 10000 25000 --level 0.9
+  scaleforecast forecast lightning_logs/version_0 --total-steps 20000
 
 RUN.csv has a `step` column (optimizer updates completed) and a loss column (default: `loss`, else
-`val_loss`, else `train_loss`). Empty cells are "not logged"; NaN/Inf cells are counted and left out.
+`val_loss`, else `train_loss`, ...). Empty cells are "not logged"; NaN/Inf cells are counted and left out.
+RUN may also be a .jsonl file or a TensorBoard log dir. Without --lr-file/--schedule the LR comes from the run's
+LR column/tag, rebuilt from the known schedule families when it was not logged at every step (a note says how
+well it fits); --total-steps then sets the run's planned length.
 """
 
 
-class UsageError(ValueError):
-    """Input the command cannot use; printed as one line, exit status 2."""
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``scaleforecast forecast: error: ... (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def _parse_float(cell: str) -> float | None:
-    cell = cell.strip()
-    if cell == "":
-        return None
-    try:
-        return float(cell)
-    except ValueError:
-        raise UsageError(f"not a number: {cell!r}") from None
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS keeps a subcommand's default from overwriting a --debug given before the subcommand.
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, show the full traceback"
+    )
 
 
-def load_csv_run(
-    path: Path, loss_column: str | None
-) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
-    """Read ``step``, the loss column and (if present) ``lr`` from a run CSV.
-
-    Returns ``(steps, losses, column, lr_by_step)``; ``lr_by_step[k]`` is the LR of update ``k + 1`` when the
-    CSV logs an ``lr`` for every step from 1 to its last step, else ``None``.
-    """
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames
-            if not header:
-                raise UsageError(f"{path}: empty CSV (no header)")
-            rows = list(reader)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not a readable CSV: {exc}") from None
-    header = [h.strip() for h in header]
-    if "step" not in header:
-        raise UsageError(f"{path}: no 'step' column (columns: {', '.join(header)})")
-    if loss_column is None:
-        # The first default column that holds any value: a `val_loss` header with empty cells does not count.
-        present = [c for c in LOSS_COLUMNS if c in header]
-        if not present:
-            raise UsageError(
-                f"{path}: no loss column; expected one of {', '.join(LOSS_COLUMNS)} or --loss-column"
-            )
-        loss_column = next((c for c in present if any((r.get(c) or "").strip() for r in rows)), present[0])
-    elif loss_column not in header:
-        raise UsageError(f"{path}: no column {loss_column!r} (columns: {', '.join(header)})")
-    steps, losses, lr_steps, lr_values = [], [], [], []
-    for lineno, row in enumerate(rows, start=2):
-        row = {(k or "").strip(): (v or "") for k, v in row.items()}
-        try:
-            step = _parse_float(row["step"])
-            loss = _parse_float(row[loss_column])
-            lr = _parse_float(row["lr"]) if "lr" in row else None
-        except UsageError as exc:
-            raise UsageError(f"{path}:{lineno}: {exc}") from None
-        if step is None:
-            continue
-        if not float(step).is_integer() or step < 0:
-            raise UsageError(f"{path}:{lineno}: step must be a non-negative integer, got {step}")
-        if loss is not None:
-            steps.append(int(step))
-            losses.append(loss)
-        if lr is not None:
-            lr_steps.append(int(step))
-            lr_values.append(lr)
-    steps_arr = np.asarray(steps, dtype=np.int64)
-    if len(steps_arr) == 0:
-        raise UsageError(f"{path}: column {loss_column!r} has no values")
-    bad = np.flatnonzero(np.diff(steps_arr) <= 0)
-    if len(bad):
-        i = int(bad[0])
-        raise UsageError(
-            f"{path}: steps out of order in column {loss_column!r}: {steps_arr[i + 1]} after {steps_arr[i]}"
-        )
-    lr_by_step = None
-    if lr_steps and lr_steps == list(range(1, len(lr_steps) + 1)):
-        lr_by_step = np.asarray(lr_values, dtype=float)
-    return steps_arr, np.asarray(losses, dtype=float), loss_column, lr_by_step
+# -------------------------------------------------------------------------------------------- forecast
+def add_forecast_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``scaleforecast forecast``: every argument of the contract, in this one place."""
+    fc = subparsers.add_parser(
+        "forecast",
+        help="forecast the final loss of a run logged as CSV (or JSONL, or TensorBoard)",
+        description="Fit the LR-annealing law to a run's losses and forecast the loss at the final step.",
+        epilog=FORECAST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fc.add_argument(
+        "run", metavar="RUN.csv", help="CSV with a step column and a loss column (or JSONL, a TB dir)"
+    )
+    src = fc.add_mutually_exclusive_group()
+    src.add_argument(
+        "--lr-file", metavar="RUN.lr.npy", help=".npy of the LR of every update (its length = total)"
+    )
+    src.add_argument(
+        "--schedule", metavar="SPEC", help="schedule spec, e.g. cosine:peak=3e-4,warmup=100,total=5000"
+    )
+    fc.add_argument(
+        "--loss-column",
+        "--loss",
+        dest="loss_column",
+        metavar="NAME",
+        help="loss column or tag, name or glob (default: loss, else val_loss, else train_loss, ...)",
+    )
+    fc.add_argument(
+        "--lr-column", "--lr", dest="lr_column", metavar="NAME", help="LR column or tag (default: lr, ...)"
+    )
+    fc.add_argument(
+        "--until-step", type=nonnegative_int, metavar="N", help="use only observations at steps <= N"
+    )
+    fc.add_argument(
+        "--at", type=int, nargs="+", metavar="STEP", help="steps to forecast (default: the final step)"
+    )
+    fc.add_argument("--level", type=level_arg, default=0.8, help="interval coverage (default 0.8)")
+    fc.add_argument(
+        "--total-steps",
+        type=steps_arg,
+        metavar="N",
+        help="planned length of the run when its LR is rebuilt from a logged LR (default: its last step)",
+    )
+    fc.add_argument(
+        "--window",
+        type=window_arg,
+        metavar="auto|gap|N",
+        help="updates each logged loss averages (default auto: 1, or the gap between logs for HF/Megatron tags)",
+    )
+    fc.add_argument("--json", action="store_true", help="print one JSON object")
+    fc.set_defaults(func=forecast_command)
+    return fc
 
 
-def _forecast_command(args: argparse.Namespace) -> int:
-    path = Path(args.run)
-    steps, losses, column, lr_from_csv = load_csv_run(path, args.loss_column)
-    if args.lr_file and args.schedule:
-        raise UsageError("give either --lr-file or --schedule, not both")
-    if args.lr_file:
-        try:
-            lrs = np.load(args.lr_file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read --lr-file {args.lr_file}: {exc}") from None
-        lrs = as_lrs(np.asarray(lrs, dtype=float).ravel())
-    elif args.schedule:
-        lrs = as_lrs(args.schedule)
-    elif lr_from_csv is not None:
-        lrs = as_lrs(lr_from_csv)
-    else:
-        raise UsageError(f"{path}: no LR for every step; pass --lr-file RUN.lr.npy or --schedule SPEC")
-    keep = steps >= 1
-    if args.until_step is not None:
-        keep &= steps <= args.until_step
-    steps, losses = steps[keep], losses[keep]
-    if len(steps) and steps[-1] > len(lrs):
-        raise UsageError(f"the schedule has {len(lrs)} steps but {path} has losses up to step {steps[-1]}")
+def forecast_command(args: argparse.Namespace) -> int:
+    """``scaleforecast forecast``: read strictly, fit the observations up to ``--until-step``, forecast."""
+    run = read_run(
+        args.run,
+        loss=args.loss_column,
+        lr=args.lr_column,
+        schedule=args.schedule,
+        lr_file=args.lr_file,
+        total_steps=args.total_steps,
+        window=args.window,
+        strict=True,
+        until_step=args.until_step,
+        warn=False,
+    )
+    lrs = run.lrs
+    assert lrs is not None  # read_run raises when it has no LR
+    part = run if args.until_step is None else run.until(args.until_step)
     at = args.at if args.at else [len(lrs)]
     if min(at) < 1 or max(at) > len(lrs):
-        raise UsageError(f"--at steps must lie in 1..{len(lrs)}")
+        raise ReadError(f"--at steps must lie in 1..{len(lrs)}")
     forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level))
-    forecaster.observe_many(steps, losses)
+    part.feed(forecaster)
     forecaster.refit()
     forecast = forecaster.forecast(steps=at)
     if args.json:
         out = forecast.to_cli_json()
-        out["loss_column"] = column
-        print(json.dumps(out, allow_nan=False, default=_json_default))
+        out["loss_column"] = run.loss_name
+        out["lr_source"] = None if run.lr is None else run.lr.source
+        out["data_warnings"] = list(run.warnings)
+        print(json.dumps(_json_safe(out), allow_nan=False))
     else:
-        print(_format_forecast(forecast, column, path))
+        print(_format_forecast(forecast, run.loss_name, Path(args.run)))
+    emit_notes(run.warnings)
     return 0
 
 
-def _json_default(obj: object) -> object:
+def _json_safe(obj: Any) -> Any:
+    """Non-finite floats become ``null``: the object must be valid JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return obj
 
 
 def _format_forecast(forecast: Forecast, column: str, path: Path) -> str:
@@ -185,60 +191,71 @@ def _format_forecast(forecast: Forecast, column: str, path: Path) -> str:
     return "\n".join(lines)
 
 
-def _positive_level(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"level must be in (0, 1), got {text}")
-    return value
-
-
+# ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scaleforecast",
         description="Forecast a training run's final loss from its loss curve and LR schedule.",
     )
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    fc = sub.add_parser(
-        "forecast",
-        help="forecast the loss of a run logged as CSV",
-        description="Fit the LR-annealing law to a run's losses and forecast the loss at the final step.",
-        epilog=FORECAST_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    fc.add_argument("run", metavar="RUN.csv", help="CSV with a step column and a loss column")
-    src = fc.add_mutually_exclusive_group()
-    src.add_argument(
-        "--lr-file", metavar="RUN.lr.npy", help=".npy of the LR of every update (its length = total)"
-    )
-    src.add_argument(
-        "--schedule", metavar="SPEC", help="schedule spec, e.g. cosine:peak=3e-4,warmup=100,total=5000"
-    )
-    fc.add_argument(
-        "--loss-column", metavar="NAME", help="loss column (default: loss, else val_loss, else train_loss)"
-    )
-    fc.add_argument("--until-step", type=int, metavar="N", help="use only observations at steps <= N")
-    fc.add_argument(
-        "--at", type=int, nargs="+", metavar="STEP", help="steps to forecast (default: the final step)"
-    )
-    fc.add_argument("--level", type=_positive_level, default=0.8, help="interval coverage (default 0.8)")
-    fc.add_argument("--json", action="store_true", help="print one JSON object")
-    fc.set_defaults(func=_forecast_command)
+    add_forecast_parser(sub)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    for sp in sub.choices.values():
+        _add_debug(sp)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``scaleforecast`` console script; returns the exit status."""
+    """Entry point of the ``scaleforecast`` console script; returns the exit status.
+
+    Input and usage errors print ``scaleforecast COMMAND: error: <one line>`` and return 2; anything unexpected
+    prints one line naming the exception and returns 1 (``--debug`` adds the traceback). Notes about the data
+    (and Python warnings) are printed on stderr, one line each, when the command succeeds; a long-running command
+    (``watch``) prints them as they come.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, OSError) as exc:
-        print(f"scaleforecast {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    debug = bool(getattr(args, "debug", False))
+    live = bool(getattr(args, "live_output", False))
+    prefix = f"scaleforecast {args.command}"
+    with warnings.catch_warnings(record=not live) as caught:
+        if not live:
+            warnings.simplefilter("always")
+        try:
+            status = int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            return 130
+        except (ValueError, OSError) as exc:
+            _fail(debug, f"{prefix}: error: {_one_line(exc)}")
+            return 2
+        except MemoryError:
+            _fail(
+                debug,
+                f"{prefix}: error: out of memory (is a length such as --total-steps or total= too large?)",
+            )
+            return 2
+        except Exception as exc:
+            hint = "" if debug else " (run with --debug for the traceback)"
+            _fail(debug, f"{prefix}: internal error: {type(exc).__name__}: {_one_line(exc)}{hint}")
+            return 1
+    for w in caught or []:
+        text = str(w.message)
+        line = note_text(text) if issubclass(w.category, DataNote) else f"{w.category.__name__}: {text}"
+        print(f"scaleforecast: {' '.join(line.split())}", file=sys.stderr)
+    return status
+
+
+def _fail(debug: bool, line: str) -> None:
+    if debug:
+        traceback.print_exc()
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

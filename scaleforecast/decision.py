@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -308,16 +307,14 @@ def widen_forecast(forecast: Forecast | None, rel_std_floor: float) -> Forecast 
 
 
 class ForecastStopCheck(abc.ABC):
-    """The :class:`scaleforecast.monitor.HealthCheck` face of a forecast stopper, ``stopper(step, forecast) -> bool``.
+    """The listener face of a forecast stopper ``stopper(step, forecast) -> bool``.
 
-    At each flush :meth:`check` takes the forecaster's latest forecast when it is new (one flush after the refit
-    that made it, since health checks run before the refit), asks the stopper, and returns one critical
-    ``early_stop`` event when it says stop; the callbacks' ``action="stop"`` (the default) then stops training
-    on every rank. The forecaster state is identical on all ranks, so every rank calls in lockstep. Once the
-    stopper has stopped, it is not asked again.
+    The run monitor (and so every training adapter: ``LossForecast(listeners=[stopper])``) calls
+    :meth:`on_forecast` with each new forecast right after the refit that made it. When the stopper says stop,
+    it returns one critical ``early_stop`` event, and the monitor's ``action`` (``"stop"`` by default) stops
+    training; the adapters agree on it across ranks, so every rank stops at the same step. Once the stopper has
+    stopped, it is not asked again.
     """
-
-    _seen: Forecast | None = None
 
     @abc.abstractmethod
     def __call__(self, step: int, forecast: Forecast | None) -> bool:
@@ -329,25 +326,19 @@ class ForecastStopCheck(abc.ABC):
     @abc.abstractmethod
     def _stop_event(self, step: int, latest: Forecast) -> Event: ...
 
-    def check(self, batch: Any, forecaster: Any) -> list[Event]:
-        """Decide on the forecaster's latest forecast when it is new (see the class docstring)."""
-        latest = getattr(forecaster, "latest", None)
-        if latest is None or latest is self._seen or self._has_stopped():
+    def on_forecast(self, step: int, forecast: Forecast) -> list[Event]:
+        """Ask the stopper about the new ``forecast`` at ``step``: one critical ``early_stop`` event, or none."""
+        if self._has_stopped() or not self(step, forecast):
             return []
-        self._seen = latest
-        if not self(int(latest.fitted_at_step), latest):
-            return []
-        steps = getattr(batch, "steps", None)
-        step = int(steps[-1]) if steps is not None and len(steps) else int(latest.fitted_at_step)
-        return [self._stop_event(step, latest)]
+        return [self._stop_event(step, forecast)]
 
 
 class SweepStopper(ForecastStopCheck):
     """Stop a run that cannot beat the rest of its sweep, through a shared :class:`RunRegistry`.
 
     ``stopper(step, forecast) -> bool`` publishes the run's forecast to the registry and applies
-    :func:`decide_stop_in_sweep`. It also has the :class:`scaleforecast.monitor.HealthCheck` face, so the
-    callbacks take it as ``LossForecast(health=[stopper])``: a stop becomes a critical ``early_stop`` event.
+    :func:`decide_stop_in_sweep`. It is also a listener of the run monitor, so the training adapters take it
+    as ``LossForecast(listeners=[stopper])``: a stop becomes a critical ``early_stop`` event.
     Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped). Registry
     errors are logged once and switch the stopper off: training goes on without it.
 
@@ -382,7 +373,6 @@ class SweepStopper(ForecastStopCheck):
         self.decision: StopDecision | None = None
         self.stopped_at: int | None = None
         self.last_forecast: Forecast | None = None
-        self._seen: Forecast | None = None
         self._disabled = False
 
     def __call__(self, step: int, forecast: Forecast | None) -> bool:

@@ -11,9 +11,9 @@ the curvature, the local line absorbs the law's local misfit) and, separately, `
 (a local trend alone). The noise scale is ``1.4826 * MAD`` of past one-step prediction errors, and a new
 point scores ``z = min(z_law, z_local)`` with ``z = (y - prediction) / noise``: it must stand out against
 both (before the first fit, against the local trend only). Points flagged as anomalous never enter the
-window, so one spike cannot hide the next. :class:`HealthMonitor` bundles the detectors with debouncing,
-the ``action=`` policy and the spike record; it plugs into :class:`scaleforecast.monitor.RunMonitor` as a
-health check (``health=[HealthMonitor()]``).
+window, so one spike cannot hide the next. :class:`HealthMonitor` bundles the detectors with debouncing
+and the spike record; it plugs into :class:`scaleforecast.monitor.RunMonitor` as a detector
+(``detectors=[HealthMonitor()]``), and the monitor's ``action`` decides what its critical events do.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleforecast.events import SEVERITY_RANK, Event, HealthAction, TrainingHealthError
+from scaleforecast.events import SEVERITY_RANK, Event
 
 log = logging.getLogger("scaleforecast.health")
 
@@ -610,11 +610,10 @@ class GradNormDetector:
 
 # ------------------------------------------------------------------------------------- health monitor
 class HealthConfig(BaseModel):
-    """The detectors, the debouncing and the ``action=`` policy of :class:`HealthMonitor`.
+    """The detectors and the debouncing of :class:`HealthMonitor`.
 
-    ``action`` applies to critical events whose kind is in ``act_on``: ``warn`` only reports them, ``stop``
-    asks the trainer to stop gracefully (:attr:`HealthMonitor.stop_reason`), ``raise`` raises
-    :class:`~scaleforecast.events.TrainingHealthError` from :meth:`HealthMonitor.enforce`. An event of a kind
+    Only kinds in ``act_on`` may be critical (the others are reported as warnings); what a critical event does
+    is the run monitor's ``action`` (:class:`scaleforecast.monitor.StopConfig`). An event of a kind
     already reported less than ``debounce_steps`` steps earlier, at the same or a lower severity, is
     counted but not reported again. ``skip_before``/``skip_after``: the steps around a spike written to
     ``record_path`` (a JSON list of optimizer steps to skip on a replay, like Lightning's ``SpikeDetection``).
@@ -622,7 +621,6 @@ class HealthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    action: HealthAction = HealthAction.WARN
     act_on: list[str] = Field(default_factory=lambda: ["nonfinite", "spike", "divergence"])
     debounce_steps: int = Field(200, ge=0)
     record_path: str | None = None
@@ -636,22 +634,16 @@ class HealthConfig(BaseModel):
 
 
 class HealthMonitor:
-    """All detectors behind one call per flush, with debouncing, the action policy and the spike record.
+    """All detectors behind one call per flush, with debouncing and the spike record.
 
-    ``update(steps, loss, loss_max=None, grad_norm=None, forecaster=None)`` takes host-side arrays (``loss``
+    ``update(steps, loss, loss_max=None, grad_norm=None, view=None)`` takes host-side arrays (``loss``
     = mean over ranks, ``loss_max`` = max over ranks: a spike on any rank counts) and returns the events to
-    report; the expected loss comes from ``forecaster.predict`` once it has a usable fit. ``on_event`` is
-    called with each reported event (its errors are logged once and the hook is dropped). Never raises from
-    ``update``; :meth:`enforce` applies the ``raise`` action after the events were routed.
+    report; the expected loss comes from ``view.predict`` (a :class:`scaleforecast.monitor.FitView`) once it
+    has a usable fit. Never raises from ``update``.
     """
 
-    def __init__(
-        self,
-        config: HealthConfig | None = None,
-        on_event: Callable[[Event], Any] | None = None,
-    ) -> None:
+    def __init__(self, config: HealthConfig | None = None) -> None:
         self.config = config or HealthConfig()
-        self.on_event = on_event
         self.nonfinite = NonFiniteDetector()
         self.spike = SpikeDetector(self.config.spike)
         self.drift = DriftDetector(self.config.drift)
@@ -661,37 +653,25 @@ class HealthMonitor:
         self.suppressed: dict[str, int] = {}
         self.skip_steps: set[int] = set()
         self.counts: dict[str, int] = {}
-        self.trigger: Event | None = None
         self._record_failed = False
         self._lr_seen: dict[int, float] = {}
         self._law_cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ running
-    @property
-    def stop_reason(self) -> str | None:
-        """Why training should stop (``action="stop"``), else ``None``."""
-        if self.trigger is None or self.config.action is not HealthAction.STOP:
-            return None
-        return self.trigger.text()
-
-    @property
-    def should_stop(self) -> bool:
-        return self.stop_reason is not None
-
     def update(
         self,
         steps: np.ndarray | list[int],
         loss: np.ndarray | list[float],
         loss_max: np.ndarray | list[float] | None = None,
         grad_norm: np.ndarray | list[float] | None = None,
-        forecaster: Any = None,
+        view: Any = None,
         law: LawFn | None = None,
         lr_of: Callable[[np.ndarray], np.ndarray | None] | None = None,
     ) -> list[Event]:
         """Run every detector on one flush and return the (debounced) events to report.
 
-        ``law`` (``steps -> expected loss``) defaults to the forecaster's latest usable fit; ``lr_of``
-        (``steps -> LR``) to the forecaster's planned schedule."""
+        ``law`` (``steps -> expected loss``) defaults to the latest usable fit of ``view`` (a
+        :class:`scaleforecast.monitor.FitView`); ``lr_of`` (``steps -> LR``) to its planned schedule."""
         st = np.asarray(steps, dtype=np.int64).ravel()
         y = np.asarray(loss, dtype=float).ravel()
         if st.shape != y.shape:
@@ -703,10 +683,10 @@ class HealthMonitor:
                 raise ValueError(f"{name} has {arr.size} values for {len(st)} steps")
         if len(st) == 0:
             return []
-        if law is None and forecaster is not None:
-            law = forecaster_law(forecaster, self._law_cache)
-        if lr_of is None and forecaster is not None:
-            lr_of = forecaster_lr(forecaster)
+        if law is None and view is not None:
+            law = forecaster_law(view, self._law_cache)
+        if lr_of is None and view is not None:
+            lr_of = forecaster_lr(view)
         raw: list[Event] = []
         raw += self.nonfinite.update(st, y, ymax, gn)
         scored = ymax if (ymax is not None and self.config.use_loss_max) else y
@@ -718,11 +698,11 @@ class HealthMonitor:
             raw += self.grad.update(st, gn)
         return self._report(raw)
 
-    def check(self, batch: Any, forecaster: Any) -> list[Event]:
+    def check(self, batch: Any, view: Any) -> list[Event]:
         """The :class:`~scaleforecast.monitor.RunMonitor` hook: :meth:`update` on a ``FlushBatch``.
 
-        Inside the run monitor its own ``action`` applies to every critical event; kinds outside ``act_on``
-        are reported as warnings, so they never stop the run.
+        Kinds outside ``act_on`` are reported as warnings, so they never stop the run; the monitor's
+        ``action`` decides what the critical ones do.
         """
         lr_of = None
         if getattr(batch, "lrs", None) is not None:
@@ -732,9 +712,7 @@ class HealthMonitor:
                 keep = sorted(self._lr_seen)[-2048:]
                 self._lr_seen = {k: self._lr_seen[k] for k in keep}
             lr_of = self._lr_lookup
-        return self.update(
-            batch.steps, batch.loss, batch.loss_max, batch.grad_norm, forecaster=forecaster, lr_of=lr_of
-        )
+        return self.update(batch.steps, batch.loss, batch.loss_max, batch.grad_norm, view=view, lr_of=lr_of)
 
     def _lr_lookup(self, steps: np.ndarray) -> np.ndarray | None:
         try:
@@ -750,8 +728,6 @@ class HealthMonitor:
                 self._record_spike(ev.step)
             if ev.severity == "critical" and ev.kind not in self.config.act_on:
                 ev = ev.model_copy(update={"severity": "warning"})
-            if ev.severity == "critical" and self.trigger is None:
-                self.trigger = ev
             last = self.last_reported.get(ev.kind)
             rank = SEVERITY_RANK[ev.severity]
             if last is not None and ev.step - last[0] < self.config.debounce_steps and rank <= last[1]:
@@ -762,22 +738,7 @@ class HealthMonitor:
                 ev = ev.model_copy(update={"data": {**ev.data, "suppressed_before": n_sup}})
             self.last_reported[ev.kind] = (ev.step, rank)
             out.append(ev)
-            self._call_hook(ev)
         return out
-
-    def _call_hook(self, ev: Event) -> None:
-        if self.on_event is None:
-            return
-        try:
-            self.on_event(ev)
-        except Exception as err:  # a user hook must not break training
-            log.warning("on_event hook failed (%r); it is disabled from now on", err)
-            self.on_event = None
-
-    def enforce(self) -> None:
-        """Apply the ``raise`` action: raise :class:`TrainingHealthError` once a critical event triggered it."""
-        if self.trigger is not None and self.config.action is HealthAction.RAISE:
-            raise TrainingHealthError(self.trigger)
 
     # ------------------------------------------------------------- spike record
     def _record_spike(self, step: int) -> None:
@@ -812,15 +773,14 @@ class HealthMonitor:
             "suppressed": dict(self.suppressed),
             "skip_steps": sorted(self.skip_steps),
             "counts": dict(self.counts),
-            "trigger": None if self.trigger is None else self.trigger.model_dump(mode="json"),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
         if state.get("version") != 1:
             raise ValueError(f"unsupported health-monitor state version {state.get('version')!r}")
-        hook = self.on_event
-        self.__init__(HealthConfig.model_validate(state["config"]), on_event=hook)  # type: ignore[misc]
+        config = {k: v for k, v in state["config"].items() if k != "action"}  # version 1 held the action
+        self.__init__(HealthConfig.model_validate(config))  # type: ignore[misc]
         self.spike.load_state_dict(state["spike"])
         self.drift.load_state_dict(state["drift"])
         if self.stagnation is not None and state.get("stagnation") is not None:
@@ -830,29 +790,27 @@ class HealthMonitor:
         self.suppressed = {k: int(v) for k, v in state["suppressed"].items()}
         self.skip_steps = {int(s) for s in state["skip_steps"]}
         self.counts = {k: int(v) for k, v in state["counts"].items()}
-        self.trigger = None if state["trigger"] is None else Event.model_validate(state["trigger"])
 
 
-def forecaster_law(forecaster: Any, cache: dict[str, Any] | None = None) -> LawFn | None:
-    """``steps -> expected loss`` from an :class:`~scaleforecast.forecaster.OnlineForecaster`'s latest
-    usable fit, or ``None`` before one (or when its fit failed). The curve is computed once per fit over the
-    whole planned schedule (one pass over ``S1``/``S2``) and kept in ``cache`` (a dict the caller owns) for
-    as long as the fit and the schedule stay the same; errors mean "no law"."""
-    fit = getattr(forecaster, "fit_result", None)
-    if fit is None or getattr(fit, "params", None) is None:
+def forecaster_law(view: Any, cache: dict[str, Any] | None = None) -> LawFn | None:
+    """``steps -> expected loss`` from the latest usable fit seen through ``view`` (a
+    :class:`scaleforecast.monitor.FitView`, or anything with ``latest``, ``schedule`` and ``predict``), or
+    ``None`` before one (or when the fit is not usable). The curve is computed once per fit over the whole
+    planned schedule (one pass over ``S1``/``S2``) and kept in ``cache`` (a dict the caller owns) for as long
+    as the fit and the schedule stay the same; errors mean "no law"."""
+    latest = getattr(view, "latest", None)
+    if latest is None or latest.params is None or not latest.ok:
         return None
-    if str(getattr(fit.status, "value", fit.status)) not in ("ok", "annealing_unidentified"):
-        return None
-    lrs = getattr(forecaster, "schedule", None)
+    lrs = getattr(view, "schedule", None)
     if lrs is None:
         return None
     cache = {} if cache is None else cache
-    if cache.get("fit") is not fit or cache.get("lrs") is not lrs:
+    if cache.get("fit") is not latest or cache.get("lrs") is not lrs:
         try:
-            curve = np.asarray(forecaster.predict(np.arange(1, len(lrs) + 1)), dtype=float)
+            curve = np.asarray(view.predict(np.arange(1, len(lrs) + 1)), dtype=float)
         except Exception:  # a law that cannot predict is no law: the detectors fall back to the local trend
             return None
-        cache.update(fit=fit, lrs=lrs, curve=curve)
+        cache.update(fit=latest, lrs=lrs, curve=curve)
     curve = cache["curve"]
 
     def law(steps: np.ndarray) -> np.ndarray:
@@ -865,11 +823,11 @@ def forecaster_law(forecaster: Any, cache: dict[str, Any] | None = None) -> LawF
     return law
 
 
-def forecaster_lr(forecaster: Any) -> Callable[[np.ndarray], np.ndarray | None]:
-    """``steps -> LR of those updates`` from the forecaster's planned schedule (``None`` when unknown)."""
+def forecaster_lr(view: Any) -> Callable[[np.ndarray], np.ndarray | None]:
+    """``steps -> LR of those updates`` from the planned schedule seen through ``view`` (``None`` when unknown)."""
 
     def lr_of(steps: np.ndarray) -> np.ndarray | None:
-        lrs = getattr(forecaster, "schedule", None)
+        lrs = getattr(view, "schedule", None)
         if lrs is None or len(steps) == 0 or int(np.max(steps)) > len(lrs) or int(np.min(steps)) < 1:
             return None
         return np.asarray(lrs)[np.asarray(steps, dtype=np.int64) - 1]

@@ -1,16 +1,15 @@
-"""Health events: what the detectors and the schedule advisor report, and the ``action=`` policy.
+"""Health events: what the detectors, the schedule advisor, the sweep listeners and the stop rule report.
 
 An :class:`Event` is a small pydantic record (JSON-safe) that leaves the process through the sinks
-(TensorBoard text and scalars), the Python logger and an optional user ``on_event`` hook. The policy
-decides what a *critical* event does to the run: ``warn`` (log only), ``stop`` (ask the trainer to stop
-gracefully, with the event's message as the reason) or ``raise`` (raise :class:`TrainingHealthError`).
+(TensorBoard text and scalars), the Python logger and an optional user ``on_event`` hook. What a *critical*
+event does to the run is decided in one place, the ``action`` of :class:`scaleforecast.monitor.StopConfig`:
+``warn`` (report only), ``stop`` (stop training gracefully) or ``raise`` (raise :class:`TrainingHealthError`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -18,24 +17,6 @@ from pydantic import BaseModel, Field, field_validator
 Severity = Literal["info", "warning", "critical"]
 
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
-
-EVENT_KINDS: tuple[str, ...] = (
-    "nonfinite",
-    "spike",
-    "divergence",
-    "stagnation",
-    "grad_norm",
-    "schedule_advice",
-    "early_stop",
-)
-
-
-class HealthAction(str, Enum):
-    """What a critical health event does: ``warn`` logs it, ``stop`` ends training, ``raise`` raises."""
-
-    WARN = "warn"
-    STOP = "stop"
-    RAISE = "raise"
 
 
 class Event(BaseModel):

@@ -27,7 +27,6 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import minimize_scalar
 from scipy.special import ndtri
 
 from scaleforecast.laws import LAWS, annealing_prefix, annealing_term, forward_area, mpl_drop, schedule_areas
@@ -393,6 +392,8 @@ def _fit_one_lam(
         if a_prior is not None:
             obj += ((alpha - a_prior[0]) / a_prior[1]) ** 2
         return obj, lin
+
+    from scipy.optimize import minimize_scalar  # here, not at import: keeps `import scaleforecast` fast
 
     alpha0 = init.params.alpha if init is not None and init.params is not None else None
     alpha = alpha0 if alpha0 is not None and lo <= alpha0 <= hi else None

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from scaleforecast.fitting import FitConfig, FitResult, Observations, fit, predict
 from scaleforecast.history import BinnedHistory
@@ -260,7 +260,7 @@ class OnlineForecaster:
                 warnings=warns,
             )
         mean, std = predict(fit_result, lrs, steps_arr, level=level)
-        z = float(norm.ppf(0.5 + level / 2.0))
+        z = float(ndtri(0.5 + level / 2.0))
         points = [
             ForecastPoint(
                 step=int(s), loss=float(m), lower=float(m - z * d), upper=float(m + z * d), std=float(d)

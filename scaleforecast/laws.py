@@ -14,7 +14,6 @@ from typing import Literal, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.signal import lfilter
 
 from scaleforecast.results import LawParams
 
@@ -70,6 +69,8 @@ def annealing_area(lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw")
     if not 0.0 <= lam < 1.0:
         raise ValueError(f"lam must be in [0, 1), got {lam}")
     a = hold_warmup(lrs) if warmup == "hold" else _as_lrs(lrs)
+    from scipy.signal import lfilter  # here, not at import: scipy.signal costs a third of a second
+
     d = np.zeros_like(a)
     d[1:] = a[:-1] - a[1:]
     m = lfilter([1.0], [1.0, -lam], d)

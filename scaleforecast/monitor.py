@@ -1,30 +1,37 @@
-"""The framework-free run monitor: what every adapter (Lightning, HF Trainer, ``watch``) does at a flush.
+"""The framework-free run monitor: what every adapter (Lightning, HF Trainer, plain loops, ``watch``) does at a
+flush, and the one owner of the action policy.
 
 An adapter buffers per-step losses on its side and, every few steps, hands the monitor host-side arrays:
 the optimizer steps, the mean loss over ranks at each step, optionally the max over ranks, the gradient norms
 and the LRs used. :meth:`RunMonitor.flush` then
 
-1. runs the health checks on the batch (each ``check(batch, forecaster) -> list[Event]``),
-2. feeds the forecaster and refits it on its policy,
-3. applies the early-stopping rule (:func:`scaleforecast.decision.decide_stop`) to the latest forecast,
-4. runs the schedule advisor after a refit (``advise(forecaster, step) -> list[Event]``),
-5. pushes forecasts, scalars, events and (every ``figure_every`` refits) a figure to the sinks,
+1. runs the **detectors** on the batch (``check(batch, view) -> list[Event]``), before the refit, judged
+   against the fit as it stood (``view`` is a read-only :class:`FitView`);
+2. feeds the forecaster and refits it on its policy;
+3. applies the early-stopping rule (:func:`scaleforecast.decision.decide_stop`, configured by a
+   :class:`StopConfig`) to the latest forecast;
+4. after a refit, runs the schedule **advisor** (``advise(view, step) -> list[Event]``) and the **listeners**
+   (``on_forecast(step, forecast) -> list[Event]``: sweep reporters and stoppers, called with the new forecast,
+   so they never lag a flush behind);
+5. pushes forecasts, scalars, events and (every ``figure_every`` usable refits) a figure to the sinks;
+6. acts: the stop decision and every critical event (a detector's, or a listener's ``early_stop``) go through
+   the one ``action`` policy: ``warn``, ``stop`` or ``raise``.
 
-and returns a :class:`FlushResult` saying whether to stop and why. The state is plain data
-(:meth:`state_dict`), identical on every rank when every rank is fed the same reduced arrays, and the
-object pickles without its sinks (for spawn-based launchers).
+The state is plain data (:meth:`RunMonitor.state_dict`), identical on every rank when every rank is fed the
+same reduced arrays, and the object pickles without its sinks (for spawn-based launchers).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import numbers
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from scaleforecast.decision import StopDecision, decide_stop
 from scaleforecast.events import Event, TrainingHealthError, log_event
@@ -38,91 +45,118 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Action",
     "Advisor",
+    "Count",
+    "Detector",
+    "FitView",
     "FlushBatch",
     "FlushResult",
-    "HealthCheck",
+    "Guard",
+    "Listener",
+    "Real",
     "RunMonitor",
-    "guarded_call",
-    "validate_adapter_args",
-    "validate_stop_args",
+    "StopConfig",
+    "checked",
 ]
 
 Action = Literal["warn", "stop", "raise"]
-_ACTIONS = ("warn", "stop", "raise")
 
 
-def validate_stop_args(
-    target_loss: float | None, confidence: float, min_steps: int, min_fraction: float, action: str
-) -> None:
-    """Raise ``ValueError`` naming the first bad argument of the early-stopping rule.
+def _as_real(value: Any) -> Any:
+    # numpy scalars are numbers; strings and booleans are not (a "3.1" must fail, not be parsed).
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
 
-    The contract: ``target_loss`` is ``None`` or finite, ``0.5 <= confidence < 1``, ``min_steps >= 0``,
-    ``0 <= min_fraction <= 1`` and ``action`` is ``"stop"``, ``"warn"`` or ``"raise"``. The monitor and both
-    training callbacks take these arguments, and the callbacks check them at construction so that a bad value
-    fails before training starts rather than at the first flush.
+
+def _as_count(value: Any) -> Any:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_as_real)]
+"""A float argument: any real number (numpy scalars included), never a string or a boolean."""
+Count = Annotated[int, BeforeValidator(_as_count)]
+"""An integer argument: any integral number (``1e4`` included), never a string or a boolean."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def checked(model: type[M], **values: Any) -> M:
+    """``model(**values)``, with a validation failure turned into one ``ValueError`` that names the argument.
+
+    ``checked(StopConfig, target_loss="3.1")`` raises ``ValueError("target_loss: input should be a valid
+    number, got '3.1' (str)")``: every adapter validates its arguments this way at construction, so that a bad
+    value fails before training starts, with the name the user typed.
     """
-    if target_loss is not None and not math.isfinite(target_loss):
-        raise ValueError(f"target_loss must be a finite number, got {target_loss}")
-    if not 0.5 <= confidence < 1.0:
-        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
-    if min_steps < 0:
-        raise ValueError(f"min_steps must be >= 0, got {min_steps}")
-    if not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
-    if action not in _ACTIONS:
-        raise ValueError(f"action must be 'stop', 'warn' or 'raise', got {action!r}")
-
-
-def guarded_call(
-    disabled: Mapping[str, str],
-    part: str,
-    fn: Callable[..., Any],
-    args: Sequence[Any],
-    report: Callable[[str, str], None],
-) -> Any:
-    """Return ``fn(*args)``, or ``None`` when ``part`` is in ``disabled`` or ``fn`` raised.
-
-    The contract that keeps a plugin from killing training: an exception other than
-    :class:`scaleforecast.events.TrainingHealthError` (the user's ``action="raise"``) is handed to
-    ``report(part, "<ExceptionType>: <message>")`` from inside the ``except`` block (so ``exc_info`` works),
-    and ``report`` is expected to add ``part`` to ``disabled`` so that the part stays off for the run.
-    """
-    if part in disabled:
-        return None
     try:
-        return fn(*args)
-    except TrainingHealthError:
-        raise
-    except Exception as exc:
-        report(part, f"{type(exc).__name__}: {exc}")
-        return None
+        return model(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or model.__name__
+        msg = first["msg"][:1].lower() + first["msg"][1:]
+        got = first.get("input")
+        shown = "" if first["type"] == "missing" else f", got {got!r} ({type(got).__name__})"
+        raise ValueError(f"{name}: {msg}{shown}") from None
 
 
-def validate_adapter_args(
-    total_steps: int | None,
-    param_group: int,
-    flush_every: int,
-    refit_every: int,
-    level: float,
-    log_figures_every: int,
-) -> None:
-    """Raise ``ValueError`` naming the first bad argument shared by the training callbacks.
+class StopConfig(BaseModel):
+    """The early-stopping rule and the action policy, in one place for the monitor and every adapter.
 
-    The contract: ``total_steps`` is ``None`` or ``>= 1``, ``param_group >= 0``, ``flush_every >= 1``,
-    ``refit_every >= 1``, ``0 < level < 1`` and ``log_figures_every >= 0``.
+    Stop when the forecast final loss is above ``target_loss`` by more than its measured error allows, at
+    ``confidence`` (:func:`scaleforecast.decision.decide_stop`: a stop at ``confidence`` would have been wrong in
+    at most ``1 - confidence`` of the replayed real runs); no target: never. ``min_steps``/``min_fraction`` add
+    an explicit grace period, ``step >= max(min_steps, min_fraction * total_steps)``; the rule needs none of its
+    own. ``action`` is what a stop decision or any critical event does:
+    ``"warn"`` (report only), ``"stop"`` (stop training gracefully, on every rank at the same step) or
+    ``"raise"`` (raise :class:`scaleforecast.events.TrainingHealthError`).
     """
-    if total_steps is not None and total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if param_group < 0:
-        raise ValueError(f"param_group must be >= 0, got {param_group}")
-    if flush_every < 1:
-        raise ValueError(f"flush_every must be >= 1, got {flush_every}")
-    if refit_every < 1:
-        raise ValueError(f"refit_every must be >= 1, got {refit_every}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if log_figures_every < 0:
-        raise ValueError(f"log_figures_every must be >= 0, got {log_figures_every}")
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    target_loss: Real | None = Field(None, allow_inf_nan=False)
+    confidence: Real = Field(0.95, ge=0.5, lt=1.0)
+    min_steps: Count = Field(0, ge=0)
+    min_fraction: Real = Field(0.0, ge=0.0, le=1.0)
+    action: Action = "stop"
+
+
+class Guard:
+    """Run the plugin's parts so that a failure is reported once, by the process it happened in, and switches
+    off only that part; training goes on.
+
+    ``guard(part, fn, *args)`` returns ``fn(*args)``, or ``None`` when ``part`` is off or ``fn`` raised. An
+    exception other than :class:`scaleforecast.events.TrainingHealthError` (the user's ``action="raise"``) is
+    reported as a ``RuntimeWarning`` starting with ``label`` (which names the rank on a multi-process job) and
+    ``part`` is recorded in :attr:`disabled` (part -> message) for the rest of the run. Nothing that every rank
+    must call (a collective) may run inside a guard: the part could be off on one rank only.
+    """
+
+    def __init__(self, label: str = "scaleforecast") -> None:
+        self.label = label
+        self.disabled: dict[str, str] = {}
+
+    def __call__(self, part: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if part in self.disabled:
+            return None
+        try:
+            return fn(*args)
+        except TrainingHealthError:
+            raise
+        except Exception as exc:
+            self.report(part, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def report(self, part: str, detail: str) -> None:
+        """Record ``part`` as off and warn once (with the traceback in the debug log)."""
+        if part in self.disabled:
+            return
+        msg = f"{self.label}: {part} failed ({detail}); it is switched off for this run"
+        self.disabled[part] = msg
+        log.debug(msg, exc_info=True)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -143,42 +177,113 @@ class FlushBatch:
     window: int = 1
 
 
-@runtime_checkable
-class HealthCheck(Protocol):
-    """A run-health detector: events raised by one flush, judged against the forecaster's latest fit."""
+class FitView:
+    """What detectors and advisors may read of the fit: the latest forecast, predictions and the plan.
 
-    def check(self, batch: FlushBatch, forecaster: OnlineForecaster) -> list[Event]: ...
+    ``latest`` (the forecast of the last refit, or ``None``), ``last_step`` (the last step observed),
+    ``total_steps`` and ``schedule`` (the planned per-update LR, a read-only array) describe the run;
+    ``predict(steps, schedule=None)`` gives the latest fit's point predictions (NaN before a usable fit, a
+    what-if under ``schedule``) and ``lr_at(steps)`` the planned LR of those updates (``None`` when a step lies
+    outside the plan). Nothing here can change the forecaster.
+    """
+
+    def __init__(self, forecaster: OnlineForecaster) -> None:
+        self._fc = forecaster
+        self._lrs: tuple[int, np.ndarray] | None = None
+
+    @property
+    def latest(self) -> Forecast | None:
+        return self._fc.latest
+
+    @property
+    def last_step(self) -> int:
+        return self._fc.last_step
+
+    @property
+    def total_steps(self) -> int | None:
+        return self._fc.total_steps
+
+    @property
+    def schedule(self) -> np.ndarray | None:
+        lrs = self._fc.schedule
+        if lrs is None:
+            return None
+        if self._lrs is None or self._lrs[0] != id(lrs):
+            frozen = lrs.view()
+            frozen.flags.writeable = False
+            self._lrs = (id(lrs), frozen)
+        return self._lrs[1]
+
+    def predict(self, steps: Sequence[int] | np.ndarray, schedule: ScheduleLike | None = None) -> np.ndarray:
+        return self._fc.predict(steps, schedule=schedule)
+
+    def lr_at(self, steps: Sequence[int] | np.ndarray) -> np.ndarray | None:
+        lrs = self._fc.schedule
+        idx = np.asarray(steps, dtype=np.int64).ravel() - 1
+        if lrs is None or idx.size == 0 or idx.min() < 0 or idx.max() >= len(lrs):
+            return None
+        return lrs[idx].copy()
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """A run-health detector, run on each flush before the refit: the events it raises."""
+
+    def check(self, batch: FlushBatch, view: FitView) -> list[Event]: ...
+
+
+@runtime_checkable
+class Listener(Protocol):
+    """Called with each new forecast, right after the refit that made it (sweep reporters and stoppers).
+
+    Returns events; a critical ``early_stop`` event asks the monitor to stop the run (per its ``action``).
+    """
+
+    def on_forecast(self, step: int, forecast: Forecast) -> list[Event]: ...
 
 
 @runtime_checkable
 class Advisor(Protocol):
     """Schedule advice after a refit: events proposing a better remaining schedule."""
 
-    def advise(self, forecaster: OnlineForecaster, step: int) -> list[Event]: ...
+    def advise(self, view: FitView, step: int) -> list[Event]: ...
 
 
 @dataclass
 class FlushResult:
-    """What a flush asks of the adapter: ``stop`` (with ``reason``), and what it produced."""
+    """What a flush asks of the adapter: ``stop`` (with ``reason``), and what it produced.
+
+    ``error`` holds the :class:`TrainingHealthError` of ``action="raise"`` when the flush was asked not to
+    raise it itself (an adapter first agrees with the other ranks, then raises on every rank).
+    """
 
     stop: bool = False
     reason: str | None = None
     forecast: Forecast | None = None
     decision: StopDecision | None = None
     events: list[Event] = field(default_factory=list)
+    error: TrainingHealthError | None = None
+
+
+def _name(obj: Any, i: int) -> str:
+    return f"{type(obj).__name__}#{i}"
 
 
 class RunMonitor:
-    """Forecaster + stop rule + health checks + sinks, driven at each flush (see the module docstring).
+    """Forecaster + stop rule + detectors + listeners + sinks, driven at each flush (see the module docstring).
 
-    ``target_loss``/``confidence``/``min_steps``/``min_fraction``: the early-stopping rule (no target, no stop).
-    ``action``: what a stop decision or a critical health event does: ``warn`` (report only), ``stop`` (the
-    flush returns ``stop=True``; the adapter stops the trainer gracefully) or ``raise`` (raise
-    :class:`scaleforecast.events.TrainingHealthError`). ``figure_every``: draw a figure every this many refits
-    (0 = never). ``on_event``: a user hook called with every event. ``verbose``: log forecasts and events
-    (adapters pass ``False`` on every rank but 0).
-    A failure inside the forecaster or a health check is reported once and that part is switched off; the
-    monitor itself never raises, except for ``action="raise"``.
+    Usage::
+
+        mon = RunMonitor("cosine:peak=3e-4,total=2000", stop=StopConfig(target_loss=3.1))
+        result = mon.flush(FlushBatch(steps=np.arange(1, 51), loss=losses))
+        if result.stop: ...
+
+    ``stop``: the stop rule and the action policy (:class:`StopConfig`); ``figure_every``: draw a figure every
+    this many usable refits (0 = never); ``on_event``: a user hook called with every event; ``verbose``: log
+    events (adapters pass ``False`` on every rank but 0); ``guard``: the :class:`Guard` that reports failures
+    (adapters share theirs, so that every failure lands in one record). A failure inside the forecaster, a
+    detector, a listener, the advisor or a sink is reported once and that part is switched off; the monitor
+    itself never raises, except for ``action="raise"``.
     """
 
     def __init__(
@@ -187,32 +292,28 @@ class RunMonitor:
         *,
         config: ForecasterConfig | None = None,
         forecaster: OnlineForecaster | None = None,
-        target_loss: float | None = None,
-        confidence: float = 0.95,
-        min_steps: int = 0,
-        min_fraction: float = 0.0,
-        action: Action = "stop",
-        health: Sequence[HealthCheck] = (),
+        stop: StopConfig | None = None,
+        detectors: Sequence[Detector] = (),
+        listeners: Sequence[Listener] = (),
         advisor: Advisor | None = None,
         sinks: Sequence[Sink] = (),
         figure_every: int = 5,
         on_event: Callable[[Event], None] | None = None,
         verbose: bool = True,
+        guard: Guard | None = None,
     ) -> None:
-        validate_stop_args(target_loss, confidence, min_steps, min_fraction, action)
         if figure_every < 0:
-            raise ValueError(f"figure_every must be >= 0, got {figure_every}")
+            raise ValueError(f"figure_every: must be >= 0, got {figure_every}")
         if forecaster is not None and (schedule is not None or config is not None):
             raise ValueError("pass either a forecaster or schedule/config, not both")
         self.forecaster = forecaster or OnlineForecaster(schedule, config)
-        self.target_loss = target_loss
-        self.confidence = confidence
-        self.min_steps = min_steps
-        self.min_fraction = min_fraction
-        self.action: Action = action
-        self.health = list(health)
+        self.view = FitView(self.forecaster)
+        self.stop = stop or StopConfig()
+        self.detectors = list(detectors)
+        self.listeners = list(listeners)
         self.advisor = advisor
-        self.sinks = FanoutSink(sinks)
+        self.guard = guard or Guard()
+        self.sinks = FanoutSink(sinks, report=self.guard.report)
         self.figure_every = figure_every
         self.on_event = on_event
         self.verbose = verbose
@@ -224,57 +325,61 @@ class RunMonitor:
         self.stop_reason: str | None = None
         self.stop_reported = False
         self.events: list[Event] = []
-        self.disabled: dict[str, str] = {}
 
     # ---------------------------------------------------------------- plumbing
+    @property
+    def disabled(self) -> dict[str, str]:
+        """The parts switched off by a failure (part -> message)."""
+        return self.guard.disabled
+
+    @property
+    def target_loss(self) -> float | None:
+        return self.stop.target_loss
+
     def add_sink(self, sink: Sink) -> None:
         self.sinks.add(sink)
 
     def set_schedule(self, schedule: ScheduleLike) -> None:
         """Re-plan: the planned per-update LR changed (its past part must be the LRs already used)."""
-        self._guard("schedule", self.forecaster.set_schedule, schedule)
+        self.guard("schedule", self.forecaster.set_schedule, schedule)
 
     @property
     def total_steps(self) -> int | None:
         return self.forecaster.total_steps
 
-    def _guard(self, part: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn``; on an exception report it once and switch ``part`` off (returns ``None``)."""
-        return guarded_call(self.disabled, part, fn, args, self._report)
-
-    def _report(self, part: str, detail: str) -> None:
-        msg = f"scaleforecast: {part} failed ({detail}); it is switched off for this run"
-        self.disabled[part] = msg
-        if self.verbose:
-            log.warning(msg, exc_info=True)
-            # Blame the code that called _guard, three frames up through guarded_call.
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
-
     # ------------------------------------------------------------------- flush
-    def flush(self, batch: FlushBatch) -> FlushResult:
-        """Process one batch of observations (see the module docstring) and say whether to stop."""
+    def flush(self, batch: FlushBatch, *, raise_now: bool = True) -> FlushResult:
+        """Process one batch of observations (see the module docstring) and say whether to stop.
+
+        With ``raise_now=False`` an ``action="raise"`` error is returned in :attr:`FlushResult.error` instead of
+        raised (for adapters that agree with the other ranks first).
+        """
         result = FlushResult()
         steps = np.asarray(batch.steps, dtype=np.int64).ravel()
         if steps.size == 0:
             return result
         step = int(steps[-1])
-        for i, check in enumerate(self.health):
-            found = self._guard(
-                f"health check {type(check).__name__}#{i}", check.check, batch, self.forecaster
-            )
+        for i, detector in enumerate(self.detectors):
+            found = self.guard(f"detector {_name(detector, i)}", detector.check, batch, self.view)
             result.events.extend(found or [])
-        forecast = self._guard("forecaster", self._update, batch)
+        forecast = self.guard("forecaster", self._update, batch)
         if forecast is not None:
             result.forecast = forecast
             self.refits += 1
-            self._guard("stop rule", self.track.update, self.forecaster)
-        decision = self._guard("stop rule", self._decide, step)
+            self.guard("stop rule", self.track.update, self.forecaster)
+        decision = self.guard("stop rule", self._decide, step)
         if decision is not None:
             result.decision = self.decision = decision
-        if forecast is not None and self.advisor is not None:
-            result.events.extend(self._guard("advisor", self.advisor.advise, self.forecaster, step) or [])
-        self._guard("sinks", self._write, step, batch, result)
+        if forecast is not None:
+            if self.advisor is not None:
+                result.events.extend(self.guard("advisor", self.advisor.advise, self.view, step) or [])
+            for i, listener in enumerate(self.listeners):
+                heard = self.guard(f"listener {_name(listener, i)}", listener.on_forecast, step, forecast)
+                result.events.extend(heard or [])
+        self.guard("sinks", self._write, step, batch, result)
         self._act(step, result)
+        if result.error is not None and raise_now:
+            raise result.error
         return result
 
     def _update(self, batch: FlushBatch) -> Forecast | None:
@@ -282,16 +387,17 @@ class RunMonitor:
 
     def _decide(self, step: int) -> StopDecision | None:
         total = self.forecaster.total_steps
-        if self.target_loss is None or total is None:
+        cfg = self.stop
+        if cfg.target_loss is None or total is None:
             return None
         return decide_stop(
             self.forecaster.latest,
-            self.target_loss,
+            cfg.target_loss,
             step=step,
             total_steps=total,
-            confidence=self.confidence,
-            min_fraction=self.min_fraction,
-            min_steps=self.min_steps,
+            confidence=cfg.confidence,
+            min_fraction=cfg.min_fraction,
+            min_steps=cfg.min_steps,
             features=self.track.features,
         )
 
@@ -310,44 +416,38 @@ class RunMonitor:
         forecast = result.forecast
         if forecast is not None:
             extras: dict[str, float] = {}
-            if self.target_loss is not None:
-                extras["forecast/target"] = self.target_loss
+            if self.stop.target_loss is not None:
+                extras["forecast/target"] = self.stop.target_loss
             advice = getattr(self.advisor, "scalars", None)
             if callable(advice):
-                extras.update(self._guard("advisor", advice) or {})
+                extras.update(self.guard("advisor", advice) or {})
             self.sinks.write_forecast(step, forecast, extras)
-            if self.verbose and forecast.final is not None:
-                f = forecast.final
-                log.info(
-                    "step %d: forecast final loss %.4f [%.4f, %.4f] at step %d (%s)",
-                    step, f.loss, f.lower, f.upper, forecast.final_step, forecast.status.value,
-                )  # fmt: skip
             if self.figure_every and forecast.ok:
                 self.usable_refits += 1
-            if self.figure_every and forecast.ok and (self.usable_refits - 1) % self.figure_every == 0:
-                snapshot = self.snapshot(step)
-                if snapshot is not None:
-                    self.sinks.write_figure(snapshot)
+                if (self.usable_refits - 1) % self.figure_every == 0:
+                    snapshot = self.snapshot(step)
+                    if snapshot is not None:
+                        self.sinks.write_figure(snapshot)
         self.sinks.flush()
 
     def _act(self, step: int, result: FlushResult) -> None:
         """Route events, then turn a stop decision or a critical event into ``result.stop`` per ``action``."""
         stop_reason: str | None = None
-        decided = result.decision is not None and result.decision.stop
-        if decided and self.stopped_at is None and not self.stop_reported:
+        decision = result.decision
+        if decision is not None and decision.stop and self.stopped_at is None and not self.stop_reported:
             self.stop_reported = True
-            stop_reason = result.decision.reason  # type: ignore[union-attr]
+            stop_reason = decision.reason
             result.events.append(
                 Event(
                     kind="early_stop",
                     step=step,
                     severity="critical",
-                    score=result.decision.probability,
+                    score=decision.probability,
                     message=stop_reason,
                     data={
-                        "target_loss": self.target_loss,
-                        "confidence": self.confidence,
-                        "action": self.action,
+                        "target_loss": self.stop.target_loss,
+                        "confidence": self.stop.confidence,
+                        "action": self.stop.action,
                     },
                 )
             )
@@ -356,10 +456,10 @@ class RunMonitor:
         critical = next((e for e in result.events if e.is_critical), None)
         if critical is None or self.stopped_at is not None:
             return
-        if self.action == "raise":
+        if self.stop.action == "raise":
             self.stopped_at, self.stop_reason = step, critical.text()
-            raise TrainingHealthError(critical)
-        if self.action == "stop":
+            result.error = TrainingHealthError(critical)
+        elif self.stop.action == "stop":
             result.stop = True
             result.reason = stop_reason or critical.text()
             self.stopped_at, self.stop_reason = step, result.reason
@@ -368,9 +468,9 @@ class RunMonitor:
         self.events = [*self.events[-63:], event]
         if self.verbose:
             log_event(event)
-        self._guard("sinks", self.sinks.write_event, event)
+        self.guard("sinks", self.sinks.write_event, event)
         if self.on_event is not None:
-            self._guard("on_event hook", self.on_event, event)
+            self.guard("on_event hook", self.on_event, event)
 
     # ----------------------------------------------------------------- figures
     def snapshot(self, step: int, points: int = 200) -> CurveSnapshot | None:
@@ -399,7 +499,7 @@ class RunMonitor:
             lower=np.array([p.lower for p in pts]),
             upper=np.array([p.upper for p in pts]),
             level=curve.level,
-            target=self.target_loss,
+            target=self.stop.target_loss,
             lrs=lrs,
             title=title,
             fit_steps=past.astype(float),
@@ -414,9 +514,9 @@ class RunMonitor:
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """JSON-safe state: the forecaster, the stop record, recent events and the health checks' state."""
+        """JSON-safe state: the forecaster, the stop record, recent events and the plug-ins' state."""
         return {
-            "version": 1,
+            "version": 2,
             "forecaster": self.forecaster.state_dict(),
             "refits": self.refits,
             "usable_refits": self.usable_refits,
@@ -426,14 +526,20 @@ class RunMonitor:
             "stop_reason": self.stop_reason,
             "stop_reported": self.stop_reported,
             "events": [e.model_dump(mode="json") for e in self.events],
-            "health": [_state_of(h) for h in self.health],
+            "detectors": [_state_of(d) for d in self.detectors],
+            "listeners": [_state_of(x) for x in self.listeners],
             "advisor": None if self.advisor is None else _state_of(self.advisor),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (on resume); health checks are restored when their count matches."""
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported monitor state version {state.get('version')!r}")
+        """Restore :meth:`state_dict` (on resume), also from version 1 (whose detectors were ``health``).
+
+        Plug-ins are restored when their count matches. Raises ``ValueError`` on an unknown version and lets
+        a garbled state raise: an adapter catches both and starts a fresh history.
+        """
+        version = state.get("version")
+        if version not in (1, 2):
+            raise ValueError(f"unsupported monitor state version {version!r}")
         self.forecaster.load_state_dict(state["forecaster"])
         self.refits = int(state["refits"])
         self.usable_refits = int(state.get("usable_refits", 0))
@@ -444,21 +550,19 @@ class RunMonitor:
         self.stop_reason = state["stop_reason"]
         self.stop_reported = bool(state.get("stop_reported", self.stopped_at is not None))
         self.events = [Event.model_validate(e) for e in state["events"]]
-        if len(state.get("health", [])) == len(self.health):
-            for h, s in zip(self.health, state["health"], strict=True):
-                if s is not None and hasattr(h, "load_state_dict"):
-                    h.load_state_dict(s)
-        if (
-            self.advisor is not None
-            and state.get("advisor") is not None
-            and hasattr(self.advisor, "load_state_dict")
-        ):
-            self.advisor.load_state_dict(state["advisor"])
+        detectors = state.get("detectors", state.get("health", []))
+        for plugins, saved in ((self.detectors, detectors), (self.listeners, state.get("listeners", []))):
+            if len(saved) == len(plugins):
+                for plugin, s in zip(plugins, saved, strict=True):
+                    if s is not None and hasattr(plugin, "load_state_dict"):
+                        plugin.load_state_dict(s)
+        if state.get("advisor") is not None and hasattr(self.advisor, "load_state_dict"):
+            self.advisor.load_state_dict(state["advisor"])  # type: ignore[union-attr]
 
     def __getstate__(self) -> dict[str, Any]:
         # Sinks hold open files and writers: they stay with the process that made them.
         state = self.__dict__.copy()
-        state["sinks"] = FanoutSink()
+        state["sinks"] = FanoutSink(report=self.guard.report)
         return state
 
 

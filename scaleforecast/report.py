@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import importlib
 import io as _io
 import json
 import math
@@ -23,10 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scaleforecast.advice import ScheduleAdvisor, candidate_schedules
+from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
-from scaleforecast.io import RunData, add_run_arguments, run_from_args
+from scaleforecast.observed import ObservedFinal, observed_final
 from scaleforecast.results import Forecast
+from scaleforecast.run_args import add_run_arguments, emit_notes, level_arg, nonnegative_int, run_from_args
+from scaleforecast.runs import RunData
+from scaleforecast.safe_write import write_bytes, write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,7 +57,12 @@ class ReportData:
     fit_step: int
     events: list[Event] = field(default_factory=list)
     what_if: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
-    observed_final: float | None = None
+    observed: ObservedFinal | None = None
+
+    @property
+    def observed_final(self) -> float | None:
+        """The observed loss at the final step (see :mod:`scaleforecast.observed`), when the run got there."""
+        return None if self.observed is None else self.observed.value
 
     @property
     def total(self) -> int:
@@ -82,12 +91,19 @@ class ReportData:
             )
         else:
             rows.append(("final loss", f"no forecast ({fc.status.value})"))
-        if self.observed_final is not None:
-            rows.append(("observed final", f"{self.observed_final:.4f}"))
+        obs = self.observed
+        if obs is not None:
+            rows.append((f"observed final @ {obs.step}", obs.text()))
             if final is not None:
-                err = 100 * (final.loss - self.observed_final) / self.observed_final
-                inside = final.lower <= self.observed_final <= final.upper
-                rows.append(("forecast error", f"{err:+.2f}% ({'inside' if inside else 'outside'} the band)"))
+                inside = "inside" if final.lower <= obs.value <= final.upper else "outside"
+                err = (
+                    f"{100 * (final.loss - obs.value) / abs(obs.value):+.2f}%"
+                    if obs.value != 0
+                    else f"{final.loss - obs.value:+.4g} (absolute: the observed loss is 0)"
+                )
+                if obs.note is not None:
+                    err += ", observed value uncertain"
+                rows.append(("forecast error", f"{err} ({inside} the band)"))
         if fc.params is not None:
             p = fc.params
             rows.append(("law", f"L0={p.L0:.4g} A={p.A:.3g} alpha={p.alpha:.3g} C={p.C:.3g}"))
@@ -96,6 +112,10 @@ class ReportData:
             rows.append((f"what-if: {label}"[:40], f"{mean[-1]:.4f} at step {len(lrs)}"))
         rows.append(("events", _events_text(self.events)))
         return rows
+
+    def notes(self) -> list[str]:
+        """Notes about the comparison itself (an observed final loss that the log cannot pin down)."""
+        return [] if self.observed is None or self.observed.note is None else [self.observed.note]
 
     def to_json(self) -> dict[str, Any]:
         """The report's numbers as one JSON-safe object (``--json``)."""
@@ -108,11 +128,15 @@ class ReportData:
             lr_trusted=None if self.run.lr is None else self.run.lr.trusted,
             fit_step=self.fit_step,
             observed_final=self.observed_final,
+            observed_final_std=None
+            if self.observed is None or not math.isfinite(self.observed.std)
+            else self.observed.std,
+            observed_final_points=None if self.observed is None else self.observed.n_points,
             events=[e.model_dump(mode="json") for e in self.events],
             what_if=[
                 {"label": lab, "final_step": len(lrs), "loss": float(m[-1])} for lab, lrs, m in self.what_if
             ],
-            data_warnings=list(self.run.warnings),
+            data_warnings=list(self.run.warnings) + self.notes(),
         )
         return out
 
@@ -154,26 +178,10 @@ def fit_run(
     return fc
 
 
-def observed_final(run: RunData) -> float | None:
-    """The loss at the end of a finished run: the median of the finite points in the last 2% of the schedule
-    (a single noisy point would make a poor reference); ``None`` when the run has not reached its end."""
-    total = run.total_steps
-    if total is None or run.last_step < 0.98 * total:
-        return None
-    tail = (run.steps >= 0.98 * total) & np.isfinite(run.losses)
-    if not tail.any():
-        return None
-    return float(np.median(run.losses[tail]))
-
-
 def detect_events(run: RunData, fc: OnlineForecaster) -> list[Event]:
     """Health events over the whole run from the detectors (non-finite, spikes, drift, stagnation), judged
-    against the law fitted here, debounced as in a live run. A missing or failing detector is skipped: a report
-    is still useful without it."""
-    try:
-        from scaleforecast.detectors import HealthMonitor
-    except ImportError:
-        return []
+    against the law fitted here, debounced as in a live run. A failing detector is skipped: a report is still
+    useful without it."""
     usable = fc.latest is not None and fc.latest.ok
     # The detectors ask for the law at every refit of their window: tabulate it once.
     table = fc.predict(np.arange(1, (fc.total_steps or run.last_step) + 1)) if usable else None
@@ -199,22 +207,18 @@ def detect_events(run: RunData, fc: OnlineForecaster) -> list[Event]:
 def what_if_schedules(
     fc: OnlineForecaster, step: int, top: int = 3
 ) -> tuple[list[tuple[str, np.ndarray]], list[Event]]:
-    """The best alternative schedules from the schedule-advice module, when it is installed.
+    """The best alternative schedules from the schedule advisor.
 
     Returns up to ``top`` ``(label, lrs)`` pairs, best predicted gain first (they keep the run's past LR and
     change only what is left), and the advisor's events (significant advice, flags on the plan).
     """
     try:
-        advice = importlib.import_module("scaleforecast.advice")
-    except ImportError:
-        return [], []
-    try:
-        advisor = advice.ScheduleAdvisor()
+        advisor = ScheduleAdvisor()
         result = advisor.evaluate(fc)
         if result is None:
             return [], []
         events = list(advisor.events(result))
-        tails = advice.candidate_schedules(fc.schedule, step)
+        tails = candidate_schedules(fc.schedule, step)
         ranked = sorted(result.candidates, key=lambda c: -c.gain)
         return [
             (c.name, np.asarray(tails[c.name], dtype=float)) for c in ranked[:top] if c.name in tails
@@ -256,7 +260,7 @@ def build_report(
         fit_step=fit_step,
         events=sorted(detect_events(run, fc) + advice_events, key=lambda e: e.step),
         what_if=what_if,
-        observed_final=observed_final(run),
+        observed=observed_final(run),
     )
 
 
@@ -373,15 +377,19 @@ def draw_report(data: ReportData, width: float = 14.0, height: float = 8.0, dpi:
             label=f"final {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}]",
         )
     if data.observed_final is not None:
-        ax.plot(
-            [total],
-            [data.observed_final],
+        obs = data.observed
+        assert obs is not None
+        ax.errorbar(
+            [obs.step],
+            [obs.value],
+            yerr=[[obs.std], [obs.std]] if math.isfinite(obs.std) else None,
             marker="*",
             ms=13,
             color="k",
             ls="none",
+            capsize=4,
             zorder=6,
-            label=f"observed final {data.observed_final:.4f}",
+            label=f"observed final {obs.value:.4f}" + (f" ± {obs.std:.2g}" if math.isfinite(obs.std) else ""),
         )
     colors = ["tab:green", "tab:purple", "tab:brown", "tab:pink"]
     for (label, lrs, mean), color in zip(data.what_if, colors, strict=False):
@@ -460,7 +468,7 @@ def draw_report(data: ReportData, width: float = 14.0, height: float = 8.0, dpi:
             0.03, y - 0.024, wrapped, fontsize=9.5, va="top", family="monospace", transform=ax_tab.transAxes
         )
         y -= 0.024 * (wrapped.count("\n") + 1) + 0.036
-    notes = list(dict.fromkeys(fc.warnings + run.warnings))[:4]
+    notes = list(dict.fromkeys(fc.warnings + run.warnings + data.notes()))[:4]
     if (data.events or notes) and y > 0.1:
         ax_tab.text(
             0.03, y, "events and notes", fontsize=11, weight="bold", va="top", transform=ax_tab.transAxes
@@ -530,7 +538,8 @@ def report_html(data: ReportData, png: bytes) -> str:
         for e in data.events
     )
     notes = "\n".join(
-        f"<li>{html.escape(n)}</li>" for n in dict.fromkeys(data.forecast.warnings + data.run.warnings)
+        f"<li>{html.escape(n)}</li>"
+        for n in dict.fromkeys(data.forecast.warnings + data.run.warnings + data.notes())
     )
     img = base64.b64encode(png).decode("ascii")
     title = html.escape(f"scaleforecast report: {data.run.name}")
@@ -572,29 +581,64 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--html", metavar="HTML", help="also write a self-contained HTML page here")
     p.add_argument(
-        "--until-step", type=int, metavar="N", help="fit only the points at steps <= N (as at step N)"
+        "--until-step",
+        type=nonnegative_int,
+        metavar="N",
+        help="fit only the points at steps <= N (as at step N)",
     )
-    p.add_argument("--level", type=float, default=0.8, help="band coverage (default 0.8)")
+    p.add_argument("--level", type=level_arg, default=0.8, help="band coverage (default 0.8)")
     p.add_argument(
-        "--size", type=float, nargs=2, default=(14.0, 8.0), metavar=("W", "H"), help="inches (14 8)"
+        "--size", type=_inches, nargs=2, default=(14.0, 8.0), metavar=("W", "H"), help="inches (14 8)"
     )
-    p.add_argument("--dpi", type=int, default=100, help="pixels per inch (default 100: 1400 x 800 px)")
+    p.add_argument(
+        "--dpi", type=_dpi, default=100, help=f"pixels per inch, {DPI_RANGE[0]}..{DPI_RANGE[1]} (default 100)"
+    )
     p.add_argument("--json", action="store_true", help="print the report's numbers as one JSON object")
     p.set_defaults(func=run)
 
 
+DPI_RANGE = (10, 600)
+MAX_PIXELS = 20_000  # per side
+
+
+def _inches(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.5 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a size in inches from 0.5 to 100, got {text!r}")
+    return value
+
+
+def _dpi(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not DPI_RANGE[0] <= value <= DPI_RANGE[1]:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from {DPI_RANGE[0]} to {DPI_RANGE[1]}, got {text!r}"
+        )
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """``scaleforecast report``: read, fit, draw, write; prints the numbers (or JSON)."""
-    if not 0.0 < args.level < 1.0:
-        raise ValueError(f"--level must be in (0, 1), got {args.level}")
-    data_run = run_from_args(args)
+    width, height = args.size
+    if max(width, height) * args.dpi > MAX_PIXELS:
+        raise ValueError(
+            f"--size {width:g} {height:g} at --dpi {args.dpi} is more than {MAX_PIXELS} pixels a side"
+        )
+    data_run = run_from_args(args, until_step=args.until_step)
     data = build_report(data_run, until=args.until_step, level=args.level)
-    fig = draw_report(data, width=args.size[0], height=args.size[1], dpi=args.dpi)
+    emit_notes(data.notes())
+    fig = draw_report(data, width=width, height=height, dpi=args.dpi)
     png = png_bytes(fig)
     out = Path(args.output) if args.output else Path(f"{data_run.name}.report.png")
-    out.write_bytes(png)
+    write_bytes(out, png)
     if args.html:
-        Path(args.html).write_text(report_html(data, png), encoding="utf-8")
+        write_text(Path(args.html), report_html(data, png))
     if args.json:
         obj = data.to_json()
         obj["png"] = str(out)

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "MAX_TOTAL_STEPS",
     "ConstantSchedule",
     "CosineSchedule",
     "InvSqrtSchedule",
@@ -41,6 +42,7 @@ __all__ = [
     "StepSchedule",
     "WSDSchedule",
     "as_lrs",
+    "load_lr_file",
     "parse_schedule",
     "schedule_from_dict",
     "validate_lrs",
@@ -51,11 +53,24 @@ class ScheduleError(ValueError):
     """A schedule spec or an LR array that cannot be used; the message says what and where."""
 
 
+# Longer schedules would not fit in memory as per-update arrays (8 bytes an update, several arrays per fit).
+MAX_TOTAL_STEPS = 100_000_000
+
+
 def _fmt(value: float) -> str:
-    """Short, exact-enough number for specs and descriptions (``1e-3``, ``0.2``, ``25000``)."""
+    """A short number for people (``0.001``, ``0.2``, ``25000``); not exact (see :func:`_exact`)."""
     if float(value).is_integer() and abs(value) < 1e15:
         return str(int(value))
-    return f"{value:.6g}"
+    return f"{value:.3g}"
+
+
+def _exact(value: float) -> str:
+    """The shortest text that reads back to exactly ``value`` (``0.001``, ``3e-4``, ``0.00031234567890123``)."""
+    v = float(value)
+    if v.is_integer() and abs(v) < 2**53:
+        return str(int(v))
+    mantissa, e, exponent = repr(v).partition("e")
+    return f"{mantissa}e{int(exponent)}" if e else mantissa
 
 
 class _ScheduleBase(BaseModel):
@@ -68,6 +83,15 @@ class _ScheduleBase(BaseModel):
     warmup: int = Field(default=0, ge=0, description="linear warm-up length in updates")
 
     _label: ClassVar[str] = "schedule"
+
+    @field_validator("total")
+    @classmethod
+    def _check_total(cls, v: int) -> int:
+        if v > MAX_TOTAL_STEPS:
+            raise ValueError(
+                f"{v} updates is more than this tool holds in memory (at most {MAX_TOTAL_STEPS})"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check_warmup(self) -> _ScheduleBase:
@@ -92,8 +116,9 @@ class _ScheduleBase(BaseModel):
         return []
 
     def spec(self) -> str:
-        """The string form, ``kind:key=value,...``, that :func:`parse_schedule` reads back to an equal config."""
-        items = [("peak", _fmt(self.peak)), ("total", str(self.total))]
+        """The string form, ``kind:key=value,...``, that :func:`parse_schedule` reads back to an equal config
+        (numbers are written exactly: ``parse_schedule(s.spec()) == s``)."""
+        items = [("peak", _exact(self.peak)), ("total", str(self.total))]
         if self.warmup:
             items.append(("warmup", str(self.warmup)))
         items += self._extra_spec()
@@ -119,7 +144,7 @@ class _DecayToFinal(_ScheduleBase):
         return self
 
     def _extra_spec(self) -> list[tuple[str, str]]:
-        return [("final", _fmt(self.final))] if self.final else []
+        return [("final", _exact(self.final))] if self.final else []
 
 
 class ConstantSchedule(_ScheduleBase):
@@ -211,7 +236,7 @@ class WSDSchedule(_DecayToFinal):
         return out
 
     def _extra_spec(self) -> list[tuple[str, str]]:
-        return [("cooldown", _fmt(self.cooldown)), ("shape", self.shape), *super()._extra_spec()]
+        return [("cooldown", _exact(self.cooldown)), ("shape", self.shape), *super()._extra_spec()]
 
     def _shape_text(self) -> str:
         return f"WSD, {self.shape} cooldown over the last {_fmt(100 * self.cooldown)}% to {_fmt(self.final)}"
@@ -243,7 +268,7 @@ class StepSchedule(_ScheduleBase):
         return self.peak * self.gamma ** drops.astype(np.float64)
 
     def _extra_spec(self) -> list[tuple[str, str]]:
-        return [("milestones", "/".join(str(m) for m in self.milestones)), ("gamma", _fmt(self.gamma))]
+        return [("milestones", "/".join(str(m) for m in self.milestones)), ("gamma", _exact(self.gamma))]
 
     def _shape_text(self) -> str:
         ms = ", ".join(str(m) for m in self.milestones)
@@ -386,10 +411,17 @@ def validate_lrs(lrs: ArrayLike) -> np.ndarray:
     torch's cosine and linear schedulers do). Raises :class:`ScheduleError` naming the first bad
     index (0-based; update = index + 1).
     """
+    raw = np.asarray(lrs) if isinstance(lrs, np.ndarray) else None
+    if raw is not None and raw.dtype.names:
+        raise ScheduleError(
+            f"LR array is a structured array (fields {', '.join(raw.dtype.names)}); expected one number per update"
+        )
+    if raw is not None and raw.dtype.kind not in "biuf":
+        raise ScheduleError(f"LR array holds {raw.dtype} values; expected one number per update")
     try:
         arr = np.array(lrs, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ScheduleError(f"LR array is not numeric: {err}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ScheduleError("LR array is not numeric: expected one number per update") from None
     if arr.ndim != 1:
         raise ScheduleError(f"LR array must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0:
@@ -397,7 +429,7 @@ def validate_lrs(lrs: ArrayLike) -> np.ndarray:
     bad_finite = ~np.isfinite(arr)
     if bad_finite.any():
         i = int(np.argmax(bad_finite))
-        raise ScheduleError(f"LR at index {i} (update {i + 1}) is {arr[i]}: every LR must be finite")
+        raise ScheduleError(f"LR at index {i} (update {i + 1}) is {float(arr[i])!r}: every LR must be finite")
     bad = arr <= 0
     for edge in (0, -1):
         if arr[edge] == 0:
@@ -405,7 +437,7 @@ def validate_lrs(lrs: ArrayLike) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise ScheduleError(
-            f"LR at index {i} (update {i + 1}) is {arr[i]!r}: every LR must be > 0 "
+            f"LR at index {i} (update {i + 1}) is {float(arr[i])!r}: every LR must be > 0 "
             "(an exact 0 is allowed only at the first and the last update)"
         )
     return arr
@@ -419,10 +451,7 @@ def as_lrs(schedule: str | _ScheduleBase | dict[str, Any] | ArrayLike) -> np.nda
     """
     if isinstance(schedule, str):
         if schedule.endswith(".npy") and ":" not in schedule.split(os.sep)[-1]:
-            try:
-                return validate_lrs(np.load(schedule, allow_pickle=False))
-            except OSError as err:
-                raise ScheduleError(f"cannot read LR file {schedule!r}: {err}") from None
+            return load_lr_file(schedule)
         return validate_lrs(parse_schedule(schedule).lrs())
     if isinstance(schedule, _ScheduleBase):
         return validate_lrs(schedule.lrs())
@@ -431,6 +460,19 @@ def as_lrs(schedule: str | _ScheduleBase | dict[str, Any] | ArrayLike) -> np.nda
     return validate_lrs(schedule)
 
 
-def is_schedule(obj: object) -> bool:
-    """True for any schedule config instance."""
-    return isinstance(obj, _ScheduleBase)
+def load_lr_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """The per-update LR stored in a ``.npy`` file (one-dimensional, numeric, no pickles), validated by
+    :func:`validate_lrs`; every problem is a one-line :class:`ScheduleError` that names the file."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except OSError as err:
+        raise ScheduleError(f"cannot read LR file {path}: {err.strerror or err}") from None
+    except (ValueError, EOFError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ScheduleError(f"LR file {path}: not a .npy array ({reason})") from None
+    if not isinstance(arr, np.ndarray):
+        raise ScheduleError(f"LR file {path}: not a .npy array (an .npz archive?)")
+    try:
+        return validate_lrs(arr)
+    except ScheduleError as err:
+        raise ScheduleError(f"{err} (LR file {path})") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -80,14 +80,16 @@ class Sink(Protocol):
 class FanoutSink:
     """Forward every call to each of ``sinks``; a sink that raises is reported once and disabled.
 
-    The error goes to ``warnings`` (category ``RuntimeWarning``) and the ``scaleforecast.sinks`` logger with the
-    sink's class name and the failing method; later calls skip that sink. Nothing ever propagates to the caller,
-    because a sink must not take a training run down with it.
+    The error goes to ``report(part, detail)`` when given (the run monitor's guard, which names the adapter and
+    the rank), else to ``warnings`` (category ``RuntimeWarning``) and the ``scaleforecast.sinks`` logger, with
+    the sink's class name and the failing method; later calls skip that sink. Nothing ever propagates to the
+    caller, because a sink must not take a training run down with it.
     """
 
-    def __init__(self, sinks: Iterable[Any] = ()) -> None:
+    def __init__(self, sinks: Iterable[Any] = (), report: Callable[[str, str], None] | None = None) -> None:
         self.sinks: list[Any] = list(sinks)
         self.disabled: dict[int, str] = {}
+        self.report = report
 
     def add(self, sink: Any) -> None:
         self.sinks.append(sink)
@@ -107,10 +109,13 @@ class FanoutSink:
             try:
                 fn(*args)
             except Exception as exc:  # a sink must never take the run down
-                msg = f"{type(sink).__name__}.{method} failed ({type(exc).__name__}: {exc}); sink disabled"
-                self.disabled[id(sink)] = msg
-                log.warning(msg, exc_info=True)
-                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+                part, detail = f"{type(sink).__name__}.{method}", f"{type(exc).__name__}: {exc}"
+                self.disabled[id(sink)] = f"{part} failed ({detail}); sink disabled"
+                if self.report is not None:
+                    self.report(part, detail)
+                    continue
+                log.warning(self.disabled[id(sink)], exc_info=True)
+                warnings.warn(self.disabled[id(sink)], RuntimeWarning, stacklevel=3)
 
     def write_forecast(self, step: int, forecast: Forecast, extras: Mapping[str, float]) -> None:
         self._call("write_forecast", step, forecast, extras)

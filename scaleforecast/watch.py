@@ -1,11 +1,17 @@
 """``scaleforecast watch LOGDIR``: a sidecar that forecasts a live run from its TensorBoard event files.
 
 For jobs without a callback (Megatron, NeMo, torchtitan, custom loops). Every ``--interval`` seconds it reads
-what the job appended to its event files (incrementally, with TensorBoard's own reader), feeds the new losses to
-a :class:`~scaleforecast.monitor.RunMonitor` (online forecaster, refit policy, health checks, stop rule) and writes
-the forecast scalars, the Margin chart, figures and alerts through the TensorBoard sink into a *sibling* run
-directory, ``<run dir>-scaleforecast``, so TensorBoard pointed at the parent shows both side by side. It only
-ever reads the job's files.
+what the job appended to its event files (:class:`~scaleforecast.tfevents.EventTailer`, every record's checksums
+verified), feeds the new losses to a :class:`~scaleforecast.monitor.RunMonitor` (online forecaster, refit policy,
+health checks, schedule advice) and writes the forecast scalars, the Margin chart, figures and alerts through
+the :class:`~scaleforecast.tensorboard_sink.TensorBoardSink` into a *sibling* run directory,
+``<run dir>-scaleforecast``, so TensorBoard pointed at the parent shows both side by side. It only ever reads the
+job's files, and never writes through a symbolic link.
+
+The run's length is what the user says (``--total-steps``, or the schedule's length): a logged point past it is
+reported as an anomaly and left out, never taken as a longer run. Without ``--schedule``/``--lr-file`` the LR
+after the last logged point is a guess, rebuilt from the logged LR tag (:func:`~scaleforecast.schedule_fit.rebuild_lrs`)
+once the warm-up is over, re-fitted as more of it arrives, and every revision of that guess is announced.
 
 Lag: a point reaches the forecast after the job's writer flushes it (``flush_secs``: 120 s by default for
 PyTorch/Lightning writers) plus up to one polling interval, plus the refit (well under a second). Forecasts are
@@ -13,7 +19,8 @@ stamped with the job's optimizer step, not the wall clock, so the lag never shif
 
 Robustness: files that appear (rotation, restarts) are picked up; a file that shrinks or is replaced is re-read
 from the start; a step that goes back (resume from an older checkpoint) rewinds the forecaster's history; a
-partly written last record is retried on the next poll. SIGINT/SIGTERM stop it cleanly after a last pass.
+partly written last record is retried on the next poll; a missing path, a file that is not an event file and
+corrupt records are each reported once. SIGINT/SIGTERM stop it cleanly after a last pass.
 """
 
 from __future__ import annotations
@@ -25,30 +32,31 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from scaleforecast.advice import ScheduleAdvisor
+from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig
-from scaleforecast.io import (
-    LOSS_NAMES,
-    LR_NAMES,
-    SIDECAR_SUFFIX,
-    LRReconstruction,
-    ReadError,
-    _clean_series,
-    _pick,
-    _windows,
+from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig, checked
+from scaleforecast.run_args import (
     add_run_arguments,
-    find_event_files,
-    rebuild_lrs,
+    finite_float,
+    level_arg,
+    note_text,
+    positive_float,
+    positive_int,
 )
-from scaleforecast.monitor import FlushBatch, RunMonitor
+from scaleforecast.runs import LR_NAMES, ReadError, clean_series, loss_windows, pick, pick_loss
+from scaleforecast.safe_write import make_output_dir
+from scaleforecast.schedule_fit import LR_TRUST_OK, LRReconstruction, rebuild_lrs, warming_up
+from scaleforecast.tensorboard_sink import ADVICE_CHARTS, TensorBoardSink
+from scaleforecast.tfevents import SIDECAR_SUFFIX, EventTailer
 
-__all__ = ["EventTailer", "Watcher", "sidecar_dir"]
+__all__ = ["Watcher", "sidecar_dir"]
 
 EPILOG = """\
 examples:
@@ -59,11 +67,11 @@ examples:
 
 Polling interval: --interval seconds (default 30). Lag from a logged loss to its forecast: the job's writer
 flush interval (120 s by default for PyTorch/Lightning SummaryWriter) + up to one interval + the refit (< 1 s).
-Without --schedule/--lr-file the LR is rebuilt from the logged LR tag and --total-steps, and re-fitted as more
-of it arrives. Ctrl-C (SIGINT) or SIGTERM stops after a last pass; it also stops when the run reaches its last
-step, or after --max-idle seconds without new points.
+Without --schedule/--lr-file the LR is rebuilt from the logged LR tag once the warm-up is over (the rest of the
+schedule is a guess until it is logged; each revision is announced). Points past --total-steps are reported and
+left out. Ctrl-C (SIGINT) or SIGTERM stops after a last pass; it also stops when the run reaches its last step,
+or after --max-idle seconds without new points.
 """
-
 
 MAX_FAILED_POLLS = 5
 
@@ -74,87 +82,23 @@ def sidecar_dir(run_dir: Path) -> Path:
     return run_dir.parent / f"{run_dir.name}{SIDECAR_SUFFIX}"
 
 
-@dataclass
-class _FileState:
-    inode: int
-    size: int
-    acc: Any
+def _lexical(path: Path) -> Path:
+    """``path`` made absolute with its parent resolved but its last part kept as it is (a link is not followed)."""
+    path = Path(os.path.abspath(path))
+    return path.parent.resolve() / path.name
 
 
-class EventTailer:
-    """Incremental reader of one run's event files (TensorBoard's ``EventAccumulator`` per file, all points).
-
-    :meth:`poll` reloads each file from where it stopped, opens new files, and re-reads from the start any file
-    that shrank or was replaced (a different inode). It returns every scalar series merged over files (later file
-    wins on a repeated step) and whether anything was re-read from scratch.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.files: dict[Path, _FileState] = {}
-
-    def _open(self, f: Path, st: os.stat_result) -> _FileState:
-        from tensorboard.backend.event_processing import event_accumulator as ea
-
-        acc = ea.EventAccumulator(str(f), size_guidance={ea.SCALARS: 0})
-        return _FileState(inode=st.st_ino, size=0, acc=acc)
-
-    def poll(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
-        """Read what is new: ``({tag: (steps, values)}, reset)``; no files yet gives ``({}, False)``."""
-        try:
-            files = find_event_files(self.path)
-        except ReadError:
-            files = []
-        reset = False
-        current = set(files)
-        for gone in set(self.files) - current:
-            del self.files[gone]
-            reset = True
-        for f in files:
-            try:
-                st = f.stat()
-            except FileNotFoundError:
-                self.files.pop(f, None)
-                reset = True
-                continue
-            state = self.files.get(f)
-            if state is None or st.st_ino != state.inode or st.st_size < state.size:
-                reset = reset or state is not None
-                state = self.files[f] = self._open(f, st)
-            if st.st_size != state.size:
-                try:
-                    state.acc.Reload()
-                except Exception:
-                    # A damaged file: drop it and try again from scratch next time.
-                    self.files.pop(f, None)
-                    continue
-                state.size = st.st_size
-        merged: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for f in files:
-            state = self.files.get(f)
-            if state is None:
-                continue
-            for tag in state.acc.Tags().get("scalars", []):
-                events = state.acc.Scalars(tag)
-                merged.setdefault(tag, []).append(
-                    (
-                        np.fromiter((e.step for e in events), dtype=np.int64, count=len(events)),
-                        np.fromiter((e.value for e in events), dtype=np.float64, count=len(events)),
-                    )
-                )
-        out = {
-            tag: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-            for tag, parts in merged.items()
-        }
-        return out, reset
+def _lr_text(rec: LRReconstruction) -> str:
+    return rec.schedule.describe() if rec.schedule is not None else rec.source
 
 
 class Watcher:
     """The sidecar loop: tail the run, feed a :class:`RunMonitor`, write to a sibling TensorBoard run.
 
     ``schedule`` (spec, ``.npy`` path or array) or ``total_steps`` (the LR is then rebuilt from the logged LR tag)
-    must be given. ``writer`` is any SummaryWriter-like object (default: one on :func:`sidecar_dir`).
-    ``emit(record)`` receives one JSON-safe dict per new forecast and per event.
+    must be given. ``writer`` is any SummaryWriter-like object (default: one on :func:`sidecar_dir`, or ``out``).
+    ``emit(record)`` receives one JSON-safe dict per new forecast, event and data anomaly; ``log(line)`` the
+    human-readable lines (default: stderr).
     """
 
     def __init__(
@@ -180,11 +124,12 @@ class Watcher:
             raise ValueError(
                 "watch needs the planned length of the run: pass --schedule SPEC, --lr-file or --total-steps N"
             )
-        if interval <= 0:
+        if not interval > 0:
             raise ValueError(f"--interval must be > 0, got {interval}")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"--level must be in (0, 1), got {level}")
         self.logdir = Path(logdir)
         self.schedule = schedule
-        self.total_steps = total_steps
         self.loss, self.lr_name, self.window = loss, lr, window
         self.interval = interval
         self.max_idle = max_idle
@@ -199,93 +144,146 @@ class Watcher:
         )
         self.monitor = RunMonitor(
             config=cfg,
-            target_loss=target_loss,
-            action="warn",
-            health=_health_checks(),
-            advisor=_advisor(),
+            # Alerts only: a sidecar cannot stop the job.
+            stop=checked(StopConfig, target_loss=target_loss, action="warn"),
+            detectors=[HealthMonitor()],
+            advisor=ScheduleAdvisor(),
             sinks=[],
             verbose=False,
             on_event=self._on_event,
         )
-        self.tailer = EventTailer(self.logdir)
+        self.tailer = EventTailer(self.logdir, live=True)
         self.stop_event = threading.Event()
         self.fed_steps = np.zeros(0, dtype=np.int64)
         self.fed_losses = np.zeros(0)
         self.lr_rec: LRReconstruction | None = None
         self._lr_points = 0
+        self._lr_notes: set[str] = set()
         self.loss_tag: str | None = None
         self.polls = 0
         self.forecasts = 0
-        self._sink_ready = False
+        self.anomalies = 0
+        self._sink: TensorBoardSink | None = None
+        self._waiting: str | None = None
+        self._said: set[str] = set()
+        self._past_max = 0
+        self._advice: str | None = None
         if schedule is not None:
             self.lr_rec = rebuild_lrs(
                 np.zeros(0, np.int64), np.zeros(0), total_steps, schedule, what="--schedule"
             )
             self.monitor.set_schedule(self.lr_rec.lrs)
+        self.total = int(total_steps) if total_steps is not None else len(self.lr_rec.lrs)  # type: ignore[union-attr]
+
+    def _once(self, key: str, msg: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.log(msg)
 
     # ------------------------------------------------------------------ output
     def _ensure_sink(self, run_dir: Path) -> None:
-        if self._sink_ready:
+        if self._sink is not None:
             return
-        from scaleforecast.integrations.tensorboard import TensorBoardSink
-
         close = False
         if self.writer is None:
-            out = self.out or sidecar_dir(run_dir)
-            out_r, run_r = out.resolve(), run_dir.resolve()
-            if out_r == run_r or run_r in out_r.parents:
+            out = _lexical(self.out or sidecar_dir(run_dir))
+            run_r = run_dir.resolve()
+            if out == run_r or run_r in out.parents:
                 raise ValueError(f"--out {out} is inside the job's run directory {run_dir}; pick a sibling")
-            self.writer = _make_writer(out)
+            self.writer = _make_writer(make_output_dir(out))
             self.out = out
             close = True
-        self.monitor.add_sink(TensorBoardSink(self.writer, close_writer=close))
-        self._sink_ready = True
+        self._sink = TensorBoardSink(self.writer, layout_extra=ADVICE_CHARTS, close_writer=close)
+        self.monitor.add_sink(self._sink)
         self.log(f"reading {run_dir}, writing forecasts to {self.out or 'the given writer'}")
 
     def _on_event(self, event: Event) -> None:
-        self.log(f"{event.severity.upper()} {event.kind} at step {event.step}: {event.message}")
         self.emit({"type": "event", **event.model_dump(mode="json")})
+        if event.kind == "schedule_advice" and "best" in event.data:
+            # Advice is re-evaluated at every refit: say it again only when the recommendation changes.
+            best = str(event.data["best"])
+            if best == self._advice:
+                return
+            self._advice = best
+        self.log(f"{event.severity.upper()} {event.kind} at step {event.step}: {event.message}")
+
+    def _anomaly(self, run_dir: Path, step: int, message: str, **data: Any) -> None:
+        self._ensure_sink(run_dir)
+        self.anomalies += 1
+        event = Event(kind="data_anomaly", step=step, severity="warning", message=message, data=data)
+        self.log(f"WARNING: {message}")
+        self.emit({"type": "anomaly", **event.model_dump(mode="json")})
+        self.monitor.sinks.write_event(event)
 
     # -------------------------------------------------------------------- loop
-    def _update_lr(self, scalars: dict[str, tuple[np.ndarray, np.ndarray]], last_step: int) -> None:
+    def _update_lr(self, scalars: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         if self.schedule is not None:
             return
-        tag = _pick(sorted(scalars), self.lr_name, LR_NAMES)
+        tag = pick([t for t in scalars if t != self.loss_tag], self.lr_name, LR_NAMES)
         if tag is None:
-            if self.polls == 1:
-                self.log(f"no LR tag yet (looked for {', '.join(LR_NAMES[:4])}, ...); waiting")
+            self._once("no-lr", f"no LR tag yet (looked for {', '.join(LR_NAMES[:4])}, ...); waiting")
             return
-        notes: list[str] = []
-        steps, values = _clean_series(*scalars[tag], what=tag, notes=notes)
-        pos = steps >= 1
-        steps, values = steps[pos], values[pos]
+        steps, values = clean_series(*scalars[tag], what=tag, notes=[])
+        keep = (steps >= 1) & (steps <= self.total)
+        steps, values = steps[keep], values[keep]
         # Refit the schedule family only when a fifth more LR points arrived: cheap and stable.
         if len(steps) < 3 or (self.lr_rec is not None and len(steps) < 1.2 * self._lr_points):
             return
-        total = max(int(self.total_steps or 0), int(steps[-1]), last_step)
-        try:
-            rec = rebuild_lrs(steps, values, total, what=tag)
-        except ReadError as err:
-            self.log(str(err))
+        if self.lr_rec is None and warming_up(steps, values):
+            self._once(
+                "warmup",
+                f"the LR is still warming up ({values[-1]:.3g} at step {steps[-1]}, rising): the schedule after the "
+                "warm-up is unknown until it is logged; forecasts start when it stops rising (or pass --schedule SPEC)",
+            )
             return
+        try:
+            rec = rebuild_lrs(steps, values, self.total, what=tag)
+        except ReadError as err:
+            self._once(str(err), str(err))
+            return
+        old = self.lr_rec
         self._lr_points = len(steps)
-        first = self.lr_rec is None
         self.lr_rec = rec
         self.monitor.set_schedule(rec.lrs)
         for note in rec.warnings:
-            self.log(("WARNING: " if not rec.trusted else "") + note)
-        if first:
-            self.log(f"LR: {rec.source} (max error {100 * (rec.max_error or 0):.2f}% of peak)")
+            if note not in self._lr_notes:
+                self._lr_notes.add(note)
+                self.log(note_text(note))
+        last = int(steps[-1])
+        if old is None:
+            self.log(
+                f"LR rebuilt from {len(steps)} points logged up to step {last}: {_lr_text(rec)} (misses them by "
+                f"{100 * (rec.max_error or 0):.2f}% of peak at most); after step {last} it is a guess until logged: "
+                "pass --schedule SPEC for an exact forecast"
+            )
+            return
+        peak = max(float(old.lrs.max()), float(rec.lrs.max()))
+        change = float(np.max(np.abs(rec.lrs - old.lrs))) / peak
+        if change > LR_TRUST_OK:
+            self.log(
+                f"LR schedule revised at step {last}: now {_lr_text(rec)} (was {_lr_text(old)}; they differ by up "
+                f"to {100 * change:.0f}% of peak); forecasts from here on use it"
+            )
 
     def poll_once(self) -> int:
         """One pass: read, feed new points, refit on policy, write. Returns the number of new points."""
         self.polls += 1
-        scalars, reset = self.tailer.poll()
+        res = self.tailer.poll()
+        for note in res.notes:
+            self.log(note_text(note))
+        if res.waiting is not None:
+            if res.waiting != self._waiting:
+                self._waiting = res.waiting
+                self.log(f"{res.waiting}; waiting for it")
+            return 0
+        if self._waiting is not None:
+            self._waiting = None
+            self.log(f"found event files in {res.run_dir}")
+        scalars = res.scalars
         if not scalars:
             return 0
-        files = self.tailer.files
-        run_dir = next(iter(files)).parent if files else self.logdir
-        tag = _pick(sorted(scalars), self.loss, LOSS_NAMES)
+        run_dir = res.run_dir or self.logdir
+        tag = pick_loss(sorted(scalars), self.loss, str(self.logdir))
         if tag is None:
             if self.polls == 1 or self.polls % 20 == 0:
                 self.log(
@@ -295,24 +293,31 @@ class Watcher:
         if self.loss_tag != tag:
             self.loss_tag = tag
             self.log(f"loss tag {tag!r}")
-        notes: list[str] = []
-        steps, losses = _clean_series(*scalars[tag], what=tag, notes=notes)
+        steps, losses = clean_series(*scalars[tag], what=tag, notes=[])
         keep = steps >= 1
         steps, losses = steps[keep], losses[keep]
+        past = steps > self.total
+        if past.any():
+            far = int(steps[past].max())
+            if far > self._past_max:
+                self._past_max = far
+                self._anomaly(
+                    run_dir,
+                    far,
+                    f"{int(past.sum())} logged point(s) past the run's last step {self.total} (the furthest at step "
+                    f"{far}): left out; the run's length stays {self.total} (a stray point, or a wrong --total-steps?)",
+                    last_step=self.total,
+                    furthest=far,
+                    points=int(past.sum()),
+                )
+            steps, losses = steps[~past], losses[~past]
         if not len(steps):
             return 0
-        self._update_lr(scalars, int(steps[-1]))
-        lrs = self.monitor.forecaster.schedule
-        if lrs is None:
+        self._update_lr(scalars)
+        if self.monitor.forecaster.schedule is None:
             return 0
-        if steps[-1] > len(lrs):
-            if self.schedule is not None:
-                raise ValueError(
-                    f"the run is at step {steps[-1]}, past the end of the schedule ({len(lrs)} steps)"
-                )
-            steps, losses = steps[steps <= len(lrs)], losses[: int((steps <= len(lrs)).sum())]
         start = self._first_new(steps, losses)
-        if reset and start < len(self.fed_steps):
+        if res.reset and start < len(self.fed_steps):
             self.log(
                 f"event files changed under us; re-reading from step {steps[start] if start < len(steps) else '-'}"
             )
@@ -321,7 +326,7 @@ class Watcher:
         if not len(new_steps):
             return 0
         self._ensure_sink(run_dir)
-        windows = _windows(steps, tag, self.window)[start:]
+        windows = loss_windows(steps, tag, self.window)[start:]
         cuts = np.flatnonzero(np.diff(windows)) + 1
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(new_steps)], strict=True):
             result = self.monitor.flush(
@@ -351,8 +356,8 @@ class Watcher:
         self.emit({"type": "forecast", "step": step, **forecast.to_cli_json()})
 
     def finished(self) -> bool:
-        total = self.monitor.forecaster.total_steps
-        return total is not None and len(self.fed_steps) > 0 and int(self.fed_steps[-1]) >= total
+        """Whether the run has reached its last step (the user's, never one the data suggest)."""
+        return len(self.fed_steps) > 0 and int(self.fed_steps[-1]) >= self.total
 
     def run(self) -> int:
         """Poll until a signal, the end of the run or ``max_idle``; a last pass and a clean close.
@@ -375,8 +380,7 @@ class Watcher:
                 if new:
                     idle_since = time.monotonic()
                     if self.finished():
-                        total = self.monitor.forecaster.total_steps
-                        self.log(f"the run reached its last step ({total}); done")
+                        self.log(f"the run reached its last step ({self.total}); done")
                         break
                 elif self.max_idle is not None and time.monotonic() - idle_since > self.max_idle:
                     self.log(f"no new points for {self.max_idle:g} s; stopping")
@@ -395,7 +399,7 @@ class Watcher:
     def _safe_poll(self) -> int | None:
         """:meth:`poll_once`, with unexpected errors reported instead of raised (``None`` then).
 
-        Usage errors (a schedule shorter than the run, an output inside the job's directory) still raise."""
+        Usage errors (an output inside the job's directory or behind a link, an ambiguous tag) still raise."""
         try:
             return self.poll_once()
         except ValueError:
@@ -407,7 +411,7 @@ class Watcher:
     def _final_refit(self) -> None:
         """Fit once more on everything read, so the last forecast written covers the last point seen."""
         fc = self.monitor.forecaster
-        if fc.schedule is None or fc.n_observations == 0 or not self._sink_ready:
+        if fc.schedule is None or fc.n_observations == 0 or self._sink is None:
             return
         if fc.latest is not None and fc.latest.fitted_at_step >= fc.last_step:
             return
@@ -425,34 +429,16 @@ class Watcher:
         self.stop_event.set()
 
 
-def _health_checks() -> list[Any]:
-    """The run-health detectors (alerts only: a sidecar cannot stop the job)."""
-    try:
-        from scaleforecast.detectors import HealthMonitor
-    except ImportError:
-        return []
-    return [HealthMonitor()]
-
-
-def _advisor() -> Any:
-    """Schedule advice after each refit, when the advice module is installed."""
-    try:
-        from scaleforecast.advice import ScheduleAdvisor
-    except ImportError:
-        return None
-    return ScheduleAdvisor()
-
-
 def _make_writer(out: Path) -> Any:
-    """A SummaryWriter on ``out`` (PyTorch's, else tensorboardX's)."""
+    """A SummaryWriter on ``out``: tensorboardX's (light, no torch), else PyTorch's."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboardX import SummaryWriter
     except ImportError:
         try:
-            from tensorboardX import SummaryWriter  # type: ignore[no-redef]
+            from torch.utils.tensorboard import SummaryWriter  # type: ignore[no-redef]
         except ImportError:
             raise ValueError(
-                "watch writes TensorBoard files with torch or tensorboardX: install one"
+                "watch writes TensorBoard files with tensorboardX or torch: install one"
             ) from None
     return SummaryWriter(str(out), flush_secs=5)
 
@@ -470,23 +456,27 @@ def add_parser(subparsers: Any) -> None:
     )
     add_run_arguments(p)
     p.add_argument(
-        "--interval", type=float, default=30.0, metavar="SECONDS", help="polling interval (default 30)"
+        "--interval",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="polling interval (default 30)",
     )
     p.add_argument("--out", metavar="DIR", help="output run directory (default: <run dir>-scaleforecast)")
     p.add_argument(
-        "--target-loss", type=float, metavar="L", help="alert when the run will likely miss this loss"
+        "--target-loss", type=finite_float, metavar="L", help="alert when the run will likely miss this loss"
     )
-    p.add_argument("--level", type=float, default=0.8, help="band coverage (default 0.8)")
+    p.add_argument("--level", type=level_arg, default=0.8, help="band coverage (default 0.8)")
     p.add_argument(
-        "--refit-every", type=int, metavar="STEPS", help="refit every this many steps (default 100)"
-    )
-    p.add_argument(
-        "--max-idle", type=float, metavar="SECONDS", help="stop after this long without new points"
+        "--refit-every", type=positive_int, metavar="STEPS", help="refit every this many steps (default 100)"
     )
     p.add_argument(
-        "--json", action="store_true", help="print one JSON object per forecast and event on stdout"
+        "--max-idle", type=positive_float, metavar="SECONDS", help="stop after this long without new points"
     )
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per forecast, event and anomaly on stdout"
+    )
+    p.set_defaults(func=run, live_output=True)
 
 
 def run(args: argparse.Namespace) -> int:

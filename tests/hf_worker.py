@@ -1,19 +1,11 @@
 """A tiny GPT-2 on byte-level Python source text, trained by a real ``transformers.Trainer`` on CPU.
 
-Used by the HF tests in-process, and run as a script under ``torchrun`` for the two-process test:
-
-    torchrun --nproc_per_node 2 tests/hf_worker.py --out DIR --target 0.5 --max-steps 60
-
-Every rank writes ``DIR/rank{RANK}.json`` with the step it stopped at and the callback's decision. No download:
-the model is built from a config and the text is the standard library's own source, read at run time.
+Used by the HF-specific tests. No download: the model is built from a config and the text is the standard
+library's own source, read at run time.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import sysconfig
 from pathlib import Path
 from typing import Any
@@ -141,69 +133,3 @@ class LoggedLoss:
     ) -> None:
         if logs and "loss" in logs:
             self.logs.append((int(state.global_step), float(logs["loss"])))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Train under torchrun (gloo) with the forecast callback; record where each rank stopped."""
-    from scaleforecast.callbacks.hf import HFLossForecast
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--target", type=float, default=0.5)
-    parser.add_argument("--max-steps", type=int, default=60)
-    parser.add_argument("--resolution", default="auto")
-    ns = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    out = Path(ns.out)
-    callback = HFLossForecast(
-        target_loss=ns.target,
-        confidence=0.9,
-        min_fraction=0.2,
-        refit_every=10,
-        flush_every=5,
-        resolution=ns.resolution,
-    )
-    from transformers import TrainerCallback
-
-    logged = type("LoggedLossCallback", (LoggedLoss, TrainerCallback), {})()
-    trainer = make_trainer(
-        out / "run",
-        [callback, logged],
-        max_steps=ns.max_steps,
-        # The distributed sampler gives each rank different batches, so per-rank losses differ and only the
-        # reduced values agree.
-        ddp_backend="gloo",
-        ddp_find_unused_parameters=False,
-    )
-    probe = FirstLocalLoss()
-    trainer.model.register_forward_hook(probe)
-    trainer.train()
-    obs = callback.forecaster.observations()
-    record = {
-        "rank": rank,
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "global_step": trainer.state.global_step,
-        "stopped": callback.stopped,
-        "stop_step": callback.stop_step,
-        "reason": callback.stop_reason,
-        "mode": callback.mode,
-        "logs": logged.logs,
-        "observations": {
-            "start": obs.start.tolist(),
-            "end": obs.end.tolist(),
-            "y": obs.y.tolist(),
-        },
-        "local_first_loss": probe.value,
-        "final": None
-        if callback.latest is None or callback.latest.final is None
-        else callback.latest.final.loss,
-    }
-    (out / f"rank{rank}.json").write_text(json.dumps(record))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

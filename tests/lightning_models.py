@@ -74,3 +74,55 @@ class TinyRegressor(pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(1)
         return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=gen)
+
+
+class LitRegression(pl.LightningModule):
+    """The shared regression of ``adapter_kit`` as a LightningModule (module level: ``ddp_spawn`` pickles it).
+
+    ``shift`` is added to every loss and ``offset`` times its rank number to each rank's; ``used`` records the
+    LR of each update.
+    """
+
+    def __init__(
+        self, steps: int, batch: int, shift: float = 0.0, offset: float = 0.0, nan_from: int | None = None
+    ) -> None:
+        from adapter_kit import Regression
+
+        super().__init__()
+        self.net = Regression(nan_from=nan_from)
+        self.steps, self.batch, self.shift, self.offset = steps, batch, shift, offset
+        self.used: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.net.offset = self.shift + self.offset * self.global_rank
+        return self.net(**batch)["loss"]
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        self.used.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.step(closure=optimizer_closure)
+
+    def configure_optimizers(self) -> Any:
+        from adapter_kit import optimizer_and_scheduler
+
+        opt, sched = optimizer_and_scheduler(self, self.steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train_dataloader(self) -> DataLoader:
+        from adapter_kit import Pairs
+
+        gen = torch.Generator().manual_seed(1)
+        return DataLoader(Pairs(), batch_size=self.batch, shuffle=True, generator=gen)
+
+
+class HalveLRAt(pl.Callback):
+    """Halves the LR behind the scheduler's back after update ``at`` (a manual intervention mid-run)."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.at:
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] *= 0.5

@@ -11,8 +11,8 @@ import pytest
 
 from scaleforecast.backtest import backtest, format_table
 from scaleforecast.cli import main
-from scaleforecast.io import read_run
 from scaleforecast.laws import annealing_area, forward_area
+from scaleforecast.readers import read_run
 from scaleforecast.schedules import as_lrs
 
 SPEC = "wsd:peak=1e-3,warmup=50,total=3000,cooldown=0.2,shape=linear"

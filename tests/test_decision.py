@@ -105,10 +105,11 @@ def test_status_reference_and_forecast_only() -> None:
 
 
 def test_shipped_model_is_the_default() -> None:
-    d = decide_stop(_forecast(3.0, 0.01), 2.0, step=500, total_steps=1000)
-    assert d.stop and d.scale == pytest.approx(
-        load_error_model().scale(features_from_forecast(_forecast(3.0, 0.01)))
-    )  # type: ignore[arg-type]
+    # a forecast alone reads the model's widest scale: only a target far out of reach is stopped
+    only = features_from_forecast(_forecast(3.0, 0.01))
+    assert only is not None
+    d = decide_stop(_forecast(3.0, 0.01), 0.5, step=500, total_steps=1000)
+    assert d.stop and d.scale == pytest.approx(load_error_model().scale(only))
     assert not decide_stop(_forecast(3.0, 0.01), 3.1, step=500, total_steps=1000).stop
 
 
@@ -187,7 +188,7 @@ def test_widen_forecast() -> None:
 
 @pytest.mark.slow
 def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
-    """The stopper as a health check of a real RunMonitor: the bad run stops, the good one finishes."""
+    """The stopper as a listener of a real RunMonitor: the bad run stops, the good one finishes."""
     import numpy as np
 
     from scaleforecast.monitor import FlushBatch, RunMonitor
@@ -197,9 +198,10 @@ def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
     lrs = np.full(total, 1e-3)
     steps = np.arange(1, total + 1)
     results = {}
-    for run_id, offset in (("good", 0.0), ("bad", 1.0)):
+    # the stopper reads the forecast alone (no features): the error model's widest scale, so "bad" is far worse
+    for run_id, offset in (("good", 0.0), ("bad", 6.0)):
         stopper = SweepStopper(reg, run_id, min_fraction=0.2)
-        monitor = RunMonitor(lrs, health=[stopper], verbose=False)
+        monitor = RunMonitor(lrs, listeners=[stopper], verbose=False)
         loss = 2.0 + offset + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
         stopped_at = None
         for lo in range(0, total, 20):
@@ -237,7 +239,7 @@ def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytes
     assert a.registry.path == tmp_path / "zero-setup.sqlite"  # type: ignore[attr-defined]
     assert not a(500, _forecast(3.0, 0.01))
     a.finish()
-    assert b(500, _forecast(3.5, 0.01))
+    assert b(500, _forecast(9.0, 0.01))
     b.finish()
     recs = {r.run_id: r for r in b.registry.records()}
     assert recs[a.run_id].state is RunState.FINISHED and recs[a.run_id].final_loss == 3.0

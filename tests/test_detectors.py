@@ -1,4 +1,4 @@
-"""Detectors and the health monitor: synthetic curves, real curves with injected events, debouncing, actions."""
+"""Detectors and the health monitor: synthetic curves, real curves with injected events, debouncing, severity."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from scaleforecast.detectors import (
     StagnationDetector,
     robust_scale,
 )
-from scaleforecast.events import Event, HealthAction, TrainingHealthError
+from scaleforecast.events import Event
 
 SIGMA = 0.02
 
@@ -163,31 +163,15 @@ def test_debouncing_reports_once_per_window_and_counts_the_rest() -> None:
     assert mon.counts["spike"] == 4
 
 
-@pytest.mark.parametrize("action", ["warn", "stop", "raise"])
-def test_action_policy(action: str) -> None:
+def test_critical_only_for_kinds_in_act_on() -> None:
+    """What a critical event does is the run monitor's action (tested there); the health monitor only decides
+    which kinds may be critical."""
     steps, y = noisy_curve()
     y[2000] = math.nan
-    mon = HealthMonitor(HealthConfig(action=HealthAction(action)))
-    feed(mon, steps[:2100], y[:2100])
-    if action == "warn":
-        assert not mon.should_stop
-        mon.enforce()
-    elif action == "stop":
-        assert mon.should_stop and "nonfinite @ step 2001" in (mon.stop_reason or "")
-        mon.enforce()
-    else:
-        assert not mon.should_stop
-        with pytest.raises(TrainingHealthError) as info:
-            mon.enforce()
-        assert info.value.event.kind == "nonfinite"
-
-
-def test_events_outside_act_on_do_not_stop() -> None:
-    steps, y = noisy_curve()
-    y[2000] += 20 * SIGMA
-    mon = HealthMonitor(HealthConfig(action=HealthAction.STOP, act_on=["nonfinite"]))
-    assert [e.kind for e in feed(mon, steps, y)] == ["spike"]
-    assert not mon.should_stop
+    y[2500] += 20 * SIGMA
+    events = feed(HealthMonitor(HealthConfig(act_on=["nonfinite"])), steps, y)
+    assert [(e.kind, e.severity) for e in events] == [("nonfinite", "critical"), ("spike", "warning")]
+    assert "nonfinite @ step 2001" in events[0].text()
 
 
 def test_spike_record_is_written_like_lightning(tmp_path: Path) -> None:
@@ -209,25 +193,6 @@ def test_unwritable_record_path_warns_and_training_goes_on(tmp_path: Path) -> No
     mon = HealthMonitor(HealthConfig(record_path=str(blocker / "sub" / "skip.json")))
     assert [e.step for e in feed(mon, steps, y)] == [1000]
     assert mon.skip_steps == {999, 1000}
-
-
-def test_on_event_hook_gets_every_reported_event_and_a_failing_hook_is_dropped() -> None:
-    steps, y = noisy_curve()
-    y[999] += 20 * SIGMA
-    y[2499] += 20 * SIGMA
-    seen: list[Event] = []
-    feed(HealthMonitor(on_event=seen.append), steps, y)
-    assert [e.step for e in seen] == [1000, 2500]
-
-    calls = []
-
-    def bad(ev: Event) -> None:
-        calls.append(ev)
-        raise RuntimeError("user bug")
-
-    mon = HealthMonitor(on_event=bad)
-    assert len(feed(mon, steps, y)) == 2
-    assert len(calls) == 1 and mon.on_event is None
 
 
 def test_state_dict_is_json_and_resumes_identically() -> None:
@@ -280,7 +245,7 @@ def _monitor_run(curve, y: np.ndarray) -> list[Event]:  # type: ignore[no-untype
     flush = max(1, 100 // max(1, int(np.median(np.diff(steps)))))
     for i in range(0, len(steps), flush):
         st, ys = steps[i : i + flush], y[i : i + flush]
-        events += mon.update(st, ys, forecaster=fc)
+        events += mon.update(st, ys, view=fc)
         fc.update(st[np.isfinite(ys)], ys[np.isfinite(ys)])
     return events
 

@@ -19,7 +19,7 @@ from stop_replay import Run, Trace, first_stop, replay, tiny_runs
 from scaleforecast.calibration import load_error_model
 from scaleforecast.decision import decide_stop
 from scaleforecast.evidence import StopFeatures
-from scaleforecast.monitor import FlushBatch, RunMonitor
+from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig
 
 
 def _trace(key: str, group: str, final: float, errors: list[float], total: int = 1000) -> Trace:
@@ -134,7 +134,7 @@ def test_benchmark_replay_is_the_monitors_own_decision(tiny: Run) -> None:
 
     expected = first_stop(trace, decide)
     assert expected is not None and expected < tiny.total  # an unreachable target is stopped early
-    mon = RunMonitor(tiny.lrs, target_loss=target, verbose=False)
+    mon = RunMonitor(tiny.lrs, stop=StopConfig(target_loss=target), verbose=False)
     stopped = None
     for end in range(50, tiny.total + 50, 50):
         sl = slice(end - 50, min(end, tiny.total))
@@ -143,7 +143,7 @@ def test_benchmark_replay_is_the_monitors_own_decision(tiny: Run) -> None:
             break
     assert stopped == expected
     # and the same run is never stopped with a reachable target
-    mon = RunMonitor(tiny.lrs, target_loss=1.02 * tiny.final, verbose=False)
+    mon = RunMonitor(tiny.lrs, stop=StopConfig(target_loss=1.02 * tiny.final), verbose=False)
     for end in range(50, tiny.total + 50, 50):
         sl = slice(end - 50, min(end, tiny.total))
         assert not mon.flush(FlushBatch(steps=tiny.steps[sl], loss=tiny.loss[sl])).stop

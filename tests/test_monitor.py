@@ -1,4 +1,4 @@
-"""RunMonitor: the framework-free flush path shared by the callbacks and ``watch``."""
+"""RunMonitor: the framework-free flush path shared by the adapters and ``watch``, and the one action policy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ import pytest
 from scaleforecast.events import Event, TrainingHealthError
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.laws import LAWS
-from scaleforecast.monitor import FlushBatch, HealthCheck, RunMonitor
+from scaleforecast.monitor import (
+    Detector,
+    FitView,
+    FlushBatch,
+    Guard,
+    Listener,
+    RunMonitor,
+    StopConfig,
+    checked,
+)
 from scaleforecast.results import LawParams
 from scaleforecast.schedules import as_lrs
 
@@ -70,13 +79,13 @@ class _Recorder:
 
 
 class _SpikeAt:
-    """A health check that reports a critical spike at one step."""
+    """A detector that reports a critical spike at one step."""
 
     def __init__(self, step: int, severity: str = "critical") -> None:
         self.step, self.severity = step, severity
         self.seen: list[int] = []
 
-    def check(self, batch: FlushBatch, forecaster: OnlineForecaster) -> list[Event]:
+    def check(self, batch: FlushBatch, view: FitView) -> list[Event]:
         self.seen.extend(int(s) for s in batch.steps)
         if self.step in batch.steps:
             return [Event(kind="spike", step=self.step, severity=self.severity, score=9.0, message="spike")]  # type: ignore[arg-type]
@@ -95,8 +104,7 @@ def test_forecasts_and_stops_when_target_is_out_of_reach() -> None:
     mon = RunMonitor(
         LRS,
         config=ForecasterConfig(refit_every=200),
-        target_loss=float(y[-50:].mean()) - 0.3,
-        min_fraction=0.25,
+        stop=StopConfig(target_loss=float(y[-50:].mean()) - 0.3, min_fraction=0.25),
         sinks=[sink],
         figure_every=2,
     )
@@ -118,7 +126,7 @@ def test_forecasts_and_stops_when_target_is_out_of_reach() -> None:
 
 def test_reachable_target_never_stops_and_forecast_is_close() -> None:
     y = _curve(seed=1)
-    mon = RunMonitor(LRS, target_loss=float(y[-50:].mean()) + 0.5, min_fraction=0.5)
+    mon = RunMonitor(LRS, stop=StopConfig(target_loss=float(y[-50:].mean()) + 0.5, min_fraction=0.5))
     for batch in _batches(y, TOTAL):
         assert not mon.flush(batch).stop
     final = mon.forecaster.latest.final
@@ -130,42 +138,48 @@ def test_reachable_target_never_stops_and_forecast_is_close() -> None:
 def test_warn_action_reports_once_and_never_stops() -> None:
     y = _curve()
     sink = _Recorder()
-    mon = RunMonitor(LRS, target_loss=0.0, min_fraction=0.2, action="warn", sinks=[sink])
+    mon = RunMonitor(LRS, stop=StopConfig(target_loss=0.0, min_fraction=0.2, action="warn"), sinks=[sink])
     for batch in _batches(y, TOTAL):
         assert not mon.flush(batch).stop
     assert [e.kind for e in sink.events] == ["early_stop"]
     assert mon.stopped_at is None
 
 
-def test_health_hook_routes_events_and_actions() -> None:
+def test_detector_events_go_through_the_action_policy() -> None:
     y = _curve()
     sink, seen = _Recorder(), []
     check = _SpikeAt(120)
-    assert isinstance(check, HealthCheck)
-    mon = RunMonitor(LRS, health=[check], sinks=[sink], on_event=seen.append, action="stop")
+    assert isinstance(check, Detector)
+    mon = RunMonitor(
+        LRS, detectors=[check], sinks=[sink], on_event=seen.append, stop=StopConfig(action="stop")
+    )
     results = [mon.flush(b) for b in _batches(y, 200)]
     assert [r.stop for r in results] == [False, False, True, False]
     assert results[2].reason and "spike" in results[2].reason
     assert [e.kind for e in sink.events] == ["spike"] and seen == sink.events
     assert check.seen == list(range(1, 201))
 
-    raising = RunMonitor(LRS, health=[_SpikeAt(60)], action="raise")
+    raising = RunMonitor(LRS, detectors=[_SpikeAt(60)], stop=StopConfig(action="raise"))
     raising.flush(_batches(y, 50)[0])
     with pytest.raises(TrainingHealthError, match="spike"):
         raising.flush(_batches(y, 100)[1])
+    deferred = RunMonitor(LRS, detectors=[_SpikeAt(60)], stop=StopConfig(action="raise"))
+    deferred.flush(_batches(y, 50)[0])
+    result = deferred.flush(_batches(y, 100)[1], raise_now=False)  # adapters agree across ranks first
+    assert isinstance(result.error, TrainingHealthError) and not result.stop
 
-    warn_only = RunMonitor(LRS, health=[_SpikeAt(60, severity="warning")], action="stop")
+    warn_only = RunMonitor(LRS, detectors=[_SpikeAt(60, severity="warning")], stop=StopConfig(action="stop"))
     assert not any(warn_only.flush(b).stop for b in _batches(y, 200))
 
 
 def test_failing_parts_are_switched_off_and_the_rest_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     class Broken:
-        def check(self, batch: FlushBatch, forecaster: OnlineForecaster) -> list[Event]:
+        def check(self, batch: FlushBatch, view: FitView) -> list[Event]:
             raise ZeroDivisionError("bad detector")
 
     y = _curve()
     sink = _Recorder()
-    mon = RunMonitor(LRS, health=[Broken()], sinks=[sink])
+    mon = RunMonitor(LRS, detectors=[Broken()], sinks=[sink])
     with pytest.warns(RuntimeWarning, match="bad detector"):
         mon.flush(_batches(y, 50)[0])
     with warnings.catch_warnings():
@@ -178,7 +192,7 @@ def test_failing_parts_are_switched_off_and_the_rest_goes_on(monkeypatch: pytest
         raise RuntimeError("fitter exploded")
 
     monkeypatch.setattr("scaleforecast.forecaster.fit", explode)
-    broken = RunMonitor(LRS, target_loss=0.0, min_fraction=0.0)
+    broken = RunMonitor(LRS, stop=StopConfig(target_loss=0.0, min_fraction=0.0))
     with pytest.warns(RuntimeWarning, match="fitter exploded"):
         result = broken.flush(_batches(y, 50)[0])
     assert not result.stop and "forecaster" in broken.disabled
@@ -188,7 +202,7 @@ def test_failing_parts_are_switched_off_and_the_rest_goes_on(monkeypatch: pytest
 def test_state_dict_round_trip_and_pickle() -> None:
     y = _curve()
     check = _SpikeAt(10_000)
-    mon = RunMonitor(LRS, target_loss=1.0, health=[check], sinks=[_Recorder()])
+    mon = RunMonitor(LRS, stop=StopConfig(target_loss=1.0), detectors=[check], sinks=[_Recorder()])
     for b in _batches(y, 600):
         mon.flush(b)
     state = mon.state_dict()
@@ -196,10 +210,17 @@ def test_state_dict_round_trip_and_pickle() -> None:
 
     json.dumps(state)  # JSON-safe
 
-    other = RunMonitor(target_loss=1.0, health=[_SpikeAt(10_000)])
+    other = RunMonitor(stop=StopConfig(target_loss=1.0), detectors=[_SpikeAt(10_000)])
     other.load_state_dict(state)
     assert other.forecaster.last_step == 600 and other.refits == mon.refits
-    assert other.health[0].loaded == {"seen": 600}  # type: ignore[attr-defined]
+    assert other.detectors[0].loaded == {"seen": 600}  # type: ignore[attr-defined]
+    # the first release's format (version 1, detectors under "health") still loads
+    old = {k: v for k, v in state.items() if k not in ("detectors", "listeners")}
+    older = RunMonitor(detectors=[_SpikeAt(10_000)])
+    older.load_state_dict({**old, "version": 1, "health": state["detectors"]})
+    assert older.forecaster.last_step == 600 and older.detectors[0].loaded == {"seen": 600}  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="version"):
+        older.load_state_dict({**state, "version": 99})
     np.testing.assert_array_equal(other.forecaster.schedule, LRS)
     assert other.forecaster.latest == mon.forecaster.latest
 
@@ -211,15 +232,114 @@ def test_state_dict_round_trip_and_pickle() -> None:
     assert clone.forecaster.latest == mon.forecaster.latest
 
 
-def test_bad_arguments_are_rejected() -> None:
-    with pytest.raises(ValueError, match="confidence"):
-        RunMonitor(LRS, confidence=0.3)
-    with pytest.raises(ValueError, match="action"):
-        RunMonitor(LRS, action="explode")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="target_loss"):
-        RunMonitor(LRS, target_loss=float("nan"))
+def test_bad_arguments_are_rejected_with_their_name() -> None:
+    with pytest.raises(
+        ValueError, match=r"confidence: input should be greater than or equal to 0.5, got 0.3"
+    ):
+        checked(StopConfig, confidence=0.3)
+    with pytest.raises(ValueError, match=r"action: input should be 'warn', 'stop' or 'raise', got 'explode'"):
+        checked(StopConfig, action="explode")
+    with pytest.raises(ValueError, match="target_loss: input should be a finite number"):
+        checked(StopConfig, target_loss=float("nan"))
+    with pytest.raises(ValueError, match=r"target_loss: input should be a valid number, got '3.1' \(str\)"):
+        checked(StopConfig, target_loss="3.1")
+    with pytest.raises(ValueError, match="min_step: extra inputs are not permitted"):
+        checked(StopConfig, min_step=3)
+    assert checked(StopConfig, target_loss=np.float32(2.5), min_steps=np.int64(7)).min_steps == 7
     with pytest.raises(ValueError, match="either"):
         RunMonitor(LRS, forecaster=OnlineForecaster(LRS))
+
+
+class _Listener:
+    """Hears every new forecast; asks to stop at the first one fitted on at least ``stop_from`` steps."""
+
+    def __init__(self, stop_from: int | None = None) -> None:
+        self.heard: list[tuple[int, int]] = []
+        self.stop_from = stop_from
+
+    def on_forecast(self, step: int, forecast: Any) -> list[Event]:
+        self.heard.append((step, forecast.fitted_at_step))
+        if self.stop_from is not None and step >= self.stop_from:
+            return [Event(kind="early_stop", step=step, severity="critical", message="cannot beat the sweep")]
+        return []
+
+
+def test_listeners_hear_each_new_forecast_in_the_flush_that_made_it() -> None:
+    """No one-flush lag: a listener is called right after the refit, with that refit's forecast."""
+    y = _curve()
+    listener = _Listener()
+    assert isinstance(listener, Listener)
+    mon = RunMonitor(LRS, config=ForecasterConfig(refit_every=100), listeners=[listener])
+    made = []
+    for b in _batches(y, 600):
+        result = mon.flush(b)
+        if result.forecast is not None:
+            made.append((int(b.steps[-1]), result.forecast.fitted_at_step))
+    assert made and listener.heard == made
+    assert all(step == fitted for step, fitted in listener.heard)
+
+
+@pytest.mark.parametrize("action", ["stop", "warn", "raise"])
+def test_a_listener_stop_is_a_critical_event_under_the_one_policy(action: str) -> None:
+    y = _curve()
+    sink = _Recorder()
+    mon = RunMonitor(
+        LRS,
+        config=ForecasterConfig(refit_every=50),
+        listeners=[_Listener(stop_from=300)],
+        sinks=[sink],
+        stop=StopConfig(action=action),  # type: ignore[arg-type]
+    )
+    outcome = None
+    try:
+        for b in _batches(y, 600):
+            if mon.flush(b).stop:
+                outcome = ("stop", int(b.steps[-1]))
+                break
+    except TrainingHealthError as err:
+        outcome = ("raise", err.event.step)
+    expected = {"stop": ("stop", 300), "raise": ("raise", 300), "warn": None}[action]
+    assert outcome == expected
+    assert any(e.kind == "early_stop" and e.step == 300 for e in sink.events)
+
+
+def test_the_fit_view_is_read_only() -> None:
+    y = _curve()
+    mon = RunMonitor(LRS)
+    for b in _batches(y, 400):
+        mon.flush(b)
+    view = mon.view
+    assert view.latest is mon.forecaster.latest and view.last_step == 400 and view.total_steps == TOTAL
+    with pytest.raises(ValueError, match="read-only"):
+        view.schedule[0] = 1.0  # type: ignore[index]
+    np.testing.assert_array_equal(view.lr_at([1, 2]), LRS[:2])
+    assert view.lr_at([TOTAL + 1]) is None
+    np.testing.assert_allclose(view.predict([TOTAL]), mon.forecaster.predict([TOTAL]))
+    assert not hasattr(view, "set_schedule") and not hasattr(view, "observe")
+
+
+def test_guard_reports_once_with_its_label_and_a_broken_hook_is_switched_off() -> None:
+    calls = []
+
+    def hook(event: Event) -> None:
+        calls.append(event)
+        raise RuntimeError("user bug")
+
+    y = _curve()
+    guard = Guard("LossForecast (rank 1 of 2)")
+    mon = RunMonitor(
+        LRS,
+        detectors=[_SpikeAt(60), _SpikeAt(160)],
+        on_event=hook,
+        guard=guard,
+        stop=StopConfig(action="warn"),
+    )
+    with pytest.warns(
+        RuntimeWarning, match=r"LossForecast \(rank 1 of 2\): on_event hook failed \(RuntimeError: user bug\)"
+    ):
+        for b in _batches(y, 200):
+            mon.flush(b)
+    assert len(calls) == 1 and list(mon.disabled) == ["on_event hook"]
 
 
 def test_real_detectors_and_advisor_plug_into_the_hooks() -> None:
@@ -229,7 +349,13 @@ def test_real_detectors_and_advisor_plug_into_the_hooks() -> None:
     y = _curve()
     y[733] = np.nan
     sink = _Recorder()
-    mon = RunMonitor(LRS, health=[HealthMonitor()], advisor=ScheduleAdvisor(), sinks=[sink], action="stop")
+    mon = RunMonitor(
+        LRS,
+        detectors=[HealthMonitor()],
+        advisor=ScheduleAdvisor(),
+        sinks=[sink],
+        stop=StopConfig(action="stop"),
+    )
     stop_at = None
     for b in _batches(y, TOTAL):
         result = mon.flush(b)

@@ -36,6 +36,9 @@ def test_metrics_and_reporting_cadence() -> None:
     for step in (100, 200, 300):
         assert not rep(step, _forecast(3.0, 0.1))
     assert [m["step"] for m in sent] == [100, 300]
+    assert rep.on_forecast(400, _forecast(3.0, 0.1)) == []  # the listener face: reports, never stops
+    assert [m["step"] for m in sent] == [100, 300]  # every second usable forecast
+    assert rep.on_forecast(500, _forecast(3.0, 0.1)) == [] and sent[-1]["step"] == 500
     m = forecast_metrics(250, _forecast(3.2, 0.05), total_steps=2000)
     assert m == {
         "forecast_final_loss": 3.2,

@@ -144,7 +144,9 @@ def test_lightning_runs_share_the_default_registry(tmp_path: Path, monkeypatch: 
     steps_run = {}
     for run_id, lr in (("good", 0.05), ("tiny-lr", 1e-6)):
         stopper = SweepStopper(run_id=run_id, sweep="lightning-sweep", min_fraction=0.2)
-        callback = LossForecast(refit_every=6, flush_every=3, writer=False, verbose=False, health=[stopper])
+        callback = LossForecast(
+            refit_every=6, flush_every=3, writer=False, verbose=False, listeners=[stopper]
+        )
         model = TinyRegressor(lr=lr, total=60, warmup=5)
         trainer = pl.Trainer(
             max_steps=60,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from scaleforecast.cli import main
-from scaleforecast.io import read_run
 from scaleforecast.laws import annealing_area, forward_area
+from scaleforecast.readers import read_run
 from scaleforecast.report import build_report, draw_report, png_bytes
 
 SPEC = "wsd:peak=1e-3,warmup=50,total=3000,cooldown=0.2,shape=linear"

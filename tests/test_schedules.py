@@ -6,9 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from scaleforecast.schedules import (
+    MAX_TOTAL_STEPS,
     ConstantSchedule,
     CosineSchedule,
     InvSqrtSchedule,
@@ -17,6 +20,7 @@ from scaleforecast.schedules import (
     StepSchedule,
     WSDSchedule,
     as_lrs,
+    load_lr_file,
     parse_schedule,
     schedule_from_dict,
     validate_lrs,
@@ -119,6 +123,94 @@ def test_spec_round_trip(sched) -> None:
     assert back == sched
     np.testing.assert_array_equal(back.lrs(), sched.lrs())
     assert sched.describe() and "\n" not in sched.describe()
+
+
+_LR = st.floats(min_value=1e-12, max_value=10.0, allow_nan=False, allow_infinity=False)
+_FRACTION = st.floats(min_value=1e-6, max_value=1.0, exclude_min=False)
+
+
+@st.composite
+def _schedules(draw: st.DrawFn) -> object:
+    total = draw(st.integers(min_value=2, max_value=10**6))
+    warmup = draw(st.integers(min_value=0, max_value=min(total - 1, 5000)))
+    peak = draw(_LR)
+    final = draw(st.floats(min_value=0.0, max_value=1.0)) * peak
+    kind = draw(st.sampled_from(["constant", "cosine", "linear", "wsd", "step", "inv_sqrt"]))
+    if kind == "constant":
+        return ConstantSchedule(peak=peak, total=total, warmup=warmup)
+    if kind == "cosine":
+        return CosineSchedule(peak=peak, total=total, warmup=warmup, final=final)
+    if kind == "linear":
+        return LinearSchedule(peak=peak, total=total, warmup=warmup, final=final)
+    if kind == "inv_sqrt":
+        return InvSqrtSchedule(
+            peak=peak, total=total, warmup=warmup, timescale=draw(st.none() | st.integers(1, 10**6))
+        )
+    if kind == "step":
+        ms = sorted(set(draw(st.lists(st.integers(warmup, total - 1), min_size=1, max_size=5))))
+        return StepSchedule(peak=peak, total=total, warmup=warmup, milestones=ms, gamma=draw(_FRACTION))
+    room = (total - warmup) / total
+    cooldown = draw(st.floats(min_value=min(1.0 / total, room), max_value=room))
+    shape = draw(st.sampled_from(["linear", "1-sqrt", "cosine", "exp"]))
+    final = max(final, peak * 1e-6) if shape == "exp" else final
+    return WSDSchedule(peak=peak, total=total, warmup=warmup, cooldown=cooldown, shape=shape, final=final)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_schedules())
+def test_spec_round_trips_exactly(sched) -> None:
+    """Every float goes through the string form bit for bit: a fitted schedule read back is the same schedule."""
+    assert parse_schedule(sched.spec()) == sched
+
+
+def test_spec_keeps_full_precision() -> None:
+    s = CosineSchedule(peak=0.000312345678901234, total=1000, final=1.0000001e-5)
+    assert parse_schedule(s.spec()) == s
+    assert "peak=0.000312345678901234" in s.spec()
+    assert ConstantSchedule(peak=1e-3, total=10).spec() == "constant:peak=0.001,total=10"
+    assert (
+        "e-" in CosineSchedule(peak=3e-7, total=10).spec()
+        and "e-07" not in CosineSchedule(peak=3e-7, total=10).spec()
+    )
+
+
+def test_total_is_bounded_with_a_clear_message() -> None:
+    with pytest.raises(
+        ScheduleError, match=r"total: 1000000000000 updates is more than this tool holds in memory"
+    ):
+        parse_schedule("cosine:peak=1e-3,total=1e12")
+    assert ConstantSchedule(peak=1.0, total=MAX_TOTAL_STEPS).total == MAX_TOTAL_STEPS
+
+
+def test_lr_files_that_are_not_one_lr_per_update(tmp_path) -> None:
+    two_d = tmp_path / "2d.npy"
+    np.save(two_d, np.full((2, 50), 1e-3))
+    with pytest.raises(
+        ScheduleError, match=r"LR array must be one-dimensional, got shape \(2, 50\) \(LR file .*2d\.npy\)"
+    ):
+        load_lr_file(two_d)
+    rec = tmp_path / "rec.npy"
+    np.save(rec, np.zeros(3, dtype=[("step", "i8"), ("lr", "f8")]))
+    with pytest.raises(ScheduleError, match=r"structured array \(fields step, lr\)"):
+        load_lr_file(rec)
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ScheduleError, match=r"obj\.npy: not a \.npy array"):
+        load_lr_file(obj)
+    text = tmp_path / "text.npy"
+    text.write_text("0.001\n0.001\n")
+    with pytest.raises(ScheduleError, match=r"text\.npy: not a \.npy array"):
+        load_lr_file(text)
+    strings = tmp_path / "s.npy"
+    np.save(strings, np.array(["1e-3", "2e-3"]))
+    with pytest.raises(ScheduleError, match="holds <U4 values"):
+        load_lr_file(strings)
+
+
+def test_lr_errors_show_plain_numbers() -> None:
+    with pytest.raises(ScheduleError) as info:
+        validate_lrs(np.array([1e-3, -1e-3, 1e-3]))
+    assert "is -0.001:" in str(info.value) and "np.float64" not in str(info.value)
 
 
 def test_parse_issue_example_and_aliases() -> None:

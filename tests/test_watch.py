@@ -1,5 +1,6 @@
-"""``scaleforecast watch``: incremental tailing (growth, truncation, rotation, resume), the sibling output
-directory, and the sidecar against a live writer process, stopped by a signal."""
+"""``scaleforecast watch``: the sibling output directory (never through a link), resume, the run's length kept
+against stray points, a missing path, the LR guess and its revisions, and the sidecar against a live writer
+process, stopped by a signal once the writer has reached a point the test chose (no timing involved)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from scaleforecast.cli import main
+from scaleforecast.events import Event
 from scaleforecast.laws import annealing_area, forward_area
 from scaleforecast.schedules import as_lrs
-from scaleforecast.watch import EventTailer, Watcher, sidecar_dir
+from scaleforecast.watch import Watcher, sidecar_dir
 
 tb = pytest.importorskip("torch.utils.tensorboard")
 from tensorboard.backend.event_processing import event_accumulator as ea  # noqa: E402
@@ -30,36 +33,6 @@ def scalars_of(path: Path) -> dict[str, list[tuple[int, float]]]:
     acc = ea.EventAccumulator(str(path), size_guidance={ea.SCALARS: 0})
     acc.Reload()
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
-
-
-def test_tailer_follows_growth_truncation_and_rotation(tmp_path: Path) -> None:
-    run = tmp_path / "job"
-    w = tb.SummaryWriter(str(run))
-    for s in range(1, 51):
-        w.add_scalar("loss", 3.0 - s * 1e-3, s)
-    w.flush()
-    tailer = EventTailer(run)
-    scalars, reset = tailer.poll()
-    assert len(scalars["loss"][0]) == 50 and not reset
-    for s in range(51, 101):
-        w.add_scalar("loss", 3.0 - s * 1e-3, s)
-    w.flush()
-    scalars, reset = tailer.poll()
-    np.testing.assert_array_equal(scalars["loss"][0], np.arange(1, 101))
-    assert not reset
-    w.close()
-    (f,) = [p for p in run.iterdir()]
-    data = f.read_bytes()
-    f.write_bytes(data[: len(data) // 2])
-    scalars, reset = tailer.poll()
-    assert reset and 0 < len(scalars["loss"][0]) < 100
-    time.sleep(1.1)
-    w2 = tb.SummaryWriter(str(run))
-    for s in range(101, 121):
-        w2.add_scalar("loss", 2.0, s)
-    w2.close()
-    scalars, _ = tailer.poll()
-    assert scalars["loss"][0][-1] == 120 and len(list(run.iterdir())) == 2
 
 
 def test_watcher_writes_a_sibling_run_and_rewinds_on_resume(tmp_path: Path) -> None:
@@ -99,6 +72,17 @@ def test_watcher_writes_a_sibling_run_and_rewinds_on_resume(tmp_path: Path) -> N
 def test_watch_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["watch", str(tmp_path)]) == 2
     assert "planned length" in capsys.readouterr().err
+    for args, message in [
+        (["--level", "5"], "argument --level: must be a number in (0, 1), got '5'"),
+        (["--level", "abc"], "argument --level: must be a number in (0, 1), got 'abc'"),
+        (["--interval", "0"], "argument --interval: must be a number > 0, got '0'"),
+        (["--total-steps", "-3"], "argument --total-steps: must be an integer in 1..100000000, got '-3'"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(["watch", str(tmp_path), "--total-steps", "100", *args])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"scaleforecast watch: error: {message}" in err
     run = tmp_path / "job"
     w = tb.SummaryWriter(str(run))
     w.add_scalar("loss", 3.0, 1)
@@ -110,27 +94,36 @@ def test_watch_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 WRITER = textwrap.dedent(
     """
-    import sys, time
-    import numpy as np
+    import sys
     from torch.utils.tensorboard import SummaryWriter
     from scaleforecast.laws import annealing_area, forward_area
     from scaleforecast.schedules import as_lrs
 
     lrs = as_lrs(sys.argv[2])
     s1, s2 = forward_area(lrs), annealing_area(lrs)
-    w = SummaryWriter(sys.argv[1], flush_secs=1)
-    print("writing", flush=True)
-    for s in range(1, len(lrs) + 1):
-        if s % 10 == 0:
-            w.add_scalar("lm loss", 2.5 + 0.6 * s1[s - 1] ** -0.5 - 0.4 * s2[s - 1], s)
-            w.add_scalar("learning-rate", lrs[s - 1], s)
-        if s % 100 == 0:
-            w.flush()
-            time.sleep(0.5)
-    w.close()
-    time.sleep(600)
+    w = SummaryWriter(sys.argv[1], flush_secs=3600)
+    step = 0
+    # Each line on stdin says up to which step to write; the writer flushes, answers, and waits for the next one.
+    for line in sys.stdin:
+        until = int(line)
+        while step < until:
+            step += 1
+            if step % 10 == 0:
+                w.add_scalar("lm loss", 2.5 + 0.6 * s1[step - 1] ** -0.5 - 0.4 * s2[step - 1], step)
+                w.add_scalar("learning-rate", lrs[step - 1], step)
+        w.flush()
+        print(f"wrote {step}", flush=True)
     """
 )
+
+
+def _forecast_after(lines: Any, step: int) -> dict:
+    """Read the sidecar's JSON lines until a forecast made at or after ``step`` (blocking; no clock)."""
+    for line in lines:
+        record = json.loads(line)
+        if record["type"] == "forecast" and record["step"] >= step:
+            return record
+    raise AssertionError(f"the sidecar ended before forecasting step {step}")
 
 
 @pytest.mark.slow
@@ -141,10 +134,20 @@ def test_watch_live_writer_and_signal(tmp_path: Path, sig: signal.Signals) -> No
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    writer = subprocess.Popen([sys.executable, str(script), str(run), SPEC], env=env, stdout=subprocess.PIPE)
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(run), SPEC],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     watch = None
     try:
-        assert writer.stdout is not None and writer.stdout.readline().strip() == b"writing"
+        assert writer.stdin is not None and writer.stdout is not None
+        writer.stdin.write("600\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "wrote 600"
         watch = subprocess.Popen(
             [
                 sys.executable,
@@ -155,7 +158,7 @@ def test_watch_live_writer_and_signal(tmp_path: Path, sig: signal.Signals) -> No
                 "--total-steps",
                 "2000",
                 "--interval",
-                "0.3",
+                "0.2",
                 "--refit-every",
                 "100",
                 "--json",
@@ -164,33 +167,35 @@ def test_watch_live_writer_and_signal(tmp_path: Path, sig: signal.Signals) -> No
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
-        out = sidecar_dir(run)
-        deadline = time.monotonic() + 150
-        seen: dict[str, list[tuple[int, float]]] = {}
-        while time.monotonic() < deadline:
-            if out.is_dir() and any(out.iterdir()):
-                seen = scalars_of(out)
-                if len(seen.get("forecast/final_loss", [])) >= 2:
-                    break
-            assert watch.poll() is None, watch.stderr.read() if watch.stderr else ""
-            time.sleep(0.5)
-        assert len(seen.get("forecast/final_loss", [])) >= 2, "no forecast tags appeared in time"
+        assert watch.stdout is not None
+        lines = iter(watch.stdout.readline, "")
+        _forecast_after(lines, 600)
+        # The writer moves on only once the sidecar has forecast what it wrote, and stops well before the end of
+        # the run, so the sidecar can only end by the signal.
+        writer.stdin.write("1500\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "wrote 1500"
+        latest = _forecast_after(lines, 1500)
         watch.send_signal(sig)
-        stdout, stderr = watch.communicate(timeout=60)
+        stdout, stderr = watch.communicate(timeout=120)
         assert watch.returncode == 0, stderr
-        assert "a last pass" in stderr
+        assert "a last pass" in stderr and "reached its last step" not in stderr
+        assert "WARNING" not in stderr and "past the run's last step" not in stderr
+        seen = scalars_of(sidecar_dir(run))
+        assert len(seen["forecast/final_loss"]) >= 2 and seen["forecast/final_loss"][-1][0] >= 1500
         records = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-        forecasts = [r for r in records if r["type"] == "forecast"]
-        assert forecasts and forecasts[-1]["final_step"] == 2000
+        last = ([latest] + [r for r in records if r["type"] == "forecast"])[-1]
+        assert last["final_step"] == 2000
         lrs = as_lrs(SPEC)
         truth = 2.5 + 0.6 * forward_area(lrs)[-1] ** -0.5 - 0.4 * annealing_area(lrs)[-1]
-        assert forecasts[-1]["forecasts"][0]["loss"] == pytest.approx(truth, rel=0.05)
+        assert last["forecasts"][0]["loss"] == pytest.approx(truth, rel=0.05)
         assert not any(p.name.endswith("scaleforecast") for p in run.iterdir())
     finally:
         for proc in (watch, writer):
             if proc is not None and proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
 
 
@@ -199,7 +204,7 @@ def test_watch_a_finished_real_curve_converted_to_event_files(
     tmp_path: Path, curves_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = curves_dir / "llmc_gpt2_124m" / "llmc_gpt2_124m_10B_cosine_20241013.csv"
-    from scaleforecast.io import read_run
+    from scaleforecast.readers import read_run
 
     real = read_run(src, loss="train_loss", warn=False)
     run = tmp_path / "gpt2"
@@ -249,3 +254,135 @@ def test_watch_survives_transient_poll_failures(tmp_path: Path) -> None:
     broken.tailer.poll = always_fails  # type: ignore[method-assign]
     assert broken.run() == 1
     assert any("polls in a row failed" in m for m in logs)
+
+
+def _write(
+    run: Path, steps: range, spec: str = SPEC, lr: bool = True, falling: bool = False, **extra: float
+) -> None:
+    lrs = as_lrs(spec)
+    s1, s2 = forward_area(lrs), annealing_area(lrs)
+    w = tb.SummaryWriter(str(run))
+    for s in steps:
+        # The law's S2 is negative during a long warm-up; ``falling`` keeps the loss falling there.
+        loss = 2.5 + 1.0 / np.sqrt(s) if falling else 2.5 + 0.6 * s1[s - 1] ** -0.5 - 0.4 * s2[s - 1]
+        w.add_scalar("lm loss", loss, s)
+        if lr:
+            w.add_scalar("learning-rate", lrs[s - 1], s)
+    for step, value in extra.items():
+        w.add_scalar("lm loss", value, int(step.removeprefix("at")))
+    w.close()
+
+
+def test_a_stray_point_never_overrides_total_steps(tmp_path: Path) -> None:
+    run = tmp_path / "job"
+    _write(run, range(10, 1001, 10), at10000000=2.9)
+    logs: list[str] = []
+    records: list[dict] = []
+    watcher = Watcher(run, total_steps=2000, interval=0.01, log=logs.append, emit=records.append)
+    assert watcher.poll_once() == 100
+    assert watcher.monitor.forecaster.total_steps == 2000 and not watcher.finished()
+    (anomaly,) = [r for r in records if r["type"] == "anomaly"]
+    assert anomaly["step"] == 10_000_000 and anomaly["data"]["last_step"] == 2000
+    expected = (
+        "WARNING: 1 logged point(s) past the run's last step 2000 (the furthest at step 10000000): left out; the "
+        "run's length stays 2000 (a stray point, or a wrong --total-steps?)"
+    )
+    assert logs.count(expected) == 1
+    assert watcher.poll_once() == 0 and logs.count(expected) == 1  # said once
+    forecast = watcher.monitor.forecaster.forecast()
+    assert forecast.final_step == 2000 and forecast.final is not None
+    assert forecast.final.upper - forecast.final.lower < 1.0
+    watcher.stop_event.set()
+    assert watcher.run() == 0
+    tags = ea.EventAccumulator(str(sidecar_dir(run)), size_guidance={ea.TENSORS: 0})
+    tags.Reload()
+    assert any(t.startswith("events/data_anomaly") for t in tags.Tags()["tensors"])
+
+
+def test_missing_path_is_said_once_then_found(tmp_path: Path) -> None:
+    run = tmp_path / "job"
+    logs: list[str] = []
+    watcher = Watcher(run, schedule=SPEC, interval=0.01, log=logs.append)
+    assert watcher.poll_once() == 0 and watcher.poll_once() == 0
+    waiting = [m for m in logs if "waiting for it" in m]
+    assert waiting == [f"cannot read {run}: No such file or directory; waiting for it"]
+    run.mkdir()
+    garbage = run / "events.out.tfevents.1.host"
+    garbage.write_bytes(b"not an event file" * 8)
+    _write(run, range(10, 501, 10))
+    assert watcher.poll_once() == 50
+    assert f"found event files in {run}" in logs
+    assert f"{garbage}: not a TensorBoard event file (no valid record in its first 136 bytes)" in logs
+    watcher.poll_once()
+    assert sum("not a TensorBoard event file" in m for m in logs) == 1
+
+
+def test_output_never_goes_through_a_planted_link(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "job"
+    _write(run, range(10, 501, 10))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, sidecar_dir(run))
+    rc = main(["watch", str(run), "--schedule", SPEC, "--interval", "0.01", "--max-idle", "0.05"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"scaleforecast watch: error: {sidecar_dir(run)} is a symbolic link; refusing to write through it "
+        "(remove it or pick another path)"
+    )
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_lr_guess_waits_for_the_warmup_and_announces_its_revisions(tmp_path: Path) -> None:
+    """Watched as they grow: no schedule is announced while the LR still rises, the announced peak is the real
+    one, and a change of the guess (a WSD run that starts its cooldown) is said."""
+    cases = {
+        "cosine": ("cosine:peak=3e-3,warmup=500,total=5000,final=3e-5", (300, 1200, 2600)),
+        "wsd": ("wsd:peak=3e-3,warmup=200,total=5000,cooldown=0.2,shape=linear", (2000, 4600)),
+    }
+    seen: dict[str, list[str]] = {}
+    for name, (spec, stages) in cases.items():
+        run = tmp_path / name
+        logs: list[str] = []
+        watcher = Watcher(run, total_steps=5000, interval=0.01, log=logs.append, refit_every=200)
+        start = 10
+        for until in stages:
+            _write(run, range(start, until + 1, 10), spec=spec, falling=True)
+            start = until + 10
+            watcher.poll_once()
+            if until == 300:
+                assert watcher.lr_rec is None and watcher.forecasts == 0
+                assert "the LR is still warming up (0.0018 at step 300, rising)" in logs[-1]
+        assert watcher.lr_rec is not None and watcher.lr_rec.schedule is not None
+        assert watcher.lr_rec.schedule.kind == name
+        assert not any("has not decayed yet" in m for m in logs)
+        seen[name] = [m for m in logs if m.startswith(("LR rebuilt", "LR schedule revised"))]
+    (cosine,) = seen["cosine"]
+    assert cosine.startswith(
+        "LR rebuilt from 120 points logged up to step 1200: cosine to 3e-05, peak 0.003, 500"
+    )
+    first, revised = seen["wsd"]
+    assert first.startswith(
+        "LR rebuilt from 200 points logged up to step 2000: constant, peak 0.003, 200 warm-up"
+    )
+    assert revised.startswith("LR schedule revised at step 4600: now WSD, linear cooldown over the last 20%")
+    assert "(was constant, peak 0.003, 200 warm-up, 5000 updates;" in revised
+
+
+def test_advice_is_said_again_only_when_it_changes(tmp_path: Path) -> None:
+    logs: list[str] = []
+    records: list[dict] = []
+    watcher = Watcher(tmp_path, schedule=SPEC, log=logs.append, emit=records.append)
+    for step, best in [
+        (100, "wsd-0.2"),
+        (200, "wsd-0.2"),
+        (300, "cosine"),
+        (400, "cosine"),
+        (500, "wsd-0.2"),
+    ]:
+        watcher._on_event(
+            Event(kind="schedule_advice", step=step, message=f"switching to '{best}'", data={"best": best})
+        )
+    said = [m for m in logs if "schedule_advice" in m]
+    assert [m.split(" at step ")[1].split(":")[0] for m in said] == ["100", "300", "500"]
+    assert len(records) == 5  # --json still gets every evaluation

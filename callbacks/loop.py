@@ -1,0 +1,110 @@
+"""Plain PyTorch training loops (nanoGPT-style scripts, torchtitan, Fabric, Accelerate): the same forecast, stop
+rule, agreement across ranks and TensorBoard output as the Lightning and HF callbacks, in three lines.
+
+Usage::
+
+    from scaleforecast.callbacks import LossForecastSession
+
+    fc = LossForecastSession(optimizer, scheduler, total_steps=max_iters, target_loss=3.1, writer=writer)
+    for it in range(max_iters):
+        loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        fc.step(loss)               # no host sync: the loss stays on the device
+        if fc.should_stop:          # the same answer on every rank, at the same step
+            break
+    fc.close()                      # every rank: the last flush, then TensorBoard is closed
+
+Under ``torchrun`` with DDP or FSDP every rank calls :meth:`~LossForecastSession.step` and
+:meth:`~LossForecastSession.close`; ``process_group`` selects the group (default: the world). The LR each
+update used (and, with ``track_grad_norm=True``, its gradient norm) is read by a post-step hook on
+``optimizer``, whatever the order of ``scheduler.step()`` and ``fc.step()``. Resume with ``state_dict()`` /
+``load_state_dict()`` saved beside the model's checkpoint: restore the optimizer and scheduler first, then
+call ``load_state_dict`` before the first ``step`` after the restart. Construct it after
+``init_process_group``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+from scaleforecast.integrations.arguments import ForecastArgs
+from scaleforecast.integrations.distributed import TorchCollectives
+from scaleforecast.integrations.planner import LRSource
+from scaleforecast.integrations.session import SessionFace, TrainingSession
+from typing_extensions import Unpack
+
+__all__ = ["LossForecastSession"]
+
+
+class LossForecastSession(SessionFace):
+    """Forecast the final loss of a plain training loop; optionally stop it when a target is out of reach.
+
+    ``optimizer``: the torch optimizer (a wrapper such as Accelerate's is fine); ``scheduler``: its LR
+    scheduler(s), stepped once per update (``None``: a constant LR, or pass ``schedule=``);
+    ``process_group``: the ``torch.distributed`` group the decision is agreed in. ``target_loss`` and the other
+    keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`);
+    without a ``writer`` the TensorBoard files go under ``dirpath`` (default ``runs/scaleforecast``).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer | Any,
+        scheduler: Any | Sequence[Any] | None = None,
+        *,
+        target_loss: float | None = None,
+        process_group: Any = None,
+        **kwargs: Unpack[ForecastArgs],
+    ) -> None:
+        if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "param_groups"):
+            raise ValueError(f"optimizer: expected a torch optimizer, got {type(optimizer).__name__}")
+        schedulers = (
+            [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
+        )
+        if kwargs.get("total_steps") is None and kwargs.get("schedule") is None:
+            raise ValueError(
+                "total_steps: a plain loop must say how many optimizer steps it runs (or pass schedule=)"
+            )
+        self.session = TrainingSession("LossForecastSession", target_loss, **kwargs)
+        # Start now, before the first optimizer.step(): the plan begins at the LR that update will use. A
+        # scheduler restored from a checkpoint knows how many updates were done (a saved state says it too).
+        source = LRSource(optimizer, schedulers, group=self.session.config.param_group)
+        done = max(int(getattr(schedulers[0], "last_epoch", 0)), 0) if len(schedulers) == 1 else 0
+        self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=source)
+
+    @property
+    def should_stop(self) -> bool:
+        """True on every rank once the ranks agreed to stop (check it after each :meth:`step`)."""
+        return self.session.should_stop
+
+    @property
+    def steps(self) -> int:
+        """Optimizer updates counted so far (restored by :meth:`load_state_dict`)."""
+        return self.session.step
+
+    def step(self, loss: torch.Tensor | float | None, *, step: int | None = None) -> None:
+        """Record one completed optimizer update and its loss (the mean over its micro-batches, as a tensor:
+        it is never read back). ``step``: its number, when the loop counts updates itself (1-based)."""
+        n = self.session.step + 1 if step is None else int(step)
+        self.session.record(n, loss)
+        self.session.tick(n)
+
+    def close(self) -> None:
+        """The end of the loop, on every rank: the last flush and agreement, then TensorBoard is closed."""
+        self.session.finish(self.session.step)
+
+    def __enter__(self) -> LossForecastSession:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.close()
+        else:  # the other ranks may never reach a collective: close without one
+            self.session.abort()

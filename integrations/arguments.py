@@ -1,0 +1,110 @@
+"""The keyword arguments every training adapter takes, validated once at construction.
+
+:class:`ForecastArgs` documents them (the adapters take ``**kwargs: Unpack[ForecastArgs]``, so editors and type
+checkers see every name); :class:`SessionConfig` (pydantic, strict, unknown keys forbidden) and
+:func:`check_plugins` validate them, with messages that name the argument.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, TypedDict
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from scaleforecast.events import Event
+from scaleforecast.forecaster import ForecasterConfig, ScheduleLike
+from scaleforecast.monitor import Action, Advisor, Count, Detector, Listener, Real
+
+__all__ = ["ForecastArgs", "SessionConfig", "check_plugins"]
+
+
+def _as_path_text(value: Any) -> Any:
+    return str(value) if isinstance(value, os.PathLike) else value
+
+
+class SessionConfig(BaseModel):
+    """The adapters' plain arguments, validated once (see :class:`ForecastArgs`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    total_steps: Count | None = Field(None, ge=1)
+    param_group: Count = Field(0, ge=0)
+    flush_every: Count = Field(50, ge=1)
+    refit_every: Count = Field(100, ge=1)
+    level: Real = Field(0.8, gt=0.0, lt=1.0)
+    log_figures_every: Count = Field(5, ge=0)
+    track_grad_norm: bool = False
+    law: Literal["tissue", "mpl", "auto"] = "tissue"
+    lam: Real = Field(0.999, ge=0.0, lt=1.0)
+    verbose: bool = True
+    dirpath: Annotated[str, BeforeValidator(_as_path_text)] | None = None
+
+
+class ForecastArgs(TypedDict, total=False):
+    """The keyword arguments every adapter takes (``LossForecast``, ``HFLossForecast``, ``LossForecastSession``).
+
+    - ``confidence``: probability required to stop, in [0.5, 1); ``min_steps`` / ``min_fraction``: never stop
+      before this optimizer step / this fraction of the run; ``action``: what a stop decision or a critical
+      event does, ``"stop"`` (default), ``"warn"`` or ``"raise"`` (see :class:`scaleforecast.monitor.StopConfig`).
+    - ``schedule``: the planned per-update LR (a spec such as ``"cosine:peak=3e-4,warmup=200,total=20000"``, a
+      schedule model or an array); default: looked ahead from the run's LR scheduler(s).
+    - ``total_steps``: the run's length in optimizer steps; default: the trainer's (``max_steps``).
+    - ``param_group``: which param group of the (first) optimizer carries "the" LR.
+    - ``flush_every``: move the buffered losses to the host (one collective) every this many steps.
+    - ``refit_every``: refit the law every this many steps (it also refits early while data grow fast);
+      ``level``: coverage of the reported band, in (0, 1); ``law`` (``"tissue"``, ``"mpl"``, ``"auto"``) and
+      ``lam`` (the annealing-momentum decay); ``forecaster_config``: a full
+      :class:`~scaleforecast.forecaster.ForecasterConfig` instead of those four.
+    - ``log_figures_every``: draw a forecast figure every this many usable refits (0: never).
+    - ``writer``: a ``SummaryWriter``-like object, or ``False`` for no TensorBoard output; default: the
+      trainer's own TensorBoard writer, else one under ``dirpath``.
+    - ``track_grad_norm``: also buffer the gradient norm of each update (for the detectors).
+    - ``detectors``: run on each flush before the refit (e.g. ``HealthMonitor()``); ``listeners``: called with
+      each new forecast (sweep reporters and stoppers); ``advisor``: schedule advice after each refit;
+      ``on_event``: a hook called with every event.
+    - ``verbose``: print each new forecast, re-plans and the stop on rank 0.
+    """
+
+    confidence: float
+    min_steps: int
+    min_fraction: float
+    action: Action
+    schedule: ScheduleLike | None
+    total_steps: int | None
+    param_group: int
+    flush_every: int
+    refit_every: int
+    level: float
+    log_figures_every: int
+    dirpath: str | os.PathLike[str] | None
+    writer: Any
+    track_grad_norm: bool
+    detectors: Sequence[Detector]
+    listeners: Sequence[Listener]
+    advisor: Advisor | None
+    on_event: Callable[[Event], None] | None
+    forecaster_config: ForecasterConfig | dict[str, Any] | None
+    law: str
+    lam: float
+    verbose: bool
+
+
+def check_plugins(
+    detectors: Sequence[Any], listeners: Sequence[Any], advisor: Any, on_event: Any, writer: Any
+) -> None:
+    """Raise ``ValueError`` naming the first plug-in that lacks its method, or a writer that is not
+    ``SummaryWriter``-like."""
+    for name, items, method in (("detectors", detectors, "check"), ("listeners", listeners, "on_forecast")):
+        for i, item in enumerate(items):
+            if not callable(getattr(item, method, None)):
+                raise ValueError(f"{name}[{i}]: {type(item).__name__} has no {method}() method")
+    if advisor is not None and not callable(getattr(advisor, "advise", None)):
+        raise ValueError(f"advisor: {type(advisor).__name__} has no advise() method")
+    if on_event is not None and not callable(on_event):
+        raise ValueError(f"on_event: must be callable, got {type(on_event).__name__}")
+    if writer not in (None, False) and not all(
+        callable(getattr(writer, m, None)) for m in ("add_scalar", "add_text")
+    ):
+        raise ValueError(f"writer: {type(writer).__name__} is not SummaryWriter-like (add_scalar, add_text)")

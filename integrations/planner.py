@@ -1,0 +1,159 @@
+"""The planned per-update LR of a training run, and when to re-plan it: one rule set for every adapter.
+
+The forecaster needs the whole schedule, past and future. :class:`SchedulePlanner` builds it from the LRs the
+run has used so far and a look-ahead with the run's own LR scheduler(s) (:func:`lookahead.lookahead_lrs`, on
+copies), or takes a schedule the user gave. The rules, the same for Lightning, the HF Trainer and plain loops:
+
+- **Zero LR.** An LR ``<= 0`` (a warm-up's first update, a decay to zero) or a non-finite one in the plan
+  becomes ``1e-12 * max(plan)``: a vanishing positive LR, so that ``S1``/``S2`` stay defined, and nothing the
+  law predicts changes.
+- **Drift.** An LR actually used departs from the plan when ``|used - planned| > 1e-6 * |planned| +
+  1e-9 * max(plan)``; used LRs that are unknown (``NaN``) or ``<= 0`` are not compared. A departure, a new set
+  of schedulers or a new run length re-plans from the current step, keeping the LRs used so far.
+- **Length.** The run's length is ``total_steps=`` when given, else the given schedule's length, else the
+  trainer's. When a given length differs from the trainer's, one warning says so and the given one stands;
+  steps past the planned end are not observed.
+- **Resume without a record of the past.** The past LRs of a ``LambdaLR`` (what HF and most custom loops use)
+  are recomputed exactly; for any other scheduler the current LR stands in, with a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs
+
+__all__ = ["LRSource", "SchedulePlanner", "floor_lrs"]
+
+DRIFT_RTOL = 1e-6
+DRIFT_ATOL = 1e-9  # times the plan's largest LR
+ZERO_FLOOR = 1e-12  # times the plan's largest LR
+
+
+def floor_lrs(lrs: np.ndarray) -> np.ndarray:
+    """The zero-LR rule: every LR that is not a positive number becomes ``1e-12 * max(lrs)``."""
+    lrs = np.asarray(lrs, dtype=np.float64).copy()
+    ok = np.isfinite(lrs) & (lrs > 0)
+    peak = float(lrs[ok].max()) if ok.any() else 1.0
+    lrs[~ok] = ZERO_FLOOR * peak
+    return lrs
+
+
+@dataclass
+class LRSource:
+    """The run's optimizer, the LR scheduler(s) stepping it (every ``step_every`` updates) and which param
+    group carries "the" LR. ``key`` changes when the schedulers are replaced."""
+
+    optimizer: Any
+    schedulers: Sequence[Any] = field(default_factory=list)
+    group: int = 0
+    step_every: int = 1
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (tuple(id(s) for s in self.schedulers), self.step_every)
+
+    def lookahead(self, total: int, steps_done: int) -> np.ndarray:
+        """The LR of updates ``steps_done + 1 .. total`` (see :func:`lookahead.lookahead_lrs`)."""
+        kw = dict(steps_done=steps_done, group=self.group, step_every=self.step_every)
+        try:
+            return lookahead_lrs(self.optimizer, list(self.schedulers), total, **kw)
+        except LookaheadError:
+            # A wrapped optimizer (Accelerate, Lightning): the schedulers hold the one it wraps.
+            inner = getattr(self.optimizer, "optimizer", None)
+            if inner is None:
+                raise
+            return lookahead_lrs(inner, list(self.schedulers), total, **kw)
+
+    def past(self, steps_done: int) -> np.ndarray | None:
+        """The LRs of updates ``1 .. steps_done`` when a single ``LambdaLR`` makes them exact, else ``None``."""
+        if len(self.schedulers) != 1 or self.step_every != 1:
+            return None
+        sched = self.schedulers[0]
+        lambdas = getattr(sched, "lr_lambdas", None)
+        if lambdas is None or self.group >= len(lambdas) or getattr(sched, "_schedulers", None):
+            return None
+        base, fn = float(sched.base_lrs[self.group]), lambdas[self.group]
+        return np.array([base * float(fn(k)) for k in range(steps_done)])
+
+
+class SchedulePlanner:
+    """Build and revise the planned schedule under the rules of the module docstring.
+
+    ``fixed``: a schedule the user gave (never re-planned); ``total_steps``: a length the user gave;
+    ``say(message)`` reports a warning (the session prints it once, on rank 0).
+    """
+
+    def __init__(self, fixed: np.ndarray | None, total_steps: int | None, say: Callable[[str], None]) -> None:
+        self.fixed = None if fixed is None else floor_lrs(fixed)
+        self.total_steps = total_steps
+        self.say = say
+        self.key: tuple[Any, ...] | None = None
+        self._warned_length = False
+
+    def length(self, run_length: int | None) -> int:
+        """The planned length (see the module docstring); ``ValueError`` when nothing says it."""
+        given = self.total_steps or (None if self.fixed is None else len(self.fixed))
+        if given is not None and run_length is not None and given != run_length and not self._warned_length:
+            self._warned_length = True
+            self.say(
+                f"the run is set to {run_length} steps but the schedule/total_steps given has {given}; "
+                f"forecasting for {given} steps"
+            )
+        total = given or run_length
+        if total is None:
+            raise ValueError("the run's length is unknown: set the trainer's max_steps or pass total_steps=")
+        return int(total)
+
+    def plan(
+        self,
+        source: LRSource | None,
+        run_length: int | None,
+        steps_done: int,
+        past: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The whole plan: ``past`` (the LRs of the first ``steps_done`` updates), then the look-ahead."""
+        total = self.length(run_length)
+        if self.fixed is not None:
+            return self.fixed
+        if source is None:
+            raise ValueError("no optimizer or LR scheduler to look ahead with: pass schedule=")
+        self.key = (*source.key, total)
+        future = source.lookahead(total, min(steps_done, total))
+        if steps_done and (past is None or len(past) < steps_done):
+            past = source.past(steps_done)
+            if past is None:
+                self.say("no record of the LRs before this resume; assuming the current LR for them")
+                past = np.full(steps_done, future[0] if future.size else np.nan)
+        head = np.empty(0) if not steps_done or past is None else np.asarray(past, dtype=float)[:steps_done]
+        return floor_lrs(np.concatenate([head, future])[:total])
+
+    def revise(
+        self,
+        planned: np.ndarray | None,
+        steps: np.ndarray,
+        used: np.ndarray,
+        source: LRSource | None,
+        run_length: int | None,
+        step_now: int,
+    ) -> np.ndarray | None:
+        """A new plan when the schedulers, the length or the LRs used left the plan; ``None`` when it holds."""
+        if self.fixed is not None:
+            return None
+        if planned is None:
+            return self.plan(source, run_length, step_now)
+        idx = np.asarray(steps, dtype=np.int64) - 1
+        used = np.asarray(used, dtype=float)
+        ok = (idx >= 0) & (idx < len(planned)) & np.isfinite(used) & (used > 0)
+        tol = DRIFT_RTOL * np.abs(planned[idx[ok]]) + DRIFT_ATOL * float(np.max(planned))
+        drift = bool(np.any(np.abs(planned[idx[ok]] - used[ok]) > tol))
+        key = None if source is None else (*source.key, self.length(run_length))
+        if not drift and key == self.key:
+            return None
+        past = planned[:step_now].copy()
+        inside = ok & (idx < step_now)
+        past[idx[inside]] = used[inside]
+        return self.plan(source, run_length, step_now, past)

@@ -1,0 +1,616 @@
+"""The framework-neutral training session behind every adapter (Lightning, the HF Trainer, plain loops).
+
+An adapter only translates its framework's hooks into four calls on a :class:`TrainingSession`:
+
+- :meth:`~TrainingSession.start` (the collectives, the step reached, the run's length, the LR scheduler(s) and
+  where TensorBoard output goes), at the start of training;
+- :meth:`~TrainingSession.record` (one optimizer update completed: its loss, a device tensor that is never
+  read back) and :meth:`~TrainingSession.tick` (on every rank at every update: flushes at the cadence), or
+  :meth:`~TrainingSession.observe_window` for logged window means;
+- :meth:`~TrainingSession.finish`, at the end;
+
+and reads :attr:`~TrainingSession.should_stop`. The session owns everything else, once for all adapters: the
+:class:`~scaleforecast.monitor.RunMonitor`, the device buffer and the flush cadence, the schedule planner
+(:mod:`planner`), the LR and gradient norm of each update (read by a post-step hook on the optimizer, so they
+are exactly those the update used), the agreement across ranks, the error guard, the saved state and
+TensorBoard.
+
+**Ranks.** Every ``flush_every`` updates each rank packs its buffer and the session all-gathers it (one
+collective, the one host sync), reduces it over ranks, feeds the monitor the same values on every rank and
+agrees on the stop with one reduce-boolean, so every rank stops at the same step. Collectives never run inside
+a guarded part: a rank whose own part failed keeps joining every collective with a "no data" message, and the
+ranks with data carry on; the failing rank reports its failure itself, with its rank number.
+
+**State.** :meth:`~TrainingSession.state_dict` is one versioned, JSON-safe format (history, fit, plan, stop
+record, and the steps not yet flushed). A state of an unknown version or a garbled one costs the history, with
+one warning, never the run. A session whose training ran in child processes (Lightning's ``ddp_spawn``)
+shows the result of rank 0 in the parent after training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scaleforecast.integrations.arguments import SessionConfig, check_plugins
+from scaleforecast.integrations.distributed import GRAD, Collectives, DeviceBuffer, reduce_ranks
+from scaleforecast.integrations.planner import LRSource, SchedulePlanner
+
+from scaleforecast.events import Event, TrainingHealthError
+from scaleforecast.fitting import FitConfig
+from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster, ScheduleLike
+from scaleforecast.monitor import (
+    Action,
+    Advisor,
+    Detector,
+    FlushBatch,
+    FlushResult,
+    Guard,
+    Listener,
+    RunMonitor,
+    StopConfig,
+    checked,
+)
+from scaleforecast.results import Forecast
+from scaleforecast.schedules import as_lrs
+
+__all__ = ["STATE_FORMAT", "SessionFace", "TrainingSession"]
+
+STATE_FORMAT = "scaleforecast.session"
+STATE_VERSION = 2
+
+
+def _raw_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer under the wrappers (Accelerate, Lightning), where step hooks fire."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class TrainingSession:
+    """One run watched by one adapter: see the module docstring. ``name`` prefixes everything it prints.
+
+    Construction validates every argument (:class:`~scaleforecast.integrations.arguments.ForecastArgs`) and
+    raises ``ValueError`` naming the first bad one, so a mistake fails before training starts.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        target_loss: float | None = None,
+        *,
+        confidence: float = 0.95,
+        min_steps: int = 0,
+        min_fraction: float = 0.1,
+        action: Action = "stop",
+        schedule: ScheduleLike | None = None,
+        total_steps: int | None = None,
+        param_group: int = 0,
+        flush_every: int = 50,
+        refit_every: int = 100,
+        level: float = 0.8,
+        log_figures_every: int = 5,
+        dirpath: str | os.PathLike[str] | None = None,
+        writer: Any = None,
+        track_grad_norm: bool = False,
+        detectors: Sequence[Detector] = (),
+        listeners: Sequence[Listener] = (),
+        advisor: Advisor | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        forecaster_config: ForecasterConfig | dict[str, Any] | None = None,
+        law: str = "tissue",
+        lam: float = 0.999,
+        verbose: bool = True,
+    ) -> None:
+        self.name = name
+        self.stop = checked(
+            StopConfig,
+            target_loss=target_loss,
+            confidence=confidence,
+            min_steps=min_steps,
+            min_fraction=min_fraction,
+            action=action,
+        )
+        self.config = checked(
+            SessionConfig,
+            total_steps=total_steps,
+            param_group=param_group,
+            flush_every=flush_every,
+            refit_every=refit_every,
+            level=level,
+            log_figures_every=log_figures_every,
+            track_grad_norm=track_grad_norm,
+            law=law,
+            lam=lam,
+            verbose=verbose,
+            dirpath=dirpath,
+        )
+        check_plugins(detectors, listeners, advisor, on_event, writer)
+        try:
+            self.schedule = None if schedule is None else as_lrs(schedule)
+        except ValueError as err:
+            raise ValueError(f"schedule: {err}") from None
+        if self.schedule is not None and total_steps is not None and len(self.schedule) != total_steps:
+            raise ValueError(f"schedule: has {len(self.schedule)} steps but total_steps is {total_steps}")
+        if isinstance(forecaster_config, dict):
+            forecaster_config = checked(ForecasterConfig, **forecaster_config)
+        elif forecaster_config is not None and not isinstance(forecaster_config, ForecasterConfig):
+            raise ValueError(
+                f"forecaster_config: expected a ForecasterConfig, got {type(forecaster_config).__name__}"
+            )
+        self.forecaster_config = forecaster_config or ForecasterConfig(
+            fit=FitConfig(law=self.config.law, lam=self.config.lam),
+            level=self.config.level,
+            refit_every=self.config.refit_every,
+        )
+        self.detectors, self.listeners = list(detectors), list(listeners)
+        self.advisor, self.on_event, self.writer = advisor, on_event, writer
+        self.guard = Guard(name)
+        self.monitor = self._new_monitor(verbose=False)
+        self.stopped_at: int | None = None
+        self.stop_reason: str | None = None
+        self.extra: dict[str, Any] = {}  # adapter-specific state that travels with the session's
+        self.step = 0
+        self.log_dir: str | None = None
+        self.on_no_loss: Callable[[int], None] | None = None
+        self._saved: dict[str, Any] | None = None
+        self._owner = (os.getpid(), uuid.uuid4().hex)
+        self._ran_here = False
+        self._stopping = False
+        self._reset_process_state()
+
+    def _reset_process_state(self) -> None:
+        """What belongs to one process's training, never pickled nor saved."""
+        self.comm: Collectives | None = None
+        self.is_zero = True
+        self.buffer: DeviceBuffer | None = None
+        self.source: LRSource | None = None
+        self.run_length: int | None = None
+        self.flushed_at = 0
+        self._steps: list[int] = []
+        self._lrs: list[float] = []
+        self._lr = math.nan
+        self._gnorm: torch.Tensor | None = None
+        self._hook: Any = None
+        self._warned: set[str] = set()
+        self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
+
+    def _new_monitor(self, verbose: bool) -> RunMonitor:
+        return RunMonitor(
+            config=self.forecaster_config,
+            stop=self.stop,
+            detectors=self.detectors,
+            listeners=self.listeners,
+            advisor=self.advisor,
+            figure_every=self.config.log_figures_every,
+            on_event=self.on_event,
+            verbose=verbose,
+            guard=self.guard,
+        )
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def forecaster(self) -> OnlineForecaster:
+        self._adopt()
+        return self.monitor.forecaster
+
+    @property
+    def forecast(self) -> Forecast | None:
+        """The latest forecast (``None`` before the first refit)."""
+        return self.forecaster.latest
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """The parts switched off by a failure on this process (part -> message)."""
+        return self.guard.disabled
+
+    @property
+    def should_stop(self) -> bool:
+        """True on every rank from the step at which the ranks agreed to stop this training."""
+        return self._stopping
+
+    def say(self, message: str) -> None:
+        """Print ``message`` on rank 0 when verbose (forecasts, re-plans, the stop)."""
+        if self.is_zero and self.config.verbose:
+            print(f"{self.name}: {message}", flush=True)
+
+    def warn(self, message: str) -> None:
+        """A ``RuntimeWarning`` on rank 0, once per message."""
+        if self.is_zero and message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(f"{self.name}: {message}", RuntimeWarning, stacklevel=3)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(
+        self,
+        comm: Collectives,
+        *,
+        step: int,
+        run_length: int | None,
+        source: LRSource | None,
+        find_writer: Callable[[], Any] | None = None,
+        default_logdir: str | os.PathLike[str] = "runs/scaleforecast",
+    ) -> None:
+        """Begin watching at optimizer step ``step`` (> 0 on resume). ``find_writer()`` returns the trainer's
+        own TensorBoard writer, if it has one; else the session writes under ``dirpath`` or
+        ``default_logdir``. Never raises: a failing part is reported and switched off."""
+        self._reset_process_state()
+        self.comm, self.is_zero = comm, comm.rank == 0
+        ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""
+        self.guard.label = self.name + ranked
+        self._ran_here, self._stopping = True, False
+        self.monitor = self._new_monitor(verbose=self.is_zero and self.config.verbose)
+        self.step = self.flushed_at = int(step)
+        self.run_length, self.source = run_length, source
+        self.buffer = DeviceBuffer(self.config.flush_every, channels=3 if self.config.track_grad_norm else 2)
+        self._resume()
+        if self.is_zero and self.writer is not False:
+            self.guard("TensorBoard", self._attach_tensorboard, find_writer, default_logdir)
+        if source is not None:
+            self.guard("LR capture", self._watch, source.optimizer)
+
+    def _resume(self) -> None:
+        """Restore the saved state (if any), plan the schedule, then feed the steps the checkpoint held."""
+        saved, self._saved = self._saved, None
+        pending = None if saved is None else self._restore(saved)
+        self.guard("schedule look-ahead", self._plan)
+        if pending:
+            self.guard("resume", self._feed_pending, pending)
+
+    def _plan(self) -> None:
+        known = self.monitor.forecaster.schedule
+        self.monitor.set_schedule(self.planner.plan(self.source, self.run_length, self.step, known))
+
+    def _restore(self, saved: dict[str, Any]) -> dict[str, Any] | None:
+        """Load a saved state; a garbled or foreign one costs the history, with one warning."""
+        try:
+            self.monitor.load_state_dict(saved["monitor"])
+            self.stopped_at, self.stop_reason = saved.get("stopped_at"), saved.get("stop_reason")
+            self.extra = dict(saved.get("adapter") or {})
+            return saved.get("pending")
+        except Exception as exc:
+            self.warn(
+                f"the saved forecast state could not be used ({type(exc).__name__}: {exc}); starting a fresh history"
+            )
+            self.monitor = self._new_monitor(verbose=self.is_zero and self.config.verbose)
+            return None
+
+    def _feed_pending(self, pending: dict[str, Any]) -> None:
+        # Steps buffered but not yet flushed when the checkpoint was taken (rank 0's own values).
+        steps = np.asarray(pending["steps"], dtype=np.int64)
+        keep = steps <= self.step
+        if keep.any():
+            loss = np.asarray(pending["loss"], dtype=float)[keep]
+            self.monitor.flush(FlushBatch(steps=steps[keep], loss=loss), raise_now=False)
+
+    def _attach_tensorboard(self, find_writer: Callable[[], Any] | None, default_logdir: Any) -> None:
+        from scaleforecast.integrations.tensorboard import ADVICE_CHARTS, TensorBoardSink
+
+        extra = ADVICE_CHARTS if self.advisor is not None else None
+        writer, own = self.writer, False
+        if writer is None and find_writer is not None:
+            writer = find_writer()
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer, own = SummaryWriter(str(self.config.dirpath or default_logdir)), True
+        self.monitor.add_sink(TensorBoardSink(writer, layout_extra=extra, close_writer=own))
+        self.log_dir = str(getattr(writer, "log_dir", None) or getattr(writer, "logdir", ""))
+        if own:
+            self.say(f"TensorBoard logs in {self.log_dir}  (tensorboard --logdir {self.log_dir})")
+
+    def _watch(self, optimizer: Any) -> None:
+        self._hook = _raw_optimizer(optimizer).register_step_post_hook(self._after_optimizer_step)
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        # Runs inside the user's optimizer.step(): it must never raise, nor read a device value back.
+        try:
+            group = optimizer.param_groups[self.config.param_group]
+            lr = group["lr"]
+            self._lr = float(lr) if not isinstance(lr, torch.Tensor) or lr.device.type == "cpu" else math.nan
+            if self.config.track_grad_norm:
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                self._gnorm = torch.nn.utils.get_total_norm(grads) if grads else None
+        except Exception as exc:
+            self.guard.report("LR capture", f"{type(exc).__name__}: {exc}")
+            self._hook_off()
+
+    def _hook_off(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # ----------------------------------------------------------------- per step
+    def record(self, step: int, loss: torch.Tensor | float | None) -> None:
+        """Optimizer update ``step`` completed on this rank, with its loss (``None``: not observed). Local:
+        no collective, no host sync. A failure switches this rank's recording off (it then sends "no data")."""
+        self.guard("step", self._record, step, loss)
+
+    def _record(self, step: int, loss: torch.Tensor | float | None) -> None:
+        assert self.buffer is not None
+        seen = None if loss is None else 1.0
+        values = (loss, seen, self._gnorm) if self.config.track_grad_norm else (loss, seen)
+        self.buffer.push(*values)
+        self._steps.append(int(step))
+        self._lrs.append(self._lr)
+        self._lr, self._gnorm = math.nan, None
+
+    def tick(self, step: int) -> None:
+        """Call on every rank after every update (``step``: the same on every rank): flushes at the cadence."""
+        self.step = int(step)
+        if self.comm is not None and step - self.flushed_at >= self.config.flush_every:
+            self.flush(step)
+
+    def flush(self, step: int) -> None:
+        """One collective for the buffered steps, the monitor on the reduced values, then the agreement.
+
+        Every rank calls this at the same step; whatever failed before, each takes part in both collectives.
+        """
+        assert self.comm is not None and self.buffer is not None
+        self.flushed_at = int(step)
+        msg = None if "step" in self.guard.disabled else self.guard("step", self._pack)
+        if msg is None:
+            msg = self.buffer.no_data(self.comm.device)
+            self.buffer.clear()
+            self._steps, self._lrs = [], []
+        gathered = self.comm.all_gather(msg)
+        result = self.guard("flush", self._digest, gathered, int(step))
+        self._agree(result, int(step))
+
+    def _pack(self) -> torch.Tensor:
+        assert self.comm is not None and self.buffer is not None
+        steps, lrs = self._steps, self._lrs
+        self._steps, self._lrs = [], []
+        return self.buffer.pack(steps, lrs, self.comm.device)
+
+    def _digest(self, gathered: torch.Tensor, step: int) -> FlushResult | None:
+        assert self.comm is not None
+        channels = 3 if self.config.track_grad_norm else 2
+        red = reduce_ranks(
+            gathered.reshape(-1, channels + 3, self.config.flush_every).cpu().numpy(), channels
+        )
+        if red.count == 0:
+            return None
+        self.guard("schedule look-ahead", self._revise, red.steps, red.lrs, step)
+        if not red.seen.any():
+            if self.on_no_loss is not None:
+                self.on_no_loss(step)
+            return None
+        total = self.monitor.forecaster.total_steps or step
+        keep = red.seen & (red.steps <= total)  # steps past the planned end are not observed
+        batch = FlushBatch(
+            steps=red.steps[keep],
+            loss=red.loss[keep],
+            loss_max=red.loss_max[keep] if self.comm.world_size > 1 else None,
+            grad_norm=red.grad_norm[keep] if channels > GRAD else None,
+            lrs=red.lrs[keep],
+        )
+        return self._monitor_flush(batch, step)
+
+    def _revise(self, steps: np.ndarray, used: np.ndarray, step: int) -> None:
+        plan = self.planner.revise(
+            self.monitor.forecaster.schedule, steps, used, self.source, self.run_length, step
+        )
+        if plan is not None:
+            if self.monitor.forecaster.schedule is not None:
+                self.say(f"the LR schedule changed at step {step}; re-planning")
+            self.monitor.set_schedule(plan)
+
+    def _monitor_flush(self, batch: FlushBatch, step: int) -> FlushResult | None:
+        if batch.steps.size == 0:
+            return None
+        result = self.monitor.flush(batch, raise_now=False)
+        final = None if result.forecast is None else result.forecast.final
+        if final is not None:
+            f = result.forecast
+            assert f is not None
+            self.say(
+                f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
+                f"at step {f.final_step} ({f.status.value})"
+            )
+        return result
+
+    def observe_window(self, step: int, window: int, loss: float) -> None:
+        """A logged mean loss over updates ``step - window + 1 .. step``, the same on every rank (e.g. HF's
+        ``logs["loss"]``, already gathered over ranks); then the agreement, as after a flush."""
+        self.step = int(step)
+        result = self.guard("window", self._window, int(step), int(window), float(loss))
+        self._agree(result, int(step))
+
+    def _window(self, step: int, window: int, loss: float) -> FlushResult | None:
+        lr, self._lr = self._lr, math.nan
+        self.guard("schedule look-ahead", self._revise, np.array([step]), np.array([lr]), step)
+        total = self.monitor.forecaster.total_steps or step
+        if step > total:
+            return None
+        batch = FlushBatch(steps=np.array([step]), loss=np.array([loss]), lrs=np.array([lr]), window=window)
+        return self._monitor_flush(batch, step)
+
+    def _agree(self, result: FlushResult | None, step: int) -> None:
+        """Every rank takes part, whatever happened before, so that nobody waits in a collective alone."""
+        assert self.comm is not None
+        wants = result is not None and (result.stop or result.error is not None)
+        if not self.comm.any(wants):
+            return
+        raising = self.comm.any(result is not None and result.error is not None)
+        self._stopping = True
+        if self.stopped_at is None:
+            self.stopped_at = step
+            self.stop_reason = self.monitor.stop_reason or "another rank decided to stop"
+            self.say(f"stopping at step {step}: {self.stop_reason}")
+        if raising:
+            if result is not None and result.error is not None:
+                raise result.error
+            raise TrainingHealthError(
+                Event(kind="early_stop", step=step, severity="critical", message="another rank raised")
+            )
+
+    def finish(self, step: int) -> None:
+        """The end of training: the last flush (every rank), then the sinks are closed."""
+        if self.comm is None:
+            return
+        if step > self.flushed_at and self.buffer is not None:
+            self.flush(step)
+        self._hook_off()
+        self.guard("TensorBoard", self.monitor.close)
+        if self.is_zero and os.getpid() != self._owner[0]:
+            self.guard("result hand-off", self._hand_off)
+        self.comm = None
+
+    def abort(self) -> None:
+        """Training ended with an exception: close the sinks, run no collective."""
+        self._hook_off()
+        self.guard("TensorBoard", self.monitor.close)
+        self.comm = None
+
+    # -------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The one saved format: monitor state, stop record, this rank's steps not yet flushed, adapter state."""
+        if not self._ran_here and self._saved is not None:
+            return self._saved
+        pending = None
+        if self.buffer is not None and len(self.buffer) and "step" not in self.guard.disabled:
+            values = self.buffer.peek()
+            keep = [i for i in range(min(values.shape[1], len(self._steps))) if values[1, i] == 1.0]
+            pending = {"steps": [self._steps[i] for i in keep], "loss": [float(values[0, i]) for i in keep]}
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "monitor": self.monitor.state_dict(),
+            "pending": pending,
+            "step": self.step,
+            "stopped_at": self.stopped_at,
+            "stop_reason": self.stop_reason,
+            "adapter": self.extra,
+        }
+
+    def load_state_dict(self, state: Any) -> None:
+        """Keep ``state`` to restore at :meth:`start`. Never raises: a state this version cannot read costs the
+        history, with one warning (versions 1 and 2 are read)."""
+        ok = isinstance(state, dict) and state.get("format", STATE_FORMAT) == STATE_FORMAT
+        version = state.get("version") if isinstance(state, dict) else None
+        if not ok or version not in (1, STATE_VERSION) or not isinstance(state.get("monitor"), dict):
+            self.warn(
+                f"the saved forecast state is of another version ({version!r}) or garbled; starting a fresh history"
+            )
+            self._saved = None
+            return
+        if version == 1 and "mode" in state:
+            state = {**state, "adapter": {"mode": state["mode"]}}
+        self._saved = state
+        pending_steps = (state.get("pending") or {}).get("steps") or [0]
+        last = state["monitor"].get("forecaster", {}).get("last_step", 0)
+        self.step = int(state.get("step") or max(int(last or 0), *map(int, pending_steps)))
+        if self.comm is not None:  # already started (a plain loop, restored after its construction)
+            self.flushed_at = self.step
+            self._resume()
+
+    def json_args(self) -> dict[str, Any]:
+        """The JSON-safe constructor arguments (HF rebuilds a callback from them on restore)."""
+        out: dict[str, Any] = {**self.stop.model_dump(), **self.config.model_dump()}
+        out["forecaster_config"] = self.forecaster_config.model_dump(mode="json")
+        if self.schedule is not None:
+            out["schedule"] = self.schedule.tolist()
+        return out
+
+    # ---------------------------------------------------- spawn-based launchers
+    def _handoff_path(self) -> Path:
+        pid, token = self._owner
+        return Path(tempfile.gettempdir()) / f"scaleforecast-{pid}-{token}.json"
+
+    def _hand_off(self) -> None:
+        """Training ran in a child process (``ddp_spawn``): leave rank 0's result for the parent's object."""
+        path = self._handoff_path()
+        data = {**self.state_dict(), "errors": self.errors, "log_dir": self.log_dir}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def _adopt(self) -> None:
+        """In the process that made this object, take over the result its child processes left."""
+        if self.comm is not None or os.getpid() != self._owner[0]:
+            return  # training runs in this process, or this is not the process that made the object
+        path = self._handoff_path()
+        if not path.is_file():
+            return
+        try:
+            data = json.loads(path.read_text())
+            path.unlink()
+            self._ran_here = True
+            monitor = self._new_monitor(verbose=False)
+            monitor.load_state_dict(data["monitor"])
+            self.monitor = monitor
+            self.stopped_at, self.stop_reason = data.get("stopped_at"), data.get("stop_reason")
+            self.guard.disabled.update(data.get("errors") or {})
+            self.log_dir = data.get("log_dir")
+        except Exception as exc:
+            self.warn(f"could not read the result of the training processes ({type(exc).__name__}: {exc})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("comm", "buffer", "_hook", "_gnorm", "source"):
+            state[key] = None
+        return state
+
+
+class SessionFace:
+    """What every adapter shows of its session: ``forecast``, ``forecaster``, ``monitor``, the stop record,
+    the errors, and the saved state (``state_dict``/``load_state_dict``, the names Lightning and plain loops
+    use)."""
+
+    session: TrainingSession
+
+    @property
+    def forecast(self) -> Forecast | None:
+        """The latest forecast (``None`` before the first refit)."""
+        return self.session.forecast
+
+    @property
+    def forecaster(self) -> OnlineForecaster:
+        return self.session.forecaster
+
+    @property
+    def monitor(self) -> RunMonitor:
+        self.session._adopt()
+        return self.session.monitor
+
+    @property
+    def stopped_at(self) -> int | None:
+        """The optimizer step at which the run was stopped (the same on every rank), else ``None``."""
+        self.session._adopt()
+        return self.session.stopped_at
+
+    @property
+    def stop_reason(self) -> str | None:
+        self.session._adopt()
+        return self.session.stop_reason
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """The parts of the plugin switched off by a failure on this process (part -> message)."""
+        self.session._adopt()
+        return self.session.errors
+
+    @property
+    def log_dir(self) -> str | None:
+        """Where the TensorBoard files go (on rank 0, once training started), else ``None``."""
+        self.session._adopt()
+        return self.session.log_dir
+
+    def state_dict(self) -> dict[str, Any]:
+        """The session's saved state (JSON-safe; see :meth:`TrainingSession.state_dict`). Never raises: a
+        checkpoint must not fail because of the plugin (a failure saves an empty state, reported once)."""
+        return self.session.guard("checkpoint state", self.session.state_dict) or {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore on resume; an unreadable state costs the history, with one warning, never the run."""
+        self.session.load_state_dict(state_dict)

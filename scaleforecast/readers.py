@@ -1,0 +1,181 @@
+"""Read a run's loss curve and LR from TensorBoard event files, CSV or JSONL: :func:`read_run`, the one entry.
+
+Every command reads through :func:`read_run`: ``forecast`` (and a reference run it is given) in ``strict`` mode,
+``report``, ``backtest`` and ``watch`` without. The format comes from the path: a directory or an event file
+(by name, or by its first record's checksum) is TensorBoard (:mod:`scaleforecast.tfevents`); anything else is a
+table, CSV or JSON lines (:mod:`scaleforecast.tables`). The per-update LR is attached by
+:func:`~scaleforecast.schedule_fit.rebuild_lrs`: from ``schedule`` (a spec, a ``.npy`` LR file, a config or an
+array), else from the logged LR, rebuilt from the schedule families when it was not logged at every update.
+
+``strict``: steps that go back in a table, corrupt event records and non-finite logged LRs are errors instead of
+notes. Every error is a one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes,
+truncation, damage, LR reconstruction, a loss that rises) are in ``RunData.warnings``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from scaleforecast.runs import (
+    LOSS_NAMES,
+    LR_NAMES,
+    ReadError,
+    RunData,
+    WindowSpec,
+    clean_series,
+    loss_windows,
+    pick,
+    pick_loss,
+)
+from scaleforecast.schedule_fit import rebuild_lrs
+from scaleforecast.schedules import Schedule, ScheduleError, load_lr_file
+from scaleforecast.tables import read_table
+from scaleforecast.tfevents import EVENT_FILE_PREFIX, is_event_file, read_event_scalars
+
+__all__ = ["LOUD_MARKERS", "detect_format", "read_run", "read_tensorboard", "rising_loss_note"]
+
+# Notes that mean a number may be wrong, not just that the data were untidy.
+LOUD_MARKERS = ("CANNOT BE TRUSTED", "differs from the logged LR", "corrupt data", "the loss rises")
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """``tensorboard`` (a directory, or an event file by name or content) or ``table`` (CSV or JSON lines)."""
+    p = Path(path)
+    if p.is_dir() or p.name.startswith(EVENT_FILE_PREFIX):
+        return "tensorboard"
+    if not p.exists():
+        raise ReadError(f"cannot read {p}: No such file or directory")
+    return "tensorboard" if is_event_file(p) else "table"
+
+
+def read_tensorboard(
+    path: str | os.PathLike[str],
+    loss: str | Sequence[str] | None = None,
+    lr: str | Sequence[str] | None = None,
+    window: WindowSpec | None = None,
+    progress: bool | None = None,
+    strict: bool = False,
+) -> RunData:
+    """Read one TensorBoard run (a directory of event files, or one file) into a :class:`RunData`.
+
+    ``loss``/``lr`` pick the tags by name or glob pattern (default: :data:`LOSS_NAMES`, :data:`LR_NAMES`).
+    ``window``: ``"gap"`` (each loss is the mean since the previous log, as HF Trainer and Megatron log),
+    an int, or ``None``/``"auto"`` to choose from the tag name. The LR is not rebuilt here (see :func:`read_run`).
+    """
+    scalars, notes = read_event_scalars(path, progress=progress, strict=strict)
+    tags = sorted(scalars)
+    if not tags:
+        raise ReadError(f"{path}: the event files hold no scalars (empty, or written by another tool)")
+    loss_tag = pick_loss(tags, loss, str(path))
+    if loss_tag is None:
+        want = loss if loss is not None else "any of " + ", ".join(LOSS_NAMES[:6]) + ", ..."
+        raise ReadError(f"{path}: no loss tag matching {want!r}; scalar tags: {', '.join(tags[:20])}")
+    lr_tag = pick([t for t in tags if t != loss_tag], lr, LR_NAMES)
+    if lr is not None and lr_tag is None:
+        raise ReadError(f"{path}: no LR tag matching {lr!r}; scalar tags: {', '.join(tags[:20])}")
+    steps, losses = clean_series(*scalars[loss_tag], what=f"{Path(path).name}: {loss_tag}", notes=notes)
+    keep = steps >= 1  # step 0 is the model before any update: the law has no value there
+    steps, losses = steps[keep], losses[keep]
+    if not len(steps):
+        raise ReadError(f"{path}: {loss_tag!r} has no values at steps >= 1")
+    lr_steps, lr_values = np.zeros(0, np.int64), np.zeros(0)
+    if lr_tag is not None:
+        lr_steps, lr_values = clean_series(*scalars[lr_tag], what=f"{Path(path).name}: {lr_tag}", notes=notes)
+        lr_steps, lr_values = lr_steps[lr_steps >= 1], lr_values[lr_steps >= 1]
+    return RunData(
+        source=str(path),
+        format="tensorboard",
+        loss_name=loss_tag,
+        steps=steps,
+        losses=losses,
+        windows=loss_windows(steps, loss_tag, window),
+        lr_steps=lr_steps,
+        lr_values=lr_values,
+        lr_name=lr_tag,
+        warnings=notes,
+    )
+
+
+def rising_loss_note(run: RunData) -> str | None:
+    """A note when the loss rises over the run (the median of its last quarter above that of its first quarter by
+    more than 2%): the law describes a loss that falls with training, so a forecast of this run is not one."""
+    y = run.losses[np.isfinite(run.losses)]
+    if len(y) < 8:
+        return None
+    q = len(y) // 4
+    first, last = float(np.median(y[:q])), float(np.median(y[-q:]))
+    if last > first + 0.02 * abs(first) and last > first:
+        return (
+            f"{run.name}: the loss rises over the run (median {first:.4g} over its first quarter, {last:.4g} over "
+            f"its last): the law assumes a loss that falls with training; the forecast does not describe this run"
+        )
+    return None
+
+
+def read_run(
+    path: str | os.PathLike[str],
+    *,
+    loss: str | Sequence[str] | None = None,
+    lr: str | Sequence[str] | None = None,
+    schedule: str | Schedule | np.ndarray | None = None,
+    lr_file: str | os.PathLike[str] | None = None,
+    total_steps: int | None = None,
+    window: WindowSpec | None = None,
+    require_lr: bool = True,
+    strict: bool = False,
+    until_step: int | None = None,
+    progress: bool | None = None,
+    live: bool = False,
+    warn: bool = True,
+) -> RunData:
+    """Read a run from a TensorBoard log dir, a CSV or a JSONL file, and attach its per-update LR.
+
+    ``schedule`` (spec, ``.npy`` path, config or array) or ``lr_file`` (a ``.npy`` of the LR of every update,
+    checked by :func:`~scaleforecast.schedules.load_lr_file`) overrides the logged LR; without it the LR is rebuilt from
+    the logged points (see :func:`~scaleforecast.schedule_fit.rebuild_lrs`). ``total_steps`` sets the planned
+    length when the LR is rebuilt (default: the last logged step). With ``require_lr=False`` a run without LR comes
+    back with ``lr=None``. ``until_step``: only the losses up to it must fit in the schedule (the run as it looked
+    then; all points are returned). ``strict``: see the module doc. Notes about the data are in ``.warnings`` and,
+    with ``warn``, also issued as ``UserWarning``.
+    """
+    if lr_file is not None:
+        if schedule is not None:
+            raise ReadError("give either an LR file or a schedule, not both")
+        try:
+            schedule = load_lr_file(lr_file)
+        except ScheduleError as err:
+            raise ReadError(str(err)) from None
+    if detect_format(path) == "tensorboard":
+        run = read_tensorboard(path, loss=loss, lr=lr, window=window, progress=progress, strict=strict)
+    else:
+        run = read_table(path, loss=loss, lr=lr, window=window, strict=strict, live=live, progress=progress)
+    total = total_steps
+    if total is None and schedule is None and len(run.lr_steps):
+        total = max(int(run.lr_steps[-1]), run.last_step)
+    if schedule is not None or len(run.lr_steps):
+        run.lr = rebuild_lrs(
+            run.lr_steps, run.lr_values, total, schedule, what=Path(path).name, strict=strict
+        )
+        run.warnings.extend(run.lr.warnings)
+        last = run.last_step if until_step is None else run.until(until_step).last_step
+        if last > len(run.lr.lrs):
+            raise ReadError(
+                f"the schedule has {len(run.lr.lrs)} steps but {path} has losses up to step {last}"
+            )
+    elif require_lr:
+        raise ReadError(
+            f"{path}: no LR for every step; pass --lr-file RUN.lr.npy or --schedule SPEC (no LR logged: looked "
+            f"for {', '.join(LR_NAMES[:4])}, ...)"
+        )
+    rising = rising_loss_note(run if until_step is None else run.until(until_step))
+    if rising is not None:
+        run.warnings.append(rising)
+    if warn:
+        for note in run.warnings:
+            warnings.warn(note, UserWarning, stacklevel=2)
+    return run

@@ -1,0 +1,230 @@
+"""A run as the readers hand it over (:class:`RunData`), and the conventions every reader shares.
+
+Steps are optimizer updates completed (1-based); a loss at step ``s`` with window ``w`` is the mean loss over
+updates ``s - w + 1 .. s``. A logged LR at step ``s`` is taken as the LR of update ``s``. The names the readers
+look for (:data:`LOSS_NAMES`, :data:`LR_NAMES`, :data:`STEP_COLUMNS`), how a name or glob picks a column or tag
+(:func:`pick`), how a resumed log is sorted out (:func:`clean_series`) and how many updates a logged loss
+averages (:func:`loss_windows`) live here, so that the TensorBoard, CSV and JSONL readers and the live sidecar
+agree on them. Unusable input raises :class:`ReadError`, whose message is one line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from scaleforecast.schedule_fit import LRReconstruction
+
+__all__ = [
+    "LOSS_NAMES",
+    "LR_NAMES",
+    "STEP_COLUMNS",
+    "ReadError",
+    "RunData",
+    "WindowSpec",
+    "clean_series",
+    "keep_newest",
+    "loss_windows",
+    "pick",
+    "pick_loss",
+]
+
+# Defaults cover the Lightning logger, HF Trainer, Megatron-LM, NeMo and torchtitan, in that order of preference.
+LOSS_NAMES: tuple[str, ...] = (
+    "loss",
+    "val_loss",
+    "train_loss",
+    "train/loss",
+    "lm loss",
+    "train_loss_step",
+    "reduced_train_loss",
+    "loss_metrics/global_avg_loss",
+    "train/lm_loss",
+    "lm_loss",
+    "training_loss",
+)
+LR_NAMES: tuple[str, ...] = (
+    "lr",
+    "train/learning_rate",
+    "learning-rate",
+    "learning_rate",
+    "train/lr",
+    "lr-*",
+    "*learning_rate*",
+    "*learning-rate*",
+)
+STEP_COLUMNS: tuple[str, ...] = ("step", "global_step", "iteration", "iter", "_step", "trainer/global_step")
+# Loggers that write the mean over the updates since the previous log (HF Trainer, Megatron).
+GAP_WINDOW_NAMES: tuple[str, ...] = (
+    "train/loss",
+    "lm loss",
+    "reduced_train_loss",
+    "loss_metrics/global_avg_loss",
+)
+# Steps are kept exact in float64 and int64 below this.
+MAX_STEP = 2**53
+
+WindowSpec = int | Literal["gap", "auto"]
+
+
+class ReadError(ValueError):
+    """A run that cannot be read or used; the message is one line and names the file and the problem."""
+
+
+@dataclass
+class RunData:
+    """One run: the loss observations and, when known, the per-update LR.
+
+    ``steps`` (int64, strictly increasing, >= 1), ``losses`` (float64; NaN/Inf kept so the forecaster can count
+    them), ``windows`` (int64 >= 1: the number of updates each loss averages). ``lrs[k]`` is the LR of update
+    ``k + 1``; its length is the run's planned total. ``lr_steps``/``lr_values`` are the LR points as logged.
+    ``warnings`` are notes about the data (resumes, damage, LR reconstruction), one line each.
+    """
+
+    source: str
+    format: str
+    loss_name: str
+    steps: np.ndarray
+    losses: np.ndarray
+    windows: np.ndarray
+    lr_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    lr_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lr: LRReconstruction | None = None
+    lr_name: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def lrs(self) -> np.ndarray | None:
+        return None if self.lr is None else self.lr.lrs
+
+    @property
+    def total_steps(self) -> int | None:
+        return None if self.lr is None else len(self.lr.lrs)
+
+    @property
+    def last_step(self) -> int:
+        return int(self.steps[-1]) if len(self.steps) else 0
+
+    @property
+    def n_nonfinite(self) -> int:
+        return int((~np.isfinite(self.losses)).sum())
+
+    @property
+    def name(self) -> str:
+        p = Path(self.source)
+        return p.stem if p.suffix else p.name
+
+    def until(self, step: int) -> RunData:
+        """The run as it looked after ``step`` updates (observations at steps <= ``step``; same LR)."""
+        keep = self.steps <= step
+        return replace(self, steps=self.steps[keep], losses=self.losses[keep], windows=self.windows[keep])
+
+    def feed(self, forecaster: Any, after: int = 0) -> int:
+        """Pass the observations after step ``after`` to ``forecaster.observe_many``; returns how many."""
+        keep = self.steps > after
+        steps, losses, windows = self.steps[keep], self.losses[keep], self.windows[keep]
+        if not len(steps):
+            return 0
+        # observe_many takes one window per call: send runs of equal windows together.
+        cuts = np.flatnonzero(np.diff(windows)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(steps)], strict=True):
+            forecaster.observe_many(steps[lo:hi], losses[lo:hi], window=int(windows[lo]))
+        return len(steps)
+
+
+def clean_series(
+    steps: np.ndarray, values: np.ndarray, what: str, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sort out resumes: when a step goes back, later points replace the earlier ones from that step on.
+
+    Appends one note to ``notes`` saying how many stale points were dropped.
+    """
+    steps = np.asarray(steps, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    keep = keep_newest(steps)
+    if not keep.all():
+        notes.append(
+            f"{what}: steps go back (a resumed run?): kept the newest of each step, dropped "
+            f"{int((~keep).sum())} point(s)"
+        )
+        steps, values = steps[keep], values[keep]
+    return steps, values
+
+
+def keep_newest(steps: np.ndarray) -> np.ndarray:
+    """Mask of the points to keep in a log whose steps may go back (a restart from a checkpoint): a point is
+    kept only if every later point has a larger step, so the newest value of each step wins and the stale points
+    logged after the checkpoint, before the restart, are dropped."""
+    steps = np.asarray(steps, dtype=np.int64)
+    if len(steps) < 2:
+        return np.ones(len(steps), dtype=bool)
+    suffix_min = np.minimum.accumulate(steps[::-1])[::-1]
+    return np.r_[steps[:-1] < suffix_min[1:], True]
+
+
+def loss_windows(steps: np.ndarray, name: str, window: WindowSpec | None) -> np.ndarray:
+    """How many updates each logged loss averages: ``window`` (an int), ``"gap"`` (since the previous log, as
+    HF Trainer and Megatron log) or ``None``/``"auto"`` (gap for the tags in :data:`GAP_WINDOW_NAMES`, else 1)."""
+    if window is None or window == "auto":
+        window = "gap" if name in GAP_WINDOW_NAMES else 1
+    if window == "gap":
+        prev = np.r_[0, steps[:-1]]
+        return np.maximum(steps - prev, 1).astype(np.int64)
+    w = int(window)
+    if w < 1:
+        raise ReadError(f"window must be >= 1, got {w}")
+    return np.full(len(steps), w, dtype=np.int64)
+
+
+def _is_pattern(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
+
+
+def pick(available: Sequence[str], wanted: str | Sequence[str] | None, defaults: Sequence[str]) -> str | None:
+    """The first name in ``wanted`` (or ``defaults``) present in ``available``; names may be glob patterns
+    (several matches of one pattern: the first in sorted order)."""
+    if wanted is None:
+        candidates: Sequence[str] = defaults
+    elif isinstance(wanted, str):
+        candidates = [wanted]
+    else:
+        candidates = wanted
+    for cand in candidates:
+        if cand in available:
+            return cand
+        if _is_pattern(cand):
+            hits = sorted(a for a in available if fnmatch.fnmatchcase(a, cand))
+            if hits:
+                return hits[0]
+    return None
+
+
+def pick_loss(available: Sequence[str], wanted: str | Sequence[str] | None, where: str) -> str | None:
+    """The loss column or tag: like :func:`pick`, but a pattern never picks an LR or step column, and when it
+    matches several names the known loss names win (``train/*`` on an HF log is ``train/loss``, not
+    ``train/learning_rate``); a pattern left ambiguous after that is an error naming the matches."""
+    if wanted is None:
+        return pick(available, None, LOSS_NAMES)
+    for cand in [wanted] if isinstance(wanted, str) else list(wanted):
+        if cand in available:
+            return cand
+        if not _is_pattern(cand):
+            continue
+        hits = sorted(a for a in available if fnmatch.fnmatchcase(a, cand))
+        hits = [h for h in hits if pick([h], None, LR_NAMES) is None and h not in STEP_COLUMNS]
+        if len(hits) > 1:
+            known = [h for h in hits if h in LOSS_NAMES] or [h for h in hits if "loss" in h.lower()]
+            if len(known) == 1:
+                return known[0]
+            raise ReadError(
+                f"{where}: {cand!r} matches several columns/tags ({', '.join(hits[:6])}); name one exactly"
+            )
+        if hits:
+            return hits[0]
+    return None

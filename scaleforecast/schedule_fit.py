@@ -1,0 +1,359 @@
+"""Infer a run's per-update LR from the points it logged: fit the known schedule families, or check a given one.
+
+A log rarely holds the LR of every update: HF Trainer and Megatron log it every few steps, some logs not at all.
+The forecast needs all of it (the law sees the schedule through its areas ``S1`` and ``S2``), so
+:func:`rebuild_lrs` turns what is known into the per-update LR and says how far it can be trusted: an exact
+schedule (spec or LR file) checked against the logged points; the logged LR itself when it covers every update;
+else the best of the families in :mod:`scaleforecast.schedules` fitted to the logged points
+(:func:`fit_schedule`), falling back to interpolation, loudly, when none fits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scaleforecast.runs import ReadError
+from scaleforecast.schedules import (
+    ConstantSchedule,
+    CosineSchedule,
+    InvSqrtSchedule,
+    LinearSchedule,
+    Schedule,
+    ScheduleError,
+    StepSchedule,
+    WSDSchedule,
+    as_lrs,
+    parse_schedule,
+    validate_lrs,
+)
+
+__all__ = [
+    "LR_TRUST_BAD",
+    "LR_TRUST_OK",
+    "LRReconstruction",
+    "fit_schedule",
+    "rebuild_lrs",
+    "warming_up",
+]
+
+# How far a reconstructed LR may stray from the logged points (max |error| / peak).
+LR_TRUST_OK = 0.01
+LR_TRUST_BAD = 0.05
+
+
+@dataclass
+class LRReconstruction:
+    """The per-update LR rebuilt from a run's logged LR points, with how well it matches them.
+
+    ``source`` is ``logged`` (every update logged), ``schedule`` (exact spec or LR file), ``fit:<spec>`` (the best
+    schedule family fitted to the logged points) or ``interpolated`` (no family fits; linear interpolation between
+    logged points, held flat after the last one). ``max_error`` is ``max |lr - logged| / peak`` over the logged
+    points (``None`` when nothing was logged to compare with). ``trusted`` is ``False`` when the LR is a guess.
+    """
+
+    lrs: np.ndarray
+    source: str
+    schedule: Schedule | None = None
+    max_error: float | None = None
+    rms_error: float | None = None
+    trusted: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+
+def warming_up(steps: np.ndarray, values: np.ndarray) -> bool:
+    """Whether the logged LR is still rising at its last point: the peak, and so the schedule after the warm-up,
+    is not known yet."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return True
+    return bool(values[-1] >= values.max() and values[-1] > values[-2] * 1.001)
+
+
+def _eval_at(sched: Schedule, steps: np.ndarray) -> np.ndarray:
+    return sched.lrs()[steps - 1]
+
+
+def _estimate_warmup(steps: np.ndarray, values: np.ndarray, peak: float) -> int:
+    top = int(np.argmax(values >= 0.98 * peak))
+    rising = (np.arange(len(values)) < top) & (values > 0) & (values < 0.98 * peak)
+    if not rising.any():
+        # Never logged below peak before reaching it: the warm-up (if any) ended before the first log.
+        return 0 if steps[0] <= 1 or values[0] >= 0.98 * peak else int(steps[0])
+    return max(1, round(float(np.median(peak * steps[rising] / values[rising]))))
+
+
+def _family_candidates(
+    steps: np.ndarray, values: np.ndarray, total: int
+) -> tuple[
+    int, list[tuple[str, Callable[[np.ndarray], Schedule], np.ndarray, tuple[np.ndarray, np.ndarray]]]
+]:
+    """Each schedule family as (name, params -> schedule, start, bounds), with peak and warm-up estimated."""
+    peak0 = float(values.max())
+    warm = min(_estimate_warmup(steps, values, peak0), total - 2)
+    after = steps > warm
+    at_peak = after & (values >= 0.995 * peak0)
+    last_peak = int(steps[at_peak].max()) if at_peak.any() else warm
+    cd0 = float(np.clip((total - last_peak) / total, 0.01, 1.0))
+    lo_v = float(values[after].min()) if after.any() else peak0
+    f0 = min(lo_v / peak0, 0.99)
+    cands: list[tuple[str, Callable[[np.ndarray], Schedule], np.ndarray, tuple[np.ndarray, np.ndarray]]] = []
+    pk = (0.8 * peak0, 1.25 * peak0)
+    cands.append(
+        (
+            "constant",
+            lambda x: ConstantSchedule(peak=x[0], total=total, warmup=warm),
+            np.array([peak0]),
+            (np.array([pk[0]]), np.array([pk[1]])),
+        )
+    )
+    for cls in (CosineSchedule, LinearSchedule):
+        cands.append(
+            (
+                cls.model_fields["kind"].default,
+                lambda x, cls=cls: cls(peak=x[0], total=total, warmup=warm, final=x[0] * x[1]),
+                np.array([peak0, max(f0 - 0.01, 0.0)]),
+                (np.array([pk[0], 0.0]), np.array([pk[1], 0.999])),
+            )
+        )
+    max_cd = (total - warm) / total
+    for shape in ("linear", "1-sqrt", "cosine", "exp"):
+        fmin = 1e-4 if shape == "exp" else 0.0
+        cands.append(
+            (
+                f"wsd-{shape}",
+                lambda x, shape=shape: WSDSchedule(
+                    peak=x[0], total=total, warmup=warm, cooldown=x[1], shape=shape, final=x[0] * x[2]
+                ),
+                np.array([peak0, min(cd0, max_cd), max(f0 - 0.005, fmin)]),
+                (np.array([pk[0], 1.0 / total, fmin]), np.array([pk[1], max_cd, 0.999])),
+            )
+        )
+    cands.append(
+        (
+            "inv_sqrt",
+            lambda x: InvSqrtSchedule(
+                peak=x[0], total=total, warmup=warm, timescale=max(1, round(math.exp(x[1])))
+            ),
+            np.array([peak0, math.log(max(warm, 1))]),
+            (np.array([pk[0], 0.0]), np.array([pk[1], math.log(total)])),
+        )
+    )
+    step = _step_candidate(steps, values, total, warm, peak0)
+    if step is not None:
+        cands.append(
+            (
+                "step",
+                lambda x, s=step: s.model_copy(update={"peak": x[0]}),
+                np.array([peak0]),
+                (np.array([pk[0]]), np.array([pk[1]])),
+            )
+        )
+    return warm, cands
+
+
+def _step_candidate(
+    steps: np.ndarray, values: np.ndarray, total: int, warm: int, peak: float
+) -> StepSchedule | None:
+    after = steps > warm
+    s, v = steps[after], values[after]
+    if len(s) < 3:
+        return None
+    ratio = v[1:] / np.maximum(v[:-1], 1e-300)
+    drops = np.flatnonzero(ratio < 0.9)
+    # Step decay is flat between drops; anything else is a smooth decay.
+    if not len(drops) or len(drops) > 8:
+        return None
+    segments = np.split(v, drops + 1)
+    if any(seg.max() > 1.01 * seg.min() for seg in segments):
+        return None
+    gamma = float(np.median(ratio[drops]))
+    milestones = sorted({int((s[i] + s[i + 1]) // 2) for i in drops})
+    try:
+        return StepSchedule(
+            peak=peak, total=total, warmup=warm, milestones=milestones, gamma=min(max(gamma, 1e-6), 1.0)
+        )
+    except ValueError:
+        return None
+
+
+def fit_schedule(steps: np.ndarray, values: np.ndarray, total: int) -> list[tuple[float, float, Schedule]]:
+    """Fit every known schedule family to logged LR points; ``[(max_err, rms_err, schedule)]``, best first.
+
+    Errors are ``|lr - logged| / peak`` at the logged steps after the warm-up: warm-up shapes vary (linear from
+    zero, from peak/100, cosine-shaped) and the fitter leaves the warm-up out anyway. Peak and warm-up length come
+    from the data; each family's other parameters (final LR, cooldown fraction and shape, timescale, milestones)
+    are fitted by bounded least squares. Simpler families win ties.
+    """
+    from scipy.optimize import least_squares
+
+    all_steps = np.asarray(steps, dtype=np.int64)
+    all_values = np.asarray(values, dtype=np.float64)
+    if len(all_steps) == 0 or all_steps.max() > total or all_steps.min() < 1:
+        raise ValueError(f"LR steps must lie in 1..{total}")
+    peak0 = float(all_values.max())
+    warm, cands = _family_candidates(all_steps, all_values, total)
+    keep = all_steps > warm
+    if keep.sum() < 2:
+        keep[:] = True
+    steps, values = all_steps[keep], all_values[keep]
+    if len(steps) > 600:
+        # A dense log (every step) pins the shape as well with a few hundred points; errors use all of them.
+        pick = np.unique(np.linspace(0, len(steps) - 1, 600).round().astype(np.int64))
+        steps, values = steps[pick], values[pick]
+    eval_steps, eval_values = all_steps[keep], all_values[keep]
+    results: list[tuple[float, float, int, Schedule]] = []
+    for order, (_name, make, x0, bounds) in enumerate(cands):
+
+        def resid(x: np.ndarray, make: Callable[[np.ndarray], Schedule] = make) -> np.ndarray:
+            try:
+                return (_eval_at(make(x), steps) - values) / peak0
+            except ValueError:
+                return np.full(len(values), 10.0)
+
+        x0 = np.clip(x0, bounds[0], bounds[1])
+        try:
+            sol = least_squares(resid, x0, bounds=bounds, diff_step=1e-3, max_nfev=200)
+            x = sol.x
+        except ValueError:
+            x = x0
+        try:
+            sched = make(x)
+        except ValueError:
+            continue
+        r = (_eval_at(sched, eval_steps) - eval_values) / peak0
+        results.append((float(np.abs(r).max()), float(np.sqrt(np.mean(r**2))), order, sched))
+    tol = min(r[1] for r in results) * 1.1 + 1e-5
+    # Prefer the simplest family whose error is within a hair of the best one; the rest by error.
+    results.sort(key=lambda r: (0, r[2]) if r[1] <= tol else (1, r[1]))
+    return [(m, rms, s) for m, rms, _, s in results]
+
+
+def rebuild_lrs(
+    lr_steps: np.ndarray,
+    lr_values: np.ndarray,
+    total: int | None = None,
+    schedule: str | Schedule | np.ndarray | None = None,
+    what: str = "run",
+    strict: bool = False,
+) -> LRReconstruction:
+    """The per-update LR of a run from what is known about it.
+
+    In order: an exact ``schedule`` (spec, config, ``.npy`` path or array; checked against any logged points);
+    the logged LR itself when it covers every update ``1..total``; else the best fit of the schedule families
+    (:func:`fit_schedule`) to the logged points, falling back to interpolation between them when no family comes
+    within :data:`LR_TRUST_BAD` of peak. ``total`` defaults to the last logged step. Logged values that are not
+    finite and > 0 are left out with a note, or, with ``strict`` and no ``schedule``, raise :class:`ReadError`.
+    """
+    lr_steps = np.asarray(lr_steps, dtype=np.int64)
+    lr_values = np.asarray(lr_values, dtype=np.float64)
+    notes: list[str] = []
+    # An exact 0 is a real LR at the first update (warm-up from zero) and at the last (decay to zero).
+    edge = (lr_steps == 1) | ((lr_steps == lr_steps.max()) if len(lr_steps) else False)
+    finite = np.isfinite(lr_values) & ((lr_values > 0) | ((lr_values == 0) & edge))
+    if not finite.all():
+        i = int(np.argmax(~finite))
+        if strict and schedule is None:
+            raise ReadError(
+                f"{what}: logged LR at step {lr_steps[i]} is {float(lr_values[i]):g}: every LR must be finite and > 0 "
+                "(pass --schedule SPEC or --lr-file RUN.lr.npy)"
+            )
+        notes.append(
+            f"{what}: logged LR has {int((~finite).sum())} non-finite or <= 0 value(s) (first at step "
+            f"{lr_steps[i]}); ignored them"
+        )
+        lr_steps, lr_values = lr_steps[finite], lr_values[finite]
+    if schedule is not None:
+        try:
+            if isinstance(schedule, str) and ":" in schedule:
+                sched: Schedule | None = parse_schedule(schedule)
+                lrs = sched.lrs()
+            else:
+                sched = schedule if hasattr(schedule, "lrs") else None  # type: ignore[assignment]
+                lrs = as_lrs(schedule)  # type: ignore[arg-type]
+        except ScheduleError as err:
+            raise ReadError(str(err)) from None
+        if total is not None and total != len(lrs):
+            raise ReadError(f"{what}: the schedule has {len(lrs)} updates but the run's total is {total}")
+        rec = LRReconstruction(lrs=lrs, source="schedule", schedule=sched, warnings=notes)
+        inside = lr_steps <= len(lrs)
+        if inside.any():
+            peak = float(lrs.max())
+            at, logged = lr_steps[inside] - 1, lr_values[inside]
+            # Loggers differ by one step on which update's LR they record (before or after the scheduler steps):
+            # at a sharp drop that alone would look like a large mismatch, so the nearest of the three counts.
+            err = (
+                np.min([np.abs(lrs[np.clip(at + d, 0, len(lrs) - 1)] - logged) for d in (-1, 0, 1)], axis=0)
+                / peak
+            )
+            rec.max_error, rec.rms_error = float(err.max()), float(np.sqrt(np.mean(err**2)))
+            if rec.max_error > LR_TRUST_OK:
+                i = int(np.argmax(err))
+                rec.trusted = rec.max_error <= LR_TRUST_BAD
+                notes.append(
+                    f"{what}: the given schedule differs from the logged LR by up to {100 * rec.max_error:.1f}% of "
+                    f"peak (at step {lr_steps[inside][i]}: schedule {lrs[lr_steps[inside][i] - 1]:.3g}, logged "
+                    f"{lr_values[inside][i]:.3g}); check the schedule"
+                )
+        return rec
+    if not len(lr_steps):
+        raise ReadError(f"{what}: no LR logged; pass the schedule (--schedule SPEC or --lr-file RUN.lr.npy)")
+    last = int(lr_steps[-1])
+    total = last if total is None else int(total)
+    if total < last:
+        raise ReadError(f"{what}: LR logged up to step {last}, past the total of {total} updates")
+    if len(lr_steps) == total and lr_steps[0] == 1 and np.all(np.diff(lr_steps) == 1):
+        try:
+            return LRReconstruction(
+                lrs=validate_lrs(lr_values), source="logged", max_error=0.0, rms_error=0.0, warnings=notes
+            )
+        except ScheduleError as err:
+            raise ReadError(f"{what}: logged LR unusable: {err}") from None
+    if len(lr_steps) < 3:
+        raise ReadError(
+            f"{what}: LR logged at only {len(lr_steps)} step(s), too few to rebuild the schedule; pass --schedule SPEC"
+        )
+    fits = fit_schedule(lr_steps, lr_values, total)
+    max_err, rms, sched = fits[0]
+    if lr_steps[0] > max(1, 0.01 * total):
+        notes.append(
+            f"{what}: LR not logged before step {lr_steps[0]}: the LR of the first updates (warm-up) is a guess"
+        )
+    if max_err <= LR_TRUST_BAD:
+        rec = LRReconstruction(
+            lrs=sched.lrs(),
+            source=f"fit:{sched.spec()}",
+            schedule=sched,
+            max_error=max_err,
+            rms_error=rms,
+            trusted=True,
+            warnings=notes,
+        )
+        gap = int(np.median(np.diff(lr_steps))) if len(lr_steps) > 1 else 0
+        if max_err > LR_TRUST_OK:
+            notes.append(
+                f"{what}: LR rebuilt as {sched.spec()} from {len(lr_steps)} points logged every ~{gap} steps; it "
+                f"misses them by up to {100 * max_err:.1f}% of peak: pass --schedule SPEC for an exact forecast"
+            )
+        return rec
+    # No family fits: interpolate what was logged, and say loudly that the LR is a guess.
+    grid = np.arange(1, total + 1)
+    lrs = np.interp(grid, lr_steps, lr_values)
+    notes.append(
+        f"{what}: LR CANNOT BE TRUSTED: no known schedule family fits the {len(lr_steps)} logged LR points (best, "
+        f"{sched.spec()}, misses by {100 * max_err:.0f}% of peak); using linear interpolation between them"
+        + (f" and holding the last value from step {last} to {total}" if total > last else "")
+        + ": pass --schedule SPEC or --lr-file"
+    )
+    return LRReconstruction(
+        lrs=validate_lrs(lrs),
+        source="interpolated",
+        schedule=None,
+        max_error=0.0,
+        rms_error=0.0,
+        trusted=False,
+        warnings=notes,
+    )

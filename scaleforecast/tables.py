@@ -1,0 +1,318 @@
+"""CSV and JSON-lines runs: one path from the file's bytes to a :class:`~scaleforecast.runs.RunData`.
+
+Both formats become the same thing, a list of rows keyed by column name (JSON objects flattened with ``/``:
+``{"train": {"loss": 1}}`` gives ``train/loss``), and from there one code chooses the columns and parses the
+cells. A UTF-8 byte-order mark is dropped; a ``.csv`` that holds JSON lines is read as JSON lines (with a note).
+Empty cells, ``null`` and ``none`` mean "not logged"; ``nan``/``inf`` losses are kept (the forecaster counts
+them). Every problem is a one-line :class:`~scaleforecast.runs.ReadError` naming the file and, where there is
+one, the line.
+
+``strict`` is the mode of the ``forecast`` command: steps that go back are an error (not a resumed run to sort
+out), and the loss column may hold only step-0 values (the forecast then says there is too little data).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scaleforecast.progress import Progress
+from scaleforecast.runs import (
+    LOSS_NAMES,
+    LR_NAMES,
+    MAX_STEP,
+    STEP_COLUMNS,
+    ReadError,
+    RunData,
+    WindowSpec,
+    keep_newest,
+    loss_windows,
+    pick,
+    pick_loss,
+)
+
+__all__ = ["JSONL_SUFFIXES", "read_table"]
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+_MISSING = ("", "none", "null")
+
+Row = tuple[int, dict[str, Any]]
+
+
+def read_text(path: Path) -> str:
+    """The file as text (UTF-8, a byte-order mark dropped); a one-line :class:`ReadError` when it cannot be."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ReadError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ReadError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
+
+
+def _csv_rows(path: Path, text: str, live: bool, notes: list[str]) -> tuple[list[str], list[Row]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    first = text.lstrip("\r\n").split("\n", 1)[0]
+    if delimiter == "," and "\t" in first and "," not in first:
+        delimiter = "\t"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header: list[str] | None = None
+    rows: list[Row] = []
+    try:
+        for cells in reader:
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            if header is None:
+                header = [c.strip() or f"(column {i + 1})" for i, c in enumerate(cells)]
+                dups = sorted({h for h in header if header.count(h) > 1})
+                if dups:
+                    raise ReadError(
+                        f"{path}: duplicate column names in header: {', '.join(dups)} (columns: {', '.join(header)})"
+                    )
+                continue
+            if len(cells) > len(header):
+                raise ReadError(
+                    f"{path}:{reader.line_num}: {len(cells)} cells but the header has {len(header)} columns"
+                )
+            rows.append((reader.line_num, dict(zip(header, cells, strict=False))))
+    except csv.Error as err:
+        raise ReadError(f"{path}: not a readable CSV: {err}") from None
+    if header is None:
+        raise ReadError(f"{path}: empty CSV (no header)")
+    if live and rows and not text.endswith(("\n", "\r")):
+        notes.append(f"{path.name}: last line has no line end (still being written?); skipped it")
+        rows.pop()
+    return header, rows
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[Row]]:
+    lines = text.splitlines()
+    rows: list[Row] = []
+    columns: dict[str, None] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            if i == len(lines) - 1 and not text.endswith(("\n", "\r")):
+                notes.append(f"{path.name}: last line is cut off (still being written?); skipped it")
+                continue
+            msg = (
+                f"{err.msg} at column {err.colno}"
+                if isinstance(err, json.JSONDecodeError)
+                else "nested too deeply"
+            )
+            raise ReadError(f"{path}:{i + 1}: not valid JSON ({msg})") from None
+        if not isinstance(obj, dict):
+            raise ReadError(f"{path}:{i + 1}: expected a JSON object, got {type(obj).__name__}")
+        flat = _flatten(obj)
+        for k in flat:
+            columns.setdefault(k, None)
+        rows.append((i + 1, flat))
+    if not rows:
+        raise ReadError(f"{path}: no JSON records")
+    return list(columns), rows
+
+
+def _num(cell: Any, where: str, column: str) -> float | None:
+    """A cell as a float; ``None`` for "not logged"."""
+    if cell is None:
+        return None
+    if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+        try:
+            return float(cell)
+        except OverflowError:
+            raise ReadError(
+                f"{where}: not a number: {str(cell)[:24]}... (too large; column {column})"
+            ) from None
+    if isinstance(cell, str):
+        text = cell.strip()
+        if text.lower() in _MISSING:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    shown = repr(cell if isinstance(cell, str) else json.dumps(cell))
+    raise ReadError(f"{where}: not a number: {shown[:60]} (column {column})")
+
+
+def _column(rows: Sequence[Row], col: str | None, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(present, values)`` of a column over the rows (values NaN where not logged)."""
+    present = np.zeros(len(rows), dtype=bool)
+    values = np.full(len(rows), np.nan)
+    if col is None:
+        return present, values
+    for i, (lineno, row) in enumerate(rows):
+        v = _num(row.get(col), f"{where}:{lineno}", col)
+        if v is not None:
+            present[i] = True
+            values[i] = v
+    return present, values
+
+
+def _steps(rows: Sequence[Row], col: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    present, values = _column(rows, col, where)
+    bad = present & (
+        (values < 0) | (values >= MAX_STEP) | (values != np.floor(values)) | ~np.isfinite(values)
+    )
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ReadError(f"{where}:{rows[i][0]}: step must be a non-negative integer, got {values[i]:g}")
+    return present, np.where(present, values, 0).astype(np.int64)
+
+
+def _check_order(path: Path, steps: np.ndarray, column: str) -> None:
+    bad = np.flatnonzero(np.diff(steps) <= 0)
+    if len(bad):
+        i = int(bad[0])
+        raise ReadError(f"{path}: steps out of order in column {column!r}: {steps[i + 1]} after {steps[i]}")
+
+
+def read_table(
+    path: str | os.PathLike[str],
+    *,
+    loss: str | Sequence[str] | None = None,
+    lr: str | Sequence[str] | None = None,
+    window: WindowSpec | None = None,
+    strict: bool = False,
+    live: bool = False,
+    progress: bool | None = None,
+) -> RunData:
+    """Read a CSV or JSON-lines run (see the module doc): a step column (:data:`STEP_COLUMNS`), a loss column
+    (``loss`` by name or glob, else the first of :data:`LOSS_NAMES` that holds a value after step 0), the LR
+    column when there is one (``lr``, else :data:`LR_NAMES`) and a ``window`` column if present. ``live``: a
+    last CSV line without a line end is still being written and is skipped. The LR is not rebuilt here."""
+    p = Path(path)
+    text = read_text(p)
+    notes: list[str] = []
+    is_json = text.lstrip()[:1] == "{" or p.suffix.lower() in JSONL_SUFFIXES
+    if is_json and p.suffix.lower() not in JSONL_SUFFIXES:
+        notes.append(f"{p.name}: holds JSON lines, not CSV: read it as JSON lines")
+    bar = Progress(len(text), f"reading {p.name}", progress)
+    try:
+        columns, rows = _jsonl_rows(p, text, notes) if is_json else _csv_rows(p, text, live, notes)
+        bar.advance(len(text) // 2)
+        run = _rows_to_run(p, "jsonl" if is_json else "csv", columns, rows, loss, lr, window, strict, notes)
+        bar.advance(len(text))
+        return run
+    finally:
+        bar.close()
+
+
+def _rows_to_run(
+    path: Path,
+    fmt: str,
+    columns: list[str],
+    rows: list[Row],
+    loss: str | Sequence[str] | None,
+    lr: str | Sequence[str] | None,
+    window: WindowSpec | None,
+    strict: bool,
+    notes: list[str],
+) -> RunData:
+    cols = ", ".join(columns)
+    step_col = pick(columns, None, STEP_COLUMNS)
+    if step_col is None:
+        raise ReadError(f"{path}: no 'step' column (columns: {cols})")
+    present_step, steps = _steps(rows, step_col, str(path))
+    if loss is None:
+        # A default column that exists but holds nothing after step 0 (e.g. no eval ran) does not count.
+        later = [r for (_, r), ok, s in zip(rows, present_step, steps, strict=True) if ok and s >= 1]
+        filled = [
+            c
+            for c in columns
+            if any(str(r.get(c)).strip().lower() not in ("", "none", "null") for r in later)
+        ]
+        loss_col = pick_loss(filled, None, str(path)) or pick_loss(columns, None, str(path))
+        if loss_col is None:
+            raise ReadError(
+                f"{path}: no loss column; expected one of {', '.join(LOSS_NAMES[:3])} or --loss-column "
+                f"(columns: {cols})"
+            )
+    else:
+        loss_col = pick_loss(columns, loss, str(path))
+        if loss_col is None:
+            raise ReadError(
+                f"{path}: no column {loss if isinstance(loss, str) else list(loss)!r} (columns: {cols})"
+            )
+    lr_cols = [c for c in columns if c not in (loss_col, step_col)]
+    lr_col = pick(lr_cols, lr, LR_NAMES)
+    if lr is not None and lr_col is None:
+        raise ReadError(f"{path}: no LR column matching {lr!r} (columns: {cols})")
+    win_col = "window" if "window" in columns and window is None else None
+
+    has_loss, losses = _column(rows, loss_col, str(path))
+    has_lr, lr_values = _column(rows, lr_col, str(path))
+    has_win, wins = _column(rows, win_col, str(path))
+    use = present_step & has_loss
+    if not use.any():
+        raise ReadError(f"{path}: column {loss_col!r} has no values")
+    steps_l, losses_l = steps[use], losses[use]
+    win_l = None
+    if win_col is not None:
+        w = np.where(has_win[use], wins[use], 1.0)
+        bad = (w < 1) | (w >= MAX_STEP) | (w != np.floor(w)) | ~np.isfinite(w)
+        if bad.any():
+            line = np.array([r[0] for r in rows])[use][int(np.argmax(bad))]
+            raise ReadError(
+                f"{path}:{line}: window must be a positive integer, got {w[int(np.argmax(bad))]:g}"
+            )
+        win_l = w.astype(np.int64)
+    lr_use = present_step & has_lr
+    lr_steps, lr_vals = steps[lr_use], lr_values[lr_use]
+    if strict:
+        _check_order(path, steps_l, loss_col)
+        if lr_col is not None:
+            _check_order(path, lr_steps, lr_col)
+    else:
+        keep = keep_newest(steps_l)
+        if not keep.all():
+            notes.append(
+                f"{path.name}: {loss_col}: steps go back (a resumed run?): kept the newest of each step, dropped "
+                f"{int((~keep).sum())} point(s)"
+            )
+            steps_l, losses_l = steps_l[keep], losses_l[keep]
+            win_l = None if win_l is None else win_l[keep]
+        keep = keep_newest(lr_steps)
+        lr_steps, lr_vals = lr_steps[keep], lr_vals[keep]
+    # Step 0 is the model before any update: the law has no value there (S1 = 0).
+    after = steps_l >= 1
+    steps_l, losses_l = steps_l[after], losses_l[after]
+    win_l = None if win_l is None else win_l[after]
+    if not len(steps_l) and not strict:
+        raise ReadError(f"{path}: {loss_col!r} has no values at steps >= 1")
+    windows = loss_windows(steps_l, loss_col, window) if win_l is None else win_l
+    pos = lr_steps >= 1
+    return RunData(
+        source=str(path),
+        format=fmt,
+        loss_name=loss_col,
+        steps=steps_l,
+        losses=losses_l,
+        windows=windows,
+        lr_steps=lr_steps[pos],
+        lr_values=lr_vals[pos],
+        lr_name=lr_col,
+        warnings=notes,
+    )

@@ -1,0 +1,338 @@
+"""Bad input to the command line: each case gives its exact one-line message (exit 2), never a traceback, and
+whatever bytes the CSV holds, ``forecast`` either prints valid JSON (exit 0) or one line (exit != 0)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scaleforecast.cli import main
+from scaleforecast.forecaster import OnlineForecaster
+
+SCHED = "constant:peak=1e-3,total=100"
+CONTRACT = "scaleforecast forecast"
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str], code: int = 2) -> str:
+    rc, out, err = _cli(argv, capsys)
+    assert rc == code, err
+    assert out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.rstrip("\n")
+
+
+def _csv(tmp_path: Path, text: str | bytes, name: str = "run.csv") -> Path:
+    p = tmp_path / name
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("", [], "{p}: empty CSV (no header)"),
+        ("step,loss\n", [], "{p}: column 'loss' has no values"),
+        ("epoch,loss\n1,2.0\n", [], "{p}: no 'step' column (columns: epoch, loss)"),
+        (
+            "step,acc\n1,0.5\n",
+            [],
+            "{p}: no loss column; expected one of loss, val_loss, train_loss or --loss-column (columns: step, acc)",
+        ),
+        ("step,loss\n2,3.0\n1,2.9\n", [], "{p}: steps out of order in column 'loss': 1 after 2"),
+        ("step,loss\n1,3.0\n1,2.9\n", [], "{p}: steps out of order in column 'loss': 1 after 1"),
+        ("step,loss\n1,abc\n", [], "{p}:2: not a number: 'abc' (column loss)"),
+        ("step,loss\n1.5,2.0\n", [], "{p}:2: step must be a non-negative integer, got 1.5"),
+        ("step,loss\n-1,2.0\n", [], "{p}:2: step must be a non-negative integer, got -1"),
+        ("step,loss\n1,2.0,7\n", [], "{p}:2: 3 cells but the header has 2 columns"),
+        (
+            "step,loss,loss\n1,2,3\n",
+            [],
+            "{p}: duplicate column names in header: loss (columns: step, loss, loss)",
+        ),
+        (
+            "step,loss\n1,3.0\n2,2.9\n",
+            [],
+            "{p}: no LR for every step; pass --lr-file RUN.lr.npy or --schedule SPEC (no LR logged: looked for "
+            "lr, train/learning_rate, learning-rate, learning_rate, ...)",
+        ),
+        (
+            "step,lr,loss\n1,1e-3,3.0\n2,nan,2.9\n3,1e-3,2.8\n",
+            [],
+            "run.csv: logged LR at step 2 is nan: every LR must be finite and > 0 (pass --schedule SPEC or "
+            "--lr-file RUN.lr.npy)",
+        ),
+        (
+            "step,loss\n1,3.0\n500,2.9\n",
+            ["--schedule", SCHED],
+            "the schedule has 100 steps but {p} has losses up to step 500",
+        ),
+        (
+            "step,loss\n1,3.0\n",
+            ["--schedule", "cosine:peak=-1,total=100"],
+            "bad cosine schedule: peak: Input should be greater than 0 (spec 'cosine:peak=-1,total=100')",
+        ),
+        (
+            "step,loss\n1,3.0\n",
+            ["--schedule", "cosine:peak=1e-3,total=1e12"],
+            "bad cosine schedule: total: 1000000000000 updates is more than this tool holds in memory (at most "
+            "100000000) (spec 'cosine:peak=1e-3,total=1e12')",
+        ),
+        ("step,loss\n1,3.0\n", ["--loss-column", "nope"], "{p}: no column 'nope' (columns: step, loss)"),
+        ("step,loss\n1,3.0\n", ["--schedule", SCHED, "--at", "0"], "--at steps must lie in 1..100"),
+        ("step,loss\n1,3.0\n", ["--schedule", SCHED, "--at", "101"], "--at steps must lie in 1..100"),
+        (b"\xff\xfe\x00garbage", [], "{p}: not a text file (invalid start byte at byte 0)"),
+    ],
+)
+def test_each_unusable_input_is_one_exact_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | bytes, extra: list[str], message: str
+) -> None:
+    p = _csv(tmp_path, content)
+    err = _error(["forecast", str(p), *extra], capsys)
+    assert err == f"{CONTRACT}: error: " + message.format(p=p)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--until-step", "-5"], "argument --until-step: must be an integer >= 0, got '-5'"),
+        (["--level", "abc"], "argument --level: must be a number in (0, 1), got 'abc'"),
+        (["--level", "1.5"], "argument --level: must be a number in (0, 1), got '1.5'"),
+        (["--total-steps", "0"], "argument --total-steps: must be an integer in 1..100000000, got '0'"),
+        (["--window", "x"], "argument --window: must be auto, gap or an integer >= 1, got 'x'"),
+        (
+            ["--lr-file", "a.npy", "--schedule", SCHED],
+            "argument --schedule: not allowed with argument --lr-file",
+        ),
+    ],
+)
+def test_bad_arguments_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    p = _csv(tmp_path, "step,loss\n1,3.0\n")
+    err = _error(["forecast", str(p), *args], capsys)
+    assert err == f"{CONTRACT}: error: {message} (see {CONTRACT} --help)"
+
+
+def test_lr_files_that_are_not_one_lr_per_update(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = _csv(tmp_path, "step,loss\n1,3.0\n2,2.9\n")
+    cases = {
+        "2d.npy": (np.full((2, 50), 1e-3), "LR array must be one-dimensional, got shape (2, 50)"),
+        "rec.npy": (
+            np.zeros(3, dtype=[("step", "i8"), ("lr", "f8")]),
+            "LR array is a structured array (fields step, lr); expected one number per update",
+        ),
+        "nan.npy": (
+            np.array([1e-3, np.nan, 1e-3]),
+            "LR at index 1 (update 2) is nan: every LR must be finite",
+        ),
+        "neg.npy": (
+            np.array([1e-3, -1e-3, 1e-3]),
+            "LR at index 1 (update 2) is -0.001: every LR must be > 0 (an exact 0 is allowed only at the first "
+            "and the last update)",
+        ),
+    }
+    for name, (arr, message) in cases.items():
+        f = tmp_path / name
+        np.save(f, arr)
+        err = _error(["forecast", str(p), "--lr-file", str(f)], capsys)
+        assert err == f"{CONTRACT}: error: {message} (LR file {f})", err
+    err = _error(["forecast", str(p), "--lr-file", str(tmp_path / "missing.npy")], capsys)
+    assert (
+        err == f"{CONTRACT}: error: cannot read LR file {tmp_path / 'missing.npy'}: No such file or directory"
+    )
+    err = _error(["forecast", str(tmp_path / "missing.csv")], capsys)
+    assert err == f"{CONTRACT}: error: cannot read {tmp_path / 'missing.csv'}: No such file or directory"
+
+
+def test_bom_jsonl_sparse_lr_and_tensorboard_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steps = np.arange(1, 1001)
+    lrs = np.full(1000, 1e-3)
+    lrs[:50] = np.linspace(2e-5, 1e-3, 50)
+    loss = 2.0 + 1.5 * np.cumsum(lrs) ** -0.5
+    rows = [f"{s},{float(loss[s - 1])!r}" for s in steps]
+    bom = _csv(tmp_path, ("\ufeffstep,loss\n" + "\n".join(rows) + "\n").encode("utf-8"), "bom.csv")
+    rc, out, _ = _cli(
+        ["forecast", str(bom), "--schedule", "constant:peak=1e-3,warmup=50,total=2000", "--json"], capsys
+    )
+    assert rc == 0 and json.loads(out)["loss_column"] == "loss"
+    records = "".join(json.dumps({"step": int(s), "loss": float(loss[s - 1])}) + "\n" for s in steps)
+    for name in ("run.jsonl", "jsonl_as.csv"):
+        p = _csv(tmp_path, records, name)
+        rc, out, err = _cli(
+            ["forecast", str(p), "--schedule", "constant:peak=1e-3,warmup=50,total=2000", "--json"], capsys
+        )
+        assert rc == 0, err
+        assert json.loads(out)["forecasts"][0]["step"] == 2000
+    assert "jsonl_as.csv: holds JSON lines, not CSV: read it as JSON lines" in err
+    # An LR column logged every 10 steps is rebuilt from the schedule families, as report does.
+    sparse = ["step,lr,loss"] + [
+        f"{s},{float(lrs[s - 1])!r},{float(loss[s - 1])!r}" if s % 10 == 0 else f"{s},,{float(loss[s - 1])!r}"
+        for s in steps
+    ]
+    p = _csv(tmp_path, "\n".join(sparse) + "\n", "sparse.csv")
+    rc, out, err = _cli(["forecast", str(p), "--total-steps", "2000", "--json"], capsys)
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["lr_source"].startswith("fit:constant:") and result["forecasts"][0]["step"] == 2000
+    SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
+    w = SummaryWriter(str(tmp_path / "tb"))
+    for s in steps[::5]:
+        w.add_scalar("train/loss", float(loss[s - 1]), int(s))
+        w.add_scalar("train/learning_rate", float(lrs[s - 1]), int(s))
+    w.close()
+    rc, out, err = _cli(
+        ["forecast", str(tmp_path / "tb"), "--total-steps", "2000", "--window", "1", "--json"], capsys
+    )
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["loss_column"] == "train/loss" and result["forecasts"][0]["step"] == 2000
+
+
+def test_a_rising_loss_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = _csv(tmp_path, "step,loss\n" + "".join(f"{s},{2.0 + s / 100}\n" for s in range(1, 101)))
+    rc, out, err = _cli(["forecast", str(p), "--schedule", SCHED, "--json"], capsys)
+    assert rc == 0
+    note = "the loss rises over the run (median 2.13 over its first quarter, 2.88 over its last)"
+    assert any(note in w for w in json.loads(out)["data_warnings"])
+    assert f"scaleforecast: WARNING: run: {note}" in err
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = _csv(tmp_path, "step,loss\n" + "".join(f"{s},{3.0 - s / 1000}\n" for s in range(1, 51)))
+
+    def broken(self: OnlineForecaster) -> None:  # injected fault
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(OnlineForecaster, "refit", broken)
+    err = _error(["forecast", str(p), "--schedule", SCHED], capsys, code=1)
+    assert err == (
+        f"{CONTRACT}: internal error: ZeroDivisionError: division by zero (run with --debug for the traceback)"
+    )
+    rc, out, err = _cli(["forecast", str(p), "--schedule", SCHED, "--debug"], capsys)
+    assert rc == 1 and out == ""
+    assert err.startswith("Traceback") and "in broken" in err
+    assert (
+        err.rstrip("\n").splitlines()[-1]
+        == f"{CONTRACT}: internal error: ZeroDivisionError: division by zero"
+    )
+    rc, _, err = _cli(["--debug", "forecast", str(p), "--schedule", SCHED], capsys)
+    assert rc == 1 and err.startswith("Traceback")
+
+
+def test_report_and_backtest_arguments_and_a_loss_that_reaches_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = _csv(
+        tmp_path, "step,loss\n" + "".join(f"{s},{max(0.0, 1.0 - s / 1000)!r}\n" for s in range(10, 1001, 10))
+    )
+    err = _error(["report", str(p), "--schedule", "constant:peak=1e-3,total=1000", "--dpi", "100000"], capsys)
+    assert (
+        err
+        == "scaleforecast report: error: argument --dpi: must be an integer from 10 to 600, got '100000' (see scaleforecast report --help)"
+    )
+    err = _error(["report", str(p), "--schedule", SCHED, "--size", "90", "90", "--dpi", "300"], capsys)
+    assert err == "scaleforecast report: error: --size 90 90 at --dpi 300 is more than 20000 pixels a side"
+    out_png = tmp_path / "r.png"
+    rc, out, err = _cli(
+        ["report", str(p), "--schedule", "constant:peak=1e-3,total=1000", "-o", str(out_png), "--dpi", "20"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "(absolute: the observed loss is 0)" in out
+    rc, out, err = _cli(
+        ["backtest", str(p), "--schedule", "constant:peak=1e-3,total=1000", "--no-picture", "--json"], capsys
+    )
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["actual"] == pytest.approx(0.0, abs=1e-9)
+    assert all(
+        r["error_pct"] is None and r["error"] is not None for r in result["rows"] if r["forecast"] is not None
+    )
+
+
+# ------------------------------------------------------------------------------------------ property test
+_NAMES = st.sampled_from(["step", "loss", "lr", "val_loss", "train_loss", "window", "x", "", "step ", "Loss"])
+_CELLS = st.one_of(
+    st.integers(-5, 200).map(str),
+    st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr),
+    st.sampled_from(
+        ["", " ", "nan", "inf", "-inf", "null", "1e400", "1e-400", "0", "abc", '"1"', '"', "1,2"]
+    ),
+    st.text(max_size=4),
+)
+
+
+@st.composite
+def _csv_bytes(draw: st.DrawFn) -> bytes:
+    if draw(st.integers(0, 3)) == 0:
+        return draw(st.binary(max_size=200))
+    header = draw(st.lists(_NAMES, min_size=1, max_size=5, unique=draw(st.booleans())))
+    core = draw(st.booleans())
+    if core:  # a well-formed core (increasing steps, a falling loss) under the random columns
+        header = ["step", "loss", *(h for h in header if h.strip() not in ("step", "loss"))]
+    clean = core and draw(st.booleans())  # extra columns of plain numbers, one cell per column
+    ncol = max(len(header) - (2 if core else 0) + (0 if clean else draw(st.integers(-1, 1))), 0)
+    cells = st.floats(1e-6, 10.0).map(repr) | st.just("") if clean else _CELLS
+    rows = draw(st.lists(st.lists(cells, min_size=ncol, max_size=ncol), max_size=25))
+    if core:
+        rows = [[str(i + 1), repr(3.0 - i / 50), *r] for i, r in enumerate(rows)]
+    end = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    text = end.join(",".join(r) for r in [header, *rows]) + draw(st.sampled_from(["", end]))
+    bom = "\ufeff" if draw(st.booleans()) else ""
+    return (bom + text).encode(draw(st.sampled_from(["utf-8", "latin-1"])), errors="replace")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_csv_bytes(), lr_args=st.sampled_from([[], ["--schedule", "cosine:peak=1e-3,warmup=5,total=60"]]))
+def test_any_bytes_give_json_or_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes, lr_args: list[str]
+) -> None:
+    p = tmp_path / "run.csv"
+    p.write_bytes(data)
+    rc, out, err = _cli(["forecast", str(p), *lr_args, "--json"], capsys)
+    assert "Traceback" not in err
+    if rc == 0:
+        result = json.loads(out)
+        assert out.count("\n") == 1 and "NaN" not in out and "Infinity" not in out
+        assert {"forecasts", "status", "warnings", "loss_column"} <= set(result)
+    else:
+        assert rc == 2, err  # bad input is a usage error, never an internal one
+        assert out == "" and err.count("\n") == 1 and err.startswith(f"{CONTRACT}: error: ")
+
+
+def test_report_never_writes_through_a_planted_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = _csv(tmp_path, "step,loss\n" + "".join(f"{s},{3.0 - s / 1000}\n" for s in range(10, 501, 10)))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "r.png"
+    link.symlink_to(victim)
+    err = _error(["report", str(p), "--schedule", "constant:peak=1e-3,total=500", "-o", str(link)], capsys)
+    assert err == (
+        f"scaleforecast report: error: {link} is a symbolic link; refusing to write through it (remove it or pick "
+        "another path)"
+    )
+    assert victim.read_text() == "keep me"

@@ -1,0 +1,173 @@
+"""The training session's parts on one process: the planner's rules, the reduction over ranks, and the
+guarantee that a fault never changes which collectives a rank joins."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from scaleforecast.integrations.distributed import DeviceBuffer, TorchCollectives, reduce_ranks  # noqa: E402
+from scaleforecast.integrations.planner import LRSource, SchedulePlanner, floor_lrs  # noqa: E402
+from scaleforecast.integrations.session import TrainingSession  # noqa: E402
+
+
+def _sgd(lr: float = 0.1) -> Any:
+    return torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=lr)
+
+
+# ---------------------------------------------------------------------------------------------- planner
+def test_the_zero_lr_rule() -> None:
+    out = floor_lrs(np.array([0.0, 1e-3, -1.0, np.nan, 2e-3, 0.0]))
+    np.testing.assert_array_equal(out, [2e-15, 1e-3, 2e-15, 2e-15, 2e-3, 2e-15])
+
+
+def test_plan_then_drift_then_replan() -> None:
+    opt = _sgd(1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (k + 1))
+    said: list[str] = []
+    planner = SchedulePlanner(None, None, said.append)
+    source = LRSource(opt, [sched])
+    plan = planner.plan(source, 10, 0)
+    np.testing.assert_allclose(plan, 1.0 / np.arange(1, 11))
+    steps = np.arange(1, 5)
+    within = plan[:4] * (1 + 5e-7)  # inside the one drift tolerance (1e-6 relative)
+    assert planner.revise(plan, steps, within, source, 10, 4) is None
+    assert planner.revise(plan, steps, np.full(4, np.nan), source, 10, 4) is None  # unknown LRs: no evidence
+    used = plan[:4].copy()
+    used[3] *= 0.5  # update 4 ran at half its planned LR
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    revised = planner.revise(plan, steps, used, source, 10, 4)
+    assert revised is not None and revised[3] == pytest.approx(0.5 * plan[3])
+    np.testing.assert_allclose(revised[4:], plan[4:])
+    assert said == []
+
+
+def test_resume_without_a_record_of_the_past() -> None:
+    opt = _sgd(1.0)
+    lam = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.9**k)
+    for _ in range(3):
+        opt.step()
+        lam.step()
+    said: list[str] = []
+    exact = SchedulePlanner(None, None, said.append).plan(LRSource(opt, [lam]), 6, 3)
+    np.testing.assert_allclose(exact, 0.9 ** np.arange(6))  # a LambdaLR's past is recomputed exactly
+    opt2 = _sgd(1.0)
+    step = torch.optim.lr_scheduler.StepLR(opt2, 2, 0.5)
+    for _ in range(3):
+        opt2.step()
+        step.step()
+    approx = SchedulePlanner(None, None, said.append).plan(LRSource(opt2, [step]), 6, 3)
+    np.testing.assert_allclose(approx[:3], 0.5)  # the current LR stands in, with one warning
+    assert said == ["no record of the LRs before this resume; assuming the current LR for them"]
+
+
+def test_length_rules() -> None:
+    said: list[str] = []
+    fixed = SchedulePlanner(np.full(8, 1e-3), None, said.append)
+    assert len(fixed.plan(None, 10, 0)) == 8 and len(fixed.plan(None, 10, 4)) == 8
+    assert len(said) == 1 and "forecasting for 8 steps" in said[0]  # the given length stands, said once
+    assert fixed.revise(fixed.plan(None, 10, 0), np.array([1]), np.array([5.0]), None, 10, 1) is None
+    with pytest.raises(ValueError, match="length is unknown"):
+        SchedulePlanner(None, None, said.append).plan(LRSource(_sgd()), None, 0)
+    assert len(SchedulePlanner(None, 6, said.append).plan(LRSource(_sgd()), None, 0)) == 6
+
+
+# ------------------------------------------------------------------------------------- reduction over ranks
+def _message(values: list[float], seen: list[float], first_step: int = 1) -> torch.Tensor:
+    buf = DeviceBuffer(4)
+    for v, s in zip(values, seen, strict=True):
+        buf.push(v, s if s else None)
+    steps = list(range(first_step, first_step + len(values)))
+    return buf.pack(steps, [1e-3] * len(values), torch.device("cpu"))
+
+
+def test_reduce_over_the_ranks_that_had_data() -> None:
+    a = _message([1.0, 2.0, math.nan], [1, 1, 1])
+    b = _message([3.0, 0.0, 5.0], [1, 0, 1])
+    red = reduce_ranks(torch.stack([a, b]).numpy(), channels=2)
+    np.testing.assert_array_equal(red.steps, [1, 2, 3])
+    np.testing.assert_allclose(red.loss[:2], [2.0, 2.0])  # step 2: rank 1 saw no loss
+    np.testing.assert_allclose(red.loss_max[:2], [3.0, 2.0])
+    assert math.isnan(red.loss[2]) and math.isnan(red.loss_max[2])  # a NaN on one rank is not hidden
+    assert red.seen.all() and red.ranks == 2
+
+    silent = DeviceBuffer(4).no_data(torch.device("cpu"))
+    red = reduce_ranks(torch.stack([silent, b]).numpy(), channels=2)
+    assert red.ranks == 1 and red.steps.tolist() == [1, 2, 3] and red.seen.tolist() == [True, False, True]
+    assert reduce_ranks(torch.stack([silent, silent]).numpy(), channels=2).count == 0
+
+    short = _message([1.0, 2.0], [1, 1])
+    with pytest.warns(RuntimeWarning, match="different step counts"):
+        assert reduce_ranks(torch.stack([a, short]).numpy(), channels=2).count == 2
+
+
+def test_device_buffer_bounds() -> None:
+    buf = DeviceBuffer(2, channels=2)
+    buf.push(torch.tensor(1.0), 1.0)
+    buf.push(None)
+    with pytest.raises(BufferError):
+        buf.push(1.0)
+    with pytest.raises(ValueError, match="2 buffered steps"):
+        buf.pack([1], [0.1], torch.device("cpu"))
+    msg = buf.pack([1, 2], [0.1, 0.2], torch.device("cpu"))
+    assert msg.shape == (5, 2) and msg[4, 0] == 2 and len(buf) == 0
+    assert TorchCollectives().world_size == 1
+
+
+# ------------------------------------------------------------------- collectives are never skipped
+class CountingCollectives(TorchCollectives):
+    """One process, but every collective is recorded: a fault must not change the sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.calls.append(f"gather{tuple(tensor.shape)}")
+        return super().all_gather(tensor)
+
+    def any(self, flag: bool) -> bool:
+        self.calls.append("any")
+        return super().any(flag)
+
+
+def _run(fault: str | None) -> tuple[list[str], TrainingSession]:
+    opt = _sgd()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 40)
+    session = TrainingSession(
+        "probe", writer=False, verbose=False, flush_every=5, refit_every=5, total_steps=40
+    )
+    comm = CountingCollectives()
+    session.start(comm, step=0, run_length=None, source=LRSource(opt, [sched]))
+
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("injected")
+
+    if fault is not None:
+        setattr(session, fault, boom)
+    for step in range(1, 41):
+        opt.step()
+        sched.step()
+        session.record(step, torch.tensor(1.0 / step))
+        session.tick(step)
+    session.finish(40)
+    return comm.calls, session
+
+
+@pytest.mark.parametrize("fault", ["_record", "_pack", "_digest", "_revise"])
+def test_a_failing_part_still_joins_every_collective(fault: str) -> None:
+    healthy, _ = _run(None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        faulty, session = _run(fault)
+    assert faulty == healthy == ["gather(5, 5)", "any"] * 8
+    assert len([w for w in caught if "injected" in str(w.message)]) == 1
+    assert len(session.errors) == 1
