@@ -71,6 +71,7 @@ class Samples:
     backtest_latest: np.ndarray
     backtest: np.ndarray
     noise: np.ndarray
+    rel_std: np.ndarray
     error: np.ndarray
     flush_step: np.ndarray
     keys: list[str]
@@ -86,7 +87,7 @@ class Samples:
 
 def samples(traces: Sequence[Trace]) -> Samples:
     """The calibration samples of ``traces`` (see the module docstring)."""
-    run, fr, ph, bt, bw, nz, err, fs = [], [], [], [], [], [], [], []
+    run, fr, ph, bt, bw, nz, rs, err, fs = [], [], [], [], [], [], [], [], []
     group_names = sorted({t.group for t in traces})
     gidx = {g: i for i, g in enumerate(group_names)}
     for i, t in enumerate(traces):
@@ -105,6 +106,7 @@ def samples(traces: Sequence[Trace]) -> Samples:
             bt.append(math.nan if f.backtest is None else f.backtest)
             bw.append(math.nan if f.backtest_worst is None else f.backtest_worst)
             nz.append(math.nan if f.noise is None else f.noise)
+            rs.append(f.rel_std)
             err.append(math.log(t.mean[j] / t.final))
             fs.append(seen[j])
     run_a = np.asarray(run, dtype=np.int64)
@@ -116,6 +118,7 @@ def samples(traces: Sequence[Trace]) -> Samples:
         backtest_latest=np.asarray(bt, dtype=float),
         backtest=np.asarray(bw if BACKTEST == "worst" else bt, dtype=float),
         noise=np.asarray(nz, dtype=float),
+        rel_std=np.asarray(rs, dtype=float),
         error=np.asarray(err, dtype=float),
         flush_step=np.asarray(fs, dtype=np.int64),
         keys=[t.key for t in traces],
@@ -152,11 +155,14 @@ def _columns(S: Samples) -> np.ndarray:
 
 
 def _model(table: dict[str, list[float]], fallback: list[float], upper: ErrorTail, lower: ErrorTail,
-           provenance: dict | None = None) -> ErrorModel:  # fmt: skip
+           provenance: dict | None = None, fallback_noisy: list[float] | None = None,
+           rel_std_split: list[float] | None = None) -> ErrorModel:  # fmt: skip
     return ErrorModel(
         fraction_edges=list(FRACTION_EDGES),
         table={k: [round(x, 6) for x in v] for k, v in table.items()},
         fallback=[round(x, 6) for x in fallback],
+        fallback_noisy=None if fallback_noisy is None else [round(x, 6) for x in fallback_noisy],
+        rel_std_split=None if rel_std_split is None else [round(x, 6) for x in rel_std_split],
         backtest_weight=BACKTEST_WEIGHT,
         backtest=BACKTEST,
         noise_split=NOISE_SPLIT,
@@ -233,16 +239,35 @@ def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
         table.setdefault(name, table.get(f"noisy:{name}", [0.05] * nb))
     model = _model(table, [float(x) for x in smooth_pooled], _EMPTY, _EMPTY)
     full = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows])
-    fallback = np.full(nb, np.nan)
-    for k in range(nb):
-        m = b == k
-        if m.any():
-            _, inv, cnt = np.unique(run[m], return_inverse=True, return_counts=True)
-            fallback[k] = weighted_quantile(full[m], weight[run[m]] / cnt[inv], QUANTILE)
-    fallback = fill(fallback, smooth_pooled)
-    # only a forecast is known: never narrower than any column
-    fallback = np.maximum(fallback, np.max(list(table.values()), axis=0))
-    return _model(table, [float(x) for x in fallback], _EMPTY, _EMPTY)
+    rel_std = S.rel_std[rows]
+
+    def fallback_of(regime: np.ndarray) -> np.ndarray:
+        out = np.full(nb, np.nan)
+        for k in range(nb):
+            m = (b == k) & regime
+            if m.any():
+                _, inv, cnt = np.unique(run[m], return_inverse=True, return_counts=True)
+                out[k] = weighted_quantile(full[m], weight[run[m]] / cnt[inv], QUANTILE)
+        return fill(out, smooth_pooled)
+
+    # only a forecast is known: a high quantile of the full scales, never narrower than any column of the regime
+    smooth_cols = [table[c] for c in COLUMNS]
+    fallback = np.maximum(fallback_of(~noisy), np.max(smooth_cols, axis=0))
+    if not noisy.any():
+        return _model(table, [float(x) for x in fallback], _EMPTY, _EMPTY)
+    fallback_noisy = np.maximum(fallback_of(noisy), np.max(list(table.values()), axis=0))
+    split = np.array(
+        [np.min(rel_std[(b == k) & noisy]) if ((b == k) & noisy).any() else np.nan for k in range(nb)]
+    )
+    split = fill(split, np.zeros(nb))
+    return _model(
+        table,
+        [float(x) for x in fallback],
+        _EMPTY,
+        _EMPTY,
+        fallback_noisy=[float(x) for x in np.maximum(fallback_noisy, fallback)],
+        rel_std_split=[float(x) for x in split],
+    )
 
 
 def run_maxima(S: Samples, model: ErrorModel, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,7 +305,9 @@ def learn(S: Samples, runs: np.ndarray | None = None, provenance: dict | None = 
         u, low = run_maxima(S, m, runs[held])
         up[held], lo[held] = u, low
     w = _run_weights(S, runs)
-    return _model(base.table, base.fallback, _tail(up, w), _tail(lo, w), provenance)
+    return base.model_copy(
+        update={"upper": _tail(up, w), "lower": _tail(lo, w), "provenance": provenance or {}}
+    )
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
@@ -450,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p, values in model.table.items():
         print(f"  {p:14s}", " ".join(f"{100 * v:5.2f}" for v in values))
     print(f"  {'fallback':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback))
+    if model.fallback_noisy is not None and model.rel_std_split is not None:
+        print(f"  {'fallback noisy':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback_noisy))
+        print(f"  {'rel. std split':14s}", " ".join(f"{100 * v:5.2f}" for v in model.rel_std_split))
     if not args.check:
         Path(args.out).write_text(json.dumps(model.model_dump(mode="json"), indent=1) + "\n")
         print(f"wrote {args.out}")

@@ -101,7 +101,9 @@ class ErrorModel(BaseModel):
     reports a relative noise per observation at or above it (per-step losses of small batches) read their own
     columns ``noisy:<column>`` when the table has them. ``fallback[k]`` is the scale used when only a forecast
     is known (no phase, no backtest: a high quantile of the full scale over the calibration forecasts of that
-    bin, never below any column, so that it errs wide). ``backtest`` names which backtest of the features is
+    bin, never below any column of the regime, so that it errs wide); ``fallback_noisy[k]`` stands for the noisy
+    regime, and is used for a forecast whose own relative std is at least ``rel_std_split[k]``, the smallest
+    that any noisy run's forecast showed in that bin (below it, only smooth runs were ever seen). ``backtest`` names which backtest of the features is
     read (the latest, or the worst of the last doubling). ``upper``/``lower``: out-of-fold maxima of the
     pessimistic / optimistic ``z`` per run.
     """
@@ -112,6 +114,8 @@ class ErrorModel(BaseModel):
     fraction_edges: list[float]
     table: dict[str, list[float]]
     fallback: list[float]
+    fallback_noisy: list[float] | None = None
+    rel_std_split: list[float] | None = None
     backtest_weight: float = Field(1.0, ge=0.0)
     backtest: Literal["latest", "worst"] = "worst"
     noise_split: float | None = None
@@ -130,7 +134,7 @@ class ErrorModel(BaseModel):
         code = -1 if phase is None else PHASES.index(phase)
         noise = math.nan if features.noise is None else features.noise
         one = np.array([features.fraction]), np.array([code]), np.array([self.backtest_of(features)])
-        return float(self.scales(*one, noise=np.array([noise]))[0])
+        return float(self.scales(*one, noise=np.array([noise]), rel_std=np.array([features.rel_std]))[0])
 
     def backtest_of(self, features: StopFeatures) -> float:
         """The backtest the model reads (``backtest`` names which one; NaN when the run has none yet)."""
@@ -152,10 +156,12 @@ class ErrorModel(BaseModel):
         phase: np.ndarray,
         backtest: np.ndarray,
         noise: np.ndarray | None = None,
+        rel_std: np.ndarray | None = None,
     ) -> np.ndarray:
         """:meth:`scale` of many forecasts at once: ``phase`` holds indices into :data:`PHASES` (-1: unknown,
-        the fallback column), ``backtest`` NaN where there is none (the ``unproven`` column), ``noise`` the
-        fits' relative noise (NaN or ``None``: unknown)."""
+        the fallback columns), ``backtest`` NaN where there is none (the ``unproven`` column), ``noise`` the
+        fits' relative noise (NaN or ``None``: unknown), ``rel_std`` the forecasts' own relative std (``None``:
+        unknown, the noisy fallback)."""
         f = np.clip(np.asarray(fraction, dtype=float), 1e-3, 1.0)
         code = np.asarray(phase, dtype=np.int64)
         b = np.asarray(backtest, dtype=float)
@@ -164,6 +170,11 @@ class ErrorModel(BaseModel):
         column = np.where(tested, code, COLUMNS.index("unproven"))
         centres = self._centres()
         u = np.interp(f, centres, np.asarray(self.fallback, dtype=float))
+        if self.fallback_noisy is not None and self.rel_std_split is not None:
+            k = np.clip(np.searchsorted(self.fraction_edges, f, side="right") - 1, 0, len(centres) - 1)
+            rs = np.full(f.shape, math.inf) if rel_std is None else np.asarray(rel_std, dtype=float)
+            wide = (code < 0) & ~(rs < np.asarray(self.rel_std_split, dtype=float)[k])
+            u[wide] = np.interp(f[wide], centres, np.asarray(self.fallback_noisy, dtype=float))
         for i, name in enumerate(COLUMNS):
             for regime, key in ((False, name), (True, f"noisy:{name}")):
                 m = (code >= 0) & (column == i) & (noisy == regime)
