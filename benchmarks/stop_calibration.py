@@ -54,6 +54,7 @@ TWO_SIDED_SHARE = 0.3
 BACKTEST_WEIGHT = 1.0
 BACKTEST = "worst"
 NOISE_SPLIT: float | None = 0.01
+SPLIT_MARGIN = 0.5
 MIN_GROUPS = 5
 FLOOR = 1e-4
 COMMAND = "python benchmarks/stop_calibration.py"
@@ -256,9 +257,13 @@ def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
     if not noisy.any():
         return _model(table, [float(x) for x in fallback], _EMPTY, _EMPTY)
     fallback_noisy = np.maximum(fallback_of(noisy), np.max(list(table.values()), axis=0))
-    split = np.array(
-        [np.min(rel_std[(b == k) & noisy]) if ((b == k) & noisy).any() else np.nan for k in range(nb)]
-    )
+    # below the split, only smooth runs were seen: half the smallest relative std of a noisy run's forecast in
+    # the bin or its neighbours, so that a noisy run a little steadier than those seen still reads wide
+    split = np.full(nb, np.nan)
+    for k in range(nb):
+        m = (np.abs(b - k) <= 1) & noisy
+        if m.any():
+            split[k] = SPLIT_MARGIN * float(np.min(rel_std[m]))
     split = fill(split, np.zeros(nb))
     return _model(
         table,
@@ -426,6 +431,7 @@ def provenance(S: Samples, fingerprint: str, cv: dict) -> dict:
             "backtest_weight": BACKTEST_WEIGHT,
             "backtest": BACKTEST,
             "noise_split": NOISE_SPLIT,
+            "split_margin": SPLIT_MARGIN,
             "min_groups": MIN_GROUPS,
             "fraction_edges": list(FRACTION_EDGES),
         },

@@ -102,8 +102,8 @@ class ErrorModel(BaseModel):
     columns ``noisy:<column>`` when the table has them. ``fallback[k]`` is the scale used when only a forecast
     is known (no phase, no backtest: a high quantile of the full scale over the calibration forecasts of that
     bin, never below any column of the regime, so that it errs wide); ``fallback_noisy[k]`` stands for the noisy
-    regime, and is used for a forecast whose own relative std is at least ``rel_std_split[k]``, the smallest
-    that any noisy run's forecast showed in that bin (below it, only smooth runs were ever seen). ``backtest`` names which backtest of the features is
+    regime, and is used for a forecast whose own relative std is at least ``rel_std_split[k]`` (below it, only
+    smooth runs' forecasts were seen, with a margin). ``backtest`` names which backtest of the features is
     read (the latest, or the worst of the last doubling). ``upper``/``lower``: out-of-fold maxima of the
     pessimistic / optimistic ``z`` per run.
     """
