@@ -1,10 +1,12 @@
-# Two entry points, both from a fresh clone: `make demo` and `make test`.
+# Two entry points, both from a fresh clone: `make demo` and `make test` (`make test-fast` for a quick loop).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,lightning,hf,optuna,ray,tensorboard
+DEMO_EXTRAS ?= lightning,tensorboard
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test lint
+.PHONY: demo test test-fast lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +16,20 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e ".[$(EXTRAS)]"
 	touch $@
 
-demo: $(VENV)/.installed
+# The demo needs Lightning and TensorBoard only: a shorter first install than the test suite's.
+$(VENV)/.installed-demo: pyproject.toml constraints/cpu.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e ".[$(DEMO_EXTRAS)]"
+	touch $@
+
+demo: $(VENV)/.installed-demo
 	$(BIN)/python examples/quickstart.py
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
+
+# Leaves out the real Trainer fits and the multi-process tests (markers in pyproject.toml, tests/conftest.py).
+test-fast: $(VENV)/.installed
+	$(PYTEST) -m "not trainer and not multiprocess"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,4 +1,10 @@
-"""Load the real curves in ``shared/curves`` and split them into a dev and a holdout half.
+"""Load the real curves in ``shared/curves`` (and the tiny-model curves made here) and split them into halves.
+
+Two roots share one layout (``index.csv`` plus ``<folder>/<run>.{csv,json,lr.npy}``): ``shared/curves`` (found by
+:func:`default_root`) and ``benchmarks/curves_tiny`` (:data:`TINY_ROOT`, written by ``make_curves.py``: tiny
+transformers trained on this CPU with other optimizers, LR units and schedules, some of them law-breaking).
+``load_curves(root)`` takes one root or several; with no root it loads the default root plus any roots named in
+``SCALEFORECAST_EXTRA_CURVES`` (``os.pathsep``-separated; ``tiny`` names :data:`TINY_ROOT`).
 
 The split is grouped: runs that share a trunk (cooldown branches of one long run), a replicate group (same
 config, another seed) or a declared shared prefix always land in the same half, so that no half can learn the
@@ -12,13 +18,16 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Curve", "default_root", "load_curves", "split_curves"]
+__all__ = ["TINY_ROOT", "Curve", "default_root", "load_curves", "split_curves"]
+
+TINY_ROOT = Path(__file__).resolve().parent / "curves_tiny"
+"""The committed tiny-model curves (``benchmarks/make_curves.py``)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,21 @@ class Curve:
         """The loss column the forecast CLI uses on this run's CSV."""
         return "val_loss" if np.isfinite(self.val_loss).any() else "train_loss"
 
+    @property
+    def law_breaking(self) -> bool:
+        """True for runs made to leave the annealing law (loss rising late); False where not declared."""
+        return bool(self.meta.get("law_breaking", False))
+
+    @property
+    def lr_units(self) -> str:
+        """``absolute`` or ``multiplier`` (the logged LR is the schedule factor, peak 1.0)."""
+        return str(self.meta.get("lr_units", "absolute"))
+
+    @property
+    def optimizer(self) -> str | None:
+        """The optimizer where the run's provenance names it (the tiny-model curves do), else None."""
+        return self.meta.get("optimizer")
+
 
 def default_root() -> Path | None:
     """``shared/curves`` next to the repository (``../shared/curves``), else ``/work/shared/curves``, else None."""
@@ -111,19 +135,49 @@ def _clean(v: object) -> str | None:
     return None if s == "" or s.lower() == "nan" else s
 
 
-def load_curves(root: str | Path | None = None, folders: Iterable[str] | None = None) -> list[Curve]:
-    """Every run listed in ``root/index.csv`` (default: :func:`default_root`), sorted by ``folder/run_id``.
+def _extra_roots() -> list[Path]:
+    env = os.environ.get("SCALEFORECAST_EXTRA_CURVES", "")
+    return [TINY_ROOT if p.strip() == "tiny" else Path(p) for p in env.split(os.pathsep) if p.strip()]
 
-    Raises ``FileNotFoundError`` when no curves folder can be found.
+
+def load_curves(
+    root: str | Path | Sequence[str | Path] | None = None, folders: Iterable[str] | None = None
+) -> list[Curve]:
+    """Every run listed in the ``index.csv`` of ``root`` (one folder or several), sorted by ``folder/run_id``.
+
+    ``root=None`` means :func:`default_root` plus the roots in ``SCALEFORECAST_EXTRA_CURVES``. ``folders``
+    keeps only those source folders. Raises ``FileNotFoundError`` when a root has no ``index.csv`` (or no
+    default root can be found) and ``ValueError`` when two roots hold the same ``folder/run_id``.
     """
-    base = Path(root) if root is not None else default_root()
-    if base is None or not (base / "index.csv").is_file():
-        raise FileNotFoundError(
-            "no curves folder with an index.csv (looked for ../shared/curves, /work/shared/curves)"
-        )
+    if root is None:
+        base = default_root()
+        if base is None:
+            raise FileNotFoundError(
+                "no curves folder with an index.csv (looked for ../shared/curves, /work/shared/curves)"
+            )
+        roots = [base, *_extra_roots()]
+    elif isinstance(root, (str, Path)):
+        roots = [Path(root)]
+    else:
+        roots = [Path(r) for r in root]
+    keep = set(folders) if folders is not None else None
+    raw: list[dict] = []
+    for base in roots:
+        raw += _read_root(base, keep)
+    keys = [f"{r['folder']}/{r['run_id']}" for r in raw]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"runs listed under more than one root: {', '.join(dup[:5])}")
+    groups = _groups(raw)
+    curves = [Curve(**r, group=groups[f"{r['folder']}/{r['run_id']}"]) for r in raw]
+    return sorted(curves, key=lambda c: c.key)
+
+
+def _read_root(base: Path, keep: set[str] | None) -> list[dict]:
+    if not (base / "index.csv").is_file():
+        raise FileNotFoundError(f"no index.csv in the curves folder {base}")
     with open(base / "index.csv", newline="") as fh:
         index = list(csv.DictReader(fh))
-    keep = set(folders) if folders is not None else None
     raw: list[dict] = []
     for row in index:
         folder, run_id = row["folder"], row["run_id"]
@@ -151,13 +205,12 @@ def load_curves(root: str | Path | None = None, folders: Iterable[str] | None = 
                 lr_path=f"{stem}.lr.npy",
             )
         )
-    groups = _groups(raw)
-    curves = [Curve(**r, group=groups[f"{r['folder']}/{r['run_id']}"]) for r in raw]
-    return sorted(curves, key=lambda c: c.key)
+    return raw
 
 
 def _groups(raw: list[dict]) -> dict[str, str]:
-    """Union-find over trunk, replicate group and declared shared prefixes; the key of a group is its
+    """Union-find over trunk, replicate group, declared shared prefixes and declared families (runs of one
+    config that differ in length, schedule, peak LR or width stay together); the key of a group is its
     smallest member."""
     parent: dict[str, str] = {}
 
@@ -180,6 +233,8 @@ def _groups(raw: list[dict]) -> dict[str, str]:
             union(k, f"trunk:{r['folder']}/{r['trunk']}")
         if r["replicate_group"]:
             union(k, f"rep:{r['folder']}/{r['replicate_group']}")
+        if r["meta"].get("family"):
+            union(k, f"family:{r['folder']}/{r['meta']['family']}")
         # mpl runs name their prefix siblings without the model-size prefix ("wsdcon_3" for "100M_wsdcon_3").
         size = r["run_id"].split("_", 1)[0]
         for s in r["meta"].get("shares_prefix_with") or []:

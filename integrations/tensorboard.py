@@ -3,18 +3,22 @@ beside the readers, because the ``watch`` sidecar writes through it too; this is
 
 from scaleforecast.tensorboard_sink import (
     ADVICE_CHARTS,
-    STATUS_CODES,
+    COMPARE_TAG,
+    STATUS_TEXT,
     TensorBoardSink,
     draw_snapshot,
     forecast_layout,
     render_rgb,
+    status_text,
 )
 
 __all__ = [
     "ADVICE_CHARTS",
-    "STATUS_CODES",
+    "COMPARE_TAG",
+    "STATUS_TEXT",
     "TensorBoardSink",
     "draw_snapshot",
     "forecast_layout",
     "render_rgb",
+    "status_text",
 ]

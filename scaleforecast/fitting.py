@@ -26,10 +26,18 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from pydantic import BaseModel, ConfigDict, Field
-from scipy.special import ndtri
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scaleforecast.laws import LAWS, annealing_prefix, annealing_term, forward_area, mpl_drop, schedule_areas
+from scaleforecast.laws import (
+    LAWS,
+    Memory,
+    annealing_prefix,
+    forward_area,
+    memory_of,
+    mpl_drop,
+    run_memory,
+    schedule_areas,
+)
 from scaleforecast.priors import AnnealingPrior, load_prior
 from scaleforecast.results import FitStatus, LawParams
 
@@ -77,28 +85,43 @@ class Observations:
 
 
 class FitConfig(BaseModel):
-    """How to fit; the defaults are the best configuration measured on the dev half of the real curves
-    (``benchmarks/forecast_accuracy.py``).
+    """How to fit; the defaults are the best configuration measured on the dev half of the real curves, and the
+    interval calibration is fitted to cold starts on codebases the prior never saw (leave one source out;
+    ``benchmarks/forecast_accuracy.py``).
 
     - ``law``: "tissue" (the annealing law), "mpl" (Multi-Power Law) or "auto" (whichever of the two predicts
       the latest 20% of the windows better from the rest).
-    - ``lam``: S2 decay; ``fit_lam`` searches ``lam_grid`` instead (measured worse with the prior).
+    - ``memory``: how S2 remembers LR decreases. "two_timescale" (default): a fast and a slow exponential
+      memory whose time constants are ``memory_fast`` and ``memory_slow`` of the run's length, weighted
+      ``memory_mix`` and ``1 - memory_mix`` (:func:`scaleforecast.laws.run_memory`); ``lam`` then only sets the
+      units of ``C`` (``C * lr_peak / (1 - lam)`` is the full-anneal drop). "single": one memory of decay
+      ``lam``, the law as Tissue et al. write it; ``fit_lam`` searches ``lam_grid`` for it.
     - ``loss``: "huber" (IRLS on standardised relative residuals, threshold ``huber_k`` noise scales, or a fixed
       ``huber_delta`` on the log-loss residual as in Tissue et al., who use 1e-3) or "l2".
     - ``warmup``: S2 during warm-up, "raw" (the formula as written: negative S2) or "hold" (LR held at peak).
     - ``recency``: window weights ``(end / last end) ** recency``, so the law's imperfect shape is fitted where
       the forecast starts. ``autocorr``: inflate the noise by the residuals' AR(1) factor.
     - ``prior``: a shipped :class:`AnnealingPrior` by name, an AnnealingPrior, or None for the plain law;
-      ``use_alpha_prior``, ``prior_lr_scaling`` (the prior's peak-LR factor) and ``prior_ref`` ("final": the
-      prior is relative to ``L0 + A * S1(T)^-alpha`` from a first pass; "tail": to the latest losses) refine it.
+      ``use_alpha_prior`` and ``prior_ref`` ("final": the prior is relative to ``L0 + A * S1(T)^-alpha`` from a
+      first pass; "tail": to the latest losses) refine it.
+    - ``prior_fit_scale`` widens the C prior inside the point estimate only: the prior sets C while the run
+      says nothing about it, and the run's own data take over as soon as its LR decays (the prior's spread
+      between codebases is large; a fit that leans on it longer than it must pays for it on other codebases).
     - ``interval_scale`` and ``model_sd`` calibrate the predictive std (see :func:`predict`);
-      ``prior_interval_scale`` scales the C prior's sd inside the posterior covariance only.
+      ``prior_interval_scale`` scales the C prior's sd inside the posterior covariance.
+    - ``identified_ratio``: the status is ``ok`` once the run's own data know C, relative to its size, at least
+      this many times as precisely as the prior does (data-only sd of C against the prior's relative sd times
+      the larger of the prior's C and the fitted one).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     law: Literal["tissue", "mpl", "auto"] = "tissue"
     lam: float = Field(0.999, ge=0.0, lt=1.0)
+    memory: Literal["two_timescale", "single"] = "two_timescale"
+    memory_fast: float = Field(1 / 200, gt=0)
+    memory_slow: float = Field(1.0, gt=0)
+    memory_mix: float = Field(0.5, ge=0.0, le=1.0)
     fit_lam: bool = False
     lam_grid: tuple[float, ...] = (0.99, 0.995, 0.998, 0.999, 0.9995)
     loss: Literal["huber", "l2"] = "huber"
@@ -112,13 +135,25 @@ class FitConfig(BaseModel):
     alpha_bounds: tuple[float, float] = (0.05, 2.0)
     prior: str | AnnealingPrior | None = "default"
     use_alpha_prior: bool = True
-    prior_lr_scaling: bool = True
     prior_ref: Literal["tail", "final"] = "final"
     min_points: int = Field(6, ge=3)
-    identified_ratio: float = Field(0.5, gt=0)
-    interval_scale: float = Field(1.17, gt=0)
+    prior_fit_scale: float = Field(5.0, ge=1.0)
+    identified_ratio: float = Field(1.0, gt=0)
+    interval_scale: float = Field(1.25, gt=0)
     prior_interval_scale: float = Field(1.0, gt=0)
-    model_sd: float = Field(0.0067, ge=0)
+    model_sd: float = Field(0.0194, ge=0)
+
+    @model_validator(mode="after")
+    def _lam_search_needs_one_memory(self) -> FitConfig:
+        if self.fit_lam and self.memory != "single":
+            raise ValueError("fit_lam searches the decay of a single memory: set memory='single'")
+        return self
+
+    def memory_for(self, total_steps: int) -> Memory | None:
+        """The annealing memory of a run of ``total_steps`` updates (None: the single memory ``lam``)."""
+        if self.memory == "single":
+            return None
+        return run_memory(total_steps, self.memory_fast, self.memory_slow, self.memory_mix)
 
 
 class FitResult(BaseModel):
@@ -152,12 +187,12 @@ class _Design:
     """Everything an alpha evaluation needs, precomputed once per (observations, lrs, lam)."""
 
     def __init__(
-        self, obs: Observations, lrs: np.ndarray, lam: float, warmup: str, s2_power: float = 1.0
+        self, obs: Observations, lrs: np.ndarray, lam: float, warmup: str, memory: Memory | None
     ) -> None:
         T = lrs.size
         warm = "hold" if warmup == "hold" else "raw"
-        s1, s2 = schedule_areas(lrs, lam, warm, s2_power)
-        cs2 = annealing_prefix(lrs, lam, warm, s2_power)
+        s1, s2 = schedule_areas(lrs, lam, warm, memory)
+        cs2 = annealing_prefix(lrs, lam, warm, memory)
         a, b = obs.start, obs.end
         n = (b - a + 1).astype(np.float64)
         self.s2m = (cs2[b] - cs2[a - 1]) / n
@@ -183,6 +218,7 @@ class _Design:
         self.s1n = np.maximum(s_lo + frac * (s_hi - s_lo), 1e-300)
         self.log_s1n = np.log(self.s1n)
         self.lam = lam
+        self.memory = memory
         self.s2_all = s2
         self.s1_all = s1
 
@@ -231,6 +267,22 @@ def _solve_linear(X: np.ndarray, y: np.ndarray, w: np.ndarray, c_prior: tuple[fl
         r = yw - Xw @ b
         best = _Lin(b, float(r @ r))
     return best
+
+
+def _inverse(H: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric information matrix, computed on its unit-diagonal form so that the units of
+    the parameters (the LR's, through A and C) do not change it; a tiny relative ridge keeps a vanished column
+    (S2 = 0, A = 0) invertible (a parameter with no information at all gets a variance of 1e12)."""
+    d = np.sqrt(np.maximum(np.diag(H), 0.0))
+    d = np.where(d > 0, d, 1.0)
+    Hs = H / np.outer(d, d)
+    Hs[np.diag_indices_from(Hs)] += 1e-12
+    try:
+        inv = np.linalg.inv(Hs)
+    except np.linalg.LinAlgError:
+        inv = np.linalg.pinv(Hs)
+    cov = inv / np.outer(d, d)
+    return 0.5 * (cov + cov.T)
 
 
 def _robust_sigma(r: np.ndarray) -> float:
@@ -366,14 +418,17 @@ def _fit_one_lam(
     init: FitResult | None,
 ) -> dict:
     sigma = sigma0
-    D = _Design(sub, lrs, lam, cfg.warmup)
+    D = _Design(sub, lrs, lam, cfg.warmup, cfg.memory_for(lrs.size))
     y = sub.y
     base_w = sub.count / (y * y)  # relative residuals
     if cfg.recency > 0:
         # the law's shape is imperfect: let the latest part of the curve, nearest the forecast, count more
         base_w = base_w * np.power(sub.end / float(sub.end.max()), cfg.recency)
     u_end = float(D.s2_all[-1]) * (1.0 - lam) / peak
-    c_prior = prior.c_prior(peak, lam, l_ref, u_end, cfg.prior_lr_scaling) if prior is not None else None
+    # the honest prior (kept for the posterior covariance) and the one the point estimate sees: wider, so that
+    # the run's own data rule C as soon as they say anything about it
+    c_prior = prior.c_prior(peak, lam, l_ref, u_end) if prior is not None else None
+    c_fit = (c_prior[0], c_prior[1] * cfg.prior_fit_scale) if c_prior is not None else None
     a_prior = (
         (prior.alpha_mean, prior.alpha_sd)
         if prior is not None and cfg.use_alpha_prior and prior.alpha_mean is not None and prior.alpha_sd
@@ -387,7 +442,7 @@ def _fit_one_lam(
 
     def evaluate(alpha: float, w: np.ndarray) -> tuple[float, _Lin]:
         X[:, 1] = D.f1(alpha)
-        lin = _solve_linear(X, y, w, c_prior)
+        lin = _solve_linear(X, y, w, c_fit)
         obj = lin.cost
         if a_prior is not None:
             obj += ((alpha - a_prior[0]) / a_prior[1]) ** 2
@@ -444,8 +499,8 @@ def _fit_one_lam(
     X[:, 1] = D.f1(alpha)
     r_rel = (y - X @ lin.beta) / y
     score = float(np.sum(sub.count * rob * r_rel**2)) / sigma0**2
-    if c_prior is not None:
-        score += ((lin.beta[2] - c_prior[0]) / c_prior[1]) ** 2
+    if c_fit is not None:
+        score += ((lin.beta[2] - c_fit[0]) / c_fit[1]) ** 2
     return {
         "obj": score,
         "alpha": alpha,
@@ -475,39 +530,30 @@ def _finish(
     # Laplace: J of the window-mean model wrt (L0, A, alpha, C)
     J = np.column_stack([np.ones_like(sub.y), D.f1(alpha), A * D.df1(alpha), -D.s2m])
     H = (J * w[:, None]).T @ J
-    H_data_c = H.copy()
-    if r["c_prior"] is not None:
-        # the prior is kept wide for the point estimate (the data should take over early); its share of the
-        # interval is calibrated separately
-        H[3, 3] += 1.0 / (r["c_prior"][1] * cfg.prior_interval_scale) ** 2
     if r["a_prior"] is not None:
         H[2, 2] += 1.0 / r["a_prior"][1] ** 2
-    # a tiny ridge keeps H invertible when a column vanishes (S2 = 0, A = 0)
-    H[np.diag_indices(4)] += 1e-12 * (np.abs(np.diag(H)).max() + 1.0)
-    try:
-        cov = np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        cov = np.linalg.pinv(H)
-    cov = 0.5 * (cov + cov.T)
+    H_data_c = H.copy()
+    if r["c_prior"] is not None:
+        # the honest prior (its spread between codebases included) enters the uncertainty, not the wider one the
+        # point estimate used; its share of the interval is calibrated by prior_interval_scale
+        H[3, 3] += 1.0 / (r["c_prior"][1] * cfg.prior_interval_scale) ** 2
+    cov = _inverse(H)
 
     warns: list[str] = []
     status = FitStatus.OK
-    # does the rest of the schedule anneal beyond what was seen? then C matters
+    # does the rest of the schedule anneal beyond what was seen (in units of a full anneal, so that the test
+    # does not depend on the LR's units)? then C matters
     s2_seen = float(np.max(D.s2m)) if D.s2m.size else 0.0
     s2_future = float(np.max(D.s2_all))
-    c_scale = (
-        r["c_prior"][0]
-        if r["c_prior"] is not None
-        else load_prior("default").c_prior(peak, r["lam"], l_ref)[0]
+    mu_prior, sd_prior = (
+        r["c_prior"] if r["c_prior"] is not None else load_prior("default").c_prior(peak, r["lam"], l_ref)
     )
-    if s2_future > s2_seen + 1e-12 and c_scale > 0:
-        # data-only information on C after profiling out the other parameters (Schur complement)
-        try:
-            Hd = H_data_c + np.eye(4) * 1e-12 * (np.abs(np.diag(H_data_c)).max() + 1.0)
-            sd_c_data = math.sqrt(max(np.linalg.inv(Hd)[3, 3], 0.0))
-        except np.linalg.LinAlgError:
-            sd_c_data = math.inf
-        if not sd_c_data < cfg.identified_ratio * c_scale:
+    if (s2_future - s2_seen) * (1.0 - r["lam"]) / peak > 1e-9 and mu_prior > 0 and sd_prior > 0:
+        # the run's own information on C after profiling out the other parameters (Schur complement): C is
+        # identified once the data know it as precisely, relative to its size, as the prior does (a run whose
+        # drop is far from the prior's is judged against its own C)
+        sd_c_data = math.sqrt(max(_inverse(H_data_c)[3, 3], 0.0))
+        if not sd_c_data * cfg.identified_ratio <= sd_prior / mu_prior * max(mu_prior, C):
             status = FitStatus.ANNEALING_UNIDENTIFIED
             if prior is None:
                 warns.append(
@@ -516,13 +562,17 @@ def _finish(
                 )
             else:
                 warns.append("annealing coefficient C not yet identified by the run; it comes from the prior")
+    extra = {"warmup_hold": 1.0 if cfg.warmup == "hold" else 0.0}
+    if D.memory is not None:
+        (lam_fast, mix), (lam_slow, _) = D.memory
+        extra.update(lam_fast=lam_fast, lam_slow=lam_slow, mix_fast=mix)
     params = LawParams(
         L0=L0,
         A=A,
         alpha=alpha,
         C=C,
         lam=float(r["lam"]),
-        extra={"warmup_hold": 1.0 if cfg.warmup == "hold" else 0.0},
+        extra=extra,
     )
     return FitResult(
         law="tissue",
@@ -567,23 +617,29 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
     if n < max(cfg.min_points, 8):
         return _insufficient("mpl", n, f"only {n} usable points (need {max(cfg.min_points, 8)})")
     sub = Observations(obs.start[ok], obs.end[ok], obs.y[ok], obs.count[ok])
+    prior = _resolve_prior(cfg.prior)
+    peak = float(lrs.max())
+    s2_end = float(schedule_areas(lrs, cfg.lam, "hold", cfg.memory_for(lrs.size))[1][-1])
+    # the fit runs on the LR relative to its peak (kept as extra["lr_unit"]): B is then the full-anneal drop
+    # and the bounds on C do not depend on the LR's units
+    lrs = lrs / peak
     # a window is represented by its midpoint (MPL windows are short against the curve's scale)
     steps = np.clip((sub.start + sub.end) // 2, 1, lrs.size)
     s1 = forward_area(lrs)[steps - 1]
     start = int(np.argmax(lrs)) + 1
     y = sub.y
-    prior = _resolve_prior(cfg.prior)
-    peak = float(lrs.max())
     tail = y[np.argsort(sub.end)[-max(3, n // 10) :]]
     l_ref = float(np.median(tail))
     sigma = max(_noise_from_differences(y, sub.count), 1e-6)
-    # B * lr_peak is MPL's full-anneal drop: the same scale-free prior as kappa
+    # B (LR in units of its peak) is MPL's full-anneal drop: the same scale-free prior as kappa
+    b_prior: tuple[float, float] | None = None
+    b_fit: tuple[float, float] | None = None
     if prior is not None:
-        u_end = float(annealing_term(lrs, cfg.lam, "hold")[-1]) * (1.0 - cfg.lam) / peak
-        mu_c, sd_c = prior.c_prior(peak, cfg.lam, l_ref, u_end, cfg.prior_lr_scaling)
-        b_prior: tuple[float, float] | None = (mu_c / (1.0 - cfg.lam), sd_c / (1.0 - cfg.lam))
-    else:
-        b_prior = None
+        u_end = s2_end * (1.0 - cfg.lam) / peak
+        mu_c, sd_c = prior.c_prior(peak, cfg.lam, l_ref, u_end)
+        to_b = peak / (1.0 - cfg.lam)
+        b_prior = (mu_c * to_b, sd_c * to_b)
+        b_fit = (b_prior[0], b_prior[1] * cfg.prior_fit_scale)
     a_prior = (
         (prior.alpha_mean, prior.alpha_sd)
         if prior is not None and cfg.use_alpha_prior and prior.alpha_mean is not None and prior.alpha_sd
@@ -593,11 +649,11 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
 
     def resid(theta: np.ndarray) -> np.ndarray:
         X = _mpl_features(theta, lrs, steps, s1, start)
-        lin = _solve_linear(X, y, w, b_prior)
+        lin = _solve_linear(X, y, w, b_fit)
         r = np.sqrt(w) * (y - X @ lin.beta)
         extra = []
-        if b_prior is not None:
-            extra.append((lin.beta[2] - b_prior[0]) / b_prior[1])
+        if b_fit is not None:
+            extra.append((lin.beta[2] - b_fit[0]) / b_fit[1])
         if a_prior is not None:
             extra.append((theta[0] - a_prior[0]) / a_prior[1])
         return np.concatenate([r, extra]) if extra else r
@@ -616,7 +672,7 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
         return FitResult(law="mpl", params=None, status=FitStatus.FAILED, n_points=n, warnings=[str(exc)])
     theta = sol.x
     X = _mpl_features(theta, lrs, steps, s1, start)
-    lin = _solve_linear(X, y, w, b_prior)
+    lin = _solve_linear(X, y, w, b_fit)
     L0, A, B = (float(v) for v in lin.beta)
     rel = (y - X @ lin.beta) / y * np.sqrt(sub.count)
     sigma = max(_robust_sigma(rel), 1e-6)
@@ -640,19 +696,24 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
         H[2, 2] += 1.0 / b_prior[1] ** 2
     if a_prior is not None:
         H[3, 3] += 1.0 / a_prior[1] ** 2
-    H[np.diag_indices(7)] += 1e-12 * (np.abs(np.diag(H)).max() + 1.0)
-    cov = np.linalg.pinv(H)
+    cov = _inverse(H)
     params = LawParams(
         L0=L0,
         A=A,
         alpha=float(theta[0]),
         C=0.0,
         lam=cfg.lam,
-        extra={"B": B, "Cm": math.exp(theta[1]), "beta": float(theta[2]), "gamma": float(theta[3])},
+        extra={
+            "B": B,
+            "Cm": math.exp(theta[1]),
+            "beta": float(theta[2]),
+            "gamma": float(theta[3]),
+            "lr_unit": peak,
+        },
     )
     # the annealing drop is pinned once the LR has decayed by a fair share of its peak
-    decayed = 1.0 - float(lrs[min(int(sub.end.max()), lrs.size) - 1]) / peak
-    future = 1.0 - float(lrs.min()) / peak
+    decayed = 1.0 - float(lrs[min(int(sub.end.max()), lrs.size) - 1])
+    future = 1.0 - float(lrs.min())
     status = FitStatus.OK
     warns: list[str] = []
     if future > decayed + 1e-9 and decayed < 0.1:
@@ -665,7 +726,7 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
         n_points=n,
         sigma=sigma,
         warnings=warns,
-        cov=(0.5 * (cov + cov.T)).tolist(),
+        cov=cov.tolist(),
         param_names=list(_MPL_NAMES),
         warmup="hold",
         fitted_until=int(sub.end.max()),
@@ -704,9 +765,7 @@ def _fit_auto(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResul
 
 
 def _tissue_grad(p: LawParams, warmup: str, lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    full1, full2 = schedule_areas(
-        lrs, p.lam, "hold" if warmup == "hold" else "raw", p.extra.get("s2_power", 1.0)
-    )
+    full1, full2 = schedule_areas(lrs, p.lam, "hold" if warmup == "hold" else "raw", memory_of(p))
     s1 = full1[steps - 1]
     s2 = full2[steps - 1]
     s1 = np.maximum(s1, 1e-300)
@@ -721,6 +780,7 @@ def _mpl_vec(p: LawParams) -> np.ndarray:
 
 def _mpl_grad(p: LawParams, lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
     v = _mpl_vec(p)
+    lrs = lrs / p.extra.get("lr_unit", 1.0)
     s1 = forward_area(lrs)[steps - 1]
     start = int(np.argmax(lrs)) + 1
 
@@ -764,18 +824,9 @@ def predict(
         var = np.einsum("ij,jk,ik->i", g, cov, g) * result.interval_scale**2
     if result.model_sd > 0:
         p = result.params
-        s1 = schedule_areas(
-            a, p.lam, "hold" if result.warmup == "hold" else "raw", p.extra.get("s2_power", 1.0)
-        )[0]
+        s1 = schedule_areas(a, p.lam, "hold" if result.warmup == "hold" else "raw", memory_of(p))[0]
         s_fit = s1[min(max(result.fitted_until, 1), a.size) - 1]
         h = np.clip((s1[st - 1] - s_fit) / np.maximum(s1[st - 1], 1e-300), 0.0, 1.0)
-        var = var + (result.model_sd * np.abs(mean) * h) ** 2
+        with np.errstate(invalid="ignore"):  # an infinite mean (S1 = 0) stays where nothing is ahead (h = 0)
+            var = var + np.where(h > 0, (result.model_sd * np.abs(mean) * h) ** 2, 0.0)
     return mean, np.sqrt(np.maximum(var, 0.0))
-
-
-def interval(mean: np.ndarray, std: np.ndarray, level: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """Central normal interval at ``level``: ``mean -+ z * std``."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    z = float(ndtri(0.5 + level / 2.0))
-    return mean - z * std, mean + z * std

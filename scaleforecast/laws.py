@@ -4,6 +4,13 @@ Law (Luo et al. 2025).
 Conventions: ``lrs[k]`` is the LR of optimizer update ``k + 1``; a *step* ``s`` is the number of updates
 completed, so the areas "after s updates" are element ``s - 1`` of the arrays returned here. Step 0 (no
 update yet) has ``S1 = S2 = 0``.
+
+The annealing area S2 remembers each LR decrease through an exponential memory (decay ``lam`` per update).
+Tissue et al. use one memory (``lam = 0.999``, 1000 updates). Real cooldowns show two time scales: most of
+the drop follows a decrease within a few hundred updates, and a slower part keeps building over a good part
+of the run (which is what makes a long linear or cosine decay drop faster near its end than one memory
+allows). :func:`run_memory` gives a two-timescale memory whose time constants are fractions of the run's
+length (unchanged by the run's time units), and :func:`mixed_annealing_area` the S2 it makes.
 """
 
 from __future__ import annotations
@@ -19,21 +26,25 @@ from scaleforecast.results import LawParams
 
 __all__ = [
     "LAWS",
-    "AreaAccumulator",
     "Law",
     "MPLLaw",
+    "Memory",
     "TissueLaw",
     "WarmupS2",
     "annealing_area",
     "annealing_prefix",
-    "annealing_term",
     "forward_area",
     "hold_warmup",
+    "memory_of",
+    "mixed_annealing_area",
     "mpl_drop",
+    "run_memory",
     "schedule_areas",
 ]
 
 WarmupS2 = Literal["raw", "hold"]
+Memory = tuple[tuple[float, float], ...]
+"""An annealing memory: ``((lam_1, weight_1), (lam_2, weight_2), ...)``, weights summing to 1."""
 
 
 def _as_lrs(lrs: ArrayLike) -> np.ndarray:
@@ -77,47 +88,65 @@ def annealing_area(lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw")
     return np.cumsum(m)
 
 
-def annealing_term(
-    lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", power: float = 1.0
-) -> np.ndarray:
-    """The S2 that multiplies ``-C`` in the law: :func:`annealing_area`, optionally shaped by ``power``.
+def run_memory(total_steps: int, fast: float = 1 / 200, slow: float = 1.0, mix: float = 0.5) -> Memory:
+    """The two-timescale memory of a run of ``total_steps`` updates: a fast memory with time constant
+    ``fast * total_steps`` updates (weight ``mix``) and a slow one with ``slow * total_steps`` (weight
+    ``1 - mix``); ``lam = 1 - 1 / time constant``, clipped to ``[0, 1)``."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
 
-    With ``u = S2 * (1 - lam) / lr_peak`` (the fraction of a full anneal done, 1 after a settled decay to
-    zero), the term is ``sign(u) |u|^power * lr_peak / (1 - lam)``: ``power = 1`` is the law as written;
-    ``power > 1`` makes the drop accelerate as the LR nears zero (seen at the end of long linear cooldowns)
-    while a full anneal still drops by ``kappa = C * lr_peak / (1 - lam)``.
-    """
-    s2 = annealing_area(lrs, lam, warmup)
-    if power == 1.0:
-        return s2
-    full = float(np.max(np.asarray(lrs, dtype=np.float64))) / (1.0 - lam)
-    if full <= 0:
-        return s2
-    u = s2 / full
-    return np.sign(u) * np.power(np.abs(u), power) * full
+    def lam(tc: float) -> float:
+        return min(max(1.0 - 1.0 / (tc * total_steps), 0.0), 1.0 - 1e-12)
+
+    return ((lam(fast), float(mix)), (lam(slow), 1.0 - float(mix)))
+
+
+def mixed_annealing_area(
+    lrs: ArrayLike, memory: Memory, lam: float = 0.999, warmup: WarmupS2 = "raw"
+) -> np.ndarray:
+    """S2 under a mixed memory: ``sum_j w_j * (1 - lam_j) / (1 - lam) * annealing_area(lrs, lam_j)``.
+
+    Each memory is scaled to the same full-anneal value as one memory of decay ``lam`` (``lr_peak / (1 - lam)``
+    after a settled decay to zero), so ``lam`` only sets the units of ``C``: ``C * lr_peak / (1 - lam)`` is the
+    full-anneal drop whatever the memory."""
+    if not 0.0 <= lam < 1.0:
+        raise ValueError(f"lam must be in [0, 1), got {lam}")
+    out = np.zeros(_as_lrs(lrs).size)
+    for lam_j, w in memory:
+        if w:
+            out += w * (1.0 - lam_j) / (1.0 - lam) * annealing_area(lrs, lam_j, warmup)
+    return out
+
+
+def memory_of(params: LawParams) -> Memory | None:
+    """The mixed memory a tissue-law fit carries in ``params.extra`` (``lam_fast``, ``lam_slow``,
+    ``mix_fast``), or None for the single memory ``params.lam``."""
+    ex = params.extra
+    if "lam_fast" not in ex:
+        return None
+    w = float(ex.get("mix_fast", 0.5))
+    return ((float(ex["lam_fast"]), w), (float(ex["lam_slow"]), 1.0 - w))
 
 
 _AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
 
-def _areas_entry(lrs: ArrayLike, lam: float, warmup: WarmupS2, power: float) -> tuple[np.ndarray, ...]:
-    a = _as_lrs(lrs)
-    # a fingerprint, not a full hash: length, sum, a strided sample and the tail; a re-planned schedule
-    # changes at least one of them
-    n = a.size
-    fp = (
-        n,
-        float(a.sum()),
-        hashlib.sha1(a[:: max(1, n // 4096)].tobytes()).digest(),
-        hashlib.sha1(a[-1024:].tobytes()).digest(),
-    )
-    key = (fp, float(lam), warmup, float(power))
+def _areas_entry(
+    lrs: ArrayLike, lam: float, warmup: WarmupS2, memory: Memory | None
+) -> tuple[np.ndarray, ...]:
+    a = np.ascontiguousarray(_as_lrs(lrs))
+    # the key is a digest of the whole schedule: any change anywhere (a re-plan, a what-if that differs from
+    # the plan on a few steps only) is a new entry; one SHA-1 pass costs about what recomputing S1 does
+    mem = None if memory is None else tuple((float(lj), float(w)) for lj, w in memory)
+    key = (a.size, hashlib.sha1(memoryview(a)).digest(), float(lam), warmup, mem)
     hit = _AREA_CACHE.get(key)
     if hit is not None:
         _AREA_CACHE.move_to_end(key)
         return hit
     s1 = forward_area(a)
-    s2 = annealing_term(a, lam, warmup, power)
+    s2 = annealing_area(a, lam, warmup) if mem is None else mixed_annealing_area(a, mem, lam, warmup)
     cs2 = np.concatenate([[0.0], np.cumsum(s2)])
     for arr in (s1, s2, cs2):
         arr.flags.writeable = False
@@ -128,75 +157,25 @@ def _areas_entry(lrs: ArrayLike, lam: float, warmup: WarmupS2, power: float) -> 
 
 
 def schedule_areas(
-    lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", power: float = 1.0
+    lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", memory: Memory | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(forward_area(lrs), annealing_term(lrs, lam, warmup, power))``, memoised on a fingerprint of the
-    schedule (its length, sum, a strided sample and its tail).
+    """``(forward_area(lrs), S2)`` with S2 the :func:`annealing_area` (or, given ``memory``, the
+    :func:`mixed_annealing_area`), memoised on a digest of the whole schedule.
 
-    The online forecaster refits and predicts many times under one planned schedule: a fingerprint costs one
-    vectorised pass, recomputing costs two plus a recursive filter. The arrays returned are read-only.
+    The online forecaster refits and predicts many times under one planned schedule: the digest costs one
+    pass over the schedule, recomputing costs two plus a recursive filter per memory. The arrays returned are
+    read-only.
     """
-    s1, s2, _ = _areas_entry(lrs, lam, warmup, power)
+    s1, s2, _ = _areas_entry(lrs, lam, warmup, memory)
     return s1, s2
 
 
 def annealing_prefix(
-    lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", power: float = 1.0
+    lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw", memory: Memory | None = None
 ) -> np.ndarray:
-    """Prefix sums of :func:`annealing_term` (length T + 1, element 0 is 0), memoised with
-    :func:`schedule_areas`: the exact window mean of S2 over updates ``a..b`` is
-    ``(P[b] - P[a - 1]) / (b - a + 1)``."""
-    return _areas_entry(lrs, lam, warmup, power)[2]
-
-
-class AreaAccumulator:
-    """S1 and S2 updated in O(1) per optimizer update, for the online path.
-
-    ``push(lr)`` takes the LR of the next update and returns ``(S1, S2)`` after it; the results equal
-    :func:`forward_area` and :func:`annealing_area` (``warmup="raw"``) of the pushed sequence.
-    """
-
-    def __init__(self, lam: float = 0.999) -> None:
-        if not 0.0 <= lam < 1.0:
-            raise ValueError(f"lam must be in [0, 1), got {lam}")
-        self.lam = float(lam)
-        self.steps = 0
-        self.s1 = 0.0
-        self.s2 = 0.0
-        self.m = 0.0
-        self.prev_lr: float | None = None
-
-    def push(self, lr: float) -> tuple[float, float]:
-        """Account for one more update at LR ``lr``; return ``(S1, S2)`` after it."""
-        lr = float(lr)
-        if not np.isfinite(lr):
-            raise ValueError(f"non-finite LR at update {self.steps + 1}")
-        self.m = 0.0 if self.prev_lr is None else self.lam * self.m + (self.prev_lr - lr)
-        self.s1 += lr
-        self.s2 += self.m
-        self.prev_lr = lr
-        self.steps += 1
-        return self.s1, self.s2
-
-    def state_dict(self) -> dict:
-        """JSON-safe state."""
-        return {
-            "lam": self.lam,
-            "steps": self.steps,
-            "s1": self.s1,
-            "s2": self.s2,
-            "m": self.m,
-            "prev_lr": self.prev_lr,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the state written by :meth:`state_dict`."""
-        self.lam = float(state["lam"])
-        self.steps = int(state["steps"])
-        self.s1 = float(state["s1"])
-        self.s2 = float(state["s2"])
-        self.m = float(state["m"])
-        self.prev_lr = None if state["prev_lr"] is None else float(state["prev_lr"])
+    """Prefix sums of the S2 of :func:`schedule_areas` (length T + 1, element 0 is 0), memoised with it: the
+    exact window mean of S2 over updates ``a..b`` is ``(P[b] - P[a - 1]) / (b - a + 1)``."""
+    return _areas_entry(lrs, lam, warmup, memory)[2]
 
 
 def _at_steps(arr: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -222,8 +201,8 @@ class TissueLaw:
     """The LR-annealing law (Tissue et al. 2024): ``L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)``.
 
     S1 is the forward area (:func:`forward_area`), S2 the annealing area (:func:`annealing_area`) with decay
-    ``params.lam``; ``params.extra["warmup_hold"] == 1`` selects ``warmup="hold"`` for S2 and
-    ``params.extra["s2_power"]`` shapes it (:func:`annealing_term`; 1 = the law as written).
+    ``params.lam``, or the :func:`mixed_annealing_area` of the memory in ``params.extra`` (:func:`memory_of`);
+    ``params.extra["warmup_hold"] == 1`` selects ``warmup="hold"`` for S2.
     """
 
     name = "tissue"
@@ -233,7 +212,7 @@ class TissueLaw:
         a = _as_lrs(lrs)
         st = np.asarray(steps, dtype=np.int64)
         warm: WarmupS2 = "hold" if params.extra.get("warmup_hold", 0.0) >= 0.5 else "raw"
-        full1, full2 = schedule_areas(a, params.lam, warm, params.extra.get("s2_power", 1.0))
+        full1, full2 = schedule_areas(a, params.lam, warm, memory_of(params))
         s1 = _at_steps(full1, st)
         s2 = _at_steps(full2, st)
         with np.errstate(divide="ignore"):
@@ -298,16 +277,17 @@ class MPLLaw:
     ``LD(t) = B * sum_{k<=t} (lr_{k-1} - lr_k) * (1 - (C * lr_k^(-gamma) * S_k(t) + 1)^(-beta))``,
     ``S_k(t) = lr_k + ... + lr_t`` (S1 includes the warm-up area, the paper's ``S1 + S_W``). Parameters
     ``L0, A, alpha`` are the LawParams fields; ``B, C, beta, gamma`` live in ``params.extra`` as
-    ``B, Cm, beta, gamma`` (``params.C`` is unused, kept 0). Decreases count from the LR peak on."""
+    ``B, Cm, beta, gamma`` (``params.C`` is unused, kept 0), fitted on the LR divided by ``extra["lr_unit"]``
+    (the fit's peak LR; 1 when absent). Decreases count from the LR peak on."""
 
     name = "mpl"
 
     def predict(self, params: LawParams, lrs: ArrayLike, steps: ArrayLike) -> np.ndarray:
         """Loss after ``steps`` updates."""
-        a = _as_lrs(lrs)
+        ex = params.extra
+        a = _as_lrs(lrs) / ex.get("lr_unit", 1.0)
         st = np.asarray(steps, dtype=np.int64)
         s1 = _at_steps(forward_area(a), st)
-        ex = params.extra
         with np.errstate(divide="ignore"):
             p = np.where(s1 > 0, np.power(np.maximum(s1, 1e-300), -params.alpha), np.inf)
         ld = mpl_drop(

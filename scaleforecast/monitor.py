@@ -27,7 +27,7 @@ import logging
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -414,6 +414,7 @@ class RunMonitor:
         if scalars:
             self.sinks.write_scalars(step, scalars)
         forecast = result.forecast
+        due = False
         if forecast is not None:
             extras: dict[str, float] = {}
             if self.stop.target_loss is not None:
@@ -424,10 +425,15 @@ class RunMonitor:
             self.sinks.write_forecast(step, forecast, extras)
             if self.figure_every and forecast.ok:
                 self.usable_refits += 1
-                if (self.usable_refits - 1) % self.figure_every == 0:
-                    snapshot = self.snapshot(step)
-                    if snapshot is not None:
-                        self.sinks.write_figure(snapshot)
+                due = (self.usable_refits - 1) % self.figure_every == 0
+        # A flush that stops the run (see _act) draws the figure with the stop marked, due or not.
+        decided = result.decision is not None and result.decision.stop and not self.stop_reported
+        stopping = self.stopped_at is None and self.stop.action != "warn"
+        stopping = stopping and (decided or any(e.is_critical for e in result.events))
+        if self.figure_every and (due or stopping):
+            snapshot = self.snapshot(step)
+            if snapshot is not None:
+                self.sinks.write_figure(replace(snapshot, stop_step=step) if stopping else snapshot)
         self.sinks.flush()
 
     def _act(self, step: int, result: FlushResult) -> None:

@@ -32,7 +32,8 @@ class CurveSnapshot:
     ``observed_steps``/``observed_loss``: the (binned) losses seen so far; ``steps``/``mean``/``lower``/``upper``:
     the forecast curve and its central band at ``level`` from the current step to ``final_step``;
     ``lrs``: the planned per-update LR (element k = update k+1), drawn on a second axis when given;
-    ``fit_steps``/``fit_mean``: the fitted law over the steps already seen (to judge the fit by eye).
+    ``fit_steps``/``fit_mean``: the fitted law over the steps already seen (to judge the fit by eye);
+    ``stop_step``: the step at which the run is being stopped early (the figure marks it), else ``None``.
     """
 
     step: int
@@ -50,6 +51,7 @@ class CurveSnapshot:
     fit_steps: np.ndarray | None = None
     fit_mean: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    stop_step: int | None = None
 
 
 @runtime_checkable

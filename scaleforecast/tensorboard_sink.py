@@ -2,21 +2,39 @@
 
 :class:`TensorBoardSink` implements :class:`scaleforecast.sinks.Sink` over any ``SummaryWriter``-like object
 (``torch.utils.tensorboard.SummaryWriter``, ``tensorboardX``, or Lightning's ``TensorBoardLogger.experiment``),
-so the forecast lands in the same run directory as the user's own curves. Tags:
+so the forecast lands in the same run directory as the user's own curves.
+
+TensorBoard colours a line by its run, never by its tag, and names it by its run (run table, tooltip, the
+Time Series card's table). So the lines that belong on one chart share one tag,
+``forecast/observed_vs_forecast``: the observed loss in the user's run, and beside it, in small runs of their
+own named for what they hold, ``<run>/scaleforecast/forecast`` (the forecast of the final loss at each refit),
+``<run>/scaleforecast/target`` and ``<run>/scaleforecast/early_stop`` (a vertical bar at the step of the stop,
+from the target to the top of the last band: two values at one step). A writer whose folder is unknown keeps
+everything in its own run instead (``series_runs=False`` forces it): same tags, one colour.
+
+Tags of the user's run:
 
 - ``forecast/final_loss``, ``forecast/lower``, ``forecast/upper``, ``forecast/std``: the forecast of the loss
-  at the schedule's last step and its central band (Margin chart "scaleforecast / final loss forecast");
-- ``law/L0``, ``law/A``, ``law/alpha``, ``law/C``: the fitted law;
-- ``forecast/fit_status`` (0 ok, 1 annealing_unidentified, 2 insufficient_data, 3 failed) and text
-  ``forecast/status`` whenever the status changes;
-- ``forecast/curve``: an image of the observed curve, the forecast curve and its band to the end of the
-  schedule;
-- ``events/<kind>``: text for alerts and decisions, with ``events/<kind>_score`` when the event has a score.
+  at the schedule's last step and its central band;
+- ``forecast/observed_vs_forecast``: the mean observed loss of each flush;
+- ``forecast/p_miss_target``, ``forecast/n_points``, ``law/L0``, ``law/A``, ``law/alpha``, ``law/C``: the stop
+  rule's probability, the points fitted and the fitted law;
+- text ``forecast/status``: the fit's status in words whenever it changes, and the early stop;
+- image ``forecast/curve``: the observed loss, the law fitted so far, the forecast and its band to the end of
+  the schedule, the target and the step of an early stop, with a legend;
+- text ``events/<kind>`` for alerts and decisions, with scalar ``events/<kind>_score`` when they have a score.
+
+Custom scalars: one Margin chart, "scaleforecast / final loss forecast: band, observed, target, early stop",
+draws the band and every run's ``forecast/observed_vs_forecast`` (its layout is written in the
+``scaleforecast/forecast`` run; TensorBoard merges the layouts of all runs).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -30,22 +48,33 @@ if TYPE_CHECKING:
 
     from scaleforecast.events import Event
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "ADVICE_CHARTS",
-    "STATUS_CODES",
+    "COMPARE_TAG",
+    "SERIES_DIR",
+    "STATUS_TEXT",
     "TensorBoardSink",
     "draw_snapshot",
     "forecast_layout",
+    "layout_proto",
     "render_rgb",
+    "status_text",
 ]
 
-STATUS_CODES: dict[FitStatus, int] = {
-    FitStatus.OK: 0,
-    FitStatus.ANNEALING_UNIDENTIFIED: 1,
-    FitStatus.INSUFFICIENT_DATA: 2,
-    FitStatus.FAILED: 3,
+COMPARE_TAG = "forecast/observed_vs_forecast"
+SERIES_DIR = "scaleforecast"
+STATUS_TEXT: dict[str, str] = {
+    FitStatus.OK.value: "usable: every parameter of the law is pinned by the run's own losses",
+    FitStatus.ANNEALING_UNIDENTIFIED.value: (
+        "usable: the LR has not decayed enough to pin the annealing term C, which comes from the prior"
+    ),
+    FitStatus.INSUFFICIENT_DATA.value: "no forecast yet: too few losses to fit the law",
+    FitStatus.FAILED.value: "the last refit failed; the previous forecast stands",
 }
 CATEGORY = "scaleforecast"
+BAND_CHART = "final loss forecast: band, observed, target, early stop"
 ADVICE_CHARTS: dict[str, list[Any]] = {
     "schedule advice: final loss, planned vs best": [
         "Multiline",
@@ -54,21 +83,137 @@ ADVICE_CHARTS: dict[str, list[Any]] = {
 }
 
 
-def forecast_layout(extra: Mapping[str, list[Any]] | None = None) -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars layout: ``{category: {chart title: [chart kind, tags]}}`` as ``add_custom_scalars``
-    takes it. The Margin chart draws ``forecast/final_loss`` with the band ``[lower, upper]``; ``extra`` adds
-    charts (e.g. ``{"schedule advice gain": ["Multiline", ["advice/gain"]]}``) to the same category.
+def status_text(status: FitStatus | str) -> str:
+    """The fit status in words (an unknown status is shown by its name)."""
+    value = status.value if isinstance(status, FitStatus) else str(status)
+    return STATUS_TEXT.get(value, value)
+
+
+def forecast_layout(
+    extra: Mapping[str, list[Any]] | None = None, *, series_runs: bool = True
+) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: ``{category: {chart title: [chart kind, tags]}}``.
+
+    With ``series_runs`` (the lines live in runs of their own, one colour each) one Margin chart draws
+    ``forecast/final_loss`` within ``[forecast/lower, forecast/upper]`` and, as lines without a band, every
+    run's ``forecast/observed_vs_forecast`` (a Margin chart's tags come in threes: value, lower, upper). Without,
+    the band has its own Margin chart and the observed loss, the forecast and the target share a Multiline
+    chart (one run: one colour; each line has its own marker, named in the chart's list of matches): this is
+    the form ``add_custom_scalars`` takes. ``extra`` adds charts (e.g. ``{"schedule advice gain":
+    ["Multiline", ["advice/gain"]]}``) to the same category.
     """
-    charts: dict[str, list[Any]] = {
-        "final loss forecast (band)": ["Margin", ["forecast/final_loss", "forecast/lower", "forecast/upper"]],
-        "observed loss vs forecast": ["Multiline", ["forecast/observed", "forecast/final_loss"]],
-    }
+    band = ["forecast/final_loss", "forecast/lower", "forecast/upper"]
+    charts: dict[str, list[Any]]
+    if series_runs:
+        charts = {BAND_CHART: ["Margin", [*band, COMPARE_TAG, COMPARE_TAG, COMPARE_TAG]]}
+    else:
+        charts = {
+            "final loss forecast (band)": ["Margin", band],
+            "observed loss vs forecast": [
+                "Multiline",
+                [COMPARE_TAG, "forecast/final_loss", "forecast/target", "forecast/early_stop"],
+            ],
+        }
     charts.update(extra or {})
     return {CATEGORY: charts}
 
 
+def layout_proto(layout: Mapping[str, Mapping[str, list[Any]]]) -> Any:
+    """:func:`forecast_layout` as TensorBoard's ``Layout`` proto (a Margin chart may hold several series)."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    categories = []
+    for title, charts in layout.items():
+        built = []
+        for name, (kind, tags) in charts.items():
+            if kind == "Margin":
+                series = [
+                    layout_pb2.MarginChartContent.Series(value=v, lower=lo, upper=hi)
+                    for v, lo, hi in zip(tags[0::3], tags[1::3], tags[2::3], strict=True)
+                ]
+                built.append(
+                    layout_pb2.Chart(title=name, margin=layout_pb2.MarginChartContent(series=series))
+                )
+            else:
+                built.append(
+                    layout_pb2.Chart(title=name, multiline=layout_pb2.MultilineChartContent(tag=tags))
+                )
+        categories.append(layout_pb2.Category(title=title, chart=built))
+    return layout_pb2.Layout(category=categories)
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def _log_dir(writer: Any) -> str | None:
+    """The folder ``writer`` writes to (torch: ``log_dir``, tensorboardX: ``logdir``), else ``None``."""
+    for attr in ("log_dir", "logdir"):
+        value = getattr(writer, attr, None)
+        if isinstance(value, (str, os.PathLike)) and str(value):
+            return os.fspath(value)
+    return None
+
+
+class _RunWriter:
+    """Scalars and a custom-scalars layout for one run beside the user's, through TensorBoard's own event file
+    writer (whatever class the user's writer is)."""
+
+    def __init__(self, logdir: str) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._file = EventFileWriter(logdir)
+
+    def _add(self, summary: Any, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._file.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self._add(Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]), step)
+
+    def add_layout(self, layout: Any) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.plugins.custom_scalar import metadata
+
+        tensor = TensorProto(
+            dtype="DT_STRING", string_val=[layout.SerializeToString()], tensor_shape=TensorShapeProto()
+        )
+        value = Summary.Value(
+            tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor, metadata=metadata.create_summary_metadata()
+        )
+        self._add(Summary(value=[value]), 0)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Series:
+    """The runs beside the user's run that carry the lines of ``forecast/observed_vs_forecast``: opened on
+    first use under ``<root>/scaleforecast/``; none when ``root`` is ``None`` or TensorBoard is missing."""
+
+    def __init__(self, root: str | None) -> None:
+        self.root = root
+        self.writers: dict[str, _RunWriter] = {}
+
+    def writer(self, name: str) -> _RunWriter | None:
+        if self.root is None:
+            return None
+        if name not in self.writers:
+            try:
+                self.writers[name] = _RunWriter(os.path.join(self.root, SERIES_DIR, name))
+            except Exception as exc:  # no tensorboard package, or a folder that cannot be made: one run it is
+                log.debug("scaleforecast: no series runs beside %s (%s)", self.root, exc)
+                self.root = None
+                return None
+        return self.writers[name]
 
 
 class TensorBoardSink:
@@ -76,7 +221,9 @@ class TensorBoardSink:
 
     The writer needs ``add_scalar`` and ``add_text``; ``add_image`` and ``add_custom_scalars`` are used when
     present. ``layout_extra`` adds charts to the custom-scalars layout, which is written once, on the first
-    forecast. ``close_writer``: close the writer in :meth:`close` (only for writers the sink's owner created).
+    forecast. ``close_writer``: close the writer in :meth:`close` (only for writers the sink's owner created;
+    the runs the sink opens itself are always closed). ``series_runs``: write the forecast, target and
+    early-stop lines to runs beside the writer's (when its folder is known), else all to the writer's run.
     """
 
     def __init__(
@@ -86,6 +233,7 @@ class TensorBoardSink:
         layout_extra: Mapping[str, list[Any]] | None = None,
         close_writer: bool = False,
         figure_tag: str = "forecast/curve",
+        series_runs: bool = True,
     ) -> None:
         for method in ("add_scalar", "add_text"):
             if not callable(getattr(writer, method, None)):
@@ -94,19 +242,34 @@ class TensorBoardSink:
         self.layout_extra = dict(layout_extra or {})
         self.close_writer = close_writer
         self.figure_tag = figure_tag
+        self._series = _Series(_log_dir(writer) if series_runs else None)
         self._layout_written = False
-        self._last_status: FitStatus | None = None
+        self._last_status: str | None = None
+        self._last_band: tuple[float, float] | None = None
+        self._target: float | None = None
 
     def _write_layout(self) -> None:
         if self._layout_written:
             return
         self._layout_written = True
+        beside = self._series.writer("forecast")
+        if beside is not None:
+            beside.add_layout(layout_proto(forecast_layout(self.layout_extra)))
+            return
         add = getattr(self.writer, "add_custom_scalars", None)
         if callable(add):
-            add(forecast_layout(self.layout_extra))
+            add(forecast_layout(self.layout_extra, series_runs=False))
+
+    def _line(self, name: str, value: float, step: int) -> bool:
+        """``value`` on the ``name`` line of ``forecast/observed_vs_forecast``; False without series runs."""
+        w = self._series.writer(name)
+        if w is None:
+            return False
+        w.add_scalar(COMPARE_TAG, value, step)
+        return True
 
     def write_forecast(self, step: int, forecast: Forecast, extras: Mapping[str, float]) -> None:
-        """Scalars of the final-step forecast, the law, the status code and ``extras`` at ``step``."""
+        """Scalars of the final-step forecast, the law, the status text on change and ``extras`` at ``step``."""
         self._write_layout()
         w = self.writer
         final = forecast.final
@@ -119,34 +282,67 @@ class TensorBoardSink:
             ):
                 if _finite(value):
                     w.add_scalar(tag, value, step)
+            if _finite(final.loss):
+                self._line("forecast", final.loss, step)
+            if _finite(final.lower) and _finite(final.upper):
+                self._last_band = (final.lower, final.upper)
         if forecast.params is not None:
             p = forecast.params
             for name, value in (("L0", p.L0), ("A", p.A), ("alpha", p.alpha), ("C", p.C), *p.extra.items()):
                 if _finite(value):
                     w.add_scalar(f"law/{name}", value, step)
-        w.add_scalar("forecast/fit_status", STATUS_CODES.get(forecast.status, 3), step)
         w.add_scalar("forecast/n_points", forecast.n_points, step)
-        if forecast.status != self._last_status:
-            self._last_status = forecast.status
-            text = f"fit status **{forecast.status.value}** at step {step} ({forecast.n_points} points)"
+        status = forecast.status.value
+        if status != self._last_status:
+            self._last_status = status
+            text = f"step {step}: **{status}**, {status_text(forecast.status)} ({forecast.n_points} points)"
             if forecast.warnings:
                 text += "  \n" + "  \n".join(f"- {msg}" for msg in forecast.warnings)
             w.add_text("forecast/status", text, step)
-        self.write_scalars(step, extras)
+        scalars = dict(extras)
+        target = scalars.get("forecast/target")
+        if target is not None and _finite(float(target)):
+            self._target = float(target)
+            if self._line("target", self._target, step):
+                del scalars["forecast/target"]
+        self.write_scalars(step, scalars)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Each finite value under its tag (a bare name goes under ``forecast/``)."""
+        """Each finite value under its tag (a bare name goes under ``forecast/``); the observed loss
+        (``forecast/observed``) goes under ``forecast/observed_vs_forecast``."""
         for tag, value in scalars.items():
-            if value is not None and _finite(float(value)):
-                self.writer.add_scalar(tag if "/" in tag else f"forecast/{tag}", float(value), step)
+            if value is None or not _finite(float(value)):
+                continue
+            full = tag if "/" in tag else f"forecast/{tag}"
+            self.writer.add_scalar(COMPARE_TAG if full == "forecast/observed" else full, float(value), step)
 
     def write_event(self, event: Event) -> None:
-        """Text ``events/<kind>`` (severity, message and details) and its score as a scalar."""
+        """Text ``events/<kind>`` (severity, message and details) and its score as scalar
+        ``events/<kind>_score``. An ``early_stop`` marks its step instead of scoring it: a line of
+        ``forecast/status``, and a vertical bar on the ``early_stop`` line from the target (or the band's lower
+        end) to the band's upper end of the last forecast."""
         lines = [f"**{event.severity.upper()}** {event.kind} at step {event.step}: {event.message}"]
         lines += [f"- {key}: {value}" for key, value in event.data.items()]
         self.writer.add_text(f"events/{event.kind}", "  \n".join(lines), event.step)
-        if isinstance(event.score, (int, float)) and math.isfinite(event.score):
+        if event.kind == "early_stop":
+            # Its probability is already the forecast/p_miss_target curve; the stop gets its bar instead.
+            self._mark_stop(event)
+        elif isinstance(event.score, (int, float)) and math.isfinite(event.score):
             self.writer.add_scalar(f"events/{event.kind}_score", float(event.score), event.step)
+
+    def _mark_stop(self, event: Event) -> None:
+        warn_only = event.data.get("action") == "warn"
+        what = "stop rule met (action='warn': the run goes on)" if warn_only else "**stopped early**"
+        self.writer.add_text("forecast/status", f"step {event.step}: {what}: {event.message}", event.step)
+        if self._last_band is None:
+            return
+        lower, upper = self._last_band
+        target = event.data.get("target_loss", self._target)
+        low = min(lower, float(target)) if isinstance(target, (int, float)) and _finite(target) else lower
+        # Two values at one step: TensorBoard draws them as a vertical bar, the one marker a line chart has.
+        for value in (low, upper):
+            if not self._line("early_stop", value, event.step):
+                self.writer.add_scalar("forecast/early_stop", value, event.step)
 
     def write_figure(self, snapshot: CurveSnapshot) -> None:
         """The observed curve with the forecast and its band, as image ``forecast/curve``."""
@@ -156,12 +352,16 @@ class TensorBoardSink:
         add(self.figure_tag, render_rgb(draw_snapshot(snapshot)), snapshot.step, dataformats="HWC")
 
     def flush(self) -> None:
-        fn = getattr(self.writer, "flush", None)
-        if callable(fn):
-            fn()
+        for w in (self.writer, *self._series.writers.values()):
+            fn = getattr(w, "flush", None)
+            if callable(fn):
+                fn()
 
     def close(self) -> None:
         self.flush()
+        for w in self._series.writers.values():
+            w.close()
+        self._series.writers.clear()
         if self.close_writer:
             self.writer.close()
 
@@ -198,8 +398,9 @@ def render_rgb(fig: Figure) -> np.ndarray:
 
 
 def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
-    """A matplotlib figure: observed loss (dots), forecast mean (line) and band to ``final_step``, the target and
-    the current step, with the planned LR on a faint second axis. Uses the non-interactive Agg canvas.
+    """A matplotlib figure: observed loss (dots), the law fitted so far, the forecast mean and band to
+    ``final_step``, the target, the step the forecast was made at (or of the early stop), with a legend and the
+    planned LR on a faint second axis. Uses the non-interactive Agg canvas.
     """
     from matplotlib.figure import Figure
 
@@ -208,18 +409,31 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
     if snapshot.lrs is not None and len(snapshot.lrs):
         ax_lr = ax.twinx()
         ax_lr.plot(np.arange(1, len(snapshot.lrs) + 1), snapshot.lrs, color="0.65", lw=1.0, ls="--")
-        ax_lr.set_ylabel("learning rate (dashed)", color="0.45")
+        ax_lr.set_ylabel("planned learning rate (dashed)", color="0.45")
         ax_lr.tick_params(axis="y", colors="0.45")
         ax_lr.set_ylim(bottom=0.0)
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         ax.set_zorder(ax_lr.get_zorder() + 1)
         ax.patch.set_visible(False)
     ax.scatter(
-        snapshot.observed_steps, snapshot.observed_loss, s=6, color="tab:blue", alpha=0.6, label="observed"
+        snapshot.observed_steps,
+        snapshot.observed_loss,
+        s=6,
+        color="tab:blue",
+        alpha=0.6,
+        label="observed loss",
     )
     if snapshot.fit_steps is not None and snapshot.fit_mean is not None:
         ok = np.isfinite(snapshot.fit_mean)
-        ax.plot(snapshot.fit_steps[ok], snapshot.fit_mean[ok], color="tab:orange", lw=1.2, ls="-", alpha=0.7)
+        ax.plot(
+            snapshot.fit_steps[ok],
+            snapshot.fit_mean[ok],
+            color="tab:orange",
+            lw=1.2,
+            ls="-",
+            alpha=0.7,
+            label="law fitted so far",
+        )
     pct = round(100 * snapshot.level)
     if snapshot.steps.size:
         ax.fill_between(
@@ -238,17 +452,29 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
             fmt="o",
             color="tab:red",
             capsize=4,
-            label=f"final {snapshot.mean[-1]:.4f}",
+            label=f"final loss {snapshot.mean[-1]:.4f} [{snapshot.lower[-1]:.4f}, {snapshot.upper[-1]:.4f}]",
         )
     if snapshot.target is not None:
-        ax.axhline(snapshot.target, color="tab:green", ls="--", lw=1.2, label=f"target {snapshot.target:g}")
-    ax.axvline(snapshot.step, color="0.3", ls=":", lw=1.0)
+        ax.axhline(snapshot.target, color="tab:green", ls="--", lw=1.4, label=f"target {snapshot.target:g}")
+    if snapshot.stop_step is not None:
+        ax.axvline(
+            snapshot.stop_step,
+            color="tab:red",
+            ls="-",
+            lw=1.6,
+            label=f"early stop at step {snapshot.stop_step}",
+        )
+    else:
+        ax.axvline(snapshot.step, color="0.3", ls=":", lw=1.0, label=f"forecast made at step {snapshot.step}")
     ax.set_xlim(0, snapshot.final_step * 1.02)
     ax.set_ylim(*_y_limits(snapshot))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
-    ax.set_title(snapshot.title or f"step {snapshot.step} of {snapshot.final_step}", fontsize=11)
+    title = snapshot.title or f"step {snapshot.step} of {snapshot.final_step}"
+    if snapshot.stop_step is not None:
+        title = f"EARLY STOP · {title}"
+    ax.set_title(title, fontsize=11)
     ax.legend(loc="upper right", fontsize=8, framealpha=0.85)
     if snapshot.notes:
         ax.text(

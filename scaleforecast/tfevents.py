@@ -247,7 +247,8 @@ def find_event_files(path: str | os.PathLike[str]) -> list[Path]:
     """Event files of one run: ``path`` itself, or the ``events.out.tfevents.*`` files directly in it.
 
     A directory with no event files of its own but exactly one run below it is followed down (the sidecar's
-    ``*-scaleforecast`` output is never a run); several runs below it is an error that lists them.
+    ``*-scaleforecast`` output and the runs nested inside a run are never runs); several runs below it is an
+    error that lists them.
     """
     p = Path(path)
     if p.is_file():
@@ -260,7 +261,9 @@ def find_event_files(path: str | os.PathLike[str]) -> list[Path]:
     if own:
         return own
     below = sorted({f.parent for f in p.rglob(f"{EVENT_FILE_PREFIX}*") if f.is_file()})
-    below = [d for d in below if not d.name.endswith(SIDECAR_SUFFIX)]
+    # A run inside another run holds lines the TensorBoard sink draws beside it, never the loss.
+    runs = set(below)
+    below = [d for d in below if not d.name.endswith(SIDECAR_SUFFIX) and runs.isdisjoint(d.parents)]
     if len(below) == 1:
         return find_event_files(below[0])
     if not below:

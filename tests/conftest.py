@@ -68,3 +68,23 @@ def two_ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     proc = run_group(cmd, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return TwoRanks(adapter, out, proc.stdout, proc.stderr)
+
+
+# ------------------------------------------------------------------------------------------------ test tiers
+# `make test` runs every test; `make test-fast` leaves out two kinds (markers declared in pyproject.toml):
+#   trainer       training through an adapter: a real Lightning or Hugging Face Trainer fit, a plain loop;
+#   multiprocess  processes working together: torch.distributed, torchrun, Ray, multiprocessing workers, the
+#                 watch sidecar beside a live writer.
+# The adapter suites (every test fits a Trainer or a training loop) and the fixtures that start processes are
+# marked here; a test of another module carries its marker itself.
+TRAINER_MODULES = frozenset({"test_adapters", "test_lightning", "test_hf"})
+MULTIPROCESS_FIXTURES = frozenset({"two_ranks"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(getattr(item, "module", None), "__name__", "").rpartition(".")[2]
+        if module in TRAINER_MODULES:
+            item.add_marker(pytest.mark.trainer)
+        if MULTIPROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.multiprocess)

@@ -11,7 +11,8 @@ import pytest
 
 from scaleforecast.backtest import backtest, format_table
 from scaleforecast.cli import main
-from scaleforecast.laws import annealing_area, forward_area
+from scaleforecast.fitting import FitConfig
+from scaleforecast.laws import schedule_areas
 from scaleforecast.readers import read_run
 from scaleforecast.schedules import as_lrs
 
@@ -19,10 +20,12 @@ SPEC = "wsd:peak=1e-3,warmup=50,total=3000,cooldown=0.2,shape=linear"
 
 
 def write_csv(path: Path, noise: float = 0.01, upto: int | None = None) -> None:
-    """A run that follows the law (L0=2.5, A=0.6, alpha=0.5, C=0.4) under SPEC, logged every 10 steps."""
+    """A run that follows the law the fitter uses (L0=2.5, A=0.6, alpha=0.5, C=0.4) under SPEC, logged every 10
+    steps."""
     lrs = as_lrs(SPEC)
     steps = np.arange(10, (upto or len(lrs)) + 1, 10)
-    s1, s2 = forward_area(lrs)[steps - 1], annealing_area(lrs)[steps - 1]
+    s1, s2 = schedule_areas(lrs, 0.999, "raw", FitConfig().memory_for(len(lrs)))
+    s1, s2 = s1[steps - 1], s2[steps - 1]
     y = 2.5 + 0.6 * s1**-0.5 - 0.4 * s2 + np.random.default_rng(0).normal(0, noise, len(steps))
     lines = ["step,lr,loss"] + [
         f"{s},{float(lrs[s - 1])!r},{float(v)!r}" for s, v in zip(steps, y, strict=True)

@@ -51,7 +51,9 @@ def _accumulator(run_dir: Path) -> EventAccumulator:
 
 
 def _event_dirs(root: Path) -> list[Path]:
-    return sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+    """Run directories, without the runs the TensorBoard sink writes inside a run (its comparison lines)."""
+    dirs = {p.parent for p in root.rglob("events.out.tfevents.*")}
+    return sorted(d for d in dirs if dirs.isdisjoint(d.parents))
 
 
 @pytest.fixture(scope="module")

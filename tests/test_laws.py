@@ -1,4 +1,4 @@
-"""The law's areas against brute-force loops, the O(1) accumulator, and the two laws' predictions."""
+"""The law's areas against brute-force loops, their memo, and the two laws' predictions."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import pytest
 
 from scaleforecast.laws import (
     LAWS,
-    AreaAccumulator,
     annealing_area,
-    annealing_term,
+    annealing_prefix,
     forward_area,
     hold_warmup,
+    memory_of,
+    mixed_annealing_area,
     mpl_drop,
+    run_memory,
+    schedule_areas,
 )
 from scaleforecast.results import LawParams
 from scaleforecast.schedules import as_lrs
@@ -62,19 +65,54 @@ def test_raw_warmup_makes_s2_negative() -> None:
     assert annealing_area(lrs, 0.999, "hold")[-1] == 0.0
 
 
-def test_accumulator_matches_vectorised_and_resumes() -> None:
+def test_memo_is_keyed_on_the_whole_schedule() -> None:
+    """Two schedules of equal length and equal sum that differ on a few steps only (none of them at a stride
+    of a sample, none in the tail) get their own areas, not each other's."""
+    lrs = as_lrs("cosine:peak=1e-3,warmup=100,total=100000,final=1e-5")
+    other = lrs.copy()
+    other[40_001] += 2e-4  # a move of LR between two neighbouring steps keeps the sum
+    other[40_002] -= 2e-4
+    s1, s2 = schedule_areas(lrs, 0.999, "hold")
+    o1, o2 = schedule_areas(other, 0.999, "hold")
+    np.testing.assert_array_equal(o1, forward_area(other))
+    np.testing.assert_array_equal(o2, annealing_area(other, 0.999, "hold"))
+    assert o1[40_001] != s1[40_001] and o2[-1] != s2[-1]
+    # the memo hands back the same read-only arrays for the same schedule, and the prefix sums match them
+    again = schedule_areas(lrs.copy(), 0.999, "hold")
+    assert again[0] is s1 and not s1.flags.writeable
+    np.testing.assert_allclose(annealing_prefix(lrs, 0.999, "hold")[1:], np.cumsum(s2))
+
+
+def test_two_timescale_memory() -> None:
+    """The run's memory has time constants that are fractions of its length; the mixed S2 is the weighted sum
+    of single memories, each scaled to the full-anneal value of the nominal lam."""
+    (lf, wf), (ls, ws) = run_memory(20000)
+    assert lf == pytest.approx(1 - 1 / 100) and ls == pytest.approx(1 - 1 / 20000) and wf == ws == 0.5
+    assert run_memory(50)[0][0] == 0.0  # a time constant under one update: no memory at all
     lrs = _lrs(SPECS[3])
-    acc = AreaAccumulator(0.995)
-    out = [acc.push(lr) for lr in lrs[:250]]
-    state = acc.state_dict()
-    acc2 = AreaAccumulator()
-    acc2.load_state_dict(state)
-    out += [acc2.push(lr) for lr in lrs[250:]]
-    s1, s2 = np.array(out).T
-    np.testing.assert_allclose(s1, forward_area(lrs), rtol=1e-12)
-    np.testing.assert_allclose(s2, annealing_area(lrs, 0.995), rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError):
-        acc2.push(float("nan"))
+    mem = ((0.9, 0.3), (0.995, 0.7))
+    want = (
+        0.3 * 0.1 / 1e-3 * _brute(hold_warmup(lrs), 0.9)[1]
+        + 0.7 * 0.005 / 1e-3 * _brute(hold_warmup(lrs), 0.995)[1]
+    )
+    np.testing.assert_allclose(mixed_annealing_area(lrs, mem, 0.999, "hold"), want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(
+        schedule_areas(lrs, 0.999, "hold", mem)[1], mixed_annealing_area(lrs, mem, 0.999, "hold")
+    )
+    # a settled decay to zero reaches the full-anneal value lr_peak / (1 - lam) whatever the memory
+    down = as_lrs("wsd:peak=1e-3,warmup=0,total=4000,cooldown=0.5,shape=linear,final=0")
+    down = np.concatenate([down, np.zeros(20000)])
+    full = mixed_annealing_area(down, ((0.99, 0.5), (0.999, 0.5)), 0.999)[-1]
+    assert full == pytest.approx(1e-3 / (1 - 0.999), rel=1e-6)
+    # the law carries its memory in its parameters
+    p = LawParams(
+        L0=2.0, A=0.5, alpha=0.4, C=3.0, extra={"lam_fast": 0.9, "lam_slow": 0.995, "mix_fast": 0.3}
+    )
+    assert memory_of(p) == mem and memory_of(p.model_copy(update={"extra": {}})) is None
+    steps = np.array([10, 300, 600])
+    got = LAWS["tissue"].predict(p, lrs, steps)
+    s2 = mixed_annealing_area(lrs, mem, 0.999)[steps - 1]
+    np.testing.assert_allclose(got, 2.0 + 0.5 * np.cumsum(lrs)[steps - 1] ** -0.4 - 3.0 * s2, rtol=1e-10)
 
 
 def test_bad_inputs() -> None:
@@ -97,18 +135,6 @@ def test_tissue_predict_is_the_formula() -> None:
     assert np.isinf(LAWS["tissue"].predict(p, lrs, [0])[0])
     with pytest.raises(ValueError):
         LAWS["tissue"].predict(p, lrs, [601])
-
-
-def test_annealing_term_power() -> None:
-    lrs = as_lrs("linear:peak=1e-3,warmup=0,total=20000")
-    lam = 0.99
-    s2 = annealing_area(lrs, lam)
-    np.testing.assert_array_equal(annealing_term(lrs, lam, power=1.0), s2)
-    t2 = annealing_term(lrs, lam, power=2.0)
-    full = lrs.max() / (1 - lam)
-    # same full-anneal drop, smaller midway: the drop accelerates towards the end
-    assert abs(t2[-1] - s2[-1]) / full < 0.02
-    assert t2[10000] < s2[10000]
 
 
 def _mpl_brute(lrs, t, B, C, beta, gamma, start):

@@ -51,6 +51,7 @@ class _Recorder:
         self.usable: list[int] = []
         self.events: list[Event] = []
         self.figures: list[int] = []
+        self.stop_steps: list[int] = []
         self.scalars: dict[str, list[float]] = {}
         self.closed = False
 
@@ -70,6 +71,8 @@ class _Recorder:
 
     def write_figure(self, snapshot: Any) -> None:
         self.figures.append(snapshot.step)
+        if snapshot.stop_step is not None:
+            self.stop_steps.append(snapshot.stop_step)
 
     def flush(self) -> None:
         pass
@@ -118,8 +121,9 @@ def test_forecasts_and_stops_when_target_is_out_of_reach() -> None:
     assert stopped is not None and stopped >= 0.25 * TOTAL
     assert mon.stopped_at == stopped and mon.stop_reason
     assert [e.kind for e in sink.events] == ["early_stop"]
-    # a figure for the first usable forecast, then every second one
-    assert sink.usable and sink.figures == sink.usable[::2]
+    # a figure for the first usable forecast, then every second one, and one at the stop that marks it
+    assert sink.usable and sink.figures == sorted({*sink.usable[::2], stopped})
+    assert sink.stop_steps == [stopped]
     assert sink.scalars["forecast/p_miss_target"][-1] >= 0.95
     assert len(sink.scalars["forecast/observed"]) == stopped // 50
 
@@ -142,7 +146,7 @@ def test_warn_action_reports_once_and_never_stops() -> None:
     for batch in _batches(y, TOTAL):
         assert not mon.flush(batch).stop
     assert [e.kind for e in sink.events] == ["early_stop"]
-    assert mon.stopped_at is None
+    assert mon.stopped_at is None and sink.figures and sink.stop_steps == []
 
 
 def test_detector_events_go_through_the_action_policy() -> None:

@@ -179,6 +179,7 @@ def _lightning_objective(root: Path, lrs: dict[int, float], total: int = 60):
     return objective
 
 
+@pytest.mark.trainer
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_lightning_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:
@@ -204,6 +205,7 @@ def test_lightning_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:
         assert FORECAST_ATTR in t.user_attrs and set(t.intermediate_values) <= set(range(100, 1001, 100))
 
 
+@pytest.mark.trainer
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_hf_trials_on_sqlite_prune_the_bad_one(tmp_path: Path) -> None:

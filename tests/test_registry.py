@@ -106,6 +106,7 @@ def test_interface_is_abstract() -> None:
         RunRegistry()  # type: ignore[abstract]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -129,6 +130,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path, method: str) -> None:
     assert len(reg.history()) == N_WRITERS * N_WRITES
 
 
+@pytest.mark.trainer
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_lightning_runs_share_the_default_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,14 @@ import pytest
 pytest.importorskip("tensorboard")
 torch = pytest.importorskip("torch")
 
-from scaleforecast.integrations.tensorboard import STATUS_CODES, TensorBoardSink, draw_snapshot  # noqa: E402
+from scaleforecast.integrations.tensorboard import (  # noqa: E402
+    COMPARE_TAG,
+    TensorBoardSink,
+    draw_snapshot,
+    forecast_layout,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer  # noqa: E402
 from tensorboard.plugins.custom_scalar import layout_pb2  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
@@ -20,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from scaleforecast.events import Event  # noqa: E402
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint, LawParams  # noqa: E402
 from scaleforecast.sinks import CurveSnapshot, FanoutSink, Sink  # noqa: E402
+from scaleforecast.tfevents import find_event_files  # noqa: E402
 
 
 def _forecast(step: int, loss: float, status: FitStatus = FitStatus.OK) -> Forecast:
@@ -36,7 +43,7 @@ def _forecast(step: int, loss: float, status: FitStatus = FitStatus.OK) -> Forec
     )
 
 
-def _snapshot(step: int = 400) -> CurveSnapshot:
+def _snapshot(step: int = 400, stop_step: int | None = None) -> CurveSnapshot:
     total = 1000
     lrs = np.concatenate(
         [np.linspace(1e-4, 1e-3, 50), 1e-3 * (1 + np.cos(np.linspace(0, np.pi, total - 50))) / 2]
@@ -60,6 +67,7 @@ def _snapshot(step: int = 400) -> CurveSnapshot:
         lrs=np.maximum(lrs, 1e-9),
         fit_steps=s.astype(float),
         fit_mean=2.0 + 3.0 / np.sqrt(s),
+        stop_step=stop_step,
     )
 
 
@@ -69,86 +77,225 @@ def _read(logdir: Path) -> EventAccumulator:
     return acc
 
 
-def test_sink_writes_scalars_layout_text_and_figures(tmp_path: Path) -> None:
-    writer = SummaryWriter(str(tmp_path))
+def _texts(acc: EventAccumulator, tag: str) -> list[tuple[int, str]]:
+    return [
+        (e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode())
+        for e in acc.Tensors(f"{tag}/text_summary")
+    ]
+
+
+def _layout(acc: EventAccumulator) -> layout_pb2.Layout:
+    event = acc.Tensors("custom_scalars__config__")[0]
+    return layout_pb2.Layout.FromString(tensor_util.make_ndarray(event.tensor_proto).item())
+
+
+def _run_a_stopped_job(logdir: Path) -> None:
+    """Three refits toward a target of 2.2, then the stop rule's early stop at step 300."""
     sink = TensorBoardSink(
-        writer, layout_extra={"advice gain": ["Multiline", ["advice/gain"]]}, close_writer=True
+        SummaryWriter(str(logdir)),
+        layout_extra={"advice gain": ["Multiline", ["advice/gain"]]},
+        close_writer=True,
     )
     assert isinstance(sink, Sink)
+    sink.write_scalars(100, {"forecast/observed": 2.9})
     sink.write_forecast(100, _forecast(100, 2.5, FitStatus.ANNEALING_UNIDENTIFIED), {"forecast/target": 2.2})
-    sink.write_forecast(200, _forecast(200, 2.4), {"forecast/p_miss_target": 0.97, "advice/gain": 0.03})
-    sink.write_forecast(300, _forecast(300, 2.35), {})
+    sink.write_scalars(200, {"forecast/observed": 2.7})
+    sink.write_forecast(
+        200,
+        _forecast(200, 2.4),
+        {"forecast/target": 2.2, "forecast/p_miss_target": 0.97, "advice/gain": 0.03},
+    )
     sink.write_scalars(300, {"forecast/observed": 2.6, "nan_is_skipped": float("nan")})
+    sink.write_forecast(300, _forecast(300, 2.35), {"forecast/target": 2.2})
     sink.write_event(Event(kind="spike", step=250, severity="warning", score=7.5, message="loss 3.1 vs 2.5"))
-    sink.write_event(Event(kind="early_stop", step=300, severity="critical", message="target out of reach"))
-    sink.write_figure(_snapshot(300))
+    sink.write_event(
+        Event(
+            kind="early_stop",
+            step=300,
+            severity="critical",
+            score=0.99,
+            message="forecast final loss 2.35 cannot reach 2.2",
+            data={"target_loss": 2.2, "confidence": 0.95, "action": "stop"},
+        )
+    )
+    sink.write_figure(_snapshot(300, stop_step=300))
     sink.close()
 
+
+def test_forecast_scalars_law_and_figure_land_in_the_users_run(tmp_path: Path) -> None:
+    _run_a_stopped_job(tmp_path)
     acc = _read(tmp_path)
     scalars = set(acc.Tags()["scalars"])
-    expected = {
+    assert {
         "forecast/final_loss",
         "forecast/lower",
         "forecast/upper",
         "forecast/std",
-        "forecast/fit_status",
+        "forecast/n_points",
+        "forecast/p_miss_target",
         "law/L0",
         "law/A",
         "law/alpha",
         "law/C",
-        "forecast/target",
-        "forecast/p_miss_target",
         "advice/gain",
-        "forecast/observed",
+        COMPARE_TAG,
         "events/spike_score",
-    }
-    assert expected <= scalars
-    assert "forecast/nan_is_skipped" not in scalars
+    } <= scalars
+    # the stop's probability is forecast/p_miss_target's; a single-point chart of it would say nothing
+    assert not any("nan_is_skipped" in t or "early_stop" in t for t in scalars)
     final = acc.Scalars("forecast/final_loss")
     assert [e.step for e in final] == [100, 200, 300]
     np.testing.assert_allclose([e.value for e in final], [2.5, 2.4, 2.35], rtol=1e-6)
     np.testing.assert_allclose([e.value for e in acc.Scalars("forecast/upper")], [2.6, 2.5, 2.45], rtol=1e-6)
-    status = acc.Scalars("forecast/fit_status")
-    assert [e.value for e in status] == [
-        STATUS_CODES[FitStatus.ANNEALING_UNIDENTIFIED],
-        STATUS_CODES[FitStatus.OK],
-        STATUS_CODES[FitStatus.OK],
+    # the observed loss is this run's line of the comparison chart
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars(COMPARE_TAG)] == [
+        (100, 2.9),
+        (200, 2.7),
+        (300, 2.6),
     ]
     assert [e.value for e in acc.Scalars("events/spike_score")] == [7.5]
-
-    tensors = set(acc.Tags()["tensors"])
-    assert {
-        "forecast/status/text_summary",
-        "events/spike/text_summary",
-        "events/early_stop/text_summary",
-    } <= tensors
-    status_text = [
-        tensor_util.make_ndarray(e.tensor_proto).item().decode()
-        for e in acc.Tensors("forecast/status/text_summary")
-    ]
-    # written on change only: unidentified at 100, ok at 200
-    assert len(status_text) == 2 and "annealing_unidentified" in status_text[0] and "prior" in status_text[0]
-    stop_text = tensor_util.make_ndarray(acc.Tensors("events/early_stop/text_summary")[0].tensor_proto).item()
-    assert b"target out of reach" in stop_text
-
-    layout = layout_pb2.Layout.FromString(
-        tensor_util.make_ndarray(acc.Tensors("custom_scalars__config__")[0].tensor_proto).item()
-    )
-    charts = {c.title: c for cat in layout.category for c in cat.chart}
-    margin = charts["final loss forecast (band)"].margin.series[0]
-    assert (margin.value, margin.lower, margin.upper) == (
-        "forecast/final_loss",
-        "forecast/lower",
-        "forecast/upper",
-    )
-    assert list(charts["advice gain"].multiline.tag) == ["advice/gain"]
-
     images = acc.Images("forecast/curve")
     assert [i.step for i in images] == [300]
     assert images[0].width >= 600 and images[0].height >= 300
 
 
-def test_figure_is_drawn_without_pyplot_state() -> None:
+def test_the_comparison_lines_are_runs_named_for_the_legend(tmp_path: Path) -> None:
+    # TensorBoard colours and names lines by run: the forecast, the target and the stop each get one.
+    _run_a_stopped_job(tmp_path)
+    # what TensorBoard's scalar dashboards list: run -> tags
+    mux = EventMultiplexer(tensor_size_guidance={"scalars": 0})
+    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    runs = {run: set(tags) for run, tags in mux.PluginRunToTagToContent("scalars").items()}
+    beside = {"scaleforecast/forecast", "scaleforecast/target", "scaleforecast/early_stop"}
+    assert set(runs) == {".", *beside}
+    for run in beside:
+        assert runs[run] == {COMPARE_TAG}, run
+
+    def line(run: str) -> list[tuple[int, float]]:
+        return [
+            (e.step, round(float(tensor_util.make_ndarray(e.tensor_proto)), 6))
+            for e in mux.Tensors(run, COMPARE_TAG)
+        ]
+
+    assert line("scaleforecast/forecast") == [(100, 2.5), (200, 2.4), (300, 2.35)]
+    assert line("scaleforecast/target") == [(100, 2.2), (200, 2.2), (300, 2.2)]
+    # the stop: a vertical bar at its step, from the target up to the top of the last band
+    assert line("scaleforecast/early_stop") == [(300, 2.2), (300, 2.45)]
+    # the target moved to its own run: no flat copy of it in the user's run
+    assert "forecast/target" not in runs["."]
+
+
+def test_one_margin_chart_draws_band_observed_target_and_stop(tmp_path: Path) -> None:
+    _run_a_stopped_job(tmp_path)
+    # the layout is written once, with the runs beside the user's, and TensorBoard merges it across runs
+    assert "custom_scalars__config__" not in _read(tmp_path).Tags()["tensors"]
+    layout = _layout(_read(tmp_path / "scaleforecast" / "forecast"))
+    charts = {c.title: c for cat in layout.category if cat.title == "scaleforecast" for c in cat.chart}
+    band = charts["final loss forecast: band, observed, target, early stop"]
+    series = [(s.value, s.lower, s.upper) for s in band.margin.series]
+    assert series == [
+        ("forecast/final_loss", "forecast/lower", "forecast/upper"),
+        (COMPARE_TAG, COMPARE_TAG, COMPARE_TAG),
+    ]
+    assert list(charts["advice gain"].multiline.tag) == ["advice/gain"]
+
+
+def test_fit_status_is_text_in_words_and_never_a_number(tmp_path: Path) -> None:
+    _run_a_stopped_job(tmp_path)
+    acc = _read(tmp_path)
+    assert not [t for t in acc.Tags()["scalars"] if "status" in t]
+    texts = _texts(acc, "forecast/status")
+    # written when it changes (unidentified at 100, ok at 200, not again at 300), then at the stop
+    assert [step for step, _ in texts] == [100, 200, 300]
+    assert "**annealing_unidentified**" in texts[0][1] and "comes from the prior" in texts[0][1]
+    assert "[prior] C leans on the prior" in texts[0][1]
+    assert "**ok**" in texts[1][1] and "pinned by the run's own losses" in texts[1][1]
+    assert "**stopped early**" in texts[2][1] and "cannot reach 2.2" in texts[2][1]
+    stop = _texts(acc, "events/early_stop")
+    assert len(stop) == 1 and stop[0][0] == 300 and "target_loss: 2.2" in stop[0][1]
+
+
+def test_a_warn_only_stop_says_the_run_goes_on(tmp_path: Path) -> None:
+    sink = TensorBoardSink(SummaryWriter(str(tmp_path)), close_writer=True)
+    sink.write_forecast(100, _forecast(100, 2.5), {})
+    sink.write_event(
+        Event(
+            kind="early_stop", step=100, severity="critical", message="out of reach", data={"action": "warn"}
+        )
+    )
+    sink.close()
+    texts = _texts(_read(tmp_path), "forecast/status")
+    assert "action='warn': the run goes on" in texts[-1][1] and "stopped early" not in texts[-1][1]
+    # no target known: the bar spans the last band
+    values = [e.value for e in _read(tmp_path / "scaleforecast" / "early_stop").Scalars(COMPARE_TAG)]
+    np.testing.assert_allclose(values, [2.4, 2.6], rtol=1e-6)
+
+
+class _BareWriter:
+    """A SummaryWriter-like object that does not say where it writes."""
+
+    def __init__(self, writer: SummaryWriter) -> None:
+        self.inner = writer
+
+    def add_scalar(self, *args: object, **kwargs: object) -> None:
+        self.inner.add_scalar(*args, **kwargs)
+
+    def add_text(self, *args: object, **kwargs: object) -> None:
+        self.inner.add_text(*args, **kwargs)
+
+    def add_custom_scalars(self, layout: dict) -> None:
+        self.inner.add_custom_scalars(layout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("how", ["folder unknown", "series_runs=False"])
+def test_without_runs_beside_everything_stays_in_one_run(tmp_path: Path, how: str) -> None:
+    writer = SummaryWriter(str(tmp_path))
+    if how == "folder unknown":
+        sink = TensorBoardSink(_BareWriter(writer), close_writer=True)
+    else:
+        sink = TensorBoardSink(writer, close_writer=True, series_runs=False)
+    sink.write_scalars(100, {"forecast/observed": 2.9})
+    sink.write_forecast(100, _forecast(100, 2.5), {"forecast/target": 2.2})
+    sink.write_event(
+        Event(kind="early_stop", step=100, severity="critical", message="x", data={"target_loss": 2.2})
+    )
+    sink.close()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+    acc = _read(tmp_path)
+    assert [e.value for e in acc.Scalars("forecast/target")] == [pytest.approx(2.2)]
+    assert [e.value for e in acc.Scalars("forecast/early_stop")] == [pytest.approx(2.2), pytest.approx(2.6)]
+    charts = {c.title: c for cat in _layout(acc).category for c in cat.chart}
+    assert len(charts["final loss forecast (band)"].margin.series) == 1
+    assert list(charts["observed loss vs forecast"].multiline.tag) == [
+        COMPARE_TAG,
+        "forecast/final_loss",
+        "forecast/target",
+        "forecast/early_stop",
+    ]
+
+
+def test_the_layout_for_add_custom_scalars_keeps_its_margin_charts_to_one_series() -> None:
+    layout = forecast_layout(series_runs=False)
+    for kind, tags in layout["scaleforecast"].values():
+        assert kind != "Margin" or len(tags) == 3
+
+
+def test_runs_beside_a_run_never_make_its_parent_ambiguous(tmp_path: Path) -> None:
+    job = tmp_path / "job" / "version_0"
+    writer = SummaryWriter(str(job))
+    writer.add_scalar("train/loss", 3.0, 1)
+    sink = TensorBoardSink(writer, close_writer=True)
+    sink.write_forecast(100, _forecast(100, 2.5), {"forecast/target": 2.2})
+    sink.close()
+    assert (job / "scaleforecast" / "target").is_dir()
+    assert [f.parent for f in find_event_files(tmp_path / "job")] == [job]
+
+
+def test_figure_has_a_legend_the_target_and_the_stop() -> None:
     fig = draw_snapshot(_snapshot())
     ax = fig.axes[0]
     ymin, ymax = ax.get_ylim()
@@ -156,7 +303,13 @@ def test_figure_is_drawn_without_pyplot_state() -> None:
     assert ymin < 2.0 and ymax < 3.0
     assert ax.get_xlim()[1] >= 1000
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "forecast" in labels and any(lbl.startswith("target") for lbl in labels)
+    assert {"observed loss", "law fitted so far", "80% band", "forecast", "target 2.05"} <= set(labels)
+    assert "forecast made at step 400" in labels and not any("early stop" in lbl for lbl in labels)
+
+    stopped = draw_snapshot(_snapshot(300, stop_step=300)).axes[0]
+    labels = [t.get_text() for t in stopped.get_legend().get_texts()]
+    assert "early stop at step 300" in labels and "forecast made at step 300" not in labels
+    assert stopped.get_title().startswith("EARLY STOP")
 
 
 class _Exploding:
@@ -198,3 +351,68 @@ def test_fanout_isolates_a_failing_sink() -> None:
 def test_sink_rejects_objects_that_are_not_writers() -> None:
     with pytest.raises(TypeError, match="add_scalar"):
         TensorBoardSink(object())
+
+
+@pytest.mark.trainer
+@pytest.mark.slow
+def test_a_real_lightning_stop_is_marked_in_every_view(tmp_path: Path) -> None:
+    """A Lightning fit stopped by the stop rule: the figure at the stop step (drawn though none was due), the
+    stop bar beside the run, the status text, all read back from the files TensorBoard reads."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from scaleforecast.callbacks import LossForecast
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g) + 0.5 * torch.randn(2048, 1, generator=g)
+
+    class Regressor(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> dict:
+            opt = torch.optim.SGD(self.parameters(), lr=0.05)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=80)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # the loss cannot fall below the noise (0.25): a target of 0.01 is out of reach
+    cb = LossForecast(
+        target_loss=0.01,
+        min_fraction=0.3,
+        flush_every=10,
+        refit_every=10,
+        log_figures_every=100,
+        verbose=False,
+    )
+    trainer = pl.Trainer(
+        max_steps=80,
+        logger=TensorBoardLogger(str(tmp_path), name="run"),
+        callbacks=[cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Regressor(), DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True))
+    stopped = cb.stopped_at
+    assert stopped is not None and 24 <= stopped < 80
+
+    run = Path(trainer.logger.log_dir)
+    acc = _read(run)
+    images = [i.step for i in acc.Images("forecast/curve")]
+    assert len(images) == 2 and images[-1] == stopped  # the first usable forecast's, then the stop's
+    assert "**stopped early**" in _texts(acc, "forecast/status")[-1][1]
+    bar = [(e.step, e.value) for e in _read(run / "scaleforecast" / "early_stop").Scalars(COMPARE_TAG)]
+    upper = acc.Scalars("forecast/upper")[-1].value
+    assert [s for s, _ in bar] == [stopped, stopped]
+    np.testing.assert_allclose([v for _, v in bar], [0.01, upper], rtol=1e-6)
+    target = _read(run / "scaleforecast" / "target").Scalars(COMPARE_TAG)
+    assert target and all(e.value == pytest.approx(0.01) for e in target)

@@ -19,7 +19,8 @@ import pytest
 
 from scaleforecast.cli import main
 from scaleforecast.events import Event
-from scaleforecast.laws import annealing_area, forward_area
+from scaleforecast.fitting import FitConfig
+from scaleforecast.laws import schedule_areas
 from scaleforecast.schedules import as_lrs
 from scaleforecast.watch import Watcher, sidecar_dir
 
@@ -96,11 +97,12 @@ WRITER = textwrap.dedent(
     """
     import sys
     from torch.utils.tensorboard import SummaryWriter
-    from scaleforecast.laws import annealing_area, forward_area
+    from scaleforecast.fitting import FitConfig
+    from scaleforecast.laws import schedule_areas
     from scaleforecast.schedules import as_lrs
 
     lrs = as_lrs(sys.argv[2])
-    s1, s2 = forward_area(lrs), annealing_area(lrs)
+    s1, s2 = schedule_areas(lrs, 0.999, "raw", FitConfig().memory_for(len(lrs)))  # the law the fitter uses
     w = SummaryWriter(sys.argv[1], flush_secs=3600)
     step = 0
     # Each line on stdin says up to which step to write; the writer flushes, answers, and waits for the next one.
@@ -126,6 +128,7 @@ def _forecast_after(lines: Any, step: int) -> dict:
     raise AssertionError(f"the sidecar ended before forecasting step {step}")
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -182,14 +185,18 @@ def test_watch_live_writer_and_signal(tmp_path: Path, sig: signal.Signals) -> No
         stdout, stderr = watch.communicate(timeout=120)
         assert watch.returncode == 0, stderr
         assert "a last pass" in stderr and "reached its last step" not in stderr
-        assert "WARNING" not in stderr and "past the run's last step" not in stderr
+        # no warning about the data; the schedule advice may speak (a cosine plan this short is beaten by a
+        # short WSD cooldown under the law)
+        warned = [ln for ln in stderr.splitlines() if "WARNING" in ln and "schedule_advice" not in ln]
+        assert not warned and "past the run's last step" not in stderr
         seen = scalars_of(sidecar_dir(run))
         assert len(seen["forecast/final_loss"]) >= 2 and seen["forecast/final_loss"][-1][0] >= 1500
         records = [json.loads(line) for line in stdout.splitlines() if line.strip()]
         last = ([latest] + [r for r in records if r["type"] == "forecast"])[-1]
         assert last["final_step"] == 2000
         lrs = as_lrs(SPEC)
-        truth = 2.5 + 0.6 * forward_area(lrs)[-1] ** -0.5 - 0.4 * annealing_area(lrs)[-1]
+        s1, s2 = schedule_areas(lrs, 0.999, "raw", FitConfig().memory_for(len(lrs)))
+        truth = 2.5 + 0.6 * s1[-1] ** -0.5 - 0.4 * s2[-1]
         assert last["forecasts"][0]["loss"] == pytest.approx(truth, rel=0.05)
         assert not any(p.name.endswith("scaleforecast") for p in run.iterdir())
     finally:
@@ -260,7 +267,7 @@ def _write(
     run: Path, steps: range, spec: str = SPEC, lr: bool = True, falling: bool = False, **extra: float
 ) -> None:
     lrs = as_lrs(spec)
-    s1, s2 = forward_area(lrs), annealing_area(lrs)
+    s1, s2 = schedule_areas(lrs, 0.999, "raw", FitConfig().memory_for(len(lrs)))  # the law the fitter uses
     w = tb.SummaryWriter(str(run))
     for s in steps:
         # The law's S2 is negative during a long warm-up; ``falling`` keeps the loss falling there.
