@@ -1,8 +1,8 @@
 """Early stopping on finished real runs: does the rule stop runs that would have made their target, and does it
 stop the ones that cannot, early enough to save compute?
 
-Every finished run available (``../shared/curves`` and the tiny real Lightning / HF runs of
-``data/tiny_runs``) is replayed through ``RunMonitor.flush`` at the adapters' cadence (``stop_replay.py``). For
+Every finished run available (``../shared/curves``, the tiny-model curves of ``curves_tiny`` and the tiny real
+Lightning / HF runs of ``data/tiny_runs``) is replayed through ``RunMonitor.flush`` at the adapters' cadence (``stop_replay.py``). For
 each confidence in {0.9, 0.95, 0.99} and each target at the run's true final loss times {0.97, 0.98, 0.99,
 1.01, 1.02, 1.05}, the stop rule is asked at every flush, as the monitor asks it, and the benchmark prints:
 
@@ -254,10 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         after_rule("after, cross-fitted (out of sample)", lambda t: folds[t.key]),
         after_rule("after, cross-fitted, forecast only", lambda t: folds[t.key], use_features=False),
     ]
+    origin = {t.key: t.meta.get("origin", "shared") for t in traces}
     populations = {
-        "all runs": {t.key for t in traces},
-        "shared curves": {t.key for t in traces if not t.source.startswith("tiny")},
-        "tiny runs": {t.key for t in traces if t.source.startswith("tiny")},
+        "all runs": set(origin),
+        "shared curves": {k for k, o in origin.items() if o == "shared"},
+        "tiny-model curves (curves_tiny)": {k for k, o in origin.items() if o == "curves_tiny"},
+        "tiny Lightning / HF runs (tiny_runs.py)": {k for k, o in origin.items() if o == "tiny_runs"},
     }
     for rule in rules:
         t1 = time.time()

@@ -12,10 +12,14 @@ with the features of :class:`scaleforecast.evidence.StopFeatures`. Then (see
 1. ``table[column][bin]``: per fraction bin and column (the LR phase of a forecast with a backtest, or
    ``unproven`` without one), the weighted ``QUANTILE`` of the pessimistic errors ``max(e, 0)``, at least
    ``TWO_SIDED_SHARE`` of the ``QUANTILE`` of ``|e|``; each run weighs the same within a cell and each group of
-   related runs (shared trunk, replicates) as one run. A phase cell with fewer than ``MIN_GROUPS`` groups takes
-   its bin's value over all columns; a sparse ``unproven`` cell the widest measured ``unproven`` value.
-2. ``fallback[bin]``: the weighted ``QUANTILE`` of the full scale (table and backtest) over that bin, and never
-   below any column: the scale assumed when only a forecast is known.
+   related runs (shared trunk, replicates) as one run. Runs whose fit reports a relative noise per observation
+   of ``NOISE_SPLIT`` or more (per-step losses of small batches: the tiny runs) get their own ``noisy:`` columns.
+   A phase cell with fewer than ``MIN_GROUPS`` groups takes its bin's value over all columns of its regime; a
+   sparse ``unproven`` cell the widest measured ``unproven`` value.
+2. ``fallback[bin]`` / ``fallback_noisy[bin]``: the weighted ``QUANTILE`` of the full scale (table and
+   backtest) over that bin, per regime, never below any column of the regime: the scale assumed when only a
+   forecast is known; ``rel_std_split[bin]``, ``SPLIT_MARGIN`` times the smallest relative std a noisy run's
+   forecast showed in the bin or its neighbours, tells the regimes apart by the forecast's own std.
 3. ``upper``/``lower``: every run's largest ``e / scale`` (and ``-e / scale``) over its forecasts, computed with
    the table learned *without the run's group* (leave one group out), so that the tails measure the error of a
    model that has not seen the run.
@@ -370,14 +374,15 @@ def group_folds(S: Samples, k: int = 5) -> list[np.ndarray]:
 
 
 def source_folds(S: Samples) -> list[np.ndarray]:
-    """One fold per source (leave one source out); the tiny runs of both frameworks form one source."""
+    """One fold per source (leave one source out); the tiny runs of ``tiny_runs.py`` form one source."""
     runs = np.unique(S.run)
     src = np.array([_family(S.sources[r]) for r in runs])
     return [runs[src == s] for s in sorted(set(src))]
 
 
 def _family(source: str) -> str:
-    return "tiny" if source.startswith("tiny") else source
+    # the Lightning and HF runs of tiny_runs.py are one codebase; every other folder is its own source
+    return "tiny_runs" if source in ("tiny_lightning", "tiny_hf") else source
 
 
 def cv_table(title: str, res: dict[tuple[float, float], tuple[int, int, list[float]]]) -> str:

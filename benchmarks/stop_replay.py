@@ -8,10 +8,10 @@ monitor makes together with the stop rule's features from the monitor's own :cla
 model is not involved: any rule can then be evaluated on the trace, at the flushes where the callbacks would
 have evaluated it.
 
-Runs come from ``../shared/curves`` (the loss column the ``forecast`` CLI uses: ``val_loss`` where logged, else
-``train_loss``; the run ends at its last logged step, whose loss is the truth) and from the tiny real runs
-recorded by ``tiny_runs.py`` (per-step training loss, as a callback sees it; the truth is the final model's
-loss on fresh batches).
+Runs come from ``../shared/curves`` and the tiny-model curves of ``curves_tiny`` (``make_curves.py``), both in the
+loss column the ``forecast`` CLI uses (``val_loss`` where logged, else ``train_loss``; the run ends at its last
+logged step, whose loss is the truth), and from the tiny Lightning and HF runs recorded by ``tiny_runs.py``
+(per-step training loss, as a callback sees it; the truth is the final model's loss on fresh batches).
 """
 
 from __future__ import annotations
@@ -66,22 +66,26 @@ class Run:
         return len(self.lrs)
 
 
-def shared_runs(root: str | Path | None = None) -> list[Run]:
-    """Every finished run of ``../shared/curves`` (see the module docstring); [] when the folder is absent."""
-    from curves import load_curves
+def shared_runs(root: str | Path | None = None, *, generated: bool = True) -> list[Run]:
+    """Every finished run of ``../shared/curves`` and, with ``generated``, of the tiny-model curves committed
+    under ``benchmarks/curves_tiny`` (see the module docstring); [] when neither folder is there."""
+    from curves import TINY_ROOT, default_root, load_curves
 
-    try:
-        curves = load_curves(root)
-    except FileNotFoundError:
+    base = Path(root) if root is not None else default_root()
+    roots = [
+        r for r in (base, TINY_ROOT if generated else None) if r is not None and (r / "index.csv").is_file()
+    ]
+    if not roots:
         return []
     out = []
-    for c in curves:
+    for c in load_curves(roots):
         steps, y = c.column(None)
         keep = (steps >= 1) & (steps <= len(c.lrs))
         steps, y = steps[keep], y[keep]
         if len(steps) < 10:
             continue
         last = int(steps[-1])
+        origin = "curves_tiny" if c.folder.startswith("tiny_") else "shared"
         out.append(
             Run(
                 key=c.key,
@@ -98,6 +102,7 @@ def shared_runs(root: str | Path | None = None) -> list[Run]:
                     "replicate": c.replicate_group,
                     "model": c.meta.get("model"),
                     "column": c.default_column(),
+                    "origin": origin,
                 },
             )
         )
@@ -124,7 +129,7 @@ def tiny_runs(folder: str | Path = TINY_DIR) -> list[Run]:
                 loss=loss,
                 lrs=lrs,
                 final=float(meta["final_loss"]),
-                meta={"shape": spec["schedule"], "peak_lr": spec["lr"], "spec": spec},
+                meta={"shape": spec["schedule"], "peak_lr": spec["lr"], "spec": spec, "origin": "tiny_runs"},
             )
         )
     return out

@@ -197,6 +197,8 @@ class Sweep:
 
 _LR = re.compile(r"_lr[0-9.e-]+_")
 _DIMS = re.compile(r"nlayers\d+_nhead\d+_?")
+_TINY_DIMS = re.compile(r"_d\d+(?=_|$)")
+_TINY_LR = re.compile(r"_lr[0-9.e+-]+(?=_|$)")
 
 
 def sweep_key(run: Run, kind: str = "model") -> str | None:
@@ -217,6 +219,14 @@ def sweep_key(run: Run, kind: str = "model") -> str | None:
         # the experiment prefix names the model size; what follows the architecture is the configuration
         tail = rid.split("llama_norm_", 1)[-1] if "llama_norm_" in rid else rid.split("llama_", 1)[-1]
         return f"epfml/{data}/{_DIMS.sub('', tail)}"
+    if m.get("origin") == "curves_tiny":
+        dims = _TINY_DIMS.search(rid)
+        plain = _TINY_LR.sub("", _TINY_DIMS.sub("", rid))
+        if kind == "model":
+            return f"{run.source}/{dims.group(0) if dims else 'd64'}"
+        if kind == "lr":
+            return None if dims else f"{run.source}/{plain}"
+        return f"{run.source}/{_TINY_DIMS.sub('', rid)}"
     if run.source.startswith("tiny") and "spec" in m:
         spec = dict(m["spec"])
         if not spec["name"].startswith("sweep_"):
