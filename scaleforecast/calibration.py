@@ -45,11 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaleforecast.evidence import PHASES, StopFeatures
 
-__all__ = ["COLUMNS", "ErrorModel", "ErrorTail", "load_error_model"]
+__all__ = ["COLUMNS", "REGIMES", "ErrorModel", "ErrorTail", "load_error_model"]
 
 _DATA = Path(__file__).resolve().parent / "data"
 COLUMNS: tuple[str, ...] = (*PHASES, "unproven")
 """The table's columns: the LR phases of a run with a backtest, and ``unproven`` for one without."""
+REGIMES: tuple[str, ...] = ("", "short:", "noisy:")
+"""The prefixes of the table's regimes: long smooth runs, short runs, noisy runs."""
 
 
 class ErrorTail(BaseModel):
@@ -99,7 +101,9 @@ class ErrorModel(BaseModel):
     ``table[column][k]`` is the scale ``u`` at the centre of fraction bin ``k`` (edges ``fraction_edges``),
     interpolated linearly in between, for the columns :data:`COLUMNS`. With ``noise_split``, runs whose fit
     reports a relative noise per observation at or above it (per-step losses of small batches) read their own
-    columns ``noisy:<column>`` when the table has them. ``fallback[k]`` is the scale used when only a forecast
+    columns ``noisy:<column>``, and with ``length_split`` runs shorter than that many steps read
+    ``short:<column>``, when the table has them (:meth:`regimes`). ``fallback_short`` is the short runs'
+    fallback. ``fallback[k]`` is the scale used when only a forecast
     is known (no phase, no backtest: a high quantile of the full scale over the calibration forecasts of that
     bin, never below any column of the regime, so that it errs wide); ``fallback_noisy[k]`` stands for the noisy
     regime, and is used for a forecast whose own relative std is at least ``rel_std_split[k]`` (below it, only
@@ -114,11 +118,13 @@ class ErrorModel(BaseModel):
     fraction_edges: list[float]
     table: dict[str, list[float]]
     fallback: list[float]
+    fallback_short: list[float] | None = None
     fallback_noisy: list[float] | None = None
     rel_std_split: list[float] | None = None
     backtest_weight: float = Field(1.0, ge=0.0)
     backtest: Literal["latest", "worst"] = "worst"
     noise_split: float | None = None
+    length_split: int | None = None
     floor: float = Field(1e-4, gt=0.0)
     upper: ErrorTail
     lower: ErrorTail
@@ -134,7 +140,9 @@ class ErrorModel(BaseModel):
         code = -1 if phase is None else PHASES.index(phase)
         noise = math.nan if features.noise is None else features.noise
         one = np.array([features.fraction]), np.array([code]), np.array([self.backtest_of(features)])
-        return float(self.scales(*one, noise=np.array([noise]), rel_std=np.array([features.rel_std]))[0])
+        total = math.nan if features.total_steps is None else float(features.total_steps)
+        rs = np.array([features.rel_std])
+        return float(self.scales(*one, noise=np.array([noise]), rel_std=rs, total=np.array([total]))[0])
 
     def backtest_of(self, features: StopFeatures) -> float:
         """The backtest the model reads (``backtest`` names which one; NaN when the run has none yet)."""
@@ -150,6 +158,14 @@ class ErrorModel(BaseModel):
             return np.zeros(n.shape, dtype=bool)
         return ~(n < self.noise_split)
 
+    def regimes(self, noise: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """The regime of each forecast, an index into :data:`REGIMES`: noisy, else short (a run shorter than
+        ``length_split`` steps, or of unknown length), else long."""
+        short = np.zeros(np.shape(noise), dtype=bool)
+        if self.length_split is not None:
+            short = ~(np.asarray(total, dtype=float) >= self.length_split)
+        return np.where(self.noisy(noise), 2, np.where(short, 1, 0))
+
     def scales(
         self,
         fraction: np.ndarray,
@@ -157,29 +173,36 @@ class ErrorModel(BaseModel):
         backtest: np.ndarray,
         noise: np.ndarray | None = None,
         rel_std: np.ndarray | None = None,
+        total: np.ndarray | None = None,
     ) -> np.ndarray:
         """:meth:`scale` of many forecasts at once: ``phase`` holds indices into :data:`PHASES` (-1: unknown,
         the fallback columns), ``backtest`` NaN where there is none (the ``unproven`` column), ``noise`` the
-        fits' relative noise (NaN or ``None``: unknown), ``rel_std`` the forecasts' own relative std (``None``:
-        unknown, the noisy fallback)."""
+        fits' relative noise, ``rel_std`` the forecasts' own relative std, ``total`` the runs' lengths (each
+        NaN or ``None`` where unknown: the wider reading)."""
         f = np.clip(np.asarray(fraction, dtype=float), 1e-3, 1.0)
         code = np.asarray(phase, dtype=np.int64)
         b = np.asarray(backtest, dtype=float)
-        noisy = self.noisy(np.full(f.shape, math.nan) if noise is None else noise)
+        unknown = np.full(f.shape, math.nan)
+        length = unknown if total is None else np.asarray(total, dtype=float)
+        regime = self.regimes(unknown if noise is None else noise, length)
         tested = np.isfinite(b)
         column = np.where(tested, code, COLUMNS.index("unproven"))
         centres = self._centres()
+        # only a forecast known: its own relative std tells a noisy run apart, its length a short one
+        k = np.clip(np.searchsorted(self.fraction_edges, f, side="right") - 1, 0, len(centres) - 1)
+        rs = np.full(f.shape, math.inf) if rel_std is None else np.asarray(rel_std, dtype=float)
+        split = np.asarray(self.rel_std_split, dtype=float)[k] if self.rel_std_split is not None else np.inf
+        guessed = np.where(~(rs < split), 2, self.regimes(np.zeros(f.shape), length))
         u = np.interp(f, centres, np.asarray(self.fallback, dtype=float))
-        if self.fallback_noisy is not None and self.rel_std_split is not None:
-            k = np.clip(np.searchsorted(self.fraction_edges, f, side="right") - 1, 0, len(centres) - 1)
-            rs = np.full(f.shape, math.inf) if rel_std is None else np.asarray(rel_std, dtype=float)
-            wide = (code < 0) & ~(rs < np.asarray(self.rel_std_split, dtype=float)[k])
-            u[wide] = np.interp(f[wide], centres, np.asarray(self.fallback_noisy, dtype=float))
+        for r, wide in ((1, self.fallback_short), (2, self.fallback_noisy)):
+            m = (code < 0) & (guessed == r)
+            if wide is not None and m.any():
+                u[m] = np.interp(f[m], centres, np.asarray(wide, dtype=float))
         for i, name in enumerate(COLUMNS):
-            for regime, key in ((False, name), (True, f"noisy:{name}")):
-                m = (code >= 0) & (column == i) & (noisy == regime)
+            for r, prefix in enumerate(REGIMES):
+                m = (code >= 0) & (column == i) & (regime == r)
                 if m.any():
-                    values = np.asarray(self.table.get(key, self.table[name]), dtype=float)
+                    values = np.asarray(self.table.get(prefix + name, self.table[name]), dtype=float)
                     u[m] = np.interp(f[m], centres, values)
         term = np.where(
             tested & (code >= 0), self.backtest_weight * np.abs(np.nan_to_num(b)) * np.log2(1.0 / f), 0.0
