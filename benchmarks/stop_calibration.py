@@ -13,7 +13,8 @@ with the features of :class:`scaleforecast.evidence.StopFeatures`. Then (see
    ``unproven`` without one), the weighted ``QUANTILE`` of the pessimistic errors ``max(e, 0)``, at least
    ``TWO_SIDED_SHARE`` of the ``QUANTILE`` of ``|e|``; each run weighs the same within a cell and each group of
    related runs (shared trunk, replicates) as one run. Runs whose fit reports a relative noise per observation
-   of ``NOISE_SPLIT`` or more (per-step losses of small batches: the tiny runs) get their own ``noisy:`` columns.
+   of ``NOISE_SPLIT`` or more (per-step losses of small batches: the tiny runs) get their own ``noisy:`` columns,
+   and the other runs shorter than ``LENGTH_SPLIT`` steps their own ``short:`` columns.
    A phase cell with fewer than ``MIN_GROUPS`` groups takes its bin's value over all columns of its regime; a
    sparse ``unproven`` cell the widest measured ``unproven`` value.
 2. ``fallback[bin]`` / ``fallback_noisy[bin]``: the weighted ``QUANTILE`` of the full scale (table and
@@ -47,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stop_replay import TINY_DIR, Trace, all_runs, replay_all
 
-from scaleforecast.calibration import COLUMNS, ErrorModel, ErrorTail
+from scaleforecast.calibration import COLUMNS, REGIMES, ErrorModel, ErrorTail
 from scaleforecast.evidence import PHASES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +60,7 @@ BACKTEST_WEIGHT = 1.0
 BACKTEST = "worst"
 NOISE_SPLIT: float | None = 0.01
 SPLIT_MARGIN = 0.5
+LENGTH_SPLIT: int | None = None  # 15_000 measured: earlier stops, but 20 % false stops leaving one source out
 MIN_GROUPS = 5
 FLOOR = 1e-4
 COMMAND = "python benchmarks/stop_calibration.py"
@@ -104,6 +106,10 @@ def samples(traces: Sequence[Trace]) -> Samples:
         usable = t.usable
         for j, f in enumerate(t.features):
             if f is None or not usable[j] or j not in seen or seen[j] >= t.flush_steps[-1]:
+                continue
+            if (
+                not t.mean[j] > 0
+            ):  # a forecast of a loss at or below zero holds no usable number: never a stop
                 continue
             run.append(i)
             fr.append(f.fraction)
@@ -160,17 +166,20 @@ def _columns(S: Samples) -> np.ndarray:
 
 
 def _model(table: dict[str, list[float]], fallback: list[float], upper: ErrorTail, lower: ErrorTail,
-           provenance: dict | None = None, fallback_noisy: list[float] | None = None,
+           provenance: dict | None = None, fallback_short: list[float] | None = None,
+           fallback_noisy: list[float] | None = None,
            rel_std_split: list[float] | None = None) -> ErrorModel:  # fmt: skip
     return ErrorModel(
         fraction_edges=list(FRACTION_EDGES),
         table={k: [round(x, 6) for x in v] for k, v in table.items()},
         fallback=[round(x, 6) for x in fallback],
+        fallback_short=None if fallback_short is None else [round(x, 6) for x in fallback_short],
         fallback_noisy=None if fallback_noisy is None else [round(x, 6) for x in fallback_noisy],
         rel_std_split=None if rel_std_split is None else [round(x, 6) for x in rel_std_split],
         backtest_weight=BACKTEST_WEIGHT,
         backtest=BACKTEST,
         noise_split=NOISE_SPLIT,
+        length_split=LENGTH_SPLIT,
         floor=FLOOR,
         upper=upper,
         lower=lower,
@@ -191,7 +200,7 @@ def _cell_scale(err: np.ndarray, w: np.ndarray) -> float:
 
 
 def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
-    """The table and fallback learned from the forecasts of ``runs`` (tails left empty)."""
+    """The table and fallbacks learned from the forecasts of ``runs`` (tails left empty)."""
     rows = S.rows(runs)
     weight = np.zeros(len(S.keys))
     weight[runs] = _run_weights(S, runs)
@@ -199,7 +208,7 @@ def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
     b = _bins(S.fraction[rows])
     col = _columns(S)[rows]
     group = S.group[rows]
-    noisy = _model({}, [], _EMPTY, _EMPTY).noisy(S.noise[rows])
+    regime = _model({}, [], _EMPTY, _EMPTY).regimes(S.noise[rows], S.totals[run])
     nb = len(FRACTION_EDGES) - 1
 
     def cell(mask: np.ndarray) -> tuple[float, int]:
@@ -215,14 +224,14 @@ def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
         return np.interp(np.arange(nb), np.nonzero(ok)[0], values[ok]) if ok.any() else default
 
     table: dict[str, list[float]] = {}
-    smooth_pooled = np.full(nb, 0.05)
-    for regime in (False, True) if NOISE_SPLIT is not None else (False,):
-        here = noisy == regime
+    long_pooled = np.full(nb, 0.05)
+    for r, prefix in enumerate(REGIMES):
+        here = regime == r
         if not here.any():
             continue
-        pooled = fill(np.array([cell((b == k) & here)[0] for k in range(nb)]), smooth_pooled)
-        if not regime:
-            smooth_pooled = pooled
+        pooled = fill(np.array([cell((b == k) & here)[0] for k in range(nb)]), long_pooled)
+        if r == 0:
+            long_pooled = pooled
         for i, name in enumerate(COLUMNS):
             values, dense = [], []
             for k in range(nb):
@@ -239,44 +248,57 @@ def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
                 ]
             else:
                 filled = [v if d else pooled[k] for k, (v, d) in enumerate(zip(vals, dense, strict=True))]
-            table[f"noisy:{name}" if regime else name] = [max(float(x), FLOOR) for x in filled]
-    for name in COLUMNS:  # a regime no run was seen in reads the other one
-        table.setdefault(name, table.get(f"noisy:{name}", [0.05] * nb))
-    model = _model(table, [float(x) for x in smooth_pooled], _EMPTY, _EMPTY)
-    full = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows])
+            table[prefix + name] = [max(float(x), FLOOR) for x in filled]
+    for name in COLUMNS:  # no long run seen: the widest regime seen stands in
+        seen = [table[p + name] for p in reversed(REGIMES) if p + name in table]
+        table.setdefault(name, seen[0] if seen else [0.05] * nb)
+    model = _model(table, [float(x) for x in long_pooled], _EMPTY, _EMPTY)
+    full = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows], total=S.totals[run])
     rel_std = S.rel_std[rows]
 
-    def fallback_of(regime: np.ndarray) -> np.ndarray:
+    def fallback_of(mask: np.ndarray, columns: list[list[float]]) -> np.ndarray:
+        """A high quantile of the full scales of ``mask``'s forecasts, never narrower than ``columns``."""
         out = np.full(nb, np.nan)
         for k in range(nb):
-            m = (b == k) & regime
+            m = (b == k) & mask
             if m.any():
                 _, inv, cnt = np.unique(run[m], return_inverse=True, return_counts=True)
                 out[k] = weighted_quantile(full[m], weight[run[m]] / cnt[inv], QUANTILE)
-        return fill(out, smooth_pooled)
+        return np.maximum(fill(out, long_pooled), np.max(columns, axis=0))
 
-    # only a forecast is known: a high quantile of the full scales, never narrower than any column of the regime
-    smooth_cols = [table[c] for c in COLUMNS]
-    fallback = np.maximum(fallback_of(~noisy), np.max(smooth_cols, axis=0))
-    if not noisy.any():
-        return _model(table, [float(x) for x in fallback], _EMPTY, _EMPTY)
-    fallback_noisy = np.maximum(fallback_of(noisy), np.max(list(table.values()), axis=0))
+    def columns(*prefixes: str) -> list[list[float]]:
+        return [table[p + c] for p in prefixes for c in COLUMNS if p + c in table] or [
+            table[c] for c in COLUMNS
+        ]
+
+    # only a forecast is known: its regime is guessed from its length and its own relative std
+    fallback = fallback_of(regime == 0, columns(""))
+    short = fallback_of(regime == 1, columns("", "short:")) if (regime == 1).any() else None
+    if short is not None:
+        short = np.maximum(short, fallback)
+    if not (regime == 2).any():
+        return _model(table, [float(x) for x in fallback], _EMPTY, _EMPTY, fallback_short=_list(short))
+    noisy = np.maximum(fallback_of(regime == 2, list(table.values())), fallback if short is None else short)
     # below the split, only smooth runs were seen: half the smallest relative std of a noisy run's forecast in
     # the bin or its neighbours, so that a noisy run a little steadier than those seen still reads wide
     split = np.full(nb, np.nan)
     for k in range(nb):
-        m = (np.abs(b - k) <= 1) & noisy
+        m = (np.abs(b - k) <= 1) & (regime == 2)
         if m.any():
             split[k] = SPLIT_MARGIN * float(np.min(rel_std[m]))
-    split = fill(split, np.zeros(nb))
     return _model(
         table,
         [float(x) for x in fallback],
         _EMPTY,
         _EMPTY,
-        fallback_noisy=[float(x) for x in np.maximum(fallback_noisy, fallback)],
-        rel_std_split=[float(x) for x in split],
+        fallback_short=_list(short),
+        fallback_noisy=_list(noisy),
+        rel_std_split=_list(fill(split, np.zeros(nb))),
     )
+
+
+def _list(values: np.ndarray | None) -> list[float] | None:
+    return None if values is None else [float(x) for x in values]
 
 
 def run_maxima(S: Samples, model: ErrorModel, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,7 +306,9 @@ def run_maxima(S: Samples, model: ErrorModel, runs: np.ndarray) -> tuple[np.ndar
     up = np.full(len(runs), -np.inf)
     lo = np.full(len(runs), -np.inf)
     rows = S.rows(runs)
-    sc = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows])
+    sc = model.scales(
+        S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows], total=S.totals[S.run[rows]]
+    )
     z = S.error[rows] / sc
     pos = {r: i for i, r in enumerate(runs.tolist())}
     idx = np.array([pos[r] for r in S.run[rows]], dtype=np.int64)
@@ -334,7 +358,9 @@ def stop_steps(
     """
     k = model.threshold(confidence)
     rows = S.rows(runs)
-    sc = model.scales(S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows])
+    sc = model.scales(
+        S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows], total=S.totals[S.run[rows]]
+    )
     stop = (S.error[rows] - math.log(ratio)) / sc > k  # confidence(z) >= c exactly when z > threshold
     out = np.full(len(runs), -1, dtype=np.int64)
     pos = {r: i for i, r in enumerate(runs.tolist())}
@@ -437,6 +463,7 @@ def provenance(S: Samples, fingerprint: str, cv: dict) -> dict:
             "backtest": BACKTEST,
             "noise_split": NOISE_SPLIT,
             "split_margin": SPLIT_MARGIN,
+            "length_split": LENGTH_SPLIT,
             "min_groups": MIN_GROUPS,
             "fraction_edges": list(FRACTION_EDGES),
         },
@@ -488,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p, values in model.table.items():
         print(f"  {p:14s}", " ".join(f"{100 * v:5.2f}" for v in values))
     print(f"  {'fallback':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback))
+    if model.fallback_short is not None:
+        print(f"  {'fallback short':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback_short))
     if model.fallback_noisy is not None and model.rel_std_split is not None:
         print(f"  {'fallback noisy':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback_noisy))
         print(f"  {'rel. std split':14s}", " ".join(f"{100 * v:5.2f}" for v in model.rel_std_split))

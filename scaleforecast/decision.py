@@ -86,7 +86,7 @@ def decide_stop(
             stop=False, reason="forecast has no final-step point", reference=reference, step=step
         )
     features = features or features_from_forecast(forecast)
-    if features is None or not math.isfinite(reference):
+    if features is None or not math.isfinite(reference) or not (math.isfinite(final.loss) and final.loss > 0):
         return StopDecision(
             stop=False, reason="forecast holds no usable number", reference=reference, step=step
         )
@@ -177,11 +177,13 @@ def sweep_reference(
 
 
 def _record_features(r: RunRecord) -> StopFeatures:
-    """What a registry record tells the error model: the fraction of the run seen and the forecast's std (an
-    unknown length counts as the very start of the run, where the scale is widest)."""
+    """What a registry record tells the error model: the fraction of the run seen, the forecast's std and the
+    run's length (an unknown length counts as the very start of a short run, where the scale is widest)."""
     fraction = min(max(r.step / r.total_steps, 0.0), 1.0) if r.total_steps else 0.0
     loss = r.loss or 0.0
-    return StopFeatures(fraction=fraction, rel_std=(r.std or 0.0) / loss if loss > 0 else 0.0)
+    return StopFeatures(
+        fraction=fraction, rel_std=(r.std or 0.0) / loss if loss > 0 else 0.0, total_steps=r.total_steps
+    )
 
 
 def decide_stop_in_sweep(

@@ -244,3 +244,9 @@ def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytes
     recs = {r.run_id: r for r in b.registry.records()}
     assert recs[a.run_id].state is RunState.FINISHED and recs[a.run_id].final_loss == 3.0
     assert recs[b.run_id].state is RunState.STOPPED
+
+
+def test_a_forecast_at_or_below_zero_never_stops() -> None:
+    for loss in (0.0, -0.5):
+        d = decide_stop(_forecast(loss, 0.01), 1.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
+        assert not d.stop and "no usable number" in d.reason
