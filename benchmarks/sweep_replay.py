@@ -1,27 +1,31 @@
-"""Replay the real curves as hyper-parameter sweeps and compare early-stopping policies, without training.
+"""Replay finished runs as hyper-parameter sweeps and compare early-stopping policies, without training.
 
-A *sweep* is a group of runs with the same model and data that differ in schedule, length or LR (e.g. the
-epfml runs of one model size and dataset). Replicates (same config, another seed) are kept once. Every run of
-a sweep is replayed as if live, on a simulated clock measured in optimizer steps: ``--workers`` runs train at
-once (``0`` = all at once), taken in a random order (``--orders`` orders per sweep); at each checkpoint (every
-``1 / --checkpoints`` of the run) the policy sees what a live run would have seen so far and decides to stop
-the run or not. A stopped run frees its worker for the next one.
+A *sweep* is a group of runs that a user would compare: runs of one model and data set that differ in schedule,
+length or LR ("by model and data"); runs that differ only in their peak LR ("LR sweeps"); runs that differ only in
+model size ("size sweeps"). Replicates (same config, another seed) are kept once. Every run of a sweep is replayed
+as if live, on a simulated clock measured in optimizer steps: ``--workers`` runs train at once (``0`` = all at
+once), taken in a random order (``--orders`` orders per sweep); at each checkpoint the policy sees what a live run
+would have seen so far and decides to stop the run or not. A stopped run frees its worker for the next one.
 
-The forecast at each checkpoint comes from :class:`scaleforecast.forecaster.OnlineForecaster` fed the curve up
-to that step (computed once per run and checkpoint; policies only read it), so the whole replay takes a few
-minutes on two cores.
+The forecasts come from the same replay as ``early_stop.py``: ``RunMonitor.flush`` at the adapters' cadence
+(``stop_replay.py``), with the stop rule's features from the monitor. Checkpoints are the flushes that brought a
+new forecast (at most ``--checkpoints`` per run, evenly spread), so that policies only read.
 
 Policies compared in one run:
 
-- ``forecast rule``: this project's rule, :func:`scaleforecast.decision.decide_stop` against
-  :func:`scaleforecast.decision.sweep_reference` (best finished run, or best confident running forecast);
-- ``optuna ForecastPruner``: the same rule through Optuna (the study as registry; a consistency check);
-- ``median (raw)``, ``hyperband (raw)``: Optuna's MedianPruner and HyperbandPruner on the raw logged loss,
-  reported at the optimizer step (how they are used today);
-- ``median (forecast)``, ``hyperband (forecast)``: the same pruners on the forecast final loss, reported on the
-  per-mille progress grid of :class:`scaleforecast.integrations.optuna.OptunaForecastReporter`;
-- ``nni curvefit``: an NNI-style, schedule-blind assessor: fit ``a + b * t^-c`` to the curve so far, keep the
-  run while ``predicted final < threshold * best completed final``.
+- ``before``: the rule as it was: ``P(final >= reference) >= 0.95`` under the forecast's normal distribution after
+  a 10 % grace period, the reference being the best finished run or the best running forecast at its normal
+  80 % quantile;
+- ``calibrated``: :func:`scaleforecast.decision.decide_stop_among`, the measured-error rule against the measured-
+  error reference, with the shipped error model (in sample) and cross-fitted (each run judged by the model
+  learned without its fold of groups: out of sample); each run reads its own features, and the other runs'
+  error scales as a registry whose records carry them would show them;
+- ``optuna ForecastPruner``: the calibrated rule through Optuna, from what a trial's record carries today (the
+  forecast alone: the error model's widest, fallback scale);
+- ``median (raw)``, ``hyperband (raw)``: Optuna's MedianPruner and HyperbandPruner on the raw logged loss;
+- ``nni curvefit``: an NNI-style, schedule-blind assessor (``a + b * t^-c`` fitted to the curve so far);
+- ``oracle``: knows every run's final loss and stops each run that is not the sweep's best (or not within a gap
+  of it) at its first checkpoint: the ceiling no policy can pass on these sweeps.
 
 Reported per policy: the fraction of all steps saved, how often the sweep's true best run survives to the end,
 and the regret (final loss of the best surviving run minus the true best). Target: >= 50 % steps saved while
@@ -36,6 +40,7 @@ import argparse
 import heapq
 import logging
 import math
+import re
 import sys
 import time
 import warnings
@@ -48,16 +53,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from curves import Curve, load_curves
+from stop_replay import Run, Trace, all_runs, replay_all
 
-from scaleforecast.decision import decide_stop, sweep_reference, widen_forecast
-from scaleforecast.forecaster import OnlineForecaster
+from scaleforecast.calibration import ErrorModel, load_error_model
+from scaleforecast.decision import decide_stop_among, sweep_reference, widen_forecast
+from scaleforecast.evidence import StopFeatures
 from scaleforecast.registry import RunRecord, RunState
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 
 log = logging.getLogger("sweep_replay")
 
 USABLE = (FitStatus.OK.value, FitStatus.ANNEALING_UNIDENTIFIED.value)
+KINDS = {"model": "by model and data", "lr": "LR sweeps", "size": "size sweeps"}
 NEAR = 0.001
 """A surviving run within this fraction of the true best final loss counts as "near best" (2.5x the
 seed-to-seed spread of the final loss between replicate runs, 0.04 %)."""
@@ -68,10 +75,10 @@ seed-to-seed spread of the final loss between replicate runs, 0.04 %)."""
 class RunTrace:
     """What a live run would have shown at each checkpoint, computed once.
 
-    ``steps[k]``: checkpoint step; ``raw[k]``: last logged loss at or before it; ``fc_loss/fc_std/fc_status``:
-    the forecast made there of the loss at the last logged step (the run's end, or up to 200 steps before it
-    where the source stopped logging earlier); ``nni[k]``: the schedule-blind curve-fit extrapolation to the
-    same step. ``final``: the run's true final loss (last logged value of the column).
+    ``steps[k]``: checkpoint step (the last one is the run's end); ``raw[k]``: last logged loss at or before it;
+    ``fc_loss/fc_std/fc_status``: the monitor's latest forecast of the final loss there; ``features[k]``: the
+    stop rule's features of that forecast (the monitor's own); ``nni[k]``: the schedule-blind curve-fit
+    extrapolation to the final step. ``final``: the run's true final loss.
     """
 
     key: str
@@ -83,6 +90,7 @@ class RunTrace:
     fc_std: np.ndarray
     fc_status: list[str]
     nni: np.ndarray
+    features: list[StopFeatures | None] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def forecast(self, k: int) -> Forecast | None:
@@ -101,6 +109,9 @@ class RunTrace:
             n_points=0,
             status=FitStatus(self.fc_status[k]),
         )
+
+    def feature(self, k: int) -> StopFeatures | None:
+        return None if self.features is None else self.features[k]
 
 
 def _powerlaw_extrapolate(t: np.ndarray, y: np.ndarray, t_final: float) -> float:
@@ -127,67 +138,54 @@ def _powerlaw_extrapolate(t: np.ndarray, y: np.ndarray, t_final: float) -> float
     return float(f(np.array([t_final / scale]), *p)[0])
 
 
-def trace_run(curve: Curve, n_checkpoints: int, column: str | None = None) -> RunTrace | None:
-    """Replay one curve through the online forecaster and the curve-fit assessor at each checkpoint."""
-    steps, y = curve.column(column)
-    keep = (steps >= 1) & (steps <= len(curve.lrs))
-    steps, y = steps[keep], y[keep]
-    total = min(int(curve.total_steps), len(curve.lrs))
-    if len(steps) < 10:
+def run_trace(run: Run, trace: Trace, n_checkpoints: int) -> RunTrace | None:
+    """The checkpoints of one replayed run: the flushes that brought a new forecast (at most ``n_checkpoints``,
+    evenly spread), then the run's end."""
+    first: dict[int, int] = {}
+    for i, j in enumerate(trace.latest.tolist()):
+        if j >= 0 and j not in first:
+            first[j] = i
+    flushes = sorted(first.values())
+    last = len(trace.flush_steps) - 1
+    flushes = [i for i in flushes if i < last]
+    if not flushes:
         return None
-    ckpts = np.unique(np.clip((np.arange(1, n_checkpoints + 1) * total) // n_checkpoints, 1, total))
-    last = int(steps[-1])
-    fc = OnlineForecaster(curve.lrs[:total])
-    raw = np.full(len(ckpts), np.nan)
-    fl, fs = np.full(len(ckpts), np.nan), np.full(len(ckpts), np.nan)
+    if len(flushes) > n_checkpoints:
+        flushes = [flushes[int(k)] for k in np.linspace(0, len(flushes) - 1, n_checkpoints).round()]
+    flushes = [*sorted(set(flushes)), last]
+    n = len(flushes)
+    steps = trace.flush_steps[flushes].astype(np.int64)
+    raw, nni = np.full(n, np.nan), np.full(n, np.nan)
+    fl, fs = np.full(n, np.nan), np.full(n, np.nan)
     status: list[str] = []
-    nni = np.full(len(ckpts), np.nan)
-    seen = 0
-    for k, c in enumerate(ckpts):
-        upto = int(np.searchsorted(steps, c, side="right"))
-        if upto > seen:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fc.observe_many(steps[seen:upto], y[seen:upto])
-            seen = upto
-        if seen == 0:
-            status.append(FitStatus.INSUFFICIENT_DATA.value)
-            continue
-        raw[k] = y[seen - 1]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                f = fc.refit()
-        except Exception as exc:  # a failing fit is a forecast that holds no number, as in a live run
-            log.debug("fit failed on %s at %d: %s", curve.key, c, exc)
-            status.append(FitStatus.FAILED.value)
-            continue
-        status.append(f.status.value)
-        # The truth is the last *logged* loss (epfml logs val 200 steps before the end), so the forecast is
-        # read at that step: comparing a forecast at the final step with it would be off by the last
-        # stretch of the cooldown.
-        at_last = fc.forecast(steps=[last]) if f.ok else None
-        if at_last is not None and at_last.points:
-            fl[k], fs[k] = at_last.points[0].loss, at_last.points[0].std
-        nni[k] = _powerlaw_extrapolate(steps[:seen].astype(float), y[:seen], float(last))
+    feats: list[StopFeatures | None] = []
+    for k, i in enumerate(flushes):
+        j = int(trace.latest[i])
+        upto = int(np.searchsorted(run.steps, steps[k], side="right"))
+        raw[k] = run.loss[upto - 1]
+        fl[k], fs[k] = trace.mean[j], trace.std[j]
+        status.append(trace.status[j])
+        feats.append(trace.features[j])
+        nni[k] = _powerlaw_extrapolate(run.steps[:upto].astype(float), run.loss[:upto], float(run.total))
     return RunTrace(
-        key=curve.key,
-        total_steps=total,
-        final=float(y[-1]),
-        steps=ckpts,
+        key=run.key,
+        total_steps=run.total,
+        final=run.final,
+        steps=steps,
         raw=raw,
         fc_loss=fl,
         fc_std=fs,
         fc_status=status,
         nni=nni,
-        meta={"shape": curve.shape, "peak_lr": curve.peak_lr},
+        features=feats,
+        meta=dict(run.meta),
     )
 
 
 # --------------------------------------------------------------------------------------------- sweeps
 @dataclass
 class Sweep:
-    """Runs of one model and data set that differ in schedule, length or LR."""
+    """Runs a user would compare (see the module docstring)."""
 
     name: str
     runs: list[RunTrace]
@@ -197,33 +195,64 @@ class Sweep:
         return int(np.argmin([r.final for r in self.runs]))
 
 
-def sweep_key(curve: Curve, by_length: bool = False) -> str | None:
-    """The sweep a curve belongs to: source, model and data set (and length with ``by_length``)."""
-    if curve.folder == "mpl_luo2025":
-        base = f"mpl/{curve.run_id.split('_', 1)[0]}"
-    elif curve.folder == "epfml_schaipp_haegele":
-        data = (curve.replicate_group or "?").split("|")[0]
-        base = f"epfml/{curve.meta.get('model', '?')}/{data}"
-    else:
-        return None
-    return f"{base}/T={curve.total_steps}" if by_length else base
+_LR = re.compile(r"_lr[0-9.e-]+_")
+_DIMS = re.compile(r"nlayers\d+_nhead\d+_?")
+_TINY_DIMS = re.compile(r"_d\d+(?=_|$)")
+_TINY_LR = re.compile(r"_lr[0-9.e+-]+(?=_|$)")
+
+
+def sweep_key(run: Run, kind: str = "model") -> str | None:
+    """The sweep ``run`` belongs to: ``model`` (same model and data), ``lr`` (everything but the peak LR equal)
+    or ``size`` (everything but the model size equal); None when the run has no such sweep."""
+    m = run.meta
+    rid = m.get("run_id", run.key.split("/", 1)[-1])
+    if run.source == "mpl_luo2025":
+        size, rest = rid.split("_", 1)
+        return {"model": f"mpl/{size}", "lr": None, "size": f"mpl/*_{rest}"}[kind]
+    if run.source == "epfml_schaipp_haegele":
+        data = (m.get("replicate") or "?").split("|")[0]
+        rid = rid.removeprefix("grad_norm__")
+        if kind == "model":
+            return f"epfml/{m.get('model', '?')}/{data}"
+        if kind == "lr":
+            return f"epfml/{_LR.sub('_lr*_', rid)}"
+        # the experiment prefix names the model size; what follows the architecture is the configuration
+        tail = rid.split("llama_norm_", 1)[-1] if "llama_norm_" in rid else rid.split("llama_", 1)[-1]
+        return f"epfml/{data}/{_DIMS.sub('', tail)}"
+    if m.get("origin") == "curves_tiny":
+        dims = _TINY_DIMS.search(rid)
+        plain = _TINY_LR.sub("", _TINY_DIMS.sub("", rid))
+        if kind == "model":
+            return f"{run.source}/{dims.group(0) if dims else 'd64'}"
+        if kind == "lr":
+            return None if dims else f"{run.source}/{plain}"
+        return f"{run.source}/{_TINY_DIMS.sub('', rid)}"
+    if run.source.startswith("tiny") and "spec" in m:
+        spec = dict(m["spec"])
+        if not spec["name"].startswith("sweep_"):
+            return None
+        drop = {"model": ("name", "lr", "schedule", "steps"), "lr": ("name", "lr"), "size": ("name", "dim")}[
+            kind
+        ]
+        return "tiny/" + "|".join(f"{k}={v}" for k, v in sorted(spec.items()) if k not in drop)
+    return None
 
 
 def make_sweeps(
-    curves: Sequence[Curve], traces: dict[str, RunTrace], *, by_length: bool = False, min_runs: int = 3
+    runs: Sequence[Run], traces: dict[str, RunTrace], *, kind: str = "model", min_runs: int = 3
 ) -> list[Sweep]:
-    """Group the traced curves into sweeps, one run per replicate group, keeping sweeps of >= ``min_runs``."""
+    """Group the traced runs into sweeps of ``kind``, one run per replicate group, keeping >= ``min_runs``."""
     groups: dict[str, list[RunTrace]] = {}
     seen_rep: set[tuple[str, str]] = set()
-    for c in sorted(curves, key=lambda c: c.key):
-        key = sweep_key(c, by_length)
-        if key is None or c.key not in traces:
+    for r in sorted(runs, key=lambda r: r.key):
+        key = sweep_key(r, kind)
+        if key is None or r.key not in traces:
             continue
-        rep = c.replicate_group or c.key
+        rep = r.meta.get("replicate") or r.key
         if (key, rep) in seen_rep:
             continue
         seen_rep.add((key, rep))
-        groups.setdefault(key, []).append(traces[c.key])
+        groups.setdefault(key, []).append(traces[r.key])
     return [Sweep(k, v) for k, v in sorted(groups.items()) if len(v) >= min_runs]
 
 
@@ -253,6 +282,8 @@ class SweepView:
                     RunRecord(
                         sweep="",
                         run_id=str(i),
+                        step=int(r.steps[k]),
+                        total_steps=r.total_steps,
                         loss=float(r.fc_loss[k]),
                         std=float(r.fc_std[k]),
                         status=r.fc_status[k],
@@ -296,7 +327,8 @@ class NoStop:
 
 
 class ForecastRule(NoStop):
-    """This project's rule: ``decide_stop`` against ``sweep_reference`` of the other runs."""
+    """The rule as it was: ``P(final >= reference) >= confidence`` under the forecast's normal distribution after
+    a grace period, against :func:`sweep_reference` at the normal ``quantile`` (std widened by ``rel_std_floor``)."""
 
     def __init__(
         self,
@@ -307,22 +339,72 @@ class ForecastRule(NoStop):
     ) -> None:
         self.confidence, self.min_fraction, self.quantile = confidence, min_fraction, quantile
         self.rel_std_floor = rel_std_floor
-        self.name = f"forecast rule (conf {confidence:g}, floor {100 * rel_std_floor:g} %)"
+        self.name = f"before: normal rule (conf {confidence:g}, floor {100 * rel_std_floor:g} %)"
 
     def check(self, i: int, k: int) -> bool:
         run = self.view.sweep.runs[i]
+        if run.steps[k] < int(self.min_fraction * run.total_steps) or run.fc_status[k] not in USABLE:
+            return False
         reference = sweep_reference(
             self.view.records(i), quantile=self.quantile, rel_std_floor=self.rel_std_floor
         )
-        d = decide_stop(
-            widen_forecast(run.forecast(k), self.rel_std_floor),
-            reference,
+        forecast = widen_forecast(run.forecast(k), self.rel_std_floor)
+        if reference is None or forecast is None or forecast.final is None:
+            return False
+        return forecast.prob_at_least(reference) >= self.confidence
+
+
+class CalibratedRule(NoStop):
+    """:func:`decide_stop_among` with the measured error model: ``model_of(run key)`` (the shipped one, or the
+    one learned without the run's fold), fed the run's own features and the other runs' error scales, as a
+    registry whose records carry them would (with ``forecast_only``: neither, only what a forecast carries)."""
+
+    def __init__(
+        self,
+        name: str,
+        model_of: Callable[[str], ErrorModel],
+        confidence: float = 0.95,
+        quantile: float = 0.8,
+        forecast_only: bool = False,
+    ) -> None:
+        self.name, self.model_of, self.confidence, self.quantile = name, model_of, confidence, quantile
+        self.forecast_only = forecast_only
+
+    def check(self, i: int, k: int) -> bool:
+        run = self.view.sweep.runs[i]
+        model = self.model_of(run.key)
+
+        def scale_of(record: RunRecord) -> float | None:
+            other = self.view.sweep.runs[int(record.run_id)]
+            f = other.feature(self.view.latest[int(record.run_id)])
+            return None if f is None else model.scale(f)
+
+        d = decide_stop_among(
+            run.forecast(k),
+            self.view.records(i),
             step=int(run.steps[k]),
             total_steps=run.total_steps,
             confidence=self.confidence,
-            min_fraction=self.min_fraction,
+            quantile=self.quantile,
+            features=None if self.forecast_only else run.feature(k),
+            model=model,
+            scale_of=None if self.forecast_only else scale_of,
         )
         return d.stop
+
+
+class Oracle(NoStop):
+    """Knows every final loss: stops, at its first checkpoint, each run more than ``gap`` above the sweep's best."""
+
+    def __init__(self, gap: float = 0.0) -> None:
+        self.gap = gap
+        self.name = (
+            "oracle (ceiling)" if gap == 0 else f"oracle, runs within {100 * gap:g} % of the best kept"
+        )
+
+    def check(self, i: int, k: int) -> bool:
+        best = min(r.final for r in self.view.sweep.runs)
+        return k == 0 and self.view.sweep.runs[i].final > (1.0 + self.gap) * best
 
 
 class NNICurveFit(NoStop):
@@ -385,22 +467,32 @@ class OptunaPolicy(NoStop):
             self.study.tell(self.trials[i], state=optuna.trial.TrialState.PRUNED)
 
 
-def default_policies(n_grid: int) -> list[Policy]:
-    """The policies of the report, the project's rule first."""
+def default_policies(
+    n_grid: int, shipped: ErrorModel | None = None, cross_fitted: dict[str, ErrorModel] | None = None
+) -> list[Policy]:
+    """The policies of the report: the rule before, the calibrated rule, the others, the oracle."""
     import optuna
     from scaleforecast.integrations.optuna import ForecastPruner
 
     def max_total(s: Sweep) -> int:
         return max(r.total_steps for r in s.runs)
 
-    return [
+    shipped = shipped or load_error_model()
+    folds = cross_fitted or {}
+    policies: list[Policy] = [
         NoStop(),
         ForecastRule(confidence=0.95),
-        ForecastRule(confidence=0.95, rel_std_floor=0.01),
-        ForecastRule(confidence=0.95, rel_std_floor=0.015),
+        CalibratedRule("calibrated (conf 0.95, shipped model)", lambda key: shipped),
+    ]
+    if folds:
+        policies += [
+            CalibratedRule("calibrated (conf 0.95, cross-fitted)", lambda key: folds.get(key, shipped)),
+            CalibratedRule("calibrated (conf 0.9, cross-fitted)", lambda key: folds.get(key, shipped), 0.9),
+        ]
+    policies += [
         OptunaPolicy(
-            "optuna ForecastPruner (floor 1.5 %)",
-            lambda s: ForecastPruner(confidence=0.95, rel_std_floor=0.015),
+            "optuna ForecastPruner (calibrated, forecast only)",
+            lambda s: ForecastPruner(confidence=0.95, min_fraction=0.0),
             "forecast",
             n_grid,
         ),
@@ -418,21 +510,11 @@ def default_policies(n_grid: int) -> list[Policy]:
             "raw",
             n_grid,
         ),
-        OptunaPolicy(
-            "median (forecast)",
-            lambda s: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=100),
-            "forecast",
-            n_grid,
-        ),
-        OptunaPolicy(
-            "hyperband (forecast)",
-            lambda s: optuna.pruners.HyperbandPruner(min_resource=100, max_resource=1000, reduction_factor=3),
-            "forecast",
-            n_grid,
-        ),
         NNICurveFit(threshold=1.0),
-        NNICurveFit(threshold=1.02),
+        Oracle(0.0),
+        Oracle(0.01),
     ]
+    return policies
 
 
 def calibration(traces: Sequence[RunTrace], fractions: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 0.9)) -> str:
@@ -615,14 +697,17 @@ def table(title: str, rows: Sequence[Summary]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=None, help="curves folder (default: ../shared/curves)")
-    ap.add_argument("--checkpoints", type=int, default=20, help="decision points per run (default 20)")
+    ap.add_argument("--checkpoints", type=int, default=40, help="decision points per run (default 40)")
     ap.add_argument("--orders", type=int, default=5, help="random start orders per sweep (default 5)")
     ap.add_argument(
         "--workers", type=int, nargs="+", default=[0, 4], help="concurrent runs (0 = all at once)"
     )
-    ap.add_argument("--column", default=None, help="loss column (default: val_loss when logged, else train)")
-    ap.add_argument("--min-runs", type=int, default=3, help="smallest sweep replayed (default 3)")
-    ap.add_argument("--by-length", action="store_true", help="also split sweeps by run length")
+    ap.add_argument("--min-runs", type=int, default=2, help="smallest sweep replayed (default 2)")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS), help="sweep groupings")
+    ap.add_argument(
+        "--cache", default=None, help="folder to cache the replayed traces in (keyed by data + code)"
+    )
+    ap.add_argument("--no-cross-fit", action="store_true", help="judge with the shipped error model only")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     import optuna
@@ -632,31 +717,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("scaleforecast").setLevel(logging.ERROR)
 
     t_start = time.time()
-    curves = load_curves(args.root)
+    runs = all_runs(args.root)
+    replayed = replay_all(runs, cache=args.cache)
+    by_key = {r.key: r for r in runs}
     traces = {}
-    for c in curves:
-        if sweep_key(c) is None:
-            continue
-        tr = trace_run(c, args.checkpoints, args.column)
-        if tr is not None:
-            traces[c.key] = tr
+    for t in replayed:
+        rt = run_trace(by_key[t.key], t, args.checkpoints)
+        if rt is not None:
+            traces[t.key] = rt
+    folds = {}
+    if not args.no_cross_fit:
+        from early_stop import cross_fitted_models
+
+        folds = cross_fitted_models(replayed)
     t_traced = time.time()
-    groupings = [("by model and data", False)] + (
-        [("by model, data and length", True)] if args.by_length else []
+    policies = default_policies(args.checkpoints, cross_fitted=folds)
+    print(
+        f"replayed {len(traces)} runs in {t_traced - t_start:.1f} s (<= {args.checkpoints} checkpoints each)\n"
     )
-    policies = default_policies(args.checkpoints)
-    print(f"traced {len(traces)} runs in {t_traced - t_start:.1f} s ({args.checkpoints} checkpoints each)\n")
-    print("### Forecast error against the reported std, all traced runs\n")
+    print("### Forecast error against the reported std, all replayed runs\n")
     print(calibration(list(traces.values())) + "\n")
-    for title, by_length in groupings:
-        sweeps = make_sweeps(curves, traces, by_length=by_length, min_runs=args.min_runs)
+    for kind in args.kinds:
+        title = KINDS[kind]
+        sweeps = make_sweeps(runs, traces, kind=kind, min_runs=args.min_runs)
+        if not sweeps:
+            continue
         n_runs = sum(len(s.runs) for s in sweeps)
-        print(f"### Headroom: {len(sweeps)} sweeps {title}\n\n{headroom(sweeps)}\n")
+        print(f"### Headroom: {len(sweeps)} {title}\n\n{headroom(sweeps)}\n")
         for w in args.workers:
             t0 = time.time()
             rows = run_benchmark(sweeps, policies, workers=w, orders=args.orders, seed=args.seed)
             who = "all runs at once" if w <= 0 else f"{w} workers"
-            print(table(f"{len(sweeps)} sweeps {title} ({n_runs} runs), {who}, {args.orders} orders", rows))
+            print(table(f"{len(sweeps)} {title} ({n_runs} runs), {who}, {args.orders} orders", rows))
             print(f"({time.time() - t0:.1f} s)\n")
     print(f"total {time.time() - t_start:.1f} s")
     return 0

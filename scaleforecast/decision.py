@@ -13,14 +13,16 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 from pydantic import BaseModel
 
+from scaleforecast.calibration import ErrorModel, load_error_model
 from scaleforecast.events import Event
+from scaleforecast.evidence import StopFeatures, features_from_forecast
 from scaleforecast.job import job_rank, job_run_id, job_world_size
 from scaleforecast.registry import BackgroundRegistry, RunRecord, RunRegistry, RunState, open_registry
 from scaleforecast.results import FitStatus, Forecast
@@ -30,13 +32,15 @@ _USABLE = (FitStatus.OK.value, FitStatus.ANNEALING_UNIDENTIFIED.value)
 
 
 class StopDecision(BaseModel):
-    """The outcome of :func:`decide_stop`: whether to stop, why, and the probability it was based on."""
+    """The outcome of :func:`decide_stop`: whether to stop, why, the measured confidence it was based on and the
+    forecast's error scale (relative, log units)."""
 
     stop: bool
     reason: str
     probability: float | None = None
     reference: float | None = None
     step: int
+    scale: float | None = None
 
 
 def decide_stop(
@@ -46,15 +50,25 @@ def decide_stop(
     step: int,
     total_steps: int,
     confidence: float = 0.95,
-    min_fraction: float = 0.1,
+    min_fraction: float = 0.0,
     min_steps: int = 0,
+    features: StopFeatures | None = None,
+    model: ErrorModel | None = None,
 ) -> StopDecision:
-    """Stop when ``P(final loss >= reference) >= confidence`` under the forecast's predictive distribution.
+    """Stop when the forecast final loss ``m`` is above ``reference`` by more than its *measured* error allows.
 
-    The rule only speaks once the grace period is over, ``step >= max(min_steps, min_fraction * total_steps)``,
-    and only from a forecast that holds numbers (status neither ``insufficient_data`` nor ``failed``). Without a
-    reference (no target and no finished run to beat) it never stops. ``probability`` is reported whenever it
-    could be computed, so that callers can log how close the run came to being stopped.
+    The margin is read in units of the forecast's error scale ``s`` (:meth:`ErrorModel.scale` of ``features``:
+    the fraction of the run seen, the LR phase, the run's own backtest), ``z = log(m / reference) / s``, and
+    ``probability`` is :meth:`ErrorModel.confidence` of it: the share of replayed real runs whose forecasts were
+    never ``z`` scales too pessimistic about their own final loss. It stops when ``probability >= confidence``,
+    so a stop at confidence ``c`` would have been wrong (the run would have reached ``reference``) in at most
+    ``1 - c`` of those runs. Without ``features`` it uses what the forecast carries (``features_from_forecast``:
+    a wider, conservative scale); ``model`` defaults to the shipped :func:`load_error_model`.
+
+    The rule speaks from the first usable forecast: the error model, not a grace period, keeps it silent while
+    the forecast is poorly determined. ``min_steps``/``min_fraction`` add an explicit grace,
+    ``step >= max(min_steps, min_fraction * total_steps)``, for users who want one. It never stops without a
+    reference, nor on a forecast without numbers (status ``insufficient_data`` or ``failed``).
     """
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
@@ -68,20 +82,46 @@ def decide_stop(
     if forecast is None or forecast.status in (FitStatus.INSUFFICIENT_DATA, FitStatus.FAILED):
         status = "no forecast" if forecast is None else f"fit status {forecast.status.value}"
         return StopDecision(stop=False, reason=status, reference=reference, step=step)
-    if forecast.final is None:
+    final = forecast.final
+    if final is None:
         return StopDecision(
             stop=False, reason="forecast has no final-step point", reference=reference, step=step
         )
-    p = forecast.prob_at_least(reference)
-    final = forecast.final
-    if p >= confidence:
-        reason = (
-            f"forecast final loss {final.loss:.4f} (±{final.std:.4f}) at step {forecast.final_step} cannot reach "
-            f"{reference:.4f}: P(final >= reference) = {p:.3f} >= {confidence:.2f}"
+    features = features or features_from_forecast(forecast)
+    if features is None or not math.isfinite(reference) or not (math.isfinite(final.loss) and final.loss > 0):
+        return StopDecision(
+            stop=False, reason="forecast holds no usable number", reference=reference, step=step
         )
-        return StopDecision(stop=True, reason=reason, probability=p, reference=reference, step=step)
-    reason = f"P(final >= {reference:.4f}) = {p:.3f} < {confidence:.2f}"
-    return StopDecision(stop=False, reason=reason, probability=p, reference=reference, step=step)
+    model = model or load_error_model()
+    scale = model.scale(features)
+    if reference <= 0:  # a loss cannot go below zero: out of reach whatever the error
+        z, p = math.inf, 1.0
+    else:
+        z = math.log(final.loss / reference) / scale
+        p = model.confidence(z)
+    k = model.threshold(confidence)
+    if p >= confidence:
+        margin = "" if not math.isfinite(k) else f" ({100 * (math.exp(k * scale) - 1):.2f} %)"
+        reason = (
+            f"forecast final loss {final.loss:.4f} at step {forecast.final_step} cannot reach {reference:.4f}: "
+            f"it is above it by more than its measured error at {100 * features.fraction:.0f} % of the run"
+            f"{margin}; confidence {p:.3f} >= {confidence:.2f}"
+        )
+        return StopDecision(
+            stop=True, reason=reason, probability=p, reference=reference, step=step, scale=scale
+        )
+    if not math.isfinite(k):
+        reason = (
+            f"confidence {confidence:.3f} is more than the error model's calibration runs can certify "
+            f"(at most {model.max_confidence:.3f}): no stop"
+        )
+    else:
+        margin = 100 * (math.exp(k * scale) - 1)
+        reason = (
+            f"forecast {final.loss:.4f} vs {reference:.4f} (a stop needs it above by {margin:.2f} %): "
+            f"confidence {p:.3f} < {confidence:.2f}"
+        )
+    return StopDecision(stop=False, reason=reason, probability=p, reference=reference, step=step, scale=scale)
 
 
 def sweep_reference(
@@ -93,22 +133,28 @@ def sweep_reference(
     max_age_s: float | None = None,
     now: float | None = None,
     rel_std_floor: float = 0.0,
+    model: ErrorModel | None = None,
+    scale_of: Callable[[RunRecord], float | None] | None = None,
 ) -> float | None:
     """The loss a run has to beat in its sweep: the smallest of ``target``, the other runs' final losses and
     the other running runs' *confident* forecasts.
 
-    A running run's forecast counts at its upper ``quantile``, ``loss + z_q * std`` (the loss it reaches with
-    probability ``q``), and only when its fit status holds numbers; that keeps one lucky, uncertain forecast
-    from setting the bar. Stopped runs deliver no model and never count. ``exclude`` is the asking run;
-    ``max_age_s`` drops running records not updated for that long (a run that died). ``rel_std_floor`` widens
-    each forecast's std to ``sqrt(std^2 + (rel_std_floor * loss)^2)`` (see :func:`widen_forecast`). None when
-    nothing counts.
+    A running run's forecast counts at the loss it stays below with probability ``quantile``: with an error
+    ``model`` (:mod:`scaleforecast.calibration`), ``loss * exp(k_q * scale)``, where ``k_q`` is the measured
+    optimistic margin of forecasts (:meth:`ErrorModel.optimistic_margin`) and ``scale`` the run's error scale,
+    at least ``rel_std_floor``: ``scale_of(record)`` when the sweep's records carry it (the scale the run
+    computed from its own features), else the model's conservative ``fallback`` at ``step / total_steps``;
+    without a model, the normal quantile ``loss + z_q * std`` with the std widened by ``rel_std_floor``
+    (:func:`widen_forecast`). Only forecasts whose fit status holds numbers count, so one lucky, uncertain
+    forecast cannot set the bar. Stopped runs deliver no model and never count. ``exclude`` is the asking run;
+    ``max_age_s`` drops running records not updated for that long (a run that died). None when nothing counts.
     """
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     if rel_std_floor < 0:
         raise ValueError(f"rel_std_floor must be >= 0, got {rel_std_floor}")
     z = NormalDist().inv_cdf(quantile)
+    k = model.optimistic_margin(quantile) if model is not None else 0.0
     now = time.time() if now is None else now
     best = target if target is not None and math.isfinite(target) else None
     for r in records:
@@ -121,11 +167,25 @@ def sweep_reference(
                 continue
             if r.loss is None or r.status not in _USABLE:
                 continue
-            std = math.hypot(r.std or 0.0, rel_std_floor * r.loss)
-            value = r.loss + z * std
+            if model is not None:
+                known = scale_of(r) if scale_of is not None else None
+                scale = known if known is not None else model.scale(_record_features(r))
+                value = r.loss * math.exp(k * max(scale, rel_std_floor))
+            else:
+                value = r.loss + z * math.hypot(r.std or 0.0, rel_std_floor * r.loss)
         if value is not None and math.isfinite(value) and (best is None or value < best):
             best = value
     return best
+
+
+def _record_features(r: RunRecord) -> StopFeatures:
+    """What a registry record tells the error model: the fraction of the run seen, the forecast's std and the
+    run's length (an unknown length counts as the very start of a short run, where the scale is widest)."""
+    fraction = min(max(r.step / r.total_steps, 0.0), 1.0) if r.total_steps else 0.0
+    loss = r.loss or 0.0
+    return StopFeatures(
+        fraction=fraction, rel_std=(r.std or 0.0) / loss if loss > 0 else 0.0, total_steps=r.total_steps
+    )
 
 
 def decide_stop_in_sweep(
@@ -137,18 +197,19 @@ def decide_stop_in_sweep(
     total_steps: int,
     target: float | None = None,
     confidence: float = 0.95,
-    min_fraction: float = 0.1,
+    min_fraction: float = 0.0,
     min_steps: int = 0,
     quantile: float = 0.8,
     rel_std_floor: float = 0.0,
     publish: bool = True,
+    features: StopFeatures | None = None,
+    model: ErrorModel | None = None,
 ) -> StopDecision:
     """:func:`decide_stop` against :func:`sweep_reference` read from ``registry``.
 
     With ``publish`` the run's own forecast is written to the registry first (when it holds numbers), so that
-    the other runs see it (its own std, unwidened). ``rel_std_floor`` widens both this run's forecast and the
-    other runs' forecasts (:func:`widen_forecast`). Registry errors propagate: callers inside a training loop
-    catch them.
+    the other runs see it (its own std, unwidened). ``rel_std_floor``, ``features`` and ``model``: see
+    :func:`decide_stop_among`. Registry errors propagate: callers inside a training loop catch them.
     """
     if publish and forecast is not None and forecast.ok and forecast.final is not None:
         final = forecast.final
@@ -171,6 +232,8 @@ def decide_stop_in_sweep(
         min_steps=min_steps,
         quantile=quantile,
         rel_std_floor=rel_std_floor,
+        features=features,
+        model=model,
     )
 
 
@@ -182,29 +245,46 @@ def decide_stop_among(
     total_steps: int,
     target: float | None = None,
     confidence: float = 0.95,
-    min_fraction: float = 0.1,
+    min_fraction: float = 0.0,
     min_steps: int = 0,
     quantile: float = 0.8,
     max_age_s: float | None = None,
     rel_std_floor: float = 0.0,
+    features: StopFeatures | None = None,
+    model: ErrorModel | None = None,
+    scale_of: Callable[[RunRecord], float | None] | None = None,
 ) -> StopDecision:
-    """:func:`decide_stop` of the forecast widened by ``rel_std_floor`` (:func:`widen_forecast`) against
-    :func:`sweep_reference` of the other runs' ``records`` (widened by the same floor).
+    """:func:`decide_stop` against :func:`sweep_reference` of the other runs' ``records``, both with the same
+    measured error ``model`` (default: the shipped one).
 
     The rule every sweep engine applies, whether its records come from a :class:`RunRegistry` or from an
-    Optuna study; ``records`` must not hold the deciding run itself.
+    Optuna study; ``records`` must not hold the deciding run itself. ``features`` are the deciding run's own
+    (:class:`scaleforecast.evidence.ForecastTrack`); without them the forecast's own, with a wider scale.
+    ``scale_of``: the other runs' own error scales, when their records carry them (see :func:`sweep_reference`).
+    ``rel_std_floor`` is the smallest error scale assumed for any forecast, this run's and the others'.
     """
+    model = model or load_error_model()
+    if rel_std_floor > 0:
+        model = model.model_copy(update={"floor": max(model.floor, rel_std_floor)})
     reference = sweep_reference(
-        records, target=target, quantile=quantile, max_age_s=max_age_s, rel_std_floor=rel_std_floor
+        records,
+        target=target,
+        quantile=quantile,
+        max_age_s=max_age_s,
+        rel_std_floor=rel_std_floor,
+        model=model,
+        scale_of=scale_of,
     )
     return decide_stop(
-        widen_forecast(forecast, rel_std_floor),
+        forecast,
         reference,
         step=step,
         total_steps=total_steps,
         confidence=confidence,
         min_fraction=min_fraction,
         min_steps=min_steps,
+        features=features,
+        model=model,
     )
 
 

@@ -35,6 +35,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from scaleforecast.decision import StopDecision, decide_stop
 from scaleforecast.events import Event, TrainingHealthError, log_event
+from scaleforecast.evidence import ForecastTrack
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster, ScheduleLike, status_event
 from scaleforecast.results import FitStatus, Forecast
 from scaleforecast.sinks import CurveSnapshot, FanoutSink, Sink
@@ -104,8 +105,11 @@ def checked(model: type[M], **values: Any) -> M:
 class StopConfig(BaseModel):
     """The early-stopping rule and the action policy, in one place for the monitor and every adapter.
 
-    Stop when ``P(final loss >= target_loss) >= confidence`` once ``step >= max(min_steps, min_fraction *
-    total_steps)`` (no target: never). ``action`` is what a stop decision or any critical event does:
+    Stop when the forecast final loss is above ``target_loss`` by more than its measured error allows, at
+    ``confidence`` (:func:`scaleforecast.decision.decide_stop`: a stop at ``confidence`` would have been wrong in
+    at most ``1 - confidence`` of the replayed real runs); no target: never. ``min_steps``/``min_fraction`` add
+    an explicit grace period, ``step >= max(min_steps, min_fraction * total_steps)``; the rule needs none of its
+    own. ``action`` is what a stop decision or any critical event does:
     ``"warn"`` (report only), ``"stop"`` (stop training gracefully, on every rank at the same step) or
     ``"raise"`` (raise :class:`scaleforecast.events.TrainingHealthError`).
     """
@@ -115,7 +119,7 @@ class StopConfig(BaseModel):
     target_loss: Real | None = Field(None, allow_inf_nan=False)
     confidence: Real = Field(0.95, ge=0.5, lt=1.0)
     min_steps: Count = Field(0, ge=0)
-    min_fraction: Real = Field(0.1, ge=0.0, le=1.0)
+    min_fraction: Real = Field(0.0, ge=0.0, le=1.0)
     action: Action = "stop"
 
 
@@ -316,6 +320,7 @@ class RunMonitor:
         self.refits = 0
         self.usable_refits = 0
         self.decision: StopDecision | None = None
+        self.track = ForecastTrack()
         self.stopped_at: int | None = None
         self.stop_reason: str | None = None
         self.stop_reported = False
@@ -366,6 +371,7 @@ class RunMonitor:
             changed = status_event(self._status, forecast, step)
             result.events.extend([changed] if changed is not None else [])
             self._status = forecast.status
+            self.guard("stop rule", self.track.update, self.forecaster)
         decision = self.guard("stop rule", self._decide, step)
         if decision is not None:
             result.decision = self.decision = decision
@@ -417,6 +423,7 @@ class RunMonitor:
             confidence=cfg.confidence,
             min_fraction=cfg.min_fraction,
             min_steps=cfg.min_steps,
+            features=self.track.features,
         )
 
     def _write(self, step: int, batch: FlushBatch, result: FlushResult) -> None:
@@ -545,6 +552,7 @@ class RunMonitor:
             "refits": self.refits,
             "usable_refits": self.usable_refits,
             "decision": None if self.decision is None else self.decision.model_dump(mode="json"),
+            "track": self.track.state_dict(),
             "stopped_at": self.stopped_at,
             "stop_reason": self.stop_reason,
             "stop_reported": self.stop_reported,
@@ -567,6 +575,8 @@ class RunMonitor:
         self.refits = int(state["refits"])
         self.usable_refits = int(state.get("usable_refits", 0))
         self.decision = None if state["decision"] is None else StopDecision.model_validate(state["decision"])
+        if state.get("track") is not None:
+            self.track.load_state_dict(state["track"])
         self.stopped_at = state["stopped_at"]
         self.stop_reason = state["stop_reason"]
         self.stop_reported = bool(state.get("stop_reported", self.stopped_at is not None))

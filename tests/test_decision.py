@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
+from scaleforecast.calibration import ErrorModel, ErrorTail, load_error_model
 from scaleforecast.decision import (
     decide_stop,
     decide_stop_in_sweep,
     sweep_reference,
     widen_forecast,
 )
+from scaleforecast.evidence import PHASES, StopFeatures, features_from_forecast
 from scaleforecast.registry import RunRecord, RunState, SQLiteRegistry
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 
@@ -34,27 +37,79 @@ def _rec(run_id: str, **kw: object) -> RunRecord:
     return RunRecord(sweep="s", run_id=run_id, updated=1000.0, **kw)  # type: ignore[arg-type]
 
 
-def test_stop_when_confidently_worse() -> None:
-    d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000)
-    assert d.stop and d.probability is not None and d.probability > 0.999 and d.reference == 3.0
-    d = decide_stop(_forecast(3.05, 0.1), 3.0, step=500, total_steps=1000)  # P = 0.69 < 0.95
-    assert not d.stop and d.probability == pytest.approx(0.6915, abs=1e-3)
+# a small error model: 2 % scale everywhere (8 % before the run has tested itself), run maxima 0.5..3 measured
+# on 100 groups (20 each), so that confidences up to 100 / 101 can be certified
+MODEL = ErrorModel(
+    fraction_edges=[0.0, 1.0],
+    table={**{c: [0.02] for c in PHASES}, "unproven": [0.08]},
+    fallback=[0.1],
+    upper=ErrorTail(values=[0.5, 1.0, 1.5, 2.0, 3.0], weights=[20.0] * 5),
+    lower=ErrorTail(values=[0.5, 1.0, 1.5, 2.0, 3.0], weights=[20.0] * 5),
+)
+TESTED = StopFeatures(fraction=0.5, decay_seen=0.0, decay_ahead=1.0, backtest=0.0)
 
 
-def test_grace_status_and_missing_reference() -> None:
+def test_stop_when_the_measured_error_cannot_explain_the_gap() -> None:
+    # 3.5 vs 3.0 is 7.7 scales of 2 %: more than any calibration run was ever off
+    d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
+    assert d.stop and d.probability == pytest.approx(100 / 101) and d.reference == 3.0
+    assert d.scale == pytest.approx(0.02)
+    # 3.05 vs 3.0 is 0.83 scales: 4 groups in 5 had a larger excursion
+    d = decide_stop(_forecast(3.05, 0.1), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
+    assert not d.stop and d.probability == pytest.approx(20 / 101)
+    # the same gap before the run has tested itself is 1.93 scales of 8 %: weak evidence
+    untested = TESTED.model_copy(update={"backtest": None})
+    d = decide_stop(
+        _forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, features=untested, model=MODEL, confidence=0.5
+    )
+    assert d.stop  # 1.93 scales: 3 groups in 5 stayed below, enough at confidence 0.5 only
+    d = decide_stop(
+        _forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, features=untested, model=MODEL, confidence=0.9
+    )
+    assert not d.stop and d.probability == pytest.approx(60 / 101)
+    # a forecast below the reference never stops, however confident
+    d = decide_stop(_forecast(2.9, 1e-6), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
+    assert not d.stop and d.probability == 0.0
+
+
+def test_speaks_early_on_overwhelming_evidence_and_honours_an_explicit_grace() -> None:
     bad = _forecast(9.0, 0.01)
-    assert not decide_stop(bad, 3.0, step=99, total_steps=1000).stop  # min_fraction 0.1 -> grace to 100
-    assert decide_stop(bad, 3.0, step=100, total_steps=1000).stop
-    assert not decide_stop(bad, 3.0, step=300, total_steps=1000, min_steps=400).stop
-    assert not decide_stop(bad, None, step=900, total_steps=1000).stop
-    assert not decide_stop(None, 3.0, step=900, total_steps=1000).stop
+    early = StopFeatures(fraction=0.01, decay_seen=0.0, decay_ahead=1.0)
+    assert decide_stop(bad, 3.0, step=10, total_steps=1000, features=early, model=MODEL).stop
+    assert decide_stop(bad, 0.0, step=10, total_steps=1000, model=MODEL).stop  # an impossible target
+    kw = dict(total_steps=1000, features=early, model=MODEL)
+    assert not decide_stop(bad, 3.0, step=99, min_fraction=0.1, **kw).stop  # type: ignore[arg-type]
+    assert decide_stop(bad, 3.0, step=100, min_fraction=0.1, **kw).stop  # type: ignore[arg-type]
+    assert not decide_stop(bad, 3.0, step=300, min_steps=400, **kw).stop  # type: ignore[arg-type]
+
+
+def test_status_reference_and_forecast_only() -> None:
+    bad = _forecast(9.0, 0.01)
+    assert not decide_stop(bad, None, step=900, total_steps=1000, model=MODEL).stop
+    assert not decide_stop(None, 3.0, step=900, total_steps=1000, model=MODEL).stop
     for status in (FitStatus.INSUFFICIENT_DATA, FitStatus.FAILED):
-        assert not decide_stop(_forecast(9.0, 0.01, status), 3.0, step=900, total_steps=1000).stop
-    assert decide_stop(
-        _forecast(9.0, 0.01, FitStatus.ANNEALING_UNIDENTIFIED), 3.0, step=900, total_steps=1000
-    ).stop
+        assert not decide_stop(
+            _forecast(9.0, 0.01, status), 3.0, step=900, total_steps=1000, model=MODEL
+        ).stop
+    unid = _forecast(9.0, 0.01, FitStatus.ANNEALING_UNIDENTIFIED)
+    assert decide_stop(unid, 3.0, step=900, total_steps=1000, model=MODEL).stop
+    # without features the rule reads the forecast alone, at the wider fallback scale
+    d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, model=MODEL)
+    assert d.scale == pytest.approx(0.1) and not d.stop
+    # more confidence than 100 groups can certify: never a stop, and the reason says why
+    d = decide_stop(_forecast(9.0, 0.01), 3.0, step=900, total_steps=1000, model=MODEL, confidence=0.995)
+    assert not d.stop and "can certify" in d.reason
     with pytest.raises(ValueError):
         decide_stop(bad, 3.0, step=900, total_steps=1000, confidence=1.0)
+
+
+def test_shipped_model_is_the_default() -> None:
+    # a forecast alone reads the model's widest scale: only a target far out of reach is stopped
+    only = features_from_forecast(_forecast(3.0, 0.01))
+    assert only is not None
+    d = decide_stop(_forecast(3.0, 0.01), 0.5, step=500, total_steps=1000)
+    assert d.stop and d.scale == pytest.approx(load_error_model().scale(only))
+    assert not decide_stop(_forecast(3.0, 0.01), 3.1, step=500, total_steps=1000).stop
 
 
 def test_sweep_reference_rules() -> None:
@@ -80,15 +135,36 @@ def test_sweep_reference_rules() -> None:
         sweep_reference(recs, quantile=1.0)
 
 
+def test_sweep_reference_with_the_error_model() -> None:
+    recs = [
+        _rec("run", step=500, total_steps=1000, loss=3.0, std=0.01, status="ok"),
+        _rec("fin", state=RunState.FINISHED, final_loss=3.5),
+    ]
+    k = MODEL.optimistic_margin(0.8)
+    assert k == pytest.approx(3.0)
+    # a running run's own scale when its record carries it, else the model's conservative fallback (10 %)
+    assert sweep_reference(recs, model=MODEL) == pytest.approx(3.5)  # 3 * exp(0.3) = 4.05 > 3.5
+    assert sweep_reference(recs, model=MODEL, scale_of=lambda r: 0.02) == pytest.approx(3.0 * math.exp(0.06))
+    assert sweep_reference(recs, model=MODEL, scale_of=lambda r: None) == pytest.approx(3.5)
+    # the floor widens every scale
+    assert sweep_reference(
+        recs[:1], model=MODEL, scale_of=lambda r: 0.02, rel_std_floor=0.05
+    ) == pytest.approx(3.0 * math.exp(0.15))
+
+
 def test_decide_stop_in_sweep_publishes_and_compares(tmp_path: Path) -> None:
     reg = SQLiteRegistry("sweep", tmp_path / "r.sqlite")
     # the first run alone has nothing to beat, but its forecast becomes visible to the others
     d = decide_stop_in_sweep(_forecast(3.0, 0.02), reg, "good", step=500, total_steps=1000)
     assert not d.stop and reg.get("good").loss == 3.0  # type: ignore[union-attr]
-    d = decide_stop_in_sweep(_forecast(3.6, 0.05), reg, "bad", step=500, total_steps=1000)
-    assert d.stop and d.reference == pytest.approx(3.0 + 0.8416 * 0.02, abs=1e-4)
+    d = decide_stop_in_sweep(
+        _forecast(5.0, 0.05), reg, "bad", step=500, total_steps=1000, model=MODEL, features=TESTED
+    )
+    # the running run counts at its measured optimistic margin (quantile 0.8 of 100 groups: the 81st of 101, 3
+    # scales) of its fallback scale (10 %)
+    assert d.stop and d.reference == pytest.approx(3.0 * math.exp(3.0 * 0.1), abs=1e-4)
     # the good run is not stopped by the worse one
-    d = decide_stop_in_sweep(_forecast(3.0, 0.02), reg, "good", step=600, total_steps=1000)
+    d = decide_stop_in_sweep(_forecast(3.0, 0.02), reg, "good", step=600, total_steps=1000, model=MODEL)
     assert not d.stop
     # an unusable forecast is not published and never stops the run
     d = decide_stop_in_sweep(_forecast(9.0, 0.0, FitStatus.FAILED), reg, "nofit", step=600, total_steps=1000)

@@ -46,7 +46,9 @@ def _synthetic_objective(final_by_lr: dict[float, float], total: int, refit_ever
         final = final_by_lr[lr]
         reporter = OptunaForecastReporter(trial, n_grid=10)
         for step in range(refit_every, total + 1, refit_every):
-            std = 0.5 * (1.0 - step / total) + 0.005  # the forecast tightens as the run goes on
+            # the forecast tightens as the run goes on, as a smooth run's does (a trial's record carries the
+            # forecast alone, whose relative std is all the error model can tell the run's kind by)
+            std = 0.05 * (1.0 - step / total) + 0.005
             if reporter(step, _forecast(final, std, total)):
                 break
         reporter.raise_if_pruned()
@@ -96,11 +98,11 @@ def test_forecast_pruner_on_sqlite_storage_prunes_the_bad_trial(tmp_path: Path) 
     bad = next(t for t in again.trials if t.params["lr"] == 1e-6)
     assert max(bad.intermediate_values) <= 500  # the far-off trial stops early
     close = next(t for t in again.trials if t.params["lr"] == 3e-3)
-    # the close one is only stopped once its forecast is tight enough to tell 3.05 from 3.0 (> 90% of the run)
+    # 3.05 against 3.0 is within the measured error of a forecast alone: the close one runs to the end
     assert max(close.intermediate_values) >= 900
     recs = {r.run_id: r for r in OptunaRegistry(again).records()}
     assert recs[str(bad.number)].state is RunState.STOPPED
-    assert [r.final_loss for r in recs.values() if r.final_loss is not None] == [3.0]
+    assert sorted(r.final_loss for r in recs.values() if r.final_loss is not None) == [3.0, 3.05]
 
 
 def test_forecast_pruner_uses_running_trials_confident_forecasts() -> None:

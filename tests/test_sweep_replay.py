@@ -13,6 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import sweep_replay as sr
 
+from scaleforecast.calibration import ErrorModel, ErrorTail
+from scaleforecast.evidence import PHASES, StopFeatures
+
 N_CK = 10
 
 
@@ -103,6 +106,39 @@ def test_forecast_rule_stops_the_hopeless_run_only() -> None:
     assert out.stopped == 1
 
 
+def _features(trace: sr.RunTrace) -> sr.RunTrace:
+    """The trace with features of a run that has tested itself (stable phase, perfect backtest)."""
+    trace.features = [
+        StopFeatures(fraction=s / trace.total_steps, decay_seen=0.0, decay_ahead=1.0, backtest=0.0)
+        for s in trace.steps
+    ]
+    return trace
+
+
+MODEL = ErrorModel(
+    fraction_edges=[0.0, 1.0],
+    table={**{c: [0.01] for c in PHASES}, "unproven": [0.1]},
+    fallback=[0.2],
+    upper=ErrorTail(values=[0.5, 1.0, 2.0], weights=[40.0, 40.0, 40.0]),
+    lower=ErrorTail(values=[0.5, 1.0, 2.0], weights=[40.0, 40.0, 40.0]),
+)
+
+
+def test_calibrated_rule_and_oracle() -> None:
+    runs = [_features(_trace(k, 1000, f)) for k, f in (("good", 3.0), ("close", 3.005), ("bad", 3.8))]
+    sweep = sr.Sweep("s", runs)
+    rule = sr.CalibratedRule("calibrated", lambda key: MODEL, confidence=0.9)
+    out = sr.replay(sweep, rule, [0, 1, 2], workers=1)
+    # run by run: the bad one is stopped at its first checkpoint once the good one has finished
+    assert out.best_survived and out.stopped == 1 and out.steps_used == 1000 + 1000 + 100
+    # fed only what a forecast carries, the scale is 20 %: the hopeless run is not hopeless enough
+    blind = sr.CalibratedRule("blind", lambda key: MODEL, confidence=0.9, forecast_only=True)
+    assert sr.replay(sweep, blind, [0, 1, 2], workers=1).stopped == 0
+    oracle = sr.replay(sweep, sr.Oracle(0.0), [0, 1, 2], workers=0)
+    assert oracle.best_survived and oracle.stopped == 2 and oracle.steps_used == 1000 + 100 + 100
+    assert sr.replay(sweep, sr.Oracle(0.01), [0, 1, 2], workers=0).stopped == 1
+
+
 @pytest.mark.slow
 def test_optuna_and_nni_policies_run() -> None:
     pytest.importorskip("optuna")
@@ -110,17 +146,17 @@ def test_optuna_and_nni_policies_run() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     sweep = sr.Sweep(
-        "s", [_trace("a", 1000, 3.0), _trace("b", 1000, 3.6), _trace("c", 1000, 3.9), _trace("d", 1000, 3.1)]
+        "s",
+        [_features(_trace(k, 1000, f)) for k, f in (("a", 3.0), ("b", 3.6), ("c", 3.9), ("d", 3.1))],
     )
-    rows = sr.run_benchmark([sweep], sr.default_policies(N_CK), workers=1, orders=2)
+    rows = sr.run_benchmark([sweep], sr.default_policies(N_CK, shipped=MODEL), workers=1, orders=2)
     by = {r.policy: r for r in rows}
     assert by["no stopping"].saved == 0.0 and by["no stopping"].best_kept == 1.0
-    # with exact forecasts the rule and its Optuna twin agree, and both save steps without losing the best
-    rule = by["forecast rule (conf 0.95, floor 0 %)"]
+    # with exact forecasts the calibrated rule saves steps without losing the best, as the rule before did
+    rule = by["calibrated (conf 0.95, shipped model)"]
     assert rule.saved > 0.2 and rule.best_kept == 1.0
-    assert by["optuna ForecastPruner (floor 1.5 %)"].saved == pytest.approx(
-        by["forecast rule (conf 0.95, floor 1.5 %)"].saved
-    )
+    assert by["before: normal rule (conf 0.95, floor 0 %)"].best_kept == 1.0
+    assert by["oracle (ceiling)"].saved == pytest.approx(1 - (1000 + 3 * 100) / 4000)
     nni = by["nni curvefit (x1)"]
     assert nni.saved > 0 and nni.best_kept == 1.0
     assert "inside 80 % band" in sr.calibration(sweep.runs)
@@ -137,25 +173,55 @@ def test_powerlaw_extrapolation() -> None:
     assert math.isnan(sr._powerlaw_extrapolate(t[:3], y[:3], 8000.0))
 
 
+def test_sweep_keys_group_runs_that_differ_in_one_thing(curves_dir: Path) -> None:
+    from stop_replay import shared_runs
+
+    runs = shared_runs(curves_dir)
+    lr = {}
+    size = {}
+    for r in runs:
+        for kind, into in (("lr", lr), ("size", size)):
+            k = sr.sweep_key(r, kind)
+            if k is not None:
+                into.setdefault(k, []).append(r)
+    # the 25M / 100M / 400M runs of one schedule form a size sweep; an LR sweep holds one config at several LRs
+    assert {r.meta["run_id"] for r in size["mpl/*_cosine_24000"]} == {
+        "25M_cosine_24000", "100M_cosine_24000", "400M_cosine_24000",
+    }  # fmt: skip
+    for members in lr.values():
+        if len(members) > 1 and members[0].source == "epfml_schaipp_haegele":
+            ids = {sr._LR.sub("_lr*_", r.meta["run_id"].removeprefix("grad_norm__")) for r in members}
+            assert len(ids) == 1
+    assert any(len({r.meta["peak_lr"] for r in m}) >= 3 for m in lr.values())
+    # the committed tiny-model curves hold an LR sweep of one AdamW config
+    tiny = lr.get("tiny_adamw/adamw_cos10_2k")
+    if tiny is not None:
+        assert {r.meta["run_id"] for r in tiny} >= {"adamw_cos10_2k_lr1e-3", "adamw_cos10_2k_lr1e-2"}
+
+
 @pytest.mark.slow
 def test_real_curves_trace_and_group(curves_dir: Path) -> None:
-    from curves import load_curves
+    from stop_replay import replay, shared_runs
 
-    curves = [c for c in load_curves(curves_dir, folders=["mpl_luo2025"]) if c.run_id.startswith("25M_")][:3]
-    assert len(curves) == 3
+    runs = [
+        r
+        for r in shared_runs(curves_dir)
+        if r.source == "mpl_luo2025" and r.key.split("/")[1].startswith("25M_")
+    ]
+    runs = runs[:3]
+    assert len(runs) == 3
     traces = {}
-    for c in curves:
-        tr = sr.trace_run(c, N_CK)
+    for r in runs:
+        tr = sr.run_trace(r, replay(r), N_CK)
         assert tr is not None
-        traces[c.key] = tr
-        _, y = c.column()
-        assert tr.final == y[-1] and tr.total_steps == c.total_steps
-        assert list(tr.steps) == sorted(tr.steps) and tr.steps[-1] == c.total_steps
-        assert len(tr.fc_status) == len(tr.steps)
+        traces[r.key] = tr
+        assert tr.final == r.loss[-1] and tr.total_steps == r.total
+        assert list(tr.steps) == sorted(tr.steps) and tr.steps[-1] == r.total and len(tr.steps) <= N_CK + 1
+        assert len(tr.fc_status) == len(tr.steps) and tr.features is not None
         # by 90 % of the run the forecast is within a few per cent of the truth
         assert abs(tr.fc_loss[-2] - tr.final) / tr.final < 0.05
-        assert np.isfinite(tr.raw[1:]).all()
-    sweeps = sr.make_sweeps(curves, traces, min_runs=3)
+        assert np.isfinite(tr.raw).all()
+    sweeps = sr.make_sweeps(runs, traces, min_runs=3)
     assert [s.name for s in sweeps] == ["mpl/25M"] and len(sweeps[0].runs) == 3
     out = sr.replay(sweeps[0], sr.NoStop(), [0, 1, 2], workers=0)
-    assert out.steps_used == sum(c.total_steps for c in curves)
+    assert out.steps_used == sum(r.total for r in runs)

@@ -39,7 +39,8 @@ def _forecast(loss: float, std: float, status: FitStatus = FitStatus.OK, final_s
 
 @pytest.mark.slow
 def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
-    """The stopper as a listener of a real RunMonitor: the bad run stops, the good one finishes."""
+    """The stopper as a listener of a real RunMonitor: the bad run stops, the good one finishes. The stopper
+    reads the forecast alone (no features): the error model's widest scale, so "bad" is far worse."""
     from scaleforecast.monitor import FlushBatch, RunMonitor
 
     reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
@@ -47,7 +48,7 @@ def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
     lrs = np.full(total, 1e-3)
     steps = np.arange(1, total + 1)
     results = {}
-    for run_id, offset in (("good", 0.0), ("bad", 1.0)):
+    for run_id, offset in (("good", 0.0), ("bad", 6.0)):
         stopper = SweepStopper(reg, run_id, min_fraction=0.2)
         assert stopper.sync()  # the records of the runs before this one are read before it trains
         monitor = RunMonitor(lrs, listeners=[stopper], verbose=False)
@@ -81,7 +82,7 @@ def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytes
     assert not a(500, _forecast(3.0, 0.01))
     a.finish()
     assert b.sync()
-    assert b(500, _forecast(3.5, 0.01))
+    assert b(500, _forecast(9.0, 0.01))
     b.finish()
     recs = {r.run_id: r for r in b.registry.records()}
     assert recs[a.run_id].state is RunState.FINISHED and recs[a.run_id].final_loss == 3.0

@@ -1,0 +1,166 @@
+"""What a run shows the stopping rule when a forecast is made: where the run is, and how well its own earlier
+forecasts did.
+
+:class:`StopFeatures` are read by the error model (:mod:`scaleforecast.calibration`); :class:`ForecastTrack` makes
+them at every refit, from the forecaster alone, and keeps the run's backtest record (a few numbers per doubling of
+the run) in its JSON-safe state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from scaleforecast.results import Forecast
+
+__all__ = ["PHASES", "ForecastTrack", "StopFeatures", "features_from_forecast"]
+
+Phase = Literal["stable", "decay", "flat"]
+PHASES: tuple[Phase, ...] = ("stable", "decay", "flat")
+_PHASE_EPS = 0.05
+"""An LR within 5 % of the peak has not started decaying; less than 5 % of the peak still to lose is 'flat'."""
+
+
+class StopFeatures(BaseModel):
+    """What the run shows when a forecast is made, as the error model reads it.
+
+    ``fraction``: steps fitted / final step. ``decay_seen``: ``1 - lr(t) / peak`` at the fitted step ``t``;
+    ``decay_ahead``: ``(lr(t) - lr(T)) / peak``, the LR still to lose (both ``None`` without the schedule).
+    ``backtest``: ``log(forecast made at s of the loss at 2s / the loss the run showed at 2s)``, the latest
+    ``s <= t / 2`` (``None`` before the run has doubled since its first fit); ``backtest_worst``: the largest
+    in size over the last doubling (see :class:`ForecastTrack`). ``rel_std``: the forecast's
+    own std over its mean at the final step. ``noise``: the fit's relative noise of one observation;
+    ``points``: observations fitted; ``total_steps``: the run's length (``None`` where unknown).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    fraction: float = Field(ge=0.0, le=1.0)
+    decay_seen: float | None = None
+    decay_ahead: float | None = None
+    backtest: float | None = None
+    backtest_worst: float | None = None
+    rel_std: float = 0.0
+    noise: float | None = None
+    points: int | None = None
+    total_steps: int | None = None
+
+    @property
+    def phase(self) -> Phase | None:
+        """``stable``, ``decay`` or ``flat`` (see the module docstring); ``None`` without the schedule."""
+        if self.decay_seen is None or self.decay_ahead is None:
+            return None
+        if self.decay_ahead < _PHASE_EPS:
+            return "flat"
+        return "stable" if self.decay_seen < _PHASE_EPS else "decay"
+
+
+def features_from_forecast(forecast: Forecast) -> StopFeatures | None:
+    """The features a forecast alone carries (no schedule, no backtest); ``None`` when it holds no number.
+
+    Used where only a forecast travels (a sweep engine's trial record); the error model then answers with its
+    conservative ``fallback`` scale.
+    """
+    final = forecast.final
+    if final is None or forecast.final_step <= 0 or not math.isfinite(final.loss) or final.loss <= 0:
+        return None
+    fraction = min(max(forecast.fitted_at_step / forecast.final_step, 0.0), 1.0)
+    return StopFeatures(
+        fraction=fraction,
+        rel_std=max(final.std, 0.0) / final.loss,
+        points=forecast.n_points,
+        total_steps=forecast.final_step,
+    )
+
+
+class ForecastTrack:
+    """The run's own record for the stopping rule: its backtest, and the features of its latest forecast.
+
+    Call :meth:`update` with the forecaster after every refit (the monitor does, on every rank in lockstep: the
+    record depends on the forecaster's state only). At a refit at step ``t`` it notes the new fit's forecast of
+    the loss at ``2t``; once the run is past ``2t``, a later fit compares that forecast with the level the run
+    showed there (the newest fit's value at ``2t``, which has the data around it): ``b = log(forecast / level)``.
+    A forecast's ``backtest`` is the latest such ``b``; its ``backtest_worst`` the one of largest size among the
+    comparisons of the last doubling (probes at ``t / 2`` or later), so that one lucky comparison cannot vouch
+    for a run. The record holds a few numbers per doubling of the run (forecasts are noted at most every 5 % of
+    steps), and :meth:`state_dict` is JSON-safe.
+    """
+
+    _SPACING = 1.05
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[int, float]] = []  # (probe step 2s, forecast of the loss there)
+        self._checks: list[tuple[int, float]] = []  # (probe step, b) of the comparisons made
+        self._features: StopFeatures | None = None
+        self._fit_step = -1
+
+    @property
+    def features(self) -> StopFeatures | None:
+        """The features of the latest usable forecast (``None`` before one)."""
+        return self._features
+
+    def update(self, forecaster: Any) -> StopFeatures | None:
+        """Take the forecaster's latest forecast into the record and return its features (see the class
+        docstring); forecasts without numbers leave the record as it was."""
+        latest = getattr(forecaster, "latest", None)
+        lrs = getattr(forecaster, "schedule", None)
+        if latest is None or lrs is None or not latest.ok or latest.final is None:
+            return self._features
+        t, total = int(latest.fitted_at_step), len(lrs)
+        if t < self._fit_step:  # resumed from an older checkpoint: what the dropped future showed is void
+            self._pending = [(p, v) for p, v in self._pending if p <= 2 * t]
+            self._checks = [(p, b) for p, b in self._checks if p <= t]
+        self._fit_step = t
+        due = [(p, v) for p, v in self._pending if p <= t]
+        if due:
+            levels = forecaster.predict([p for p, _ in due])
+            for (probe, predicted), level in zip(due, levels, strict=True):
+                if level > 0 and predicted > 0 and math.isfinite(level) and math.isfinite(predicted):
+                    self._checks.append((probe, math.log(predicted / float(level))))
+            self._pending = [(p, v) for p, v in self._pending if p > t]
+        # the latest comparison is kept whatever its age; the others only for one doubling
+        self._checks = [c for i, c in enumerate(self._checks) if 2 * c[0] >= t or i == len(self._checks) - 1]
+        probe = 2 * t
+        if 1 <= probe <= total and (not self._pending or probe >= self._SPACING * self._pending[-1][0]):
+            value = float(forecaster.predict([probe])[0])
+            if math.isfinite(value):
+                self._pending.append((probe, value))
+        peak = float(np.max(lrs))
+        final = latest.final
+        lr_t = float(lrs[min(max(t, 1), total) - 1])
+        recent = [b for p, b in self._checks if 2 * p >= t] or [b for _, b in self._checks[-1:]]
+        self._features = StopFeatures(
+            fraction=min(max(t / total, 0.0), 1.0),
+            decay_seen=(1.0 - lr_t / peak) if peak > 0 else 0.0,
+            decay_ahead=((lr_t - float(lrs[-1])) / peak) if peak > 0 else 0.0,
+            backtest=self._checks[-1][1] if self._checks else None,
+            backtest_worst=max(recent, key=abs) if recent else None,
+            rel_std=max(final.std, 0.0) / final.loss if final.loss > 0 else 0.0,
+            noise=getattr(getattr(forecaster, "fit_result", None), "sigma", None),
+            points=int(latest.n_points),
+            total_steps=total,
+        )
+        return self._features
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-safe state (a few numbers per doubling of the run)."""
+        return {
+            "version": 1,
+            "pending": [[p, v] for p, v in self._pending],
+            "checks": [[p, b] for p, b in self._checks],
+            "features": None if self._features is None else self._features.model_dump(),
+            "fit_step": self._fit_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (on resume)."""
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported forecast-track state version {state.get('version')!r}")
+        self._pending = [(int(p), float(v)) for p, v in state["pending"]]
+        self._checks = [(int(p), float(b)) for p, b in state.get("checks", [])]
+        f = state.get("features")
+        self._features = None if f is None else StopFeatures.model_validate(f)
+        self._fit_step = int(state.get("fit_step", -1))
