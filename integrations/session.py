@@ -538,8 +538,11 @@ class TrainingSession:
             return
         if step > self.flushed_at and self.buffer is not None:
             self.flush(step)
-        # the refit the last flush started takes effect now, where every rank ends
-        self.guard("forecaster", self._settle, step)
+        # the refit the last flush started takes effect now, where every rank ends; a stopped run keeps the
+        # forecast it stopped on, on every rank (the agreed stop, not each rank's monitor, decides: a listener
+        # that only rank 0 holds stops rank 0's monitor alone)
+        if self.stopped_at is None:
+            self.guard("forecaster", self._settle, step)
         self._hook_off()
         if self.is_zero:
             self.guard("family store", self._keep_reference)
