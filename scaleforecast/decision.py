@@ -101,7 +101,7 @@ def decide_stop(
         p = model.confidence(z)
     k = model.threshold(confidence)
     if p >= confidence:
-        margin = "" if not math.isfinite(k) else f" ({100 * (math.exp(k * scale) - 1):.2f} %)"
+        margin: str | float = "" if not math.isfinite(k) else f" ({100 * (math.exp(k * scale) - 1):.2f} %)"
         reason = (
             f"forecast final loss {final.loss:.4f} at step {forecast.final_step} cannot reach {reference:.4f}: "
             f"it is above it by more than its measured error at {100 * features.fraction:.0f} % of the run"

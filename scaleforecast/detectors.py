@@ -400,7 +400,7 @@ class SpikeDetector:
         modes = [0, 1] if use_law else [0]
         preds, scales = [], []
         for k in modes:
-            pred = c0[k] + c1[k] * u + (base if k == 1 else 0.0)  # type: ignore[operator]
+            pred = c0[k] + c1[k] * u + (base if k == 1 else 0.0)
             model_sd = max(float(rsd[k]), floor)
             noise = self.noise[k]
             if noise.n >= self._MIN_ERRORS:
@@ -445,7 +445,7 @@ class SpikeDetector:
                 # A point far off the law's line (where the law itself is off) must not bend that line.
                 off = np.abs((y - preds[1]) / scales[1]) > 2.0 * cfg.threshold
                 self.noise[1].add((y - preds[1])[accept & ~off])
-                resid = np.where(off, preds[1] - base, y - base)[accept]  # type: ignore[operator]
+                resid = np.where(off, preds[1] - base, y - base)[accept]
             self._accept(s[accept], x[accept], y[accept], resid)
         out = np.full(n_warm + len(s), np.nan)
         out[n_warm:] = z
@@ -612,7 +612,7 @@ class DriftDetector:
         rows = [yc] * (2 * nb) + [s.astype(float)] * (2 * nb)
         starts = [v for pair in self.m for v in pair] + [v for pair in self.c for v in pair]
         if use_lr:
-            rows += [lr] * (2 * nb)  # type: ignore[list-item]
+            rows += [lr] * (2 * nb)
             starts += [v for pair in self.lr for v in pair]  # type: ignore[union-attr]
         paths = ew_paths(np.vstack(rows), np.asarray(alphas * (len(rows) // (2 * nb))), np.asarray(starts))
         last = paths[:, -1].tolist()
@@ -940,16 +940,16 @@ class GradNormDetector:
             z = (lg - self.level) / scale
             spikes = z > cfg.spike_threshold
             accept = ~spikes
-            for i in np.nonzero(spikes)[0]:
-                g = math.exp(lg[i])
+            for j in np.nonzero(spikes)[0]:
+                g = math.exp(lg[j])
                 typical = math.exp(self.level)
                 events.append(
                     Event(
                         kind="grad_norm",
-                        step=int(s[i]),
+                        step=int(s[j]),
                         severity="warning",
-                        score=float(z[i]),
-                        message=f"gradient-norm spike at step {int(s[i])}: {g:.4g} vs typical {typical:.4g}",
+                        score=float(z[j]),
+                        message=f"gradient-norm spike at step {int(s[j])}: {g:.4g} vs typical {typical:.4g}",
                         data={"grad_norm": g, "typical": typical, "kind": "spike"},
                     )
                 )

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scaleforecast.laws import (
     LAWS,
     Memory,
+    WarmupS2,
     annealing_prefix,
     forward_area,
     memory_of,
@@ -190,7 +191,7 @@ class _Design:
         self, obs: Observations, lrs: np.ndarray, lam: float, warmup: str, memory: Memory | None
     ) -> None:
         T = lrs.size
-        warm = "hold" if warmup == "hold" else "raw"
+        warm: WarmupS2 = "hold" if warmup == "hold" else "raw"
         s1, s2 = schedule_areas(lrs, lam, warm, memory)
         cs2 = annealing_prefix(lrs, lam, warm, memory)
         a, b = obs.start, obs.end

@@ -166,7 +166,12 @@ def _make_forecast(
         raise ValueError(f"forecast steps must lie in 1..{total}")
     warns = list(warns) + family[2]
     borrowed = list(family[1])
-    common = {"level": level, "fitted_at_step": fitted_at_step, "final_step": total, "n_points": n_points}
+    common: dict[str, Any] = {
+        "level": level,
+        "fitted_at_step": fitted_at_step,
+        "final_step": total,
+        "n_points": n_points,
+    }
     if fit_result is not None and fit_result.params is not None and stale is not None:
         return Forecast(
             law=fit_result.law,
