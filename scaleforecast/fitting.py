@@ -90,6 +90,13 @@ class FitConfig(BaseModel):
     interval calibration is fitted to cold starts on codebases the prior never saw (leave one source out;
     ``benchmarks/forecast_accuracy.py``).
 
+    >>> from scaleforecast import FitConfig
+    >>> FitConfig(lam=0.99, law="auto").lam
+    0.99
+    >>> FitConfig(lamda=0.99)  # a misspelt setting is an error, not a default
+    Traceback (most recent call last):
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for FitConfig
+
     - ``law``: "tissue" (the annealing law), "mpl" (Multi-Power Law) or "auto" (whichever of the two predicts
       the latest 20% of the windows better from the rest).
     - ``memory``: how S2 remembers LR decreases. "two_timescale" (default): a fast and a slow exponential
@@ -160,7 +167,18 @@ class FitConfig(BaseModel):
 class FitResult(BaseModel):
     """A fit. ``params`` is None unless a law was fitted. ``sigma``: noise scale of one raw observation,
     relative to the loss. ``cov``: posterior covariance of ``param_names`` (L0, A, alpha, C) in absolute
-    units. ``warmup``/``lam`` fix the S2 convention for :func:`predict`."""
+    units. ``warmup``/``lam`` fix the S2 convention for :func:`predict`.
+
+    >>> import numpy as np
+    >>> from scaleforecast import OnlineForecaster
+    >>> fc = OnlineForecaster("cosine:peak=1e-3,warmup=50,total=1000")
+    >>> fc.observe_many(np.arange(1, 601), 2.0 + 0.1 * np.cumsum(fc.schedule[:600]) ** -0.5)
+
+    >>> from scaleforecast import fit
+    >>> result = fit(fc.observations(), fc.schedule)
+    >>> result.status.value, result.param_names
+    ('ok', ['L0', 'A', 'alpha', 'C'])
+    """
 
     model_config = ConfigDict(frozen=True)
 

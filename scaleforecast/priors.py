@@ -41,6 +41,11 @@ class AnnealingPrior(BaseModel):
     """Normal priors on the scale-free annealing drop ``kappa / L_ref`` (at a full anneal, ``u = 1``) and on
     ``alpha``; ``None`` sd = flat.
 
+    >>> from scaleforecast import AnnealingPrior, FitConfig
+    >>> prior = AnnealingPrior(kappa_mean=0.05, kappa_sd=0.02)
+    >>> FitConfig(prior=prior).prior == prior
+    True
+
     ``warmup`` and ``lam`` record the S2 convention the prior was learned under (``C`` depends on both);
     ``provenance`` says where the numbers come from.
     """
