@@ -276,11 +276,12 @@ class TrainingSession:
         sweep = next(
             (x for x in self.listeners if isinstance(getattr(x, "registry", None), RunRegistry)), None
         )
-        family = self.family or (None if sweep is None else getattr(sweep.registry, "sweep", None))
+        registry: RunRegistry | None = None if sweep is None else getattr(sweep, "registry", None)
+        family = self.family or (None if registry is None else getattr(registry, "sweep", None))
         if not family:
             return None
-        if self.family_store is None and sweep is not None:
-            store: RunRegistry = sweep.registry
+        if self.family_store is None and registry is not None:
+            store: RunRegistry = registry
         elif isinstance(self.family_store, RunRegistry):
             store = self.family_store
         else:
