@@ -30,6 +30,8 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleforecast.fitting import _noise_from_differences as _point_noise
+from scaleforecast.fitting import _robust_sigma as _robust_scale
 from scaleforecast.laws import LAWS
 
 __all__ = ["LawCheck", "LawCheckConfig", "check_law", "widen"]
@@ -76,22 +78,6 @@ class LawCheck(BaseModel):
     level: float | None = None
     slope: float = 0.0
     message: str = ""
-
-
-def _robust_scale(x: np.ndarray) -> float:
-    if x.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
-
-
-def _point_noise(y: np.ndarray, count: np.ndarray) -> float:
-    """Relative noise of one raw point from second differences of neighbouring windows (trend-free)."""
-    if y.size < 5:
-        return 0.0
-    z = y / np.median(y)
-    d2 = z[2:] - 2 * z[1:-1] + z[:-2]
-    v = 1.0 / count[2:] + 4.0 / count[1:-1] + 1.0 / count[:-2]
-    return _robust_scale(d2 / np.sqrt(v))
 
 
 def _check_ahead(
