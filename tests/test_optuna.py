@@ -87,6 +87,15 @@ def test_reporter_grid_is_per_mille_and_identical_across_lengths() -> None:
     back = forecast_from_attrs(attrs)
     assert back is not None and back.final is not None and back.final.loss == 3.0 and back.final_step == 3700
     assert forecast_from_attrs({"loss": 1.0}) is None
+    # the run's stop features travel in the trial, for the pruner and for the other trials' references
+    trial = study.ask()
+    OptunaForecastReporter(trial, n_grid=10, prune=False)(500, _forecast(3.0, 0.01, 1000, step=500))
+    attrs = study.trials[-1].user_attrs[FORECAST_ATTR]
+    carried = forecast_from_attrs(attrs)
+    assert carried is not None and carried.stop_features == _forecast(3.0, 0.01, 1000, step=500).stop_features
+    assert OptunaRegistry(study).get(str(trial.number)).features == carried.stop_features  # type: ignore[union-attr]
+    garbled = forecast_from_attrs({**attrs, "features": {"fraction": 7.0}})  # another version's, unreadable
+    assert garbled is not None and garbled.stop_features is None and garbled.final is not None
     with pytest.raises(ValueError):
         OptunaForecastReporter(None, n_grid=0)
 
