@@ -31,5 +31,14 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PYTEST) -m "not trainer and not multiprocess"
 
+# mypy reads the package as it is installed: scaleforecast/ with callbacks/ and integrations/ inside it, as
+# links (setuptools maps them there with package-dir, which mypy cannot follow).
+TYPECHECK := build/typecheck
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/scaleforecast
+	ln -s $(CURDIR)/scaleforecast/*.py $(TYPECHECK)/scaleforecast/
+	ln -s $(CURDIR)/callbacks $(TYPECHECK)/scaleforecast/callbacks
+	ln -s $(CURDIR)/integrations $(TYPECHECK)/scaleforecast/integrations
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p scaleforecast

@@ -145,6 +145,11 @@ def _hf_tensorboard_callback() -> Any | None:
 class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
     """Forecast the final training loss with the LR-annealing law; optionally stop when a target is out of reach.
 
+    >>> from transformers import Trainer
+    >>> from scaleforecast.callbacks import HFLossForecast
+    >>> trainer = Trainer(model, args, train_dataset=ds, callbacks=[HFLossForecast(target_loss=3.1)])  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+
     The HF Trainer counterpart of :class:`scaleforecast.callbacks.LossForecast`, with the same arguments
     (``target_loss`` and :class:`~scaleforecast.integrations.arguments.ForecastArgs`), TensorBoard tags, figures,
     events and stop rule, plus ``resolution``: ``"auto"`` (per step, falling back to window means),

@@ -105,6 +105,13 @@ def _logger_writer(trainer: pl.Trainer) -> Any:
 class LossForecast(SessionFace, Callback):
     """Forecast the final training loss with the LR-annealing law; optionally stop when a target is out of reach.
 
+    >>> import lightning as L
+    >>> from scaleforecast import HealthMonitor
+    >>> from scaleforecast.callbacks import LossForecast
+    >>> forecast = LossForecast(target_loss=3.1, confidence=0.95, detectors=[HealthMonitor()])
+    >>> trainer = L.Trainer(max_steps=20_000, callbacks=[forecast])
+    >>> trainer.fit(model, datamodule)  # doctest: +SKIP
+
     ``target_loss``: stop when ``P(final loss >= target_loss) >= confidence`` (``None``: forecast only). The
     other keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`),
     e.g. ``detectors=[HealthMonitor()]``, ``listeners=[SweepStopper()]``, ``writer=False``. Without a

@@ -45,6 +45,15 @@ __all__ = ["LossForecastSession"]
 class LossForecastSession(SessionFace):
     """Forecast the final loss of a plain training loop; optionally stop it when a target is out of reach.
 
+    >>> from scaleforecast.callbacks import LossForecastSession
+    >>> fc = LossForecastSession(optimizer, scheduler, total_steps=max_iters, target_loss=3.1)  # doctest: +SKIP
+    >>> for it in range(max_iters):  # doctest: +SKIP
+    ...     loss = train_step()  # forward, backward, optimizer.step(), scheduler.step()
+    ...     fc.step(loss)  # the loss stays on the device
+    ...     if fc.should_stop:  # the same answer on every rank
+    ...         break
+    >>> fc.close()  # doctest: +SKIP
+
     ``optimizer``: the torch optimizer (a wrapper such as Accelerate's is fine); ``scheduler``: its LR
     scheduler(s), stepped once per update (``None``: a constant LR, or pass ``schedule=``);
     ``process_group``: the ``torch.distributed`` group the decision is agreed in. ``target_loss`` and the other

@@ -126,12 +126,12 @@ def _hf_twin(fn: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     ``transformers.optimization``'s ``_get_*_lambda`` functions: what ``Trainer`` builds for every
     ``lr_scheduler_type``), or ``None``. The twins repeat the originals' arithmetic on arrays; like any
     array call they are trusted only after agreeing with the original on spread points."""
-    func = getattr(fn, "func", None)
     if (
         not isinstance(fn, functools.partial)
-        or getattr(func, "__module__", "") != "transformers.optimization"
+        or getattr(fn.func, "__module__", "") != "transformers.optimization"
     ):
         return None
+    func = fn.func
     kw = dict(fn.keywords)
     if fn.args:
         return None

@@ -186,6 +186,11 @@ class ForecastPruner(BasePruner):
     """Prune a trial when ``P(its final loss >= reference) >= confidence`` (see
     :func:`scaleforecast.decision.decide_stop`), from its latest forecast.
 
+    >>> import optuna
+    >>> from scaleforecast.integrations.optuna import ForecastPruner
+    >>> study = optuna.create_study(pruner=ForecastPruner(confidence=0.95))
+    >>> study.optimize(objective, n_trials=20)  # doctest: +SKIP
+
     ``reference`` is :func:`scaleforecast.decision.sweep_reference` over the study's other trials: the best
     completed value, or a running trial's forecast at its upper ``quantile`` (a confident forecast), or
     ``target`` if lower. Grace: no pruning before ``max(min_steps, min_fraction * total_steps)`` of the trial's
@@ -265,6 +270,14 @@ def _dist_world() -> tuple[int, int]:
 
 class OptunaForecastReporter(ForecastStopCheck):
     """The listener that connects a training adapter to an Optuna trial: ``LossForecast(listeners=[reporter])``.
+
+    >>> from scaleforecast.callbacks import LossForecast
+    >>> from scaleforecast.integrations.optuna import OptunaForecastReporter
+    >>> def objective(trial):  # doctest: +SKIP
+    ...     reporter = OptunaForecastReporter(trial)
+    ...     trainer = L.Trainer(max_steps=20_000, callbacks=[LossForecast(listeners=[reporter])])
+    ...     trainer.fit(model, datamodule)
+    ...     return reporter.final_loss
 
     The run monitor calls it right after each refit with the optimizer step and the new forecast
     (``reporter(step, forecast) -> bool``). It records the forecast in the trial (user attribute

@@ -58,15 +58,25 @@ class LRSource:
 
     def lookahead(self, total: int, steps_done: int) -> np.ndarray:
         """The LR of updates ``steps_done + 1 .. total`` (see :func:`lookahead.lookahead_lrs`)."""
-        kw = dict(steps_done=steps_done, group=self.group, step_every=self.step_every)
+
+        def at(optimizer: Any) -> np.ndarray:
+            return lookahead_lrs(
+                optimizer,
+                list(self.schedulers),
+                total,
+                steps_done=steps_done,
+                group=self.group,
+                step_every=self.step_every,
+            )
+
         try:
-            return lookahead_lrs(self.optimizer, list(self.schedulers), total, **kw)
+            return at(self.optimizer)
         except LookaheadError:
             # A wrapped optimizer (Accelerate, Lightning): the schedulers hold the one it wraps.
             inner = getattr(self.optimizer, "optimizer", None)
             if inner is None:
                 raise
-            return lookahead_lrs(inner, list(self.schedulers), total, **kw)
+            return at(inner)
 
     def past(self, steps_done: int) -> np.ndarray | None:
         """The LRs of updates ``1 .. steps_done`` when a single ``LambdaLR`` makes them exact, else ``None``."""

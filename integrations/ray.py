@@ -52,6 +52,12 @@ def forecast_metrics(step: int, forecast: Forecast, total_steps: int | None = No
 class RayTuneForecastReporter:
     """The listener that reports each usable forecast to Ray Tune (``ray.tune.report``).
 
+    >>> from scaleforecast.callbacks import LossForecast
+    >>> from scaleforecast.integrations.ray import RayTuneForecastReporter
+    >>> def train_fn(config):  # doctest: +SKIP
+    ...     callback = LossForecast(listeners=[RayTuneForecastReporter()])
+    ...     L.Trainer(max_steps=20_000, callbacks=[callback]).fit(model, datamodule)
+
     The run monitor calls :meth:`on_forecast` with each new forecast, right after its refit;
     ``reporter(step, forecast) -> bool`` does the reporting and always returns False: Tune's scheduler ends the trial itself.
     ``every`` reports only every n-th usable forecast (to bound Tune's result traffic). ``report_fn`` replaces

@@ -276,11 +276,12 @@ class TrainingSession:
         sweep = next(
             (x for x in self.listeners if isinstance(getattr(x, "registry", None), RunRegistry)), None
         )
-        family = self.family or (None if sweep is None else getattr(sweep.registry, "sweep", None))
+        registry: RunRegistry | None = None if sweep is None else getattr(sweep, "registry", None)
+        family = self.family or (None if registry is None else getattr(registry, "sweep", None))
         if not family:
             return None
-        if self.family_store is None and sweep is not None:
-            store: RunRegistry = sweep.registry
+        if self.family_store is None and registry is not None:
+            store: RunRegistry = registry
         elif isinstance(self.family_store, RunRegistry):
             store = self.family_store
         else:
@@ -538,8 +539,11 @@ class TrainingSession:
             return
         if step > self.flushed_at and self.buffer is not None:
             self.flush(step)
-        # the refit the last flush started takes effect now, where every rank ends
-        self.guard("forecaster", self._settle, step)
+        # the refit the last flush started takes effect now, where every rank ends; a stopped run keeps the
+        # forecast it stopped on, on every rank (the agreed stop, not each rank's monitor, decides: a listener
+        # that only rank 0 holds stops rank 0's monitor alone)
+        if self.stopped_at is None:
+            self.guard("forecaster", self._settle, step)
         self._hook_off()
         if self.is_zero:
             self.guard("family store", self._keep_reference)

@@ -43,6 +43,11 @@ log = logging.getLogger("scaleforecast.health")
 class AdviceConfig(BaseModel):
     """Candidates and thresholds of :class:`ScheduleAdvisor`.
 
+    >>> from scaleforecast import AdviceConfig, ScheduleAdvisor
+    >>> advisor = ScheduleAdvisor(AdviceConfig(cooldowns=[0.1, 0.2], min_remaining=0.1))
+    >>> advisor.config.cooldowns
+    [0.1, 0.2]
+
     An event is raised when ``gain > max(min_sigma * std_final, min_rel_gain * planned_final)``: above the
     forecast's own uncertainty and above a small practical floor. ``min_remaining``: no advice once less than
     this fraction of the run is left (nothing worth changing). ``low_lr`` / ``early_fraction`` /
@@ -71,7 +76,19 @@ class Candidate(BaseModel):
 
 class ScheduleAdvice(BaseModel):
     """The advice at ``step``: the plan's predicted final loss and std, every candidate, the best one, the
-    flags on the plan, and whether the best gain is significant (beyond the forecast's uncertainty)."""
+    flags on the plan, and whether the best gain is significant (beyond the forecast's uncertainty).
+
+    >>> import numpy as np
+    >>> from scaleforecast import OnlineForecaster
+    >>> fc = OnlineForecaster("cosine:peak=1e-3,warmup=50,total=1000")
+    >>> fc.observe_many(np.arange(1, 601), 2.0 + 0.1 * np.cumsum(fc.schedule[:600]) ** -0.5)
+
+    >>> from scaleforecast import ScheduleAdvisor
+    >>> _ = fc.refit()
+    >>> advice = ScheduleAdvisor().evaluate(fc)
+    >>> [c.name for c in advice.candidates][:2]
+    ['linear decay to 0', 'cosine to 0']
+    """
 
     step: int
     final_step: int
@@ -170,6 +187,17 @@ def schedule_flags(planned: np.ndarray, config: AdviceConfig | None = None) -> l
 
 class ScheduleAdvisor:
     """Compare the plan with the candidates at each refit and report the best one (see the module doc).
+
+    >>> import numpy as np
+    >>> from scaleforecast import OnlineForecaster
+    >>> fc = OnlineForecaster("cosine:peak=1e-3,warmup=50,total=1000")
+    >>> fc.observe_many(np.arange(1, 601), 2.0 + 0.1 * np.cumsum(fc.schedule[:600]) ** -0.5)
+
+    >>> from scaleforecast import ScheduleAdvisor
+    >>> _ = fc.refit()
+    >>> advice = ScheduleAdvisor().evaluate(fc)
+    >>> advice.step, advice.final_step, advice.best.name
+    (600, 1000, 'WSD 10% linear cooldown')
 
     ``evaluate(view)`` reads the fit through a read-only :class:`scaleforecast.monitor.FitView` (an
     :class:`~scaleforecast.forecaster.OnlineForecaster` offers the same ``latest``, ``last_step``,

@@ -225,7 +225,7 @@ def draw_backtest(result: BacktestResult, run: RunData, dpi: int = 100) -> Figur
         )
     ax.axhline(result.actual, color="k", ls="--", lw=1.2, label=f"observed final {result.actual:.4f}")
     later = run.losses[ok & (run.steps >= 0.1 * result.final_step)]
-    vals = [result.actual, *[r.lower for r in rows], *[r.upper for r in rows]]
+    vals = [result.actual, *[v for r in rows for v in (r.lower, r.upper) if v is not None]]
     if later.size:
         vals += [float(np.quantile(later, 0.97)), float(np.quantile(later, 0.01))]
     lo_y, hi_y = min(vals), max(vals)

@@ -33,7 +33,13 @@ _USABLE = (FitStatus.OK.value, FitStatus.ANNEALING_UNIDENTIFIED.value)
 
 class StopDecision(BaseModel):
     """The outcome of :func:`decide_stop`: whether to stop, why, the measured confidence it was based on and the
-    forecast's error scale (relative, log units)."""
+    forecast's error scale (relative, log units).
+
+    >>> from scaleforecast import decide_stop
+    >>> decision = decide_stop(None, 2.0, step=600, total_steps=1000)
+    >>> decision.stop, decision.reason
+    (False, 'no forecast')
+    """
 
     stop: bool
     reason: str
@@ -104,7 +110,7 @@ def decide_stop(
     if features.phase is None:  # only the forecast is known: say why the scale is wide
         made += " (without the run's record: the conservative fallback scale)"
     if p >= confidence:
-        margin = "" if not math.isfinite(k) else f" ({100 * (math.exp(k * scale) - 1):.2f} %)"
+        margin: str | float = "" if not math.isfinite(k) else f" ({100 * (math.exp(k * scale) - 1):.2f} %)"
         reason = (
             f"forecast final loss {final.loss:.4f} at step {forecast.final_step} cannot reach {reference:.4f}: "
             f"it is above it by more than the measured error of {made}{margin}; "
@@ -348,9 +354,17 @@ class ForecastStopCheck(abc.ABC):
 class SweepStopper(ForecastStopCheck):
     """Stop a run that cannot beat the rest of its sweep, through a shared :class:`RunRegistry`.
 
-    ``stopper(step, forecast) -> bool`` publishes the run's forecast (with its stop features) and applies :func:`decide_stop_among` against the other runs' records; the
-    forecasts the run monitor hands its listeners carry the run's stop features, so the stopper reads the same
-    measured error as the monitor's own rule. It is also a listener of the run monitor, so the training adapters take it
+    >>> import os, tempfile
+    >>> from scaleforecast import SweepStopper
+    >>> stopper = SweepStopper(os.path.join(tempfile.mkdtemp(), "sweep.sqlite"), run_id="lr-3e-4", rank=0)
+    >>> stopper(600, None)  # (step, forecast) -> stop now?
+    False
+    >>> stopper.finish(final_loss=2.9)
+
+    ``stopper(step, forecast) -> bool`` publishes the run's forecast (with its stop features) and applies
+    :func:`decide_stop_among` against the other runs' records; the forecasts the run monitor hands its listeners
+    carry the run's stop features, so the stopper reads the same measured error as the monitor's own rule. It is
+    also a listener of the run monitor, so the training adapters take it
     as ``LossForecast(listeners=[stopper])``: a stop becomes a critical ``early_stop`` event.
     Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped).
 

@@ -200,7 +200,14 @@ class NonFiniteConfig(BaseModel):
 
 
 class NonFiniteDetector:
-    """NaN/Inf in the loss (mean or max over ranks) or the gradient norm; critical once it persists."""
+    """NaN/Inf in the loss (mean or max over ranks) or the gradient norm; critical once it persists.
+
+    >>> import numpy as np
+    >>> from scaleforecast import NonFiniteDetector
+    >>> events = NonFiniteDetector().update(np.arange(1, 21), np.full(20, np.nan))
+    >>> [event.severity for event in events]
+    ['warning', 'critical']
+    """
 
     def __init__(self, config: NonFiniteConfig | None = None) -> None:
         self.config = config or NonFiniteConfig()
@@ -303,6 +310,13 @@ class SpikeConfig(BaseModel):
 class SpikeDetector:
     """Loss spikes as robust residual outliers against the law (or the local trend before the first fit).
 
+    >>> import numpy as np
+    >>> from scaleforecast import SpikeDetector
+    >>> loss = 3.0 + 0.01 * np.random.default_rng(0).standard_normal(300)
+    >>> loss[250] = 4.0
+    >>> [(event.kind, event.step) for event in SpikeDetector().update(np.arange(1, 301), loss)]
+    [('spike', 251)]
+
     ``update`` scores every finite point of the flush and returns one warning ``spike`` event per flagged
     point (the monitor debounces). ``law(steps)`` returns the law's expected loss at any steps (NaN before a
     usable fit); the event's ``score`` is the robust z-score and ``data`` has the observed and expected loss
@@ -400,7 +414,7 @@ class SpikeDetector:
         modes = [0, 1] if use_law else [0]
         preds, scales = [], []
         for k in modes:
-            pred = c0[k] + c1[k] * u + (base if k == 1 else 0.0)  # type: ignore[operator]
+            pred = c0[k] + c1[k] * u + (base if k == 1 else 0.0)
             model_sd = max(float(rsd[k]), floor)
             noise = self.noise[k]
             if noise.n >= self._MIN_ERRORS:
@@ -445,7 +459,7 @@ class SpikeDetector:
                 # A point far off the law's line (where the law itself is off) must not bend that line.
                 off = np.abs((y - preds[1]) / scales[1]) > 2.0 * cfg.threshold
                 self.noise[1].add((y - preds[1])[accept & ~off])
-                resid = np.where(off, preds[1] - base, y - base)[accept]  # type: ignore[operator]
+                resid = np.where(off, preds[1] - base, y - base)[accept]
             self._accept(s[accept], x[accept], y[accept], resid)
         out = np.full(n_warm + len(s), np.nan)
         out[n_warm:] = z
@@ -516,7 +530,16 @@ class DriftConfig(BaseModel):
 
 
 class DriftDetector:
-    """Divergence: a loss that rises while the LR (and the law) say it should not; critical once it persists."""
+    """Divergence: a loss that rises while the LR (and the law) say it should not; critical once it persists.
+
+    >>> import numpy as np
+    >>> from scaleforecast import DriftDetector
+    >>> loss = 3.0 + 0.01 * np.random.default_rng(0).standard_normal(3000)
+    >>> loss[1500:] += np.linspace(0.0, 1.0, 1500)  # rises at a constant LR
+    >>> events = DriftDetector().update(np.arange(1, 3001), loss, lrs=np.full(3000, 1e-3))
+    >>> [(event.kind, event.severity) for event in events]
+    [('divergence', 'warning'), ('divergence', 'critical')]
+    """
 
     def __init__(self, config: DriftConfig | None = None) -> None:
         self.config = config or DriftConfig()
@@ -612,7 +635,7 @@ class DriftDetector:
         rows = [yc] * (2 * nb) + [s.astype(float)] * (2 * nb)
         starts = [v for pair in self.m for v in pair] + [v for pair in self.c for v in pair]
         if use_lr:
-            rows += [lr] * (2 * nb)  # type: ignore[list-item]
+            rows += [lr] * (2 * nb)
             starts += [v for pair in self.lr for v in pair]  # type: ignore[union-attr]
         paths = ew_paths(np.vstack(rows), np.asarray(alphas * (len(rows) // (2 * nb))), np.asarray(starts))
         last = paths[:, -1].tolist()
@@ -806,7 +829,13 @@ class StagnationConfig(BaseModel):
 
 
 class StagnationDetector:
-    """No progress that the law can explain: the fitted law says the loss should be falling, and it is not."""
+    """No progress that the law can explain: the fitted law says the loss should be falling, and it is not.
+
+    >>> import numpy as np
+    >>> from scaleforecast import StagnationDetector
+    >>> StagnationDetector().update(np.arange(1, 3001), np.full(3000, 3.0))  # no fitted law yet: no verdict
+    []
+    """
 
     def __init__(self, config: StagnationConfig | None = None) -> None:
         self.config = config or StagnationConfig()
@@ -907,7 +936,15 @@ class GradNormConfig(BaseModel):
 
 class GradNormDetector:
     """Instability precursors from the gradient norm (HF logs ``grad_norm``; Lightning can read it before the
-    optimizer step): a sudden jump, or a norm that keeps growing."""
+    optimizer step): a sudden jump, or a norm that keeps growing.
+
+    >>> import numpy as np
+    >>> from scaleforecast import GradNormDetector
+    >>> grad_norm = np.ones(200)
+    >>> grad_norm[150] = 50.0
+    >>> [(event.kind, event.step) for event in GradNormDetector().update(np.arange(1, 201), grad_norm)]
+    [('grad_norm', 151)]
+    """
 
     def __init__(self, config: GradNormConfig | None = None) -> None:
         self.config = config or GradNormConfig()
@@ -940,16 +977,16 @@ class GradNormDetector:
             z = (lg - self.level) / scale
             spikes = z > cfg.spike_threshold
             accept = ~spikes
-            for i in np.nonzero(spikes)[0]:
-                g = math.exp(lg[i])
+            for j in np.nonzero(spikes)[0]:
+                g = math.exp(lg[j])
                 typical = math.exp(self.level)
                 events.append(
                     Event(
                         kind="grad_norm",
-                        step=int(s[i]),
+                        step=int(s[j]),
                         severity="warning",
-                        score=float(z[i]),
-                        message=f"gradient-norm spike at step {int(s[i])}: {g:.4g} vs typical {typical:.4g}",
+                        score=float(z[j]),
+                        message=f"gradient-norm spike at step {int(s[j])}: {g:.4g} vs typical {typical:.4g}",
                         data={"grad_norm": g, "typical": typical, "kind": "spike"},
                     )
                 )
@@ -1019,6 +1056,11 @@ class GradNormDetector:
 class HealthConfig(BaseModel):
     """The detectors and the debouncing of :class:`HealthMonitor`.
 
+    >>> from scaleforecast import HealthConfig, HealthMonitor
+    >>> monitor = HealthMonitor(HealthConfig(debounce_steps=50, act_on=["nonfinite"]))
+    >>> monitor.config.debounce_steps
+    50
+
     Which events are critical is the detectors' rule (see the module docstring: only persistent non-finite
     losses and persistent divergence); ``act_on`` can only narrow it (the other kinds are reported as
     warnings). What a critical event does is the run monitor's ``action``
@@ -1045,6 +1087,13 @@ class HealthConfig(BaseModel):
 
 class HealthMonitor:
     """All detectors behind one call per flush, with debouncing and the spike record.
+
+    >>> import numpy as np
+    >>> from scaleforecast import HealthMonitor
+    >>> loss = np.full(100, 3.0)
+    >>> loss[-1] = np.nan
+    >>> [event.kind for event in HealthMonitor().update(np.arange(1, 101), loss)]
+    ['nonfinite']
 
     ``update(steps, loss, loss_max=None, grad_norm=None, view=None)`` takes host-side arrays (``loss``
     = mean over ranks, ``loss_max`` = max over ranks: a spike on any rank counts) and returns the events to

@@ -22,6 +22,11 @@ SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
 class Event(BaseModel):
     """One health or advice event at optimizer step ``step`` (updates completed, 1-based).
 
+    >>> from scaleforecast import Event
+    >>> event = Event(kind="spike", step=120, score=float("nan"), message="loss spike at step 120")
+    >>> event.severity, event.score  # non-finite floats are kept as text: the record stays JSON-safe
+    ('warning', 'nan')
+
     ``score`` is the detector's statistic in its own units (a robust z-score for spikes, a CUSUM sum for
     drift, a predicted loss gain for advice); ``data`` holds JSON-safe details (floats, ints, strings,
     lists). Non-finite floats in ``score``/``data`` are stored as strings so the record stays JSON-safe.
@@ -56,7 +61,13 @@ class Event(BaseModel):
 
 
 class TrainingHealthError(RuntimeError):
-    """Raised by the ``raise`` action when a critical health event fires; ``.event`` holds it."""
+    """Raised by the ``raise`` action when a critical health event fires; ``.event`` holds it.
+
+    >>> from scaleforecast import Event, TrainingHealthError
+    >>> error = TrainingHealthError(Event(kind="divergence", step=900, severity="critical", message="diverged"))
+    >>> error.event.step
+    900
+    """
 
     def __init__(self, event: Event) -> None:
         super().__init__(event.text())

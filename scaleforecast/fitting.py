@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scaleforecast.laws import (
     LAWS,
     Memory,
+    WarmupS2,
     annealing_prefix,
     forward_area,
     memory_of,
@@ -88,6 +89,13 @@ class FitConfig(BaseModel):
     """How to fit; the defaults are the best configuration measured on the dev half of the real curves, and the
     interval calibration is fitted to cold starts on codebases the prior never saw (leave one source out;
     ``benchmarks/forecast_accuracy.py``).
+
+    >>> from scaleforecast import FitConfig
+    >>> FitConfig(lam=0.99, law="auto").lam
+    0.99
+    >>> FitConfig(lamda=0.99)  # a misspelt setting is an error, not a default
+    Traceback (most recent call last):
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for FitConfig
 
     - ``law``: "tissue" (the annealing law), "mpl" (Multi-Power Law) or "auto" (whichever of the two predicts
       the latest 20% of the windows better from the rest).
@@ -159,7 +167,18 @@ class FitConfig(BaseModel):
 class FitResult(BaseModel):
     """A fit. ``params`` is None unless a law was fitted. ``sigma``: noise scale of one raw observation,
     relative to the loss. ``cov``: posterior covariance of ``param_names`` (L0, A, alpha, C) in absolute
-    units. ``warmup``/``lam`` fix the S2 convention for :func:`predict`."""
+    units. ``warmup``/``lam`` fix the S2 convention for :func:`predict`.
+
+    >>> import numpy as np
+    >>> from scaleforecast import OnlineForecaster
+    >>> fc = OnlineForecaster("cosine:peak=1e-3,warmup=50,total=1000")
+    >>> fc.observe_many(np.arange(1, 601), 2.0 + 0.1 * np.cumsum(fc.schedule[:600]) ** -0.5)
+
+    >>> from scaleforecast import fit
+    >>> result = fit(fc.observations(), fc.schedule)
+    >>> result.status.value, result.param_names
+    ('ok', ['L0', 'A', 'alpha', 'C'])
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -190,7 +209,7 @@ class _Design:
         self, obs: Observations, lrs: np.ndarray, lam: float, warmup: str, memory: Memory | None
     ) -> None:
         T = lrs.size
-        warm = "hold" if warmup == "hold" else "raw"
+        warm: WarmupS2 = "hold" if warmup == "hold" else "raw"
         s1, s2 = schedule_areas(lrs, lam, warm, memory)
         cs2 = annealing_prefix(lrs, lam, warm, memory)
         a, b = obs.start, obs.end

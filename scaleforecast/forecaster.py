@@ -44,6 +44,11 @@ ScheduleLike = str | Schedule | Sequence[float] | np.ndarray
 class ForecasterConfig(BaseModel):
     """How the online forecaster fits and when it refits.
 
+    >>> from scaleforecast import FitConfig, ForecasterConfig, OnlineForecaster
+    >>> config = ForecasterConfig(level=0.9, fit=FitConfig(law="auto"))
+    >>> OnlineForecaster("wsd:peak=3e-4,total=5000,cooldown=0.2", config).config.level
+    0.9
+
     The refit cadence scales with the run. After a refit at step ``s`` the next one is due once
     ``gap(s) = max(min_refit_gap, min(refit_growth * s, total / refits_per_run))`` more steps were seen: every
     ``min_refit_gap`` steps at first, then geometric (every 10% of the steps so far: early steps change the fit
@@ -166,7 +171,12 @@ def _make_forecast(
         raise ValueError(f"forecast steps must lie in 1..{total}")
     warns = list(warns) + family[2]
     borrowed = list(family[1])
-    common = {"level": level, "fitted_at_step": fitted_at_step, "final_step": total, "n_points": n_points}
+    common: dict[str, Any] = {
+        "level": level,
+        "fitted_at_step": fitted_at_step,
+        "final_step": total,
+        "n_points": n_points,
+    }
     if fit_result is not None and fit_result.params is not None and stale is not None:
         return Forecast(
             law=fit_result.law,
@@ -219,6 +229,15 @@ def _make_forecast(
 
 class OnlineForecaster:
     """Fit the LR-annealing law online and forecast the loss at any step, under the planned or any schedule.
+
+    >>> import numpy as np
+    >>> from scaleforecast import OnlineForecaster
+    >>> fc = OnlineForecaster("cosine:peak=1e-3,warmup=50,total=1000")
+    >>> fc.observe_many(np.arange(1, 601), 2.0 + 0.1 * np.cumsum(fc.schedule[:600]) ** -0.5)
+
+    >>> forecast = fc.refit()
+    >>> forecast.status.value, forecast.final.step, round(forecast.final.loss, 2)
+    ('ok', 1000, 2.14)
 
     Usage::
 

@@ -133,7 +133,8 @@ def memory_of(params: LawParams) -> Memory | None:
     return ((float(ex["lam_fast"]), w), (float(ex["lam_slow"]), 1.0 - w))
 
 
-_AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
+# (S1, S2, prefix sums of S2, the frozen schedule the entry pins or None)
+_AREA_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, object]] = OrderedDict()
 _AREA_LOCK = threading.Lock()  # refits run on a worker thread while the training thread predicts
 
 
@@ -182,7 +183,7 @@ def _areas_entry(
     # otherwise the key is a digest of the whole schedule: any change anywhere (a re-plan, a what-if that
     # differs from the plan on a few steps only) is a new entry; one SHA-1 pass costs about what recomputing
     # S1 does
-    fp = frozen if frozen is not None else (a.size, hashlib.sha1(memoryview(a)).digest())
+    fp = frozen if frozen is not None else (a.size, hashlib.sha1(a.data).digest())
     key = (fp, float(lam), warmup, mem)
     with _AREA_LOCK:
         hit = _AREA_CACHE.get(key)

@@ -106,6 +106,10 @@ def checked(model: type[M], **values: Any) -> M:
 class StopConfig(BaseModel):
     """The early-stopping rule and the action policy, in one place for the monitor and every adapter.
 
+    >>> from scaleforecast import StopConfig
+    >>> StopConfig(target_loss=3.1, confidence=0.95, action="warn").action
+    'warn'
+
     Stop when the forecast final loss is above ``target_loss`` by more than its measured error allows, at
     ``confidence`` (:func:`scaleforecast.decision.decide_stop`: a stop at ``confidence`` would have been wrong in
     at most ``1 - confidence`` of the replayed real runs); no target: never. ``min_steps``/``min_fraction`` add
@@ -272,6 +276,18 @@ def _name(obj: Any, i: int) -> str:
 
 class RunMonitor:
     """Forecaster + stop rule + detectors + listeners + sinks, driven at each flush (see the module docstring).
+
+    >>> import numpy as np
+    >>> from scaleforecast import RunMonitor, StopConfig, as_lrs
+    >>> from scaleforecast.monitor import FlushBatch
+    >>> mon = RunMonitor("cosine:peak=1e-3,warmup=50,total=1000", stop=StopConfig(target_loss=1.5), verbose=False)
+    >>> loss = 2.0 + 0.1 * np.cumsum(as_lrs("cosine:peak=1e-3,warmup=50,total=1000")) ** -0.5
+    >>> for end in range(100, 1001, 100):  # a flush every 100 steps
+    ...     if mon.flush(FlushBatch(steps=np.arange(end - 99, end + 1), loss=loss[end - 100 : end])).stop:
+    ...         break
+    >>> end  # 1.5 is out of reach: stopped at the first flush
+    100
+    >>> mon.close()
 
     Usage::
 

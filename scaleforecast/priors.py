@@ -41,6 +41,11 @@ class AnnealingPrior(BaseModel):
     """Normal priors on the scale-free annealing drop ``kappa / L_ref`` (at a full anneal, ``u = 1``) and on
     ``alpha``; ``None`` sd = flat.
 
+    >>> from scaleforecast import AnnealingPrior, FitConfig
+    >>> prior = AnnealingPrior(kappa_mean=0.05, kappa_sd=0.02)
+    >>> FitConfig(prior=prior).prior == prior
+    True
+
     ``warmup`` and ``lam`` record the S2 convention the prior was learned under (``C`` depends on both);
     ``provenance`` says where the numbers come from.
     """
@@ -92,7 +97,7 @@ def prior_from(
     codebase: no between-source spread), and ``alpha`` is pinned to the fitted one with sd ``alpha_sd``."""
     import numpy as np
 
-    from scaleforecast.laws import memory_of, schedule_areas
+    from scaleforecast.laws import WarmupS2, memory_of, schedule_areas
 
     params = getattr(result, "params", None)
     if params is None or getattr(result, "law", "tissue") != "tissue":
@@ -101,7 +106,7 @@ def prior_from(
     if a.size == 0 or not np.all(np.isfinite(a)) or not a.max() > 0:
         raise ValueError("prior_from needs the reference run's schedule (finite LRs, a positive peak)")
     b = load_prior(base) if isinstance(base, str) else base
-    warm = "hold" if getattr(result, "warmup", "hold") == "hold" else "raw"
+    warm: WarmupS2 = "hold" if getattr(result, "warmup", "hold") == "hold" else "raw"
     s1, s2 = schedule_areas(a, params.lam, warm, memory_of(params))
     peak = float(a.max())
     ref = params.L0 + params.A * float(s1[-1]) ** (-params.alpha)

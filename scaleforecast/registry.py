@@ -541,15 +541,18 @@ class BackgroundRegistry:
         features: StopFeatures | None = None,
     ) -> None:
         """Queue :meth:`RunRegistry.report_forecast`."""
-        kw = {
-            "step": step,
-            "loss": loss,
-            "std": std,
-            "status": status,
-            "total_steps": total_steps,
-            "features": features,
-        }
-        self._post("forecast", lambda reg: reg.report_forecast(run_id, **kw))
+        self._post(
+            "forecast",
+            lambda reg: reg.report_forecast(
+                run_id,
+                step=step,
+                loss=loss,
+                std=std,
+                status=status,
+                total_steps=total_steps,
+                features=features,
+            ),
+        )
 
     def post_final(
         self, run_id: str, final_loss: float | None, *, state: RunState = RunState.FINISHED

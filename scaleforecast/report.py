@@ -215,7 +215,7 @@ def what_if_schedules(
     try:
         advisor = ScheduleAdvisor()
         result = advisor.evaluate(fc)
-        if result is None:
+        if result is None or fc.schedule is None:
             return [], []
         events = list(advisor.events(result))
         tails = candidate_schedules(fc.schedule, step)

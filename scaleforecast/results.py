@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class FitStatus(str, Enum):
     """How far a fit can be trusted.
 
+    >>> from scaleforecast import FitStatus
+    >>> FitStatus("annealing_unidentified") is FitStatus.ANNEALING_UNIDENTIFIED
+    True
+
     - ``ok``: every parameter is pinned by the run's own data.
     - ``annealing_unidentified``: the LR has not decayed enough for the data to pin the annealing
       coefficient ``C``; the forecast leans on the prior (or, without one, on ``C = 0``) and says so.
@@ -37,7 +41,13 @@ USABLE_STATUSES = (FitStatus.OK, FitStatus.ANNEALING_UNIDENTIFIED, FitStatus.LAW
 
 
 class LawParams(BaseModel):
-    """Fitted parameters of ``L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)``; MPL adds ``extra``."""
+    """Fitted parameters of ``L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)``; MPL adds ``extra``.
+
+    >>> from scaleforecast import LawParams
+    >>> params = LawParams(L0=2.0, A=1.5, alpha=0.4, C=0.3)
+    >>> params.lam
+    0.999
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -50,7 +60,13 @@ class LawParams(BaseModel):
 
 
 class ForecastPoint(BaseModel):
-    """The forecast loss at one step, with a central interval at the forecast's ``level``."""
+    """The forecast loss at one step, with a central interval at the forecast's ``level``.
+
+    >>> from scaleforecast import ForecastPoint
+    >>> point = ForecastPoint(step=1000, loss=2.31, lower=2.25, upper=2.37, std=0.05)
+    >>> point.lower <= point.loss <= point.upper
+    True
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -105,6 +121,13 @@ class StopFeatures(BaseModel):
 
 class Forecast(BaseModel):
     """A forecast of the loss at one or more steps, from the fit on ``n_points`` observations.
+
+    >>> from scaleforecast import FitStatus, Forecast, ForecastPoint
+    >>> point = ForecastPoint(step=1000, loss=2.31, lower=2.25, upper=2.37, std=0.05)
+    >>> forecast = Forecast(law="tissue", level=0.8, fitted_at_step=600, final_step=1000, points=[point],
+    ...                     params=None, n_points=600, status=FitStatus.OK)
+    >>> forecast.final.loss, round(forecast.prob_at_least(2.4), 3)
+    (2.31, 0.036)
 
     ``points`` are ordered as asked; ``final`` is the point at the schedule's last step (or ``None`` when
     that step was not asked for). ``status`` is the fit's :class:`FitStatus`. ``borrowed_from`` names the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -43,6 +44,8 @@ __all__ = [
 # How far a reconstructed LR may stray from the logged points (max |error| / peak).
 LR_TRUST_OK = 0.01
 LR_TRUST_BAD = 0.05
+
+CooldownShape = Literal["linear", "1-sqrt", "exp", "cosine"]
 
 
 @dataclass
@@ -110,24 +113,33 @@ def _family_candidates(
             (np.array([pk[0]]), np.array([pk[1]])),
         )
     )
+
+    # Each builder binds its own loop value (a bare lambda would see the loop's last one).
+    def decay(cls: type[CosineSchedule | LinearSchedule]) -> Callable[[np.ndarray], Schedule]:
+        return lambda x: cls(peak=x[0], total=total, warmup=warm, final=x[0] * x[1])
+
+    def wsd(shape: CooldownShape) -> Callable[[np.ndarray], Schedule]:
+        return lambda x: WSDSchedule(
+            peak=x[0], total=total, warmup=warm, cooldown=x[1], shape=shape, final=x[0] * x[2]
+        )
+
     for cls in (CosineSchedule, LinearSchedule):
         cands.append(
             (
                 cls.model_fields["kind"].default,
-                lambda x, cls=cls: cls(peak=x[0], total=total, warmup=warm, final=x[0] * x[1]),
+                decay(cls),
                 np.array([peak0, max(f0 - 0.01, 0.0)]),
                 (np.array([pk[0], 0.0]), np.array([pk[1], 0.999])),
             )
         )
     max_cd = (total - warm) / total
-    for shape in ("linear", "1-sqrt", "cosine", "exp"):
+    shapes: tuple[CooldownShape, ...] = ("linear", "1-sqrt", "cosine", "exp")
+    for shape in shapes:
         fmin = 1e-4 if shape == "exp" else 0.0
         cands.append(
             (
                 f"wsd-{shape}",
-                lambda x, shape=shape: WSDSchedule(
-                    peak=x[0], total=total, warmup=warm, cooldown=x[1], shape=shape, final=x[0] * x[2]
-                ),
+                wsd(shape),
                 np.array([peak0, min(cd0, max_cd), max(f0 - 0.005, fmin)]),
                 (np.array([pk[0], 1.0 / total, fmin]), np.array([pk[1], max_cd, 0.999])),
             )
@@ -147,7 +159,7 @@ def _family_candidates(
         cands.append(
             (
                 "step",
-                lambda x, s=step: s.model_copy(update={"peak": x[0]}),
+                lambda x: step.model_copy(update={"peak": x[0]}),
                 np.array([peak0]),
                 (np.array([pk[0]]), np.array([pk[1]])),
             )
@@ -269,11 +281,12 @@ def rebuild_lrs(
     if schedule is not None:
         try:
             if isinstance(schedule, str) and ":" in schedule:
-                sched: Schedule | None = parse_schedule(schedule)
-                lrs = sched.lrs()
+                parsed = parse_schedule(schedule)
+                sched: Schedule | None = parsed
+                lrs = parsed.lrs()
             else:
                 sched = schedule if hasattr(schedule, "lrs") else None  # type: ignore[assignment]
-                lrs = as_lrs(schedule)  # type: ignore[arg-type]
+                lrs = as_lrs(schedule)
         except ScheduleError as err:
             raise ReadError(str(err)) from None
         if total is not None and total != len(lrs):
@@ -285,13 +298,13 @@ def rebuild_lrs(
             at, logged = lr_steps[inside] - 1, lr_values[inside]
             # Loggers differ by one step on which update's LR they record (before or after the scheduler steps):
             # at a sharp drop that alone would look like a large mismatch, so the nearest of the three counts.
-            err = (
+            miss = (
                 np.min([np.abs(lrs[np.clip(at + d, 0, len(lrs) - 1)] - logged) for d in (-1, 0, 1)], axis=0)
                 / peak
             )
-            rec.max_error, rec.rms_error = float(err.max()), float(np.sqrt(np.mean(err**2)))
+            rec.max_error, rec.rms_error = float(miss.max()), float(np.sqrt(np.mean(miss**2)))
             if rec.max_error > LR_TRUST_OK:
-                i = int(np.argmax(err))
+                i = int(np.argmax(miss))
                 rec.trusted = rec.max_error <= LR_TRUST_BAD
                 notes.append(
                     f"{what}: the given schedule differs from the logged LR by up to {100 * rec.max_error:.1f}% of "

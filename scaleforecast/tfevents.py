@@ -192,12 +192,12 @@ def scan_records(data: bytes, searching: bool = False) -> Scan:
         nxt = _resync(buf, at + 1, n)
         if nxt is None:
             damage.append((at, n, "header"))
-            heads = np.concatenate(heads_all)
-            return _finish(buf, heads, damage, max(at + 1, n - _HEADER + 1), False, True, found)
+            return _finish(
+                buf, np.concatenate(heads_all), damage, max(at + 1, n - _HEADER + 1), False, True, found
+            )
         damage.append((at, nxt, "header"))
         pos = nxt
-    heads = np.concatenate(heads_all)
-    return _finish(buf, heads, damage, stop, stop < n, False, found)
+    return _finish(buf, np.concatenate(heads_all), damage, stop, stop < n, False, found)
 
 
 def _finish(
@@ -533,11 +533,12 @@ class EventTailer:
             for v in summary_values:
                 kind = v.WhichOneof("value")
                 if kind == "simple_value":
-                    x: float | None = v.simple_value
+                    x = float(v.simple_value)
                 elif kind == "tensor" and v.metadata.plugin_data.plugin_name in ("", "scalars"):
-                    x = _tensor_scalar(v.tensor)
-                    if x is None:
+                    scalar = _tensor_scalar(v.tensor)
+                    if scalar is None:
                         continue
+                    x = scalar
                 else:
                     continue
                 tag = v.tag

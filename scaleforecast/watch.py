@@ -435,7 +435,7 @@ def _make_writer(out: Path) -> Any:
         from tensorboardX import SummaryWriter
     except ImportError:
         try:
-            from torch.utils.tensorboard import SummaryWriter  # type: ignore[no-redef]
+            from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ValueError(
                 "watch writes TensorBoard files with tensorboardX or torch: install one"

@@ -52,7 +52,7 @@ class TwoRanks:
 def two_ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TwoRanks:
     """The two-process scenarios of ``adapter_worker.py`` for one adapter, run once and shared by the tests.
 
-    Lightning launches its own two workers (``ddp_spawn``, so the launching process is checked too); the HF
+    Lightning launches its own two workers (``ddp_fork``, so the launching process is checked too); the HF
     Trainer and the plain loop run under ``torchrun``. Real processes, gloo on CPU, in their own process group,
     killed together on timeout.
     """

@@ -3,7 +3,7 @@
 
 Every scenario runs against every adapter with the same assertions. Where the adapters must differ, the test
 says why: where the TensorBoard files go (each framework has its own run directory), and how the two-process
-jobs are launched (Lightning's ``ddp_spawn`` starts its own workers; HF and plain loops run under torchrun).
+jobs are launched (Lightning's ``ddp_fork`` starts its own workers; HF and plain loops run under torchrun).
 """
 
 from __future__ import annotations
@@ -410,7 +410,7 @@ def test_ranks_stop_together_on_the_mean_over_ranks(two_ranks: TwoRanks) -> None
     ]
     assert deprecated == []  # one collective per flush, through a current API
     parent = two_ranks.parent("stop")
-    if two_ranks.adapter == "lightning":  # ddp_spawn: the launching process's object shows rank 0's result
+    if two_ranks.adapter == "lightning":  # the launching process's object shows rank 0's result
         assert parent is not None and parent["stopped_at"] == r0["stopped_at"]
         assert parent["reason"] == r0["reason"] and parent["final"] is not None
 

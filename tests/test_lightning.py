@@ -126,3 +126,22 @@ def test_manual_optimisation(tmp_path: Path) -> None:
     np.testing.assert_allclose(rec.loss, model.raw_losses, rtol=1e-6)
     np.testing.assert_array_equal(rec.lrs, model.used_lrs)
     np.testing.assert_allclose(cb.monitor.forecaster.schedule, model.used_lrs, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_a_pickled_callback_trains_as_under_ddp_spawn(tmp_path: Path) -> None:
+    """``ddp_spawn`` pickles the trainer's callbacks into each worker: the copy, with its detectors, must
+    forecast as the original would."""
+    import pickle
+
+    from adapter_kit import Plan, train
+
+    def pickled(*args: Any, **kwargs: Any) -> LossForecast:
+        return pickle.loads(pickle.dumps(LossForecast(*args, **kwargs)))
+
+    recorder = Recorder()
+    kwargs = {"flush_every": 5, "refit_every": 5, "writer": False, "verbose": False, "detectors": [recorder]}
+    run = train("lightning", tmp_path, Plan(steps=40, kwargs=kwargs, adapter_class=pickled))
+    assert run.cb.errors == {} and run.cb.forecast is not None and run.cb.forecast.final is not None
+    copy = next(d for d in run.cb.monitor.detectors if isinstance(d, Recorder))
+    assert copy is not recorder and copy.steps == list(range(1, 41))
