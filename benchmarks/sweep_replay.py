@@ -20,8 +20,10 @@ Policies compared in one run:
   error reference, with the shipped error model (in sample) and cross-fitted (each run judged by the model
   learned without its fold of groups: out of sample); each run reads its own features, and the other runs'
   error scales as a registry whose records carry them would show them;
-- ``optuna ForecastPruner``: the calibrated rule through Optuna, from what a trial's record carries today (the
-  forecast alone: the error model's widest, fallback scale);
+- ``optuna ForecastPruner``: the calibrated rule through Optuna: the reporter hears each forecast with the run's
+  stop features, as the run monitor hands them, and stores both in the trial (the pruner and the other trials
+  read them there); ``forecast only``: the same from bare forecasts (the error model's widest, fallback scale),
+  as from a trial written without the run's record;
 - ``median (raw)``, ``hyperband (raw)``: Optuna's MedianPruner and HyperbandPruner on the raw logged loss;
 - ``nni curvefit``: an NNI-style, schedule-blind assessor (``a + b * t^-c`` fitted to the curve so far);
 - ``oracle``: knows every run's final loss and stops each run that is not the sweep's best (or not within a gap
@@ -93,8 +95,9 @@ class RunTrace:
     features: list[StopFeatures | None] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def forecast(self, k: int) -> Forecast | None:
-        """The forecast at checkpoint ``k`` as a one-point :class:`Forecast` (None when it holds no number)."""
+    def forecast(self, k: int, monitored: bool = False) -> Forecast | None:
+        """The forecast at checkpoint ``k`` as a one-point :class:`Forecast` (None when it holds no number); with
+        ``monitored``, carrying the run's stop features, as the run monitor hands it to its listeners."""
         loss, std = float(self.fc_loss[k]), float(self.fc_std[k])
         if not (math.isfinite(loss) and math.isfinite(std)):
             return None
@@ -108,6 +111,7 @@ class RunTrace:
             params=None,
             n_points=0,
             status=FitStatus(self.fc_status[k]),
+            stop_features=self.feature(k) if monitored else None,
         )
 
     def feature(self, k: int) -> StopFeatures | None:
@@ -428,11 +432,15 @@ class OptunaPolicy(NoStop):
 
     ``value="raw"`` reports the latest logged loss at the optimizer step; ``value="forecast"`` goes through
     :class:`scaleforecast.integrations.optuna.OptunaForecastReporter` (forecast final loss on the per-mille
-    grid, forecast attributes for :class:`~scaleforecast.integrations.optuna.ForecastPruner`).
+    grid, forecast attributes for :class:`~scaleforecast.integrations.optuna.ForecastPruner`), with the run's
+    stop features unless ``bare``.
     """
 
-    def __init__(self, name: str, make_pruner: Callable[[Sweep], Any], value: str, n_grid: int) -> None:
+    def __init__(
+        self, name: str, make_pruner: Callable[[Sweep], Any], value: str, n_grid: int, bare: bool = False
+    ) -> None:
         self.name, self.make_pruner, self.value, self.n_grid = name, make_pruner, value, n_grid
+        self.bare = bare
 
     def begin(self, view: SweepView) -> None:
         import optuna
@@ -452,7 +460,7 @@ class OptunaPolicy(NoStop):
     def check(self, i: int, k: int) -> bool:
         run, trial = self.view.sweep.runs[i], self.trials[i]
         if self.value == "forecast":
-            return self.reporters[i](int(run.steps[k]), run.forecast(k))
+            return self.reporters[i](int(run.steps[k]), run.forecast(k, monitored=not self.bare))
         if not math.isfinite(run.raw[k]):
             return False
         trial.report(float(run.raw[k]), int(run.steps[k]))
@@ -491,10 +499,17 @@ def default_policies(
         ]
     policies += [
         OptunaPolicy(
+            "optuna ForecastPruner (calibrated)",
+            lambda s: ForecastPruner(confidence=0.95, min_fraction=0.0),
+            "forecast",
+            n_grid,
+        ),
+        OptunaPolicy(
             "optuna ForecastPruner (calibrated, forecast only)",
             lambda s: ForecastPruner(confidence=0.95, min_fraction=0.0),
             "forecast",
             n_grid,
+            bare=True,
         ),
         OptunaPolicy(
             "median (raw)",

@@ -33,11 +33,12 @@ from typing import Any
 import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 
 from scaleforecast.decision import ForecastStopCheck, decide_stop_among
 from scaleforecast.events import Event
 from scaleforecast.registry import RunRecord, RunRegistry, RunState
-from scaleforecast.results import FitStatus, Forecast, ForecastPoint
+from scaleforecast.results import FitStatus, Forecast, ForecastPoint, StopFeatures
 
 __all__ = [
     "FORECAST_ATTR",
@@ -50,14 +51,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORECAST_ATTR = "scaleforecast.forecast"
-"""User-attribute key holding a trial's latest forecast: ``{step, total_steps, loss, std, status, time}``."""
+"""User-attribute key holding a trial's latest forecast: ``{step, total_steps, loss, std, status, time}``, and
+``features`` (its :class:`scaleforecast.results.StopFeatures`) when the forecast carries them."""
 
 GRID_SCALE = 1000
 """Reported steps are in per mille of the trial's total steps."""
 
 
 def forecast_from_attrs(attrs: dict[str, Any]) -> Forecast | None:
-    """Rebuild a one-point :class:`Forecast` (the final step) from a trial's :data:`FORECAST_ATTR` entry."""
+    """Rebuild a one-point :class:`Forecast` (the final step) from a trial's :data:`FORECAST_ATTR` entry, with
+    the run's stop features when the entry carries them."""
     try:
         loss, std = float(attrs["loss"]), float(attrs["std"])
         final_step = int(attrs["total_steps"])
@@ -76,6 +79,7 @@ def forecast_from_attrs(attrs: dict[str, Any]) -> Forecast | None:
         params=None,
         n_points=int(attrs.get("n_points", 0)),
         status=status,
+        stop_features=_features(attrs),
     )
 
 
@@ -89,6 +93,7 @@ def _trial_record(t: FrozenTrial, sweep: str) -> RunRecord:
         "loss": attrs.get("loss"),
         "std": attrs.get("std"),
         "status": attrs.get("status"),
+        "features": _features(attrs),
         "updated": float(attrs.get("time", 0.0)),
     }
     if t.state == TrialState.COMPLETE:
@@ -131,9 +136,10 @@ class OptunaRegistry(RunRegistry):
         std: float,
         status: str,
         total_steps: int | None = None,
+        features: StopFeatures | None = None,
     ) -> None:
         """Store the forecast in the trial's :data:`FORECAST_ATTR` user attribute."""
-        attrs = _attrs(step, total_steps, loss, std, str(getattr(status, "value", status)))
+        attrs = _attrs(step, total_steps, loss, std, str(getattr(status, "value", status)), features=features)
         self.study._storage.set_trial_user_attr(self._trial_id(run_id), FORECAST_ATTR, attrs)
 
     def report_final(
@@ -147,8 +153,23 @@ class OptunaRegistry(RunRegistry):
         return [_trial_record(t, self.sweep) for t in self.study.get_trials(deepcopy=False)]
 
 
-def _attrs(step: int, total_steps: int | None, loss: float, std: float, status: str) -> dict[str, Any]:
-    return {
+def _features(attrs: dict[str, Any]) -> StopFeatures | None:
+    try:
+        return StopFeatures.model_validate(attrs["features"]) if attrs.get("features") else None
+    except ValidationError:  # written by another version: the forecast alone still counts
+        return None
+
+
+def _attrs(
+    step: int,
+    total_steps: int | None,
+    loss: float,
+    std: float,
+    status: str,
+    *,
+    features: StopFeatures | None = None,
+) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
         "step": int(step),
         "total_steps": int(total_steps) if total_steps is not None else None,
         "loss": float(loss),
@@ -156,6 +177,9 @@ def _attrs(step: int, total_steps: int | None, loss: float, std: float, status: 
         "status": status,
         "time": time.time(),
     }
+    if features is not None:
+        attrs["features"] = features.model_dump(mode="json")
+    return attrs
 
 
 class ForecastPruner(BasePruner):
@@ -320,9 +344,15 @@ class OptunaForecastReporter(ForecastStopCheck):
         if self.trial is None:
             return False
         try:
-            self.trial.set_user_attr(
-                FORECAST_ATTR, _attrs(step, total, final.loss, final.std, forecast.status.value)
+            attrs = _attrs(
+                step,
+                total,
+                final.loss,
+                final.std,
+                forecast.status.value,
+                features=forecast.stop_features,
             )
+            self.trial.set_user_attr(FORECAST_ATTR, attrs)
             k = min(self.n_grid, (int(step) * self.n_grid) // int(total))
             if k <= self._last_k:
                 return False

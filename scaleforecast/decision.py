@@ -106,12 +106,15 @@ def decide_stop(
         z = math.log(final.loss / reference) / scale
         p = model.confidence(z)
     k = model.threshold(confidence)
+    made = f"a forecast made at {100 * features.fraction:.0f} % of the run"
+    if features.phase is None:  # only the forecast is known: say why the scale is wide
+        made += " (without the run's record: the conservative fallback scale)"
     if p >= confidence:
         margin: str | float = "" if not math.isfinite(k) else f" ({100 * (math.exp(k * scale) - 1):.2f} %)"
         reason = (
             f"forecast final loss {final.loss:.4f} at step {forecast.final_step} cannot reach {reference:.4f}: "
-            f"it is above it by more than its measured error at {100 * features.fraction:.0f} % of the run"
-            f"{margin}; confidence {p:.3f} >= {confidence:.2f}"
+            f"it is above it by more than the measured error of {made}{margin}; "
+            f"confidence {p:.3f} >= {confidence:.2f}"
         )
         return StopDecision(
             stop=True, reason=reason, probability=p, reference=reference, step=step, scale=scale
@@ -124,8 +127,8 @@ def decide_stop(
     else:
         margin = 100 * (math.exp(k * scale) - 1)
         reason = (
-            f"forecast {final.loss:.4f} vs {reference:.4f} (a stop needs it above by {margin:.2f} %): "
-            f"confidence {p:.3f} < {confidence:.2f}"
+            f"forecast {final.loss:.4f} vs {reference:.4f} (a stop needs it above by {margin:.2f} %, the "
+            f"measured error of {made}): confidence {p:.3f} < {confidence:.2f}"
         )
     return StopDecision(stop=False, reason=reason, probability=p, reference=reference, step=step, scale=scale)
 
@@ -148,8 +151,9 @@ def sweep_reference(
     A running run's forecast counts at the loss it stays below with probability ``quantile``: with an error
     ``model`` (:mod:`scaleforecast.calibration`), ``loss * exp(k_q * scale)``, where ``k_q`` is the measured
     optimistic margin of forecasts (:meth:`ErrorModel.optimistic_margin`) and ``scale`` the run's error scale,
-    at least ``rel_std_floor``: ``scale_of(record)`` when the sweep's records carry it (the scale the run
-    computed from its own features), else the model's conservative ``fallback`` at ``step / total_steps``;
+    at least ``rel_std_floor``: ``scale_of(record)`` if given, else the model's scale of the record's own
+    ``features`` (the run's stop features, published with its forecast), else the model's conservative
+    ``fallback`` at ``step / total_steps``;
     without a model, the normal quantile ``loss + z_q * std`` with the std widened by ``rel_std_floor``
     (:func:`widen_forecast`). Only forecasts whose fit status holds numbers count, so one lucky, uncertain
     forecast cannot set the bar. Stopped runs deliver no model and never count. ``exclude`` is the asking run;
@@ -175,7 +179,7 @@ def sweep_reference(
                 continue
             if model is not None:
                 known = scale_of(r) if scale_of is not None else None
-                scale = known if known is not None else model.scale(_record_features(r))
+                scale = known if known is not None else model.scale(r.features or _record_features(r))
                 value = r.loss * math.exp(k * max(scale, rel_std_floor))
             else:
                 value = r.loss + z * math.hypot(r.std or 0.0, rel_std_floor * r.loss)
@@ -214,8 +218,10 @@ def decide_stop_in_sweep(
     """:func:`decide_stop` against :func:`sweep_reference` read from ``registry``.
 
     With ``publish`` the run's own forecast is written to the registry first (when it holds numbers), so that
-    the other runs see it (its own std, unwidened). ``rel_std_floor``, ``features`` and ``model``: see
-    :func:`decide_stop_among`. Registry errors propagate: callers inside a training loop catch them.
+    the other runs see it (its own std, unwidened, and its stop features, so that they read its forecast with
+    its measured error).
+    ``rel_std_floor``, ``features`` and ``model``: see :func:`decide_stop_among`. Registry errors propagate:
+    callers inside a training loop catch them.
     """
     if publish and forecast is not None and forecast.ok and forecast.final is not None:
         final = forecast.final
@@ -226,6 +232,7 @@ def decide_stop_in_sweep(
             std=final.std,
             status=forecast.status.value,
             total_steps=total_steps,
+            features=features or forecast.stop_features,
         )
     return decide_stop_among(
         forecast,
@@ -265,7 +272,8 @@ def decide_stop_among(
 
     The rule every sweep engine applies, whether its records come from a :class:`RunRegistry` or from an
     Optuna study; ``records`` must not hold the deciding run itself. ``features`` are the deciding run's own
-    (:class:`scaleforecast.evidence.ForecastTrack`); without them the forecast's own, with a wider scale.
+    (:class:`scaleforecast.evidence.ForecastTrack`); without them, those the forecast carries (the run
+    monitor attaches them), else what the forecast alone tells, with a wider scale.
     ``scale_of``: the other runs' own error scales, when their records carry them (see :func:`sweep_reference`).
     ``rel_std_floor`` is the smallest error scale assumed for any forecast, this run's and the others'.
     """
@@ -353,8 +361,10 @@ class SweepStopper(ForecastStopCheck):
     False
     >>> stopper.finish(final_loss=2.9)
 
-    ``stopper(step, forecast) -> bool`` publishes the run's forecast and applies :func:`decide_stop_among`
-    against the other runs' records. It is also a listener of the run monitor, so the training adapters take it
+    ``stopper(step, forecast) -> bool`` publishes the run's forecast (with its stop features) and applies
+    :func:`decide_stop_among` against the other runs' records; the forecasts the run monitor hands its listeners
+    carry the run's stop features, so the stopper reads the same measured error as the monitor's own rule. It is
+    also a listener of the run monitor, so the training adapters take it
     as ``LossForecast(listeners=[stopper])``: a stop becomes a critical ``early_stop`` event.
     Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped).
 
@@ -493,6 +503,7 @@ class SweepStopper(ForecastStopCheck):
                 std=forecast.final.std,
                 status=forecast.status.value,
                 total_steps=total,
+                features=forecast.stop_features,
             )
         self._worker.refresh()
         if not self.knows_job:

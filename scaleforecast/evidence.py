@@ -3,70 +3,36 @@ forecasts did.
 
 :class:`StopFeatures` are read by the error model (:mod:`scaleforecast.calibration`); :class:`ForecastTrack` makes
 them at every refit, from the forecaster alone, and keeps the run's backtest record (a few numbers per doubling of
-the run) in its JSON-safe state.
+the run) in its JSON-safe state. The run monitor attaches them to the forecast they describe
+(:attr:`Forecast.stop_features`), so that every stop rule downstream of it (sweep stoppers, sweep-engine
+pruners) reads the same evidence as the monitor's own.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from scaleforecast.results import Forecast
+from scaleforecast.results import PHASES, Forecast, Phase, StopFeatures
 
-__all__ = ["PHASES", "ForecastTrack", "StopFeatures", "features_from_forecast"]
-
-Phase = Literal["stable", "decay", "flat"]
-PHASES: tuple[Phase, ...] = ("stable", "decay", "flat")
-_PHASE_EPS = 0.05
-"""An LR within 5 % of the peak has not started decaying; less than 5 % of the peak still to lose is 'flat'."""
-
-
-class StopFeatures(BaseModel):
-    """What the run shows when a forecast is made, as the error model reads it.
-
-    ``fraction``: steps fitted / final step. ``decay_seen``: ``1 - lr(t) / peak`` at the fitted step ``t``;
-    ``decay_ahead``: ``(lr(t) - lr(T)) / peak``, the LR still to lose (both ``None`` without the schedule).
-    ``backtest``: ``log(forecast made at s of the loss at 2s / the loss the run showed at 2s)``, the latest
-    ``s <= t / 2`` (``None`` before the run has doubled since its first fit); ``backtest_worst``: the largest
-    in size over the last doubling (see :class:`ForecastTrack`). ``rel_std``: the forecast's
-    own std over its mean at the final step. ``noise``: the fit's relative noise of one observation;
-    ``points``: observations fitted; ``total_steps``: the run's length (``None`` where unknown).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    fraction: float = Field(ge=0.0, le=1.0)
-    decay_seen: float | None = None
-    decay_ahead: float | None = None
-    backtest: float | None = None
-    backtest_worst: float | None = None
-    rel_std: float = 0.0
-    noise: float | None = None
-    points: int | None = None
-    total_steps: int | None = None
-
-    @property
-    def phase(self) -> Phase | None:
-        """``stable``, ``decay`` or ``flat`` (see the module docstring); ``None`` without the schedule."""
-        if self.decay_seen is None or self.decay_ahead is None:
-            return None
-        if self.decay_ahead < _PHASE_EPS:
-            return "flat"
-        return "stable" if self.decay_seen < _PHASE_EPS else "decay"
+__all__ = ["PHASES", "ForecastTrack", "Phase", "StopFeatures", "features_from_forecast"]
 
 
 def features_from_forecast(forecast: Forecast) -> StopFeatures | None:
-    """The features a forecast alone carries (no schedule, no backtest); ``None`` when it holds no number.
+    """The features of ``forecast`` for the stopping rule; ``None`` when it holds no number.
 
-    Used where only a forecast travels (a sweep engine's trial record); the error model then answers with its
-    conservative ``fallback`` scale.
+    The ones the run monitor attached (:attr:`Forecast.stop_features`: the LR phase and the run's own backtest)
+    when it carries them; else what the forecast alone tells (a forecast rebuilt elsewhere, or written by an
+    older version): the fraction of the run its fit had seen (``fitted_at_step / final_step``), its relative
+    std and the run's length, for which the error model answers with its conservative ``fallback`` scale.
     """
     final = forecast.final
     if final is None or forecast.final_step <= 0 or not math.isfinite(final.loss) or final.loss <= 0:
         return None
+    if forecast.stop_features is not None:
+        return forecast.stop_features
     fraction = min(max(forecast.fitted_at_step / forecast.final_step, 0.0), 1.0)
     return StopFeatures(
         fraction=fraction,

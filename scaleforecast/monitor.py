@@ -12,7 +12,8 @@ and the LRs used. :meth:`RunMonitor.flush` then
    :class:`StopConfig`) to the latest forecast;
 4. after a refit, runs the schedule **advisor** (``advise(view, step) -> list[Event]``) and the **listeners**
    (``on_forecast(step, forecast) -> list[Event]``: sweep reporters and stoppers, called with the new forecast,
-   so they never lag a flush behind);
+   so they never lag a flush behind; the forecast carries the run's stop features in ``stop_features``, so a
+   listener's stop rule reads the same measured error as the monitor's own);
 5. pushes forecasts, scalars, events and (every ``figure_every`` usable refits) a figure to the sinks;
 6. acts: the stop decision and every critical event (a detector's, or a listener's ``early_stop``) go through
    the one ``action`` policy: ``warn``, ``stop`` or ``raise``.
@@ -387,7 +388,7 @@ class RunMonitor:
             changed = status_event(self._status, forecast, step)
             result.events.extend([changed] if changed is not None else [])
             self._status = forecast.status
-            self.guard("stop rule", self.track.update, self.forecaster)
+            self.guard("stop rule", self._track, forecast)
         decision = self.guard("stop rule", self._decide, step)
         if decision is not None:
             result.decision = self.decision = decision
@@ -416,6 +417,7 @@ class RunMonitor:
         if forecast is None:
             return None
         self.refits += 1
+        self.guard("stop rule", self._track, forecast)
         result = FlushResult(forecast=forecast)
         for i, listener in enumerate(self.listeners):
             heard = self.guard(f"listener {_name(listener, i)}", listener.on_forecast, step, forecast)
@@ -425,6 +427,14 @@ class RunMonitor:
         for event in result.events:
             self._emit(event)
         return forecast
+
+    def _track(self, forecast: Forecast) -> None:
+        # The listeners' stop rules (sweep stoppers, pruners) see the forecast only: it carries the features
+        # the monitor's own rule reads, so that every rule measures the same error.
+        features = self.track.update(self.forecaster)
+        fresh = forecast.ok and forecast is self.forecaster.latest and self.forecaster.schedule is not None
+        if features is not None and fresh:
+            forecast.stop_features = features
 
     def _decide(self, step: int) -> StopDecision | None:
         total = self.forecaster.total_steps

@@ -31,6 +31,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from scaleforecast.results import StopFeatures
+
 __all__ = [
     "BackgroundRegistry",
     "RegistryError",
@@ -62,8 +64,10 @@ class RunState(str, Enum):
 
 class RunRecord(BaseModel):
     """One run's row: its latest forecast of the final loss (mean ``loss``, predictive ``std``, the fit
-    ``status``, made at ``step`` of ``total_steps``), its ``state`` and, once finished, its ``final_loss``.
-    ``updated`` is the wall-clock time (``time.time()``) of the last write, to spot runs that died."""
+    ``status``, made at ``step`` of ``total_steps``; ``features``, what the run showed the stopping rule then,
+    :class:`scaleforecast.results.StopFeatures`, ``None`` where unknown), its ``state`` and, once finished, its
+    ``final_loss``. ``updated`` is the wall-clock time (``time.time()``) of the last write, to spot runs that
+    died."""
 
     sweep: str
     run_id: str
@@ -72,6 +76,7 @@ class RunRecord(BaseModel):
     loss: float | None = None
     std: float | None = None
     status: str | None = None
+    features: StopFeatures | None = None
     state: RunState = RunState.RUNNING
     final_loss: float | None = None
     updated: float = 0.0
@@ -98,6 +103,7 @@ class RunRegistry(abc.ABC):
         std: float,
         status: str,
         total_steps: int | None = None,
+        features: StopFeatures | None = None,
     ) -> None:
         """Store the run's latest forecast of its final loss (replacing the previous one)."""
 
@@ -160,6 +166,7 @@ CREATE TABLE IF NOT EXISTS runs (
     loss REAL,
     std REAL,
     status TEXT,
+    features TEXT,
     state TEXT NOT NULL DEFAULT 'running',
     final_loss REAL,
     updated REAL NOT NULL,
@@ -182,6 +189,29 @@ CREATE TABLE IF NOT EXISTS family_fits (
     PRIMARY KEY (family, run_id)
 );
 """
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
+    """Add ``column`` (``"name TYPE"``) to ``table`` of a file an older version made; a no-op when it is
+    there (another process may add it at the same time)."""
+    name = column.split()[0]
+    if any(row[1] == name for row in conn.execute(f"PRAGMA table_info({table})")):
+        return
+    try:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
+
+
+def _record(row: dict) -> RunRecord:
+    """A record from a row; features another version wrote in a form this one cannot read count as unknown."""
+    text = row.pop("features")
+    try:
+        features = None if text is None else StopFeatures.model_validate_json(text)
+    except ValueError:
+        features = None
+    return RunRecord(**row, features=features)
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -248,6 +278,7 @@ class SQLiteRegistry(RunRegistry):
         conn.execute("PRAGMA synchronous = NORMAL")
         if not self._initialised:
             self._retry(lambda: conn.executescript(_SCHEMA))
+            self._retry(lambda: _add_column(conn, "runs", "features TEXT"))
             self._initialised = True
         self._local.conn = conn
         self._local.pid = os.getpid()
@@ -289,20 +320,22 @@ class SQLiteRegistry(RunRegistry):
         std: float,
         status: str,
         total_steps: int | None = None,
+        features: StopFeatures | None = None,
     ) -> None:
         """Upsert the run's latest forecast and append it to the audit trail (one transaction)."""
         now = time.time()
         loss_v, std_v = _finite_or_none(loss), _finite_or_none(std)
+        features_v = None if features is None else features.model_dump_json()
         status = str(getattr(status, "value", status))
         self._write(
             [
                 (
-                    "INSERT INTO runs (sweep, run_id, step, total_steps, loss, std, status, state, updated) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?) "
+                    "INSERT INTO runs (sweep, run_id, step, total_steps, loss, std, status, features, state, "
+                    "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?) "
                     "ON CONFLICT(sweep, run_id) DO UPDATE SET step=excluded.step, "
                     "total_steps=COALESCE(excluded.total_steps, runs.total_steps), loss=excluded.loss, "
-                    "std=excluded.std, status=excluded.status, updated=excluded.updated",
-                    (self.sweep, run_id, int(step), total_steps, loss_v, std_v, status, now),
+                    "std=excluded.std, status=excluded.status, features=excluded.features, updated=excluded.updated",
+                    (self.sweep, run_id, int(step), total_steps, loss_v, std_v, status, features_v, now),
                 ),
                 (
                     "INSERT INTO forecasts (sweep, run_id, step, loss, std, status, written) VALUES (?,?,?,?,?,?,?)",
@@ -334,8 +367,8 @@ class SQLiteRegistry(RunRegistry):
 
         def op() -> list[tuple]:
             cur = self._conn().execute(
-                "SELECT sweep, run_id, step, total_steps, loss, std, status, state, final_loss, updated "
-                "FROM runs WHERE sweep = ?",
+                "SELECT sweep, run_id, step, total_steps, loss, std, status, features, state, final_loss, "
+                "updated FROM runs WHERE sweep = ?",
                 (self.sweep,),
             )
             return cur.fetchall()
@@ -348,11 +381,12 @@ class SQLiteRegistry(RunRegistry):
             "loss",
             "std",
             "status",
+            "features",
             "state",
             "final_loss",
             "updated",
         )
-        return [RunRecord(**dict(zip(keys, row, strict=True))) for row in self._retry(op)]
+        return [_record(dict(zip(keys, row, strict=True))) for row in self._retry(op)]
 
     def history(
         self, run_id: str | None = None
@@ -504,12 +538,19 @@ class BackgroundRegistry:
         std: float,
         status: str,
         total_steps: int | None = None,
+        features: StopFeatures | None = None,
     ) -> None:
         """Queue :meth:`RunRegistry.report_forecast`."""
         self._post(
             "forecast",
             lambda reg: reg.report_forecast(
-                run_id, step=step, loss=loss, std=std, status=status, total_steps=total_steps
+                run_id,
+                step=step,
+                loss=loss,
+                std=std,
+                status=status,
+                total_steps=total_steps,
+                features=features,
             ),
         )
 

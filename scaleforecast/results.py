@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,6 +77,48 @@ class ForecastPoint(BaseModel):
     std: float = Field(description="standard deviation of the predictive distribution (normal)")
 
 
+Phase = Literal["stable", "decay", "flat"]
+PHASES: tuple[Phase, ...] = ("stable", "decay", "flat")
+_PHASE_EPS = 0.05
+"""An LR within 5 % of the peak has not started decaying; less than 5 % of the peak still to lose is 'flat'."""
+
+
+class StopFeatures(BaseModel):
+    """What the run shows when a forecast is made, as the error model (:mod:`scaleforecast.calibration`) reads
+    it; made by :class:`scaleforecast.evidence.ForecastTrack`.
+
+    ``fraction``: steps fitted / final step. ``decay_seen``: ``1 - lr(t) / peak`` at the fitted step ``t``;
+    ``decay_ahead``: ``(lr(t) - lr(T)) / peak``, the LR still to lose (both ``None`` without the schedule).
+    ``backtest``: ``log(forecast made at s of the loss at 2s / the loss the run showed at 2s)``, the latest
+    ``s <= t / 2`` (``None`` before the run has doubled since its first fit); ``backtest_worst``: the largest
+    in size over the last doubling. ``rel_std``: the forecast's
+    own std over its mean at the final step. ``noise``: the fit's relative noise of one observation;
+    ``points``: observations fitted; ``total_steps``: the run's length (``None`` where unknown).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    fraction: float = Field(ge=0.0, le=1.0)
+    decay_seen: float | None = None
+    decay_ahead: float | None = None
+    backtest: float | None = None
+    backtest_worst: float | None = None
+    rel_std: float = 0.0
+    noise: float | None = None
+    points: int | None = None
+    total_steps: int | None = None
+
+    @property
+    def phase(self) -> Phase | None:
+        """``stable`` (the LR is within 5 % of its peak), ``decay``, or ``flat`` (less than 5 % of the peak is
+        still to lose); ``None`` without the schedule."""
+        if self.decay_seen is None or self.decay_ahead is None:
+            return None
+        if self.decay_ahead < _PHASE_EPS:
+            return "flat"
+        return "stable" if self.decay_seen < _PHASE_EPS else "decay"
+
+
 class Forecast(BaseModel):
     """A forecast of the loss at one or more steps, from the fit on ``n_points`` observations.
 
@@ -89,6 +132,9 @@ class Forecast(BaseModel):
     ``points`` are ordered as asked; ``final`` is the point at the schedule's last step (or ``None`` when
     that step was not asked for). ``status`` is the fit's :class:`FitStatus`. ``borrowed_from`` names the
     finished runs of the same family whose fits served as the prior (empty for a cold start).
+    ``stop_features``: what the run showed the stopping rule when the forecast was made (its LR phase, its own
+    backtest; see :mod:`scaleforecast.evidence`), attached by the run monitor; ``None`` on a forecast made or
+    rebuilt without the run's record.
     """
 
     law: str
@@ -101,6 +147,7 @@ class Forecast(BaseModel):
     status: FitStatus
     warnings: list[str] = Field(default_factory=list)
     borrowed_from: list[str] = Field(default_factory=list)
+    stop_features: StopFeatures | None = None
 
     @property
     def final(self) -> ForecastPoint | None:

@@ -11,20 +11,28 @@ import sys
 from pathlib import Path
 
 from scaleforecast.decision import SweepStopper
-from scaleforecast.results import FitStatus, Forecast, ForecastPoint
+from scaleforecast.results import FitStatus, Forecast, ForecastPoint, StopFeatures
 
 
-def forecast(loss: float, std: float) -> Forecast:
+def forecast(loss: float, std: float, step: int) -> Forecast:
+    """The forecast fitted at ``step`` as the run monitor hands it to its listeners: with the run's stop features
+    (a linear decay to zero, a run whose forecasts passed their own backtest)."""
     point = ForecastPoint(step=1000, loss=loss, lower=loss - std, upper=loss + std, std=std)
+    f = step / 1000
+    features = StopFeatures(
+        fraction=f, decay_seen=f, decay_ahead=1 - f, backtest=0.005, backtest_worst=0.005, rel_std=std / loss,
+        noise=0.002, points=step, total_steps=1000,
+    )  # fmt: skip
     return Forecast(
         law="tissue",
         level=0.8,
-        fitted_at_step=100,
+        fitted_at_step=step,
         final_step=1000,
         points=[point],
         params=None,
-        n_points=20,
+        n_points=step,
         status=FitStatus.OK,
+        stop_features=features,
     )
 
 
@@ -43,7 +51,7 @@ def main() -> None:
     # The forecast worsens: 2.8 (can beat the other run's 3.0) to 3.4 (cannot); stops once past the grace.
     for i, step in enumerate(range(100, 1001, 100)):
         assert stopper.sync(60)  # both ranks decide on the same records
-        decisions.append(stopper(step, forecast(2.8 + 0.1 * i, 0.02)))
+        decisions.append(stopper(step, forecast(2.8 + 0.1 * i, 0.02, step)))
         calls += 1
         if decisions[-1]:
             break

@@ -190,3 +190,18 @@ def test_monitor_keeps_the_track_in_its_state() -> None:
     again = RunMonitor(LRS, verbose=False)
     again.load_state_dict(json.loads(json.dumps(mon.state_dict())))
     assert again.track.features == f and again.track.state_dict() == mon.track.state_dict()
+
+
+def test_features_travel_with_the_forecast() -> None:
+    """The features the run monitor attached are the ones read; a bare forecast gets the fallback's."""
+    point = ForecastPoint(step=1000, loss=3.0, lower=2.9, upper=3.1, std=0.06)
+    bare = Forecast(
+        law="tissue", level=0.8, fitted_at_step=900, final_step=1000, points=[point], params=None,
+        n_points=10, status=FitStatus.OK,
+    )  # fmt: skip
+    own = StopFeatures(fraction=0.9, decay_seen=0.9, decay_ahead=0.1, backtest_worst=0.004, total_steps=1000)
+    carried = bare.model_copy(update={"stop_features": own})
+    assert features_from_forecast(carried) == own
+    assert Forecast.model_validate_json(carried.model_dump_json()).stop_features == own
+    m = load_error_model()
+    assert m.scale(own) < m.scale(features_from_forecast(bare))  # type: ignore[arg-type]

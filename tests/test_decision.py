@@ -110,6 +110,12 @@ def test_shipped_model_is_the_default() -> None:
     d = decide_stop(_forecast(3.0, 0.01), 0.5, step=500, total_steps=1000)
     assert d.stop and d.scale == pytest.approx(load_error_model().scale(only))
     assert not decide_stop(_forecast(3.0, 0.01), 3.1, step=500, total_steps=1000).stop
+    # a bare forecast is read where its fit was made, and the reason says the scale is the fallback's
+    late = decide_stop(_forecast(4.0, 0.02), 3.0, step=900, total_steps=1000)
+    assert late.scale == pytest.approx(load_error_model().scale(only))
+    assert "made at 10 % of the run (without the run's record" in late.reason
+    carried = _forecast(4.0, 0.02).model_copy(update={"stop_features": TESTED})
+    assert decide_stop(carried, 3.0, step=900, total_steps=1000, model=MODEL).scale == pytest.approx(0.02)
 
 
 def test_sweep_reference_rules() -> None:
@@ -146,6 +152,9 @@ def test_sweep_reference_with_the_error_model() -> None:
     assert sweep_reference(recs, model=MODEL) == pytest.approx(3.5)  # 3 * exp(0.3) = 4.05 > 3.5
     assert sweep_reference(recs, model=MODEL, scale_of=lambda r: 0.02) == pytest.approx(3.0 * math.exp(0.06))
     assert sweep_reference(recs, model=MODEL, scale_of=lambda r: None) == pytest.approx(3.5)
+    # the features the run published with its forecast: the model's scale of them (a tested run: 2 %)
+    published = [recs[0].model_copy(update={"features": TESTED}), recs[1]]
+    assert sweep_reference(published, model=MODEL) == pytest.approx(3.0 * math.exp(0.06))
     # the floor widens every scale
     assert sweep_reference(
         recs[:1], model=MODEL, scale_of=lambda r: 0.02, rel_std_floor=0.05

@@ -397,3 +397,34 @@ def test_settle_takes_in_the_last_background_refit_unless_the_run_stopped() -> N
     assert stopped.stopped_at is not None
     last = stopped.forecaster.latest
     assert stopped.settle(stopped.stopped_at) is None and stopped.forecaster.latest == last
+
+
+def test_listeners_get_the_stop_features_the_monitor_rule_reads() -> None:
+    """A listener's stop rule (a sweep stopper, a pruner) sees only the forecast: it carries the run's stop
+    features, so that the listener's rule and the monitor's own measure the same error."""
+    from scaleforecast.decision import decide_stop
+
+    class Keeper:
+        def on_forecast(self, step: int, forecast: Any) -> list[Event]:
+            heard.append(forecast)
+            return []
+
+    y = _curve()
+    listener = Keeper()
+    heard: list[Any] = []
+    target = float(y[-50:].mean()) - 0.05
+    mon = RunMonitor(LRS, config=ForecasterConfig(refit_every=100), listeners=[listener])
+    for b in _batches(y, 1200):
+        mon.flush(b)
+        if heard and heard[-1].fitted_at_step == int(b.steps[-1]):
+            f = heard[-1]
+            assert f.stop_features is not None and f.stop_features == mon.track.features
+            assert f.stop_features.fraction == f.fitted_at_step / TOTAL
+            step = int(b.steps[-1])
+            own = decide_stop(
+                mon.forecaster.latest, target, step=step, total_steps=TOTAL, features=mon.track.features
+            )
+            theirs = decide_stop(f, target, step=step, total_steps=TOTAL)
+            assert (theirs.stop, theirs.probability, theirs.scale) == (own.stop, own.probability, own.scale)
+    assert heard and heard[-1].stop_features is not None and heard[-1].stop_features.phase == "decay"
+    assert heard[-1].stop_features.backtest_worst is not None  # the run's own backtest travels too

@@ -170,3 +170,30 @@ def test_lightning_runs_share_the_default_registry(tmp_path: Path, monkeypatch: 
     assert recs["good"].state is RunState.FINISHED and recs["good"].final_loss is not None
     assert recs["tiny-lr"].state is RunState.STOPPED and recs["tiny-lr"].loss is not None
     assert len(reg.history("good")) >= 5  # every refit was published
+
+
+def test_records_carry_the_runs_stop_features_and_older_files_gain_the_column(tmp_path: Path) -> None:
+    """A run publishes its stop features beside its forecast (the others read its forecast with its measured
+    error); a file an older version made, without that column, is upgraded in place and its rows still read."""
+    from scaleforecast.results import StopFeatures
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the runs table as an older version made it
+        conn.execute(
+            "CREATE TABLE runs (sweep TEXT NOT NULL, run_id TEXT NOT NULL, step INTEGER NOT NULL DEFAULT 0, "
+            "total_steps INTEGER, loss REAL, std REAL, status TEXT, state TEXT NOT NULL DEFAULT 'running', "
+            "final_loss REAL, updated REAL NOT NULL, PRIMARY KEY (sweep, run_id))"
+        )
+        conn.execute("INSERT INTO runs (sweep, run_id, step, loss, updated) VALUES ('s', 'old', 5, 3.0, 1.0)")
+    features = StopFeatures(
+        fraction=0.4, decay_seen=0.2, decay_ahead=0.8, backtest_worst=0.01, total_steps=100
+    )
+    reg = SQLiteRegistry("s", path)
+    reg.report_forecast("new", step=40, loss=3.1, std=0.02, status="ok", total_steps=100, features=features)
+    got = {r.run_id: r for r in reg.records()}
+    assert got["old"].loss == 3.0 and got["old"].features is None
+    assert got["new"].features == features
+    reg.report_forecast("new", step=50, loss=3.0, std=0.02, status="ok", total_steps=100)
+    assert reg.get("new").features is None  # type: ignore[union-attr]  # the latest forecast's, not a stale one
+    # two processes upgrading the same file at once: the second finds the column there
+    assert SQLiteRegistry("s", path).records() and SQLiteRegistry("s", path).get("old") is not None

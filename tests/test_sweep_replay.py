@@ -157,6 +157,12 @@ def test_optuna_and_nni_policies_run() -> None:
     assert rule.saved > 0.2 and rule.best_kept == 1.0
     assert by["before: normal rule (conf 0.95, floor 0 %)"].best_kept == 1.0
     assert by["oracle (ceiling)"].saved == pytest.approx(1 - (1000 + 3 * 100) / 4000)
+    # through Optuna the trials carry their stop features: the pruner saves what bare forecasts cannot
+    pruner, bare = (
+        by["optuna ForecastPruner (calibrated)"],
+        by["optuna ForecastPruner (calibrated, forecast only)"],
+    )
+    assert pruner.saved > bare.saved and pruner.best_kept == 1.0
     nni = by["nni curvefit (x1)"]
     assert nni.saved > 0 and nni.best_kept == 1.0
     assert "inside 80 % band" in sr.calibration(sweep.runs)

@@ -39,8 +39,9 @@ def _forecast(loss: float, std: float, status: FitStatus = FitStatus.OK, final_s
 
 @pytest.mark.slow
 def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
-    """The stopper as a listener of a real RunMonitor: the bad run stops, the good one finishes. The stopper
-    reads the forecast alone (no features): the error model's widest scale, so "bad" is far worse."""
+    """The stopper as a listener of a real RunMonitor: the bad run stops, the good one finishes. The forecasts
+    the monitor hands the stopper carry the run's stop features, and the registry publishes them to the other
+    runs."""
     from scaleforecast.monitor import FlushBatch, RunMonitor
 
     reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
@@ -67,6 +68,8 @@ def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
     recs = {r.run_id: r for r in reg.records()}
     assert recs["good"].state is RunState.FINISHED and recs["good"].final_loss is not None
     assert recs["bad"].state is RunState.STOPPED
+    # the monitor's own evidence: the LR phase (constant LR: nothing left to anneal), which a bare forecast lacks
+    assert recs["good"].features is not None and recs["good"].features.phase == "flat"
 
 
 def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,7 +217,8 @@ def test_a_locked_database_never_stalls_the_training_loop(
                 pytest.fail("the worker never met the lock")
             stopper._worker.failed.wait(0.05)
         t0 = time.perf_counter()
-        hopeless = stopper(step + 10, _forecast(3.5, 0.01))
+        # a bare forecast (no run record) reads the error model's widest scale: "hopeless" is twice the loss to beat
+        hopeless = stopper(step + 10, _forecast(6.0, 0.01))
         lost.append(time.perf_counter() - t0)
         print(
             f"\n{mode}: {len(lost)} flushes while locked, time lost per flush: median "
