@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shutil
 import sys
 import sysconfig
 import time
@@ -212,6 +213,8 @@ def train(
         verbose=False,
     )
     seen = Seen()
+    # a second demo replaces the first one's logs: TensorBoard shows one run of each kind, not a version per try
+    shutil.rmtree(Path(args.out) / name, ignore_errors=True)
     trainer = pl.Trainer(
         max_steps=args.steps,
         accelerator="cpu",

@@ -446,6 +446,7 @@ class OnlineForecaster:
         step. The training thread pays the bookkeeping (binning, a snapshot of at most ``max_bins`` bins) and
         a wait only when a refit takes longer than one call interval. :meth:`wait` takes in the last refit
         at the end of a run. Without ``background`` the refit runs inside call ``k`` and takes effect there.
+        When the latest losses are NaN/Inf the call returns a ``stale`` forecast at once, whatever the refits.
         """
         installed = self._install()
         self.observe_many(steps, losses, window)
