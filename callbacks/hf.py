@@ -262,13 +262,11 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._started:
             return
-        self.session.finish(int(state.global_step))
+        # HF's TensorBoardCallback closes its writer before this runs; writing reopened it, so close it again.
+        reopened = self._hf_tb is not None and getattr(self._hf_tb, "tb_writer", None) is None
+        self.session.finish(int(state.global_step), close_writer=reopened)
         if self._tap is not None:
             self._tap.detach()
-        # HF's TensorBoardCallback closes its writer before this runs; writing reopened it, so close it again.
-        if self._hf_tb is not None and getattr(self._hf_tb, "tb_writer", None) is None:
-            for sink in self.session.monitor.sinks.sinks:
-                self.session.guard("TensorBoard", sink.writer.close)
         self._hf_tb, self._started = None, False
 
     # ------------------------------------------------------------------ state

@@ -1,8 +1,8 @@
 """Per-step values kept on the device, and the two collectives the training session needs from a framework.
 
 Reading a CUDA loss with ``.item()`` every step stalls the host until the GPU catches up. :class:`DeviceBuffer`
-instead copies each detached step value into a preallocated tensor on the value's device (an asynchronous
-device-side copy). Every K steps the session packs the buffer (:meth:`DeviceBuffer.pack`: the values, the step
+instead keeps a detached copy of each step value on the value's device (an asynchronous device-side copy, no
+host read) and stacks them at the flush. Every K steps the session packs the buffer (:meth:`DeviceBuffer.pack`: the values, the step
 numbers, the LRs used and a count) and all-gathers it: one collective and one device-to-host copy, the only
 synchronising work. A rank whose own part of the plugin failed sends :meth:`DeviceBuffer.no_data` instead, a
 message of the same shape marked "no data", so that it still joins every collective. :func:`reduce_ranks`

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from scaleforecast.integrations.arguments import SessionConfig, check_plugins
-from scaleforecast.integrations.distributed import GRAD, Collectives, DeviceBuffer, reduce_ranks
+from scaleforecast.integrations.distributed import GRAD, LOSS, SEEN, Collectives, DeviceBuffer, reduce_ranks
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
 from scaleforecast.events import Event, TrainingHealthError
@@ -160,7 +160,8 @@ class TrainingSession:
             refit_every=self.config.refit_every,
         )
         if "background" not in self.forecaster_config.model_fields_set:
-            # the training thread never waits for a refit: each takes effect at the next flush, on every rank
+            # refits run off the training thread: each takes effect at the next flush, on every rank (that flush
+            # waits only for a refit that outlasts a flush interval)
             self.forecaster_config = self.forecaster_config.model_copy(update={"background": True})
         self.detectors, self.listeners = list(detectors), list(listeners)
         self.advisor, self.on_event, self.writer = advisor, on_event, writer
@@ -191,6 +192,7 @@ class TrainingSession:
         self._lr = math.nan
         self._gnorm: torch.Tensor | None = None
         self._hook: Any = None
+        self._tb_sink: Any = None  # the TensorBoardSink this session attached
         self._warned: set[str] = set()
         self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
 
@@ -373,7 +375,8 @@ class TrainingSession:
             from torch.utils.tensorboard import SummaryWriter
 
             writer, own = SummaryWriter(str(self.config.dirpath or default_logdir)), True
-        self.monitor.add_sink(TensorBoardSink(writer, layout_extra=extra, close_writer=own))
+        self._tb_sink = TensorBoardSink(writer, layout_extra=extra, close_writer=own)
+        self.monitor.add_sink(self._tb_sink)
         self.log_dir = str(getattr(writer, "log_dir", None) or getattr(writer, "logdir", ""))
         if own:
             self.say(f"TensorBoard logs in {self.log_dir}  (tensorboard --logdir {self.log_dir})")
@@ -444,10 +447,9 @@ class TrainingSession:
 
     def _digest(self, gathered: torch.Tensor, step: int) -> FlushResult | None:
         assert self.comm is not None
-        channels = 3 if self.config.track_grad_norm else 2
-        red = reduce_ranks(
-            gathered.reshape(-1, channels + 3, self.config.flush_every).cpu().numpy(), channels
-        )
+        assert self.buffer is not None
+        channels = self.buffer.channels
+        red = reduce_ranks(gathered.cpu().numpy(), channels)
         if red.count == 0:
             return None
         self.guard("schedule look-ahead", self._revise, red.steps, red.lrs, step)
@@ -533,8 +535,9 @@ class TrainingSession:
                 Event(kind="early_stop", step=step, severity="critical", message="another rank raised")
             )
 
-    def finish(self, step: int) -> None:
-        """The end of training: the last flush (every rank), then the sinks are closed."""
+    def finish(self, step: int, close_writer: bool = False) -> None:
+        """The end of training: the last flush (every rank), then the sinks are closed. ``close_writer``: close
+        the TensorBoard writer even when the framework owns it (one it closed already, that writing reopened)."""
         if self.comm is None:
             return
         if step > self.flushed_at and self.buffer is not None:
@@ -547,6 +550,8 @@ class TrainingSession:
         self._hook_off()
         if self.is_zero:
             self.guard("family store", self._keep_reference)
+        if close_writer and self._tb_sink is not None:
+            self._tb_sink.close_writer = True
         self.guard("TensorBoard", self.monitor.close)
         if self.is_zero and os.getpid() != self._owner[0]:
             self.guard("result hand-off", self._hand_off)
@@ -566,8 +571,11 @@ class TrainingSession:
         pending = None
         if self.buffer is not None and len(self.buffer) and "step" not in self.guard.disabled:
             values = self.buffer.peek()
-            keep = [i for i in range(min(values.shape[1], len(self._steps))) if values[1, i] == 1.0]
-            pending = {"steps": [self._steps[i] for i in keep], "loss": [float(values[0, i]) for i in keep]}
+            keep = [i for i in range(min(values.shape[1], len(self._steps))) if values[SEEN, i] == 1.0]
+            pending = {
+                "steps": [self._steps[i] for i in keep],
+                "loss": [float(values[LOSS, i]) for i in keep],
+            }
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,

@@ -25,10 +25,12 @@ from scaleforecast.events import Event
 from scaleforecast.evidence import StopFeatures, features_from_forecast
 from scaleforecast.job import job_rank, job_run_id, job_world_size
 from scaleforecast.registry import BackgroundRegistry, RunRecord, RunRegistry, RunState, open_registry
-from scaleforecast.results import FitStatus, Forecast
+from scaleforecast.results import USABLE_STATUSES, FitStatus, Forecast
 
 _log = logging.getLogger(__name__)
-_USABLE = (FitStatus.OK.value, FitStatus.ANNEALING_UNIDENTIFIED.value)
+# the statuses whose forecasts set a sweep's bar: the usable ones, less ``law_violated`` (a run off its law has a
+# widened band around a curve it has left; it is published, but nobody is measured against it)
+_USABLE = tuple(s.value for s in USABLE_STATUSES if s is not FitStatus.LAW_VIOLATED)
 
 
 class StopDecision(BaseModel):

@@ -816,14 +816,12 @@ def _mpl_grad(p: LawParams, lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return g
 
 
-def predict(
-    result: FitResult, lrs: ArrayLike, steps: ArrayLike, level: float = 0.8
-) -> tuple[np.ndarray, np.ndarray]:
+def predict(result: FitResult, lrs: ArrayLike, steps: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Predictive mean and std of the loss after ``steps`` updates (1..len(lrs)) under the schedule ``lrs``
     (any schedule: the what-if). The std combines the parameter uncertainty (posterior covariance, scaled by
     ``interval_scale``) with a model-error term ``model_sd * mean * h``, where ``h`` is the fraction of the
     LR area still ahead of the fit (``(S1(s) - S1(fitted_until)) / S1(s)``, 0 inside the fitted range).
-    ``level`` is accepted for symmetry with the interval helpers; the std does not depend on it."""
+    The std is the same at every interval level: a central interval is ``mean +- z * std``."""
     if result.params is None:
         raise ValueError(f"no fitted law to predict with (status {result.status.value})")
     a = np.asarray(lrs, dtype=np.float64).reshape(-1)

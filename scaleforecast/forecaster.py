@@ -12,7 +12,6 @@ rank of a job, fed the same flushes, acts on the same forecast at the same step.
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 import warnings
@@ -78,10 +77,6 @@ class ForecasterConfig(BaseModel):
     max_bins: int = Field(1024, ge=16)
     references: list[ReferenceFit] = Field(default_factory=list)
     law_check: LawCheckConfig = Field(default_factory=LawCheckConfig)
-
-
-def _decode_v1_lrs(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype="<f8").copy()
 
 
 def _frozen(lrs: np.ndarray) -> np.ndarray:
@@ -196,7 +191,7 @@ def _make_forecast(
         )
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # non-finite points are reported below, not warned about by numpy
-        mean, std = predict(fit_result, lrs, steps_arr, level=level)
+        mean, std = predict(fit_result, lrs, steps_arr)
     status = fit_result.status
     if check is not None and check.violated:
         mean, std = widen(mean, std, steps_arr, check, level)
@@ -672,7 +667,7 @@ class OnlineForecaster:
         if code is None:
             self._lrs, self._schedule_code = None, None
         elif version == 1:
-            self._lrs, self._schedule_code = _frozen(_decode_v1_lrs(code)), None
+            self._lrs, self._schedule_code = _frozen(decode_lrs(code)), None
         else:
             self._lrs, self._schedule_code = _frozen(decode_lrs(code)), Job.finished(code)
         self._history = BinnedHistory(self.config.max_bins)

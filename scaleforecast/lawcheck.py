@@ -80,10 +80,17 @@ class LawCheck(BaseModel):
     message: str = ""
 
 
+def _misfit(rel: np.ndarray, sigma: float, count: np.ndarray) -> float:
+    """The relative misfit of windows beyond their own noise: ``sqrt(median(max(rel^2 - sigma^2 / count, 0)))``
+    (0 for no windows)."""
+    if rel.size == 0:
+        return 0.0
+    return math.sqrt(float(np.median(np.maximum(rel**2 - sigma**2 / count, 0.0))))
+
+
 def _check_ahead(
     previous: object | None,
     lrs: np.ndarray,
-    start: np.ndarray,
     end: np.ndarray,
     mid: np.ndarray,
     y: np.ndarray,
@@ -115,9 +122,7 @@ def _check_ahead(
     if lr_before - lr_now > max_new_decay * peak:
         return None
     rel = (y - mu) / mu
-    # the misfit beyond each window's own noise
-    excess = np.maximum(rel[old] ** 2 - sigma**2 / count[old], 0.0)
-    misfit = math.sqrt(float(np.median(excess)))
+    misfit = _misfit(rel[old], sigma, count[old])
     w = count[new]
     n = float(w.sum())
     dep = float(np.sum(w * rel[new]) / n)
@@ -174,9 +179,7 @@ def check_law(
         return passed
     sigma = float(getattr(fit, "sigma", 0.0)) or _robust_scale(rel[rest] * np.sqrt(count[rest]))
     # the law's usual misfit on the rest of the run: what the residuals show beyond the noise of each window
-    excess = np.maximum(rel[rest] ** 2 - sigma**2 / count[rest], 0.0)
-    misfit = math.sqrt(float(np.median(excess))) if excess.size else 0.0
-    misfit = max(misfit, _robust_scale(rel[rest]))
+    misfit = max(_misfit(rel[rest], sigma, count[rest]), _robust_scale(rel[rest]))
     w = count[win]
     n_eff = float(w.sum())
     dep = float(np.sum(w * rel[win]) / n_eff)
@@ -204,7 +207,7 @@ def check_law(
     lr_flat_or_falling = lr_seg.size < 2 or float(lr_seg[-1]) <= float(lr_seg[0]) * (1 + 1e-9)
     rising = lr_flat_or_falling and z_rise > cfg.rise_z
     departed = abs(z_dep) > cfg.z
-    ahead = _check_ahead(previous, lrs, start, end, mid, y, count, sigma, cfg.max_new_decay)
+    ahead = _check_ahead(previous, lrs, end, mid, y, count, sigma, cfg.max_new_decay)
     jumped = ahead is not None and abs(ahead[1]) > max(cfg.z, abs(z_dep))
     if jumped:
         dep, z_dep = ahead  # type: ignore[misc]

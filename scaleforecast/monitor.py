@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from scaleforecast.decision import StopDecision, decide_stop
+from scaleforecast.detectors import forecaster_lr
 from scaleforecast.events import Event, TrainingHealthError, log_event
 from scaleforecast.evidence import ForecastTrack
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster, ScheduleLike, status_event
@@ -223,11 +224,7 @@ class FitView:
         return self._fc.predict(steps, schedule=schedule)
 
     def lr_at(self, steps: Sequence[int] | np.ndarray) -> np.ndarray | None:
-        lrs = self._fc.schedule
-        idx = np.asarray(steps, dtype=np.int64).ravel() - 1
-        if lrs is None or idx.size == 0 or idx.min() < 0 or idx.max() >= len(lrs):
-            return None
-        return lrs[idx].copy()
+        return forecaster_lr(self._fc)(np.asarray(steps, dtype=np.int64).ravel())
 
 
 @runtime_checkable

@@ -171,8 +171,11 @@ def _size(code: dict[str, Any]) -> int:
     return total
 
 
-def decode_lrs(code: dict[str, Any]) -> np.ndarray:
-    """The schedule that :func:`encode_lrs` encoded (float64, length ``code["n"]``)."""
+def decode_lrs(code: dict[str, Any] | str) -> np.ndarray:
+    """The schedule that :func:`encode_lrs` encoded (float64, length ``code["n"]``); a string is the plain
+    base64 float64 array that states of version 1 carried."""
+    if isinstance(code, str):
+        return _unb64(code)
     n = int(code["n"])
     if "deflated" in code:
         out = _unb64(code["deflated"], inflate=True)

@@ -85,9 +85,17 @@ def test_nonfinite_forecast_points_are_reported_never_silently_dropped(curves_di
     out = fc.forecast(steps=[1, 15000], schedule=whatif)
     assert [p.step for p in out.points] == [15000]
     assert out.status is not FitStatus.OK or any(w.startswith("[nonfinite_forecast]") for w in out.warnings)
+    assert any(w.startswith("[nonfinite_forecast]") for w in out.warnings)
     assert any("not finite at step(s) 1" in w for w in out.warnings)
     only = fc.forecast(steps=[1], schedule=whatif)
     assert only.status is FitStatus.FAILED and only.points == [] and not only.ok
+    # a fit whose own status is ok keeps it for the finite points, and says which ones are missing
+    whole = OnlineForecaster(lrs)
+    whole.observe_many(st, y)
+    assert whole.refit().status is FitStatus.OK
+    ok_out = whole.forecast(steps=[1, 15000], schedule=whatif)
+    assert ok_out.status is FitStatus.OK and [p.step for p in ok_out.points] == [15000]
+    assert any(w.startswith("[nonfinite_forecast]") for w in ok_out.warnings)
 
 
 @pytest.mark.parametrize("window", [1, 50])
