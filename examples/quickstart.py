@@ -204,7 +204,6 @@ def train(
     every = max(args.steps // 16, 10)  # 16 looks at the run, each with a refit
     forecast = LossForecast(
         target_loss=target,
-        confidence=0.95,
         min_fraction=0.25,
         level=LEVEL,
         flush_every=every,

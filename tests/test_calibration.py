@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from scaleforecast.calibration import COLUMNS, ErrorModel, ErrorTail, load_error_model
+from scaleforecast.decision import DEFAULT_CONFIDENCE
 from scaleforecast.evidence import PHASES, ForecastTrack, StopFeatures, features_from_forecast
 from scaleforecast.forecaster import OnlineForecaster
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
@@ -166,7 +167,11 @@ def test_shipped_model() -> None:
     assert all(math.isfinite(k) for k in ks) and ks == sorted(ks)
     # 0.99 needs 99 groups or more; below that the rule never claims it
     assert m.threshold(0.99) >= ks[-1] and (m.upper.groups >= 99) == math.isfinite(m.threshold(0.99))
-    # the fallback is never narrower than a phase's own scale
+    # the drop ahead of a stable phase is unseen however late it is: its scale never narrows
+    for name in ("stable", "noisy:stable"):
+        assert m.table[name] == sorted(m.table[name])
+    # the default confidence is one the calibration runs certify, with a finite margin
+    assert m.max_confidence > DEFAULT_CONFIDENCE and math.isfinite(m.threshold(DEFAULT_CONFIDENCE))
     # the fallbacks are never narrower than a column of their regime
     for name, values in m.table.items():
         wide = m.fallback_noisy if name.startswith("noisy:") else m.fallback

@@ -9,6 +9,8 @@ import pytest
 
 from scaleforecast.calibration import ErrorModel, ErrorTail, load_error_model
 from scaleforecast.decision import (
+    DEFAULT_CONFIDENCE,
+    SweepStopper,
     decide_stop,
     decide_stop_in_sweep,
     sweep_reference,
@@ -93,6 +95,10 @@ def test_status_reference_and_forecast_only() -> None:
         ).stop
     unid = _forecast(9.0, 0.01, FitStatus.ANNEALING_UNIDENTIFIED)
     assert decide_stop(unid, 3.0, step=900, total_steps=1000, model=MODEL).stop
+    # a run off its law: its widened band is no forecast the error was measured on, however far off it is
+    off = _forecast(9.0, 0.01, FitStatus.LAW_VIOLATED).model_copy(update={"stop_features": TESTED})
+    d = decide_stop(off, 3.0, step=900, total_steps=1000, model=MODEL)
+    assert not d.stop and "left the fitted law" in d.reason
     # without features the rule reads the forecast alone, at the wider fallback scale
     d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, model=MODEL)
     assert d.scale == pytest.approx(0.1) and not d.stop
@@ -101,6 +107,16 @@ def test_status_reference_and_forecast_only() -> None:
     assert not d.stop and "can certify" in d.reason
     with pytest.raises(ValueError):
         decide_stop(bad, 3.0, step=900, total_steps=1000, confidence=1.0)
+
+
+def test_one_default_confidence() -> None:
+    import inspect
+
+    from scaleforecast import StopConfig
+
+    assert StopConfig().confidence == DEFAULT_CONFIDENCE
+    for f in (decide_stop, decide_stop_in_sweep, SweepStopper.__init__):
+        assert inspect.signature(f).parameters["confidence"].default == DEFAULT_CONFIDENCE
 
 
 def test_shipped_model_is_the_default() -> None:

@@ -134,7 +134,7 @@ def test_forecast_pruner_uses_running_trials_confident_forecasts() -> None:
     good, bad = study.ask(), study.ask()
     OptunaForecastReporter(good, n_grid=10, prune=False)(500, _forecast(3.0, 0.01, 1000, step=500))
     rep_bad = OptunaForecastReporter(bad, n_grid=10)
-    assert rep_bad(500, _forecast(3.5, 0.01, 1000, step=500))
+    assert rep_bad(500, _forecast(3.6, 0.01, 1000, step=500))
     with pytest.raises(optuna.TrialPruned):
         rep_bad.raise_if_pruned()
     # an uncertain competitor (a bare forecast with a wide std: the error model's widest scale) is not a
@@ -142,7 +142,7 @@ def test_forecast_pruner_uses_running_trials_confident_forecasts() -> None:
     s2 = optuna.create_study(pruner=ForecastPruner(min_fraction=0.0))
     a, b = s2.ask(), s2.ask()
     OptunaForecastReporter(a, n_grid=10, prune=False)(500, _forecast(3.0, 1.0, 1000))
-    assert not OptunaForecastReporter(b, n_grid=10)(500, _forecast(3.5, 0.01, 1000, step=500))
+    assert not OptunaForecastReporter(b, n_grid=10)(500, _forecast(3.6, 0.01, 1000, step=500))
     with pytest.raises(ValueError):
         ForecastPruner(confidence=1.2)
     with pytest.raises(ValueError):

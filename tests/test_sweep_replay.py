@@ -108,10 +108,11 @@ def test_forecast_rule_stops_the_hopeless_run_only() -> None:
 
 
 def _features(trace: sr.RunTrace) -> sr.RunTrace:
-    """The trace with features of a run that has tested itself (stable phase, perfect backtest)."""
+    """The trace with features of a run that has tested itself (its LR decaying linearly to zero, a perfect
+    backtest)."""
+    fractions = [s / trace.total_steps for s in trace.steps]
     trace.features = [
-        StopFeatures(fraction=s / trace.total_steps, decay_seen=0.0, decay_ahead=1.0, backtest=0.0)
-        for s in trace.steps
+        StopFeatures(fraction=f, decay_seen=f, decay_ahead=1.0 - f, backtest=0.0) for f in fractions
     ]
     return trace
 
