@@ -3,7 +3,7 @@ stop the ones that cannot, early enough to save compute?
 
 Every finished run available (``../shared/curves``, the tiny-model curves of ``curves_tiny`` and the tiny real
 Lightning / HF runs of ``data/tiny_runs``) is replayed through ``RunMonitor.flush`` at the adapters' cadence (``stop_replay.py``). For
-each confidence in {0.9, 0.95, 0.99} and each target at the run's true final loss times {0.97, 0.98, 0.99,
+each confidence in {0.9, 0.95, 0.98, 0.99} and each target at the run's true final loss times {0.97, 0.98, 0.99,
 1.01, 1.02, 1.05}, the stop rule is asked at every flush, as the monitor asks it, and the benchmark prints:
 
 - for reachable targets (x1.01 and above): the false-stop rate (runs stopped);
@@ -46,13 +46,12 @@ from stop_calibration import group_folds, learn, samples
 from stop_replay import TINY_DIR, Trace, all_runs, first_stop, replay_all
 
 from scaleforecast.calibration import ErrorModel, load_error_model
-from scaleforecast.decision import decide_stop
+from scaleforecast.decision import DEFAULT_CONFIDENCE, decide_stop
 from scaleforecast.evidence import StopFeatures
 from scaleforecast.results import FitStatus, Forecast
 
 RATIOS = (0.97, 0.98, 0.99, 1.01, 1.02, 1.05)
-CONFIDENCES = (0.9, 0.95, 0.99)
-DEFAULT_CONFIDENCE = 0.95
+CONFIDENCES = (0.9, 0.95, 0.98, 0.99)
 
 # The new-user scenario as reported: final loss reached, and the targets tried (absolute). The replay keeps
 # their ratios to the final loss, since the tiny runs here reach other losses.

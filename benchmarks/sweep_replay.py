@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stop_replay import Run, Trace, all_runs, replay_all
 
 from scaleforecast.calibration import ErrorModel, load_error_model
-from scaleforecast.decision import decide_stop_among, sweep_reference, widen_forecast
+from scaleforecast.decision import DEFAULT_CONFIDENCE, decide_stop_among, sweep_reference, widen_forecast
 from scaleforecast.evidence import StopFeatures
 from scaleforecast.registry import RunRecord, RunState
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
@@ -367,7 +367,7 @@ class CalibratedRule(NoStop):
         self,
         name: str,
         model_of: Callable[[str], ErrorModel],
-        confidence: float = 0.95,
+        confidence: float = DEFAULT_CONFIDENCE,
         quantile: float = 0.8,
         forecast_only: bool = False,
     ) -> None:
@@ -490,23 +490,26 @@ def default_policies(
     policies: list[Policy] = [
         NoStop(),
         ForecastRule(confidence=0.95),
-        CalibratedRule("calibrated (conf 0.95, shipped model)", lambda key: shipped),
+        CalibratedRule(f"calibrated (conf {DEFAULT_CONFIDENCE:g}, shipped model)", lambda key: shipped),
     ]
     if folds:
         policies += [
-            CalibratedRule("calibrated (conf 0.95, cross-fitted)", lambda key: folds.get(key, shipped)),
+            CalibratedRule(
+                f"calibrated (conf {DEFAULT_CONFIDENCE:g}, cross-fitted)", lambda key: folds.get(key, shipped)
+            ),
+            CalibratedRule("calibrated (conf 0.95, cross-fitted)", lambda key: folds.get(key, shipped), 0.95),
             CalibratedRule("calibrated (conf 0.9, cross-fitted)", lambda key: folds.get(key, shipped), 0.9),
         ]
     policies += [
         OptunaPolicy(
             "optuna ForecastPruner (calibrated)",
-            lambda s: ForecastPruner(confidence=0.95, min_fraction=0.0),
+            lambda s: ForecastPruner(min_fraction=0.0),
             "forecast",
             n_grid,
         ),
         OptunaPolicy(
             "optuna ForecastPruner (calibrated, forecast only)",
-            lambda s: ForecastPruner(confidence=0.95, min_fraction=0.0),
+            lambda s: ForecastPruner(min_fraction=0.0),
             "forecast",
             n_grid,
             bare=True,

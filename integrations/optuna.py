@@ -35,7 +35,7 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
-from scaleforecast.decision import ForecastStopCheck, decide_stop_among
+from scaleforecast.decision import DEFAULT_CONFIDENCE, ForecastStopCheck, decide_stop_among
 from scaleforecast.events import Event
 from scaleforecast.registry import RunRecord, RunRegistry, RunState
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint, StopFeatures
@@ -188,7 +188,7 @@ class ForecastPruner(BasePruner):
 
     >>> import optuna
     >>> from scaleforecast.integrations.optuna import ForecastPruner
-    >>> study = optuna.create_study(pruner=ForecastPruner(confidence=0.95))
+    >>> study = optuna.create_study(pruner=ForecastPruner(confidence=0.98))
     >>> study.optimize(objective, n_trials=20)  # doctest: +SKIP
 
     ``reference`` is :func:`scaleforecast.decision.sweep_reference` over the study's other trials: the best
@@ -202,7 +202,7 @@ class ForecastPruner(BasePruner):
 
     def __init__(
         self,
-        confidence: float = 0.95,
+        confidence: float = DEFAULT_CONFIDENCE,
         *,
         min_fraction: float = 0.1,
         min_steps: int = 0,

@@ -45,6 +45,7 @@ from scaleforecast.integrations.arguments import SessionConfig, check_plugins
 from scaleforecast.integrations.distributed import GRAD, LOSS, SEEN, Collectives, DeviceBuffer, reduce_ranks
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
+from scaleforecast.decision import DEFAULT_CONFIDENCE
 from scaleforecast.events import Event, TrainingHealthError
 from scaleforecast.family import NotAnnealed, record_reference, reference_of, with_family
 from scaleforecast.fitting import FitConfig
@@ -90,7 +91,7 @@ class TrainingSession:
         name: str,
         target_loss: float | None = None,
         *,
-        confidence: float = 0.95,
+        confidence: float = DEFAULT_CONFIDENCE,
         min_steps: int = 0,
         min_fraction: float = 0.1,
         action: Action = "stop",

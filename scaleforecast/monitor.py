@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from scaleforecast.decision import StopDecision, decide_stop
+from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, decide_stop
 from scaleforecast.detectors import forecaster_lr
 from scaleforecast.events import Event, TrainingHealthError, log_event
 from scaleforecast.evidence import ForecastTrack
@@ -123,7 +123,7 @@ class StopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     target_loss: Real | None = Field(None, allow_inf_nan=False)
-    confidence: Real = Field(0.95, ge=0.5, lt=1.0)
+    confidence: Real = Field(DEFAULT_CONFIDENCE, ge=0.5, lt=1.0)
     min_steps: Count = Field(0, ge=0)
     min_fraction: Real = Field(0.0, ge=0.0, le=1.0)
     action: Action = "stop"

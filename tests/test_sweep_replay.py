@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import sweep_replay as sr
 
 from scaleforecast.calibration import ErrorModel, ErrorTail
+from scaleforecast.decision import DEFAULT_CONFIDENCE
 from scaleforecast.evidence import PHASES, StopFeatures
 
 N_CK = 10
@@ -153,7 +154,7 @@ def test_optuna_and_nni_policies_run() -> None:
     by = {r.policy: r for r in rows}
     assert by["no stopping"].saved == 0.0 and by["no stopping"].best_kept == 1.0
     # with exact forecasts the calibrated rule saves steps without losing the best, as the rule before did
-    rule = by["calibrated (conf 0.95, shipped model)"]
+    rule = by[f"calibrated (conf {DEFAULT_CONFIDENCE:g}, shipped model)"]
     assert rule.saved > 0.2 and rule.best_kept == 1.0
     assert by["before: normal rule (conf 0.95, floor 0 %)"].best_kept == 1.0
     assert by["oracle (ceiling)"].saved == pytest.approx(1 - (1000 + 3 * 100) / 4000)
