@@ -25,7 +25,8 @@ Curves: ``shared/curves`` plus the tiny-model curves the repo ships (``benchmark
 given with ``--root`` (repeatable). Options: ``--quick`` (default and cli only), ``--jobs``, ``--config`` (JSON
 FitConfig for ``default``), ``--learn-prior`` (write the shipped prior, learned on the dev half of every
 source), ``--calibrate`` (fit the interval calibration on the leave-one-source-out rows: cold start on an unseen
-codebase is what it is for), ``--dump`` (rows as JSON lines).
+codebase is what it is for), ``--normal-prior`` (priors without Student-t tails, to compare), ``--dump`` (rows as
+JSON lines).
 
     python benchmarks/forecast_accuracy.py [--quick] [--jobs 2]      # ~1.5 min on 2 cores
 """
@@ -45,7 +46,7 @@ from scipy.special import ndtri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from curves import Curve, default_root, load_curves, split_curves
+from curves import TINY_ROOT, Curve, default_root, load_curves, split_curves
 
 from scaleforecast.fitting import FitConfig, Observations, fit, predict
 from scaleforecast.laws import schedule_areas
@@ -118,6 +119,11 @@ def _forecast(c: Curve, f: float, method: str, cfg: FitConfig | None, lr_factor:
     return float(mu[0]), float(sd[0]), r.status.value
 
 
+def _collection(c: Curve) -> str:
+    """Which set of curves a run belongs to: the public ``shared/curves`` or the tiny-model curves made here."""
+    return "tiny-model curves" if Path(c.csv_path).resolve().is_relative_to(TINY_ROOT) else "shared/curves"
+
+
 def _job(args: tuple[Curve, str, str, dict | None, float | str]) -> list[dict]:
     c, method, view, cfg_json, lr_factor = args
     cfg = FitConfig.model_validate(cfg_json) if cfg_json is not None else None
@@ -134,6 +140,7 @@ def _job(args: tuple[Curve, str, str, dict | None, float | str]) -> list[dict]:
             dict(
                 run=c.key,
                 source=c.folder,
+                collection=_collection(c),
                 shape=c.shape,
                 method=method,
                 view=view,
@@ -197,13 +204,19 @@ def table(rows: list[dict], by: str, title: str) -> str:
     """Median / p90 |error| % and coverage, one line per (group, method), columns per fraction."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     groups = sorted({r[by] for r in rows}) if by != "all" else ["all"]
+    if by == "all" and len({r["collection"] for r in rows}) > 1:  # then each collection of curves on its own
+        groups += sorted({r["collection"] for r in rows})
     head = f"{title:<34}{'method':<9}{'n':>4}" + "".join(
         f"  {int(f * 100):>3}%: med   p90  cov" for f in FRACTIONS
     )
     lines = [head, "-" * len(head)]
     for g in groups:
         for mth in methods:
-            sel = [r for r in rows if r["method"] == mth and (by == "all" or r[by] == g)]
+            sel = [
+                r
+                for r in rows
+                if r["method"] == mth and (g == "all" or r["collection" if by == "all" else by] == g)
+            ]
             if not sel:
                 continue
             cells = []
@@ -285,6 +298,7 @@ def codebase(c: Curve) -> str:
 
 def learn_prior(
     fits: list[dict],
+    tails: bool = True,
     source_sd_min: float = 0.3,
     alpha_sd_min: float = 0.05,
     lam: float = 0.999,
@@ -299,7 +313,9 @@ def learn_prior(
     ``kappa_sd = kappa_mean * hypot(source_sd, run_sd)``, the spread a run of an unseen codebase has;
     ``source_sd`` is at least ``source_sd_min`` (a handful of codebases cannot measure it well; 0.3 is what the
     four codebases here give together, while leaving one out can give 0). ``alpha`` gets the same treatment on its own scale:
-    mean and ``hypot(between, within)`` spread (at least ``alpha_sd_min``)."""
+    mean and ``hypot(between, within)`` spread (at least ``alpha_sd_min``). With ``tails`` both priors are
+    Student-t with one degree of freedom less than there are codebases: the spread between a handful of
+    codebases is itself uncertain, and an unseen codebase can lie further out than any of them."""
     k = np.log([w["kappa_l"] for w in fits])
     lu = np.log(np.maximum([w["u"] for w in fits], 0.05))
     src = np.array([w["codebase"] for w in fits])
@@ -313,21 +329,27 @@ def learn_prior(
     k0 = float(np.exp(mu))
     a_mu, a_tau, a_sig, a_means = random_effects(np.array([w["alpha"] for w in fits]), src)
     runs_by_source = {s: int((src == s).sum()) for s in sorted(set(src.tolist()))}
+    dof = float(max(len(runs_by_source) - 1, 1)) if tails else None
     return AnnealingPrior(
         kappa_mean=k0,
         kappa_sd=k0 * float(np.hypot(source_sd, sig)),
         kappa_u_power=q,
+        kappa_dof=dof,
         alpha_mean=a_mu,
         alpha_sd=float(max(np.hypot(a_tau, a_sig), alpha_sd_min)),
+        alpha_dof=dof,
         lam=lam,
         warmup=warmup,
         provenance={
-            "what": "normal prior on kappa/L_ref at a full anneal (kappa = C*lr_peak/(1-lam), the full-anneal "
+            "what": ("Student-t" if tails else "normal")
+            + " prior on kappa/L_ref at a full anneal (kappa = C*lr_peak/(1-lam), the full-anneal "
             "drop; L_ref = L0 + A*S1(T)^-alpha, the final loss without annealing), its mean "
             "kappa_mean * u^-kappa_u_power with u the anneal share the schedule completes (two-timescale "
             "memory of FitConfig()), no LR anywhere; kappa_sd = kappa_mean * hypot(source_sd, run_sd) from a "
             "random-effects fit of log(kappa/L_ref) over codebases (DerSimonian-Laird, source_sd floored at "
-            "source_sd_min), and alpha's the same way. From whole-curve fits of the annealing law (no prior, "
+            "source_sd_min), "
+            + ("degrees of freedom kappa_dof = codebases - 1; " if tails else "")
+            + "alpha's the same way. From whole-curve fits of the annealing law (no prior, "
             "Huber, S2 warm-up held at peak) of runs whose LR decays below half its peak. " + what,
             "script": "benchmarks/forecast_accuracy.py --learn-prior",
             "n_runs": len(fits),
@@ -347,14 +369,14 @@ def learn_prior(
     )
 
 
-def loso_priors(fits: list[dict], curves: list[Curve]) -> dict[str, AnnealingPrior]:
+def loso_priors(fits: list[dict], curves: list[Curve], tails: bool = True) -> dict[str, AnnealingPrior]:
     """For each source folder, the prior learned without any run of its codebase (for the tiny-model curves,
     without any of them: their folders share one codebase)."""
     out = {}
     for folder in sorted({c.folder for c in curves}):
         cb = {codebase(c) for c in curves if c.folder == folder}
         rest = [w for w in fits if w["codebase"] not in cb]
-        out[folder] = learn_prior(rest, what=f"Learned without {', '.join(sorted(cb))}.")
+        out[folder] = learn_prior(rest, tails, what=f"Learned without {', '.join(sorted(cb))}.")
     return out
 
 
@@ -440,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibrate", action="store_true", help="fit interval_scale, model_sd on LOSO rows")
     ap.add_argument("--dump", default=None, help="write every row as JSON lines here")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm start (one finished sibling)")
+    ap.add_argument("--normal-prior", action="store_true", help="priors without Student-t tails (to compare)")
     args = ap.parse_args(argv)
 
     curves = _load(args.root)
@@ -451,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     dev_keys = {c.key for c in dev}
     shipped = learn_prior(
         [w for w in fits if w["key"] in dev_keys],
+        not args.normal_prior,
         what="Dev half (benchmarks/curves.py split_curves).",
         folders=sorted({c.folder for c in dev}),
     )
@@ -458,7 +482,10 @@ def main(argv: list[str] | None = None) -> None:
         PRIOR_OUT.write_text(json.dumps(shipped.model_dump(mode="json"), indent=1) + "\n")
         print(json.dumps(shipped.model_dump(mode="json"), indent=1))
         return
-    loso = {s: base.model_copy(update={"prior": p}) for s, p in loso_priors(fits, curves).items()}
+    loso = {
+        s: base.model_copy(update={"prior": p})
+        for s, p in loso_priors(fits, curves, not args.normal_prior).items()
+    }
     if args.calibrate:
         global _CALIBRATE
         _CALIBRATE = True
@@ -476,8 +503,9 @@ def main(argv: list[str] | None = None) -> None:
         assert isinstance(p, AnnealingPrior)
         print(
             f"  prior for {s:<26} kappa/L = {p.kappa_mean:.4f} * u^{-p.kappa_u_power:+.2f}, sd {p.kappa_sd / p.kappa_mean:.2f} "
-            f"relative (between codebases {p.provenance['source_sd']:.2f}, runs {p.provenance['run_sd']:.2f}); "
-            f"alpha {p.alpha_mean:.2f} +- {p.alpha_sd:.2f}"
+            f"relative (between codebases {p.provenance['source_sd']:.2f}, runs {p.provenance['run_sd']:.2f}"
+            + (f"), t{p.kappa_dof:.0f}; " if p.kappa_dof else "), normal; ")
+            + f"alpha {p.alpha_mean:.2f} +- {p.alpha_sd:.2f}"
         )
     all_rows: list[dict] = []
     if not args.no_loso:

@@ -453,18 +453,21 @@ def _fit_one_lam(
         if prior is not None and cfg.use_alpha_prior and prior.alpha_mean is not None and prior.alpha_sd
         else None
     )
+    nu_c = prior.kappa_dof if c_prior is not None and prior is not None else None
+    nu_a = prior.alpha_dof if a_prior is not None and prior is not None else None
     lo, hi = cfg.alpha_bounds
     rob = np.ones_like(y)
     X = np.empty((y.size, 3))
     X[:, 0] = 1.0
     X[:, 2] = -D.s2m
+    wc = 1.0  # the C prior's IRLS weight: below 1 where the run's data put C far out in a t prior's tails
 
     def evaluate(alpha: float, w: np.ndarray) -> tuple[float, _Lin]:
         X[:, 1] = D.f1(alpha)
-        lin = _solve_linear(X, y, w, c_fit)
+        lin = _solve_linear(X, y, w, None if c_fit is None else (c_fit[0], c_fit[1] / math.sqrt(wc)))
         obj = lin.cost
         if a_prior is not None:
-            obj += ((alpha - a_prior[0]) / a_prior[1]) ** 2
+            obj += _prior_cost((alpha - a_prior[0]) / a_prior[1], nu_a)
         return obj, lin
 
     from scipy.optimize import minimize_scalar  # here, not at import: keeps `import scaleforecast` fast
@@ -489,6 +492,8 @@ def _fit_one_lam(
         )
         alpha = float(opt.x)
         _, lin = evaluate(alpha, w)
+        if nu_c is not None and c_fit is not None:
+            wc = _t_weight((lin.beta[2] - c_fit[0]) / c_fit[1], nu_c)
         X[:, 1] = D.f1(alpha)
         rel = (y - X @ lin.beta) / y * np.sqrt(sub.count)
         s_new = _robust_sigma(rel) if rel.size > 3 else sigma
@@ -519,7 +524,7 @@ def _fit_one_lam(
     r_rel = (y - X @ lin.beta) / y
     score = float(np.sum(sub.count * rob * r_rel**2)) / sigma0**2
     if c_fit is not None:
-        score += ((lin.beta[2] - c_fit[0]) / c_fit[1]) ** 2
+        score += _prior_cost((lin.beta[2] - c_fit[0]) / c_fit[1], nu_c)
     return {
         "obj": score,
         "alpha": alpha,
@@ -530,7 +535,41 @@ def _fit_one_lam(
         "D": D,
         "c_prior": c_prior,
         "a_prior": a_prior,
+        "nu_c": nu_c,
+        "nu_a": nu_a,
     }
+
+
+def _prior_cost(z: float, nu: float | None) -> float:
+    """The cost a prior adds at ``z`` scales from its centre: ``z^2`` for a normal (``nu=None``), the
+    Student-t's ``(nu + 1) * log(1 + z^2 / nu)`` otherwise (quadratic near the centre, logarithmic in the
+    tails: a run far from the prior pays little more for being further)."""
+    z2 = float(z) ** 2
+    return z2 if nu is None else (nu + 1.0) * math.log1p(z2 / nu)
+
+
+def _t_weight(z: float, nu: float) -> float:
+    """The IRLS weight ``(nu + 1) / (nu + z^2)`` of a Student-t prior ``z`` scales from its centre: the
+    weighted quadratic row has the t's gradient there."""
+    return (nu + 1.0) / (nu + float(z) ** 2)
+
+
+def _prior_resid(z: float, nu: float | None) -> float:
+    """A residual whose square is :func:`_prior_cost` (for least-squares solvers), with the sign of ``z``."""
+    return math.copysign(math.sqrt(_prior_cost(z, nu)), z)
+
+
+def _prior_precision(x: float, centre: float, scale: float, nu: float | None) -> float:
+    """The precision a prior ``(centre, scale)`` adds to the posterior at ``x``: ``1 / scale^2`` for a normal;
+    for a Student-t, the normal with the t's 80% interval (sd ``scale * t_0.9(nu) / z_0.9``), weakened as
+    ``nu / (nu + z^2)`` where ``x`` lies ``z`` scales out (the run's data have overruled the prior there)."""
+    if nu is None:
+        return 1.0 / scale**2
+    from scipy.special import stdtrit  # here, not at import: keeps `import scaleforecast` fast
+
+    widen = float(stdtrit(nu, 0.9)) / 1.2815515655446004
+    z2 = ((x - centre) / scale) ** 2
+    return nu / (nu + z2) / (scale * widen) ** 2
 
 
 def _finish(
@@ -550,12 +589,14 @@ def _finish(
     J = np.column_stack([np.ones_like(sub.y), D.f1(alpha), A * D.df1(alpha), -D.s2m])
     H = (J * w[:, None]).T @ J
     if r["a_prior"] is not None:
-        H[2, 2] += 1.0 / r["a_prior"][1] ** 2
+        mu_a, sd_a = r["a_prior"]
+        H[2, 2] += _prior_precision(alpha, mu_a, sd_a, r["nu_a"])
     H_data_c = H.copy()
     if r["c_prior"] is not None:
         # the honest prior (its spread between codebases included) enters the uncertainty, not the wider one the
         # point estimate used; its share of the interval is calibrated by prior_interval_scale
-        H[3, 3] += 1.0 / (r["c_prior"][1] * cfg.prior_interval_scale) ** 2
+        mu_c, sd_c = r["c_prior"]
+        H[3, 3] += _prior_precision(C, mu_c, sd_c * cfg.prior_interval_scale, r["nu_c"])
     cov = _inverse(H)
 
     warns: list[str] = []
@@ -664,6 +705,8 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
         if prior is not None and cfg.use_alpha_prior and prior.alpha_mean is not None and prior.alpha_sd
         else None
     )
+    nu_b = prior.kappa_dof if prior is not None else None
+    nu_a = prior.alpha_dof if prior is not None else None
     w = sub.count / (y * y) / sigma**2
 
     def resid(theta: np.ndarray) -> np.ndarray:
@@ -672,9 +715,9 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
         r = np.sqrt(w) * (y - X @ lin.beta)
         extra = []
         if b_fit is not None:
-            extra.append((lin.beta[2] - b_fit[0]) / b_fit[1])
+            extra.append(_prior_resid((lin.beta[2] - b_fit[0]) / b_fit[1], nu_b))
         if a_prior is not None:
-            extra.append((theta[0] - a_prior[0]) / a_prior[1])
+            extra.append(_prior_resid((theta[0] - a_prior[0]) / a_prior[1], nu_a))
         return np.concatenate([r, extra]) if extra else r
 
     if init is not None and init.law == "mpl" and init.params is not None:
@@ -712,9 +755,9 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
     wn = sub.count / (y * y) / sigma**2
     H = (J * wn[:, None]).T @ J
     if b_prior is not None:
-        H[2, 2] += 1.0 / b_prior[1] ** 2
+        H[2, 2] += _prior_precision(B, *b_prior, nu_b)
     if a_prior is not None:
-        H[3, 3] += 1.0 / a_prior[1] ** 2
+        H[3, 3] += _prior_precision(float(theta[0]), *a_prior, nu_a)
     cov = _inverse(H)
     params = LawParams(
         L0=L0,

@@ -335,7 +335,9 @@ def test_lr_units_do_not_change_the_forecast(law: str) -> None:
             # search stops on a tolerance
             rtol = 1e-8 if law == "tissue" else 1e-5
             np.testing.assert_allclose(m1, m0, rtol=rtol)
-            np.testing.assert_allclose(s1, s0, rtol=rtol if law == "tissue" else 0.02)
+            # the std goes through the inverse of an information matrix whose C row is nearly the prior's
+            # alone early in the run (ill-conditioned): rounding there reaches 1e-8 of it
+            np.testing.assert_allclose(s1, s0, rtol=1e-7 if law == "tissue" else 0.02)
             # a what-if schedule in the same units agrees as well
             alt = as_lrs("cosine:peak=1e-3,warmup=100,total=9000,final=1e-5")
             np.testing.assert_allclose(
@@ -379,3 +381,35 @@ def test_the_cooldown_takes_over_from_the_prior(spec: str, until: float, tol: fl
     mean, std = predict(after, lrs, [lrs.size])
     assert abs(mean[0] - final_true) / final_true < tol
     assert abs(mean[0] - final_true) < 2 * std[0]
+
+
+def test_student_t_prior_yields_to_a_run_that_disagrees() -> None:
+    """A prior that puts the drop at three times its true size: once the run's LR has decayed a little,
+    a Student-t prior lets the run's own data pull C much nearer the truth than a normal prior of the same
+    scale does; before any decay (C rests on the prior alone) the t's interval is the wider, as its tails are.
+    A family prior (prior_from) stays normal."""
+    lrs = as_lrs(SHAPES["wsd_linear"])
+    steps, y = _curve(lrs, seed=11)
+    full = fit(Observations.from_steps(steps, y), lrs, PLAIN)
+    assert full.params is not None
+    exact = prior_from(full, lrs)
+    assert exact.kappa_dof is None and exact.alpha_dof is None
+    k = exact.kappa_mean
+    normal = exact.model_copy(update={"kappa_mean": 3 * k, "kappa_sd": 0.9 * k, "alpha_sd": 0.1})
+    heavy = normal.model_copy(update={"kappa_dof": 2.0, "alpha_dof": 2.0})
+    cfg = {"prior_fit_scale": 1.0, "interval_scale": 1.0, "model_sd": 0.0}
+    part = steps <= 0.73 * lrs.size  # a tenth of the cooldown seen
+    obs = Observations.from_steps(steps[part], y[part])
+    rn = fit(obs, lrs, FitConfig(prior=normal, **cfg))
+    rt = fit(obs, lrs, FitConfig(prior=heavy, **cfg))
+    assert rn.params is not None and rt.params is not None
+    assert abs(rt.params.C - TRUE.C) < 0.5 * abs(rn.params.C - TRUE.C)
+    final_true = LAWS["tissue"].predict(_truth(lrs), lrs, [lrs.size])[0]
+    err_n = abs(predict(rn, lrs, [lrs.size])[0][0] - final_true)
+    err_t = abs(predict(rt, lrs, [lrs.size])[0][0] - final_true)
+    assert err_t < 0.5 * err_n
+    early = steps <= 0.5 * lrs.size
+    obs = Observations.from_steps(steps[early], y[early])
+    sd_n = predict(fit(obs, lrs, FitConfig(prior=normal, **cfg)), lrs, [lrs.size])[1][0]
+    sd_t = predict(fit(obs, lrs, FitConfig(prior=heavy, **cfg)), lrs, [lrs.size])[1][0]
+    assert sd_t > 1.2 * sd_n
