@@ -17,7 +17,7 @@ with the features of :class:`scaleforecast.evidence.StopFeatures`. Then (see
    and the other runs shorter than ``LENGTH_SPLIT`` steps their own ``short:`` columns.
    A phase cell with fewer than ``MIN_GROUPS`` groups takes its bin's value over all columns of its regime; a
    sparse ``unproven`` cell the widest measured ``unproven`` value.
-   The ``stable`` column never narrows as the fraction grows (the drop ahead stays unseen until the LR decays).
+   The ``stable`` and ``early_decay`` columns never narrow as the fraction grows (the drop ahead stays unseen).
 2. ``fallback[bin]`` / ``fallback_noisy[bin]``: the weighted ``QUANTILE`` of the full scale (table and
    backtest) over that bin, per regime, never below any column of the regime: the scale assumed when only a
    forecast is known; ``rel_std_split[bin]``, ``SPLIT_MARGIN`` times the smallest relative std a noisy run's
@@ -249,10 +249,11 @@ def learn_scales(S: Samples, runs: np.ndarray) -> ErrorModel:
                 ]
             else:
                 filled = [v if d else pooled[k] for k, (v, d) in enumerate(zip(vals, dense, strict=True))]
-            if name == "stable":
-                # before the LR decays the whole annealing drop is still unseen, and seeing more of the stable
-                # phase does not reveal it: a stable forecast is never read as sharper than an earlier one (the
-                # few runs still stable late, WSD with short cooldowns, would otherwise set a narrow scale)
+            if name in ("stable", "early_decay"):
+                # before the LR decays (or while most of its drop is still ahead) the annealing drop is unseen,
+                # and seeing more of the run before it does not reveal it: such a forecast is never read as
+                # sharper than an earlier one (the few runs still there late, WSD with short cooldowns, would
+                # otherwise set a narrow scale)
                 filled = list(np.maximum.accumulate(np.asarray(filled, dtype=float)))
             table[prefix + name] = [max(float(x), FLOOR) for x in filled]
     for name in COLUMNS:  # no long run seen: the widest regime seen stands in

@@ -9,7 +9,8 @@ forecast is made (:class:`scaleforecast.evidence.StopFeatures`):
     scale = sqrt(u(column, fraction)^2 + (w * |b| * log2(1 / fraction))^2)
 
 ``u`` is a table learned from real runs, by the fraction of the run seen and by column: the LR phase
-(``stable``: the LR has not decayed yet; ``decay``: it is decaying; ``flat``: nothing is left to anneal) once the
+(``stable``: the LR has not decayed yet; ``early_decay``: it is decaying, with most of its drop still ahead;
+``decay``: it is decaying, most of its drop behind; ``flat``: nothing is left to anneal) once the
 run has a backtest, ``unproven`` before (the run has not yet doubled its length since its first fit, so it has
 not been able to test its own forecasts: the early part of every short run). ``b`` is that backtest
 (:class:`scaleforecast.evidence.ForecastTrack`): how far the run's forecasts made at step ``s`` of the loss at
@@ -202,12 +203,21 @@ class ErrorModel(BaseModel):
             for r, prefix in enumerate(REGIMES):
                 m = (code >= 0) & (column == i) & (regime == r)
                 if m.any():
-                    values = np.asarray(self.table.get(prefix + name, self.table[name]), dtype=float)
+                    values = np.asarray(self._column(prefix, name), dtype=float)
                     u[m] = np.interp(f[m], centres, values)
         term = np.where(
             tested & (code >= 0), self.backtest_weight * np.abs(np.nan_to_num(b)) * np.log2(1.0 / f), 0.0
         )
         return np.maximum(np.hypot(u, term), self.floor)
+
+    def _column(self, prefix: str, name: str) -> list[float]:
+        # a regime's own column, else the long runs'; a model learned before ``early_decay`` was told apart
+        # from ``decay`` reads the latter for it
+        for n in (name, "decay") if name == "early_decay" else (name,):
+            for key in (prefix + n, n):
+                if key in self.table:
+                    return self.table[key]
+        raise KeyError(f"the error model has no column {name!r}")
 
     def confidence(self, z: float) -> float:
         """P(the run's final loss is above ``forecast * exp(-z * scale)``), as measured: the share of

@@ -77,8 +77,8 @@ class ForecastPoint(BaseModel):
     std: float = Field(description="standard deviation of the predictive distribution (normal)")
 
 
-Phase = Literal["stable", "decay", "flat"]
-PHASES: tuple[Phase, ...] = ("stable", "decay", "flat")
+Phase = Literal["stable", "early_decay", "decay", "flat"]
+PHASES: tuple[Phase, ...] = ("stable", "early_decay", "decay", "flat")
 _PHASE_EPS = 0.05
 """An LR within 5 % of the peak has not started decaying; less than 5 % of the peak still to lose is 'flat'."""
 
@@ -110,13 +110,16 @@ class StopFeatures(BaseModel):
 
     @property
     def phase(self) -> Phase | None:
-        """``stable`` (the LR is within 5 % of its peak), ``decay``, or ``flat`` (less than 5 % of the peak is
-        still to lose); ``None`` without the schedule."""
+        """``stable`` (the LR is within 5 % of its peak), ``early_decay`` (it has decayed, but more of its drop is
+        still ahead than behind: most of the annealing drop is yet unseen), ``decay``, or ``flat`` (less than 5 %
+        of the peak is still to lose); ``None`` without the schedule."""
         if self.decay_seen is None or self.decay_ahead is None:
             return None
         if self.decay_ahead < _PHASE_EPS:
             return "flat"
-        return "stable" if self.decay_seen < _PHASE_EPS else "decay"
+        if self.decay_seen < _PHASE_EPS:
+            return "stable"
+        return "early_decay" if self.decay_ahead > self.decay_seen else "decay"
 
 
 class Forecast(BaseModel):
