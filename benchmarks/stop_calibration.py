@@ -520,13 +520,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("thresholds z(c):", ", ".join(f"{c:g}: {model.threshold(c):.2f}" for c in CONFIDENCES))
     print("table (scale u by fraction bin, %):")
     for p, values in model.table.items():
-        print(f"  {p:14s}", " ".join(f"{100 * v:5.2f}" for v in values))
-    print(f"  {'fallback':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback))
+        print(f"  {p:17s}", " ".join(f"{100 * v:5.2f}" for v in values))
+    print(f"  {'fallback':17s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback))
     if model.fallback_short is not None:
-        print(f"  {'fallback short':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback_short))
+        print(f"  {'fallback short':17s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback_short))
     if model.fallback_noisy is not None and model.rel_std_split is not None:
-        print(f"  {'fallback noisy':14s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback_noisy))
-        print(f"  {'rel. std split':14s}", " ".join(f"{100 * v:5.2f}" for v in model.rel_std_split))
+        print(f"  {'fallback noisy':17s}", " ".join(f"{100 * v:5.2f}" for v in model.fallback_noisy))
+        print(f"  {'rel. std split':17s}", " ".join(f"{100 * v:5.2f}" for v in model.rel_std_split))
     if not args.check:
         Path(args.out).write_text(json.dumps(model.model_dump(mode="json"), indent=1) + "\n")
         print(f"wrote {args.out}")
