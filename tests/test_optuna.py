@@ -118,13 +118,13 @@ def test_forecast_pruner_on_sqlite_storage_prunes_the_bad_trial(tmp_path: Path) 
     bad = next(t for t in again.trials if t.params["lr"] == 1e-6)
     assert max(bad.intermediate_values) <= 200  # the far-off trial (50 % worse) stops early
     close = next(t for t in again.trials if t.params["lr"] == 3e-3)
-    # 3.05 against 3.0 (1.7 % worse) is within the measured error of its forecasts until late in the run
-    # (about 3 % at 80 % of it): it is not pruned before
-    assert max(close.intermediate_values) >= 900
+    # 3.05 against 3.0 (1.7 % worse) is within the measured error of its forecasts until late in the run,
+    # when most of its LR has decayed: it is not pruned before 80 % of it
+    assert max(close.intermediate_values) >= 800
     recs = {r.run_id: r for r in OptunaRegistry(again).records()}
     assert recs[str(bad.number)].state is RunState.STOPPED
     assert recs[str(bad.number)].features is not None  # the trial's own evidence travels in the study
-    assert recs[str(bad.number)].features.phase == "decay"
+    assert recs[str(bad.number)].features.phase == "early_decay"  # stopped early in its decay
     finished = [r.final_loss for r in recs.values() if r.state is RunState.FINISHED]
     assert 3.0 in finished and 4.5 not in finished
 
