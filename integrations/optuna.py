@@ -204,7 +204,7 @@ class ForecastPruner(BasePruner):
         self,
         confidence: float = DEFAULT_CONFIDENCE,
         *,
-        min_fraction: float = 0.1,
+        min_fraction: float = 0.0,
         min_steps: int = 0,
         quantile: float = 0.8,
         target: float | None = None,

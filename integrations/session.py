@@ -93,7 +93,7 @@ class TrainingSession:
         *,
         confidence: float = DEFAULT_CONFIDENCE,
         min_steps: int = 0,
-        min_fraction: float = 0.1,
+        min_fraction: float = 0.0,
         action: Action = "stop",
         schedule: ScheduleLike | None = None,
         total_steps: int | None = None,

@@ -416,7 +416,7 @@ class SweepStopper(ForecastStopCheck):
         sweep: str = "default",
         target: float | None = None,
         confidence: float = DEFAULT_CONFIDENCE,
-        min_fraction: float = 0.1,
+        min_fraction: float = 0.0,
         min_steps: int = 0,
         quantile: float = 0.8,
         rel_std_floor: float = 0.0,
