@@ -248,6 +248,7 @@ _FORECASTING = {
     "fitting",
     "forecaster",
     "history",
+    "lawcheck",
     "laws",
     "monitor",
     "priors",

@@ -16,7 +16,11 @@ at least ``min_window`` windows) with the fit on two counts:
   against that fit's predictive band (the PPC proper: a jump the new fit partly absorbs is still seen);
 - *rise*: the loss climbs across the stretch (least-squares slope, relative) by more than ``rise_z`` of its
   standard error (from the stretch's own scatter, allowing for correlated residuals), while the LR over the
-  stretch does not rise.
+  stretch does not rise;
+- *rise since the best*: the stretch sits above the lowest level the run showed earlier after its warm-up (each
+  earlier window read at its mean plus two of its noise sds, so that a lucky window cannot set the bar) by more
+  than ``z`` of the noise of the two, while the LR has not risen since: a climb slower than the stretch, or one
+  the fit has followed, which neither test above sees.
 
 The law is violated when the departure exceeds ``z`` or the loss rises. :func:`widen` then turns the law's
 forecast into an honest one: the band spans both outcomes, the curve returning to the law (the law's own
@@ -60,7 +64,8 @@ class LawCheck(BaseModel):
     units of its predictive spread; ``rise``: relative change of the loss across the stretch from its fitted
     slope, ``z_rise`` its t-statistic; ``misfit``: the law's usual relative misfit on the rest of the run;
     ``level``: the loss level at the end of the stretch (from the slope), ``slope`` its change per step;
-    ``rising``: the violation is a rising loss (else an offset from the law).
+    ``rising``: the violation is a rising loss (else an offset from the law); ``climb``: the stretch's rise
+    above the lowest level the run reached earlier, when that is the violation (0 otherwise).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -73,6 +78,7 @@ class LawCheck(BaseModel):
     z_departure: float = 0.0
     rise: float = 0.0
     z_rise: float = 0.0
+    climb: float = 0.0
     z_ahead: float = 0.0
     misfit: float = 0.0
     level: float | None = None
@@ -129,6 +135,35 @@ def _check_ahead(
     param = float(np.sum(w * sd[new] / mu[new]) / n)
     spread = math.sqrt(sigma**2 / n + misfit**2 + param**2)
     return dep, (dep / spread if spread > 0 else 0.0)
+
+
+def _rise_since_best(
+    lrs: np.ndarray,
+    end: np.ndarray,
+    y: np.ndarray,
+    count: np.ndarray,
+    win: np.ndarray,
+    sigma: float,
+    z: float,
+) -> tuple[float, float, int] | None:
+    """(relative rise, its z, the best window's last step) of the stretch ``win`` over the lowest earlier window,
+    when it is significant and the LR has not risen since that window; else ``None``."""
+    rest = ~win
+    if not rest.any() or sigma <= 0:
+        return None
+    w = count[win]
+    n = float(w.sum())
+    level = float(np.sum(w * y[win]) / n)
+    noise = sigma / np.sqrt(count[rest])
+    i = int(np.argmin(y[rest] * (1.0 + 2.0 * noise)))
+    best = float(y[rest][i] * (1.0 + 2.0 * noise[i]))
+    rise = level / best - 1.0
+    spread = math.sqrt(sigma**2 / n + float(noise[i]) ** 2)
+    best_end = int(end[rest][i])
+    since = lrs[best_end - 1 : int(end[win][-1])]
+    if rise <= 0 or rise / spread <= z or float(since.max()) > float(lrs[best_end - 1]) * (1 + 1e-9):
+        return None
+    return rise, rise / spread, best_end
 
 
 def check_law(
@@ -212,6 +247,7 @@ def check_law(
     if jumped:
         dep, z_dep = ahead  # type: ignore[misc]
         departed = True
+    climb = None if rising or departed else _rise_since_best(lrs, end, y, count, win, sigma, cfg.z)
     level = float(np.median(y[win]) * (np.sum(w * yr) / n_eff + slope_rel * (x[-1] - xm)))
     slope_abs = slope_rel * float(np.median(y[win]))
     lo_step, hi_step = int(start[win][0]), int(end[win][-1])
@@ -220,6 +256,11 @@ def check_law(
         msg = (
             f"the loss rose by {100 * rise:.2f}% over steps {lo_step}..{hi_step} while the LR did not rise: "
             "the annealing law cannot follow it"
+        )
+    elif climb is not None:
+        msg = (
+            f"the loss over steps {lo_step}..{hi_step} is {100 * climb[0]:.2f}% above the lowest level it reached "
+            f"(by step {climb[2]}) while the LR did not rise: the annealing law cannot climb back"
         )
     elif departed:
         since = (
@@ -232,8 +273,9 @@ def check_law(
             f"({z_dep:+.1f} of its predictive spread)"
         )
     return LawCheck(
-        violated=rising or departed,
+        violated=rising or departed or climb is not None,
         rising=rising,
+        climb=0.0 if climb is None else climb[0],
         from_step=lo_step,
         to_step=hi_step,
         departure=dep,
@@ -255,13 +297,19 @@ def widen(
     interval is the union of two outcomes' intervals: the curve returns to the law (the law's own forecast),
     or the departure goes on. A rising loss goes on from its latest level at its current rate, a rate known
     only to within its own size (``sd = slope * steps ahead``); an offset persists along the law's shape,
-    known only to within its own size (``sd = |departure| * law``)."""
+    known only to within its own size (``sd = |departure| * law``). After a climb the fit has followed
+    (``climb``), the law's forecast stands and the band reaches down to the curve back at the run's best level."""
     from statistics import NormalDist
 
     z = NormalDist().inv_cdf(0.5 + level / 2.0)
     mean = np.asarray(mean, dtype=np.float64)
     std = np.asarray(std, dtype=np.float64)
     ahead = np.maximum(np.asarray(steps, dtype=np.float64) - check.to_step, 0.0)
+    if check.climb > 0 and not check.rising:
+        # the fit has followed the climb: its forecast stands, and the band reaches down to the curve back at
+        # the run's best level (a run that diverged and recovers)
+        back = mean * check.climb / (1.0 + check.climb)
+        return mean, np.sqrt(std**2 + (back / z) ** 2)
     if check.rising and check.level is not None:
         m_b = check.level + check.slope * ahead
         s_b = check.slope * ahead

@@ -115,6 +115,33 @@ def test_healthy_real_runs_raise_no_alarm(curves_dir: Path, folder: str, run: st
         assert check is not None and not check.violated, (fraction, check)
 
 
+DIVERGED = "cos-zero-124m_slimpajama_llama_norm_nlayers12_nhead12_lr0.005_sched_cos_warmup300_decay_sqrt_0.0_iter50000"
+
+
+@pytest.mark.parametrize("column", ["val_loss", "train_loss"])
+def test_a_real_run_that_diverged_and_stays_up_is_flagged(curves_dir: Path, column: str) -> None:
+    """A real 124M run at 10x the LR of its siblings: its loss climbs from 5.6 to 7.5 in the first tenth and stays
+    there. The fit follows the plateau, so only the rise above the lowest level the run reached tells."""
+    path = curves_dir / "epfml_schaipp_haegele" / f"{DIVERGED}.csv"
+    steps, y = [], []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row[column] and int(row["step"]) >= 1:
+                steps.append(int(row["step"]))
+                y.append(float(row[column]))
+    st, yy, lrs = np.array(steps), np.array(y), np.load(path.with_name(f"{DIVERGED}.lr.npy"))
+    final = float(np.mean(yy[-5:]))
+    for fraction in (0.2, 0.5, 0.9):
+        fc = _forecast_at(st, yy, lrs, int(fraction * lrs.size))
+        out = fc.forecast()
+        assert out.status is FitStatus.LAW_VIOLATED and out.final is not None, fraction
+        assert any("above the lowest level it reached" in w for w in out.warnings)
+        assert fc.law_check is not None and fc.law_check.climb > 0.3
+        # the plateau's forecast stands, and the band reaches down towards the level the run had reached
+        assert out.final.lower <= final <= out.final.upper
+        assert abs(out.final.loss / final - 1) < 0.1 and out.final.lower < 0.8 * final
+
+
 def test_check_passes_with_too_few_points_and_without_a_fit() -> None:
     lrs = np.full(100, 1e-3)
     start = end = np.arange(2, 8)
