@@ -17,10 +17,10 @@ at least ``min_window`` windows) with the fit on two counts:
 - *rise*: the loss climbs across the stretch (least-squares slope, relative) by more than ``rise_z`` of its
   standard error (from the stretch's own scatter, allowing for correlated residuals), while the LR over the
   stretch does not rise;
-- *rise since the best*: the stretch sits above the lowest level the run showed earlier after its warm-up (each
-  earlier window read at its mean plus two of its noise sds, so that a lucky window cannot set the bar) by more
-  than ``z`` of the noise of the two, while the LR has not risen since: a climb slower than the stretch, or one
-  the fit has followed, which neither test above sees.
+- *rise since the best*: the stretch sits above the lowest level the run showed earlier after its warm-up (the
+  earlier losses pooled into blocks as large as the stretch, each read at its mean plus two of its noise sds,
+  so that a lucky stretch cannot set the bar) by more than ``z`` of the noise of the two, while the LR has not
+  risen since: a climb slower than the stretch, or one the fit has followed, which neither test above sees.
 
 The law is violated when the departure exceeds ``z`` or the loss rises. :func:`widen` then turns the law's
 forecast into an honest one: the band spans both outcomes, the curve returning to the law (the law's own
@@ -146,20 +146,34 @@ def _rise_since_best(
     sigma: float,
     z: float,
 ) -> tuple[float, float, int] | None:
-    """(relative rise, its z, the best window's last step) of the stretch ``win`` over the lowest earlier window,
-    when it is significant and the LR has not risen since that window; else ``None``."""
+    """(relative rise, its z, the best block's last step) of the stretch ``win`` over the lowest earlier level,
+    when it is significant and the LR has not risen since; else ``None``. The earlier windows are pooled, in
+    order, into blocks of at least as many raw points as the stretch, so that a block's mean is as noisy as the
+    stretch's and neither a lucky small window nor a skewed per-batch noise sets the bar."""
     rest = ~win
     if not rest.any() or sigma <= 0:
         return None
     w = count[win]
     n = float(w.sum())
     level = float(np.sum(w * y[win]) / n)
-    noise = sigma / np.sqrt(count[rest])
-    i = int(np.argmin(y[rest] * (1.0 + 2.0 * noise)))
-    best = float(y[rest][i] * (1.0 + 2.0 * noise[i]))
+    means, counts, ends = [], [], []
+    acc_y = acc_n = 0.0
+    for e_, y_, c_ in zip(end[rest].tolist(), y[rest].tolist(), count[rest].tolist(), strict=True):
+        acc_y, acc_n = acc_y + y_ * c_, acc_n + c_
+        if acc_n >= n:
+            means.append(acc_y / acc_n)
+            counts.append(acc_n)
+            ends.append(int(e_))
+            acc_y = acc_n = 0.0
+    if not means:
+        return None
+    noise = sigma / np.sqrt(np.asarray(counts))
+    upper = np.asarray(means) * (1.0 + 2.0 * noise)
+    i = int(np.argmin(upper))
+    best = float(upper[i])
     rise = level / best - 1.0
     spread = math.sqrt(sigma**2 / n + float(noise[i]) ** 2)
-    best_end = int(end[rest][i])
+    best_end = ends[i]
     since = lrs[best_end - 1 : int(end[win][-1])]
     if rise <= 0 or rise / spread <= z or float(since.max()) > float(lrs[best_end - 1]) * (1 + 1e-9):
         return None

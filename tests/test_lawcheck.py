@@ -136,10 +136,10 @@ def test_a_real_run_that_diverged_and_stays_up_is_flagged(curves_dir: Path, colu
         out = fc.forecast()
         assert out.status is FitStatus.LAW_VIOLATED and out.final is not None, fraction
         assert any("above the lowest level it reached" in w for w in out.warnings)
-        assert fc.law_check is not None and fc.law_check.climb > 0.3
+        assert fc.law_check is not None and fc.law_check.climb > 0.1
         # the plateau's forecast stands, and the band reaches down towards the level the run had reached
         assert out.final.lower <= final <= out.final.upper
-        assert abs(out.final.loss / final - 1) < 0.1 and out.final.lower < 0.8 * final
+        assert abs(out.final.loss / final - 1) < 0.1 and out.final.lower < 0.9 * final
 
 
 def test_check_passes_with_too_few_points_and_without_a_fit() -> None:
