@@ -22,9 +22,10 @@ at least ``min_window`` windows) with the fit on two counts:
   so that a lucky stretch cannot set the bar) by more than ``z`` of the noise of the two, while the LR has not
   risen since: a climb slower than the stretch, or one the fit has followed, which neither test above sees.
 
-The law is violated when the departure exceeds ``z`` or the loss rises. :func:`widen` then turns the law's
-forecast into an honest one: the band spans both outcomes, the curve returning to the law (the law's own
-lower bound) and the departure persisting, growing at its current rate until the last step when it rises.
+The law is violated when the departure exceeds ``z``, the loss rises, or it has climbed above its best.
+:func:`widen` then turns the law's forecast into an honest one: the band spans both outcomes, the curve returning
+to the law (the law's own lower bound) and the departure persisting, growing at its current rate until the last
+step when it rises.
 """
 
 from __future__ import annotations

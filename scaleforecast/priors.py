@@ -70,8 +70,9 @@ class AnnealingPrior(BaseModel):
     provenance: dict = Field(default_factory=dict)
 
     def c_prior(self, peak_lr: float, lam: float, l_ref: float, u_end: float = 1.0) -> tuple[float, float]:
-        """(centre, scale) of the prior on ``C`` (a t with ``kappa_dof`` degrees of freedom) for a run with peak LR ``peak_lr``, decay ``lam``, loss
-        level ``l_ref`` and anneal share ``u_end``: ``C = (kappa / L_ref) * L_ref * (1 - lam) / lr_peak``."""
+        """(centre, scale) of the prior on ``C`` (a t with ``kappa_dof`` degrees of freedom) for a run with peak
+        LR ``peak_lr``, decay ``lam``, loss level ``l_ref`` and anneal share ``u_end``:
+        ``C = (kappa / L_ref) * L_ref * (1 - lam) / lr_peak``."""
         scale = l_ref * (1.0 - lam) / peak_lr * max(u_end, 0.05) ** (-self.kappa_u_power)
         return self.kappa_mean * scale, self.kappa_sd * scale
 
