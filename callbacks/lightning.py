@@ -8,7 +8,7 @@ Usage::
 
     trainer = L.Trainer(
         max_steps=20_000,
-        callbacks=[LossForecast(target_loss=3.1, confidence=0.95)],
+        callbacks=[LossForecast(target_loss=3.1)],
         logger=TensorBoardLogger("runs"),
     )
     trainer.fit(model)          # then: tensorboard --logdir runs
@@ -108,12 +108,13 @@ class LossForecast(SessionFace, Callback):
     >>> import lightning as L
     >>> from scaleforecast import HealthMonitor
     >>> from scaleforecast.callbacks import LossForecast
-    >>> forecast = LossForecast(target_loss=3.1, confidence=0.95, detectors=[HealthMonitor()])
+    >>> forecast = LossForecast(target_loss=3.1, detectors=[HealthMonitor()])
     >>> trainer = L.Trainer(max_steps=20_000, callbacks=[forecast])
     >>> trainer.fit(model, datamodule)  # doctest: +SKIP
 
-    ``target_loss``: stop when ``P(final loss >= target_loss) >= confidence`` (``None``: forecast only). The
-    other keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`),
+    ``target_loss``: stop once the forecast final loss is above it by more than the forecast's measured error
+    allows at ``confidence`` (default 0.98; :func:`scaleforecast.decision.decide_stop`); ``None``: forecast only.
+    The other keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`),
     e.g. ``detectors=[HealthMonitor()]``, ``listeners=[SweepStopper()]``, ``writer=False``. Without a
     ``TensorBoardLogger`` the callback writes under ``dirpath`` (default ``default_root_dir/scaleforecast``).
     """

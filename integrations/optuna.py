@@ -183,12 +183,12 @@ def _attrs(
 
 
 class ForecastPruner(BasePruner):
-    """Prune a trial when ``P(its final loss >= reference) >= confidence`` (see
-    :func:`scaleforecast.decision.decide_stop`), from its latest forecast.
+    """Prune a trial whose latest forecast is above ``reference`` by more than its measured error allows at
+    ``confidence`` (default 0.98; see :func:`scaleforecast.decision.decide_stop`).
 
     >>> import optuna
     >>> from scaleforecast.integrations.optuna import ForecastPruner
-    >>> study = optuna.create_study(pruner=ForecastPruner(confidence=0.98))
+    >>> study = optuna.create_study(pruner=ForecastPruner())
     >>> study.optimize(objective, n_trials=20)  # doctest: +SKIP
 
     ``reference`` is :func:`scaleforecast.decision.sweep_reference` over the study's other trials: the best

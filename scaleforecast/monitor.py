@@ -108,7 +108,9 @@ class StopConfig(BaseModel):
     """The early-stopping rule and the action policy, in one place for the monitor and every adapter.
 
     >>> from scaleforecast import StopConfig
-    >>> StopConfig(target_loss=3.1, confidence=0.95, action="warn").action
+    >>> StopConfig(target_loss=3.1, action="warn").confidence
+    0.98
+    >>> StopConfig(target_loss=3.1, action="warn").action
     'warn'
 
     Stop when the forecast final loss is above ``target_loss`` by more than its measured error allows, at
