@@ -174,6 +174,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         self.resolution: Resolution = resolution
         self.name = name
         self.mode: Literal["step", "window"] = "window" if resolution == "window" else "step"
+        self.session.per_step = self.mode == "step"
         self._saved_state: dict[str, Any] | None = None
         self._tap: _LossTap | None = None
         self._hf_tb: Any = None
@@ -182,6 +183,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
 
     def _set_mode(self, mode: Literal["step", "window"]) -> None:
         self.mode = mode
+        self.session.per_step = mode == "step"
         self.session.extra.update(mode=mode, name=self.name)
 
     # -------------------------------------------------------------- lifecycle

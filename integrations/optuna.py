@@ -196,8 +196,8 @@ class ForecastPruner(BasePruner):
     ``target`` if lower. Grace: no pruning before ``max(min_steps, min_fraction * total_steps)`` of the trial's
     own steps, nor before ``n_startup_trials`` trials have completed. Trials without a forecast attribute are
     never pruned by this pruner. ``max_age_s`` ignores running trials whose forecast is older (crashed
-    workers in a distributed study). ``rel_std_floor`` widens every forecast's std by a model-error term
-    relative to the loss (:func:`scaleforecast.decision.widen_forecast`).
+    workers in a distributed study). ``rel_std_floor`` is the smallest error scale (relative to the loss)
+    assumed for any forecast, this trial's and the others' (:func:`scaleforecast.decision.decide_stop_among`).
     """
 
     def __init__(

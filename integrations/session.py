@@ -192,6 +192,8 @@ class TrainingSession:
         self._lrs: list[float] = []
         self._lr = math.nan
         self._gnorm: torch.Tensor | None = None
+        # False while the adapter reads window means instead of per-step losses: no gradient norm is recorded
+        self.per_step = True
         self._hook: Any = None
         self._tb_sink: Any = None  # the TensorBoardSink this session attached
         self._warned: set[str] = set()
@@ -391,7 +393,7 @@ class TrainingSession:
             group = optimizer.param_groups[self.config.param_group]
             lr = group["lr"]
             self._lr = float(lr) if not isinstance(lr, torch.Tensor) or lr.device.type == "cpu" else math.nan
-            if self.config.track_grad_norm:
+            if self.config.track_grad_norm and self.per_step:
                 grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
                 self._gnorm = torch.nn.utils.get_total_norm(grads) if grads else None
         except Exception as exc:
@@ -482,18 +484,13 @@ class TrainingSession:
         if batch.steps.size == 0:
             return None
         result = self.monitor.flush(batch, raise_now=False)
-        final = None if result.forecast is None else result.forecast.final
-        if final is not None:
-            f = result.forecast
-            assert f is not None
-            self.say(
-                f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
-                f"at step {f.final_step} ({f.status.value})"
-            )
+        self._say_forecast(step, result.forecast)
         return result
 
     def _settle(self, step: int) -> None:
-        forecast = self.monitor.settle(step)
+        self._say_forecast(step, self.monitor.settle(step))
+
+    def _say_forecast(self, step: int, forecast: Forecast | None) -> None:
         final = None if forecast is None else forecast.final
         if forecast is not None and final is not None:
             self.say(

@@ -126,23 +126,23 @@ def decide_stop(
     made = f"a forecast made at {100 * features.fraction:.0f} % of the run"
     if features.phase is None:  # only the forecast is known: say why the scale is wide
         made += " (without the run's record: the conservative fallback scale)"
+    margin = 100 * (math.exp(k * scale) - 1) if math.isfinite(k) else None  # the gap a stop needs, in %
     if p >= confidence:
-        margin: str | float = "" if not math.isfinite(k) else f" ({100 * (math.exp(k * scale) - 1):.2f} %)"
+        shown = "" if margin is None else f" ({margin:.2f} %)"
         reason = (
             f"forecast final loss {final.loss:.4f} at step {forecast.final_step} cannot reach {reference:.4f}: "
-            f"it is above it by more than the measured error of {made}{margin}; "
+            f"it is above it by more than the measured error of {made}{shown}; "
             f"confidence {p:.3f} >= {confidence:.2f}"
         )
         return StopDecision(
             stop=True, reason=reason, probability=p, reference=reference, step=step, scale=scale
         )
-    if not math.isfinite(k):
+    if margin is None:
         reason = (
             f"confidence {confidence:.3f} is more than the error model's calibration runs can certify "
             f"(at most {model.max_confidence:.3f}): no stop"
         )
     else:
-        margin = 100 * (math.exp(k * scale) - 1)
         reason = (
             f"forecast {final.loss:.4f} vs {reference:.4f} (a stop needs it above by {margin:.2f} %, the "
             f"measured error of {made}): confidence {p:.3f} < {confidence:.2f}"

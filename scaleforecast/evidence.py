@@ -97,13 +97,13 @@ class ForecastTrack:
         peak = float(np.max(lrs))
         final = latest.final
         lr_t = float(lrs[min(max(t, 1), total) - 1])
-        recent = [b for p, b in self._checks if 2 * p >= t] or [b for _, b in self._checks[-1:]]
         self._features = StopFeatures(
             fraction=min(max(t / total, 0.0), 1.0),
             decay_seen=(1.0 - lr_t / peak) if peak > 0 else 0.0,
             decay_ahead=((lr_t - float(lrs[-1])) / peak) if peak > 0 else 0.0,
             backtest=self._checks[-1][1] if self._checks else None,
-            backtest_worst=max(recent, key=abs) if recent else None,
+            # the checks left are those of the last doubling (or the newest one): the worst of them
+            backtest_worst=max((b for _, b in self._checks), key=abs, default=None),
             rel_std=max(final.std, 0.0) / final.loss if final.loss > 0 else 0.0,
             noise=getattr(getattr(forecaster, "fit_result", None), "sigma", None),
             points=int(latest.n_points),

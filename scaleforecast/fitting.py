@@ -826,8 +826,8 @@ def _fit_auto(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResul
 # predict
 
 
-def _tissue_grad(p: LawParams, warmup: str, lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    full1, full2 = schedule_areas(lrs, p.lam, "hold" if warmup == "hold" else "raw", memory_of(p))
+def _tissue_grad(p: LawParams, areas: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> np.ndarray:
+    full1, full2 = areas
     s1 = full1[steps - 1]
     s2 = full2[steps - 1]
     s1 = np.maximum(s1, 1e-300)
@@ -874,17 +874,22 @@ def predict(result: FitResult, lrs: ArrayLike, steps: ArrayLike) -> tuple[np.nda
     law = LAWS[result.law]
     mean = law.predict(result.params, a, st)
     var = np.zeros_like(mean)
+    p = result.params
+    # the areas the gradient and the model-error term read, looked up once (a what-if schedule is hashed whole)
+    areas = None
+    if (result.cov is not None and result.law == "tissue") or result.model_sd > 0:
+        areas = schedule_areas(a, p.lam, "hold" if result.warmup == "hold" else "raw", memory_of(p))
     if result.cov is not None and result.law == "tissue":
-        g = _tissue_grad(result.params, result.warmup, a, st)
+        assert areas is not None
+        g = _tissue_grad(p, areas, st)
         cov = np.asarray(result.cov)
         var = np.einsum("ij,jk,ik->i", g, cov, g) * result.interval_scale**2
     elif result.cov is not None and result.law == "mpl":
         g = _mpl_grad(result.params, a, st)
         cov = np.asarray(result.cov)
         var = np.einsum("ij,jk,ik->i", g, cov, g) * result.interval_scale**2
-    if result.model_sd > 0:
-        p = result.params
-        s1 = schedule_areas(a, p.lam, "hold" if result.warmup == "hold" else "raw", memory_of(p))[0]
+    if areas is not None and result.model_sd > 0:
+        s1 = areas[0]
         s_fit = s1[min(max(result.fitted_until, 1), a.size) - 1]
         h = np.clip((s1[st - 1] - s_fit) / np.maximum(s1[st - 1], 1e-300), 0.0, 1.0)
         with np.errstate(invalid="ignore"):  # an infinite mean (S1 = 0) stays where nothing is ahead (h = 0)

@@ -27,7 +27,6 @@ class BinnedHistory:
         self._sum = np.zeros(0)
         self._sumsq = np.zeros(0)
         self._count = np.zeros(0)
-        self._n_raw = 0  # kept up to date: read at every flush
 
     def __len__(self) -> int:
         return len(self._key)
@@ -35,7 +34,7 @@ class BinnedHistory:
     @property
     def n_raw(self) -> int:
         """Number of raw observations merged into the bins."""
-        return self._n_raw
+        return int(self._count.sum())
 
     @property
     def last_end(self) -> int:
@@ -49,7 +48,6 @@ class BinnedHistory:
         start = np.asarray(start, dtype=np.int64)
         end = np.asarray(end, dtype=np.int64)
         y = np.asarray(y, dtype=float)
-        self._n_raw += len(y)
         key = (end - 1) // self.width
         if len(self._key) and key[0] >= self._key[-1] and np.all(key[1:] >= key[:-1]):
             self._append(key, start, end, y)
@@ -121,7 +119,6 @@ class BinnedHistory:
         """
         keep = self._end <= step
         dropped = int(self._count[~keep].sum())
-        self._n_raw -= dropped
         for name in ("_key", "_start", "_end", "_sum", "_sumsq", "_count"):
             setattr(self, name, getattr(self, name)[keep])
         return dropped
@@ -159,4 +156,3 @@ class BinnedHistory:
         self._sum = np.asarray(state["sum"], dtype=float)
         self._sumsq = np.asarray(state["sumsq"], dtype=float)
         self._count = np.asarray(state["count"], dtype=float)
-        self._n_raw = int(self._count.sum())

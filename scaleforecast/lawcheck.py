@@ -144,14 +144,15 @@ def _rise_since_best(
     y: np.ndarray,
     count: np.ndarray,
     win: np.ndarray,
+    rest: np.ndarray,
     sigma: float,
     z: float,
 ) -> tuple[float, float, int] | None:
     """(relative rise, its z, the best block's last step) of the stretch ``win`` over the lowest earlier level,
     when it is significant and the LR has not risen since; else ``None``. The earlier windows are pooled, in
     order, into blocks of at least as many raw points as the stretch, so that a block's mean is as noisy as the
-    stretch's and neither a lucky small window nor a skewed per-batch noise sets the bar."""
-    rest = ~win
+    stretch's and neither a lucky small window nor a skewed per-batch noise sets the bar (``rest``: the windows
+    before the stretch)."""
     if not rest.any() or sigma <= 0:
         return None
     w = count[win]
@@ -237,11 +238,13 @@ def check_law(
     z_dep = dep / sd_dep if sd_dep > 0 else 0.0
     # a rising loss: least-squares slope of the relative loss over the stretch, weighted by raw points
     x = mid[win].astype(np.float64)
-    yr = y[win] / float(np.median(y[win]))
+    med = float(np.median(y[win]))
+    yr = y[win] / med
     xm = float(np.sum(w * x) / n_eff)
+    ym = np.sum(w * yr) / n_eff
     sxx = float(np.sum(w * (x - xm) ** 2))
-    slope_rel = float(np.sum(w * (x - xm) * (yr - np.sum(w * yr) / n_eff)) / sxx) if sxx > 0 else 0.0
-    resid = yr - (np.sum(w * yr) / n_eff + slope_rel * (x - xm))
+    slope_rel = float(np.sum(w * (x - xm) * (yr - ym)) / sxx) if sxx > 0 else 0.0
+    resid = yr - (ym + slope_rel * (x - xm))
     # the slope's noise from the stretch's own scatter about its line (the fit's residual scale is no guide
     # here: a curve that left the law inflates it), inflated for residuals that move together, and never
     # below the run's point-to-point noise (a handful of smooth windows must not make any wiggle significant)
@@ -262,27 +265,24 @@ def check_law(
     if jumped:
         dep, z_dep = ahead  # type: ignore[misc]
         departed = True
-    climb = None if rising or departed else _rise_since_best(lrs, end, y, count, win, sigma, cfg.z)
-    level = float(np.median(y[win]) * (np.sum(w * yr) / n_eff + slope_rel * (x[-1] - xm)))
-    slope_abs = slope_rel * float(np.median(y[win]))
+    climb = None if rising or departed else _rise_since_best(lrs, end, y, count, win, rest, sigma, cfg.z)
+    level = float(med * (ym + slope_rel * (x[-1] - xm)))
+    slope_abs = slope_rel * med
     lo_step, hi_step = int(start[win][0]), int(end[win][-1])
+    over = f"over steps {lo_step}..{hi_step}"
     msg = ""
     if rising:
         msg = (
-            f"the loss rose by {100 * rise:.2f}% over steps {lo_step}..{hi_step} while the LR did not rise: "
-            "the annealing law cannot follow it"
+            f"the loss rose by {100 * rise:.2f}% {over} while the LR did not rise: the annealing law cannot "
+            "follow it"
         )
     elif climb is not None:
         msg = (
-            f"the loss over steps {lo_step}..{hi_step} is {100 * climb[0]:.2f}% above the lowest level it reached "
-            f"(by step {climb[2]}) while the LR did not rise: the annealing law cannot climb back"
+            f"the loss {over} is {100 * climb[0]:.2f}% above the lowest level it reached (by step {climb[2]}) "
+            "while the LR did not rise: the annealing law cannot climb back"
         )
     elif departed:
-        since = (
-            f"since step {int(getattr(previous, 'fitted_until', 0))}"
-            if jumped
-            else f"over steps {lo_step}..{hi_step}"
-        )
+        since = f"since step {int(getattr(previous, 'fitted_until', 0))}" if jumped else over
         msg = (
             f"the loss {since} is {100 * dep:+.2f}% off the fitted law "
             f"({z_dep:+.1f} of its predictive spread)"
@@ -314,9 +314,9 @@ def widen(
     only to within its own size (``sd = slope * steps ahead``); an offset persists along the law's shape,
     known only to within its own size (``sd = |departure| * law``). After a climb the fit has followed
     (``climb``), the law's forecast stands and the band reaches down to the curve back at the run's best level."""
-    from statistics import NormalDist
+    from scipy.special import ndtri  # the forecaster's own z for ``level``; loaded with it, not at import
 
-    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    z = float(ndtri(0.5 + level / 2.0))
     mean = np.asarray(mean, dtype=np.float64)
     std = np.asarray(std, dtype=np.float64)
     ahead = np.maximum(np.asarray(steps, dtype=np.float64) - check.to_step, 0.0)

@@ -197,7 +197,6 @@ class FitView:
 
     def __init__(self, forecaster: OnlineForecaster) -> None:
         self._fc = forecaster
-        self._lrs: tuple[int, np.ndarray] | None = None
 
     @property
     def latest(self) -> Forecast | None:
@@ -213,14 +212,7 @@ class FitView:
 
     @property
     def schedule(self) -> np.ndarray | None:
-        lrs = self._fc.schedule
-        if lrs is None:
-            return None
-        if self._lrs is None or self._lrs[0] != id(lrs):
-            frozen = lrs.view()
-            frozen.flags.writeable = False
-            self._lrs = (id(lrs), frozen)
-        return self._lrs[1]
+        return self._fc.schedule  # already a read-only view, the same object until the plan changes
 
     def predict(self, steps: Sequence[int] | np.ndarray, schedule: ScheduleLike | None = None) -> np.ndarray:
         return self._fc.predict(steps, schedule=schedule)
@@ -394,9 +386,7 @@ class RunMonitor:
         if forecast is not None:
             if self.advisor is not None:
                 result.events.extend(self.guard("advisor", self.advisor.advise, self.view, step) or [])
-            for i, listener in enumerate(self.listeners):
-                heard = self.guard(f"listener {_name(listener, i)}", listener.on_forecast, step, forecast)
-                result.events.extend(heard or [])
+            result.events.extend(self._tell_listeners(step, forecast))
         self.guard("sinks", self._write, step, batch, result)
         self._act(step, result)
         if result.error is not None and raise_now:
@@ -417,15 +407,19 @@ class RunMonitor:
             return None
         self.refits += 1
         self.guard("stop rule", self._track, forecast)
-        result = FlushResult(forecast=forecast)
-        for i, listener in enumerate(self.listeners):
-            heard = self.guard(f"listener {_name(listener, i)}", listener.on_forecast, step, forecast)
-            result.events.extend(heard or [])
+        result = FlushResult(forecast=forecast, events=self._tell_listeners(step, forecast))
         none = FlushBatch(steps=np.array([step]), loss=np.array([np.nan]))
         self.guard("sinks", self._write, step, none, result)
         for event in result.events:
             self._emit(event)
         return forecast
+
+    def _tell_listeners(self, step: int, forecast: Forecast) -> list[Event]:
+        events: list[Event] = []
+        for i, listener in enumerate(self.listeners):
+            heard = self.guard(f"listener {_name(listener, i)}", listener.on_forecast, step, forecast)
+            events.extend(heard or [])
+        return events
 
     def _track(self, forecast: Forecast) -> None:
         # The listeners' stop rules (sweep stoppers, pruners) see the forecast only: it carries the features

@@ -23,6 +23,7 @@ import zlib
 from typing import Any
 
 import numpy as np
+from numpy.polynomial import chebyshev
 
 __all__ = ["decode_lrs", "encode_lrs"]
 
@@ -47,12 +48,6 @@ def _x(idx: np.ndarray, n: int) -> np.ndarray:
     return -1.0 + 2.0 * idx / (n - 1) if n > 1 else np.zeros(idx.size)
 
 
-def _cheb() -> Any:
-    from numpy.polynomial import chebyshev  # here, not at import: the forecaster imports this module
-
-    return chebyshev
-
-
 def _fit(y: np.ndarray, lo: int, n: int, tol: np.ndarray, full: bool) -> np.ndarray | None:
     """Chebyshev coefficients reproducing ``y[lo:lo+n]`` within ``tol`` (per point; on a probe or on every
     point)."""
@@ -60,11 +55,10 @@ def _fit(y: np.ndarray, lo: int, n: int, tol: np.ndarray, full: bool) -> np.ndar
     nodes = np.unique(
         np.rint((1.0 - np.cos(np.linspace(0.0, np.pi, 8 * _DEGREE))) * 0.5 * (n - 1)).astype(np.int64)
     )
-    cheb = _cheb()
-    coef = cheb.chebfit(_x(nodes, n), y[lo + nodes], _DEGREE)
+    coef = chebyshev.chebfit(_x(nodes, n), y[lo + nodes], _DEGREE)
     every = full or n <= _PROBE
     check = np.arange(n) if every else np.unique(np.linspace(0, n - 1, _PROBE).astype(np.int64))
-    if not np.all(np.abs(cheb.chebval(_x(check, n), coef) - y[lo + check]) <= tol[lo + check]):
+    if not np.all(np.abs(chebyshev.chebval(_x(check, n), coef) - y[lo + check]) <= tol[lo + check]):
         return None
     return coef
 
@@ -190,7 +184,7 @@ def decode_lrs(code: dict[str, Any] | str) -> np.ndarray:
                 x = _x(np.arange(length), length)
                 # stay within the schedule's range: a polynomial may not turn a tiny LR negative
                 out[start : start + length] = np.clip(
-                    _cheb().chebval(x, np.asarray(data)), code["lo"], code["hi"]
+                    chebyshev.chebval(x, np.asarray(data)), code["lo"], code["hi"]
                 )
             else:
                 raise ValueError(f"unknown schedule segment kind {kind!r}")

@@ -127,10 +127,9 @@ def rank_offset(plan: Plan) -> float:
 
 # ------------------------------------------------------------------------------------------ Lightning
 def _lightning(root: Path, plan: Plan) -> Run:
-    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
-    from lightning_models import HalveLRAt, LitRegression
+    from lightning_models import HalveLRAt, LitRegression, cpu_trainer
     from scaleforecast.callbacks import LossForecast
 
     cb = (plan.adapter_class or LossForecast)(plan.target_loss, **plan.kwargs)
@@ -146,17 +145,14 @@ def _lightning(root: Path, plan: Plan) -> Run:
         ckpt["callbacks"][key] = plan.doctor(ckpt["callbacks"][key])
         ckpt_path = root / "resumed.ckpt"
         torch.save(ckpt, ckpt_path)
-    trainer = pl.Trainer(
-        max_steps=plan.steps,
-        callbacks=callbacks,
+    trainer = cpu_trainer(
+        plan.steps,
+        callbacks,
+        root,
         logger=TensorBoardLogger(str(root / "tb"), name="run") if plan.tensorboard else False,
         enable_checkpointing=bool(plan.ckpt_at),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
         devices=2 if plan.distributed else 1,
         strategy=plan.launcher if plan.distributed else "auto",
-        default_root_dir=str(root),
     )
     model = LitRegression(plan.steps, plan.batch, plan.shift, plan.offset, plan.nan_from)
     trainer.fit(model, ckpt_path=None if ckpt_path is None else str(ckpt_path))

@@ -108,28 +108,3 @@ def make_trainer(
         eval_dataset=eval_dataset,
         callbacks=callbacks,
     )
-
-
-class FirstLocalLoss:
-    """Records this rank's own first training loss (a test probe: it syncs, which the callback never does)."""
-
-    def __init__(self) -> None:
-        self.value: float | None = None
-
-    def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        loss = getattr(output, "loss", None)
-        if self.value is None and module.training and loss is not None:
-            self.value = float(loss.detach())
-
-
-class LoggedLoss:
-    """Keeps HF's logged ``loss`` window means (gathered over ranks by the Trainer)."""
-
-    def __init__(self) -> None:
-        self.logs: list[tuple[int, float]] = []
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
-    ) -> None:
-        if logs and "loss" in logs:
-            self.logs.append((int(state.global_step), float(logs["loss"])))

@@ -9,6 +9,22 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 
+def cpu_trainer(max_steps: int, callbacks: list[Any], root: Any = None, **kw: Any) -> pl.Trainer:
+    """A quiet single-process CPU trainer for the callback tests: no logger, checkpoints, progress bar or model
+    summary unless ``kw`` says otherwise."""
+    kw = {"logger": False, "enable_checkpointing": False, "devices": 1, **kw}
+    root_dir = None if root is None else str(root)
+    return pl.Trainer(
+        max_steps=max_steps,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=root_dir,
+        **kw,
+    )
+
+
 def regression_data(n: int = 4096, dim: int = 16, noise: float = 0.5, seed: int = 0) -> TensorDataset:
     """``y = x @ w + noise``: the loss falls towards ``noise**2`` along a smooth, law-like curve."""
     g = torch.Generator().manual_seed(seed)

@@ -72,6 +72,7 @@ def test_track_state_round_trip_and_resume() -> None:
     fc2, _, _ = _drive(_law_curve(steps), 600)
     again.update(fc2)
     assert all(p <= 1200 for p, _ in again.state_dict()["pending"])
+    assert all(p <= 600 for p, _ in again.state_dict()["checks"])
     with pytest.raises(ValueError):
         again.load_state_dict({"version": 99})
 
@@ -116,6 +117,11 @@ def test_scale_by_column_fallback_and_backtest() -> None:
     # a failed backtest compounds over the doublings still ahead: |b| * log2(1 / fraction)
     bt = tested.model_copy(update={"backtest": -0.01})
     assert m.scale(bt) == pytest.approx(math.hypot(0.02, 0.01 * 2.0))
+    # the model reads the worst backtest of the last doubling, not the latest
+    worst = tested.model_copy(update={"backtest_worst": -0.01})
+    assert m.scale(worst) == pytest.approx(math.hypot(0.02, 0.01 * 2.0))
+    # a noisy run of a model without noisy columns reads the long runs' column
+    assert _model(noise_split=0.01).scale(tested.model_copy(update={"noise": 0.05})) == pytest.approx(0.02)
     flat = StopFeatures(fraction=0.9, decay_seen=0.95, decay_ahead=0.01)
     decay = StopFeatures(fraction=0.9, decay_seen=0.5, decay_ahead=0.5, backtest=0.001)
     early = decay.model_copy(update={"decay_seen": 0.2, "decay_ahead": 0.7})

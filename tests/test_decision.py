@@ -112,10 +112,19 @@ def test_status_reference_and_forecast_only() -> None:
 def test_one_default_confidence() -> None:
     import inspect
 
+    from scaleforecast.integrations.optuna import ForecastPruner
+    from scaleforecast.integrations.session import TrainingSession
+
     from scaleforecast import StopConfig
 
     assert StopConfig().confidence == DEFAULT_CONFIDENCE
-    for f in (decide_stop, decide_stop_in_sweep, SweepStopper.__init__):
+    for f in (
+        decide_stop,
+        decide_stop_in_sweep,
+        SweepStopper.__init__,
+        TrainingSession.__init__,
+        ForecastPruner.__init__,
+    ):
         assert inspect.signature(f).parameters["confidence"].default == DEFAULT_CONFIDENCE
 
 
@@ -146,6 +155,8 @@ def test_sweep_reference_rules() -> None:
     ]
     ref = sweep_reference(recs, exclude="self", now=1000.0)
     assert ref == pytest.approx(3.0 + z80 * 0.1)
+    # a run off its law publishes its widened band, but nobody is measured against it
+    assert sweep_reference([_rec("off", loss=1.0, std=0.0, status="law_violated")]) is None
     assert sweep_reference(recs, exclude="self", quantile=0.5) == pytest.approx(3.0)
     assert sweep_reference(recs, exclude="self", target=2.5) == 2.5
     assert sweep_reference(recs, exclude="self", target=3.9) == pytest.approx(3.0 + z80 * 0.1)

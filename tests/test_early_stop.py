@@ -92,6 +92,12 @@ def test_learning_measures_tails_out_of_group() -> None:
     assert (sc.stop_steps(S, model, well, 1.0, 0.9) < 0).all()
     # but stops every run whose target is 20 % below its final loss, at its first forecast
     assert (sc.stop_steps(S, model, well, 0.8, 0.9) == 100).all()
+    # forecasts of the stable phase that grow sharper late do not make the learned stable scale narrow late
+    tr = [
+        _trace(f"r{i}", f"g{i}", 3.0, list(np.linspace(0.05, 0.001, 10) * (1 + 0.1 * i))) for i in range(20)
+    ]
+    stable = sc.learn_scales(sc.samples(tr), np.arange(20)).table["stable"]
+    assert stable == sorted(stable)
     # twenty groups cannot certify 0.99: no stop at all
     assert (sc.stop_steps(S, model, well, 0.8, 0.99) < 0).all()
 

@@ -7,28 +7,18 @@ from typing import Any
 
 import pytest
 
-pl = pytest.importorskip("lightning.pytorch")
-torch = pytest.importorskip("torch")
+pytest.importorskip("lightning.pytorch")
+pytest.importorskip("torch")
 
-from lightning_models import TinyRegressor  # noqa: E402
-from scaleforecast.callbacks import LossForecast  # noqa: E402
+from lightning_models import TinyRegressor, cpu_trainer
+from scaleforecast.callbacks import LossForecast
 
-from scaleforecast.family import load_references  # noqa: E402
-from scaleforecast.registry import SQLiteRegistry  # noqa: E402
+from scaleforecast.family import load_references
+from scaleforecast.registry import SQLiteRegistry
 
 
 def _fit(tmp_path: Path, total: int, callback: LossForecast) -> None:
-    trainer = pl.Trainer(
-        max_steps=total,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = cpu_trainer(total, [callback], tmp_path)
     # small batches and a large SGD step: the loss sits well above its floor until the LR anneals, so the run
     # has a real annealing drop to pass on
     trainer.fit(TinyRegressor(total=total, warmup=10, lr=0.2, batch_size=4))

@@ -36,10 +36,10 @@ def _event_text(run_dir: Path, kind: str) -> list[bytes]:
 
 @pytest.mark.slow
 def test_lightning_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path) -> None:
-    pl = pytest.importorskip("lightning.pytorch")
+    pytest.importorskip("lightning.pytorch")
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
-    from lightning_models import TinyRegressor
+    from lightning_models import TinyRegressor, cpu_trainer
     from scaleforecast.callbacks import LossForecast
 
     class Faulty(TinyRegressor):
@@ -56,16 +56,8 @@ def test_lightning_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path)
     cb = LossForecast(
         flush_every=5, refit_every=10, detectors=[health], advisor=ScheduleAdvisor(), on_event=seen.append
     )
-    trainer = pl.Trainer(
-        max_steps=MAX_STEPS,
-        callbacks=[cb],
-        logger=TensorBoardLogger(str(tmp_path / "tb"), name="run"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=str(tmp_path),
+    trainer = cpu_trainer(
+        MAX_STEPS, [cb], tmp_path, logger=TensorBoardLogger(str(tmp_path / "tb"), name="run")
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
-from scaleforecast.lawcheck import LawCheckConfig, check_law
+from scaleforecast.lawcheck import LawCheckConfig, _rise_since_best, check_law
 from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig
 from scaleforecast.results import FitStatus
 
@@ -140,6 +140,19 @@ def test_a_real_run_that_diverged_and_stays_up_is_flagged(curves_dir: Path, colu
         # the plateau's forecast stands, and the band reaches down towards the level the run had reached
         assert out.final.lower <= final <= out.final.upper
         assert abs(out.final.loss / final - 1) < 0.1 and out.final.lower < 0.9 * final
+
+
+def test_a_climb_counts_only_while_the_lr_has_not_risen_since_the_best() -> None:
+    end = np.arange(1, 41) * 100
+    y = np.r_[np.full(30, 3.0), np.full(10, 3.3)]
+    count = np.full(40, 100.0)
+    win = end > 3000
+    lrs = np.full(4000, 1e-3)
+    climb = _rise_since_best(lrs, end, y, count, win, ~win, 0.01, 5.0)
+    # the earlier losses are read in blocks as large as the stretch (1000 points), at mean + 2 sd
+    assert climb is not None and climb[0] == pytest.approx(3.3 / (3.0 * (1 + 2 * 0.01 / 1000**0.5)) - 1)
+    lrs[3000:] = 2e-3  # a restart at a higher LR: a higher loss is what the law expects
+    assert _rise_since_best(lrs, end, y, count, win, ~win, 0.01, 5.0) is None
 
 
 def test_check_passes_with_too_few_points_and_without_a_fit() -> None:

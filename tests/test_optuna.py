@@ -175,8 +175,7 @@ def test_reporter_disables_itself_on_storage_errors(caplog: pytest.LogCaptureFix
 
 
 def _lightning_objective(root: Path, lrs: dict[int, float], total: int = 60):
-    import lightning.pytorch as pl
-    from lightning_models import TinyRegressor
+    from lightning_models import TinyRegressor, cpu_trainer
     from scaleforecast.callbacks import LossForecast
 
     def objective(trial: optuna.Trial) -> float:
@@ -186,16 +185,7 @@ def _lightning_objective(root: Path, lrs: dict[int, float], total: int = 60):
         callback = LossForecast(
             refit_every=6, flush_every=3, writer=False, verbose=False, listeners=[reporter]
         )
-        trainer = pl.Trainer(
-            max_steps=total,
-            callbacks=[callback],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-            default_root_dir=str(root),
-        )
+        trainer = cpu_trainer(total, [callback], root)
         trainer.fit(model)
         trial.set_user_attr("steps_run", trainer.global_step)
         reporter.raise_if_pruned()

@@ -136,8 +136,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path, method: str) -> None:
 def test_lightning_runs_share_the_default_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two real Lightning runs of one sweep, no set-up: the second (hopeless) run stops against the first."""
     pytest.importorskip("lightning")
-    import lightning.pytorch as pl
-    from lightning_models import TinyRegressor
+    from lightning_models import TinyRegressor, cpu_trainer
     from scaleforecast.callbacks import LossForecast
 
     from scaleforecast.decision import SweepStopper
@@ -151,16 +150,7 @@ def test_lightning_runs_share_the_default_registry(tmp_path: Path, monkeypatch: 
             refit_every=6, flush_every=3, writer=False, verbose=False, listeners=[stopper]
         )
         model = TinyRegressor(lr=lr, total=60, warmup=5)
-        trainer = pl.Trainer(
-            max_steps=60,
-            callbacks=[callback],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-            default_root_dir=str(tmp_path),
-        )
+        trainer = cpu_trainer(60, [callback], tmp_path)
         trainer.fit(model)
         stopper.finish(float(sum(model.raw_losses[-5:]) / 5) if stopper.stopped_at is None else None)
         steps_run[run_id] = trainer.global_step

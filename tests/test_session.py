@@ -171,3 +171,29 @@ def test_a_failing_part_still_joins_every_collective(fault: str) -> None:
     assert faulty == healthy == ["gather(5, 5)", "any"] * 8
     assert len([w for w in caught if "injected" in str(w.message)]) == 1
     assert len(session.errors) == 1
+
+
+def test_the_gradient_norm_is_taken_per_step_and_not_while_window_means_are_read() -> None:
+    from scaleforecast.callbacks import LossForecastSession
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fc = LossForecastSession(opt, total_steps=20, track_grad_norm=True, writer=False, verbose=False)
+
+    def update() -> torch.Tensor:
+        opt.zero_grad()
+        loss = model(torch.ones(4, 2)).pow(2).mean()
+        loss.backward()
+        expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+        opt.step()
+        return expected
+
+    expected = update()
+    gnorm = fc.session._gnorm
+    assert gnorm is not None and float(gnorm) == pytest.approx(float(expected))
+    fc.step(torch.tensor(1.0))
+    assert fc.session._gnorm is None  # taken by the record of its step
+    fc.session.per_step = False  # an adapter reading window means records no step
+    update()
+    assert fc.session._gnorm is None
+    fc.close()

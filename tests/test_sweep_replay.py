@@ -203,8 +203,8 @@ def test_sweep_keys_group_runs_that_differ_in_one_thing(curves_dir: Path) -> Non
     assert any(len({r.meta["peak_lr"] for r in m}) >= 3 for m in lr.values())
     # the committed tiny-model curves hold an LR sweep of one AdamW config
     tiny = lr.get("tiny_adamw/adamw_cos10_2k")
-    if tiny is not None:
-        assert {r.meta["run_id"] for r in tiny} >= {"adamw_cos10_2k_lr1e-3", "adamw_cos10_2k_lr1e-2"}
+    assert tiny is not None
+    assert {r.meta["run_id"] for r in tiny} >= {"adamw_cos10_2k_lr1e-3", "adamw_cos10_2k_lr1e-2"}
 
 
 @pytest.mark.slow

@@ -407,6 +407,7 @@ def test_a_real_lightning_stop_is_marked_in_every_view(tmp_path: Path) -> None:
     stop bar beside the run, the status text, all read back from the files TensorBoard reads."""
     pl = pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning_models import cpu_trainer
     from scaleforecast.callbacks import LossForecast
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -436,16 +437,7 @@ def test_a_real_lightning_stop_is_marked_in_every_view(tmp_path: Path) -> None:
         log_figures_every=100,
         verbose=False,
     )
-    trainer = pl.Trainer(
-        max_steps=80,
-        logger=TensorBoardLogger(str(tmp_path), name="run"),
-        callbacks=[cb],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-    )
+    trainer = cpu_trainer(80, [cb], logger=TensorBoardLogger(str(tmp_path), name="run"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Regressor(), DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True))
