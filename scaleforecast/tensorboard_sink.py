@@ -76,6 +76,11 @@ STATUS_TEXT: dict[str, str] = {
     ),
     FitStatus.INSUFFICIENT_DATA.value: "no forecast yet: too few losses to fit the law",
     FitStatus.FAILED.value: "the last refit failed; the previous forecast stands",
+    FitStatus.LAW_VIOLATED.value: (
+        "usable, widened: the latest losses have left the fitted law; the band covers both outcomes and the "
+        "stop rule does not act on it"
+    ),
+    FitStatus.STALE.value: "not current: the latest losses are not finite; no forecast is published until one is",
 }
 CATEGORY = "scaleforecast"
 BAND_CHART = "final loss forecast: band, observed, target, early stop"

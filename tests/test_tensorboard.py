@@ -456,3 +456,11 @@ def test_a_real_lightning_stop_is_marked_in_every_view(tmp_path: Path) -> None:
     np.testing.assert_allclose([v for _, v in bar], [min(0.01, lower), upper], rtol=1e-6)
     target = _read(run / "scaleforecast" / "target").Scalars(COMPARE_TAG)
     assert target and all(e.value == pytest.approx(0.01) for e in target)
+
+
+def test_every_fit_status_is_said_in_words() -> None:
+    from scaleforecast.results import FitStatus
+    from scaleforecast.tensorboard_sink import status_text
+
+    for status in FitStatus:
+        assert status_text(status) != status.value and status_text(status.value) == status_text(status)
