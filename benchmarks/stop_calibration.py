@@ -108,9 +108,9 @@ def samples(traces: Sequence[Trace]) -> Samples:
         for j, f in enumerate(t.features):
             if f is None or not usable[j] or j not in seen or seen[j] >= t.flush_steps[-1]:
                 continue
-            if (
-                not t.mean[j] > 0
-            ):  # a forecast of a loss at or below zero holds no usable number: never a stop
+            # a forecast of a loss at or below zero holds no usable number, and one the law check could not
+            # judge yet is no ground for a stop: the rule never acts on either
+            if not t.mean[j] > 0 or not f.law_checked:
                 continue
             run.append(i)
             fr.append(f.fraction)

@@ -81,8 +81,10 @@ def decide_stop(
     The rule speaks from the first usable forecast: the error model, not a grace period, keeps it silent while
     the forecast is poorly determined. ``min_steps``/``min_fraction`` add an explicit grace,
     ``step >= max(min_steps, min_fraction * total_steps)``, for users who want one. It never stops without a
-    reference, on a forecast without numbers (status ``insufficient_data`` or ``failed``), nor on one of a run
-    that has left its law (status ``law_violated``: the error was measured on runs that follow theirs).
+    reference, on a forecast without numbers (status ``insufficient_data`` or ``failed``), on one of a run
+    that has left its law (status ``law_violated``: the error was measured on runs that follow theirs), nor on
+    one the law check could not judge yet (``features.law_checked`` False: a loss climbing right after the
+    warm-up is not yet told from one still falling).
     """
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
@@ -114,6 +116,13 @@ def decide_stop(
     if features is None or not math.isfinite(reference) or not (math.isfinite(final.loss) and final.loss > 0):
         return StopDecision(
             stop=False, reason="forecast holds no usable number", reference=reference, step=step
+        )
+    if not features.law_checked:
+        return StopDecision(
+            stop=False,
+            reason="too few losses after the LR peak to check the law yet: the forecast is no ground for a stop",
+            reference=reference,
+            step=step,
         )
     model = model or load_error_model()
     scale = model.scale(features)

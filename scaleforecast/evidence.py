@@ -97,6 +97,7 @@ class ForecastTrack:
         peak = float(np.max(lrs))
         final = latest.final
         lr_t = float(lrs[min(max(t, 1), total) - 1])
+        check = getattr(forecaster, "law_check", None)
         self._features = StopFeatures(
             fraction=min(max(t / total, 0.0), 1.0),
             decay_seen=(1.0 - lr_t / peak) if peak > 0 else 0.0,
@@ -108,6 +109,7 @@ class ForecastTrack:
             noise=getattr(getattr(forecaster, "fit_result", None), "sigma", None),
             points=int(latest.n_points),
             total_steps=total,
+            law_checked=check is not None and check.judged,
         )
         return self._features
 

@@ -93,7 +93,9 @@ class StopFeatures(BaseModel):
     ``s <= t / 2`` (``None`` before the run has doubled since its first fit); ``backtest_worst``: the largest
     in size over the last doubling. ``rel_std``: the forecast's
     own std over its mean at the final step. ``noise``: the fit's relative noise of one observation;
-    ``points``: observations fitted; ``total_steps``: the run's length (``None`` where unknown).
+    ``points``: observations fitted; ``total_steps``: the run's length (``None`` where unknown);
+    ``law_checked``: whether the law check could judge the fit against the run's latest losses (False while
+    too few of them follow the LR peak: a run diverging right after its warm-up looks like one still falling).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -107,6 +109,7 @@ class StopFeatures(BaseModel):
     noise: float | None = None
     points: int | None = None
     total_steps: int | None = None
+    law_checked: bool = True
 
     @property
     def phase(self) -> Phase | None:
