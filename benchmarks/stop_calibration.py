@@ -6,7 +6,9 @@
 Re-run it whenever the forecaster changes: the error model measures *this* forecaster's errors. Every run of
 ``../shared/curves`` and every tiny run of ``data/tiny_runs`` is replayed through ``RunMonitor.flush`` at the
 adapters' cadence (``stop_replay.py``); every usable forecast gives one sample ``e = log(forecast / final)``
-with the features of :class:`scaleforecast.evidence.StopFeatures`. Then (see
+with the features of :class:`scaleforecast.evidence.StopFeatures`. Forecasts the law check could not judge
+yet (too few losses after the LR peak) are learned from, though the rule never stops on them: their errors
+keep the early scales and the tails wide, on the safe side. Then (see
 :mod:`scaleforecast.calibration` for what the numbers mean):
 
 1. ``table[column][bin]``: per fraction bin and column (the LR phase of a forecast with a backtest, or
@@ -82,6 +84,7 @@ class Samples:
     rel_std: np.ndarray
     error: np.ndarray
     flush_step: np.ndarray
+    judged: np.ndarray
     keys: list[str]
     groups: list[str]
     sources: list[str]
@@ -95,7 +98,7 @@ class Samples:
 
 def samples(traces: Sequence[Trace]) -> Samples:
     """The calibration samples of ``traces`` (see the module docstring)."""
-    run, fr, ph, bt, bw, nz, rs, err, fs = [], [], [], [], [], [], [], [], []
+    run, fr, ph, bt, bw, nz, rs, err, fs, jd = [], [], [], [], [], [], [], [], [], []
     group_names = sorted({t.group for t in traces})
     gidx = {g: i for i, g in enumerate(group_names)}
     for i, t in enumerate(traces):
@@ -108,9 +111,8 @@ def samples(traces: Sequence[Trace]) -> Samples:
         for j, f in enumerate(t.features):
             if f is None or not usable[j] or j not in seen or seen[j] >= t.flush_steps[-1]:
                 continue
-            # a forecast of a loss at or below zero holds no usable number, and one the law check could not
-            # judge yet is no ground for a stop: the rule never acts on either
-            if not t.mean[j] > 0 or not f.law_checked:
+            # a forecast of a loss at or below zero holds no usable number: never a stop
+            if not t.mean[j] > 0:
                 continue
             run.append(i)
             fr.append(f.fraction)
@@ -121,6 +123,7 @@ def samples(traces: Sequence[Trace]) -> Samples:
             rs.append(f.rel_std)
             err.append(math.log(t.mean[j] / t.final))
             fs.append(seen[j])
+            jd.append(f.law_checked)
     run_a = np.asarray(run, dtype=np.int64)
     return Samples(
         run=run_a,
@@ -133,6 +136,7 @@ def samples(traces: Sequence[Trace]) -> Samples:
         rel_std=np.asarray(rs, dtype=float),
         error=np.asarray(err, dtype=float),
         flush_step=np.asarray(fs, dtype=np.int64),
+        judged=np.asarray(jd, dtype=bool),
         keys=[t.key for t in traces],
         groups=[t.group for t in traces],
         sources=[t.source for t in traces],
@@ -368,7 +372,8 @@ def stop_steps(
     sc = model.scales(
         S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows], total=S.totals[S.run[rows]]
     )
-    stop = (S.error[rows] - math.log(ratio)) / sc > k  # confidence(z) >= c exactly when z > threshold
+    # confidence(z) >= c exactly when z > threshold; a forecast the law check has not judged never stops
+    stop = ((S.error[rows] - math.log(ratio)) / sc > k) & S.judged[rows]
     out = np.full(len(runs), -1, dtype=np.int64)
     pos = {r: i for i, r in enumerate(runs.tolist())}
     for r, s in zip(S.run[rows][stop], S.flush_step[rows][stop], strict=True):

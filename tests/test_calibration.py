@@ -47,6 +47,7 @@ def test_track_backtests_the_run_against_itself() -> None:
     first = next(x for x in seen if x is not None)
     assert first.backtest is None  # nothing to compare yet
     f = track.features
+    assert f is not None and f.law_checked
     assert f is not None and f.backtest is not None and abs(f.backtest) < 0.01
     assert f.fraction == pytest.approx(1600 / TOTAL) and f.phase == "stable"
     assert f.decay_seen == pytest.approx(0.0) and f.decay_ahead == pytest.approx(1.0)
@@ -85,6 +86,16 @@ def test_track_ignores_forecasts_without_numbers() -> None:
     fc.refit()  # too few points: insufficient_data
     assert fc.latest is not None and not fc.latest.ok
     assert track.update(fc) is None and track.state_dict()["pending"] == []
+    # a first forecast from a handful of points: the law check cannot judge it yet, and the features say so
+    curve = _law_curve(np.arange(1, TOTAL + 1))
+    fc.observe_many(np.arange(101, 111), curve[100:110])
+    fc.refit()
+    first = track.update(fc)
+    assert fc.latest is not None and fc.latest.ok and first is not None and not first.law_checked
+    fc.observe_many(np.arange(111, 400), curve[110:399])
+    fc.refit()
+    later = track.update(fc)
+    assert later is not None and later.law_checked
 
 
 def _model(**kw: object) -> ErrorModel:

@@ -99,6 +99,11 @@ def test_status_reference_and_forecast_only() -> None:
     off = _forecast(9.0, 0.01, FitStatus.LAW_VIOLATED).model_copy(update={"stop_features": TESTED})
     d = decide_stop(off, 3.0, step=900, total_steps=1000, model=MODEL)
     assert not d.stop and "left the fitted law" in d.reason
+    # a forecast the law check could not judge yet (too few losses after the LR peak): no stop, however far
+    unjudged = TESTED.model_copy(update={"law_checked": False})
+    d = decide_stop(bad, 3.0, step=900, total_steps=1000, features=unjudged, model=MODEL)
+    assert not d.stop and "check the law" in d.reason
+    assert decide_stop(bad, 3.0, step=900, total_steps=1000, features=TESTED, model=MODEL).stop
     # without features the rule reads the forecast alone, at the wider fallback scale
     d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, model=MODEL)
     assert d.scale == pytest.approx(0.1) and not d.stop
