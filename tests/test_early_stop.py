@@ -154,3 +154,31 @@ def test_benchmark_replay_is_the_monitors_own_decision(tiny: Run) -> None:
         sl = slice(end - 50, min(end, tiny.total))
         assert not mon.flush(FlushBatch(steps=tiny.steps[sl], loss=tiny.loss[sl])).stop
     assert math.isfinite(mon.forecaster.latest.final.loss)  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("column", ["train_loss", "val_loss"])
+def test_a_run_that_diverges_after_its_warm_up_and_recovers_is_not_stopped(column: str) -> None:
+    """A real tiny SGD run at LR 1.5: its loss falls to 3.1 by the end of the warm-up, climbs to 10-17, and
+    recovers to 3.0 as the cosine decays. Its first forecasts follow the climb (7-13 against a final 3.0); the
+    law check calls the climb law_violated, or cannot judge yet while too few losses follow the LR peak (the
+    sparse validation column): neither is ground for a stop, so a target 1 % above its final loss is never
+    stopped."""
+    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "curves_tiny" / "tiny_sgd"
+    rows = np.genfromtxt(folder / "sgd_cos10_2k_lr1.5.csv", delimiter=",", names=True)
+    rows = rows[np.isfinite(rows[column]) & (rows["step"] >= 1)]
+    steps, loss = rows["step"].astype(np.int64), rows[column]
+    lrs = np.load(folder / "sgd_cos10_2k_lr1.5.lr.npy")
+    mon = RunMonitor(lrs, stop=StopConfig(target_loss=1.01 * float(loss[-1])), verbose=False)
+    statuses, reasons = [], []
+    for end in range(50, lrs.size + 50, 50):
+        m = (steps > end - 50) & (steps <= end)
+        res = mon.flush(FlushBatch(steps=steps[m], loss=loss[m]))
+        assert not res.stop, (end, res.reason)
+        if res.forecast is not None:
+            statuses.append(res.forecast.status.value)
+        if res.decision is not None:
+            reasons.append(res.decision.reason)
+    assert "law_violated" in statuses
+    if column == "val_loss":  # one point every 40 steps: the first forecasts come before the check can judge
+        assert any("check the law" in r for r in reasons)
