@@ -199,18 +199,25 @@ def _make_forecast(
         warns.append(f"[law_violated] {check.message}; the interval is widened to cover both outcomes")
     z = float(ndtri(0.5 + level / 2.0))
     finite = np.isfinite(mean) & np.isfinite(std)
+    # the fit models positive losses only (its residuals are relative): a law extrapolated to or below zero
+    # has left what it can say, and a negative "forecast" would be a silent wrong answer
+    positive = finite & (mean > 0)
     points = [
         ForecastPoint(
             step=int(s), loss=float(m), lower=float(m - z * d), upper=float(m + z * d), std=float(d)
         )
-        for s, m, d in zip(steps_arr[finite], mean[finite], std[finite], strict=True)
+        for s, m, d in zip(steps_arr[positive], mean[positive], std[positive], strict=True)
     ]
-    if not finite.all():
-        bad = steps_arr[~finite]
-        shown = ", ".join(str(int(b)) for b in bad[:5]) + (", ..." if bad.size > 5 else "")
-        warns.append(f"[nonfinite_forecast] the law is not finite at step(s) {shown}: no forecast there")
-        if not points:
-            status = FitStatus.FAILED
+    for tag, bad, what in (
+        ("nonfinite_forecast", ~finite, "is not finite"),
+        ("nonpositive_forecast", finite & ~positive, "falls to or below zero, a loss it cannot model,"),
+    ):
+        if bad.any():
+            at = steps_arr[bad]
+            shown = ", ".join(str(int(b)) for b in at[:5]) + (", ..." if at.size > 5 else "")
+            warns.append(f"[{tag}] the law {what} at step(s) {shown}: no forecast there")
+    if not points and steps_arr.size:
+        status = FitStatus.FAILED
     return Forecast(
         law=fit_result.law,
         points=points,

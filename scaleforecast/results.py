@@ -25,7 +25,8 @@ class FitStatus(str, Enum):
     - ``stale``: no usable loss arrived since the last fit (only NaN/Inf, or nothing); the forecast is empty
       (no band is current) and its warnings say since when.
     - ``insufficient_data``: too few usable points to fit at all; the forecast is empty.
-    - ``failed``: the optimiser did not converge, or the law is not finite at the asked steps.
+    - ``failed``: the optimiser did not converge, or the law is not finite, or not above zero, at the asked
+      steps.
     """
 
     OK = "ok"

@@ -75,7 +75,9 @@ STATUS_TEXT: dict[str, str] = {
         "usable: the LR has not decayed enough to pin the annealing term C, which comes from the prior"
     ),
     FitStatus.INSUFFICIENT_DATA.value: "no forecast yet: too few losses to fit the law",
-    FitStatus.FAILED.value: "the last refit failed; the previous forecast stands",
+    FitStatus.FAILED.value: (
+        "no new forecast: the last refit failed, or its law gives no finite loss above zero at the last step"
+    ),
     FitStatus.LAW_VIOLATED.value: (
         "usable, widened: the latest losses have left the fitted law; the band covers both outcomes and the "
         "stop rule does not act on it"

@@ -165,3 +165,24 @@ def test_nan_storm_in_real_training_without_a_health_check(
     assert printed, "no forecast was printed before the storm"
     steps = [int(line.split("step ")[1].split(":")[0]) for line in printed]
     assert max(steps) < 40
+
+
+def test_a_law_extrapolated_below_zero_is_no_forecast() -> None:
+    """A real tiny SGD run at LR 1.5 diverged after its warm-up and recovers: fitted at 36-44 % of the run, the
+    law (its C taken from the prior, its power law from the climb) falls below zero by the last step. No
+    negative loss is ever shown as a forecast: the points are dropped with a warning, and with none left the
+    status is ``failed``."""
+    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "curves_tiny" / "tiny_sgd"
+    rows = np.genfromtxt(folder / "sgd_cos10_2k_lr1.5.csv", delimiter=",", names=True)
+    rows = rows[np.isfinite(rows["val_loss"]) & (rows["step"] >= 1)]
+    steps, loss = rows["step"].astype(np.int64), rows["val_loss"]
+    lrs = np.load(folder / "sgd_cos10_2k_lr1.5.lr.npy")
+    fc = OnlineForecaster(lrs)
+    fc.observe_many(steps[steps <= 800], loss[steps <= 800])
+    out = fc.refit()
+    assert out.status is FitStatus.FAILED and out.final is None and not out.ok
+    assert any(w.startswith("[nonpositive_forecast]") and "2000" in w for w in out.warnings)
+    # near the run, the same law is still positive: those points stand, the others are named
+    part = fc.forecast(steps=[900, 2000])
+    assert [p.step for p in part.points] == [900] and part.points[0].loss > 0
+    assert any("at step(s) 2000" in w for w in part.warnings)
