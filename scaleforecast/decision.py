@@ -180,8 +180,8 @@ def sweep_reference(
     at least ``rel_std_floor``: ``scale_of(record)`` if given, else the model's scale of the record's own
     ``features`` (the run's stop features, published with its forecast), else the model's conservative
     ``fallback`` at ``step / total_steps``;
-    without a model, the normal quantile ``loss + z_q * std`` with the std widened by ``rel_std_floor``
-    (:func:`widen_forecast`). Only forecasts whose fit status holds numbers count, so one lucky, uncertain
+    without a model, the normal quantile ``loss + z_q * std`` with the std widened to
+    ``sqrt(std^2 + (rel_std_floor * loss)^2)``. Only forecasts whose fit status holds numbers count, so one lucky, uncertain
     forecast cannot set the bar. Stopped runs deliver no model and never count. ``exclude`` is the asking run;
     ``max_age_s`` drops running records not updated for that long (a run that died). None when nothing counts.
     """
@@ -326,28 +326,6 @@ def decide_stop_among(
         features=features,
         model=model,
     )
-
-
-def widen_forecast(forecast: Forecast | None, rel_std_floor: float) -> Forecast | None:
-    """The forecast with every point's std widened to ``sqrt(std^2 + (rel_std_floor * loss)^2)``.
-
-    The fit's own std measures the noise and the parameter uncertainty under the law; it does not measure the
-    law's misfit to a given run, which on real curves is of the order of 1-3 % of the final loss mid-run. A
-    relative floor stands for that model error in stopping decisions, where a false stop is costly. Intervals
-    are widened by the same factor; ``rel_std_floor = 0`` returns the forecast unchanged.
-    """
-    if forecast is None or rel_std_floor <= 0:
-        return forecast
-    points = []
-    for p in forecast.points:
-        std = math.hypot(p.std, rel_std_floor * abs(p.loss))
-        scale = std / p.std if p.std > 0 else None
-        half_lo = (
-            (p.loss - p.lower) * scale if scale else NormalDist().inv_cdf(0.5 + forecast.level / 2) * std
-        )
-        half_hi = (p.upper - p.loss) * scale if scale else half_lo
-        points.append(p.model_copy(update={"std": std, "lower": p.loss - half_lo, "upper": p.loss + half_hi}))
-    return forecast.model_copy(update={"points": points})
 
 
 class ForecastStopCheck(abc.ABC):

@@ -14,7 +14,6 @@ from scaleforecast.decision import (
     decide_stop,
     decide_stop_in_sweep,
     sweep_reference,
-    widen_forecast,
 )
 from scaleforecast.evidence import PHASES, StopFeatures, features_from_forecast
 from scaleforecast.registry import RunRecord, RunState, SQLiteRegistry
@@ -210,17 +209,3 @@ def test_decide_stop_in_sweep_publishes_and_compares(tmp_path: Path) -> None:
     # an unusable forecast is not published and never stops the run
     d = decide_stop_in_sweep(_forecast(9.0, 0.0, FitStatus.FAILED), reg, "nofit", step=600, total_steps=1000)
     assert not d.stop and reg.get("nofit") is None
-
-
-def test_widen_forecast() -> None:
-    f = _forecast(3.0, 0.003)
-    assert widen_forecast(f, 0.0) is f and widen_forecast(None, 0.1) is None
-    w = widen_forecast(f, 0.01)
-    assert w is not None and w.final is not None
-    assert w.final.std == pytest.approx((0.003**2 + 0.03**2) ** 0.5)
-    # the band widens by the same factor around the same mean
-    assert w.final.loss == 3.0 and w.final.upper - 3.0 == pytest.approx(0.003 * w.final.std / 0.003)
-    assert f.final is not None and f.final.std == 0.003  # the original is untouched
-    zero = widen_forecast(_forecast(2.0, 0.0), 0.01)
-    assert zero is not None and zero.final is not None and zero.final.std == pytest.approx(0.02)
-    assert zero.final.lower < 2.0 < zero.final.upper
