@@ -17,8 +17,9 @@ class FitStatus(str, Enum):
     True
 
     - ``ok``: every parameter is pinned by the run's own data.
-    - ``annealing_unidentified``: the LR has not decayed enough for the data to pin the annealing
-      coefficient ``C``; the forecast leans on the prior (or, without one, on ``C = 0``) and says so.
+    - ``annealing_unidentified``: the run's own data do not pin the annealing coefficient ``C`` yet (the LR
+      has not decayed enough, or its decay is too short or noisy to read); the forecast leans on the prior (or,
+      without one, on ``C = 0``) and says so.
     - ``law_violated``: the latest losses have left the fitted law (a posterior-predictive check failed, e.g.
       a loss that rises while the LR decays); the interval is widened to cover where the curve went, and the
       forecast says so until the curve is back on the law.

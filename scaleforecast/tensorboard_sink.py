@@ -72,7 +72,8 @@ SERIES_DIR = "scaleforecast"
 STATUS_TEXT: dict[str, str] = {
     FitStatus.OK.value: "usable: every parameter of the law is pinned by the run's own losses",
     FitStatus.ANNEALING_UNIDENTIFIED.value: (
-        "usable: the LR has not decayed enough to pin the annealing term C, which comes from the prior"
+        "usable: the run's own losses do not pin the annealing term C yet (the LR has not decayed enough, or "
+        "its decay is too short or noisy to read), so C leans on the prior"
     ),
     FitStatus.INSUFFICIENT_DATA.value: "no forecast yet: too few losses to fit the law",
     FitStatus.FAILED.value: (
