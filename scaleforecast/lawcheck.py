@@ -151,22 +151,17 @@ def _rise_since_best(
     sigma: float,
     z: float,
 ) -> tuple[float, float, int] | None:
-    """(relative rise, its z, the best level's last step) of the stretch ``win`` over the lowest earlier level,
-    when it is significant and the LR has not risen since; else ``None`` (``rest``: the windows before the
-    stretch; ``sigma``: the relative noise of one raw point).
-
-    The earlier level is read two ways, and the lower bar counts. The earlier windows pooled, in order, into
-    blocks of at least as many raw points as the stretch, each at its mean plus two noise sds: a block as noisy
-    as the stretch, so that neither a lucky small window nor a skewed per-batch noise sets the bar. And each
-    earlier window alone, at its mean plus ``2 + sqrt(2 ln k)`` noise sds for ``k`` windows (the lowest of
-    ``k`` noisy means sits about ``sqrt(2 ln k)`` sds low): a run that diverged right after its warm-up has
-    too few earlier windows to fill one block as large as its stretch without pooling the climb itself."""
+    """(relative rise, its z, the best block's last step) of the stretch ``win`` over the lowest earlier level,
+    when it is significant and the LR has not risen since; else ``None``. The earlier windows are pooled, in
+    order, into blocks of at least as many raw points as the stretch, so that a block's mean is as noisy as the
+    stretch's and neither a lucky small window nor a skewed per-batch noise sets the bar (``rest``: the windows
+    before the stretch; ``sigma``: the relative noise of one raw point)."""
     if not rest.any() or sigma <= 0:
         return None
     w = count[win]
     n = float(w.sum())
     level = float(np.sum(w * y[win]) / n)
-    means, counts, ends, bars = [], [], [], []
+    means, counts, ends = [], [], []
     acc_y = acc_n = 0.0
     for e_, y_, c_ in zip(end[rest].tolist(), y[rest].tolist(), count[rest].tolist(), strict=True):
         acc_y, acc_n = acc_y + y_ * c_, acc_n + c_
@@ -174,15 +169,11 @@ def _rise_since_best(
             means.append(acc_y / acc_n)
             counts.append(acc_n)
             ends.append(int(e_))
-            bars.append(2.0)
             acc_y = acc_n = 0.0
-    k = int(rest.sum())
-    means += y[rest].tolist()
-    counts += count[rest].tolist()
-    ends += end[rest].astype(int).tolist()
-    bars += [2.0 + math.sqrt(2.0 * math.log(k))] * k
+    if not means:
+        return None
     noise = sigma / np.sqrt(np.asarray(counts))
-    upper = np.asarray(means) * (1.0 + np.asarray(bars) * noise)
+    upper = np.asarray(means) * (1.0 + 2.0 * noise)
     i = int(np.argmin(upper))
     best = float(upper[i])
     rise = level / best - 1.0
