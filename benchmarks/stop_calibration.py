@@ -7,8 +7,8 @@ Re-run it whenever the forecaster changes: the error model measures *this* forec
 ``../shared/curves`` and every tiny run of ``data/tiny_runs`` is replayed through ``RunMonitor.flush`` at the
 adapters' cadence (``stop_replay.py``); every usable forecast gives one sample ``e = log(forecast / final)``
 with the features of :class:`scaleforecast.evidence.StopFeatures`. Forecasts the law check could not judge
-yet (too few losses after the LR peak) are learned from, though the rule never stops on them: their errors
-keep the early scales and the tails wide, on the safe side. Then (see
+yet (too few losses after the LR peak), and those whose own band reaches below zero, are learned from, though
+the rule never stops on them: their errors keep the early scales and the tails wide, on the safe side. Then (see
 :mod:`scaleforecast.calibration` for what the numbers mean):
 
 1. ``table[column][bin]``: per fraction bin and column (the LR phase of a forecast with a backtest, or
@@ -44,6 +44,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -372,8 +373,10 @@ def stop_steps(
     sc = model.scales(
         S.fraction[rows], S.phase[rows], S.backtest[rows], S.noise[rows], total=S.totals[S.run[rows]]
     )
-    # confidence(z) >= c exactly when z > threshold; a forecast the law check has not judged never stops
-    stop = ((S.error[rows] - math.log(ratio)) / sc > k) & S.judged[rows]
+    # confidence(z) >= c exactly when z > threshold; a forecast the law check has not judged, or whose own
+    # band reaches below zero at c (``rel_std > 1 / z_c``), never stops
+    z_c = NormalDist().inv_cdf(confidence)
+    stop = ((S.error[rows] - math.log(ratio)) / sc > k) & S.judged[rows] & (S.rel_std[rows] * z_c <= 1.0)
     out = np.full(len(runs), -1, dtype=np.int64)
     pos = {r: i for i, r in enumerate(runs.tolist())}
     for r, s in zip(S.run[rows][stop], S.flush_step[rows][stop], strict=True):

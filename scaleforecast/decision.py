@@ -82,9 +82,10 @@ def decide_stop(
     the forecast is poorly determined. ``min_steps``/``min_fraction`` add an explicit grace,
     ``step >= max(min_steps, min_fraction * total_steps)``, for users who want one. It never stops without a
     reference, on a forecast without numbers (status ``insufficient_data`` or ``failed``), on one of a run
-    that has left its law (status ``law_violated``: the error was measured on runs that follow theirs), nor on
+    that has left its law (status ``law_violated``: the error was measured on runs that follow theirs), on
     one the law check could not judge yet (``features.law_checked`` False: a loss climbing right after the
-    warm-up is not yet told from one still falling).
+    warm-up is not yet told from one still falling), nor on one whose own band puts more than
+    ``1 - confidence`` of its mass below zero (``loss < z_c * std``: the fit cannot tell the final loss yet).
     """
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
@@ -121,6 +122,18 @@ def decide_stop(
         return StopDecision(
             stop=False,
             reason="too few losses after the LR peak to check the law yet: the forecast is no ground for a stop",
+            reference=reference,
+            step=step,
+        )
+    if reference > 0 and final.loss < NormalDist().inv_cdf(confidence) * final.std:
+        # the fit's own band puts more than 1 - confidence of its mass below zero, where no loss can be: it
+        # cannot tell the final loss yet (a run in a transient, a law extrapolated far), whatever its mean says
+        return StopDecision(
+            stop=False,
+            reason=(
+                f"the forecast's own band ({final.loss:.4f} +- {final.std:.4f}) reaches below zero: the fit "
+                "cannot tell the final loss yet"
+            ),
             reference=reference,
             step=step,
         )

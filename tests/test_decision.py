@@ -103,6 +103,15 @@ def test_status_reference_and_forecast_only() -> None:
     d = decide_stop(bad, 3.0, step=900, total_steps=1000, features=unjudged, model=MODEL)
     assert not d.stop and "check the law" in d.reason
     assert decide_stop(bad, 3.0, step=900, total_steps=1000, features=TESTED, model=MODEL).stop
+    # a forecast whose own band reaches below zero at the confidence asked (9 +- 5: z_0.98 * 5 = 10.3 > 9)
+    # cannot tell the final loss, whatever its mean; at 0.9 (z = 1.28) the same band stays above zero
+    wide = _forecast(9.0, 5.0)
+    d = decide_stop(wide, 3.0, step=900, total_steps=1000, features=TESTED, model=MODEL)
+    assert not d.stop and "reaches below zero" in d.reason
+    assert decide_stop(
+        wide, 3.0, step=900, total_steps=1000, features=TESTED, model=MODEL, confidence=0.9
+    ).stop
+    assert decide_stop(wide, 0.0, step=900, total_steps=1000, features=TESTED, model=MODEL).stop  # impossible
     # without features the rule reads the forecast alone, at the wider fallback scale
     d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, model=MODEL)
     assert d.scale == pytest.approx(0.1) and not d.stop
