@@ -236,8 +236,8 @@ class TensorBoardSink:
     forecast. ``close_writer``: close the writer in :meth:`close` (only for writers the sink's owner created;
     the runs the sink opens itself are always closed). ``series_runs``: write the forecast, target and
     early-stop lines to runs beside the writer's (when its folder is known), else all to the writer's run.
-    ``background_figures``: draw figures on a worker thread (a failure there surfaces at the next figure or at
-    :meth:`close`, where the fan-out sink reports it).
+    ``background_figures``: draw figures on a worker thread, written by the next call on the caller's thread
+    (a failure there surfaces at the next figure or at :meth:`close`, where the fan-out sink reports it).
     """
 
     def __init__(
@@ -264,7 +264,7 @@ class TensorBoardSink:
         self._target: float | None = None
         self.background_figures = background_figures
         self.skipped_figures = 0
-        self._figures: list[Job[None]] = []
+        self._figures: list[Job[tuple[int, np.ndarray] | None]] = []
         self._next: CurveSnapshot | None = None  # the snapshot a queued figure job will draw
         self._lock = threading.Lock()
 
@@ -290,6 +290,7 @@ class TensorBoardSink:
 
     def write_forecast(self, step: int, forecast: Forecast, extras: Mapping[str, float]) -> None:
         """Scalars of the final-step forecast, the law, the status text on change and ``extras`` at ``step``."""
+        self._collect(wait=False)  # the figures drawn since the last call
         self._write_layout()
         w = self.writer
         final = forecast.final
@@ -378,7 +379,7 @@ class TensorBoardSink:
         if queued:  # a job that has not started yet will draw this one instead
             self.skipped_figures += 1
             return
-        job = _FIGURES.submit(self._draw_next)
+        job = _FIGURES.submit(self._render_next)
         if job is None:
             with self._lock:
                 self._next = None
@@ -386,28 +387,36 @@ class TensorBoardSink:
             return
         self._figures.append(job)
 
-    def _draw_next(self) -> None:
+    def _render_next(self) -> tuple[int, np.ndarray] | None:
         with self._lock:
             snapshot, self._next = self._next, None
-        if snapshot is not None:
-            self._draw(snapshot)
+        return None if snapshot is None else (snapshot.step, render_rgb(draw_snapshot(snapshot)))
 
     def _draw(self, snapshot: CurveSnapshot) -> None:
-        image = render_rgb(draw_snapshot(snapshot))
-        self.writer.add_image(self.figure_tag, image, snapshot.step, dataformats="HWC")
+        self._add_image(snapshot.step, render_rgb(draw_snapshot(snapshot)))
+
+    def _add_image(self, step: int, image: np.ndarray) -> None:
+        self.writer.add_image(self.figure_tag, image, step, dataformats="HWC")
 
     def _collect(self, wait: bool) -> None:
-        """Forget the figure jobs that finished (all of them, waiting, with ``wait``); re-raise a failure."""
+        """Write the figures the worker has drawn (all of them, waiting, with ``wait``); re-raise a failure.
+
+        The worker only draws: the writer is touched on the caller's thread alone, so that a writer its owner
+        closes on that thread (HF's TensorBoard callback at the end of training) is never written to at the
+        same time from another."""
         done = [job for job in self._figures if wait or job.done()]
         self._figures = [job for job in self._figures if job not in done]
         for job in done:
-            job.result()
+            drawn = job.result()
+            if drawn is not None:
+                self._add_image(*drawn)
 
     def wait(self) -> None:
         """Wait for the figures being drawn or waiting (re-raising a failure)."""
         self._collect(wait=True)
 
     def flush(self) -> None:
+        self._collect(wait=False)
         for w in (self.writer, *self._series.writers.values()):
             fn = getattr(w, "flush", None)
             if callable(fn):

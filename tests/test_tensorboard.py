@@ -469,3 +469,29 @@ def test_every_fit_status_is_said_in_words() -> None:
 
     for status in FitStatus:
         assert status_text(status) != status.value and status_text(status.value) == status_text(status)
+
+
+def test_figures_are_drawn_on_the_worker_and_written_on_the_callers_thread(tmp_path: Path) -> None:
+    """HF's TensorBoard callback closes its writer on the training thread at the end of training: a figure
+    written from the worker thread at that moment raced it ("Writer is closed"). The worker only draws; every
+    write is the caller's, at its next call."""
+    import threading
+
+    threads: list[str] = []
+
+    class Recording(SummaryWriter):
+        def add_image(self, *args: object, **kwargs: object) -> None:
+            threads.append(threading.current_thread().name)
+            super().add_image(*args, **kwargs)  # type: ignore[arg-type]
+
+    writer = Recording(str(tmp_path))
+    sink = TensorBoardSink(writer, close_writer=True)
+    for step in (100, 200, 300):
+        sink.write_figure(_snapshot(step))
+        sink.wait()
+    sink.write_figure(_snapshot(400))
+    sink.write_forecast(400, _forecast(400, 2.3), {})  # writes what the worker has drawn by now, if anything
+    sink.close()
+    main = threading.current_thread().name
+    assert threads == [main] * 4
+    assert [i.step for i in _read(tmp_path).Images("forecast/curve")] == [100, 200, 300, 400]
