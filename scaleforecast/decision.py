@@ -194,9 +194,10 @@ def sweep_reference(
     ``features`` (the run's stop features, published with its forecast), else the model's conservative
     ``fallback`` at ``step / total_steps``;
     without a model, the normal quantile ``loss + z_q * std`` with the std widened to
-    ``sqrt(std^2 + (rel_std_floor * loss)^2)``. Only forecasts whose fit status holds numbers count, so one lucky, uncertain
-    forecast cannot set the bar. Stopped runs deliver no model and never count. ``exclude`` is the asking run;
-    ``max_age_s`` drops running records not updated for that long (a run that died). None when nothing counts.
+    ``sqrt(std^2 + (rel_std_floor * loss)^2)``. Only forecasts whose fit status holds numbers count, so one
+    lucky, uncertain forecast cannot set the bar. Stopped runs deliver no model and never count. ``exclude`` is
+    the asking run; ``max_age_s`` drops running records not updated for that long (a run that died). None when
+    nothing counts.
     """
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
