@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaleforecast.events import Event
+from scaleforecast.results import FitStatus
 
 log = logging.getLogger("scaleforecast.health")
 
@@ -202,7 +203,8 @@ class ScheduleAdvisor:
     ``evaluate(view)`` reads the fit through a read-only :class:`scaleforecast.monitor.FitView` (an
     :class:`~scaleforecast.forecaster.OnlineForecaster` offers the same ``latest``, ``last_step``,
     ``schedule`` and ``predict``) and returns a :class:`ScheduleAdvice` (or ``None`` when there is no usable
-    fit or nothing is left to change), kept as :attr:`latest`; ``events(advice)`` turns it into events: one
+    fit or nothing is left to change; no candidates while the run has left its law, status ``law_violated``,
+    whose what-ifs would be the law's), kept as :attr:`latest`; ``events(advice)`` turns it into events: one
     ``schedule_advice`` event when the gain is significant, and each plan flag once.
     ``advise(view, step)`` does both and never raises: it is the hook
     :class:`~scaleforecast.monitor.RunMonitor` calls after each refit; :meth:`scalars` gives the latest
@@ -226,7 +228,9 @@ class ScheduleAdvisor:
         if plan.final_step != total or total - step < max(2, cfg.min_remaining * total):
             return None
         cands: list[Candidate] = []
-        for name, lrs in candidate_schedules(planned, step, cfg).items():
+        # a what-if is the law's answer: for a run that has left its law, there is none to give
+        schedules = {} if plan.status is FitStatus.LAW_VIOLATED else candidate_schedules(planned, step, cfg)
+        for name, lrs in schedules.items():
             try:
                 final = float(view.predict([total], schedule=lrs)[0])
             except Exception as err:  # one bad candidate must not lose the others

@@ -125,3 +125,15 @@ def test_flags_are_reported_once_and_state_round_trips(curves_dir: Path) -> None
     again.load_state_dict(state)
     assert again.advise(fc, 20000) == []
     assert again.latest is not None and again.latest.planned_final == pytest.approx(adv.latest.planned_final)
+
+
+DIVERGED = "cos-zero-124m_slimpajama_llama_norm_nlayers12_nhead12_lr0.005_sched_cos_warmup300_decay_sqrt_0.0_iter50000"
+
+
+def test_no_what_if_for_a_run_that_has_left_its_law(curves_dir: Path) -> None:
+    """A real 124M run at 10x LR diverged (5.6 -> 7.5) and its forecast is law_violated: a schedule's what-if is
+    the law's answer, so the advisor offers none (the plan's flags, which need no law, still come)."""
+    adv, events = _advisor_at(curves_dir, DIVERGED, 0.5)
+    advice = adv.latest
+    assert advice is not None and advice.candidates == [] and advice.best is None and not advice.significant
+    assert not [e for e in events if e.severity == "warning"]
