@@ -168,7 +168,7 @@ def test_nan_storm_in_real_training_without_a_health_check(
 
 
 def test_a_law_extrapolated_below_zero_is_no_forecast() -> None:
-    """A real tiny SGD run at LR 1.5 diverged after its warm-up and recovers: fitted at 36-44 % of the run, the
+    """A real tiny SGD run at LR 1.5 diverged after its warm-up and recovers: fitted at 40 % of the run, the
     law (its C taken from the prior, its power law from the climb) falls below zero by the last step. No
     negative loss is ever shown as a forecast: the points are dropped with a warning, and with none left the
     status is ``failed``."""

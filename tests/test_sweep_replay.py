@@ -239,9 +239,15 @@ def test_real_curves_trace_and_group(curves_dir: Path) -> None:
 def _point_forecast(loss: float, std: float) -> Forecast:
     point = ForecastPoint(step=1000, loss=loss, lower=loss - std, upper=loss + std, std=std)
     return Forecast(
-        law="tissue", level=0.8, fitted_at_step=100, final_step=1000, points=[point], params=None,
-        n_points=20, status=FitStatus.OK,
-    )  # fmt: skip
+        law="tissue",
+        level=0.8,
+        fitted_at_step=100,
+        final_step=1000,
+        points=[point],
+        params=None,
+        n_points=20,
+        status=FitStatus.OK,
+    )
 
 
 def test_widen_forecast_of_the_before_rule() -> None:
