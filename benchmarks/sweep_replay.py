@@ -271,8 +271,9 @@ class SweepView:
         self.state = ["pending"] * n
         self.latest = [-1] * n
 
-    def records(self, exclude: int) -> list[RunRecord]:
-        """The other runs as registry records (what a run would read from the shared registry)."""
+    def records(self, exclude: int, features: bool = True) -> list[RunRecord]:
+        """The other runs as registry records (what a run would read from the shared registry: with
+        ``features``, the stop features each running run published with its forecast)."""
         out = []
         for i, r in enumerate(self.sweep.runs):
             if i == exclude or self.state[i] == "pending":
@@ -293,6 +294,7 @@ class SweepView:
                         std=float(r.fc_std[k]),
                         status=r.fc_status[k],
                         updated=time.time(),
+                        features=r.feature(k) if features else None,
                     )
                 )
         return out
@@ -399,23 +401,15 @@ class CalibratedRule(NoStop):
 
     def check(self, i: int, k: int) -> bool:
         run = self.view.sweep.runs[i]
-        model = self.model_of(run.key)
-
-        def scale_of(record: RunRecord) -> float | None:
-            other = self.view.sweep.runs[int(record.run_id)]
-            f = other.feature(self.view.latest[int(record.run_id)])
-            return None if f is None else model.scale(f)
-
         d = decide_stop_among(
             run.forecast(k),
-            self.view.records(i),
+            self.view.records(i, features=not self.forecast_only),
             step=int(run.steps[k]),
             total_steps=run.total_steps,
             confidence=self.confidence,
             quantile=self.quantile,
             features=None if self.forecast_only else run.feature(k),
-            model=model,
-            scale_of=None if self.forecast_only else scale_of,
+            model=self.model_of(run.key),
         )
         return d.stop
 

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -182,7 +182,6 @@ def sweep_reference(
     now: float | None = None,
     rel_std_floor: float = 0.0,
     model: ErrorModel | None = None,
-    scale_of: Callable[[RunRecord], float | None] | None = None,
 ) -> float | None:
     """The loss a run has to beat in its sweep: the smallest of ``target``, the other runs' final losses and
     the other running runs' *confident* forecasts.
@@ -190,9 +189,8 @@ def sweep_reference(
     A running run's forecast counts at the loss it stays below with probability ``quantile``: with an error
     ``model`` (:mod:`scaleforecast.calibration`), ``loss * exp(k_q * scale)``, where ``k_q`` is the measured
     optimistic margin of forecasts (:meth:`ErrorModel.optimistic_margin`) and ``scale`` the run's error scale,
-    at least ``rel_std_floor``: ``scale_of(record)`` if given, else the model's scale of the record's own
-    ``features`` (the run's stop features, published with its forecast), else the model's conservative
-    ``fallback`` at ``step / total_steps``;
+    at least ``rel_std_floor``: the model's scale of the record's own ``features`` (the run's stop features,
+    published with its forecast), else its conservative ``fallback`` at ``step / total_steps``;
     without a model, the normal quantile ``loss + z_q * std`` with the std widened to
     ``sqrt(std^2 + (rel_std_floor * loss)^2)``. Only forecasts whose fit status holds numbers count, so one
     lucky, uncertain forecast cannot set the bar. Stopped runs deliver no model and never count. ``exclude`` is
@@ -218,8 +216,7 @@ def sweep_reference(
             if r.loss is None or r.status not in _USABLE:
                 continue
             if model is not None:
-                known = scale_of(r) if scale_of is not None else None
-                scale = known if known is not None else model.scale(r.features or _record_features(r))
+                scale = model.scale(r.features or _record_features(r))
                 value = r.loss * math.exp(k * max(scale, rel_std_floor))
             else:
                 value = r.loss + z * math.hypot(r.std or 0.0, rel_std_floor * r.loss)
@@ -305,7 +302,6 @@ def decide_stop_among(
     rel_std_floor: float = 0.0,
     features: StopFeatures | None = None,
     model: ErrorModel | None = None,
-    scale_of: Callable[[RunRecord], float | None] | None = None,
 ) -> StopDecision:
     """:func:`decide_stop` against :func:`sweep_reference` of the other runs' ``records``, both with the same
     measured error ``model`` (default: the shipped one).
@@ -314,7 +310,6 @@ def decide_stop_among(
     Optuna study; ``records`` must not hold the deciding run itself. ``features`` are the deciding run's own
     (:class:`scaleforecast.evidence.ForecastTrack`); without them, those the forecast carries (the run
     monitor attaches them), else what the forecast alone tells, with a wider scale.
-    ``scale_of``: the other runs' own error scales, when their records carry them (see :func:`sweep_reference`).
     ``rel_std_floor`` is the smallest error scale assumed for any forecast, this run's and the others'.
     """
     model = model or load_error_model()
@@ -327,7 +322,6 @@ def decide_stop_among(
         max_age_s=max_age_s,
         rel_std_floor=rel_std_floor,
         model=model,
-        scale_of=scale_of,
     )
     return decide_stop(
         forecast,

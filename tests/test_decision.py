@@ -188,17 +188,15 @@ def test_sweep_reference_with_the_error_model() -> None:
     ]
     k = MODEL.optimistic_margin(0.8)
     assert k == pytest.approx(3.0)
-    # a running run's own scale when its record carries it, else the model's conservative fallback (10 %)
+    # without the run's published features: the model's conservative fallback (10 %)
     assert sweep_reference(recs, model=MODEL) == pytest.approx(3.5)  # 3 * exp(0.3) = 4.05 > 3.5
-    assert sweep_reference(recs, model=MODEL, scale_of=lambda r: 0.02) == pytest.approx(3.0 * math.exp(0.06))
-    assert sweep_reference(recs, model=MODEL, scale_of=lambda r: None) == pytest.approx(3.5)
     # the features the run published with its forecast: the model's scale of them (a tested run: 2 %)
     published = [recs[0].model_copy(update={"features": TESTED}), recs[1]]
     assert sweep_reference(published, model=MODEL) == pytest.approx(3.0 * math.exp(0.06))
     # the floor widens every scale
-    assert sweep_reference(
-        recs[:1], model=MODEL, scale_of=lambda r: 0.02, rel_std_floor=0.05
-    ) == pytest.approx(3.0 * math.exp(0.15))
+    assert sweep_reference(published[:1], model=MODEL, rel_std_floor=0.05) == pytest.approx(
+        3.0 * math.exp(0.15)
+    )
 
 
 def test_decide_stop_in_sweep_publishes_and_compares(tmp_path: Path) -> None:
