@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from scaleforecast.calibration import ErrorModel, load_error_model
 from scaleforecast.events import Event
-from scaleforecast.evidence import StopFeatures, features_from_forecast
+from scaleforecast.evidence import StopFeatures, bare_features, features_from_forecast
 from scaleforecast.job import job_rank, job_run_id, job_world_size
 from scaleforecast.registry import BackgroundRegistry, RunRecord, RunRegistry, RunState, open_registry
 from scaleforecast.results import USABLE_STATUSES, FitStatus, Forecast
@@ -216,23 +216,13 @@ def sweep_reference(
             if r.loss is None or r.status not in _USABLE:
                 continue
             if model is not None:
-                scale = model.scale(r.features or _record_features(r))
+                scale = model.scale(r.features or bare_features(r.step, r.total_steps, r.loss, r.std or 0.0))
                 value = r.loss * math.exp(k * max(scale, rel_std_floor))
             else:
                 value = r.loss + z * math.hypot(r.std or 0.0, rel_std_floor * r.loss)
         if value is not None and math.isfinite(value) and (best is None or value < best):
             best = value
     return best
-
-
-def _record_features(r: RunRecord) -> StopFeatures:
-    """What a registry record tells the error model: the fraction of the run seen, the forecast's std and the
-    run's length (an unknown length counts as the very start of a short run, where the scale is widest)."""
-    fraction = min(max(r.step / r.total_steps, 0.0), 1.0) if r.total_steps else 0.0
-    loss = r.loss or 0.0
-    return StopFeatures(
-        fraction=fraction, rel_std=(r.std or 0.0) / loss if loss > 0 else 0.0, total_steps=r.total_steps
-    )
 
 
 def decide_stop_in_sweep(

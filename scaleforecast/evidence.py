@@ -17,7 +17,7 @@ import numpy as np
 
 from scaleforecast.results import PHASES, Forecast, Phase, StopFeatures
 
-__all__ = ["PHASES", "ForecastTrack", "Phase", "StopFeatures", "features_from_forecast"]
+__all__ = ["PHASES", "ForecastTrack", "Phase", "StopFeatures", "bare_features", "features_from_forecast"]
 
 
 def features_from_forecast(forecast: Forecast) -> StopFeatures | None:
@@ -33,12 +33,23 @@ def features_from_forecast(forecast: Forecast) -> StopFeatures | None:
         return None
     if forecast.stop_features is not None:
         return forecast.stop_features
-    fraction = min(max(forecast.fitted_at_step / forecast.final_step, 0.0), 1.0)
+    return bare_features(
+        forecast.fitted_at_step, forecast.final_step, final.loss, final.std, points=forecast.n_points
+    )
+
+
+def bare_features(
+    step: int, total_steps: int | None, loss: float, std: float, points: int | None = None
+) -> StopFeatures:
+    """What a forecast of ``loss`` +- ``std`` made at ``step`` tells the error model without the run's record: the
+    fraction of the run seen, the relative std and the run's length (an unknown length counts as the very
+    start of a run, where the scale is widest)."""
+    fraction = min(max(step / total_steps, 0.0), 1.0) if total_steps else 0.0
     return StopFeatures(
         fraction=fraction,
-        rel_std=max(final.std, 0.0) / final.loss,
-        points=forecast.n_points,
-        total_steps=forecast.final_step,
+        rel_std=max(std, 0.0) / loss if loss > 0 else 0.0,
+        points=points,
+        total_steps=total_steps,
     )
 
 
