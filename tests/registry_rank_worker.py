@@ -10,30 +10,15 @@ import json
 import sys
 from pathlib import Path
 
+from forecasts import one_point
+
 from scaleforecast.decision import SweepStopper
-from scaleforecast.results import FitStatus, Forecast, ForecastPoint, StopFeatures
+from scaleforecast.results import Forecast
 
 
 def forecast(loss: float, std: float, step: int) -> Forecast:
-    """The forecast fitted at ``step`` as the run monitor hands it to its listeners: with the run's stop features
-    (a linear decay to zero, a run whose forecasts passed their own backtest)."""
-    point = ForecastPoint(step=1000, loss=loss, lower=loss - std, upper=loss + std, std=std)
-    f = step / 1000
-    features = StopFeatures(
-        fraction=f, decay_seen=f, decay_ahead=1 - f, backtest=0.005, backtest_worst=0.005, rel_std=std / loss,
-        noise=0.002, points=step, total_steps=1000,
-    )  # fmt: skip
-    return Forecast(
-        law="tissue",
-        level=0.8,
-        fitted_at_step=step,
-        final_step=1000,
-        points=[point],
-        params=None,
-        n_points=step,
-        status=FitStatus.OK,
-        stop_features=features,
-    )
+    """The forecast fitted at ``step`` as the run monitor hands it to its listeners."""
+    return one_point(loss, std, heard_at=step)
 
 
 def main() -> None:

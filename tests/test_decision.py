@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from forecasts import one_point
 
 from scaleforecast.calibration import ErrorModel, ErrorTail, load_error_model
 from scaleforecast.decision import (
@@ -17,21 +18,7 @@ from scaleforecast.decision import (
 )
 from scaleforecast.evidence import PHASES, StopFeatures, features_from_forecast
 from scaleforecast.registry import RunRecord, RunState, SQLiteRegistry
-from scaleforecast.results import FitStatus, Forecast, ForecastPoint
-
-
-def _forecast(loss: float, std: float, status: FitStatus = FitStatus.OK, final_step: int = 1000) -> Forecast:
-    point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=std)
-    return Forecast(
-        law="tissue",
-        level=0.8,
-        fitted_at_step=100,
-        final_step=final_step,
-        points=[point],
-        params=None,
-        n_points=20,
-        status=status,
-    )
+from scaleforecast.results import FitStatus
 
 
 def _rec(run_id: str, **kw: object) -> RunRecord:
@@ -52,29 +39,29 @@ TESTED = StopFeatures(fraction=0.5, decay_seen=0.0, decay_ahead=1.0, backtest=0.
 
 def test_stop_when_the_measured_error_cannot_explain_the_gap() -> None:
     # 3.5 vs 3.0 is 7.7 scales of 2 %: more than any calibration run was ever off
-    d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
+    d = decide_stop(one_point(3.5, 0.1), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
     assert d.stop and d.probability == pytest.approx(100 / 101) and d.reference == 3.0
     assert d.scale == pytest.approx(0.02)
     # 3.05 vs 3.0 is 0.83 scales: 4 groups in 5 had a larger excursion
-    d = decide_stop(_forecast(3.05, 0.1), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
+    d = decide_stop(one_point(3.05, 0.1), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
     assert not d.stop and d.probability == pytest.approx(20 / 101)
     # the same gap before the run has tested itself is 1.93 scales of 8 %: weak evidence
     untested = TESTED.model_copy(update={"backtest": None})
     d = decide_stop(
-        _forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, features=untested, model=MODEL, confidence=0.5
+        one_point(3.5, 0.1), 3.0, step=500, total_steps=1000, features=untested, model=MODEL, confidence=0.5
     )
     assert d.stop  # 1.93 scales: 3 groups in 5 stayed below, enough at confidence 0.5 only
     d = decide_stop(
-        _forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, features=untested, model=MODEL, confidence=0.9
+        one_point(3.5, 0.1), 3.0, step=500, total_steps=1000, features=untested, model=MODEL, confidence=0.9
     )
     assert not d.stop and d.probability == pytest.approx(60 / 101)
     # a forecast below the reference never stops, however confident
-    d = decide_stop(_forecast(2.9, 1e-6), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
+    d = decide_stop(one_point(2.9, 1e-6), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
     assert not d.stop and d.probability == 0.0
 
 
 def test_speaks_early_on_overwhelming_evidence_and_honours_an_explicit_grace() -> None:
-    bad = _forecast(9.0, 0.01)
+    bad = one_point(9.0, 0.01)
     early = StopFeatures(fraction=0.01, decay_seen=0.0, decay_ahead=1.0)
     assert decide_stop(bad, 3.0, step=10, total_steps=1000, features=early, model=MODEL).stop
     assert decide_stop(bad, 0.0, step=10, total_steps=1000, model=MODEL).stop  # an impossible target
@@ -85,17 +72,17 @@ def test_speaks_early_on_overwhelming_evidence_and_honours_an_explicit_grace() -
 
 
 def test_status_reference_and_forecast_only() -> None:
-    bad = _forecast(9.0, 0.01)
+    bad = one_point(9.0, 0.01)
     assert not decide_stop(bad, None, step=900, total_steps=1000, model=MODEL).stop
     assert not decide_stop(None, 3.0, step=900, total_steps=1000, model=MODEL).stop
     for status in (FitStatus.INSUFFICIENT_DATA, FitStatus.FAILED):
         assert not decide_stop(
-            _forecast(9.0, 0.01, status), 3.0, step=900, total_steps=1000, model=MODEL
+            one_point(9.0, 0.01, status), 3.0, step=900, total_steps=1000, model=MODEL
         ).stop
-    unid = _forecast(9.0, 0.01, FitStatus.ANNEALING_UNIDENTIFIED)
+    unid = one_point(9.0, 0.01, FitStatus.ANNEALING_UNIDENTIFIED)
     assert decide_stop(unid, 3.0, step=900, total_steps=1000, model=MODEL).stop
     # a run off its law: its widened band is no forecast the error was measured on, however far off it is
-    off = _forecast(9.0, 0.01, FitStatus.LAW_VIOLATED).model_copy(update={"stop_features": TESTED})
+    off = one_point(9.0, 0.01, FitStatus.LAW_VIOLATED).model_copy(update={"stop_features": TESTED})
     d = decide_stop(off, 3.0, step=900, total_steps=1000, model=MODEL)
     assert not d.stop and "left the fitted law" in d.reason
     # a forecast the law check could not judge yet (too few losses after the LR peak): no stop, however far
@@ -105,7 +92,7 @@ def test_status_reference_and_forecast_only() -> None:
     assert decide_stop(bad, 3.0, step=900, total_steps=1000, features=TESTED, model=MODEL).stop
     # a forecast whose own band reaches below zero at the confidence asked (9 +- 5: z_0.98 * 5 = 10.3 > 9)
     # cannot tell the final loss, whatever its mean; at 0.9 (z = 1.28) the same band stays above zero
-    wide = _forecast(9.0, 5.0)
+    wide = one_point(9.0, 5.0)
     d = decide_stop(wide, 3.0, step=900, total_steps=1000, features=TESTED, model=MODEL)
     assert not d.stop and "reaches below zero" in d.reason
     assert decide_stop(
@@ -113,10 +100,10 @@ def test_status_reference_and_forecast_only() -> None:
     ).stop
     assert decide_stop(wide, 0.0, step=900, total_steps=1000, features=TESTED, model=MODEL).stop  # impossible
     # without features the rule reads the forecast alone, at the wider fallback scale
-    d = decide_stop(_forecast(3.5, 0.1), 3.0, step=500, total_steps=1000, model=MODEL)
+    d = decide_stop(one_point(3.5, 0.1), 3.0, step=500, total_steps=1000, model=MODEL)
     assert d.scale == pytest.approx(0.1) and not d.stop
     # more confidence than 100 groups can certify: never a stop, and the reason says why
-    d = decide_stop(_forecast(9.0, 0.01), 3.0, step=900, total_steps=1000, model=MODEL, confidence=0.995)
+    d = decide_stop(one_point(9.0, 0.01), 3.0, step=900, total_steps=1000, model=MODEL, confidence=0.995)
     assert not d.stop and "can certify" in d.reason
     with pytest.raises(ValueError):
         decide_stop(bad, 3.0, step=900, total_steps=1000, confidence=1.0)
@@ -143,16 +130,16 @@ def test_one_default_confidence() -> None:
 
 def test_shipped_model_is_the_default() -> None:
     # a forecast alone reads the model's widest scale: only a target far out of reach is stopped
-    only = features_from_forecast(_forecast(3.0, 0.01))
+    only = features_from_forecast(one_point(3.0, 0.01))
     assert only is not None
-    d = decide_stop(_forecast(3.0, 0.01), 0.5, step=500, total_steps=1000)
+    d = decide_stop(one_point(3.0, 0.01), 0.5, step=500, total_steps=1000)
     assert d.stop and d.scale == pytest.approx(load_error_model().scale(only))
-    assert not decide_stop(_forecast(3.0, 0.01), 3.1, step=500, total_steps=1000).stop
+    assert not decide_stop(one_point(3.0, 0.01), 3.1, step=500, total_steps=1000).stop
     # a bare forecast is read where its fit was made, and the reason says the scale is the fallback's
-    late = decide_stop(_forecast(4.0, 0.02), 3.0, step=900, total_steps=1000)
+    late = decide_stop(one_point(4.0, 0.02), 3.0, step=900, total_steps=1000)
     assert late.scale == pytest.approx(load_error_model().scale(only))
     assert "made at 10 % of the run (without the run's record" in late.reason
-    carried = _forecast(4.0, 0.02).model_copy(update={"stop_features": TESTED})
+    carried = one_point(4.0, 0.02).model_copy(update={"stop_features": TESTED})
     assert decide_stop(carried, 3.0, step=900, total_steps=1000, model=MODEL).scale == pytest.approx(0.02)
 
 
@@ -202,17 +189,17 @@ def test_sweep_reference_with_the_error_model() -> None:
 def test_decide_stop_in_sweep_publishes_and_compares(tmp_path: Path) -> None:
     reg = SQLiteRegistry("sweep", tmp_path / "r.sqlite")
     # the first run alone has nothing to beat, but its forecast becomes visible to the others
-    d = decide_stop_in_sweep(_forecast(3.0, 0.02), reg, "good", step=500, total_steps=1000)
+    d = decide_stop_in_sweep(one_point(3.0, 0.02), reg, "good", step=500, total_steps=1000)
     assert not d.stop and reg.get("good").loss == 3.0  # type: ignore[union-attr]
     d = decide_stop_in_sweep(
-        _forecast(5.0, 0.05), reg, "bad", step=500, total_steps=1000, model=MODEL, features=TESTED
+        one_point(5.0, 0.05), reg, "bad", step=500, total_steps=1000, model=MODEL, features=TESTED
     )
     # the running run counts at its measured optimistic margin (quantile 0.8 of 100 groups: the 81st of 101, 3
     # scales) of its fallback scale (10 %)
     assert d.stop and d.reference == pytest.approx(3.0 * math.exp(3.0 * 0.1), abs=1e-4)
     # the good run is not stopped by the worse one
-    d = decide_stop_in_sweep(_forecast(3.0, 0.02), reg, "good", step=600, total_steps=1000, model=MODEL)
+    d = decide_stop_in_sweep(one_point(3.0, 0.02), reg, "good", step=600, total_steps=1000, model=MODEL)
     assert not d.stop
     # an unusable forecast is not published and never stops the run
-    d = decide_stop_in_sweep(_forecast(9.0, 0.0, FitStatus.FAILED), reg, "nofit", step=600, total_steps=1000)
+    d = decide_stop_in_sweep(one_point(9.0, 0.0, FitStatus.FAILED), reg, "nofit", step=600, total_steps=1000)
     assert not d.stop and reg.get("nofit") is None

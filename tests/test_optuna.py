@@ -10,6 +10,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from forecasts import one_point  # noqa: E402
 from scaleforecast.integrations.optuna import (  # noqa: E402
     FORECAST_ATTR,
     ForecastPruner,
@@ -19,7 +20,7 @@ from scaleforecast.integrations.optuna import (  # noqa: E402
 )
 
 from scaleforecast.registry import RunState  # noqa: E402
-from scaleforecast.results import FitStatus, Forecast, ForecastPoint, StopFeatures  # noqa: E402
+from scaleforecast.results import FitStatus, Forecast  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -27,27 +28,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def _forecast(
     loss: float, std: float, final_step: int, status: FitStatus = FitStatus.OK, *, step: int | None = None
 ) -> Forecast:
-    """A bare forecast; with ``step``, the one fitted there as the run monitor hands it to its listeners: with
-    the run's stop features (a linear decay to zero, a run whose forecasts passed their own backtest)."""
-    point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=std)
-    features = None
-    if step is not None:
-        f = step / final_step
-        features = StopFeatures(
-            fraction=f, decay_seen=f, decay_ahead=1 - f, backtest=0.005, backtest_worst=0.005,
-            rel_std=std / loss, noise=0.002, points=step, total_steps=final_step,
-        )  # fmt: skip
-    return Forecast(
-        law="tissue",
-        level=0.8,
-        fitted_at_step=step or 0,
-        final_step=final_step,
-        points=[point],
-        params=None,
-        n_points=step or 10,
-        status=status,
-        stop_features=features,
-    )
+    """A bare forecast; with ``step``, the one fitted there as the run monitor hands it to its listeners."""
+    return one_point(loss, std, status, final_step, fitted_at_step=0, n_points=10, heard_at=step)
 
 
 def _synthetic_objective(final_by_lr: dict[float, float], total: int, refit_every: int):

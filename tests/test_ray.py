@@ -14,6 +14,7 @@ from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 TOTAL = 1000
 
 
+# here, not from tests/forecasts.py: Ray's workers unpickle the trainables without the tests folder on their path
 def _forecast(loss: float, std: float, final_step: int = TOTAL, status: FitStatus = FitStatus.OK) -> Forecast:
     point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=std)
     return Forecast(

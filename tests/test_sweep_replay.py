@@ -12,11 +12,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import sweep_replay as sr
+from forecasts import one_point
 
 from scaleforecast.calibration import ErrorModel, ErrorTail
 from scaleforecast.decision import DEFAULT_CONFIDENCE
 from scaleforecast.evidence import PHASES, StopFeatures
-from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 
 N_CK = 10
 
@@ -236,22 +236,8 @@ def test_real_curves_trace_and_group(curves_dir: Path) -> None:
     assert out.steps_used == sum(r.total for r in runs)
 
 
-def _point_forecast(loss: float, std: float) -> Forecast:
-    point = ForecastPoint(step=1000, loss=loss, lower=loss - std, upper=loss + std, std=std)
-    return Forecast(
-        law="tissue",
-        level=0.8,
-        fitted_at_step=100,
-        final_step=1000,
-        points=[point],
-        params=None,
-        n_points=20,
-        status=FitStatus.OK,
-    )
-
-
 def test_widen_forecast_of_the_before_rule() -> None:
-    f = _point_forecast(3.0, 0.003)
+    f = one_point(3.0, 0.003)
     assert sr.widen_forecast(f, 0.0) is f and sr.widen_forecast(None, 0.1) is None
     w = sr.widen_forecast(f, 0.01)
     assert w is not None and w.final is not None
@@ -259,6 +245,6 @@ def test_widen_forecast_of_the_before_rule() -> None:
     # the band widens by the same factor around the same mean
     assert w.final.loss == 3.0 and w.final.upper - 3.0 == pytest.approx(0.003 * w.final.std / 0.003)
     assert f.final is not None and f.final.std == 0.003  # the original is untouched
-    zero = sr.widen_forecast(_point_forecast(2.0, 0.0), 0.01)
+    zero = sr.widen_forecast(one_point(2.0, 0.0), 0.01)
     assert zero is not None and zero.final is not None and zero.final.std == pytest.approx(0.02)
     assert zero.final.lower < 2.0 < zero.final.upper

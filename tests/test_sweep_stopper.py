@@ -14,27 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from forecasts import one_point
 
 from scaleforecast.decision import SweepStopper
 from scaleforecast.job import job_rank, job_run_id, job_world_size
 from scaleforecast.registry import BackgroundRegistry, RunRecord, RunState, SQLiteRegistry
-from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 
 HERE = Path(__file__).resolve().parent
-
-
-def _forecast(loss: float, std: float, status: FitStatus = FitStatus.OK, final_step: int = 1000) -> Forecast:
-    point = ForecastPoint(step=final_step, loss=loss, lower=loss - std, upper=loss + std, std=std)
-    return Forecast(
-        law="tissue",
-        level=0.8,
-        fitted_at_step=100,
-        final_step=final_step,
-        points=[point],
-        params=None,
-        n_points=20,
-        status=status,
-    )
 
 
 @pytest.mark.slow
@@ -82,10 +68,10 @@ def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytes
     )
     assert a.run_id != b.run_id and isinstance(a.registry, SQLiteRegistry)
     assert a.registry.path == tmp_path / "zero-setup.sqlite"  # type: ignore[attr-defined]
-    assert not a(500, _forecast(3.0, 0.01))
+    assert not a(500, one_point(3.0, 0.01))
     a.finish()
     assert b.sync()
-    assert b(500, _forecast(9.0, 0.01))
+    assert b(500, one_point(9.0, 0.01))
     b.finish()
     recs = {r.run_id: r for r in b.registry.records()}
     assert recs[a.run_id].state is RunState.FINISHED and recs[a.run_id].final_loss == 3.0
@@ -113,9 +99,9 @@ def test_registry_errors_cost_one_warning_and_decisions_go_on(
 
     caplog.set_level(logging.INFO, logger="scaleforecast.registry")
     stopper = SweepStopper(Flaky("f", tmp_path / "f.sqlite"), "r", min_fraction=0.0, target=5.0)
-    assert not stopper(400, _forecast(4.0, 0.01))
+    assert not stopper(400, one_point(4.0, 0.01))
     assert stopper._worker.failed.wait(30)
-    assert stopper(500, _forecast(9.0, 0.01))  # the target alone still stops a hopeless run
+    assert stopper(500, one_point(9.0, 0.01))  # the target alone still stops a hopeless run
     warnings = [
         r for r in caplog.records if r.levelno == logging.WARNING and r.name == "scaleforecast.registry"
     ]
@@ -211,14 +197,14 @@ def test_a_locked_database_never_stalls_the_training_loop(
         while not stopper._worker.failed.is_set() or len(lost) < 20:
             step += 10
             t0 = time.perf_counter()
-            decisions.append(stopper(step, _forecast(2.0, 0.01)))
+            decisions.append(stopper(step, one_point(2.0, 0.01)))
             lost.append(time.perf_counter() - t0)
             if len(lost) > 5000:
                 pytest.fail("the worker never met the lock")
             stopper._worker.failed.wait(0.05)
         t0 = time.perf_counter()
         # a bare forecast (no run record) reads the error model's widest scale: "hopeless" is twice the loss to beat
-        hopeless = stopper(step + 10, _forecast(6.0, 0.01))
+        hopeless = stopper(step + 10, one_point(6.0, 0.01))
         lost.append(time.perf_counter() - t0)
         print(
             f"\n{mode}: {len(lost)} flushes while locked, time lost per flush: median "
@@ -347,7 +333,7 @@ def test_the_job_identity_is_read_when_first_needed(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "late")
-    assert not stopper(500, _forecast(2.0, 0.01))
+    assert not stopper(500, one_point(2.0, 0.01))
     assert stopper.rank == 1 and not stopper.writes and stopper.run_id.startswith("torchrun-late")
     stopper.finish()
     assert stopper.sync()
