@@ -8,7 +8,9 @@ interval coverage, by fraction, in one run:
 1. **Cold start, leave one source out.** For each source (a folder of curves), the annealing prior is learned
    from the whole-curve fits of every *other* codebase (:func:`learn_prior`; the tiny-model folders made by
    ``make_curves.py`` are one codebase and leave together) and the source's runs are forecast with it: the
-   honest proxy for a codebase nobody has seen. Tables by source and by schedule shape.
+   honest proxy for a codebase nobody has seen. Tables by source and by schedule shape, for the fitter
+   (``default``) and for the online forecaster as the ``forecast`` CLI runs it (``online``: the same fit, then
+   the law check, whose ``law_violated`` band is wider, on runs whose loss has left the law).
 2. **The dev / holdout halves** (:func:`curves.split_curves`) with the prior learned on the dev half of every
    source, as the shipped one is. Every default of ``FitConfig`` was chosen on the dev half only.
 3. **Warm start** (``--no-warm`` skips it): one finished sibling of the run's family (another length or
@@ -49,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import TINY_ROOT, Curve, default_root, load_curves, split_curves
 
 from scaleforecast.fitting import FitConfig, Observations, fit, predict
+from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.laws import schedule_areas
 from scaleforecast.priors import AnnealingPrior
 from scaleforecast.results import FitStatus
@@ -66,6 +69,7 @@ def _cfg_plain() -> FitConfig:
 
 METHODS: dict[str, Callable[[], FitConfig | None]] = {
     "default": FitConfig,
+    "online": FitConfig,
     "cli": FitConfig,
     "plain": _cfg_plain,
     "mpl": lambda: FitConfig(law="mpl"),
@@ -105,6 +109,15 @@ def _forecast(c: Curve, f: float, method: str, cfg: FitConfig | None, lr_factor:
         mu, sd = predict(r, ones, [target_step])
         return float(mu[0]), float(sd[0]), r.status.value
     assert cfg is not None
+    if method == "online":
+        fc = OnlineForecaster(lrs, ForecasterConfig(fit=cfg))
+        seen = m & (st >= 1)  # as the CLI reads a run: step 0 is the model before any update
+        fc.observe_many(st[seen], y[seen])
+        fc.refit()
+        out = fc.forecast(steps=[target_step])
+        if not out.points:
+            return float("nan"), float("nan"), out.status.value
+        return out.points[0].loss, out.points[0].std, out.status.value
     r = fit(obs, lrs, cfg)
     if r.params is None:
         return float("nan"), float("nan"), r.status.value
@@ -509,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     all_rows: list[dict] = []
     if not args.no_loso:
-        rows = run_rows(curves, {"default": loso}, args.jobs, "loso")
+        rows = run_rows(curves, {"default": loso, "online": loso}, args.jobs, "loso")
         all_rows += rows
         print(
             "\n=== cold start, leave one source out: the prior learned without the run's source; "
