@@ -38,7 +38,6 @@ from stop_replay import all_runs, replay_all
 from scaleforecast.calibration import ErrorModel, load_error_model
 
 EDGES = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01])
-USABLE = ("ok", "annealing_unidentified")
 Pair = tuple[int, int, float, float]
 """``(i, j, fraction of i's run, e_ij)``."""
 
@@ -50,7 +49,7 @@ def _latest(rt: sr.RunTrace, step: int) -> int:
 
 def _usable(rt: sr.RunTrace, k: int) -> bool:
     m = float(rt.fc_loss[k])
-    return math.isfinite(m) and m > 0 and rt.fc_status[k] in USABLE
+    return math.isfinite(m) and m > 0 and rt.fc_status[k] in sr.USABLE
 
 
 def pair_errors(sweep: sr.Sweep) -> list[Pair]:

@@ -89,53 +89,37 @@ def decide_stop(
     """
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+
+    def no_stop(reason: str) -> StopDecision:
+        return StopDecision(stop=False, reason=reason, reference=reference, step=step)
+
     if reference is None:
-        return StopDecision(stop=False, reason="no reference loss to beat", step=step)
+        return no_stop("no reference loss to beat")
     grace = max(min_steps, int(min_fraction * total_steps))
     if step < grace:
-        return StopDecision(
-            stop=False, reason=f"grace period: step {step} < {grace}", reference=reference, step=step
-        )
+        return no_stop(f"grace period: step {step} < {grace}")
     if forecast is None or forecast.status in (FitStatus.INSUFFICIENT_DATA, FitStatus.FAILED):
-        status = "no forecast" if forecast is None else f"fit status {forecast.status.value}"
-        return StopDecision(stop=False, reason=status, reference=reference, step=step)
+        return no_stop("no forecast" if forecast is None else f"fit status {forecast.status.value}")
     if forecast.status is FitStatus.LAW_VIOLATED:
         # the error model was measured on forecasts of runs that follow their law; this one's band is a guess
         # at where a departure goes, and a run off its law is the health detectors' to judge
-        return StopDecision(
-            stop=False,
-            reason="the loss has left the fitted law: its forecast is no ground for a stop",
-            reference=reference,
-            step=step,
-        )
+        return no_stop("the loss has left the fitted law: its forecast is no ground for a stop")
     final = forecast.final
     if final is None:
-        return StopDecision(
-            stop=False, reason="forecast has no final-step point", reference=reference, step=step
-        )
+        return no_stop("forecast has no final-step point")
     features = features or features_from_forecast(forecast)
     if features is None or not math.isfinite(reference) or not (math.isfinite(final.loss) and final.loss > 0):
-        return StopDecision(
-            stop=False, reason="forecast holds no usable number", reference=reference, step=step
-        )
+        return no_stop("forecast holds no usable number")
     if not features.law_checked:
-        return StopDecision(
-            stop=False,
-            reason="too few losses after the LR peak to check the law yet: the forecast is no ground for a stop",
-            reference=reference,
-            step=step,
+        return no_stop(
+            "too few losses after the LR peak to check the law yet: the forecast is no ground for a stop"
         )
     if reference > 0 and final.loss < NormalDist().inv_cdf(confidence) * final.std:
         # the fit's own band puts more than 1 - confidence of its mass below zero, where no loss can be: it
         # cannot tell the final loss yet (a run in a transient, a law extrapolated far), whatever its mean says
-        return StopDecision(
-            stop=False,
-            reason=(
-                f"the forecast's own band ({final.loss:.4f} +- {final.std:.4f}) reaches below zero: the fit "
-                "cannot tell the final loss yet"
-            ),
-            reference=reference,
-            step=step,
+        return no_stop(
+            f"the forecast's own band ({final.loss:.4f} +- {final.std:.4f}) reaches below zero: the fit cannot "
+            "tell the final loss yet"
         )
     model = model or load_error_model()
     scale = model.scale(features)

@@ -270,10 +270,12 @@ def check_law(
     if jumped:
         dep, z_dep = ahead  # type: ignore[misc]
         departed = True
-    # two levels of the curve are compared: their noise is the point-to-point one, not the fit's sigma, which
-    # a curve that left the law inflates with its misfit
-    noise = _point_noise(y, count) or sigma
-    climb = None if rising or departed else _rise_since_best(lrs, end, y, count, win, rest, noise, cfg.z)
+    climb = None
+    if not (rising or departed):
+        # two levels of the curve are compared: their noise is the point-to-point one, not the fit's sigma,
+        # which a curve that left the law inflates with its misfit
+        noise = _point_noise(y, count) or sigma
+        climb = _rise_since_best(lrs, end, y, count, win, rest, noise, cfg.z)
     level = float(med * (ym + slope_rel * (x[-1] - xm)))
     slope_abs = slope_rel * med
     lo_step, hi_step = int(start[win][0]), int(end[win][-1])
