@@ -20,6 +20,9 @@ Rules compared:
   groups (grouped 5-fold): the out-of-sample number, the one that says what a new run can expect;
 - ``after, forecast only``: the cross-fitted rule fed only what a forecast carries (a sweep engine's record).
 
+Under each rule, the default confidence by when the run's LR starts to decay (first below 99.9 % of its peak):
+before the decay the annealing drop is unseen, so where the decay starts bounds how early a run can be stopped.
+
 Then the new-user scenario: the 3,000-step Lightning char model (WSD) and the HF tiny GPT-2 (cosine), with their
 targets at the same ratios to the final loss as in the report that found the problem.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 import warnings
@@ -59,6 +63,14 @@ SCENARIO = {
     "tiny/lightning_char_wsd_3000": (1.131, (1.15, 1.2)),
     "tiny/hf_gpt2_cosine_3000": (1.28, (1.3, 1.4, 1.5)),
 }
+
+DECAY_BANDS = (
+    (0.0, 0.1, "from the start (by 10 %)"),
+    (0.1, 0.6, "at 10-60 %"),
+    (0.6, 1.0, "after 60 %"),
+    (1.0, math.inf, "never"),
+)
+"""Where the LR starts to decay, as a fraction of the run: ``[lo, hi)`` and a name."""
 
 Decide = Callable[[Forecast, StopFeatures | None, int, float, float], bool]
 """``decide(forecast, features, step, target, confidence) -> stop?``"""
@@ -198,6 +210,41 @@ def table(title: str, cs: dict[tuple[float, float], Cell]) -> str:
     return "\n".join(lines)
 
 
+def decay_start(lrs: np.ndarray) -> float:
+    """The fraction of the run at which the LR first falls below 99.9 % of its peak after reaching it (1.0: never)."""
+    a = np.asarray(lrs, dtype=float)
+    top = int(np.argmax(a))
+    below = np.flatnonzero(a[top:] < 0.999 * a[top])
+    return (top + int(below[0])) / a.size if below.size else 1.0
+
+
+def decay_table(cs_by_band: dict[str, dict[tuple[float, float], Cell]], confidence: float) -> str:
+    """Markdown: at ``confidence``, false stops on reachable targets and stops on unreachable ones, one row per
+    band of :data:`DECAY_BANDS`."""
+    reach = [r for r in RATIOS if r > 1]
+    unreach = [r for r in RATIOS if r < 1]
+    head = (
+        "| LR starts to decay | runs | "
+        + " | ".join(f"false stops x{r:g}" for r in reach)
+        + " | "
+        + " | ".join(f"x{r:g}: stopped / median at / saved" for r in unreach)
+        + " |"
+    )
+    lines = [f"#### by when the LR starts to decay (confidence {confidence:g})", "", head]
+    lines.append("|---" * (2 + len(reach) + len(unreach)) + "|")
+    for band, cs in cs_by_band.items():
+        row = [band, str(cs[(confidence, RATIOS[0])].runs)]
+        for r in reach:
+            x = cs[(confidence, r)]
+            row.append(f"{100 * x.rate:.1f} % ({x.stopped})")
+        for r in unreach:
+            x = cs[(confidence, r)]
+            med = f"{100 * np.median(x.fractions):.0f} %" if x.fractions else "-"
+            row.append(f"{100 * x.rate:.0f} % / {med} / {100 * x.saved:.0f} %")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def scenario(traces: Sequence[Trace], rules: Sequence[Rule]) -> str:
     """The new-user scenario: stop or not, and at which step, for each reported target (ratio kept)."""
     by_key = {t.key: t for t in traces}
@@ -260,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tiny-model curves (curves_tiny)": {k for k, o in origin.items() if o == "curves_tiny"},
         "tiny Lightning / HF runs (tiny_runs.py)": {k for k, o in origin.items() if o == "tiny_runs"},
     }
+    start = {r.key: decay_start(r.lrs) for r in runs}
+    bands = {name: {k for k in origin if lo <= start[k] < hi} for lo, hi, name in DECAY_BANDS}
     for rule in rules:
         t1 = time.time()
         res = measure(traces, rule)
@@ -267,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, keys in populations.items():
             if keys:
                 print(table(name, cells(res, keys)) + "\n")
+        if rule.grace == 0.0:
+            by_band = {name: cells(res, keys) for name, keys in bands.items() if keys}
+            print(decay_table(by_band, DEFAULT_CONFIDENCE) + "\n")
         print(f"({time.time() - t1:.0f} s)\n")
     print("### New-user scenario\n")
     print(scenario(traces, [rules[0], before_rule(0.25), *rules[1:3]]) + "\n")

@@ -68,6 +68,23 @@ def test_cells_count_false_stops_and_compute_saved() -> None:
     assert es.cells(res, {"b"})[(0.95, 0.98)].rate == 0.0
 
 
+def test_decay_start_and_its_table() -> None:
+    from scaleforecast.schedules import as_lrs
+
+    assert es.decay_start(np.full(1000, 3e-4)) == 1.0
+    wsd = as_lrs("wsd:peak=1e-3,warmup=50,total=1000,cooldown=0.2")
+    assert es.decay_start(wsd) == pytest.approx(0.8, abs=0.01)
+    assert es.decay_start(as_lrs("cosine:peak=1e-3,warmup=50,total=1000")) < 0.1
+    # a warm-up that never reaches its end is not a decay
+    assert es.decay_start(np.linspace(0.1, 1.0, 100)) == 1.0
+    cs = es.cells(
+        {(c, r): {"a": (50, 100), "b": (-1, 100)} for c in es.CONFIDENCES for r in es.RATIOS}, {"a", "b"}
+    )
+    text = es.decay_table({"never": cs}, 0.98)
+    assert "| never | 2 | 50.0 % (1) |" in text
+    assert "50 % / 50 % / 25 %" in text
+
+
 def test_before_rule_is_the_normal_tail_after_the_grace() -> None:
     t = _trace("a", "a", 3.0, [0.2] * 10)
     d = es.before_rule().decide(t)
