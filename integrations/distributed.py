@@ -16,6 +16,7 @@ loss, the gradient norm, and whether any rank saw a loss at that step.
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +36,15 @@ __all__ = [
 
 LOSS, SEEN, GRAD = 0, 1, 2
 """Channels of the buffer: the step's loss, 1 where a loss was pushed, and the gradient norm (optional)."""
+
+
+_HELD: deque[Any] = deque(maxlen=4)
+"""The latest collectives' work handles. A backend's worker thread (gloo's run loop, NCCL's watchdog) holds a
+collective's work, and its tensors, for a moment after the call returned; were it the one to free them, it would
+take the GIL to release the Python tensors, and in a process that exits right after its last collective (a run
+this plugin stopped) it finds the interpreter finalising and aborts the process ("terminate called without an
+active exception"). Held here a few collectives long, and the last ones until the interpreter frees them, the
+work is always freed by Python, on a thread that holds the GIL."""
 
 
 def dist_ready() -> bool:
@@ -86,14 +96,18 @@ class TorchCollectives:
         if self.world_size == 1:
             return tensor.unsqueeze(0)
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous(), group=self.group)
+        work = dist.all_gather(parts, tensor.contiguous(), group=self.group, async_op=True)
+        _HELD.append(work)
+        work.wait()
         return torch.stack(parts)
 
     def any(self, flag: bool) -> bool:
         if self.world_size == 1:
             return bool(flag)
         t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        _HELD.append(work)
+        work.wait()
         return bool(t.item())
 
 

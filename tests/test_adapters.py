@@ -457,6 +457,22 @@ def test_refits_late_on_one_rank_take_effect_at_the_same_step_on_both(two_ranks:
     assert r0["digest"] == r1["digest"]
 
 
+@pytest.mark.multiprocess
+def test_a_stopped_job_exits_cleanly() -> None:
+    """Both ranks stop on the forecast and their processes end right after the plugin's last collective. The
+    backend's worker thread must not be left to free that collective's tensors while the interpreter finalises
+    (that aborted the process, and ``torchrun`` reported the stopped job as failed, in about half of such
+    exits): three jobs, each must exit with status 0."""
+    pytest.importorskip("torch")
+    from procs import TESTS, run_group, torchrun
+
+    for _ in range(3):
+        proc = run_group(torchrun(TESTS / "stop_exit_worker.py"), timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "terminate called" not in proc.stderr
+        assert proc.stdout.count("stopped at") == 2
+
+
 def test_plain_loop_example_runs(tmp_path: Path) -> None:
     """``examples/plain_loop.py``, shortened: a nanoGPT-style loop that prints its forecasts and writes them
     to TensorBoard."""

@@ -1,0 +1,39 @@
+"""A two-rank plain loop (under ``torchrun``) that its forecast stops, and which exits right after: the clean
+end of a stopped job. Run by ``test_adapters.py``; exit status 0 on every rank is the check."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from scaleforecast.callbacks import LossForecastSession
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    total, warmup = 400, 20
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda i: (i + 1) / warmup if i < warmup else 0.5 * (1 + math.cos(math.pi * (i - warmup) / total)),
+    )
+    fc = LossForecastSession(opt, sched, total_steps=total, target_loss=1.0, writer=False, flush_every=10)
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    area = 0.0
+    for _ in range(total):
+        opt.step()
+        area += opt.param_groups[0]["lr"] / 0.1
+        sched.step()
+        fc.step(2.0 + 0.8 * area**-0.4 + 0.01 * torch.randn(1, generator=gen)[0])
+        if fc.should_stop:
+            break
+    assert fc.stopped_at is not None and fc.stopped_at < total, fc.stopped_at
+    fc.close()
+    print(f"rank {dist.get_rank()} stopped at {fc.stopped_at}", flush=True)
+    # no destroy_process_group and no pause: the process ends right after the plugin's last collective
+
+
+if __name__ == "__main__":
+    main()
