@@ -80,11 +80,31 @@ class LossForecastSession(SessionFace):
                 "total_steps: a plain loop must say how many optimizer steps it runs (or pass schedule=)"
             )
         self.session = TrainingSession("LossForecastSession", target_loss, **kwargs)
+        self._schedulers = schedulers
         # Start now, before the first optimizer.step(): the plan begins at the LR that update will use. A
         # scheduler restored from a checkpoint knows how many updates were done (a saved state says it too).
         source = LRSource(optimizer, schedulers, group=self.session.config.param_group)
-        done = max(int(getattr(schedulers[0], "last_epoch", 0)), 0) if len(schedulers) == 1 else 0
+        done = self._updates_done() or 0
         self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=source)
+
+    def _updates_done(self) -> int | None:
+        """The updates done as the one LR scheduler counts them (``None``: no single scheduler to ask)."""
+        if len(self._schedulers) != 1:
+            return None
+        return max(int(getattr(self._schedulers[0], "last_epoch", 0)), 0)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore on resume (after the optimizer and scheduler, or before them). A saved state that counts
+        other updates than the restored scheduler comes from another checkpoint: the scheduler's count is the
+        run's (it sets the LR), with a warning, and the history after it is dropped at the next flush."""
+        super().load_state_dict(state_dict)
+        done, saved = self._updates_done(), self.session.step
+        if done and done != saved:
+            self.session.warn(
+                f"the saved forecast state counts {saved} updates but the LR scheduler {done}: they come from "
+                f"different checkpoints; counting from the scheduler's {done}"
+            )
+            self.session.step = self.session.flushed_at = done
 
     @property
     def should_stop(self) -> bool:

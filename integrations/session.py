@@ -408,7 +408,16 @@ class TrainingSession:
     # ----------------------------------------------------------------- per step
     def record(self, step: int, loss: torch.Tensor | float | None) -> None:
         """Optimizer update ``step`` completed on this rank, with its loss (``None``: not observed). Local:
-        no collective, no host sync. A failure switches this rank's recording off (it then sends "no data")."""
+        no collective, no host sync. A failure switches this rank's recording off (it then sends "no data").
+
+        A step at or before the last one (a loop resumed from an older checkpoint, a counter that restarts)
+        first flushes what came before, on every rank (the numbering is the same on every rank): the forecaster
+        then sees the count go back between two flushes, drops the history after it and says so, and the
+        flush cadence starts again from there."""
+        if step <= self.step and self.comm is not None:
+            if self.step > self.flushed_at:
+                self.flush(self.step)
+            self.step = self.flushed_at = max(int(step) - 1, 0)
         self.guard("step", self._record, step, loss)
 
     def _record(self, step: int, loss: torch.Tensor | float | None) -> None:

@@ -197,3 +197,61 @@ def test_the_gradient_norm_is_taken_per_step_and_not_while_window_means_are_read
     update()
     assert fc.session._gnorm is None
     fc.close()
+
+
+def test_a_step_count_that_goes_back_rewinds_the_history() -> None:
+    """A loop that numbers its updates itself and resumes from an older checkpoint: the count goes back from
+    150 to 51 in the middle of a flush interval. What came before is flushed, the forecaster drops the losses
+    after step 50 with a warning, and recording goes on (it used to overflow the device buffer and switch
+    itself off for the rest of the run, with its forecast frozen)."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 300
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / total)
+    fc = LossForecastSession(opt, sched, total_steps=total, flush_every=20, writer=False, verbose=False)
+    numbers = [*range(1, 151), *range(51, 201)]
+    with pytest.warns(RuntimeWarning, match="step went back to 51 after 150"):
+        for n in numbers:
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3), step=n)
+        fc.close()
+    assert fc.errors == {}
+    assert fc.forecaster.last_step == 200
+    assert fc.forecaster.n_observations == 200  # steps 1-200 once each: 51-150 of before were dropped
+    assert fc.forecast is not None and fc.forecast.fitted_at_step > 150
+
+
+def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_follows_the_scheduler() -> None:
+    """The forecast state saved at update 190, the optimizer and scheduler restored from update 110: the
+    scheduler's count is the run's, with a warning; the losses after 110 are dropped at the next flush."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 300
+
+    def session() -> tuple[Any, Any, Any]:
+        opt = _sgd(0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / total)
+        return opt, sched, LossForecastSession(opt, sched, total_steps=total, flush_every=20, writer=False)
+
+    opt, sched, fc = session()
+    saved: dict[int, Any] = {}
+    for n in range(1, 191):
+        opt.step()
+        sched.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        if n in (110, 190):
+            saved[n] = sched.state_dict() if n == 110 else fc.state_dict()
+    opt, sched, fc = session()
+    sched.load_state_dict(saved[110])
+    with pytest.warns(RuntimeWarning, match="counts 190 updates but the LR scheduler 110"):
+        fc.load_state_dict(saved[190])
+    assert fc.steps == 110
+    with pytest.warns(RuntimeWarning, match="step went back to 111 after 190"):
+        for n in range(111, 151):
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    fc.close()
+    assert fc.errors == {} and fc.forecaster.last_step == 150 and fc.forecaster.n_observations == 150
