@@ -587,9 +587,9 @@ def lookahead_lrs(
     epochs = scheduler_epochs(steps_done, total_steps, step_every)
     if epochs.size == 0:
         return np.empty(0, dtype=np.float64)
-    if not scheds:
-        return np.full(epochs.size, current, dtype=np.float64)
     n_steps = int(epochs[-1])
+    if not scheds or n_steps == 0:  # no scheduler, or no scheduler step left before the run ends
+        return np.full(epochs.size, current, dtype=np.float64)
     lrs = _read_ahead(scheds, optimizer, group, n_steps) if closed_form else None
     if lrs is None:
         lrs = _simulate(scheds, optimizer, group, n_steps)

@@ -90,6 +90,18 @@ def test_lookahead_mid_run_starts_at_the_lr_in_use(name: str) -> None:
     np.testing.assert_allclose(predicted, actual, rtol=1e-9, atol=1e-14)
 
 
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize(("done", "every"), [(TOTAL - 1, 1), (TOTAL - 5, 100)])
+def test_no_scheduler_step_left_is_the_lr_in_use(name: str, done: int, every: int) -> None:
+    """The last update of a run, or the rest of a last epoch (a per-epoch scheduler resumed inside it): no
+    scheduler step comes before the end, so every LR left is the one in use."""
+    opt = _optimizer()
+    sched = FACTORIES[name](opt)
+    _real_lrs(opt, [sched], done, every=every)
+    predicted = lookahead_lrs(opt, sched, TOTAL, steps_done=done, step_every=every)
+    np.testing.assert_array_equal(predicted, np.full(TOTAL - done, opt.param_groups[0]["lr"]))
+
+
 def test_lookahead_group_and_epoch_interval() -> None:
     opt = _optimizer(groups=2)
     sched = ls.LambdaLR(opt, [lambda e: 0.9**e, lambda e: 1.0 / (1 + e)])
