@@ -75,12 +75,15 @@ class _StrategyCollectives(TorchCollectives):
 
 
 def _lr_source(trainer: pl.Trainer, group: int) -> LRSource:
-    """The first optimizer, its schedulers, and how many updates pass between their steps."""
+    """The first optimizer, its schedulers, and how many updates pass between their steps (under manual
+    optimization Lightning steps no scheduler and ignores ``interval``: the module steps it, taken to be once
+    per update; a plan that turns out wrong is re-planned from the LRs used)."""
     opt = trainer.optimizers[0]
     configs = [c for c in trainer.lr_scheduler_configs if getattr(c.scheduler, "optimizer", None) is opt]
     acc = max(int(trainer.accumulate_grad_batches), 1)
     every = 1
-    for c in configs:
+    manual = not trainer.lightning_module.automatic_optimization
+    for c in [] if manual else configs:
         if c.interval == "epoch":
             per_epoch = max(math.ceil(trainer.num_training_batches / acc), 1)
             every = max(every, per_epoch * c.frequency)

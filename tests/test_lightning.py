@@ -113,15 +113,22 @@ class ManualRegressor(TinyRegressor):
         sched.step()
         return loss
 
+    def configure_optimizers(self) -> Any:
+        # as manual loops often return them: no interval, so Lightning's default ("epoch") is on the config,
+        # which it ignores under manual optimisation (the module steps the scheduler, here once per update)
+        config = super().configure_optimizers()
+        return [config["optimizer"]], [config["lr_scheduler"]["scheduler"]]
+
 
 @pytest.mark.slow
-def test_manual_optimisation(tmp_path: Path) -> None:
+def test_manual_optimisation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     steps = 20
     model = ManualRegressor(total=steps)
     rec = Recorder()
-    cb = LossForecast(flush_every=5, writer=False, detectors=[rec])
+    cb = LossForecast(flush_every=5, writer=False, detectors=[rec], verbose=True)
     _trainer(tmp_path, [cb], steps, logger=False).fit(model)
     assert cb.errors == {}
+    assert "re-planning" not in capsys.readouterr().out  # planned right from the start
     assert rec.steps == list(range(1, steps + 1))
     np.testing.assert_allclose(rec.loss, model.raw_losses, rtol=1e-6)
     np.testing.assert_array_equal(rec.lrs, model.used_lrs)
