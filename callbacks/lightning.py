@@ -95,8 +95,9 @@ def _lr_source(trainer: pl.Trainer, group: int) -> LRSource:
 def _run_length(trainer: pl.Trainer) -> int | None:
     if trainer.max_steps is not None and trainer.max_steps > 0:
         return int(trainer.max_steps)
+    # an iterable data set of unknown length makes Lightning estimate -1 (or inf): the length is unknown
     est = trainer.estimated_stepping_batches
-    return int(est) if est is not None and math.isfinite(est) else None
+    return int(est) if est is not None and math.isfinite(est) and est > 0 else None
 
 
 def _logger_writer(trainer: pl.Trainer) -> Any:

@@ -152,3 +152,30 @@ def test_a_pickled_callback_trains_as_under_ddp_spawn(tmp_path: Path) -> None:
     assert run.cb.errors == {} and run.cb.forecast is not None and run.cb.forecast.final is not None
     copy = next(d for d in run.cb.monitor.detectors if isinstance(d, Recorder))
     assert copy is not recorder and copy.steps == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_a_run_of_unknown_length_says_how_to_give_it(tmp_path: Path) -> None:
+    """An endless iterable data set and no ``max_steps``: Lightning estimates the run's length as -1. The
+    callback says what it needs (not a look-ahead error about a length of -1), and training goes on."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Endless(IterableDataset):
+        def __iter__(self) -> Any:
+            gen = torch.Generator().manual_seed(0)
+            while True:
+                x = torch.randn(8, 16, generator=gen)
+                yield x, x.sum(1, keepdim=True)
+
+    class Halt(Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            trainer.should_stop = trainer.global_step >= 12
+
+    model = TinyRegressor(total=12)
+    model.train_dataloader = lambda: DataLoader(Endless(), batch_size=None)  # type: ignore[method-assign]
+    cb = LossForecast(flush_every=4, writer=False)
+    trainer = _trainer(tmp_path, [cb, Halt()], -1, max_epochs=1, logger=False)
+    with pytest.warns(RuntimeWarning, match="the run's length is unknown: set the trainer's max_steps"):
+        trainer.fit(model)
+    assert trainer.global_step == 12
+    assert "length is unknown" in cb.errors["schedule look-ahead"]
