@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs
 
-__all__ = ["LRSource", "SchedulePlanner", "floor_lrs"]
+__all__ = ["LRSource", "SchedulePlanner", "floor_lrs", "lr_trouble"]
 
 DRIFT_RTOL = 1e-6
 DRIFT_ATOL = 1e-9  # times the plan's largest LR
@@ -40,6 +40,30 @@ def floor_lrs(lrs: np.ndarray) -> np.ndarray:
     peak = float(lrs[ok].max()) if ok.any() else 1.0
     lrs[~ok] = ZERO_FLOOR * peak
     return lrs
+
+
+def lr_trouble(lrs: np.ndarray) -> str | None:
+    """What the zero-LR rule would hide in ``lrs``, in words: a negative or non-finite LR, no positive LR at all,
+    or an LR of 0 between positive ones (a paused schedule). ``None`` when every LR is positive, or 0 only
+    before the first positive one or after the last (a warm-up from 0, a decay to 0)."""
+    a = np.asarray(lrs, dtype=np.float64)
+    bad = ~np.isfinite(a) | (a < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        return (
+            f"the LR of update {k + 1} is {a[k]:g}, and {int(bad.sum())} LR(s) in all are negative or not finite: "
+            "the law needs positive LRs; they are read as 1e-12 of the peak, so do not trust the forecast"
+        )
+    positive = np.flatnonzero(a > 0)
+    if positive.size == 0:
+        return "every LR of the schedule is 0: the law needs a positive LR, so do not trust the forecast"
+    inner = np.flatnonzero(a[positive[0] : positive[-1] + 1] <= 0)
+    if inner.size:
+        return (
+            f"the LR is 0 at update {positive[0] + inner[0] + 1}, between positive LRs (a paused schedule?): "
+            "it is read as 1e-12 of the peak"
+        )
+    return None
 
 
 @dataclass
@@ -98,9 +122,9 @@ class SchedulePlanner:
     """
 
     def __init__(self, fixed: np.ndarray | None, total_steps: int | None, say: Callable[[str], None]) -> None:
-        self.fixed = None if fixed is None else floor_lrs(fixed)
         self.total_steps = total_steps
         self.say = say
+        self.fixed = None if fixed is None else self._floored(fixed)
         self.key: tuple[Any, ...] | None = None
         self._warned_length = False
         self._peak: tuple[np.ndarray, float] | None = None  # (the plan it belongs to, its largest LR)
@@ -140,7 +164,14 @@ class SchedulePlanner:
                 self.say("no record of the LRs before this resume; assuming the current LR for them")
                 past = np.full(steps_done, future[0] if future.size else np.nan)
         head = np.empty(0) if not steps_done or past is None else np.asarray(past, dtype=float)[:steps_done]
-        return floor_lrs(np.concatenate([head, future])[:total])
+        return self._floored(np.concatenate([head, future])[:total])
+
+    def _floored(self, lrs: np.ndarray) -> np.ndarray:
+        """:func:`floor_lrs`, saying what it hides (:func:`lr_trouble`)."""
+        trouble = lr_trouble(lrs)
+        if trouble is not None:
+            self.say(trouble)
+        return floor_lrs(lrs)
 
     def revise(
         self,

@@ -406,10 +406,10 @@ def parse_schedule(spec: str) -> Schedule:
 def validate_lrs(lrs: ArrayLike) -> np.ndarray:
     """Check a per-update LR array and return it as a 1-D float64 copy.
 
-    Rules: non-empty, one-dimensional, every value finite and ``> 0``; an exact ``0`` is allowed at the first
-    update (schedulers that start warm-up from zero) and at the last one (decay that ends exactly at zero, as
-    torch's cosine and linear schedulers do). Raises :class:`ScheduleError` naming the first bad
-    index (0-based; update = index + 1).
+    Rules: non-empty, one-dimensional, every value finite and ``> 0``; exact ``0`` is allowed before the first
+    positive LR (a warm-up that starts from zero) and after the last one (a decay that ends at zero, as torch's
+    cosine and linear schedulers do, or that reaches it before the run ends and stays there), never between
+    positive LRs. Raises :class:`ScheduleError` naming the first bad index (0-based; update = index + 1).
     """
     raw = np.asarray(lrs) if isinstance(lrs, np.ndarray) else None
     if raw is not None and raw.dtype.names:
@@ -431,14 +431,15 @@ def validate_lrs(lrs: ArrayLike) -> np.ndarray:
         i = int(np.argmax(bad_finite))
         raise ScheduleError(f"LR at index {i} (update {i + 1}) is {float(arr[i])!r}: every LR must be finite")
     bad = arr <= 0
-    for edge in (0, -1):
-        if arr[edge] == 0:
-            bad[edge] = False
+    positive = np.flatnonzero(arr > 0)
+    if positive.size:
+        edges = (np.arange(arr.size) < positive[0]) | (np.arange(arr.size) > positive[-1])
+        bad &= ~(edges & (arr == 0))
     if bad.any():
         i = int(np.argmax(bad))
         raise ScheduleError(
             f"LR at index {i} (update {i + 1}) is {float(arr[i])!r}: every LR must be > 0 "
-            "(an exact 0 is allowed only at the first and the last update)"
+            "(exact zeros are allowed only before the first positive LR and after the last)"
         )
     return arr
 

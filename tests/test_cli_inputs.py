@@ -145,8 +145,8 @@ def test_lr_files_that_are_not_one_lr_per_update(tmp_path: Path, capsys: pytest.
         ),
         "neg.npy": (
             np.array([1e-3, -1e-3, 1e-3]),
-            "LR at index 1 (update 2) is -0.001: every LR must be > 0 (an exact 0 is allowed only at the first "
-            "and the last update)",
+            "LR at index 1 (update 2) is -0.001: every LR must be > 0 (exact zeros are allowed only before the "
+            "first positive LR and after the last)",
         ),
     }
     for name, (arr, message) in cases.items():

@@ -274,6 +274,12 @@ def test_schedule_from_dict() -> None:
 
 def test_validate_lrs_rules() -> None:
     np.testing.assert_array_equal(validate_lrs([0.0, 1e-4, 2e-4]), [0.0, 1e-4, 2e-4])
+    # zeros before the first positive LR (a warm-up from 0) and after the last (a decay that reaches 0 early)
+    np.testing.assert_array_equal(
+        validate_lrs([0, 0, 1e-4, 2e-4, 1e-4, 0, 0, 0]), [0, 0, 1e-4, 2e-4, 1e-4, 0, 0, 0]
+    )
+    with pytest.raises(ScheduleError, match=r"index 0"):
+        validate_lrs([0.0, 0.0])
     with pytest.raises(ScheduleError, match="empty"):
         validate_lrs([])
     with pytest.raises(ScheduleError, match=r"index 2 \(update 3\)"):

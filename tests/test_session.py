@@ -27,6 +27,18 @@ def test_the_zero_lr_rule() -> None:
     np.testing.assert_array_equal(out, [2e-15, 1e-3, 2e-15, 2e-15, 2e-3, 2e-15])
 
 
+def test_what_the_zero_lr_rule_hides_is_said() -> None:
+    from scaleforecast.integrations.planner import lr_trouble
+
+    assert lr_trouble(np.array([0.0, 0.0, 1e-3, 2e-3, 1e-3, 0.0, 0.0])) is None  # warm-up from 0, decay to 0
+    assert "update 3 is -0.001, and 2 LR(s)" in (lr_trouble(np.array([1e-3, 1e-3, -1e-3, np.nan])) or "")
+    assert "every LR of the schedule is 0" in (lr_trouble(np.zeros(5)) or "")
+    assert "0 at update 3, between positive LRs" in (lr_trouble(np.array([1e-3, 1e-3, 0.0, 1e-3])) or "")
+    said: list[str] = []
+    SchedulePlanner(np.array([1e-3, -1e-3]), None, said.append)
+    assert len(said) == 1 and "negative or not finite" in said[0]
+
+
 def test_plan_then_drift_then_replan() -> None:
     opt = _sgd(1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (k + 1))
