@@ -147,6 +147,11 @@ class DeviceBuffer:
         for c, value in enumerate(values):
             if value is None:
                 continue
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                raise ValueError(
+                    f"a step value must be one number, got a tensor of shape {tuple(value.shape)} "
+                    "(pass the update's mean loss, e.g. loss.mean())"
+                )
             # a copy now, on the device: the caller may change its tensor in place afterwards
             kept = value.detach().clone() if isinstance(value, torch.Tensor) else float(value)
             self._cols[c].append((self._n, kept))

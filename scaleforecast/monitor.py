@@ -124,7 +124,8 @@ class StopConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    target_loss: Real | None = Field(None, allow_inf_nan=False)
+    # the stop rule reads the forecast's error relative to the target: a loss the law forecasts is positive
+    target_loss: Real | None = Field(None, gt=0, allow_inf_nan=False)
     confidence: Real = Field(DEFAULT_CONFIDENCE, ge=0.5, lt=1.0)
     min_steps: Count = Field(0, ge=0)
     min_fraction: Real = Field(0.0, ge=0.0, le=1.0)

@@ -215,7 +215,7 @@ def test_injected_fitter_fault(adapter: str, tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr("scaleforecast.forecaster.fit", explode)
     kwargs = {**COMMON, "min_fraction": 0.0, "writer": False}
-    run, warned = _fit(adapter, tmp_path, Plan(steps=30, target_loss=0.0, kwargs=kwargs))
+    run, warned = _fit(adapter, tmp_path, Plan(steps=30, target_loss=1e-3, kwargs=kwargs))
     assert run.steps_run == 30 and run.cb.stopped_at is None
     assert len([w for w in warned if "fitter exploded" in w]) == 1, warned
     assert list(run.cb.errors) == ["forecaster"]
@@ -307,6 +307,7 @@ def _make(adapter: str, **kwargs: Any) -> Any:
         ({"target_loss": "3.1"}, r"target_loss: input should be a valid number, got '3.1' \(str\)"),
         ({"total_steps": "1000"}, r"total_steps: input should be a valid integer, got '1000' \(str\)"),
         ({"target_loss": float("inf")}, "target_loss: input should be a finite number"),
+        ({"target_loss": 0.0}, "target_loss: input should be greater than 0"),
         ({"confidence": 1.5}, "confidence: input should be less than 1"),
         ({"flush_every": 0}, "flush_every: input should be greater than or equal to 1"),
         ({"level": 2}, "level"),

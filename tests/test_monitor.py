@@ -142,7 +142,7 @@ def test_reachable_target_never_stops_and_forecast_is_close() -> None:
 def test_warn_action_reports_once_and_never_stops() -> None:
     y = _curve()
     sink = _Recorder()
-    mon = RunMonitor(LRS, stop=StopConfig(target_loss=0.0, min_fraction=0.2, action="warn"), sinks=[sink])
+    mon = RunMonitor(LRS, stop=StopConfig(target_loss=1e-3, min_fraction=0.2, action="warn"), sinks=[sink])
     for batch in _batches(y, TOTAL):
         assert not mon.flush(batch).stop
     assert [e.kind for e in sink.events] == ["early_stop"]
@@ -196,7 +196,7 @@ def test_failing_parts_are_switched_off_and_the_rest_goes_on(monkeypatch: pytest
         raise RuntimeError("fitter exploded")
 
     monkeypatch.setattr("scaleforecast.forecaster.fit", explode)
-    broken = RunMonitor(LRS, stop=StopConfig(target_loss=0.0, min_fraction=0.0))
+    broken = RunMonitor(LRS, stop=StopConfig(target_loss=1e-3, min_fraction=0.0))
     with pytest.warns(RuntimeWarning, match="fitter exploded"):
         result = broken.flush(_batches(y, 50)[0])
     assert not result.stop and "forecaster" in broken.disabled
@@ -243,8 +243,10 @@ def test_bad_arguments_are_rejected_with_their_name() -> None:
         checked(StopConfig, confidence=0.3)
     with pytest.raises(ValueError, match=r"action: input should be 'warn', 'stop' or 'raise', got 'explode'"):
         checked(StopConfig, action="explode")
-    with pytest.raises(ValueError, match="target_loss: input should be a finite number"):
+    with pytest.raises(ValueError, match="target_loss: input should be greater than 0, got nan"):
         checked(StopConfig, target_loss=float("nan"))
+    with pytest.raises(ValueError, match="target_loss: input should be greater than 0, got -1.0"):
+        checked(StopConfig, target_loss=-1.0)  # an argparse default of 0 or -1 meaning "no target" is not one
     with pytest.raises(ValueError, match=r"target_loss: input should be a valid number, got '3.1' \(str\)"):
         checked(StopConfig, target_loss="3.1")
     with pytest.raises(ValueError, match="min_step: extra inputs are not permitted"):
@@ -389,7 +391,7 @@ def test_settle_takes_in_the_last_background_refit_unless_the_run_stopped() -> N
     stopped = RunMonitor(
         LRS,
         config=ForecasterConfig(background=True, refit_every=100),
-        stop=StopConfig(target_loss=0.0, min_fraction=0.2),
+        stop=StopConfig(target_loss=1e-3, min_fraction=0.2),
     )
     for b in _batches(y, 1000):
         if stopped.flush(b).stop:
