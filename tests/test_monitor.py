@@ -245,7 +245,7 @@ def test_bad_arguments_are_rejected_with_their_name() -> None:
         checked(StopConfig, action="explode")
     with pytest.raises(ValueError, match="target_loss: input should be greater than 0, got nan"):
         checked(StopConfig, target_loss=float("nan"))
-    with pytest.raises(ValueError, match="target_loss: input should be greater than 0, got -1.0"):
+    with pytest.raises(ValueError, match=r"target_loss: input should be greater than 0, got -1\.0"):
         checked(StopConfig, target_loss=-1.0)  # an argparse default of 0 or -1 meaning "no target" is not one
     with pytest.raises(ValueError, match=r"target_loss: input should be a valid number, got '3.1' \(str\)"):
         checked(StopConfig, target_loss="3.1")

@@ -132,7 +132,9 @@ def test_device_buffer_bounds() -> None:
     msg = buf.pack([1, 2], [0.1, 0.2], torch.device("cpu"))
     assert msg.shape == (5, 2) and msg[4, 0] == 2 and len(buf) == 0
     assert TorchCollectives().world_size == 1
-    with pytest.raises(ValueError, match=r"one number, got a tensor of shape \(4,\) \(pass .*loss.mean\(\)\)"):
+    with pytest.raises(
+        ValueError, match=r"one number, got a tensor of shape \(4,\) \(pass .*loss.mean\(\)\)"
+    ):
         buf.push(torch.ones(4))  # per-sample losses
     buf.push(torch.ones(1, 1))  # one number, in any shape
 
