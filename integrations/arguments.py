@@ -57,7 +57,9 @@ class ForecastArgs(TypedDict, total=False):
       a cadence that scales with the run (denser early, about 150 refits on a 1M-step run). Refits run on a
       worker thread and take effect at the next flush, on every rank the same;
       ``level``: coverage of the reported band, in (0, 1); ``law`` (``"tissue"``, ``"mpl"``, ``"auto"``) and
-      ``lam`` (the annealing-momentum decay); ``forecaster_config``: a full
+      ``lam`` (the decay of the law's annealing memory under ``memory="single"``; with the default two-timescale
+      memory, tied to the run's length, it only sets the units of ``C``: see
+      :class:`~scaleforecast.fitting.FitConfig`); ``forecaster_config``: a full
       :class:`~scaleforecast.forecaster.ForecasterConfig` instead of those four.
     - ``log_figures_every``: draw a forecast figure every this many usable refits (0: never).
     - ``writer``: a ``SummaryWriter``-like object, or ``False`` for no TensorBoard output; default: the

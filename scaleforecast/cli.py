@@ -238,7 +238,15 @@ def _format_forecast(forecast: Forecast, column: str, path: Path) -> str:
         lines.append("  prior from finished runs of the family: " + ", ".join(forecast.borrowed_from))
     if forecast.params is not None:
         p = forecast.params
-        lines.append(f"  L0={p.L0:.4g}  A={p.A:.4g}  alpha={p.alpha:.3g}  C={p.C:.4g}  lambda={p.lam:g}")
+        ex = p.extra or {}
+        # the two-timescale memory (the default) says its time constants; lam then only sets C's units
+        memory = (
+            f"S2 memory {1 / (1 - float(ex['lam_fast'])):.0f} and {1 / (1 - float(ex['lam_slow'])):.0f} steps"
+            f" (mixed {float(ex.get('mix_fast', 0.5)):g}/{1 - float(ex.get('mix_fast', 0.5)):g})"
+            if "lam_fast" in ex
+            else f"lambda={p.lam:g}"
+        )
+        lines.append(f"  L0={p.L0:.4g}  A={p.A:.4g}  alpha={p.alpha:.3g}  C={p.C:.4g}  {memory}")
     if forecast.points:
         pct = round(100 * forecast.level)
         lines.append(f"  {'step':>10}  {'forecast':>10}  {pct}% interval")

@@ -87,6 +87,8 @@ def test_lr_column_and_schedule_spec(tmp_path: Path, capsys):
     assert code == 0 and json.loads(out)["forecasts"][0]["step"] == 4000
     code, out, _ = _run(["forecast", str(csv)], capsys)
     assert code == 0 and "80% interval" in out
+    # the fitted law's line says the memory it used: the default two, tied to the run's length (2000 steps)
+    assert "S2 memory 10 and 2000 steps (mixed 0.5/0.5)" in out, out
 
 
 @pytest.mark.parametrize(
