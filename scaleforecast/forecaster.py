@@ -410,6 +410,10 @@ class OnlineForecaster:
             return False
         if self._fit is None or self._stale:
             return True
+        if self._fit.status is FitStatus.INSUFFICIENT_DATA and self._history.n_raw > self._raw_at_fit:
+            # too few points to fit last time (a warm-up, a short run's start): try again as soon as more came,
+            # not a whole refit gap later (a short run's first forecast came at half of it)
+            return True
         if self._last_step - self._step_at_fit >= self.refit_gap(self._step_at_fit):
             return True
         growth = self.config.refit_growth

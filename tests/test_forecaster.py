@@ -328,6 +328,20 @@ def _count_refits(total: int, every: int = 50, **kw: object) -> int:
     return n
 
 
+def test_a_fit_with_too_few_points_is_retried_as_soon_as_more_come():
+    """A short run's first refits fall in its warm-up (too few points to fit): the next is tried at the next
+    update that brings losses, not a whole refit gap (at least 100 steps) later."""
+    lrs, steps, y = _curve("cosine:peak=1e-3,warmup=20,total=300")
+    fc = OnlineForecaster(lrs)
+    statuses = {}
+    for i in range(0, 300, 10):
+        out = fc.update(steps[i : i + 10], y[i : i + 10])
+        if out is not None:
+            statuses[i] = out.status
+    first = min(i for i, st in statuses.items() if st is not FitStatus.INSUFFICIENT_DATA)
+    assert statuses[0] is FitStatus.INSUFFICIENT_DATA and first <= 40, statuses
+
+
 def test_refit_cadence_scales_with_the_run():
     short, medium, long = _count_refits(10_000), _count_refits(100_000), _count_refits(1_000_000, every=100)
     assert 80 <= short <= 130 and 100 <= medium <= 180 and 110 <= long <= 200
