@@ -49,8 +49,8 @@ class ForecasterConfig(BaseModel):
     0.9
 
     The refit cadence scales with the run. After a refit at step ``s`` the next one is due once
-    ``gap(s) = max(min_refit_gap, min(refit_growth * s, total / refits_per_run))`` more steps were seen: every
-    ``min_refit_gap`` steps at first, then geometric (every 10% of the steps so far: early steps change the fit
+    ``gap(s) = max(min(min_refit_gap, total / 10), min(refit_growth * s, total / refits_per_run))`` more steps
+    were seen: every ``min_refit_gap`` steps at first (a tenth of a run shorter than ten of them), then geometric (every 10% of the steps so far: early steps change the fit
     most), then ``refits_per_run`` evenly over the rest. A 1M-step run refits about 150 times, a 10k-step run
     about 100, where a fixed 100-step period gives 10,000 and 100. ``refit_every`` (when set) restores a
     fixed period, plus an early refit whenever the observations grew by ``refit_growth``. A schedule that
@@ -402,17 +402,16 @@ class OnlineForecaster:
         if cfg.refit_every is not None:
             return cfg.refit_every
         total = len(self._lrs) if self._lrs is not None else 0
-        return max(cfg.min_refit_gap, math.ceil(min(cfg.refit_growth * step, total / cfg.refits_per_run)))
+        # a run shorter than ten minimum gaps refits at least ten times (a 200-step run's first usable fit came
+        # at 60 % of it, its warm-up fit having started a 100-step gap)
+        floor = min(cfg.min_refit_gap, max(total // 10, 1))
+        return max(floor, math.ceil(min(cfg.refit_growth * step, total / cfg.refits_per_run)))
 
     def should_refit(self) -> bool:
         """The refit policy (see :class:`ForecasterConfig`); ``False`` while a refit is in flight."""
         if self._lrs is None or self._pending is not None or self._history.n_raw == 0:
             return False
         if self._fit is None or self._stale:
-            return True
-        if self._fit.status is FitStatus.INSUFFICIENT_DATA and self._history.n_raw > self._raw_at_fit:
-            # too few points to fit last time (a warm-up, a short run's start): try again as soon as more came,
-            # not a whole refit gap later (a short run's first forecast came at half of it)
             return True
         if self._last_step - self._step_at_fit >= self.refit_gap(self._step_at_fit):
             return True

@@ -328,9 +328,9 @@ def _count_refits(total: int, every: int = 50, **kw: object) -> int:
     return n
 
 
-def test_a_fit_with_too_few_points_is_retried_as_soon_as_more_come():
-    """A short run's first refits fall in its warm-up (too few points to fit): the next is tried at the next
-    update that brings losses, not a whole refit gap (at least 100 steps) later."""
+def test_a_short_run_refits_at_least_ten_times():
+    """A 300-step run: its first refit falls in the warm-up (too few points to fit), and the next comes a tenth
+    of the run later, not a whole minimum gap (100 steps, a third of this run) later."""
     lrs, steps, y = _curve("cosine:peak=1e-3,warmup=20,total=300")
     fc = OnlineForecaster(lrs)
     statuses = {}
@@ -340,6 +340,7 @@ def test_a_fit_with_too_few_points_is_retried_as_soon_as_more_come():
             statuses[i] = out.status
     first = min(i for i, st in statuses.items() if st is not FitStatus.INSUFFICIENT_DATA)
     assert statuses[0] is FitStatus.INSUFFICIENT_DATA and first <= 40, statuses
+    assert len(statuses) >= 9, statuses
 
 
 def test_refit_cadence_scales_with_the_run():
