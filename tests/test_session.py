@@ -225,7 +225,7 @@ def test_a_step_count_that_goes_back_rewinds_the_history() -> None:
 
     total = 300
     opt = _sgd(0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1 - i / total, 0.01))
     fc = LossForecastSession(opt, sched, total_steps=total, flush_every=20, writer=False, verbose=False)
     numbers = [*range(1, 151), *range(51, 201)]
     with pytest.warns(RuntimeWarning, match="step went back to 51 after 150"):
@@ -249,7 +249,7 @@ def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_fo
 
     def session() -> tuple[Any, Any, Any]:
         opt = _sgd(0.1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1 - i / total, 0.01))
         return opt, sched, LossForecastSession(opt, sched, total_steps=total, flush_every=20, writer=False)
 
     opt, sched, fc = session()
