@@ -297,11 +297,24 @@ def test_rebuild_every_family_from_sparse_points(spec: str) -> None:
     rec = rebuild_lrs(steps, true[steps - 1], total=5000)
     assert rec.trusted and rec.source.startswith("fit:")
     assert rec.max_error is not None and rec.max_error < 0.01
-    # What the forecast depends on: the LR area. A step milestone is only known to within the logging gap.
-    tol = 0.01 if spec.startswith("step") else 0.005
+    # What the forecast depends on: the LR area. A step milestone is only known to within the logging gap (and
+    # is placed at its end: two milestones, 50 steps each, at 70 % of the peak, are 1.5 % of this run's area).
+    tol = 0.02 if spec.startswith("step") else 0.005
     assert abs(rec.lrs.sum() - true.sum()) / true.sum() < tol
     best = fit_schedule(steps, true[steps - 1], 5000)[0][2]
     assert best.kind == parse_schedule(spec).kind
+
+
+def test_a_rebuilt_step_drop_comes_as_late_as_the_logged_points_allow() -> None:
+    """A two-stage run (Luo et al.'s data): the LR logged every 128 steps, 3e-4 at step 7936 and 9e-5 at 8000.
+    The drop is placed just before 8000, so that the loss logged at 8000, where nothing has dropped yet, does
+    not count as tens of steps into the drop (which pinned C at 0 and forecast the run 1-5 % high)."""
+    steps = np.union1d(np.arange(128, 16001, 128), [8000])
+    vals = np.where(steps < 8000, 3e-4, 9e-5)
+    rec = rebuild_lrs(steps, vals, total=16000)
+    assert rec.trusted and rec.source.startswith("fit:step")
+    drop = int(np.flatnonzero(rec.lrs < 1e-4)[0]) + 1  # the first update at the new LR
+    assert drop == 8000
 
 
 def test_rebuild_unknown_shape_warns_loudly() -> None:
