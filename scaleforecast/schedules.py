@@ -465,6 +465,14 @@ def load_lr_file(path: str | os.PathLike[str]) -> np.ndarray:
     """The per-update LR stored in a ``.npy`` file (one-dimensional, numeric, no pickles), validated by
     :func:`validate_lrs`; every problem is a one-line :class:`ScheduleError` that names the file."""
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+        if head[:2] != b"PK" and head != b"\x93NUMPY":
+            # np.load reads any other file as a pickle, and refuses it as "pickled (object) data"
+            raise ScheduleError(
+                f"LR file {path}: not a .npy array (no .npy header: a text or CSV file? write the LRs with "
+                "numpy.save)"
+            )
         arr = np.load(path, allow_pickle=False)
     except OSError as err:
         raise ScheduleError(f"cannot read LR file {path}: {err.strerror or err}") from None

@@ -199,7 +199,7 @@ def test_lr_files_that_are_not_one_lr_per_update(tmp_path) -> None:
         load_lr_file(obj)
     text = tmp_path / "text.npy"
     text.write_text("0.001\n0.001\n")
-    with pytest.raises(ScheduleError, match=r"text\.npy: not a \.npy array"):
+    with pytest.raises(ScheduleError, match=r"text\.npy: not a \.npy array \(no \.npy header: a text or CSV"):
         load_lr_file(text)
     strings = tmp_path / "s.npy"
     np.save(strings, np.array(["1e-3", "2e-3"]))
