@@ -55,7 +55,8 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ReadError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
+        what = "not a text file" if b"\x00" in data[:4096] else "not UTF-8 text (save it as UTF-8)"
+        raise ReadError(f"{path}: {what} ({err.reason} at byte {err.start})") from None
 
 
 def _csv_rows(path: Path, text: str, live: bool, notes: list[str]) -> tuple[list[str], list[Row]]:

@@ -215,6 +215,12 @@ def test_csv_last_line_without_line_end_bom_and_binary(tmp_path: Path) -> None:
     b.write_bytes(b"\xff\xfe\x00\x01garbage")
     with pytest.raises(ReadError, match="not a text file"):
         read_table(b)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("step,loss,run\n1,3.0,größer\n".encode("latin-1"))
+    with pytest.raises(
+        ReadError, match=r"not UTF-8 text \(save it as UTF-8\) \(invalid start byte at byte 22\)"
+    ):
+        read_table(latin)
 
 
 def test_jsonl_given_as_csv_is_read_as_jsonl(tmp_path: Path) -> None:
