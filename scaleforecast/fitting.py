@@ -334,6 +334,22 @@ def _usable(obs: Observations, lrs: np.ndarray, skip_warmup: bool) -> np.ndarray
     return ok
 
 
+def _too_few(obs: Observations, lrs: np.ndarray, cfg: FitConfig, n: int, need: int) -> str:
+    """Why only ``n`` of the observations can be fitted, in words (the ``insufficient_data`` warning)."""
+    peak = int(np.argmax(lrs)) + 1
+    finite = np.isfinite(obs.y)
+    left = [
+        (int((~finite).sum()), "not finite"),
+        (int((finite & (obs.y <= 1e-12)).sum()), "at or below 0 (the law fits positive losses)"),
+        (
+            int((obs.end <= peak).sum()) if cfg.skip_warmup else 0,
+            f"in the warm-up (up to the LR peak, step {peak})",
+        ),
+    ]
+    why = "; ".join(f"{k} {what}" for k, what in left if k)
+    return f"only {n} usable points (need {need})" + (f": of {len(obs)}, {why}" if why else "")
+
+
 def _insufficient(law: str, n: int, msg: str) -> FitResult:
     return FitResult(law=law, params=None, status=FitStatus.INSUFFICIENT_DATA, n_points=n, warnings=[msg])
 
@@ -388,7 +404,7 @@ def _fit_tissue(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitRes
     ok = _usable(obs, lrs, cfg.skip_warmup)
     n = int(ok.sum())
     if n < cfg.min_points:
-        return _insufficient("tissue", n, f"only {n} usable points (need {cfg.min_points})")
+        return _insufficient("tissue", n, _too_few(obs, lrs, cfg, n, cfg.min_points))
     sub = Observations(obs.start[ok], obs.end[ok], obs.y[ok], obs.count[ok])
     prior = _resolve_prior(cfg.prior)
     lams = cfg.lam_grid if cfg.fit_lam else (cfg.lam,)
@@ -675,7 +691,7 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
     ok = _usable(obs, lrs, True)
     n = int(ok.sum())
     if n < max(cfg.min_points, 8):
-        return _insufficient("mpl", n, f"only {n} usable points (need {max(cfg.min_points, 8)})")
+        return _insufficient("mpl", n, _too_few(obs, lrs, cfg, n, max(cfg.min_points, 8)))
     sub = Observations(obs.start[ok], obs.end[ok], obs.y[ok], obs.count[ok])
     prior = _resolve_prior(cfg.prior)
     peak = float(lrs.max())

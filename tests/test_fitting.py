@@ -143,6 +143,13 @@ def test_insufficient_and_bad_points() -> None:
     lrs = as_lrs(SHAPES["cosine"])
     r = fit(Observations.from_steps([200, 300, 400], [3.0, 2.9, 2.8]), lrs)
     assert r.status == FitStatus.INSUFFICIENT_DATA and r.params is None and r.n_points == 3
+    assert r.warnings == ["only 3 usable points (need 6)"]
+    warm = int(np.argmax(lrs)) + 1
+    r = fit(Observations.from_steps([warm // 2, warm, warm + 10, warm + 20], [3.1, 3.0, -1.0, 2.9]), lrs)
+    assert r.warnings == [
+        f"only 1 usable points (need 6): of 4, 1 at or below 0 (the law fits positive losses); "
+        f"2 in the warm-up (up to the LR peak, step {warm})"
+    ]
     with pytest.raises(ValueError, match="no fitted law"):
         predict(r, lrs, [8000])
     steps, y = _curve(lrs)
