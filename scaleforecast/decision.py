@@ -98,6 +98,8 @@ def decide_stop(
     grace = max(min_steps, int(min_fraction * total_steps))
     if step < grace:
         return no_stop(f"grace period: step {step} < {grace}")
+    if step >= total_steps:  # a stop would throw away a finished result and save nothing
+        return no_stop(f"the run has reached its last step ({total_steps})")
     if forecast is None or forecast.status in (FitStatus.INSUFFICIENT_DATA, FitStatus.FAILED):
         return no_stop("no forecast" if forecast is None else f"fit status {forecast.status.value}")
     if forecast.status is FitStatus.LAW_VIOLATED:
@@ -330,6 +332,10 @@ class ForecastStopCheck(abc.ABC):
     @abc.abstractmethod
     def _stop_event(self, step: int, latest: Forecast) -> Event: ...
 
+    def on_run_end(self, step: int, stopped: bool) -> None:  # noqa: B027  (a stopper may keep no record)
+        """The training adapters call it once, where the run ends normally (at ``step``; ``stopped``: by any
+        rule), on every rank."""
+
     def on_forecast(self, step: int, forecast: Forecast) -> list[Event]:
         """Ask the stopper about the new ``forecast`` at ``step``: one critical ``early_stop`` event, or none."""
         if self._has_stopped() or not self(step, forecast):
@@ -352,7 +358,8 @@ class SweepStopper(ForecastStopCheck):
     carry the run's stop features, so the stopper reads the same measured error as the monitor's own rule. It is
     also a listener of the run monitor, so the training adapters take it
     as ``LossForecast(listeners=[stopper])``: a stop becomes a critical ``early_stop`` event.
-    Call :meth:`finish` when the run ends, so the others learn its final loss (or that it stopped).
+    The training adapters call :meth:`finish` where the run ends (call it yourself in a loop of your own), so
+    the others learn its final loss (or that it stopped).
 
     The training thread never waits on the registry: writes are queued to a :class:`BackgroundRegistry`
     worker and each decision uses the records the worker last read (a read is asked for at every call and
@@ -544,9 +551,14 @@ class SweepStopper(ForecastStopCheck):
             data={"source": "sweep", "reference": None if d is None else d.reference},
         )
 
-    def finish(self, final_loss: float | None = None) -> None:
-        """Record the run's end (rank 0 only): ``stopped`` if this stopper stopped it, else ``finished`` with
-        ``final_loss`` (default: the mean of the latest forecast, a denoised estimate of the final loss).
+    def on_run_end(self, step: int, stopped: bool) -> None:
+        """:meth:`finish`, called by the training adapters where the run ends."""
+        self.finish(stopped=stopped)
+
+    def finish(self, final_loss: float | None = None, *, stopped: bool = False) -> None:
+        """Record the run's end (rank 0 only): ``stopped`` if this stopper or another rule (``stopped``) stopped
+        it, else ``finished`` with ``final_loss`` (default: the mean of the latest forecast, a denoised estimate
+        of the final loss). The training adapters call it (:meth:`on_run_end`); a second call changes nothing.
 
         Waits at most ``finish_timeout_s`` for the record to land (the run is over; a locked registry costs
         that bound, with a warning, and the write keeps being retried while the process lives)."""
@@ -555,7 +567,7 @@ class SweepStopper(ForecastStopCheck):
             return
         if final_loss is None and self.last_forecast is not None and self.last_forecast.final is not None:
             final_loss = self.last_forecast.final.loss
-        state = RunState.STOPPED if self.stopped_at is not None else RunState.FINISHED
+        state = RunState.STOPPED if self.stopped_at is not None or stopped else RunState.FINISHED
         self._worker.post_final(self.run_id, final_loss, state=state)
         if self._worker.drain(self.finish_timeout_s):
             self._worker.close()  # its thread ends; a later call would start another

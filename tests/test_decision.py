@@ -69,6 +69,9 @@ def test_speaks_early_on_overwhelming_evidence_and_honours_an_explicit_grace() -
     assert not decide_stop(bad, 3.0, step=99, min_fraction=0.1, **kw).stop  # type: ignore[arg-type]
     assert decide_stop(bad, 3.0, step=100, min_fraction=0.1, **kw).stop  # type: ignore[arg-type]
     assert not decide_stop(bad, 3.0, step=300, min_steps=400, **kw).stop  # type: ignore[arg-type]
+    # at the last step there is nothing left to save, and a stop would throw a finished result away
+    last = decide_stop(bad, 3.0, step=1000, **kw)  # type: ignore[arg-type]
+    assert not last.stop and last.reason == "the run has reached its last step (1000)"
 
 
 def test_status_reference_and_forecast_only() -> None:

@@ -338,3 +338,37 @@ def test_the_job_identity_is_read_when_first_needed(tmp_path: Path, monkeypatch:
     stopper.finish()
     assert stopper.sync()
     assert SQLiteRegistry("s", tmp_path / "s.sqlite").records() == []  # a non-zero rank never writes
+
+
+def test_the_adapters_record_each_runs_end_in_the_sweep(tmp_path: Path) -> None:
+    """Three plain-loop runs of one sweep, with the stopper as the README shows it (no ``finish()`` of one's
+    own): the first is recorded finished with its final forecast, a later worse one is stopped against it and
+    recorded stopped, and one stopped by its own target is recorded stopped too (not a reference)."""
+    torch = pytest.importorskip("torch")
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 400
+    path = tmp_path / "sweep.sqlite"
+
+    def train(run_id: str, offset: float, target: float | None = None) -> int | None:
+        opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        stopper = SweepStopper(path, run_id)
+        assert stopper.sync()  # the records of the runs before this one are read before it trains
+        fc = LossForecastSession(
+            opt, total_steps=total, target_loss=target, listeners=[stopper], writer=False, flush_every=20
+        )
+        for n in range(1, total + 1):
+            opt.step()
+            fc.step(torch.tensor(2.0 + offset + 0.3 * n**-0.3))
+            if fc.should_stop:
+                break
+        fc.close()
+        return fc.stopped_at
+
+    assert train("first", 0.0) is None
+    assert train("worse", 3.0) is not None
+    assert train("own-target", 0.0, target=1.0) is not None
+    recs = {r.run_id: r for r in SQLiteRegistry("default", path).records()}
+    assert recs["first"].state is RunState.FINISHED
+    assert recs["first"].final_loss == pytest.approx(2.0 + 0.3 * total**-0.3, rel=0.01)
+    assert recs["worse"].state is RunState.STOPPED and recs["own-target"].state is RunState.STOPPED
