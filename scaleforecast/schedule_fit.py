@@ -231,11 +231,17 @@ def fit_schedule(steps: np.ndarray, values: np.ndarray, total: int) -> list[tupl
         steps, values = steps[pick], values[pick]
     eval_steps, eval_values = all_steps[keep], all_values[keep]
     results: list[tuple[float, float, int, Schedule]] = []
-    for order, (_name, make, x0, bounds) in enumerate(cands):
+    for order, (name, make, x0, bounds) in enumerate(cands):
+        # the smooth families are fitted on plain differences (the nearest-of-three misfit is not smooth in
+        # their parameters); the step family's drops, placed from the log, are known to one update only
+        nearest = name == "step"
 
-        def resid(x: np.ndarray, make: Callable[[np.ndarray], Schedule] = make) -> np.ndarray:
+        def resid(
+            x: np.ndarray, make: Callable[[np.ndarray], Schedule] = make, nearest: bool = nearest
+        ) -> np.ndarray:
             try:
-                return _misfit(make(x).lrs(), steps, values) / peak0
+                lrs = make(x).lrs()
+                return (_misfit(lrs, steps, values) if nearest else lrs[steps - 1] - values) / peak0
             except ValueError:
                 return np.full(len(values), 10.0)
 
@@ -358,22 +364,46 @@ def rebuild_lrs(
                 f"{what}: LR rebuilt as {sched.spec()} from {len(lr_steps)} points logged every ~{gap} steps; it "
                 f"misses them by up to {100 * max_err:.1f}% of peak: pass --schedule SPEC for an exact forecast"
             )
+        if total - last > max(gap, 0.01 * total):
+            # a live log: what comes after its last LR is the fitted family's continuation, which cannot know of
+            # a decay still to come (a WSD run before its cooldown is rebuilt as constant to the end)
+            notes.append(
+                f"{what}: LR logged up to step {last} of {total}: after it, the rebuilt {sched.kind} schedule is "
+                "continued; if the LR decays later than the log shows, pass --schedule SPEC or --lr-file"
+            )
         return rec
-    # No family fits: interpolate what was logged, and say loudly that the LR is a guess.
+    # No family fits: interpolate what was logged (from a warm-up before the first log, as for a family).
+    peak = float(lr_values.max())
+    warm = min(_estimate_warmup(lr_steps, lr_values, peak), int(lr_steps[0]))
+    xp, fp = lr_steps.astype(np.float64), lr_values.astype(np.float64)
+    if lr_steps[0] > 1:
+        head = [(0.0, 0.0)] + ([(float(warm), float(lr_values[0]))] if 0 < warm < lr_steps[0] else [])
+        xp = np.r_[[h[0] for h in head], xp]
+        fp = np.r_[[h[1] for h in head], fp]
     grid = np.arange(1, total + 1)
-    lrs = np.interp(grid, lr_steps, lr_values)
-    notes.append(
-        f"{what}: LR CANNOT BE TRUSTED: no known schedule family fits the {len(lr_steps)} logged LR points (best, "
-        f"{sched.spec()}, misses by {100 * max_err:.0f}% of peak); using linear interpolation between them"
-        + (f" and holding the last value from step {last} to {total}" if total > last else "")
-        + ": pass --schedule SPEC or --lr-file"
-    )
+    lrs = np.interp(grid, xp, fp)
+    # Between two logged points the LR is off by at most their difference: dense logs of a shape no family
+    # knows (a two-stage cooldown) are close; a sparse log across a sharp drop is a guess, and says so loudly.
+    jump = float(np.max(np.abs(np.diff(lr_values)))) / peak if len(lr_values) > 1 else 1.0
+    hold = f" and holding the last value from step {last} to {total}" if total > last else ""
+    trusted = jump <= LR_TRUST_BAD and not hold
+    if trusted:
+        notes.append(
+            f"{what}: LR interpolated between the {len(lr_steps)} logged points (no known schedule family fits "
+            f"them; consecutive ones differ by at most {100 * jump:.1f}% of peak)"
+        )
+    else:
+        notes.append(
+            f"{what}: LR CANNOT BE TRUSTED: no known schedule family fits the {len(lr_steps)} logged LR points "
+            f"(best, {sched.spec()}, misses by {100 * max_err:.0f}% of peak); using linear interpolation between "
+            f"them{hold}: pass --schedule SPEC or --lr-file"
+        )
     return LRReconstruction(
         lrs=validate_lrs(lrs),
         source="interpolated",
         schedule=None,
         max_error=0.0,
         rms_error=0.0,
-        trusted=False,
+        trusted=trusted,
         warnings=notes,
     )

@@ -412,3 +412,34 @@ def test_zero_lr_at_the_edges_is_a_real_lr(tmp_path: Path) -> None:
     p.write_text("step,lr,loss\n" + "".join(f"{s},{float(lrs[s - 1])!r},3.0\n" for s in range(1, 101)))
     data = read_run(p)
     assert data.lr is not None and data.lr.source == "logged" and not data.warnings
+
+
+def test_dense_logs_of_a_shape_no_family_knows_are_interpolated_quietly() -> None:
+    """A two-stage cooldown logged every 25 steps: no family fits, but consecutive logged LRs differ by little,
+    so the interpolation is close and trusted (it used to say the LR cannot be trusted); the warm-up before
+    the first log is rebuilt as for a family, not held at the first logged LR."""
+    total = 5000
+    t = np.arange(1, total + 1)
+    true = np.interp(t, [0, 100, 3000, 3500, 4500, 5000], [0, 1e-3, 1e-3, 5e-4, 5e-4, 1e-5])
+    steps = np.arange(200, total + 1, 25)
+    rec = rebuild_lrs(steps, true[steps - 1], total=total)
+    assert rec.source == "interpolated" and rec.trusted
+    assert not any("CANNOT BE TRUSTED" in w for w in rec.warnings)
+    assert any("interpolated between the" in w for w in rec.warnings)
+    assert abs(rec.lrs.sum() - true.sum()) / true.sum() < 0.01
+    assert rec.lrs[0] < 0.05 * 1e-3  # a warm-up from 0, not the peak from update 1
+
+
+def test_a_live_log_says_what_comes_after_its_last_lr_is_a_continuation() -> None:
+    """A WSD run watched before its cooldown: its LR log is constant so far, and the rebuild says that what
+    follows is the constant continued (a decay still to come needs the schedule)."""
+    true = parse_schedule("wsd:peak=1e-3,warmup=100,total=5000,cooldown=0.2").lrs()
+    steps = np.arange(10, 2001, 10)
+    rec = rebuild_lrs(steps, true[steps - 1], total=5000)
+    assert rec.source.startswith("fit:constant")
+    assert any(
+        "LR logged up to step 2000 of 5000: after it, the rebuilt constant schedule" in w
+        for w in rec.warnings
+    )
+    done = rebuild_lrs(np.arange(10, 5001, 10), true[np.arange(10, 5001, 10) - 1], total=5000)
+    assert not any("LR logged up to step" in w for w in done.warnings)
