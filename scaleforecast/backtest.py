@@ -282,7 +282,7 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "backtest",
         help="forecast error over fractions of a finished run (table + picture)",
-        description="Refit a finished run on its first 10%%, 20%%, ... and compare each forecast of the final loss "
+        description="Refit a finished run on its first 10%, 20%, ... and compare each forecast of the final loss "
         "with the loss it reached.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -131,7 +131,7 @@ def decide_stop(
         z = math.log(final.loss / reference) / scale
         p = model.confidence(z)
     k = model.threshold(confidence)
-    made = f"a forecast made at {100 * features.fraction:.0f} % of the run"
+    made = f"a forecast fitted on the first {100 * features.fraction:.0f} % of the run"
     if features.phase is None:  # only the forecast is known: say why the scale is wide
         made += " (without the run's record: the conservative fallback scale)"
     margin = 100 * (math.exp(k * scale) - 1) if math.isfinite(k) else None  # the gap a stop needs, in %

@@ -449,15 +449,21 @@ class OnlineForecaster:
         forecast in force after call ``k + 1`` was always fitted on exactly the observations up to call ``k``,
         whatever the timing: every rank of a job fed the same flushes acts on the same forecast at the same
         step. The training thread pays the bookkeeping (binning, a snapshot of at most ``max_bins`` bins) and
-        a wait only when a refit takes longer than one call interval. :meth:`wait` takes in the last refit
-        at the end of a run. Without ``background`` the refit runs inside call ``k`` and takes effect there.
+        a wait only when a refit takes longer than one call interval. The call that reaches the last step of
+        the schedule refits there, on all the losses; :meth:`wait` takes in the last refit at the end of a run
+        that stops before it. Without ``background`` the refit runs inside call ``k`` and takes effect there.
         When the latest losses are NaN/Inf the call returns a ``stale`` forecast at once, whatever the refits.
         """
         installed = self._install()
         self.observe_many(steps, losses, window)
-        if self.should_refit():
-            self._submit()
-            if not self.config.background:
+        # At the last step of the schedule the run's own last forecast is fitted now, on all of its losses: no
+        # later update would take a background refit in, and the run's end shows one forecast (not the last
+        # flush's and then the one the end of training takes in).
+        last = self._lrs is not None and self._last_step >= len(self._lrs)
+        new_data = self._pending is None and self._history.n_raw > self._raw_at_fit
+        if self.should_refit() or (last and new_data):
+            self._submit(inline=last)
+            if not self.config.background or last:
                 return self._install()
         if self._nonfinite_tail and self._latest is not None and self._latest.status is not FitStatus.STALE:
             # the latest losses are NaN/Inf: the last forecast is no longer current, say so now

@@ -430,3 +430,17 @@ def test_listeners_get_the_stop_features_the_monitor_rule_reads() -> None:
             assert (theirs.stop, theirs.probability, theirs.scale) == (own.stop, own.probability, own.scale)
     assert heard and heard[-1].stop_features is not None and heard[-1].stop_features.phase == "decay"
     assert heard[-1].stop_features.backtest_worst is not None  # the run's own backtest travels too
+
+
+def test_the_end_of_a_run_shows_one_forecast_at_its_last_step() -> None:
+    """Background refits take effect at the next flush; at the last step there is none, so a refit due there
+    is fitted at once: one forecast written at the last step, and nothing left for the end of training."""
+    y = _curve()
+    sink = _Recorder()
+    config = ForecasterConfig(background=True, refit_every=200)
+    mon = RunMonitor(LRS, config=config, sinks=[sink], verbose=False)
+    for batch in _batches(y, TOTAL, every=100):
+        mon.flush(batch)
+    assert sink.forecasts.count(TOTAL) == 1 and sink.forecasts[-1] == TOTAL
+    assert mon.settle(TOTAL) is None
+    assert mon.forecaster.latest is not None and mon.forecaster.latest.fitted_at_step == TOTAL
