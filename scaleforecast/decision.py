@@ -378,7 +378,9 @@ class SweepStopper(ForecastStopCheck):
     should pass it to :meth:`bind`: a spawned rank may find no rank in its environment.
 
     ``registry`` is a :class:`RunRegistry`, a SQLite path, or ``None`` for the default SQLite file of ``sweep``
-    (``~/.cache/scaleforecast/<sweep>.sqlite``): no set-up needed. ``timeout_s``: how long one registry call
+    (``~/.cache/scaleforecast/<sweep>.sqlite``): no set-up needed. ``sweep`` defaults to one per training
+    script and working directory (:func:`scaleforecast.registry.default_sweep`): name it to share a sweep
+    between scripts, or to keep apart the sweeps one script runs. ``timeout_s``: how long one registry call
     of the worker may wait for a lock before it is retried later.
     """
 
@@ -389,7 +391,7 @@ class SweepStopper(ForecastStopCheck):
         registry: RunRegistry | str | Path | None = None,
         run_id: str | None = None,
         *,
-        sweep: str = "default",
+        sweep: str | None = None,
         target: float | None = None,
         confidence: float = DEFAULT_CONFIDENCE,
         min_fraction: float = 0.0,

@@ -42,6 +42,7 @@ __all__ = [
     "SQLiteRegistry",
     "Snapshot",
     "default_registry_path",
+    "default_sweep",
     "open_registry",
 ]
 
@@ -438,11 +439,26 @@ class SQLiteRegistry(RunRegistry):
         return clone
 
 
-def open_registry(registry: RunRegistry | str | Path | None, sweep: str = "default") -> RunRegistry:
+def default_sweep() -> str:
+    """The sweep of runs that name none: their training script and the directory it runs in
+    (``<script>-<8 hex digits>``), so that the runs of one script share a sweep and unrelated projects never meet
+    in one (a run of another project, stopped against this one's best, would be lost)."""
+    import hashlib
+    import sys
+
+    main = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
+    script = Path(main).resolve() if main else Path("python")
+    digest = hashlib.sha1(f"{Path.cwd().resolve()}|{script}".encode()).hexdigest()[:8]
+    return f"{_SAFE.sub('_', script.stem) or 'python'}-{digest}"
+
+
+def open_registry(registry: RunRegistry | str | Path | None, sweep: str | None = None) -> RunRegistry:
     """One entry point: a :class:`RunRegistry` is returned as is; a path (``.sqlite`` file) opens a
-    :class:`SQLiteRegistry` there; ``None`` opens the default file for ``sweep``."""
+    :class:`SQLiteRegistry` there; ``None`` opens the default file for ``sweep`` (default:
+    :func:`default_sweep`)."""
     if isinstance(registry, RunRegistry):
         return registry
+    sweep = sweep or default_sweep()
     if registry is None:
         return SQLiteRegistry(sweep)
     if isinstance(registry, (str, Path)):

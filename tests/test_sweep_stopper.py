@@ -369,7 +369,30 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(tmp_path: Path) -> None:
     assert train("first", 0.0) is None
     assert train("worse", 3.0) is not None
     assert train("own-target", 0.0, target=1.0) is not None
-    recs = {r.run_id: r for r in SQLiteRegistry("default", path).records()}
+    recs = {r.run_id: r for r in SweepStopper(path).registry.records()}
     assert recs["first"].state is RunState.FINISHED
     assert recs["first"].final_loss == pytest.approx(2.0 + 0.3 * total**-0.3, rel=0.01)
     assert recs["worse"].state is RunState.STOPPED and recs["own-target"].state is RunState.STOPPED
+
+
+def test_runs_that_name_no_sweep_share_one_per_script_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unnamed sweeps of two projects never meet: the default sweep is the training script's in its directory."""
+    from scaleforecast.registry import default_sweep
+
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "train.py")])
+    monkeypatch.chdir(tmp_path)
+    here = default_sweep()
+    assert here.startswith("train-") and default_sweep() == here
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert default_sweep() != here
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "finetune.py")])
+    assert default_sweep().startswith("finetune-")
+    monkeypatch.setenv("SCALEFORECAST_REGISTRY_DIR", str(tmp_path))
+    stopper = SweepStopper(rank=0)
+    assert stopper.registry.sweep == default_sweep()  # type: ignore[attr-defined]
+    assert stopper.registry.path == tmp_path / f"{default_sweep()}.sqlite"  # type: ignore[attr-defined]
+    stopper.finish()
