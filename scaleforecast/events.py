@@ -93,5 +93,8 @@ _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging
 
 
 def log_event(event: Event, logger: logging.Logger | None = None) -> None:
-    """Write ``event`` to the Python logger at a level matching its severity."""
-    (logger or logging.getLogger("scaleforecast.health")).log(_LEVELS[event.severity], event.text())
+    """Write ``event`` to the Python logger at a level matching its severity; an early stop, critical so that
+    the run acts on it, is the stop rule at work (a target out of reach, a sweep's pruning), not a failure of
+    the run: a warning."""
+    level = logging.WARNING if event.kind == "early_stop" else _LEVELS[event.severity]
+    (logger or logging.getLogger("scaleforecast.health")).log(level, event.text())

@@ -44,5 +44,7 @@ def test_log_event_uses_the_severity_level(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.INFO, logger="scaleforecast.health"):
         log_event(Event(kind="spike", step=3, severity="critical", message="big"))
         log_event(Event(kind="schedule_advice", step=4, severity="info", message="fyi"))
+        log_event(Event(kind="early_stop", step=5, severity="critical", message="cannot reach 3.1"))
     levels = [r.levelno for r in caplog.records]
-    assert levels == [logging.ERROR, logging.INFO]
+    # a stop is the rule at work, not a failure of the run
+    assert levels == [logging.ERROR, logging.INFO, logging.WARNING]
