@@ -42,6 +42,7 @@ from scaleforecast.results import FitStatus, Forecast, ForecastPoint, StopFeatur
 
 __all__ = [
     "FORECAST_ATTR",
+    "PRUNED_ATTR",
     "ForecastPruner",
     "OptunaForecastReporter",
     "OptunaRegistry",
@@ -51,6 +52,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORECAST_ATTR = "scaleforecast.forecast"
+PRUNED_ATTR = "scaleforecast.pruned"
+"""The trial attribute that says why the trial was pruned (the pruner's decision)."""
 """User-attribute key holding a trial's latest forecast: ``{step, total_steps, loss, std, status, time}``, and
 ``features`` (its :class:`scaleforecast.results.StopFeatures`) when the forecast carries them."""
 
@@ -198,6 +201,9 @@ class ForecastPruner(BasePruner):
     never pruned by this pruner. ``max_age_s`` ignores running trials whose forecast is older (crashed
     workers in a distributed study). ``rel_std_floor`` is the smallest error scale (relative to the loss)
     assumed for any forecast, this trial's and the others' (:func:`scaleforecast.decision.decide_stop_among`).
+    ``reasons`` keeps why each pruned trial was pruned (trial number -> the decision's reason, in this process):
+    the reporter shows it in the trial's ``scaleforecast.pruned`` attribute, its stop event and its
+    ``TrialPruned``.
     """
 
     def __init__(
@@ -228,6 +234,7 @@ class ForecastPruner(BasePruner):
         self.n_startup_trials = n_startup_trials
         self.max_age_s = max_age_s
         self.rel_std_floor = rel_std_floor
+        self.reasons: dict[int, str] = {}
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """The Optuna pruner entry point (called by ``trial.should_prune()``)."""
@@ -253,6 +260,7 @@ class ForecastPruner(BasePruner):
             rel_std_floor=self.rel_std_floor,
         )
         if decision.stop:
+            self.reasons[trial.number] = decision.reason
             log.info("trial %d pruned: %s", trial.number, decision.reason)
         return decision.stop
 
@@ -313,6 +321,7 @@ class OptunaForecastReporter(ForecastStopCheck):
         self.prune = prune
         self.pruned = False
         self.pruned_at: int | None = None
+        self.reason: str | None = None
         self.last_forecast: Forecast | None = None
         self._last_k = 0
         self._disabled = False
@@ -358,7 +367,14 @@ class OptunaForecastReporter(ForecastStopCheck):
                 return False
             self._last_k = k
             self.trial.report(float(final.loss), step=k * GRID_SCALE // self.n_grid)
-            return bool(self.prune and self.trial.should_prune())
+            pruned = bool(self.prune and self.trial.should_prune())
+            if pruned:
+                # why, where users look: the trial's attributes, the stop event, the TrialPruned message
+                pruner = getattr(getattr(self.trial, "study", None), "pruner", None)
+                self.reason = getattr(pruner, "reasons", {}).get(getattr(self.trial, "number", -1))
+                if self.reason:
+                    self.trial.set_user_attr(PRUNED_ATTR, self.reason)
+            return pruned
         except Exception as exc:  # Optuna/storage errors must not stop training
             self._disable(f"{type(exc).__name__}: {exc}")
             return False
@@ -378,11 +394,15 @@ class OptunaForecastReporter(ForecastStopCheck):
             step=step,
             severity="critical",
             score=None if final is None else final.loss,
-            message=f"trial pruned by the Optuna pruner on its loss forecast (made at step {self.pruned_at})",
+            message=f"trial pruned by the Optuna pruner on its loss forecast at step {self.pruned_at}"
+            + (f": {self.reason}" if self.reason else ""),
             data={"source": "optuna", "forecast_step": self.pruned_at},
         )
 
     def raise_if_pruned(self) -> None:
         """Raise ``optuna.TrialPruned`` when the trial was stopped by its pruner (call after ``fit``)."""
         if self.pruned:
-            raise optuna.TrialPruned(f"pruned on its loss forecast at step {self.pruned_at}")
+            raise optuna.TrialPruned(
+                f"pruned on its loss forecast at step {self.pruned_at}"
+                + (f": {self.reason}" if self.reason else "")
+            )

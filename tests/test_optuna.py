@@ -13,6 +13,7 @@ optuna = pytest.importorskip("optuna")
 from forecasts import one_point  # noqa: E402
 from scaleforecast.integrations.optuna import (  # noqa: E402
     FORECAST_ATTR,
+    PRUNED_ATTR,
     ForecastPruner,
     OptunaForecastReporter,
     OptunaRegistry,
@@ -99,6 +100,8 @@ def test_forecast_pruner_on_sqlite_storage_prunes_the_bad_trial(tmp_path: Path) 
     assert states[1e-6] == optuna.trial.TrialState.PRUNED
     bad = next(t for t in again.trials if t.params["lr"] == 1e-6)
     assert max(bad.intermediate_values) <= 200  # the far-off trial (50 % worse) stops early
+    # why, in the study itself
+    assert "cannot reach 3.0" in bad.user_attrs[PRUNED_ATTR] and "confidence" in bad.user_attrs[PRUNED_ATTR]
     close = next(t for t in again.trials if t.params["lr"] == 3e-3)
     # 3.05 against 3.0 (1.7 % worse) is within the measured error of its forecasts until late in the run,
     # when most of its LR has decayed: it is not pruned before 80 % of it
