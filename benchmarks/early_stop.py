@@ -184,29 +184,36 @@ def cells(result: dict, keys: set[str]) -> dict[tuple[float, float], Cell]:
     return out
 
 
+REACHABLE = [r for r in RATIOS if r > 1]
+UNREACHABLE = [r for r in RATIOS if r < 1]
+
+
+def _head(*first: str) -> list[str]:
+    """A markdown table's header and rule: ``first`` columns, then one per target ratio."""
+    names = [
+        *first,
+        *(f"false stops x{r:g}" for r in REACHABLE),
+        *(f"x{r:g}: stopped / median at / saved" for r in UNREACHABLE),
+    ]
+    return ["| " + " | ".join(names) + " |", "|---" * len(names) + "|"]
+
+
+def _cells(cs: dict[tuple[float, float], Cell], c: float) -> list[str]:
+    """At confidence ``c``: false stops on reachable targets; stops, median stop fraction and compute saved on
+    the others."""
+    out = [f"{100 * cs[(c, r)].rate:.1f} % ({cs[(c, r)].stopped})" for r in REACHABLE]
+    for r in UNREACHABLE:
+        x = cs[(c, r)]
+        med = f"{100 * np.median(x.fractions):.0f} %" if x.fractions else "-"
+        out.append(f"{100 * x.rate:.0f} % / {med} / {100 * x.saved:.0f} %")
+    return out
+
+
 def table(title: str, cs: dict[tuple[float, float], Cell]) -> str:
     """Markdown: false stops on reachable targets; stops, median stop fraction and compute saved on the others."""
     n = next(iter(cs.values())).runs if cs else 0
-    reach = [r for r in RATIOS if r > 1]
-    unreach = [r for r in RATIOS if r < 1]
-    head = (
-        "| confidence | "
-        + " | ".join(f"false stops x{r:g}" for r in reach)
-        + " | "
-        + " | ".join(f"x{r:g}: stopped / median at / saved" for r in unreach)
-        + " |"
-    )
-    lines = [f"#### {title} ({n} runs)", "", head, "|---" * (1 + len(reach) + len(unreach)) + "|"]
-    for c in CONFIDENCES:
-        row = [f"{c:g}"]
-        for r in reach:
-            x = cs[(c, r)]
-            row.append(f"{100 * x.rate:.1f} % ({x.stopped})")
-        for r in unreach:
-            x = cs[(c, r)]
-            med = f"{100 * np.median(x.fractions):.0f} %" if x.fractions else "-"
-            row.append(f"{100 * x.rate:.0f} % / {med} / {100 * x.saved:.0f} %")
-        lines.append("| " + " | ".join(row) + " |")
+    lines = [f"#### {title} ({n} runs)", "", *_head("confidence")]
+    lines += ["| " + " | ".join([f"{c:g}", *_cells(cs, c)]) + " |" for c in CONFIDENCES]
     return "\n".join(lines)
 
 
@@ -219,29 +226,15 @@ def decay_start(lrs: np.ndarray) -> float:
 
 
 def decay_table(cs_by_band: dict[str, dict[tuple[float, float], Cell]], confidence: float) -> str:
-    """Markdown: at ``confidence``, false stops on reachable targets and stops on unreachable ones, one row per
-    band of :data:`DECAY_BANDS`."""
-    reach = [r for r in RATIOS if r > 1]
-    unreach = [r for r in RATIOS if r < 1]
-    head = (
-        "| LR starts to decay | runs | "
-        + " | ".join(f"false stops x{r:g}" for r in reach)
-        + " | "
-        + " | ".join(f"x{r:g}: stopped / median at / saved" for r in unreach)
-        + " |"
-    )
-    lines = [f"#### by when the LR starts to decay (confidence {confidence:g})", "", head]
-    lines.append("|---" * (2 + len(reach) + len(unreach)) + "|")
+    """Markdown: :func:`table`'s cells at ``confidence``, one row per band of :data:`DECAY_BANDS`."""
+    lines = [
+        f"#### by when the LR starts to decay (confidence {confidence:g})",
+        "",
+        *_head("LR starts to decay", "runs"),
+    ]
     for band, cs in cs_by_band.items():
-        row = [band, str(cs[(confidence, RATIOS[0])].runs)]
-        for r in reach:
-            x = cs[(confidence, r)]
-            row.append(f"{100 * x.rate:.1f} % ({x.stopped})")
-        for r in unreach:
-            x = cs[(confidence, r)]
-            med = f"{100 * np.median(x.fractions):.0f} %" if x.fractions else "-"
-            row.append(f"{100 * x.rate:.0f} % / {med} / {100 * x.saved:.0f} %")
-        lines.append("| " + " | ".join(row) + " |")
+        runs = str(cs[(confidence, RATIOS[0])].runs)
+        lines.append("| " + " | ".join([band, runs, *_cells(cs, confidence)]) + " |")
     return "\n".join(lines)
 
 
