@@ -52,10 +52,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORECAST_ATTR = "scaleforecast.forecast"
-PRUNED_ATTR = "scaleforecast.pruned"
-"""The trial attribute that says why the trial was pruned (the pruner's decision)."""
 """User-attribute key holding a trial's latest forecast: ``{step, total_steps, loss, std, status, time}``, and
 ``features`` (its :class:`scaleforecast.results.StopFeatures`) when the forecast carries them."""
+PRUNED_ATTR = "scaleforecast.pruned"
+"""User-attribute key saying why a pruned trial was pruned (its pruner's decision)."""
 
 GRID_SCALE = 1000
 """Reported steps are in per mille of the trial's total steps."""

@@ -50,8 +50,9 @@ class ForecasterConfig(BaseModel):
 
     The refit cadence scales with the run. After a refit at step ``s`` the next one is due once
     ``gap(s) = max(min(min_refit_gap, total / 10), min(refit_growth * s, total / refits_per_run))`` more steps
-    were seen: every ``min_refit_gap`` steps at first (a tenth of a run shorter than ten of them), then geometric (every 10% of the steps so far: early steps change the fit
-    most), then ``refits_per_run`` evenly over the rest. A 1M-step run refits about 150 times, a 10k-step run
+    were seen: every ``min_refit_gap`` steps at first (a tenth of a run shorter than ten of them), then
+    geometric (every 10% of the steps so far: early steps change the fit most), then ``refits_per_run`` evenly
+    over the rest. A 1M-step run refits about 150 times, a 10k-step run
     about 100, where a fixed 100-step period gives 10,000 and 100. ``refit_every`` (when set) restores a
     fixed period, plus an early refit whenever the observations grew by ``refit_growth``. A schedule that
     changed is refitted at the next update. ``max_bins`` bounds memory and refit time.
