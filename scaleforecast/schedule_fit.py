@@ -383,8 +383,10 @@ def rebuild_lrs(
     grid = np.arange(1, total + 1)
     lrs = np.interp(grid, xp, fp)
     # Between two logged points the LR is off by at most their difference: dense logs of a shape no family
-    # knows (a two-stage cooldown) are close; a sparse log across a sharp drop is a guess, and says so loudly.
-    jump = float(np.max(np.abs(np.diff(lr_values)))) / peak if len(lr_values) > 1 else 1.0
+    # knows (a two-stage cooldown) are close; a sparse log across a sharp drop is a guess, and says so loudly
+    # (the warm-up's rise is left out: a linear warm-up is interpolated exactly).
+    after = lr_values[int(np.argmax(lr_values >= 0.98 * peak)) :]
+    jump = float(np.max(np.abs(np.diff(after)))) / peak if len(after) > 1 else 1.0
     hold = f" and holding the last value from step {last} to {total}" if total > last else ""
     trusted = jump <= LR_TRUST_BAD and not hold
     if trusted:
