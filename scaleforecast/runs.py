@@ -48,6 +48,8 @@ LOSS_NAMES: tuple[str, ...] = (
     "train/lm_loss",
     "lm_loss",
     "training_loss",
+    # the observed loss this plugin's callbacks write (the mean of each flush), for a run that logs none itself
+    "forecast/observed_vs_forecast",
 )
 LR_NAMES: tuple[str, ...] = (
     "lr",
@@ -66,6 +68,7 @@ GAP_WINDOW_NAMES: tuple[str, ...] = (
     "lm loss",
     "reduced_train_loss",
     "loss_metrics/global_avg_loss",
+    "forecast/observed_vs_forecast",
 )
 # Steps are kept exact in float64 and int64 below this.
 MAX_STEP = 2**53

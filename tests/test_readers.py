@@ -137,6 +137,16 @@ def test_missing_lr_is_a_clear_error(tmp_path: Path) -> None:
     assert data.total_steps == 60 and data.lr is not None and data.lr.source == "schedule"
 
 
+def test_a_run_that_logs_no_loss_of_its_own_is_read_from_the_plugins_observed_loss(tmp_path: Path) -> None:
+    """A Lightning module that logs nothing: the callback's own observed loss (the mean of each 10-step flush)
+    is the run's loss, each value the mean over the updates since the previous one."""
+    run = tmp_path / "quiet"
+    _write(run, range(10, 401, 10), "forecast/observed_vs_forecast", "lr-SGD", lr_every=10)
+    data = read_run(run, warn=False)
+    assert data.loss_name == "forecast/observed_vs_forecast" and data.lr_name == "lr-SGD"
+    assert set(data.windows.tolist()) == {10}
+
+
 def test_resume_in_event_files_keeps_newest(tmp_path: Path) -> None:
     run = tmp_path / "resumed"
     _write(run, range(1, 61), "loss", None)
