@@ -214,11 +214,13 @@ class ScheduleAdvisor:
     def __init__(self, config: AdviceConfig | None = None) -> None:
         self.config = config or AdviceConfig()
         self.latest: ScheduleAdvice | None = None
+        self._current = False  # whether the latest refit gave advice (none once too little of the run is left)
         self._flagged: set[str] = set()
 
     def evaluate(self, view: Any) -> ScheduleAdvice | None:
         """Compare the remaining plan with every candidate under the latest fit (see the class doc)."""
         cfg = self.config
+        self._current = False
         planned = getattr(view, "schedule", None)
         plan = getattr(view, "latest", None)
         if planned is None or plan is None or plan.params is None or not plan.ok or plan.final is None:
@@ -251,7 +253,7 @@ class ScheduleAdvisor:
             flags=schedule_flags(planned, cfg),
             c_from_prior=plan.status.value == "annealing_unidentified",
         )
-        self.latest = advice
+        self.latest, self._current = advice, True
         return advice
 
     def events(self, advice: ScheduleAdvice | None) -> list[Event]:
@@ -313,8 +315,9 @@ class ScheduleAdvisor:
             return []
 
     def scalars(self) -> dict[str, float]:
-        """The latest advice as sink scalars (empty before the first advice)."""
-        return {} if self.latest is None else self.latest.scalars()
+        """The latest refit's advice as sink scalars (empty when it gave none: a plan from an earlier refit would
+        show a stale planned final loss beside the current forecast)."""
+        return self.latest.scalars() if self.latest is not None and self._current else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -105,6 +105,21 @@ def test_constant_lr_to_the_end_gets_a_cooldown_with_a_predicted_gain(
     assert adv.scalars()["advice/best_gain"] == pytest.approx(advice.best.gain)
 
 
+def test_no_advice_near_the_end_shows_no_stale_plan(curves_dir: Path) -> None:
+    """Once too little of the run is left to change, a refit gives no advice, and the sinks get no advice
+    scalars (the plan of an earlier refit would show a stale planned final loss beside the forecast)."""
+    steps, loss, lrs = _real(curves_dir, CONSTANT)
+    fc = OnlineForecaster(lrs)
+    adv = ScheduleAdvisor()
+    for fraction in (0.5, 0.999):
+        seen = steps <= fraction * len(lrs)
+        fc.observe_many(steps[seen & (steps > fc.last_step)], loss[seen & (steps > fc.last_step)])
+        fc.refit()
+        adv.advise(fc, int(steps[seen][-1]))
+        assert (adv.scalars() != {}) is (fraction == 0.5)
+    assert adv.latest is not None and adv.latest.step < 0.6 * len(lrs)  # kept, for the record
+
+
 @pytest.mark.parametrize("fraction", [0.5, 0.75])
 def test_a_sensible_wsd_cooldown_gets_no_advice(curves_dir: Path, fraction: float) -> None:
     adv, events = _advisor_at(curves_dir, WSD20, fraction)
