@@ -359,7 +359,9 @@ class SweepStopper(ForecastStopCheck):
     also a listener of the run monitor, so the training adapters take it
     as ``LossForecast(listeners=[stopper])``: a stop becomes a critical ``early_stop`` event.
     The training adapters call :meth:`finish` where the run ends (call it yourself in a loop of your own), so
-    the others learn its final loss (or that it stopped).
+    the others learn its final loss (or that it stopped). A run that died never says so: a running run's
+    record not updated for ``max_run_age_s`` (default a day; a run refits at least every hundredth of its
+    length) no longer counts as a reference.
 
     The training thread never waits on the registry: writes are queued to a :class:`BackgroundRegistry`
     worker and each decision uses the records the worker last read (a read is asked for at every call and
@@ -402,11 +404,16 @@ class SweepStopper(ForecastStopCheck):
         timeout_s: float = 2.0,
         max_records_age_s: float = 600.0,
         finish_timeout_s: float = 10.0,
+        max_run_age_s: float | None = 86_400.0,
     ) -> None:
         if not 0.5 <= confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
-        if max_records_age_s <= 0 or finish_timeout_s < 0:
-            raise ValueError("max_records_age_s must be > 0 and finish_timeout_s >= 0")
+        if (
+            max_records_age_s <= 0
+            or finish_timeout_s < 0
+            or (max_run_age_s is not None and max_run_age_s <= 0)
+        ):
+            raise ValueError("max_records_age_s and max_run_age_s must be > 0 and finish_timeout_s >= 0")
         self.registry = open_registry(registry, sweep)
         self.target = target
         self.confidence = confidence
@@ -415,6 +422,7 @@ class SweepStopper(ForecastStopCheck):
         self.quantile = quantile
         self.rel_std_floor = rel_std_floor
         self.max_records_age_s = float(max_records_age_s)
+        self.max_run_age_s = max_run_age_s
         self.finish_timeout_s = float(finish_timeout_s)
         self.decision: StopDecision | None = None
         self.stopped_at: int | None = None
@@ -516,6 +524,7 @@ class SweepStopper(ForecastStopCheck):
             min_fraction=self.min_fraction,
             min_steps=self.min_steps,
             quantile=self.quantile,
+            max_age_s=self.max_run_age_s,
             rel_std_floor=self.rel_std_floor,
         )
         if self.decision.stop:

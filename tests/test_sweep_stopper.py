@@ -396,3 +396,18 @@ def test_runs_that_name_no_sweep_share_one_per_script_and_directory(
     assert stopper.registry.sweep == default_sweep()  # type: ignore[attr-defined]
     assert stopper.registry.path == tmp_path / f"{default_sweep()}.sqlite"  # type: ignore[attr-defined]
     stopper.finish()
+
+
+def test_a_run_that_died_stops_counting_as_a_reference(tmp_path: Path) -> None:
+    """A running run whose record was not updated for a day (it crashed and never finished) no longer sets the
+    bar; a fresh one does."""
+    reg = SQLiteRegistry("s", tmp_path / "s.sqlite")
+    reg.report_forecast("dead", step=500, loss=2.0, std=0.001, status="ok", total_steps=1000)
+    stopper = SweepStopper(reg, "me", min_fraction=0.0)
+    assert stopper.sync()
+    assert stopper(500, one_point(9.0, 0.01))  # far worse than a running run's confident forecast
+    old = SweepStopper(reg, "me-later", min_fraction=0.0, max_run_age_s=1e-9)  # any record is older than that
+    assert old.sync()
+    assert not old(500, one_point(9.0, 0.01))
+    stopper.finish()
+    old.finish()
