@@ -351,6 +351,15 @@ class TrainingSession:
             self.monitor.load_state_dict(saved["monitor"])
             self.stopped_at, self.stop_reason = saved.get("stopped_at"), saved.get("stop_reason")
             self.extra = dict(saved.get("adapter") or {})
+            if self.stopped_at is not None:
+                # a stopped run resumed (on purpose or from its last checkpoint by accident): it trains on, and
+                # the rule decides again, rather than training to the end silently and reporting the old stop
+                self.warn(
+                    f"this run was stopped at step {self.stopped_at} ({self.stop_reason}); it is resumed, so the "
+                    "stop rule decides again from its next forecast"
+                )
+                self.stopped_at = self.stop_reason = None
+                self.monitor.clear_stop()
             return saved.get("pending")
         except Exception as exc:
             self.warn(

@@ -397,6 +397,12 @@ class RunMonitor:
     def _update(self, batch: FlushBatch) -> Forecast | None:
         return self.forecaster.update(batch.steps, batch.loss, window=batch.window)
 
+    def clear_stop(self) -> None:
+        """Forget a stop: a run that was stopped and is resumed from a checkpoint trains on, and the stop rule
+        decides again from its next forecast (which says whether the run still cannot reach its target)."""
+        self.stopped_at = self.stop_reason = None
+        self.stop_reported = False
+
     def settle(self, step: int) -> Forecast | None:
         """The end of a run: take in a background refit still in flight (waiting for it) and hand its forecast
         to the listeners and sinks as a flush would; no stop decision, the run is over. Call it where every

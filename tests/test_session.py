@@ -272,3 +272,41 @@ def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_fo
             fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
     fc.close()
     assert fc.errors == {} and fc.forecaster.last_step == 150 and fc.forecaster.n_observations == 150
+
+
+def test_a_stopped_run_resumed_is_judged_again() -> None:
+    """A run stopped on its target, then resumed from its last checkpoint: it says it had been stopped, trains
+    on, and the stop rule decides again (it used to train to the end silently and report the old stop)."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 400
+
+    def session() -> tuple[Any, Any]:
+        opt = _sgd(0.1)
+        fc = LossForecastSession(
+            opt, total_steps=total, target_loss=1.0, flush_every=10, writer=False, verbose=False
+        )
+        return opt, fc
+
+    opt, fc = session()
+    for n in range(1, total + 1):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 0.3 * n**-0.3))
+        if fc.should_stop:
+            break
+    first = fc.stopped_at
+    assert first is not None and first < total
+    saved = fc.state_dict()
+    fc.close()
+    opt, fc = session()
+    with pytest.warns(RuntimeWarning, match=f"this run was stopped at step {first} .*decides again"):
+        fc.load_state_dict(saved)
+    assert fc.stopped_at is None and not fc.should_stop
+    for n in range(first + 1, total + 1):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 0.3 * n**-0.3))
+        if fc.should_stop:
+            break
+    fc.close()
+    assert fc.stopped_at is not None and first < fc.stopped_at < total
+    assert fc.stop_reason is not None and "cannot reach 1.0000" in fc.stop_reason
