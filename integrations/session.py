@@ -29,6 +29,7 @@ shows the result of rank 0 in the parent after training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -576,6 +577,14 @@ class TrainingSession:
         self.guard("TensorBoard", self.monitor.close)
         if self.is_zero and os.getpid() != self._owner[0]:
             self.guard("result hand-off", self._hand_off)
+        if self.comm.world_size > 1:
+            # The job's last collective may be the framework's own (the HF Trainer gathers its FLOP count after
+            # its loop), its tensors still held by the backend's worker thread, which needs the GIL to free
+            # them: freed while the interpreter exits, they abort the process. Waiting in one more collective,
+            # with the GIL released, lets it finish first (a stopped run, with nothing else left to do, exited
+            # too soon in about half of its jobs).
+            with contextlib.suppress(Exception):
+                self.comm.any(False)
         self.comm = None
 
     def abort(self) -> None:
