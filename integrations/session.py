@@ -69,6 +69,9 @@ from scaleforecast.schedules import as_lrs
 
 __all__ = ["STATE_FORMAT", "SessionFace", "TrainingSession"]
 
+_REASON_BYTES = 1024
+"""The longest stop reason shared between ranks, in UTF-8 bytes."""
+
 STATE_FORMAT = "scaleforecast.session"
 STATE_VERSION = 2
 
@@ -540,10 +543,14 @@ class TrainingSession:
         if not self.comm.any(wants):
             return
         raising = self.comm.any(result is not None and result.error is not None)
+        own = (
+            None if result is None else result.reason or (None if result.error is None else str(result.error))
+        )
+        shared = self._agreed_reason(own if wants else None)
         self._stopping = True
         if self.stopped_at is None:
             self.stopped_at = step
-            self.stop_reason = self.monitor.stop_reason or "another rank decided to stop"
+            self.stop_reason = self.monitor.stop_reason or shared or "another rank decided to stop"
             self.say(f"stopping at step {step}: {self.stop_reason}")
         if raising:
             if result is not None and result.error is not None:
@@ -551,6 +558,19 @@ class TrainingSession:
             raise TrainingHealthError(
                 Event(kind="early_stop", step=step, severity="critical", message="another rank raised")
             )
+
+    def _agreed_reason(self, mine: str | None) -> str | None:
+        """The reason of the lowest rank that decided to stop, on every rank: one all-gather of fixed-size text,
+        made only once the ranks agreed to stop (rank 0, which prints and writes TensorBoard, may not be the one
+        that decided: a listener of one rank, or a part of the plugin failed on rank 0)."""
+        assert self.comm is not None
+        text = torch.zeros(_REASON_BYTES, dtype=torch.uint8)
+        raw = (mine or "").encode("utf-8", "replace")[:_REASON_BYTES]
+        if raw:
+            text[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        rows = self.comm.all_gather(text.to(self.comm.device)).cpu().numpy()
+        said = (bytes(row).rstrip(b"\0").decode("utf-8", "replace") for row in rows)
+        return next((t for t in said if t), None)
 
     def finish(self, step: int, close_writer: bool = False) -> None:
         """The end of training: the last flush (every rank), then the sinks are closed. ``close_writer``: close

@@ -430,7 +430,8 @@ def test_a_fault_on_one_rank_neither_hangs_nor_splits_the_decision(
     length = 60 if scenario == "window-fault" else 40
     assert r0["stopped_at"] is not None and r0["stopped_at"] == r1["stopped_at"] < length
     assert r0["steps_run"] == r1["steps_run"] == r0["stopped_at"]
-    assert "pruned" in r0["reason"] and r1["reason"] == "another rank decided to stop"
+    # rank 1 tells the stop by rank 0's own reason, shared when the ranks agree to stop
+    assert "pruned" in r0["reason"] and r1["reason"] == r0["reason"]
     assert r0["errors"] == {}
     (part, message), *others = r1["errors"].items()
     assert others == [] and "injected fault" in message

@@ -310,3 +310,34 @@ def test_a_stopped_run_resumed_is_judged_again() -> None:
     fc.close()
     assert fc.stopped_at is not None and first < fc.stopped_at < total
     assert fc.stop_reason is not None and "cannot reach 1.0000" in fc.stop_reason
+
+
+class OtherRankDecides(TorchCollectives):
+    """Rank 0 of two, in one process: the other rank asks to stop, with ``reason``; rank 0's own part failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.rank, self.world_size, self.reason = 0, 2, reason
+        self.answers = [True, False]  # someone wants to stop; nobody raises
+
+    def any(self, flag: bool) -> bool:
+        return self.answers.pop(0) or flag
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        other = torch.zeros_like(tensor)
+        raw = self.reason.encode()
+        other[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        return torch.stack([tensor, other])
+
+
+def test_the_rank_that_prints_tells_the_stop_by_the_deciding_ranks_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Rank 0 prints and writes TensorBoard, but rank 1 decided (rank 0's own part of the plugin had failed):
+    rank 0 shows rank 1's reason, shared when the ranks agree to stop, not "another rank decided to stop"."""
+    reason = "forecast final loss 0.5767 at step 100 cannot reach 0.0500: … confidence 0.99 >= 0.98"
+    session = TrainingSession("probe", writer=False, verbose=True, flush_every=5, total_steps=100)
+    session.start(OtherRankDecides(reason), step=0, run_length=None, source=LRSource(_sgd(), []))
+    session._agree(None, 50)
+    assert session.stopped_at == 50 and session.stop_reason == reason
+    assert f"probe: stopping at step 50: {reason}" in capsys.readouterr().out
