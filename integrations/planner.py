@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs
 
+from scaleforecast.schedules import edge_zeros
+
 __all__ = ["LRSource", "SchedulePlanner", "floor_lrs", "lr_trouble"]
 
 DRIFT_RTOL = 1e-6
@@ -54,13 +56,12 @@ def lr_trouble(lrs: np.ndarray) -> str | None:
             f"the LR of update {k + 1} is {a[k]:g}, and {int(bad.sum())} LR(s) in all are negative or not finite: "
             "the law needs positive LRs; they are read as 1e-12 of the peak, so do not trust the forecast"
         )
-    positive = np.flatnonzero(a > 0)
-    if positive.size == 0:
+    if not (a > 0).any():
         return "every LR of the schedule is 0: the law needs a positive LR, so do not trust the forecast"
-    inner = np.flatnonzero(a[positive[0] : positive[-1] + 1] <= 0)
+    inner = np.flatnonzero((a == 0) & ~edge_zeros(a))
     if inner.size:
         return (
-            f"the LR is 0 at update {positive[0] + inner[0] + 1}, between positive LRs (a paused schedule?): "
+            f"the LR is 0 at update {inner[0] + 1}, between positive LRs (a paused schedule?): "
             "it is read as 1e-12 of the peak"
         )
     return None

@@ -584,11 +584,7 @@ class TrainingSession:
         # that only rank 0 holds stops rank 0's monitor alone)
         if self.stopped_at is None:
             self.guard("forecaster", self._settle, step)
-        for i, listener in enumerate(self.listeners):
-            # a sweep stopper records the run as finished (its last forecast) or stopped, for the runs after it
-            end = getattr(listener, "on_run_end", None)
-            if callable(end):
-                self.guard(f"listener {type(listener).__name__}[{i}]", end, step, self.stopped_at is not None)
+        self.monitor.end_run(step, self.stopped_at is not None)
         self._hook_off()
         if self.is_zero:
             self.guard("family store", self._keep_reference)

@@ -214,9 +214,8 @@ class ScheduleAdvisor:
     def __init__(self, config: AdviceConfig | None = None) -> None:
         self.config = config or AdviceConfig()
         self.latest: ScheduleAdvice | None = None
-        self._current = (
-            False  # whether the latest refit gave advice (none once too little of the run is left)
-        )
+        # whether the latest refit gave advice (none once too little of the run is left)
+        self._current = False
         self._flagged: set[str] = set()
 
     def evaluate(self, view: Any) -> ScheduleAdvice | None:

@@ -26,6 +26,7 @@ import numpy as np
 from scaleforecast.family import NotAnnealed, ReferenceFit, fit_reference
 from scaleforecast.fitting import Observations
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
+from scaleforecast.laws import memory_of
 from scaleforecast.readers import read_run
 from scaleforecast.results import Forecast
 from scaleforecast.run_args import (
@@ -238,14 +239,12 @@ def _format_forecast(forecast: Forecast, column: str, path: Path) -> str:
         lines.append("  prior from finished runs of the family: " + ", ".join(forecast.borrowed_from))
     if forecast.params is not None:
         p = forecast.params
-        ex = p.extra or {}
         # the two-timescale memory (the default) says its time constants; lam then only sets C's units
-        memory = (
-            f"S2 memory {1 / (1 - float(ex['lam_fast'])):.0f} and {1 / (1 - float(ex['lam_slow'])):.0f} steps"
-            f" (mixed {float(ex.get('mix_fast', 0.5)):g}/{1 - float(ex.get('mix_fast', 0.5)):g})"
-            if "lam_fast" in ex
-            else f"lambda={p.lam:g}"
-        )
+        mixed = memory_of(p)
+        memory = f"lambda={p.lam:g}"
+        if mixed is not None:
+            (fast, w), (slow, _) = mixed
+            memory = f"S2 memory {1 / (1 - fast):.0f} and {1 / (1 - slow):.0f} steps (mixed {w:g}/{1 - w:g})"
         lines.append(f"  L0={p.L0:.4g}  A={p.A:.4g}  alpha={p.alpha:.3g}  C={p.C:.4g}  {memory}")
     if forecast.points:
         pct = round(100 * forecast.level)

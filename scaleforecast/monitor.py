@@ -238,6 +238,8 @@ class Listener(Protocol):
 
     def on_forecast(self, step: int, forecast: Forecast) -> list[Event]: ...
 
+    # optional: ``on_run_end(step, stopped)``, told once where the run ends (:meth:`RunMonitor.end_run`)
+
 
 @runtime_checkable
 class Advisor(Protocol):
@@ -396,6 +398,15 @@ class RunMonitor:
 
     def _update(self, batch: FlushBatch) -> Forecast | None:
         return self.forecaster.update(batch.steps, batch.loss, window=batch.window)
+
+    def end_run(self, step: int, stopped: bool) -> None:
+        """Tell the listeners that have ``on_run_end`` that the run ended at ``step`` (``stopped``: by any rule,
+        as agreed across ranks), e.g. a sweep stopper recording the run as finished or stopped for the runs
+        after it. Each failure is reported once."""
+        for i, listener in enumerate(self.listeners):
+            end = getattr(listener, "on_run_end", None)
+            if callable(end):
+                self.guard(f"listener {_name(listener, i)}", end, step, stopped)
 
     def clear_stop(self) -> None:
         """Forget a stop: a run that was stopped and is resumed from a checkpoint trains on, and the stop rule

@@ -15,11 +15,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import hashlib
 import logging
 import math
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -443,9 +445,6 @@ def default_sweep() -> str:
     """The sweep of runs that name none: their training script and the directory it runs in
     (``<script>-<8 hex digits>``), so that the runs of one script share a sweep and unrelated projects never meet
     in one (a run of another project, stopped against this one's best, would be lost)."""
-    import hashlib
-    import sys
-
     main = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
     script = Path(main).resolve() if main else Path("python")
     digest = hashlib.sha1(f"{Path.cwd().resolve()}|{script}".encode()).hexdigest()[:8]

@@ -376,10 +376,10 @@ def rebuild_lrs(
     peak = float(lr_values.max())
     warm = min(_estimate_warmup(lr_steps, lr_values, peak), int(lr_steps[0]))
     xp, fp = lr_steps.astype(np.float64), lr_values.astype(np.float64)
-    if lr_steps[0] > 1:
-        head = [(0.0, 0.0)] + ([(float(warm), float(lr_values[0]))] if 0 < warm < lr_steps[0] else [])
-        xp = np.r_[[h[0] for h in head], xp]
-        fp = np.r_[[h[1] for h in head], fp]
+    if lr_steps[0] > 1:  # from 0 at update 0, reaching the first logged LR at the end of the warm-up
+        at = [warm] if 0 < warm < lr_steps[0] else []
+        xp = np.r_[0.0, at, xp]
+        fp = np.r_[0.0, [lr_values[0]] * len(at), fp]
     grid = np.arange(1, total + 1)
     lrs = np.interp(grid, xp, fp)
     # Between two logged points the LR is off by at most their difference: dense logs of a shape no family

@@ -403,6 +403,17 @@ def parse_schedule(spec: str) -> Schedule:
         raise ScheduleError(f"{err} (spec {spec!r})") from None
 
 
+def edge_zeros(lrs: np.ndarray) -> np.ndarray:
+    """Mask of the exact zeros before the first positive LR and after the last (a warm-up that starts from zero,
+    a decay that ends at zero): the only non-positive LRs a schedule may hold."""
+    a = np.asarray(lrs, dtype=np.float64)
+    positive = np.flatnonzero(a > 0)
+    if not positive.size:
+        return np.zeros(a.shape, dtype=bool)
+    idx = np.arange(a.size)
+    return (a == 0) & ((idx < positive[0]) | (idx > positive[-1]))
+
+
 def validate_lrs(lrs: ArrayLike) -> np.ndarray:
     """Check a per-update LR array and return it as a 1-D float64 copy.
 
@@ -430,11 +441,7 @@ def validate_lrs(lrs: ArrayLike) -> np.ndarray:
     if bad_finite.any():
         i = int(np.argmax(bad_finite))
         raise ScheduleError(f"LR at index {i} (update {i + 1}) is {float(arr[i])!r}: every LR must be finite")
-    bad = arr <= 0
-    positive = np.flatnonzero(arr > 0)
-    if positive.size:
-        edges = (np.arange(arr.size) < positive[0]) | (np.arange(arr.size) > positive[-1])
-        bad &= ~(edges & (arr == 0))
+    bad = (arr <= 0) & ~edge_zeros(arr)
     if bad.any():
         i = int(np.argmax(bad))
         raise ScheduleError(

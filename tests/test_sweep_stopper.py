@@ -18,7 +18,7 @@ from forecasts import one_point
 
 from scaleforecast.decision import SweepStopper
 from scaleforecast.job import job_rank, job_run_id, job_world_size
-from scaleforecast.registry import BackgroundRegistry, RunRecord, RunState, SQLiteRegistry
+from scaleforecast.registry import BackgroundRegistry, RunRecord, RunState, SQLiteRegistry, default_sweep
 
 HERE = Path(__file__).resolve().parent
 
@@ -369,7 +369,7 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(tmp_path: Path) -> None:
     assert train("first", 0.0) is None
     assert train("worse", 3.0) is not None
     assert train("own-target", 0.0, target=1.0) is not None
-    recs = {r.run_id: r for r in SweepStopper(path).registry.records()}
+    recs = {r.run_id: r for r in SQLiteRegistry(default_sweep(), path).records()}
     assert recs["first"].state is RunState.FINISHED
     assert recs["first"].final_loss == pytest.approx(2.0 + 0.3 * total**-0.3, rel=0.01)
     assert recs["worse"].state is RunState.STOPPED and recs["own-target"].state is RunState.STOPPED
@@ -379,8 +379,6 @@ def test_runs_that_name_no_sweep_share_one_per_script_and_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unnamed sweeps of two projects never meet: the default sweep is the training script's in its directory."""
-    from scaleforecast.registry import default_sweep
-
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "train.py")])
     monkeypatch.chdir(tmp_path)
     here = default_sweep()
