@@ -32,7 +32,8 @@ schedule looked ahead from the Trainer's ``lr_scheduler``, the saved state) is t
 zero only, into the writer of HF's own ``TensorBoardCallback`` when it is active (one run directory), else under
 ``dirpath`` (default ``output_dir/runs/scaleforecast``). The state travels in the checkpoint through
 ``ExportableState``; with ``restore_callback_states_from_checkpoint=True`` the Trainer rebuilds this object from
-its JSON-safe arguments, which drops ``writer=``, ``detectors=``, ``listeners=``, ``advisor=`` and ``on_event=``.
+its JSON-safe arguments, which drops ``writer=``, ``listeners=``, ``advisor=``, ``on_event=`` and custom
+``detectors=`` (the rebuilt callback runs the default health checks, or none when built with ``detectors=[]``).
 """
 
 from __future__ import annotations

@@ -110,16 +110,15 @@ class LossForecast(SessionFace, Callback):
     """Forecast the final training loss with the LR-annealing law; optionally stop when a target is out of reach.
 
     >>> import lightning as L
-    >>> from scaleforecast import HealthMonitor
     >>> from scaleforecast.callbacks import LossForecast
-    >>> forecast = LossForecast(target_loss=3.1, detectors=[HealthMonitor()])
+    >>> forecast = LossForecast(target_loss=3.1)
     >>> trainer = L.Trainer(max_steps=20_000, callbacks=[forecast])
     >>> trainer.fit(model, datamodule)  # doctest: +SKIP
 
     ``target_loss``: stop once the forecast final loss is above it by more than the forecast's measured error
     allows at ``confidence`` (default 0.98; :func:`scaleforecast.decision.decide_stop`); ``None``: forecast only.
     The other keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`),
-    e.g. ``detectors=[HealthMonitor()]``, ``listeners=[SweepStopper()]``, ``writer=False``. Without a
+    e.g. ``listeners=[SweepStopper()]``, ``writer=False``, ``detectors=[]`` (no health checks). Without a
     ``TensorBoardLogger`` the callback writes under ``dirpath`` (default ``default_root_dir/scaleforecast``).
     """
 

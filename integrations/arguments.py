@@ -65,7 +65,8 @@ class ForecastArgs(TypedDict, total=False):
     - ``writer``: a ``SummaryWriter``-like object, or ``False`` for no TensorBoard output; default: the
       trainer's own TensorBoard writer, else one under ``dirpath``.
     - ``track_grad_norm``: also buffer the gradient norm of each update (for the detectors).
-    - ``detectors``: run on each flush before the refit (e.g. ``HealthMonitor()``); ``listeners``: called with
+    - ``detectors``: run on each flush before the refit; default ``[HealthMonitor()]`` (NaN/Inf losses, spikes,
+      divergence from the law: :mod:`scaleforecast.detectors`), ``[]`` for none; ``listeners``: called with
       each new forecast (sweep reporters and stoppers); ``advisor``: schedule advice after each refit;
       ``on_event``: a hook called with every event.
     - ``verbose``: print each new forecast, re-plans and the stop on rank 0.
@@ -91,7 +92,7 @@ class ForecastArgs(TypedDict, total=False):
     dirpath: str | os.PathLike[str] | None
     writer: Any
     track_grad_norm: bool
-    detectors: Sequence[Detector]
+    detectors: Sequence[Detector] | None
     listeners: Sequence[Listener]
     advisor: Advisor | None
     on_event: Callable[[Event], None] | None

@@ -47,6 +47,7 @@ from scaleforecast.integrations.distributed import GRAD, LOSS, SEEN, Collectives
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
 from scaleforecast.decision import DEFAULT_CONFIDENCE
+from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event, TrainingHealthError
 from scaleforecast.family import NotAnnealed, record_reference, reference_of, with_family
 from scaleforecast.fitting import FitConfig
@@ -109,7 +110,7 @@ class TrainingSession:
         dirpath: str | os.PathLike[str] | None = None,
         writer: Any = None,
         track_grad_norm: bool = False,
-        detectors: Sequence[Detector] = (),
+        detectors: Sequence[Detector] | None = None,
         listeners: Sequence[Listener] = (),
         advisor: Advisor | None = None,
         on_event: Callable[[Event], None] | None = None,
@@ -146,7 +147,7 @@ class TrainingSession:
             verbose=verbose,
             dirpath=dirpath,
         )
-        check_plugins(detectors, listeners, advisor, on_event, writer)
+        check_plugins(detectors or (), listeners, advisor, on_event, writer)
         try:
             self.schedule = None if schedule is None else as_lrs(schedule)
         except ValueError as err:
@@ -168,7 +169,10 @@ class TrainingSession:
             # refits run off the training thread: each takes effect at the next flush, on every rank (that flush
             # waits only for a refit that outlasts a flush interval)
             self.forecaster_config = self.forecaster_config.model_copy(update={"background": True})
-        self.detectors, self.listeners = list(detectors), list(listeners)
+        # health checks are on unless switched off with detectors=[]: NaN/Inf, spikes and divergence are what a
+        # user adding one callback expects caught, and replayed on healthy real runs they stop none
+        self.detectors = [HealthMonitor()] if detectors is None else list(detectors)
+        self.listeners = list(listeners)
         self.advisor, self.on_event, self.writer = advisor, on_event, writer
         self.guard = Guard(name)
         self.monitor = self._new_monitor(verbose=False)
@@ -660,6 +664,8 @@ class TrainingSession:
         out["forecaster_config"] = self.forecaster_config.model_dump(mode="json")
         if self.schedule is not None:
             out["schedule"] = self.schedule.tolist()
+        if not self.detectors:
+            out["detectors"] = []  # switched off: a rebuilt callback must not switch the default back on
         return out
 
     # ---------------------------------------------------- spawn-based launchers

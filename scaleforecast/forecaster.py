@@ -201,11 +201,12 @@ def _make_forecast(
     z = float(ndtri(0.5 + level / 2.0))
     finite = np.isfinite(mean) & np.isfinite(std)
     # the fit models positive losses only (its residuals are relative): a law extrapolated to or below zero
-    # has left what it can say, and a negative "forecast" would be a silent wrong answer
+    # has left what it can say, and a negative "forecast" would be a silent wrong answer; for the same reason
+    # a band wider than its centre stops at zero
     positive = finite & (mean > 0)
     points = [
         ForecastPoint(
-            step=int(s), loss=float(m), lower=float(m - z * d), upper=float(m + z * d), std=float(d)
+            step=int(s), loss=float(m), lower=max(float(m - z * d), 0.0), upper=float(m + z * d), std=float(d)
         )
         for s, m, d in zip(steps_arr[positive], mean[positive], std[positive], strict=True)
     ]

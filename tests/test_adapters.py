@@ -231,13 +231,10 @@ def test_injected_writer_fault(adapter: str, tmp_path: Path) -> None:
 
 def test_nan_storm(adapter: str, tmp_path: Path) -> None:
     """From update 25 on every loss is NaN (the weights too): every one is counted, none is fitted, the
-    detectors report it, the plugin itself keeps running."""
-    from scaleforecast.detectors import HealthMonitor
-
+    default health checks report it, the plugin itself keeps running."""
     seen: list[Event] = []
     kwargs = {
         **COMMON,
-        "detectors": [HealthMonitor()],
         "on_event": seen.append,
         "action": "warn",
         "writer": False,
@@ -247,6 +244,21 @@ def test_nan_storm(adapter: str, tmp_path: Path) -> None:
     assert run.cb.forecaster.n_nonfinite == 16 and run.cb.forecaster.last_step == 40
     assert run.cb.forecaster.observations().end.max() == 24
     assert any(e.kind == "nonfinite" and e.step == 25 for e in seen)
+
+
+@pytest.mark.parametrize("detectors", [None, []])
+def test_nan_storm_stops_by_default(adapter: str, tmp_path: Path, detectors: list | None) -> None:
+    """With the defaults a run whose every loss is NaN from update 25 on is stopped once the NaNs persist (8
+    observations), and says why; ``detectors=[]`` switches the health checks off and it trains on."""
+    kwargs: dict[str, Any] = {**COMMON, "writer": False}
+    if detectors is not None:
+        kwargs["detectors"] = detectors
+    run, _ = _fit(adapter, tmp_path, Plan(steps=60, nan_from=25, kwargs=kwargs))
+    if detectors is None:
+        assert run.cb.stopped_at == run.steps_run == 35, (run.cb.stopped_at, run.steps_run)
+        assert "nonfinite" in (run.cb.stop_reason or ""), run.cb.stop_reason
+    else:
+        assert run.cb.stopped_at is None and run.steps_run == 60
 
 
 class _CriticalAt:

@@ -141,9 +141,9 @@ def test_stop_when_target_unreachable_with_own_writer(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> None:
     """With ``restore_callback_states_from_checkpoint=True`` the Trainer swaps in a new instance built from the
-    saved arguments; it keeps the history."""
+    saved arguments; it keeps the history, and health checks switched off stay off."""
     hf_restore = True
-    first = HFLossForecast(refit_every=10, flush_every=7, writer=False)
+    first = HFLossForecast(refit_every=10, flush_every=7, writer=False, detectors=[])
     common: dict[str, Any] = dict(
         max_steps=40, save_strategy="steps", save_steps=20, report_to="none", logging_steps=10
     )
@@ -152,7 +152,7 @@ def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> No
         make_trainer(tmp_path, [first], **common).train()
     before = first.forecaster.observations()
 
-    second = HFLossForecast(refit_every=10, flush_every=7, writer=False)
+    second = HFLossForecast(refit_every=10, flush_every=7, writer=False, detectors=[])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = make_trainer(
@@ -161,7 +161,7 @@ def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> No
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-20"))
     # With HF's own restore the Trainer swaps in a new instance built from the saved arguments.
     resumed = next(c for c in trainer.callback_handler.callbacks if isinstance(c, HFLossForecast))
-    assert resumed is not second
+    assert resumed is not second and resumed.session.detectors == []
     after = resumed.forecaster.observations()
     np.testing.assert_array_equal(after.end, np.arange(1, 41))
     np.testing.assert_allclose(after.y[:20], before.y[:20], rtol=1e-6)
@@ -232,7 +232,8 @@ def test_loss_outside_the_model_falls_back_to_window_means(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_per_step_path_sees_nan_that_hf_logs_hide(tmp_path: Path) -> None:
-    """HF's ``logging_nan_inf_filter`` keeps NaN out of ``logs``; the per-step source still counts them."""
+    """HF's ``logging_nan_inf_filter`` keeps NaN out of ``logs``; the per-step source still counts them, and
+    the default health checks stop the run once they persist (8 observations, seen at the next flush)."""
     cb = HFLossForecast(refit_every=5, flush_every=5, writer=False)
     recorder = LogRecorder()
     nan_from = 25
@@ -248,10 +249,11 @@ def test_per_step_path_sees_nan_that_hf_logs_hide(tmp_path: Path) -> None:
         recorder.trainer = trainer
         trainer.model.register_forward_hook(poison)
         trainer.train()
-    assert trainer.state.global_step == 40
+    assert trainer.state.global_step == cb.stopped_at == 35
+    assert "nonfinite" in (cb.stop_reason or "")
     assert all(math.isfinite(loss) for _, loss in recorder.logs)
-    assert cb.forecaster.n_nonfinite == 40 - nan_from + 1
-    assert cb.forecaster.last_step == 40
+    assert cb.forecaster.n_nonfinite == 35 - nan_from + 1
+    assert cb.forecaster.last_step == 35
 
 
 @pytest.mark.multiprocess

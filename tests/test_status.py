@@ -185,4 +185,7 @@ def test_a_law_extrapolated_below_zero_is_no_forecast() -> None:
     # near the run, the same law is still positive: those points stand, the others are named
     part = fc.forecast(steps=[900, 2000])
     assert [p.step for p in part.points] == [900] and part.points[0].loss > 0
+    # a band wider than its centre stops at zero: no negative loss is shown as a bound either
+    wide = fc.forecast(steps=[900], level=0.999).points[0]
+    assert wide.loss - 3.29 * wide.std < 0 and wide.lower == 0.0 < wide.loss < wide.upper
     assert any("at step(s) 2000" in w for w in part.warnings)
