@@ -310,6 +310,26 @@ def _robust_sigma(r: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(r - np.median(r))))
 
 
+def _level(sub: Observations, half: int = 10) -> np.ndarray:
+    """A smooth level of the loss at each window, the denominator of its relative residual: the running median
+    of the ``2 * half + 1`` windows around it in step order (shorter near the ends, so a monotone curve keeps
+    its own value there). Dividing by the observed loss instead weighs each window by ``1 / y^2``, which
+    favours the windows that fell low by chance and pulls the fit below a noisy curve: by about the relative
+    variance of one window, -8 % on a flat per-step loss with 25 % noise."""
+    n = sub.y.size
+    h = min(half, (n - 1) // 4)
+    if h < 1:
+        return sub.y.copy()
+    order = np.argsort(sub.end, kind="stable")
+    y = sub.y[order]
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    med = np.median(sliding_window_view(np.pad(y, h, mode="edge"), 2 * h + 1), axis=1)
+    out = np.empty(n)
+    out[order] = med
+    return out
+
+
 def _noise_from_differences(y: np.ndarray, count: np.ndarray) -> float:
     """Relative noise of one raw point from second differences of neighbouring windows (trend-free)."""
     if y.size < 5:
@@ -455,7 +475,8 @@ def _fit_one_lam(
     sigma = sigma0
     D = _Design(sub, lrs, lam, cfg.warmup, cfg.memory_for(lrs.size))
     y = sub.y
-    base_w = sub.count / (y * y)  # relative residuals
+    ref = _level(sub)
+    base_w = sub.count / (ref * ref)  # relative residuals
     if cfg.recency > 0:
         # the law's shape is imperfect: let the latest part of the curve, nearest the forecast, count more
         base_w = base_w * np.power(sub.end / float(sub.end.max()), cfg.recency)
@@ -511,7 +532,7 @@ def _fit_one_lam(
         if nu_c is not None and c_fit is not None:
             wc = _t_weight((lin.beta[2] - c_fit[0]) / c_fit[1], nu_c)
         X[:, 1] = D.f1(alpha)
-        rel = (y - X @ lin.beta) / y * np.sqrt(sub.count)
+        rel = (y - X @ lin.beta) / ref * np.sqrt(sub.count)
         s_new = _robust_sigma(rel) if rel.size > 3 else sigma
         sigma = max(s_new, 1e-6)
         if cfg.loss == "huber" and cfg.huber_delta is not None:
@@ -527,7 +548,7 @@ def _fit_one_lam(
         # residuals that move together (model error, not noise) carry less information than their count:
         # inflate the noise by the AR(1) factor so the prior keeps its say and the intervals widen
         X[:, 1] = D.f1(alpha)
-        rr = ((y - X @ lin.beta) / y * np.sqrt(sub.count))[np.argsort(sub.end)]
+        rr = ((y - X @ lin.beta) / ref * np.sqrt(sub.count))[np.argsort(sub.end)]
         rr = rr - rr.mean()
         den = float(rr @ rr)
         rho = float(rr[:-1] @ rr[1:]) / den if den > 0 else 0.0
@@ -537,7 +558,7 @@ def _fit_one_lam(
     _, lin = evaluate(alpha, w)
     # a score comparable across lam values: the same noise scale and robust weights for every lam
     X[:, 1] = D.f1(alpha)
-    r_rel = (y - X @ lin.beta) / y
+    r_rel = (y - X @ lin.beta) / ref
     score = float(np.sum(sub.count * rob * r_rel**2)) / sigma0**2
     if c_fit is not None:
         score += _prior_cost((lin.beta[2] - c_fit[0]) / c_fit[1], nu_c)
@@ -723,7 +744,8 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
     )
     nu_b = prior.kappa_dof if prior is not None else None
     nu_a = prior.alpha_dof if prior is not None else None
-    w = sub.count / (y * y) / sigma**2
+    ref = _level(sub)
+    w = sub.count / (ref * ref) / sigma**2
 
     def resid(theta: np.ndarray) -> np.ndarray:
         X = _mpl_features(theta, lrs, steps, s1, start)
@@ -752,7 +774,7 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
     X = _mpl_features(theta, lrs, steps, s1, start)
     lin = _solve_linear(X, y, w, b_fit)
     L0, A, B = (float(v) for v in lin.beta)
-    rel = (y - X @ lin.beta) / y * np.sqrt(sub.count)
+    rel = (y - X @ lin.beta) / ref * np.sqrt(sub.count)
     sigma = max(_robust_sigma(rel), 1e-6)
     # Laplace on all seven parameters (numerical Jacobian of the model)
     full = np.array([L0, A, B, *theta])
@@ -768,7 +790,7 @@ def _fit_mpl(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult
         v = full.copy()
         v[i] += h
         J[:, i] = (model(v) - f0) / h
-    wn = sub.count / (y * y) / sigma**2
+    wn = sub.count / (ref * ref) / sigma**2
     H = (J * wn[:, None]).T @ J
     if b_prior is not None:
         H[2, 2] += _prior_precision(B, *b_prior, nu_b)
