@@ -57,7 +57,11 @@ Resolution = Literal["auto", "step", "window"]
 
 
 def _output_loss(output: Any) -> torch.Tensor | None:
-    """The ``loss`` a model output carries (``ModelOutput``/dict ``"loss"``), else ``None``."""
+    """The ``loss`` a model output carries (``ModelOutput``/dict ``"loss"``; a tuple's first element when it is
+    one number, as the Trainer reads ``return_dict=False`` outputs), else ``None``."""
+    if isinstance(output, (tuple, list)):
+        first = output[0] if output else None
+        return first if isinstance(first, torch.Tensor) and first.ndim == 0 else None
     loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
     return loss if isinstance(loss, torch.Tensor) else None
 

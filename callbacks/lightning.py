@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import Callback
 from scaleforecast.integrations.arguments import ForecastArgs
 from scaleforecast.integrations.distributed import TorchCollectives, dist_ready
 from scaleforecast.integrations.planner import LRSource
-from scaleforecast.integrations.session import SessionFace, TrainingSession
+from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter
 from typing_extensions import Unpack
 
 __all__ = ["LossForecast"]
@@ -128,7 +128,13 @@ class LossForecast(SessionFace, Callback):
         self._acc: torch.Tensor | float | None = None
         self._micro = 0
         self._step = 0
-        self._seen_global = 0
+        # Under manual optimisation Lightning's global_step counts the steps of every optimizer (two per batch
+        # for a GAN): the run is counted in steps of the first optimizer instead, by a hook that cannot fail,
+        # so that every rank keeps the same cadence.
+        self._manual = False
+        self._updates = UpdateCounter()
+        # (global_step, updates) at the start, until the steps per update are measured
+        self._length_from: tuple[int, int] | None = None
 
     @property
     def state_key(self) -> str:
@@ -136,12 +142,21 @@ class LossForecast(SessionFace, Callback):
         return self._generate_state_key(param_group=self.session.config.param_group)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._step = self._seen_global = int(trainer.global_step)
+        step = int(trainer.global_step)
+        self._manual = not pl_module.automatic_optimization
+        if self._manual:
+            resumed = self.session.resumed_step
+            step = step if resumed is None else resumed
+            self._length_from = (int(trainer.global_step), step)
+            self.session.guard("step", self._updates.attach, trainer.optimizers[0], step)
+            # an optimizer without step hooks: count Lightning's global_step (right for one optimizer)
+            self._manual = self._updates.attached
+        self._step = step
         self._acc, self._micro = None, 0
         group = self.session.config.param_group
         self.session.start(
             _StrategyCollectives(trainer),
-            step=int(trainer.global_step),
+            step=step,
             run_length=self.session.guard("schedule look-ahead", _run_length, trainer),
             source=self.session.guard("schedule look-ahead", _lr_source, trainer, group),
             find_writer=lambda: _logger_writer(trainer),
@@ -152,11 +167,22 @@ class LossForecast(SessionFace, Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.session.guard("step", self._on_batch_end, trainer, pl_module, outputs)
-        # The cadence follows trainer.global_step, the same on every rank: a rank whose own part failed still
-        # joins every collective.
-        self.session.tick(int(trainer.global_step))
+        # The cadence follows trainer.global_step (under manual optimisation, the first optimizer's step count),
+        # the same on every rank: a rank whose own part failed still joins every collective.
+        self.session.tick(self._updates.count if self._manual else int(trainer.global_step))
         if self.session.should_stop:
             trainer.should_stop = True
+
+    def _measure_length(self, trainer: pl.Trainer) -> None:
+        """At the first update under manual optimisation: ``max_steps`` counts every optimizer's steps, so the
+        run's length in updates of the first optimizer is ``max_steps`` over the steps per update seen."""
+        assert self._length_from is not None
+        global0, updates0 = self._length_from
+        self._length_from = None
+        ratio = (int(trainer.global_step) - global0) / max(self._updates.count - updates0, 1)
+        if ratio > 1 and trainer.max_steps is not None and trainer.max_steps > 0:
+            length = updates0 + math.ceil((trainer.max_steps - global0) / ratio)
+            self.session.set_run_length(length, self._step)
 
     def _on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> None:
         loss = _loss_of(outputs)
@@ -170,10 +196,16 @@ class LossForecast(SessionFace, Callback):
             self._acc = loss if self._acc is None else self._acc + loss
             self._micro += 1
         automatic = pl_module.automatic_optimization
-        if (automatic and trainer.global_step <= self._step) or trainer.global_step == self._seen_global:
-            return  # no optimizer step yet (accumulating, or a manual step that did not step)
-        self._seen_global = trainer.global_step
-        self._step += 1
+        if not self._manual:
+            if trainer.global_step <= self._step:
+                return  # no optimizer step yet (accumulating, or a manual step that did not step)
+            self._step = int(trainer.global_step)
+        else:
+            if self._updates.count == self._step:
+                return  # the first optimizer did not step in this batch
+            self._step = self._updates.count
+            if self._length_from is not None:
+                self._measure_length(trainer)
         value: torch.Tensor | float | None = None
         if self._acc is not None and self._micro:
             # Automatic optimisation divides each micro-batch loss by accumulate_grad_batches.
@@ -183,9 +215,11 @@ class LossForecast(SessionFace, Callback):
         self._acc, self._micro = None, 0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.session.finish(int(trainer.global_step))
+        self._updates.detach()
+        self.session.finish(self._updates.count if self._manual else int(trainer.global_step))
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        self._updates.detach()
         self.session.abort()

@@ -36,10 +36,12 @@ import torch
 from scaleforecast.integrations.arguments import ForecastArgs
 from scaleforecast.integrations.distributed import TorchCollectives
 from scaleforecast.integrations.planner import LRSource
-from scaleforecast.integrations.session import SessionFace, TrainingSession
+from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter
 from typing_extensions import Unpack
 
 __all__ = ["LossForecastSession"]
+
+_CHECK_CALLS = 64  # step() calls before the cadence check: past a gradient scaler's first skipped updates
 
 
 class LossForecastSession(SessionFace):
@@ -86,6 +88,9 @@ class LossForecastSession(SessionFace):
         source = LRSource(optimizer, schedulers, group=self.session.config.param_group)
         done = self._updates_done() or 0
         self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=source)
+        # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
+        self._calls, self._updates = 0, UpdateCounter()
+        self.session.guard("step", self._updates.attach, optimizer)
 
     def _updates_done(self) -> int | None:
         """The updates done as the one LR scheduler counts them (``None``: no single scheduler to ask)."""
@@ -122,9 +127,25 @@ class LossForecastSession(SessionFace):
         n = self.session.step + 1 if step is None else int(step)
         self.session.record(n, loss)
         self.session.tick(n)
+        self._calls += 1
+        if self._calls == _CHECK_CALLS:
+            self._check_cadence()
+
+    def _check_cadence(self) -> None:
+        """Once, early: step() called for micro-batches (gradient accumulation) counts k times too many updates,
+        so the run reaches total_steps at 1/k of its length and the forecast stops there. A gradient scaler
+        that skips a few updates keeps the ratio near one."""
+        updates = self._updates.count
+        if self._updates.attached and 0 < updates <= self._calls // 2:
+            self.session.warn(
+                f"step() was called {self._calls} times for {updates} optimizer updates: call it once per "
+                "update, after optimizer.step(), with the mean loss of the update's micro-batches (each call "
+                "counts as an update, so the forecast now runs ahead of the training)"
+            )
 
     def close(self) -> None:
         """The end of the loop, on every rank: the last flush and agreement, then TensorBoard is closed."""
+        self._updates.detach()
         self.session.finish(self.session.step)
 
     def __enter__(self) -> LossForecastSession:
@@ -136,4 +157,5 @@ class LossForecastSession(SessionFace):
         if exc is None:
             self.close()
         else:  # the other ranks may never reach a collective: close without one
+            self._updates.detach()
             self.session.abort()

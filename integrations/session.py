@@ -77,11 +77,37 @@ STATE_FORMAT = "scaleforecast.session"
 STATE_VERSION = 2
 
 
-def _raw_optimizer(optimizer: Any) -> Any:
+def raw_optimizer(optimizer: Any) -> Any:
     """The torch optimizer under the wrappers (Accelerate, Lightning), where step hooks fire."""
     while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
         optimizer = optimizer.optimizer
     return optimizer
+
+
+class UpdateCounter:
+    """Counts the steps of one optimizer through a post-step hook that cannot fail, so that a count that sets
+    the flush cadence stays the same on every rank."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._handle: Any = None
+
+    def attach(self, optimizer: Any, start: int = 0) -> None:
+        self.detach()
+        self.count = int(start)
+        self._handle = raw_optimizer(optimizer).register_step_post_hook(self._tick)
+
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
+
+    def _tick(self, *_: Any) -> None:
+        self.count += 1
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
 
 class TrainingSession:
@@ -349,9 +375,23 @@ class TrainingSession:
         if pending:
             self.guard("resume", self._feed_pending, pending)
 
-    def _plan(self) -> None:
+    @property
+    def resumed_step(self) -> int | None:
+        """The last step of the saved state about to be restored (``None`` without one): an adapter whose
+        trainer counts steps otherwise resumes its own count from it."""
+        return None if self._saved is None else self.step
+
+    def set_run_length(self, run_length: int, step: int) -> None:
+        """The run's length in updates turned out other than given at :meth:`start` (measured by the adapter
+        once training runs, after update ``step``): re-plan the schedule to it."""
+        if self.comm is not None and run_length != self.run_length:
+            self.run_length = int(run_length)
+            self.guard("schedule look-ahead", self._plan, step)
+
+    def _plan(self, step: int | None = None) -> None:
         known = self.monitor.forecaster.schedule
-        self.monitor.set_schedule(self.planner.plan(self.source, self.run_length, self.step, known))
+        done = self.step if step is None else step
+        self.monitor.set_schedule(self.planner.plan(self.source, self.run_length, done, known))
 
     def _restore(self, saved: dict[str, Any]) -> dict[str, Any] | None:
         """Load a saved state; a garbled or foreign one costs the history, with one warning."""
@@ -402,7 +442,7 @@ class TrainingSession:
             self.say(f"TensorBoard logs in {self.log_dir}  (tensorboard --logdir {self.log_dir})")
 
     def _watch(self, optimizer: Any) -> None:
-        self._hook = _raw_optimizer(optimizer).register_step_post_hook(self._after_optimizer_step)
+        self._hook = raw_optimizer(optimizer).register_step_post_hook(self._after_optimizer_step)
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         # Runs inside the user's optimizer.step(): it must never raise, nor read a device value back.
@@ -488,6 +528,11 @@ class TrainingSession:
             return None
         total = self.monitor.forecaster.total_steps or step
         keep = red.seen & (red.steps <= total)  # steps past the planned end are not observed
+        if not keep[red.seen].all():
+            self.warn(
+                f"the run went on past its planned length of {total} updates; the updates after it are not "
+                "forecast: pass the real total_steps (or schedule=), counted in optimizer updates"
+            )
         batch = FlushBatch(
             steps=red.steps[keep],
             loss=red.loss[keep],

@@ -5,6 +5,7 @@ in ``test_adapters.py``."""
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -228,6 +229,33 @@ def test_loss_outside_the_model_falls_back_to_window_means(tmp_path: Path) -> No
     obs = cb.forecaster.observations()
     np.testing.assert_array_equal(obs.end - obs.start + 1, 2)
     assert cb.forecast is not None and cb.forecast.ok
+
+
+@pytest.mark.slow
+def test_a_model_returning_a_tuple_keeps_per_step_losses(tmp_path: Path) -> None:
+    """With ``return_dict=False`` the model returns ``(loss, logits, ...)`` and the Trainer reads ``outputs[0]``:
+    the hook reads it there too (it fell back to the logged window means)."""
+    cb = HFLossForecast(refit_every=5, flush_every=5, writer=False, resolution="step")
+    recorder = LogRecorder()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, [cb, recorder], max_steps=20, logging_steps=5, report_to="none")
+        recorder.trainer = trainer
+        model, plain = trainer.model, trainer.model.forward
+
+        @functools.wraps(plain)
+        def as_tuple(*args: Any, **kwargs: Any) -> Any:
+            return plain(*args, **{**kwargs, "return_dict": False})
+
+        model.forward = as_tuple
+        trainer.train()
+    assert cb.mode == "step", [str(w.message) for w in caught]
+    obs = cb.forecaster.observations()
+    np.testing.assert_array_equal(obs.end, np.arange(1, 21))
+    np.testing.assert_array_equal(obs.start, obs.end)
+    # the logged window means are the means of the per-step losses seen
+    logged = dict(recorder.logs)
+    np.testing.assert_allclose(obs.y[:5].mean(), logged[5], rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -32,8 +32,10 @@ class Recorder:
         self.steps: list[int] = []
         self.loss: list[float] = []
         self.lrs: list[float] = []
+        self.sizes: list[int] = []  # steps per flush
 
     def check(self, batch: FlushBatch, view: Any) -> list[Event]:
+        self.sizes.append(len(batch.steps))
         self.steps += [int(s) for s in batch.steps]
         self.loss += [float(v) for v in batch.loss]
         self.lrs += [float(v) for v in batch.lrs] if batch.lrs is not None else []
@@ -133,6 +135,54 @@ def test_manual_optimisation(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     np.testing.assert_allclose(rec.loss, model.raw_losses, rtol=1e-6)
     np.testing.assert_array_equal(rec.lrs, model.used_lrs)
     np.testing.assert_allclose(cb.monitor.forecaster.schedule, model.used_lrs, rtol=1e-9)
+
+
+class TwoOptimizers(ManualRegressor):
+    """A GAN-style module: two optimizers, each stepped once per batch (Lightning's global_step counts both)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.other = torch.nn.Linear(self.layer.in_features, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (first, second), (sched, _) = self.optimizers(), self.lr_schedulers()
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        self.raw_losses.append(float(loss.detach()))
+        first.zero_grad()
+        self.manual_backward(loss)
+        self.used_lrs.append(float(first.param_groups[0]["lr"]))
+        first.step()
+        sched.step()
+        other = torch.nn.functional.mse_loss(self.other(x), y) + 1.0
+        second.zero_grad()
+        self.manual_backward(other)
+        second.step()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        (first,), (sched,) = super().configure_optimizers()
+        second = torch.optim.SGD(self.other.parameters(), lr=0.02)
+        return [first, second], [sched, torch.optim.lr_scheduler.StepLR(second, step_size=7)]
+
+
+@pytest.mark.slow
+def test_manual_optimisation_with_two_optimizers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Lightning's global_step counts every optimizer's steps (40 for 20 batches here): the run is counted in
+    updates of the first optimizer, its length is max_steps over the steps per update, and the flushes keep
+    their cadence (they came at every other batch, and the forecast was for a step that never came)."""
+    steps = 20
+    model = TwoOptimizers(total=steps)
+    rec = Recorder()
+    cb = LossForecast(flush_every=5, writer=False, detectors=[rec], verbose=True)
+    trainer = _trainer(tmp_path, [cb], 2 * steps, logger=False)
+    trainer.fit(model)
+    assert trainer.global_step == 2 * steps and cb.errors == {}
+    assert "re-planning" not in capsys.readouterr().out
+    assert rec.steps == list(range(1, steps + 1)) and rec.sizes == [5] * 4
+    np.testing.assert_allclose(rec.loss, model.raw_losses, rtol=1e-6)
+    np.testing.assert_allclose(cb.monitor.forecaster.schedule, model.used_lrs, rtol=1e-9)
+    assert cb.forecast is not None and cb.forecast.final_step == steps
 
 
 @pytest.mark.slow

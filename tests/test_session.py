@@ -341,3 +341,44 @@ def test_the_rank_that_prints_tells_the_stop_by_the_deciding_ranks_reason(
     session._agree(None, 50)
     assert session.stopped_at == 50 and session.stop_reason == reason
     assert f"probe: stopping at step 50: {reason}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("micro", [1, 4])
+def test_a_loop_that_calls_step_per_micro_batch_is_told(micro: int) -> None:
+    """Gradient accumulation with step() called for every micro-batch: the session would count four updates
+    for each, reach total_steps at a quarter of the run and forecast nothing after. The optimizer's own count
+    of its updates tells it, once, early; a loop that calls step() once per update hears nothing."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=100, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 101):
+            if n % micro == 0:
+                opt.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    told = [str(w.message) for w in caught if "optimizer updates" in str(w.message)]
+    if micro == 1:
+        assert told == []
+    else:
+        assert len(told) == 1 and "step() was called 64 times for 16 optimizer updates" in told[0], told
+
+
+def test_a_loop_that_runs_past_total_steps_is_told() -> None:
+    """80 updates with total_steps=50: the updates after 50 are not forecast, and the loop is told so, once
+    (they were dropped silently)."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=50, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 81):
+            opt.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    told = [str(w.message) for w in caught if "past its planned length" in str(w.message)]
+    assert len(told) == 1 and "planned length of 50 updates" in told[0], told
+    assert fc.forecaster.last_step == 50 and fc.errors == {}
