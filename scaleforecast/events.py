@@ -95,6 +95,12 @@ _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging
 def log_event(event: Event, logger: logging.Logger | None = None) -> None:
     """Write ``event`` to the Python logger at a level matching its severity; an early stop, critical so that
     the run acts on it, is the stop rule at work (a target out of reach, a sweep's pruning), not a failure of
-    the run: a warning."""
-    level = logging.WARNING if event.kind == "early_stop" else _LEVELS[event.severity]
+    the run: a warning. A single loss spike is information (the run recovers from most; a per-step loss of a
+    real pre-training run shows one every few hundred steps): INFO, while TensorBoard shows and counts each."""
+    if event.kind == "early_stop":
+        level = logging.WARNING
+    elif event.kind == "spike" and event.severity == "warning":
+        level = logging.INFO
+    else:
+        level = _LEVELS[event.severity]
     (logger or logging.getLogger("scaleforecast.health")).log(level, event.text())

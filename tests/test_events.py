@@ -45,6 +45,8 @@ def test_log_event_uses_the_severity_level(caplog: pytest.LogCaptureFixture) -> 
         log_event(Event(kind="spike", step=3, severity="critical", message="big"))
         log_event(Event(kind="schedule_advice", step=4, severity="info", message="fyi"))
         log_event(Event(kind="early_stop", step=5, severity="critical", message="cannot reach 3.1"))
+        log_event(Event(kind="spike", step=6, severity="warning", message="4.2 sigma"))
+        log_event(Event(kind="drift", step=7, severity="warning", message="off the law"))
     levels = [r.levelno for r in caplog.records]
-    # a stop is the rule at work, not a failure of the run
-    assert levels == [logging.ERROR, logging.INFO, logging.WARNING]
+    # a stop is the rule at work, not a failure of the run; a single spike is not a warning on the console
+    assert levels == [logging.ERROR, logging.INFO, logging.WARNING, logging.INFO, logging.WARNING]
