@@ -57,7 +57,8 @@ class LossForecastSession(SessionFace):
     >>> fc.close()  # doctest: +SKIP
 
     ``optimizer``: the torch optimizer (a wrapper such as Accelerate's is fine); ``scheduler``: its LR
-    scheduler(s), stepped once per update (``None``: a constant LR, or pass ``schedule=``);
+    scheduler(s), stepped once every ``scheduler_every`` updates (default 1; for a scheduler stepped once per
+    epoch, the updates per epoch; ``None``: a constant LR, or pass ``schedule=``);
     ``process_group``: the ``torch.distributed`` group the decision is agreed in. ``target_loss`` and the other
     keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`);
     without a ``writer`` the TensorBoard files go under ``dirpath`` (default ``runs/scaleforecast``).
@@ -70,10 +71,13 @@ class LossForecastSession(SessionFace):
         *,
         target_loss: float | None = None,
         process_group: Any = None,
+        scheduler_every: int = 1,
         **kwargs: Unpack[ForecastArgs],
     ) -> None:
         if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "param_groups"):
             raise ValueError(f"optimizer: expected a torch optimizer, got {type(optimizer).__name__}")
+        if isinstance(scheduler_every, bool) or not isinstance(scheduler_every, int) or scheduler_every < 1:
+            raise ValueError(f"scheduler_every: expected an integer >= 1, got {scheduler_every!r}")
         schedulers = (
             [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
         )
@@ -85,7 +89,15 @@ class LossForecastSession(SessionFace):
         self._schedulers = schedulers
         # Start now, before the first optimizer.step(): the plan begins at the LR that update will use. A
         # scheduler restored from a checkpoint knows how many updates were done (a saved state says it too).
-        source = LRSource(optimizer, schedulers, group=self.session.config.param_group)
+        self.session.replan_hint = (
+            ", stepped once per update"
+            if scheduler_every == 1
+            else f", stepped once every {scheduler_every} updates"
+        ) + " (a scheduler stepped once per epoch: scheduler_every=<updates per epoch>)"
+        source = LRSource(
+            optimizer, schedulers, group=self.session.config.param_group, step_every=scheduler_every
+        )
+        self._scheduler_every = scheduler_every
         done = self._updates_done() or 0
         self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=source)
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
@@ -93,8 +105,9 @@ class LossForecastSession(SessionFace):
         self.session.guard("step", self._updates.attach, optimizer)
 
     def _updates_done(self) -> int | None:
-        """The updates done as the one LR scheduler counts them (``None``: no single scheduler to ask)."""
-        if len(self._schedulers) != 1:
+        """The updates done as the one LR scheduler counts them (``None``: no single scheduler to ask, or one
+        stepped every few updates, whose count says the update only to within its cadence)."""
+        if len(self._schedulers) != 1 or self._scheduler_every != 1:
             return None
         return max(int(getattr(self._schedulers[0], "last_epoch", 0)), 0)
 

@@ -84,6 +84,9 @@ def raw_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
+_REPLANS_TOLD = 3  # re-plans before the user is told: one is a schedule changed on purpose, three a pattern
+
+
 class UpdateCounter:
     """Counts the steps of one optimizer through a post-step hook that cannot fail, so that a count that sets
     the flush cadence stays the same on every rank."""
@@ -208,6 +211,8 @@ class TrainingSession:
         self.step = 0
         self.log_dir: str | None = None
         self.on_no_loss: Callable[[int], None] | None = None
+        # what the adapter assumes of the scheduler's cadence, said when the plans keep failing
+        self.replan_hint = ""
         self._saved: dict[str, Any] | None = None
         self._owner = (os.getpid(), uuid.uuid4().hex)
         self._ran_here = False
@@ -230,6 +235,7 @@ class TrainingSession:
         self.per_step = True
         self._hook: Any = None
         self._tb_sink: Any = None  # the TensorBoardSink this session attached
+        self.replans = 0
         self._warned: set[str] = set()
         self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
 
@@ -549,6 +555,12 @@ class TrainingSession:
         if plan is not None:
             if self.monitor.forecaster.schedule is not None:
                 self.say(f"the LR schedule changed at step {step}; re-planning")
+                self.replans += 1
+                if self.replans == _REPLANS_TOLD:
+                    self.warn(
+                        f"the LRs used have left the planned schedule {self.replans} times: the plan is read "
+                        f"ahead from the LR scheduler(s){self.replan_hint}; pass schedule= to give it"
+                    )
             self.monitor.set_schedule(plan)
 
     def _monitor_flush(self, batch: FlushBatch, step: int) -> FlushResult | None:

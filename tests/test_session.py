@@ -382,3 +382,36 @@ def test_a_loop_that_runs_past_total_steps_is_told() -> None:
     told = [str(w.message) for w in caught if "past its planned length" in str(w.message)]
     assert len(told) == 1 and "planned length of 50 updates" in told[0], told
     assert fc.forecaster.last_step == 50 and fc.errors == {}
+
+
+@pytest.mark.parametrize("every", [None, 10])
+def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
+    """A loop that steps its scheduler once per epoch of 10 updates: with ``scheduler_every=10`` the plan is
+    the LRs used from the start; without it the plan (read as one scheduler step per update) keeps failing,
+    is re-planned at every flush, and the loop is told, once, what to pass."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=12)
+    kwargs: dict[str, Any] = {"total_steps": 120, "flush_every": 10, "writer": False, "verbose": False}
+    if every is not None:
+        kwargs["scheduler_every"] = every
+    fc = LossForecastSession(opt, sched, **kwargs)
+    used = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 121):
+            used.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if n % 10 == 0:
+                sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    told = [str(w.message) for w in caught if "left the planned schedule" in str(w.message)]
+    if every is None:
+        assert len(told) == 1 and "scheduler_every=<updates per epoch>" in told[0], told
+    else:
+        assert told == []
+        np.testing.assert_allclose(fc.forecaster.schedule, used, rtol=1e-12)
+    with pytest.raises(ValueError, match="scheduler_every"):
+        LossForecastSession(opt, sched, scheduler_every=0, total_steps=10)
