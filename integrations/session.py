@@ -297,7 +297,12 @@ class TrainingSession:
     ) -> None:
         """Begin watching at optimizer step ``step`` (> 0 on resume). ``find_writer()`` returns the trainer's
         own TensorBoard writer, if it has one; else the session writes under ``dirpath`` or
-        ``default_logdir``. Never raises: a failing part is reported and switched off."""
+        ``default_logdir``. Never raises: a failing part is reported and switched off.
+
+        Started again in the same process without a state to restore (Lightning's ``fit()`` called again
+        on the same trainer to train further), it goes on from the history it holds."""
+        if self._ran_here and self._saved is None and self.comm is None:
+            self._saved = self.guard("checkpoint state", self.state_dict)
         self._reset_process_state()
         self.comm, self.is_zero = comm, comm.rank == 0
         ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""

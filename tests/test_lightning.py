@@ -186,6 +186,29 @@ def test_manual_optimisation_with_two_optimizers(tmp_path: Path, capsys: pytest.
 
 
 @pytest.mark.slow
+def test_fit_called_again_goes_on_from_the_history(tmp_path: Path) -> None:
+    """``trainer.fit`` a second time on the same trainer, with more epochs: the forecast goes on from the first
+    fit's history (it dropped it, guessed the LRs before and said "no record of the LRs before this resume")."""
+    import warnings
+
+    model = TinyRegressor(total=40, scheduler="none", dataset=regression_data(n=320))
+    rec = Recorder()
+    cb = LossForecast(flush_every=5, writer=False, detectors=[rec])
+    trainer = _trainer(tmp_path, [cb], -1, max_epochs=2, logger=False)
+    trainer.fit(model)
+    assert cb.forecaster.last_step == 20
+    trainer.fit_loop.max_epochs = 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    assert not [w for w in caught if "no record of the LRs" in str(w.message)]
+    obs = cb.forecaster.observations()
+    np.testing.assert_array_equal(obs.end, np.arange(1, 41))
+    np.testing.assert_allclose(obs.y, model.raw_losses, rtol=1e-6)
+    assert cb.errors == {}
+
+
+@pytest.mark.slow
 def test_a_pickled_callback_trains_as_under_ddp_spawn(tmp_path: Path) -> None:
     """``ddp_spawn`` pickles the trainer's callbacks into each worker: the copy, with its detectors, must
     forecast as the original would."""
