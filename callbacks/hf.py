@@ -34,6 +34,8 @@ zero only, into the writer of HF's own ``TensorBoardCallback`` when it is active
 ``ExportableState``; with ``restore_callback_states_from_checkpoint=True`` the Trainer rebuilds this object from
 its JSON-safe arguments, which drops ``writer=``, ``listeners=``, ``advisor=``, ``on_event=`` and custom
 ``detectors=`` (the rebuilt callback runs the default health checks, or none when built with ``detectors=[]``).
+The object you passed then stops updating: read the forecast from the Trainer's own, e.g.
+``next(c for c in trainer.callback_handler.callbacks if isinstance(c, HFLossForecast))``.
 """
 
 from __future__ import annotations
