@@ -103,8 +103,10 @@ class ManualRegressor(TinyRegressor):
         self.automatic_optimization = False
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
+        return self.update(self.optimizers(), self.lr_schedulers(), batch)
+
+    def update(self, opt: Any, sched: Any, batch: Any) -> torch.Tensor:
+        """One step of ``opt`` (and ``sched``) on the layer's loss, recorded for the tests."""
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.layer(x), y)
         self.raw_losses.append(float(loss.detach()))
@@ -146,14 +148,8 @@ class TwoOptimizers(ManualRegressor):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         (first, second), (sched, _) = self.optimizers(), self.lr_schedulers()
+        loss = self.update(first, sched, batch)
         x, y = batch
-        loss = torch.nn.functional.mse_loss(self.layer(x), y)
-        self.raw_losses.append(float(loss.detach()))
-        first.zero_grad()
-        self.manual_backward(loss)
-        self.used_lrs.append(float(first.param_groups[0]["lr"]))
-        first.step()
-        sched.step()
         other = torch.nn.functional.mse_loss(self.other(x), y) + 1.0
         second.zero_grad()
         self.manual_backward(other)
