@@ -28,6 +28,7 @@ __all__ = [
     "ReadError",
     "RunData",
     "WindowSpec",
+    "averages_gap",
     "clean_series",
     "keep_newest",
     "loss_windows",
@@ -171,15 +172,35 @@ def keep_newest(steps: np.ndarray) -> np.ndarray:
     return np.r_[steps[:-1] < suffix_min[1:], True]
 
 
+def averages_gap(name: str, window: WindowSpec | None) -> bool:
+    """Whether a loss named ``name`` read with ``window`` is the mean since the previous log (see
+    :func:`loss_windows`)."""
+    return window == "gap" or (window in (None, "auto") and name in GAP_WINDOW_NAMES)
+
+
+def _usual_gap(gaps: np.ndarray) -> int:
+    """The most common gap (a tie goes to the longest: no interval is usual then, and a longer first window is
+    closer to what the log itself says, the updates since step 0)."""
+    values, counts = np.unique(gaps, return_counts=True)
+    return int(values[counts == counts.max()].max())
+
+
 def loss_windows(steps: np.ndarray, name: str, window: WindowSpec | None) -> np.ndarray:
     """How many updates each logged loss averages: ``window`` (an int), ``"gap"`` (since the previous log, as
-    HF Trainer and Megatron log) or ``None``/``"auto"`` (gap for the tags in :data:`GAP_WINDOW_NAMES`, else 1)."""
-    if window is None or window == "auto":
-        window = "gap" if name in GAP_WINDOW_NAMES else 1
-    if window == "gap":
-        prev = np.r_[0, steps[:-1]]
-        return np.maximum(steps - prev, 1).astype(np.int64)
-    w = int(window)
+    HF Trainer and Megatron log) or ``None``/``"auto"`` (gap for the tags in :data:`GAP_WINDOW_NAMES`, else 1).
+
+    With ``"gap"`` the first point averages the log's usual interval (its most common gap), never
+    more than the updates since step 0: a log that starts partway through a run (a job resumed into a fresh log
+    folder) has no previous point, and its first loss is the mean of one interval, not of everything before it.
+    A log of one point has no interval: its window is its step."""
+    if averages_gap(name, window):
+        steps = np.asarray(steps, dtype=np.int64)
+        if not len(steps):
+            return np.zeros(0, dtype=np.int64)
+        gaps = np.diff(steps)
+        first = int(steps[0]) if not len(gaps) else min(int(steps[0]), _usual_gap(gaps))
+        return np.maximum(np.r_[first, gaps], 1).astype(np.int64)
+    w = int(window) if isinstance(window, int) else 1
     if w < 1:
         raise ReadError(f"window must be >= 1, got {w}")
     return np.full(len(steps), w, dtype=np.int64)

@@ -50,7 +50,15 @@ from scaleforecast.run_args import (
     positive_float,
     positive_int,
 )
-from scaleforecast.runs import LR_NAMES, ReadError, clean_series, loss_windows, pick, pick_loss
+from scaleforecast.runs import (
+    LR_NAMES,
+    ReadError,
+    averages_gap,
+    clean_series,
+    loss_windows,
+    pick,
+    pick_loss,
+)
 from scaleforecast.safe_write import make_output_dir
 from scaleforecast.schedule_fit import LR_TRUST_OK, LRReconstruction, rebuild_lrs, warming_up
 from scaleforecast.tensorboard_sink import ADVICE_CHARTS, TensorBoardSink
@@ -311,7 +319,9 @@ class Watcher:
                     points=int(past.sum()),
                 )
             steps, losses = steps[~past], losses[~past]
-        if not len(steps):
+        if not len(steps) or (len(steps) < 2 and averages_gap(tag, self.window)):
+            # A lone mean-since-the-last-log point has no interval yet (a log that starts partway through a
+            # run): its window is known once the next point comes.
             return 0
         self._update_lr(scalars)
         if self.monitor.forecaster.schedule is None:

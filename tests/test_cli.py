@@ -178,3 +178,32 @@ def test_console_script_on_every_real_curve(curves_dir: Path):
         "cos-zero-124m_slimpajama_llama_norm_nlayers12_nhead12"
     ]
     assert all(objects[i]["status"] == "law_violated" for i, r in enumerate(runs) if str(r) in off)
+
+
+LLMC = "llmc_gpt2_124m/llmc_gpt2_124m_10B_cosine_20241013"
+
+
+def test_a_log_that_starts_partway_through_the_run_is_forecast_right(
+    curves_dir: Path, tmp_path: Path, capsys
+):
+    """An HF job resumed from checkpoint-10000 logs into a fresh folder: its first ``train/loss`` (step 10010) is
+    the mean of the ten updates before it, as every later one is, not of everything since step 0."""
+    tb = pytest.importorskip("torch.utils.tensorboard")
+    import pandas as pd
+
+    base = curves_dir / LLMC
+    table = pd.read_csv(f"{base}.csv").dropna(subset=["train_loss"])
+    loss = dict(zip(table.step.astype(int), table.train_loss, strict=True))
+    lrs = np.load(f"{base}.lr.npy")
+    run = tmp_path / "runs" / "Nov30_21-30-00_host"
+    w = tb.SummaryWriter(str(run))
+    for s in range(10010, 16001, 10):
+        w.add_scalar("train/loss", float(np.mean([loss[k] for k in range(s - 9, s + 1)])), s)
+        w.add_scalar("train/learning_rate", float(lrs[s]), s)
+    w.close()
+    code, out, _ = _run(["forecast", str(run), "--lr-file", f"{base}.lr.npy", "--json"], capsys)
+    assert code == 0
+    (point,) = json.loads(out)["forecasts"]
+    truth = float(np.mean(table.train_loss.to_numpy()[-100:]))  # the final loss, its noise averaged out
+    assert point["lower"] <= truth <= point["upper"]
+    assert abs(point["loss"] - truth) / truth < 0.005

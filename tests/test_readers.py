@@ -453,3 +453,13 @@ def test_a_live_log_says_what_comes_after_its_last_lr_is_a_continuation() -> Non
     )
     done = rebuild_lrs(np.arange(10, 5001, 10), true[np.arange(10, 5001, 10) - 1], total=5000)
     assert not any("LR logged up to step" in w for w in done.warnings)
+
+
+def test_a_gap_log_that_starts_partway_gives_its_first_point_one_interval(tmp_path: Path) -> None:
+    """A Megatron log resumed into a new folder starts at step 210: its first ``lm loss`` averages one log
+    interval (10 updates), not the 210 since step 0; a log from the start keeps the gap to step 0."""
+    _write(tmp_path / "resumed", range(210, 401, 10), "lm loss", "learning-rate", lr_every=10)
+    data = read_run(tmp_path / "resumed", warn=False)
+    assert data.windows.tolist() == [10] * len(data.steps)
+    _write(tmp_path / "fresh", range(5, 401, 10), "lm loss", "learning-rate", lr_every=5)
+    assert read_run(tmp_path / "fresh", warn=False).windows.tolist() == [5] + [10] * 39

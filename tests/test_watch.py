@@ -393,3 +393,20 @@ def test_advice_is_said_again_only_when_it_changes(tmp_path: Path) -> None:
     said = [m for m in logs if "schedule_advice" in m]
     assert [m.split(" at step ")[1].split(":")[0] for m in said] == ["100", "300", "500"]
     assert len(records) == 5  # --json still gets every evaluation
+
+
+def test_a_log_resumed_into_a_new_folder_gets_one_interval_for_its_first_point(tmp_path: Path) -> None:
+    """Megatron resumed into a fresh folder logs ``lm loss`` (the mean since the previous log) from step 1010:
+    the first point is fed as the mean of one log interval once the next point shows the interval."""
+    run = tmp_path / "job"
+    w = tb.SummaryWriter(str(run))
+    w.add_scalar("lm loss", 2.6, 1010)
+    w.flush()
+    watcher = Watcher(run, schedule=SPEC, interval=0.01, log=lambda m: None)
+    assert watcher.poll_once() == 0  # one point: its interval is not known yet
+    for s in range(1020, 1201, 10):
+        w.add_scalar("lm loss", 2.5 + 1.0 / np.sqrt(s), s)
+    w.close()
+    assert watcher.poll_once() == 20
+    obs = watcher.monitor.forecaster.observations()
+    assert obs.start[0] == 1001 and obs.end[0] == 1010
