@@ -49,6 +49,8 @@ LOSS_NAMES: tuple[str, ...] = (
     "train/lm_loss",
     "lm_loss",
     "training_loss",
+    # PyTorch's SummaryWriter tutorial
+    "loss/train",
     # the observed loss this plugin's callbacks write (the mean of each flush), for a run that logs none itself
     "forecast/observed_vs_forecast",
 )
@@ -175,7 +177,7 @@ def keep_newest(steps: np.ndarray) -> np.ndarray:
 def averages_gap(name: str, window: WindowSpec | None) -> bool:
     """Whether a loss named ``name`` read with ``window`` is the mean since the previous log (see
     :func:`loss_windows`)."""
-    return window == "gap" or (window in (None, "auto") and name in GAP_WINDOW_NAMES)
+    return window == "gap" or (window in (None, "auto") and pick([name], None, GAP_WINDOW_NAMES) is not None)
 
 
 def _usual_gap(gaps: np.ndarray) -> int:
@@ -210,40 +212,74 @@ def _is_pattern(name: str) -> bool:
     return any(ch in name for ch in "*?[")
 
 
+# W&B's CSV export names a column "<run name> - <key>" and adds "<run name> - <key>__MIN" / "__MAX" beside it.
+_WANDB_SEP = " - "
+_COMPANIONS = ("__min", "__max")
+
+
+def _is_companion(name: str) -> bool:
+    return name.lower().endswith(_COMPANIONS)
+
+
+def _loose_names(name: str) -> tuple[str, ...]:
+    """What a column or tag answers to besides its exact name: its name in lower case and, for a W&B export
+    column ``<run> - <key>``, its key in lower case. A W&B ``__MIN``/``__MAX`` companion answers to nothing."""
+    if _is_companion(name):
+        return ()
+    low = name.lower()
+    if _WANDB_SEP in name:
+        return (low, low.rsplit(_WANDB_SEP, 1)[1].strip())
+    return (low,)
+
+
+def _matches(available: Sequence[str], cand: str) -> list[str]:
+    """The names in ``available`` that ``cand`` names: exactly (a glob: case and all), else loosely (see
+    :func:`_loose_names`); sorted, exact matches only when there are any."""
+    if cand in available:
+        return [cand]
+    if _is_pattern(cand):
+        hits = sorted(a for a in available if fnmatch.fnmatchcase(a, cand) and not _is_companion(a))
+        if hits:
+            return hits
+        low = cand.lower()
+        return sorted(a for a in available if any(fnmatch.fnmatchcase(n, low) for n in _loose_names(a)))
+    low = cand.lower()
+    return sorted(a for a in available if low in _loose_names(a))
+
+
+def _candidates(wanted: str | Sequence[str] | None, defaults: Sequence[str]) -> Sequence[str]:
+    if wanted is None:
+        return defaults
+    return [wanted] if isinstance(wanted, str) else wanted
+
+
 def pick(available: Sequence[str], wanted: str | Sequence[str] | None, defaults: Sequence[str]) -> str | None:
     """The first name in ``wanted`` (or ``defaults``) present in ``available``; names may be glob patterns
-    (several matches of one pattern: the first in sorted order)."""
-    if wanted is None:
-        candidates: Sequence[str] = defaults
-    elif isinstance(wanted, str):
-        candidates = [wanted]
-    else:
-        candidates = wanted
-    for cand in candidates:
-        if cand in available:
-            return cand
-        if _is_pattern(cand):
-            hits = sorted(a for a in available if fnmatch.fnmatchcase(a, cand))
-            if hits:
-                return hits[0]
+    (several matches of one pattern: the first in sorted order). A name that is not present exactly matches
+    regardless of case, and matches the ``<run> - <name>`` columns of a W&B export (never their ``__MIN`` and
+    ``__MAX`` companions)."""
+    for cand in _candidates(wanted, defaults):
+        hits = _matches(available, cand)
+        if hits:
+            return hits[0]
     return None
 
 
 def pick_loss(available: Sequence[str], wanted: str | Sequence[str] | None, where: str) -> str | None:
     """The loss column or tag: like :func:`pick`, but a pattern never picks an LR or step column, and when it
     matches several names the known loss names win (``train/*`` on an HF log is ``train/loss``, not
-    ``train/learning_rate``); a pattern left ambiguous after that is an error naming the matches."""
-    if wanted is None:
-        return pick(available, None, LOSS_NAMES)
-    for cand in [wanted] if isinstance(wanted, str) else list(wanted):
-        if cand in available:
-            return cand
-        if not _is_pattern(cand):
-            continue
-        hits = sorted(a for a in available if fnmatch.fnmatchcase(a, cand))
-        hits = [h for h in hits if pick([h], None, LR_NAMES) is None and h not in STEP_COLUMNS]
+    ``train/learning_rate``); a pattern or a name left ambiguous after that (a W&B export of several runs) is
+    an error naming the matches."""
+    for cand in _candidates(wanted, LOSS_NAMES):
+        hits = _matches(available, cand)
+        if _is_pattern(cand):
+            hits = [
+                h for h in hits if pick([h], None, LR_NAMES) is None and pick([h], None, STEP_COLUMNS) is None
+            ]
         if len(hits) > 1:
-            known = [h for h in hits if h in LOSS_NAMES] or [h for h in hits if "loss" in h.lower()]
+            known = [h for h in hits if pick([h], None, LOSS_NAMES) is not None] or [
+                h for h in hits if "loss" in h.lower()
+            ]
             if len(known) == 1:
                 return known[0]
             raise ReadError(

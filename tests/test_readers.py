@@ -463,3 +463,54 @@ def test_a_gap_log_that_starts_partway_gives_its_first_point_one_interval(tmp_pa
     assert data.windows.tolist() == [10] * len(data.steps)
     _write(tmp_path / "fresh", range(5, 401, 10), "lm loss", "learning-rate", lr_every=5)
     assert read_run(tmp_path / "fresh", warn=False).windows.tolist() == [5] + [10] * 39
+
+
+# ------------------------------------------------------------------------------------------ column names
+def test_a_wandb_export_is_read_by_its_keys(tmp_path: Path) -> None:
+    """W&B's CSV export: a ``Step`` column, ``<run> - <key>`` columns and their ``__MIN``/``__MAX`` companions."""
+    import csv
+
+    p = tmp_path / "wandb_export.csv"
+    with open(p, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(
+            [
+                "Step",
+                "gpt2 - run 3 - train/loss",
+                "gpt2 - run 3 - train/loss__MIN",
+                "gpt2 - run 3 - train/loss__MAX",
+            ]
+        )
+        for s in range(10, 401, 10):
+            loss = float(_loss(s))
+            out.writerow([s, loss, loss - 0.1, loss + 0.1])
+    data = read_run(p, schedule=SPEC, warn=False)
+    assert data.loss_name == "gpt2 - run 3 - train/loss"
+    np.testing.assert_array_equal(data.steps, np.arange(10, 401, 10))
+    np.testing.assert_allclose(data.losses, _loss(data.steps), rtol=1e-9)
+    assert set(data.windows.tolist()) == {10}  # HF's train/loss is the mean since the previous log
+    assert read_run(p, loss="TRAIN/LOSS", schedule=SPEC, warn=False).loss_name == "gpt2 - run 3 - train/loss"
+    # An export of two runs: which one is meant is for the user to say.
+    two = tmp_path / "two.csv"
+    two.write_text("Step,a - train/loss,b - train/loss\n1,3.0,3.1\n2,2.9,3.0\n")
+    with pytest.raises(ReadError, match=r"matches several columns/tags \(a - train/loss, b - train/loss\)"):
+        read_run(two, schedule=SPEC, warn=False)
+    assert read_run(two, loss="b - train/loss", schedule=SPEC, warn=False).losses.tolist() == [3.1, 3.0]
+
+
+def test_tags_are_found_whatever_their_case(tmp_path: Path) -> None:
+    """``Loss/train`` is the tag of PyTorch's SummaryWriter tutorial; names match regardless of case."""
+    _write(tmp_path / "tut", range(1, 401), "Loss/train", "LR")
+    data = read_run(tmp_path / "tut", warn=False)
+    assert (data.loss_name, data.lr_name) == ("Loss/train", "LR")
+    assert read_run(tmp_path / "tut", loss="loss/TRAIN", warn=False).loss_name == "Loss/train"
+    with pytest.raises(ReadError, match=r"no loss tag matching 'val/loss'; scalar tags: LR, Loss/train"):
+        read_run(tmp_path / "tut", loss="val/loss", warn=False)
+    csv_run = tmp_path / "run.csv"
+    csv_run.write_text("Iteration,Train_Loss,Learning_Rate\n1,3.0,1e-3\n2,2.9,1e-3\n")
+    data = read_run(csv_run, total_steps=2, warn=False)
+    assert (data.loss_name, data.lr_name, data.steps.tolist()) == ("Train_Loss", "Learning_Rate", [1, 2])
+    with pytest.raises(
+        ReadError, match=r"no column 'val_loss' \(columns: Iteration, Train_Loss, Learning_Rate\)"
+    ):
+        read_run(csv_run, loss="val_loss", warn=False)
