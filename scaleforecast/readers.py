@@ -7,8 +7,9 @@ table, CSV or JSON lines (:mod:`scaleforecast.tables`). The per-update LR is att
 :func:`~scaleforecast.schedule_fit.rebuild_lrs`: from ``schedule`` (a spec, a ``.npy`` LR file, a config or an
 array), else from the logged LR, rebuilt from the schedule families when it was not logged at every update.
 
-``strict``: steps that go back in a table, corrupt event records and non-finite logged LRs are errors instead of
-notes. Every error is a one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes,
+``strict``: corrupt event records and logged LRs that are not finite and > 0 (zeros before the first positive LR
+and after the last excepted) are errors instead of notes. Steps that go back keep the newest value of each step,
+with a note, in every format. Every error is a one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes,
 truncation, damage, LR reconstruction, a loss that rises) are in ``RunData.warnings``.
 """
 

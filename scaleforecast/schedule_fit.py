@@ -28,6 +28,7 @@ from scaleforecast.schedules import (
     StepSchedule,
     WSDSchedule,
     as_lrs,
+    edge_zeros,
     parse_schedule,
     validate_lrs,
 )
@@ -282,9 +283,9 @@ def rebuild_lrs(
     lr_steps = np.asarray(lr_steps, dtype=np.int64)
     lr_values = np.asarray(lr_values, dtype=np.float64)
     notes: list[str] = []
-    # An exact 0 is a real LR at the first update (warm-up from zero) and at the last (decay to zero).
-    edge = (lr_steps == 1) | ((lr_steps == lr_steps.max()) if len(lr_steps) else False)
-    finite = np.isfinite(lr_values) & ((lr_values > 0) | ((lr_values == 0) & edge))
+    # Exact zeros before the first positive LR (a warm-up from zero) and after the last (a decay to zero) are
+    # real LRs: the rule an LR file is held to (schedules.edge_zeros).
+    finite = np.isfinite(lr_values) & ((lr_values > 0) | edge_zeros(lr_values))
     if not finite.all():
         i = int(np.argmax(~finite))
         if strict and schedule is None:

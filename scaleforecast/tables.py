@@ -7,8 +7,9 @@ Empty cells, ``null`` and ``none`` mean "not logged"; ``nan``/``inf`` losses are
 them). Every problem is a one-line :class:`~scaleforecast.runs.ReadError` naming the file and, where there is
 one, the line.
 
-``strict`` is the mode of the ``forecast`` command: steps that go back are an error (not a resumed run to sort
-out), and the loss column may hold only step-0 values (the forecast then says there is too little data).
+Steps that go back (a resumed run re-logging the steps after its checkpoint) keep the newest value of each step,
+with a note, as in event files. ``strict`` is the mode of the ``forecast`` command: the loss column may hold only
+step-0 values (the forecast then says there is too little data).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from scaleforecast.runs import (
     ReadError,
     RunData,
     WindowSpec,
+    clean_series,
     keep_newest,
     loss_windows,
     pick,
@@ -105,10 +107,56 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _json_error(err: Exception) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return f"not valid JSON ({err.msg} at column {err.colno})"
+    return "not valid JSON (nested too deeply)"
+
+
+def _json_document(path: Path, text: str, notes: list[str]) -> list[Row] | None:
+    """The records of a file that is one JSON document rather than JSON lines: an HF ``trainer_state.json``
+    (its ``log_history``) or a list of objects; ``None`` when the file is not one document."""
+    if "\n" not in text.strip():
+        return None  # one line is JSON lines of one record
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("log_history"), list):
+        records = doc["log_history"]
+        notes.append(f"{path.name}: an HF Trainer state: read its log_history ({len(records)} records)")
+    elif isinstance(doc, list):
+        records = doc
+    else:
+        raise ReadError(
+            f"{path}: one JSON {type(doc).__name__}, not JSON lines (one object per line) or an HF "
+            "trainer_state.json (with a log_history)"
+        )
+    bad = next((k for k, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise ReadError(f"{path}: record {bad + 1} is a {type(records[bad]).__name__}, expected a JSON object")
+    return [(k + 1, _flatten(r)) for k, r in enumerate(records)]
+
+
 def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[Row]]:
+    rows = _json_document(path, text, notes)
+    if rows is None:
+        rows = _json_lines(path, text, notes)
+    if not rows:
+        raise ReadError(f"{path}: no JSON records")
+    columns: dict[str, None] = {}
+    for _, flat in rows:
+        for k in flat:
+            columns.setdefault(k, None)
+    return list(columns), rows
+
+
+def _json_lines(path: Path, text: str, notes: list[str]) -> list[Row]:
+    """One record per line. A line that is not a JSON object is skipped with a note (one for them all), unless
+    no line is one; a cut-off last line is being written."""
     lines = text.splitlines()
     rows: list[Row] = []
-    columns: dict[str, None] = {}
+    skipped: list[tuple[int, str]] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -118,21 +166,20 @@ def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], lis
             if i == len(lines) - 1 and not text.endswith(("\n", "\r")):
                 notes.append(f"{path.name}: last line is cut off (still being written?); skipped it")
                 continue
-            msg = (
-                f"{err.msg} at column {err.colno}"
-                if isinstance(err, json.JSONDecodeError)
-                else "nested too deeply"
-            )
-            raise ReadError(f"{path}:{i + 1}: not valid JSON ({msg})") from None
+            skipped.append((i + 1, _json_error(err)))
+            continue
         if not isinstance(obj, dict):
-            raise ReadError(f"{path}:{i + 1}: expected a JSON object, got {type(obj).__name__}")
-        flat = _flatten(obj)
-        for k in flat:
-            columns.setdefault(k, None)
-        rows.append((i + 1, flat))
-    if not rows:
-        raise ReadError(f"{path}: no JSON records")
-    return list(columns), rows
+            skipped.append((i + 1, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        rows.append((i + 1, _flatten(obj)))
+    if skipped and not rows:
+        raise ReadError(f"{path}:{skipped[0][0]}: {skipped[0][1]}")
+    if skipped:
+        (line, why), more = skipped[0], len(skipped) - 1
+        notes.append(
+            f"{path.name}:{line}: {why}: skipped the line" + (f" (and {more} more such line(s))" if more else "")
+        )
+    return rows
 
 
 def _num(cell: Any, where: str, column: str) -> float | None:
@@ -181,13 +228,6 @@ def _steps(rows: Sequence[Row], col: str, where: str) -> tuple[np.ndarray, np.nd
         i = int(np.argmax(bad))
         raise ReadError(f"{where}:{rows[i][0]}: step must be a non-negative integer, got {values[i]:g}")
     return present, np.where(present, values, 0).astype(np.int64)
-
-
-def _check_order(path: Path, steps: np.ndarray, column: str) -> None:
-    bad = np.flatnonzero(np.diff(steps) <= 0)
-    if len(bad):
-        i = int(bad[0])
-        raise ReadError(f"{path}: steps out of order in column {column!r}: {steps[i + 1]} after {steps[i]}")
 
 
 def read_table(
@@ -281,22 +321,12 @@ def _rows_to_run(
             )
         win_l = w.astype(np.int64)
     lr_use = present_step & has_lr
-    lr_steps, lr_vals = steps[lr_use], lr_values[lr_use]
-    if strict:
-        _check_order(path, steps_l, loss_col)
-        if lr_col is not None:
-            _check_order(path, lr_steps, lr_col)
-    else:
-        keep = keep_newest(steps_l)
-        if not keep.all():
-            notes.append(
-                f"{path.name}: {loss_col}: steps go back (a resumed run?): kept the newest of each step, dropped "
-                f"{int((~keep).sum())} point(s)"
-            )
-            steps_l, losses_l = steps_l[keep], losses_l[keep]
-            win_l = None if win_l is None else win_l[keep]
-        keep = keep_newest(lr_steps)
-        lr_steps, lr_vals = lr_steps[keep], lr_vals[keep]
+    # A resume re-logs the steps after its checkpoint: the newest value of each step wins, as in event files.
+    keep = keep_newest(steps_l)
+    if not keep.all():
+        win_l = None if win_l is None else win_l[keep]
+    steps_l, losses_l = clean_series(steps_l, losses_l, what=f"{path.name}: {loss_col}", notes=notes)
+    lr_steps, lr_vals = clean_series(steps[lr_use], lr_values[lr_use], what=f"{path.name}: {lr_col}", notes=notes)
     # Step 0 is the model before any update: the law has no value there (S1 = 0).
     after = steps_l >= 1
     steps_l, losses_l = steps_l[after], losses_l[after]

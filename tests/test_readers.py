@@ -278,7 +278,7 @@ def test_jsonl_nested_eval_lines_and_cut_tail(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         ("", "no JSON records"),
-        ('{"step": 1, "loss": 2}\nnot json\n{"step": 3, "loss": 2}\n', r"run.jsonl:2: not valid JSON"),
+        ("not json\n[1]\n", r"run.jsonl:1: not valid JSON \(Expecting value at column 1\)"),
         ("[1, 2]\n", "expected a JSON object, got list"),
         ('{"step": 1, "loss": "x"}\n', r"run.jsonl:1: not a number: 'x' \(column loss\)"),
         ('{"step": 1, "loss": true}\n', "not a number"),
