@@ -39,8 +39,9 @@ from scaleforecast.runs import (
     pick,
     pick_loss,
 )
+from scaleforecast.tfevents import TailResult
 
-__all__ = ["JSONL_SUFFIXES", "read_table"]
+__all__ = ["JSONL_SUFFIXES", "TableTailer", "read_table"]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _MISSING = ("", "none", "null")
@@ -134,7 +135,9 @@ def _json_document(path: Path, text: str, notes: list[str]) -> list[Row] | None:
         )
     bad = next((k for k, r in enumerate(records) if not isinstance(r, dict)), None)
     if bad is not None:
-        raise ReadError(f"{path}: record {bad + 1} is a {type(records[bad]).__name__}, expected a JSON object")
+        raise ReadError(
+            f"{path}: record {bad + 1} is a {type(records[bad]).__name__}, expected a JSON object"
+        )
     return [(k + 1, _flatten(r)) for k, r in enumerate(records)]
 
 
@@ -177,7 +180,8 @@ def _json_lines(path: Path, text: str, notes: list[str]) -> list[Row]:
     if skipped:
         (line, why), more = skipped[0], len(skipped) - 1
         notes.append(
-            f"{path.name}:{line}: {why}: skipped the line" + (f" (and {more} more such line(s))" if more else "")
+            f"{path.name}:{line}: {why}: skipped the line"
+            + (f" (and {more} more such line(s))" if more else "")
         )
     return rows
 
@@ -326,7 +330,9 @@ def _rows_to_run(
     if not keep.all():
         win_l = None if win_l is None else win_l[keep]
     steps_l, losses_l = clean_series(steps_l, losses_l, what=f"{path.name}: {loss_col}", notes=notes)
-    lr_steps, lr_vals = clean_series(steps[lr_use], lr_values[lr_use], what=f"{path.name}: {lr_col}", notes=notes)
+    lr_steps, lr_vals = clean_series(
+        steps[lr_use], lr_values[lr_use], what=f"{path.name}: {lr_col}", notes=notes
+    )
     # Step 0 is the model before any update: the law has no value there (S1 = 0).
     after = steps_l >= 1
     steps_l, losses_l = steps_l[after], losses_l[after]
@@ -347,3 +353,129 @@ def _rows_to_run(
         lr_name=lr_col,
         warnings=notes,
     )
+
+
+# ------------------------------------------------------------------------------------------------ live
+def _loose_number(cell: Any) -> float | None:
+    """A cell as a float, or ``None`` when it is not logged or not a number (a live table's text columns)."""
+    try:
+        return _num(cell, "", "")
+    except ReadError:
+        return None
+
+
+class TableTailer:
+    """Follow a growing CSV or JSON-lines run: each :meth:`poll` reads the whole lines appended since the last and
+    returns every numeric column as a scalar series keyed by the step column, as
+    :class:`~scaleforecast.tfevents.EventTailer` returns tags.
+
+    A last line without its line end is still being written: it is read on a later poll, never reported. A file
+    that shrinks or is replaced is read again from its start (``reset``); a missing file is waited for. A JSON
+    line that is not an object is skipped with a note naming it. A CSV without a step column raises
+    :class:`ReadError`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._restart(None)
+
+    def _restart(self, inode: int | None) -> None:
+        self.inode = inode
+        self.pos = 0
+        self.lineno = 0
+        self.header: list[str] | None = None
+        self.is_json: bool | None = None
+        self.series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def poll(self) -> TailResult:
+        """Read what is new (see the class doc)."""
+        result = TailResult(scalars={})
+        try:
+            st = self.path.stat()
+        except OSError as err:
+            result.waiting = f"cannot read {self.path}: {err.strerror or err}"
+            result.reset = self.inode is not None
+            self._restart(None)
+            return result
+        if self.inode is not None and (st.st_ino != self.inode or st.st_size < self.pos):
+            result.reset = True
+            self._restart(st.st_ino)
+        self.inode = st.st_ino
+        result.run_dir = self.path
+        if st.st_size > self.pos:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.pos)
+                data = fh.read(st.st_size - self.pos)
+            whole = data.rfind(b"\n") + 1  # what follows the last line end is still being written
+            if whole:
+                self._consume(
+                    data[:whole].decode("utf-8-sig" if self.pos == 0 else "utf-8", "replace"), result
+                )
+                self.pos += whole
+        result.scalars = {
+            col: (np.asarray(s, dtype=np.int64), np.asarray(v, dtype=np.float64))
+            for col, (s, v) in self.series.items()
+        }
+        return result
+
+    def _consume(self, text: str, result: TailResult) -> None:
+        if self.is_json is None:
+            first = text.lstrip()[:1]
+            if not first:
+                return
+            self.is_json = first == "{" or self.path.suffix.lower() in JSONL_SUFFIXES
+        lines = text.splitlines()
+        start = self.lineno
+        self.lineno += len(lines)
+        if self.is_json:
+            records = self._json_records(lines, start, result)
+        else:
+            records = self._csv_records(lines, start)
+        for row in records:
+            self._add(row)
+
+    def _json_records(self, lines: list[str], start: int, result: TailResult) -> list[dict[str, Any]]:
+        out = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as err:
+                result.notes.append(f"{self.path.name}:{start + i + 1}: {_json_error(err)}: skipped the line")
+                continue
+            if not isinstance(obj, dict):
+                result.notes.append(
+                    f"{self.path.name}:{start + i + 1}: expected a JSON object, got {type(obj).__name__}: skipped "
+                    "the line"
+                )
+                continue
+            out.append(_flatten(obj))
+        return out
+
+    def _csv_records(self, lines: list[str], start: int) -> list[dict[str, Any]]:
+        delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
+        cells_of = list(csv.reader(lines, delimiter=delimiter))
+        out = []
+        for cells in cells_of:
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            if self.header is None:
+                self.header = [c.strip() or f"(column {i + 1})" for i, c in enumerate(cells)]
+                if pick(self.header, None, STEP_COLUMNS) is None:
+                    raise ReadError(f"{self.path}: no 'step' column (columns: {', '.join(self.header)})")
+                continue
+            out.append(dict(zip(self.header, cells, strict=False)))
+        return out
+
+    def _add(self, row: dict[str, Any]) -> None:
+        step_col = pick(list(row), None, STEP_COLUMNS)
+        step = None if step_col is None else _loose_number(row[step_col])
+        if step is None or not (0 <= step < MAX_STEP) or step != int(step):
+            return
+        for col, cell in row.items():
+            value = None if col == step_col else _loose_number(cell)
+            if value is not None:
+                steps, values = self.series.setdefault(col, ([], []))
+                steps.append(int(step))
+                values.append(value)

@@ -1,8 +1,9 @@
-"""``scaleforecast watch LOGDIR``: a sidecar that forecasts a live run from its TensorBoard event files.
+"""``scaleforecast watch RUN``: a sidecar that forecasts a live run from its TensorBoard event files, or from the
+CSV or JSON-lines file it appends to.
 
 For jobs without a callback (Megatron, NeMo, torchtitan, custom loops). Every ``--interval`` seconds it reads
 what the job appended to its event files (:class:`~scaleforecast.tfevents.EventTailer`, every record's checksums
-verified), feeds the new losses to a :class:`~scaleforecast.monitor.RunMonitor` (online forecaster, refit policy,
+verified) or to its table (:class:`~scaleforecast.tables.TableTailer`, whole lines only), feeds the new losses to a :class:`~scaleforecast.monitor.RunMonitor` (online forecaster, refit policy,
 health checks, schedule advice) and writes the forecast scalars, the Margin chart, figures and alerts through
 the :class:`~scaleforecast.tensorboard_sink.TensorBoardSink` into a *sibling* run directory,
 ``<run dir>-scaleforecast``, so TensorBoard pointed at the parent shows both side by side. It only ever reads the
@@ -61,8 +62,9 @@ from scaleforecast.runs import (
 )
 from scaleforecast.safe_write import make_output_dir
 from scaleforecast.schedule_fit import LR_TRUST_OK, LRReconstruction, rebuild_lrs, warming_up
+from scaleforecast.tables import JSONL_SUFFIXES, TableTailer
 from scaleforecast.tensorboard_sink import ADVICE_CHARTS, TensorBoardSink
-from scaleforecast.tfevents import SIDECAR_SUFFIX, EventTailer
+from scaleforecast.tfevents import EVENT_FILE_PREFIX, SIDECAR_SUFFIX, EventTailer, is_event_file
 
 __all__ = ["Watcher", "sidecar_dir"]
 
@@ -71,6 +73,7 @@ examples:
   scaleforecast watch runs/gpt-350m --schedule cosine:peak=3e-4,warmup=2000,total=100000
   scaleforecast watch megatron/tensorboard --loss "lm loss" --total-steps 50000 --interval 60
   scaleforecast watch lightning_logs/version_0 --lr-file plan.lr.npy --target-loss 2.9
+  scaleforecast watch train_log.jsonl --schedule wsd:peak=1e-3,warmup=300,total=25000,cooldown=0.2
   tensorboard --logdir runs/    # shows runs/gpt-350m and runs/gpt-350m-scaleforecast side by side
 
 Polling interval: --interval seconds (default 30). Lag from a logged loss to its forecast: the job's writer
@@ -82,6 +85,17 @@ or after --max-idle seconds without new points.
 """
 
 MAX_FAILED_POLLS = 5
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", *JSONL_SUFFIXES)
+
+
+def is_table(path: Path) -> bool:
+    """Whether ``path`` is a CSV or JSON-lines run (by its name, so that a file not written yet is followed as
+    what it will be; an existing file by its first bytes too)."""
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return True
+    return path.is_file() and not path.name.startswith(EVENT_FILE_PREFIX) and not is_event_file(path)
 
 
 def sidecar_dir(run_dir: Path) -> Path:
@@ -160,7 +174,9 @@ class Watcher:
             verbose=False,
             on_event=self._on_event,
         )
-        self.tailer = EventTailer(self.logdir, live=True)
+        self.tailer: EventTailer | TableTailer = (
+            TableTailer(self.logdir) if is_table(self.logdir) else EventTailer(self.logdir, live=True)
+        )
         self.stop_event = threading.Event()
         self.fed_steps = np.zeros(0, dtype=np.int64)
         self.fed_losses = np.zeros(0)
@@ -286,7 +302,8 @@ class Watcher:
             return 0
         if self._waiting is not None:
             self._waiting = None
-            self.log(f"found event files in {res.run_dir}")
+            found = "event files in " if isinstance(self.tailer, EventTailer) else ""
+            self.log(f"found {found}{res.run_dir}")
         scalars = res.scalars
         if not scalars:
             return 0
@@ -458,8 +475,8 @@ def add_parser(subparsers: Any) -> None:
     """Register ``scaleforecast watch``."""
     p = subparsers.add_parser(
         "watch",
-        help="sidecar: forecast a live run from its TensorBoard event files",
-        description="Follow a live run's TensorBoard event files and write the forecast, its band (Margin chart), "
+        help="sidecar: forecast a live run from its TensorBoard event files (or a growing CSV/JSONL)",
+        description="Follow a live run's TensorBoard event files (or the CSV/JSONL file it appends to) and write the forecast, its band (Margin chart), "
         "figures and alerts into a sibling run directory. Never writes into the job's files.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -4,6 +4,7 @@ process, stopped by a signal once the writer has reached a point the test chose 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -410,3 +411,73 @@ def test_a_log_resumed_into_a_new_folder_gets_one_interval_for_its_first_point(t
     assert watcher.poll_once() == 20
     obs = watcher.monitor.forecaster.observations()
     assert obs.start[0] == 1001 and obs.end[0] == 1010
+
+
+def _law(s: int) -> float:
+    return 2.5 + 1.0 / np.sqrt(s)
+
+
+@pytest.mark.parametrize("name", ["train_log.csv", "train_log.jsonl"])
+def test_watch_follows_a_growing_table(tmp_path: Path, name: str) -> None:
+    """A job appending to a CSV or JSONL log: each poll reads the whole lines appended since the last; a last
+    line still being written waits for the next poll, never reported."""
+    import csv
+
+    path = tmp_path / name
+    logs: list[str] = []
+    watcher = Watcher(path, schedule=SPEC, interval=0.01, log=logs.append, refit_every=100)
+    assert watcher.poll_once() == 0 and logs == [
+        f"cannot read {path}: No such file or directory; waiting for it"
+    ]
+
+    def line(s: int) -> str:
+        if path.suffix == ".jsonl":
+            return (
+                json.dumps({"step": s, "train": {"loss": _law(s)}, "lr": float(as_lrs(SPEC)[s - 1])}) + "\n"
+            )
+        buf = io.StringIO()
+        csv.writer(buf).writerow([s, _law(s), float(as_lrs(SPEC)[s - 1])])
+        return buf.getvalue()
+
+    with open(path, "w", newline="") as fh:
+        if path.suffix == ".csv":
+            fh.write("step,train/loss,lr\n")
+        fh.write("".join(line(s) for s in range(10, 501, 10)))
+        partial = line(510)
+        fh.write(partial[:7])  # the writer is mid-line
+        fh.flush()
+        assert watcher.poll_once() == 50
+        assert watcher.monitor.forecaster.last_step == 500
+        fh.write(partial[7:] + "".join(line(s) for s in range(520, 1001, 10)))
+        fh.flush()
+        assert watcher.poll_once() == 50
+    fc = watcher.monitor.forecaster
+    assert fc.last_step == 1000 and fc.n_observations == 100
+    obs = fc.observations()
+    assert float((obs.y * obs.count).sum()) == pytest.approx(sum(_law(s) for s in range(10, 1001, 10)))
+    assert watcher.loss_tag == "train/loss"
+    assert not any("not valid" in m or "cut off" in m or "no line end" in m for m in logs), logs
+    assert f"found {path}" in logs
+    forecast = fc.refit()
+    assert forecast.final is not None and forecast.final.loss == pytest.approx(_law(2000), abs=0.05)
+
+
+def test_watch_a_table_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI reads a JSONL run to its last step, skipping a bad line with a note naming it."""
+    path = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "loss": _law(s)}) for s in range(10, 2001, 10)]
+    lines[50] = '{"step": 510, "loss'
+    path.write_text("\n".join(lines) + "\n")
+    assert (
+        main(["watch", str(path), "--schedule", SPEC, "--interval", "0.01", "--max-idle", "5", "--json"]) == 0
+    )
+    captured = capsys.readouterr()
+    assert (
+        "log.jsonl:51: not valid JSON (Unterminated string" in captured.err
+        and "skipped the line" in captured.err
+    )
+    assert "reached its last step (2000)" in captured.err
+    assert "not a TensorBoard event file" not in captured.err
+    last = [json.loads(x) for x in captured.out.splitlines() if '"forecast"' in x][-1]
+    assert last["forecasts"][0]["loss"] == pytest.approx(_law(2000), abs=0.05)
+    assert scalars_of(tmp_path / "log.jsonl-scaleforecast")["forecast/final_loss"][-1][0] == 2000
