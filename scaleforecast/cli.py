@@ -167,7 +167,8 @@ def forecast_command(args: argparse.Namespace) -> int:
     at = args.at if args.at else [len(lrs)]
     if min(at) < 1 or max(at) > len(lrs):
         raise ReadError(f"--at steps must lie in 1..{len(lrs)}")
-    references, ignored = _load_references(args, run.loss_name)
+    references, ignored, ref_notes = _load_references(args, run.loss_name)
+    run.warnings.extend(ref_notes)
     forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level, references=references))
     part.feed(forecaster)
     forecaster.refit()
@@ -189,26 +190,34 @@ def forecast_command(args: argparse.Namespace) -> int:
 
 def _load_references(
     args: argparse.Namespace, column: str
-) -> tuple[list[ReferenceFit], list[tuple[str, str]]]:
-    """Fit each ``--reference`` run whole; ``(references, [(path, why it was ignored)])``. A reference is read
-    as strictly as RUN, in RUN's loss column when it logs one."""
+) -> tuple[list[ReferenceFit], list[tuple[str, str]], list[str]]:
+    """Fit each ``--reference`` run whole; ``(references, [(path, why it was ignored)], notes)``. A reference is
+    read as strictly as RUN, in RUN's loss column when it logs one; its data notes come back prefixed with its
+    name, as RUN's own would be said."""
     refs: list[str] = args.reference or []
     lr_files: list[str] = args.reference_lr_file or []
     if len(lr_files) > len(refs):
         raise ReadError(f"{len(lr_files)} --reference-lr-file for {len(refs)} --reference")
     out: list[ReferenceFit] = []
     ignored: list[tuple[str, str]] = []
+    notes: list[str] = []
     for i, ref in enumerate(refs):
         lr_file = lr_files[i] if i < len(lr_files) else None
         try:
             data = read_run(ref, loss=[column, *LOSS_NAMES], lr_file=lr_file, strict=True, warn=False)
         except ReadError as err:
             raise ReadError(f"--reference {ref}: {err}") from None
+        named = Path(ref).name
+        notes += [f"--reference {n if n.startswith(named) else f'{named}: {n}'}" for n in data.warnings]
         lrs = data.lrs
         assert lrs is not None  # read_run raises when it has no LR
         keep = (data.steps >= 1) & (data.steps <= len(lrs)) & np.isfinite(data.losses)
         if not keep.any():
             ignored.append((ref, "no finite loss within its schedule"))
+            continue
+        unfinished = _unfinished(data.steps[keep], len(lrs), lr_file)
+        if unfinished is not None:
+            ignored.append((ref, unfinished))
             continue
         steps, windows = data.steps[keep], data.windows[keep]
         obs = Observations(np.maximum(steps - windows + 1, 1), steps, data.losses[keep], np.ones(len(steps)))
@@ -216,7 +225,23 @@ def _load_references(
             out.append(fit_reference(ref, obs, lrs))
         except NotAnnealed as exc:
             ignored.append((ref, str(exc).removeprefix(f"{ref}: ")))
-    return out, ignored
+    return out, ignored, notes
+
+
+def _unfinished(steps: np.ndarray, total: int, lr_file: str | None) -> str | None:
+    """Why a reference whose losses stop short of the end of its LR is no finished run (``None`` if it is one):
+    more than one log interval and 1% of the run before it. Its fit would judge the annealing by an LR it never
+    reached (a 50k-step LR file given for a 25k-step run reads as a run that never annealed)."""
+    last = int(steps[-1])
+    gaps = np.diff(steps)
+    interval = int(np.median(gaps)) if len(gaps) else 1
+    if total - last <= max(interval, 0.01 * total):
+        return None
+    whose = f"its LR file {lr_file} has" if lr_file is not None else "its LR covers"
+    return (
+        f"{whose} {total} updates but its losses stop at step {last}: a reference must be a finished run "
+        "(is this the LR of this run?)"
+    )
 
 
 def _json_safe(obj: Any) -> Any:
