@@ -178,6 +178,15 @@ def fit_run(
     return fc
 
 
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _by_importance(events: list[Event]) -> list[Event]:
+    """Critical events first, then warnings, then the rest, each by step: the panel shows only the first few, and
+    a run that went NaN must not have it hidden behind its spikes."""
+    return sorted(events, key=lambda e: (_SEVERITY_RANK.get(e.severity, len(_SEVERITY_RANK)), e.step))
+
+
 def detect_events(run: RunData, fc: OnlineForecaster) -> list[Event]:
     """Health events over the whole run from the detectors (non-finite, spikes, drift, stagnation), judged
     against the law fitted here, debounced as in a live run. A failing detector is skipped: a report is still
@@ -258,7 +267,7 @@ def build_report(
         forecast=forecast,
         curve=curve,
         fit_step=fit_step,
-        events=sorted(detect_events(run, fc) + advice_events, key=lambda e: e.step),
+        events=_by_importance(detect_events(run, fc) + advice_events),
         what_if=what_if,
         observed=observed_final(run),
     )
