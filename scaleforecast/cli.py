@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import traceback
 import warnings
@@ -321,8 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always")
         try:
             status = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in an unraisable error at exit
         except KeyboardInterrupt:
             return 130
+        except BrokenPipeError:
+            return _stdout_closed()
         except (ValueError, OSError) as exc:
             _fail(debug, f"{prefix}: error: {_one_line(exc)}")
             return 2
@@ -341,6 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = note_text(text) if issubclass(w.category, DataNote) else f"{w.category.__name__}: {text}"
         print(f"scaleforecast: {' '.join(line.split())}", file=sys.stderr)
     return status
+
+
+def _stdout_closed() -> int:
+    """Whoever read stdout stopped (``| head``): end quietly with the status of a process killed by SIGPIPE, as
+    Unix tools do. What is still buffered goes nowhere, so that exiting cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 def _fail(debug: bool, line: str) -> None:

@@ -421,3 +421,30 @@ def test_an_lr_column_that_is_zero_through_the_warmup_is_taken_like_an_lr_file(
         f"{CONTRACT}: error: run.csv: logged LR at step 1001 is 0: every LR must be finite and > 0 (pass --schedule "
         "SPEC or --lr-file RUN.lr.npy)"
     )
+
+
+@pytest.mark.parametrize("command", [["forecast"], ["backtest", "--no-picture"]])
+def test_a_closed_stdout_ends_quietly(tmp_path: Path, command: list[str]) -> None:
+    """``scaleforecast backtest ... | head``: the reader has gone; the command ends as a Unix tool killed by
+    SIGPIPE does (status 141, nothing on stderr), not with an error."""
+    import os
+    import subprocess
+    import sys
+
+    lrs = np.r_[np.linspace(1e-4, 1e-3, 100), np.linspace(1e-3, 1e-5, 1900)]
+    p = tmp_path / "run.csv"
+    _write_rows(p, _law_rows(range(1, 2001), lrs))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before a byte is written: every write to stdout fails
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scaleforecast.cli", command[0], str(p), *command[1:]],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == 141
