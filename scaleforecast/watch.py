@@ -27,12 +27,16 @@ corrupt records are each reported once. SIGINT/SIGTERM stop it cleanly after a l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,25 @@ or after --max-idle seconds without new points.
 """
 
 MAX_FAILED_POLLS = 5
+# How the forecaster words a rewind (forecaster.OnlineForecaster._rewind); the sidecar says it in its own line.
+_REWIND = "step went back to "
+
+
+class _DropRewindRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_REWIND)
+
+
+@contextlib.contextmanager
+def _said_here() -> Iterator[None]:
+    """Keep the forecaster's log record of a rewind off stderr while the sidecar feeds it (it says it itself)."""
+    logger = logging.getLogger("scaleforecast.forecaster")
+    quiet = _DropRewindRecords()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 TABLE_SUFFIXES = (".csv", ".tsv", *JSONL_SUFFIXES)
@@ -348,21 +371,47 @@ class Watcher:
             self.log(
                 f"event files changed under us; re-reading from step {steps[start] if start < len(steps) else '-'}"
             )
-        new_steps, new_losses = steps[start:], losses[start:]
         self.fed_steps, self.fed_losses = steps, losses
-        if not len(new_steps):
+        if start >= len(steps):
             return 0
         self._ensure_sink(run_dir)
-        windows = loss_windows(steps, tag, self.window)[start:]
+        windows = loss_windows(steps, tag, self.window)
+        feed_from = self._rewind_point(steps, windows, start)
+        with _said_here(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self._feed(steps[feed_from:], losses[feed_from:], windows[feed_from:])
+        for w in caught:
+            # The forecaster's own rewind message counts the points it re-reads; the line above said it right.
+            if not str(w.message).startswith(_REWIND):
+                self.log(note_text(" ".join(str(w.message).split())))
+        return len(steps) - start
+
+    def _rewind_point(self, steps: np.ndarray, windows: np.ndarray, start: int) -> int:
+        """Where to feed from when the points from ``start`` on go back before the forecaster's last step (a
+        resume): the point after the last history bin that survives the rewind. The forecaster drops every bin
+        that ends after the rewind (a bin cannot be split), so the points of the bin that straddles it are fed
+        again; the history then holds exactly the points up to the rewind and the new ones."""
+        fc = self.monitor.forecaster
+        if fc.n_observations == 0 or steps[start] > fc.last_step:
+            return start
+        back_to = int(steps[start] - windows[start])
+        self.log(
+            f"steps went back to {steps[start]} after {fc.last_step} (a resume from an older checkpoint?): the "
+            f"forecast now holds the points up to step {back_to} and those logged since"
+        )
+        ends = fc.observations().end
+        kept = ends[ends <= back_to]
+        return min(start, int(np.searchsorted(steps, kept[-1] if len(kept) else 0, side="right")))
+
+    def _feed(self, steps: np.ndarray, losses: np.ndarray, windows: np.ndarray) -> None:
         cuts = np.flatnonzero(np.diff(windows)) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(new_steps)], strict=True):
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(steps)], strict=True):
             result = self.monitor.flush(
-                FlushBatch(steps=new_steps[lo:hi], loss=new_losses[lo:hi], window=int(windows[lo]))
+                FlushBatch(steps=steps[lo:hi], loss=losses[lo:hi], window=int(windows[lo]))
             )
             if result.forecast is not None:
                 self.forecasts += 1
-                self._report(int(new_steps[hi - 1]), result.forecast)
-        return len(new_steps)
+                self._report(int(steps[hi - 1]), result.forecast)
 
     def _first_new(self, steps: np.ndarray, losses: np.ndarray) -> int:
         """Index of the first point not already fed unchanged (a resume or a rewrite makes it earlier)."""

@@ -45,9 +45,8 @@ def test_watcher_writes_a_sibling_run_and_rewinds_on_resume(tmp_path: Path) -> N
     w.close()
     before = sorted(p.name for p in run.iterdir())
     records: list[dict] = []
-    watcher = Watcher(
-        run, schedule=SPEC, interval=0.1, refit_every=100, emit=records.append, log=lambda m: None
-    )
+    logs: list[str] = []
+    watcher = Watcher(run, schedule=SPEC, interval=0.1, refit_every=100, emit=records.append, log=logs.append)
     assert watcher.poll_once() == 100
     assert watcher.monitor.forecaster.last_step == 1000
     # A restart from the checkpoint at step 800 rewrites steps 810.. in a new file.
@@ -56,8 +55,8 @@ def test_watcher_writes_a_sibling_run_and_rewinds_on_resume(tmp_path: Path) -> N
     for s in range(810, 1201, 10):
         w.add_scalar("lm loss", 2.4 + 1.0 / np.sqrt(s), s)
     w.close()
-    with pytest.warns(RuntimeWarning, match="resumed"):
-        assert watcher.poll_once() == 40
+    assert watcher.poll_once() == 40
+    assert any(m.startswith("steps went back to 810 after 1000 (a resume") for m in logs)
     assert watcher.monitor.forecaster.last_step == 1200
     watcher.stop_event.set()
     assert watcher.run() == 0
@@ -481,3 +480,40 @@ def test_watch_a_table_on_the_command_line(tmp_path: Path, capsys: pytest.Captur
     last = [json.loads(x) for x in captured.out.splitlines() if '"forecast"' in x][-1]
     assert last["forecasts"][0]["loss"] == pytest.approx(_law(2000), abs=0.05)
     assert scalars_of(tmp_path / "log.jsonl-scaleforecast")["forecast/final_loss"][-1][0] == 2000
+
+
+def test_a_rewind_keeps_exactly_the_steps_before_it_and_says_so_in_one_line(tmp_path: Path) -> None:
+    """A per-step log that goes back from step 3000 to 2346 (a resume from the step-2345 checkpoint): the
+    forecast's history keeps every point up to step 2345 (the history bin that straddles the rewind included) and
+    the new ones after it, and the rewind is one line of the sidecar's own, not a Python warning."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    run = tmp_path / "job"
+    w = tb.SummaryWriter(str(run))
+    first = {s: _law(s) + rng.normal(0, 0.01) for s in range(1, 3001)}
+    for s, y in first.items():
+        w.add_scalar("loss", y, s)
+    w.flush()
+    logs: list[str] = []
+    watcher = Watcher(run, schedule="cosine:peak=1e-3,warmup=20,total=4000", interval=0.01, log=logs.append)
+    assert watcher.poll_once() == 3000
+    second = {s: _law(s) + 0.02 + rng.normal(0, 0.01) for s in range(2346, 2846)}
+    for s, y in second.items():
+        w.add_scalar("loss", y, s)
+    w.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may escape as a Python warning
+        assert watcher.poll_once() == 500
+    fc = watcher.monitor.forecaster
+    obs = fc.observations()
+    logged = [*(first[s] for s in range(1, 2346)), *second.values()]
+    kept = [float(np.float32(y)) for y in logged]  # event files hold float32
+    assert fc.n_observations == 2845 and int(obs.count.sum()) == 2845
+    assert float((obs.y * obs.count).sum()) == pytest.approx(sum(kept), rel=1e-12)
+    assert obs.end[-1] == 2845
+    rewinds = [m for m in logs if "went back" in m]
+    assert rewinds == [
+        "steps went back to 2346 after 3000 (a resume from an older checkpoint?): the forecast now "
+        "holds the points up to step 2345 and those logged since"
+    ]
