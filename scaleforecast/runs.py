@@ -90,7 +90,8 @@ class RunData:
     ``steps`` (int64, strictly increasing, >= 1), ``losses`` (float64; NaN/Inf kept so the forecaster can count
     them), ``windows`` (int64 >= 1: the number of updates each loss averages). ``lrs[k]`` is the LR of update
     ``k + 1``; its length is the run's planned total. ``lr_steps``/``lr_values`` are the LR points as logged.
-    ``warnings`` are notes about the data (resumes, damage, LR reconstruction), one line each.
+    ``warnings`` are notes about the data (resumes, damage, LR reconstruction), one line each. ``planned_steps``:
+    the run's planned length when the log itself says it (an HF ``trainer_state.json``'s ``max_steps``).
     """
 
     source: str
@@ -104,6 +105,7 @@ class RunData:
     lr: LRReconstruction | None = None
     lr_name: str | None = None
     warnings: list[str] = field(default_factory=list)
+    planned_steps: int | None = None
 
     @property
     def lrs(self) -> np.ndarray | None:

@@ -19,6 +19,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,18 +115,28 @@ def _json_error(err: Exception) -> str:
     return "not valid JSON (nested too deeply)"
 
 
-def _json_document(path: Path, text: str, notes: list[str]) -> list[Row] | None:
+@dataclass
+class _TrainerState:
+    """What an HF ``trainer_state.json`` says beyond its records: the run's planned length (``max_steps``)."""
+
+    max_steps: int | None
+
+
+def _json_document(path: Path, text: str, notes: list[str]) -> tuple[list[Row], _TrainerState | None] | None:
     """The records of a file that is one JSON document rather than JSON lines: an HF ``trainer_state.json``
-    (its ``log_history``) or a list of objects; ``None`` when the file is not one document."""
+    (its ``log_history``, and the state) or a list of objects; ``None`` when the file is not one document."""
     if "\n" not in text.strip():
         return None  # one line is JSON lines of one record
     try:
         doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         return None
+    state = None
     if isinstance(doc, dict) and isinstance(doc.get("log_history"), list):
         records = doc["log_history"]
         notes.append(f"{path.name}: an HF Trainer state: read its log_history ({len(records)} records)")
+        planned = doc.get("max_steps")
+        state = _TrainerState(planned if isinstance(planned, int) and planned > 0 else None)
     elif isinstance(doc, list):
         records = doc
     else:
@@ -138,20 +149,19 @@ def _json_document(path: Path, text: str, notes: list[str]) -> list[Row] | None:
         raise ReadError(
             f"{path}: record {bad + 1} is a {type(records[bad]).__name__}, expected a JSON object"
         )
-    return [(k + 1, _flatten(r)) for k, r in enumerate(records)]
+    return [(k + 1, _flatten(r)) for k, r in enumerate(records)], state
 
 
-def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[Row]]:
-    rows = _json_document(path, text, notes)
-    if rows is None:
-        rows = _json_lines(path, text, notes)
+def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[Row], _TrainerState | None]:
+    doc = _json_document(path, text, notes)
+    rows, state = doc if doc is not None else (_json_lines(path, text, notes), None)
     if not rows:
         raise ReadError(f"{path}: no JSON records")
     columns: dict[str, None] = {}
     for _, flat in rows:
         for k in flat:
             columns.setdefault(k, None)
-    return list(columns), rows
+    return list(columns), rows, state
 
 
 def _json_lines(path: Path, text: str, notes: list[str]) -> list[Row]:
@@ -256,9 +266,16 @@ def read_table(
         notes.append(f"{p.name}: holds JSON lines, not CSV: read it as JSON lines")
     bar = Progress(len(text), f"reading {p.name}", progress)
     try:
-        columns, rows = _jsonl_rows(p, text, notes) if is_json else _csv_rows(p, text, live, notes)
+        state = None
+        if is_json:
+            columns, rows, state = _jsonl_rows(p, text, notes)
+        else:
+            columns, rows = _csv_rows(p, text, live, notes)
         bar.advance(len(text) // 2)
+        if state is not None and window is None and pick_loss(columns, loss, str(p)) == "loss":
+            window = "gap"  # the Trainer logs the mean loss since its previous log
         run = _rows_to_run(p, "jsonl" if is_json else "csv", columns, rows, loss, lr, window, strict, notes)
+        run.planned_steps = None if state is None else state.max_steps
         bar.advance(len(text))
         return run
     finally:
