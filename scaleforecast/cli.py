@@ -31,6 +31,7 @@ from scaleforecast.laws import memory_of
 from scaleforecast.readers import read_run
 from scaleforecast.results import Forecast
 from scaleforecast.run_args import (
+    SCHEDULE_HELP,
     DataNote,
     emit_notes,
     level_arg,
@@ -89,7 +90,7 @@ def add_forecast_parser(subparsers: Any) -> argparse.ArgumentParser:
         "forecast",
         help="forecast the final loss of a run logged as CSV (or JSONL, or TensorBoard)",
         description="Fit the LR-annealing law to a run's losses and forecast the loss at the final step.",
-        epilog=FORECAST_EPILOG,
+        epilog=FORECAST_EPILOG + "\n" + SCHEDULE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fc.add_argument(
@@ -100,7 +101,9 @@ def add_forecast_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lr-file", metavar="RUN.lr.npy", help=".npy of the LR of every update (its length = total)"
     )
     src.add_argument(
-        "--schedule", metavar="SPEC", help="schedule spec, e.g. cosine:peak=3e-4,warmup=100,total=5000"
+        "--schedule",
+        metavar="SPEC",
+        help="schedule spec, e.g. cosine:peak=3e-4,warmup=100,total=5000 (see the spec below)",
     )
     fc.add_argument(
         "--loss-column",

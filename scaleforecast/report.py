@@ -28,7 +28,14 @@ from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.observed import ObservedFinal, observed_final
 from scaleforecast.results import Forecast
-from scaleforecast.run_args import add_run_arguments, emit_notes, level_arg, nonnegative_int, run_from_args
+from scaleforecast.run_args import (
+    SCHEDULE_HELP,
+    add_run_arguments,
+    emit_notes,
+    level_arg,
+    nonnegative_int,
+    run_from_args,
+)
 from scaleforecast.runs import RunData
 from scaleforecast.safe_write import write_bytes, write_text
 
@@ -581,7 +588,7 @@ def add_parser(subparsers: Any) -> None:
         help="picture of a run: observed curve, fitted law, forecast with band, events, numbers",
         description="Draw a run's loss curve, the fitted law and its forecast to the end of the schedule (PNG, "
         "optionally a self-contained HTML page).",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + SCHEDULE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p)

@@ -48,6 +48,7 @@ from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig
 from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig, checked
 from scaleforecast.run_args import (
+    SCHEDULE_HELP,
     add_run_arguments,
     finite_float,
     level_arg,
@@ -527,7 +528,7 @@ def add_parser(subparsers: Any) -> None:
         help="sidecar: forecast a live run from its TensorBoard event files (or a growing CSV/JSONL)",
         description="Follow a live run's TensorBoard event files (or the CSV/JSONL file it appends to) and write the forecast, its band (Margin chart), "
         "figures and alerts into a sibling run directory. Never writes into the job's files.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + SCHEDULE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p)

@@ -448,3 +448,41 @@ def test_a_closed_stdout_ends_quietly(tmp_path: Path, command: list[str]) -> Non
     finally:
         os.close(write_end)
     assert proc.stderr == "" and proc.returncode == 141
+
+
+@pytest.mark.parametrize("command", ["forecast", "report", "watch", "backtest"])
+def test_help_documents_the_schedule_spec(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command that takes --schedule says, in its --help, the kinds, their keys, that cooldown is a
+    fraction and final an absolute LR, and the '/' of milestones; its examples are specs that parse."""
+    from scaleforecast.schedules import SCHEDULE_TYPES, parse_schedule
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    for t in SCHEDULE_TYPES:
+        assert f"\n  {t.model_fields['kind'].default} " in text
+        for key in t.model_fields:
+            if key != "kind":
+                assert f"{key}=" in text, key
+    assert "cooldown=F is a FRACTION of the run" in text and "the ABSOLUTE LR the decay ends at" in text
+    assert "milestones=M1/M2/..." in text
+    examples = [
+        line.split()[-1]
+        for line in text.split("schedule spec (")[1].splitlines()
+        if "e.g." in line or ":peak=" in line
+    ]
+    assert len(examples) == 3
+    for spec in examples:
+        parse_schedule(spec)
+
+
+def test_a_cooldown_given_in_updates_is_said_to_be_a_fraction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = _csv(tmp_path, "step,loss\n1,3.0\n2,2.9\n")
+    spec = "wsd:peak=6e-4,warmup=700,total=19560,cooldown=3912"
+    assert _error(["forecast", str(p), "--schedule", spec], capsys) == (
+        f"{CONTRACT}: error: bad wsd schedule: cooldown: Input should be less than or equal to 1 (spec '{spec}'); "
+        "cooldown is the fraction of the run spent cooling down, in (0, 1], not a number of updates "
+        "(cooldown=3912 updates of total=19560 is cooldown=0.2)"
+    )
