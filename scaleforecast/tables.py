@@ -188,9 +188,9 @@ def _json_lines(path: Path, text: str, notes: list[str]) -> list[Row]:
     if skipped and not rows:
         raise ReadError(f"{path}:{skipped[0][0]}: {skipped[0][1]}")
     if skipped:
-        (line, why), more = skipped[0], len(skipped) - 1
+        (lineno, why), more = skipped[0], len(skipped) - 1
         notes.append(
-            f"{path.name}:{line}: {why}: skipped the line"
+            f"{path.name}:{lineno}: {why}: skipped the line"
             + (f" (and {more} more such line(s))" if more else "")
         )
     return rows
