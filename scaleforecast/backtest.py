@@ -21,7 +21,7 @@ from scaleforecast.forecaster import ForecasterConfig
 from scaleforecast.observed import observed_final
 from scaleforecast.progress import Progress
 from scaleforecast.report import fit_run, png_bytes
-from scaleforecast.run_args import add_run_arguments, level_arg, run_from_args
+from scaleforecast.run_args import SCHEDULE_HELP, add_run_arguments, level_arg, run_from_args
 from scaleforecast.runs import RunData
 from scaleforecast.safe_write import write_bytes
 
@@ -284,7 +284,7 @@ def add_parser(subparsers: Any) -> None:
         help="forecast error over fractions of a finished run (table + picture)",
         description="Refit a finished run on its first 10%, 20%, ... and compare each forecast of the final loss "
         "with the loss it reached.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + SCHEDULE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p)

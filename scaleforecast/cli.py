@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import traceback
 import warnings
@@ -30,6 +31,7 @@ from scaleforecast.laws import memory_of
 from scaleforecast.readers import read_run
 from scaleforecast.results import Forecast
 from scaleforecast.run_args import (
+    SCHEDULE_HELP,
     DataNote,
     emit_notes,
     level_arg,
@@ -88,7 +90,7 @@ def add_forecast_parser(subparsers: Any) -> argparse.ArgumentParser:
         "forecast",
         help="forecast the final loss of a run logged as CSV (or JSONL, or TensorBoard)",
         description="Fit the LR-annealing law to a run's losses and forecast the loss at the final step.",
-        epilog=FORECAST_EPILOG,
+        epilog=FORECAST_EPILOG + "\n" + SCHEDULE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fc.add_argument(
@@ -99,7 +101,9 @@ def add_forecast_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lr-file", metavar="RUN.lr.npy", help=".npy of the LR of every update (its length = total)"
     )
     src.add_argument(
-        "--schedule", metavar="SPEC", help="schedule spec, e.g. cosine:peak=3e-4,warmup=100,total=5000"
+        "--schedule",
+        metavar="SPEC",
+        help="schedule spec, e.g. cosine:peak=3e-4,warmup=100,total=5000 (see the spec below)",
     )
     fc.add_argument(
         "--loss-column",
@@ -167,7 +171,8 @@ def forecast_command(args: argparse.Namespace) -> int:
     at = args.at if args.at else [len(lrs)]
     if min(at) < 1 or max(at) > len(lrs):
         raise ReadError(f"--at steps must lie in 1..{len(lrs)}")
-    references, ignored = _load_references(args, run.loss_name)
+    references, ignored, ref_notes = _load_references(args, run.loss_name)
+    run.warnings.extend(ref_notes)
     forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level, references=references))
     part.feed(forecaster)
     forecaster.refit()
@@ -189,26 +194,34 @@ def forecast_command(args: argparse.Namespace) -> int:
 
 def _load_references(
     args: argparse.Namespace, column: str
-) -> tuple[list[ReferenceFit], list[tuple[str, str]]]:
-    """Fit each ``--reference`` run whole; ``(references, [(path, why it was ignored)])``. A reference is read
-    as strictly as RUN, in RUN's loss column when it logs one."""
+) -> tuple[list[ReferenceFit], list[tuple[str, str]], list[str]]:
+    """Fit each ``--reference`` run whole; ``(references, [(path, why it was ignored)], notes)``. A reference is
+    read as strictly as RUN, in RUN's loss column when it logs one; its data notes come back prefixed with its
+    name, as RUN's own would be said."""
     refs: list[str] = args.reference or []
     lr_files: list[str] = args.reference_lr_file or []
     if len(lr_files) > len(refs):
         raise ReadError(f"{len(lr_files)} --reference-lr-file for {len(refs)} --reference")
     out: list[ReferenceFit] = []
     ignored: list[tuple[str, str]] = []
+    notes: list[str] = []
     for i, ref in enumerate(refs):
         lr_file = lr_files[i] if i < len(lr_files) else None
         try:
             data = read_run(ref, loss=[column, *LOSS_NAMES], lr_file=lr_file, strict=True, warn=False)
         except ReadError as err:
             raise ReadError(f"--reference {ref}: {err}") from None
+        named = Path(ref).name
+        notes += [f"--reference {n if n.startswith(named) else f'{named}: {n}'}" for n in data.warnings]
         lrs = data.lrs
         assert lrs is not None  # read_run raises when it has no LR
         keep = (data.steps >= 1) & (data.steps <= len(lrs)) & np.isfinite(data.losses)
         if not keep.any():
             ignored.append((ref, "no finite loss within its schedule"))
+            continue
+        unfinished = _unfinished(data.steps[keep], len(lrs), lr_file)
+        if unfinished is not None:
+            ignored.append((ref, unfinished))
             continue
         steps, windows = data.steps[keep], data.windows[keep]
         obs = Observations(np.maximum(steps - windows + 1, 1), steps, data.losses[keep], np.ones(len(steps)))
@@ -216,7 +229,23 @@ def _load_references(
             out.append(fit_reference(ref, obs, lrs))
         except NotAnnealed as exc:
             ignored.append((ref, str(exc).removeprefix(f"{ref}: ")))
-    return out, ignored
+    return out, ignored, notes
+
+
+def _unfinished(steps: np.ndarray, total: int, lr_file: str | None) -> str | None:
+    """Why a reference whose losses stop short of the end of its LR is no finished run (``None`` if it is one):
+    more than one log interval and 1% of the run before it. Its fit would judge the annealing by an LR it never
+    reached (a 50k-step LR file given for a 25k-step run reads as a run that never annealed)."""
+    last = int(steps[-1])
+    gaps = np.diff(steps)
+    interval = int(np.median(gaps)) if len(gaps) else 1
+    if total - last <= max(interval, 0.01 * total):
+        return None
+    whose = f"its LR file {lr_file} has" if lr_file is not None else "its LR covers"
+    return (
+        f"{whose} {total} updates but its losses stop at step {last}: a reference must be a finished run "
+        "(is this the LR of this run?)"
+    )
 
 
 def _json_safe(obj: Any) -> Any:
@@ -296,8 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always")
         try:
             status = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in an unraisable error at exit
         except KeyboardInterrupt:
             return 130
+        except BrokenPipeError:
+            return _stdout_closed()
         except (ValueError, OSError) as exc:
             _fail(debug, f"{prefix}: error: {_one_line(exc)}")
             return 2
@@ -316,6 +348,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = note_text(text) if issubclass(w.category, DataNote) else f"{w.category.__name__}: {text}"
         print(f"scaleforecast: {' '.join(line.split())}", file=sys.stderr)
     return status
+
+
+def _stdout_closed() -> int:
+    """Whoever read stdout stopped (``| head``): end quietly with the status of a process killed by SIGPIPE, as
+    Unix tools do. What is still buffered goes nowhere, so that exiting cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 def _fail(debug: bool, line: str) -> None:

@@ -7,8 +7,9 @@ table, CSV or JSON lines (:mod:`scaleforecast.tables`). The per-update LR is att
 :func:`~scaleforecast.schedule_fit.rebuild_lrs`: from ``schedule`` (a spec, a ``.npy`` LR file, a config or an
 array), else from the logged LR, rebuilt from the schedule families when it was not logged at every update.
 
-``strict``: steps that go back in a table, corrupt event records and non-finite logged LRs are errors instead of
-notes. Every error is a one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes,
+``strict``: corrupt event records and logged LRs that are not finite and > 0 (zeros before the first positive LR
+and after the last excepted) are errors instead of notes. Steps that go back keep the newest value of each step,
+with a note, in every format. Every error is a one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes,
 truncation, damage, LR reconstruction, a loss that rises) are in ``RunData.warnings``.
 """
 
@@ -35,7 +36,14 @@ from scaleforecast.runs import (
 from scaleforecast.schedule_fit import rebuild_lrs
 from scaleforecast.schedules import Schedule, ScheduleError, load_lr_file
 from scaleforecast.tables import read_table
-from scaleforecast.tfevents import EVENT_FILE_PREFIX, is_event_file, read_event_scalars
+from scaleforecast.tfevents import (
+    EVENT_FILE_PREFIX,
+    SIDECAR_SUFFIX,
+    NoEventFiles,
+    find_event_files,
+    is_event_file,
+    read_event_scalars,
+)
 
 __all__ = ["LOUD_MARKERS", "detect_format", "read_run", "read_tensorboard", "rising_loss_note"]
 
@@ -74,7 +82,9 @@ def read_tensorboard(
     loss_tag = pick_loss(tags, loss, str(path))
     if loss_tag is None:
         want = loss if loss is not None else "any of " + ", ".join(LOSS_NAMES[:6]) + ", ..."
-        raise ReadError(f"{path}: no loss tag matching {want!r}; scalar tags: {', '.join(tags[:20])}")
+        raise ReadError(
+            f"{path}: no loss tag matching {want!r}; scalar tags: {', '.join(tags[:20])}{_subfolder_tags(Path(path))}"
+        )
     lr_tag = pick([t for t in tags if t != loss_tag], lr, LR_NAMES)
     if lr is not None and lr_tag is None:
         raise ReadError(f"{path}: no LR tag matching {lr!r}; scalar tags: {', '.join(tags[:20])}")
@@ -98,6 +108,49 @@ def read_tensorboard(
         lr_values=lr_values,
         lr_name=lr_tag,
         warnings=notes,
+    )
+
+
+def lightning_csv(path: str | os.PathLike[str]) -> Path | None:
+    """The ``metrics.csv`` a Lightning CSVLogger wrote, for a directory that holds no event files: in it, or in
+    the one ``version_*`` folder below it (several: an error naming them). ``None`` for anything else."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    try:
+        find_event_files(p)
+        return None
+    except NoEventFiles:
+        pass
+    except ReadError:
+        return None  # several runs of event files: said by the TensorBoard reader
+    if (p / "metrics.csv").is_file():
+        return p / "metrics.csv"
+    found = sorted(f for f in p.rglob("metrics.csv") if f.is_file())
+    if len(found) > 1:
+        names = ", ".join(str(f.parent.relative_to(p)) for f in found[:8])
+        raise ReadError(f"{p}: holds {len(found)} CSVLogger runs ({names}); pass one run directory")
+    return found[0] if found else None
+
+
+def _subfolder_tags(path: Path) -> str:
+    """The runs in ``path``'s subfolders and their tags (``SummaryWriter.add_scalars`` writes each series into
+    ``<logdir>/<main tag>_<key>/``), as a hint for an error; empty when there are none."""
+    if not path.is_dir():
+        return ""
+    found = []
+    for sub in sorted(d for d in path.iterdir() if d.is_dir() and not d.name.endswith(SIDECAR_SUFFIX)):
+        try:
+            tags = sorted(read_event_scalars(sub)[0])
+        except ReadError:
+            continue
+        if tags:
+            found.append(f"{sub.name} (tags: {', '.join(tags[:4])})")
+    if not found:
+        return ""
+    return (
+        f"; its subfolders hold more runs (written by add_scalars?): {', '.join(found[:6])}: pass "
+        f"{path / found[0].split(' ')[0]} as the run, with --lr-file or --schedule if its LR is not there"
     )
 
 
@@ -150,13 +203,18 @@ def read_run(
             schedule = load_lr_file(lr_file)
         except ScheduleError as err:
             raise ReadError(str(err)) from None
-    if detect_format(path) == "tensorboard":
+    table = lightning_csv(path)
+    if table is None and detect_format(path) == "tensorboard":
         run = read_tensorboard(path, loss=loss, lr=lr, window=window, progress=progress, strict=strict)
     else:
-        run = read_table(path, loss=loss, lr=lr, window=window, strict=strict, live=live, progress=progress)
+        run = read_table(
+            table or path, loss=loss, lr=lr, window=window, strict=strict, live=live, progress=progress
+        )
+        if table is not None:
+            run.warnings.insert(0, f"{Path(path).name}: no event files; read the CSVLogger file {table}")
     total = total_steps
     if total is None and schedule is None and len(run.lr_steps):
-        total = max(int(run.lr_steps[-1]), run.last_step)
+        total = max(int(run.lr_steps[-1]), run.last_step, run.planned_steps or 0)
     if schedule is not None or len(run.lr_steps):
         run.lr = rebuild_lrs(
             run.lr_steps, run.lr_values, total, schedule, what=Path(path).name, strict=strict

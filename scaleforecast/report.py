@@ -28,7 +28,14 @@ from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.observed import ObservedFinal, observed_final
 from scaleforecast.results import Forecast
-from scaleforecast.run_args import add_run_arguments, emit_notes, level_arg, nonnegative_int, run_from_args
+from scaleforecast.run_args import (
+    SCHEDULE_HELP,
+    add_run_arguments,
+    emit_notes,
+    level_arg,
+    nonnegative_int,
+    run_from_args,
+)
 from scaleforecast.runs import RunData
 from scaleforecast.safe_write import write_bytes, write_text
 
@@ -178,6 +185,15 @@ def fit_run(
     return fc
 
 
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _by_importance(events: list[Event]) -> list[Event]:
+    """Critical events first, then warnings, then the rest, each by step: the panel shows only the first few, and
+    a run that went NaN must not have it hidden behind its spikes."""
+    return sorted(events, key=lambda e: (_SEVERITY_RANK.get(e.severity, len(_SEVERITY_RANK)), e.step))
+
+
 def detect_events(run: RunData, fc: OnlineForecaster) -> list[Event]:
     """Health events over the whole run from the detectors (non-finite, spikes, drift, stagnation), judged
     against the law fitted here, debounced as in a live run. A failing detector is skipped: a report is still
@@ -258,7 +274,7 @@ def build_report(
         forecast=forecast,
         curve=curve,
         fit_step=fit_step,
-        events=sorted(detect_events(run, fc) + advice_events, key=lambda e: e.step),
+        events=_by_importance(detect_events(run, fc) + advice_events),
         what_if=what_if,
         observed=observed_final(run),
     )
@@ -572,7 +588,7 @@ def add_parser(subparsers: Any) -> None:
         help="picture of a run: observed curve, fitted law, forecast with band, events, numbers",
         description="Draw a run's loss curve, the fitted law and its forecast to the end of the schedule (PNG, "
         "optionally a self-contained HTML page).",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + SCHEDULE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p)

@@ -17,6 +17,7 @@ from scaleforecast.schedules import MAX_TOTAL_STEPS
 
 __all__ = [
     "RUN_HELP",
+    "SCHEDULE_HELP",
     "DataNote",
     "add_run_arguments",
     "emit_notes",
@@ -31,6 +32,25 @@ __all__ = [
 ]
 
 RUN_HELP = "a TensorBoard log dir (or event file), a .csv or a .jsonl run"
+
+SCHEDULE_HELP = """\
+schedule spec (--schedule KIND:KEY=VALUE,...), one LR per optimizer update:
+  every kind:  peak=LR (required: the LR at the end of warm-up), total=N (required: updates in the run),
+               warmup=N (linear warm-up from 0, in updates; default 0)
+  constant     peak after the warm-up
+  cosine       cosine decay from peak to final over the updates after the warm-up
+  linear       linear decay from peak to final
+  wsd          warm-up, stable at peak, then a cooldown over the last cooldown*total updates:
+               cooldown=F is a FRACTION of the run in (0, 1] (0.2 = the last 20%), not a number of
+               updates; shape=linear|1-sqrt|cosine|exp (default linear)
+  step         peak times gamma at each milestone: milestones=M1/M2/... (update counts, separated by
+               '/'), gamma=G (default 0.1)
+  inv_sqrt     peak * sqrt(T / (T + j)), j updates after the warm-up: timescale=T (default: warmup)
+  final=LR     (cosine, linear, wsd) the ABSOLUTE LR the decay ends at, not a fraction of peak (default 0)
+  e.g.  cosine:peak=6e-4,warmup=700,total=19560,final=6e-5
+        wsd:peak=1e-3,warmup=300,total=25000,cooldown=0.2,shape=1-sqrt
+        step:peak=1e-3,total=1000,milestones=500/800,gamma=0.1
+"""
 
 
 class DataNote(UserWarning):
@@ -119,7 +139,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src = parser.add_mutually_exclusive_group()
     src.add_argument(
-        "--schedule", metavar="SPEC", help="exact schedule, e.g. cosine:peak=3e-4,warmup=100,total=5000"
+        "--schedule",
+        metavar="SPEC",
+        help="exact schedule, e.g. cosine:peak=3e-4,warmup=100,total=5000 (see the spec below)",
     )
     src.add_argument("--lr-file", metavar="RUN.lr.npy", help=".npy of the LR of every update")
     parser.add_argument(

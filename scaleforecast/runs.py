@@ -28,6 +28,7 @@ __all__ = [
     "ReadError",
     "RunData",
     "WindowSpec",
+    "averages_gap",
     "clean_series",
     "keep_newest",
     "loss_windows",
@@ -48,6 +49,8 @@ LOSS_NAMES: tuple[str, ...] = (
     "train/lm_loss",
     "lm_loss",
     "training_loss",
+    # PyTorch's SummaryWriter tutorial
+    "loss/train",
     # the observed loss this plugin's callbacks write (the mean of each flush), for a run that logs none itself
     "forecast/observed_vs_forecast",
 )
@@ -87,7 +90,8 @@ class RunData:
     ``steps`` (int64, strictly increasing, >= 1), ``losses`` (float64; NaN/Inf kept so the forecaster can count
     them), ``windows`` (int64 >= 1: the number of updates each loss averages). ``lrs[k]`` is the LR of update
     ``k + 1``; its length is the run's planned total. ``lr_steps``/``lr_values`` are the LR points as logged.
-    ``warnings`` are notes about the data (resumes, damage, LR reconstruction), one line each.
+    ``warnings`` are notes about the data (resumes, damage, LR reconstruction), one line each. ``planned_steps``:
+    the run's planned length when the log itself says it (an HF ``trainer_state.json``'s ``max_steps``).
     """
 
     source: str
@@ -101,6 +105,7 @@ class RunData:
     lr: LRReconstruction | None = None
     lr_name: str | None = None
     warnings: list[str] = field(default_factory=list)
+    planned_steps: int | None = None
 
     @property
     def lrs(self) -> np.ndarray | None:
@@ -171,15 +176,35 @@ def keep_newest(steps: np.ndarray) -> np.ndarray:
     return np.r_[steps[:-1] < suffix_min[1:], True]
 
 
+def averages_gap(name: str, window: WindowSpec | None) -> bool:
+    """Whether a loss named ``name`` read with ``window`` is the mean since the previous log (see
+    :func:`loss_windows`)."""
+    return window == "gap" or (window in (None, "auto") and pick([name], None, GAP_WINDOW_NAMES) is not None)
+
+
+def _usual_gap(gaps: np.ndarray) -> int:
+    """The most common gap (a tie goes to the longest: no interval is usual then, and a longer first window is
+    closer to what the log itself says, the updates since step 0)."""
+    values, counts = np.unique(gaps, return_counts=True)
+    return int(values[counts == counts.max()].max())
+
+
 def loss_windows(steps: np.ndarray, name: str, window: WindowSpec | None) -> np.ndarray:
     """How many updates each logged loss averages: ``window`` (an int), ``"gap"`` (since the previous log, as
-    HF Trainer and Megatron log) or ``None``/``"auto"`` (gap for the tags in :data:`GAP_WINDOW_NAMES`, else 1)."""
-    if window is None or window == "auto":
-        window = "gap" if name in GAP_WINDOW_NAMES else 1
-    if window == "gap":
-        prev = np.r_[0, steps[:-1]]
-        return np.maximum(steps - prev, 1).astype(np.int64)
-    w = int(window)
+    HF Trainer and Megatron log) or ``None``/``"auto"`` (gap for the tags in :data:`GAP_WINDOW_NAMES`, else 1).
+
+    With ``"gap"`` the first point averages the log's usual interval (its most common gap), never
+    more than the updates since step 0: a log that starts partway through a run (a job resumed into a fresh log
+    folder) has no previous point, and its first loss is the mean of one interval, not of everything before it.
+    A log of one point has no interval: its window is its step."""
+    if averages_gap(name, window):
+        steps = np.asarray(steps, dtype=np.int64)
+        if not len(steps):
+            return np.zeros(0, dtype=np.int64)
+        gaps = np.diff(steps)
+        first = int(steps[0]) if not len(gaps) else min(int(steps[0]), _usual_gap(gaps))
+        return np.maximum(np.r_[first, gaps], 1).astype(np.int64)
+    w = int(window) if isinstance(window, int) else 1
     if w < 1:
         raise ReadError(f"window must be >= 1, got {w}")
     return np.full(len(steps), w, dtype=np.int64)
@@ -189,40 +214,74 @@ def _is_pattern(name: str) -> bool:
     return any(ch in name for ch in "*?[")
 
 
+# W&B's CSV export names a column "<run name> - <key>" and adds "<run name> - <key>__MIN" / "__MAX" beside it.
+_WANDB_SEP = " - "
+_COMPANIONS = ("__min", "__max")
+
+
+def _is_companion(name: str) -> bool:
+    return name.lower().endswith(_COMPANIONS)
+
+
+def _loose_names(name: str) -> tuple[str, ...]:
+    """What a column or tag answers to besides its exact name: its name in lower case and, for a W&B export
+    column ``<run> - <key>``, its key in lower case. A W&B ``__MIN``/``__MAX`` companion answers to nothing."""
+    if _is_companion(name):
+        return ()
+    low = name.lower()
+    if _WANDB_SEP in name:
+        return (low, low.rsplit(_WANDB_SEP, 1)[1].strip())
+    return (low,)
+
+
+def _matches(available: Sequence[str], cand: str) -> list[str]:
+    """The names in ``available`` that ``cand`` names: exactly (a glob: case and all), else loosely (see
+    :func:`_loose_names`); sorted, exact matches only when there are any."""
+    if cand in available:
+        return [cand]
+    if _is_pattern(cand):
+        hits = sorted(a for a in available if fnmatch.fnmatchcase(a, cand) and not _is_companion(a))
+        if hits:
+            return hits
+        low = cand.lower()
+        return sorted(a for a in available if any(fnmatch.fnmatchcase(n, low) for n in _loose_names(a)))
+    low = cand.lower()
+    return sorted(a for a in available if low in _loose_names(a))
+
+
+def _candidates(wanted: str | Sequence[str] | None, defaults: Sequence[str]) -> Sequence[str]:
+    if wanted is None:
+        return defaults
+    return [wanted] if isinstance(wanted, str) else wanted
+
+
 def pick(available: Sequence[str], wanted: str | Sequence[str] | None, defaults: Sequence[str]) -> str | None:
     """The first name in ``wanted`` (or ``defaults``) present in ``available``; names may be glob patterns
-    (several matches of one pattern: the first in sorted order)."""
-    if wanted is None:
-        candidates: Sequence[str] = defaults
-    elif isinstance(wanted, str):
-        candidates = [wanted]
-    else:
-        candidates = wanted
-    for cand in candidates:
-        if cand in available:
-            return cand
-        if _is_pattern(cand):
-            hits = sorted(a for a in available if fnmatch.fnmatchcase(a, cand))
-            if hits:
-                return hits[0]
+    (several matches of one pattern: the first in sorted order). A name that is not present exactly matches
+    regardless of case, and matches the ``<run> - <name>`` columns of a W&B export (never their ``__MIN`` and
+    ``__MAX`` companions)."""
+    for cand in _candidates(wanted, defaults):
+        hits = _matches(available, cand)
+        if hits:
+            return hits[0]
     return None
 
 
 def pick_loss(available: Sequence[str], wanted: str | Sequence[str] | None, where: str) -> str | None:
     """The loss column or tag: like :func:`pick`, but a pattern never picks an LR or step column, and when it
     matches several names the known loss names win (``train/*`` on an HF log is ``train/loss``, not
-    ``train/learning_rate``); a pattern left ambiguous after that is an error naming the matches."""
-    if wanted is None:
-        return pick(available, None, LOSS_NAMES)
-    for cand in [wanted] if isinstance(wanted, str) else list(wanted):
-        if cand in available:
-            return cand
-        if not _is_pattern(cand):
-            continue
-        hits = sorted(a for a in available if fnmatch.fnmatchcase(a, cand))
-        hits = [h for h in hits if pick([h], None, LR_NAMES) is None and h not in STEP_COLUMNS]
+    ``train/learning_rate``); a pattern or a name left ambiguous after that (a W&B export of several runs) is
+    an error naming the matches."""
+    for cand in _candidates(wanted, LOSS_NAMES):
+        hits = _matches(available, cand)
+        if _is_pattern(cand):
+            hits = [
+                h for h in hits if pick([h], None, LR_NAMES) is None and pick([h], None, STEP_COLUMNS) is None
+            ]
         if len(hits) > 1:
-            known = [h for h in hits if h in LOSS_NAMES] or [h for h in hits if "loss" in h.lower()]
+            known = [h for h in hits if pick([h], None, LOSS_NAMES) is not None] or [
+                h for h in hits if "loss" in h.lower()
+            ]
             if len(known) == 1:
                 return known[0]
             raise ReadError(

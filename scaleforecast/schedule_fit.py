@@ -28,6 +28,7 @@ from scaleforecast.schedules import (
     StepSchedule,
     WSDSchedule,
     as_lrs,
+    edge_zeros,
     parse_schedule,
     validate_lrs,
 )
@@ -263,6 +264,22 @@ def fit_schedule(steps: np.ndarray, values: np.ndarray, total: int) -> list[tupl
     return [(m, rms, s) for m, rms, _, s in results]
 
 
+def _cooldown_hint(message: str, spec: object) -> str:
+    """For a WSD ``cooldown`` refused as out of range: that it is a fraction of the run, with the fraction a
+    number of updates given as ``cooldown`` would be (a common slip: ``cooldown=3912`` for 20% of 19560)."""
+    if "cooldown:" not in message or not isinstance(spec, str):
+        return ""
+    keys = dict(kv.split("=", 1) for kv in spec.partition(":")[2].split(",") if "=" in kv)
+    hint = "; cooldown is the fraction of the run spent cooling down, in (0, 1], not a number of updates"
+    try:
+        cooldown, total = float(keys["cooldown"]), float(keys["total"])
+    except (KeyError, ValueError):
+        return hint
+    if 1 < cooldown < total:
+        hint += f" (cooldown={cooldown:g} updates of total={total:g} is cooldown={cooldown / total:.4g})"
+    return hint
+
+
 def rebuild_lrs(
     lr_steps: np.ndarray,
     lr_values: np.ndarray,
@@ -282,9 +299,9 @@ def rebuild_lrs(
     lr_steps = np.asarray(lr_steps, dtype=np.int64)
     lr_values = np.asarray(lr_values, dtype=np.float64)
     notes: list[str] = []
-    # An exact 0 is a real LR at the first update (warm-up from zero) and at the last (decay to zero).
-    edge = (lr_steps == 1) | ((lr_steps == lr_steps.max()) if len(lr_steps) else False)
-    finite = np.isfinite(lr_values) & ((lr_values > 0) | ((lr_values == 0) & edge))
+    # Exact zeros before the first positive LR (a warm-up from zero) and after the last (a decay to zero) are
+    # real LRs: the rule an LR file is held to (schedules.edge_zeros).
+    finite = np.isfinite(lr_values) & ((lr_values > 0) | edge_zeros(lr_values))
     if not finite.all():
         i = int(np.argmax(~finite))
         if strict and schedule is None:
@@ -307,7 +324,7 @@ def rebuild_lrs(
                 sched = schedule if hasattr(schedule, "lrs") else None  # type: ignore[assignment]
                 lrs = as_lrs(schedule)
         except ScheduleError as err:
-            raise ReadError(str(err)) from None
+            raise ReadError(str(err) + _cooldown_hint(str(err), schedule)) from None
         if total is not None and total != len(lrs):
             raise ReadError(f"{what}: the schedule has {len(lrs)} updates but the run's total is {total}")
         rec = LRReconstruction(lrs=lrs, source="schedule", schedule=sched, warnings=notes)

@@ -7,8 +7,9 @@ Empty cells, ``null`` and ``none`` mean "not logged"; ``nan``/``inf`` losses are
 them). Every problem is a one-line :class:`~scaleforecast.runs.ReadError` naming the file and, where there is
 one, the line.
 
-``strict`` is the mode of the ``forecast`` command: steps that go back are an error (not a resumed run to sort
-out), and the loss column may hold only step-0 values (the forecast then says there is too little data).
+Steps that go back (a resumed run re-logging the steps after its checkpoint) keep the newest value of each step,
+with a note, as in event files. ``strict`` is the mode of the ``forecast`` command: the loss column may hold only
+step-0 values (the forecast then says there is too little data).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,15 @@ from scaleforecast.runs import (
     ReadError,
     RunData,
     WindowSpec,
+    clean_series,
     keep_newest,
     loss_windows,
     pick,
     pick_loss,
 )
+from scaleforecast.tfevents import TailResult
 
-__all__ = ["JSONL_SUFFIXES", "read_table"]
+__all__ = ["JSONL_SUFFIXES", "TableTailer", "read_table"]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _MISSING = ("", "none", "null")
@@ -105,10 +109,67 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[Row]]:
+def _json_error(err: Exception) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return f"not valid JSON ({err.msg} at column {err.colno})"
+    return "not valid JSON (nested too deeply)"
+
+
+@dataclass
+class _TrainerState:
+    """What an HF ``trainer_state.json`` says beyond its records: the run's planned length (``max_steps``)."""
+
+    max_steps: int | None
+
+
+def _json_document(path: Path, text: str, notes: list[str]) -> tuple[list[Row], _TrainerState | None] | None:
+    """The records of a file that is one JSON document rather than JSON lines: an HF ``trainer_state.json``
+    (its ``log_history``, and the state) or a list of objects; ``None`` when the file is not one document."""
+    if "\n" not in text.strip():
+        return None  # one line is JSON lines of one record
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    state = None
+    if isinstance(doc, dict) and isinstance(doc.get("log_history"), list):
+        records = doc["log_history"]
+        notes.append(f"{path.name}: an HF Trainer state: read its log_history ({len(records)} records)")
+        planned = doc.get("max_steps")
+        state = _TrainerState(planned if isinstance(planned, int) and planned > 0 else None)
+    elif isinstance(doc, list):
+        records = doc
+    else:
+        raise ReadError(
+            f"{path}: one JSON {type(doc).__name__}, not JSON lines (one object per line) or an HF "
+            "trainer_state.json (with a log_history)"
+        )
+    bad = next((k for k, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise ReadError(
+            f"{path}: record {bad + 1} is a {type(records[bad]).__name__}, expected a JSON object"
+        )
+    return [(k + 1, _flatten(r)) for k, r in enumerate(records)], state
+
+
+def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[Row], _TrainerState | None]:
+    doc = _json_document(path, text, notes)
+    rows, state = doc if doc is not None else (_json_lines(path, text, notes), None)
+    if not rows:
+        raise ReadError(f"{path}: no JSON records")
+    columns: dict[str, None] = {}
+    for _, flat in rows:
+        for k in flat:
+            columns.setdefault(k, None)
+    return list(columns), rows, state
+
+
+def _json_lines(path: Path, text: str, notes: list[str]) -> list[Row]:
+    """One record per line. A line that is not a JSON object is skipped with a note (one for them all), unless
+    no line is one; a cut-off last line is being written."""
     lines = text.splitlines()
     rows: list[Row] = []
-    columns: dict[str, None] = {}
+    skipped: list[tuple[int, str]] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -118,21 +179,21 @@ def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], lis
             if i == len(lines) - 1 and not text.endswith(("\n", "\r")):
                 notes.append(f"{path.name}: last line is cut off (still being written?); skipped it")
                 continue
-            msg = (
-                f"{err.msg} at column {err.colno}"
-                if isinstance(err, json.JSONDecodeError)
-                else "nested too deeply"
-            )
-            raise ReadError(f"{path}:{i + 1}: not valid JSON ({msg})") from None
+            skipped.append((i + 1, _json_error(err)))
+            continue
         if not isinstance(obj, dict):
-            raise ReadError(f"{path}:{i + 1}: expected a JSON object, got {type(obj).__name__}")
-        flat = _flatten(obj)
-        for k in flat:
-            columns.setdefault(k, None)
-        rows.append((i + 1, flat))
-    if not rows:
-        raise ReadError(f"{path}: no JSON records")
-    return list(columns), rows
+            skipped.append((i + 1, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        rows.append((i + 1, _flatten(obj)))
+    if skipped and not rows:
+        raise ReadError(f"{path}:{skipped[0][0]}: {skipped[0][1]}")
+    if skipped:
+        (lineno, why), more = skipped[0], len(skipped) - 1
+        notes.append(
+            f"{path.name}:{lineno}: {why}: skipped the line"
+            + (f" (and {more} more such line(s))" if more else "")
+        )
+    return rows
 
 
 def _num(cell: Any, where: str, column: str) -> float | None:
@@ -183,13 +244,6 @@ def _steps(rows: Sequence[Row], col: str, where: str) -> tuple[np.ndarray, np.nd
     return present, np.where(present, values, 0).astype(np.int64)
 
 
-def _check_order(path: Path, steps: np.ndarray, column: str) -> None:
-    bad = np.flatnonzero(np.diff(steps) <= 0)
-    if len(bad):
-        i = int(bad[0])
-        raise ReadError(f"{path}: steps out of order in column {column!r}: {steps[i + 1]} after {steps[i]}")
-
-
 def read_table(
     path: str | os.PathLike[str],
     *,
@@ -212,9 +266,16 @@ def read_table(
         notes.append(f"{p.name}: holds JSON lines, not CSV: read it as JSON lines")
     bar = Progress(len(text), f"reading {p.name}", progress)
     try:
-        columns, rows = _jsonl_rows(p, text, notes) if is_json else _csv_rows(p, text, live, notes)
+        state = None
+        if is_json:
+            columns, rows, state = _jsonl_rows(p, text, notes)
+        else:
+            columns, rows = _csv_rows(p, text, live, notes)
         bar.advance(len(text) // 2)
+        if state is not None and window is None and pick_loss(columns, loss, str(p)) == "loss":
+            window = "gap"  # the Trainer logs the mean loss since its previous log
         run = _rows_to_run(p, "jsonl" if is_json else "csv", columns, rows, loss, lr, window, strict, notes)
+        run.planned_steps = None if state is None else state.max_steps
         bar.advance(len(text))
         return run
     finally:
@@ -281,22 +342,14 @@ def _rows_to_run(
             )
         win_l = w.astype(np.int64)
     lr_use = present_step & has_lr
-    lr_steps, lr_vals = steps[lr_use], lr_values[lr_use]
-    if strict:
-        _check_order(path, steps_l, loss_col)
-        if lr_col is not None:
-            _check_order(path, lr_steps, lr_col)
-    else:
-        keep = keep_newest(steps_l)
-        if not keep.all():
-            notes.append(
-                f"{path.name}: {loss_col}: steps go back (a resumed run?): kept the newest of each step, dropped "
-                f"{int((~keep).sum())} point(s)"
-            )
-            steps_l, losses_l = steps_l[keep], losses_l[keep]
-            win_l = None if win_l is None else win_l[keep]
-        keep = keep_newest(lr_steps)
-        lr_steps, lr_vals = lr_steps[keep], lr_vals[keep]
+    # A resume re-logs the steps after its checkpoint: the newest value of each step wins, as in event files.
+    keep = keep_newest(steps_l)
+    if not keep.all():
+        win_l = None if win_l is None else win_l[keep]
+    steps_l, losses_l = clean_series(steps_l, losses_l, what=f"{path.name}: {loss_col}", notes=notes)
+    lr_steps, lr_vals = clean_series(
+        steps[lr_use], lr_values[lr_use], what=f"{path.name}: {lr_col}", notes=notes
+    )
     # Step 0 is the model before any update: the law has no value there (S1 = 0).
     after = steps_l >= 1
     steps_l, losses_l = steps_l[after], losses_l[after]
@@ -317,3 +370,129 @@ def _rows_to_run(
         lr_name=lr_col,
         warnings=notes,
     )
+
+
+# ------------------------------------------------------------------------------------------------ live
+def _loose_number(cell: Any) -> float | None:
+    """A cell as a float, or ``None`` when it is not logged or not a number (a live table's text columns)."""
+    try:
+        return _num(cell, "", "")
+    except ReadError:
+        return None
+
+
+class TableTailer:
+    """Follow a growing CSV or JSON-lines run: each :meth:`poll` reads the whole lines appended since the last and
+    returns every numeric column as a scalar series keyed by the step column, as
+    :class:`~scaleforecast.tfevents.EventTailer` returns tags.
+
+    A last line without its line end is still being written: it is read on a later poll, never reported. A file
+    that shrinks or is replaced is read again from its start (``reset``); a missing file is waited for. A JSON
+    line that is not an object is skipped with a note naming it. A CSV without a step column raises
+    :class:`ReadError`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._restart(None)
+
+    def _restart(self, inode: int | None) -> None:
+        self.inode = inode
+        self.pos = 0
+        self.lineno = 0
+        self.header: list[str] | None = None
+        self.is_json: bool | None = None
+        self.series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def poll(self) -> TailResult:
+        """Read what is new (see the class doc)."""
+        result = TailResult(scalars={})
+        try:
+            st = self.path.stat()
+        except OSError as err:
+            result.waiting = f"cannot read {self.path}: {err.strerror or err}"
+            result.reset = self.inode is not None
+            self._restart(None)
+            return result
+        if self.inode is not None and (st.st_ino != self.inode or st.st_size < self.pos):
+            result.reset = True
+            self._restart(st.st_ino)
+        self.inode = st.st_ino
+        result.run_dir = self.path
+        if st.st_size > self.pos:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.pos)
+                data = fh.read(st.st_size - self.pos)
+            whole = data.rfind(b"\n") + 1  # what follows the last line end is still being written
+            if whole:
+                self._consume(
+                    data[:whole].decode("utf-8-sig" if self.pos == 0 else "utf-8", "replace"), result
+                )
+                self.pos += whole
+        result.scalars = {
+            col: (np.asarray(s, dtype=np.int64), np.asarray(v, dtype=np.float64))
+            for col, (s, v) in self.series.items()
+        }
+        return result
+
+    def _consume(self, text: str, result: TailResult) -> None:
+        if self.is_json is None:
+            first = text.lstrip()[:1]
+            if not first:
+                return
+            self.is_json = first == "{" or self.path.suffix.lower() in JSONL_SUFFIXES
+        lines = text.splitlines()
+        start = self.lineno
+        self.lineno += len(lines)
+        if self.is_json:
+            records = self._json_records(lines, start, result)
+        else:
+            records = self._csv_records(lines, start)
+        for row in records:
+            self._add(row)
+
+    def _json_records(self, lines: list[str], start: int, result: TailResult) -> list[dict[str, Any]]:
+        out = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as err:
+                result.notes.append(f"{self.path.name}:{start + i + 1}: {_json_error(err)}: skipped the line")
+                continue
+            if not isinstance(obj, dict):
+                result.notes.append(
+                    f"{self.path.name}:{start + i + 1}: expected a JSON object, got {type(obj).__name__}: skipped "
+                    "the line"
+                )
+                continue
+            out.append(_flatten(obj))
+        return out
+
+    def _csv_records(self, lines: list[str], start: int) -> list[dict[str, Any]]:
+        delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
+        cells_of = list(csv.reader(lines, delimiter=delimiter))
+        out = []
+        for cells in cells_of:
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            if self.header is None:
+                self.header = [c.strip() or f"(column {i + 1})" for i, c in enumerate(cells)]
+                if pick(self.header, None, STEP_COLUMNS) is None:
+                    raise ReadError(f"{self.path}: no 'step' column (columns: {', '.join(self.header)})")
+                continue
+            out.append(dict(zip(self.header, cells, strict=False)))
+        return out
+
+    def _add(self, row: dict[str, Any]) -> None:
+        step_col = pick(list(row), None, STEP_COLUMNS)
+        step = None if step_col is None else _loose_number(row[step_col])
+        if step is None or not (0 <= step < MAX_STEP) or step != int(step):
+            return
+        for col, cell in row.items():
+            value = None if col == step_col else _loose_number(cell)
+            if value is not None:
+                steps, values = self.series.setdefault(col, ([], []))
+                steps.append(int(step))
+                values.append(value)

@@ -468,8 +468,6 @@ class EventTailer:
         scan = scan_records(data, searching=state.searching)
         if base == 0 and not len(scan.starts) and (scan.damage or scan.searching) and len(data) >= _HEADER:
             msg = f"{f}: not a TensorBoard event file (no valid record in its first {len(data)} bytes)"
-            if not self.live:
-                raise ReadError(msg)
             state.unusable = msg
             self._note(result, msg)
             return False
@@ -580,9 +578,16 @@ def read_event_scalars(
 
     Files are read in name order (their names start with the creation time); steps that go back across or
     within files are left to :func:`~scaleforecast.runs.clean_series`. Damage is skipped and noted, or raised
-    as :class:`ReadError` with ``strict``; a file that is not an event file at all is always an error.
+    as :class:`ReadError` with ``strict``; a file that is not an event file at all is skipped with a note, or is
+    an error when no file of the run is one.
     """
-    result = EventTailer(path, live=False, progress=progress).poll()
+    tailer = EventTailer(path, live=False, progress=progress)
+    result = tailer.poll()
+    unusable = [st.unusable for st in tailer.files.values() if st.unusable is not None]
+    if unusable and len(unusable) == len(tailer.files):
+        raise ReadError(unusable[0])
     if strict and result.damage:
         raise ReadError(result.damage[0].message())
-    return result.scalars, result.notes
+    # A stray file among the run's event files (a copy cut short, another tool's output) costs only itself.
+    notes = [f"{n}; skipped it, read the other event files" if n in unusable else n for n in result.notes]
+    return result.scalars, notes

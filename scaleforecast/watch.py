@@ -1,8 +1,9 @@
-"""``scaleforecast watch LOGDIR``: a sidecar that forecasts a live run from its TensorBoard event files.
+"""``scaleforecast watch RUN``: a sidecar that forecasts a live run from its TensorBoard event files, or from the
+CSV or JSON-lines file it appends to.
 
 For jobs without a callback (Megatron, NeMo, torchtitan, custom loops). Every ``--interval`` seconds it reads
 what the job appended to its event files (:class:`~scaleforecast.tfevents.EventTailer`, every record's checksums
-verified), feeds the new losses to a :class:`~scaleforecast.monitor.RunMonitor` (online forecaster, refit policy,
+verified) or to its table (:class:`~scaleforecast.tables.TableTailer`, whole lines only), feeds the new losses to a :class:`~scaleforecast.monitor.RunMonitor` (online forecaster, refit policy,
 health checks, schedule advice) and writes the forecast scalars, the Margin chart, figures and alerts through
 the :class:`~scaleforecast.tensorboard_sink.TensorBoardSink` into a *sibling* run directory,
 ``<run dir>-scaleforecast``, so TensorBoard pointed at the parent shows both side by side. It only ever reads the
@@ -26,12 +27,16 @@ corrupt records are each reported once. SIGINT/SIGTERM stop it cleanly after a l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,7 @@ from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig
 from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig, checked
 from scaleforecast.run_args import (
+    SCHEDULE_HELP,
     add_run_arguments,
     finite_float,
     level_arg,
@@ -50,11 +56,20 @@ from scaleforecast.run_args import (
     positive_float,
     positive_int,
 )
-from scaleforecast.runs import LR_NAMES, ReadError, clean_series, loss_windows, pick, pick_loss
+from scaleforecast.runs import (
+    LR_NAMES,
+    ReadError,
+    averages_gap,
+    clean_series,
+    loss_windows,
+    pick,
+    pick_loss,
+)
 from scaleforecast.safe_write import make_output_dir
 from scaleforecast.schedule_fit import LR_TRUST_OK, LRReconstruction, rebuild_lrs, warming_up
+from scaleforecast.tables import JSONL_SUFFIXES, TableTailer
 from scaleforecast.tensorboard_sink import ADVICE_CHARTS, TensorBoardSink
-from scaleforecast.tfevents import SIDECAR_SUFFIX, EventTailer
+from scaleforecast.tfevents import EVENT_FILE_PREFIX, SIDECAR_SUFFIX, EventTailer, is_event_file
 
 __all__ = ["Watcher", "sidecar_dir"]
 
@@ -63,6 +78,7 @@ examples:
   scaleforecast watch runs/gpt-350m --schedule cosine:peak=3e-4,warmup=2000,total=100000
   scaleforecast watch megatron/tensorboard --loss "lm loss" --total-steps 50000 --interval 60
   scaleforecast watch lightning_logs/version_0 --lr-file plan.lr.npy --target-loss 2.9
+  scaleforecast watch train_log.jsonl --schedule wsd:peak=1e-3,warmup=300,total=25000,cooldown=0.2
   tensorboard --logdir runs/    # shows runs/gpt-350m and runs/gpt-350m-scaleforecast side by side
 
 Polling interval: --interval seconds (default 30). Lag from a logged loss to its forecast: the job's writer
@@ -74,6 +90,36 @@ or after --max-idle seconds without new points.
 """
 
 MAX_FAILED_POLLS = 5
+# How the forecaster words a rewind (forecaster.OnlineForecaster._rewind); the sidecar says it in its own line.
+_REWIND = "step went back to "
+
+
+class _DropRewindRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_REWIND)
+
+
+@contextlib.contextmanager
+def _said_here() -> Iterator[None]:
+    """Keep the forecaster's log record of a rewind off stderr while the sidecar feeds it (it says it itself)."""
+    logger = logging.getLogger("scaleforecast.forecaster")
+    quiet = _DropRewindRecords()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", *JSONL_SUFFIXES)
+
+
+def is_table(path: Path) -> bool:
+    """Whether ``path`` is a CSV or JSON-lines run (by its name, so that a file not written yet is followed as
+    what it will be; an existing file by its first bytes too)."""
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return True
+    return path.is_file() and not path.name.startswith(EVENT_FILE_PREFIX) and not is_event_file(path)
 
 
 def sidecar_dir(run_dir: Path) -> Path:
@@ -152,7 +198,9 @@ class Watcher:
             verbose=False,
             on_event=self._on_event,
         )
-        self.tailer = EventTailer(self.logdir, live=True)
+        self.tailer: EventTailer | TableTailer = (
+            TableTailer(self.logdir) if is_table(self.logdir) else EventTailer(self.logdir, live=True)
+        )
         self.stop_event = threading.Event()
         self.fed_steps = np.zeros(0, dtype=np.int64)
         self.fed_losses = np.zeros(0)
@@ -278,7 +326,8 @@ class Watcher:
             return 0
         if self._waiting is not None:
             self._waiting = None
-            self.log(f"found event files in {res.run_dir}")
+            found = "event files in " if isinstance(self.tailer, EventTailer) else ""
+            self.log(f"found {found}{res.run_dir}")
         scalars = res.scalars
         if not scalars:
             return 0
@@ -311,7 +360,9 @@ class Watcher:
                     points=int(past.sum()),
                 )
             steps, losses = steps[~past], losses[~past]
-        if not len(steps):
+        if not len(steps) or (len(steps) < 2 and averages_gap(tag, self.window)):
+            # A lone mean-since-the-last-log point has no interval yet (a log that starts partway through a
+            # run): its window is known once the next point comes.
             return 0
         self._update_lr(scalars)
         if self.monitor.forecaster.schedule is None:
@@ -321,21 +372,47 @@ class Watcher:
             self.log(
                 f"event files changed under us; re-reading from step {steps[start] if start < len(steps) else '-'}"
             )
-        new_steps, new_losses = steps[start:], losses[start:]
         self.fed_steps, self.fed_losses = steps, losses
-        if not len(new_steps):
+        if start >= len(steps):
             return 0
         self._ensure_sink(run_dir)
-        windows = loss_windows(steps, tag, self.window)[start:]
+        windows = loss_windows(steps, tag, self.window)
+        feed_from = self._rewind_point(steps, windows, start)
+        with _said_here(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self._feed(steps[feed_from:], losses[feed_from:], windows[feed_from:])
+        for w in caught:
+            # The forecaster's own rewind message counts the points it re-reads; the line above said it right.
+            if not str(w.message).startswith(_REWIND):
+                self.log(note_text(" ".join(str(w.message).split())))
+        return len(steps) - start
+
+    def _rewind_point(self, steps: np.ndarray, windows: np.ndarray, start: int) -> int:
+        """Where to feed from when the points from ``start`` on go back before the forecaster's last step (a
+        resume): the point after the last history bin that survives the rewind. The forecaster drops every bin
+        that ends after the rewind (a bin cannot be split), so the points of the bin that straddles it are fed
+        again; the history then holds exactly the points up to the rewind and the new ones."""
+        fc = self.monitor.forecaster
+        if fc.n_observations == 0 or steps[start] > fc.last_step:
+            return start
+        back_to = int(steps[start] - windows[start])
+        self.log(
+            f"steps went back to {steps[start]} after {fc.last_step} (a resume from an older checkpoint?): the "
+            f"forecast now holds the points up to step {back_to} and those logged since"
+        )
+        ends = fc.observations().end
+        kept = ends[ends <= back_to]
+        return min(start, int(np.searchsorted(steps, kept[-1] if len(kept) else 0, side="right")))
+
+    def _feed(self, steps: np.ndarray, losses: np.ndarray, windows: np.ndarray) -> None:
         cuts = np.flatnonzero(np.diff(windows)) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(new_steps)], strict=True):
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(steps)], strict=True):
             result = self.monitor.flush(
-                FlushBatch(steps=new_steps[lo:hi], loss=new_losses[lo:hi], window=int(windows[lo]))
+                FlushBatch(steps=steps[lo:hi], loss=losses[lo:hi], window=int(windows[lo]))
             )
             if result.forecast is not None:
                 self.forecasts += 1
-                self._report(int(new_steps[hi - 1]), result.forecast)
-        return len(new_steps)
+                self._report(int(steps[hi - 1]), result.forecast)
 
     def _first_new(self, steps: np.ndarray, losses: np.ndarray) -> int:
         """Index of the first point not already fed unchanged (a resume or a rewrite makes it earlier)."""
@@ -448,10 +525,10 @@ def add_parser(subparsers: Any) -> None:
     """Register ``scaleforecast watch``."""
     p = subparsers.add_parser(
         "watch",
-        help="sidecar: forecast a live run from its TensorBoard event files",
-        description="Follow a live run's TensorBoard event files and write the forecast, its band (Margin chart), "
+        help="sidecar: forecast a live run from its TensorBoard event files (or a growing CSV/JSONL)",
+        description="Follow a live run's TensorBoard event files (or the CSV/JSONL file it appends to) and write the forecast, its band (Margin chart), "
         "figures and alerts into a sibling run directory. Never writes into the job's files.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + SCHEDULE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p)

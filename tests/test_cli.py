@@ -98,7 +98,6 @@ def test_lr_column_and_schedule_spec(tmp_path: Path, capsys):
         ("step,loss\n", [], "no values"),
         ("epoch,loss\n1,2.0\n", [], "no 'step' column"),
         ("step,acc\n1,0.5\n", [], "no loss column"),
-        ("step,loss\n2,3.0\n1,2.9\n", [], "out of order"),
         ("step,loss\n1,abc\n", [], "not a number"),
         ("step,loss\n1,3.0\n2,2.9\n", [], "no LR for every step"),
         (
@@ -178,3 +177,69 @@ def test_console_script_on_every_real_curve(curves_dir: Path):
         "cos-zero-124m_slimpajama_llama_norm_nlayers12_nhead12"
     ]
     assert all(objects[i]["status"] == "law_violated" for i, r in enumerate(runs) if str(r) in off)
+
+
+LLMC = "llmc_gpt2_124m/llmc_gpt2_124m_10B_cosine_20241013"
+
+
+def test_a_log_that_starts_partway_through_the_run_is_forecast_right(
+    curves_dir: Path, tmp_path: Path, capsys
+):
+    """An HF job resumed from checkpoint-10000 logs into a fresh folder: its first ``train/loss`` (step 10010) is
+    the mean of the ten updates before it, as every later one is, not of everything since step 0."""
+    tb = pytest.importorskip("torch.utils.tensorboard")
+    import pandas as pd
+
+    base = curves_dir / LLMC
+    table = pd.read_csv(f"{base}.csv").dropna(subset=["train_loss"])
+    loss = dict(zip(table.step.astype(int), table.train_loss, strict=True))
+    lrs = np.load(f"{base}.lr.npy")
+    run = tmp_path / "runs" / "Nov30_21-30-00_host"
+    w = tb.SummaryWriter(str(run))
+    for s in range(10010, 16001, 10):
+        w.add_scalar("train/loss", float(np.mean([loss[k] for k in range(s - 9, s + 1)])), s)
+        w.add_scalar("train/learning_rate", float(lrs[s]), s)
+    w.close()
+    code, out, _ = _run(["forecast", str(run), "--lr-file", f"{base}.lr.npy", "--json"], capsys)
+    assert code == 0
+    (point,) = json.loads(out)["forecasts"]
+    truth = float(np.mean(table.train_loss.to_numpy()[-100:]))  # the final loss, its noise averaged out
+    assert point["lower"] <= truth <= point["upper"]
+    assert abs(point["loss"] - truth) / truth < 0.005
+
+
+FAMILY = (
+    "epfml_schaipp_haegele/ann124-0.2_slimpajama_llama_norm_nlayers12_nhead12_lr0.0005_sched_wsd_warmup300"
+)
+
+
+def test_a_references_data_notes_are_said_and_a_wrong_length_lr_file_is_named(curves_dir: Path, capsys):
+    """A reference is read as RUN is, and what is said of RUN's data is said of it: an LR file that is not its
+    own (a 50k-step plan for a 25k-step run) differs from its logged LR, and is named as the reason it is left
+    out (not "never annealed", which is what the 50k plan looks like up to step 25000)."""
+    run, ref = (
+        curves_dir / f"{FAMILY}_decay_linear_0.2_iter50000",
+        curves_dir / f"{FAMILY}_decay_linear_0.2_iter25000",
+    )
+    base = ["forecast", f"{run}.csv", "--lr-file", f"{run}.lr.npy", "--until-step", "30000", "--json"]
+    code, out, err = _run(
+        [*base, "--reference", f"{ref}.csv", "--reference-lr-file", f"{run}.lr.npy"], capsys
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    ((path, why),) = [(r["reference"], r["reason"]) for r in result["references_ignored"]]
+    assert path == f"{ref}.csv"
+    assert why.startswith(f"its LR file {run}.lr.npy has 50000 updates but its losses stop at step ")
+    assert "never annealed" not in why
+    (note,) = [n for n in result["data_warnings"] if n.startswith("--reference ")]
+    assert note.startswith(
+        f"--reference {ref.name}.csv: the given schedule differs from the logged LR by up to"
+    )
+    assert f"scaleforecast: WARNING: {note}" in err
+    # its own LR file: used, nothing to say
+    code, out, err = _run(
+        [*base, "--reference", f"{ref}.csv", "--reference-lr-file", f"{ref}.lr.npy"], capsys
+    )
+    result = json.loads(out)
+    assert code == 0 and result["references_ignored"] == [] and result["borrowed_from"] == [f"{ref}.csv"]
+    assert not any(n.startswith("--reference") for n in result["data_warnings"])

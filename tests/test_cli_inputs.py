@@ -56,8 +56,6 @@ def _csv(tmp_path: Path, text: str | bytes, name: str = "run.csv") -> Path:
             [],
             "{p}: no loss column; expected one of loss, val_loss, train_loss or --loss-column (columns: step, acc)",
         ),
-        ("step,loss\n2,3.0\n1,2.9\n", [], "{p}: steps out of order in column 'loss': 1 after 2"),
-        ("step,loss\n1,3.0\n1,2.9\n", [], "{p}: steps out of order in column 'loss': 1 after 1"),
         ("step,loss\n1,abc\n", [], "{p}:2: not a number: 'abc' (column loss)"),
         ("step,loss\n1.5,2.0\n", [], "{p}:2: step must be a non-negative integer, got 1.5"),
         ("step,loss\n-1,2.0\n", [], "{p}:2: step must be a non-negative integer, got -1"),
@@ -336,3 +334,155 @@ def test_report_never_writes_through_a_planted_link(
         "another path)"
     )
     assert victim.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------ the same rules for every format
+def _law_rows(steps: range, lrs: np.ndarray, shift: float = 0.0) -> list[dict[str, float]]:
+    s1 = np.cumsum(lrs) / lrs.max()
+    return [
+        {"step": s, "loss": 2.5 + 3.0 * max(s1[s - 1], 1.0) ** -0.4 + shift, "lr": float(lrs[s - 1])}
+        for s in steps
+    ]
+
+
+def _write_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=["step", "loss", "lr"])
+        out.writeheader()
+        out.writerows(rows)
+
+
+@pytest.mark.parametrize("name", ["run.csv", "run.jsonl"])
+def test_a_resumed_table_keeps_the_newest_of_each_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A job resumed from its step-1000 checkpoint re-logs steps 1001..: forecast takes it as event files are
+    taken (the newest value of each step, with a note), as report and backtest already did."""
+    lrs = np.r_[np.linspace(1e-4, 1e-3, 100), np.linspace(1e-3, 1e-5, 1900)]
+    resumed = tmp_path / name
+    _write_rows(resumed, _law_rows(range(1, 1201), lrs, shift=0.05) + _law_rows(range(1001, 2001), lrs))
+    clean = tmp_path / f"clean{resumed.suffix}"
+    _write_rows(clean, _law_rows(range(1, 1001), lrs, shift=0.05) + _law_rows(range(1001, 2001), lrs))
+    rc, out, err = _cli(["forecast", str(resumed), "--until-step", "1500", "--json"], capsys)
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["forecasts"]
+    note = f"{name}: loss: steps go back (a resumed run?): kept the newest of each step, dropped 200 point(s)"
+    assert note in got["data_warnings"] and f"scaleforecast: {note}" in err
+    rc, out, _ = _cli(["forecast", str(clean), "--until-step", "1500", "--json"], capsys)
+    assert rc == 0 and json.loads(out)["forecasts"] == got["forecasts"]
+
+
+def test_a_bad_jsonl_line_is_skipped_with_a_note_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lrs = np.r_[np.linspace(1e-4, 1e-3, 100), np.linspace(1e-3, 1e-5, 1900)]
+    lines = [json.dumps(r) for r in _law_rows(range(1, 2001), lrs)]
+    lines[700] = lines[700][:25]  # a line cut short by a crash mid-write, the run logging on after a restart
+    p = tmp_path / "run.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    for command in (
+        ["forecast", "--json"],
+        ["backtest", "--no-picture"],
+        ["report", "--json", "-o", str(tmp_path / "r.png")],
+    ):
+        rc, _, err = _cli([command[0], str(p), *command[1:]], capsys)
+        assert rc == 0, err
+        assert "scaleforecast: run.jsonl:701: not valid JSON (" in err and "skipped the line" in err
+
+
+def test_an_lr_column_that_is_zero_through_the_warmup_is_taken_like_an_lr_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Zeros before the first positive LR and after the last are real LRs in a column as in an .npy
+    (``schedules.edge_zeros``); a zero between positive LRs is still refused."""
+    lrs = np.r_[np.zeros(5), np.linspace(1e-4, 1e-3, 95), np.linspace(1e-3, 1e-5, 1899), 0.0]
+    p = tmp_path / "run.csv"
+    _write_rows(p, _law_rows(range(1, 2001), lrs))
+    np.save(tmp_path / "run.lr.npy", lrs)
+    rc, out, err = _cli(["forecast", str(p), "--until-step", "1500", "--json"], capsys)
+    assert rc == 0, err
+    from_column = json.loads(out)
+    assert from_column["status"] == "ok" and from_column["forecasts"]
+    assert from_column["lr_source"] == "logged" and from_column["data_warnings"] == []
+    rc, out, _ = _cli(
+        ["forecast", str(p), "--until-step", "1500", "--lr-file", str(tmp_path / "run.lr.npy"), "--json"],
+        capsys,
+    )
+    assert rc == 0 and json.loads(out)["forecasts"] == from_column["forecasts"]
+    lrs[1000] = 0.0
+    _write_rows(p, _law_rows(range(1, 2001), lrs))
+    assert _error(["forecast", str(p)], capsys) == (
+        f"{CONTRACT}: error: run.csv: logged LR at step 1001 is 0: every LR must be finite and > 0 (pass --schedule "
+        "SPEC or --lr-file RUN.lr.npy)"
+    )
+
+
+@pytest.mark.parametrize("command", [["forecast"], ["backtest", "--no-picture"]])
+def test_a_closed_stdout_ends_quietly(tmp_path: Path, command: list[str]) -> None:
+    """``scaleforecast backtest ... | head``: the reader has gone; the command ends as a Unix tool killed by
+    SIGPIPE does (status 141, nothing on stderr), not with an error."""
+    import os
+    import subprocess
+    import sys
+
+    lrs = np.r_[np.linspace(1e-4, 1e-3, 100), np.linspace(1e-3, 1e-5, 1900)]
+    p = tmp_path / "run.csv"
+    _write_rows(p, _law_rows(range(1, 2001), lrs))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before a byte is written: every write to stdout fails
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scaleforecast.cli", command[0], str(p), *command[1:]],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == 141
+
+
+@pytest.mark.parametrize("command", ["forecast", "report", "watch", "backtest"])
+def test_help_documents_the_schedule_spec(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command that takes --schedule says, in its --help, the kinds, their keys, that cooldown is a
+    fraction and final an absolute LR, and the '/' of milestones; its examples are specs that parse."""
+    from scaleforecast.schedules import SCHEDULE_TYPES, parse_schedule
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    for t in SCHEDULE_TYPES:
+        assert f"\n  {t.model_fields['kind'].default} " in text
+        for key in t.model_fields:
+            if key != "kind":
+                assert f"{key}=" in text, key
+    assert "cooldown=F is a FRACTION of the run" in text and "the ABSOLUTE LR the decay ends at" in text
+    assert "milestones=M1/M2/..." in text
+    examples = [
+        line.split()[-1]
+        for line in text.split("schedule spec (")[1].splitlines()
+        if "e.g." in line or ":peak=" in line
+    ]
+    assert len(examples) == 3
+    for spec in examples:
+        parse_schedule(spec)
+
+
+def test_a_cooldown_given_in_updates_is_said_to_be_a_fraction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = _csv(tmp_path, "step,loss\n1,3.0\n2,2.9\n")
+    spec = "wsd:peak=6e-4,warmup=700,total=19560,cooldown=3912"
+    assert _error(["forecast", str(p), "--schedule", spec], capsys) == (
+        f"{CONTRACT}: error: bad wsd schedule: cooldown: Input should be less than or equal to 1 (spec '{spec}'); "
+        "cooldown is the fraction of the run spent cooling down, in (0, 1], not a number of updates "
+        "(cooldown=3912 updates of total=19560 is cooldown=0.2)"
+    )

@@ -278,7 +278,7 @@ def test_jsonl_nested_eval_lines_and_cut_tail(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         ("", "no JSON records"),
-        ('{"step": 1, "loss": 2}\nnot json\n{"step": 3, "loss": 2}\n', r"run.jsonl:2: not valid JSON"),
+        ("not json\n[1]\n", r"run.jsonl:1: not valid JSON \(Expecting value at column 1\)"),
         ("[1, 2]\n", "expected a JSON object, got list"),
         ('{"step": 1, "loss": "x"}\n', r"run.jsonl:1: not a number: 'x' \(column loss\)"),
         ('{"step": 1, "loss": true}\n', "not a number"),
@@ -453,3 +453,145 @@ def test_a_live_log_says_what_comes_after_its_last_lr_is_a_continuation() -> Non
     )
     done = rebuild_lrs(np.arange(10, 5001, 10), true[np.arange(10, 5001, 10) - 1], total=5000)
     assert not any("LR logged up to step" in w for w in done.warnings)
+
+
+def test_a_gap_log_that_starts_partway_gives_its_first_point_one_interval(tmp_path: Path) -> None:
+    """A Megatron log resumed into a new folder starts at step 210: its first ``lm loss`` averages one log
+    interval (10 updates), not the 210 since step 0; a log from the start keeps the gap to step 0."""
+    _write(tmp_path / "resumed", range(210, 401, 10), "lm loss", "learning-rate", lr_every=10)
+    data = read_run(tmp_path / "resumed", warn=False)
+    assert data.windows.tolist() == [10] * len(data.steps)
+    _write(tmp_path / "fresh", range(5, 401, 10), "lm loss", "learning-rate", lr_every=5)
+    assert read_run(tmp_path / "fresh", warn=False).windows.tolist() == [5] + [10] * 39
+
+
+# ------------------------------------------------------------------------------------------ column names
+def test_a_wandb_export_is_read_by_its_keys(tmp_path: Path) -> None:
+    """W&B's CSV export: a ``Step`` column, ``<run> - <key>`` columns and their ``__MIN``/``__MAX`` companions."""
+    import csv
+
+    p = tmp_path / "wandb_export.csv"
+    with open(p, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(
+            [
+                "Step",
+                "gpt2 - run 3 - train/loss",
+                "gpt2 - run 3 - train/loss__MIN",
+                "gpt2 - run 3 - train/loss__MAX",
+            ]
+        )
+        for s in range(10, 401, 10):
+            loss = float(_loss(s))
+            out.writerow([s, loss, loss - 0.1, loss + 0.1])
+    data = read_run(p, schedule=SPEC, warn=False)
+    assert data.loss_name == "gpt2 - run 3 - train/loss"
+    np.testing.assert_array_equal(data.steps, np.arange(10, 401, 10))
+    np.testing.assert_allclose(data.losses, _loss(data.steps), rtol=1e-9)
+    assert set(data.windows.tolist()) == {10}  # HF's train/loss is the mean since the previous log
+    assert read_run(p, loss="TRAIN/LOSS", schedule=SPEC, warn=False).loss_name == "gpt2 - run 3 - train/loss"
+    # An export of two runs: which one is meant is for the user to say.
+    two = tmp_path / "two.csv"
+    two.write_text("Step,a - train/loss,b - train/loss\n1,3.0,3.1\n2,2.9,3.0\n")
+    with pytest.raises(ReadError, match=r"matches several columns/tags \(a - train/loss, b - train/loss\)"):
+        read_run(two, schedule=SPEC, warn=False)
+    assert read_run(two, loss="b - train/loss", schedule=SPEC, warn=False).losses.tolist() == [3.1, 3.0]
+
+
+def test_tags_are_found_whatever_their_case(tmp_path: Path) -> None:
+    """``Loss/train`` is the tag of PyTorch's SummaryWriter tutorial; names match regardless of case."""
+    _write(tmp_path / "tut", range(1, 401), "Loss/train", "LR")
+    data = read_run(tmp_path / "tut", warn=False)
+    assert (data.loss_name, data.lr_name) == ("Loss/train", "LR")
+    assert read_run(tmp_path / "tut", loss="loss/TRAIN", warn=False).loss_name == "Loss/train"
+    with pytest.raises(ReadError, match=r"no loss tag matching 'val/loss'; scalar tags: LR, Loss/train"):
+        read_run(tmp_path / "tut", loss="val/loss", warn=False)
+    csv_run = tmp_path / "run.csv"
+    csv_run.write_text("Iteration,Train_Loss,Learning_Rate\n1,3.0,1e-3\n2,2.9,1e-3\n")
+    data = read_run(csv_run, total_steps=2, warn=False)
+    assert (data.loss_name, data.lr_name, data.steps.tolist()) == ("Train_Loss", "Learning_Rate", [1, 2])
+    with pytest.raises(
+        ReadError, match=r"no column 'val_loss' \(columns: Iteration, Train_Loss, Learning_Rate\)"
+    ):
+        read_run(csv_run, loss="val_loss", warn=False)
+
+
+# ------------------------------------------------------------------------------ other frameworks' files
+def test_an_hf_trainer_state_is_read_from_its_log_history(tmp_path: Path) -> None:
+    """``trainer_state.json`` as the HF Trainer saves it with a checkpoint: its ``log_history`` holds the
+    training records (the mean loss since the previous log, the LR), eval records and a summary; ``max_steps``
+    is the run's planned length, which a run in progress has not reached."""
+    transformers = pytest.importorskip("transformers")
+    history: list[dict] = [
+        {
+            "epoch": s / 400,
+            "grad_norm": 1.0,
+            "learning_rate": float(LRS[s]),
+            "loss": float(_loss(s)),
+            "step": s,
+        }
+        for s in range(10, 301, 10)
+    ]
+    history.insert(10, {"epoch": 0.25, "eval_loss": 3.0, "eval_runtime": 1.2, "step": 100})
+    state = transformers.TrainerState(global_step=300, max_steps=400, log_history=history)
+    path = tmp_path / "checkpoint-300" / "trainer_state.json"
+    path.parent.mkdir()
+    state.save_to_json(str(path))
+    data = read_run(path, warn=False)
+    assert data.loss_name == "loss" and data.lr_name == "learning_rate"
+    np.testing.assert_array_equal(data.steps, np.arange(10, 301, 10))
+    assert set(data.windows.tolist()) == {10}  # the mean over logging_steps
+    assert data.total_steps == 400
+    assert data.warnings[0] == "trainer_state.json: an HF Trainer state: read its log_history (31 records)"
+
+
+def test_a_lightning_csvlogger_folder_is_read_from_its_metrics_csv(tmp_path: Path) -> None:
+    loggers = pytest.importorskip("lightning.pytorch.loggers")
+    logger = loggers.CSVLogger(str(tmp_path), name="lightning_logs")
+    for s in range(1, 401):
+        logger.log_metrics({"train_loss": float(_loss(s)), "lr-AdamW": float(LRS[s - 1])}, step=s)
+    logger.save()
+    for run in (tmp_path / "lightning_logs", tmp_path / "lightning_logs" / "version_0"):
+        data = read_run(run, warn=False)
+        assert data.format == "csv" and (data.loss_name, data.lr_name) == ("train_loss", "lr-AdamW")
+        np.testing.assert_array_equal(data.steps, np.arange(1, 401))
+        assert data.warnings[0].endswith(
+            f"read the CSVLogger file {tmp_path}/lightning_logs/version_0/metrics.csv"
+        )
+    # A second run (version_1): which one is meant is for the user to say.
+    second = loggers.CSVLogger(str(tmp_path), name="lightning_logs")
+    second.log_metrics({"train_loss": 1.0}, step=1)
+    second.save()
+    with pytest.raises(
+        ReadError, match=r"holds 2 CSVLogger runs \(version_0, version_1\); pass one run directory"
+    ):
+        read_run(tmp_path / "lightning_logs", warn=False)
+
+
+def test_add_scalars_subfolders_are_named_in_the_error(tmp_path: Path) -> None:
+    """``add_scalars("loss", {"train": ...})`` writes the loss into ``<logdir>/loss_train/``: the error says so."""
+    w = SummaryWriter(str(tmp_path / "run"))
+    for s in range(1, 401):
+        w.add_scalars("loss", {"train": float(_loss(s))}, s)
+        w.add_scalar("lr", float(LRS[s - 1]), s)
+    w.close()
+    with pytest.raises(ReadError) as err:
+        read_run(tmp_path / "run", warn=False)
+    assert str(err.value).endswith(
+        "scalar tags: lr; its subfolders hold more runs (written by add_scalars?): loss_train (tags: loss): pass "
+        f"{tmp_path}/run/loss_train as the run, with --lr-file or --schedule if its LR is not there"
+    )
+    assert read_run(tmp_path / "run" / "loss_train", schedule=LRS, warn=False).loss_name == "loss"
+
+
+def test_a_stray_file_among_the_event_files_is_skipped_with_a_note(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _write(run, range(1, 401), "loss", "lr")
+    stray = run / "events.out.tfevents.9999999999.host.1.0"
+    stray.write_bytes(b"not an event file" * 40)
+    data = read_run(run, strict=True, warn=False)
+    np.testing.assert_array_equal(data.steps, np.arange(1, 401))
+    assert data.warnings == [
+        f"{stray}: not a TensorBoard event file (no valid record in its first 680 bytes); skipped it, read the "
+        "other event files"
+    ]

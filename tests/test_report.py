@@ -129,3 +129,26 @@ def test_report_on_a_real_curve_as_event_files(tmp_path: Path, curves_dir: Path)
         main(["report", str(tmp_path / "tb"), "--window", "1", "--until-step", "10000", "-o", str(png)]) == 0
     )
     assert png_size(png) == (1400, 800)
+
+
+def test_critical_events_come_first_in_the_panel(tmp_path: Path) -> None:
+    """A run with spikes early and NaN losses late: the panel shows the first six events, and the critical NaN
+    events must be among them, not under "... and N more"."""
+    csv = tmp_path / "run.csv"
+    write_csv(csv)
+    lines = csv.read_text().splitlines()
+    for row in range(100, 245, 6):  # spikes from step 1000 on
+        step, lr, loss = lines[row].split(",")
+        lines[row] = f"{step},{lr},{float(loss) + 1.0}"
+    for row in range(250, 300):  # the run goes NaN at step 2500 and stays so
+        lines[row] = lines[row].rsplit(",", 1)[0] + ",nan"
+    csv.write_text("\n".join(lines) + "\n")
+    data = build_report(read_run(csv, schedule=SPEC, warn=False))
+    severities = [e.severity for e in data.events]
+    assert "critical" in severities and severities.count("warning") >= 6
+    assert severities == sorted(severities, key=["critical", "warning", "info"].index)
+    criticals = [e for e in data.events if e.severity == "critical"]
+    assert [e.step for e in criticals] == sorted(e.step for e in criticals)
+    fig = draw_report(data, 10, 7, 50)
+    shown = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(f"{criticals[0].step}: {criticals[0].kind} (critical)" in t for t in shown)

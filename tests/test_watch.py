@@ -4,6 +4,7 @@ process, stopped by a signal once the writer has reached a point the test chose 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -44,9 +45,8 @@ def test_watcher_writes_a_sibling_run_and_rewinds_on_resume(tmp_path: Path) -> N
     w.close()
     before = sorted(p.name for p in run.iterdir())
     records: list[dict] = []
-    watcher = Watcher(
-        run, schedule=SPEC, interval=0.1, refit_every=100, emit=records.append, log=lambda m: None
-    )
+    logs: list[str] = []
+    watcher = Watcher(run, schedule=SPEC, interval=0.1, refit_every=100, emit=records.append, log=logs.append)
     assert watcher.poll_once() == 100
     assert watcher.monitor.forecaster.last_step == 1000
     # A restart from the checkpoint at step 800 rewrites steps 810.. in a new file.
@@ -55,8 +55,8 @@ def test_watcher_writes_a_sibling_run_and_rewinds_on_resume(tmp_path: Path) -> N
     for s in range(810, 1201, 10):
         w.add_scalar("lm loss", 2.4 + 1.0 / np.sqrt(s), s)
     w.close()
-    with pytest.warns(RuntimeWarning, match="resumed"):
-        assert watcher.poll_once() == 40
+    assert watcher.poll_once() == 40
+    assert any(m.startswith("steps went back to 810 after 1000 (a resume") for m in logs)
     assert watcher.monitor.forecaster.last_step == 1200
     watcher.stop_event.set()
     assert watcher.run() == 0
@@ -393,3 +393,127 @@ def test_advice_is_said_again_only_when_it_changes(tmp_path: Path) -> None:
     said = [m for m in logs if "schedule_advice" in m]
     assert [m.split(" at step ")[1].split(":")[0] for m in said] == ["100", "300", "500"]
     assert len(records) == 5  # --json still gets every evaluation
+
+
+def test_a_log_resumed_into_a_new_folder_gets_one_interval_for_its_first_point(tmp_path: Path) -> None:
+    """Megatron resumed into a fresh folder logs ``lm loss`` (the mean since the previous log) from step 1010:
+    the first point is fed as the mean of one log interval once the next point shows the interval."""
+    run = tmp_path / "job"
+    w = tb.SummaryWriter(str(run))
+    w.add_scalar("lm loss", 2.6, 1010)
+    w.flush()
+    watcher = Watcher(run, schedule=SPEC, interval=0.01, log=lambda m: None)
+    assert watcher.poll_once() == 0  # one point: its interval is not known yet
+    for s in range(1020, 1201, 10):
+        w.add_scalar("lm loss", 2.5 + 1.0 / np.sqrt(s), s)
+    w.close()
+    assert watcher.poll_once() == 20
+    obs = watcher.monitor.forecaster.observations()
+    assert obs.start[0] == 1001 and obs.end[0] == 1010
+
+
+def _law(s: int) -> float:
+    return 2.5 + 1.0 / np.sqrt(s)
+
+
+@pytest.mark.parametrize("name", ["train_log.csv", "train_log.jsonl"])
+def test_watch_follows_a_growing_table(tmp_path: Path, name: str) -> None:
+    """A job appending to a CSV or JSONL log: each poll reads the whole lines appended since the last; a last
+    line still being written waits for the next poll, never reported."""
+    import csv
+
+    path = tmp_path / name
+    logs: list[str] = []
+    watcher = Watcher(path, schedule=SPEC, interval=0.01, log=logs.append, refit_every=100)
+    assert watcher.poll_once() == 0 and logs == [
+        f"cannot read {path}: No such file or directory; waiting for it"
+    ]
+
+    def line(s: int) -> str:
+        if path.suffix == ".jsonl":
+            return (
+                json.dumps({"step": s, "train": {"loss": _law(s)}, "lr": float(as_lrs(SPEC)[s - 1])}) + "\n"
+            )
+        buf = io.StringIO()
+        csv.writer(buf).writerow([s, _law(s), float(as_lrs(SPEC)[s - 1])])
+        return buf.getvalue()
+
+    with open(path, "w", newline="") as fh:
+        if path.suffix == ".csv":
+            fh.write("step,train/loss,lr\n")
+        fh.write("".join(line(s) for s in range(10, 501, 10)))
+        partial = line(510)
+        fh.write(partial[:7])  # the writer is mid-line
+        fh.flush()
+        assert watcher.poll_once() == 50
+        assert watcher.monitor.forecaster.last_step == 500
+        fh.write(partial[7:] + "".join(line(s) for s in range(520, 1001, 10)))
+        fh.flush()
+        assert watcher.poll_once() == 50
+    fc = watcher.monitor.forecaster
+    assert fc.last_step == 1000 and fc.n_observations == 100
+    obs = fc.observations()
+    assert float((obs.y * obs.count).sum()) == pytest.approx(sum(_law(s) for s in range(10, 1001, 10)))
+    assert watcher.loss_tag == "train/loss"
+    assert not any("not valid" in m or "cut off" in m or "no line end" in m for m in logs), logs
+    assert f"found {path}" in logs
+    forecast = fc.refit()
+    assert forecast.final is not None and forecast.final.loss == pytest.approx(_law(2000), abs=0.05)
+
+
+def test_watch_a_table_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI reads a JSONL run to its last step, skipping a bad line with a note naming it."""
+    path = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "loss": _law(s)}) for s in range(10, 2001, 10)]
+    lines[50] = '{"step": 510, "loss'
+    path.write_text("\n".join(lines) + "\n")
+    assert (
+        main(["watch", str(path), "--schedule", SPEC, "--interval", "0.01", "--max-idle", "5", "--json"]) == 0
+    )
+    captured = capsys.readouterr()
+    assert (
+        "log.jsonl:51: not valid JSON (Unterminated string" in captured.err
+        and "skipped the line" in captured.err
+    )
+    assert "reached its last step (2000)" in captured.err
+    assert "not a TensorBoard event file" not in captured.err
+    last = [json.loads(x) for x in captured.out.splitlines() if '"forecast"' in x][-1]
+    assert last["forecasts"][0]["loss"] == pytest.approx(_law(2000), abs=0.05)
+    assert scalars_of(tmp_path / "log.jsonl-scaleforecast")["forecast/final_loss"][-1][0] == 2000
+
+
+def test_a_rewind_keeps_exactly_the_steps_before_it_and_says_so_in_one_line(tmp_path: Path) -> None:
+    """A per-step log that goes back from step 3000 to 2346 (a resume from the step-2345 checkpoint): the
+    forecast's history keeps every point up to step 2345 (the history bin that straddles the rewind included) and
+    the new ones after it, and the rewind is one line of the sidecar's own, not a Python warning."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    run = tmp_path / "job"
+    w = tb.SummaryWriter(str(run))
+    first = {s: _law(s) + rng.normal(0, 0.01) for s in range(1, 3001)}
+    for s, y in first.items():
+        w.add_scalar("loss", y, s)
+    w.flush()
+    logs: list[str] = []
+    watcher = Watcher(run, schedule="cosine:peak=1e-3,warmup=20,total=4000", interval=0.01, log=logs.append)
+    assert watcher.poll_once() == 3000
+    second = {s: _law(s) + 0.02 + rng.normal(0, 0.01) for s in range(2346, 2846)}
+    for s, y in second.items():
+        w.add_scalar("loss", y, s)
+    w.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may escape as a Python warning
+        assert watcher.poll_once() == 500
+    fc = watcher.monitor.forecaster
+    obs = fc.observations()
+    logged = [*(first[s] for s in range(1, 2346)), *second.values()]
+    kept = [float(np.float32(y)) for y in logged]  # event files hold float32
+    assert fc.n_observations == 2845 and int(obs.count.sum()) == 2845
+    assert float((obs.y * obs.count).sum()) == pytest.approx(sum(kept), rel=1e-12)
+    assert obs.end[-1] == 2845
+    rewinds = [m for m in logs if "went back" in m]
+    assert rewinds == [
+        "steps went back to 2346 after 3000 (a resume from an older checkpoint?): the forecast now "
+        "holds the points up to step 2345 and those logged since"
+    ]
