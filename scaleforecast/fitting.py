@@ -351,10 +351,17 @@ def _noise_from_differences(y: np.ndarray, count: np.ndarray) -> float:
 # fit
 
 
+_ZERO_LR = 1e-9  # relative to the peak: an LR below it is the zero-LR rule's floor (1e-12 of the peak), not an LR
+
+
 def _usable(obs: Observations, lrs: np.ndarray, skip_warmup: bool) -> np.ndarray:
     T = lrs.size
     # losses are positive and of ordinary size; residuals are relative, so a loss of ~0 cannot be weighed
     ok = np.isfinite(obs.y) & (obs.start >= 1) & (obs.end <= T) & (obs.count > 0) & (obs.y > 1e-12)
+    # a window that reaches back before the first positive LR averages S1 = 0 (S1^-alpha infinite): a run
+    # logged from step 1 under an LR held at 0 for its first updates, binned across the start of training
+    peak_lr = float(np.max(lrs)) if T else 0.0
+    ok &= obs.start > int(np.argmax(lrs > _ZERO_LR * peak_lr))
     if skip_warmup:
         peak = int(np.argmax(lrs)) + 1
         ok &= obs.end > peak

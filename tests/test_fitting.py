@@ -472,3 +472,24 @@ def test_bands_deep_in_a_cooldown_hold_the_drop_still_ahead(curves_dir: Path) ->
     without, with_ = held.values()
     assert len(without) >= 40
     assert np.mean(without) < 0.65 and np.mean(with_) >= 0.75, (np.mean(without), np.mean(with_))
+
+
+def test_an_lr_held_at_zero_before_training_starts() -> None:
+    """A run logged from step 1 whose LR is 0 for its first 700 updates (a warm-up that starts late), binned
+    by the forecaster's bounded history: a bin across the start of training averaged S1 = 0, and the fit
+    failed ("SVD did not converge", with LAPACK's messages on the terminal). Such windows are left out."""
+    from scaleforecast.forecaster import OnlineForecaster
+
+    total, lead = 19560, 700
+    lrs = np.zeros(total)
+    lrs[lead:] = 6e-4 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * np.arange(total - lead) / (total - lead))))
+    params = LawParams(L0=2.5, A=0.6, alpha=0.4, C=0.3)
+    steps = np.arange(1, total + 1)
+    y = np.full(total, 11.0)
+    y[lead:] = LAWS["tissue"].predict(params, np.maximum(lrs, 1e-12), steps[lead:])
+    y *= 1 + 0.02 * np.random.default_rng(0).standard_normal(total)
+    fc = OnlineForecaster(lrs)
+    fc.observe_many(steps, y)
+    out = fc.refit()
+    assert out.ok and out.final is not None, (out.status, out.warnings)
+    assert abs(out.final.loss / y[-200:].mean() - 1) < 0.02
