@@ -351,7 +351,8 @@ def _noise_from_differences(y: np.ndarray, count: np.ndarray) -> float:
 # fit
 
 
-_ZERO_LR = 1e-9  # relative to the peak: an LR below it is the zero-LR rule's floor (1e-12 of the peak), not an LR
+# relative to the peak: an LR below it is the zero-LR rule's floor (1e-12 of the peak), not an LR
+_ZERO_LR = 1e-9
 
 
 def _usable(obs: Observations, lrs: np.ndarray, skip_warmup: bool) -> np.ndarray:
