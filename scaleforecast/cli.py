@@ -182,10 +182,16 @@ def forecast_command(args: argparse.Namespace) -> int:
         out["loss_column"] = run.loss_name
         out["lr_source"] = None if run.lr is None else run.lr.source
         out["data_warnings"] = list(run.warnings)
+        out["lr_assumed_after"] = None if run.lr is None else run.lr.assumed_after
         out["references_ignored"] = [{"reference": ref, "reason": why} for ref, why in ignored]
         print(json.dumps(_json_safe(out), allow_nan=False))
     else:
         print(_format_forecast(forecast, run.loss_name, Path(args.run)))
+        assumed = None if run.lr is None else run.lr.assumed_after
+        if assumed is not None and max(at) > assumed:
+            print(
+                f"  the LR after step {assumed} is assumed, not logged: a decay still to come ends lower (see below)"
+            )
         for ref, why in ignored:
             print(f"  reference ignored: {ref}: {why}")
     emit_notes(run.warnings)

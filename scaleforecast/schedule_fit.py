@@ -57,6 +57,8 @@ class LRReconstruction:
     schedule family fitted to the logged points) or ``interpolated`` (no family fits; linear interpolation between
     logged points, held flat after the last one). ``max_error`` is ``max |lr - logged| / peak`` over the logged
     points (``None`` when nothing was logged to compare with). ``trusted`` is ``False`` when the LR is a guess.
+    ``assumed_after``: the last logged step of a live log, after which the LR is not known but assumed (the
+    fitted family continued, or the last value held); ``None`` when the LR is known to the end.
     """
 
     lrs: np.ndarray
@@ -66,6 +68,7 @@ class LRReconstruction:
     rms_error: float | None = None
     trusted: bool = True
     warnings: list[str] = field(default_factory=list)
+    assumed_after: int | None = None
 
 
 def warming_up(steps: np.ndarray, values: np.ndarray) -> bool:
@@ -384,6 +387,7 @@ def rebuild_lrs(
         if total - last > max(gap, 0.01 * total):
             # a live log: what comes after its last LR is the fitted family's continuation, which cannot know of
             # a decay still to come (a WSD run before its cooldown is rebuilt as constant to the end)
+            rec.assumed_after = int(last)
             notes.append(
                 f"{what}: LR logged up to step {last} of {total}: after it, the rebuilt {sched.kind} schedule is "
                 "continued; if the LR decays later than the log shows, pass --schedule SPEC or --lr-file"
@@ -425,4 +429,5 @@ def rebuild_lrs(
         rms_error=0.0,
         trusted=trusted,
         warnings=notes,
+        assumed_after=int(last) if total > last else None,
     )

@@ -243,3 +243,26 @@ def test_a_references_data_notes_are_said_and_a_wrong_length_lr_file_is_named(cu
     result = json.loads(out)
     assert code == 0 and result["references_ignored"] == [] and result["borrowed_from"] == [f"{ref}.csv"]
     assert not any(n.startswith("--reference") for n in result["data_warnings"])
+
+
+def test_a_forecast_past_a_live_lr_log_says_the_lr_is_assumed(curves_dir: Path, capsys, tmp_path: Path):
+    """A real WSD run's CSV cut at 60 %, before its cooldown, with its LR column and --total-steps: the LR after
+    the log is the constant continued, which the forecast row says (it printed an ``ok`` forecast, the note
+    coming only after it), and the JSON carries the step; with the LR file nothing is assumed."""
+    base = curves_dir / EPFML
+    rows = np.genfromtxt(f"{base}.csv", delimiter=",", names=True)
+    lrs = np.load(f"{base}.lr.npy")
+    cut = rows[(rows["step"] >= 1) & (rows["step"] <= 15000) & np.isfinite(rows["val_loss"])]
+    live = tmp_path / "live.csv"
+    steps = cut["step"].astype(int)
+    live.write_text(
+        "step,loss,lr\n"
+        + "".join(f"{s},{v},{lrs[s - 1]}\n" for s, v in zip(steps, cut["val_loss"], strict=True))
+    )
+    code, out, _ = _run(["forecast", str(live), "--total-steps", str(lrs.size)], capsys)
+    assert code == 0
+    assert f"the LR after step {steps[-1]} is assumed, not logged" in out, out
+    code, out, _ = _run(["forecast", str(live), "--total-steps", str(lrs.size), "--json"], capsys)
+    assert json.loads(out)["lr_assumed_after"] == steps[-1]
+    code, out, _ = _run(["forecast", str(live), "--lr-file", f"{base}.lr.npy", "--json"], capsys)
+    assert json.loads(out)["lr_assumed_after"] is None

@@ -446,13 +446,13 @@ def test_a_live_log_says_what_comes_after_its_last_lr_is_a_continuation() -> Non
     true = parse_schedule("wsd:peak=1e-3,warmup=100,total=5000,cooldown=0.2").lrs()
     steps = np.arange(10, 2001, 10)
     rec = rebuild_lrs(steps, true[steps - 1], total=5000)
-    assert rec.source.startswith("fit:constant")
+    assert rec.source.startswith("fit:constant") and rec.assumed_after == 2000
     assert any(
         "LR logged up to step 2000 of 5000: after it, the rebuilt constant schedule" in w
         for w in rec.warnings
     )
     done = rebuild_lrs(np.arange(10, 5001, 10), true[np.arange(10, 5001, 10) - 1], total=5000)
-    assert not any("LR logged up to step" in w for w in done.warnings)
+    assert not any("LR logged up to step" in w for w in done.warnings) and done.assumed_after is None
 
 
 def test_a_gap_log_that_starts_partway_gives_its_first_point_one_interval(tmp_path: Path) -> None:
