@@ -28,8 +28,6 @@ call ``load_state_dict`` before the first ``step`` after the restart. Construct 
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -105,7 +103,6 @@ class LossForecastSession(SessionFace):
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
         self._calls, self._updates = 0, UpdateCounter()
         self.session.guard("step", self._updates.attach, optimizer)
-        atexit.register(self._close_at_exit)
 
     def _updates_done(self) -> int | None:
         """The updates done as the one LR scheduler counts them (``None``: no single scheduler to ask, or one
@@ -161,26 +158,8 @@ class LossForecastSession(SessionFace):
 
     def close(self) -> None:
         """The end of the loop, on every rank: the last flush and agreement, then TensorBoard is closed."""
-        atexit.unregister(self._close_at_exit)
         self._updates.detach()
         self.session.finish(self.session.step)
-
-    def _close_at_exit(self) -> None:
-        """A loop that never called :meth:`close`: at the interpreter's exit, its last flush, the final figure
-        and status are still written when it ran alone; a multi-process job, whose other ranks may be gone,
-        closes TensorBoard without a collective (its last flush interval is lost)."""
-        comm = self.session.comm
-        if comm is None:
-            return
-        with contextlib.suppress(Exception):  # nothing may raise while the interpreter exits
-            self.session.warn(
-                "close() was not called; closed at exit (call fc.close() on every rank at the end)"
-            )
-            self._updates.detach()
-            if comm.world_size == 1:
-                self.session.finish(self.session.step)
-            else:
-                self.session.abort()
 
     def __enter__(self) -> LossForecastSession:
         return self
@@ -191,6 +170,5 @@ class LossForecastSession(SessionFace):
         if exc is None:
             self.close()
         else:  # the other ranks may never reach a collective: close without one
-            atexit.unregister(self._close_at_exit)
             self._updates.detach()
             self.session.abort()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -416,28 +415,3 @@ def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
         np.testing.assert_allclose(fc.forecaster.schedule, used, rtol=1e-12)
     with pytest.raises(ValueError, match="scheduler_every"):
         LossForecastSession(opt, sched, scheduler_every=0, total_steps=10)
-
-
-def test_a_loop_that_never_closes_is_closed_at_exit(tmp_path: Path) -> None:
-    """A script that forgets ``fc.close()``: at the interpreter's exit its last flush, the forecast at its last
-    step and the final status are still written to TensorBoard, with a warning that says what to call."""
-    import subprocess
-    import sys
-
-    script = f"""
-import torch
-from scaleforecast.callbacks import LossForecastSession
-opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
-fc = LossForecastSession(opt, total_steps=95, flush_every=10, dirpath={str(tmp_path)!r}, verbose=False)
-for n in range(1, 96):
-    opt.step()
-    fc.step(torch.tensor(2.0 + 3.0 * n ** -0.3))
-"""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "close() was not called" in proc.stderr
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tmp_path))
-    acc.Reload()
-    assert max(e.step for e in acc.Scalars("forecast/final_loss")) == 95
