@@ -5,18 +5,24 @@ started on first use. Each call returns a :class:`Job`: poll it with :meth:`Job.
 :meth:`Job.result`, which returns the callable's value or re-raises its exception on the waiting thread. The
 queue is bounded: :meth:`Worker.submit` refuses (returns ``None``) when ``max_pending`` jobs are already
 waiting, so a producer faster than the worker can never pile work up. After a ``fork`` the child gets a fresh
-thread on its first submit (the parent's thread does not exist there).
+thread on its first submit (the parent's thread does not exist there). At the interpreter's exit every worker
+finishes what it was given (up to ``EXIT_WAIT_S``) before Python shuts down: a daemon thread still inside
+matplotlib or LAPACK while the interpreter finalises can abort the process.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+EXIT_WAIT_S = 30.0  # the longest the interpreter's exit waits for the workers' jobs
 
 __all__ = ["Job", "Worker", "refit_worker"]
 
@@ -87,6 +93,7 @@ class Worker:
         self._queue: queue.Queue[Job[Any]] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        _WORKERS.append(self)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Job[T] | None:
         """Queue ``fn(*args)``; ``None`` when the queue is full (the caller decides what to drop)."""
@@ -116,8 +123,29 @@ class Worker:
             job = jobs.get()
             job._run()
             del job
+            jobs.task_done()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every job submitted so far has run, at most ``timeout`` seconds; True when it did."""
+        jobs, deadline = self._queue, time.monotonic() + timeout
+        with jobs.all_tasks_done:
+            while jobs.unfinished_tasks and self._thread is not None and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                jobs.all_tasks_done.wait(left)
+        return True
 
 
+_WORKERS: list[Worker] = []
+
+
+def _drain_at_exit() -> None:
+    for worker in _WORKERS:
+        worker.drain(EXIT_WAIT_S)
+
+
+atexit.register(_drain_at_exit)
 _REFITS = Worker("scaleforecast-refit")
 
 

@@ -3,6 +3,7 @@ import math
 import pickle
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,27 @@ def test_state_size_does_not_grow_with_the_run():
         np.testing.assert_allclose(restored.schedule, lrs, rtol=1e-10, atol=1e-3 * 1e-10 * lrs.max())
     # bounded by max_bins (512..1024 bins) and a few schedule segments; 1M float64 LRs alone are 8 MB
     assert sizes[1_000_000] < 2 * sizes[100_000] and sizes[1_000_000] < 128 * 1024
+
+
+def test_work_given_to_a_worker_finishes_before_the_interpreter_exits(tmp_path: Path) -> None:
+    """A script that ends while a worker still has a job (a figure of a loop that never called close()): the
+    exit waits for it, rather than finalising the interpreter under a daemon thread still inside matplotlib or
+    LAPACK, which can abort the process. The job here writes a file after a short wait; it must be there."""
+    import subprocess
+    import sys
+
+    done = tmp_path / "done"
+    script = f"""
+import threading
+from scaleforecast.background import Worker
+started = threading.Event()
+def job():
+    started.set()
+    threading.Event().wait(0.5)
+    open({str(done)!r}, "w").write("ok")
+Worker("exit-test").submit(job)
+started.wait()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert done.read_text() == "ok"
