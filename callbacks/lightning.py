@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from scaleforecast.integrations.arguments import ForecastArgs
@@ -83,13 +84,23 @@ def _lr_source(trainer: pl.Trainer, group: int) -> LRSource:
     acc = max(int(trainer.accumulate_grad_batches), 1)
     every = 1
     manual = not trainer.lightning_module.automatic_optimization
+    batches = trainer.num_training_batches
     for c in [] if manual else configs:
         if c.interval == "epoch":
-            per_epoch = max(math.ceil(trainer.num_training_batches / acc), 1)
+            per_epoch = max(math.ceil(batches / acc), 1)
             every = max(every, per_epoch * c.frequency)
         else:
             every = max(every, c.frequency // math.gcd(c.frequency, acc))
-    return LRSource(opt, [c.scheduler for c in configs], group=group, step_every=every)
+    pattern = None
+    steps = {c.frequency for c in configs if c.interval == "step"}
+    if not manual and len(steps) == 1 and every == min(steps) and math.isfinite(batches) and batches > 0:
+        # Lightning counts a step scheduler's frequency in batches from each epoch's start: the update ending
+        # at batch m of an epoch steps it when m is a multiple of the frequency (an epoch's last update may
+        # end early, at its last batch)
+        (freq,) = steps
+        ends = np.minimum(np.arange(1, math.ceil(batches / acc) + 1) * acc, int(batches))
+        pattern = tuple(bool(m % freq == 0) for m in ends)
+    return LRSource(opt, [c.scheduler for c in configs], group=group, step_every=every, epoch_pattern=pattern)
 
 
 def _run_length(trainer: pl.Trainer) -> int | None:

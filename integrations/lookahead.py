@@ -107,14 +107,26 @@ def _shadow_copy(schedulers: Sequence[Any], optimizer: Optimizer) -> tuple[list[
     return copies, shadow
 
 
-def scheduler_epochs(steps_done: int, total_steps: int, step_every: int = 1) -> np.ndarray:
+def scheduler_epochs(
+    steps_done: int, total_steps: int, step_every: int = 1, epoch_pattern: Sequence[bool] | None = None
+) -> np.ndarray:
     """How many scheduler steps have happened before each remaining update, relative to now.
 
     For update ``j`` in ``steps_done+1 .. total_steps`` with the scheduler stepped after every ``step_every``-th
-    update: ``floor((j-1)/step_every) - floor(steps_done/step_every)``. Element 0 is always 0.
+    update: ``floor((j-1)/step_every) - floor(steps_done/step_every)``. Element 0 is always 0. With
+    ``epoch_pattern`` (one flag per update of an epoch: whether the scheduler steps after it; Lightning counts
+    its ``frequency`` in batches from each epoch's start) the count restarts its pattern every epoch instead.
     """
     j = np.arange(steps_done + 1, total_steps + 1, dtype=np.int64)
-    return (j - 1) // step_every - steps_done // step_every
+    if epoch_pattern is None:
+        return (j - 1) // step_every - steps_done // step_every
+    per_epoch = len(epoch_pattern)
+    done_by = np.concatenate([[0], np.cumsum(np.asarray(epoch_pattern, dtype=np.int64))])
+
+    def count(u: np.ndarray | int) -> np.ndarray:
+        return (np.asarray(u) // per_epoch) * done_by[-1] + done_by[np.asarray(u) % per_epoch]
+
+    return count(j - 1) - count(steps_done)
 
 
 class _Unsupported(Exception):
@@ -540,6 +552,7 @@ def lookahead_lrs(
     steps_done: int = 0,
     group: int = 0,
     step_every: int = 1,
+    epoch_pattern: Sequence[bool] | None = None,
     closed_form: bool = True,
 ) -> np.ndarray:
     """The LR of every remaining update ``steps_done+1 .. total_steps`` of ``optimizer``'s param group ``group``.
@@ -547,7 +560,7 @@ def lookahead_lrs(
     ``schedulers`` are the torch LR schedulers attached to ``optimizer`` (stepped in this order after every
     ``step_every``-th update, as a training loop does; ``None`` or empty = constant LR). Update ``j`` uses the
     LR reached after ``floor((j-1)/step_every) - floor(steps_done/step_every)`` more scheduler steps; element 0 is
-    the LR in the optimizer now. Every scheduler of ``torch.optim.lr_scheduler`` (and any nesting of them in
+    the LR in the optimizer now (``epoch_pattern``: see :func:`scheduler_epochs`). Every scheduler of ``torch.optim.lr_scheduler`` (and any nesting of them in
     SequentialLR / ChainedScheduler) is read in vectorised form, as a sequence of maps ``lr <- a * lr + b``
     mirroring torch's own step formulas: about 0.1 s for 1M steps, plus the user's lambdas (LambdaLR,
     MultiplicativeLR) called once per step unless they accept an array. The first steps are checked against
@@ -562,6 +575,8 @@ def lookahead_lrs(
         raise LookaheadError(f"steps_done must be in [0, total_steps={total_steps}], got {steps_done}")
     if step_every < 1:
         raise LookaheadError(f"step_every must be >= 1, got {step_every}")
+    if epoch_pattern is not None and len(epoch_pattern) == 0:
+        raise LookaheadError("epoch_pattern must hold one flag per update of an epoch")
     if not 0 <= group < len(optimizer.param_groups):
         raise LookaheadError(
             f"param group {group} does not exist (optimizer has {len(optimizer.param_groups)})"
@@ -584,7 +599,7 @@ def lookahead_lrs(
         scheds = [s for s in scheds if not isinstance(s, ReduceLROnPlateau)]
 
     current = _as_float(optimizer.param_groups[group]["lr"])
-    epochs = scheduler_epochs(steps_done, total_steps, step_every)
+    epochs = scheduler_epochs(steps_done, total_steps, step_every, epoch_pattern)
     if epochs.size == 0:
         return np.empty(0, dtype=np.float64)
     n_steps = int(epochs[-1])

@@ -76,10 +76,11 @@ class LRSource:
     schedulers: Sequence[Any] = field(default_factory=list)
     group: int = 0
     step_every: int = 1
+    epoch_pattern: tuple[bool, ...] | None = None  # see lookahead.scheduler_epochs
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (tuple(id(s) for s in self.schedulers), self.step_every)
+        return (tuple(id(s) for s in self.schedulers), self.step_every, self.epoch_pattern)
 
     def lookahead(self, total: int, steps_done: int) -> np.ndarray:
         """The LR of updates ``steps_done + 1 .. total`` (see :func:`lookahead.lookahead_lrs`)."""
@@ -92,6 +93,7 @@ class LRSource:
                 steps_done=steps_done,
                 group=self.group,
                 step_every=self.step_every,
+                epoch_pattern=self.epoch_pattern,
             )
 
         try:
@@ -105,7 +107,7 @@ class LRSource:
 
     def past(self, steps_done: int) -> np.ndarray | None:
         """The LRs of updates ``1 .. steps_done`` when a single ``LambdaLR`` makes them exact, else ``None``."""
-        if len(self.schedulers) != 1 or self.step_every != 1:
+        if len(self.schedulers) != 1 or self.step_every != 1 or self.epoch_pattern is not None:
             return None
         sched = self.schedulers[0]
         lambdas = getattr(sched, "lr_lambdas", None)

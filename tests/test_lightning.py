@@ -95,6 +95,32 @@ def test_observed_losses_are_per_optimizer_step_means_with_the_lr_used(
     np.testing.assert_allclose(cb.monitor.forecaster.schedule, model.used_lrs, rtol=1e-9)
 
 
+class EveryThirdBatch(TinyRegressor):
+    """A scheduler stepped every 3 batches (``"frequency": 3``), counted by Lightning from each epoch's start."""
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 3}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_step_frequency_counted_from_each_epoch_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], accumulate: int
+) -> None:
+    """10 batches per epoch and a scheduler stepped every 3 batches: Lightning steps it after batches 3, 6 and 9
+    of each epoch, so it does not step every third update across epochs. The plan follows that from the start
+    (it assumed every third update, and re-planned at every flush from the second epoch on)."""
+    model = EveryThirdBatch(dataset=regression_data(n=320))
+    steps = 40 // accumulate
+    cb = LossForecast(flush_every=5, writer=False, verbose=True)
+    _trainer(tmp_path, [cb], steps, logger=False, accumulate_grad_batches=accumulate).fit(model)
+    assert cb.errors == {}
+    assert "re-planning" not in capsys.readouterr().out
+    np.testing.assert_allclose(cb.monitor.forecaster.schedule, model.used_lrs, rtol=1e-12)
+
+
 class ManualRegressor(TinyRegressor):
     """The same model under manual optimisation: the step and the scheduler are driven by training_step."""
 
