@@ -35,7 +35,7 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
-from scaleforecast.decision import DEFAULT_CONFIDENCE, ForecastStopCheck, decide_stop_among
+from scaleforecast.decision import DEFAULT_CONFIDENCE, ForecastStopCheck, decide_stop_among, too_vague
 from scaleforecast.events import Event
 from scaleforecast.registry import RunRecord, RunRegistry, RunState
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint, StopFeatures
@@ -293,7 +293,8 @@ class OptunaForecastReporter(ForecastStopCheck):
     when the run passes ``k / n_grid`` of its ``total_steps`` (default: the forecast's final step), asks
     ``trial.should_prune()`` after each report, and returns True when the trial is to stop (as a listener: a
     critical ``early_stop`` event, which stops training gracefully). Unusable forecasts (no fit yet) are
-    ignored. Errors inside Optuna are logged once and disable the reporter, so that training goes on.
+    ignored, and a forecast too vague to rank (:func:`scaleforecast.decision.too_vague`) is recorded but not
+    reported: a median pruner compares the values alone. Errors inside Optuna are logged once and disable the reporter, so that training goes on.
 
     Under DDP only global rank 0 talks to Optuna (the other ranks may pass ``trial=None``; a
     ``TorchDistributedTrial`` is unwrapped to its rank-0 trial): the reporter itself runs no collective, and
@@ -363,8 +364,8 @@ class OptunaForecastReporter(ForecastStopCheck):
             )
             self.trial.set_user_attr(FORECAST_ATTR, attrs)
             k = min(self.n_grid, (int(step) * self.n_grid) // int(total))
-            if k <= self._last_k:
-                return False
+            if k <= self._last_k or too_vague(final.loss, final.std):
+                return False  # not due, or too vague for any pruner to rank (reported once it is not)
             self._last_k = k
             self.trial.report(float(final.loss), step=k * GRID_SCALE // self.n_grid)
             pruned = bool(self.prune and self.trial.should_prune())

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from scaleforecast.decision import DEFAULT_CONFIDENCE, too_vague
 from scaleforecast.results import Forecast
 
 __all__ = ["RayTuneForecastReporter", "forecast_metrics"]
@@ -60,6 +61,9 @@ class RayTuneForecastReporter:
 
     The run monitor calls :meth:`on_forecast` with each new forecast, right after its refit;
     ``reporter(step, forecast) -> bool`` does the reporting and always returns False: Tune's scheduler ends the trial itself.
+    A forecast too vague to rank (its band at ``confidence`` reaching below zero, as the stop rule refuses it:
+    :func:`scaleforecast.decision.too_vague`) is not reported: ASHA compares means, and a first forecast of
+    0.87 +- 0.71 for a run ending at 2.56 led its rung and ended the best runs.
     ``every`` reports only every n-th usable forecast (to bound Tune's result traffic). ``report_fn`` replaces
     ``ray.tune.report`` (e.g. ``ray.train.report`` under a Ray Train ``TorchTrainer``, where every worker
     must report). Errors are logged once and disable the reporter; training goes on.
@@ -71,9 +75,13 @@ class RayTuneForecastReporter:
         total_steps: int | None = None,
         every: int = 1,
         report_fn: Callable[[dict[str, Any]], None] | None = None,
+        confidence: float = DEFAULT_CONFIDENCE,
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        self.confidence = confidence
         self.total_steps = total_steps
         self.every = every
         self._report_fn = report_fn
@@ -94,7 +102,7 @@ class RayTuneForecastReporter:
         if self._disabled or forecast is None:
             return False
         metrics = forecast_metrics(step, forecast, self.total_steps)
-        if metrics is None:
+        if metrics is None or too_vague(metrics[METRIC], metrics["forecast_std"], self.confidence):
             return False
         self._n += 1
         if (self._n - 1) % self.every:

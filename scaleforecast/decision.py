@@ -116,7 +116,7 @@ def decide_stop(
         return no_stop(
             "too few losses after the LR peak to check the law yet: the forecast is no ground for a stop"
         )
-    if reference > 0 and final.loss < NormalDist().inv_cdf(confidence) * final.std:
+    if reference > 0 and too_vague(final.loss, final.std, confidence):
         # the fit's own band puts more than 1 - confidence of its mass below zero, where no loss can be: it
         # cannot tell the final loss yet (a run in a transient, a law extrapolated far), whatever its mean says
         return no_stop(
@@ -158,6 +158,13 @@ def decide_stop(
     return StopDecision(stop=False, reason=reason, probability=p, reference=reference, step=step, scale=scale)
 
 
+def too_vague(loss: float, std: float, confidence: float = DEFAULT_CONFIDENCE) -> bool:
+    """Whether a forecast ``loss +- std`` puts more than ``1 - confidence`` of its mass below zero, where no loss
+    can be (``loss < z_c * std``): it cannot tell the final loss yet, whatever its mean says, so it neither
+    stops its own run, nor sets another run's bar, nor is reported for a sweep engine to rank."""
+    return loss < NormalDist().inv_cdf(confidence) * std
+
+
 def sweep_reference(
     records: Iterable[RunRecord],
     *,
@@ -168,6 +175,7 @@ def sweep_reference(
     now: float | None = None,
     rel_std_floor: float = 0.0,
     model: ErrorModel | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> float | None:
     """The loss a run has to beat in its sweep: the smallest of ``target``, the other runs' final losses and
     the other running runs' *confident* forecasts.
@@ -179,9 +187,11 @@ def sweep_reference(
     published with its forecast), else its conservative ``fallback`` at ``step / total_steps``;
     without a model, the normal quantile ``loss + z_q * std`` with the std widened to
     ``sqrt(std^2 + (rel_std_floor * loss)^2)``. Only forecasts whose fit status holds numbers count, so one
-    lucky, uncertain forecast cannot set the bar. Stopped runs deliver no model and never count. ``exclude`` is
-    the asking run; ``max_age_s`` drops running records not updated for that long (a run that died). None when
-    nothing counts.
+    lucky, uncertain forecast cannot set the bar, nor can one too vague to stop its own run: a band that puts
+    more than ``1 - confidence`` of its mass below zero (``loss < z_c * std``, as :func:`decide_stop` refuses
+    it; a first forecast of 0.87 +- 0.71 for a run ending at 2.56 set a bar that stopped a sweep's best run).
+    Stopped runs deliver no model and never count. ``exclude`` is the asking run; ``max_age_s`` drops running
+    records not updated for that long (a run that died). None when nothing counts.
     """
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
@@ -199,7 +209,7 @@ def sweep_reference(
         else:
             if max_age_s is not None and now - r.updated > max_age_s:
                 continue
-            if r.loss is None or r.status not in _USABLE:
+            if r.loss is None or r.status not in _USABLE or too_vague(r.loss, r.std or 0.0, confidence):
                 continue
             if model is not None:
                 scale = model.scale(r.features or bare_features(r.step, r.total_steps, r.loss, r.std or 0.0))
@@ -298,6 +308,7 @@ def decide_stop_among(
         max_age_s=max_age_s,
         rel_std_floor=rel_std_floor,
         model=model,
+        confidence=confidence,
     )
     return decide_stop(
         forecast,
@@ -563,8 +574,11 @@ class SweepStopper(ForecastStopCheck):
         )
 
     def on_run_end(self, step: int, stopped: bool) -> None:
-        """:meth:`finish`, called by the training adapters where the run ends."""
-        self.finish(stopped=stopped)
+        """:meth:`finish`, called by the training adapters where the run ends. A run that ends before the last
+        step of its forecasts (a failure, a time budget) is recorded as stopped: its forecast at that point is
+        not a final loss the other runs must beat."""
+        last = self.last_forecast
+        self.finish(stopped=stopped or (last is not None and step < last.final_step))
 
     def finish(self, final_loss: float | None = None, *, stopped: bool = False) -> None:
         """Record the run's end (rank 0 only): ``stopped`` if this stopper or another rule (``stopped``) stopped

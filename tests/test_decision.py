@@ -167,6 +167,12 @@ def test_sweep_reference_rules() -> None:
     assert sweep_reference(recs, exclude="self", max_age_s=10, now=2000.0) == 3.2
     assert sweep_reference([], exclude="self") is None
     assert sweep_reference(recs[:1], exclude="self") is None
+    # a first forecast too vague to stop its own run (its band reaches below zero at the stop's confidence)
+    # sets no bar: 0.87 +- 0.71, for a run that ended at 2.56, stopped a sweep's best run at 2.30
+    vague = _rec("vague", loss=0.87, std=0.707, status="annealing_unidentified")
+    assert sweep_reference([vague]) is None
+    assert sweep_reference([vague], confidence=0.8) == pytest.approx(0.87 + z80 * 0.707)
+    assert sweep_reference([*recs, vague], exclude="self") == pytest.approx(3.0 + z80 * 0.1)
     with pytest.raises(ValueError):
         sweep_reference(recs, quantile=1.0)
 

@@ -83,6 +83,20 @@ def test_reporter_grid_is_per_mille_and_identical_across_lengths() -> None:
         OptunaForecastReporter(None, n_grid=0)
 
 
+def test_a_forecast_too_vague_to_rank_is_recorded_not_reported() -> None:
+    """A median pruner compares the reported values alone: a first forecast of 0.87 +- 0.71 (its band reaching
+    below zero) is kept in the trial's attributes but not reported; the next, decisive one is, at its own
+    grid point."""
+    study = optuna.create_study()
+    trial = study.ask()
+    rep = OptunaForecastReporter(trial, n_grid=10, prune=False)
+    rep(100, _forecast(0.87, 0.707, 1000, step=100))
+    assert study.trials[-1].user_attrs[FORECAST_ATTR]["loss"] == 0.87
+    assert study.trials[-1].intermediate_values == {}
+    rep(250, _forecast(2.40, 0.05, 1000, step=250))
+    assert study.trials[-1].intermediate_values == {200: 2.40}
+
+
 def test_forecast_pruner_on_sqlite_storage_prunes_the_bad_trial(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     finals = {1e-3: 3.0, 3e-3: 3.05, 1e-6: 4.5}

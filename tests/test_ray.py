@@ -52,6 +52,22 @@ def test_metrics_and_reporting_cadence() -> None:
         RayTuneForecastReporter(every=0)
 
 
+def test_a_forecast_too_vague_to_rank_is_not_reported() -> None:
+    """ASHA compares the reported means: a first forecast of 0.87 +- 0.71 (a run that ended at 2.56) led its
+    rung and ended the sweep's best runs. A forecast whose band at the stop's confidence reaches below zero
+    is not reported; the run's first decisive one is."""
+    sent: list[dict] = []
+    rep = RayTuneForecastReporter(report_fn=sent.append)
+    rep(80, _forecast(0.87, 0.707))
+    rep(120, _forecast(2.40, 0.30))
+    assert [m["step"] for m in sent] == [120]
+    loose = RayTuneForecastReporter(report_fn=sent.append, confidence=0.6)
+    loose(80, _forecast(0.87, 0.707))
+    assert sent[-1]["step"] == 80
+    with pytest.raises(ValueError, match="confidence"):
+        RayTuneForecastReporter(confidence=1.0)
+
+
 def test_reporter_disables_itself_on_errors(caplog: pytest.LogCaptureFixture) -> None:
     def boom(metrics: dict) -> None:
         raise RuntimeError("no session")

@@ -351,14 +351,14 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(tmp_path: Path) -> None:
     total = 400
     path = tmp_path / "sweep.sqlite"
 
-    def train(run_id: str, offset: float, target: float | None = None) -> int | None:
+    def train(run_id: str, offset: float, target: float | None = None, until: int = total) -> int | None:
         opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
         stopper = SweepStopper(path, run_id)
         assert stopper.sync()  # the records of the runs before this one are read before it trains
         fc = LossForecastSession(
             opt, total_steps=total, target_loss=target, listeners=[stopper], writer=False, flush_every=20
         )
-        for n in range(1, total + 1):
+        for n in range(1, until + 1):
             opt.step()
             fc.step(torch.tensor(2.0 + offset + 0.3 * n**-0.3))
             if fc.should_stop:
@@ -369,10 +369,14 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(tmp_path: Path) -> None:
     assert train("first", 0.0) is None
     assert train("worse", 3.0) is not None
     assert train("own-target", 0.0, target=1.0) is not None
+    assert train("cut-short", -1.0, until=120) is None
     recs = {r.run_id: r for r in SQLiteRegistry(default_sweep(), path).records()}
     assert recs["first"].state is RunState.FINISHED
     assert recs["first"].final_loss == pytest.approx(2.0 + 0.3 * total**-0.3, rel=0.01)
     assert recs["worse"].state is RunState.STOPPED and recs["own-target"].state is RunState.STOPPED
+    # a run that ends before its last step (a failure, a time budget) is no finished result to beat: its
+    # forecast at that point was recorded as its final loss, and stopped the next runs against it
+    assert recs["cut-short"].state is RunState.STOPPED
 
 
 def test_runs_that_name_no_sweep_share_one_per_script_and_directory(
