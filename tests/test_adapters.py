@@ -310,7 +310,8 @@ def _make(adapter: str, **kwargs: Any) -> Any:
     from scaleforecast.callbacks import LossForecastSession
 
     sgd = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
-    return LossForecastSession(sgd, **{"total_steps": 100, **kwargs})
+    # a plain loop starts at construction: no TensorBoard files in the working directory
+    return LossForecastSession(sgd, **{"total_steps": 100, "writer": False, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -375,7 +376,8 @@ def test_a_plain_loop_must_say_its_length() -> None:
         LossForecastSession(sgd)
     with pytest.raises(ValueError, match="optimizer: expected a torch optimizer"):
         LossForecastSession(object(), total_steps=10)  # type: ignore[arg-type]
-    assert LossForecastSession(sgd, schedule="constant:peak=0.1,total=10").session.planner.length(None) == 10
+    fc = LossForecastSession(sgd, schedule="constant:peak=0.1,total=10", writer=False)
+    assert fc.session.planner.length(None) == 10
 
 
 def test_numbers_of_any_kind_are_accepted(adapter: str) -> None:
