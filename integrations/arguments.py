@@ -69,7 +69,8 @@ class ForecastArgs(TypedDict, total=False):
       divergence from the law: :mod:`scaleforecast.detectors`), ``[]`` for none; ``listeners``: called with
       each new forecast (sweep reporters and stoppers); ``advisor``: schedule advice after each refit;
       ``on_event``: a hook called with every event.
-    - ``verbose``: print each new forecast, re-plans and the stop on rank 0.
+    - ``verbose``: print each new forecast, re-plans and the stop on rank 0 (the events go to the Python logger
+      ``scaleforecast.health`` either way: your logging configuration decides what shows).
     - ``family``: runs of one family (a sweep, an ablation, a longer rerun of one model on one data set) share
       their law: a new run borrows the fits of the family's finished runs as its prior, and at its end keeps its
       own fit for the next ones ("fit one, predict the rest"; :mod:`scaleforecast.family`). Default: the sweep

@@ -204,7 +204,7 @@ class TrainingSession:
         self.listeners = list(listeners)
         self.advisor, self.on_event, self.writer = advisor, on_event, writer
         self.guard = Guard(name)
-        self.monitor = self._new_monitor(verbose=False)
+        self.monitor = self._new_monitor(log_events=False)
         self.stopped_at: int | None = None
         self.stop_reason: str | None = None
         self.extra: dict[str, Any] = {}  # adapter-specific state that travels with the session's
@@ -239,7 +239,8 @@ class TrainingSession:
         self._warned: set[str] = set()
         self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
 
-    def _new_monitor(self, verbose: bool) -> RunMonitor:
+    def _new_monitor(self, log_events: bool) -> RunMonitor:
+        # events go to the Python logger on rank 0 whatever ``verbose`` says: it is for what this session prints
         return RunMonitor(
             config=self.forecaster_config,
             stop=self.stop,
@@ -248,7 +249,7 @@ class TrainingSession:
             advisor=self.advisor,
             figure_every=self.config.log_figures_every,
             on_event=self.on_event,
-            verbose=verbose,
+            verbose=log_events,
             guard=self.guard,
         )
 
@@ -310,7 +311,7 @@ class TrainingSession:
         self._ran_here, self._stopping = True, False
         # every rank reads the family's finished fits, so that every rank fits under the same prior
         self.guard("family store", self._borrow)
-        self.monitor = self._new_monitor(verbose=self.is_zero and self.config.verbose)
+        self.monitor = self._new_monitor(log_events=self.is_zero)
         self.step = self.flushed_at = int(step)
         self.run_length, self.source = run_length, source
         self.buffer = DeviceBuffer(self.config.flush_every, channels=3 if self.config.track_grad_norm else 2)
@@ -424,7 +425,7 @@ class TrainingSession:
             self.warn(
                 f"the saved forecast state could not be used ({type(exc).__name__}: {exc}); starting a fresh history"
             )
-            self.monitor = self._new_monitor(verbose=self.is_zero and self.config.verbose)
+            self.monitor = self._new_monitor(log_events=self.is_zero)
             return None
 
     def _feed_pending(self, pending: dict[str, Any]) -> None:
@@ -754,7 +755,7 @@ class TrainingSession:
             data = json.loads(path.read_text())
             path.unlink()
             self._ran_here = True
-            monitor = self._new_monitor(verbose=False)
+            monitor = self._new_monitor(log_events=False)
             monitor.load_state_dict(data["monitor"])
             self.monitor = monitor
             self.stopped_at, self.stop_reason = data.get("stopped_at"), data.get("stop_reason")

@@ -415,3 +415,25 @@ def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
         np.testing.assert_allclose(fc.forecaster.schedule, used, rtol=1e-12)
     with pytest.raises(ValueError, match="scheduler_every"):
         LossForecastSession(opt, sched, scheduler_every=0, total_steps=10)
+
+
+def test_events_reach_the_python_logger_when_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    """``verbose=False`` quiets what the session prints, not the Python logger: a run lost to NaN logs its
+    critical event on ``scaleforecast.health`` (it logged nothing at all)."""
+    import logging
+
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=200, flush_every=10, writer=False, verbose=False)
+    with caplog.at_level(logging.WARNING, logger="scaleforecast.health"):
+        for n in range(1, 201):
+            opt.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3 if n < 100 else math.nan))
+            if fc.should_stop:
+                break
+        fc.close()
+    assert fc.stopped_at is not None
+    assert any(r.levelno == logging.ERROR and "nonfinite" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
