@@ -117,6 +117,9 @@ class LRSource:
         return np.array([base * float(fn(k)) for k in range(steps_done)])
 
 
+NO_PAST = "no record of the LRs before this resume"
+
+
 class SchedulePlanner:
     """Build and revise the planned schedule under the rules of the module docstring.
 
@@ -164,7 +167,7 @@ class SchedulePlanner:
         if steps_done and (past is None or len(past) < steps_done):
             past = source.past(steps_done)
             if past is None:
-                self.say("no record of the LRs before this resume; assuming the current LR for them")
+                self.say(f"{NO_PAST}; assuming the current LR for them")
                 past = np.full(steps_done, future[0] if future.size else np.nan)
         head = np.empty(0) if not steps_done or past is None else np.asarray(past, dtype=float)[:steps_done]
         return self._floored(np.concatenate([head, future])[:total])

@@ -437,3 +437,41 @@ def test_events_reach_the_python_logger_when_quiet(caplog: pytest.LogCaptureFixt
     assert any(r.levelno == logging.ERROR and "nonfinite" in r.getMessage() for r in caplog.records), [
         r.getMessage() for r in caplog.records
     ]
+
+
+@pytest.mark.parametrize("restore_state", [True, False])
+def test_a_resume_in_the_documented_order_is_not_told_the_lrs_are_unknown(restore_state: bool) -> None:
+    """Optimizer and scheduler restored, the session built, then its state loaded (the order the docs give):
+    the state holds the LRs before the resume, so "no record of the LRs" (said at construction) was wrong.
+    Without a state to load it is still said, at the first step."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 200
+
+    def make() -> tuple[Any, Any]:
+        opt = _sgd(0.1)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
+
+    opt, sched = make()
+    fc = LossForecastSession(opt, sched, total_steps=total, flush_every=10, writer=False, verbose=False)
+    for n in range(1, 101):
+        opt.step()
+        sched.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    saved, sched_state = fc.state_dict(), sched.state_dict()
+    fc.close()
+    opt, sched = make()
+    sched.load_state_dict(sched_state)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fc = LossForecastSession(opt, sched, total_steps=total, flush_every=10, writer=False, verbose=False)
+        if restore_state:
+            fc.load_state_dict(saved)
+        for n in range(101, total + 1):
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    told = [str(w.message) for w in caught if "no record of the LRs" in str(w.message)]
+    assert len(told) == (0 if restore_state else 1), told
+    assert fc.errors == {} and fc.forecaster.last_step == total
