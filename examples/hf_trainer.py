@@ -129,7 +129,8 @@ def main() -> None:
     actual = sum(tail) / len(tail)
     print(f"\ntrained {steps} steps in {elapsed:.0f} s; loss resolution: {watch.mode}")
     print(f"actual final loss (mean over the last {len(tail) * args.logging_steps} steps): {actual:.4f}")
-    print(f"{'forecast made at step':>22} {'forecast':>9} {'band (80%)':>19} {'error':>8}")
+    # a forecast is fitted on the steps up to one flush and published at the next (the step the console shows)
+    print(f"{'fitted up to step':>22} {'forecast':>9} {'band (80%)':>19} {'error':>8}")
     for at, loss, lower, upper in record.forecasts:
         inside = "in band" if lower <= actual <= upper else ""
         print(f"{at:>22} {loss:9.4f} [{lower:7.4f}, {upper:7.4f}] {loss - actual:+8.4f} {inside}")

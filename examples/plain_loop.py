@@ -29,7 +29,10 @@ class TinyGPT(nn.Module):
         layer = nn.TransformerEncoderLayer(
             dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True
         )
-        self.blocks, self.head = nn.TransformerEncoder(layer, layers), nn.Linear(dim, vocab)
+        self.blocks, self.head = (
+            nn.TransformerEncoder(layer, layers, enable_nested_tensor=False),
+            nn.Linear(dim, vocab),
+        )
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         mask = nn.Transformer.generate_square_subsequent_mask(idx.shape[1])

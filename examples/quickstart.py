@@ -208,7 +208,7 @@ def train(
         level=LEVEL,
         flush_every=every,
         refit_every=every,
-        log_figures_every=2,  # a figure every eighth of the run, the last at its end
+        log_figures_every=2,  # a figure at every second forecast, and one at a stop
         verbose=False,
     )
     seen = Seen()

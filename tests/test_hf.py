@@ -210,7 +210,7 @@ def test_example_runs(tmp_path: Path) -> None:
     proc = run_group([sys.executable, str(example), "--steps", "60", "--out", str(tmp_path)], timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "actual final loss" in proc.stdout
-    assert "forecast made at step" in proc.stdout
+    assert "fitted up to step" in proc.stdout
     assert _event_dirs(tmp_path / "runs")
 
 
