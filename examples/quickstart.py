@@ -279,6 +279,8 @@ def main() -> None:
 
     # Lightning's start-up notes and a known deprecation warning of its own are not what this demo is about.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # the demo prints the forecasts and the stop in its own table; the plugin's log says them again
+    logging.getLogger("scaleforecast.health").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec).*")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
