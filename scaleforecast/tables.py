@@ -164,6 +164,17 @@ def _jsonl_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], lis
     return list(columns), rows, state
 
 
+def _json_object(line: str) -> tuple[dict[str, Any] | None, str, bool]:
+    """One JSON line as ``(object, "", True)``, or ``(None, why not, whether it parsed at all)``."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as err:
+        return None, _json_error(err), False
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}", True
+    return obj, "", True
+
+
 def _json_lines(path: Path, text: str, notes: list[str]) -> list[Row]:
     """One record per line. A line that is not a JSON object is skipped with a note (one for them all), unless
     no line is one; a cut-off last line is being written."""
@@ -173,16 +184,12 @@ def _json_lines(path: Path, text: str, notes: list[str]) -> list[Row]:
     for i, line in enumerate(lines):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as err:
-            if i == len(lines) - 1 and not text.endswith(("\n", "\r")):
+        obj, why, parsed = _json_object(line)
+        if obj is None:
+            if not parsed and i == len(lines) - 1 and not text.endswith(("\n", "\r")):
                 notes.append(f"{path.name}: last line is cut off (still being written?); skipped it")
-                continue
-            skipped.append((i + 1, _json_error(err)))
-            continue
-        if not isinstance(obj, dict):
-            skipped.append((i + 1, f"expected a JSON object, got {type(obj).__name__}"))
+            else:
+                skipped.append((i + 1, why))
             continue
         rows.append((i + 1, _flatten(obj)))
     if skipped and not rows:
@@ -456,16 +463,9 @@ class TableTailer:
         for i, line in enumerate(lines):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as err:
-                result.notes.append(f"{self.path.name}:{start + i + 1}: {_json_error(err)}: skipped the line")
-                continue
-            if not isinstance(obj, dict):
-                result.notes.append(
-                    f"{self.path.name}:{start + i + 1}: expected a JSON object, got {type(obj).__name__}: skipped "
-                    "the line"
-                )
+            obj, why, _ = _json_object(line)
+            if obj is None:
+                result.notes.append(f"{self.path.name}:{start + i + 1}: {why}: skipped the line")
                 continue
             out.append(_flatten(obj))
         return out
