@@ -293,8 +293,9 @@ class OptunaForecastReporter(ForecastStopCheck):
     when the run passes ``k / n_grid`` of its ``total_steps`` (default: the forecast's final step), asks
     ``trial.should_prune()`` after each report, and returns True when the trial is to stop (as a listener: a
     critical ``early_stop`` event, which stops training gracefully). Unusable forecasts (no fit yet) are
-    ignored, and a forecast too vague to rank (:func:`scaleforecast.decision.too_vague`) is recorded but not
-    reported: a median pruner compares the values alone. Errors inside Optuna are logged once and disable the reporter, so that training goes on.
+    ignored, and a forecast too vague to rank (its band at ``confidence`` reaching below zero:
+    :func:`scaleforecast.decision.too_vague`) is recorded but not reported: a median pruner compares the values
+    alone (``confidence=0.5`` reports every forecast). Errors inside Optuna are logged once and disable the reporter, so that training goes on.
 
     Under DDP only global rank 0 talks to Optuna (the other ranks may pass ``trial=None``; a
     ``TorchDistributedTrial`` is unwrapped to its rank-0 trial): the reporter itself runs no collective, and
@@ -308,9 +309,13 @@ class OptunaForecastReporter(ForecastStopCheck):
         total_steps: int | None = None,
         n_grid: int = 20,
         prune: bool = True,
+        confidence: float = DEFAULT_CONFIDENCE,
     ) -> None:
         if not 1 <= n_grid <= GRID_SCALE:
             raise ValueError(f"n_grid must be in [1, {GRID_SCALE}], got {n_grid}")
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        self.confidence = confidence
         if total_steps is not None and total_steps <= 0:
             raise ValueError(f"total_steps must be > 0, got {total_steps}")
         # A TorchDistributedTrial broadcasts inside each call; the adapters' own agreement replaces that.
@@ -364,7 +369,7 @@ class OptunaForecastReporter(ForecastStopCheck):
             )
             self.trial.set_user_attr(FORECAST_ATTR, attrs)
             k = min(self.n_grid, (int(step) * self.n_grid) // int(total))
-            if k <= self._last_k or too_vague(final.loss, final.std):
+            if k <= self._last_k or too_vague(final.loss, final.std, self.confidence):
                 return False  # not due, or too vague for any pruner to rank (reported once it is not)
             self._last_k = k
             self.trial.report(float(final.loss), step=k * GRID_SCALE // self.n_grid)

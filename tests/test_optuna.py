@@ -95,6 +95,11 @@ def test_a_forecast_too_vague_to_rank_is_recorded_not_reported() -> None:
     assert study.trials[-1].intermediate_values == {}
     rep(250, _forecast(2.40, 0.05, 1000, step=250))
     assert study.trials[-1].intermediate_values == {200: 2.40}
+    trial = study.ask()
+    OptunaForecastReporter(trial, n_grid=10, prune=False, confidence=0.5)(100, _forecast(0.87, 0.707, 1000))
+    assert study.trials[-1].intermediate_values == {100: 0.87}
+    with pytest.raises(ValueError, match="confidence"):
+        OptunaForecastReporter(None, confidence=1.0)
 
 
 def test_forecast_pruner_on_sqlite_storage_prunes_the_bad_trial(tmp_path: Path) -> None:
