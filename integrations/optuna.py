@@ -198,8 +198,9 @@ class ForecastPruner(BasePruner):
     completed value, or a running trial's forecast at its upper ``quantile`` (a confident forecast), or
     ``target`` if lower. Grace: no pruning before ``max(min_steps, min_fraction * total_steps)`` of the trial's
     own steps, nor before ``n_startup_trials`` trials have completed. Trials without a forecast attribute are
-    never pruned by this pruner. ``max_age_s`` ignores running trials whose forecast is older (crashed
-    workers in a distributed study). ``rel_std_floor`` is the smallest error scale (relative to the loss)
+    never pruned by this pruner. ``max_age_s`` (default a day, as :class:`~scaleforecast.decision.SweepStopper`;
+    ``None``: never) ignores running trials whose forecast is older: a worker that crashed or was preempted
+    leaves its trial RUNNING in the study for good. ``rel_std_floor`` is the smallest error scale (relative to the loss)
     assumed for any forecast, this trial's and the others' (:func:`scaleforecast.decision.decide_stop_among`).
     ``reasons`` keeps why each pruned trial was pruned (trial number -> the decision's reason, in this process):
     the reporter shows it in the trial's ``scaleforecast.pruned`` attribute, its stop event and its
@@ -215,7 +216,7 @@ class ForecastPruner(BasePruner):
         quantile: float = 0.8,
         target: float | None = None,
         n_startup_trials: int = 0,
-        max_age_s: float | None = None,
+        max_age_s: float | None = 86_400.0,
         rel_std_floor: float = 0.0,
     ) -> None:
         if rel_std_floor < 0:

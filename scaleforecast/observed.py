@@ -99,7 +99,7 @@ def observed_final(run: RunData) -> ObservedFinal | None:
         why = (
             f"the log has only {n} finite point(s) in the last {100 * MAX_SPAN:.0f}% of the run"
             if n < MIN_POINTS
-            else f"the log is too sparse for its noise near the end ({n} points over the last {100 * span / total:.2g}% of the run)"
+            else f"the loss is too noisy for the {n} points logged over the last {100 * span / total:.2g}% of the run"
         )
         known = (
             "an unknown margin"

@@ -46,10 +46,7 @@ def test_sparse_lightning_style_log_is_warned_about(
     truth = float(law(lrs, np.array([1000]))[0])
     assert abs(obs.value - truth) <= 3 * obs.std
     assert obs.note is not None
-    assert (
-        "the log is too sparse for its noise near the end (8 points over the last 7.1% of the run)"
-        in obs.note
-    )
+    assert "the loss is too noisy for the 8 points logged over the last 7.1% of the run" in obs.note
     assert f"the observed final loss ({obs.value:.4f} at step 1000) is known only to ±" in obs.note
     png = tmp_path / "r.png"
     assert main(["report", str(tmp_path / "lightning_logs"), "-o", str(png), "--dpi", "20", "--json"]) == 0

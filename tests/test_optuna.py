@@ -4,6 +4,7 @@ trials (Lightning, HF Trainer) pruned on their forecast."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,14 @@ def test_forecast_pruner_uses_running_trials_confident_forecasts() -> None:
         ForecastPruner(confidence=1.2)
     with pytest.raises(ValueError):
         OptunaRegistry(optuna.create_study(direction="maximize"))
+    # a trial whose worker died stays RUNNING in the study for good: its forecast stops counting after a day
+    s3 = optuna.create_study(pruner=ForecastPruner(min_fraction=0.0))
+    dead, live = s3.ask(), s3.ask()
+    now = time.time()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "time", lambda: now - 2 * 86_400)  # its last forecast, two days ago
+        OptunaForecastReporter(dead, n_grid=10, prune=False)(500, _forecast(3.0, 0.01, 1000, step=500))
+    assert not OptunaForecastReporter(live, n_grid=10)(500, _forecast(3.6, 0.01, 1000, step=500))
 
 
 def test_successive_halving_on_forecasts(tmp_path: Path) -> None:
