@@ -92,8 +92,9 @@ def _lr_source(trainer: pl.Trainer, group: int) -> LRSource:
         else:
             every = max(every, c.frequency // math.gcd(c.frequency, acc))
     pattern = None
-    steps = {c.frequency for c in configs if c.interval == "step"}
-    if not manual and len(steps) == 1 and every == min(steps) and math.isfinite(batches) and batches > 0:
+    steps = {c.frequency for c in configs}
+    step_only = {c.interval for c in configs} == {"step"}
+    if not manual and step_only and len(steps) == 1 and math.isfinite(batches) and batches > 0:
         # Lightning counts a step scheduler's frequency in batches from each epoch's start: the update ending
         # at batch m of an epoch steps it when m is a multiple of the frequency (an epoch's last update may
         # end early, at its last batch)

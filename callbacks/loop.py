@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from scaleforecast.integrations.arguments import ForecastArgs
 from scaleforecast.integrations.distributed import TorchCollectives
-from scaleforecast.integrations.planner import NO_PAST, LRSource
+from scaleforecast.integrations.planner import LRSource
 from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter
 from typing_extensions import Unpack
 
@@ -99,10 +99,6 @@ class LossForecastSession(SessionFace):
         )
         self._scheduler_every = scheduler_every
         done = self._updates_done() or 0
-        if done:
-            # a restored scheduler: the forecast state restored next (load_state_dict) holds the LRs before it,
-            # so the planner's "no record of the LRs" waits for the first step to be said, if still true then
-            self.session.hold_warnings()
         self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=source)
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
         self._calls, self._updates = 0, UpdateCounter()
@@ -120,7 +116,6 @@ class LossForecastSession(SessionFace):
         other updates than the restored scheduler comes from another checkpoint: the scheduler's count is the
         run's (it sets the LR), with a warning, and the history after it is dropped at the next flush."""
         super().load_state_dict(state_dict)
-        self.session.release_warnings(drop=NO_PAST)
         done, saved = self._updates_done(), self.session.step
         if done and done != saved:
             self.session.warn(
@@ -142,8 +137,6 @@ class LossForecastSession(SessionFace):
     def step(self, loss: torch.Tensor | float | None, *, step: int | None = None) -> None:
         """Record one completed optimizer update and its loss (the mean over its micro-batches, as a tensor:
         it is never read back). ``step``: its number, when the loop counts updates itself (1-based)."""
-        if self._calls == 0:
-            self.session.release_warnings()
         n = self.session.step + 1 if step is None else int(step)
         self.session.record(n, loss)
         self.session.tick(n)
@@ -165,7 +158,6 @@ class LossForecastSession(SessionFace):
 
     def close(self) -> None:
         """The end of the loop, on every rank: the last flush and agreement, then TensorBoard is closed."""
-        self.session.release_warnings()
         self._updates.detach()
         self.session.finish(self.session.step)
 

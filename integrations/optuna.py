@@ -35,7 +35,13 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
-from scaleforecast.decision import DEFAULT_CONFIDENCE, ForecastStopCheck, decide_stop_among, too_vague
+from scaleforecast.decision import (
+    DEFAULT_CONFIDENCE,
+    ForecastStopCheck,
+    check_probability,
+    decide_stop_among,
+    too_vague,
+)
 from scaleforecast.events import Event
 from scaleforecast.registry import RunRecord, RunRegistry, RunState
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint, StopFeatures
@@ -221,10 +227,8 @@ class ForecastPruner(BasePruner):
     ) -> None:
         if rel_std_floor < 0:
             raise ValueError(f"rel_std_floor must be >= 0, got {rel_std_floor}")
-        if not 0.5 <= confidence < 1.0:
-            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
-        if not 0.5 <= quantile < 1.0:
-            raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+        check_probability("confidence", confidence)
+        check_probability("quantile", quantile)
         if n_startup_trials < 0:
             raise ValueError(f"n_startup_trials must be >= 0, got {n_startup_trials}")
         self.confidence = confidence
@@ -314,8 +318,7 @@ class OptunaForecastReporter(ForecastStopCheck):
     ) -> None:
         if not 1 <= n_grid <= GRID_SCALE:
             raise ValueError(f"n_grid must be in [1, {GRID_SCALE}], got {n_grid}")
-        if not 0.5 <= confidence < 1.0:
-            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        check_probability("confidence", confidence)
         self.confidence = confidence
         if total_steps is not None and total_steps <= 0:
             raise ValueError(f"total_steps must be > 0, got {total_steps}")

@@ -117,14 +117,13 @@ class LRSource:
         return np.array([base * float(fn(k)) for k in range(steps_done)])
 
 
-NO_PAST = "no record of the LRs before this resume"
-
-
 class SchedulePlanner:
     """Build and revise the planned schedule under the rules of the module docstring.
 
     ``fixed``: a schedule the user gave (never re-planned); ``total_steps``: a length the user gave;
-    ``say(message)`` reports a warning (the session prints it once, on rank 0).
+    ``say(message)`` reports a warning (the session prints it once, on rank 0). ``guessed_past``: the latest
+    plan holds the current LR for the updates before a resume, having no record of theirs (said by the session
+    at its next flush, so that a saved state restored in between, which re-plans, can answer it).
     """
 
     def __init__(self, fixed: np.ndarray | None, total_steps: int | None, say: Callable[[str], None]) -> None:
@@ -132,6 +131,7 @@ class SchedulePlanner:
         self.say = say
         self.fixed = None if fixed is None else self._floored(fixed)
         self.key: tuple[Any, ...] | None = None
+        self.guessed_past = False
         self._warned_length = False
         self._peak: tuple[np.ndarray, float] | None = None  # (the plan it belongs to, its largest LR)
 
@@ -158,6 +158,7 @@ class SchedulePlanner:
     ) -> np.ndarray:
         """The whole plan: ``past`` (the LRs of the first ``steps_done`` updates), then the look-ahead."""
         total = self.length(run_length)
+        self.guessed_past = False
         if self.fixed is not None:
             return self.fixed
         if source is None:
@@ -167,7 +168,7 @@ class SchedulePlanner:
         if steps_done and (past is None or len(past) < steps_done):
             past = source.past(steps_done)
             if past is None:
-                self.say(f"{NO_PAST}; assuming the current LR for them")
+                self.guessed_past = True
                 past = np.full(steps_done, future[0] if future.size else np.nan)
         head = np.empty(0) if not steps_done or past is None else np.asarray(past, dtype=float)[:steps_done]
         return self._floored(np.concatenate([head, future])[:total])

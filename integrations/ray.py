@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from scaleforecast.decision import DEFAULT_CONFIDENCE, too_vague
+from scaleforecast.decision import DEFAULT_CONFIDENCE, check_probability, too_vague
 from scaleforecast.results import Forecast
 
 __all__ = ["RayTuneForecastReporter", "forecast_metrics"]
@@ -79,8 +79,7 @@ class RayTuneForecastReporter:
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        if not 0.5 <= confidence < 1.0:
-            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        check_probability("confidence", confidence)
         self.confidence = confidence
         self.total_steps = total_steps
         self.every = every

@@ -215,7 +215,6 @@ class TrainingSession:
         self.replan_hint = ""
         self._saved: dict[str, Any] | None = None
         self._owner = (os.getpid(), uuid.uuid4().hex)
-        self._held: list[str] | None = None
         self._ran_here = False
         self._stopping = False
         self._reset_process_state()
@@ -280,23 +279,8 @@ class TrainingSession:
         if self.is_zero and self.config.verbose:
             print(f"{self.name}: {message}", flush=True)
 
-    def hold_warnings(self) -> None:
-        """Keep the warnings said from now on until :meth:`release_warnings` (a state about to be restored may
-        answer them)."""
-        self._held = []
-
-    def release_warnings(self, drop: str | None = None) -> None:
-        """Say the held warnings, but those that contain ``drop``."""
-        held, self._held = self._held, None
-        for message in held or []:
-            if drop is None or drop not in message:
-                self.warn(message)
-
     def warn(self, message: str) -> None:
         """A ``RuntimeWarning`` on rank 0, once per message."""
-        if self._held is not None:
-            self._held.append(message)
-            return
         if self.is_zero and message not in self._warned:
             self._warned.add(message)
             warnings.warn(f"{self.name}: {message}", RuntimeWarning, stacklevel=3)
@@ -550,6 +534,8 @@ class TrainingSession:
         if red.count == 0:
             return None
         self.guard("schedule look-ahead", self._revise, red.steps, red.lrs, step)
+        if self.planner.guessed_past:
+            self.warn("no record of the LRs before this resume; assuming the current LR for them")
         if not red.seen.any():
             if self.on_no_loss is not None:
                 self.on_no_loss(step)

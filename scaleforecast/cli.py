@@ -40,7 +40,7 @@ from scaleforecast.run_args import (
     steps_arg,
     window_arg,
 )
-from scaleforecast.runs import LOSS_NAMES, ReadError
+from scaleforecast.runs import LOSS_NAMES, ReadError, stops_short
 
 # Each module exposes ``add_parser(subparsers)`` (registering ``func=run``) and ``run(args) -> int``.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -242,11 +242,9 @@ def _unfinished(steps: np.ndarray, total: int, lr_file: str | None) -> str | Non
     """Why a reference whose losses stop short of the end of its LR is no finished run (``None`` if it is one):
     more than one log interval and 1% of the run before it. Its fit would judge the annealing by an LR it never
     reached (a 50k-step LR file given for a 25k-step run reads as a run that never annealed)."""
-    last = int(steps[-1])
-    gaps = np.diff(steps)
-    interval = int(np.median(gaps)) if len(gaps) else 1
-    if total - last <= max(interval, 0.01 * total):
+    if not stops_short(steps, total):
         return None
+    last = int(steps[-1])
     whose = f"its LR file {lr_file} has" if lr_file is not None else "its LR covers"
     return (
         f"{whose} {total} updates but its losses stop at step {last}: a reference must be a finished run "

@@ -87,8 +87,7 @@ def decide_stop(
     warm-up is not yet told from one still falling), nor on one whose own band puts more than
     ``1 - confidence`` of its mass below zero (``loss < z_c * std``: the fit cannot tell the final loss yet).
     """
-    if not 0.5 <= confidence < 1.0:
-        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+    check_probability("confidence", confidence)
 
     def no_stop(reason: str) -> StopDecision:
         return StopDecision(stop=False, reason=reason, reference=reference, step=step)
@@ -158,6 +157,12 @@ def decide_stop(
     return StopDecision(stop=False, reason=reason, probability=p, reference=reference, step=step, scale=scale)
 
 
+def check_probability(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` (a confidence or a quantile) lies in [0.5, 1)."""
+    if not 0.5 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0.5, 1), got {value}")
+
+
 def too_vague(loss: float, std: float, confidence: float = DEFAULT_CONFIDENCE) -> bool:
     """Whether a forecast ``loss +- std`` puts more than ``1 - confidence`` of its mass below zero, where no loss
     can be (``loss < z_c * std``): it cannot tell the final loss yet, whatever its mean says, so it neither
@@ -193,8 +198,7 @@ def sweep_reference(
     Stopped runs deliver no model and never count. ``exclude`` is the asking run; ``max_age_s`` drops running
     records not updated for that long (a run that died). None when nothing counts.
     """
-    if not 0.5 <= quantile < 1.0:
-        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    check_probability("quantile", quantile)
     if rel_std_floor < 0:
         raise ValueError(f"rel_std_floor must be >= 0, got {rel_std_floor}")
     z = NormalDist().inv_cdf(quantile)
@@ -417,8 +421,7 @@ class SweepStopper(ForecastStopCheck):
         finish_timeout_s: float = 10.0,
         max_run_age_s: float | None = 86_400.0,
     ) -> None:
-        if not 0.5 <= confidence < 1.0:
-            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        check_probability("confidence", confidence)
         if (
             max_records_age_s <= 0
             or finish_timeout_s < 0
@@ -574,11 +577,9 @@ class SweepStopper(ForecastStopCheck):
         )
 
     def on_run_end(self, step: int, stopped: bool) -> None:
-        """:meth:`finish`, called by the training adapters where the run ends. A run that ends before the last
-        step of its forecasts (a failure, a time budget) is recorded as stopped: its forecast at that point is
-        not a final loss the other runs must beat."""
-        last = self.last_forecast
-        self.finish(stopped=stopped or (last is not None and step < last.final_step))
+        """:meth:`finish`, called by the training adapters where the run ends (``stopped`` also for a run that
+        ended before its last step: its forecast then is not a final loss the other runs must beat)."""
+        self.finish(stopped=stopped)
 
     def finish(self, final_loss: float | None = None, *, stopped: bool = False) -> None:
         """Record the run's end (rank 0 only): ``stopped`` if this stopper or another rule (``stopped``) stopped

@@ -448,11 +448,12 @@ def _fit_tissue(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitRes
     tail = sub.y[np.argsort(sub.end)[-max(3, n // 10) :]]
     l_ref = float(np.median(tail))
     sigma0 = max(_noise_from_differences(sub.y, sub.count), 1e-6)
+    level = _level(sub)  # the same for every pass and every lam
 
     def best_over_lam(l_ref: float, init: FitResult | None) -> dict:
         best: tuple[float, dict] | None = None
         for lam in lams:
-            res = _fit_one_lam(sub, lrs, lam, cfg, prior, peak, l_ref, sigma0, init)
+            res = _fit_one_lam(sub, level, lrs, lam, cfg, prior, peak, l_ref, sigma0, init)
             if best is None or res["obj"] < best[0]:
                 best = (res["obj"], res)
         assert best is not None
@@ -478,6 +479,7 @@ def _fit_tissue(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitRes
 
 def _fit_one_lam(
     sub: Observations,
+    ref: np.ndarray,
     lrs: np.ndarray,
     lam: float,
     cfg: FitConfig,
@@ -490,8 +492,7 @@ def _fit_one_lam(
     sigma = sigma0
     D = _Design(sub, lrs, lam, cfg.warmup, cfg.memory_for(lrs.size))
     y = sub.y
-    ref = _level(sub)
-    base_w = sub.count / (ref * ref)  # relative residuals
+    base_w = sub.count / (ref * ref)  # relative residuals, against the smooth level ``ref`` (see _level)
     if cfg.recency > 0:
         # the law's shape is imperfect: let the latest part of the curve, nearest the forecast, count more
         base_w = base_w * np.power(sub.end / float(sub.end.max()), cfg.recency)

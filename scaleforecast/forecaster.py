@@ -378,19 +378,27 @@ class OnlineForecaster:
             self._nonfinite_tail += len(finite)
 
     def _rewind(self, step: int) -> None:
-        step = max(step, 0)
-        dropped = self._history.truncate(step)
+        last = self._last_step
+        dropped = self.rewind(step)
         msg = (
-            f"step went back to {step + 1} after {self._last_step} (resumed from an older checkpoint?): "
-            f"dropped {dropped} observation(s) after step {step}"
+            f"step went back to {max(step, 0) + 1} after {last} (resumed from an older checkpoint?): "
+            f"dropped {dropped} observation(s) after step {max(step, 0)}"
         )
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         log.warning(msg)
+
+    def rewind(self, step: int) -> int:
+        """Forget every observation after ``step`` (whole history bins: one that straddles ``step`` goes too),
+        quietly, and return how many were dropped. :meth:`observe_many` does it, with a warning, when the steps
+        it is given go back; a caller that knows of the resume (a log reader) says it in its own words."""
+        step = max(step, 0)
+        dropped = self._history.truncate(step)
         self._last_step = step
         self._nonfinite_tail = 0
         self._last_finite_step = min(self._last_finite_step, step)
         self._raw_at_fit = min(self._raw_at_fit, self._history.n_raw)
         self._step_at_fit = min(self._step_at_fit, step)
+        return dropped
 
     def observations(self) -> Observations:
         """The binned history as the fitter's :class:`Observations` (window means with weights)."""

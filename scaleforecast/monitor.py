@@ -401,8 +401,10 @@ class RunMonitor:
 
     def end_run(self, step: int, stopped: bool) -> None:
         """Tell the listeners that have ``on_run_end`` that the run ended at ``step`` (``stopped``: by any rule,
-        as agreed across ranks), e.g. a sweep stopper recording the run as finished or stopped for the runs
-        after it. Each failure is reported once."""
+        as agreed across ranks, or before its planned last step: a failure, a time budget), e.g. a sweep stopper
+        recording the run as finished or stopped for the runs after it. Each failure is reported once."""
+        total = self.forecaster.total_steps
+        stopped = stopped or (total is not None and step < total)
         for i, listener in enumerate(self.listeners):
             end = getattr(listener, "on_run_end", None)
             if callable(end):

@@ -24,7 +24,7 @@ import numpy as np
 
 from scaleforecast.advice import ScheduleAdvisor, candidate_schedules
 from scaleforecast.detectors import HealthMonitor
-from scaleforecast.events import Event
+from scaleforecast.events import SEVERITY_RANK, Event
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.observed import ObservedFinal, observed_final
 from scaleforecast.results import Forecast
@@ -185,13 +185,10 @@ def fit_run(
     return fc
 
 
-_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
-
-
 def _by_importance(events: list[Event]) -> list[Event]:
     """Critical events first, then warnings, then the rest, each by step: the panel shows only the first few, and
     a run that went NaN must not have it hidden behind its spikes."""
-    return sorted(events, key=lambda e: (_SEVERITY_RANK.get(e.severity, len(_SEVERITY_RANK)), e.step))
+    return sorted(events, key=lambda e: (-SEVERITY_RANK[e.severity], e.step))
 
 
 def detect_events(run: RunData, fc: OnlineForecaster) -> list[Event]:

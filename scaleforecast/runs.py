@@ -176,6 +176,14 @@ def keep_newest(steps: np.ndarray) -> np.ndarray:
     return np.r_[steps[:-1] < suffix_min[1:], True]
 
 
+def stops_short(steps: np.ndarray, total: int) -> bool:
+    """Whether a log whose points are at ``steps`` ends before the run's ``total`` updates: more than one log
+    interval (the median gap) and 1 % of the run before it (a live log, or a file for another run)."""
+    gaps = np.diff(steps)
+    interval = int(np.median(gaps)) if len(gaps) else 1
+    return total - int(steps[-1]) > max(interval, 0.01 * total)
+
+
 def averages_gap(name: str, window: WindowSpec | None) -> bool:
     """Whether a loss named ``name`` read with ``window`` is the mean since the previous log (see
     :func:`loss_windows`)."""

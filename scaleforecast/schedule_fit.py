@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from scaleforecast.runs import ReadError
+from scaleforecast.runs import ReadError, stops_short
 from scaleforecast.schedules import (
     ConstantSchedule,
     CosineSchedule,
@@ -384,7 +384,7 @@ def rebuild_lrs(
                 f"{what}: LR rebuilt as {sched.spec()} from {len(lr_steps)} points logged every ~{gap} steps; it "
                 f"misses them by up to {100 * max_err:.1f}% of peak: pass --schedule SPEC for an exact forecast"
             )
-        if total - last > max(gap, 0.01 * total):
+        if stops_short(lr_steps, total):
             # a live log: what comes after its last LR is the fitted family's continuation, which cannot know of
             # a decay still to come (a WSD run before its cooldown is rebuilt as constant to the end)
             rec.assumed_after = int(last)

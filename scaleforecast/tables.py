@@ -63,11 +63,14 @@ def read_text(path: Path) -> str:
         raise ReadError(f"{path}: {what} ({err.reason} at byte {err.start})") from None
 
 
-def _csv_rows(path: Path, text: str, live: bool, notes: list[str]) -> tuple[list[str], list[Row]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+def _delimiter(path: Path, text: str) -> str:
+    """A tab for a ``.tsv``, or for a ``.csv`` whose first line holds tabs and no comma; else a comma."""
     first = text.lstrip("\r\n").split("\n", 1)[0]
-    if delimiter == "," and "\t" in first and "," not in first:
-        delimiter = "\t"
+    return "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
+
+
+def _csv_rows(path: Path, text: str, live: bool, notes: list[str]) -> tuple[list[str], list[Row]]:
+    delimiter = _delimiter(path, text)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     rows: list[Row] = []
@@ -408,6 +411,7 @@ class TableTailer:
         self.pos = 0
         self.lineno = 0
         self.header: list[str] | None = None
+        self._delim: str | None = None
         self.is_json: bool | None = None
         self.series: dict[str, tuple[list[int], list[float]]] = {}
 
@@ -451,10 +455,7 @@ class TableTailer:
         lines = text.splitlines()
         start = self.lineno
         self.lineno += len(lines)
-        if self.is_json:
-            records = self._json_records(lines, start, result)
-        else:
-            records = self._csv_records(lines, start)
+        records = self._json_records(lines, start, result) if self.is_json else self._csv_records(lines)
         for row in records:
             self._add(row)
 
@@ -470,9 +471,11 @@ class TableTailer:
             out.append(_flatten(obj))
         return out
 
-    def _csv_records(self, lines: list[str], start: int) -> list[dict[str, Any]]:
-        delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
-        cells_of = list(csv.reader(lines, delimiter=delimiter))
+    def _csv_records(self, lines: list[str]) -> list[dict[str, Any]]:
+        # the delimiter is the first line's, as a whole-file read decides it (the header comes in the first read)
+        if self._delim is None:
+            self._delim = _delimiter(self.path, "\n".join(lines))
+        cells_of = list(csv.reader(lines, delimiter=self._delim))
         out = []
         for cells in cells_of:
             if not cells or all(not c.strip() for c in cells):

@@ -27,16 +27,13 @@ corrupt records are each reported once. SIGINT/SIGTERM stop it cleanly after a l
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import os
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,7 @@ from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig
 from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig, checked
+from scaleforecast.readers import detect_format
 from scaleforecast.run_args import (
     SCHEDULE_HELP,
     add_run_arguments,
@@ -69,7 +67,7 @@ from scaleforecast.safe_write import make_output_dir
 from scaleforecast.schedule_fit import LR_TRUST_OK, LRReconstruction, rebuild_lrs, warming_up
 from scaleforecast.tables import JSONL_SUFFIXES, TableTailer
 from scaleforecast.tensorboard_sink import ADVICE_CHARTS, TensorBoardSink
-from scaleforecast.tfevents import EVENT_FILE_PREFIX, SIDECAR_SUFFIX, EventTailer, is_event_file
+from scaleforecast.tfevents import SIDECAR_SUFFIX, EventTailer
 
 __all__ = ["Watcher", "sidecar_dir"]
 
@@ -90,25 +88,6 @@ or after --max-idle seconds without new points.
 """
 
 MAX_FAILED_POLLS = 5
-# How the forecaster words a rewind (forecaster.OnlineForecaster._rewind); the sidecar says it in its own line.
-_REWIND = "step went back to "
-
-
-class _DropRewindRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(_REWIND)
-
-
-@contextlib.contextmanager
-def _said_here() -> Iterator[None]:
-    """Keep the forecaster's log record of a rewind off stderr while the sidecar feeds it (it says it itself)."""
-    logger = logging.getLogger("scaleforecast.forecaster")
-    quiet = _DropRewindRecords()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
 
 
 TABLE_SUFFIXES = (".csv", ".tsv", *JSONL_SUFFIXES)
@@ -119,7 +98,7 @@ def is_table(path: Path) -> bool:
     what it will be; an existing file by its first bytes too)."""
     if path.suffix.lower() in TABLE_SUFFIXES:
         return True
-    return path.is_file() and not path.name.startswith(EVENT_FILE_PREFIX) and not is_event_file(path)
+    return path.is_file() and detect_format(path) == "table"
 
 
 def sidecar_dir(run_dir: Path) -> Path:
@@ -378,18 +357,16 @@ class Watcher:
         self._ensure_sink(run_dir)
         windows = loss_windows(steps, tag, self.window)
         feed_from = self._rewind_point(steps, windows, start)
-        with _said_here(), warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             self._feed(steps[feed_from:], losses[feed_from:], windows[feed_from:])
         for w in caught:
-            # The forecaster's own rewind message counts the points it re-reads; the line above said it right.
-            if not str(w.message).startswith(_REWIND):
-                self.log(note_text(" ".join(str(w.message).split())))
+            self.log(note_text(" ".join(str(w.message).split())))
         return len(steps) - start
 
     def _rewind_point(self, steps: np.ndarray, windows: np.ndarray, start: int) -> int:
         """Where to feed from when the points from ``start`` on go back before the forecaster's last step (a
-        resume): the point after the last history bin that survives the rewind. The forecaster drops every bin
+        resume), the forecaster rewound to just before it: the point after the last history bin that survives. The forecaster drops every bin
         that ends after the rewind (a bin cannot be split), so the points of the bin that straddles it are fed
         again; the history then holds exactly the points up to the rewind and the new ones."""
         fc = self.monitor.forecaster
@@ -402,7 +379,10 @@ class Watcher:
         )
         ends = fc.observations().end
         kept = ends[ends <= back_to]
-        return min(start, int(np.searchsorted(steps, kept[-1] if len(kept) else 0, side="right")))
+        feed_from = min(start, int(np.searchsorted(steps, kept[-1] if len(kept) else 0, side="right")))
+        # rewound here, quietly: the line above says it (the forecaster's own warning counts re-read points)
+        fc.rewind(int(steps[feed_from] - windows[feed_from]))
+        return feed_from
 
     def _feed(self, steps: np.ndarray, losses: np.ndarray, windows: np.ndarray) -> None:
         cuts = np.flatnonzero(np.diff(windows)) + 1

@@ -69,16 +69,18 @@ def test_resume_without_a_record_of_the_past() -> None:
         opt.step()
         lam.step()
     said: list[str] = []
-    exact = SchedulePlanner(None, None, said.append).plan(LRSource(opt, [lam]), 6, 3)
+    planner = SchedulePlanner(None, None, said.append)
+    exact = planner.plan(LRSource(opt, [lam]), 6, 3)
     np.testing.assert_allclose(exact, 0.9 ** np.arange(6))  # a LambdaLR's past is recomputed exactly
+    assert not planner.guessed_past
     opt2 = _sgd(1.0)
     step = torch.optim.lr_scheduler.StepLR(opt2, 2, 0.5)
     for _ in range(3):
         opt2.step()
         step.step()
-    approx = SchedulePlanner(None, None, said.append).plan(LRSource(opt2, [step]), 6, 3)
-    np.testing.assert_allclose(approx[:3], 0.5)  # the current LR stands in, with one warning
-    assert said == ["no record of the LRs before this resume; assuming the current LR for them"]
+    approx = planner.plan(LRSource(opt2, [step]), 6, 3)
+    np.testing.assert_allclose(approx[:3], 0.5)  # the current LR stands in, marked (the session says it)
+    assert planner.guessed_past and said == []
 
 
 def test_length_rules() -> None:

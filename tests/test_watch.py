@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -416,10 +417,11 @@ def _law(s: int) -> float:
     return 2.5 + 1.0 / np.sqrt(s)
 
 
-@pytest.mark.parametrize("name", ["train_log.csv", "train_log.jsonl"])
+@pytest.mark.parametrize("name", ["train_log.csv", "train_log.jsonl", "tab_separated.csv"])
 def test_watch_follows_a_growing_table(tmp_path: Path, name: str) -> None:
     """A job appending to a CSV or JSONL log: each poll reads the whole lines appended since the last; a last
-    line still being written waits for the next poll, never reported."""
+    line still being written waits for the next poll, never reported. A ``.csv`` that separates by tabs is
+    read as a whole-file read reads it."""
     import csv
 
     path = tmp_path / name
@@ -435,12 +437,13 @@ def test_watch_follows_a_growing_table(tmp_path: Path, name: str) -> None:
                 json.dumps({"step": s, "train": {"loss": _law(s)}, "lr": float(as_lrs(SPEC)[s - 1])}) + "\n"
             )
         buf = io.StringIO()
-        csv.writer(buf).writerow([s, _law(s), float(as_lrs(SPEC)[s - 1])])
+        csv.writer(buf, delimiter=sep).writerow([s, _law(s), float(as_lrs(SPEC)[s - 1])])
         return buf.getvalue()
 
+    sep = "\t" if name.startswith("tab") else ","
     with open(path, "w", newline="") as fh:
         if path.suffix == ".csv":
-            fh.write("step,train/loss,lr\n")
+            fh.write(sep.join(["step", "train/loss", "lr"]) + "\n")
         fh.write("".join(line(s) for s in range(10, 501, 10)))
         partial = line(510)
         fh.write(partial[:7])  # the writer is mid-line
@@ -482,7 +485,9 @@ def test_watch_a_table_on_the_command_line(tmp_path: Path, capsys: pytest.Captur
     assert scalars_of(tmp_path / "log.jsonl-scaleforecast")["forecast/final_loss"][-1][0] == 2000
 
 
-def test_a_rewind_keeps_exactly_the_steps_before_it_and_says_so_in_one_line(tmp_path: Path) -> None:
+def test_a_rewind_keeps_exactly_the_steps_before_it_and_says_so_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A per-step log that goes back from step 3000 to 2346 (a resume from the step-2345 checkpoint): the
     forecast's history keeps every point up to step 2345 (the history bin that straddles the rewind included) and
     the new ones after it, and the rewind is one line of the sidecar's own, not a Python warning."""
@@ -502,9 +507,12 @@ def test_a_rewind_keeps_exactly_the_steps_before_it_and_says_so_in_one_line(tmp_
     for s, y in second.items():
         w.add_scalar("loss", y, s)
     w.close()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing may escape as a Python warning
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
         assert watcher.poll_once() == 500
+    # nothing of it escapes as a Python warning or a log record of the forecaster's (with its own count)
+    assert [str(x.message) for x in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("scaleforecast")] == []
     fc = watcher.monitor.forecaster
     obs = fc.observations()
     logged = [*(first[s] for s in range(1, 2346)), *second.values()]
