@@ -355,7 +355,10 @@ class TrainingSession:
             self.warn(note)
         names = [r.run_id for r in self.forecaster_config.references]
         if names:
-            self.say(f"prior from {len(names)} finished run(s) of family {family!r}: {', '.join(names)}")
+            self.say(
+                f"{len(names)} finished run(s) of family {family!r}: {', '.join(names)}; those that peaked at "
+                "this run's peak LR serve as its prior (its forecasts name them)"
+            )
 
     def _keep_reference(self) -> None:
         """At the end, on rank 0: this run's fit joins its family's store (unless it left the law or never

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from scaleforecast.family import NotAnnealed, ReferenceFit, fit_reference
+from scaleforecast.family import NotAnnealed, ReferenceFit, fit_reference, same_peak_lr
 from scaleforecast.fitting import Observations
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.laws import memory_of
@@ -171,7 +171,7 @@ def forecast_command(args: argparse.Namespace) -> int:
     at = args.at if args.at else [len(lrs)]
     if min(at) < 1 or max(at) > len(lrs):
         raise ReadError(f"--at steps must lie in 1..{len(lrs)}")
-    references, ignored, ref_notes = _load_references(args, run.loss_name)
+    references, ignored, ref_notes = _load_references(args, run.loss_name, float(np.max(lrs)))
     run.warnings.extend(ref_notes)
     forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level, references=references))
     part.feed(forecaster)
@@ -199,11 +199,12 @@ def forecast_command(args: argparse.Namespace) -> int:
 
 
 def _load_references(
-    args: argparse.Namespace, column: str
+    args: argparse.Namespace, column: str, peak_lr: float
 ) -> tuple[list[ReferenceFit], list[tuple[str, str]], list[str]]:
     """Fit each ``--reference`` run whole; ``(references, [(path, why it was ignored)], notes)``. A reference is
     read as strictly as RUN, in RUN's loss column when it logs one; its data notes come back prefixed with its
-    name, as RUN's own would be said."""
+    name, as RUN's own would be said. A reference that peaked at another LR than RUN's (``peak_lr``) is used,
+    with a note: it may log its LR in other units, or be a point of an LR sweep, a poor prior."""
     refs: list[str] = args.reference or []
     lr_files: list[str] = args.reference_lr_file or []
     if len(lr_files) > len(refs):
@@ -235,6 +236,13 @@ def _load_references(
             out.append(fit_reference(ref, obs, lrs))
         except NotAnnealed as exc:
             ignored.append((ref, str(exc).removeprefix(f"{ref}: ")))
+            continue
+        if not same_peak_lr(out[-1], peak_lr):
+            notes.append(
+                f"--reference {named} peaked at LR {out[-1].peak_lr:.3g}, this run at {peak_lr:.3g}: used as a "
+                "sibling; if it is another point of an LR sweep rather than the same LR in other units, leave it "
+                "out (the annealing drop depends on the peak LR)"
+            )
     return out, ignored, notes
 
 

@@ -46,11 +46,14 @@ __all__ = [
     "record_reference",
     "reference_from_fit",
     "reference_of",
+    "same_peak_lr",
     "with_family",
 ]
 
 #: a reference must have seen its LR fall to at most this share of its peak
 MIN_DECAY = 0.5
+#: peak LRs that differ by more than this share belong to different points of an LR sweep
+PEAK_LR_RTOL = 0.05
 
 
 class NotAnnealed(ValueError):
@@ -187,13 +190,20 @@ def with_family(
     config: Any, registry: RunRegistry, family: str, run_id: str | None = None
 ) -> tuple[Any, list[str]]:
     """``config`` (a :class:`scaleforecast.forecaster.ForecasterConfig`) with the family's stored references
-    (``run_id``'s own left out: a resumed run does not borrow from itself), and the warnings of the read."""
+    (``run_id``'s own left out: a resumed run does not borrow from itself), and the warnings of the read. The
+    family's runs come from one training script, their LRs in one unit, so the forecaster borrows only from
+    those that peaked at its own peak LR (``match_peak_lr``): a sweep over the LR is not one family."""
     refs, warns = load_references(registry, family, exclude=run_id)
-    return config.model_copy(update={"references": refs}), warns
+    return config.model_copy(update={"references": refs, "match_peak_lr": True}), warns
+
+
+def same_peak_lr(ref: ReferenceFit, peak_lr: float) -> bool:
+    """Whether ``ref`` peaked at ``peak_lr`` (within :data:`PEAK_LR_RTOL`, in the same LR units)."""
+    return abs(ref.peak_lr - peak_lr) <= PEAK_LR_RTOL * max(abs(ref.peak_lr), abs(peak_lr))
 
 
 def family_prior(
-    references: Sequence[ReferenceFit],
+    references: Sequence[ReferenceFit], peak_lr: float | None = None
 ) -> tuple[AnnealingPrior | None, list[str], list[str]]:
     """Pool the references' priors into one: ``(prior, borrowed_from, warnings)``.
 
@@ -201,10 +211,23 @@ def family_prior(
     ``alpha``: the mean of each, with a spread that adds the spread between the references to each one's own
     (a family whose runs disagree gets a wider prior). A reference whose stored prior cannot be read is left
     out, with a warning. ``prior`` is None when no reference is usable.
+
+    With ``peak_lr`` (the asking run's peak, in the references' LR units), a reference that peaked at another
+    LR is left out, with a warning: the annealing drop grows with the peak LR, and a prior borrowed across the
+    points of an LR sweep forecast worse than no prior at all (``benchmarks/warm_accuracy.py --across lr``).
     """
     priors: list[AnnealingPrior] = []
     names: list[str] = []
     warns: list[str] = []
+    if peak_lr is not None:
+        other = [r for r in references if not same_peak_lr(r, peak_lr)]
+        if other:
+            warns.append(
+                f"{len(other)} run(s) of the family peaked at another LR than this run's {peak_lr:.3g} "
+                f"({', '.join(f'{r.run_id}: {r.peak_lr:.3g}' for r in other[:4])}{', ...' if len(other) > 4 else ''})"
+                ": not borrowed, the annealing drop depends on the peak LR"
+            )
+            references = [r for r in references if same_peak_lr(r, peak_lr)]
     for ref in references:
         try:
             priors.append(ref.annealing_prior())

@@ -62,7 +62,10 @@ class ForecasterConfig(BaseModel):
     ``watch`` sidecar, notebooks and tests) runs them on the caller's thread, taking effect at once.
 
     ``references``: fits of finished runs of the same family (:mod:`scaleforecast.family`); they replace the
-    fit's prior, and every forecast names them in ``borrowed_from``. ``law_check``: the posterior-predictive
+    fit's prior, and every forecast names them in ``borrowed_from``. ``match_peak_lr``: borrow only from the
+    references that peaked at this run's peak LR (:func:`scaleforecast.family.family_prior`; set where the
+    references come from the same training script, whose LRs share one unit; references given by hand may log
+    their LR in other units and are all used). ``law_check``: the posterior-predictive
     check of the latest losses against the law (:mod:`scaleforecast.lawcheck`).
     """
 
@@ -77,6 +80,7 @@ class ForecasterConfig(BaseModel):
     min_refit_gap: int = Field(100, ge=1)
     max_bins: int = Field(1024, ge=16)
     references: list[ReferenceFit] = Field(default_factory=list)
+    match_peak_lr: bool = False
     law_check: LawCheckConfig = Field(default_factory=LawCheckConfig)
 
 
@@ -314,6 +318,8 @@ class OnlineForecaster:
         if not changed:
             return
         self._lrs = _frozen(lrs)
+        if self.config.match_peak_lr:
+            self._family = None  # which references share the run's peak LR is decided again
         # the compact form a checkpoint carries costs a pass or two over the plan: prepared off-thread
         self._schedule_code = refit_worker().submit(encode_lrs, self._lrs) if self.config.background else None
         # A fit made against the old schedule must not outlive it: the next policy check refits.
@@ -545,7 +551,9 @@ class OnlineForecaster:
 
     def _family_prior(self) -> Family:
         if self._family is None:
-            self._family = family_prior(self.config.references)
+            match = self.config.match_peak_lr and self._lrs is not None and self._lrs.size > 0
+            peak = float(np.max(self._lrs)) if match and self._lrs is not None else None
+            self._family = family_prior(self.config.references, peak)
         return self._family
 
     def fit_config(self) -> FitConfig:

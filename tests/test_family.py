@@ -18,6 +18,7 @@ from scaleforecast.family import (
     fit_reference,
     load_references,
     record_reference,
+    with_family,
 )
 from scaleforecast.fitting import Observations
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
@@ -136,6 +137,32 @@ def test_forecaster_uses_references_as_prior_and_names_them(curves_dir: Path) ->
     assert again.forecast().final.loss == pytest.approx(warm.latest.final.loss)
 
 
+def test_a_sweep_borrows_only_from_its_runs_at_the_same_peak_lr(tmp_path: Path, curves_dir: Path) -> None:
+    # an LR sweep is no family: a prior borrowed across its peak LRs forecast worse than none
+    same = _reference(curves_dir, WSD.format(cd="0.2", T=25000), family="sweep")
+    other = same.model_copy(update={"run_id": "lr-x2", "peak_lr": 2 * same.peak_lr})
+    reg = SQLiteRegistry("sweep", tmp_path / "reg.sqlite")
+    record_reference(reg, same)
+    record_reference(reg, other.model_copy(update={"recorded_at": same.recorded_at + 1}))
+    config, notes = with_family(ForecasterConfig(), reg, "sweep")
+    assert config.match_peak_lr and not notes and len(config.references) == 2
+    st, y, lrs = _run(curves_dir, WSD.format(cd="0.2", T=50000))
+    keep = st <= 12500
+    fc = OnlineForecaster(lrs, config)
+    fc.observe_many(st[keep], y[keep])
+    fc.refit()
+    assert fc.borrowed_from == [same.run_id] and fc.latest.borrowed_from == [same.run_id]
+    assert fc.fit_config().prior == same.annealing_prior()
+    said = [w for w in fc.latest.warnings if "peaked at another LR" in w]
+    assert len(said) == 1 and "lr-x2" in said[0] and "not borrowed" in said[0]
+    # a new plan at the other peak LR: the choice is made again
+    fc.set_schedule(lrs * 2)
+    assert fc.borrowed_from == ["lr-x2"]
+    # references given by hand may log their LR in other units: all of them are used
+    by_hand = OnlineForecaster(lrs, ForecasterConfig(references=[other, same]))
+    assert by_hand.borrowed_from == ["lr-x2", same.run_id]
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
@@ -166,6 +193,23 @@ def test_cli_reference_with_lr_file_and_a_reference_that_never_annealed(
     assert rc == 0
     assert f"prior from finished runs of the family: {d / f'{ref}.csv'}" in text
     assert f"reference ignored: {d / f'{CONSTANT}.csv'}: never annealed" in text
+    assert "peaked at LR" not in text  # the same peak LR: nothing to say
+
+
+def test_cli_reference_at_another_peak_lr_is_used_with_a_note(
+    tmp_path: Path, curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = curves_dir / EPFML
+    run, ref = WSD.format(cd="0.2", T=50000), WSD.format(cd="0.2", T=25000)
+    lr_file = tmp_path / "ref.lr.npy"
+    np.save(lr_file, np.load(d / f"{ref}.lr.npy") * 4)  # the same run, its LR in other units
+    argv = [str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy"), "--until-step", "12500", "--json"]
+    rc, warm, _err = _cli_json(
+        capsys, ["forecast", *argv, "--reference", str(d / f"{ref}.csv"), "--reference-lr-file", str(lr_file)]
+    )
+    assert rc == 0 and warm["borrowed_from"] == [str(d / f"{ref}.csv")]
+    notes = [n for n in warm["data_warnings"] if "peaked at LR 0.002" in n]
+    assert len(notes) == 1 and "this run at 0.0005" in notes[0] and "LR sweep" in notes[0]
 
 
 def test_cli_reference_without_lr_file_uses_its_csv_lr_column(

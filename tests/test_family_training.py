@@ -17,11 +17,11 @@ from scaleforecast.family import load_references
 from scaleforecast.registry import SQLiteRegistry
 
 
-def _fit(tmp_path: Path, total: int, callback: LossForecast) -> None:
+def _fit(tmp_path: Path, total: int, callback: LossForecast, lr: float = 0.2) -> None:
     trainer = cpu_trainer(total, [callback], tmp_path)
     # small batches and a large SGD step: the loss sits well above its floor until the LR anneals, so the run
     # has a real annealing drop to pass on
-    trainer.fit(TinyRegressor(total=total, warmup=10, lr=0.2, batch_size=4))
+    trainer.fit(TinyRegressor(total=total, warmup=10, lr=lr, batch_size=4))
 
 
 def _callback(store: Path, **kwargs: Any) -> LossForecast:
@@ -52,9 +52,14 @@ def test_a_second_run_of_the_family_borrows_from_the_first(
     assert second.forecast is not None and second.forecast.borrowed_from == [first_id]
     assert second.forecaster.config.references[0].run_id == first_id
     out = capsys.readouterr().out
-    assert f"prior from 1 finished run(s) of family 'tiny-regression': {first_id}" in out
+    assert f"1 finished run(s) of family 'tiny-regression': {first_id}; those that peaked at" in out
     refs, _ = load_references(SQLiteRegistry("tiny-regression", store), "tiny-regression")
     assert len(refs) == 2
+    # another peak LR: another point of an LR sweep, nothing to borrow
+    third = _callback(store)
+    _fit(tmp_path / "c", 200, third, lr=0.1)
+    assert third.forecast is not None and third.forecast.borrowed_from == []
+    assert any("peaked at another LR" in w for w in third.forecast.warnings)
 
 
 @pytest.mark.slow
