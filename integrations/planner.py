@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs
+from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs, scheduler_epochs
 
 from scaleforecast.schedules import edge_zeros
 
@@ -106,15 +106,20 @@ class LRSource:
             return at(inner)
 
     def past(self, steps_done: int) -> np.ndarray | None:
-        """The LRs of updates ``1 .. steps_done`` when a single ``LambdaLR`` makes them exact, else ``None``."""
-        if len(self.schedulers) != 1 or self.step_every != 1 or self.epoch_pattern is not None:
+        """The LRs of updates ``1 .. steps_done`` when a single ``LambdaLR`` makes them exact, else ``None``:
+        update ``j`` ran at ``base_lr * lambda(k_j)``, ``k_j`` the scheduler's steps before it at this source's
+        cadence (:func:`~scaleforecast.integrations.lookahead.scheduler_epochs`, counted from the run's start)."""
+        if len(self.schedulers) != 1:
             return None
         sched = self.schedulers[0]
         lambdas = getattr(sched, "lr_lambdas", None)
         if lambdas is None or self.group >= len(lambdas) or getattr(sched, "_schedulers", None):
             return None
         base, fn = float(sched.base_lrs[self.group]), lambdas[self.group]
-        return np.array([base * float(fn(k)) for k in range(steps_done)])
+        counts = scheduler_epochs(0, steps_done, self.step_every, self.epoch_pattern)
+        # a scheduler stepped every few updates repeats its count: the lambda runs once per distinct count
+        distinct, where = np.unique(counts, return_inverse=True)
+        return base * np.array([float(fn(int(k))) for k in distinct])[where]
 
 
 class SchedulePlanner:

@@ -80,6 +80,14 @@ class TinyRegressor(pl.LightningModule):
         opt = torch.optim.SGD(self.parameters(), lr=self.lr)
         if self.scheduler_kind == "none":
             return opt
+        if (
+            self.scheduler_kind == "lambda"
+        ):  # warm-up, then linear decay, as one LambdaLR (transformers' kind)
+            w, t = self.warmup, self.total
+            lam = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda k: (k + 1) / w if k < w else max(0.01, (t - k) / max(t - w, 1))
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": lam, "interval": "step"}}
         warm = torch.optim.lr_scheduler.LinearLR(opt, 0.1, 1.0, total_iters=self.warmup)
         cos = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=self.total - self.warmup, eta_min=self.lr * 0.01

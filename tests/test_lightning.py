@@ -231,6 +231,30 @@ def test_fit_called_again_goes_on_from_the_history(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_checkpoint_saved_without_the_callback_resumes_with_the_lrs_it_used(tmp_path: Path) -> None:
+    """The callback added on a resume from a checkpoint that holds no state of it: a LambdaLR stepped per
+    update (Lightning's per-epoch step pattern) gives back the LRs of the updates before the resume exactly,
+    instead of the current LR held for all of them."""
+    import warnings
+
+    first = TinyRegressor(total=60, warmup=10, scheduler="lambda", dataset=regression_data(n=320))
+    trainer = _trainer(tmp_path, [], 25, logger=False)
+    trainer.fit(first)
+    ckpt = tmp_path / "no-callback.ckpt"
+    trainer.save_checkpoint(ckpt)
+    model = TinyRegressor(total=60, warmup=10, scheduler="lambda", dataset=regression_data(n=320))
+    cb = LossForecast(flush_every=5, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(tmp_path, [cb], 60, logger=False).fit(model, ckpt_path=str(ckpt))
+    assert not [w for w in caught if "no record of the LRs" in str(w.message)]
+    used = first.used_lrs + model.used_lrs
+    assert len(used) == 60
+    np.testing.assert_allclose(cb.forecaster.schedule, used, rtol=1e-6)
+    assert cb.errors == {}
+
+
+@pytest.mark.slow
 def test_a_pickled_callback_trains_as_under_ddp_spawn(tmp_path: Path) -> None:
     """``ddp_spawn`` pickles the trainer's callbacks into each worker: the copy, with its detectors, must
     forecast as the original would."""

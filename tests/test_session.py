@@ -83,6 +83,28 @@ def test_resume_without_a_record_of_the_past() -> None:
     assert planner.guessed_past and said == []
 
 
+@pytest.mark.parametrize(("step_every", "pattern"), [(3, None), (1, (True, False, True, False, False))])
+def test_a_lambda_schedulers_past_is_exact_at_any_cadence(step_every: int, pattern: Any) -> None:
+    """A LambdaLR stepped every few updates, or at Lightning's per-epoch frequency pattern, is stepped for real
+    and its LRs compared with the past the planner rebuilds (no guess, no warning on a resume)."""
+    from scaleforecast.integrations.lookahead import scheduler_epochs
+
+    opt = _sgd(1.0)
+    lam = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.9**k)
+    done = 13
+    steps_after = scheduler_epochs(0, done, step_every, pattern)  # scheduler steps before each update
+    used = []
+    for j in range(done):
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if j + 1 < done and steps_after[j + 1] > steps_after[j]:
+            lam.step()
+    planner = SchedulePlanner(None, None, [].append)
+    plan = planner.plan(LRSource(opt, [lam], step_every=step_every, epoch_pattern=pattern), 20, done)
+    np.testing.assert_allclose(plan[:done], used, rtol=1e-12)
+    assert not planner.guessed_past
+
+
 def test_length_rules() -> None:
     said: list[str] = []
     fixed = SchedulePlanner(np.full(8, 1e-3), None, said.append)
