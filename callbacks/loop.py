@@ -122,7 +122,7 @@ class LossForecastSession(SessionFace):
                 f"the saved forecast state counts {saved} updates but the LR scheduler {done}: they come from "
                 f"different checkpoints; counting from the scheduler's {done}"
             )
-            self.session.step = self.session.flushed_at = done
+            self.session.recount(done)
 
     @property
     def should_stop(self) -> bool:

@@ -403,6 +403,14 @@ class TrainingSession:
             self.run_length = int(run_length)
             self.guard("schedule look-ahead", self._plan, step)
 
+    def recount(self, step: int) -> None:
+        """The run has done ``step`` updates after all (its LR scheduler, restored from another checkpoint than
+        the saved state, says so): count from there and plan the schedule from there; the history after it is
+        dropped at the next flush."""
+        self.step = self.flushed_at = int(step)
+        if self.comm is not None:
+            self.guard("schedule look-ahead", self._plan)
+
     def _plan(self, step: int | None = None) -> None:
         known = self.monitor.forecaster.schedule
         done = self.step if step is None else step
@@ -577,6 +585,11 @@ class TrainingSession:
     def _monitor_flush(self, batch: FlushBatch, step: int) -> FlushResult | None:
         if batch.steps.size == 0:
             return None
+        forecaster = self.monitor.forecaster
+        if batch.steps[0] <= forecaster.last_step:
+            # a resume from an older checkpoint: said once, on rank 0 (the forecaster would warn on every rank)
+            back, last = int(batch.steps[0]) - batch.window, forecaster.last_step
+            self.warn(forecaster.rewind_note(back, last, forecaster.rewind(back)))
         result = self.monitor.flush(batch, raise_now=False)
         self._say_forecast(step, result.forecast)
         return result

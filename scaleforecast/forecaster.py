@@ -12,7 +12,6 @@ rank of a job, fed the same flushes, acts on the same forecast at the same step.
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -34,8 +33,6 @@ from scaleforecast.priors import AnnealingPrior
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 from scaleforecast.schedule_codec import decode_lrs, encode_lrs
 from scaleforecast.schedules import Schedule, as_lrs
-
-log = logging.getLogger(__name__)
 
 ScheduleLike = str | Schedule | Sequence[float] | np.ndarray
 
@@ -385,18 +382,21 @@ class OnlineForecaster:
 
     def _rewind(self, step: int) -> None:
         last = self._last_step
-        dropped = self.rewind(step)
-        msg = (
+        warnings.warn(self.rewind_note(step, last, self.rewind(step)), RuntimeWarning, stacklevel=3)
+
+    @staticmethod
+    def rewind_note(step: int, last: int, dropped: int) -> str:
+        """What a rewind to ``step`` from the last observed step ``last``, dropping ``dropped``, tells a user."""
+        return (
             f"step went back to {max(step, 0) + 1} after {last} (resumed from an older checkpoint?): "
             f"dropped {dropped} observation(s) after step {max(step, 0)}"
         )
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        log.warning(msg)
 
     def rewind(self, step: int) -> int:
         """Forget every observation after ``step`` (whole history bins: one that straddles ``step`` goes too),
         quietly, and return how many were dropped. :meth:`observe_many` does it, with a warning, when the steps
-        it is given go back; a caller that knows of the resume (a log reader) says it in its own words."""
+        it is given go back; a caller that knows of the resume (a log reader, a training session that says it
+        once for all its ranks) rewinds first and says it in its own words (:meth:`rewind_note`)."""
         step = max(step, 0)
         dropped = self._history.truncate(step)
         self._last_step = step

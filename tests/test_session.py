@@ -252,12 +252,19 @@ def test_a_step_count_that_goes_back_rewinds_the_history() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1 - i / total, 0.01))
     fc = LossForecastSession(opt, sched, total_steps=total, flush_every=20, writer=False, verbose=False)
     numbers = [*range(1, 151), *range(51, 201)]
-    with pytest.warns(RuntimeWarning, match="step went back to 51 after 150"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         for n in numbers:
             opt.step()
             sched.step()
             fc.step(torch.tensor(2.0 + 3.0 * n**-0.3), step=n)
         fc.close()
+    # said by the session (once, on rank 0 of a multi-process job), not by the forecaster on every rank
+    told = [str(w.message) for w in caught if "went back" in str(w.message)]
+    assert told == [
+        "LossForecastSession: step went back to 51 after 150 (resumed from an older checkpoint?): dropped 100 "
+        "observation(s) after step 50"
+    ], told
     assert fc.errors == {}
     assert fc.forecaster.last_step == 200
     assert fc.forecaster.n_observations == 200  # steps 1-200 once each: 51-150 of before were dropped
@@ -266,7 +273,8 @@ def test_a_step_count_that_goes_back_rewinds_the_history() -> None:
 
 def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_follows_the_scheduler() -> None:
     """The forecast state saved at update 190, the optimizer and scheduler restored from update 110: the
-    scheduler's count is the run's, with a warning; the losses after 110 are dropped at the next flush."""
+    scheduler's count is the run's, with a warning; the plan ahead is the scheduler's from there (not the old
+    plan shifted by the 80 updates between the two); the losses after 110 are dropped at the next flush."""
     from scaleforecast.callbacks import LossForecastSession
 
     total = 300
@@ -283,12 +291,14 @@ def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_fo
         sched.step()
         fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
         if n in (110, 190):
-            saved[n] = sched.state_dict() if n == 110 else fc.state_dict()
+            saved[n] = (opt.state_dict(), sched.state_dict()) if n == 110 else fc.state_dict()
     opt, sched, fc = session()
-    sched.load_state_dict(saved[110])
+    opt.load_state_dict(saved[110][0])
+    sched.load_state_dict(saved[110][1])
     with pytest.warns(RuntimeWarning, match="counts 190 updates but the LR scheduler 110"):
         fc.load_state_dict(saved[190])
     assert fc.steps == 110
+    np.testing.assert_allclose(fc.forecaster.schedule, [0.1 * max(1 - i / total, 0.01) for i in range(total)])
     with pytest.warns(RuntimeWarning, match="step went back to 111 after 190"):
         for n in range(111, 151):
             opt.step()
@@ -296,6 +306,7 @@ def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_fo
             fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
     fc.close()
     assert fc.errors == {} and fc.forecaster.last_step == 150 and fc.forecaster.n_observations == 150
+    assert fc.session.replans == 0  # the plan held: the LRs used were the planned ones
 
 
 def test_a_stopped_run_resumed_is_judged_again() -> None:
