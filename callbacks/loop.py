@@ -101,7 +101,7 @@ class LossForecastSession(SessionFace):
         done = self._updates_done() or 0
         self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=source)
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
-        self._calls, self._updates = 0, UpdateCounter()
+        self._calls, self._updates, self._restored = 0, UpdateCounter(), False
         self.session.guard("step", self._updates.attach, optimizer)
 
     def _updates_done(self) -> int | None:
@@ -116,6 +116,7 @@ class LossForecastSession(SessionFace):
         other updates than the restored scheduler comes from another checkpoint: the scheduler's count is the
         run's (it sets the LR), with a warning, and the history after it is dropped at the next flush."""
         super().load_state_dict(state_dict)
+        self._restored = True
         done, saved = self._updates_done(), self.session.step
         if done and done != saved:
             self.session.warn(
@@ -138,11 +139,29 @@ class LossForecastSession(SessionFace):
         """Record one completed optimizer update and its loss (the mean over its micro-batches, as a tensor:
         it is never read back). ``step``: its number, when the loop counts updates itself (1-based)."""
         n = self.session.step + 1 if step is None else int(step)
+        if self._calls == 0:
+            self.session.guard("step", self._check_resume, n)
         self.session.record(n, loss)
         self.session.tick(n)
         self._calls += 1
         if self._calls == _CHECK_CALLS:
             self._check_cadence()
+
+    def _check_resume(self, first: int) -> None:
+        """At the first update after the start, when the restore is done whatever its order: a saved state with
+        a scheduler that starts over (its state not restored), or a resumed run with no saved state to go on."""
+        done = self._updates_done()
+        if self._restored and done is not None and done <= 1 < first - 1:
+            self.session.warn(
+                f"the saved forecast state counts {first - 1} updates but the LR scheduler {done}: its state "
+                "was not restored (scheduler.load_state_dict), so the LR starts its schedule over"
+            )
+        elif not self._restored and first > 1:
+            self.session.warn(
+                f"the run resumes at update {first} with no saved forecast state: the forecast starts from the "
+                "losses after it; save state_dict() with each checkpoint and load_state_dict() it on resume to "
+                "keep the history"
+            )
 
     def _check_cadence(self) -> None:
         """Once, early: step() called for micro-batches (gradient accumulation) counts k times too many updates,

@@ -509,4 +509,37 @@ def test_a_resume_in_the_documented_order_is_not_told_the_lrs_are_unknown(restor
         fc.close()
     told = [str(w.message) for w in caught if "no record of the LRs" in str(w.message)]
     assert len(told) == (0 if restore_state else 1), told
+    hint = [str(w.message) for w in caught if "with no saved forecast state" in str(w.message)]
+    assert hint == ([] if restore_state else [hint[0]]) and (restore_state or "update 101" in hint[0])
     assert fc.errors == {} and fc.forecaster.last_step == total
+
+
+def test_a_saved_state_restored_without_its_scheduler_is_told() -> None:
+    """The forecast state restored, the scheduler's not (a common slip): its schedule starts over, which the
+    first update shows whatever the order of the restores."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    def make() -> tuple[Any, Any]:
+        opt = _sgd(0.1)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
+
+    opt, sched = make()
+    fc = LossForecastSession(opt, sched, total_steps=200, flush_every=10, writer=False, verbose=False)
+    for n in range(1, 101):
+        opt.step()
+        sched.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    saved = fc.state_dict()
+    fc.close()
+    opt, sched = make()
+    fc = LossForecastSession(opt, sched, total_steps=200, flush_every=10, writer=False, verbose=False)
+    fc.load_state_dict(saved)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(101, 121):
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    fc.close()
+    told = [str(w.message) for w in caught if "was not restored" in str(w.message)]
+    assert len(told) == 1 and "counts 100 updates but the LR scheduler 1" in told[0], told
