@@ -235,6 +235,7 @@ class TrainingSession:
         self.per_step = True
         self._hook: Any = None
         self._tb_sink: Any = None  # the TensorBoardSink this session attached
+        self._first_flush = True  # of this process: a resumed run restarts its TensorBoard lines there
         self.replans = 0
         self._warned: set[str] = set()
         self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
@@ -586,10 +587,16 @@ class TrainingSession:
         if batch.steps.size == 0:
             return None
         forecaster = self.monitor.forecaster
-        if batch.steps[0] <= forecaster.last_step:
+        start = int(batch.steps[0]) - batch.window + 1  # the first update this batch covers
+        went_back = int(batch.steps[0]) <= forecaster.last_step
+        if went_back:
             # a resume from an older checkpoint: said once, on rank 0 (the forecaster would warn on every rank)
-            back, last = int(batch.steps[0]) - batch.window, forecaster.last_step
-            self.warn(forecaster.rewind_note(back, last, forecaster.rewind(back)))
+            last = forecaster.last_step
+            self.warn(forecaster.rewind_note(start - 1, last, forecaster.rewind(start - 1)))
+        if self._tb_sink is not None and (went_back or (self._first_flush and start > 1)):
+            # what an earlier process (or this one, before the rewind) wrote from here on is hidden
+            self.guard("TensorBoard", self._tb_sink.restart, start)
+        self._first_flush = False
         result = self.monitor.flush(batch, raise_now=False)
         self._say_forecast(step, result.forecast)
         return result

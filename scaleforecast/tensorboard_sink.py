@@ -38,7 +38,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -200,11 +200,27 @@ class _RunWriter:
         )
         self._add(Summary(value=[value]), 0)
 
+    def restart(self, step: int) -> None:
+        _restart_marker(self._file.add_event, step)
+
     def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
+
+
+def _restart_marker(add_event: Callable[[Any], None], step: int, package: str = "tensorboard") -> None:
+    """A SessionLog START at ``step`` through an event file writer's ``add_event``: TensorBoard hides the
+    events of that run at ``step`` and after that were written before it (what ``SummaryWriter(purge_step=)``
+    writes when it opens). The event is built from the writer's own ``package``'s protos: tensorboardX
+    pickles events to its writer process, which cannot take TensorBoard's."""
+    if package == "tensorboardX":
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+    else:
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    add_event(Event(wall_time=time.time(), step=int(step), session_log=SessionLog(status=SessionLog.START)))
 
 
 class _Series:
@@ -214,6 +230,13 @@ class _Series:
     def __init__(self, root: str | None) -> None:
         self.root = root
         self.writers: dict[str, _RunWriter] = {}
+        self.restart_at: int | None = None  # a run opened from now on starts with this restart marker
+
+    def restart(self, step: int) -> None:
+        """Hide what every line's run holds at ``step`` and after (runs not opened yet: when they are)."""
+        self.restart_at = step if self.restart_at is None else min(self.restart_at, step)
+        for w in self.writers.values():
+            w.restart(step)
 
     def writer(self, name: str) -> _RunWriter | None:
         if self.root is None:
@@ -221,6 +244,8 @@ class _Series:
         if name not in self.writers:
             try:
                 self.writers[name] = _RunWriter(os.path.join(self.root, SERIES_DIR, name))
+                if self.restart_at is not None:
+                    self.writers[name].restart(self.restart_at)
             except Exception as exc:  # no tensorboard package, or a folder that cannot be made: one run it is
                 log.debug("scaleforecast: no series runs beside %s (%s)", self.root, exc)
                 self.root = None
@@ -414,6 +439,22 @@ class TensorBoardSink:
     def wait(self) -> None:
         """Wait for the figures being drawn or waiting (re-raising a failure)."""
         self._collect(wait=True)
+
+    def restart(self, step: int) -> None:
+        """The run went back to ``step`` (a resume from an older checkpoint, in this process or a new one): what
+        the runs this sink owns hold at ``step`` and after, written before now, is hidden in TensorBoard, so
+        that the lines do not fold back on themselves. The lines beside the user's run are the sink's; the
+        writer's own run only when the sink's owner made it (``close_writer``): a framework's writer is its
+        owner's to purge."""
+        self._series.restart(step)
+        package = type(self.writer).__module__.split(".")[0]
+        if self.close_writer and package in (
+            "torch",
+            "tensorboardX",
+        ):  # their SummaryWriters, whose protos we know
+            _restart_marker(self.writer._get_file_writer().add_event, step, package)
+        self._last_status = None  # the status is written again at the next forecast
+        self.writer.add_text("forecast/status", f"step {step}: **resumed** after update {step - 1}", step)
 
     def flush(self) -> None:
         self._collect(wait=False)

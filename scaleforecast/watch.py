@@ -382,6 +382,8 @@ class Watcher:
         feed_from = min(start, int(np.searchsorted(steps, kept[-1] if len(kept) else 0, side="right")))
         # rewound here, quietly: the line above says it (the forecaster's own warning counts re-read points)
         fc.rewind(int(steps[feed_from] - windows[feed_from]))
+        if self._sink is not None:  # the lines written past the resume are hidden in TensorBoard
+            self._sink.restart(int(steps[start] - windows[start]) + 1)
         return feed_from
 
     def _feed(self, steps: np.ndarray, losses: np.ndarray, windows: np.ndarray) -> None:

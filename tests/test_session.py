@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -543,3 +544,58 @@ def test_a_saved_state_restored_without_its_scheduler_is_told() -> None:
     fc.close()
     told = [str(w.message) for w in caught if "was not restored" in str(w.message)]
     assert len(told) == 1 and "counts 100 updates but the LR scheduler 1" in told[0], told
+
+
+def test_tensorboard_lines_restart_where_the_run_went_back(tmp_path: Path) -> None:
+    """A run resumed from older checkpoints, once in this process (its count goes back from 100 to 61) and once
+    in a new one (a new session from the state saved at update 80, after the first went on to 120): TensorBoard
+    hides what was written after each resume point, so the run's lines and the forecast line beside them read in
+    step order, each step once, and the status says where the run resumed."""
+    from scaleforecast.callbacks import LossForecastSession
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    total, logdir = 200, tmp_path / "tb"
+
+    def session() -> tuple[Any, Any, Any]:
+        opt = _sgd(0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1 - i / total, 0.01))
+        fc = LossForecastSession(
+            opt, sched, total_steps=total, flush_every=10, refit_every=10, dirpath=str(logdir), verbose=False
+        )
+        return opt, sched, fc
+
+    def train(numbers: list[int], opt: Any, sched: Any, fc: Any) -> dict[int, Any]:
+        states = {}
+        for n in numbers:
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3), step=n)
+            states[n] = (fc.state_dict(), sched.state_dict())
+        return states
+
+    opt, sched, fc = session()
+    with pytest.warns(RuntimeWarning, match="step went back to 61 after 100"):
+        states = train([*range(1, 101), *range(61, 121)], opt, sched, fc)
+    fc.close()
+    opt, sched, fc = session()
+    fc.load_state_dict(states[80][0])
+    sched.load_state_dict(states[80][1])
+    train(list(range(81, total + 1)), opt, sched, fc)
+    fc.close()
+
+    def read(run: Path) -> EventAccumulator:
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        return acc
+
+    run = read(logdir)
+    for tag in ("forecast/final_loss", "forecast/n_points"):
+        steps = [e.step for e in run.Scalars(tag)]
+        assert steps == sorted(set(steps)) and steps[-1] == total, (tag, steps)
+    line = [
+        e.step for e in read(logdir / "scaleforecast" / "forecast").Scalars("forecast/observed_vs_forecast")
+    ]
+    assert line == sorted(set(line)) and line[-1] == total
+    texts = [t.tensor_proto.string_val[0].decode() for t in run.Tensors("forecast/status/text_summary")]
+    assert any("step 61: **resumed** after update 60" in t for t in texts), texts
+    assert any("step 81: **resumed** after update 80" in t for t in texts), texts
