@@ -253,8 +253,13 @@ class Watcher:
         steps, values = clean_series(*scalars[tag], what=tag, notes=[])
         keep = (steps >= 1) & (steps <= self.total)
         steps, values = steps[keep], values[keep]
-        # Refit the schedule family only when a fifth more LR points arrived: cheap and stable.
-        if len(steps) < 3 or (self.lr_rec is not None and len(steps) < 1.2 * self._lr_points):
+        # Refit the schedule family when a fifth more LR points arrived (cheap and stable), or at once when the
+        # new ones leave it (a cooldown starts: a late WSD decay is a few percent of the points)
+        if len(steps) < 3 or (
+            self.lr_rec is not None
+            and len(steps) < 1.2 * self._lr_points
+            and not self._lr_left(steps[self._lr_points :], values[self._lr_points :])
+        ):
             return
         if self.lr_rec is None and warming_up(steps, values):
             self._once(
@@ -291,6 +296,15 @@ class Watcher:
                 f"LR schedule revised at step {last}: now {_lr_text(rec)} (was {_lr_text(old)}; they differ by up "
                 f"to {100 * change:.0f}% of peak); forecasts from here on use it"
             )
+
+    def _lr_left(self, steps: np.ndarray, values: np.ndarray) -> bool:
+        """Whether LRs logged since the schedule was rebuilt differ from it by more than ``LR_TRUST_OK`` of
+        its peak."""
+        assert self.lr_rec is not None
+        if not len(steps):
+            return False
+        lrs = self.lr_rec.lrs
+        return bool(np.max(np.abs(values - lrs[steps - 1])) > LR_TRUST_OK * float(lrs.max()))
 
     def poll_once(self) -> int:
         """One pass: read, feed new points, refit on policy, write. Returns the number of new points."""

@@ -386,6 +386,24 @@ def test_lr_guess_waits_for_the_warmup_and_announces_its_revisions(tmp_path: Pat
     assert "(was constant, peak 0.003, 200 warm-up, 5000 updates;" in revised
 
 
+def test_a_cooldown_that_starts_between_two_rebuilds_is_followed_at_once(tmp_path: Path) -> None:
+    """The schedule rebuilt during the stable phase of a WSD run is revised as soon as logged LRs leave it (its
+    cooldown started), not after a fifth more LR points: the forecast must not hold the stale plan, with status
+    ``ok``, through most of the cooldown."""
+    spec = "wsd:peak=3e-3,warmup=200,total=5000,cooldown=0.2,shape=linear"
+    run = tmp_path / "wsd"
+    logs: list[str] = []
+    watcher = Watcher(run, total_steps=5000, interval=0.01, log=logs.append, refit_every=200)
+    _write(run, range(10, 3801, 10), spec=spec, falling=True)
+    watcher.poll_once()
+    assert watcher.lr_rec is not None and watcher.lr_rec.schedule.kind == "constant"
+    _write(run, range(3810, 4201, 10), spec=spec, falling=True)  # 10% more points, 200 updates into the decay
+    watcher.poll_once()
+    assert watcher.lr_rec.schedule.kind == "wsd"
+    assert any(m.startswith("LR schedule revised at step 4200: now WSD") for m in logs), logs
+    assert watcher.monitor.forecaster.schedule[-1] < 0.01 * 3e-3
+
+
 def test_advice_is_said_again_only_when_it_changes(tmp_path: Path) -> None:
     logs: list[str] = []
     records: list[dict] = []
