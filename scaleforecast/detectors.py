@@ -502,9 +502,14 @@ class DriftConfig(BaseModel):
     ``t = (Δ_obs - max(Δ_law, 0)) / se`` where ``Δ_obs = m_fast - m_slow`` is the difference of two EW means of
     the loss (effective lengths ``L`` and ``3 L``; values clipped at ``max(clip * sigma, 4 * min_rel * level)``
     around the level, so single spikes barely move them), ``Δ_law`` the same difference of the law's expected loss (0 without a
-    law) and ``se`` its standard error under white noise of sd ``sigma`` (from first differences). An alarm
+    law) and ``se`` its standard error under white noise of sd ``sigma`` (from first differences). A rise
     needs ``t > threshold`` on ``patience`` consecutive points and a rise of at least ``min_rel`` of the loss
-    level; without a law it also needs the LR not to rise (a rising LR in warm-up may raise the loss).
+    level; without a law it also needs the LR not to rise (a rising LR in warm-up may raise the loss). The
+    warning is given at the first point ``confirm_steps`` or more steps later, if the loss level (an unclipped
+    EW mean over ``min(blocks)`` points) then still stands above the level before the rise by half the rise
+    (at least two standard errors of that level): a spike that decays over a few dozen steps of a per-step log
+    lifts both means for as long, and the run has recovered from it by then (in a sparse log it is one point,
+    which the clipping already tames).
 
     **Critical** (the run is lost): after a warning, the loss level (an unclipped EW mean over
     ``min(blocks)`` points) stays above the slow level before the rise by at least
@@ -527,6 +532,7 @@ class DriftConfig(BaseModel):
     lost_sigma: float = Field(5.0, ge=0)
     persist_steps: int = Field(1000, ge=0)
     persist_obs: int = Field(8, ge=1)
+    confirm_steps: int = Field(100, ge=0)
 
 
 class DriftDetector:
@@ -564,6 +570,9 @@ class DriftDetector:
         self._law_now: LawFn | None = None
         # The law of the fit in force at the warning; not saved (after a resume the rise is judged plainly).
         self._anchor_law: LawFn | None = None
+        # A rise waiting to be confirmed: its warning, the point count at which it is judged, its size and the
+        # level before it.
+        self.pending: dict[str, Any] | None = None
 
     def update(
         self,
@@ -685,25 +694,41 @@ class DriftDetector:
         warn_at = np.nonzero(streak == cfg.patience)[0]
         start = 0
         for i in [*warn_at.tolist(), len(y)]:
-            events += self._lost(s[start:i], raw[start:i], sigma)
+            events += self._confirm(s[:i], raw[:i])
+            lost = self._lost(s[start:i], raw[start:i], sigma)
+            if lost and self.pending is not None:  # lost before its warning was due: the rise is confirmed
+                events.append(self._confirmed(int(lost[0].step)))
+            events += lost
             if i == len(y):
                 break
             L = self.blocks[int(best_k[i])]
             lvl = abs(float(slow_long[i]))
-            events.append(
-                Event(
-                    kind="divergence",
-                    step=int(s[i]),
-                    severity="warning",
-                    score=float(best[i]),
-                    message=(
-                        f"loss rising at step {int(s[i])}: level up {rises[i]:.4g} "
-                        f"({100 * rises[i] / max(lvl, 1e-300):.2g}%) over about {L} points "
-                        f"({best[i]:.1f} sigma{' beyond the law' if base is not None else ''})"
-                    ),
-                    data={"block": L, "rise": float(rises[i]), "level": lvl, "statistic": float(best[i])},
-                )
-            )
+            if self.pending is None:
+                # the level must stand out of the noise of its own estimate (an EW mean over min(blocks))
+                a0 = self.alphas[0][0]
+                self.pending = {
+                    "due": int(s[i]) + cfg.confirm_steps,
+                    "rise": max(float(rises[i]), 4.0 * sigma * math.sqrt(a0 / (2.0 - a0))),
+                    "before": float(calm_level[i]),
+                    "event": Event(
+                        kind="divergence",
+                        step=int(s[i]),
+                        severity="warning",
+                        score=float(best[i]),
+                        message=(
+                            f"loss rising since step {int(s[i])}: level up {rises[i]:.4g} "
+                            f"({100 * rises[i] / max(lvl, 1e-300):.2g}%) over about {L} points "
+                            f"({best[i]:.1f} sigma{' beyond the law' if base is not None else ''})"
+                        ),
+                        data={
+                            "block": L,
+                            "rise": float(rises[i]),
+                            "level": lvl,
+                            "statistic": float(best[i]),
+                            "since": int(s[i]),
+                        },
+                    ).model_dump(mode="json"),
+                }
             prev = float(calm_level[i])
             self.anchor = {
                 "level": prev,
@@ -715,7 +740,27 @@ class DriftDetector:
             self._anchor_law = self._law_now if base is not None else None
             self.over_run, self.over_since, self.lost_reported = 0, None, False
             start = i
-        return events
+        return sorted(events, key=lambda e: e.step)
+
+    def _confirm(self, s: np.ndarray, raw: np.ndarray) -> list[Event]:
+        """The pending rise judged at its due step, if ``s`` (the chunk's points so far) reaches it: a warning
+        when the level still stands above the level before the rise by half the rise, else nothing (the run
+        recovered)."""
+        p = self.pending
+        if p is None or not len(s) or s[-1] < p["due"]:
+            return []
+        j = int(np.searchsorted(s, p["due"]))
+        if raw[j] - p["before"] >= 0.5 * p["rise"]:
+            return [self._confirmed(int(s[j]))]
+        self.pending = None
+        return []
+
+    def _confirmed(self, step: int) -> Event:
+        """The pending warning, given at ``step``."""
+        assert self.pending is not None
+        event = Event.model_validate(self.pending["event"]).model_copy(update={"step": step})
+        self.pending = None
+        return event
 
     def _lost(self, s: np.ndarray, raw: np.ndarray, sigma: float) -> list[Event]:
         """The critical tier over points after the last warning: is the loss still far above its old level?"""
@@ -786,6 +831,7 @@ class DriftDetector:
             "over_run": self.over_run,
             "over_since": self.over_since,
             "lost_reported": self.lost_reported,
+            "pending": self.pending,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -803,6 +849,7 @@ class DriftDetector:
         self.over_run = int(state["over_run"])
         self.over_since = state["over_since"]
         self.lost_reported = bool(state["lost_reported"])
+        self.pending = state.get("pending")
 
 
 def _diff_var(af: float, a_s: float) -> float:

@@ -155,6 +155,26 @@ def test_divergence_is_critical_once_it_persists_and_a_recovered_spike_is_not() 
     assert crit[0].step - 2500 < 1500
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spikes_that_decay_over_a_few_dozen_steps_are_spikes_not_divergence(seed: int) -> None:
+    """A per-step log with loss spikes of +30 to +100% that decay with a 4-step time constant (back in the
+    noise within ~25 steps): each is a spike; none is a divergence warning (each used to be one too, lifting
+    both EW means while it lasted). A level that jumps and stays up still is one."""
+    steps, y = noisy_curve(12000, seed)
+    for at, amp in zip((2000, 4000, 6000, 8000, 10000), (0.3, 0.5, 0.8, 0.6, 1.0), strict=True):
+        k = np.arange(40)
+        y[at + k] *= 1.0 + amp * np.exp(-k / 4.0)
+    events = feed(HealthMonitor(HealthConfig(debounce_steps=0)), steps, y)  # every event shows
+    spikes = [e.step for e in events if e.kind == "spike"]
+    assert all(any(at < st <= at + 10 for st in spikes) for at in (2000, 4000, 6000, 8000, 10000)), spikes
+    assert [e for e in events if e.kind == "divergence"] == []
+    jumped = y.copy()
+    jumped[9000:] += 10 * SIGMA
+    div = [e for e in feed(HealthMonitor(), steps, jumped) if e.kind == "divergence"]
+    assert div and 9000 < div[0].step < 9300 and div[0].severity == "warning"
+    assert div[0].data["since"] <= div[0].step - DriftConfig().confirm_steps
+
+
 def test_slow_exponential_divergence_is_caught_early_and_only_once() -> None:
     steps, y = noisy_curve(4000)
     start = 2500
