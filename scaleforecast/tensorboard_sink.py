@@ -289,7 +289,7 @@ class TensorBoardSink:
         self._target: float | None = None
         self.background_figures = background_figures
         self.skipped_figures = 0
-        self._figures: list[Job[tuple[int, np.ndarray] | None]] = []
+        self._figures: list[Job[tuple[int, Any] | None]] = []
         self._next: CurveSnapshot | None = None  # the snapshot a queued figure job will draw
         self._lock = threading.Lock()
 
@@ -412,16 +412,29 @@ class TensorBoardSink:
             return
         self._figures.append(job)
 
-    def _render_next(self) -> tuple[int, np.ndarray] | None:
+    def _render_next(self) -> tuple[int, Any] | None:
         with self._lock:
             snapshot, self._next = self._next, None
-        return None if snapshot is None else (snapshot.step, render_rgb(draw_snapshot(snapshot)))
+        if snapshot is None:
+            return None
+        rgb = render_rgb(draw_snapshot(snapshot))
+        if type(self.writer).__module__.startswith("torch.utils.tensorboard"):
+            # torch's SummaryWriter encodes the PNG in add_image, on the caller's (training) thread: encoded
+            # here instead, the caller only appends the summary
+            from torch.utils.tensorboard.summary import image
+
+            return snapshot.step, image(self.figure_tag, rgb, dataformats="HWC")
+        return snapshot.step, rgb
 
     def _draw(self, snapshot: CurveSnapshot) -> None:
         self._add_image(snapshot.step, render_rgb(draw_snapshot(snapshot)))
 
-    def _add_image(self, step: int, image: np.ndarray) -> None:
-        self.writer.add_image(self.figure_tag, image, step, dataformats="HWC")
+    def _add_image(self, step: int, image: Any) -> None:
+        """``image``: the pixels (height, width, RGB), or an image summary already encoded for the writer."""
+        if isinstance(image, np.ndarray):
+            self.writer.add_image(self.figure_tag, image, step, dataformats="HWC")
+        else:
+            self.writer._get_file_writer().add_summary(image, step)
 
     def _collect(self, wait: bool) -> None:
         """Write the figures the worker has drawn (all of them, waiting, with ``wait``); re-raise a failure.
