@@ -23,8 +23,11 @@ def _refuse(path: Path) -> ValueError:
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Create or replace the file ``path`` with ``data``; a symbolic link at ``path`` is an error."""
+    """Create or replace the file ``path`` with ``data`` (its folder created if missing); a symbolic link at
+    ``path`` is an error."""
     p = Path(path)
+    if not p.parent.exists():
+        make_output_dir(p.parent)
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o666)
     except OSError as err:

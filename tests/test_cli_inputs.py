@@ -252,12 +252,13 @@ def test_report_and_backtest_arguments_and_a_loss_that_reaches_zero(
     )
     err = _error(["report", str(p), "--schedule", SCHED, "--size", "90", "90", "--dpi", "300"], capsys)
     assert err == "scaleforecast report: error: --size 90 90 at --dpi 300 is more than 20000 pixels a side"
-    out_png = tmp_path / "r.png"
+    out_png = tmp_path / "new" / "folder" / "r.png"  # a folder that does not exist yet is made
     rc, out, err = _cli(
         ["report", str(p), "--schedule", "constant:peak=1e-3,total=1000", "-o", str(out_png), "--dpi", "20"],
         capsys,
     )
     assert rc == 0, err
+    assert out_png.read_bytes().startswith(b"\x89PNG")
     assert "(absolute: the observed loss is 0)" in out
     rc, out, err = _cli(
         ["backtest", str(p), "--schedule", "constant:peak=1e-3,total=1000", "--no-picture", "--json"], capsys
