@@ -165,6 +165,14 @@ def clean_series(
     return steps, values
 
 
+def steps_going_back(steps: np.ndarray) -> int:
+    """How many times a log's steps go back; more than restarts make (3, and 1 % of its points) is a log out of
+    step order: rows shuffled or sorted the wrong way, or several processes' logs run together, where
+    :func:`keep_newest` would read each step back as a resume and drop nearly everything."""
+    back = int(np.sum(np.diff(np.asarray(steps, dtype=np.int64)) < 0))
+    return back if back > max(3, 0.01 * len(steps)) else 0
+
+
 def keep_newest(steps: np.ndarray) -> np.ndarray:
     """Mask of the points to keep in a log whose steps may go back (a restart from a checkpoint): a point is
     kept only if every later point has a larger step, so the newest value of each step wins and the stale points

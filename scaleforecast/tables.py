@@ -39,6 +39,7 @@ from scaleforecast.runs import (
     loss_windows,
     pick,
     pick_loss,
+    steps_going_back,
 )
 from scaleforecast.tfevents import TailResult
 
@@ -308,6 +309,15 @@ def _rows_to_run(
     if step_col is None:
         raise ReadError(f"{path}: no 'step' column (columns: {cols})")
     present_step, steps = _steps(rows, step_col, str(path))
+    back = steps_going_back(steps[present_step])
+    if back:
+        # stable: of the rows of one step, the last one in the file stays last and wins as in a resume
+        order = np.argsort(np.where(present_step, steps, np.iinfo(np.int64).max), kind="stable")
+        rows, present_step, steps = [rows[i] for i in order], present_step[order], steps[order]
+        notes.append(
+            f"{path.name}: its rows are not in step order (the step goes back {back} times, more than resumes "
+            "do): read in step order"
+        )
     if loss is None:
         # A default column that exists but holds nothing after step 0 (e.g. no eval ran) does not count.
         later = [r for (_, r), ok, s in zip(rows, present_step, steps, strict=True) if ok and s >= 1]

@@ -379,6 +379,32 @@ def test_a_resumed_table_keeps_the_newest_of_each_step(
     assert rc == 0 and json.loads(out)["forecasts"] == got["forecasts"]
 
 
+@pytest.mark.parametrize("order", ["shuffled", "descending"])
+def test_a_table_out_of_step_order_is_read_in_step_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], order: str
+) -> None:
+    """Rows shuffled or written last step first: the steps go back hundreds of times, which no run of resumes
+    does. Read as resumes, all but a handful of points were dropped and the forecast still said ``ok``; they are
+    read in step order, with a note, and forecast as the same table in order."""
+    lrs = np.r_[np.linspace(1e-4, 1e-3, 100), np.linspace(1e-3, 1e-5, 1900)]
+    rows = _law_rows(range(1, 2001), lrs)
+    clean, messy = tmp_path / "clean.csv", tmp_path / "messy.csv"
+    _write_rows(clean, rows)
+    if order == "shuffled":
+        rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    _write_rows(messy, rows if order == "shuffled" else rows[::-1])
+    rc, out, err = _cli(["forecast", str(messy), "--until-step", "1500", "--json"], capsys)
+    assert rc == 0, err
+    got = json.loads(out)
+    notes = [n for n in got["data_warnings"] if "not in step order" in n]
+    assert len(notes) == 1 and notes[0].startswith("messy.csv: its rows are not in step order"), got[
+        "data_warnings"
+    ]
+    assert not [n for n in got["data_warnings"] if "steps go back" in n]
+    rc, out, _ = _cli(["forecast", str(clean), "--until-step", "1500", "--json"], capsys)
+    assert rc == 0 and json.loads(out)["forecasts"] == got["forecasts"]
+
+
 def test_a_bad_jsonl_line_is_skipped_with_a_note_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
