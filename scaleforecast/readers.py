@@ -7,9 +7,9 @@ table, CSV or JSON lines (:mod:`scaleforecast.tables`). The per-update LR is att
 :func:`~scaleforecast.schedule_fit.rebuild_lrs`: from ``schedule`` (a spec, a ``.npy`` LR file, a config or an
 array), else from the logged LR, rebuilt from the schedule families when it was not logged at every update.
 
-``strict``: corrupt event records and logged LRs that are not finite and > 0 (zeros before the first positive LR
-and after the last excepted) are errors instead of notes. Steps that go back keep the newest value of each step,
-with a note, in every format. Every error is a one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes,
+``strict``: logged LRs that are not finite and > 0 (zeros before the first positive LR and after the last
+excepted) are errors instead of notes. Corrupt event records and bad JSON lines are skipped with a note, and steps
+that go back keep the newest value of each step, with a note, in every format and mode. Every error is a one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes,
 truncation, damage, LR reconstruction, a loss that rises) are in ``RunData.warnings``.
 """
 
@@ -67,7 +67,6 @@ def read_tensorboard(
     lr: str | Sequence[str] | None = None,
     window: WindowSpec | None = None,
     progress: bool | None = None,
-    strict: bool = False,
 ) -> RunData:
     """Read one TensorBoard run (a directory of event files, or one file) into a :class:`RunData`.
 
@@ -75,7 +74,7 @@ def read_tensorboard(
     ``window``: ``"gap"`` (each loss is the mean since the previous log, as HF Trainer and Megatron log),
     an int, or ``None``/``"auto"`` to choose from the tag name. The LR is not rebuilt here (see :func:`read_run`).
     """
-    scalars, notes = read_event_scalars(path, progress=progress, strict=strict)
+    scalars, notes = read_event_scalars(path, progress=progress)
     tags = sorted(scalars)
     if not tags:
         raise ReadError(f"{path}: the event files hold no scalars (empty, or written by another tool)")
@@ -205,7 +204,7 @@ def read_run(
             raise ReadError(str(err)) from None
     table = lightning_csv(path)
     if table is None and detect_format(path) == "tensorboard":
-        run = read_tensorboard(path, loss=loss, lr=lr, window=window, progress=progress, strict=strict)
+        run = read_tensorboard(path, loss=loss, lr=lr, window=window, progress=progress)
     else:
         run = read_table(
             table or path, loss=loss, lr=lr, window=window, strict=strict, live=live, progress=progress

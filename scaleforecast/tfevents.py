@@ -572,22 +572,20 @@ class EventTailer:
 
 
 def read_event_scalars(
-    path: str | os.PathLike[str], progress: bool | None = None, strict: bool = False
+    path: str | os.PathLike[str], progress: bool | None = None
 ) -> tuple[Series, list[str]]:
     """All scalar series of one run, merged over its event files: ``({tag: (steps, values)}, notes)``.
 
     Files are read in name order (their names start with the creation time); steps that go back across or
-    within files are left to :func:`~scaleforecast.runs.clean_series`. Damage is skipped and noted, or raised
-    as :class:`ReadError` with ``strict``; a file that is not an event file at all is skipped with a note, or is
-    an error when no file of the run is one.
+    within files are left to :func:`~scaleforecast.runs.clean_series`. Damage is skipped and noted (the points
+    in it are lost, the rest is read), in every mode, as a bad line of a JSON-lines log is; a file that is not
+    an event file at all is skipped with a note, or is an error when no file of the run is one.
     """
     tailer = EventTailer(path, live=False, progress=progress)
     result = tailer.poll()
     unusable = [st.unusable for st in tailer.files.values() if st.unusable is not None]
     if unusable and len(unusable) == len(tailer.files):
         raise ReadError(unusable[0])
-    if strict and result.damage:
-        raise ReadError(result.damage[0].message())
     # A stray file among the run's event files (a copy cut short, another tool's output) costs only itself.
     notes = [f"{n}; skipped it, read the other event files" if n in unusable else n for n in result.notes]
     return result.scalars, notes
