@@ -673,6 +673,12 @@ def _finish(
                     "the LR has not decayed enough to learn the annealing coefficient C from this run, and no "
                     f"prior is set: C = {C:.3g} is a guess, the forecast ignores most of the coming drop"
                 )
+            elif s2_seen > 0.9 * s2_future:
+                # most of the annealing is behind: the data follow it, but cannot tell C from the power law
+                warns.append(
+                    "annealing coefficient C not told apart from the power law by the run; the last "
+                    f"{100 * (1 - s2_seen / s2_future):.2g}% of its annealing is forecast with C from the prior"
+                )
             else:
                 warns.append("annealing coefficient C not yet identified by the run; it comes from the prior")
     extra = {"warmup_hold": 1.0 if cfg.warmup == "hold" else 0.0}
