@@ -1113,7 +1113,9 @@ class HealthConfig(BaseModel):
     warnings). What a critical event does is the run monitor's ``action``
     (:class:`scaleforecast.monitor.StopConfig`). An event of a kind
     already reported less than ``debounce_steps`` steps earlier, at the same or a lower severity, is
-    counted but not reported again. ``skip_before``/``skip_after``: the steps around a spike written to
+    counted but not reported again; a kind that keeps coming back as soon as that time is up (a condition that
+    lasts: a loss that stopped improving, a storm of spikes) doubles its time each time, up to
+    ``max_debounce_steps``, and falls back to ``debounce_steps`` once it stays away that long. ``skip_before``/``skip_after``: the steps around a spike written to
     ``record_path`` (a JSON list of optimizer steps to skip on a replay, like Lightning's ``SpikeDetection``).
     """
 
@@ -1121,6 +1123,7 @@ class HealthConfig(BaseModel):
 
     act_on: list[str] = Field(default_factory=lambda: ["nonfinite", "spike", "divergence"])
     debounce_steps: int = Field(200, ge=0)
+    max_debounce_steps: int = Field(100_000, ge=0)
     record_path: str | None = None
     skip_before: int = Field(1, ge=0)
     skip_after: int = Field(0, ge=0)
@@ -1156,6 +1159,7 @@ class HealthMonitor:
         self.stagnation = StagnationDetector(self.config.stagnation) if self.config.stagnation else None
         self.grad = GradNormDetector(self.config.grad_norm)
         self.last_reported: dict[str, tuple[int, int]] = {}
+        self.quiet_steps: dict[str, int] = {}  # per kind: the debounce time now (see HealthConfig)
         self.suppressed: dict[str, int] = {}
         self.skip_steps: set[int] = set()
         self.counts: dict[str, int] = {}
@@ -1231,12 +1235,19 @@ class HealthMonitor:
                 ev = ev.model_copy(update={"severity": "warning"})
             last = self.last_reported.get(ev.kind)
             rank = SEVERITY_RANK[ev.severity]
-            if last is not None and ev.step - last[0] < self.config.debounce_steps and rank <= last[1]:
+            quiet = self.quiet_steps.get(ev.kind, self.config.debounce_steps)
+            if last is not None and ev.step - last[0] < quiet and rank <= last[1]:
                 self.suppressed[ev.kind] = self.suppressed.get(ev.kind, 0) + 1
                 continue
             n_sup = self.suppressed.pop(ev.kind, 0)
             if n_sup:
                 ev = ev.model_copy(update={"data": {**ev.data, "suppressed_before": n_sup}})
+            back_soon = last is not None and n_sup > 0 and ev.step - last[0] < 2 * quiet and rank <= last[1]
+            self.quiet_steps[ev.kind] = (
+                min(2 * quiet, max(self.config.max_debounce_steps, self.config.debounce_steps))
+                if back_soon
+                else self.config.debounce_steps
+            )
             self.last_reported[ev.kind] = (ev.step, rank)
             out.append(ev)
         return out
@@ -1273,6 +1284,7 @@ class HealthMonitor:
             "grad_norm": self.grad.state_dict(),
             "last_reported": {k: list(v) for k, v in self.last_reported.items()},
             "suppressed": dict(self.suppressed),
+            "quiet_steps": dict(self.quiet_steps),
             "skip_steps": sorted(self.skip_steps),
             "counts": dict(self.counts),
         }
@@ -1296,6 +1308,7 @@ class HealthMonitor:
         self.grad.load_state_dict(state["grad_norm"])
         self.last_reported = {k: (int(v[0]), int(v[1])) for k, v in state["last_reported"].items()}
         self.suppressed = {k: int(v) for k, v in state["suppressed"].items()}
+        self.quiet_steps = {k: int(v) for k, v in state.get("quiet_steps", {}).items()}
         self.skip_steps = {int(s) for s in state["skip_steps"]}
         self.counts = {k: int(v) for k, v in state["counts"].items()}
 

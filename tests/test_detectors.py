@@ -134,6 +134,25 @@ def test_single_spikes_are_shown_but_never_critical() -> None:
     assert mon.counts["spike"] >= 6
 
 
+def test_a_condition_that_lasts_is_reported_ever_more_rarely_and_counted_in_full() -> None:
+    """A spike every 50 steps for 20k steps (a spike storm): reported at 200 steps, then 400, 800, ... apart,
+    not 100 times; every one is counted, the next report says how many it stands for, and after the storm a
+    lone spike is reported again at once."""
+    steps, y = noisy_curve(30000)
+    storm = np.arange(1000, 21000, 50)
+    y[storm - 1] += 30 * SIGMA
+    y[28000 - 1] += 30 * SIGMA
+    mon = HealthMonitor()
+    events = [e for e in feed(mon, steps, y, flush=100) if e.kind == "spike"]
+    in_storm = [e.step for e in events if e.step < 21000]
+    assert 5 <= len(in_storm) <= 10, in_storm
+    gaps = np.diff(in_storm)
+    assert np.all(gaps[1:] >= gaps[:-1]) and gaps[-1] >= 3200, gaps
+    assert mon.counts["spike"] >= len(storm)
+    assert sum(e.data.get("suppressed_before", 0) for e in events) + len(events) >= len(storm)
+    assert 28000 in [e.step for e in events]
+
+
 def test_divergence_is_critical_once_it_persists_and_a_recovered_spike_is_not() -> None:
     steps, y = noisy_curve(6000)
     level = float(np.median(y[2400:2500]))
