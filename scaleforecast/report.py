@@ -302,11 +302,14 @@ def _binned_median(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
 def _y_limits(data: ReportData) -> tuple[float, float]:
     run = data.run
     ok = np.isfinite(run.losses)
-    later = run.losses[ok & (run.steps >= 0.1 * data.total)]
+    # the early loss is far above the rest, and the fitted curve says nothing in the warm-up (the law is fitted
+    # after it): the frame is set by what comes after the first tenth of the run and after the warm-up
+    lrs = data.forecaster.schedule
+    start = max(0.1 * data.total, int(np.argmax(lrs)) + 1 if lrs is not None and len(lrs) else 0)
+    later = run.losses[ok & (run.steps >= start)]
     if not later.size:
         later = run.losses[ok]
-    pts = data.curve.points
-    tail = [p for p in pts if p.step >= 0.1 * data.total]
+    tail = [p for p in data.curve.points if p.step >= start]
     hi = max([float(np.quantile(later, 0.99))] + [p.upper for p in tail]) if later.size else 1.0
     lo = min([float(later.min()) if later.size else hi] + [p.lower for p in tail])
     for _, _, m in data.what_if:

@@ -137,7 +137,7 @@ def test_critical_events_come_first_in_the_panel(tmp_path: Path) -> None:
     csv = tmp_path / "run.csv"
     write_csv(csv)
     lines = csv.read_text().splitlines()
-    for row in range(100, 245, 6):  # spikes from step 1000 on
+    for row in range(100, 250, 21):  # spikes from step 1000 on, each a debounce time after the last
         step, lr, loss = lines[row].split(",")
         lines[row] = f"{step},{lr},{float(loss) + 1.0}"
     for row in range(250, 300):  # the run goes NaN at step 2500 and stays so
@@ -152,3 +152,17 @@ def test_critical_events_come_first_in_the_panel(tmp_path: Path) -> None:
     fig = draw_report(data, 10, 7, 50)
     shown = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any(f"{criticals[0].step}: {criticals[0].kind} (critical)" in t for t in shown)
+
+
+def test_the_frame_is_set_after_the_warm_up(tmp_path: Path) -> None:
+    """A warm-up longer than a tenth of the run: the fitted curve, which says nothing before the peak LR (S1 is
+    small there, its power-law term huge), must not stretch the loss axis over the data."""
+    from scaleforecast.report import _y_limits
+
+    spec = "wsd:peak=1e-3,warmup=600,total=3000,cooldown=0.2,shape=linear"
+    csv = tmp_path / "run.csv"
+    write_csv(csv, spec=spec)
+    data = build_report(read_run(csv, schedule=spec, warn=False))
+    later = data.run.losses[data.run.steps >= 600]
+    lo, hi = _y_limits(data)
+    assert hi < later.max() + 0.5 * (later.max() - later.min()), (lo, hi, later.max())
