@@ -570,8 +570,8 @@ class DriftDetector:
         self._law_now: LawFn | None = None
         # The law of the fit in force at the warning; not saved (after a resume the rise is judged plainly).
         self._anchor_law: LawFn | None = None
-        # A rise waiting to be confirmed: its warning, the point count at which it is judged, its size and the
-        # level before it.
+        # A rise waiting to be confirmed: its warning, the step at which it is judged, its size and the level
+        # before it.
         self.pending: dict[str, Any] | None = None
 
     def update(
@@ -1115,8 +1115,9 @@ class HealthConfig(BaseModel):
     already reported less than ``debounce_steps`` steps earlier, at the same or a lower severity, is
     counted but not reported again; a kind that keeps coming back as soon as that time is up (a condition that
     lasts: a loss that stopped improving, a storm of spikes) doubles its time each time, up to
-    ``max_debounce_steps``, and falls back to ``debounce_steps`` once it stays away that long. ``skip_before``/``skip_after``: the steps around a spike written to
-    ``record_path`` (a JSON list of optimizer steps to skip on a replay, like Lightning's ``SpikeDetection``).
+    ``max_debounce_steps``, and falls back to ``debounce_steps`` once it stays away that long.
+    ``skip_before``/``skip_after``: the steps around a spike written to ``record_path`` (a JSON list of optimizer
+    steps to skip on a replay, like Lightning's ``SpikeDetection``).
     """
 
     model_config = ConfigDict(extra="forbid")

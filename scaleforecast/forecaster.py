@@ -62,8 +62,8 @@ class ForecasterConfig(BaseModel):
     fit's prior, and every forecast names them in ``borrowed_from``. ``match_peak_lr``: borrow only from the
     references that peaked at this run's peak LR (:func:`scaleforecast.family.family_prior`; set where the
     references come from the same training script, whose LRs share one unit; references given by hand may log
-    their LR in other units and are all used). ``law_check``: the posterior-predictive
-    check of the latest losses against the law (:mod:`scaleforecast.lawcheck`).
+    their LR in other units and are all used). ``law_check``: the posterior-predictive check of the latest
+    losses against the law (:mod:`scaleforecast.lawcheck`).
     """
 
     model_config = ConfigDict(extra="forbid")
