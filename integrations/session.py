@@ -46,6 +46,7 @@ from scaleforecast.integrations.arguments import SessionConfig, check_plugins
 from scaleforecast.integrations.distributed import GRAD, LOSS, SEEN, Collectives, DeviceBuffer, reduce_ranks
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
+from scaleforecast.caller import user_stacklevel
 from scaleforecast.decision import DEFAULT_CONFIDENCE
 from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event, TrainingHealthError
@@ -284,7 +285,7 @@ class TrainingSession:
         """A ``RuntimeWarning`` on rank 0, once per message."""
         if self.is_zero and message not in self._warned:
             self._warned.add(message)
-            warnings.warn(f"{self.name}: {message}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"{self.name}: {message}", RuntimeWarning, stacklevel=user_stacklevel())
 
     # ---------------------------------------------------------------- lifecycle
     def start(

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import ndtri
 
 from scaleforecast.background import Job, refit_worker
+from scaleforecast.caller import user_stacklevel
 from scaleforecast.events import Event
 from scaleforecast.family import ReferenceFit, family_prior
 from scaleforecast.fitting import FitConfig, FitResult, Observations, fit, predict
@@ -382,7 +383,9 @@ class OnlineForecaster:
 
     def _rewind(self, step: int) -> None:
         last = self._last_step
-        warnings.warn(self.rewind_note(step, last, self.rewind(step)), RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            self.rewind_note(step, last, self.rewind(step)), RuntimeWarning, stacklevel=user_stacklevel()
+        )
 
     @staticmethod
     def rewind_note(step: int, last: int, dropped: int) -> str:

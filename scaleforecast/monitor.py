@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from scaleforecast.caller import user_stacklevel
 from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, decide_stop
 from scaleforecast.detectors import forecaster_lr
 from scaleforecast.events import Event, TrainingHealthError, log_event
@@ -165,7 +166,7 @@ class Guard:
         msg = f"{self.label}: {part} failed ({detail}); it is switched off for this run"
         self.disabled[part] = msg
         log.debug(msg, exc_info=True)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        warnings.warn(msg, RuntimeWarning, stacklevel=user_stacklevel())
 
 
 @dataclass(frozen=True)

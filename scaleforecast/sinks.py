@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from scaleforecast.caller import user_stacklevel
 from scaleforecast.results import Forecast
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class FanoutSink:
                     self.report(part, detail)
                     continue
                 log.warning(self.disabled[id(sink)], exc_info=True)
-                warnings.warn(self.disabled[id(sink)], RuntimeWarning, stacklevel=3)
+                warnings.warn(self.disabled[id(sink)], RuntimeWarning, stacklevel=user_stacklevel())
 
     def write_forecast(self, step: int, forecast: Forecast, extras: Mapping[str, float]) -> None:
         self._call("write_forecast", step, forecast, extras)

@@ -599,3 +599,27 @@ def test_tensorboard_lines_restart_where_the_run_went_back(tmp_path: Path) -> No
     texts = [t.tensor_proto.string_val[0].decode() for t in run.Tensors("forecast/status/text_summary")]
     assert any("step 61: **resumed** after update 60" in t for t in texts), texts
     assert any("step 81: **resumed** after update 80" in t for t in texts), texts
+
+
+def test_a_sessions_warning_points_at_the_users_line() -> None:
+    """A warning from deep inside the plugin (here: the resume hint, said by the session) points at the line
+    of the loop that called ``fc.step``, not at the plugin's own code."""
+    import inspect
+
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
+    for _ in range(30):  # a resumed run: its scheduler has counted 30 updates, no saved forecast state
+        opt.step()
+        sched.step()
+    fc = LossForecastSession(opt, sched, total_steps=200, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+        sched.step()
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        fc.step(torch.tensor(2.0))
+    fc.close()
+    told = [w for w in caught if "no saved forecast state" in str(w.message)]
+    assert len(told) == 1 and (told[0].filename, told[0].lineno) == (__file__, line)

@@ -1,0 +1,38 @@
+"""Where a warning of the plugin points: at the first frame outside it.
+
+A warning raised deep inside a training session (a planner, the monitor's guard) pointing at that line tells a
+user nothing; pointing at the first frame outside the plugin shows the line of their loop that called it (or,
+under a trainer, the framework's line that ran the callback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["user_stacklevel"]
+
+# the plugin's packages: the core, and the adapters installed as its subpackages (wherever they lie on disk)
+_PACKAGES = ("scaleforecast", "scaleforecast.callbacks", "scaleforecast.integrations")
+
+
+def _plugin_dirs() -> tuple[str, ...]:
+    dirs = []
+    for name in _PACKAGES:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            dirs.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    return tuple(dirs)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` made by the function that calls this one, such that the
+    warning points at the first frame outside the plugin (1 when that function is itself outside it)."""
+    roots = _plugin_dirs()
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(roots):
+        frame = frame.f_back
+        level += 1
+    return level
