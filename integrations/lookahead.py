@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import copy
 import functools
+import inspect
 import math
 import types
 import warnings
@@ -49,7 +50,7 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-__all__ = ["LookaheadError", "lookahead_lrs", "scheduler_epochs"]
+__all__ = ["LookaheadError", "lookahead_lrs", "metric_driven", "scheduler_epochs"]
 
 
 class LookaheadError(ValueError):
@@ -566,8 +567,9 @@ def lookahead_lrs(
     MultiplicativeLR) called once per step unless they accept an array. The first steps are checked against
     stepping copies; other schedulers (subclasses, custom ones), ``closed_form=False`` or a mismatch fall back
     to stepping deep copies that drive a shadow optimizer (~10 us per step). ``ReduceLROnPlateau`` depends on
-    future metrics: its LR is held constant, with a warning. Returns float64, length ``total_steps -
-    steps_done``. Raises :class:`LookaheadError` on bad input.
+    future metrics (as does any scheduler whose ``step`` needs a metric: :func:`metric_driven`): its LR is held
+    constant, with a warning. Returns float64, length ``total_steps - steps_done``. Raises
+    :class:`LookaheadError` on bad input.
     """
     if total_steps <= 0:
         raise LookaheadError(f"total_steps must be positive, got {total_steps}")
@@ -590,13 +592,13 @@ def lookahead_lrs(
     for sched in scheds:
         if getattr(sched, "optimizer", optimizer) is not optimizer:
             raise LookaheadError(f"{type(sched).__name__} is attached to a different optimizer")
-    plateau = [s for s in scheds if isinstance(s, ReduceLROnPlateau)]
+    plateau = [s for s in scheds if metric_driven(s)]
     if plateau:
         warnings.warn(
-            "ReduceLROnPlateau changes the LR from future metrics; the look-ahead holds its LR constant",
+            f"{type(plateau[0]).__name__} changes the LR from future metrics; the look-ahead holds its LR constant",
             stacklevel=2,
         )
-        scheds = [s for s in scheds if not isinstance(s, ReduceLROnPlateau)]
+        scheds = [s for s in scheds if not metric_driven(s)]
 
     current = _as_float(optimizer.param_groups[group]["lr"])
     epochs = scheduler_epochs(steps_done, total_steps, step_every, epoch_pattern)
@@ -614,6 +616,19 @@ def lookahead_lrs(
 
 
 _CHECK_STEPS = 16
+
+
+def metric_driven(scheduler: Any) -> bool:
+    """Whether ``scheduler`` sets the LR from metrics the run has not produced yet: ``ReduceLROnPlateau``, or
+    any scheduler whose ``step()`` needs an argument (transformers' ``GreedyLR`` takes the eval loss)."""
+    if isinstance(scheduler, ReduceLROnPlateau):
+        return True
+    try:
+        params = inspect.signature(scheduler.step).parameters.values()
+    except (AttributeError, TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.default is inspect.Parameter.empty and p.kind in positional for p in params)
 
 
 def _read_ahead(

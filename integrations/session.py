@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from scaleforecast.integrations.arguments import SessionConfig, check_plugins
 from scaleforecast.integrations.distributed import GRAD, LOSS, SEEN, Collectives, DeviceBuffer, reduce_ranks
+from scaleforecast.integrations.lookahead import metric_driven
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
 from scaleforecast.caller import user_stacklevel
@@ -302,10 +303,15 @@ class TrainingSession:
         own TensorBoard writer, if it has one; else the session writes under ``dirpath`` or
         ``default_logdir``. Never raises: a failing part is reported and switched off.
 
-        Started again in the same process without a state to restore (Lightning's ``fit()`` called again
-        on the same trainer to train further), it goes on from the history it holds."""
+        Started again in the same process without a state to restore, it goes on from the history it holds
+        when training goes on (``step > 0``: Lightning's ``fit()`` called again on the same trainer), and starts
+        a new run from step 0 (HF's ``hyperparameter_search`` runs every trial with the same callbacks)."""
         if self._ran_here and self._saved is None and self.comm is None:
-            self._saved = self.guard("checkpoint state", self.state_dict)
+            if step > 0:
+                self._saved = self.guard("checkpoint state", self.state_dict)
+            else:  # another run: nothing of the last one (its stop, its id in a sweep or a family) carries over
+                self.stopped_at = self.stop_reason = None
+                self.extra = {}
         self._reset_process_state()
         self.comm, self.is_zero = comm, comm.rank == 0
         ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""
@@ -577,7 +583,9 @@ class TrainingSession:
             if self.monitor.forecaster.schedule is not None:
                 self.say(f"the LR schedule changed at step {step}; re-planning")
                 self.replans += 1
-                if self.replans == _REPLANS_TOLD:
+                # a metric-driven scheduler (ReduceLROnPlateau) re-plans at each of its cuts, as it should
+                steered = self.source is not None and any(metric_driven(s) for s in self.source.schedulers)
+                if self.replans == _REPLANS_TOLD and not steered:
                     self.warn(
                         f"the LRs used have left the planned schedule {self.replans} times: the plan is read "
                         f"ahead from the LR scheduler(s){self.replan_hint}; pass schedule= to give it"

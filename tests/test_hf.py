@@ -140,6 +140,25 @@ def test_stop_when_target_unreachable_with_own_writer(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_callback_reused_for_a_new_run_starts_afresh(tmp_path: Path) -> None:
+    """``hyperparameter_search`` trains every trial with the same callback objects, each from step 0 with a new
+    model: each trial is a run of its own (it was taken for a resume of the last one, "step went back to 1",
+    with the last one's stop and the health detectors' state carried over)."""
+    cb = HFLossForecast(target_loss=0.5, confidence=0.9, min_fraction=0.2, refit_every=5, flush_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = make_trainer(tmp_path / "a", [cb], max_steps=MAX_STEPS, report_to="none")
+        first.train()
+        assert cb.stopped_at is not None and cb.stopped_at < MAX_STEPS  # the target is out of reach
+        second = make_trainer(tmp_path / "b", [cb], max_steps=20, report_to="none")
+        second.train()
+    assert not [w for w in caught if "went back" in str(w.message) or "is resumed" in str(w.message)]
+    assert cb.forecaster.last_step == second.state.global_step <= 20
+    assert cb.forecaster.observations().end.min() >= 1 and cb.forecaster.n_observations <= 20
+    assert cb.stopped_at is None or cb.stopped_at <= 20  # not the first run's stop
+
+
+@pytest.mark.slow
 def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> None:
     """With ``restore_callback_states_from_checkpoint=True`` the Trainer swaps in a new instance built from the
     saved arguments; it keeps the history, and health checks switched off stay off."""

@@ -161,6 +161,21 @@ def test_lookahead_plateau_is_constant_with_warning() -> None:
     np.testing.assert_array_equal(lrs, np.full(10, 0.05))
 
 
+def test_a_scheduler_whose_step_needs_a_metric_is_held_like_plateau() -> None:
+    """transformers' ``GreedyLR`` (no torch LRScheduler) steps on the eval loss: stepping copies of it without
+    one raised, and the look-ahead was switched off for the run. It is read as ReduceLROnPlateau is."""
+    from scaleforecast.integrations.lookahead import metric_driven
+
+    GreedyLR = pytest.importorskip("transformers.optimization").GreedyLR
+    opt = _optimizer(lr=0.05)
+    sched = GreedyLR(opt, patience=1, min_lr=1e-5)
+    assert metric_driven(sched) and metric_driven(ls.ReduceLROnPlateau(_optimizer()))
+    assert not metric_driven(ls.StepLR(_optimizer(), 3))
+    with pytest.warns(UserWarning, match="GreedyLR changes the LR from future metrics"):
+        lrs = lookahead_lrs(opt, [sched], 10)
+    np.testing.assert_array_equal(lrs, np.full(10, 0.05))
+
+
 # Composite and long-horizon cases: the vectorised reading must hold over many steps, from mid-run, through
 # milestones and restarts, and for nestings of SequentialLR and ChainedScheduler.
 LONG = 2500

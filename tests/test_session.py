@@ -420,6 +420,26 @@ def test_a_loop_that_runs_past_total_steps_is_told() -> None:
     assert fc.forecaster.last_step == 50 and fc.errors == {}
 
 
+def test_a_plateau_schedulers_cuts_are_followed_without_advice_to_pass_a_schedule() -> None:
+    """ReduceLROnPlateau cuts the LR when the metric stalls: each cut re-plans, as it must, and the loop is not
+    told to pass ``schedule=`` (which it cannot know)."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    fc = LossForecastSession(opt, sched, total_steps=100, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 101):
+            opt.step()
+            if n % 20 == 0:
+                sched.step(1.0)  # a metric that never improves: a cut at every check
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    assert fc.session.replans >= 3 and fc.errors == {}
+    assert not [w for w in caught if "left the planned schedule" in str(w.message)]
+
+
 @pytest.mark.parametrize("every", [None, 10])
 def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
     """A loop that steps its scheduler once per epoch of 10 updates: with ``scheduler_every=10`` the plan is
