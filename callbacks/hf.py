@@ -41,6 +41,7 @@ The object you passed then stops updating: read the forecast from the Trainer's 
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,6 +119,14 @@ class _LossTap:
         return total * self.scale if self.shared else total / micro
 
 
+def _updates_per_log(args: Any, state: Any) -> int:
+    """HF's ``logging_steps`` in updates (a value below 1 is a share of ``max_steps``)."""
+    every = float(getattr(args, "logging_steps", 0) or 0)
+    if 0 < every < 1:
+        every = math.ceil(every * float(state.max_steps or 0))
+    return max(int(every), 0)
+
+
 def _find_on_stack(kind: str, attribute: str, max_depth: int = 16) -> Any | None:
     """The ``self`` of the nearest caller frame whose class (or a base) is named ``kind`` and has ``attribute``.
 
@@ -179,6 +188,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         self.session = TrainingSession("HFLossForecast", target_loss, **kwargs)
         self.session.on_no_loss = self._no_step_losses
         self.resolution: Resolution = resolution
+        self._log_every = 0  # HF's logging_steps, in updates (set when training begins)
         self.name = name
         self.mode: Literal["step", "window"] = "window" if resolution == "window" else "step"
         self.session.per_step = self.mode == "step"
@@ -218,6 +228,9 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             default_logdir=Path(args.output_dir) / "runs" / "scaleforecast",
         )
         self._set_mode("window" if self.session.extra.get("mode") == "window" else self.mode)
+        self._log_every = _updates_per_log(args, state)
+        if self.mode == "window":
+            self._check_log_density(int(state.max_steps or 0))
         if self.mode == "step":
             average = bool(getattr(args, "average_tokens_across_devices", False))
             self._tap = _LossTap(scale=float(comm.world_size) if average and comm.world_size > 1 else 1.0)
@@ -244,9 +257,23 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             self.session.guard.report("loss hook", self._tap.error)
         self.session.record(step, None if self._tap is None else self._tap.take())
 
+    def _check_log_density(self, run_length: int) -> None:
+        """Window means come every ``logging_steps`` updates: too few of them by half the run, and the forecast
+        comes late or not at all (the fit needs ``min_points`` of them after the warm-up): said at once."""
+        need = self.session.forecaster_config.fit.min_points
+        every = self._log_every
+        if every and run_length and run_length / 2 / every < need:
+            self.session.warn(
+                f"HF logs the loss every {every} updates: {run_length // every} window means over this "
+                f"{run_length}-update run, while the fit needs {need} after the warm-up; lower logging_steps for "
+                "a forecast before the end"
+                + (" (or resolution='auto')" if self.resolution == "window" else "")
+            )
+
     def _no_step_losses(self, step: int) -> None:
         """A whole flush without a loss from the model on any rank: window means from now (every rank)."""
         self._set_mode("window")
+        self._check_log_density(int(self.session.run_length or 0))
         if self._tap is not None:
             self._tap.detach()
         if self.resolution == "step" or self.session.config.verbose:

@@ -159,6 +159,25 @@ def test_a_callback_reused_for_a_new_run_starts_afresh(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_window_means_too_sparse_for_a_forecast_are_said_at_once(tmp_path: Path) -> None:
+    """``resolution="window"`` with ``logging_steps=25`` over 60 updates: two window means by half the run,
+    where the fit needs six. Said when training begins (there was only a status text in TensorBoard)."""
+    cb = HFLossForecast(resolution="window", flush_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, [cb], max_steps=MAX_STEPS, logging_steps=25, report_to="none").train()
+    told = [str(w.message) for w in caught if "HF logs the loss every 25 updates" in str(w.message)]
+    assert len(told) == 1 and "2 window means over this 60-update run" in told[0], told
+    dense = HFLossForecast(resolution="window", flush_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(
+            tmp_path / "dense", [dense], max_steps=MAX_STEPS, logging_steps=2, report_to="none"
+        ).train()
+    assert not [w for w in caught if "HF logs the loss every" in str(w.message)]
+
+
+@pytest.mark.slow
 def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> None:
     """With ``restore_callback_states_from_checkpoint=True`` the Trainer swaps in a new instance built from the
     saved arguments; it keeps the history, and health checks switched off stay off."""
