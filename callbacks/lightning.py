@@ -105,11 +105,14 @@ def _lr_source(trainer: pl.Trainer, group: int) -> LRSource:
 
 
 def _run_length(trainer: pl.Trainer) -> int | None:
-    if trainer.max_steps is not None and trainer.max_steps > 0:
-        return int(trainer.max_steps)
-    # an iterable data set of unknown length makes Lightning estimate -1 (or inf): the length is unknown
+    """The updates the run will make: ``max_steps`` or ``max_epochs``, whichever ends it first (Lightning's
+    ``estimated_stepping_batches``); ``max_steps`` alone when the epochs' length is unknown (an iterable data
+    set makes Lightning estimate -1 or inf); ``None`` when neither is known."""
+    steps = int(trainer.max_steps) if trainer.max_steps is not None and trainer.max_steps > 0 else None
     est = trainer.estimated_stepping_batches
-    return int(est) if est is not None and math.isfinite(est) and est > 0 else None
+    if est is None or not math.isfinite(est) or est <= 0:
+        return steps
+    return int(est) if steps is None else min(steps, int(est))
 
 
 def _logger_writer(trainer: pl.Trainer) -> Any:

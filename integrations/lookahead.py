@@ -639,7 +639,7 @@ def _read_ahead(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             lrs = _vectorised(schedulers, optimizer, group, n_steps)
-    except _Unsupported:
+    except (_Unsupported, AttributeError):  # AttributeError: a scheduler that is no torch LRScheduler at all
         return None
     check = _simulate(schedulers, optimizer, group, min(n_steps, _CHECK_STEPS))
     if not np.allclose(lrs[: check.size], check, rtol=1e-9, atol=0.0):

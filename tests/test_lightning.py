@@ -231,6 +231,19 @@ def test_fit_called_again_goes_on_from_the_history(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_max_epochs_ending_the_run_before_max_steps_sets_its_length(tmp_path: Path) -> None:
+    """``max_steps=1000`` and ``max_epochs=3`` of 10 updates: the run makes 30 updates, and the forecast is of
+    the loss at update 30 (it was planned, and forecast, for update 1000)."""
+    model = TinyRegressor(total=30, scheduler="lambda", warmup=3, dataset=regression_data(n=320))
+    cb = LossForecast(flush_every=5, refit_every=5, writer=False, verbose=False)
+    trainer = _trainer(tmp_path, [cb], 1000, max_epochs=3, logger=False)
+    trainer.fit(model)
+    assert trainer.global_step == 30
+    assert cb.forecaster.total_steps == 30
+    assert cb.forecast is not None and cb.forecast.final_step == 30 and cb.errors == {}
+
+
+@pytest.mark.slow
 def test_a_checkpoint_saved_without_the_callback_resumes_with_the_lrs_it_used(tmp_path: Path) -> None:
     """The callback added on a resume from a checkpoint that holds no state of it: a LambdaLR stepped per
     update (Lightning's per-epoch step pattern) gives back the LRs of the updates before the resume exactly,

@@ -161,6 +161,33 @@ def test_lookahead_plateau_is_constant_with_warning() -> None:
     np.testing.assert_array_equal(lrs, np.full(10, 0.05))
 
 
+def test_a_scheduler_that_is_no_torch_lr_scheduler_is_stepped_on_copies() -> None:
+    """A plain class with ``optimizer``, ``step`` and ``state_dict`` (Lightning takes one through
+    ``lr_scheduler_step``): read by stepping copies (its missing ``last_epoch`` switched the look-ahead off)."""
+
+    class Halving:
+        def __init__(self, optimizer: torch.optim.Optimizer, every: int) -> None:
+            self.optimizer, self.every, self.count = optimizer, every, 0
+
+        def step(self) -> None:
+            self.count += 1
+            if self.count % self.every == 0:
+                for g in self.optimizer.param_groups:
+                    g["lr"] *= 0.5
+
+        def state_dict(self) -> dict[str, int]:
+            return {"count": self.count}
+
+        def load_state_dict(self, state: dict[str, int]) -> None:
+            self.count = state["count"]
+
+    opt = _optimizer(lr=0.08)
+    sched = Halving(opt, 4)
+    lrs = lookahead_lrs(opt, [sched], 12)
+    np.testing.assert_allclose(lrs, 0.08 * 0.5 ** (np.arange(12) // 4))
+    assert opt.param_groups[0]["lr"] == 0.08 and sched.count == 0  # nothing real was stepped
+
+
 def test_a_scheduler_whose_step_needs_a_metric_is_held_like_plateau() -> None:
     """transformers' ``GreedyLR`` (no torch LRScheduler) steps on the eval loss: stepping copies of it without
     one raised, and the look-ahead was switched off for the run. It is read as ReduceLROnPlateau is."""
