@@ -238,6 +238,7 @@ class TrainingSession:
         self._hook: Any = None
         self._tb_sink: Any = None  # the TensorBoardSink this session attached
         self._first_flush = True  # of this process: a resumed run restarts its TensorBoard lines there
+        self._final_flush = False  # the flush made when training has ended
         self.replans = 0
         self._warned: set[str] = set()
         self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
@@ -606,7 +607,7 @@ class TrainingSession:
             # what an earlier process (or this one, before the rewind) wrote from here on is hidden
             self.guard("TensorBoard", self._tb_sink.restart, start)
         self._first_flush = False
-        result = self.monitor.flush(batch, raise_now=False)
+        result = self.monitor.flush(batch, raise_now=False, final=self._final_flush)
         self._say_forecast(step, result.forecast)
         return result
 
@@ -679,6 +680,7 @@ class TrainingSession:
         if self.comm is None:
             return
         if step > self.flushed_at and self.buffer is not None:
+            self._final_flush = True  # training has ended: there is nothing left to stop
             self.flush(step)
         # the refit the last flush started takes effect now, where every rank ends; a stopped run keeps the
         # forecast it stopped on, on every rank (the agreed stop, not each rank's monitor, decides: a listener

@@ -361,11 +361,13 @@ class RunMonitor:
         return self.forecaster.total_steps
 
     # ------------------------------------------------------------------- flush
-    def flush(self, batch: FlushBatch, *, raise_now: bool = True) -> FlushResult:
+    def flush(self, batch: FlushBatch, *, raise_now: bool = True, final: bool = False) -> FlushResult:
         """Process one batch of observations (see the module docstring) and say whether to stop.
 
         With ``raise_now=False`` an ``action="raise"`` error is returned in :attr:`FlushResult.error` instead of
-        raised (for adapters that agree with the other ranks first).
+        raised (for adapters that agree with the other ranks first). ``final``: the last flush of a training
+        that has ended (at its last step, or stopped by something else): the stop rule is still evaluated and
+        written, but there is no run left to stop, so it decides no stop.
         """
         result = FlushResult()
         steps = np.asarray(batch.steps, dtype=np.int64).ravel()
@@ -385,6 +387,8 @@ class RunMonitor:
             self._status = forecast.status
             self.guard("stop rule", self._track, forecast)
         decision = self.guard("stop rule", self._decide, step)
+        if decision is not None and final:
+            decision = decision.model_copy(update={"stop": False})
         if decision is not None:
             result.decision = self.decision = decision
         if forecast is not None:
@@ -392,7 +396,7 @@ class RunMonitor:
                 result.events.extend(self.guard("advisor", self.advisor.advise, self.view, step) or [])
             result.events.extend(self._tell_listeners(step, forecast))
         self.guard("sinks", self._write, step, batch, result)
-        self._act(step, result)
+        self._act(step, result, final)
         if result.error is not None and raise_now:
             raise result.error
         return result
@@ -501,8 +505,9 @@ class RunMonitor:
                 self.sinks.write_figure(replace(snapshot, stop_step=step) if stopping else snapshot)
         self.sinks.flush()
 
-    def _act(self, step: int, result: FlushResult) -> None:
-        """Route events, then turn a stop decision or a critical event into ``result.stop`` per ``action``."""
+    def _act(self, step: int, result: FlushResult, final: bool = False) -> None:
+        """Route events, then turn a stop decision or a critical event into ``result.stop`` per ``action`` (not
+        at the ``final`` flush: the events are said, but the training they would stop has ended)."""
         stop_reason: str | None = None
         decision = result.decision
         if decision is not None and decision.stop and self.stopped_at is None and not self.stop_reported:
@@ -525,7 +530,7 @@ class RunMonitor:
         for event in result.events:
             self._emit(event)
         critical = next((e for e in result.events if e.is_critical), None)
-        if critical is None or self.stopped_at is not None:
+        if critical is None or self.stopped_at is not None or final:
             return
         if self.stop.action == "raise":
             self.stopped_at, self.stop_reason = step, critical.text()

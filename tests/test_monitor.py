@@ -128,6 +128,29 @@ def test_forecasts_and_stops_when_target_is_out_of_reach() -> None:
     assert len(sink.scalars["forecast/observed"]) == stopped // 50
 
 
+def test_the_final_flush_of_a_training_that_ended_stops_nothing() -> None:
+    """The last flush, made when training has ended (another callback stopped it, or it reached its end): the
+    stop rule is written as always but stops nothing, so the run is not recorded as stopped by the rule (it
+    was, with a "stopped early" mark, when Lightning's EarlyStopping ended the run between two flushes)."""
+    y = _curve()
+
+    def monitor() -> tuple[RunMonitor, _Recorder]:
+        sink = _Recorder()
+        stop = StopConfig(target_loss=float(y[-50:].mean()) - 0.3, min_fraction=0.25)
+        return RunMonitor(LRS, config=ForecasterConfig(refit_every=200), stop=stop, sinks=[sink]), sink
+
+    reference, _ = monitor()
+    batches = list(_batches(y, TOTAL))
+    first = next(i for i, b in enumerate(batches) if reference.flush(b).stop)
+    mon, sink = monitor()
+    for b in batches[:first]:
+        assert not mon.flush(b).stop
+    result = mon.flush(batches[first], final=True)
+    assert not result.stop and result.decision is not None and not result.decision.stop
+    assert mon.stopped_at is None and sink.events == [] and sink.stop_steps == []
+    assert "forecast/p_miss_target" in sink.scalars
+
+
 def test_reachable_target_never_stops_and_forecast_is_close() -> None:
     y = _curve(seed=1)
     mon = RunMonitor(LRS, stop=StopConfig(target_loss=float(y[-50:].mean()) + 0.5, min_fraction=0.5))
