@@ -507,7 +507,24 @@ class TrainingSession:
             if self.step > self.flushed_at:
                 self.flush(self.step)
             self.step = self.flushed_at = max(int(step) - 1, 0)
+        if self._stopping and self.stopped_at is not None and step > self.stopped_at:
+            self._went_on(step)
         self.guard("step", self._record, step, loss)
+
+    def _went_on(self, step: int) -> None:
+        """Training went on after the agreed stop (the same on every rank: the step numbering is): the trainer
+        overrode it (Lightning's ``min_steps``) or the loop did not break on ``should_stop``. The run is not
+        recorded as stopped after all; the rule, which has said its piece, does not ask again."""
+        note = (
+            f"training went on past the stop at step {self.stopped_at} (the trainer's min_steps, or a loop that "
+            "does not break on should_stop): the run is not recorded as stopped"
+        )
+        self.warn(note)
+        if self._tb_sink is not None:
+            self.guard("TensorBoard", self._tb_sink.note, step, f"step {step}: {note}")
+        self._stopping = False
+        self.stopped_at = self.stop_reason = None
+        self.monitor.stopped_at = self.monitor.stop_reason = None
 
     def _record(self, step: int, loss: torch.Tensor | float | None) -> None:
         assert self.buffer is not None

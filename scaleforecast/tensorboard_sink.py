@@ -467,7 +467,11 @@ class TensorBoardSink:
         ):  # their SummaryWriters, whose protos we know
             _restart_marker(self.writer._get_file_writer().add_event, step, package)
         self._last_status = None  # the status is written again at the next forecast
-        self.writer.add_text("forecast/status", f"step {step}: **resumed** after update {step - 1}", step)
+        self.note(step, f"step {step}: **resumed** after update {step - 1}")
+
+    def note(self, step: int, text: str) -> None:
+        """A line of ``forecast/status`` at ``step``: what happened to the run (a resume, a stop overridden)."""
+        self.writer.add_text("forecast/status", text, step)
 
     def flush(self) -> None:
         self._collect(wait=False)

@@ -310,6 +310,38 @@ def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_fo
     assert fc.session.replans == 0  # the plan held: the LRs used were the planned ones
 
 
+def test_training_that_goes_on_past_the_stop_is_not_recorded_as_stopped(tmp_path: Path) -> None:
+    """The stop agreed, but training goes on (Lightning's ``min_steps``; here a loop that does not break on
+    ``should_stop``): said once, in the warnings and the TensorBoard status, and the run is not recorded as
+    stopped at a step it trained past; the rule does not stop it again."""
+    from scaleforecast.callbacks import LossForecastSession
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    total = 400
+    opt = _sgd(0.1)
+    fc = LossForecastSession(
+        opt, total_steps=total, target_loss=1.0, flush_every=10, dirpath=str(tmp_path), verbose=False
+    )
+    stops = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, total + 1):
+            opt.step()
+            fc.step(torch.tensor(2.0 + 0.3 * n**-0.3))
+            if fc.should_stop:
+                stops.append(fc.stopped_at)
+        fc.close()
+    assert len(set(stops)) == 1 and stops[0] < total
+    told = [str(w.message) for w in caught if "went on past the stop" in str(w.message)]
+    assert len(told) == 1 and f"at step {stops[0]}" in told[0]
+    assert fc.stopped_at is None and fc.forecaster.last_step == total
+    acc = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    acc.Reload()
+    texts = [t.tensor_proto.string_val[0].decode() for t in acc.Tensors("forecast/status/text_summary")]
+    assert any("went on past the stop" in t for t in texts)
+    assert len(acc.Tensors("events/early_stop/text_summary")) == 1
+
+
 def test_a_stopped_run_resumed_is_judged_again() -> None:
     """A run stopped on its target, then resumed from its last checkpoint: it says it had been stopped, trains
     on, and the stop rule decides again (it used to train to the end silently and report the old stop)."""
