@@ -134,7 +134,8 @@ class LossForecast(SessionFace, Callback):
     allows at ``confidence`` (default 0.98; :func:`scaleforecast.decision.decide_stop`); ``None``: forecast only.
     The other keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`),
     e.g. ``listeners=[SweepStopper()]``, ``writer=False``, ``detectors=[]`` (no health checks). Without a
-    ``TensorBoardLogger`` the callback writes under ``dirpath`` (default ``default_root_dir/scaleforecast``).
+    ``TensorBoardLogger`` the callback writes under ``dirpath`` (default: ``scaleforecast`` in the other logger's
+    version folder, e.g. a ``CSVLogger``'s, else in ``default_root_dir``).
     """
 
     def __init__(self, target_loss: float | None = None, **kwargs: Unpack[ForecastArgs]) -> None:
@@ -175,7 +176,9 @@ class LossForecast(SessionFace, Callback):
             run_length=self.session.guard("schedule look-ahead", _run_length, trainer),
             source=self.session.guard("schedule look-ahead", _lr_source, trainer, group),
             find_writer=lambda: _logger_writer(trainer),
-            default_logdir=Path(trainer.default_root_dir) / "scaleforecast",
+            # beside another logger's files (a CSVLogger's version folder), so that each run has its own
+            default_logdir=Path(trainer.log_dir if trainer.loggers else trainer.default_root_dir)
+            / "scaleforecast",
         )
 
     def on_train_batch_end(

@@ -231,6 +231,25 @@ def test_fit_called_again_goes_on_from_the_history(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_with_a_csv_logger_each_run_writes_tensorboard_into_its_version_folder(tmp_path: Path) -> None:
+    """No TensorBoardLogger, a CSVLogger: two runs wrote into one unversioned folder, which TensorBoard reads as
+    one run; each now writes beside its CSVLogger version."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    for _ in range(2):
+        cb = LossForecast(flush_every=5, refit_every=5, verbose=False)
+        logger = CSVLogger(str(tmp_path), name="csv")
+        _trainer(tmp_path, [cb], 30, logger=logger).fit(TinyRegressor(total=30))
+        assert cb.log_dir == str(Path(logger.log_dir) / "scaleforecast")
+    assert sorted(
+        p.parent.parent.name for p in tmp_path.glob("csv/*/scaleforecast/events.out.tfevents.*")
+    ) == [
+        "version_0",
+        "version_1",
+    ]
+
+
+@pytest.mark.slow
 def test_max_epochs_ending_the_run_before_max_steps_sets_its_length(tmp_path: Path) -> None:
     """``max_steps=1000`` and ``max_epochs=3`` of 10 updates: the run makes 30 updates, and the forecast is of
     the loss at update 30 (it was planned, and forecast, for update 1000)."""
