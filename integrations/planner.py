@@ -19,6 +19,7 @@ copies), or takes a schedule the user gave. The rules, the same for Lightning, t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,7 +170,13 @@ class SchedulePlanner:
         if source is None:
             raise ValueError("no optimizer or LR scheduler to look ahead with: pass schedule=")
         self.key = (*source.key, total)
-        future = source.lookahead(total, min(steps_done, total))
+        with warnings.catch_warnings(record=True) as said:
+            # what the look-ahead says (a metric-driven scheduler held constant) is said once, as the plan's
+            # other notes are, not again at every re-plan
+            warnings.simplefilter("always")
+            future = source.lookahead(total, min(steps_done, total))
+        for note in said:
+            self.say(str(note.message))
         if steps_done and (past is None or len(past) < steps_done):
             past = source.past(steps_done)
             if past is None:
