@@ -177,7 +177,7 @@ class LossForecast(SessionFace, Callback):
             source=self.session.guard("schedule look-ahead", _lr_source, trainer, group),
             find_writer=lambda: _logger_writer(trainer),
             # beside another logger's files (a CSVLogger's version folder), so that each run has its own
-            default_logdir=Path(trainer.log_dir if trainer.loggers else trainer.default_root_dir)
+            default_logdir=Path((trainer.loggers and trainer.log_dir) or trainer.default_root_dir)
             / "scaleforecast",
         )
 
