@@ -318,15 +318,18 @@ def _rows_to_run(
             f"{path.name}: its rows are not in step order (the step goes back {back} times, more than resumes "
             "do): read in step order"
         )
-    if loss is None:
-        # A default column that exists but holds nothing after step 0 (e.g. no eval ran) does not count.
+    if loss is None or not isinstance(loss, str):
+        # A default column, or one of a list of preferences, that exists but holds nothing after step 0 (e.g.
+        # no eval ran) does not count.
         later = [r for (_, r), ok, s in zip(rows, present_step, steps, strict=True) if ok and s >= 1]
         filled = [
             c
             for c in columns
             if any(str(r.get(c)).strip().lower() not in ("", "none", "null") for r in later)
         ]
-        loss_col = pick_loss(filled, None, str(path)) or pick_loss(columns, None, str(path))
+        loss_col = pick_loss(filled, loss, str(path)) or pick_loss(columns, loss, str(path))
+        if loss_col is None and loss is not None:
+            raise ReadError(f"{path}: no column {list(loss)!r} (columns: {cols})")
         if loss_col is None:
             raise ReadError(
                 f"{path}: no loss column; expected one of {', '.join(LOSS_NAMES[:3])} or --loss-column "

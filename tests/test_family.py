@@ -196,6 +196,28 @@ def test_cli_reference_with_lr_file_and_a_reference_that_never_annealed(
     assert "peaked at LR" not in text  # the same peak LR: nothing to say
 
 
+def test_cli_reference_whose_copy_of_runs_column_is_empty_reads_its_other_loss(
+    tmp_path: Path, curves_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RUN logs ``val_loss``; a reference from another codebase has that column but never filled it (no eval),
+    and logs ``train_loss``: it is read in the column it filled (it was an error, "column 'val_loss' has no
+    values"), as RUN itself would be."""
+    d = curves_dir / EPFML
+    ref = WSD.format(cd="0.2", T=15000)
+    st, y, lrs = _run(curves_dir, ref)
+    path = tmp_path / "ref.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "lr", "val_loss", "train_loss"])
+        for s, v in zip(st.tolist(), y.tolist(), strict=True):
+            w.writerow([s, repr(float(lrs[s - 1])), "", v])
+    run = WSD.format(cd="0.2", T=25000)
+    argv = ["forecast", str(d / f"{run}.csv"), "--lr-file", str(d / f"{run}.lr.npy"), "--until-step", "8000"]
+    rc, got, err = _cli_json(capsys, [*argv, "--reference", str(path), "--json"])
+    assert rc == 0, err
+    assert got["borrowed_from"] == [str(path)] and got["references_ignored"] == []
+
+
 def test_cli_reference_at_another_peak_lr_is_used_with_a_note(
     tmp_path: Path, curves_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
