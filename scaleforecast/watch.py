@@ -44,7 +44,7 @@ from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig
 from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig, checked
-from scaleforecast.readers import detect_format
+from scaleforecast.readers import detect_format, lightning_csv
 from scaleforecast.run_args import (
     SCHEDULE_HELP,
     add_run_arguments,
@@ -177,8 +177,11 @@ class Watcher:
             verbose=False,
             on_event=self._on_event,
         )
+        # a Lightning CSVLogger folder (no event files, a metrics.csv in it or in its one version folder) is
+        # followed through its table, as the other commands read it
+        table = self.logdir if is_table(self.logdir) else lightning_csv(self.logdir)
         self.tailer: EventTailer | TableTailer = (
-            TableTailer(self.logdir) if is_table(self.logdir) else EventTailer(self.logdir, live=True)
+            TableTailer(table) if table is not None else EventTailer(self.logdir, live=True)
         )
         self.stop_event = threading.Event()
         self.fed_steps = np.zeros(0, dtype=np.int64)

@@ -552,3 +552,41 @@ def test_a_rewind_keeps_exactly_the_steps_before_it_and_says_so_in_one_line(
         "steps went back to 2346 after 3000 (a resume from an older checkpoint?): the forecast now "
         "holds the points up to step 2345 and those logged since"
     ]
+
+
+def test_watch_follows_a_lightning_csv_logger_folder(tmp_path: Path) -> None:
+    """A real Lightning fit logging to a CSVLogger (with LearningRateMonitor): ``watch lightning_logs`` follows
+    its ``metrics.csv``, as forecast and report read that folder (it waited for event files that never came)."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning_models import TinyRegressor
+
+    logger = CSVLogger(str(tmp_path), name="lightning_logs")
+    trainer = pl.Trainer(
+        max_steps=60,
+        logger=logger,
+        callbacks=[LearningRateMonitor(logging_interval="step")],
+        log_every_n_steps=2,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(tmp_path),
+    )
+
+    class Logged(TinyRegressor):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss)
+            return loss
+
+    trainer.fit(Logged(total=60))
+    logs: list[str] = []
+    watcher = Watcher(
+        tmp_path / "lightning_logs", total_steps=60, interval=0.01, log=logs.append, refit_every=10
+    )
+    assert watcher.poll_once() >= 25, logs
+    assert watcher.loss_tag == "train_loss"
+    assert watcher.monitor.forecaster.last_step >= 58
