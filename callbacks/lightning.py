@@ -170,10 +170,16 @@ class LossForecast(SessionFace, Callback):
         self._step = step
         self._acc, self._micro = None, 0
         group = self.session.config.param_group
+        length = self.session.guard("schedule look-ahead", _run_length, trainer)
+        n_opt = len(trainer.optimizers)
+        if self._manual and length and n_opt > 1 and trainer.max_steps and length >= trainer.max_steps > 0:
+            # max_steps counts every optimizer's steps: first taken as one step of each per update (a GAN's),
+            # then measured at the first update (_measure_length)
+            length = math.ceil(trainer.max_steps / n_opt)
         self.session.start(
             _StrategyCollectives(trainer),
             step=step,
-            run_length=self.session.guard("schedule look-ahead", _run_length, trainer),
+            run_length=length,
             source=self.session.guard("schedule look-ahead", _lr_source, trainer, group),
             find_writer=lambda: _logger_writer(trainer),
             # beside another logger's files (a CSVLogger's version folder), so that each run has its own
