@@ -3,10 +3,11 @@
 A *family* is runs of one model on one data set at one peak LR that differ in length or schedule (WSD with
 another cooldown, cosine vs WSD, a longer rerun): in ``shared/curves``, the epfml runs that share data, model
 shape, batch size and peak LR, and the MultiPowerLaw runs of one model size; in ``benchmarks/curves_tiny``,
-the declared families (AdamW and Muon WSD runs of several lengths and cooldowns) at one model and peak LR. For every run with such a sibling
-(a different length or schedule; a sibling whose LR never annealed cannot serve and is counted apart), the
-sibling is fitted whole (:func:`scaleforecast.family.fit_reference`, as ``forecast --reference`` does) and the
-run is forecast from its first f of steps through the online forecaster (as the CLI does), cold and warm.
+the declared families (AdamW and Muon WSD runs of several lengths and cooldowns) at one model and peak LR. For
+every run with such a sibling (a different length or schedule; a sibling whose LR never annealed cannot serve
+and is counted apart), the sibling is fitted whole (:func:`scaleforecast.family.fit_reference`, as ``forecast
+--reference`` does) and the run is forecast from its first f of steps through the online forecaster (as the
+CLI does), cold and warm.
 
 Printed: median and p90 |error| of the final loss in %, and 80% interval coverage, by fraction, overall and by
 source, schedule relation (same shape / other shape) and length relation (sibling shorter / longer / equal).

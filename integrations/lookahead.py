@@ -560,16 +560,16 @@ def lookahead_lrs(
 
     ``schedulers`` are the torch LR schedulers attached to ``optimizer`` (stepped in this order after every
     ``step_every``-th update, as a training loop does; ``None`` or empty = constant LR). Update ``j`` uses the
-    LR reached after ``floor((j-1)/step_every) - floor(steps_done/step_every)`` more scheduler steps; element 0 is
-    the LR in the optimizer now (``epoch_pattern``: see :func:`scheduler_epochs`). Every scheduler of ``torch.optim.lr_scheduler`` (and any nesting of them in
-    SequentialLR / ChainedScheduler) is read in vectorised form, as a sequence of maps ``lr <- a * lr + b``
-    mirroring torch's own step formulas: about 0.1 s for 1M steps, plus the user's lambdas (LambdaLR,
-    MultiplicativeLR) called once per step unless they accept an array. The first steps are checked against
-    stepping copies; other schedulers (subclasses, custom ones), ``closed_form=False`` or a mismatch fall back
-    to stepping deep copies that drive a shadow optimizer (~10 us per step). ``ReduceLROnPlateau`` depends on
-    future metrics (as does any scheduler whose ``step`` needs a metric: :func:`metric_driven`): its LR is held
-    constant, with a warning. Returns float64, length ``total_steps - steps_done``. Raises
-    :class:`LookaheadError` on bad input.
+    LR reached after ``floor((j-1)/step_every) - floor(steps_done/step_every)`` more scheduler steps; element
+    0 is the LR in the optimizer now (``epoch_pattern``: see :func:`scheduler_epochs`). Every scheduler of
+    ``torch.optim.lr_scheduler`` (and any nesting of them in SequentialLR / ChainedScheduler) is read in
+    vectorised form, as a sequence of maps ``lr <- a * lr + b`` mirroring torch's own step formulas: about 0.1
+    s for 1M steps, plus the user's lambdas (LambdaLR, MultiplicativeLR) called once per step unless they
+    accept an array. The first steps are checked against stepping copies; other schedulers (subclasses, custom
+    ones), ``closed_form=False`` or a mismatch fall back to stepping deep copies that drive a shadow optimizer
+    (~10 us per step). ``ReduceLROnPlateau`` depends on future metrics (as does any scheduler whose ``step``
+    needs a metric: :func:`metric_driven`): its LR is held constant, with a warning. Returns float64, length
+    ``total_steps - steps_done``. Raises :class:`LookaheadError` on bad input.
     """
     if total_steps <= 0:
         raise LookaheadError(f"total_steps must be positive, got {total_steps}")

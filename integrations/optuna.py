@@ -206,8 +206,9 @@ class ForecastPruner(BasePruner):
     own steps, nor before ``n_startup_trials`` trials have completed. Trials without a forecast attribute are
     never pruned by this pruner. ``max_age_s`` (default a day, as :class:`~scaleforecast.decision.SweepStopper`;
     ``None``: never) ignores running trials whose forecast is older: a worker that crashed or was preempted
-    leaves its trial RUNNING in the study for good. ``rel_std_floor`` is the smallest error scale (relative to the loss)
-    assumed for any forecast, this trial's and the others' (:func:`scaleforecast.decision.decide_stop_among`).
+    leaves its trial RUNNING in the study for good. ``rel_std_floor`` is the smallest error scale (relative to
+    the loss) assumed for any forecast, this trial's and the others'
+    (:func:`scaleforecast.decision.decide_stop_among`).
     ``reasons`` keeps why each pruned trial was pruned (trial number -> the decision's reason, in this process):
     the reporter shows it in the trial's ``scaleforecast.pruned`` attribute, its stop event and its
     ``TrialPruned``.
@@ -299,8 +300,9 @@ class OptunaForecastReporter(ForecastStopCheck):
     ``trial.should_prune()`` after each report, and returns True when the trial is to stop (as a listener: a
     critical ``early_stop`` event, which stops training gracefully). Unusable forecasts (no fit yet) are
     ignored, and a forecast too vague to rank (its band at ``confidence`` reaching below zero:
-    :func:`scaleforecast.decision.too_vague`) is recorded but not reported: a median pruner compares the values
-    alone (``confidence=0.5`` reports every forecast). Errors inside Optuna are logged once and disable the reporter, so that training goes on.
+    :func:`scaleforecast.decision.too_vague`) is recorded but not reported: a median pruner compares the
+    values alone (``confidence=0.5`` reports every forecast). Errors inside Optuna are logged once and disable
+    the reporter, so that training goes on.
 
     Under DDP only global rank 0 talks to Optuna (the other ranks may pass ``trial=None``; a
     ``TorchDistributedTrial`` is unwrapped to its rank-0 trial): the reporter itself runs no collective, and

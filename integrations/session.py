@@ -524,7 +524,7 @@ class TrainingSession:
             self.guard("TensorBoard", self._tb_sink.note, step, f"step {step}: {note}")
         self._stopping = False
         self.stopped_at = self.stop_reason = None
-        self.monitor.stopped_at = self.monitor.stop_reason = None
+        self.monitor.clear_stop(judge_again=False)
 
     def _record(self, step: int, loss: torch.Tensor | float | None) -> None:
         assert self.buffer is not None

@@ -415,11 +415,13 @@ class RunMonitor:
             if callable(end):
                 self.guard(f"listener {_name(listener, i)}", end, step, stopped)
 
-    def clear_stop(self) -> None:
+    def clear_stop(self, judge_again: bool = True) -> None:
         """Forget a stop: a run that was stopped and is resumed from a checkpoint trains on, and the stop rule
-        decides again from its next forecast (which says whether the run still cannot reach its target)."""
+        decides again from its next forecast (which says whether the run still cannot reach its target).
+        ``judge_again=False``: training went on past the stop while it ran (a trainer's ``min_steps``): the
+        rule has said its piece and does not stop the run again."""
         self.stopped_at = self.stop_reason = None
-        self.stop_reported = False
+        self.stop_reported = not judge_again
 
     def settle(self, step: int) -> Forecast | None:
         """The end of a run: take in a background refit still in flight (waiting for it) and hand its forecast

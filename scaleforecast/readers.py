@@ -8,9 +8,10 @@ table, CSV or JSON lines (:mod:`scaleforecast.tables`). The per-update LR is att
 array), else from the logged LR, rebuilt from the schedule families when it was not logged at every update.
 
 ``strict``: logged LRs that are not finite and > 0 (zeros before the first positive LR and after the last
-excepted) are errors instead of notes. Corrupt event records and bad JSON lines are skipped with a note, and steps
-that go back keep the newest value of each step, with a note, in every format and mode. Every error is a one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes,
-truncation, damage, LR reconstruction, a loss that rises) are in ``RunData.warnings``.
+excepted) are errors instead of notes. Corrupt event records and bad JSON lines are skipped with a note, and
+steps that go back keep the newest value of each step, with a note, in every format and mode. Every error is a
+one-line :class:`~scaleforecast.runs.ReadError`; notes about the data (resumes, truncation, damage, LR
+reconstruction, a loss that rises) are in ``RunData.warnings``.
 """
 
 from __future__ import annotations

@@ -210,6 +210,15 @@ class _RunWriter:
         self._file.close()
 
 
+def _writer_package(writer: Any) -> str | None:
+    """``"torch"`` or ``"tensorboardX"`` for their ``SummaryWriter`` (whose event file writer and protos are
+    known here), else ``None``."""
+    module = type(writer).__module__
+    if module.startswith("torch.utils.tensorboard"):
+        return "torch"
+    return "tensorboardX" if module.split(".")[0] == "tensorboardX" else None
+
+
 def _restart_marker(add_event: Callable[[Any], None], step: int, package: str = "tensorboard") -> None:
     """A SessionLog START at ``step`` through an event file writer's ``add_event``: TensorBoard hides the
     events of that run at ``step`` and after that were written before it (what ``SummaryWriter(purge_step=)``
@@ -418,7 +427,7 @@ class TensorBoardSink:
         if snapshot is None:
             return None
         rgb = render_rgb(draw_snapshot(snapshot))
-        if type(self.writer).__module__.startswith("torch.utils.tensorboard"):
+        if _writer_package(self.writer) == "torch":
             # torch's SummaryWriter encodes the PNG in add_image, on the caller's (training) thread: encoded
             # here instead, the caller only appends the summary
             from torch.utils.tensorboard.summary import image
@@ -460,11 +469,8 @@ class TensorBoardSink:
         writer's own run only when the sink's owner made it (``close_writer``): a framework's writer is its
         owner's to purge."""
         self._series.restart(step)
-        package = type(self.writer).__module__.split(".")[0]
-        if self.close_writer and package in (
-            "torch",
-            "tensorboardX",
-        ):  # their SummaryWriters, whose protos we know
+        package = _writer_package(self.writer)
+        if self.close_writer and package is not None:
             _restart_marker(self.writer._get_file_writer().add_event, step, package)
         self._last_status = None  # the status is written again at the next forecast
         self.note(step, f"step {step}: **resumed** after update {step - 1}")

@@ -2,11 +2,12 @@
 CSV or JSON-lines file it appends to.
 
 For jobs without a callback (Megatron, NeMo, torchtitan, custom loops). Every ``--interval`` seconds it reads
-what the job appended to its event files (:class:`~scaleforecast.tfevents.EventTailer`, every record's checksums
-verified) or to its table (:class:`~scaleforecast.tables.TableTailer`, whole lines only), feeds the new losses to a :class:`~scaleforecast.monitor.RunMonitor` (online forecaster, refit policy,
-health checks, schedule advice) and writes the forecast scalars, the Margin chart, figures and alerts through
-the :class:`~scaleforecast.tensorboard_sink.TensorBoardSink` into a *sibling* run directory,
-``<run dir>-scaleforecast``, so TensorBoard pointed at the parent shows both side by side. It only ever reads the
+what the job appended to its event files (:class:`~scaleforecast.tfevents.EventTailer`, every record's
+checksums verified) or to its table (:class:`~scaleforecast.tables.TableTailer`, whole lines only), feeds the
+new losses to a :class:`~scaleforecast.monitor.RunMonitor` (online forecaster, refit policy, health checks,
+schedule advice) and writes the forecast scalars, the Margin chart, figures and alerts through the
+:class:`~scaleforecast.tensorboard_sink.TensorBoardSink` into a *sibling* run directory, ``<run
+dir>-scaleforecast``, so TensorBoard pointed at the parent shows both side by side. It only ever reads the
 job's files, and never writes through a symbolic link.
 
 The run's length is what the user says (``--total-steps``, or the schedule's length): a logged point past it is
@@ -383,9 +384,10 @@ class Watcher:
 
     def _rewind_point(self, steps: np.ndarray, windows: np.ndarray, start: int) -> int:
         """Where to feed from when the points from ``start`` on go back before the forecaster's last step (a
-        resume), the forecaster rewound to just before it: the point after the last history bin that survives. The forecaster drops every bin
-        that ends after the rewind (a bin cannot be split), so the points of the bin that straddles it are fed
-        again; the history then holds exactly the points up to the rewind and the new ones."""
+        resume), the forecaster rewound to just before it: the point after the last history bin that survives.
+        The forecaster drops every bin that ends after the rewind (a bin cannot be split), so the points of
+        the bin that straddles it are fed again; the history then holds exactly the points up to the rewind
+        and the new ones."""
         fc = self.monitor.forecaster
         if fc.n_observations == 0 or steps[start] > fc.last_step:
             return start

@@ -493,3 +493,26 @@ def test_an_lr_held_at_zero_before_training_starts() -> None:
     out = fc.refit()
     assert out.ok and out.final is not None, (out.status, out.warnings)
     assert abs(out.final.loss / y[-200:].mean() - 1) < 0.02
+
+
+def test_an_unidentified_c_is_said_by_how_much_of_the_annealing_is_left() -> None:
+    """The same fit, C never identified (an identification bar no run can pass): early in a cosine decay the
+    annealing coefficient is "not yet identified"; with over 90 % of the annealing behind, what is said is that
+    the run cannot tell C from the power law, and how little of the annealing the prior's C still forecasts."""
+    lrs = as_lrs("cosine:peak=1e-3,warmup=100,total=10000,final=1e-5")
+    steps = np.arange(1, 10001)
+    y = (
+        2.0
+        + 3.0 * np.cumsum(lrs) ** -0.4
+        - 0.05 * np.cumsum(np.maximum(-np.diff(lrs, prepend=lrs[0]), 0)) / 1e-3
+    )
+    cfg = FitConfig(identified_ratio=1e9)
+    said = {}
+    for until in (3000, 9700):
+        m = steps <= until
+        r = fit(Observations.from_steps(steps[m], y[m]), lrs, cfg)
+        assert r.status is FitStatus.ANNEALING_UNIDENTIFIED
+        said[until] = " ".join(r.warnings)
+    assert "not yet identified by the run" in said[3000]
+    assert "not told apart from the power law" in said[9700] and "not yet identified" not in said[9700]
+    assert "% of its annealing is forecast with C from the prior" in said[9700]
