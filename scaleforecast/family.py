@@ -93,9 +93,9 @@ class ReferenceFit(BaseModel):
 
 def _reference_config(config: FitConfig | None) -> FitConfig:
     # a reference describes its whole curve: no recency weighting toward its end, and always the annealing law
-    # (prior_from speaks the tissue law's parameters)
+    # (prior_from speaks the tissue law's parameters); it forecasts nothing, so no band to backtest
     base = config or FitConfig()
-    return base.model_copy(update={"recency": 0.0, "law": "tissue"})
+    return base.model_copy(update={"recency": 0.0, "law": "tissue", "own_backtest": False})
 
 
 def reference_from_fit(

@@ -122,6 +122,11 @@ class FitConfig(BaseModel):
       a cooldown (under 5 % of the LR area ahead, leave one source out): their 80 % bands covered 66 % of
       epfml's finals and 60 % of Luo et al.'s without it, 84 % and 87 % with it (the tiny runs' were 100 %
       either way; forecasts made before a cooldown barely change).
+    - ``own_backtest``: widen the band by the run's own extrapolation error: the law fitted to the first half of
+      the fitted range forecasts the level at its end, and the relative miss ``b`` (``backtest_sd`` of the
+      result) is taken as the error of each further doubling of the steps (:func:`predict`). A run the law
+      extrapolates well keeps its band; one it does not (a foreign codebase, a tiny model whose early descent
+      is no power law of the LR area) says so in its own units, with no constant learned from other runs.
     - ``identified_ratio``: the status is ``ok`` once the run's own data know C, relative to its size, at least
       this many times as precisely as the prior does (data-only sd of C against the prior's relative sd times
       the larger of the prior's C and the fitted one).
@@ -156,6 +161,7 @@ class FitConfig(BaseModel):
     prior_interval_scale: float = Field(1.0, gt=0)
     model_sd: float = Field(0.0194, ge=0)
     anneal_sd: float = Field(0.15, ge=0)
+    own_backtest: bool = True
 
     @model_validator(mode="after")
     def _lam_search_needs_one_memory(self) -> FitConfig:
@@ -173,7 +179,8 @@ class FitConfig(BaseModel):
 class FitResult(BaseModel):
     """A fit. ``params`` is None unless a law was fitted. ``sigma``: noise scale of one raw observation,
     relative to the loss. ``cov``: posterior covariance of ``param_names`` (L0, A, alpha, C) in absolute
-    units. ``warmup``/``lam`` fix the S2 convention for :func:`predict`.
+    units. ``warmup``/``lam`` fix the S2 convention for :func:`predict`. ``backtest_sd``: the relative miss of
+    the fit on the first half of the fitted range at its end (``FitConfig.own_backtest``; 0 when not made).
 
     >>> import numpy as np
     >>> from scaleforecast import OnlineForecaster
@@ -201,6 +208,7 @@ class FitResult(BaseModel):
     interval_scale: float = 1.0
     model_sd: float = 0.0
     anneal_sd: float = 0.0
+    backtest_sd: float = 0.0
     l_ref: float = 0.0
     c_prior: tuple[float, float] | None = None
 
@@ -406,6 +414,9 @@ def fit(
     a = np.asarray(lrs, dtype=np.float64).reshape(-1)
     if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ValueError("lrs must be a non-empty array of finite, non-negative learning rates")
+    if cfg.own_backtest:
+        inner = cfg.model_copy(update={"own_backtest": False})
+        return _with_own_backtest(fit(obs, a, inner, init), obs, a, inner)
     try:
         with np.errstate(all="ignore"):
             if cfg.law == "mpl":
@@ -433,6 +444,28 @@ def fit(
             warnings=["non-finite fit"],
         )
     return res
+
+
+def _with_own_backtest(res: FitResult, obs: Observations, lrs: np.ndarray, cfg: FitConfig) -> FitResult:
+    """``res`` with ``backtest_sd = |log(m_half(t) / m(t))|``: ``m`` the law of ``res`` and ``m_half`` the same
+    law fitted (``cfg``, from no earlier fit) to the windows ending by ``t / 2``, ``t = res.fitted_until``. Left
+    at 0 when either fit has no law or a level that is not positive."""
+    if res.params is None:
+        return res
+    t = res.fitted_until
+    early = obs.end <= t // 2
+    if not early.any():
+        return res
+    half = fit(Observations(obs.start[early], obs.end[early], obs.y[early], obs.count[early]), lrs, cfg)
+    if half.params is None:
+        return res
+    at = np.array([t], dtype=np.int64)
+    with np.errstate(all="ignore"):
+        m_half = float(LAWS[half.law].predict(half.params, lrs, at)[0])
+        m = float(LAWS[res.law].predict(res.params, lrs, at)[0])
+    if not (math.isfinite(m_half) and math.isfinite(m) and m_half > 0 and m > 0):
+        return res
+    return res.model_copy(update={"backtest_sd": abs(math.log(m_half / m))})
 
 
 def _fit_tissue(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult | None) -> FitResult:
@@ -928,7 +961,9 @@ def predict(result: FitResult, lrs: ArrayLike, steps: ArrayLike) -> tuple[np.nda
     LR area still ahead of the fit (``(S1(s) - S1(fitted_until)) / S1(s)``, 0 inside the fitted range), and,
     for the annealing law, ``anneal_sd * C * (S2(s) - S2(fitted_until))``, the annealing drop still ahead
     (large late in a long cooldown, where little LR area is left). The std is the same at every interval
-    level: a central interval is ``mean +- z * std``."""
+    level: a central interval is ``mean +- z * std``. With the run's own backtest (``backtest_sd``, the relative
+    miss of its half-range fit) a third term, ``backtest_sd * mean * log2(s / fitted_until)`` beyond the fitted
+    range, carries that miss forward once per doubling of the steps."""
     if result.params is None:
         raise ValueError(f"no fitted law to predict with (status {result.status.value})")
     a = np.asarray(lrs, dtype=np.float64).reshape(-1)
@@ -962,4 +997,8 @@ def predict(result: FitResult, lrs: ArrayLike, steps: ArrayLike) -> tuple[np.nda
         s2 = areas[1]
         ahead = np.maximum(s2[st - 1] - s2[min(max(result.fitted_until, 1), a.size) - 1], 0.0)
         var = var + (result.anneal_sd * p.C * ahead) ** 2
+    if result.backtest_sd > 0:
+        doublings = np.log2(np.maximum(st / max(result.fitted_until, 1), 1.0))
+        with np.errstate(invalid="ignore"):
+            var = var + (result.backtest_sd * np.abs(mean) * doublings) ** 2
     return mean, np.sqrt(np.maximum(var, 0.0))

@@ -516,3 +516,32 @@ def test_an_unidentified_c_is_said_by_how_much_of_the_annealing_is_left() -> Non
     assert "not yet identified by the run" in said[3000]
     assert "not told apart from the power law" in said[9700] and "not yet identified" not in said[9700]
     assert "% of its annealing is forecast with C from the prior" in said[9700]
+
+
+def test_the_runs_own_backtest_widens_the_band_of_a_curve_the_law_does_not_extrapolate() -> None:
+    """At half of a constant-LR run: a curve that is the law (plus noise) backtests to a miss near its noise and
+    keeps its band; a tiny model's kind of descent (a fast exponential on a slow power law) is missed by the fit
+    on its first half by several %, and that miss, carried once per doubling of the steps still ahead, widens
+    the final's band (not the fitted range's)."""
+    total = 4000
+    lrs = as_lrs(f"constant:peak=1e-3,warmup=100,total={total}")
+    steps = np.arange(1, total + 1)
+    noise = 1 + 0.01 * np.random.default_rng(0).standard_normal(total)
+    curves = {
+        "law": LAWS["tissue"].predict(LawParams(L0=2.0, A=0.4, alpha=0.5, C=0.0), lrs, steps) * noise,
+        "not a law": (2.0 + 2.0 * np.exp(-steps / 700.0) + 0.3 * (steps / 100.0) ** -0.3) * noise,
+    }
+    seen = steps <= total // 2
+    out = {}
+    for name, y in curves.items():
+        obs = Observations.from_steps(steps[seen], y[seen], window=20)
+        with_, without = fit(obs, lrs), fit(obs, lrs, FitConfig(own_backtest=False))
+        assert with_.params == without.params and without.backtest_sd == 0.0
+        at = [total // 4, total]
+        (m, sd), (_, sd0) = predict(with_, lrs, at), predict(without, lrs, at)
+        doublings = math.log2(total / with_.fitted_until)
+        assert sd[1] == pytest.approx(math.hypot(sd0[1], with_.backtest_sd * m[1] * doublings), rel=1e-9)
+        assert sd[0] == pytest.approx(sd0[0], rel=1e-12)  # inside the fitted range nothing is extrapolated
+        out[name] = (with_.backtest_sd, sd[1] / sd0[1])
+    assert out["law"][0] < 0.01 and out["law"][1] < 1.25, out
+    assert out["not a law"][0] > 0.03 and out["not a law"][1] > 1.15, out
