@@ -447,9 +447,12 @@ def fit(
 
 
 def _with_own_backtest(res: FitResult, obs: Observations, lrs: np.ndarray, cfg: FitConfig) -> FitResult:
-    """``res`` with ``backtest_sd = |log(m_half(t) / m(t))|``: ``m`` the law of ``res`` and ``m_half`` the same
-    law fitted (``cfg``, from no earlier fit) to the windows ending by ``t / 2``, ``t = res.fitted_until``. Left
-    at 0 when either fit has no law or a level that is not positive."""
+    """``res`` with ``backtest_sd = min(|log(m_half(t) / m(t))|, |log(m(t / 2) / m(t))|)``: ``m`` the law of
+    ``res`` and ``m_half`` the same law fitted (``cfg``, from no earlier fit) to the windows ending by ``t / 2``,
+    ``t = res.fitted_until``. The miss is held to what the loss moved over the same span: a half-range fit that
+    misses by more than that was led astray by a transient early in the run (a loss falling tenfold in its
+    first steps onto a plateau), which says nothing of how the law extrapolates from here. Left at 0 when either
+    fit has no law or a level that is not positive."""
     if res.params is None:
         return res
     t = res.fitted_until
@@ -459,13 +462,13 @@ def _with_own_backtest(res: FitResult, obs: Observations, lrs: np.ndarray, cfg: 
     half = fit(Observations(obs.start[early], obs.end[early], obs.y[early], obs.count[early]), lrs, cfg)
     if half.params is None:
         return res
-    at = np.array([t], dtype=np.int64)
+    at = np.array([max(t // 2, 1), t], dtype=np.int64)
     with np.errstate(all="ignore"):
-        m_half = float(LAWS[half.law].predict(half.params, lrs, at)[0])
-        m = float(LAWS[res.law].predict(res.params, lrs, at)[0])
-    if not (math.isfinite(m_half) and math.isfinite(m) and m_half > 0 and m > 0):
+        m_half = float(LAWS[half.law].predict(half.params, lrs, at[1:])[0])
+        m_mid, m = (float(v) for v in LAWS[res.law].predict(res.params, lrs, at))
+    if not all(math.isfinite(v) and v > 0 for v in (m_half, m_mid, m)):
         return res
-    return res.model_copy(update={"backtest_sd": abs(math.log(m_half / m))})
+    return res.model_copy(update={"backtest_sd": min(abs(math.log(m_half / m)), abs(math.log(m_mid / m)))})
 
 
 def _fit_tissue(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResult | None) -> FitResult:

@@ -545,3 +545,29 @@ def test_the_runs_own_backtest_widens_the_band_of_a_curve_the_law_does_not_extra
         out[name] = (with_.backtest_sd, sd[1] / sd0[1])
     assert out["law"][0] < 0.01 and out["law"][1] < 1.25, out
     assert out["not a law"][0] > 0.03 and out["not a law"][1] > 1.15, out
+
+
+def test_a_transient_early_in_the_run_is_no_backtest_miss() -> None:
+    """A loss that falls fortyfold in its first steps onto a plateau (a regression reaching its noise floor):
+    the fit on the first half is led astray by the fall and misses the plateau by a factor, but the plateau
+    barely moved over the second half, and the miss carried forward is held to that (the whole miss kept the
+    stop rule from stopping a run 25 times above its target)."""
+    total = 80
+    lrs = as_lrs(f"constant:peak=0.05,total={total}")
+    steps = np.arange(1, total + 1)
+    # a batch mean squared error: noisy (about 25 % per batch of 32)
+    y = (0.25 + 10.0 * np.exp(-steps / 2.0)) * (1 + 0.25 * np.random.default_rng(2).standard_normal(total))
+    seen = steps <= 60
+    obs = Observations.from_steps(steps[seen], y[seen])
+    res = fit(obs, lrs)
+    assert res.params is not None
+    early = obs.end <= res.fitted_until // 2
+    half = fit(Observations(obs.start[early], obs.end[early], obs.y[early], obs.count[early]), lrs)
+    assert half.params is not None
+    law = LAWS[res.law]
+    at = [res.fitted_until]
+    level = law.predict(res.params, lrs, at)[0]
+    miss = abs(math.log(LAWS[half.law].predict(half.params, lrs, at)[0] / level))
+    moved = abs(math.log(law.predict(res.params, lrs, [res.fitted_until // 2])[0] / level))
+    assert miss > 5 * moved, (miss, moved)
+    assert res.backtest_sd == pytest.approx(moved, rel=1e-9)
