@@ -23,7 +23,8 @@ update used (and, with ``track_grad_norm=True``, its gradient norm) is read by a
 ``optimizer``, whatever the order of ``scheduler.step()`` and ``fc.step()``. Resume with ``state_dict()`` /
 ``load_state_dict()`` saved beside the model's checkpoint: restore the optimizer and scheduler first, then
 call ``load_state_dict`` before the first ``step`` after the restart. Construct it after
-``init_process_group``.
+``init_process_group``. A scheduler built mid-run (a cooldown started early) is handed over with
+:meth:`~LossForecastSession.set_scheduler`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ from typing_extensions import Unpack
 __all__ = ["LossForecastSession"]
 
 _CHECK_CALLS = 64  # step() calls before the cadence check: past a gradient scaler's first skipped updates
+
+
+def _as_list(scheduler: Any | Sequence[Any] | None) -> list[Any]:
+    return [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
+
+
+def _check_every(every: object) -> None:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"scheduler_every: expected an integer >= 1, got {every!r}")
 
 
 class LossForecastSession(SessionFace):
@@ -76,11 +86,8 @@ class LossForecastSession(SessionFace):
     ) -> None:
         if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "param_groups"):
             raise ValueError(f"optimizer: expected a torch optimizer, got {type(optimizer).__name__}")
-        if isinstance(scheduler_every, bool) or not isinstance(scheduler_every, int) or scheduler_every < 1:
-            raise ValueError(f"scheduler_every: expected an integer >= 1, got {scheduler_every!r}")
-        schedulers = (
-            [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
-        )
+        _check_every(scheduler_every)
+        schedulers = _as_list(scheduler)
         if kwargs.get("total_steps") is None and kwargs.get("schedule") is None:
             raise ValueError(
                 "total_steps: a plain loop must say how many optimizer steps it runs (or pass schedule=)"
@@ -94,15 +101,32 @@ class LossForecastSession(SessionFace):
             if scheduler_every == 1
             else f", stepped once every {scheduler_every} updates"
         ) + " (a scheduler stepped once per epoch: scheduler_every=<updates per epoch>)"
+        self.session.replace_hint = "hand the new one over with set_scheduler(new_scheduler)"
         source = LRSource(
             optimizer, schedulers, group=self.session.config.param_group, step_every=scheduler_every
         )
-        self._scheduler_every = scheduler_every
+        self._optimizer, self._scheduler_every = optimizer, scheduler_every
         done = self._updates_done() or 0
         self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=source)
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
         self._calls, self._updates, self._restored = 0, UpdateCounter(), False
         self.session.guard("step", self._updates.attach, optimizer)
+
+    def set_scheduler(
+        self, scheduler: Any | Sequence[Any] | None, *, scheduler_every: int | None = None
+    ) -> None:
+        """The LR scheduler(s) that step the optimizer from now on, on every rank: a scheduler built mid-run
+        (a cooldown started early, a new schedule after a restart) replaces the one given at construction. The
+        plan is read ahead from it at the next flush; the LRs used so far stay. ``scheduler_every`` as at
+        construction (default: unchanged)."""
+        every = self._scheduler_every if scheduler_every is None else scheduler_every
+        _check_every(every)
+        self._schedulers = _as_list(scheduler)
+        self._scheduler_every = every
+        source = LRSource(
+            self._optimizer, self._schedulers, group=self.session.config.param_group, step_every=every
+        )
+        self.session.set_source(source)
 
     def _updates_done(self) -> int | None:
         """The updates done as the one LR scheduler counts them (``None``: no single scheduler to ask, or one

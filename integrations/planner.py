@@ -123,6 +123,11 @@ class LRSource:
         return base * np.array([float(fn(int(k))) for k in distinct])[where]
 
 
+def _counts(source: LRSource) -> tuple[int, ...]:
+    """The steps each of ``source``'s schedulers has taken (its ``last_epoch``; -1 when it keeps none)."""
+    return tuple(int(getattr(s, "last_epoch", -1)) for s in source.schedulers)
+
+
 class SchedulePlanner:
     """Build and revise the planned schedule under the rules of the module docstring.
 
@@ -140,6 +145,9 @@ class SchedulePlanner:
         self.guessed_past = False
         self._warned_length = False
         self._peak: tuple[np.ndarray, float] | None = None  # (the plan it belongs to, its largest LR)
+        # (update, the schedulers' own counts) when the plan was read ahead, to tell schedulers nobody steps
+        self._marks: tuple[int, tuple[int, ...]] | None = None
+        self.stale: tuple[int, int] | None = None  # updates over which the schedulers were not stepped
 
     def length(self, run_length: int | None) -> int:
         """The planned length (see the module docstring); ``ValueError`` when nothing says it."""
@@ -170,6 +178,7 @@ class SchedulePlanner:
         if source is None:
             raise ValueError("no optimizer or LR scheduler to look ahead with: pass schedule=")
         self.key = (*source.key, total)
+        self._marks = (steps_done, _counts(source))
         with warnings.catch_warnings(record=True) as said:
             # what the look-ahead says (a metric-driven scheduler held constant) is said once, as the plan's
             # other notes are, not again at every re-plan
@@ -216,6 +225,13 @@ class SchedulePlanner:
         key = None if source is None else (*source.key, self.length(run_length))
         if not drift and key == self.key:
             return None
+        stale = self.stale is None and self._marks is not None
+        if stale and drift and key == self.key and source is not None and source.schedulers:
+            # the LR moved off a plan read from schedulers whose own counts have not moved for two of their
+            # steps: nobody steps them any more (a new scheduler built mid-run)
+            since, counts = self._marks  # type: ignore[misc]
+            if step_now - since >= 2 * source.step_every and _counts(source) == counts:
+                self.stale = (since, step_now)
         past = planned[:step_now].copy()
         inside = ok & (idx < step_now)
         past[idx[inside]] = used[inside]

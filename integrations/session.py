@@ -213,8 +213,10 @@ class TrainingSession:
         self.step = 0
         self.log_dir: str | None = None
         self.on_no_loss: Callable[[int], None] | None = None
-        # what the adapter assumes of the scheduler's cadence, said when the plans keep failing
+        # what the adapter assumes of the scheduler's cadence, said when the plans keep failing, and how a
+        # scheduler replaced mid-run is handed over
         self.replan_hint = ""
+        self.replace_hint = "pass schedule= with the LRs the run will use"
         self._saved: dict[str, Any] | None = None
         self._owner = (os.getpid(), uuid.uuid4().hex)
         self._ran_here = False
@@ -420,6 +422,12 @@ class TrainingSession:
         if self.comm is not None:
             self.guard("schedule look-ahead", self._plan)
 
+    def set_source(self, source: LRSource) -> None:
+        """The optimizer and LR scheduler(s) to read the plan ahead from from now on (a scheduler replaced
+        mid-run): the plan is read ahead from them at the next flush, keeping the LRs used so far."""
+        self.source = source
+        self.planner.stale = None
+
     def _plan(self, step: int | None = None) -> None:
         known = self.monitor.forecaster.schedule
         done = self.step if step is None else step
@@ -599,14 +607,22 @@ class TrainingSession:
         )
         if plan is not None:
             if self.monitor.forecaster.schedule is not None:
-                self.say(f"the LR schedule changed at step {step}; re-planning")
                 self.replans += 1
                 # a metric-driven scheduler (ReduceLROnPlateau) re-plans at each of its cuts, as it should
                 steered = self.source is not None and any(metric_driven(s) for s in self.source.schedulers)
-                if self.replans == _REPLANS_TOLD and not steered:
+                if self.replans <= _REPLANS_TOLD or steered:
+                    self.say(f"the LR schedule changed at step {step}; re-planning")
+                if self.planner.stale is not None:
+                    self.warn(
+                        "the LR scheduler(s) given were not stepped over updates {}..{} while the LR went on "
+                        "changing: if the scheduler was replaced, {}; until then the plan is read from the old "
+                        "one".format(*self.planner.stale, self.replace_hint)
+                    )
+                elif self.replans == _REPLANS_TOLD and not steered:
                     self.warn(
                         f"the LRs used have left the planned schedule {self.replans} times: the plan is read "
-                        f"ahead from the LR scheduler(s){self.replan_hint}; pass schedule= to give it"
+                        f"ahead from the LR scheduler(s){self.replan_hint}; pass schedule= to give it "
+                        "(later re-plans are not said)"
                     )
             self.monitor.set_schedule(plan)
 

@@ -682,3 +682,43 @@ def test_a_sessions_warning_points_at_the_users_line() -> None:
     fc.close()
     told = [w for w in caught if "no saved forecast state" in str(w.message)]
     assert len(told) == 1 and (told[0].filename, told[0].lineno) == (__file__, line)
+
+
+@pytest.mark.parametrize("hand_over", [False, True])
+def test_a_scheduler_replaced_mid_run(hand_over: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """A loop that builds a new LambdaLR at update 500 to start its cooldown there. Not handed over, the old
+    scheduler (no longer stepped) kept the plan at the peak for the rest of the run and the re-plan was said at
+    every flush: now the re-plan is said at most three times, with one warning that names the old scheduler as
+    unstepped and set_scheduler(). Handed over with set_scheduler(), the plan is the new scheduler's from the
+    next flush on, said once, with no warning."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    total, swap = 1000, 500
+    opt = _sgd(1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    fc = LossForecastSession(opt, sched, total_steps=total, flush_every=25, writer=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, total + 1):
+            if n == swap + 1:
+                for g in opt.param_groups:
+                    g["initial_lr"] = g["lr"]
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1 - i / (total - swap), 0.01))
+                if hand_over:
+                    fc.set_scheduler(sched)
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+            if n == 700:
+                planned = fc.forecaster.schedule[[799, 899, 999]].copy()
+        fc.close()
+    said = capsys.readouterr().out.count("re-planning")
+    stale = [str(w.message) for w in caught if "were not stepped" in str(w.message)]
+    ahead = np.array([max(1 - i / (total - swap), 0.01) for i in (299, 399, 499)])
+    if hand_over:
+        assert said == 1 and stale == []
+        np.testing.assert_allclose(planned, ahead, rtol=1e-6)
+    else:
+        assert 1 <= said <= 3 and len(stale) == 1, (said, stale)
+        assert re.search(r"over updates 5\d\d\.\.5\d\d", stale[0]), stale[0]
+        assert "set_scheduler(new_scheduler)" in stale[0]
