@@ -7,12 +7,21 @@ schedule on the forecast::
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    scheduler = ASHAScheduler(time_attr="step", metric="forecast_final_loss", mode="min",
+    scheduler = ASHAScheduler(time_attr="step", metric="forecast_lower", mode="min",
                               max_t=total_steps, grace_period=total_steps // 10)
 
-Each refit reports ``{"forecast_final_loss", "forecast_std", "forecast_status", "step", "progress"}``
-through ``ray.tune.report``, right after the refit that made the forecast. ASHA stops a trial by ending its
-trainable, so the reporter itself never asks the adapter to stop. ``time_attr="step"`` compares runs at equal
+Each refit reports ``{"forecast_final_loss", "forecast_lower", "forecast_std", "forecast_status", "step",
+"progress"}`` through ``ray.tune.report``, right after the refit that made the forecast. ASHA keeps a fixed
+share of the trials at each rung whatever the spread of what it compares: on forecast means, two runs whose
+forecasts differ by a hundredth of their spread are ranked by chance, and the better one can be stopped.
+``forecast_lower``, the lower end of the forecast's band, ranks a run whose band still reaches below the
+others' with the leaders until its own data rule it out. For stops with a stated confidence (a run is stopped
+only when its forecast cannot beat the sweep's best as measured on real runs), put a
+:class:`scaleforecast.decision.SweepStopper` among the trial's listeners instead of, or beside, ASHA.
+
+ASHA stops a trial by ending its trainable (``SystemExit`` out of ``tune.report``, inside the adapter's step):
+the adapter then records the run's end (a sweep's registry, a family's fit) and closes TensorBoard before the
+exit goes on; the reporter itself never asks the adapter to stop. ``time_attr="step"`` compares runs at equal
 optimizer steps; for a sweep whose runs differ in length use ``time_attr="progress"`` (per mille of each run's
 own total steps). Ray is imported lazily.
 """
@@ -36,13 +45,15 @@ METRIC = "forecast_final_loss"
 def forecast_metrics(step: int, forecast: Forecast, total_steps: int | None = None) -> dict[str, Any] | None:
     """The metrics dict reported for one forecast, or None when the forecast holds no final-step number.
 
-    ``progress`` is ``1000 * step / total_steps`` rounded down (per mille of the run's own length).
+    ``progress`` is ``1000 * step / total_steps`` rounded down (per mille of the run's own length);
+    ``forecast_lower`` the lower end of the forecast's band (at the forecast's ``level``).
     """
     if forecast is None or not forecast.ok or forecast.final is None:
         return None
     total = int(total_steps or forecast.final_step)
     return {
         METRIC: float(forecast.final.loss),
+        "forecast_lower": float(forecast.final.lower),
         "forecast_std": float(forecast.final.std),
         "forecast_status": forecast.status.value,
         "step": int(step),

@@ -640,7 +640,13 @@ class TrainingSession:
             # what an earlier process (or this one, before the rewind) wrote from here on is hidden
             self.guard("TensorBoard", self._tb_sink.restart, start)
         self._first_flush = False
-        result = self.monitor.flush(batch, raise_now=False, final=self._final_flush)
+        try:
+            result = self.monitor.flush(batch, raise_now=False, final=self._final_flush)
+        except BaseException:
+            # the run ends from inside the flush (a listener: Ray Tune ends a trial by raising SystemExit out of
+            # tune.report; an interrupt): its end is recorded and the sinks closed before the exit goes on
+            self.abort()
+            raise
         self._say_forecast(step, result.forecast)
         return result
 
@@ -740,8 +746,14 @@ class TrainingSession:
         self.comm = None
 
     def abort(self) -> None:
-        """Training ended with an exception: close the sinks, run no collective."""
+        """Training ended with an exception: record the run's end where it got to (a sweep's registry: stopped
+        before its last step, else finished; a family keeps an annealed fit), close the sinks; no collective."""
+        if self.comm is None:
+            return
         self._hook_off()
+        self.monitor.end_run(self.step, self.stopped_at is not None)
+        if self.is_zero:
+            self.guard("family store", self._keep_reference)
         self.guard("TensorBoard", self.monitor.close)
         self.comm = None
 

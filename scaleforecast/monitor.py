@@ -391,12 +391,20 @@ class RunMonitor:
             decision = decision.model_copy(update={"stop": False})
         if decision is not None:
             result.decision = self.decision = decision
+        ended: BaseException | None = None
         if forecast is not None:
             if self.advisor is not None:
                 result.events.extend(self.guard("advisor", self.advisor.advise, self.view, step) or [])
-            result.events.extend(self._tell_listeners(step, forecast))
+            try:
+                result.events.extend(self._tell_listeners(step, forecast))
+            except BaseException as exc:
+                # a listener that ends the run from inside the flush (Ray Tune ends a trial by raising
+                # SystemExit out of tune.report): the flush is written first, then the exit goes on
+                ended = exc
         self.guard("sinks", self._write, step, batch, result)
         self._act(step, result, final)
+        if ended is not None:
+            raise ended
         if result.error is not None and raise_now:
             raise result.error
         return result

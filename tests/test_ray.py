@@ -43,6 +43,7 @@ def test_metrics_and_reporting_cadence() -> None:
     m = forecast_metrics(250, _forecast(3.2, 0.05), total_steps=2000)
     assert m == {
         "forecast_final_loss": 3.2,
+        "forecast_lower": pytest.approx(3.15),
         "forecast_std": 0.05,
         "forecast_status": "ok",
         "step": 250,
@@ -103,7 +104,7 @@ def test_asha_sweep_stops_bad_trials_on_forecast(tmp_path: Path) -> None:
             _trainable,
             param_space={"final": tune.grid_search([3.0, 4.0, 4.5])},
             tune_config=tune.TuneConfig(
-                metric="forecast_final_loss", mode="min", scheduler=scheduler, max_concurrent_trials=1
+                metric="forecast_lower", mode="min", scheduler=scheduler, max_concurrent_trials=1
             ),
             run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
         )
@@ -115,3 +116,52 @@ def test_asha_sweep_stops_bad_trials_on_forecast(tmp_path: Path) -> None:
     assert last[4.5] < TOTAL and last[4.0] < TOTAL  # the hopeless ones are stopped at a rung
     best = grid.get_best_result()
     assert best.config["final"] == 3.0
+
+
+@pytest.mark.parametrize("ended_at", [300, 400])
+def test_a_trial_ended_from_inside_report_records_its_end(tmp_path: Path, ended_at: int) -> None:
+    """Tune ends a trial (ASHA at a rung, or at max_t) by raising SystemExit out of tune.report, which the
+    reporter calls inside the adapter's step. The run used to be left open: its registry record "running" for a
+    day, its last forecast missing from TensorBoard, its fit never kept for its family. Now the flush is written,
+    the end recorded (stopped before the last step, finished at it), and the exit goes on."""
+    torch = pytest.importorskip("torch")
+    from scaleforecast.callbacks import LossForecastSession
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from scaleforecast.decision import SweepStopper
+    from scaleforecast.registry import SQLiteRegistry
+
+    def tune_report(metrics: dict) -> None:  # what ray.tune.report does when the scheduler stops the trial
+        if metrics["step"] >= ended_at:
+            raise SystemExit(0)
+
+    total = 400
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1.0 - i / total, 0.01))
+    stopper = SweepStopper(tmp_path / "sweep.sqlite", sweep="s", run_id="trial", rank=0)
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    fc = LossForecastSession(
+        opt,
+        sched,
+        total_steps=total,
+        flush_every=50,
+        refit_every=50,
+        writer=writer,
+        verbose=False,
+        listeners=[RayTuneForecastReporter(report_fn=tune_report), stopper],
+    )
+    with pytest.raises(SystemExit):
+        for n in range(1, total + 1):
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * (n + 10) ** -0.4))
+        fc.close()
+    assert stopper.sync(10.0)
+    record = SQLiteRegistry("s", tmp_path / "sweep.sqlite").get("trial")
+    assert record is not None
+    assert record.state.value == ("stopped" if ended_at < total else "finished"), record
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert max(e.step for e in acc.Scalars("forecast/final_loss")) == ended_at
