@@ -243,6 +243,7 @@ class TrainingSession:
         self._final_flush = False  # the flush made when training has ended
         self.replans = 0
         self._warned: set[str] = set()
+        self._told_borrowed = False
         self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
 
     def _new_monitor(self, log_events: bool) -> RunMonitor:
@@ -366,10 +367,21 @@ class TrainingSession:
             self.warn(note)
         names = [r.run_id for r in self.forecaster_config.references]
         if names:
-            self.say(
-                f"{len(names)} finished run(s) of family {family!r}: {', '.join(names)}; those that peaked at "
-                "this run's peak LR serve as its prior (its forecasts name them)"
-            )
+            self.say(f"{len(names)} finished run(s) of family {family!r}: {', '.join(names)}")
+
+    def _say_borrowed(self) -> None:
+        """Once the run's schedule (its peak LR) is known: which of its family's runs it borrows its prior from."""
+        forecaster = self.monitor.forecaster
+        if self._told_borrowed or not self.forecaster_config.references or forecaster.schedule is None:
+            return
+        self._told_borrowed = True
+        names = forecaster.borrowed_from
+        for note in forecaster.family_notes:
+            self.say(note)
+        if names:
+            self.say(f"its prior is borrowed from {len(names)} run(s) at its peak LR: {', '.join(names)}")
+        else:
+            self.say("no run of its family peaked at its peak LR: no prior is borrowed (a cold start)")
 
     def _keep_reference(self) -> None:
         """At the end, on rank 0: this run's fit joins its family's store (unless it left the law or never
@@ -640,6 +652,7 @@ class TrainingSession:
             # what an earlier process (or this one, before the rewind) wrote from here on is hidden
             self.guard("TensorBoard", self._tb_sink.restart, start)
         self._first_flush = False
+        self.guard("family store", self._say_borrowed)
         try:
             result = self.monitor.flush(batch, raise_now=False, final=self._final_flush)
         except BaseException:

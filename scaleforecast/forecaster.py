@@ -552,6 +552,11 @@ class OnlineForecaster:
         """The runs of the family whose fits serve as the prior (``config.references``)."""
         return list(self._family_prior()[1])
 
+    @property
+    def family_notes(self) -> list[str]:
+        """What pooling the family's fits left out, and why (a run at another peak LR, a prior unreadable)."""
+        return list(self._family_prior()[2])
+
     def _family_prior(self) -> Family:
         if self._family is None:
             match = self.config.match_peak_lr and self._lrs is not None and self._lrs.size > 0

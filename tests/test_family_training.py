@@ -52,7 +52,8 @@ def test_a_second_run_of_the_family_borrows_from_the_first(
     assert second.forecast is not None and second.forecast.borrowed_from == [first_id]
     assert second.forecaster.config.references[0].run_id == first_id
     out = capsys.readouterr().out
-    assert f"1 finished run(s) of family 'tiny-regression': {first_id}; those that peaked at" in out
+    assert f"1 finished run(s) of family 'tiny-regression': {first_id}\n" in out
+    assert f"its prior is borrowed from 1 run(s) at its peak LR: {first_id}" in out
     refs, _ = load_references(SQLiteRegistry("tiny-regression", store), "tiny-regression")
     assert len(refs) == 2
     # another peak LR: another point of an LR sweep, nothing to borrow
@@ -60,6 +61,9 @@ def test_a_second_run_of_the_family_borrows_from_the_first(
     _fit(tmp_path / "c", 200, third, lr=0.1)
     assert third.forecast is not None and third.forecast.borrowed_from == []
     assert any("peaked at another LR" in w for w in third.forecast.warnings)
+    out = capsys.readouterr().out  # said on the console too, once, with the runs it did borrow from: none
+    assert out.count("peaked at another LR") == 1
+    assert "no run of its family peaked at its peak LR: no prior is borrowed (a cold start)" in out
 
 
 @pytest.mark.slow
