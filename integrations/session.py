@@ -705,7 +705,11 @@ class TrainingSession:
         if self.stopped_at is None:
             self.stopped_at = step
             self.stop_reason = self.monitor.stop_reason or shared or "another rank decided to stop"
-            self.say(f"stopping at step {step}: {self.stop_reason}")
+            # this rank's monitor has logged the event that stopped the run, reason and all, just before
+            said = self.is_zero and self.monitor.stop_reason is not None
+            self.say(
+                f"stopping at step {step}" + (" (the reason is above)" if said else f": {self.stop_reason}")
+            )
         if raising:
             if result is not None and result.error is not None:
                 raise result.error

@@ -537,6 +537,14 @@ class RunMonitor:
                     },
                 )
             )
+        if self.stop.action == "warn":
+            # said as what it is: a report, not a stop
+            result.events = [
+                e.model_copy(update={"message": f"{e.message} (action='warn': the run goes on)"})
+                if e.is_critical
+                else e
+                for e in result.events
+            ]
         for event in result.events:
             self._emit(event)
         critical = next((e for e in result.events if e.is_critical), None)

@@ -387,9 +387,9 @@ class TensorBoardSink:
 
     def _mark_stop(self, event: Event) -> None:
         warn_only = event.data.get("action") == "warn"
-        what = "stop rule met (action='warn': the run goes on)" if warn_only else "**stopped early**"
+        what = "stop rule met" if warn_only else "**stopped early**"
         self.writer.add_text("forecast/status", f"step {event.step}: {what}: {event.message}", event.step)
-        if self._last_band is None:
+        if self._last_band is None or warn_only:  # the bar marks a stop; a run that goes on has none
             return
         lower, upper = self._last_band
         target = event.data.get("target_loss", self._target)

@@ -170,6 +170,8 @@ def test_warn_action_reports_once_and_never_stops() -> None:
         assert not mon.flush(batch).stop
     assert [e.kind for e in sink.events] == ["early_stop"]
     assert mon.stopped_at is None and sink.figures and sink.stop_steps == []
+    # what the console and TensorBoard say of it is a report, not a stop
+    assert sink.events[0].text().endswith("(action='warn': the run goes on)")
 
 
 def test_detector_events_go_through_the_action_policy() -> None:

@@ -218,19 +218,28 @@ def test_fit_status_is_text_in_words_and_never_a_number(tmp_path: Path) -> None:
 
 
 def test_a_warn_only_stop_says_the_run_goes_on(tmp_path: Path) -> None:
-    sink = TensorBoardSink(SummaryWriter(str(tmp_path)), close_writer=True)
-    sink.write_forecast(100, _forecast(100, 2.5), {})
-    sink.write_event(
-        Event(
-            kind="early_stop", step=100, severity="critical", message="out of reach", data={"action": "warn"}
+    """The stop rule met under ``action="warn"`` (the monitor's message says the run goes on): a status line,
+    no "stopped early" and no stop bar (it drew one at a step the run went on past); a real stop draws one."""
+    for action in ("warn", "stop"):
+        logdir = tmp_path / action
+        sink = TensorBoardSink(SummaryWriter(str(logdir)), close_writer=True)
+        sink.write_forecast(100, _forecast(100, 2.5), {})
+        message = "out of reach" + (" (action='warn': the run goes on)" if action == "warn" else "")
+        sink.write_event(
+            Event(kind="early_stop", step=100, severity="critical", message=message, data={"action": action})
         )
-    )
-    sink.close()
-    texts = _texts(_read(tmp_path), "forecast/status")
-    assert "action='warn': the run goes on" in texts[-1][1] and "stopped early" not in texts[-1][1]
-    # no target known: the bar spans the last band
-    values = [e.value for e in _read(tmp_path / "scaleforecast" / "early_stop").Scalars(COMPARE_TAG)]
-    np.testing.assert_allclose(values, [2.4, 2.6], rtol=1e-6)
+        sink.close()
+        texts = _texts(_read(logdir), "forecast/status")
+        bar = logdir / "scaleforecast" / "early_stop"
+        if action == "warn":
+            assert "stop rule met" in texts[-1][1] and "the run goes on" in texts[-1][1]
+            assert "stopped early" not in texts[-1][1]
+            assert not bar.exists()
+        else:
+            assert "stopped early" in texts[-1][1]
+            # no target known: the bar spans the last band
+            values = [e.value for e in _read(bar).Scalars(COMPARE_TAG)]
+            np.testing.assert_allclose(values, [2.4, 2.6], rtol=1e-6)
 
 
 class _BareWriter:
