@@ -238,6 +238,12 @@ class LossForecast(SessionFace, Callback):
         self.session.record(self._step, value)
         self._acc, self._micro = None, 0
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # before Lightning clips the gradients (gradient_clip_val): a clipped norm never exceeds the clip
+        self.session.guard("step", self.session.grad_norm_before_step, optimizer)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._updates.detach()
         self.session.finish(self._updates.count if self._manual else int(trainer.global_step))

@@ -20,7 +20,8 @@ Usage::
 Under ``torchrun`` with DDP or FSDP every rank calls :meth:`~LossForecastSession.step` and
 :meth:`~LossForecastSession.close`; ``process_group`` selects the group (default: the world). The LR each
 update used (and, with ``track_grad_norm=True``, its gradient norm) is read by a post-step hook on
-``optimizer``, whatever the order of ``scheduler.step()`` and ``fc.step()``. Resume with ``state_dict()`` /
+``optimizer``, whatever the order of ``scheduler.step()`` and ``fc.step()``; a loop that clips its gradients
+passes the norm before clipping, ``fc.step(loss, grad_norm=clip_grad_norm_(...))``. Resume with ``state_dict()`` /
 ``load_state_dict()`` saved beside the model's checkpoint: restore the optimizer and scheduler first, then
 call ``load_state_dict`` before the first ``step`` after the restart. Construct it after
 ``init_process_group``. A scheduler built mid-run (a cooldown started early) is handed over with
@@ -159,13 +160,22 @@ class LossForecastSession(SessionFace):
         """Optimizer updates counted so far (restored by :meth:`load_state_dict`)."""
         return self.session.step
 
-    def step(self, loss: torch.Tensor | float | None, *, step: int | None = None) -> None:
+    def step(
+        self,
+        loss: torch.Tensor | float | None,
+        *,
+        step: int | None = None,
+        grad_norm: torch.Tensor | float | None = None,
+    ) -> None:
         """Record one completed optimizer update and its loss (the mean over its micro-batches, as a tensor:
-        it is never read back). ``step``: its number, when the loop counts updates itself (1-based)."""
+        it is never read back). ``step``: its number, when the loop counts updates itself (1-based).
+        ``grad_norm`` (with ``track_grad_norm=True``): the update's gradient norm before clipping, the tensor
+        ``torch.nn.utils.clip_grad_norm_`` returns; without it the norm is read after the optimizer step,
+        where a clipped norm never exceeds the clip value."""
         n = self.session.step + 1 if step is None else int(step)
         if self._calls == 0:
             self.session.guard("step", self._check_resume, n)
-        self.session.record(n, loss)
+        self.session.record(n, loss, grad_norm)
         self.session.tick(n)
         self._calls += 1
         if self._calls == _CHECK_CALLS:

@@ -89,6 +89,19 @@ def raw_optimizer(optimizer: Any) -> Any:
 _REPLANS_TOLD = 3  # re-plans before the user is told: one is a schedule changed on purpose, three a pattern
 
 
+def _total_norm(optimizer: Any) -> torch.Tensor | None:
+    """The total 2-norm of the gradients ``optimizer`` holds, on their device (no read-back)."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else None
+
+
+def _clipped(norms: np.ndarray) -> bool:
+    """Whether gradient norms read after the optimizer step sit at a ceiling: at least half of ten or more sit
+    within 1e-4 of their largest (a clip value), where unclipped norms of real updates all differ."""
+    g = norms[np.isfinite(norms)]
+    return g.size >= 10 and float(np.mean(g >= np.max(g) * (1 - 1e-4))) >= 0.5
+
+
 class UpdateCounter:
     """Counts the steps of one optimizer through a post-step hook that cannot fail, so that a count that sets
     the flush cadence stays the same on every rank."""
@@ -234,7 +247,9 @@ class TrainingSession:
         self._steps: list[int] = []
         self._lrs: list[float] = []
         self._lr = math.nan
-        self._gnorm: torch.Tensor | None = None
+        self._gnorm: torch.Tensor | float | None = None
+        self._gnorm_given = False  # a norm read before clipping was handed in (else: read after the step)
+        self._gnorm_off = False  # the norms read after the step were found clipped: not checked
         # False while the adapter reads window means instead of per-step losses: no gradient norm is recorded
         self.per_step = True
         self._hook: Any = None
@@ -502,9 +517,8 @@ class TrainingSession:
             group = optimizer.param_groups[self.config.param_group]
             lr = group["lr"]
             self._lr = float(lr) if not isinstance(lr, torch.Tensor) or lr.device.type == "cpu" else math.nan
-            if self.config.track_grad_norm and self.per_step:
-                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-                self._gnorm = torch.nn.utils.get_total_norm(grads) if grads else None
+            if self.config.track_grad_norm and self.per_step and self._gnorm is None and not self._gnorm_off:
+                self._gnorm = _total_norm(optimizer)
         except Exception as exc:
             self.guard.report("LR capture", f"{type(exc).__name__}: {exc}")
             self._hook_off()
@@ -515,9 +529,19 @@ class TrainingSession:
             self._hook = None
 
     # ----------------------------------------------------------------- per step
-    def record(self, step: int, loss: torch.Tensor | float | None) -> None:
+    def grad_norm_before_step(self, optimizer: Any) -> None:
+        """Read the gradient norm of the coming update now, before the trainer clips it (``track_grad_norm``):
+        read after the optimizer step, a clipped norm never exceeds the clip value. On the device, no sync."""
+        if self.config.track_grad_norm and self.per_step:
+            self._gnorm, self._gnorm_given = _total_norm(raw_optimizer(optimizer)), True
+
+    def record(
+        self, step: int, loss: torch.Tensor | float | None, grad_norm: torch.Tensor | float | None = None
+    ) -> None:
         """Optimizer update ``step`` completed on this rank, with its loss (``None``: not observed). Local:
         no collective, no host sync. A failure switches this rank's recording off (it then sends "no data").
+        ``grad_norm``: the update's gradient norm before clipping (what ``clip_grad_norm_`` returns), in place
+        of the one read after the optimizer step (``track_grad_norm``).
 
         A step at or before the last one (a loop resumed from an older checkpoint, a counter that restarts)
         first flushes what came before, on every rank (the numbering is the same on every rank): the forecaster
@@ -529,6 +553,8 @@ class TrainingSession:
             self.step = self.flushed_at = max(int(step) - 1, 0)
         if self._stopping and self.stopped_at is not None and step > self.stopped_at:
             self._went_on(step)
+        if grad_norm is not None and self.config.track_grad_norm:
+            self._gnorm, self._gnorm_given = grad_norm, True
         self.guard("step", self._record, step, loss)
 
     def _went_on(self, step: int) -> None:
@@ -604,11 +630,22 @@ class TrainingSession:
                 f"the run went on past its planned length of {total} updates; the updates after it are not "
                 "forecast: pass the real total_steps (or schedule=), counted in optimizer updates"
             )
+        grad_norm = red.grad_norm[keep] if channels > GRAD else None
+        if grad_norm is not None and not (self._gnorm_given or self._gnorm_off) and _clipped(grad_norm):
+            self.warn(
+                f"the gradient norms read after optimizer.step() sit at {np.nanmax(grad_norm):.4g} in most "
+                "updates: they were clipped before the optimizer saw them, so a spike above the clip cannot be "
+                "seen, and the gradient-norm checks are off; pass the norm clip_grad_norm_ returns instead: "
+                "step(loss, grad_norm=norm)"
+            )
+            self._gnorm_off = True
+        if self._gnorm_off:
+            grad_norm = None
         batch = FlushBatch(
             steps=red.steps[keep],
             loss=red.loss[keep],
             loss_max=red.loss_max[keep] if self.comm.world_size > 1 else None,
-            grad_norm=red.grad_norm[keep] if channels > GRAD else None,
+            grad_norm=grad_norm,
             lrs=red.lrs[keep],
         )
         return self._monitor_flush(batch, step)

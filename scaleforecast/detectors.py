@@ -969,13 +969,15 @@ class StagnationDetector:
 # ------------------------------------------------------------------------------------------ grad norm
 class GradNormConfig(BaseModel):
     """Gradient-norm precursors, on ``log(grad_norm)``: a spike (robust z against an EW level and scale over
-    about ``window`` points above ``spike_threshold``) or sustained growth (the mean of a block of ``block``
-    points above ``growth`` times the lowest block mean seen so far)."""
+    about ``window`` points above ``spike_threshold``, and at least ``min_factor`` times the typical norm: norms
+    that barely move, as clipped ones do, make any wiggle a large z) or sustained growth (the mean of a block of
+    ``block`` points above ``growth`` times the lowest block mean seen so far)."""
 
     model_config = ConfigDict(extra="forbid")
 
     window: int = Field(64, ge=8)
     spike_threshold: float = Field(8.0, gt=0)
+    min_factor: float = Field(2.0, ge=1)
     block: int = Field(32, ge=4)
     growth: float = Field(4.0, gt=1)
     min_step: int = Field(0, ge=0)
@@ -1022,7 +1024,7 @@ class GradNormDetector:
         if self.n >= min(cfg.window, 16) and math.isfinite(self.level):
             scale = max(self.scale.sigma, 1e-3)
             z = (lg - self.level) / scale
-            spikes = z > cfg.spike_threshold
+            spikes = (z > cfg.spike_threshold) & (lg - self.level > math.log(cfg.min_factor))
             accept = ~spikes
             for j in np.nonzero(spikes)[0]:
                 g = math.exp(lg[j])

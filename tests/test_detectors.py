@@ -241,6 +241,10 @@ def test_grad_norm_spike_and_growth() -> None:
     growing = np.exp(np.linspace(0, 2.5, len(steps)) + 0.05 * rng.standard_normal(len(steps)))
     ev = GradNormDetector().update(steps, growing)
     assert any(e.data["kind"] == "growth" for e in ev)
+    # norms that barely move (as clipped ones do): a 1 against a typical 0.988 is a z of 12, but no spike
+    pinned = 0.988 * (1 + 1e-5 * rng.standard_normal(len(steps)))
+    pinned[600] = 1.0
+    assert GradNormDetector().update(steps, pinned) == []
 
 
 def test_debouncing_reports_once_per_window_and_counts_the_rest() -> None:

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from lightning_models import TinyRegressor, regression_data  # noqa: E402
+from lightning_models import TinyRegressor, cpu_trainer, regression_data  # noqa: E402
 from scaleforecast.callbacks import LossForecast  # noqa: E402
 
 from scaleforecast.events import Event  # noqa: E402
@@ -337,3 +337,27 @@ def test_a_run_of_unknown_length_says_how_to_give_it(tmp_path: Path) -> None:
         trainer.fit(model)
     assert trainer.global_step == 12
     assert "length is unknown" in cb.errors["schedule look-ahead"]
+
+
+def test_the_gradient_norm_is_read_before_lightning_clips_it(tmp_path: Path) -> None:
+    """``gradient_clip_val`` clips before the optimizer steps: read after the step, every norm sat at the clip
+    value. The callback reads it in on_before_optimizer_step, before the clip, and says nothing of clipping."""
+
+    class Norms:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def check(self, batch: FlushBatch, view: Any) -> list[Event]:
+            if batch.grad_norm is not None:
+                self.seen.extend(float(g) for g in batch.grad_norm)
+            return []
+
+    norms = Norms()
+    cb = LossForecast(track_grad_norm=True, detectors=[norms], flush_every=5, writer=False, verbose=False)
+    trainer = cpu_trainer(40, [cb], tmp_path, gradient_clip_val=1e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyRegressor(total=40))
+    assert len(norms.seen) == 40
+    assert min(norms.seen) > 1e-2  # the norms before the clip, not the clip value
+    assert not [w for w in caught if "clipped" in str(w.message)]

@@ -722,3 +722,52 @@ def test_a_scheduler_replaced_mid_run(hand_over: bool, capsys: pytest.CaptureFix
         assert 1 <= said <= 3 and len(stale) == 1, (said, stale)
         assert re.search(r"over updates 5\d\d\.\.5\d\d", stale[0]), stale[0]
         assert "set_scheduler(new_scheduler)" in stale[0]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_gradient_norms_of_a_loop_that_clips(given: bool) -> None:
+    """A loop that clips its gradients at 1.0 (most updates are clipped) and meets a real gradient spike at
+    update 300 (targets x100: a pre-clip norm about a thousand times the typical). Read after the optimizer
+    step, the norms sat at the clip value: the spike was invisible and a norm of 1 against a typical 0.99 was
+    called a spike. Now those norms are said to be clipped, once, and not checked; the norm clip_grad_norm_
+    returns, handed to step(), shows the spike and nothing else."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    total = 400
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / total)))
+    events: list = []
+    fc = LossForecastSession(
+        opt,
+        sched,
+        total_steps=total,
+        writer=False,
+        verbose=False,
+        track_grad_norm=True,
+        flush_every=25,
+        on_event=events.append,
+    )
+    w = torch.randn(32, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, total + 1):
+            x = torch.randn(64, 32)
+            y = (x @ w + 0.1 * torch.randn(64, 1)) * (100.0 if n == 300 else 1.0)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            # the loss of update 300 is kept ordinary: the gradient norm alone tells the spike
+            fc.step(torch.tensor(1.0) if n == 300 else loss.detach(), grad_norm=norm if given else None)
+        fc.close()
+    clipped = [str(w.message) for w in caught if "were clipped" in str(w.message)]
+    spikes = [e.step for e in events if e.kind == "grad_norm"]
+    if given:
+        assert clipped == [] and spikes == [300], (clipped, spikes)
+    else:
+        assert len(clipped) == 1 and "grad_norm=norm" in clipped[0], clipped
+        assert spikes == [], spikes
