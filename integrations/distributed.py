@@ -92,6 +92,13 @@ class TorchCollectives:
         self.world_size = dist.get_world_size(group) if ready else 1
         self.device = collective_device(torch.device("cpu"), group)
 
+    def late_world(self) -> int | None:
+        """The world size of a process group initialised after this was built (which it does not use), else
+        ``None``."""
+        if self.world_size == 1 and self.group is None and dist_ready() and dist.get_world_size() > 1:
+            return int(dist.get_world_size())
+        return None
+
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
             return tensor.unsqueeze(0)

@@ -259,6 +259,7 @@ class TrainingSession:
         self.replans = 0
         self._warned: set[str] = set()
         self._told_borrowed = False
+        self._world_checked = False
         self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
 
     def _new_monitor(self, log_events: bool) -> RunMonitor:
@@ -594,6 +595,18 @@ class TrainingSession:
         """
         assert self.comm is not None and self.buffer is not None
         self.flushed_at = int(step)
+        if not self._world_checked:
+            self._world_checked = True
+            late = getattr(self.comm, "late_world", lambda: None)()
+            if late:
+                # every process believes it is rank 0 of 1: each prints, writes TensorBoard and decides alone
+                warnings.warn(
+                    f"{self.name}: torch.distributed was initialised ({late} processes) after it was built: "
+                    "each process prints, writes TensorBoard and decides to stop on its own losses, and a "
+                    "process that stops alone leaves the others waiting; build it after init_process_group",
+                    RuntimeWarning,
+                    stacklevel=user_stacklevel(),
+                )
         msg = None if "step" in self.guard.disabled else self.guard("step", self._pack)
         if msg is None:
             msg = self.buffer.no_data(self.comm.device)

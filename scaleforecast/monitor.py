@@ -331,6 +331,7 @@ class RunMonitor:
         self.verbose = verbose
         self.refits = 0
         self.usable_refits = 0
+        self._figure_at: int | None = None  # the step of the last figure drawn
         self.decision: StopDecision | None = None
         self.track = ForecastTrack()
         self.stopped_at: int | None = None
@@ -438,16 +439,25 @@ class RunMonitor:
         if self.stopped_at is not None:
             return None
         forecast = self.guard("forecaster", self.forecaster.wait)
-        if forecast is None:
-            return None
-        self.refits += 1
-        self.guard("stop rule", self._track, forecast)
-        result = FlushResult(forecast=forecast, events=self._tell_listeners(step, forecast))
-        none = FlushBatch(steps=np.array([step]), loss=np.array([np.nan]))
-        self.guard("sinks", self._write, step, none, result)
-        for event in result.events:
-            self._emit(event)
+        if forecast is not None:
+            self.refits += 1
+            self.guard("stop rule", self._track, forecast)
+            result = FlushResult(forecast=forecast, events=self._tell_listeners(step, forecast))
+            none = FlushBatch(steps=np.array([step]), loss=np.array([np.nan]))
+            self.guard("sinks", self._write, step, none, result)
+            for event in result.events:
+                self._emit(event)
+        if self.figure_every and self._figure_at != step:
+            # the run's last picture, whenever the last one due was drawn
+            self.guard("sinks", self._last_figure, step)
         return forecast
+
+    def _last_figure(self, step: int) -> None:
+        snapshot = self.snapshot(step)
+        if snapshot is not None:
+            self.sinks.write_figure(snapshot)
+            self.sinks.flush()
+            self._figure_at = step
 
     def _tell_listeners(self, step: int, forecast: Forecast) -> list[Event]:
         events: list[Event] = []
@@ -513,6 +523,7 @@ class RunMonitor:
             snapshot = self.snapshot(step)
             if snapshot is not None:
                 self.sinks.write_figure(replace(snapshot, stop_step=step) if stopping else snapshot)
+                self._figure_at = step
         self.sinks.flush()
 
     def _act(self, step: int, result: FlushResult, final: bool = False) -> None:

@@ -502,3 +502,18 @@ def test_plain_loop_example_runs(tmp_path: Path) -> None:
     assert re.search(r"^LossForecastSession: step \d+: forecast final loss", proc.stdout, re.M), proc.stdout
     assert "trained 60 steps" in proc.stdout
     assert "forecast/final_loss" in _acc(_forecast_dir(tmp_path)).Tags()["scalars"]
+
+
+@pytest.mark.multiprocess
+def test_a_session_built_before_the_process_group_says_so() -> None:
+    """Built before ``init_process_group``, every process took itself for rank 0 of 1 and said nothing: each
+    printed, wrote TensorBoard and decided alone (a rank that stopped alone crashed the other in DDP). Each
+    now warns at its first flush."""
+    pytest.importorskip("torch")
+    from procs import TESTS, run_group, torchrun
+
+    proc = run_group(torchrun(TESTS / "late_group_worker.py"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rank in (0, 1):
+        said = [line for line in proc.stdout.splitlines() if line.startswith(f"rank {rank}: ")]
+        assert len(said) == 1 and "initialised (2 processes) after it was built" in said[0], proc.stdout

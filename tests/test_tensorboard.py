@@ -544,3 +544,32 @@ def test_a_torch_writers_figures_are_encoded_on_the_worker(
     assert appended == [main, main]
     images = _read(tmp_path).Images("forecast/curve")
     assert [i.step for i in images] == [100, 200] and images[0].width >= 600
+
+
+@pytest.mark.trainer
+def test_a_run_that_ends_draws_its_last_figure(tmp_path: Path) -> None:
+    """Figures are drawn every few refits; the run's end is one more, whenever the last one due was drawn
+    (the last picture of a 1000-step run was from step 650, and showed none of what came after)."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 120
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / total)
+    fc = LossForecastSession(
+        opt,
+        sched,
+        total_steps=total,
+        flush_every=10,
+        refit_every=10,
+        log_figures_every=4,
+        dirpath=str(tmp_path),
+        verbose=False,
+    )
+    for n in range(1, total + 1):
+        opt.step()
+        sched.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.4))
+    fc.close()
+    steps = [e.step for e in _read(tmp_path).Images("forecast/curve")]
+    assert steps and steps[-1] == total, steps
