@@ -384,6 +384,12 @@ class RunMonitor:
             self.refits += 1
             # a forecast that turns law_violated or stale is said once, as an event (console, TensorBoard)
             changed = status_event(self._status, forecast, step)
+            if (
+                changed is not None
+                and changed.kind == "stale"
+                and any(e.kind == "nonfinite" for e in result.events)
+            ):
+                changed = None  # the non-finite losses that make the fit stale are said just before
             result.events.extend([changed] if changed is not None else [])
             self._status = forecast.status
             self.guard("stop rule", self._track, forecast)

@@ -155,7 +155,8 @@ def test_nan_storm_in_real_training_without_a_health_check(
     framework_or_skip(adapter)
     seen: list = []
     kwargs = {"flush_every": 5, "refit_every": 5, "verbose": True, "writer": False, "action": "warn"}
-    run = train(adapter, tmp_path, Plan(steps=60, nan_from=36, kwargs={**kwargs, "on_event": seen.append}))
+    kwargs |= {"detectors": [], "on_event": seen.append}
+    run = train(adapter, tmp_path, Plan(steps=60, nan_from=36, kwargs=kwargs))
     assert run.steps_run == 60 and run.cb.errors == {}
     stale = [e for e in seen if e.kind == "stale"]
     assert len(stale) == 1 and 35 <= stale[0].step <= 45, seen
@@ -189,3 +190,19 @@ def test_a_law_extrapolated_below_zero_is_no_forecast() -> None:
     wide = fc.forecast(steps=[900], level=0.999).points[0]
     assert wide.loss - 3.29 * wide.std < 0 and wide.lower == 0.0 < wide.loss < wide.upper
     assert any("at step(s) 2000" in w for w in part.warnings)
+
+
+def test_one_nan_at_the_end_of_a_flush_is_said_once(curves_dir: Path) -> None:
+    """One NaN on the last step of a flush, with the health checks on: the fit is stale until the next finite
+    loss, which the non-finite event just said; a second warning ("no usable loss since ...") said it again."""
+    from scaleforecast.detectors import HealthMonitor
+
+    st, y, lrs = _train_curve(curves_dir)
+    mon = RunMonitor(lrs, detectors=[HealthMonitor()], stop=StopConfig(action="warn"))
+    y = y.copy()
+    cut = len(st) // 2
+    y[cut - 1] = np.nan
+    events = []
+    for lo in range(0, len(st), 4):
+        events += mon.flush(FlushBatch(steps=st[lo : lo + 4], loss=y[lo : lo + 4])).events
+    assert [e.kind for e in events if e.kind in ("nonfinite", "stale")] == ["nonfinite"], events
