@@ -199,9 +199,9 @@ def test_one_nan_at_the_end_of_a_flush_is_said_once(curves_dir: Path) -> None:
 
     st, y, lrs = _train_curve(curves_dir)
     mon = RunMonitor(lrs, detectors=[HealthMonitor()], stop=StopConfig(action="warn"))
+    mon.forecaster.config = mon.forecaster.config.model_copy(update={"refit_every": 1})
     y = y.copy()
-    cut = len(st) // 2
-    y[cut - 1] = np.nan
+    y[len(st) // 2 // 4 * 4 - 1] = np.nan  # the last of a flush of four
     events = []
     for lo in range(0, len(st), 4):
         events += mon.flush(FlushBatch(steps=st[lo : lo + 4], loss=y[lo : lo + 4])).events
