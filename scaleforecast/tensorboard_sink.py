@@ -18,7 +18,8 @@ Tags of the user's run:
   at the schedule's last step and its central band;
 - ``forecast/observed_vs_forecast``: the mean observed loss of each flush;
 - ``forecast/p_miss_target``, ``forecast/n_points``, ``law/L0``, ``law/A``, ``law/alpha``, ``law/C``: the stop
-  rule's probability, the points fitted and the fitted law;
+  rule's probability that the target is out of reach (from the measured error of forecasts at this point of
+  real runs, not from the band), the points fitted and the fitted law;
 - text ``forecast/status``: the fit's status in words whenever it changes, and the early stop;
 - image ``forecast/curve``: the observed loss, the law fitted so far, the forecast and its band to the end of
   the schedule, the target and the step of an early stop, with a legend; drawn on a worker thread (a figure
