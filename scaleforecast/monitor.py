@@ -453,9 +453,10 @@ class RunMonitor:
             self.guard("sinks", self._write, step, none, result)
             for event in result.events:
                 self._emit(event)
-        if self.figure_every and self._figure_at != step:
+        end = min(step, self.forecaster.total_steps or step)  # a run may go on past its planned length
+        if self.figure_every and self._figure_at != end:
             # the run's last picture, whenever the last one due was drawn
-            self.guard("sinks", self._last_figure, step)
+            self.guard("sinks", self._last_figure, end)
         return forecast
 
     def _last_figure(self, step: int) -> None:
