@@ -674,6 +674,14 @@ class TrainingSession:
                 steered = self.source is not None and any(metric_driven(s) for s in self.source.schedulers)
                 if self.replans <= _REPLANS_TOLD or steered:
                     self.say(f"the LR schedule changed at step {step}; re-planning")
+                    changed = Event(
+                        kind="schedule",
+                        step=step,
+                        severity="info",
+                        message=f"the LRs used left the planned schedule by step {step}: re-planned from there",
+                        data={"replans": self.replans},
+                    )
+                    self.monitor.note(changed)
                 if self.planner.stale is not None:
                     self.warn(
                         "the LR scheduler(s) given were not stepped over updates {}..{} while the LR went on "

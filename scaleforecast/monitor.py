@@ -576,6 +576,11 @@ class RunMonitor:
             result.reason = stop_reason or critical.text()
             self.stopped_at, self.stop_reason = step, result.reason
 
+    def note(self, event: Event) -> None:
+        """An event an adapter noticed outside the detectors (the LR schedule re-planned mid-run): logged,
+        written to the sinks and handed to ``on_event`` like any other; it is no ground for a stop."""
+        self._emit(event)
+
     def _emit(self, event: Event) -> None:
         self.events = [*self.events[-63:], event]
         if self.verbose:

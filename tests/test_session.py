@@ -696,7 +696,10 @@ def test_a_scheduler_replaced_mid_run(hand_over: bool, capsys: pytest.CaptureFix
     total, swap = 1000, 500
     opt = _sgd(1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
-    fc = LossForecastSession(opt, sched, total_steps=total, flush_every=25, writer=False)
+    events: list = []
+    fc = LossForecastSession(
+        opt, sched, total_steps=total, flush_every=25, writer=False, on_event=events.append
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for n in range(1, total + 1):
@@ -715,6 +718,8 @@ def test_a_scheduler_replaced_mid_run(hand_over: bool, capsys: pytest.CaptureFix
     said = capsys.readouterr().out.count("re-planning")
     stale = [str(w.message) for w in caught if "were not stepped" in str(w.message)]
     ahead = np.array([max(1 - i / (total - swap), 0.01) for i in (299, 399, 499)])
+    replanned = [e for e in events if e.kind == "schedule"]  # an event too (TensorBoard, on_event)
+    assert len(replanned) == said and all(e.severity == "info" for e in replanned)
     if hand_over:
         assert said == 1 and stale == []
         np.testing.assert_allclose(planned, ahead, rtol=1e-6)
