@@ -258,6 +258,16 @@ def check_law(
     dep = _weighted_median(rel[win], w)
     sd_dep = math.sqrt(_MEDIAN_VAR * sigma**2 / n_eff + misfit**2)
     z_dep = dep / sd_dep if sd_dep > 0 else 0.0
+    # the latest quarter of the stretch on its own: a jump that covers less than half of the stretch does not
+    # move its median (a few spiked steps must not), and would wait hundreds of steps to be seen
+    latest = np.zeros_like(win)
+    latest[np.flatnonzero(win)[-max(int(win.sum()) // 4, cfg.min_window) :]] = True
+    if latest.sum() < win.sum():
+        w_l = count[latest]
+        dep_l = _weighted_median(rel[latest], w_l)
+        sd_l = math.sqrt(_MEDIAN_VAR * sigma**2 / float(w_l.sum()) + misfit**2)
+        if sd_l > 0 and abs(dep_l / sd_l) > max(cfg.z, abs(z_dep)):
+            dep, z_dep = dep_l, dep_l / sd_l
     # a rising loss: least-squares slope of the relative loss over the stretch, weighted by raw points
     x = mid[win].astype(np.float64)
     med = float(np.median(y[win]))

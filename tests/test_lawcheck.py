@@ -227,3 +227,28 @@ def test_a_spike_the_run_recovers_from_is_not_a_departure(kind: str, size: float
     assert fc.refit().status is not FitStatus.LAW_VIOLATED
     fc.observe_many(steps[1000:1100], y[1000:1100])
     assert (fc.refit().status is FitStatus.LAW_VIOLATED) is violated
+
+
+def test_a_jump_to_harder_data_is_seen_within_a_few_hundredths_of_the_run() -> None:
+    """A per-step loss that follows its law, then jumps to three times its level at 70 % of the run (the data
+    switched to a harder set) and stays there. Fitted 100 steps after the jump, the law check passed (the jump
+    covered under half of the stretch it checks, whose median did not move: that keeps a few spiked steps from
+    counting) and the band held the old level; the latest quarter of the stretch now tells it, and the band
+    covers where the loss went."""
+    from scaleforecast.laws import LAWS
+    from scaleforecast.results import LawParams
+    from scaleforecast.schedules import as_lrs
+
+    total = 8000
+    lrs = as_lrs(f"cosine:peak=1e-3,warmup=200,total={total},final=1e-4")
+    steps = np.arange(1, total + 1)
+    y = LAWS["tissue"].predict(LawParams(L0=1.2, A=0.3, alpha=0.5, C=0.3), lrs, steps)
+    y = y * (1 + 0.03 * np.random.default_rng(0).standard_normal(total))
+    jump = int(0.7 * total)
+    y[jump:] *= 3.0
+    fc = _forecast_at(steps, y, lrs, jump + 100)
+    out = fc.forecast()
+    assert out.status is FitStatus.LAW_VIOLATED, (out.status, out.warnings)
+    assert _covers(fc, total, float(y[-200:].mean()))
+    # before the jump, the same check passes
+    assert _forecast_at(steps, y, lrs, jump).forecast().status is not FitStatus.LAW_VIOLATED
