@@ -384,6 +384,12 @@ def rebuild_lrs(
                 f"{what}: LR rebuilt as {sched.spec()} from {len(lr_steps)} points logged every ~{gap} steps; it "
                 f"misses them by up to {100 * max_err:.1f}% of peak: pass --schedule SPEC for an exact forecast"
             )
+        elif gap > 1:
+            # what the log does not show (a warm-up before its first point) is the family's guess: said
+            notes.append(
+                f"{what}: LR rebuilt as {sched.spec()} from {len(lr_steps)} points logged every ~{gap} steps "
+                f"(each within {100 * max_err:.2g}% of peak)"
+            )
         if stops_short(lr_steps, total):
             # a live log: what comes after its last LR is the fitted family's continuation, which cannot know of
             # a decay still to come (a WSD run before its cooldown is rebuilt as constant to the end)

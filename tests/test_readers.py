@@ -319,6 +319,8 @@ def test_rebuild_every_family_from_sparse_points(spec: str) -> None:
     assert abs(rec.lrs.sum() - true.sum()) / true.sum() < tol
     best = fit_schedule(steps, true[steps - 1], 5000)[0][2]
     assert best.kind == parse_schedule(spec).kind
+    # the rebuilt schedule is said, with how it was rebuilt (its warm-up before the first point is a guess)
+    assert any("LR rebuilt as" in w and "logged every ~50 steps" in w for w in rec.warnings), rec.warnings
 
 
 def test_a_rebuilt_step_drop_comes_as_late_as_the_logged_points_allow() -> None:
