@@ -375,6 +375,13 @@ def _rows_to_run(
     )
     # Step 0 is the model before any update: the law has no value there (S1 = 0).
     after = steps_l >= 1
+    if steps_l[:3].tolist() == [0, 1, 2]:
+        # every update logged from 0: a loop's own count (update k + 1 logged as step k) or the model before
+        # training then every update; only the user knows which
+        notes.append(
+            f"{path.name}: the loss at step 0 is read as the model's before any update and left out (the run "
+            f"is {int(steps_l[after][-1])} updates long as logged); if step k logs update k + 1, add 1 to the steps"
+        )
     steps_l, losses_l = steps_l[after], losses_l[after]
     win_l = None if win_l is None else win_l[after]
     if not len(steps_l) and not strict:

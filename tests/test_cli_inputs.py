@@ -513,3 +513,23 @@ def test_a_cooldown_given_in_updates_is_said_to_be_a_fraction(
         "cooldown is the fraction of the run spent cooling down, in (0, 1], not a number of updates "
         "(cooldown=3912 updates of total=19560 is cooldown=0.2)"
     )
+
+
+def test_a_table_that_logs_every_update_from_step_0_is_told_how_it_was_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every update logged from step 0 (a loop's own 0-based count, or the model before training and then
+    every update): the step-0 row is read as the untrained model's and left out, which makes the run one update
+    shorter than its rows; that was silent. A log that evaluates at step 0 and then every few steps is the
+    usual case and says nothing."""
+    lrs = np.r_[np.linspace(1e-4, 1e-3, 100), np.linspace(1e-3, 1e-5, 1900)]
+    for name, steps in (("dense", range(0, 2000)), ("sparse", range(0, 2001, 10))):
+        path = tmp_path / f"{name}.csv"
+        _write_rows(path, _law_rows(steps, np.r_[lrs[0], lrs]))
+        rc, out, err = _cli(["forecast", str(path), "--until-step", "1000", "--json"], capsys)
+        assert rc == 0, err
+        said = [n for n in json.loads(out)["data_warnings"] if "at step 0" in n]
+        if name == "dense":
+            assert len(said) == 1 and "add 1 to the steps" in said[0], said
+        else:
+            assert said == []
