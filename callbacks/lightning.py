@@ -242,7 +242,7 @@ class LossForecast(SessionFace, Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         # before Lightning clips the gradients (gradient_clip_val): a clipped norm never exceeds the clip
-        self.session.guard("step", self.session.grad_norm_before_step, optimizer)
+        self.session.guard("gradient norm", self.session.grad_norm_before_step, optimizer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._updates.detach()
