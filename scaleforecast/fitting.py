@@ -417,6 +417,32 @@ def fit(
     if cfg.own_backtest:
         inner = cfg.model_copy(update={"own_backtest": False})
         return _with_own_backtest(fit(obs, a, inner, init), obs, a, inner)
+    return _said_out_of_shape(_fit(obs, a, cfg, init), cfg)
+
+
+def _said_out_of_shape(res: FitResult, cfg: FitConfig) -> FitResult:
+    """``res`` with a warning when its law is out of the shape of a loss curve the law describes: a floor below
+    zero, or an exponent at its bound (a loss falling toward zero on a separable task, a transient): its
+    forecast and band are extrapolations of a curve it does not model."""
+    p = res.params
+    if p is None or any(w.startswith("[out_of_shape]") for w in res.warnings):
+        return res
+    said = []
+    if res.law == "tissue" and p.L0 < 0:
+        said.append(f"the fitted loss floor L0 = {p.L0:.4g} is below zero")
+    lo, hi = cfg.alpha_bounds
+    if res.law == "tissue" and not lo * (1 + 1e-3) < p.alpha < hi * (1 - 1e-3):
+        said.append(f"the power law's exponent sits at its bound ({p.alpha:.3g})")
+    if not said:
+        return res
+    note = (
+        f"[out_of_shape] {' and '.join(said)}: the loss does not follow the law's shape here (a loss falling "
+        "toward zero, a transient), so its forecast and band are an extrapolation to be read with care"
+    )
+    return res.model_copy(update={"warnings": [*res.warnings, note]})
+
+
+def _fit(obs: Observations, a: np.ndarray, cfg: FitConfig, init: FitResult | None) -> FitResult:
     try:
         with np.errstate(all="ignore"):
             if cfg.law == "mpl":

@@ -571,3 +571,21 @@ def test_a_transient_early_in_the_run_is_no_backtest_miss() -> None:
     moved = abs(math.log(law.predict(res.params, lrs, [res.fitted_until // 2])[0] / level))
     assert miss > 5 * moved, (miss, moved)
     assert res.backtest_sd == pytest.approx(moved, rel=1e-9)
+
+
+def test_a_loss_falling_toward_zero_is_said_to_be_out_of_the_laws_shape() -> None:
+    """A loss that decays exponentially toward zero (a separable task learnt to the end), fitted at half the run:
+    the law reaches it only with a floor below zero and an exponent at its bound, and its forecast was given
+    with no word of that; a curve that is the law says nothing."""
+    total = 8000
+    lrs = as_lrs(f"cosine:peak=1e-3,warmup=100,total={total},final=1e-4")
+    steps = np.arange(1, total + 1)
+    noise = 1 + 0.02 * np.random.default_rng(0).standard_normal(total)
+    seen = steps <= total // 2
+    falling = (2.0 * np.exp(-steps / 2000.0) + 1e-3) * noise
+    r = fit(Observations.from_steps(steps[seen], falling[seen]), lrs)
+    said = [w for w in r.warnings if w.startswith("[out_of_shape]")]
+    assert len(said) == 1 and "below zero" in said[0] and "exponent sits at its bound" in said[0], r.warnings
+    law = LAWS["tissue"].predict(LawParams(L0=2.0, A=0.4, alpha=0.5, C=0.3), lrs, steps) * noise
+    r = fit(Observations.from_steps(steps[seen], law[seen]), lrs)
+    assert not [w for w in r.warnings if w.startswith("[out_of_shape]")], r.warnings
