@@ -50,6 +50,12 @@ def _as_list(scheduler: Any | Sequence[Any] | None) -> list[Any]:
     return [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
 
 
+def _replan_hint(every: int) -> str:
+    """What the plan assumes of the scheduler's cadence, said when the plans keep failing."""
+    cadence = ", stepped once per update" if every == 1 else f", stepped once every {every} updates"
+    return cadence + " (a scheduler stepped once per epoch: scheduler_every=<updates per epoch>)"
+
+
 def _check_every(every: object) -> None:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"scheduler_every: expected an integer >= 1, got {every!r}")
@@ -97,18 +103,11 @@ class LossForecastSession(SessionFace):
         self._schedulers = schedulers
         # Start now, before the first optimizer.step(): the plan begins at the LR that update will use. A
         # scheduler restored from a checkpoint knows how many updates were done (a saved state says it too).
-        self.session.replan_hint = (
-            ", stepped once per update"
-            if scheduler_every == 1
-            else f", stepped once every {scheduler_every} updates"
-        ) + " (a scheduler stepped once per epoch: scheduler_every=<updates per epoch>)"
+        self.session.replan_hint = _replan_hint(scheduler_every)
         self.session.replace_hint = "hand the new one over with set_scheduler(new_scheduler)"
-        source = LRSource(
-            optimizer, schedulers, group=self.session.config.param_group, step_every=scheduler_every
-        )
         self._optimizer, self._scheduler_every = optimizer, scheduler_every
         done = self._updates_done() or 0
-        self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=source)
+        self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=self._source())
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
         self._calls, self._updates, self._restored = 0, UpdateCounter(), False
         self.session.guard("step", self._updates.attach, optimizer)
@@ -122,12 +121,18 @@ class LossForecastSession(SessionFace):
         construction (default: unchanged)."""
         every = self._scheduler_every if scheduler_every is None else scheduler_every
         _check_every(every)
-        self._schedulers = _as_list(scheduler)
-        self._scheduler_every = every
-        source = LRSource(
-            self._optimizer, self._schedulers, group=self.session.config.param_group, step_every=every
+        self._schedulers, self._scheduler_every = _as_list(scheduler), every
+        self.session.replan_hint = _replan_hint(every)
+        self.session.set_source(self._source())
+
+    def _source(self) -> LRSource:
+        """The optimizer and the schedulers that step it, at their cadence, for the plan's look-ahead."""
+        return LRSource(
+            self._optimizer,
+            self._schedulers,
+            group=self.session.config.param_group,
+            step_every=self._scheduler_every,
         )
-        self.session.set_source(source)
 
     def _updates_done(self) -> int | None:
         """The updates done as the one LR scheduler counts them (``None``: no single scheduler to ask, or one

@@ -201,6 +201,17 @@ class SchedulePlanner:
             self.say(trouble)
         return floor_lrs(lrs)
 
+    def _unstepped(self, source: LRSource | None, step_now: int) -> tuple[int, int] | None:
+        """``(since, step_now)`` when the plan was read from schedulers whose own counts have not moved for two
+        of their steps since it was made (``since``): nobody steps them any more (a new scheduler built
+        mid-run); else ``None``."""
+        if source is None or not source.schedulers or self._marks is None:
+            return None
+        since, counts = self._marks
+        if step_now - since >= 2 * source.step_every and _counts(source) == counts:
+            return since, step_now
+        return None
+
     def revise(
         self,
         planned: np.ndarray | None,
@@ -225,13 +236,8 @@ class SchedulePlanner:
         key = None if source is None else (*source.key, self.length(run_length))
         if not drift and key == self.key:
             return None
-        stale = self.stale is None and self._marks is not None
-        if stale and drift and key == self.key and source is not None and source.schedulers:
-            # the LR moved off a plan read from schedulers whose own counts have not moved for two of their
-            # steps: nobody steps them any more (a new scheduler built mid-run)
-            since, counts = self._marks  # type: ignore[misc]
-            if step_now - since >= 2 * source.step_every and _counts(source) == counts:
-                self.stale = (since, step_now)
+        if drift and key == self.key and self.stale is None:
+            self.stale = self._unstepped(source, step_now)
         past = planned[:step_now].copy()
         inside = ok & (idx < step_now)
         past[idx[inside]] = used[inside]

@@ -255,7 +255,6 @@ class TrainingSession:
         self._hook: Any = None
         self._tb_sink: Any = None  # the TensorBoardSink this session attached
         self._first_flush = True  # of this process: a resumed run restarts its TensorBoard lines there
-        self._final_flush = False  # the flush made when training has ended
         self.replans = 0
         self._warned: set[str] = set()
         self._told_borrowed = False
@@ -588,10 +587,11 @@ class TrainingSession:
         if self.comm is not None and step - self.flushed_at >= self.config.flush_every:
             self.flush(step)
 
-    def flush(self, step: int) -> None:
+    def flush(self, step: int, final: bool = False) -> None:
         """One collective for the buffered steps, the monitor on the reduced values, then the agreement.
 
         Every rank calls this at the same step; whatever failed before, each takes part in both collectives.
+        ``final``: training has ended, there is nothing left to stop (:meth:`RunMonitor.flush`).
         """
         assert self.comm is not None and self.buffer is not None
         self.flushed_at = int(step)
@@ -613,7 +613,7 @@ class TrainingSession:
             self.buffer.clear()
             self._steps, self._lrs = [], []
         gathered = self.comm.all_gather(msg)
-        result = self.guard("flush", self._digest, gathered, int(step))
+        result = self.guard("flush", self._digest, gathered, int(step), final)
         self._agree(result, int(step))
 
     def _pack(self) -> torch.Tensor:
@@ -622,7 +622,7 @@ class TrainingSession:
         self._steps, self._lrs = [], []
         return self.buffer.pack(steps, lrs, self.comm.device)
 
-    def _digest(self, gathered: torch.Tensor, step: int) -> FlushResult | None:
+    def _digest(self, gathered: torch.Tensor, step: int, final: bool) -> FlushResult | None:
         assert self.comm is not None
         assert self.buffer is not None
         channels = self.buffer.channels
@@ -661,7 +661,7 @@ class TrainingSession:
             grad_norm=grad_norm,
             lrs=red.lrs[keep],
         )
-        return self._monitor_flush(batch, step)
+        return self._monitor_flush(batch, step, final)
 
     def _revise(self, steps: np.ndarray, used: np.ndarray, step: int) -> None:
         plan = self.planner.revise(
@@ -696,7 +696,7 @@ class TrainingSession:
                     )
             self.monitor.set_schedule(plan)
 
-    def _monitor_flush(self, batch: FlushBatch, step: int) -> FlushResult | None:
+    def _monitor_flush(self, batch: FlushBatch, step: int, final: bool = False) -> FlushResult | None:
         if batch.steps.size == 0:
             return None
         forecaster = self.monitor.forecaster
@@ -712,7 +712,7 @@ class TrainingSession:
         self._first_flush = False
         self.guard("family store", self._say_borrowed)
         try:
-            result = self.monitor.flush(batch, raise_now=False, final=self._final_flush)
+            result = self.monitor.flush(batch, raise_now=False, final=final)
         except BaseException:
             # the run ends from inside the flush (a listener: Ray Tune ends a trial by raising SystemExit out of
             # tune.report; an interrupt): its end is recorded and the sinks closed before the exit goes on
@@ -794,8 +794,7 @@ class TrainingSession:
         if self.comm is None:
             return
         if step > self.flushed_at and self.buffer is not None:
-            self._final_flush = True  # training has ended: there is nothing left to stop
-            self.flush(step)
+            self.flush(step, final=True)  # training has ended: there is nothing left to stop
         # the refit the last flush started takes effect now, where every rank ends; a stopped run keeps the
         # forecast it stopped on, on every rank (the agreed stop, not each rank's monitor, decides: a listener
         # that only rank 0 holds stops rank 0's monitor alone)

@@ -414,10 +414,8 @@ def fit(
     a = np.asarray(lrs, dtype=np.float64).reshape(-1)
     if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ValueError("lrs must be a non-empty array of finite, non-negative learning rates")
-    if cfg.own_backtest:
-        inner = cfg.model_copy(update={"own_backtest": False})
-        return _with_own_backtest(fit(obs, a, inner, init), obs, a, inner)
-    return _said_out_of_shape(_fit(obs, a, cfg, init), cfg)
+    res = _said_out_of_shape(_fit(obs, a, cfg, init), cfg)
+    return _with_own_backtest(res, obs, a, cfg) if cfg.own_backtest else res
 
 
 def _said_out_of_shape(res: FitResult, cfg: FitConfig) -> FitResult:
@@ -425,7 +423,7 @@ def _said_out_of_shape(res: FitResult, cfg: FitConfig) -> FitResult:
     zero, or an exponent at its bound (a loss falling toward zero on a separable task, a transient): its
     forecast and band are extrapolations of a curve it does not model."""
     p = res.params
-    if p is None or any(w.startswith("[out_of_shape]") for w in res.warnings):
+    if p is None:
         return res
     said = []
     if res.law == "tissue" and p.L0 < 0:
@@ -443,6 +441,7 @@ def _said_out_of_shape(res: FitResult, cfg: FitConfig) -> FitResult:
 
 
 def _fit(obs: Observations, a: np.ndarray, cfg: FitConfig, init: FitResult | None) -> FitResult:
+    """:func:`fit` on a checked schedule, without what it adds to the law's own fit."""
     try:
         with np.errstate(all="ignore"):
             if cfg.law == "mpl":
@@ -485,7 +484,9 @@ def _with_own_backtest(res: FitResult, obs: Observations, lrs: np.ndarray, cfg: 
     early = obs.end <= t // 2
     if not early.any():
         return res
-    half = fit(Observations(obs.start[early], obs.end[early], obs.y[early], obs.count[early]), lrs, cfg)
+    half = _fit(
+        Observations(obs.start[early], obs.end[early], obs.y[early], obs.count[early]), lrs, cfg, None
+    )
     if half.params is None:
         return res
     at = np.array([max(t // 2, 1), t], dtype=np.int64)
@@ -936,13 +937,13 @@ def _fit_auto(obs: Observations, lrs: np.ndarray, cfg: FitConfig, init: FitResul
     train = Observations(obs.start[cut], obs.end[cut], obs.y[cut], obs.count[cut])
     score: dict[str, float] = {}
     for law in ("tissue", "mpl"):
-        r = fit(train, lrs, cfg.model_copy(update={"law": law}))
+        r = _fit(train, lrs, cfg.model_copy(update={"law": law}), None)
         if r.params is None:
             continue
         mu = LAWS[law].predict(r.params, lrs, obs.end[held])
         score[law] = float(np.mean(((mu - obs.y[held]) / obs.y[held]) ** 2))
     best = min(score, key=score.__getitem__) if score else "tissue"
-    res = fit(obs, lrs, cfg.model_copy(update={"law": best}), init if init and init.law == best else None)
+    res = _fit(obs, lrs, cfg.model_copy(update={"law": best}), init if init and init.law == best else None)
     return res.model_copy(update={"warnings": [*res.warnings, f"law auto-selected: {best}"]})
 
 

@@ -456,14 +456,15 @@ class RunMonitor:
         end = min(step, self.forecaster.total_steps or step)  # a run may go on past its planned length
         if self.figure_every and self._figure_at != end:
             # the run's last picture, whenever the last one due was drawn
-            self.guard("sinks", self._last_figure, end)
+            self.guard("sinks", self._figure, end)
+            self.guard("sinks", self.sinks.flush)
         return forecast
 
-    def _last_figure(self, step: int) -> None:
+    def _figure(self, step: int, stopping: bool = False) -> None:
+        """The figure at ``step`` (with the stop marked when ``stopping``), when there is a forecast to draw."""
         snapshot = self.snapshot(step)
         if snapshot is not None:
-            self.sinks.write_figure(snapshot)
-            self.sinks.flush()
+            self.sinks.write_figure(replace(snapshot, stop_step=step) if stopping else snapshot)
             self._figure_at = step
 
     def _tell_listeners(self, step: int, forecast: Forecast) -> list[Event]:
@@ -527,10 +528,7 @@ class RunMonitor:
         stopping = self.stopped_at is None and self.stop.action != "warn"
         stopping = stopping and (decided or any(e.is_critical for e in result.events))
         if self.figure_every and (due or stopping):
-            snapshot = self.snapshot(step)
-            if snapshot is not None:
-                self.sinks.write_figure(replace(snapshot, stop_step=step) if stopping else snapshot)
-                self._figure_at = step
+            self._figure(step, stopping)
         self.sinks.flush()
 
     def _act(self, step: int, result: FlushResult, final: bool = False) -> None:
