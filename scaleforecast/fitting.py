@@ -476,16 +476,20 @@ def _with_own_backtest(res: FitResult, obs: Observations, lrs: np.ndarray, cfg: 
     ``res`` and ``m_half`` the same law fitted (``cfg``, from no earlier fit) to the windows ending by ``t / 2``,
     ``t = res.fitted_until``. The miss is held to what the loss moved over the same span: a half-range fit that
     misses by more than that was led astray by a transient early in the run (a loss falling tenfold in its
-    first steps onto a plateau), which says nothing of how the law extrapolates from here. Left at 0 when either
-    fit has no law or a level that is not positive."""
+    first steps onto a plateau), which says nothing of how the law extrapolates from here. The half-range fit
+    needs three points, not ``cfg.min_points``. Left at 0 when either fit has no law or a level that is not
+    positive."""
     if res.params is None:
         return res
     t = res.fitted_until
     early = obs.end <= t // 2
     if not early.any():
         return res
+    # a run evaluated every few hundred steps has a handful of points in its first half early on, which is when
+    # the law is most often the wrong shape (a tiny model's learning phase); the priors pin what three cannot
+    sparse = cfg.model_copy(update={"min_points": 3})
     half = _fit(
-        Observations(obs.start[early], obs.end[early], obs.y[early], obs.count[early]), lrs, cfg, None
+        Observations(obs.start[early], obs.end[early], obs.y[early], obs.count[early]), lrs, sparse, None
     )
     if half.params is None:
         return res

@@ -547,6 +547,25 @@ def test_the_runs_own_backtest_widens_the_band_of_a_curve_the_law_does_not_extra
     assert out["not a law"][0] > 0.03 and out["not a law"][1] > 1.15, out
 
 
+def test_the_backtest_is_made_on_an_evaluation_every_hundred_steps_at_a_quarter_of_the_run() -> None:
+    """A tiny model's descent that speeds up per doubling of the steps (a learning phase, which the power law
+    cannot follow), evaluated every 100 steps and forecast at a quarter of the run: nine points past the warm-up,
+    four in the first half. The half-range fit is made on those four (the priors pin what they cannot), and its
+    miss widens the final's band (it was left out for want of six points, and the band missed a final 11 %
+    below)."""
+    total = 4000
+    lrs = as_lrs(f"constant:peak=1e-3,warmup=100,total={total}")
+    steps = np.arange(1, total + 1)
+    noise = 1 + 0.01 * np.random.default_rng(0).standard_normal(total)
+    y = (1.5 + 1.0 / (1 + (steps / 1500.0) ** 1.5) + 0.6 * (steps / 50.0) ** -0.5) * noise
+    seen = (steps % 100 == 0) & (steps <= total // 4)
+    res = fit(Observations.from_steps(steps[seen], y[seen]), lrs)
+    assert res.n_points == 9
+    assert res.backtest_sd > 0.02, res.backtest_sd
+    mean, sd = predict(res, lrs, [total])
+    assert mean[0] - 1.2816 * sd[0] < y[-1] < mean[0], (mean, sd, y[-1])
+
+
 def test_a_transient_early_in_the_run_is_no_backtest_miss() -> None:
     """A loss that falls fortyfold in its first steps onto a plateau (a regression reaching its noise floor):
     the fit on the first half is led astray by the fall and misses the plateau by a factor, but the plateau
