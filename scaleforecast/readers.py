@@ -183,7 +183,6 @@ def read_run(
     strict: bool = False,
     until_step: int | None = None,
     progress: bool | None = None,
-    live: bool = False,
     warn: bool = True,
 ) -> RunData:
     """Read a run from a TensorBoard log dir, a CSV or a JSONL file, and attach its per-update LR.
@@ -207,9 +206,7 @@ def read_run(
     if table is None and detect_format(path) == "tensorboard":
         run = read_tensorboard(path, loss=loss, lr=lr, window=window, progress=progress)
     else:
-        run = read_table(
-            table or path, loss=loss, lr=lr, window=window, strict=strict, live=live, progress=progress
-        )
+        run = read_table(table or path, loss=loss, lr=lr, window=window, strict=strict, progress=progress)
         if table is not None:
             run.warnings.insert(0, f"{Path(path).name}: no event files; read the CSVLogger file {table}")
     total = total_steps

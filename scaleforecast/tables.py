@@ -70,7 +70,7 @@ def _delimiter(path: Path, text: str) -> str:
     return "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
 
 
-def _csv_rows(path: Path, text: str, live: bool, notes: list[str]) -> tuple[list[str], list[Row]]:
+def _csv_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[Row]]:
     delimiter = _delimiter(path, text)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
@@ -96,7 +96,9 @@ def _csv_rows(path: Path, text: str, live: bool, notes: list[str]) -> tuple[list
         raise ReadError(f"{path}: not a readable CSV: {err}") from None
     if header is None:
         raise ReadError(f"{path}: empty CSV (no header)")
-    if live and rows and not text.endswith(("\n", "\r")):
+    # a job appends its log line by line: a last line without its line end may be cut anywhere, and a cut that
+    # leaves a number (an LR of 4.39e-06 read as 4.39) is a wrong value no parse can catch
+    if rows and not text.endswith(("\n", "\r")):
         notes.append(f"{path.name}: last line has no line end (still being written?); skipped it")
         rows.pop()
     return header, rows
@@ -262,13 +264,13 @@ def read_table(
     lr: str | Sequence[str] | None = None,
     window: WindowSpec | None = None,
     strict: bool = False,
-    live: bool = False,
     progress: bool | None = None,
 ) -> RunData:
     """Read a CSV or JSON-lines run (see the module doc): a step column (:data:`STEP_COLUMNS`), a loss column
     (``loss`` by name or glob, else the first of :data:`LOSS_NAMES` that holds a value after step 0), the LR
-    column when there is one (``lr``, else :data:`LR_NAMES`) and a ``window`` column if present. ``live``: a
-    last CSV line without a line end is still being written and is skipped. The LR is not rebuilt here."""
+    column when there is one (``lr``, else :data:`LR_NAMES`) and a ``window`` column if present. A last line
+    without a line end is still being written (a cut JSON line does not parse, a cut CSV line may) and is skipped
+    with a note. The LR is not rebuilt here."""
     p = Path(path)
     text = read_text(p)
     notes: list[str] = []
@@ -281,7 +283,7 @@ def read_table(
         if is_json:
             columns, rows, state = _jsonl_rows(p, text, notes)
         else:
-            columns, rows = _csv_rows(p, text, live, notes)
+            columns, rows = _csv_rows(p, text, notes)
         bar.advance(len(text) // 2)
         if state is not None and window is None and pick_loss(columns, loss, str(p)) == "loss":
             window = "gap"  # the Trainer logs the mean loss since its previous log
