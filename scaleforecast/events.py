@@ -92,15 +92,18 @@ def _json_safe(value: Any) -> Any:
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.ERROR}
 
 
-def log_event(event: Event, logger: logging.Logger | None = None) -> None:
-    """Write ``event`` to the Python logger at a level matching its severity; an early stop, critical so that
-    the run acts on it, is the stop rule at work (a target out of reach, a sweep's pruning), not a failure of
-    the run: a warning. A single loss spike is information (the run recovers from most; a per-step loss of a
+def event_level(event: Event) -> int:
+    """The logging level of ``event``: its severity's, but for an early stop, critical so that the run acts on
+    it, which is the stop rule at work (a target out of reach, a sweep's pruning), not a failure of the run: a
+    warning; and a single loss spike, which is information (the run recovers from most; a per-step loss of a
     real pre-training run shows one every few hundred steps): INFO, while TensorBoard shows and counts each."""
     if event.kind == "early_stop":
-        level = logging.WARNING
-    elif event.kind == "spike" and event.severity == "warning":
-        level = logging.INFO
-    else:
-        level = _LEVELS[event.severity]
-    (logger or logging.getLogger("scaleforecast.health")).log(level, event.text())
+        return logging.WARNING
+    if event.kind == "spike" and event.severity == "warning":
+        return logging.INFO
+    return _LEVELS[event.severity]
+
+
+def log_event(event: Event, logger: logging.Logger | None = None) -> None:
+    """Write ``event`` to the Python logger (``scaleforecast.health`` by default) at :func:`event_level`."""
+    (logger or logging.getLogger("scaleforecast.health")).log(event_level(event), event.text())

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -42,7 +44,7 @@ import numpy as np
 
 from scaleforecast.advice import ScheduleAdvisor
 from scaleforecast.detectors import HealthMonitor
-from scaleforecast.events import Event
+from scaleforecast.events import Event, event_level
 from scaleforecast.forecaster import ForecasterConfig
 from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig, checked
 from scaleforecast.readers import detect_format, lightning_csv
@@ -236,7 +238,9 @@ class Watcher:
             if best == self._advice:
                 return
             self._advice = best
-        self.log(f"{event.severity.upper()} {event.kind} at step {event.step}: {event.message}")
+        self.log(
+            f"{logging.getLevelName(event_level(event))} {event.kind} at step {event.step}: {event.message}"
+        )
 
     def _anomaly(self, run_dir: Path, step: int, message: str, **data: Any) -> None:
         self._ensure_sink(run_dir)
@@ -282,8 +286,10 @@ class Watcher:
         self.lr_rec = rec
         self.monitor.set_schedule(rec.lrs)
         for note in rec.warnings:
-            if note not in self._lr_notes:
-                self._lr_notes.add(note)
+            # a rebuild's note names the last step logged: said once, not again at every rebuild
+            key = re.sub(r"\d+", "N", note)
+            if key not in self._lr_notes:
+                self._lr_notes.add(key)
                 self.log(note_text(note))
         last = int(steps[-1])
         if old is None:
@@ -431,7 +437,9 @@ class Watcher:
                 f"step {step}: final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] at step "
                 f"{forecast.final_step} ({forecast.status.value}, {forecast.n_points} points)"
             )
-        self.emit({"type": "forecast", "step": step, **forecast.to_cli_json()})
+        # as `forecast --json` says it: the step after which the LR is a guess (None: known to the end)
+        assumed = None if self.schedule is not None or self.lr_rec is None else self.lr_rec.assumed_after
+        self.emit({"type": "forecast", "step": step, **forecast.to_cli_json(), "lr_assumed_after": assumed})
 
     def finished(self) -> bool:
         """Whether the run has reached its last step (the user's, never one the data suggest)."""
@@ -546,7 +554,10 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--level", type=level_arg, default=0.8, help="band coverage (default 0.8)")
     p.add_argument(
-        "--refit-every", type=positive_int, metavar="STEPS", help="refit every this many steps (default 100)"
+        "--refit-every",
+        type=positive_int,
+        metavar="STEPS",
+        help="refit every this many steps (default: a cadence that grows with the run, about 100 refits a run)",
     )
     p.add_argument(
         "--max-idle", type=positive_float, metavar="SECONDS", help="stop after this long without new points"

@@ -590,3 +590,47 @@ def test_watch_follows_a_lightning_csv_logger_folder(tmp_path: Path) -> None:
     assert watcher.poll_once() >= 25, logs
     assert watcher.loss_tag == "train_loss"
     assert watcher.monitor.forecaster.last_step >= 58
+
+
+def test_a_guessed_lr_is_said_in_the_json_and_its_note_once(tmp_path: Path) -> None:
+    """A WSD run watched in its stable phase with no schedule given: each forecast record says from which step
+    the LR is a guess (as ``forecast --json`` does; the record said ``ok`` with no warning, and its band missed
+    the cooldown's final), and the rebuild's note is said once, not again at every rebuild."""
+    spec = "wsd:peak=3e-3,warmup=200,total=5000,cooldown=0.2,shape=linear"
+    run = tmp_path / "wsd"
+    logs: list[str] = []
+    records: list[dict] = []
+    watcher = Watcher(
+        run, total_steps=5000, interval=0.01, log=logs.append, emit=records.append, refit_every=200
+    )
+    start = 10
+    for until in (1500, 2000, 2500, 3000):
+        _write(run, range(start, until + 1, 10), spec=spec, falling=True)
+        start = until + 10
+        watcher.poll_once()
+    forecasts = [r for r in records if r["type"] == "forecast"]
+    assert forecasts and forecasts[-1]["lr_assumed_after"] == 3000
+    assert all(r["lr_assumed_after"] == r["step"] for r in forecasts), forecasts
+    notes = [m for m in logs if "LR logged up to step" in m]
+    assert len(notes) == 1, logs
+
+
+def test_a_single_spike_is_said_at_info_as_the_logger_says_it(tmp_path: Path) -> None:
+    """One step at three times the loss in a healthy run: the sidecar's line gives it the level the Python
+    logger gives it (INFO; the line said WARNING), and the JSON record keeps the event's own severity."""
+    run = tmp_path / "job"
+    noise = 1 + 0.01 * np.random.default_rng(0).standard_normal(2000)
+    lrs = as_lrs(SPEC)
+    w = tb.SummaryWriter(str(run))
+    for s in range(1, 1501):
+        w.add_scalar("lm loss", (2.5 + 1.0 / np.sqrt(s)) * noise[s - 1] * (3.0 if s == 1200 else 1.0), s)
+        w.add_scalar("learning-rate", lrs[s - 1], s)
+    w.close()
+    logs: list[str] = []
+    records: list[dict] = []
+    watcher = Watcher(run, total_steps=2000, interval=0.01, log=logs.append, emit=records.append)
+    watcher.poll_once()
+    spikes = [r for r in records if r["type"] == "event" and r["kind"] == "spike"]
+    assert [r["step"] for r in spikes] == [1200] and spikes[0]["severity"] == "warning"
+    assert any(m.startswith("INFO spike at step 1200") for m in logs), logs
+    assert not any(m.startswith("WARNING spike") for m in logs)
