@@ -890,8 +890,8 @@ class StagnationDetector:
         self.noise = _Noise(128, to_sigma=1.0 / math.sqrt(2.0))
         self.last_y = math.nan
         self.fill = 0
-        self.block = np.zeros((2, self.half))  # the filling block: loss, law (NaN where missing)
-        self.prev: tuple[float, float] | None = None  # (median loss, median law) of the last full block
+        self.block = np.zeros((2, self.half))  # the filling block: loss, step
+        self.prev: tuple[float, np.ndarray] | None = None  # (median loss, steps) of the last full block
 
     def update(self, steps: np.ndarray, values: np.ndarray, law: LawFn | None = None) -> list[Event]:
         steps = np.asarray(steps, dtype=np.int64).ravel()
@@ -900,9 +900,6 @@ class StagnationDetector:
         if not keep.any():
             return []
         st, y = steps[keep], values[keep]
-        base = _law_at(law, st)
-        if base is None:
-            base = np.full(len(st), np.nan)
         diffs = np.diff(np.concatenate([[self.last_y], y]))
         self.noise.add(diffs[np.isfinite(diffs)])
         self.last_y = float(y[-1])
@@ -911,25 +908,29 @@ class StagnationDetector:
         while i < len(y):
             take = min(len(y) - i, self.half - self.fill)
             self.block[0, self.fill : self.fill + take] = y[i : i + take]
-            self.block[1, self.fill : self.fill + take] = base[i : i + take]
+            self.block[1, self.fill : self.fill + take] = st[i : i + take]
             self.fill += take
             i += take
             if self.fill == self.half:
-                cur = (_block_median(self.block[0]), _block_median(self.block[1]))
-                ev = self._compare(cur, int(st[i - 1]))
+                cur = (_block_median(self.block[0]), self.block[1].astype(np.int64))
+                ev = self._compare(cur, int(st[i - 1]), law)
                 if ev is not None:
                     events.append(ev)
                 self.prev, self.fill = cur, 0
         return events
 
-    def _compare(self, cur: tuple[float, float], step: int) -> Event | None:
+    def _compare(self, cur: tuple[float, np.ndarray], step: int, law: LawFn | None) -> Event | None:
         cfg = self.config
         sigma = self.noise.sigma
-        if self.prev is None or not all(math.isfinite(v) for v in (*cur, *self.prev, sigma)):
+        if self.prev is None or not all(math.isfinite(v) for v in (cur[0], self.prev[0], sigma)):
+            return None
+        # both blocks under the law fitted now: a refit between them is no change of the loss
+        expected = [_law_at(law, b[1]) for b in (self.prev, cur)]
+        if expected[0] is None or expected[1] is None:
             return None
         sigma = max(sigma, 1e-6 * abs(cur[0]) + 1e-12)
         se = 1.25 * sigma * math.sqrt(2.0 / self.half)
-        gain_law = self.prev[1] - cur[1]
+        gain_law = _block_median(expected[0]) - _block_median(expected[1])
         gain_obs = self.prev[0] - cur[0]
         if gain_law > cfg.threshold * se and gain_obs < cfg.min_ratio * gain_law:
             short = (gain_law - gain_obs) / se
@@ -953,7 +954,7 @@ class StagnationDetector:
             "noise": self.noise.state_dict(),
             "last_y": self.last_y,
             "block": self.block[:, : self.fill].tolist(),
-            "prev": None if self.prev is None else list(self.prev),
+            "prev": None if self.prev is None else [self.prev[0], self.prev[1].tolist()],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -963,7 +964,13 @@ class StagnationDetector:
         block = np.asarray(state["block"], dtype=float).reshape(2, -1)
         self.fill = block.shape[1]
         self.block[:, : self.fill] = block
-        self.prev = None if state["prev"] is None else (float(state["prev"][0]), float(state["prev"][1]))
+        prev = state["prev"]
+        # a block saved as (median loss, median law) by an earlier version holds no steps: it is not compared
+        self.prev = (
+            None
+            if prev is None or not isinstance(prev[1], list)
+            else (float(prev[0]), np.asarray(prev[1], np.int64))
+        )
 
 
 # ------------------------------------------------------------------------------------------ grad norm
