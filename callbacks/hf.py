@@ -205,6 +205,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
 
     # -------------------------------------------------------------- lifecycle
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.session.guard("checkpoint entry", self._claim_checkpoint_entry, state)
         saved = self._saved_state
         if saved is None:
             saved = self.session.guard("resume", self._find_saved, state)
@@ -313,10 +314,23 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         saved = self.state_dict()  # never raises: a checkpoint must not fail because of this callback
         return {"args": args, "attributes": {"_saved_state": saved} if saved else {}}
 
+    def _claim_checkpoint_entry(self, state: Any) -> None:
+        """Make room for this callback's state in the Trainer's: a run resumed from a checkpoint saved without
+        this callback has no entry for it, and the Trainer's next save looks one up and fails (``KeyError``),
+        losing the checkpoint. An empty one is what the Trainer makes for a new run: a list when several
+        instances of this class run (each save appends their states to it), else one state."""
+        entries = getattr(state, "stateful_callbacks", None)
+        name = type(self).__name__
+        if isinstance(entries, dict) and name not in entries:
+            handler = _find_on_stack("CallbackHandler", "callbacks")
+            peers = [cb for cb in getattr(handler, "callbacks", None) or [] if type(cb).__name__ == name]
+            entries[name] = [] if len(peers) > 1 else {}
+
     def _find_saved(self, state: Any) -> dict[str, Any] | None:
-        """This callback's entry in the resumed ``trainer_state.json``."""
+        """This callback's entry in the resumed ``trainer_state.json``: the last one of its name, as the Trainer
+        appends the states of several instances of one class to a list at each save."""
         stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
-        for entry in stored if isinstance(stored, list) else [stored] if stored else []:
+        for entry in reversed(stored) if isinstance(stored, list) else [stored] if stored else []:
             saved = (entry.get("attributes") or {}).get("_saved_state")
             if isinstance(saved, dict) and (saved.get("adapter") or saved).get("name") == self.name:
                 return saved

@@ -30,6 +30,7 @@ shows the result of rank 0 in the parent after training.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -216,6 +217,12 @@ class TrainingSession:
         # health checks are on unless switched off with detectors=[]: NaN/Inf, spikes and divergence are what a
         # user adding one callback expects caught, and replayed on healthy real runs they stop none
         self.detectors = [HealthMonitor()] if detectors is None else list(detectors)
+        # what they hold before any run: a new run in this process (a sweep loop, HF's hyperparameter_search)
+        # starts from it, not from the last run's loss level
+        self._detectors_fresh = [
+            d.state_dict() if hasattr(d, "state_dict") and hasattr(d, "load_state_dict") else None
+            for d in self.detectors
+        ]
         self.listeners = list(listeners)
         self.advisor, self.on_event, self.writer = advisor, on_event, writer
         self.guard = Guard(name)
@@ -331,6 +338,9 @@ class TrainingSession:
             else:  # another run: nothing of the last one (its stop, its id in a sweep or a family) carries over
                 self.stopped_at = self.stop_reason = None
                 self.extra = {}
+                for detector, fresh in zip(self.detectors, self._detectors_fresh, strict=True):
+                    if fresh is not None:
+                        detector.load_state_dict(copy.deepcopy(fresh))  # type: ignore[attr-defined]
         self._reset_process_state()
         self.comm, self.is_zero = comm, comm.rank == 0
         ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""

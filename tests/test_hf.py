@@ -6,6 +6,7 @@ in ``test_adapters.py``."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import warnings
 from pathlib import Path
@@ -21,6 +22,8 @@ from hf_worker import ByteChunks, make_trainer, stdlib_text
 from scaleforecast.callbacks import HFLossForecast
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import TrainerCallback
+
+from scaleforecast.detectors import HealthMonitor
 
 MAX_STEPS = 60
 LOGGING_STEPS = 5
@@ -159,6 +162,32 @@ def test_a_callback_reused_for_a_new_run_starts_afresh(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_health_checks_of_a_reused_callback_start_afresh(tmp_path: Path) -> None:
+    """The same callback object trains a second model from step 0 (a sweep loop, ``hyperparameter_search``):
+    its health checks forget the first run (whose late loss level made a new model's first loss a spike):
+    when the second run begins they hold what a new callback's hold."""
+    cb = HFLossForecast(writer=False, flush_every=5)
+    fresh = json.dumps(HealthMonitor().state_dict())
+
+    class AtBegin(TrainerCallback):
+        """Runs after ``cb`` in the Trainer's list: reads its health checks once it has begun."""
+
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.seen.append(json.dumps(cb.session.detectors[0].state_dict()))
+
+    at_begin = AtBegin()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path / "a", [cb, at_begin], max_steps=40, report_to="none").train()
+        assert json.dumps(cb.session.detectors[0].state_dict()) != fresh
+        make_trainer(tmp_path / "b", [cb, at_begin], max_steps=10, report_to="none").train()
+    assert at_begin.seen == [fresh, fresh]
+
+
+@pytest.mark.slow
 def test_window_means_too_sparse_for_a_forecast_are_said_at_once(tmp_path: Path) -> None:
     """``resolution="window"`` with ``logging_steps=25`` over 60 updates: two window means by half the run,
     where the fit needs six. Said when training begins (there was only a status text in TensorBoard)."""
@@ -206,6 +235,49 @@ def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> No
     np.testing.assert_allclose(after.y[:20], before.y[:20], rtol=1e-6)
     np.testing.assert_allclose(after.y[20:], before.y[20:], rtol=1e-3)
     assert resumed.forecast is not None and resumed.forecast.ok
+
+
+@pytest.mark.slow
+def test_a_callback_added_on_resuming_a_checkpoint_saved_without_it(tmp_path: Path) -> None:
+    """A job checkpointed without the callback, resumed with it: the Trainer's next save looked up the
+    callback's entry in the resumed state and failed (``KeyError``, the checkpoint lost). Now each save keeps
+    it, and a later resume from one of them picks the history up where it was saved."""
+    common: dict[str, Any] = dict(save_strategy="steps", save_steps=10, report_to="none", logging_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path, [], max_steps=20, **common).train()
+        added = HFLossForecast(refit_every=10, flush_every=5, writer=False)
+        make_trainer(tmp_path, [added], max_steps=40, **common).train(
+            resume_from_checkpoint=str(tmp_path / "checkpoint-20")
+        )
+        assert (tmp_path / "checkpoint-40").is_dir()
+        again = HFLossForecast(refit_every=10, flush_every=5, writer=False)
+        make_trainer(tmp_path / "again", [again], max_steps=40, **common).train(
+            resume_from_checkpoint=str(tmp_path / "checkpoint-30")
+        )
+    np.testing.assert_array_equal(added.forecaster.observations().end, np.arange(21, 41))
+    np.testing.assert_array_equal(again.forecaster.observations().end, np.arange(21, 41))
+    np.testing.assert_allclose(
+        again.forecaster.observations().y[:10], added.forecaster.observations().y[:10], rtol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_two_instances_resume_from_their_latest_saved_states(tmp_path: Path) -> None:
+    """Two instances of the callback: the Trainer keeps their states in one list and appends both at every
+    save, so the first entries are the ones from the start of training (the resumed callbacks took those, and
+    lost the history up to the checkpoint)."""
+    common: dict[str, Any] = dict(save_strategy="steps", save_steps=10, report_to="none", logging_steps=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = [HFLossForecast(flush_every=5, writer=False, name=n) for n in ("a", "b")]
+        make_trainer(tmp_path, first, max_steps=30, **common).train()
+        second = [HFLossForecast(flush_every=5, writer=False, name=n) for n in ("a", "b")]
+        make_trainer(tmp_path / "again", second, max_steps=30, **common).train(
+            resume_from_checkpoint=str(tmp_path / "checkpoint-20")
+        )
+    for cb in second:
+        np.testing.assert_array_equal(cb.forecaster.observations().end, np.arange(1, 31))
 
 
 def _hook_raises(*args: Any, **kwargs: Any) -> Any:
