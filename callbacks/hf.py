@@ -170,7 +170,8 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
     (``target_loss`` and :class:`~scaleforecast.integrations.arguments.ForecastArgs`), TensorBoard tags, figures,
     events and stop rule, plus ``resolution``: ``"auto"`` (per step, falling back to window means),
     ``"step"`` (per step, warning on fallback) or ``"window"`` (window means from ``on_log`` only); and
-    ``name``, which tells several instances apart in a checkpoint.
+    ``name``, which tells several instances apart: in a checkpoint, in what they print and in TensorBoard (the
+    first writes into HF's run, the others into runs of their own under ``dirpath``).
     """
 
     def __init__(
@@ -185,7 +186,9 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             raise ValueError(f"resolution: must be 'auto', 'step' or 'window', got {resolution!r}")
         if not isinstance(name, str):
             raise ValueError(f"name: must be a string, got {name!r}")
-        self.session = TrainingSession("HFLossForecast", target_loss, **kwargs)
+        # instances told apart by name say so in every line they print (and write TensorBoard runs of their own)
+        label = "HFLossForecast" if name == "scaleforecast" else f"HFLossForecast[{name}]"
+        self.session = TrainingSession(label, target_loss, **kwargs)
         self.session.on_no_loss = self._no_step_losses
         self.resolution: Resolution = resolution
         self._log_every = 0  # HF's logging_steps, in updates (set when training begins)

@@ -37,6 +37,7 @@ import os
 import tempfile
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ from scaleforecast.results import FitStatus, Forecast
 from scaleforecast.schedules import as_lrs
 
 __all__ = ["STATE_FORMAT", "SessionFace", "TrainingSession"]
+
+# the trainers' own TensorBoard writers, each with the session that writes into it
+_TRAINER_WRITERS: weakref.WeakKeyDictionary[Any, weakref.ref[TrainingSession]] = weakref.WeakKeyDictionary()
 
 _REASON_BYTES = 1024
 """The longest stop reason shared between ranks, in UTF-8 bytes."""
@@ -506,12 +510,19 @@ class TrainingSession:
 
         extra = ADVICE_CHARTS if self.advisor is not None else None
         writer, own = self.writer, False
+        logdir = Path(self.config.dirpath or default_logdir)
         if writer is None and find_writer is not None:
             writer = find_writer()
+            other = _TRAINER_WRITERS.get(writer) if writer is not None else None
+            if other is not None and other() not in (None, self):
+                # two sessions in one trainer (two callbacks): one run directory each, or their lines mix
+                writer, logdir = None, logdir / self.name
+            elif writer is not None:
+                _TRAINER_WRITERS[writer] = weakref.ref(self)
         if writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer, own = SummaryWriter(str(self.config.dirpath or default_logdir)), True
+            writer, own = SummaryWriter(str(logdir)), True
         self._tb_sink = TensorBoardSink(writer, layout_extra=extra, close_writer=own)
         self.monitor.add_sink(self._tb_sink)
         self.log_dir = str(getattr(writer, "log_dir", None) or getattr(writer, "logdir", ""))

@@ -143,6 +143,28 @@ def test_stop_when_target_unreachable_with_own_writer(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_two_instances_write_a_run_each_and_say_their_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two instances in one Trainer with HF's TensorBoard on: both wrote the same tags into HF's run (two values
+    of ``forecast/final_loss`` at one step) and printed the same name. The first writes into HF's run, the
+    second into a run of its own named after it, and each line it prints carries its name."""
+    a, b = (HFLossForecast(name=n, flush_every=5, refit_every=10) for n in ("a", "b"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path, [a, b], max_steps=MAX_STEPS).train()
+    assert (
+        a.log_dir != b.log_dir
+        and Path(b.log_dir) == tmp_path / "runs" / "scaleforecast" / "HFLossForecast[b]"
+    )
+    for cb in (a, b):
+        steps = [e.step for e in _accumulator(Path(cb.log_dir)).Scalars("forecast/final_loss")]
+        assert steps and len(steps) == len(set(steps)), (cb.name, steps)
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("HFLossForecast")]
+    assert {line.split(":")[0] for line in said} == {"HFLossForecast[a]", "HFLossForecast[b]"}, said
+
+
+@pytest.mark.slow
 def test_a_callback_reused_for_a_new_run_starts_afresh(tmp_path: Path) -> None:
     """``hyperparameter_search`` trains every trial with the same callback objects, each from step 0 with a new
     model: each trial is a run of its own (it was taken for a resume of the last one, "step went back to 1",
