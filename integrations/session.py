@@ -748,9 +748,11 @@ class TrainingSession:
     def _say_forecast(self, step: int, forecast: Forecast | None) -> None:
         final = None if forecast is None else forecast.final
         if forecast is not None and final is not None:
+            # a refit runs off the training thread and takes effect at the next flush: say what it saw
+            seen = f"fitted to step {forecast.fitted_at_step}, " if forecast.fitted_at_step < step else ""
             self.say(
                 f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
-                f"at step {forecast.final_step} ({forecast.status.value})"
+                f"at step {forecast.final_step} ({seen}{forecast.status.value})"
             )
 
     def observe_window(self, step: int, window: int, loss: float) -> None:

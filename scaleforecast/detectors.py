@@ -15,8 +15,8 @@ run) only on evidence that the run is lost.** Two kinds of evidence count:
 * a divergence from the law that persists: after the divergence rule saw the loss rise beyond the noise and
   beyond what the law and the LR explain (a warning), the loss level stays at least ``DriftConfig.lost_rise``
   (10%) and ``lost_sigma`` noise units above its level before the rise (less any rise that the fit in force
-  at the warning predicts, e.g. for a re-warmed LR) for ``persist_steps`` (1,000) steps and ``persist_obs``
-  (8) observations without a break.
+  at the warning predicts, e.g. for a re-warmed LR) for ``persist_steps`` (1,000) steps, or a tenth of the run
+  when that is fewer (``persist_fraction``), and ``persist_obs`` (8) observations without a break.
 
 Single spikes are never critical: each is a warning event, counted and shown (TensorBoard, log, hook) and
 written to the spike record, and training goes on. Stagnation and gradient-norm precursors are warnings too.
@@ -424,15 +424,20 @@ class SpikeDetector:
             preds.append(pred)
             scales.append(scale)
         z = (y - preds[0]) / scales[0]
+        # the message shows the expectation that scored the point lower (a law extrapolated far, or fitted to
+        # a loss that left it, may expect less than nothing)
+        by_law = np.zeros(len(s), dtype=bool)
         if use_law:
-            z = np.minimum(z, (y - preds[1]) / scales[1])
+            z_law = (y - preds[1]) / scales[1]
+            by_law = z_law < z
+            z = np.where(by_law, z_law, z)
         flag = z > cfg.threshold
         runs = run_lengths(flag, self.run)
         self.run = int(runs[-1])
         report = flag & (runs <= cfg.max_run)
         accept = ~report
         for i in np.nonzero(report)[0]:
-            shown = 1 if use_law else 0
+            shown = int(by_law[i])
             events.append(
                 Event(
                     kind="spike",
@@ -513,7 +518,8 @@ class DriftConfig(BaseModel):
 
     **Critical** (the run is lost): after a warning, the loss level (an unclipped EW mean over
     ``min(blocks)`` points) stays above the slow level before the rise by at least
-    ``max(lost_rise * |level|, lost_sigma * sigma)`` for ``persist_steps`` steps and ``persist_obs``
+    ``max(lost_rise * |level|, lost_sigma * sigma)`` for ``persist_steps`` steps (or ``persist_fraction`` of
+    the run, when that is fewer: a 300-step fine-tune is over long before 1,000 steps) and ``persist_obs``
     observations in a row, less any rise that the law of the fit in force at the warning predicts since
     (a fit made later follows the diverged curve, so it cannot be the reference). A spike the run recovers
     from falls back below that bar before the time is up.
@@ -531,6 +537,7 @@ class DriftConfig(BaseModel):
     lost_rise: float = Field(0.1, ge=0)
     lost_sigma: float = Field(5.0, ge=0)
     persist_steps: int = Field(1000, ge=0)
+    persist_fraction: float = Field(0.1, ge=0)
     persist_obs: int = Field(8, ge=1)
     confirm_steps: int = Field(100, ge=0)
 
@@ -573,6 +580,7 @@ class DriftDetector:
         # A rise waiting to be confirmed: its warning, the step at which it is judged, its size and the level
         # before it.
         self.pending: dict[str, Any] | None = None
+        self.run_length: int | None = None  # the planned updates, given with each flush
 
     def update(
         self,
@@ -581,8 +589,11 @@ class DriftDetector:
         law: LawFn | None = None,
         lr_of: LrFn | None = None,
         lrs: np.ndarray | None = None,
+        run_length: int | None = None,
     ) -> list[Event]:
-        """Run the rule over one flush; ``lrs`` (or ``lr_of(steps)``) are the LRs of the updates."""
+        """Run the rule over one flush; ``lrs`` (or ``lr_of(steps)``) are the LRs of the updates and
+        ``run_length`` the planned number of updates, when known."""
+        self.run_length = run_length
         steps = np.asarray(steps, dtype=np.int64).ravel()
         values = np.asarray(values, dtype=float).ravel()
         keep = _finite_mask(steps, values, self.config.min_step)
@@ -697,7 +708,7 @@ class DriftDetector:
             events += self._confirm(s[:i], raw[:i])
             lost = self._lost(s[start:i], raw[start:i], sigma)
             if lost and self.pending is not None:  # lost before its warning was due: the rise is confirmed
-                events.append(self._confirmed(int(lost[0].step)))
+                events.append(self._confirmed(int(lost[0].step), float(lost[0].data["level"])))
             events += lost
             if i == len(y):
                 break
@@ -715,10 +726,10 @@ class DriftDetector:
                         step=int(s[i]),
                         severity="warning",
                         score=float(best[i]),
+                        # the rise is said when it is confirmed, from the unclipped level (_confirmed)
                         message=(
-                            f"loss rising since step {int(s[i])}: level up {rises[i]:.4g} "
-                            f"({100 * rises[i] / max(lvl, 1e-300):.2g}%) over about {L} points "
-                            f"({best[i]:.1f} sigma{' beyond the law' if base is not None else ''})"
+                            f"over about {L} points ({best[i]:.1f} sigma"
+                            f"{' beyond the law' if base is not None else ''})"
                         ),
                         data={
                             "block": L,
@@ -751,16 +762,23 @@ class DriftDetector:
             return []
         j = int(np.searchsorted(s, p["due"]))
         if raw[j] - p["before"] >= 0.5 * p["rise"]:
-            return [self._confirmed(int(s[j]))]
+            return [self._confirmed(int(s[j]), float(raw[j]))]
         self.pending = None
         return []
 
-    def _confirmed(self, step: int) -> Event:
-        """The pending warning, given at ``step``."""
-        assert self.pending is not None
-        event = Event.model_validate(self.pending["event"]).model_copy(update={"step": step})
+    def _confirmed(self, step: int, level: float) -> Event:
+        """The pending warning, given at ``step`` where the loss level (unclipped) is ``level``: its rise is
+        read from that level (the clipped means that detect a rise tame a thousandfold one to a few %)."""
+        p = self.pending
+        assert p is not None
+        event = Event.model_validate(p["event"])
+        up = level - p["before"]
+        message = (
+            f"loss rising since step {event.data['since']}: level up {up:.4g} "
+            f"({100 * up / max(abs(p['before']), 1e-300):.2g}%, {p['before']:.4g} -> {level:.4g}) {event.message}"
+        )
         self.pending = None
-        return event
+        return event.model_copy(update={"step": step, "message": message, "data": {**event.data, "rise": up}})
 
     def _lost(self, s: np.ndarray, raw: np.ndarray, sigma: float) -> list[Event]:
         """The critical tier over points after the last warning: is the loss still far above its old level?"""
@@ -786,7 +804,10 @@ class DriftDetector:
         else:
             self.over_since = None
             self.lost_reported = False
-        lost = over & (runs >= cfg.persist_obs) & (s - since >= cfg.persist_steps)
+        persist = cfg.persist_steps
+        if self.run_length:
+            persist = min(persist, math.ceil(cfg.persist_fraction * self.run_length))
+        lost = over & (runs >= cfg.persist_obs) & (s - since >= persist)
         if self.lost_reported or not lost.any():
             if not over[-1]:
                 self.lost_reported = False
@@ -1213,7 +1234,8 @@ class HealthMonitor:
         raw += self.nonfinite.update(st, y, ymax, gn)
         scored = ymax if (ymax is not None and self.config.use_loss_max) else y
         raw += self.spike.update(st, scored, law)
-        raw += self.drift.update(st, y, law, lr_of, lr)
+        total = None if view is None else getattr(view, "total_steps", None)
+        raw += self.drift.update(st, y, law, lr_of, lr, run_length=total)
         if self.stagnation is not None:
             raw += self.stagnation.update(st, y, law)
         if gn is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,9 @@ def test_two_instances_write_a_run_each_and_say_their_names(
         assert steps and len(steps) == len(set(steps)), (cb.name, steps)
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("HFLossForecast")]
     assert {line.split(":")[0] for line in said} == {"HFLossForecast[a]", "HFLossForecast[b]"}, said
+    # a refit takes effect at the flush after it was made: the line says what it saw
+    seen = [re.search(r"step (\d+): forecast final loss .*fitted to step (\d+)", line) for line in said]
+    assert any(seen) and all(int(m[2]) < int(m[1]) for m in seen if m), said
 
 
 @pytest.mark.slow
