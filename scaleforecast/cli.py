@@ -173,6 +173,13 @@ def forecast_command(args: argparse.Namespace) -> int:
         raise ReadError(f"--at steps must lie in 1..{len(lrs)}")
     references, ignored, ref_notes = _load_references(args, run.loss_name, float(np.max(lrs)))
     run.warnings.extend(ref_notes)
+    told_length = args.total_steps or args.schedule or args.lr_file or run.planned_steps
+    if not told_length and args.until_step is None and len(lrs) <= part.last_step:
+        # a log still being written read without its planned length "forecasts" the loss it has just shown
+        run.warnings.append(
+            f"{Path(args.run).name}: the run is taken to end at its last logged step ({part.last_step}); "
+            "for a run still training, pass --total-steps N (or --schedule SPEC, --lr-file)"
+        )
     forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level, references=references))
     part.feed(forecaster)
     forecaster.refit()

@@ -574,7 +574,8 @@ class OnlineForecaster:
             return None
         return (
             f"[stale] no usable loss since step {self._last_finite_step} ({self._nonfinite_tail} "
-            f"non-finite value(s) since): the fit made at step {self._step_at_fit} is not current"
+            f"non-finite value(s) since): the fit to the losses up to step "
+            f"{min(self._step_at_fit, self._last_finite_step)} is not current"
         )
 
     @property

@@ -481,6 +481,8 @@ def load_lr_file(path: str | os.PathLike[str]) -> np.ndarray:
                 "numpy.save)"
             )
         arr = np.load(path, allow_pickle=False)
+    except ScheduleError:
+        raise
     except OSError as err:
         raise ScheduleError(f"cannot read LR file {path}: {err.strerror or err}") from None
     except (ValueError, EOFError) as err:

@@ -75,9 +75,13 @@ def _csv_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     rows: list[Row] = []
+    repeated: list[int] = []
     try:
         for cells in reader:
             if not cells or all(not c.strip() for c in cells):
+                continue
+            if header is not None and [c.strip() for c in cells] == header:
+                repeated.append(reader.line_num)  # a job resumed into the same file writes its header again
                 continue
             if header is None:
                 header = [c.strip() or f"(column {i + 1})" for i, c in enumerate(cells)]
@@ -96,6 +100,11 @@ def _csv_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[
         raise ReadError(f"{path}: not a readable CSV: {err}") from None
     if header is None:
         raise ReadError(f"{path}: empty CSV (no header)")
+    if repeated:
+        notes.append(
+            f"{path.name}:{repeated[0]}: the header again (a job resumed into the same file?); skipped "
+            + (f"it and {len(repeated) - 1} more" if len(repeated) > 1 else "it")
+        )
     # a job appends its log line by line: a last line without its line end may be cut anywhere, and a cut that
     # leaves a number (an LR of 4.39e-06 read as 4.39) is a wrong value no parse can catch
     if rows and not text.endswith(("\n", "\r")):
@@ -131,14 +140,15 @@ class _TrainerState:
 def _json_document(path: Path, text: str, notes: list[str]) -> tuple[list[Row], _TrainerState | None] | None:
     """The records of a file that is one JSON document rather than JSON lines: an HF ``trainer_state.json``
     (its ``log_history``, and the state) or a list of objects; ``None`` when the file is not one document."""
-    if "\n" not in text.strip():
-        return None  # one line is JSON lines of one record
     try:
         doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         return None
+    is_state = isinstance(doc, dict) and isinstance(doc.get("log_history"), list)
+    if "\n" not in text.strip() and not is_state:
+        return None  # one line is JSON lines of one record, unless it is a trainer state written compactly
     state = None
-    if isinstance(doc, dict) and isinstance(doc.get("log_history"), list):
+    if is_state:
         records = doc["log_history"]
         notes.append(f"{path.name}: an HF Trainer state: read its log_history ({len(records)} records)")
         planned = doc.get("max_steps")

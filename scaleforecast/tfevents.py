@@ -267,7 +267,9 @@ def find_event_files(path: str | os.PathLike[str]) -> list[Path]:
     if len(below) == 1:
         return find_event_files(below[0])
     if not below:
-        raise NoEventFiles(f"{p}: no TensorBoard event files ({EVENT_FILE_PREFIX}.*) found")
+        state = p / "trainer_state.json"  # an HF checkpoint folder: its log history is that file
+        hint = f"; it holds an HF {state.name}: pass that file" if state.is_file() else ""
+        raise NoEventFiles(f"{p}: no TensorBoard event files ({EVENT_FILE_PREFIX}.*) found{hint}")
     names = ", ".join(str(d.relative_to(p)) for d in below[:8])
     raise ReadError(f"{p}: holds {len(below)} runs ({names}); pass one run directory")
 

@@ -449,7 +449,8 @@ class Watcher:
         """Poll until a signal, the end of the run or ``max_idle``; a last pass and a clean close.
 
         Returns 0, or 1 after ``MAX_FAILED_POLLS`` polls in a row failed with an unexpected error (each is
-        reported; a passing glitch such as a file caught mid-rotation only costs one poll).
+        reported; a passing glitch such as a file caught mid-rotation only costs one poll) or when ``max_idle``
+        passed without a single loss read.
         """
         idle_since = time.monotonic()
         failures = 0
@@ -469,7 +470,11 @@ class Watcher:
                         self.log(f"the run reached its last step ({self.total}); done")
                         break
                 elif self.max_idle is not None and time.monotonic() - idle_since > self.max_idle:
-                    self.log(f"no new points for {self.max_idle:g} s; stopping")
+                    if not len(self.fed_steps):  # a mistyped path, a job that never logged: not a success
+                        self.log(f"no loss read from {self.logdir} in {self.max_idle:g} s; giving up")
+                        status = 1
+                    else:
+                        self.log(f"no new points for {self.max_idle:g} s; stopping")
                     break
                 self.stop_event.wait(self.interval)
             else:

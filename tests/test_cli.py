@@ -266,3 +266,14 @@ def test_a_forecast_past_a_live_lr_log_says_the_lr_is_assumed(curves_dir: Path, 
     assert json.loads(out)["lr_assumed_after"] == steps[-1]
     code, out, _ = _run(["forecast", str(live), "--lr-file", f"{base}.lr.npy", "--json"], capsys)
     assert json.loads(out)["lr_assumed_after"] is None
+    # without its planned length the log is a finished run: said, as its "forecast" is the loss just shown
+    told = f"the run is taken to end at its last logged step ({steps[-1]}); for a run still training, pass"
+    code, out, err = _run(["forecast", str(live)], capsys)
+    assert told in err, err
+    for given in (
+        ["--total-steps", str(lrs.size)],
+        ["--lr-file", f"{base}.lr.npy"],
+        ["--until-step", "9000"],
+    ):
+        code, out, err = _run(["forecast", str(live), *given], capsys)
+        assert "taken to end" not in err, (given, err)

@@ -112,7 +112,11 @@ def test_garbage_and_empty_event_files(tmp_path: Path) -> None:
         read_tensorboard(empty)
     nothing = tmp_path / "nothing"
     nothing.mkdir()
-    with pytest.raises(ReadError, match="no TensorBoard event files"):
+    with pytest.raises(ReadError, match="no TensorBoard event files") as info:
+        read_tensorboard(nothing)
+    assert "trainer_state" not in str(info.value)
+    (nothing / "trainer_state.json").write_text('{"log_history": []}')  # an HF checkpoint folder
+    with pytest.raises(ReadError, match=r"found; it holds an HF trainer_state\.json: pass that file"):
         read_tensorboard(nothing)
     with pytest.raises(ReadError, match=r"cannot read .*missing: No such file or directory"):
         read_run(tmp_path / "missing")
@@ -544,6 +548,11 @@ def test_an_hf_trainer_state_is_read_from_its_log_history(tmp_path: Path) -> Non
     assert set(data.windows.tolist()) == {10}  # the mean over logging_steps
     assert data.total_steps == 400
     assert data.warnings[0] == "trainer_state.json: an HF Trainer state: read its log_history (31 records)"
+    # the same state written on one line (json.dump without indent) is no single JSON-lines record
+    compact = tmp_path / "compact" / "trainer_state.json"
+    compact.parent.mkdir()
+    compact.write_text(json.dumps(json.loads(path.read_text())))
+    np.testing.assert_array_equal(read_run(compact, warn=False).steps, data.steps)
 
 
 def test_a_lightning_csvlogger_folder_is_read_from_its_metrics_csv(tmp_path: Path) -> None:
@@ -596,3 +605,16 @@ def test_a_stray_file_among_the_event_files_is_skipped_with_a_note(tmp_path: Pat
         f"{stray}: not a TensorBoard event file (no valid record in its first 680 bytes); skipped it, read the "
         "other event files"
     ]
+
+
+def test_a_header_written_again_by_a_resumed_job_is_skipped_with_a_note(tmp_path: Path) -> None:
+    """A job resumed from its step-2 checkpoint appends to its CSV with its header again: the header line is
+    skipped with a note (it failed the read: "not a number: 'step'"), and the steps it repeats are the resume's."""
+    p = tmp_path / "run.csv"
+    p.write_text("step,loss,lr\n1,3.0,1e-3\n2,2.9,1e-3\n3,2.8,1e-3\nstep,loss,lr\n3,2.75,1e-3\n4,2.7,1e-3\n")
+    data = read_table(p)
+    assert data.steps.tolist() == [1, 2, 3, 4] and data.losses.tolist() == [3.0, 2.9, 2.75, 2.7]
+    assert any(
+        "run.csv:5: the header again (a job resumed into the same file?); skipped it" in w
+        for w in data.warnings
+    )

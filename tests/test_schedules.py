@@ -199,8 +199,11 @@ def test_lr_files_that_are_not_one_lr_per_update(tmp_path) -> None:
         load_lr_file(obj)
     text = tmp_path / "text.npy"
     text.write_text("0.001\n0.001\n")
-    with pytest.raises(ScheduleError, match=r"text\.npy: not a \.npy array \(no \.npy header: a text or CSV"):
+    with pytest.raises(
+        ScheduleError, match=r"text\.npy: not a \.npy array \(no \.npy header: a text or CSV"
+    ) as info:
         load_lr_file(text)
+    assert str(info.value).count("not a .npy array") == 1  # said once, not wrapped in itself
     strings = tmp_path / "s.npy"
     np.save(strings, np.array(["1e-3", "2e-3"]))
     with pytest.raises(ScheduleError, match="holds <U4 values"):

@@ -43,6 +43,8 @@ def test_nonfinite_tail_makes_the_forecast_stale_at_once_and_a_finite_loss_ends_
     assert fc.update([6120], [float("nan")]) is None  # the next refit is due 150 steps after 6000
     later = fc.update(np.arange(6200, 7000, 50), np.full(16, np.nan))
     assert later is not None and later.status is FitStatus.STALE
+    # the refit made among the NaN saw no loss after step 6000 (it said "the fit made at step 6950")
+    assert any("the fit to the losses up to step 6000 is not current" in w for w in later.warnings), later
     assert fc.forecast(steps=[7000, 15000]).status is FitStatus.STALE
     # a what-if on another schedule is not current either
     assert fc.forecast(schedule=np.full(15000, 1e-4)).status is FitStatus.STALE

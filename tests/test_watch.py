@@ -634,3 +634,18 @@ def test_a_single_spike_is_said_at_info_as_the_logger_says_it(tmp_path: Path) ->
     assert [r["step"] for r in spikes] == [1200] and spikes[0]["severity"] == "warning"
     assert any(m.startswith("INFO spike at step 1200") for m in logs), logs
     assert not any(m.startswith("WARNING spike") for m in logs)
+
+
+def test_a_path_that_never_shows_a_loss_is_no_success(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped path waited for until ``--max-idle``, then the sidecar exited 0 as if the run had been
+    followed: it says it read nothing and exits 1. A run that logged and then went quiet still exits 0."""
+    missing = tmp_path / "typo" / "train.csv"
+    argv = ["watch", str(missing), "--schedule", SPEC, "--interval", "0.01", "--max-idle", "0.05"]
+    assert main(argv) == 1
+    assert f"no loss read from {missing} in 0.05 s; giving up" in capsys.readouterr().err
+    quiet = tmp_path / "quiet.jsonl"
+    quiet.write_text("".join(json.dumps({"step": s, "loss": _law(s)}) + "\n" for s in range(10, 501, 10)))
+    assert main(["watch", str(quiet), "--schedule", SPEC, "--interval", "0.01", "--max-idle", "0.05"]) == 0
+    assert "no new points for 0.05 s; stopping" in capsys.readouterr().err
