@@ -15,8 +15,8 @@ run) only on evidence that the run is lost.** Two kinds of evidence count:
 * a divergence from the law that persists: after the divergence rule saw the loss rise beyond the noise and
   beyond what the law and the LR explain (a warning), the loss level stays at least ``DriftConfig.lost_rise``
   (10%) and ``lost_sigma`` noise units above its level before the rise (less any rise that the fit in force
-  at the warning predicts, e.g. for a re-warmed LR) for ``persist_steps`` (1,000) steps, or a tenth of the run
-  when that is fewer (``persist_fraction``), and ``persist_obs`` (8) observations without a break.
+  at the warning predicts, e.g. for a re-warmed LR) for ``persist_steps`` (1,000) steps and ``persist_obs``
+  (8) observations without a break.
 
 Single spikes are never critical: each is a warning event, counted and shown (TensorBoard, log, hook) and
 written to the spike record, and training goes on. Stagnation and gradient-norm precursors are warnings too.
@@ -518,8 +518,7 @@ class DriftConfig(BaseModel):
 
     **Critical** (the run is lost): after a warning, the loss level (an unclipped EW mean over
     ``min(blocks)`` points) stays above the slow level before the rise by at least
-    ``max(lost_rise * |level|, lost_sigma * sigma)`` for ``persist_steps`` steps (or ``persist_fraction`` of
-    the run, when that is fewer: a 300-step fine-tune is over long before 1,000 steps) and ``persist_obs``
+    ``max(lost_rise * |level|, lost_sigma * sigma)`` for ``persist_steps`` steps and ``persist_obs``
     observations in a row, less any rise that the law of the fit in force at the warning predicts since
     (a fit made later follows the diverged curve, so it cannot be the reference). A spike the run recovers
     from falls back below that bar before the time is up.
@@ -537,7 +536,6 @@ class DriftConfig(BaseModel):
     lost_rise: float = Field(0.1, ge=0)
     lost_sigma: float = Field(5.0, ge=0)
     persist_steps: int = Field(1000, ge=0)
-    persist_fraction: float = Field(0.1, ge=0)
     persist_obs: int = Field(8, ge=1)
     confirm_steps: int = Field(100, ge=0)
 
@@ -580,7 +578,6 @@ class DriftDetector:
         # A rise waiting to be confirmed: its warning, the step at which it is judged, its size and the level
         # before it.
         self.pending: dict[str, Any] | None = None
-        self.run_length: int | None = None  # the planned updates, given with each flush
 
     def update(
         self,
@@ -589,11 +586,8 @@ class DriftDetector:
         law: LawFn | None = None,
         lr_of: LrFn | None = None,
         lrs: np.ndarray | None = None,
-        run_length: int | None = None,
     ) -> list[Event]:
-        """Run the rule over one flush; ``lrs`` (or ``lr_of(steps)``) are the LRs of the updates and
-        ``run_length`` the planned number of updates, when known."""
-        self.run_length = run_length
+        """Run the rule over one flush; ``lrs`` (or ``lr_of(steps)``) are the LRs of the updates."""
         steps = np.asarray(steps, dtype=np.int64).ravel()
         values = np.asarray(values, dtype=float).ravel()
         keep = _finite_mask(steps, values, self.config.min_step)
@@ -804,10 +798,7 @@ class DriftDetector:
         else:
             self.over_since = None
             self.lost_reported = False
-        persist = cfg.persist_steps
-        if self.run_length:
-            persist = min(persist, math.ceil(cfg.persist_fraction * self.run_length))
-        lost = over & (runs >= cfg.persist_obs) & (s - since >= persist)
+        lost = over & (runs >= cfg.persist_obs) & (s - since >= cfg.persist_steps)
         if self.lost_reported or not lost.any():
             if not over[-1]:
                 self.lost_reported = False
@@ -1234,8 +1225,7 @@ class HealthMonitor:
         raw += self.nonfinite.update(st, y, ymax, gn)
         scored = ymax if (ymax is not None and self.config.use_loss_max) else y
         raw += self.spike.update(st, scored, law)
-        total = None if view is None else getattr(view, "total_steps", None)
-        raw += self.drift.update(st, y, law, lr_of, lr, run_length=total)
+        raw += self.drift.update(st, y, law, lr_of, lr)
         if self.stagnation is not None:
             raw += self.stagnation.update(st, y, law)
         if gn is not None:

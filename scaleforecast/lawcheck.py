@@ -20,7 +20,8 @@ at least ``min_window`` windows) with the fit on two counts:
 - *rise since the best*: the stretch sits above the lowest level the run showed earlier after its warm-up (the
   earlier losses pooled into blocks as large as the stretch, each read at its mean plus two of its noise sds,
   so that a lucky stretch cannot set the bar) by more than ``z`` of the noise of the two, while the LR has not
-  risen since: a climb slower than the stretch, or one the fit has followed, which neither test above sees.
+  risen since (or to more than twice that level, which no LR rise explains): a climb slower than the stretch,
+  or one the fit has followed, which neither test above sees.
 
 The law is violated when the departure exceeds ``z``, the loss rises, or it has climbed above its best.
 :func:`widen` then turns the law's forecast into an honest one: the band spans both outcomes, the curve returning
@@ -101,6 +102,10 @@ def _misfit(rel: np.ndarray, sigma: float, count: np.ndarray) -> float:
 # the variance of a median of normal noise against that of the mean, for the same points
 _MEDIAN_VAR = math.pi / 2
 
+# the largest rise above its best level that a rising LR can explain (a warm restart, a re-warm-up lifts the loss
+# by a few percent to some tens): a loss that more than doubled has left the law, whatever the LR did
+_LR_RISE_LIFTS_AT_MOST = 1.0
+
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     """The median of ``values`` with ``weights`` (raw points per window): a departure of the curve's level,
@@ -165,7 +170,8 @@ def _rise_since_best(
     z: float,
 ) -> tuple[float, float, int] | None:
     """(relative rise, its z, the best block's last step) of the stretch ``win`` over the lowest earlier level,
-    when it is significant and the LR has not risen since; else ``None``. The earlier windows are pooled, in
+    when it is significant and the LR has not risen since (or the loss more than doubled); else ``None``. The
+    earlier windows are pooled, in
     order, into blocks of at least as many raw points as the stretch, so that a block's mean is as noisy as the
     stretch's and neither a lucky small window nor a skewed per-batch noise sets the bar (``rest``: the windows
     before the stretch; ``sigma``: the relative noise of one raw point)."""
@@ -197,7 +203,9 @@ def _rise_since_best(
     spread = math.sqrt(sigma**2 / n + float(noise[i]) ** 2)
     best_end = ends[i]
     since = lrs[best_end - 1 : int(end[win][-1])]
-    if rise <= 0 or rise / spread <= z or float(since.max()) > float(lrs[best_end - 1]) * (1 + 1e-9):
+    # a higher LR may lift the loss (the law's annealing area shrinks), by a few percent: not to twice its best
+    lr_rose = float(since.max()) > float(lrs[best_end - 1]) * (1 + 1e-9)
+    if rise <= 0 or rise / spread <= z or (lr_rose and rise <= _LR_RISE_LIFTS_AT_MOST):
         return None
     return rise, rise / spread, best_end
 
@@ -316,7 +324,11 @@ def check_law(
     elif climb is not None:
         msg = (
             f"the loss {over} is {100 * climb[0]:.2f}% above the lowest level it reached (by step {climb[2]}) "
-            "while the LR did not rise: the annealing law cannot climb back"
+            + (
+                "while the LR did not rise: the annealing law cannot climb back"
+                if climb[0] <= _LR_RISE_LIFTS_AT_MOST
+                else "(more than twice it): no change of the LR explains that"
+            )
         )
     elif departed:
         since = f"since step {int(getattr(previous, 'fitted_until', 0))}" if jumped else over
