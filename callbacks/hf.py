@@ -148,6 +148,15 @@ def _find_on_stack(kind: str, attribute: str, max_depth: int = 16) -> Any | None
     return None
 
 
+def _stop(args: Any, control: Any) -> None:
+    """End training here, with a checkpoint of this step when the run saves any: the weights it stopped with,
+    and the stop itself, which a resume from it keeps (the last periodic checkpoint predates both)."""
+    control.should_training_stop = True
+    strategy = getattr(args, "save_strategy", "no")
+    if getattr(strategy, "value", strategy) != "no":
+        control.should_save = True
+
+
 def _hf_tensorboard_callback() -> Any | None:
     """HF's own ``TensorBoardCallback`` among the running callbacks, when its writer exists."""
     handler = _find_on_stack("CallbackHandler", "callbacks")
@@ -171,7 +180,8 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
     events and stop rule, plus ``resolution``: ``"auto"`` (per step, falling back to window means),
     ``"step"`` (per step, warning on fallback) or ``"window"`` (window means from ``on_log`` only); and
     ``name``, which tells several instances apart: in a checkpoint, in what they print and in TensorBoard (the
-    first writes into HF's run, the others into runs of their own under ``dirpath``).
+    first writes into HF's run, the others into runs of their own under ``dirpath``). A stop ends training
+    with a checkpoint of its step when the run saves checkpoints (``save_strategy`` other than ``"no"``).
     """
 
     def __init__(
@@ -253,7 +263,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         self.session.guard("step", self._on_step_end, int(state.global_step))
         self.session.tick(int(state.global_step))
         if self.session.should_stop:
-            control.should_training_stop = True
+            _stop(args, control)
 
     def _on_step_end(self, step: int) -> None:
         # Without a working tap this rank records no loss, and still joins every flush.
@@ -297,7 +307,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             # ``logs`` were gathered over ranks, so every rank decides from the same value.
             self.session.observe_window(step, window, float(logs["loss"]))
             if self.session.should_stop:
-                control.should_training_stop = True
+                _stop(args, control)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._started:

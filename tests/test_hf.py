@@ -144,6 +144,34 @@ def test_stop_when_target_unreachable_with_own_writer(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_stop_saves_a_checkpoint_that_a_resume_knows_was_stopped(tmp_path: Path) -> None:
+    """A run that saves checkpoints is stopped between two of them: the stop saves one at its step (the weights
+    it stopped with; a resume from the last periodic one retrained past it and stopped again, silently). A
+    resume from it says the run was stopped there. A run that saves none still saves none."""
+    kwargs: dict[str, Any] = dict(
+        target_loss=0.5, confidence=0.9, min_fraction=0.2, refit_every=5, flush_every=5
+    )
+    cb = HFLossForecast(writer=False, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path, [cb], save_strategy="steps", save_steps=1000, report_to="none").train()
+    assert cb.stopped_at is not None and (tmp_path / f"checkpoint-{cb.stopped_at}").is_dir()
+    again = HFLossForecast(writer=False, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path / "again", [again], report_to="none").train(
+            resume_from_checkpoint=str(tmp_path / f"checkpoint-{cb.stopped_at}")
+        )
+    told = f"this run was stopped at step {cb.stopped_at}"
+    assert any(told in str(w.message) for w in caught), [str(w.message) for w in caught]
+    unsaved = HFLossForecast(writer=False, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path / "unsaved", [unsaved], report_to="none").train()
+    assert unsaved.stopped_at is not None and not list((tmp_path / "unsaved").glob("checkpoint-*"))
+
+
+@pytest.mark.slow
 def test_two_instances_write_a_run_each_and_say_their_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
