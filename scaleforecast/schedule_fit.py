@@ -334,7 +334,19 @@ def rebuild_lrs(
         inside = lr_steps <= len(lrs)
         if inside.any():
             peak = float(lrs.max())
+            # the same schedule in other units (a multiplier against absolute LRs): the forecast does not depend
+            # on them, so the schedule is checked against the log brought to its units
+            scale = float(lr_values[inside].max()) / peak if peak > 0 else 0.0
+            units = ""
+            if scale > 0 and abs(scale - 1.0) > LR_TRUST_OK:
+                lr_values = lr_values / scale
+                units = f" (the logged LR brought to the schedule's units, times {1 / scale:.3g})"
             miss = np.abs(_misfit(lrs, lr_steps[inside], lr_values[inside])) / peak
+            if units and float(miss.max()) <= LR_TRUST_OK:
+                notes.append(
+                    f"{what}: the given schedule is the logged LR in other units (times {1 / scale:.3g}); "
+                    "the forecast does not depend on the LR's units"
+                )
             rec.max_error, rec.rms_error = float(miss.max()), float(np.sqrt(np.mean(miss**2)))
             if rec.max_error > LR_TRUST_OK:
                 i = int(np.argmax(miss))
@@ -342,7 +354,7 @@ def rebuild_lrs(
                 notes.append(
                     f"{what}: the given schedule differs from the logged LR by up to {100 * rec.max_error:.1f}% of "
                     f"peak (at step {lr_steps[inside][i]}: schedule {lrs[lr_steps[inside][i] - 1]:.3g}, logged "
-                    f"{lr_values[inside][i]:.3g}); check the schedule"
+                    f"{lr_values[inside][i]:.3g}){units}; check the schedule"
                 )
         return rec
     if not len(lr_steps):

@@ -353,8 +353,18 @@ def test_rebuild_with_given_schedule_checks_logged_points() -> None:
     steps = np.arange(10, 401, 10)
     rec = rebuild_lrs(steps, LRS[steps - 1], schedule=SPEC)
     assert rec.source == "schedule" and rec.max_error < 1e-9 and not rec.warnings
-    wrong = rebuild_lrs(steps, LRS[steps - 1] * 2, schedule=SPEC)
-    assert any("differs from the logged LR" in w for w in wrong.warnings) and not wrong.trusted
+    # the same schedule in other units (a multiplier against absolute LRs): said, and no mismatch (it was a
+    # loud one, "differs by 99.9 % of peak", for a forecast units do not change)
+    units = rebuild_lrs(steps, LRS[steps - 1] * 1e3, schedule=SPEC)
+    assert units.trusted and units.warnings == [
+        "run: the given schedule is the logged LR in other units (times 0.001); the forecast does not depend on the "
+        "LR's units"
+    ]
+    shape = LRS[steps - 1].copy()
+    shape[steps > 200] *= 0.5  # a step decay the schedule does not have
+    wrong = rebuild_lrs(steps, shape * 1e3, schedule=SPEC)
+    assert any("differs from the logged LR" in w and "times 0.001" in w for w in wrong.warnings)
+    assert not wrong.trusted
     with pytest.raises(ReadError, match="has 400 updates but the run's total is 500"):
         rebuild_lrs(steps, LRS[steps - 1], total=500, schedule=SPEC)
     with pytest.raises(ReadError, match="only 2 step"):
