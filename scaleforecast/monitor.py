@@ -460,11 +460,15 @@ class RunMonitor:
             self.guard("sinks", self.sinks.flush)
         return forecast
 
-    def _figure(self, step: int, stopping: bool = False) -> None:
-        """The figure at ``step`` (with the stop marked when ``stopping``), when there is a forecast to draw."""
+    def _figure(self, step: int, stopping: bool = False, bar: float | None = None) -> None:
+        """The figure at ``step`` (with the stop marked when ``stopping``, and ``bar``, the loss a sweep's stop
+        could not beat, drawn as the target when there is none), when there is a forecast to draw."""
         snapshot = self.snapshot(step)
         if snapshot is not None:
-            self.sinks.write_figure(replace(snapshot, stop_step=step) if stopping else snapshot)
+            if stopping:
+                target = snapshot.target if snapshot.target is not None else bar
+                snapshot = replace(snapshot, stop_step=step, target=target)
+            self.sinks.write_figure(snapshot)
             self._figure_at = step
 
     def _tell_listeners(self, step: int, forecast: Forecast) -> list[Event]:
@@ -528,7 +532,9 @@ class RunMonitor:
         stopping = self.stopped_at is None and self.stop.action != "warn"
         stopping = stopping and (decided or any(e.is_critical for e in result.events))
         if self.figure_every and (due or stopping):
-            self._figure(step, stopping)
+            # a sweep's stop: the loss the run could not beat is the best run's, drawn where a target would be
+            bar = next((e.data.get("reference") for e in result.events if e.kind == "early_stop"), None)
+            self._figure(step, stopping, bar if isinstance(bar, (int, float)) else None)
         self.sinks.flush()
 
     def _act(self, step: int, result: FlushResult, final: bool = False) -> None:
@@ -604,6 +610,8 @@ class RunMonitor:
         title = f"step {step}/{total}: forecast final loss"
         if final is not None:
             title += f" {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] ({round(100 * curve.level)}%)"
+        if curve.fitted_at_step < step:  # a refit takes effect at the flush after the one it was made at
+            title += f", fitted to step {curve.fitted_at_step}"
         return CurveSnapshot(
             step=step,
             final_step=total,

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scaleforecast.background import Job, Worker
+from scaleforecast.events import event_level
 from scaleforecast.results import FitStatus, Forecast
 from scaleforecast.sinks import CurveSnapshot
 
@@ -157,6 +158,10 @@ def layout_proto(layout: Mapping[str, Mapping[str, list[Any]]]) -> Any:
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _log_dir(writer: Any) -> str | None:
@@ -344,7 +349,9 @@ class TensorBoardSink:
                 self._last_band = (final.lower, final.upper)
         if forecast.params is not None:
             p = forecast.params
-            for name, value in (("L0", p.L0), ("A", p.A), ("alpha", p.alpha), ("C", p.C), *p.extra.items()):
+            # the fitted parameters; the S2 memory and warm-up convention (params.extra) are fixed for a run, and
+            # a flat card each would bury them
+            for name, value in (("L0", p.L0), ("A", p.A), ("alpha", p.alpha), ("C", p.C)):
                 if _finite(value):
                     w.add_scalar(f"law/{name}", value, step)
         w.add_scalar("forecast/n_points", forecast.n_points, step)
@@ -377,7 +384,9 @@ class TensorBoardSink:
         ``events/<kind>_score``. An ``early_stop`` marks its step instead of scoring it: a line of
         ``forecast/status``, and a vertical bar on the ``early_stop`` line from the target (or the band's lower
         end) to the band's upper end of the last forecast."""
-        lines = [f"**{event.severity.upper()}** {event.kind} at step {event.step}: {event.message}"]
+        # a single spike is information, as the Python logger and the sidecar say it
+        level = "INFO" if event_level(event) == logging.INFO else event.severity.upper()
+        lines = [f"**{level}** {event.kind} at step {event.step}: {event.message}"]
         lines += [f"- {key}: {value}" for key, value in event.data.items()]
         self.writer.add_text(f"events/{event.kind}", "  \n".join(lines), event.step)
         if event.kind == "early_stop":
@@ -393,8 +402,16 @@ class TensorBoardSink:
         if self._last_band is None or warn_only:  # the bar marks a stop; a run that goes on has none
             return
         lower, upper = self._last_band
-        target = event.data.get("target_loss", self._target)
-        low = min(lower, float(target)) if isinstance(target, (int, float)) and _finite(target) else lower
+        # the loss the run could not reach: its target, or the bar of its sweep (the best run's)
+        target = next(
+            (
+                v
+                for v in (event.data.get("target_loss"), self._target, event.data.get("reference"))
+                if _number(v)
+            ),
+            None,
+        )
+        low = lower if target is None else min(lower, float(target))
         # Two values at one step: TensorBoard draws them as a vertical bar, the one marker a line chart has.
         for value in (low, upper):
             if not self._line("early_stop", value, event.step):

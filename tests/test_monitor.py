@@ -490,3 +490,20 @@ def test_a_loss_that_explodes_is_said_for_what_it_is() -> None:
     spikes = [e for e in mon.events if e.kind == "spike"]
     assert spikes and all(e.data["expected"] > 0 for e in spikes), [e.message for e in spikes]
     assert mon.forecaster.latest is not None and mon.forecaster.latest.status.value == "law_violated"
+
+
+def test_a_figure_says_the_step_its_fit_saw_when_that_is_earlier() -> None:
+    """Refits on a worker take effect at the next flush: the figure drawn then showed "step 100" over a fit of
+    the losses up to step 50 (its forecast looked detached from the latest loss); its title says so."""
+    y = _curve()
+    mon = RunMonitor(LRS, config=ForecasterConfig(background=True, refit_every=100))
+    for batch in _batches(y, 1000):
+        mon.flush(batch)
+    mon.forecaster.wait()
+    fitted = mon.forecaster.latest.fitted_at_step
+    snap = mon.snapshot(1000)
+    assert snap is not None
+    assert (f", fitted to step {fitted}" in snap.title) == (fitted < 1000), (fitted, snap.title)
+    mon.flush(_batches(y, 1050)[-1])
+    later = mon.snapshot(1050)
+    assert later is not None and f"fitted to step {mon.forecaster.latest.fitted_at_step}" in later.title

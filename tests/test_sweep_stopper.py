@@ -58,6 +58,55 @@ def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
     assert recs["good"].features is not None and recs["good"].features.phase == "flat"
 
 
+@pytest.mark.slow
+def test_a_sweep_stop_shows_the_loss_it_could_not_beat(tmp_path: Path) -> None:
+    """TensorBoard's stop bar and the figure at a sweep's stop reach the best run's loss, which the run could
+    not beat (they showed the band only: the loss to beat was in the text alone)."""
+    from scaleforecast.integrations.tensorboard import COMPARE_TAG, TensorBoardSink
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from scaleforecast.monitor import FlushBatch, RunMonitor
+
+    class Figures:
+        """Keeps the figures' snapshots (beside the real TensorBoard sink)."""
+
+        def __init__(self) -> None:
+            self.snapshots: list = []
+
+        def write_figure(self, snapshot: object) -> None:
+            self.snapshots.append(snapshot)
+
+    reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
+    total = 400
+    lrs = np.full(total, 1e-3)
+    steps = np.arange(1, total + 1)
+    good = 2.0 + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
+    first = SweepStopper(reg, "good", min_fraction=0.2)
+    first.sync()
+    first.finish(float(good[-1]))
+    stopper = SweepStopper(reg, "bad", min_fraction=0.2)
+    stopper.sync()
+    figures = Figures()
+    sink = TensorBoardSink(SummaryWriter(str(tmp_path / "bad")), close_writer=True, background_figures=False)
+    monitor = RunMonitor(lrs, listeners=[stopper], sinks=[sink, figures], verbose=False, figure_every=1)
+    stopped_at = None
+    for lo in range(0, total, 20):
+        if monitor.flush(FlushBatch(steps=steps[lo : lo + 20], loss=good[lo : lo + 20] + 6.0)).stop:
+            stopped_at = lo + 20
+            break
+    monitor.close()
+    assert stopped_at is not None
+    last = figures.snapshots[-1]
+    assert last.stop_step == stopped_at and last.target == pytest.approx(float(good[-1]))
+    acc = EventAccumulator(
+        str(tmp_path / "bad" / "scaleforecast" / "early_stop"), size_guidance={"scalars": 0}
+    )
+    acc.Reload()
+    bar = sorted(e.value for e in acc.Scalars(COMPARE_TAG))
+    assert bar[0] == pytest.approx(float(good[-1]), rel=1e-6) and bar[1] > 6.0
+
+
 def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCALEFORECAST_REGISTRY_DIR", str(tmp_path))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_PROCID"):

@@ -37,7 +37,7 @@ def _forecast(step: int, loss: float, status: FitStatus = FitStatus.OK) -> Forec
         fitted_at_step=step,
         final_step=1000,
         points=[ForecastPoint(step=1000, loss=loss, lower=loss - 0.1, upper=loss + 0.1, std=0.078)],
-        params=LawParams(L0=2.0, A=0.5, alpha=0.4, C=3.0),
+        params=LawParams(L0=2.0, A=0.5, alpha=0.4, C=3.0, extra={"lam_fast": 0.995, "warmup_hold": 1.0}),
         n_points=step,
         status=status,
         warnings=["[prior] C leans on the prior"] if status is FitStatus.ANNEALING_UNIDENTIFIED else [],
@@ -144,6 +144,8 @@ def test_forecast_scalars_law_and_figure_land_in_the_users_run(tmp_path: Path) -
     } <= scalars
     # the stop's probability is forecast/p_miss_target's; a single-point chart of it would say nothing
     assert not any("nan_is_skipped" in t or "early_stop" in t for t in scalars)
+    # the S2 memory and warm-up convention are fixed for a run: no flat card each
+    assert {t for t in scalars if t.startswith("law/")} == {"law/L0", "law/A", "law/alpha", "law/C"}
     final = acc.Scalars("forecast/final_loss")
     assert [e.step for e in final] == [100, 200, 300]
     np.testing.assert_allclose([e.value for e in final], [2.5, 2.4, 2.35], rtol=1e-6)
@@ -215,6 +217,10 @@ def test_fit_status_is_text_in_words_and_never_a_number(tmp_path: Path) -> None:
     assert "**stopped early**" in texts[2][1] and "cannot reach 2.2" in texts[2][1]
     stop = _texts(acc, "events/early_stop")
     assert len(stop) == 1 and stop[0][0] == 300 and "target_loss: 2.2" in stop[0][1]
+    assert stop[0][1].startswith("**CRITICAL** early_stop")
+    # a single spike is information, as the console says it (the text said WARNING)
+    (spike,) = _texts(acc, "events/spike")
+    assert spike[1].startswith("**INFO** spike at step 250"), spike
 
 
 def test_a_warn_only_stop_says_the_run_goes_on(tmp_path: Path) -> None:
