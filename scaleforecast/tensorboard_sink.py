@@ -6,17 +6,19 @@ so the forecast lands in the same run directory as the user's own curves.
 
 TensorBoard colours a line by its run, never by its tag, and names it by its run (run table, tooltip, the
 Time Series card's table). So the lines that belong on one chart share one tag,
-``forecast/observed_vs_forecast``: the observed loss in the user's run, and beside it, in small runs of their
-own named for what they hold, ``<run>/scaleforecast/forecast`` (the forecast of the final loss at each refit),
-``<run>/scaleforecast/target`` and ``<run>/scaleforecast/early_stop`` (a vertical bar at the step of the stop,
-from the target to the top of the last band: two values at one step). A writer whose folder is unknown keeps
-everything in its own run instead (``series_runs=False`` forces it): same tags, one colour.
+``forecast/observed_vs_forecast``, each in a small run of its own beside the user's, named for what it holds:
+``<run>/scaleforecast/observed`` (the mean observed loss of each flush), ``<run>/scaleforecast/forecast`` (the
+forecast of the final loss at each refit), ``<run>/scaleforecast/target`` and ``<run>/scaleforecast/early_stop``
+(a vertical bar at the step of the stop, from the target to the top of the last band: two values at one step).
+The band stays in the user's run, in its colour: in the user's run, the observed loss took that colour too, and
+could not be told from the forecast. A writer whose folder is unknown keeps everything in its own run instead
+(``series_runs=False`` forces it): same tags, one colour.
 
 Tags of the user's run:
 
 - ``forecast/final_loss``, ``forecast/lower``, ``forecast/upper``, ``forecast/std``: the forecast of the loss
   at the schedule's last step and its central band;
-- ``forecast/observed_vs_forecast``: the mean observed loss of each flush;
+- ``forecast/observed_vs_forecast``: the mean observed loss of each flush, without series runs only;
 - ``forecast/p_miss_target``, ``forecast/n_points``, ``law/L0``, ``law/A``, ``law/alpha``, ``law/C``: the stop
   rule's probability that the target is out of reach (from the measured error of forecasts at this point of
   real runs, not from the band), the points fitted and the fitted law;
@@ -372,12 +374,17 @@ class TensorBoardSink:
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Each finite value under its tag (a bare name goes under ``forecast/``); the observed loss
-        (``forecast/observed``) goes under ``forecast/observed_vs_forecast``."""
+        (``forecast/observed``) goes under ``forecast/observed_vs_forecast``, in the ``observed`` run beside the
+        user's when there is one."""
         for tag, value in scalars.items():
             if value is None or not _finite(float(value)):
                 continue
             full = tag if "/" in tag else f"forecast/{tag}"
-            self.writer.add_scalar(COMPARE_TAG if full == "forecast/observed" else full, float(value), step)
+            if full == "forecast/observed":
+                if not self._line("observed", float(value), step):
+                    self.writer.add_scalar(COMPARE_TAG, float(value), step)
+            else:
+                self.writer.add_scalar(full, float(value), step)
 
     def write_event(self, event: Event) -> None:
         """Text ``events/<kind>`` (severity, message and details) and its score as scalar

@@ -103,7 +103,7 @@ def test_forecast_in_tensorboard_printed_and_stop_recorded(
         "forecast/std",
     ):
         assert tag in scalars, tag
-    for tag in ("forecast/observed_vs_forecast", "forecast/p_miss_target", "law/L0", "law/C"):
+    for tag in ("forecast/p_miss_target", "law/L0", "law/C"):
         assert tag in scalars, tag
     assert "advice/planned_final" in scalars  # the advisor, after each refit
     if adapter == "hf":  # one run directory with the Trainer's own curves
@@ -112,12 +112,12 @@ def test_forecast_in_tensorboard_printed_and_stop_recorded(
     assert all(e.step % 5 == 0 for e in final) and final[-1].step == cb.stopped_at
     assert math.isclose(final[-1].value, cb.forecast.final.loss, rel_tol=1e-6)
     assert acc.Scalars("forecast/lower")[-1].value < final[-1].value < acc.Scalars("forecast/upper")[-1].value
-    assert [e.step for e in acc.Scalars("forecast/observed_vs_forecast")] == list(
+    assert "forecast/curve" in acc.Tags()["images"]
+    # the observed, forecast, target and stop lines, and the chart layout, in runs beside the forecast's
+    beside = _forecast_dir(tmp_path) / "scaleforecast"
+    assert [e.step for e in _acc(beside / "observed").Scalars("forecast/observed_vs_forecast")] == list(
         range(5, cb.stopped_at + 1, 5)
     )
-    assert "forecast/curve" in acc.Tags()["images"]
-    # the forecast, target and stop lines, and the chart layout, in runs beside the forecast's
-    beside = _forecast_dir(tmp_path) / "scaleforecast"
     assert "custom_scalars__config__" in _acc(beside / "forecast").Tags()["tensors"]
     assert {e.value for e in _acc(beside / "target").Scalars("forecast/observed_vs_forecast")} == {0.5}
     assert [e.step for e in _acc(beside / "early_stop").Scalars("forecast/observed_vs_forecast")] == [

@@ -139,7 +139,6 @@ def test_forecast_scalars_law_and_figure_land_in_the_users_run(tmp_path: Path) -
         "law/alpha",
         "law/C",
         "advice/gain",
-        COMPARE_TAG,
         "events/spike_score",
     } <= scalars
     # the stop's probability is forecast/p_miss_target's; a single-point chart of it would say nothing
@@ -150,12 +149,8 @@ def test_forecast_scalars_law_and_figure_land_in_the_users_run(tmp_path: Path) -
     assert [e.step for e in final] == [100, 200, 300]
     np.testing.assert_allclose([e.value for e in final], [2.5, 2.4, 2.35], rtol=1e-6)
     np.testing.assert_allclose([e.value for e in acc.Scalars("forecast/upper")], [2.6, 2.5, 2.45], rtol=1e-6)
-    # the observed loss is this run's line of the comparison chart
-    assert [(e.step, round(e.value, 6)) for e in acc.Scalars(COMPARE_TAG)] == [
-        (100, 2.9),
-        (200, 2.7),
-        (300, 2.6),
-    ]
+    # the observed loss is a line of its own beside the band (in this run it took the band's colour)
+    assert COMPARE_TAG not in scalars
     assert [e.value for e in acc.Scalars("events/spike_score")] == [7.5]
     images = acc.Images("forecast/curve")
     assert [i.step for i in images] == [300]
@@ -163,14 +158,20 @@ def test_forecast_scalars_law_and_figure_land_in_the_users_run(tmp_path: Path) -
 
 
 def test_the_comparison_lines_are_runs_named_for_the_legend(tmp_path: Path) -> None:
-    # TensorBoard colours and names lines by run: the forecast, the target and the stop each get one.
+    # TensorBoard colours and names lines by run: the observed loss, the forecast, the target and the stop each
+    # get one; the band keeps the user's run's colour
     _run_a_stopped_job(tmp_path)
     # what TensorBoard's scalar dashboards list: run -> tags
     mux = EventMultiplexer(tensor_size_guidance={"scalars": 0})
     mux.AddRunsFromDirectory(str(tmp_path))
     mux.Reload()
     runs = {run: set(tags) for run, tags in mux.PluginRunToTagToContent("scalars").items()}
-    beside = {"scaleforecast/forecast", "scaleforecast/target", "scaleforecast/early_stop"}
+    beside = {
+        "scaleforecast/observed",
+        "scaleforecast/forecast",
+        "scaleforecast/target",
+        "scaleforecast/early_stop",
+    }
     assert set(runs) == {".", *beside}
     for run in beside:
         assert runs[run] == {COMPARE_TAG}, run
@@ -181,6 +182,7 @@ def test_the_comparison_lines_are_runs_named_for_the_legend(tmp_path: Path) -> N
             for e in mux.Tensors(run, COMPARE_TAG)
         ]
 
+    assert line("scaleforecast/observed") == [(100, 2.9), (200, 2.7), (300, 2.6)]
     assert line("scaleforecast/forecast") == [(100, 2.5), (200, 2.4), (300, 2.35)]
     assert line("scaleforecast/target") == [(100, 2.2), (200, 2.2), (300, 2.2)]
     # the stop: a vertical bar at its step, from the target up to the top of the last band
