@@ -597,7 +597,7 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
             label="law fitted so far",
         )
     pct = round(100 * snapshot.level)
-    if snapshot.steps.size:
+    if snapshot.steps.size > 1:  # at the last step there is no curve ahead: the final point says it all
         ax.fill_between(
             snapshot.steps,
             snapshot.lower,
@@ -607,6 +607,7 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
             label=f"{pct}% band",
         )
         ax.plot(snapshot.steps, snapshot.mean, color="tab:orange", lw=2.0, label="forecast")
+    if snapshot.steps.size:
         ax.errorbar(
             [snapshot.steps[-1]],
             [snapshot.mean[-1]],

@@ -328,6 +328,11 @@ def test_figure_has_a_legend_the_target_and_the_stop() -> None:
     labels = [t.get_text() for t in stopped.get_legend().get_texts()]
     assert "early stop at step 300" in labels and "forecast made at step 300" not in labels
     assert stopped.get_title().startswith("EARLY STOP")
+    # at the last step nothing is ahead: the legend names no band and no forecast curve it does not draw
+    last = draw_snapshot(_snapshot(1000)).axes[0]
+    labels = [t.get_text() for t in last.get_legend().get_texts()]
+    assert "80% band" not in labels and "forecast" not in labels
+    assert any(lbl.startswith("final loss ") for lbl in labels)
 
 
 class _Exploding:
