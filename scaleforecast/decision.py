@@ -130,15 +130,16 @@ def decide_stop(
         z = math.log(final.loss / reference) / scale
         p = model.confidence(z)
     k = model.threshold(confidence)
-    made = f"a forecast fitted on the first {100 * features.fraction:.0f} % of the run"
+    made = f"forecasts made at {100 * features.fraction:.0f} % of a run"
     if features.phase is None:  # only the forecast is known: say why the scale is wide
         made += " (without the run's record: the conservative fallback scale)"
     margin = 100 * (math.exp(k * scale) - 1) if math.isfinite(k) else None  # the gap a stop needs, in %
     if p >= confidence:
-        shown = "" if margin is None else f" ({margin:.2f} %)"
+        above = 100 * (final.loss / reference - 1) if reference > 0 else math.inf
+        shown = "the error" if margin is None else f"the {margin:.2f} % error"
         reason = (
             f"forecast final loss {final.loss:.4f} at step {forecast.final_step} cannot reach {reference:.4f}: "
-            f"it is above it by more than the measured error of {made}{shown}; "
+            f"it is {above:.2f} % above it, more than {shown} measured for {made}; "
             f"confidence {p:.3f} >= {confidence:.2f}"
         )
         return StopDecision(
@@ -152,7 +153,7 @@ def decide_stop(
     else:
         reason = (
             f"forecast {final.loss:.4f} vs {reference:.4f} (a stop needs it above by {margin:.2f} %, the "
-            f"measured error of {made}): confidence {p:.3f} < {confidence:.2f}"
+            f"error measured for {made}): confidence {p:.3f} < {confidence:.2f}"
         )
     return StopDecision(stop=False, reason=reason, probability=p, reference=reference, step=step, scale=scale)
 
