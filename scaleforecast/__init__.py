@@ -23,7 +23,7 @@ from scaleforecast.detectors import (
     StagnationDetector,
 )
 from scaleforecast.events import Event, TrainingHealthError
-from scaleforecast.fitting import FitConfig, FitResult, fit
+from scaleforecast.fitting import FitConfig, FitResult, Observations, fit
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.monitor import RunMonitor, StopConfig
 from scaleforecast.priors import AnnealingPrior, prior_from
@@ -48,6 +48,7 @@ __all__ = [
     "HealthMonitor",
     "LawParams",
     "NonFiniteDetector",
+    "Observations",
     "OnlineForecaster",
     "RunMonitor",
     "ScheduleAdvice",

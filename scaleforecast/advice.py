@@ -186,6 +186,15 @@ def schedule_flags(planned: np.ndarray, config: AdviceConfig | None = None) -> l
     return flags
 
 
+def _decayed(planned: np.ndarray, step: int) -> bool:
+    """Whether the LR decayed after its peak within the first ``step`` updates: until it has, the run's own data
+    hold nothing on the annealing coefficient C, whatever the fit's status says (a constant-LR plan anneals
+    nowhere, so its status never asks)."""
+    seen = np.asarray(planned[: max(step, 1)], dtype=np.float64)
+    after = seen[int(np.argmax(seen)) :]
+    return bool(after.min() < (1.0 - 1e-3) * after.max())
+
+
 class ScheduleAdvisor:
     """Compare the plan with the candidates at each refit and report the best one (see the module doc).
 
@@ -252,7 +261,7 @@ class ScheduleAdvisor:
             best=best,
             significant=best is not None and best.gain > bar,
             flags=schedule_flags(planned, cfg),
-            c_from_prior=plan.status.value == "annealing_unidentified",
+            c_from_prior=plan.status.value == "annealing_unidentified" or not _decayed(planned, step),
         )
         self.latest, self._current = advice, True
         return advice

@@ -406,11 +406,20 @@ def _resolve_prior(prior: str | AnnealingPrior | None) -> AnnealingPrior | None:
 def fit(
     obs: Observations, lrs: ArrayLike, config: FitConfig | None = None, init: FitResult | None = None
 ) -> FitResult:
-    """Fit the configured law to ``obs`` under the schedule ``lrs`` (the whole planned schedule; only the
+    """Fit the configured law to ``obs`` (:class:`Observations`, e.g. ``Observations.from_steps(steps,
+    losses)``) under the schedule ``lrs`` (the whole planned schedule, an array or a spec string; only the
     observed part enters the fit, the rest decides whether ``C`` matters). Never raises on finite input:
     too few usable points give ``insufficient_data``; an annealing coefficient the data cannot pin gives
     ``annealing_unidentified`` (the prior carries it, or without a prior it is a guess of 0)."""
+    if not isinstance(obs, Observations):
+        raise TypeError(
+            f"obs must be Observations, e.g. Observations.from_steps(steps, losses); got {type(obs).__name__}"
+        )
     cfg = config or FitConfig()
+    if isinstance(lrs, str):
+        from scaleforecast.schedules import as_lrs  # a spec, as every other entry point takes one
+
+        lrs = as_lrs(lrs)
     a = np.asarray(lrs, dtype=np.float64).reshape(-1)
     if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ValueError("lrs must be a non-empty array of finite, non-negative learning rates")

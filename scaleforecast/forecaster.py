@@ -344,8 +344,12 @@ class OnlineForecaster:
     def observe_many(
         self, steps: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray, window: int = 1
     ) -> None:
-        """Record many observations at once (vectorised; ``steps`` strictly increasing)."""
-        steps = np.asarray(steps, dtype=np.int64).ravel()
+        """Record many observations at once (vectorised; ``steps`` strictly increasing whole numbers)."""
+        raw = np.asarray(steps).ravel()
+        steps = raw.astype(np.int64)
+        if raw.dtype.kind not in "iu" and not np.array_equal(steps, raw):
+            # truncated, 1.5 and 1.7 were one step and 5004.9 was 5004: a step counts optimizer updates
+            raise ValueError(f"steps are optimizer updates, whole numbers; got {raw[steps != raw][0]}")
         losses = np.asarray(losses, dtype=float).ravel()
         if steps.shape != losses.shape:
             raise ValueError(f"steps and losses differ in length: {len(steps)} != {len(losses)}")
@@ -602,6 +606,11 @@ class OnlineForecaster:
         lrs = self._lrs if schedule is None else as_lrs(schedule)
         if lrs is None:
             raise ValueError("no LR schedule set")
+        if schedule is not None and len(lrs) < self.last_step:
+            # as set_schedule() refuses it: a what-if of a run that ended before the steps already trained
+            raise ValueError(
+                f"the what-if schedule has {len(lrs)} updates, fewer than the {self.last_step} already observed"
+            )
         return _make_forecast(
             self._fit,
             lrs,

@@ -104,7 +104,10 @@ def prior_from(
     (``u = 1``) with the base prior's ``kappa_u_power``: ``kappa_mean = (kappa / L_ref) * u^q``, so it transfers
     to other lengths and schedules of the family. Its sd is ``kappa_rel_sd`` of the mean and both priors are
     normal (a family shares its codebase: no between-source spread, no unseen codebase to allow for), and
-    ``alpha`` is pinned to the fitted one with sd ``alpha_sd``."""
+    ``alpha`` is pinned to the fitted one with sd ``alpha_sd``. Fit the reference whole and without recency
+    weighting (``FitConfig(recency=0)``, as :func:`scaleforecast.family.fit_reference` does, which also checks that
+    the run annealed): a fit weighted to its latest points extrapolates them, and its parameters need not
+    describe the run."""
     import numpy as np
 
     from scaleforecast.laws import WarmupS2, memory_of, schedule_areas
@@ -115,6 +118,12 @@ def prior_from(
     a = np.asarray(lrs, dtype=np.float64).reshape(-1)
     if a.size == 0 or not np.all(np.isfinite(a)) or not a.max() > 0:
         raise ValueError("prior_from needs the reference run's schedule (finite LRs, a positive peak)")
+    fitted = int(getattr(result, "fitted_until", 0) or 0)
+    if a.size < fitted:
+        raise ValueError(
+            f"prior_from needs the reference run's whole schedule: its fit reaches update {fitted}, the schedule "
+            f"given has {a.size}"
+        )
     b = load_prior(base) if isinstance(base, str) else base
     warm: WarmupS2 = "hold" if getattr(result, "warmup", "hold") == "hold" else "raw"
     s1, s2 = schedule_areas(a, params.lam, warm, memory_of(params))

@@ -103,6 +103,9 @@ def test_constant_lr_to_the_end_gets_a_cooldown_with_a_predicted_gain(
     assert "lower the final loss" in warn[0].message
     assert any(e.data.get("flag") == "ends at a high LR" for e in events)
     assert adv.scalars()["advice/best_gain"] == pytest.approx(advice.best.gain)
+    # the LR never decayed: the run's data hold nothing on C, and the gain is the prior's (the plan's status
+    # is "ok", as nothing ahead anneals; the advice said nothing of the prior)
+    assert advice.c_from_prior and "it comes from the prior" in warn[0].message
 
 
 def test_no_advice_near_the_end_shows_no_stale_plan(curves_dir: Path) -> None:

@@ -287,6 +287,11 @@ def test_prior_from_another_run_of_the_family() -> None:
         again = prior_from(other, src_lrs * factor)
         assert again.kappa_mean == pytest.approx(prior.kappa_mean, rel=1e-6)
         assert again.alpha_mean == pytest.approx(prior.alpha_mean, rel=1e-6)
+    # a schedule cut short is no reference's schedule (a 100-update cut made a prior 40x off, silently)
+    with pytest.raises(
+        ValueError, match="whole schedule: its fit reaches update 6000, the schedule given has 100"
+    ):
+        prior_from(src, src_lrs[:100])
 
     lrs = as_lrs(SHAPES["wsd_linear"])
     steps, y = _curve(lrs, seed=5)
@@ -305,6 +310,17 @@ def test_prior_from_another_run_of_the_family() -> None:
     assert err < 0.01 and err < err_generic / 2
     with pytest.raises(ValueError):
         prior_from(fit(Observations.from_steps([1, 2], [3.0, 3.0]), lrs), lrs)
+
+
+def test_fit_takes_a_spec_and_says_what_it_needs() -> None:
+    """``fit`` takes a schedule spec as every other entry point does, and a bare (steps, losses) pair gets a
+    clear error (it was "'tuple' object has no attribute 'y'")."""
+    spec = "cosine:peak=1e-3,warmup=100,total=6000,final=1e-5"
+    steps, y = _curve(as_lrs(spec))
+    obs = Observations.from_steps(steps[:3000], y[:3000])
+    assert fit(obs, spec, PLAIN).params == fit(obs, as_lrs(spec), PLAIN).params
+    with pytest.raises(TypeError, match=r"obs must be Observations, e\.g\. Observations\.from_steps"):
+        fit((steps, y), spec)  # type: ignore[arg-type]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

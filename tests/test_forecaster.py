@@ -88,6 +88,25 @@ def test_what_if_schedule_and_arbitrary_steps():
     assert [p.step for p in points.points] == [1000, 2000, 6000]
     assert points.points[0].loss > points.points[1].loss
     np.testing.assert_allclose(fc.predict([1000, 2000, 6000]), [p.loss for p in points.points])
+    # a what-if that ends before the steps already trained is refused, as set_schedule refuses it (it gave a
+    # forecast at its own last step, 1000, with status ok)
+    with pytest.raises(
+        ValueError, match="the what-if schedule has 1000 updates, fewer than the 3000 already"
+    ):
+        fc.forecast(schedule=lrs[:1000])
+
+
+def test_steps_are_whole_numbers():
+    """Steps count optimizer updates: fractional ones were truncated without a word (1.5 and 1.7 became one
+    step, and the call said they were not increasing)."""
+    lrs, _, _ = _curve("constant:peak=1e-3,warmup=100,total=6000", noise=0.002)
+    fc = OnlineForecaster(lrs)
+    with pytest.raises(ValueError, match=r"steps are optimizer updates, whole numbers; got 1\.5"):
+        fc.observe_many([1.0, 1.5, 2.7], [3.0, 2.9, 2.8])
+    with pytest.raises(ValueError, match=r"whole numbers; got 5004\.9"):
+        fc.observe(5004.9, 2.5)  # type: ignore[arg-type]
+    fc.observe_many(np.array([1.0, 2.0, 3.0]), [3.0, 2.9, 2.8])  # whole floats are steps
+    assert fc.last_step == 3
 
 
 def test_stable_phase_without_prior_does_not_claim_to_know_the_annealing_term():
