@@ -51,7 +51,16 @@ _GL_X, _GL_W = np.polynomial.legendre.leggauss(4)
 class Observations:
     """Binned observations: window ``j`` covers updates ``start[j]..end[j]`` (1-based, inclusive) and ``y[j]``
     is the mean loss over it, from ``count[j]`` raw points (its weight). A single step ``s`` has
-    ``start == end == s``."""
+    ``start == end == s``.
+
+    >>> from scaleforecast import Observations
+    >>> obs = Observations.from_steps([100, 200, 300], [3.1, 2.9, 2.8])  # one loss at each of these steps
+    >>> len(obs), obs.start.tolist()
+    (3, [100, 200, 300])
+    >>> logged = Observations.from_steps([100, 200], [3.0, 2.9], window=100)  # means of the last 100 updates
+    >>> logged.start.tolist()
+    [1, 101]
+    """
 
     start: np.ndarray
     end: np.ndarray
