@@ -41,6 +41,7 @@ from scaleforecast.laws import (
 )
 from scaleforecast.priors import AnnealingPrior, load_prior
 from scaleforecast.results import FitStatus, LawParams
+from scaleforecast.schedules import as_lrs
 
 __all__ = ["FitConfig", "FitResult", "Observations", "fit", "predict"]
 
@@ -425,11 +426,7 @@ def fit(
             f"obs must be Observations, e.g. Observations.from_steps(steps, losses); got {type(obs).__name__}"
         )
     cfg = config or FitConfig()
-    if isinstance(lrs, str):
-        from scaleforecast.schedules import as_lrs  # a spec, as every other entry point takes one
-
-        lrs = as_lrs(lrs)
-    a = np.asarray(lrs, dtype=np.float64).reshape(-1)
+    a = (as_lrs(lrs) if isinstance(lrs, str) else np.asarray(lrs, dtype=np.float64)).reshape(-1)
     if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ValueError("lrs must be a non-empty array of finite, non-negative learning rates")
     res = _said_out_of_shape(_fit(obs, a, cfg, init), cfg)

@@ -346,7 +346,7 @@ class OnlineForecaster:
     ) -> None:
         """Record many observations at once (vectorised; ``steps`` strictly increasing whole numbers)."""
         raw = np.asarray(steps).ravel()
-        steps = raw.astype(np.int64)
+        steps = raw.astype(np.int64, copy=False)
         if raw.dtype.kind not in "iu" and not np.array_equal(steps, raw):
             # truncated, 1.5 and 1.7 were one step and 5004.9 was 5004: a step counts optimizer updates
             raise ValueError(f"steps are optimizer updates, whole numbers; got {raw[steps != raw][0]}")

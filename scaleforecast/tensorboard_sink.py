@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -158,12 +159,9 @@ def layout_proto(layout: Mapping[str, Mapping[str, list[Any]]]) -> Any:
     return layout_pb2.Layout(category=categories)
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _finite(value: Any) -> bool:
+    """A finite number (numpy's too; not a bool, not None)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _log_dir(writer: Any) -> str | None:
@@ -414,7 +412,7 @@ class TensorBoardSink:
             (
                 v
                 for v in (event.data.get("target_loss"), self._target, event.data.get("reference"))
-                if _number(v)
+                if _finite(v)
             ),
             None,
         )
