@@ -259,6 +259,10 @@ def build_report(
     advice_events: list[Event] = []
     if advice and forecast.ok:
         schedules, advice_events = what_if_schedules(fc, fit_step)
+        if run.lr is not None and run.lr.assumed_after is not None:
+            # the plan past the last logged LR is a guess: the what-ifs stand on their own, advice on the guess
+            # (a WSD run before its cooldown, rebuilt as constant, "ends at a high LR") would not
+            advice_events = []
         for label, lrs in schedules:
             g = _what_if_grid(fit_step, len(lrs), points // 2)
             try:

@@ -124,7 +124,8 @@ class Watcher:
     """The sidecar loop: tail the run, feed a :class:`RunMonitor`, write to a sibling TensorBoard run.
 
     ``schedule`` (spec, ``.npy`` path or array) or ``total_steps`` (the LR is then rebuilt from the logged LR tag)
-    must be given. ``writer`` is any SummaryWriter-like object (default: one on :func:`sidecar_dir`, or ``out``).
+    must be given; schedule advice is given only with ``schedule`` (a rebuilt LR is a guess past its last logged
+    point, and advice on a guessed plan would judge the guess). ``writer`` is any SummaryWriter-like object (default: one on :func:`sidecar_dir`, or ``out``).
     ``emit(record)`` receives one JSON-safe dict per new forecast, event and data anomaly; ``log(line)`` the
     human-readable lines (default: stderr).
     """
@@ -175,7 +176,9 @@ class Watcher:
             # Alerts only: a sidecar cannot stop the job.
             stop=checked(StopConfig, target_loss=target_loss, action="warn"),
             detectors=[HealthMonitor()],
-            advisor=ScheduleAdvisor(),
+            # advice judges the planned schedule: a rebuilt one is a guess past its last logged LR (a WSD run
+            # before its cooldown is rebuilt as constant, and "ends at a high LR" would be said of the guess)
+            advisor=ScheduleAdvisor() if schedule is not None else None,
             sinks=[],
             verbose=False,
             on_event=self._on_event,
@@ -285,19 +288,20 @@ class Watcher:
         self._lr_points = len(steps)
         self.lr_rec = rec
         self.monitor.set_schedule(rec.lrs)
-        for note in rec.warnings:
-            # a rebuild's note names the last step logged: said once, not again at every rebuild
-            key = re.sub(r"\d+", "N", note)
-            if key not in self._lr_notes:
-                self._lr_notes.add(key)
-                self.log(note_text(note))
         last = int(steps[-1])
         if old is None:
             self.log(
                 f"LR rebuilt from {len(steps)} points logged up to step {last}: {_lr_text(rec)} (misses them by "
-                f"{100 * (rec.max_error or 0):.2f}% of peak at most); after step {last} it is a guess until logged: "
-                "pass --schedule SPEC for an exact forecast"
+                f"{100 * (rec.max_error or 0):.2f}% of peak at most)"
             )
+        for note in rec.warnings:
+            # a rebuild's note names the last step logged: said once, not again at every rebuild; what the
+            # rebuild made is said above, in words
+            key = re.sub(r"\d+", "N", note)
+            if key not in self._lr_notes and "LR rebuilt as" not in note:
+                self._lr_notes.add(key)
+                self.log(note_text(note))
+        if old is None:
             return
         peak = max(float(old.lrs.max()), float(rec.lrs.max()))
         change = float(np.max(np.abs(rec.lrs - old.lrs))) / peak
@@ -432,13 +436,14 @@ class Watcher:
 
     def _report(self, step: int, forecast: Any) -> None:
         final = forecast.final
-        if final is not None:
-            self.log(
-                f"step {step}: final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] at step "
-                f"{forecast.final_step} ({forecast.status.value}, {forecast.n_points} points)"
-            )
         # as `forecast --json` says it: the step after which the LR is a guess (None: known to the end)
         assumed = None if self.schedule is not None or self.lr_rec is None else self.lr_rec.assumed_after
+        if final is not None:
+            guess = f"; the LR after step {assumed} is assumed" if assumed is not None else ""
+            self.log(
+                f"step {step}: final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] at step "
+                f"{forecast.final_step} ({forecast.status.value}, {forecast.n_points} points{guess})"
+            )
         self.emit({"type": "forecast", "step": step, **forecast.to_cli_json(), "lr_assumed_after": assumed})
 
     def finished(self) -> bool:

@@ -166,3 +166,19 @@ def test_the_frame_is_set_after_the_warm_up(tmp_path: Path) -> None:
     later = data.run.losses[data.run.steps >= 600]
     lo, hi = _y_limits(data)
     assert hi < later.max() + 0.5 * (later.max() - later.min()), (lo, hi, later.max())
+
+
+def test_no_advice_on_a_plan_that_is_a_guess(tmp_path: Path) -> None:
+    """A WSD run logged up to its stable phase, its LR rebuilt from its ``lr`` column: past the last logged LR
+    the plan is a guess (constant to the end), so the report draws its what-ifs but says no advice on it (it
+    said "ends at a high LR" and "switch to a cooldown" of a plan that has one)."""
+    csv = tmp_path / "live.csv"
+    write_csv(csv, upto=2000)
+    run = read_run(csv, total_steps=3000, warn=False)
+    assert run.lr is not None and run.lr.assumed_after == 2000
+    data = build_report(run)
+    assert data.what_if, "the what-ifs stand on their own"
+    assert not [e for e in data.events if e.kind == "schedule_advice"], data.events
+    # the same plan given: its advice is said
+    given = build_report(read_run(csv, schedule="constant:peak=1e-3,warmup=50,total=3000", warn=False))
+    assert [e for e in given.events if e.kind == "schedule_advice"]

@@ -613,6 +613,11 @@ def test_a_guessed_lr_is_said_in_the_json_and_its_note_once(tmp_path: Path) -> N
     assert all(r["lr_assumed_after"] == r["step"] for r in forecasts), forecasts
     notes = [m for m in logs if "LR logged up to step" in m]
     assert len(notes) == 1, logs
+    assert "the LR after step 3000 is assumed" in [m for m in logs if m.startswith("step ")][-1]
+    # no advice on the guess: the constant continuation "ends at a high LR" and "gains from a cooldown" the plan
+    # has anyway
+    assert not [r for r in records if r.get("kind") == "schedule_advice"], records
+    assert not [m for m in logs if "schedule_advice" in m], logs
 
 
 def test_a_single_spike_is_said_at_info_as_the_logger_says_it(tmp_path: Path) -> None:
