@@ -17,6 +17,10 @@ Usage::
             break
     fc.close()                      # every rank: the last flush, then TensorBoard is closed
 
+or ``with LossForecastSession(...) as fc:`` around the loop, which closes it at the end and, when the loop raises
+(on one rank, while the others wait in a collective), without the last flush's collective; ``close()`` in a
+``finally`` block does the same.
+
 Under ``torchrun`` with DDP or FSDP every rank calls :meth:`~LossForecastSession.step` and
 :meth:`~LossForecastSession.close`; ``process_group`` selects the group (default: the world). The LR each
 update used (and, with ``track_grad_norm=True``, its gradient norm) is read by a post-step hook on
@@ -30,6 +34,7 @@ call ``load_state_dict`` before the first ``step`` after the restart. Construct 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -215,8 +220,15 @@ class LossForecastSession(SessionFace):
             )
 
     def close(self) -> None:
-        """The end of the loop, on every rank: the last flush and agreement, then TensorBoard is closed."""
+        """The end of the loop, on every rank: the last flush and agreement, then TensorBoard is closed.
+
+        Called while an exception propagates (``try: ... finally: fc.close()``, or in an ``except`` block) it
+        closes without the last flush and its collective, as ``with fc:`` does: the other ranks may be in a
+        collective of their own and never reach this one (the job hung until the process group's timeout)."""
         self._updates.detach()
+        if sys.exc_info()[1] is not None:
+            self.session.abort()
+            return
         self.session.finish(self.session.step)
 
     def __enter__(self) -> LossForecastSession:

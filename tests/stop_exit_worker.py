@@ -1,9 +1,16 @@
 """A two-rank plain loop (under ``torchrun``) that its forecast stops, and which exits right after: the clean
-end of a stopped job. Run by ``test_adapters.py``; exit status 0 on every rank is the check."""
+end of a stopped job. Run by ``test_adapters.py``; exit status 0 on every rank is the check.
+
+With ``--raise``, rank 1's loop raises at update 25 inside ``try: ... finally: fc.close()`` while rank 0 goes
+on into its next collective (DDP's gradient all-reduce): the job must end at once, with rank 1's error, not
+hang until the process group's timeout.
+"""
 
 from __future__ import annotations
 
 import math
+import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -11,7 +18,8 @@ from scaleforecast.callbacks import LossForecastSession
 
 
 def main() -> None:
-    dist.init_process_group("gloo")
+    failing = "--raise" in sys.argv[1:]
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     total, warmup = 400, 20
     w = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([w], lr=0.1)
@@ -19,18 +27,25 @@ def main() -> None:
         opt,
         lambda i: (i + 1) / warmup if i < warmup else 0.5 * (1 + math.cos(math.pi * (i - warmup) / total)),
     )
-    fc = LossForecastSession(opt, sched, total_steps=total, target_loss=1.0, writer=False, flush_every=10)
+    target = None if failing else 1.0
+    fc = LossForecastSession(opt, sched, total_steps=total, target_loss=target, writer=False, flush_every=10)
     gen = torch.Generator().manual_seed(dist.get_rank())
     area = 0.0
-    for _ in range(total):
-        opt.step()
-        area += opt.param_groups[0]["lr"] / 0.1
-        sched.step()
-        fc.step(2.0 + 0.8 * area**-0.4 + 0.01 * torch.randn(1, generator=gen)[0])
-        if fc.should_stop:
-            break
+    try:
+        for it in range(total):
+            if failing:
+                dist.all_reduce(torch.ones(1))  # the gradient all-reduce of DDP's backward
+                if it == 25 and dist.get_rank() == 1:
+                    raise RuntimeError("injected failure on rank 1")
+            opt.step()
+            area += opt.param_groups[0]["lr"] / 0.1
+            sched.step()
+            fc.step(2.0 + 0.8 * area**-0.4 + 0.01 * torch.randn(1, generator=gen)[0])
+            if fc.should_stop:
+                break
+    finally:
+        fc.close()
     assert fc.stopped_at is not None and fc.stopped_at < total, fc.stopped_at
-    fc.close()
     print(f"rank {dist.get_rank()} stopped at {fc.stopped_at}", flush=True)
     # no destroy_process_group and no pause: the process ends right after the plugin's last collective
 

@@ -491,6 +491,19 @@ def test_a_stopped_job_exits_cleanly() -> None:
         assert proc.stdout.count("stopped at") == 2
 
 
+def test_a_loop_that_raises_on_one_rank_ends_at_once_with_close_in_finally() -> None:
+    """Rank 1 raises while rank 0 waits in DDP's all-reduce; rank 1's ``finally: fc.close()`` went into the
+    last flush's collective, which rank 0 never reaches: the job hung until the process group's timeout (30
+    minutes by default, 60 s here). It must end with rank 1's own error."""
+    pytest.importorskip("torch")
+    from procs import TESTS, run_group, torchrun
+
+    proc = run_group(torchrun(TESTS / "stop_exit_worker.py", "--raise"), timeout=300)
+    assert proc.returncode != 0
+    assert "injected failure on rank 1" in proc.stderr, proc.stderr[-3000:]
+    assert "Timed out" not in proc.stderr and "timed out" not in proc.stderr.lower(), proc.stderr[-3000:]
+
+
 def test_plain_loop_example_runs(tmp_path: Path) -> None:
     """``examples/plain_loop.py``, shortened: a nanoGPT-style loop that prints its forecasts and writes them
     to TensorBoard."""

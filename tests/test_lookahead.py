@@ -331,3 +331,27 @@ def test_custom_scheduler_falls_back_to_stepping() -> None:
     assert la._read_ahead([sched], opt, 0, 100) is None
     predicted = lookahead_lrs(opt, sched, 100)
     np.testing.assert_allclose(predicted, _real_lrs(opt, [sched], 100), rtol=1e-12)
+
+
+def test_a_lambda_that_is_the_schedulers_own_method_never_steps_the_real_one() -> None:
+    """The pytorch-transformers ``WarmupLinearSchedule`` pattern: a ``LambdaLR`` subclass passing its own
+    method. The look-ahead shared the method's owner with its copy, so the "copy" was the real scheduler,
+    stepped hundreds of times: the run trained at another LR."""
+
+    class WarmupCosine(ls.LambdaLR):
+        def __init__(self, opt: torch.optim.Optimizer, total: int) -> None:
+            self.total = total
+            super().__init__(opt, self.factor)
+
+        def factor(self, e: int) -> float:
+            return min(1.0, (e + 1) / 10) * 0.5 * (1 + math.cos(math.pi * min(e, self.total) / self.total))
+
+    opt = _optimizer()
+    sched = WarmupCosine(opt, 100)
+    for _ in range(30):
+        opt.step()
+        sched.step()
+    lr_now = opt.param_groups[0]["lr"]
+    predicted = lookahead_lrs(opt, sched, 100, steps_done=30)
+    assert sched.last_epoch == 30 and opt.param_groups[0]["lr"] == lr_now
+    np.testing.assert_allclose(predicted, _real_lrs(opt, [sched], 70), rtol=1e-12)
