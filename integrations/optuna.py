@@ -241,6 +241,8 @@ class ForecastPruner(BasePruner):
         self.max_age_s = max_age_s
         self.rel_std_floor = rel_std_floor
         self.reasons: dict[int, str] = {}
+        # the loss each pruned trial could not beat (trial number -> reference), for its stop event's bar
+        self.references: dict[int, float] = {}
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """The Optuna pruner entry point (called by ``trial.should_prune()``)."""
@@ -267,6 +269,8 @@ class ForecastPruner(BasePruner):
         )
         if decision.stop:
             self.reasons[trial.number] = decision.reason
+            if decision.reference is not None:
+                self.references[trial.number] = decision.reference
             log.info("trial %d pruned: %s", trial.number, decision.reason)
         return decision.stop
 
@@ -334,6 +338,9 @@ class OptunaForecastReporter(ForecastStopCheck):
         self.pruned = False
         self.pruned_at: int | None = None
         self.reason: str | None = None
+        self.reference: float | None = None
+        self.ended_at: int | None = None
+        self.stopped = False
         self.last_forecast: Forecast | None = None
         self._last_k = 0
         self._disabled = False
@@ -383,7 +390,9 @@ class OptunaForecastReporter(ForecastStopCheck):
             if pruned:
                 # why, where users look: the trial's attributes, the stop event, the TrialPruned message
                 pruner = getattr(getattr(self.trial, "study", None), "pruner", None)
-                self.reason = getattr(pruner, "reasons", {}).get(getattr(self.trial, "number", -1))
+                number = getattr(self.trial, "number", -1)
+                self.reason = getattr(pruner, "reasons", {}).get(number)
+                self.reference = getattr(pruner, "references", {}).get(number)
                 if self.reason:
                     self.trial.set_user_attr(PRUNED_ATTR, self.reason)
             return pruned
@@ -408,13 +417,24 @@ class OptunaForecastReporter(ForecastStopCheck):
             score=None if final is None else final.loss,
             message=f"trial pruned by the Optuna pruner on its loss forecast at step {self.pruned_at}"
             + (f": {self.reason}" if self.reason else ""),
-            data={"source": "optuna", "forecast_step": self.pruned_at},
+            data={"source": "optuna", "forecast_step": self.pruned_at, "reference": self.reference},
         )
 
+    def on_run_end(self, step: int, stopped: bool) -> None:
+        """The training adapters call it where the run ends: ``stopped`` before its last step by any rule (the
+        health checks' stop of a run whose loss went NaN, a target, a sweep stopper), not only by the pruner."""
+        self.ended_at, self.stopped = int(step), bool(stopped)
+
     def raise_if_pruned(self) -> None:
-        """Raise ``optuna.TrialPruned`` when the trial was stopped by its pruner (call after ``fit``)."""
+        """Raise ``optuna.TrialPruned`` when the trial was stopped early (call after ``fit``): by its pruner, or
+        before its last step by another rule, e.g. the health checks' stop of a run whose loss went NaN (its last
+        forecast, made before the NaNs, is no value for a completed trial, one the other trials must beat)."""
         if self.pruned:
             raise optuna.TrialPruned(
                 f"pruned on its loss forecast at step {self.pruned_at}"
                 + (f": {self.reason}" if self.reason else "")
+            )
+        if self.stopped:
+            raise optuna.TrialPruned(
+                f"stopped at step {self.ended_at}, before its last step (the stop's reason is in the training log)"
             )

@@ -244,7 +244,7 @@ class TrainingSession:
         self._saved: dict[str, Any] | None = None
         self._owner = (os.getpid(), uuid.uuid4().hex)
         self._ran_here = False
-        self._stopping = False
+        self._stopping = self._went_past = False
         self._reset_process_state()
 
     def _reset_process_state(self) -> None:
@@ -312,10 +312,10 @@ class TrainingSession:
         if self.is_zero and self.config.verbose:
             print(f"{self.name}: {message}", flush=True)
 
-    def warn(self, message: str) -> None:
-        """A ``RuntimeWarning`` on rank 0, once per message."""
-        if self.is_zero and message not in self._warned:
-            self._warned.add(message)
+    def warn(self, message: str, key: str | None = None) -> None:
+        """A ``RuntimeWarning`` on rank 0, once per message (or per ``key``, for a message that names a step)."""
+        if self.is_zero and (key or message) not in self._warned:
+            self._warned.add(key or message)
             warnings.warn(f"{self.name}: {message}", RuntimeWarning, stacklevel=user_stacklevel())
 
     # ---------------------------------------------------------------- lifecycle
@@ -349,7 +349,7 @@ class TrainingSession:
         self.comm, self.is_zero = comm, comm.rank == 0
         ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""
         self.guard.label = self.name + ranked
-        self._ran_here, self._stopping = True, False
+        self._ran_here, self._stopping, self._went_past = True, False, False
         # every rank reads the family's finished fits, so that every rank fits under the same prior
         self.guard("family store", self._borrow)
         self.monitor = self._new_monitor(log_events=self.is_zero)
@@ -412,15 +412,23 @@ class TrainingSession:
         else:
             self.say("no run of its family peaked at its peak LR: no prior is borrowed (a cold start)")
 
-    def _keep_reference(self) -> None:
-        """At the end, on rank 0: this run's fit joins its family's store (unless it left the law or never
-        annealed)."""
+    def _keep_reference(self, step: int) -> None:
+        """At the end (update ``step``), on rank 0: this run's fit joins its family's store, if the run finished
+        (one stopped early, by a sweep or its target, has not seen its cooldown's end: borrowed, its fit pulled
+        a sibling's forecast 10 % low, outside its band) and it neither left the law nor never annealed."""
         found = self._family()
         forecaster = self.monitor.forecaster
         latest = forecaster.latest
         if found is None or latest is None:
             return
         family, store, run_id = found
+        total = forecaster.total_steps
+        if self.stopped_at is not None or (total is not None and step < total):
+            self.say(
+                f"not kept as a reference of family {family!r}: it ended at step {step}, before its last step"
+                + (f" {total}" if total is not None else "")
+            )
+            return
         if latest.status in (FitStatus.LAW_VIOLATED, FitStatus.STALE, FitStatus.FAILED):
             self.say(
                 f"not kept as a reference of family {family!r}: its last forecast is {latest.status.value}"
@@ -572,26 +580,26 @@ class TrainingSession:
             if self.step > self.flushed_at:
                 self.flush(self.step)
             self.step = self.flushed_at = max(int(step) - 1, 0)
-        if self._stopping and self.stopped_at is not None and step > self.stopped_at:
+        if self._stopping and self.stopped_at is not None and step > self.stopped_at and not self._went_past:
             self._went_on(step)
         if grad_norm is not None and self.config.track_grad_norm:
             self._gnorm, self._gnorm_given = grad_norm, True
         self.guard("step", self._record, step, loss)
 
     def _went_on(self, step: int) -> None:
-        """Training went on after the agreed stop (the same on every rank: the step numbering is): the trainer
-        overrode it (Lightning's ``min_steps``) or the loop did not break on ``should_stop``. The run is not
-        recorded as stopped after all; the rule, which has said its piece, does not ask again."""
+        """Training went on after the agreed stop (the same on every rank: the step numbering is): a loop that
+        checks ``should_stop`` only now and then (at each evaluation), or the trainer's ``min_steps``. The stop
+        stands: ``should_stop`` stays set until the loop ends, and the run is recorded as stopped where it ends,
+        unless it reaches its last step (see :meth:`finish`)."""
+        self._went_past = True
         note = (
-            f"training went on past the stop at step {self.stopped_at} (the trainer's min_steps, or a loop that "
-            "does not break on should_stop): the run is not recorded as stopped"
+            f"training went on past the stop at step {self.stopped_at} (a loop that checks should_stop only now "
+            "and then, or the trainer's min_steps): should_stop stays set; the run is recorded as stopped where it "
+            "ends, unless it trains to its last step"
         )
         self.warn(note)
         if self._tb_sink is not None:
             self.guard("TensorBoard", self._tb_sink.note, step, f"step {step}: {note}")
-        self._stopping = False
-        self.stopped_at = self.stop_reason = None
-        self.monitor.clear_stop(judge_again=False)
 
     def _record(self, step: int, loss: torch.Tensor | float | None) -> None:
         assert self.buffer is not None
@@ -726,7 +734,17 @@ class TrainingSession:
         if went_back:
             # a resume from an older checkpoint: said once, on rank 0 (the forecaster would warn on every rank)
             last = forecaster.last_step
-            self.warn(forecaster.rewind_note(start - 1, last, forecaster.rewind(start - 1)))
+            dropped = forecaster.rewind(start - 1)
+            if int(batch.steps[0]) == last:
+                # the same step again, at every micro-batch of a loop that steps per micro-batch: said once
+                self.warn(
+                    f"step {last} was given again (step() called more than once per optimizer update, e.g. per "
+                    "micro-batch?): the later value replaces the earlier; call step() once per update, with the "
+                    "mean loss of its micro-batches (repeats are not said again)",
+                    key="step given again",
+                )
+            else:
+                self.warn(forecaster.rewind_note(start - 1, last, dropped))
         if self._tb_sink is not None and (went_back or (self._first_flush and start > 1)):
             # what an earlier process (or this one, before the rewind) wrote from here on is hidden
             self.guard("TensorBoard", self._tb_sink.restart, start)
@@ -818,6 +836,14 @@ class TrainingSession:
             return
         if step > self.flushed_at and self.buffer is not None:
             self.flush(step, final=True)  # training has ended: there is nothing left to stop
+        total = self.monitor.forecaster.total_steps
+        if self.stopped_at is not None and self._went_past and total is not None and step >= total:
+            # it trained past its stop to its last step: a finished run, not a stopped one
+            if self._tb_sink is not None:
+                note = f"step {step}: the run trained past its stop to its last step: recorded as finished"
+                self.guard("TensorBoard", self._tb_sink.note, step, note)
+            self.stopped_at = self.stop_reason = None
+            self.monitor.clear_stop(judge_again=False)
         # the refit the last flush started takes effect now, where every rank ends; a stopped run keeps the
         # forecast it stopped on, on every rank (the agreed stop, not each rank's monitor, decides: a listener
         # that only rank 0 holds stops rank 0's monitor alone)
@@ -826,7 +852,7 @@ class TrainingSession:
         self.monitor.end_run(step, self.stopped_at is not None)
         self._hook_off()
         if self.is_zero:
-            self.guard("family store", self._keep_reference)
+            self.guard("family store", self._keep_reference, step)
         if close_writer and self._tb_sink is not None:
             self._tb_sink.close_writer = True
         self.guard("TensorBoard", self.monitor.close)
@@ -850,7 +876,7 @@ class TrainingSession:
         self._hook_off()
         self.monitor.end_run(self.step, self.stopped_at is not None)
         if self.is_zero:
-            self.guard("family store", self._keep_reference)
+            self.guard("family store", self._keep_reference, self.step)
         self.guard("TensorBoard", self.monitor.close)
         self.comm = None
 

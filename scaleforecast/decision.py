@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -24,7 +24,7 @@ from scaleforecast.calibration import ErrorModel, load_error_model
 from scaleforecast.events import Event
 from scaleforecast.evidence import StopFeatures, bare_features, features_from_forecast
 from scaleforecast.job import job_rank, job_run_id, job_world_size
-from scaleforecast.registry import BackgroundRegistry, RunRecord, RunRegistry, RunState, open_registry
+from scaleforecast.registry import BackgroundRegistry, RunRecord, RunRegistry, RunState, open_registry, where
 from scaleforecast.results import USABLE_STATUSES, FitStatus, Forecast
 
 _log = logging.getLogger(__name__)
@@ -202,10 +202,29 @@ def sweep_reference(
     check_probability("quantile", quantile)
     if rel_std_floor < 0:
         raise ValueError(f"rel_std_floor must be >= 0, got {rel_std_floor}")
+    best = target if target is not None and math.isfinite(target) else None
+    for _, value in _reference_values(
+        records, exclude, quantile, max_age_s, now, rel_std_floor, model, confidence
+    ):
+        if best is None or value < best:
+            best = value
+    return best
+
+
+def _reference_values(
+    records: Iterable[RunRecord],
+    exclude: str | None,
+    quantile: float,
+    max_age_s: float | None,
+    now: float | None,
+    rel_std_floor: float,
+    model: ErrorModel | None,
+    confidence: float,
+) -> Iterator[tuple[RunRecord, float]]:
+    """Each record that counts in :func:`sweep_reference`, with the loss it counts at."""
     z = NormalDist().inv_cdf(quantile)
     k = model.optimistic_margin(quantile) if model is not None else 0.0
     now = time.time() if now is None else now
-    best = target if target is not None and math.isfinite(target) else None
     for r in records:
         if r.run_id == exclude or r.state == RunState.STOPPED:
             continue
@@ -221,9 +240,17 @@ def sweep_reference(
                 value = r.loss * math.exp(k * max(scale, rel_std_floor))
             else:
                 value = r.loss + z * math.hypot(r.std or 0.0, rel_std_floor * r.loss)
-        if value is not None and math.isfinite(value) and (best is None or value < best):
-            best = value
-    return best
+        if value is not None and math.isfinite(value):
+            yield r, value
+
+
+def _sweep_model(rel_std_floor: float, model: ErrorModel | None = None) -> ErrorModel:
+    """The error model a sweep decision reads: ``model`` (default: the shipped one), its floor at least
+    ``rel_std_floor``."""
+    model = model or load_error_model()
+    if rel_std_floor > 0:
+        model = model.model_copy(update={"floor": max(model.floor, rel_std_floor)})
+    return model
 
 
 def decide_stop_in_sweep(
@@ -303,9 +330,7 @@ def decide_stop_among(
     monitor attaches them), else what the forecast alone tells, with a wider scale.
     ``rel_std_floor`` is the smallest error scale assumed for any forecast, this run's and the others'.
     """
-    model = model or load_error_model()
-    if rel_std_floor > 0:
-        model = model.model_copy(update={"floor": max(model.floor, rel_std_floor)})
+    model = _sweep_model(rel_std_floor, model)
     reference = sweep_reference(
         records,
         target=target,
@@ -573,8 +598,35 @@ class SweepStopper(ForecastStopCheck):
             step=step,
             severity="critical",
             score=None if d is None else d.probability,
-            message=f"cannot beat its sweep: {d.reason if d is not None else ''}",
+            message=f"cannot beat its sweep {self.registry.sweep!r}: {d.reason if d is not None else ''}"
+            + self._bar_text(None if d is None else d.reference),
             data={"source": "sweep", "reference": None if d is None else d.reference},
+        )
+
+    def _bar_text(self, reference: float | None) -> str:
+        """Which run set the bar, and when: a sweep that names none is one per script and folder, so an earlier
+        invocation's runs (another task, other data) may be the ones a run is judged against."""
+        if reference is None or reference == self.target:
+            return ""
+        values = _reference_values(
+            self._others(),
+            None,
+            self.quantile,
+            self.max_run_age_s,
+            None,
+            self.rel_std_floor,
+            _sweep_model(self.rel_std_floor),
+            self.confidence,
+        )
+        setter = next((r for r, v in values if math.isclose(v, reference, rel_tol=1e-12)), None)
+        if setter is None:
+            return ""
+        what = "final loss" if setter.state == RunState.FINISHED else "confident forecast"
+        age = _age_text(time.time() - setter.updated)
+        return (
+            f"; the bar, {reference:.4g}, is the {what} of run {setter.run_id} (recorded {age} ago in "
+            f"{where(self.registry)}; runs that name no sweep share one per script and folder: "
+            "SweepStopper(sweep=...) keeps sweeps apart)"
         )
 
     def on_run_end(self, step: int, stopped: bool) -> None:
@@ -596,11 +648,23 @@ class SweepStopper(ForecastStopCheck):
             final_loss = self.last_forecast.final.loss
         state = RunState.STOPPED if self.stopped_at is not None or stopped else RunState.FINISHED
         self._worker.post_final(self.run_id, final_loss, state=state)
-        if self._worker.drain(self.finish_timeout_s):
-            self._worker.close()  # its thread ends; a later call would start another
+        if self._worker.drain(self.finish_timeout_s) or self._worker.unusable is not None:
+            self._worker.close()  # its thread ends; a later call would start another (an unusable one: said)
         else:
             _log.warning(
                 "scaleforecast sweep stopper: the end of run %s is not recorded yet (%s); still retrying",
                 self.run_id,
                 self._worker.failure or "registry busy",
             )
+
+
+def _age_text(seconds: float) -> str:
+    """``seconds`` in the largest unit that keeps it above one: ``"40 s"``, ``"12 min"``, ``"3.2 h"``, ``"2.0 d"``."""
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86_400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"

@@ -473,9 +473,18 @@ class RunMonitor:
 
     def _tell_listeners(self, step: int, forecast: Forecast) -> list[Event]:
         events: list[Event] = []
+        ending: BaseException | None = None
         for i, listener in enumerate(self.listeners):
-            heard = self.guard(f"listener {_name(listener, i)}", listener.on_forecast, step, forecast)
+            try:
+                heard = self.guard(f"listener {_name(listener, i)}", listener.on_forecast, step, forecast)
+            except BaseException as exc:  # re-raised below, once every listener has heard
+                # a listener ends the run (Ray Tune raises SystemExit out of tune.report): the others hear this
+                # forecast first (a sweep stopper records the run's end from the last forecast it heard)
+                ending = ending or exc
+                continue
             events.extend(heard or [])
+        if ending is not None:
+            raise ending
         return events
 
     def _track(self, forecast: Forecast) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import errno
 import hashlib
 import logging
 import math
@@ -530,6 +531,8 @@ class BackgroundRegistry:
         self._snapshot: Snapshot | None = None
         self.failure: str | None = None
         self.failing_since: float | None = None
+        # why the storage cannot be used at all (a path that is no directory, no permission): no retry mends it
+        self.unusable: str | None = None
         self.dropped = 0
         self.done = 0
         self.recovered = threading.Event()
@@ -579,6 +582,8 @@ class BackgroundRegistry:
         """Ask for a fresh read of the records: at most one per ``min_read_interval_s`` (records change
         slowly, and each read costs the worker, and through the interpreter lock the caller, a little), or
         at once with ``now``."""
+        if self.unusable is not None:
+            return
         with self._started():
             # Wake the worker only when there was nothing to do: a wake-up per call would make the two
             # threads trade the interpreter lock at every flush.
@@ -596,6 +601,8 @@ class BackgroundRegistry:
         return len(self._queue) + int(self._busy)
 
     def _post(self, kind: str, op: Callable[[RunRegistry], object]) -> None:
+        if self.unusable is not None:
+            return
         with self._started():
             if len(self._queue) >= self.max_pending:
                 # The head may be in the worker's hands right now: it is never the one dropped.
@@ -617,7 +624,7 @@ class BackgroundRegistry:
             self.__setstate__(state)
         with self._cond:
             self._closing = False  # a worker told to close and not yet gone simply carries on
-            if self._thread is None or not self._thread.is_alive():
+            if self.unusable is None and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._work, name="scaleforecast-registry", daemon=True)
                 self._thread.start()
         return self._cond
@@ -634,7 +641,7 @@ class BackgroundRegistry:
                 if left <= 0:
                     return False
                 self._cond.wait(left)
-        return True
+        return self.unusable is None
 
     def sync(self, timeout_s: float) -> bool:
         """Queue a read and wait up to ``timeout_s`` until it and every write before it are done."""
@@ -707,6 +714,9 @@ class BackgroundRegistry:
                     self._backend = self.registry.with_timeout(self.timeout_s)
                 op(self._backend)
             except Exception as exc:  # the storage failed: keep the call, retry it after a back-off
+                if _beyond_retry(exc):
+                    self._give_up(exc)
+                    continue
                 with self._cond:
                     if kind == "read":
                         self._want_read = True
@@ -733,6 +743,26 @@ class BackgroundRegistry:
             with contextlib.suppress(Exception):
                 backend.close()  # this thread's connection
 
+    def _give_up(self, exc: Exception) -> None:
+        """The storage cannot be used by this process: say so once, drop what is queued, end the worker (it
+        retried forever, one thread per run, and each run's end waited its full bound for it)."""
+        with self._cond:
+            self.unusable = self.failure = f"{type(exc).__name__}: {exc}"
+            self._queue.clear()
+            self._want_read = self._busy = False
+            self._current = None
+            self._closing = True
+            self.failing_since = time.time()
+            self.recovered.clear()
+            self.failed.set()
+            self._cond.notify_all()
+        _log.warning(
+            "scaleforecast registry %s cannot be used (%s): nothing is recorded or read in this process; set "
+            "SCALEFORECAST_REGISTRY_DIR to a writable folder or pass registry=",
+            where(self.registry),
+            self.unusable,
+        )
+
     def _read(self, backend: RunRegistry) -> None:
         self._last_read = time.monotonic()
         self._snapshot = Snapshot(tuple(backend.records()), time.time())
@@ -744,7 +774,7 @@ class BackgroundRegistry:
             _log.warning(
                 "scaleforecast registry %s unavailable (%s: %s); %d write(s) queued, retrying in the background; "
                 "stop decisions use the records last read",
-                _where(self.registry),
+                where(self.registry),
                 type(exc).__name__,
                 exc,
                 len(self._queue),
@@ -755,11 +785,21 @@ class BackgroundRegistry:
             self.failure = "; ".join(f"{k}: {v}" for k, v in sorted(failing.items()))
         elif self.failure is not None:
             lasted = time.time() - (self.failing_since or time.time())
-            _log.info("scaleforecast registry %s reachable again after %.1f s", _where(self.registry), lasted)
+            _log.info("scaleforecast registry %s reachable again after %.1f s", where(self.registry), lasted)
             self.failure, self.failing_since = None, None
             self.failed.clear()
             self.recovered.set()
 
 
-def _where(registry: RunRegistry) -> str:
+def _beyond_retry(exc: Exception) -> bool:
+    """Whether ``exc`` says the storage cannot be used at all, rather than not now (a lock, a busy disk)."""
+    if isinstance(exc, (NotADirectoryError, IsADirectoryError, PermissionError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.ENOTDIR, errno.EACCES):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "readonly database" in str(exc)
+
+
+def where(registry: RunRegistry) -> str:
+    """Where ``registry`` keeps its records, for messages (its file, else its kind)."""
     return str(getattr(registry, "path", None) or type(registry).__name__)

@@ -80,3 +80,35 @@ def test_an_unreadable_family_store_costs_the_prior_not_the_run(tmp_path: Path) 
 def test_family_must_be_a_name() -> None:
     with pytest.raises(ValueError, match="family"):
         LossForecast(family="  ")
+
+
+def test_a_run_that_ends_before_its_last_step_lends_no_prior(tmp_path: Path) -> None:
+    """A sweep stopper or a target ends a run early, deep in its cooldown: its fit has not seen the
+    cooldown's end, and borrowed, it pulled a sibling's forecast 10 % low, outside its band. Only a run that
+    reached its last step is kept for its family (what the docs always said)."""
+    import math
+
+    import torch
+    from scaleforecast.callbacks import LossForecastSession
+
+    store = tmp_path / "family.sqlite"
+
+    def run(until: int, total: int = 400) -> None:
+        w = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([w], lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / total)))
+        fc = LossForecastSession(
+            opt, sched, total_steps=total, family="cosine", family_store=store, flush_every=10, writer=False
+        )
+        area = 0.0
+        for _ in range(until):
+            area += opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 0.5 * area**-0.4 - 0.02 * (1 - opt.param_groups[0]["lr"] / 0.1)))
+        fc.close()
+
+    run(360)  # the LR is down to 2 % of its peak, the run is not over
+    assert load_references(SQLiteRegistry("cosine", store), "cosine")[0] == []
+    run(400)
+    assert len(load_references(SQLiteRegistry("cosine", store), "cosine")[0]) == 1

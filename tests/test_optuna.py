@@ -300,3 +300,66 @@ def test_only_rank_0_talks_to_optuna(monkeypatch: pytest.MonkeyPatch) -> None:
     events = rep.on_forecast(500, _forecast(4.0, 0.01, 1000, step=500))
     assert [(e.kind, e.severity) for e in events] == [("early_stop", "critical")]
     assert rep.on_forecast(600, _forecast(4.0, 0.01, 1000, step=600)) == []  # stopped: not asked again
+
+
+def test_a_pruned_trials_stop_event_carries_the_loss_it_could_not_beat() -> None:
+    """An Optuna prune drew its TensorBoard bar over the band alone and no line at the best trial's value: the
+    stop event carries that value, as a sweep stopper's does."""
+    finals = {1e-3: 3.0, 1e-6: 4.5}
+    study = optuna.create_study(pruner=ForecastPruner())
+    study.enqueue_trial({"lr": 1e-3})
+    study.enqueue_trial({"lr": 1e-6})
+    reporters: list[OptunaForecastReporter] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        final = finals[trial.suggest_categorical("lr", list(finals))]
+        reporter = OptunaForecastReporter(trial, n_grid=10)
+        reporters.append(reporter)
+        for step in range(50, 1001, 50):
+            if reporter(step, _forecast(final, 0.05 * (1.0 - step / 1000) + 0.005, 1000, step=step)):
+                break
+        reporter.raise_if_pruned()
+        return final
+
+    study.optimize(objective, n_trials=2)
+    bad = reporters[1]
+    assert bad.pruned and bad.reference == pytest.approx(3.0)
+    event = bad._stop_event(bad.pruned_at or 0, _forecast(4.5, 0.05, 1000))
+    assert event.data["reference"] == pytest.approx(3.0)
+
+
+def test_a_trial_its_health_checks_stopped_is_no_completed_value(tmp_path: Path) -> None:
+    """A trial whose loss went NaN is stopped by the health checks (not by the pruner): the documented objective
+    (``raise_if_pruned()``, then ``return reporter.final_loss``) completed it with the forecast made before the
+    NaNs, a plausible value that outranked healthy trials. It ends pruned."""
+    import math as _math
+
+    import torch
+    from scaleforecast.callbacks import LossForecastSession
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'nan.db'}", study_name="nan")
+
+    def objective(trial: optuna.Trial) -> float:
+        reporter = OptunaForecastReporter(trial, n_grid=10)
+        w = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([w], lr=0.1)
+        fc = LossForecastSession(
+            opt, total_steps=300, flush_every=5, writer=False, verbose=False, listeners=[reporter]
+        )
+        for n in range(1, 301):
+            opt.step()
+            loss = _math.nan if trial.number == 1 and n > 150 else 2.0 + 3.0 * n**-0.3
+            fc.step(torch.tensor(loss))
+            if fc.should_stop:
+                break
+        fc.close()
+        reporter.raise_if_pruned()
+        assert reporter.final_loss is not None
+        return reporter.final_loss
+
+    study.optimize(objective, n_trials=2)
+    healthy, lost = study.trials
+    assert healthy.state == optuna.trial.TrialState.COMPLETE
+    assert lost.state == optuna.trial.TrialState.PRUNED
+    recs = {r.run_id: r for r in OptunaRegistry(study).records()}
+    assert recs["1"].state is RunState.STOPPED

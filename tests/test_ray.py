@@ -123,7 +123,8 @@ def test_a_trial_ended_from_inside_report_records_its_end(tmp_path: Path, ended_
     """Tune ends a trial (ASHA at a rung, or at max_t) by raising SystemExit out of tune.report, which the
     reporter calls inside the adapter's step. The run used to be left open: its registry record "running" for a
     day, its last forecast missing from TensorBoard, its fit never kept for its family. Now the flush is written,
-    the end recorded (stopped before the last step, finished at it), and the exit goes on."""
+    the end recorded (stopped before the last step, finished at it), the listeners after the reporter hear the
+    forecast first, and the exit goes on."""
     torch = pytest.importorskip("torch")
     from scaleforecast.callbacks import LossForecastSession
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -162,6 +163,9 @@ def test_a_trial_ended_from_inside_report_records_its_end(tmp_path: Path, ended_
     record = SQLiteRegistry("s", tmp_path / "sweep.sqlite").get("trial")
     assert record is not None
     assert record.state.value == ("stopped" if ended_at < total else "finished"), record
+    # the stopper, after the reporter in the list, heard the forecast the trial ended on (it recorded the one
+    # before it, whose loss was the bar the other trials had to beat)
+    assert record.step == ended_at, record
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     assert max(e.step for e in acc.Scalars("forecast/final_loss")) == ended_at

@@ -311,10 +311,10 @@ def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_fo
     assert fc.session.replans == 0  # the plan held: the LRs used were the planned ones
 
 
-def test_training_that_goes_on_past_the_stop_is_not_recorded_as_stopped(tmp_path: Path) -> None:
-    """The stop agreed, but training goes on (Lightning's ``min_steps``; here a loop that does not break on
-    ``should_stop``): said once, in the warnings and the TensorBoard status, and the run is not recorded as
-    stopped at a step it trained past; the rule does not stop it again."""
+def test_training_that_goes_on_past_the_stop_to_its_end_is_recorded_as_finished(tmp_path: Path) -> None:
+    """The stop agreed, but a loop that never breaks on ``should_stop`` trains to its last step: said once, in
+    the warnings and the TensorBoard status; ``should_stop`` stays set, and the run, which reached its end, is
+    not recorded as stopped at a step it trained past."""
     from scaleforecast.callbacks import LossForecastSession
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -333,6 +333,7 @@ def test_training_that_goes_on_past_the_stop_is_not_recorded_as_stopped(tmp_path
                 stops.append(fc.stopped_at)
         fc.close()
     assert len(set(stops)) == 1 and stops[0] < total
+    assert len(stops) == total - stops[0] + 1  # set from the stop to the end
     told = [str(w.message) for w in caught if "went on past the stop" in str(w.message)]
     assert len(told) == 1 and f"at step {stops[0]}" in told[0]
     assert fc.stopped_at is None and fc.forecaster.last_step == total
@@ -340,7 +341,43 @@ def test_training_that_goes_on_past_the_stop_is_not_recorded_as_stopped(tmp_path
     acc.Reload()
     texts = [t.tensor_proto.string_val[0].decode() for t in acc.Tensors("forecast/status/text_summary")]
     assert any("went on past the stop" in t for t in texts)
+    assert "recorded as finished" in texts[-1]
     assert len(acc.Tensors("events/early_stop/text_summary")) == 1
+
+
+def test_a_loop_that_checks_should_stop_now_and_then_still_stops(tmp_path: Path) -> None:
+    """nanoGPT's pattern: ``should_stop`` read at each evaluation, every 50 updates. The flag was cleared at
+    the update after the stop ("training went on past the stop"), so the loop never saw it and trained to the
+    end. It stays set: the loop breaks at its next check, and the run is recorded as stopped there, with the
+    stop's reason."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    class Ends:
+        def __init__(self) -> None:
+            self.ends: list[tuple[int, bool]] = []
+
+        def on_forecast(self, step: int, forecast: Any) -> list[Any]:
+            return []
+
+        def on_run_end(self, step: int, stopped: bool) -> None:
+            self.ends.append((step, stopped))
+
+    total, ends = 400, Ends()
+    opt = _sgd(0.1)
+    fc = LossForecastSession(
+        opt, total_steps=total, target_loss=1.0, flush_every=10, writer=False, verbose=False, listeners=[ends]
+    )
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        for n in range(1, total + 1):
+            opt.step()
+            fc.step(torch.tensor(2.0 + 0.3 * n**-0.3))
+            if n % 50 == 0 and fc.should_stop:
+                break
+        fc.close()
+    assert fc.stopped_at is not None and n < total and n == 50 * math.ceil(fc.stopped_at / 50)
+    assert "cannot reach" in (fc.stop_reason or "")
+    assert ends.ends == [(n, True)]
 
 
 def test_a_stopped_run_resumed_is_judged_again() -> None:
@@ -433,6 +470,28 @@ def test_a_loop_that_calls_step_per_micro_batch_is_told(micro: int) -> None:
         assert told == []
     else:
         assert len(told) == 1 and "step() was called 64 times for 16 optimizer updates" in told[0], told
+
+
+def test_the_same_step_given_per_micro_batch_is_said_once() -> None:
+    """Gradient accumulation with ``fc.step(loss, step=it)`` at every micro-batch: each repeat of a step was a
+    "step went back to 17 after 17 (resumed from an older checkpoint?)" warning of its own, 150 of them. It is
+    said once, as what it is; the later value of the step is the one kept."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=40, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for it in range(1, 41):
+            opt.step()
+            for _ in range(4):
+                fc.step(torch.tensor(2.0 + 3.0 * it**-0.3), step=it)
+        fc.close()
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "went back" in m], said
+    again = [m for m in said if "was given again" in m]
+    assert len(again) == 1 and "step 1 was given again" in again[0], said
+    assert fc.forecaster.last_step == 40 and fc.forecaster.n_observations == 40
 
 
 def test_a_loop_that_runs_past_total_steps_is_told() -> None:

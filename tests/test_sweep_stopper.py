@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -105,6 +106,15 @@ def test_a_sweep_stop_shows_the_loss_it_could_not_beat(tmp_path: Path) -> None:
     acc.Reload()
     bar = sorted(e.value for e in acc.Scalars(COMPARE_TAG))
     assert bar[0] == pytest.approx(float(good[-1]), rel=1e-6) and bar[1] > 6.0
+    # the stop names the sweep and the run that set the bar, and where and when it was recorded: a sweep that
+    # names none is one per script and folder, and an earlier invocation's best stopped every run of another task
+    (stop,) = [e for e in monitor.events if e.kind == "early_stop"]
+    assert stop.message.startswith("cannot beat its sweep 'm': ")
+    said = re.search(
+        r"the bar, ([\d.]+), is the final loss of run good \(recorded \d+ s ago in (\S+);", stop.message
+    )
+    assert said is not None and said.group(2) == str(tmp_path / "m.sqlite"), stop.message
+    assert "SweepStopper(sweep=...)" in stop.message
 
 
 def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -462,3 +472,28 @@ def test_a_run_that_died_stops_counting_as_a_reference(tmp_path: Path) -> None:
     assert not old(500, one_point(9.0, 0.01))
     stopper.finish()
     old.finish()
+
+
+def test_a_registry_that_cannot_be_used_is_said_once_and_never_waited_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``SCALEFORECAST_REGISTRY_DIR`` under a regular file: the worker retried forever (one thread per run of a
+    sweep loop) and each run's end waited its whole ``finish_timeout_s`` for a write that could never land. It
+    is said once, the worker ends, and the target alone still decides."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file")
+    caplog.set_level(logging.INFO, logger="scaleforecast")
+    stopper = SweepStopper(
+        SQLiteRegistry("s", blocker / "reg" / "s.sqlite"), "r", target=5.0, finish_timeout_s=60
+    )
+    assert not stopper(400, one_point(4.0, 0.01))
+    assert stopper._worker.failed.wait(30)
+    thread = stopper._worker._thread
+    if thread is not None:
+        thread.join(30)
+        assert not thread.is_alive()
+    assert stopper(500, one_point(9.0, 0.01))  # the target alone still stops a hopeless run
+    stopper.finish(stopped=True)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "cannot be used" in said[0] and "NotADirectoryError" in said[0], said
+    assert stopper._worker._thread is None or not stopper._worker._thread.is_alive()
