@@ -243,12 +243,17 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
+# a folder named for the time a job (re)started, as torchtitan names its TensorBoard folders (20250101-0900)
+_RESTART_FOLDER = re.compile(r"^\d{8}-\d{4}(\d{2})?$")
+
+
 def find_event_files(path: str | os.PathLike[str]) -> list[Path]:
     """Event files of one run: ``path`` itself, or the ``events.out.tfevents.*`` files directly in it.
 
     A directory with no event files of its own but exactly one run below it is followed down (the sidecar's
-    ``*-scaleforecast`` output and the runs nested inside a run are never runs); several runs below it is an
-    error that lists them.
+    ``*-scaleforecast`` output and the runs nested inside a run are never runs); folders directly in it named
+    for a start time (``YYYYMMDD-HHMM``: torchtitan's restarts of one job) are one run, in name order; other
+    runs below it are an error that lists them.
     """
     p = Path(path)
     if p.is_file():
@@ -266,6 +271,10 @@ def find_event_files(path: str | os.PathLike[str]) -> list[Path]:
     below = [d for d in below if not d.name.endswith(SIDECAR_SUFFIX) and runs.isdisjoint(d.parents)]
     if len(below) == 1:
         return find_event_files(below[0])
+    if len(below) > 1 and all(d.parent == p and _RESTART_FOLDER.match(d.name) for d in below):
+        # torchtitan starts each (re)start of a job in a folder named for its start time: one run, read in
+        # the order the job wrote them (a step logged again is the later folder's)
+        return [f for d in below for f in find_event_files(d)]
     if not below:
         state = p / "trainer_state.json"  # an HF checkpoint folder: its log history is that file
         hint = f"; it holds an HF {state.name}: pass that file" if state.is_file() else ""
@@ -397,6 +406,13 @@ class EventTailer:
             self.files.clear()
             return result
         result.run_dir = files[0].parent
+        folders = sorted({f.parent.name for f in files})
+        if len(folders) > 1:
+            self._note(
+                result,
+                f"{self.path}: read {len(folders)} folders as restarts of one job ({', '.join(folders)}); a step "
+                "logged again is the later folder's",
+            )
         for gone in set(self.files) - set(files):
             del self.files[gone]
             result.reset = True

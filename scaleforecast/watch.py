@@ -337,6 +337,13 @@ class Watcher:
             self.log(f"found {found}{res.run_dir}")
         scalars = res.scalars
         if not scalars:
+            header = getattr(self.tailer, "header", None)
+            if header and getattr(self.tailer, "lineno", 0) > 1:  # rows came, and not one number in them
+                self._once(
+                    "no numbers",
+                    f"{self.logdir}: no number read in its columns ({', '.join(header)}) yet: is it written with "
+                    "numbers in another form?",
+                )
             return 0
         run_dir = res.run_dir or self.logdir
         tag = pick_loss(sorted(scalars), self.loss, str(self.logdir))
@@ -448,7 +455,10 @@ class Watcher:
 
     def finished(self) -> bool:
         """Whether the run has reached its last step (the user's, never one the data suggest)."""
-        return len(self.fed_steps) > 0 and int(self.fed_steps[-1]) >= self.total
+        return self._last_step() >= self.total
+
+    def _last_step(self) -> int:
+        return int(self.fed_steps[-1]) if len(self.fed_steps) else 0
 
     def run(self) -> int:
         """Poll until a signal, the end of the run or ``max_idle``; a last pass and a clean close.
@@ -474,6 +484,13 @@ class Watcher:
                     if self.finished():
                         self.log(f"the run reached its last step ({self.total}); done")
                         break
+                elif self._last_step() == self.total - 1:
+                    # Lightning and NeMo log a step's loss at the count of updates before it: their last is
+                    # total - 1, and nothing came after it in a whole poll
+                    self.log(
+                        f"the run reached its last step ({self.total - 1}, in a log that counts steps from 0); done"
+                    )
+                    break
                 elif self.max_idle is not None and time.monotonic() - idle_since > self.max_idle:
                     if not len(self.fed_steps):  # a mistyped path, a job that never logged: not a success
                         self.log(f"no loss read from {self.logdir} in {self.max_idle:g} s; giving up")

@@ -512,6 +512,19 @@ def test_watch_a_table_on_the_command_line(tmp_path: Path, capsys: pytest.Captur
     assert scalars_of(tmp_path / "log.jsonl-scaleforecast")["forecast/final_loss"][-1][0] == 2000
 
 
+def test_watch_ends_at_the_last_step_of_a_log_that_counts_from_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lightning and NeMo log a step's loss at the count of updates before it: a 2000-update run's last logged
+    step is 1999, and the sidecar polled it forever (``--max-idle`` has no default). It ends after a poll with
+    nothing new."""
+    path = tmp_path / "log.csv"
+    path.write_text("step,loss\n" + "".join(f"{s},{float(_law(s + 1))!r}\n" for s in range(0, 2000)))
+    assert main(["watch", str(path), "--schedule", SPEC, "--interval", "0.01", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "the run reached its last step (1999, in a log that counts steps from 0); done" in err, err
+
+
 def test_a_rewind_keeps_exactly_the_steps_before_it_and_says_so_in_one_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -654,3 +667,47 @@ def test_a_path_that_never_shows_a_loss_is_no_success(
     quiet.write_text("".join(json.dumps({"step": s, "loss": _law(s)}) + "\n" for s in range(10, 501, 10)))
     assert main(["watch", str(quiet), "--schedule", SPEC, "--interval", "0.01", "--max-idle", "0.05"]) == 0
     assert "no new points for 0.05 s; stopping" in capsys.readouterr().err
+
+
+def test_a_table_without_a_number_in_it_is_said_not_followed_in_silence(tmp_path: Path) -> None:
+    """A CSV whose cells are no numbers (a value written as ``np.float64(2.7)``): the sidecar read nothing and
+    said nothing, forever. It says so once."""
+    path = tmp_path / "log.csv"
+    path.write_text("step,loss\n" + "".join(f"{s},np.float64({_law(s)})\n" for s in range(1, 50)))
+    logs: list[str] = []
+    watcher = Watcher(path, schedule=SPEC, interval=0.01, log=logs.append)
+    assert watcher.poll_once() == 0 and watcher.poll_once() == 0
+    said = [m for m in logs if "no number read" in m]
+    assert said == [
+        f"{path}: no number read in its columns (step, loss) yet: is it written with numbers in another form?"
+    ]
+
+
+def test_a_torchtitan_restart_in_a_new_folder_is_the_same_run(tmp_path: Path) -> None:
+    """torchtitan starts each (re)start of a job in a TensorBoard folder named for its start time: the sidecar,
+    following the job's ``tb`` folder, died ("holds 2 runs ...; pass one run directory") when the restart's
+    folder appeared. The folders are one run, read in order; the restart's points replace those it logs again."""
+    from scaleforecast.readers import read_run
+
+    tb_dir = tmp_path / "tb"
+
+    def write(folder: str, steps: range, shift: float = 0.0) -> None:
+        w = tb.SummaryWriter(str(tb_dir / folder))
+        for s in steps:
+            w.add_scalar("loss_metrics/global_avg_loss", _law(s) + shift, s)
+            w.add_scalar("lr", float(as_lrs(SPEC)[s - 1]), s)
+        w.close()
+
+    write("20250101-0900", range(1, 1201))
+    logs: list[str] = []
+    watcher = Watcher(tb_dir, schedule=SPEC, interval=0.01, log=logs.append, refit_every=200)
+    assert watcher.poll_once() == 1200
+    write("20250102-1130", range(1001, 1601), shift=0.01)  # resumed from the step-1000 checkpoint
+    assert watcher.poll_once() > 0
+    assert watcher.monitor.forecaster.last_step == 1600
+    assert any("read 2 folders as restarts of one job (20250101-0900, 20250102-1130)" in m for m in logs), (
+        logs
+    )
+    run = read_run(tb_dir, schedule=SPEC, warn=False)
+    assert run.steps[-1] == 1600 and len(run.steps) == 1600
+    assert run.losses[1099] == pytest.approx(_law(1100) + 0.01, rel=1e-6)  # the restart's value of step 1100
