@@ -88,6 +88,13 @@ def backtest(
     total = len(run.lrs)
     obs = observed_final(run)
     if obs is None:
+        finite = run.steps[np.isfinite(run.losses)]
+        last_finite = int(finite[-1]) if len(finite) else None
+        if last_finite is not None and last_finite < run.last_step:
+            raise ValueError(
+                f"{run.source}: its losses are not finite after step {last_finite} (logged to step "
+                f"{run.last_step} of {total}): there is no final loss to score the forecasts against"
+            )
         raise ValueError(
             f"{run.source}: the run is not finished (last loss at step {run.last_step} of {total}); "
             "a backtest needs the final loss (set --total-steps if the schedule is longer than the run)"

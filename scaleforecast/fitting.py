@@ -371,6 +371,8 @@ def _noise_from_differences(y: np.ndarray, count: np.ndarray) -> float:
 
 # relative to the peak: an LR below it is the zero-LR rule's floor (1e-12 of the peak), not an LR
 _ZERO_LR = 1e-9
+# the share of the run's annealing area its fit must have seen for C to stop mattering to the forecast
+_C_MATTERS = 0.99
 
 
 def _usable(obs: Observations, lrs: np.ndarray, skip_warmup: bool) -> np.ndarray:
@@ -743,7 +745,11 @@ def _finish(
     mu_prior, sd_prior = (
         r["c_prior"] if r["c_prior"] is not None else load_prior("default").c_prior(peak, r["lam"], l_ref)
     )
-    if (s2_future - s2_seen) * (1.0 - r["lam"]) / peak > 1e-9 and mu_prior > 0 and sd_prior > 0:
+    # (at the end of a run the last percent of its annealing area, which C's error cannot move the forecast by
+    # more than a percent of the drop, is no reason to say C is unknown: a finished cosine run ended
+    # "annealing_unidentified", its last forecast "with C from the prior")
+    ahead = (s2_future - s2_seen) * (1.0 - r["lam"]) / peak > 1e-9 and s2_seen < _C_MATTERS * s2_future
+    if ahead and mu_prior > 0 and sd_prior > 0:
         # the run's own information on C after profiling out the other parameters (Schur complement): C is
         # identified once the data know it as precisely, relative to its size, as the prior does (a run whose
         # drop is far from the prior's is judged against its own C)

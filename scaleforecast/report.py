@@ -14,6 +14,7 @@ import base64
 import html
 import io as _io
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 
 from scaleforecast.advice import ScheduleAdvisor, candidate_schedules
 from scaleforecast.detectors import HealthMonitor
-from scaleforecast.events import SEVERITY_RANK, Event
+from scaleforecast.events import SEVERITY_RANK, Event, event_level
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
 from scaleforecast.observed import ObservedFinal, observed_final
 from scaleforecast.results import Forecast
@@ -498,7 +499,7 @@ def draw_report(data: ReportData, width: float = 14.0, height: float = 8.0, dpi:
             ax_tab.text(
                 0.03,
                 y,
-                _wrap(f"{e.step}: {e.kind} ({e.severity})", 44),
+                _wrap(f"{e.step}: {e.kind} ({_level(e)})", 44),
                 fontsize=8.5,
                 color=_SEVERITY_COLOR.get(e.severity, "k"),
                 va="top",
@@ -549,12 +550,17 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _level(event: Event) -> str:
+    """The event's severity, but information where the console and the logger say it so (a single spike)."""
+    return "info" if event_level(event) == logging.INFO else event.severity
+
+
 def report_html(data: ReportData, png: bytes) -> str:
     """A self-contained HTML page: the PNG inlined as a data URI, the numbers table, events and notes."""
     rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in data.table())
     events = "\n".join(
         f"<li class='{html.escape(e.severity)}'>step {e.step}: <b>{html.escape(e.kind)}</b> "
-        f"({html.escape(e.severity)}): {html.escape(e.message)}</li>"
+        f"({_level(e)}): {html.escape(e.message)}</li>"
         for e in data.events
     )
     notes = "\n".join(

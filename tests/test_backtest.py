@@ -74,6 +74,21 @@ def test_backtest_needs_a_finished_run(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["backtest", str(csv), "--schedule", SPEC, "--fractions", "1.5"]) == 2
 
 
+def test_a_run_whose_loss_went_nan_is_not_called_unfinished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run logged to its last step whose losses are NaN from step 2000 on: the error said "the run is not
+    finished (last loss at step 3000 of 3000)". It says the losses stopped being finite."""
+    csv = tmp_path / "run.csv"
+    write_csv(csv)
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(lines[:201] + [f"{ln.rsplit(',', 1)[0]},nan" for ln in lines[201:]]) + "\n")
+    assert main(["backtest", str(csv), "--schedule", SPEC, "--no-picture"]) == 2
+    err = capsys.readouterr().err
+    assert "its losses are not finite after step 2000 (logged to step 3000 of 3000)" in err, err
+    assert "not finished" not in err
+
+
 def test_backtest_on_a_real_curve(
     tmp_path: Path, curves_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

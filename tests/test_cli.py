@@ -277,3 +277,18 @@ def test_a_forecast_past_a_live_lr_log_says_the_lr_is_assumed(curves_dir: Path, 
     ):
         code, out, err = _run(["forecast", str(live), *given], capsys)
         assert "taken to end" not in err, (given, err)
+
+
+def test_a_finished_run_is_not_said_to_lack_its_annealing_coefficient(curves_dir: Path, capsys):
+    """llm.c's GPT-2 run, cosine to 0, fitted to its last step: its status was ``annealing_unidentified`` and
+    its forecast of the step it had reached "the last 0.0086% of its annealing ... with C from the prior". The
+    last percent of a run's annealing area is no reason to doubt C."""
+    csv, lr = curves_dir / f"{LLMC}.csv", curves_dir / f"{LLMC}.lr.npy"
+    for until in ("19500", "19560"):
+        assert (
+            main(["forecast", str(csv), "--lr-file", str(lr), "--loss", "train_loss", "--until-step", until])
+            == 0
+        )
+        out = capsys.readouterr()
+        assert "fit status ok" in out.out.splitlines()[0], out.out
+        assert "with C from the prior" not in out.out + out.err

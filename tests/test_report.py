@@ -152,6 +152,8 @@ def test_critical_events_come_first_in_the_panel(tmp_path: Path) -> None:
     fig = draw_report(data, 10, 7, 50)
     shown = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any(f"{criticals[0].step}: {criticals[0].kind} (critical)" in t for t in shown)
+    # a single spike is information, as the console and the logger say it
+    assert any("spike (info)" in t for t in shown) and not any("spike (warning)" in t for t in shown)
 
 
 def test_the_frame_is_set_after_the_warm_up(tmp_path: Path) -> None:
