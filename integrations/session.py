@@ -488,6 +488,11 @@ class TrainingSession:
             self.monitor.load_state_dict(saved["monitor"])
             self.stopped_at, self.stop_reason = saved.get("stopped_at"), saved.get("stop_reason")
             self.extra = dict(saved.get("adapter") or {})
+            fc = self.monitor.forecaster
+            self.say(
+                f"resumed after update {self.step}: the forecast goes on from the {fc.n_observations} losses it "
+                f"held, up to step {fc.last_step}"
+            )
             if self.stopped_at is not None:
                 # a stopped run resumed (on purpose or from its last checkpoint by accident): it trains on, and
                 # the rule decides again, rather than training to the end silently and reporting the old stop
@@ -511,7 +516,9 @@ class TrainingSession:
         keep = steps <= self.step
         if keep.any():
             loss = np.asarray(pending["loss"], dtype=float)[keep]
-            self.monitor.flush(FlushBatch(steps=steps[keep], loss=loss), raise_now=False)
+            # as a first flush: what an earlier process wrote from here on is hidden in TensorBoard (a process
+            # that closed after saving flushed these steps itself, and they were drawn twice)
+            self._monitor_flush(FlushBatch(steps=steps[keep], loss=loss), int(steps[keep][-1]))
 
     def _attach_tensorboard(self, find_writer: Callable[[], Any] | None, default_logdir: Any) -> None:
         from scaleforecast.integrations.tensorboard import ADVICE_CHARTS, TensorBoardSink
@@ -748,7 +755,8 @@ class TrainingSession:
         if self._tb_sink is not None and (went_back or (self._first_flush and start > 1)):
             # what an earlier process (or this one, before the rewind) wrote from here on is hidden
             self.guard("TensorBoard", self._tb_sink.restart, start)
-        self._first_flush = False
+        # the first flush that TensorBoard hears (a resumed run's steps fed before its writer exists are not)
+        self._first_flush = self._first_flush and self._tb_sink is None
         self.guard("family store", self._say_borrowed)
         try:
             result = self.monitor.flush(batch, raise_now=False, final=final)

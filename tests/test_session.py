@@ -835,3 +835,54 @@ def test_gradient_norms_of_a_loop_that_clips(given: bool) -> None:
     else:
         assert len(clipped) == 1 and "grad_norm=norm" in clipped[0], clipped
         assert spikes == [], spikes
+
+
+def test_a_resume_says_on_the_console_what_history_it_restored(capsys: pytest.CaptureFixture[str]) -> None:
+    """A loop resumed from its checkpoint heard nothing of its forecast's history on the console (only the
+    resumes that lost something were said): it says what it goes on from."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=200, flush_every=10, writer=False)
+    for n in range(1, 101):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    saved = fc.state_dict()
+    fc.close()
+    capsys.readouterr()
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=200, flush_every=10, writer=False)
+    fc.load_state_dict(saved)
+    opt.step()
+    fc.step(torch.tensor(2.2))
+    fc.close()
+    out = capsys.readouterr().out
+    assert (
+        "resumed after update 100: the forecast goes on from the 100 losses it held, up to step 100" in out
+    ), out
+
+
+def test_steps_saved_unflushed_and_flushed_at_close_are_drawn_once_after_the_resume(tmp_path: Path) -> None:
+    """A loop saves its state at update 130, between two flushes of 20, then closes (its last flush draws step
+    130); resumed, the saved steps 121..130 are fed again: TensorBoard drew step 130 twice. The resumed
+    process's first flush hides what the earlier one drew from there on."""
+    from scaleforecast.callbacks import LossForecastSession
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def run(first: int, last: int, saved: dict | None = None) -> dict:
+        opt = _sgd(0.1)
+        fc = LossForecastSession(opt, total_steps=300, flush_every=20, dirpath=str(tmp_path), verbose=False)
+        if saved is not None:
+            fc.load_state_dict(saved)
+        for n in range(first, last + 1):
+            opt.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        state = fc.state_dict()
+        fc.close()
+        return state
+
+    run(131, 300, run(1, 130))
+    acc = EventAccumulator(str(tmp_path / "scaleforecast" / "observed"), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("forecast/observed_vs_forecast")]
+    assert steps == sorted(set(steps)) and 130 in steps and steps[-1] == 300, steps
