@@ -35,6 +35,7 @@ call ``load_state_dict`` before the first ``step`` after the restart. Construct 
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -59,6 +60,16 @@ def _replan_hint(every: int) -> str:
     """What the plan assumes of the scheduler's cadence, said when the plans keep failing."""
     cadence = ", stepped once per update" if every == 1 else f", stepped once every {every} updates"
     return cadence + " (a scheduler stepped once per epoch: scheduler_every=<updates per epoch>)"
+
+
+def _never_closed(session: TrainingSession) -> None:
+    if session.comm is None:  # closed, or aborted
+        return
+    session.warn(
+        "was never closed (call close() after the loop, on every rank, or use `with`): the updates since its last "
+        "flush are not forecast, and its TensorBoard run was closed without them"
+    )
+    session.abort()
 
 
 def _check_every(every: object) -> None:
@@ -116,6 +127,9 @@ class LossForecastSession(SessionFace):
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
         self._calls, self._updates, self._restored = 0, UpdateCounter(), False
         self.session.guard("step", self._updates.attach, optimizer)
+        # a loop that never calls close(): said, and closed at exit (or when this object goes) without the
+        # last flush's collective, so that TensorBoard keeps what was written
+        weakref.finalize(self, _never_closed, self.session)
 
     def set_scheduler(
         self, scheduler: Any | Sequence[Any] | None, *, scheduler_every: int | None = None

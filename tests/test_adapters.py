@@ -530,3 +530,25 @@ def test_a_session_built_before_the_process_group_says_so() -> None:
     for rank in (0, 1):
         said = [line for line in proc.stdout.splitlines() if line.startswith(f"rank {rank}: ")]
         assert len(said) == 1 and "initialised (2 processes) after it was built" in said[0], proc.stdout
+
+
+def test_a_loop_that_never_closes_is_told_and_its_tensorboard_run_is_kept(tmp_path: Path) -> None:
+    """A loop without ``fc.close()`` exited in silence: no word of the updates never forecast. It is said at exit,
+    and the session is closed without a collective, its TensorBoard run kept."""
+    from procs import run_group
+
+    script = tmp_path / "no_close.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from scaleforecast.callbacks import LossForecastSession\n"
+        "w = torch.nn.Parameter(torch.zeros(1))\n"
+        "opt = torch.optim.SGD([w], lr=0.1)\n"
+        "fc = LossForecastSession(opt, total_steps=100, flush_every=20, dirpath=sys.argv[1], verbose=False)\n"
+        "for n in range(1, 91):\n"
+        "    opt.step()\n"
+        "    fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))\n"
+    )
+    proc = run_group([sys.executable, str(script), str(tmp_path / "tb")], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("was never closed (call close() after the loop") == 1, proc.stderr[-3000:]
+    assert "forecast/final_loss" in _acc(tmp_path / "tb").Tags()["scalars"]
