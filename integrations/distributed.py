@@ -244,6 +244,23 @@ class Reduced:
         return len(self.steps)
 
 
+def nonfinite_ranks(gathered: np.ndarray, channels: int) -> tuple[list[int], int] | None:
+    """The ranks whose losses in ``gathered`` (as :func:`reduce_ranks` reads it) are NaN or Inf, and the first
+    step one of them is, or ``None``: a NaN on one host is found by its rank (the mean over ranks hides it)."""
+    counts = gathered[:, channels + 2, 0]
+    ok = counts >= 0
+    if not ok.any():
+        return None
+    n = int(counts[ok].min())
+    bad = (gathered[:, SEEN, :n] == 1.0) & ~np.isfinite(gathered[:, LOSS, :n]) & ok[:, None]
+    ranks = np.flatnonzero(bad.any(axis=1))
+    if not ranks.size:
+        return None
+    cols = np.flatnonzero(bad.any(axis=0))
+    first = int(gathered[int(ranks[0]), channels, int(cols[0])])
+    return [int(r) for r in ranks], first
+
+
 def reduce_ranks(gathered: np.ndarray, channels: int) -> Reduced:
     """Reduce ``(world, channels + 3, capacity)`` gathered messages (see :meth:`DeviceBuffer.pack`).
 

@@ -45,7 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 from scaleforecast.integrations.arguments import SessionConfig, check_plugins
-from scaleforecast.integrations.distributed import GRAD, LOSS, SEEN, Collectives, DeviceBuffer, reduce_ranks
+from scaleforecast.integrations.distributed import (
+    GRAD,
+    LOSS,
+    SEEN,
+    Collectives,
+    DeviceBuffer,
+    nonfinite_ranks,
+    reduce_ranks,
+)
 from scaleforecast.integrations.lookahead import metric_driven
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
@@ -662,9 +670,21 @@ class TrainingSession:
         assert self.comm is not None
         assert self.buffer is not None
         channels = self.buffer.channels
-        red = reduce_ranks(gathered.cpu().numpy(), channels)
+        arr = gathered.cpu().numpy()
+        red = reduce_ranks(arr, channels)
         if red.count == 0:
             return None
+        if self.comm.world_size > 1 and self.is_zero and "nonfinite ranks" not in self._warned:
+            found = nonfinite_ranks(arr, channels)
+            if found is not None:
+                ranks, first = found
+                note = (
+                    f"non-finite losses come from rank(s) {', '.join(map(str, ranks))} of {self.comm.world_size} "
+                    f"(first at update {first})"
+                )
+                self.warn(note, key="nonfinite ranks")
+                if self._tb_sink is not None:
+                    self.guard("TensorBoard", self._tb_sink.note, step, f"step {step}: {note}")
         self.guard("schedule look-ahead", self._revise, red.steps, red.lrs, step)
         if self.planner.guessed_past:
             self.warn("no record of the LRs before this resume; assuming the current LR for them")

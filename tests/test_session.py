@@ -886,3 +886,39 @@ def test_steps_saved_unflushed_and_flushed_at_close_are_drawn_once_after_the_res
     acc.Reload()
     steps = [e.step for e in acc.Scalars("forecast/observed_vs_forecast")]
     assert steps == sorted(set(steps)) and 130 in steps and steps[-1] == 300, steps
+
+
+class RankOneGoesNaN(TorchCollectives):
+    """Rank 0 of two, in one process: rank 1 sends the same losses, NaN from update 30 on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rank, self.world_size = 0, 2
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        other = tensor.clone()
+        if other.dim() == 2:  # a flush's message: (channels + 3, capacity), steps in row `channels`
+            from scaleforecast.integrations.distributed import LOSS
+
+            steps = other[other.shape[0] - 3]
+            other[LOSS] = torch.where(steps >= 30, torch.full_like(steps, float("nan")), other[LOSS])
+        return torch.stack([tensor, other])
+
+
+def test_the_rank_whose_losses_are_not_finite_is_named() -> None:
+    """A NaN on one host of a multi-GPU job: the mean over ranks said the loss went NaN, not where. The rank is
+    named, once."""
+    session = TrainingSession("probe", writer=False, verbose=False, flush_every=5, total_steps=100)
+    session.start(RankOneGoesNaN(), step=0, run_length=None, source=LRSource(_sgd(), []))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 51):
+            session.record(n, torch.tensor(2.0 + 3.0 * n**-0.3))
+            if n % 5 == 0:
+                session.flush(n)
+        session.finish(50)
+    named = [str(w.message) for w in caught if "non-finite losses come from" in str(w.message)]
+    assert named == ["probe: non-finite losses come from rank(s) 1 of 2 (first at update 30)"], named
