@@ -176,7 +176,8 @@ class LossForecastSession(SessionFace):
 
     @property
     def should_stop(self) -> bool:
-        """True on every rank once the ranks agreed to stop (check it after each :meth:`step`)."""
+        """True on every rank once the ranks agreed to stop, and from then on: check it after each :meth:`step`,
+        or now and then (at each evaluation); the run is recorded as stopped where the loop ends."""
         return self.session.should_stop
 
     @property
