@@ -185,6 +185,8 @@ class LossForecast(SessionFace, Callback):
             # beside another logger's files (a CSVLogger's version folder), so that each run has its own
             default_logdir=Path((trainer.loggers and trainer.log_dir) or trainer.default_root_dir)
             / "scaleforecast",
+            # fast_dev_run: Lightning logs and checkpoints nothing, and neither does the forecast
+            tensorboard=not getattr(trainer, "fast_dev_run", False),
         )
 
     def on_train_batch_end(

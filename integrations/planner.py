@@ -160,7 +160,9 @@ class SchedulePlanner:
             )
         total = given or run_length
         if total is None:
-            raise ValueError("the run's length is unknown: set the trainer's max_steps or pass total_steps=")
+            raise ValueError(
+                "the run's length is unknown, so nothing is forecast: set the trainer's max_steps or pass total_steps="
+            )
         return int(total)
 
     def plan(

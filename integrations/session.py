@@ -336,10 +336,12 @@ class TrainingSession:
         source: LRSource | None,
         find_writer: Callable[[], Any] | None = None,
         default_logdir: str | os.PathLike[str] = "runs/scaleforecast",
+        tensorboard: bool = True,
     ) -> None:
         """Begin watching at optimizer step ``step`` (> 0 on resume). ``find_writer()`` returns the trainer's
         own TensorBoard writer, if it has one; else the session writes under ``dirpath`` or
-        ``default_logdir``. Never raises: a failing part is reported and switched off.
+        ``default_logdir``; ``tensorboard=False``: nothing is written for this run (a trainer's smoke test, which
+        writes nothing of its own). Never raises: a failing part is reported and switched off.
 
         Started again in the same process without a state to restore, it goes on from the history it holds
         when training goes on (``step > 0``: Lightning's ``fit()`` called again on the same trainer), and starts
@@ -365,7 +367,7 @@ class TrainingSession:
         self.run_length, self.source = run_length, source
         self.buffer = DeviceBuffer(self.config.flush_every, channels=3 if self.config.track_grad_norm else 2)
         self._resume()
-        if self.is_zero and self.writer is not False:
+        if self.is_zero and self.writer is not False and tensorboard:
             self.guard("TensorBoard", self._attach_tensorboard, find_writer, default_logdir)
         if source is not None:
             self.guard("LR capture", self._watch, source.optimizer)

@@ -337,6 +337,8 @@ class RunMonitor:
         self.stopped_at: int | None = None
         self.stop_reason: str | None = None
         self.stop_reported = False
+        # a stopped run resumed is judged again on forecasts fitted after this step only
+        self.judge_after: int | None = None
         self.events: list[Event] = []
         self._status: FitStatus | None = None
 
@@ -437,6 +439,9 @@ class RunMonitor:
         rule has said its piece and does not stop the run again."""
         self.stopped_at = self.stop_reason = None
         self.stop_reported = not judge_again
+        if judge_again:
+            # the forecast the run stopped on must not stop it again: it was made before the resume
+            self.judge_after = self.forecaster.last_step
 
     def settle(self, step: int) -> Forecast | None:
         """The end of a run: take in a background refit still in flight (waiting for it) and hand its forecast
@@ -500,8 +505,11 @@ class RunMonitor:
         cfg = self.stop
         if cfg.target_loss is None or total is None:
             return None
+        latest = self.forecaster.latest
+        if self.judge_after is not None and (latest is None or latest.fitted_at_step <= self.judge_after):
+            return None
         return decide_stop(
-            self.forecaster.latest,
+            latest,
             cfg.target_loss,
             step=step,
             total_steps=total,
@@ -657,6 +665,7 @@ class RunMonitor:
             "stopped_at": self.stopped_at,
             "stop_reason": self.stop_reason,
             "stop_reported": self.stop_reported,
+            "judge_after": self.judge_after,
             "events": [e.model_dump(mode="json") for e in self.events],
             "detectors": [_state_of(d) for d in self.detectors],
             "listeners": [_state_of(x) for x in self.listeners],
@@ -681,6 +690,7 @@ class RunMonitor:
         self.stopped_at = state["stopped_at"]
         self.stop_reason = state["stop_reason"]
         self.stop_reported = bool(state.get("stop_reported", self.stopped_at is not None))
+        self.judge_after = state.get("judge_after")
         self.events = [Event.model_validate(e) for e in state["events"]]
         detectors = state.get("detectors", state.get("health", []))
         for plugins, saved in ((self.detectors, detectors), (self.listeners, state.get("listeners", []))):

@@ -333,7 +333,10 @@ def test_a_run_of_unknown_length_says_how_to_give_it(tmp_path: Path) -> None:
     model.train_dataloader = lambda: DataLoader(Endless(), batch_size=None)  # type: ignore[method-assign]
     cb = LossForecast(flush_every=4, writer=False)
     trainer = _trainer(tmp_path, [cb, Halt()], -1, max_epochs=1, logger=False)
-    with pytest.warns(RuntimeWarning, match="the run's length is unknown: set the trainer's max_steps"):
+    with pytest.warns(
+        RuntimeWarning,
+        match="the run's length is unknown, so nothing is forecast: set the trainer's max_steps",
+    ):
         trainer.fit(model)
     assert trainer.global_step == 12
     assert "length is unknown" in cb.errors["schedule look-ahead"]
@@ -361,3 +364,13 @@ def test_the_gradient_norm_is_read_before_lightning_clips_it(tmp_path: Path) -> 
     assert len(norms.seen) == 40
     assert min(norms.seen) > 1e-2  # the norms before the clip, not the clip value
     assert not [w for w in caught if "clipped" in str(w.message)]
+
+
+def test_a_fast_dev_run_writes_nothing(tmp_path: Path) -> None:
+    """``fast_dev_run``: Lightning logs and checkpoints nothing, but the callback wrote a TensorBoard run of its
+    own into the working folder. It writes nothing, and the run goes on as ever."""
+    cb = LossForecast(flush_every=2, verbose=False)
+    trainer = _trainer(tmp_path, [cb], 20, fast_dev_run=5, logger=False)
+    trainer.fit(TinyRegressor(total=20))
+    assert trainer.global_step == 5 and cb.errors == {}
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))

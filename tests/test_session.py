@@ -416,6 +416,10 @@ def test_a_stopped_run_resumed_is_judged_again() -> None:
     fc.close()
     assert fc.stopped_at is not None and first < fc.stopped_at < total
     assert fc.stop_reason is not None and "cannot reach 1.0000" in fc.stop_reason
+    # judged again on a forecast fitted after the resume: it stopped at the next flush on the very forecast it
+    # had stopped on (the same numbers, fitted before the resume)
+    latest = fc.forecaster.latest
+    assert latest is not None and latest.fitted_at_step > first
 
 
 class OtherRankDecides(TorchCollectives):
