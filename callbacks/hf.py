@@ -200,6 +200,11 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         label = "HFLossForecast" if name == "scaleforecast" else f"HFLossForecast[{name}]"
         self.session = TrainingSession(label, target_loss, **kwargs)
         self.session.on_no_loss = self._no_step_losses
+        self.session.on_loss_differs = self._other_loss
+        self.session.clip_hint = (
+            "the Trainer clips them at max_grad_norm before its optimizer step (max_grad_norm=0 leaves them "
+            "unclipped and checked; its logs keep the norm before clipping at each logging step)"
+        )
         self.resolution: Resolution = resolution
         self._log_every = 0  # HF's logging_steps, in updates (set when training begins)
         self.name = name
@@ -296,6 +301,20 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
                 f"smoothing computes it outside the model); using the logged window means from step {step}"
             )
 
+    def _other_loss(self, step: int, model_mean: float, logged: float) -> None:
+        """The model's own loss does not average to the loss the Trainer logs (every rank alike): the window
+        means from now, on a history started again."""
+        self._set_mode("window")
+        self._check_log_density(int(self.session.run_length or 0))
+        if self._tap is not None:
+            self._tap.detach()
+        self.session.forget_history(step)
+        self.session.warn(
+            f"the model's own loss averages {model_mean:.4g} over the updates up to step {step}, the loss the "
+            f"Trainer logs {logged:.4g}: a compute_loss that adds to it (an auxiliary term, distillation) trains "
+            "and logs another loss; the forecast follows the logged one, from its window means, from here on"
+        )
+
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
     ) -> None:
@@ -308,6 +327,8 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             self.session.observe_window(step, window, float(logs["loss"]))
             if self.session.should_stop:
                 _stop(args, control)
+        elif self.mode == "step":
+            self.session.check_logged(step, window, float(logs["loss"]))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._started:

@@ -99,6 +99,10 @@ def raw_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
+# a logged window mean further than this from the mean of its steps' losses is another loss (HF rounds the
+# logged loss to four decimals; a model's loss read per step averages to it exactly otherwise)
+_LOGGED_RTOL, _LOGGED_ATOL = 5e-3, 1e-4
+_RECENT_STEPS = 4096  # per-step losses kept to check the logged means against (a few logging windows)
 _REPLANS_TOLD = 3  # re-plans before the user is told: one is a schedule changed on purpose, three a pattern
 
 
@@ -245,10 +249,14 @@ class TrainingSession:
         self.step = 0
         self.log_dir: str | None = None
         self.on_no_loss: Callable[[int], None] | None = None
+        # (step, the per-step mean, the trainer's logged mean): the losses read are not the loss it logs
+        self.on_loss_differs: Callable[[int, float, float], None] | None = None
         # what the adapter assumes of the scheduler's cadence, said when the plans keep failing, and how a
         # scheduler replaced mid-run is handed over
         self.replan_hint = ""
         self.replace_hint = "pass schedule= with the LRs the run will use"
+        # how a trainer that clips before its optimizer step can hand over the norms before clipping
+        self.clip_hint = "pass the norm clip_grad_norm_ returns instead: step(loss, grad_norm=norm)"
         self._saved: dict[str, Any] | None = None
         self._owner = (os.getpid(), uuid.uuid4().hex)
         self._ran_here = False
@@ -278,6 +286,10 @@ class TrainingSession:
         self._warned: set[str] = set()
         self._told_borrowed = False
         self._world_checked = False
+        # the trainer's logged window means waiting to be checked against the per-step losses flushed, and the
+        # latest of those (reduced over ranks: what every rank holds alike)
+        self._logged: list[tuple[int, int, float]] = []
+        self._recent: dict[int, float] = {}
         self.planner = SchedulePlanner(self.schedule, self.config.total_steps, self.warn)
 
     def _new_monitor(self, log_events: bool) -> RunMonitor:
@@ -687,6 +699,9 @@ class TrainingSession:
                 self.warn(note, key="nonfinite ranks")
                 if self._tb_sink is not None:
                     self.guard("TensorBoard", self._tb_sink.note, step, f"step {step}: {note}")
+        if self.on_loss_differs is not None and self.per_step and red.ranks == self.comm.world_size:
+            # (the logged means are over every rank: a rank whose losses are missing makes another mean)
+            self._compare_logged(red.steps[red.seen], red.loss[red.seen])
         self.guard("schedule look-ahead", self._revise, red.steps, red.lrs, step)
         if self.planner.guessed_past:
             self.warn("no record of the LRs before this resume; assuming the current LR for them")
@@ -706,8 +721,7 @@ class TrainingSession:
             self.warn(
                 f"the gradient norms read after optimizer.step() sit at {np.nanmax(grad_norm):.4g} in most "
                 "updates: they were clipped before the optimizer saw them, so a spike above the clip cannot be "
-                "seen, and the gradient-norm checks are off; pass the norm clip_grad_norm_ returns instead: "
-                "step(loss, grad_norm=norm)"
+                f"seen, and the gradient-norm checks are off; {self.clip_hint}"
             )
             self._gnorm_off = True
         if self._gnorm_off:
@@ -818,6 +832,42 @@ class TrainingSession:
             return None
         batch = FlushBatch(steps=np.array([step]), loss=np.array([loss]), lrs=np.array([lr]), window=window)
         return self._monitor_flush(batch, step)
+
+    def check_logged(self, step: int, window: int, loss: float) -> None:
+        """The trainer logged ``loss``, the mean loss of updates ``step - window + 1 .. step`` (the same on every
+        rank): once those updates are flushed, their per-step losses must average to it. When they do not (a
+        ``compute_loss`` that adds a term to the model's own loss: the model's loss is not the one trained and
+        logged), ``on_loss_differs`` is told, on every rank alike."""
+        if self.per_step and window >= 1 and math.isfinite(loss):
+            self._logged.append((int(step), int(window), float(loss)))
+
+    def _compare_logged(self, steps: np.ndarray, losses: np.ndarray) -> None:
+        self._recent.update(zip(steps.tolist(), losses.tolist(), strict=True))
+        if len(self._recent) > _RECENT_STEPS:
+            for s in sorted(self._recent)[: len(self._recent) - _RECENT_STEPS]:
+                del self._recent[s]
+        waiting = []
+        for step, window, logged in self._logged:
+            if step > self.flushed_at:
+                waiting.append((step, window, logged))
+                continue
+            span = range(step - window + 1, step + 1)
+            if not all(s in self._recent for s in span):
+                continue  # steps of the window not seen here (before a resume): nothing to compare
+            mean = float(np.mean([self._recent[s] for s in span]))
+            if math.isfinite(mean) and abs(mean - logged) > _LOGGED_RTOL * abs(logged) + _LOGGED_ATOL:
+                self._logged = []
+                assert self.on_loss_differs is not None
+                self.on_loss_differs(step, mean, logged)
+                return
+        self._logged = waiting
+
+    def forget_history(self, step: int) -> None:
+        """Start the forecast's history again after update ``step`` (what came before was another loss than the
+        one the run is judged on); TensorBoard hides the lines drawn so far."""
+        self.monitor.forecaster.rewind(0)
+        if self._tb_sink is not None:
+            self.guard("TensorBoard", self._tb_sink.restart, 1)
 
     def _agree(self, result: FlushResult | None, step: int) -> None:
         """Every rank takes part, whatever happened before, so that nobody waits in a collective alone."""

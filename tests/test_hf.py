@@ -396,6 +396,54 @@ def test_loss_outside_the_model_falls_back_to_window_means(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+def test_a_compute_loss_that_adds_to_the_models_loss_is_followed_as_logged(tmp_path: Path) -> None:
+    """A ``compute_loss`` that adds a term to the model's own loss (an auxiliary loss, distillation): the
+    forward hook read the model's loss, 1.0 below the loss the Trainer trains and logs, and forecast it in
+    silence (a target picked from the logs judged against another number). The first logged window shows
+    it: the window means take over, on a history started again, with a warning."""
+    from transformers import Trainer
+
+    class PlusOne(Trainer):
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kw: Any) -> Any:
+            outputs = model(**inputs)
+            loss = outputs.loss + 1.0
+            return (loss, outputs) if return_outputs else loss
+
+    cb = HFLossForecast(refit_every=5, flush_every=5, writer=False)
+    recorder = LogRecorder()
+    plain = make_trainer(tmp_path, [cb, recorder], max_steps=60, logging_steps=5, report_to="none")
+    trainer = PlusOne(
+        model=plain.model, args=plain.args, train_dataset=plain.train_dataset, callbacks=[cb, recorder]
+    )
+    recorder.trainer = trainer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    said = [str(w.message) for w in caught if "the loss the Trainer logs" in str(w.message)]
+    assert len(said) == 1 and "a compute_loss that adds to it" in said[0], [str(w.message) for w in caught]
+    assert cb.mode == "window"
+    obs = cb.forecaster.observations()
+    logged = dict(recorder.logs)
+    assert len(obs.y) >= 5 and all(
+        logged[int(e)] == pytest.approx(y, rel=1e-6) for e, y in zip(obs.end, obs.y, strict=True)
+    )
+
+
+@pytest.mark.slow
+def test_norms_the_trainer_clipped_are_said_in_the_trainers_terms(tmp_path: Path) -> None:
+    """``track_grad_norm=True`` under the Trainer's clipping: the warning told an HF user to call
+    ``step(loss, grad_norm=norm)``, which only a plain loop has. It speaks of ``max_grad_norm``."""
+    cb = HFLossForecast(refit_every=10, flush_every=10, writer=False, track_grad_norm=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(
+            tmp_path, [cb], max_steps=30, logging_steps=5, report_to="none", max_grad_norm=0.5
+        ).train()
+    said = [str(w.message) for w in caught if "gradient norms read after" in str(w.message)]
+    assert len(said) == 1 and "max_grad_norm=0" in said[0] and "grad_norm=norm" not in said[0], said
+
+
+@pytest.mark.slow
 def test_a_model_returning_a_tuple_keeps_per_step_losses(tmp_path: Path) -> None:
     """With ``return_dict=False`` the model returns ``(loss, logits, ...)`` and the Trainer reads ``outputs[0]``:
     the hook reads it there too (it fell back to the logged window means)."""
