@@ -34,6 +34,7 @@ import copy
 import json
 import math
 import os
+import sys
 import tempfile
 import uuid
 import warnings
@@ -110,6 +111,16 @@ def _total_norm(optimizer: Any) -> torch.Tensor | None:
     """The total 2-norm of the gradients ``optimizer`` holds, on their device (no read-back)."""
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else None
+
+
+def _print_line(line: str) -> None:
+    """Print ``line`` above a progress bar the trainer draws (HF's and Lightning's are tqdm bars: a plain print
+    lands in the middle of the bar's line)."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    if tqdm is not None and getattr(tqdm, "_instances", None):
+        tqdm.write(line)
+    else:
+        print(line, flush=True)
 
 
 def _clipped(norms: np.ndarray) -> bool:
@@ -330,7 +341,7 @@ class TrainingSession:
     def say(self, message: str) -> None:
         """Print ``message`` on rank 0 when verbose (forecasts, re-plans, the stop)."""
         if self.is_zero and self.config.verbose:
-            print(f"{self.name}: {message}", flush=True)
+            _print_line(f"{self.name}: {message}")
 
     def warn(self, message: str, key: str | None = None) -> None:
         """A ``RuntimeWarning`` on rank 0, once per message (or per ``key``, for a message that names a step)."""

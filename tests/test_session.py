@@ -3,6 +3,7 @@ guarantee that a fault never changes which collectives a rank joins."""
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import warnings
@@ -926,3 +927,21 @@ def test_the_rank_whose_losses_are_not_finite_is_named() -> None:
         session.finish(50)
     named = [str(w.message) for w in caught if "non-finite losses come from" in str(w.message)]
     assert named == ["probe: non-finite losses come from rank(s) 1 of 2 (first at update 30)"], named
+
+
+def test_lines_go_above_a_progress_bar(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF's and Lightning's progress bars are tqdm bars: a forecast line printed plainly landed in the middle of
+    the bar's line. While a bar is drawn, lines go through ``tqdm.write``."""
+    tqdm = pytest.importorskip("tqdm")
+    session = TrainingSession("probe", writer=False, verbose=True, total_steps=100)
+    written: list[str] = []
+    with tqdm.tqdm(total=10, file=io.StringIO()) as bar:
+        with monkeypatch.context() as m:
+            m.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, **kw: written.append(s)))
+            session.say("step 10: a forecast")
+        bar.update(1)
+    session.say("after the bar")
+    assert written == ["probe: step 10: a forecast"]
+    assert capsys.readouterr().out == "probe: after the bar\n"
