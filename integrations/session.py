@@ -522,9 +522,11 @@ class TrainingSession:
             self.stopped_at, self.stop_reason = saved.get("stopped_at"), saved.get("stop_reason")
             self.extra = dict(saved.get("adapter") or {})
             fc = self.monitor.forecaster
+            # with the steps the checkpoint held unflushed, fed right after this
+            held = [int(s) for s in (saved.get("pending") or {}).get("steps") or [] if int(s) <= self.step]
             self.say(
-                f"resumed after update {self.step}: the forecast goes on from the {fc.n_observations} losses it "
-                f"held, up to step {fc.last_step}"
+                f"resumed after update {self.step}: the forecast goes on from the {fc.n_observations + len(held)} "
+                f"losses it held, up to step {max([fc.last_step, *held])}"
             )
             if self.stopped_at is not None:
                 # a stopped run resumed (on purpose or from its last checkpoint by accident): it trains on, and
