@@ -1,8 +1,9 @@
 """Where a warning of the plugin points: at the first frame outside it.
 
 A warning raised deep inside a training session (a planner, the monitor's guard) pointing at that line tells a
-user nothing; pointing at the first frame outside the plugin shows the line of their loop that called it (or,
-under a trainer, the framework's line that ran the callback).
+user nothing; pointing at the first frame outside the plugin shows the line of their loop that called it, and
+under a trainer, past the framework's frames that ran the callback, their ``trainer.fit(...)`` line (a warning
+pointing at ``lightning/pytorch/trainer/call.py`` cannot be filtered by the user's module).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ __all__ = ["user_stacklevel"]
 
 # the plugin's packages: the core, and the adapters installed as its subpackages (wherever they lie on disk)
 _PACKAGES = ("scaleforecast", "scaleforecast.callbacks", "scaleforecast.integrations")
+# the frameworks that run the callbacks: the user's line is the first frame past them too
+_FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate", "torch")
 
 
-def _plugin_dirs() -> tuple[str, ...]:
+def _plugin_dirs(names: tuple[str, ...] = _PACKAGES) -> tuple[str, ...]:
     dirs = []
-    for name in _PACKAGES:
+    for name in names:
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
         if path:
@@ -35,4 +38,14 @@ def user_stacklevel() -> int:
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(roots):
         frame = frame.f_back
         level += 1
-    return level
+    # past a framework's frames, when a frame of the user's own follows them
+    outer, up = frame, level
+    frameworks = _plugin_dirs(_FRAMEWORKS)
+    while (
+        frameworks
+        and outer.f_back is not None
+        and os.path.abspath(outer.f_code.co_filename).startswith(frameworks)
+    ):
+        outer = outer.f_back
+        up += 1
+    return up if not os.path.abspath(outer.f_code.co_filename).startswith(frameworks) else level

@@ -3,6 +3,7 @@ observe manual optimisation. Everything the three adapters share is in ``test_ad
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 from typing import Any
@@ -336,9 +337,13 @@ def test_a_run_of_unknown_length_says_how_to_give_it(tmp_path: Path) -> None:
     with pytest.warns(
         RuntimeWarning,
         match="the run's length is unknown, so nothing is forecast: set the trainer's max_steps",
-    ):
+    ) as caught:
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
         trainer.fit(model)
     assert trainer.global_step == 12
+    # the warning points at the user's trainer.fit line, past Lightning's frames that ran the callback
+    told = [w for w in caught if "length is unknown" in str(w.message)]
+    assert (told[0].filename, told[0].lineno) == (__file__, line)
     assert "length is unknown" in cb.errors["schedule look-ahead"]
 
 
