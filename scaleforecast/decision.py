@@ -455,6 +455,8 @@ class SweepStopper(ForecastStopCheck):
         ):
             raise ValueError("max_records_age_s and max_run_age_s must be > 0 and finish_timeout_s >= 0")
         self.registry = open_registry(registry, sweep)
+        # the default sweep (one per script and folder) holds the runs of earlier invocations too: said at a stop
+        self._default_sweep = registry is None and sweep is None
         self.target = target
         self.confidence = confidence
         self.min_fraction = min_fraction
@@ -623,10 +625,14 @@ class SweepStopper(ForecastStopCheck):
             return ""
         what = "final loss" if setter.state == RunState.FINISHED else "confident forecast"
         age = _age_text(time.time() - setter.updated)
+        hint = (
+            "; runs that name no sweep share one per script and folder: SweepStopper(sweep=...) keeps sweeps apart"
+            if self._default_sweep
+            else ""
+        )
         return (
             f"; the bar, {reference:.4g}, is the {what} of run {setter.run_id} (recorded {age} ago in "
-            f"{where(self.registry)}; runs that name no sweep share one per script and folder: "
-            "SweepStopper(sweep=...) keeps sweeps apart)"
+            f"{where(self.registry)}{hint})"
         )
 
     def on_run_end(self, step: int, stopped: bool) -> None:

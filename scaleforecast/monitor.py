@@ -470,9 +470,10 @@ class RunMonitor:
         could not beat, drawn as the target when there is none), when there is a forecast to draw."""
         snapshot = self.snapshot(step)
         if snapshot is not None:
-            if stopping:
-                target = snapshot.target if snapshot.target is not None else bar
-                snapshot = replace(snapshot, stop_step=step, target=target)
+            if stopping and snapshot.target is None and bar is not None:
+                snapshot = replace(snapshot, stop_step=step, target=bar, target_label="best run of its sweep")
+            elif stopping:
+                snapshot = replace(snapshot, stop_step=step)
             self.sinks.write_figure(snapshot)
             self._figure_at = step
 

@@ -34,7 +34,8 @@ class CurveSnapshot:
     the forecast curve and its central band at ``level`` from the current step to ``final_step``;
     ``lrs``: the planned per-update LR (element k = update k+1), drawn on a second axis when given;
     ``fit_steps``/``fit_mean``: the fitted law over the steps already seen (to judge the fit by eye);
-    ``stop_step``: the step at which the run is being stopped early (the figure marks it), else ``None``.
+    ``stop_step``: the step at which the run is being stopped early (the figure marks it), else ``None``;
+    ``target_label``: what ``target`` is (a sweep's stop draws the best run's loss there).
     """
 
     step: int
@@ -53,6 +54,7 @@ class CurveSnapshot:
     fit_mean: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     stop_step: int | None = None
+    target_label: str = "target"
 
 
 @runtime_checkable

@@ -616,7 +616,13 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
             label=f"final loss {snapshot.mean[-1]:.4f} [{snapshot.lower[-1]:.4f}, {snapshot.upper[-1]:.4f}]",
         )
     if snapshot.target is not None:
-        ax.axhline(snapshot.target, color="tab:green", ls="--", lw=1.4, label=f"target {snapshot.target:g}")
+        ax.axhline(
+            snapshot.target,
+            color="tab:green",
+            ls="--",
+            lw=1.4,
+            label=f"{snapshot.target_label} {snapshot.target:.4g}",
+        )
     if snapshot.stop_step is not None:
         ax.axvline(
             snapshot.stop_step,
@@ -630,7 +636,7 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
     ax.set_xlim(0, snapshot.final_step * 1.02)
     ax.set_ylim(*_y_limits(snapshot))
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     title = snapshot.title or f"step {snapshot.step} of {snapshot.final_step}"
     if snapshot.stop_step is not None:

@@ -229,7 +229,9 @@ class Watcher:
             self.writer = _make_writer(make_output_dir(out))
             self.out = out
             close = True
-        self._sink = TensorBoardSink(self.writer, layout_extra=ADVICE_CHARTS, close_writer=close)
+        # the advice charts only where advice is given (a schedule passed): else they stay empty
+        extra = ADVICE_CHARTS if self.monitor.advisor is not None else None
+        self._sink = TensorBoardSink(self.writer, layout_extra=extra, close_writer=close)
         self.monitor.add_sink(self._sink)
         self.log(f"reading {run_dir}, writing forecasts to {self.out or 'the given writer'}")
 

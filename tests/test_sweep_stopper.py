@@ -111,10 +111,11 @@ def test_a_sweep_stop_shows_the_loss_it_could_not_beat(tmp_path: Path) -> None:
     (stop,) = [e for e in monitor.events if e.kind == "early_stop"]
     assert stop.message.startswith("cannot beat its sweep 'm': ")
     said = re.search(
-        r"the bar, ([\d.]+), is the final loss of run good \(recorded \d+ s ago in (\S+);", stop.message
+        r"the bar, ([\d.]+), is the final loss of run good \(recorded \d+ s ago in ([^;)]+)[;)]", stop.message
     )
     assert said is not None and said.group(2) == str(tmp_path / "m.sqlite"), stop.message
-    assert "SweepStopper(sweep=...)" in stop.message
+    assert "SweepStopper(sweep=...)" not in stop.message  # a sweep of its own: no hint to name one
+    assert figures.snapshots[-1].target_label == "best run of its sweep"
 
 
 def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,6 +136,16 @@ def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytes
     recs = {r.run_id: r for r in b.registry.records()}
     assert recs[a.run_id].state is RunState.FINISHED and recs[a.run_id].final_loss == 3.0
     assert recs[b.run_id].state is RunState.STOPPED
+    # a stop in the default sweep (one per script and folder, earlier invocations included) says how to name one
+    c = SweepStopper(min_fraction=0.0)
+    d = SweepStopper(min_fraction=0.0)
+    assert not c(500, one_point(3.0, 0.01))
+    c.finish()
+    assert d.sync()
+    assert d(500, one_point(9.0, 0.01))
+    said = d._stop_event(500, one_point(9.0, 0.01)).message
+    assert f"of run {c.run_id}" in said and "SweepStopper(sweep=...) keeps sweeps apart" in said, said
+    d.finish()
 
 
 def test_registry_errors_cost_one_warning_and_decisions_go_on(

@@ -711,3 +711,26 @@ def test_a_torchtitan_restart_in_a_new_folder_is_the_same_run(tmp_path: Path) ->
     run = read_run(tb_dir, schedule=SPEC, warn=False)
     assert run.steps[-1] == 1600 and len(run.steps) == 1600
     assert run.losses[1099] == pytest.approx(_law(1100) + 0.01, rel=1e-6)  # the restart's value of step 1100
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_the_advice_charts_are_laid_out_only_where_advice_is_given(tmp_path: Path, given: bool) -> None:
+    """Without ``--schedule`` or ``--lr-file`` the sidecar gives no schedule advice, but its layout still held
+    the advice chart, empty for good ("Matches (0)")."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.util import tensor_util
+
+    run = tmp_path / "job"
+    _write(run, range(10, 2001, 10), spec=SPEC)
+    kwargs: dict[str, Any] = {"schedule": SPEC} if given else {"total_steps": 2000}
+    watcher = Watcher(run, interval=0.01, log=lambda m: None, refit_every=200, **kwargs)
+    watcher.poll_once()
+    watcher.monitor.close()
+    acc = ea.EventAccumulator(
+        str(sidecar_dir(run) / "scaleforecast" / "forecast"), size_guidance={ea.TENSORS: 0}
+    )
+    acc.Reload()
+    event = acc.Tensors("custom_scalars__config__")[0]
+    layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(event.tensor_proto).item())
+    titles = [c.title for cat in layout.category for c in cat.chart]
+    assert any("schedule advice" in t for t in titles) == given, titles
