@@ -465,6 +465,12 @@ class RunMonitor:
             self.guard("sinks", self.sinks.flush)
         return forecast
 
+    def draw_figure(self, step: int) -> None:
+        """The figure at ``step`` now, unless the last one was drawn there (a sidecar's last, at the end of the
+        log: the figures are drawn every few refits, and the last one came thousands of steps before the end)."""
+        if self._figure_at != step:
+            self.guard("sinks", self._figure, step)
+
     def _figure(self, step: int, stopping: bool = False, bar: float | None = None) -> None:
         """The figure at ``step`` (with the stop marked when ``stopping``, and ``bar``, the loss a sweep's stop
         could not beat, drawn as the target when there is none), when there is a forecast to draw."""

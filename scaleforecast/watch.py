@@ -528,17 +528,17 @@ class Watcher:
         fc = self.monitor.forecaster
         if fc.schedule is None or fc.n_observations == 0 or self._sink is None:
             return
-        if fc.latest is not None and fc.latest.fitted_at_step >= fc.last_step:
-            return
-        try:
-            forecast = fc.refit()
-            self.monitor.sinks.write_forecast(fc.last_step, forecast, {})
-            self.monitor.sinks.flush()
-        except Exception as err:  # the sidecar must still close its output cleanly
-            self.log(f"last refit failed: {err}")
-            return
-        self.forecasts += 1
-        self._report(fc.last_step, forecast)
+        if fc.latest is None or fc.latest.fitted_at_step < fc.last_step:
+            try:
+                forecast = fc.refit()
+                self.monitor.sinks.write_forecast(fc.last_step, forecast, {})
+            except Exception as err:  # the sidecar must still close its output cleanly
+                self.log(f"last refit failed: {err}")
+                return
+            self.forecasts += 1
+            self._report(fc.last_step, forecast)
+        self.monitor.draw_figure(fc.last_step)
+        self.monitor.sinks.flush()
 
     def request_stop(self, *_: Any) -> None:
         self.stop_event.set()

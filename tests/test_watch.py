@@ -734,3 +734,17 @@ def test_the_advice_charts_are_laid_out_only_where_advice_is_given(tmp_path: Pat
     layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(event.tensor_proto).item())
     titles = [c.title for cat in layout.category for c in cat.chart]
     assert any("schedule advice" in t for t in titles) == given, titles
+
+
+def test_the_sidecars_last_figure_is_drawn_at_the_end_of_the_log(tmp_path: Path) -> None:
+    """Figures come every few refits: the last one was drawn thousands of steps before the end of the log, while
+    the scalars went on to its last point. The sidecar draws one at the end."""
+    run = tmp_path / "job"
+    _write(run, range(10, 1501, 10), spec=SPEC)
+    watcher = Watcher(run, schedule=SPEC, interval=0.01, max_idle=0.05, log=lambda m: None, refit_every=1000)
+    assert watcher.poll_once() > 0
+    _write(run, range(1510, 1991, 10), spec=SPEC)  # fewer steps than a refit waits for
+    assert watcher.run() == 0
+    acc = ea.EventAccumulator(str(sidecar_dir(run)), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    assert max(e.step for e in acc.Images("forecast/curve")) == 1990
