@@ -103,7 +103,10 @@ class FitConfig(BaseModel):
     >>> from scaleforecast import FitConfig
     >>> FitConfig(lam=0.99, law="auto").lam
     0.99
-    >>> FitConfig(lamda=0.99)  # a misspelt setting is an error, not a default
+
+    A misspelt setting is an error, not a silent default:
+
+    >>> FitConfig(lamda=0.99)  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     pydantic_core._pydantic_core.ValidationError: 1 validation error for FitConfig
 

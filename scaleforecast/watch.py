@@ -157,6 +157,12 @@ class Watcher:
             raise ValueError(f"--interval must be > 0, got {interval}")
         if not 0.0 < level < 1.0:
             raise ValueError(f"--level must be in (0, 1), got {level}")
+        if Path(logdir).name == "trainer_state.json":
+            raise ValueError(
+                f"{logdir}: watch cannot follow an HF trainer_state.json (the Trainer rewrites it whole at each "
+                "checkpoint): watch the run's TensorBoard folder (<output_dir>/runs/...), or forecast the file with "
+                "scaleforecast forecast"
+            )
         self.logdir = Path(logdir)
         self.schedule = schedule
         self.loss, self.lr_name, self.window = loss, lr, window

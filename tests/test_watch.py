@@ -83,6 +83,12 @@ def test_watcher_writes_a_sibling_run_and_rewinds_on_resume(tmp_path: Path) -> N
 def test_watch_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["watch", str(tmp_path)]) == 2
     assert "planned length" in capsys.readouterr().err
+    # an HF trainer_state.json is rewritten whole at each checkpoint: said, not "no loss read ... giving up"
+    state = tmp_path / "ckpt" / "trainer_state.json"
+    state.parent.mkdir()
+    state.write_text('{"log_history": [{"step": 10, "loss": 3.0}], "max_steps": 100}')
+    assert main(["watch", str(state), "--total-steps", "100", "--max-idle", "1"]) == 2
+    assert "watch cannot follow an HF trainer_state.json" in capsys.readouterr().err
     for args, message in [
         (["--level", "5"], "argument --level: must be a number in (0, 1), got '5'"),
         (["--level", "abc"], "argument --level: must be a number in (0, 1), got 'abc'"),
