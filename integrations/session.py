@@ -715,6 +715,8 @@ class TrainingSession:
         if self.on_loss_differs is not None and self.per_step and red.ranks == self.comm.world_size:
             # (the logged means are over every rank: a rank whose losses are missing makes another mean)
             self._compare_logged(red.steps[red.seen], red.loss[red.seen])
+            if not self.per_step:
+                return None  # these per-step losses are of the other loss: the logged means take over
         self.guard("schedule look-ahead", self._revise, red.steps, red.lrs, step)
         if self.planner.guessed_past:
             self.warn("no record of the LRs before this resume; assuming the current LR for them")
