@@ -89,8 +89,21 @@ class TorchCollectives:
         self.group = group
         ready = dist_ready()
         self.rank = dist.get_rank(group) if ready else 0
+        if ready and group is not None and self.rank < 0:
+            raise ValueError(
+                f"process_group: this process (global rank {dist.get_rank()}) is not in it; pass every rank the "
+                "group its decision is agreed in, one that holds the rank"
+            )
         self.world_size = dist.get_world_size(group) if ready else 1
         self.device = collective_device(torch.device("cpu"), group)
+        if ready and group is not None and self.world_size < dist.get_world_size():
+            warnings.warn(
+                f"process_group: {self.world_size} of the job's {dist.get_world_size()} processes: each group decides "
+                "to stop on its own; a group that stops leaves the others waiting in the job's own collectives "
+                "(DDP's), unless the groups train apart",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def late_world(self) -> int | None:
         """The world size of a process group initialised after this was built (which it does not use), else
@@ -244,9 +257,27 @@ class Reduced:
         return len(self.steps)
 
 
-def nonfinite_ranks(gathered: np.ndarray, channels: int) -> tuple[list[int], int] | None:
-    """The ranks whose losses in ``gathered`` (as :func:`reduce_ranks` reads it) are NaN or Inf, and the first
-    step one of them is, or ``None``: a NaN on one host is found by its rank (the mean over ranks hides it)."""
+def misaligned_ranks(gathered: np.ndarray, channels: int) -> str | None:
+    """How the ranks' step numbers in ``gathered`` differ (``"rank 0: 41..50, rank 1: 42..51"``), or ``None``
+    when every rank with data flushed the same updates: a loop that steps one rank more than another."""
+    counts = gathered[:, channels + 2, 0]
+    ranks = np.flatnonzero(counts >= 0)
+    if ranks.size < 2:
+        return None
+    spans = []
+    for r in ranks:
+        n = int(counts[r])
+        steps = gathered[r, channels, :n]
+        spans.append((int(r), int(steps[0]) if n else 0, int(steps[-1]) if n else 0, n))
+    if len({(a, b, n) for _, a, b, n in spans}) == 1:
+        return None
+    return ", ".join(f"rank {r}: {a}..{b}" if n else f"rank {r}: none" for r, a, b, n in spans)
+
+
+def nonfinite_ranks(gathered: np.ndarray, channels: int) -> tuple[list[int], int, list[int]] | None:
+    """The ranks whose losses in ``gathered`` (as :func:`reduce_ranks` reads it) are NaN or Inf at the first
+    step one is, that step, and every rank with one, or ``None``: a NaN on one host is found by its rank (the
+    mean over ranks hides it; under DDP the others follow it an update later)."""
     counts = gathered[:, channels + 2, 0]
     ok = counts >= 0
     if not ok.any():
@@ -256,9 +287,9 @@ def nonfinite_ranks(gathered: np.ndarray, channels: int) -> tuple[list[int], int
     ranks = np.flatnonzero(bad.any(axis=1))
     if not ranks.size:
         return None
-    cols = np.flatnonzero(bad.any(axis=0))
-    first = int(gathered[int(ranks[0]), channels, int(cols[0])])
-    return [int(r) for r in ranks], first
+    col = int(np.flatnonzero(bad.any(axis=0))[0])
+    first_ranks = [int(r) for r in np.flatnonzero(bad[:, col])]
+    return first_ranks, int(gathered[first_ranks[0], channels, col]), [int(r) for r in ranks]
 
 
 def reduce_ranks(gathered: np.ndarray, channels: int) -> Reduced:

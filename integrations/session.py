@@ -52,6 +52,7 @@ from scaleforecast.integrations.distributed import (
     SEEN,
     Collectives,
     DeviceBuffer,
+    misaligned_ranks,
     nonfinite_ranks,
     reduce_ranks,
 )
@@ -698,16 +699,30 @@ class TrainingSession:
         assert self.buffer is not None
         channels = self.buffer.channels
         arr = gathered.cpu().numpy()
-        red = reduce_ranks(arr, channels)
+        if self.comm.world_size > 1 and self.is_zero and "misaligned ranks" not in self._warned:
+            apart = misaligned_ranks(arr, channels)
+            if apart is not None:
+                self.warn(
+                    f"the ranks flushed other updates ({apart}): every rank must call step() once per optimizer "
+                    "update, the same number of times; their losses are averaged as if they were the same updates, "
+                    "and a rank that flushes alone waits for the others",
+                    key="misaligned ranks",
+                )
+        with warnings.catch_warnings():
+            # ranks that flushed other counts of steps: said just above, once, in the loop's terms
+            warnings.simplefilter("ignore", RuntimeWarning)
+            red = reduce_ranks(arr, channels)
         if red.count == 0:
             return None
         if self.comm.world_size > 1 and self.is_zero and "nonfinite ranks" not in self._warned:
             found = nonfinite_ranks(arr, channels)
             if found is not None:
-                ranks, first = found
+                first_ranks, first, ranks = found
+                later = [r for r in ranks if r not in first_ranks]
                 note = (
-                    f"non-finite losses come from rank(s) {', '.join(map(str, ranks))} of {self.comm.world_size} "
-                    f"(first at update {first})"
+                    f"non-finite losses come from rank(s) {', '.join(map(str, first_ranks))} of "
+                    f"{self.comm.world_size} (first at update {first})"
+                    + (f"; later from rank(s) {', '.join(map(str, later))} too" if later else "")
                 )
                 self.warn(note, key="nonfinite ranks")
                 if self._tb_sink is not None:
@@ -900,10 +915,8 @@ class TrainingSession:
             self.stopped_at = step
             self.stop_reason = self.monitor.stop_reason or shared or "another rank decided to stop"
             # this rank's monitor has logged the event that stopped the run, reason and all, just before
-            said = self.is_zero and self.monitor.stop_reason is not None
-            self.say(
-                f"stopping at step {step}" + (" (the reason is above)" if said else f": {self.stop_reason}")
-            )
+            # the reason in the same stream (the logger's event may go to another file, or come after it)
+            self.say(f"stopping at step {step}: {self.stop_reason}")
         if raising:
             if result is not None and result.error is not None:
                 raise result.error
@@ -929,8 +942,10 @@ class TrainingSession:
         the TensorBoard writer even when the framework owns it (one it closed already, that writing reopened)."""
         if self.comm is None:
             return
-        if step > self.flushed_at and self.buffer is not None:
-            self.flush(step, final=True)  # training has ended: there is nothing left to stop
+        if self.buffer is not None and (step > self.flushed_at or self.comm.world_size > 1):
+            # training has ended: there is nothing left to stop; every rank of a job joins it, whatever it
+            # buffered (a rank that counted one more update than the others went into it alone and hung)
+            self.flush(step, final=True)
         total = self.monitor.forecaster.total_steps
         if self.stopped_at is not None and self._went_past and total is not None and step >= total:
             # it trained past its stop to its last step: a finished run, not a stopped one

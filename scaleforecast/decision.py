@@ -623,7 +623,8 @@ class SweepStopper(ForecastStopCheck):
         setter = next((r for r, v in values if math.isclose(v, reference, rel_tol=1e-12)), None)
         if setter is None:
             return ""
-        what = "final loss" if setter.state == RunState.FINISHED else "confident forecast"
+        # a finished run's final loss as recorded: its last forecast's, a denoised estimate of its end
+        what = "recorded final loss" if setter.state == RunState.FINISHED else "confident forecast"
         age = _age_text(time.time() - setter.updated)
         hint = (
             "; runs that name no sweep share one per script and folder: SweepStopper(sweep=...) keeps sweeps apart"

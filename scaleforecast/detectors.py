@@ -936,7 +936,10 @@ class StagnationDetector:
         sigma = self.noise.sigma
         if self.prev is None or not all(math.isfinite(v) for v in (cur[0], self.prev[0], sigma)):
             return None
-        # both blocks under the law fitted now: a refit between them is no change of the loss
+        # both blocks under the law fitted now: a refit between them is no change of the loss; not a block
+        # that reaches into the warm-up, where the law (fitted without it) expects nothing of the loss
+        if int(self.prev[1].min()) <= getattr(law, "peak", 0):
+            return None
         expected = [_law_at(law, b[1]) for b in (self.prev, cur)]
         if expected[0] is None or expected[1] is None:
             return None
@@ -1348,9 +1351,12 @@ class FitLaw:
     schedule, or a law that cannot be evaluated, give NaN.
     """
 
-    def __init__(self, mean: Callable[[np.ndarray], np.ndarray], total: int) -> None:
+    def __init__(self, mean: Callable[[np.ndarray], np.ndarray], total: int, peak: int = 0) -> None:
         self._mean = mean
         self.total = int(total)
+        # the last warm-up step (the LR's peak): the fit leaves the steps up to it out, so the law's values
+        # there are no expectation of the loss
+        self.peak = int(peak)
         self._lo = 1
         self._vals = np.zeros(0)
 
@@ -1393,7 +1399,8 @@ def forecaster_law(view: Any, cache: dict[str, Any] | None = None) -> LawFn | No
         return None
     cache = {} if cache is None else cache
     if cache.get("fit") is not latest or cache.get("lrs") is not lrs:
-        cache.update(fit=latest, lrs=lrs, law=FitLaw(_law_mean(view, latest, lrs), len(lrs)))
+        peak = int(np.argmax(lrs)) + 1
+        cache.update(fit=latest, lrs=lrs, law=FitLaw(_law_mean(view, latest, lrs), len(lrs), peak))
     return cache["law"]
 
 

@@ -132,9 +132,10 @@ def test_forecast_in_tensorboard_printed_and_stop_recorded(
         re.M,
     )
     assert [int(s) for s in lines] == [e.step for e in final]
-    # the stop event, logged just before with its reason, is not repeated in full
-    assert f"{NAMES[adapter]}: stopping at step {cb.stopped_at} (the reason is above)" in out
-    assert "cannot reach" not in out
+    # the stop says its reason in the same stream: the logged event goes to stderr, maybe to another file, and
+    # came after "the reason is above" under torchrun's --tee
+    assert f"{NAMES[adapter]}: stopping at step {cb.stopped_at}: forecast final loss" in out
+    assert "cannot reach" in out and "the reason is above" not in out
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -502,6 +503,32 @@ def test_a_loop_that_raises_on_one_rank_ends_at_once_with_close_in_finally() -> 
     assert proc.returncode != 0
     assert "injected failure on rank 1" in proc.stderr, proc.stderr[-3000:]
     assert "Timed out" not in proc.stderr and "timed out" not in proc.stderr.lower(), proc.stderr[-3000:]
+
+
+def test_ranks_that_step_unevenly_are_told_and_the_job_ends() -> None:
+    """Rank 1 calls ``step()`` once more than rank 0 (a bug of the loop's): the flushes paired up and averaged
+    other updates in silence, and ``close()`` hung (rank 1 went into the last flush alone). The ranks are told,
+    and every rank joins the last flush."""
+    pytest.importorskip("torch")
+    from procs import TESTS, run_group, torchrun
+
+    proc = run_group(torchrun(TESTS / "stop_exit_worker.py", "--uneven"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(" done") == 2
+    assert proc.stderr.count("the ranks flushed other updates (rank 0: ") == 1, proc.stderr[-3000:]
+
+
+def test_a_process_group_without_this_rank_is_a_clear_error() -> None:
+    """``process_group=new_group([0])`` on every rank: rank 1 failed with torch's bare "Invalid process group
+    specified"; it is told it is not in the group, and rank 0 that its group is a part of the job."""
+    pytest.importorskip("torch")
+    from procs import TESTS, run_group, torchrun
+
+    proc = run_group(torchrun(TESTS / "stop_exit_worker.py", "--subgroup"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 1: process_group: this process (global rank 1) is not in it" in proc.stdout, proc.stdout
+    assert "rank 0: built" in proc.stdout
+    assert "process_group: 1 of the job's 2 processes" in proc.stderr
 
 
 def test_plain_loop_example_runs(tmp_path: Path) -> None:

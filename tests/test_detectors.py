@@ -252,6 +252,21 @@ def test_a_refit_between_two_blocks_is_no_stagnation() -> None:
     assert det.update(steps[cut:], y[cut:], law) == []
 
 
+def test_no_stagnation_is_read_into_the_warm_up() -> None:
+    """A loss that falls fast through a 40-step warm-up (2.19 to 1.17 by step 30), judged against a law fitted
+    without the warm-up, which expects a drop of 2.38 there: "loss stalled at step 64" on a healthy run. A block
+    that reaches into the warm-up is not judged."""
+    from scaleforecast.detectors import FitLaw
+
+    steps = np.arange(1, 201)
+    y = np.where(steps <= 40, 2.2 - 0.03 * steps, 1.0 - 0.0005 * (steps - 40))
+    # the law's values inside the warm-up are no expectation of the loss (here: far above it)
+    law = FitLaw(lambda s: np.where(s <= 40, 8.0 - 0.06 * s, 1.0 - 0.0005 * (s - 40)), 200, peak=40)
+    assert StagnationDetector().update(steps, y, law) == []
+    blind = FitLaw(law._mean, 200)  # the same law, not told where the warm-up ends: the false alarm
+    assert [e.kind for e in StagnationDetector().update(steps, y, blind)] == ["stagnation"]
+
+
 def test_grad_norm_spike_and_growth() -> None:
     rng = np.random.default_rng(11)
     steps = np.arange(1, 801)

@@ -111,7 +111,8 @@ def test_a_sweep_stop_shows_the_loss_it_could_not_beat(tmp_path: Path) -> None:
     (stop,) = [e for e in monitor.events if e.kind == "early_stop"]
     assert stop.message.startswith("cannot beat its sweep 'm': ")
     said = re.search(
-        r"the bar, ([\d.]+), is the final loss of run good \(recorded \d+ s ago in ([^;)]+)[;)]", stop.message
+        r"the bar, ([\d.]+), is the recorded final loss of run good \(recorded \d+ s ago in ([^;)]+)[;)]",
+        stop.message,
     )
     assert said is not None and said.group(2) == str(tmp_path / "m.sqlite"), stop.message
     assert "SweepStopper(sweep=...)" not in stop.message  # a sweep of its own: no hint to name one
