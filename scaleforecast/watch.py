@@ -125,7 +125,8 @@ class Watcher:
 
     ``schedule`` (spec, ``.npy`` path or array) or ``total_steps`` (the LR is then rebuilt from the logged LR tag)
     must be given; schedule advice is given only with ``schedule`` (a rebuilt LR is a guess past its last logged
-    point, and advice on a guessed plan would judge the guess). ``writer`` is any SummaryWriter-like object (default: one on :func:`sidecar_dir`, or ``out``).
+    point, and advice on a guessed plan would judge the guess). ``writer`` is any SummaryWriter-like object
+    (default: one on :func:`sidecar_dir`, or ``out``).
     ``emit(record)`` receives one JSON-safe dict per new forecast, event and data anomaly; ``log(line)`` the
     human-readable lines (default: stderr).
     """
