@@ -314,7 +314,20 @@ def _make(adapter: str, **kwargs: Any) -> Any:
 
     sgd = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
     # a plain loop starts at construction: no TensorBoard files in the working directory
-    return LossForecastSession(sgd, **{"total_steps": 100, "writer": False, **kwargs})
+    fc = LossForecastSession(sgd, **{"total_steps": 100, "writer": False, **kwargs})
+    _OPEN_LOOPS.append(fc)
+    return fc
+
+
+# plain-loop sessions made by _make: closed after each test, as a loop closes its session
+_OPEN_LOOPS: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_loops() -> Any:
+    yield
+    while _OPEN_LOOPS:
+        _OPEN_LOOPS.pop().close()
 
 
 @pytest.mark.parametrize(
@@ -381,6 +394,7 @@ def test_a_plain_loop_must_say_its_length() -> None:
         LossForecastSession(object(), total_steps=10)  # type: ignore[arg-type]
     fc = LossForecastSession(sgd, schedule="constant:peak=0.1,total=10", writer=False)
     assert fc.session.planner.length(None) == 10
+    fc.close()
 
 
 def test_numbers_of_any_kind_are_accepted(adapter: str) -> None:

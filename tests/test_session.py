@@ -295,6 +295,7 @@ def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_fo
         fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
         if n in (110, 190):
             saved[n] = (opt.state_dict(), sched.state_dict()) if n == 110 else fc.state_dict()
+    fc.close()
     opt, sched, fc = session()
     opt.load_state_dict(saved[110][0])
     sched.load_state_dict(saved[110][1])
