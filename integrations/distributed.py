@@ -257,11 +257,18 @@ class Reduced:
         return len(self.steps)
 
 
+def _counts(gathered: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each rank's count of steps in ``gathered``, which ranks had data, and the count they all hold (0: none)."""
+    counts = gathered[:, channels + 2, 0]
+    ok = counts >= 0
+    return counts, ok, int(counts[ok].min()) if ok.any() else 0
+
+
 def misaligned_ranks(gathered: np.ndarray, channels: int) -> str | None:
     """How the ranks' step numbers in ``gathered`` differ (``"rank 0: 41..50, rank 1: 42..51"``), or ``None``
     when every rank with data flushed the same updates: a loop that steps one rank more than another."""
-    counts = gathered[:, channels + 2, 0]
-    ranks = np.flatnonzero(counts >= 0)
+    counts, ok, _ = _counts(gathered, channels)
+    ranks = np.flatnonzero(ok)
     if ranks.size < 2:
         return None
     spans = []
@@ -278,11 +285,7 @@ def nonfinite_ranks(gathered: np.ndarray, channels: int) -> tuple[list[int], int
     """The ranks whose losses in ``gathered`` (as :func:`reduce_ranks` reads it) are NaN or Inf at the first
     step one is, that step, and every rank with one, or ``None``: a NaN on one host is found by its rank (the
     mean over ranks hides it; under DDP the others follow it an update later)."""
-    counts = gathered[:, channels + 2, 0]
-    ok = counts >= 0
-    if not ok.any():
-        return None
-    n = int(counts[ok].min())
+    _, ok, n = _counts(gathered, channels)
     bad = (gathered[:, SEEN, :n] == 1.0) & ~np.isfinite(gathered[:, LOSS, :n]) & ok[:, None]
     ranks = np.flatnonzero(bad.any(axis=1))
     if not ranks.size:
@@ -298,12 +301,10 @@ def reduce_ranks(gathered: np.ndarray, channels: int) -> Reduced:
     Ranks marked "no data" are left out; the step numbers and LRs are those of the first rank with data. If
     the ranks with data buffered different counts (a caller bug), the common prefix is kept, with a warning.
     """
-    counts = gathered[:, channels + 2, 0]
-    ok = counts >= 0
+    counts, ok, n = _counts(gathered, channels)
     if not ok.any():
         empty = np.empty(0)
         return Reduced(empty, empty, empty, empty, np.empty(0, dtype=bool), empty, 0)
-    n = int(counts[ok].min())
     if (counts[ok] != n).any():
         warnings.warn(
             f"ranks flushed different step counts {counts[ok].astype(int).tolist()}; keeping the first {n}",

@@ -873,9 +873,8 @@ class TrainingSession:
 
     def _compare_logged(self, steps: np.ndarray, losses: np.ndarray) -> None:
         self._recent.update(zip(steps.tolist(), losses.tolist(), strict=True))
-        if len(self._recent) > _RECENT_STEPS:
-            for s in sorted(self._recent)[: len(self._recent) - _RECENT_STEPS]:
-                del self._recent[s]
+        while len(self._recent) > _RECENT_STEPS:  # steps come in order: the oldest is the first inserted
+            del self._recent[next(iter(self._recent))]
         waiting = []
         for step, window, logged in self._logged:
             if step > self.flushed_at:
@@ -947,7 +946,7 @@ class TrainingSession:
             # buffered (a rank that counted one more update than the others went into it alone and hung)
             self.flush(step, final=True)
         total = self.monitor.forecaster.total_steps
-        if self.stopped_at is not None and self._went_past and total is not None and step >= total:
+        if self.stopped_at is not None and total is not None and step >= total:
             # it trained past its stop to its last step: a finished run, not a stopped one
             if self._tb_sink is not None:
                 note = f"step {step}: the run trained past its stop to its last step: recorded as finished"
