@@ -299,18 +299,13 @@ def reduce_ranks(gathered: np.ndarray, channels: int) -> Reduced:
     """Reduce ``(world, channels + 3, capacity)`` gathered messages (see :meth:`DeviceBuffer.pack`).
 
     Ranks marked "no data" are left out; the step numbers and LRs are those of the first rank with data. If
-    the ranks with data buffered different counts (a caller bug), the common prefix is kept, with a warning.
+    the ranks with data buffered different counts (a caller bug, told by :func:`misaligned_ranks`), the common
+    prefix is kept.
     """
-    counts, ok, n = _counts(gathered, channels)
+    _, ok, n = _counts(gathered, channels)
     if not ok.any():
         empty = np.empty(0)
         return Reduced(empty, empty, empty, empty, np.empty(0, dtype=bool), empty, 0)
-    if (counts[ok] != n).any():
-        warnings.warn(
-            f"ranks flushed different step counts {counts[ok].astype(int).tolist()}; keeping the first {n}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     msgs = gathered[ok][:, :, :n]
     first = msgs[0]
     seen = msgs[:, SEEN, :] == 1.0

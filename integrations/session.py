@@ -708,10 +708,7 @@ class TrainingSession:
                     "and a rank that flushes alone waits for the others",
                     key="misaligned ranks",
                 )
-        with warnings.catch_warnings():
-            # ranks that flushed other counts of steps: said just above, once, in the loop's terms
-            warnings.simplefilter("ignore", RuntimeWarning)
-            red = reduce_ranks(arr, channels)
+        red = reduce_ranks(arr, channels)
         if red.count == 0:
             return None
         if self.comm.world_size > 1 and self.is_zero and "nonfinite ranks" not in self._warned:
