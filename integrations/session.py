@@ -457,7 +457,7 @@ class TrainingSession:
             return
         family, store, run_id = found
         total = forecaster.total_steps
-        if self.stopped_at is not None or (total is not None and step < total):
+        if self.monitor.ended_early(step, self.stopped_at is not None):
             self.say(
                 f"not kept as a reference of family {family!r}: it ended at step {step}, before its last step"
                 + (f" {total}" if total is not None else "")

@@ -425,12 +425,17 @@ class RunMonitor:
         """Tell the listeners that have ``on_run_end`` that the run ended at ``step`` (``stopped``: by any rule,
         as agreed across ranks, or before its planned last step: a failure, a time budget), e.g. a sweep stopper
         recording the run as finished or stopped for the runs after it. Each failure is reported once."""
-        total = self.forecaster.total_steps
-        stopped = stopped or (total is not None and step < total)
+        stopped = self.ended_early(step, stopped)
         for i, listener in enumerate(self.listeners):
             end = getattr(listener, "on_run_end", None)
             if callable(end):
                 self.guard(f"listener {_name(listener, i)}", end, step, stopped)
+
+    def ended_early(self, step: int, stopped: bool) -> bool:
+        """Whether a run that ended at ``step`` ended before it finished: ``stopped`` (by any rule), or short
+        of its planned last step (a failure, a time budget). A run of unknown length ends where it ends."""
+        total = self.forecaster.total_steps
+        return stopped or (total is not None and step < total)
 
     def clear_stop(self, judge_again: bool = True) -> None:
         """Forget a stop: a run that was stopped and is resumed from a checkpoint trains on, and the stop rule
