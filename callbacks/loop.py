@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from scaleforecast.integrations.arguments import ForecastArgs
 from scaleforecast.integrations.distributed import TorchCollectives
-from scaleforecast.integrations.planner import LRSource
+from scaleforecast.integrations.planner import LRSource, unwrap_scheduler
 from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter
 from typing_extensions import Unpack
 
@@ -52,8 +52,14 @@ __all__ = ["LossForecastSession"]
 _CHECK_CALLS = 64  # step() calls before the cadence check: past a gradient scaler's first skipped updates
 
 
-def _as_list(scheduler: Any | Sequence[Any] | None) -> list[Any]:
-    return [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
+def _unwrapped(scheduler: Any | Sequence[Any] | None) -> tuple[list[Any], int]:
+    """The torch schedulers and their steps per update (Accelerate's wrapper steps its own once per process)."""
+    given = [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
+    pairs = [unwrap_scheduler(s) for s in given]
+    paces = {k for _, k in pairs}
+    if len(paces) > 1:
+        raise ValueError(f"scheduler: the schedulers step at different paces per update ({sorted(paces)})")
+    return [s for s, _ in pairs], paces.pop() if paces else 1
 
 
 def _replan_hint(every: int) -> str:
@@ -91,7 +97,8 @@ class LossForecastSession(SessionFace):
 
     ``optimizer``: the torch optimizer (a wrapper such as Accelerate's is fine); ``scheduler``: its LR
     scheduler(s), stepped once every ``scheduler_every`` updates (default 1; for a scheduler stepped once per
-    epoch, the updates per epoch; ``None``: a constant LR, or pass ``schedule=``);
+    epoch, the updates per epoch; ``None``: a constant LR, or pass ``schedule=``; one Accelerate prepared is
+    read as Accelerate steps it, once per process at each update unless it splits batches);
     ``process_group``: the ``torch.distributed`` group the decision is agreed in. ``target_loss`` and the other
     keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`);
     without a ``writer`` the TensorBoard files go under ``dirpath`` (default ``runs/scaleforecast``).
@@ -110,13 +117,13 @@ class LossForecastSession(SessionFace):
         if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "param_groups"):
             raise ValueError(f"optimizer: expected a torch optimizer, got {type(optimizer).__name__}")
         _check_every(scheduler_every)
-        schedulers = _as_list(scheduler)
+        schedulers, per_update = _unwrapped(scheduler)
         if kwargs.get("total_steps") is None and kwargs.get("schedule") is None:
             raise ValueError(
                 "total_steps: a plain loop must say how many optimizer steps it runs (or pass schedule=)"
             )
         self.session = TrainingSession("LossForecastSession", target_loss, **kwargs)
-        self._schedulers = schedulers
+        self._schedulers, self._per_update = schedulers, per_update
         # Start now, before the first optimizer.step(): the plan begins at the LR that update will use. A
         # scheduler restored from a checkpoint knows how many updates were done (a saved state says it too).
         self.session.replan_hint = _replan_hint(scheduler_every)
@@ -140,7 +147,8 @@ class LossForecastSession(SessionFace):
         construction (default: unchanged)."""
         every = self._scheduler_every if scheduler_every is None else scheduler_every
         _check_every(every)
-        self._schedulers, self._scheduler_every = _as_list(scheduler), every
+        self._schedulers, self._per_update = _unwrapped(scheduler)
+        self._scheduler_every = every
         self.session.replan_hint = _replan_hint(every)
         self.session.set_source(self._source())
 
@@ -151,6 +159,7 @@ class LossForecastSession(SessionFace):
             self._schedulers,
             group=self.session.config.param_group,
             step_every=self._scheduler_every,
+            per_update=self._per_update,
         )
 
     def _updates_done(self) -> int | None:
@@ -158,7 +167,7 @@ class LossForecastSession(SessionFace):
         stepped every few updates, whose count says the update only to within its cadence)."""
         if len(self._schedulers) != 1 or self._scheduler_every != 1:
             return None
-        return max(int(getattr(self._schedulers[0], "last_epoch", 0)), 0)
+        return max(int(getattr(self._schedulers[0], "last_epoch", 0)), 0) // self._per_update
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore on resume (after the optimizer and scheduler, or before them). A saved state that counts

@@ -120,7 +120,11 @@ def _shadow_copy(schedulers: Sequence[Any], optimizer: Optimizer) -> tuple[list[
 
 
 def scheduler_epochs(
-    steps_done: int, total_steps: int, step_every: int = 1, epoch_pattern: Sequence[bool] | None = None
+    steps_done: int,
+    total_steps: int,
+    step_every: int = 1,
+    epoch_pattern: Sequence[bool] | None = None,
+    per_update: int = 1,
 ) -> np.ndarray:
     """How many scheduler steps have happened before each remaining update, relative to now.
 
@@ -128,17 +132,18 @@ def scheduler_epochs(
     update: ``floor((j-1)/step_every) - floor(steps_done/step_every)``. Element 0 is always 0. With
     ``epoch_pattern`` (one flag per update of an epoch: whether the scheduler steps after it; Lightning counts
     its ``frequency`` in batches from each epoch's start) the count restarts its pattern every epoch instead.
+    ``per_update``: the scheduler steps taken each time it steps (Accelerate steps it once per process).
     """
     j = np.arange(steps_done + 1, total_steps + 1, dtype=np.int64)
     if epoch_pattern is None:
-        return (j - 1) // step_every - steps_done // step_every
+        return per_update * ((j - 1) // step_every - steps_done // step_every)
     per_epoch = len(epoch_pattern)
     done_by = np.concatenate([[0], np.cumsum(np.asarray(epoch_pattern, dtype=np.int64))])
 
     def count(u: np.ndarray | int) -> np.ndarray:
         return (np.asarray(u) // per_epoch) * done_by[-1] + done_by[np.asarray(u) % per_epoch]
 
-    return count(j - 1) - count(steps_done)
+    return per_update * (count(j - 1) - count(steps_done))
 
 
 class _Unsupported(Exception):
@@ -565,6 +570,7 @@ def lookahead_lrs(
     group: int = 0,
     step_every: int = 1,
     epoch_pattern: Sequence[bool] | None = None,
+    per_update: int = 1,
     closed_form: bool = True,
 ) -> np.ndarray:
     """The LR of every remaining update ``steps_done+1 .. total_steps`` of ``optimizer``'s param group ``group``.
@@ -572,7 +578,7 @@ def lookahead_lrs(
     ``schedulers`` are the torch LR schedulers attached to ``optimizer`` (stepped in this order after every
     ``step_every``-th update, as a training loop does; ``None`` or empty = constant LR). Update ``j`` uses the
     LR reached after ``floor((j-1)/step_every) - floor(steps_done/step_every)`` more scheduler steps; element
-    0 is the LR in the optimizer now (``epoch_pattern``: see :func:`scheduler_epochs`). Every scheduler of
+    0 is the LR in the optimizer now (``epoch_pattern``, ``per_update``: see :func:`scheduler_epochs`). Every scheduler of
     ``torch.optim.lr_scheduler`` (and any nesting of them in SequentialLR / ChainedScheduler) is read in
     vectorised form, as a sequence of maps ``lr <- a * lr + b`` mirroring torch's own step formulas: about 0.1
     s for 1M steps, plus the user's lambdas (LambdaLR, MultiplicativeLR) called once per step unless they
@@ -586,8 +592,8 @@ def lookahead_lrs(
         raise LookaheadError(f"total_steps must be positive, got {total_steps}")
     if not 0 <= steps_done <= total_steps:
         raise LookaheadError(f"steps_done must be in [0, total_steps={total_steps}], got {steps_done}")
-    if step_every < 1:
-        raise LookaheadError(f"step_every must be >= 1, got {step_every}")
+    if step_every < 1 or per_update < 1:
+        raise LookaheadError(f"step_every and per_update must be >= 1, got {step_every} and {per_update}")
     if epoch_pattern is not None and len(epoch_pattern) == 0:
         raise LookaheadError("epoch_pattern must hold one flag per update of an epoch")
     if not 0 <= group < len(optimizer.param_groups):
@@ -612,7 +618,7 @@ def lookahead_lrs(
         scheds = [s for s in scheds if not metric_driven(s)]
 
     current = _as_float(optimizer.param_groups[group]["lr"])
-    epochs = scheduler_epochs(steps_done, total_steps, step_every, epoch_pattern)
+    epochs = scheduler_epochs(steps_done, total_steps, step_every, epoch_pattern, per_update)
     if epochs.size == 0:
         return np.empty(0, dtype=np.float64)
     n_steps = int(epochs[-1])

@@ -29,7 +29,7 @@ from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs, 
 
 from scaleforecast.schedules import edge_zeros
 
-__all__ = ["LRSource", "SchedulePlanner", "floor_lrs", "lr_trouble"]
+__all__ = ["LRSource", "SchedulePlanner", "floor_lrs", "lr_trouble", "unwrap_scheduler"]
 
 DRIFT_RTOL = 1e-6
 DRIFT_ATOL = 1e-9  # times the plan's largest LR
@@ -68,20 +68,43 @@ def lr_trouble(lrs: np.ndarray) -> str | None:
     return None
 
 
+def unwrap_scheduler(scheduler: Any) -> tuple[Any, int]:
+    """``(the torch scheduler, its steps per update)``. Accelerate's ``AcceleratedScheduler`` wraps the one it
+    was given and, at each update that syncs the gradients, steps it once per process (its batches count as
+    ``num_processes`` of the scheduler's), unless it splits batches or does not step with the optimizer; the
+    look-ahead steps copies of the torch scheduler, at that pace. Any other scheduler: itself, once."""
+    inner = getattr(scheduler, "scheduler", None)
+    if inner is None or not hasattr(scheduler, "step_with_optimizer") or not hasattr(inner, "step"):
+        return scheduler, 1
+    if not scheduler.step_with_optimizer or getattr(scheduler, "split_batches", False):
+        return inner, 1
+    try:
+        from accelerate.state import AcceleratorState
+
+        return inner, max(int(AcceleratorState().num_processes), 1)
+    except Exception:  # no Accelerate state: the world of torch.distributed, as Accelerate would count it
+        import torch.distributed as dist
+
+        ready = dist.is_available() and dist.is_initialized()
+        return inner, dist.get_world_size() if ready else 1
+
+
 @dataclass
 class LRSource:
-    """The run's optimizer, the LR scheduler(s) stepping it (every ``step_every`` updates) and which param
-    group carries "the" LR. ``key`` changes when the schedulers are replaced."""
+    """The run's optimizer, the LR scheduler(s) stepping it (every ``step_every`` updates, ``per_update``
+    scheduler steps at a time) and which param group carries "the" LR. ``key`` changes when the schedulers
+    are replaced."""
 
     optimizer: Any
     schedulers: Sequence[Any] = field(default_factory=list)
     group: int = 0
     step_every: int = 1
     epoch_pattern: tuple[bool, ...] | None = None  # see lookahead.scheduler_epochs
+    per_update: int = 1
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (tuple(id(s) for s in self.schedulers), self.step_every, self.epoch_pattern)
+        return (tuple(id(s) for s in self.schedulers), self.step_every, self.epoch_pattern, self.per_update)
 
     def lookahead(self, total: int, steps_done: int) -> np.ndarray:
         """The LR of updates ``steps_done + 1 .. total`` (see :func:`lookahead.lookahead_lrs`)."""
@@ -95,6 +118,7 @@ class LRSource:
                 group=self.group,
                 step_every=self.step_every,
                 epoch_pattern=self.epoch_pattern,
+                per_update=self.per_update,
             )
 
         try:
@@ -117,7 +141,7 @@ class LRSource:
         if lambdas is None or self.group >= len(lambdas) or getattr(sched, "_schedulers", None):
             return None
         base, fn = float(sched.base_lrs[self.group]), lambdas[self.group]
-        counts = scheduler_epochs(0, steps_done, self.step_every, self.epoch_pattern)
+        counts = scheduler_epochs(0, steps_done, self.step_every, self.epoch_pattern, self.per_update)
         # a scheduler stepped every few updates repeats its count: the lambda runs once per distinct count
         distinct, where = np.unique(counts, return_inverse=True)
         return base * np.array([float(fn(int(k))) for k in distinct])[where]

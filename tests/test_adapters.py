@@ -545,6 +545,27 @@ def test_a_process_group_without_this_rank_is_a_clear_error() -> None:
     assert "process_group: 1 of the job's 2 processes" in proc.stderr
 
 
+def test_an_accelerate_loop_reads_the_scheduler_accelerate_prepared(tmp_path: Path) -> None:
+    """Accelerate's ``AcceleratedScheduler`` given to the plain-loop adapter: the look-ahead failed on the
+    wrapper (no forecast, no stop, in silence but for one warning), and the inner scheduler, which Accelerate
+    steps once per process at each update, was planned at one step per update. The plan must match the LR of
+    every update, alone and on two processes, and a run resumed from Accelerate's checkpoint goes on from its
+    history without a warning."""
+    pytest.importorskip("accelerate")
+    from procs import TESTS, run_group, torchrun
+
+    worker = TESTS / "accelerate_worker.py"
+    for mode in ("full", "--cut", "--resume"):
+        proc = run_group([sys.executable, str(worker), str(tmp_path), mode], timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "plan ok" in proc.stdout and "warning" not in proc.stdout, proc.stdout[-3000:]
+    assert "60 updates from 30, plan ok" in proc.stdout
+    proc = run_group(torchrun(worker, str(tmp_path / "two")), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("of 2: 60 updates from 0, plan ok") == 2, proc.stdout[-3000:]
+    assert "warning" not in proc.stdout and proc.stdout.count("forecast ") >= 2, proc.stdout[-3000:]
+
+
 def test_plain_loop_example_runs(tmp_path: Path) -> None:
     """``examples/plain_loop.py``, shortened: a nanoGPT-style loop that prints its forecasts and writes them
     to TensorBoard."""
