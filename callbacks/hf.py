@@ -30,7 +30,7 @@ Everything else (device buffer, flushes and agreement across ranks through ``tor
 schedule looked ahead from the Trainer's ``lr_scheduler``, the saved state) is the shared
 :class:`~scaleforecast.integrations.session.TrainingSession`. TensorBoard output goes, on the world process
 zero only, into the writer of HF's own ``TensorBoardCallback`` when it is active (one run directory), else under
-``dirpath`` (default ``output_dir/runs/scaleforecast``). The state travels in the checkpoint through
+``dirpath`` (default: where HF's would write, ``output_dir/runs/<time>_<host>``, a new folder for each run). The state travels in the checkpoint through
 ``ExportableState``; with ``restore_callback_states_from_checkpoint=True`` the Trainer rebuilds this object from
 its JSON-safe arguments, which drops ``writer=``, ``listeners=``, ``advisor=``, ``on_event=`` and custom
 ``detectors=`` (the rebuilt callback runs the default health checks, or none when built with ``detectors=[]``).
@@ -42,6 +42,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,6 +170,23 @@ def _hf_tensorboard_callback() -> Any | None:
     return None
 
 
+def _own_run_dir(args: Any, state: Any) -> Path:
+    """Where HF's own ``TensorBoardCallback`` would write this run, for when it is off: its
+    ``TENSORBOARD_LOGGING_DIR``, else a new ``output_dir/runs/<time>_<host>`` (a trial of a hyperparameter search
+    in a folder named after it below that), so that the runs of one process (a sweep loop) never share one."""
+    given = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if given:
+        return Path(os.path.expanduser(given))
+    run = Path(args.output_dir) / "runs" / f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}"
+    trial = getattr(state, "trial_name", None) if getattr(state, "is_hyper_param_search", False) else None
+    if trial:
+        return run / str(trial)
+    fresh, k = run, 1
+    while fresh.exists():  # another run began in the same second
+        fresh, k = run.with_name(f"{run.name}_{k}"), k + 1
+    return fresh
+
+
 class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
     """Forecast the final training loss with the LR-annealing law; optionally stop when a target is out of reach.
 
@@ -244,7 +264,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             run_length=int(state.max_steps) if state.max_steps else None,
             source=source,
             find_writer=self._hf_writer,
-            default_logdir=Path(args.output_dir) / "runs" / "scaleforecast",
+            default_logdir=_own_run_dir(args, state),
         )
         self._set_mode("window" if self.session.extra.get("mode") == "window" else self.mode)
         self._log_every = _updates_per_log(args, state)

@@ -115,6 +115,18 @@ def _run_length(trainer: pl.Trainer) -> int | None:
     return int(est) if steps is None else min(steps, int(est))
 
 
+def _own_run_dir(trainer: pl.Trainer) -> Path:
+    """Where the callback writes when the trainer has no ``TensorBoardLogger``: beside another logger's files
+    (a ``CSVLogger``'s version folder), else in the next free ``lightning_logs/version_N`` of
+    ``default_root_dir``, where Lightning's own logger would have written: one folder per run (a folder named
+    like the package in the working directory would also shadow it on import)."""
+    if trainer.loggers and trainer.log_dir:
+        return Path(trainer.log_dir) / "scaleforecast"
+    root = Path(trainer.default_root_dir) / "lightning_logs"
+    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()] if root.is_dir() else []
+    return root / f"version_{max(taken, default=-1) + 1}"
+
+
 def _logger_writer(trainer: pl.Trainer) -> Any:
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -135,7 +147,7 @@ class LossForecast(SessionFace, Callback):
     The other keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`),
     e.g. ``listeners=[SweepStopper()]``, ``writer=False``, ``detectors=[]`` (no health checks). Without a
     ``TensorBoardLogger`` the callback writes under ``dirpath`` (default: ``scaleforecast`` in the other logger's
-    version folder, e.g. a ``CSVLogger``'s, else in ``default_root_dir``).
+    version folder, e.g. a ``CSVLogger``'s, else the next free ``lightning_logs/version_N`` in ``default_root_dir``).
     """
 
     def __init__(self, target_loss: float | None = None, **kwargs: Unpack[ForecastArgs]) -> None:
@@ -182,9 +194,7 @@ class LossForecast(SessionFace, Callback):
             run_length=length,
             source=self.session.guard("schedule look-ahead", _lr_source, trainer, group),
             find_writer=lambda: _logger_writer(trainer),
-            # beside another logger's files (a CSVLogger's version folder), so that each run has its own
-            default_logdir=Path((trainer.loggers and trainer.log_dir) or trainer.default_root_dir)
-            / "scaleforecast",
+            default_logdir=_own_run_dir(trainer),
             # fast_dev_run: Lightning logs and checkpoints nothing, and neither does the forecast
             tensorboard=not getattr(trainer, "fast_dev_run", False),
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pl = pytest.importorskip("lightning.pytorch")
 torch = pytest.importorskip("torch")
@@ -256,6 +257,25 @@ def test_with_a_csv_logger_each_run_writes_tensorboard_into_its_version_folder(t
         "version_0",
         "version_1",
     ]
+
+
+@pytest.mark.slow
+def test_with_no_logger_each_run_writes_tensorboard_into_a_version_folder_of_its_own(tmp_path: Path) -> None:
+    """``logger=False``: every run of a process wrote into ``default_root_dir/scaleforecast``, one TensorBoard run
+    for all (their lines zig-zagged), and that folder, in the working directory by default, shadowed the package
+    itself on import for a script started there. Each run now writes where Lightning's own logger would have."""
+    for k in range(2):
+        cb = LossForecast(flush_every=5, refit_every=5, verbose=False)
+        _trainer(tmp_path, [cb], 30, logger=False).fit(TinyRegressor(total=30))
+        assert cb.log_dir == str(tmp_path / "lightning_logs" / f"version_{k}")
+    assert not (tmp_path / "scaleforecast").exists()
+    for k in range(2):
+        acc = EventAccumulator(
+            str(tmp_path / "lightning_logs" / f"version_{k}"), size_guidance={"scalars": 0}
+        )
+        acc.Reload()
+        steps = [e.step for e in acc.Scalars("forecast/final_loss")]
+        assert steps == sorted(set(steps)), steps
 
 
 @pytest.mark.slow
