@@ -379,6 +379,10 @@ class TrainingSession:
                 for detector, fresh in zip(self.detectors, self._detectors_fresh, strict=True):
                     if fresh is not None:
                         detector.load_state_dict(copy.deepcopy(fresh))  # type: ignore[attr-defined]
+        if step == 0 and self._saved is None:
+            # a run from its first step: a listener used by a run before (a sweep stopper reused by a sweep loop
+            # or a hyperparameter search) starts another; before the family is read, which names the run by it
+            self.monitor.start_run()
         self._reset_process_state()
         self.comm, self.is_zero = comm, comm.rank == 0
         ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""

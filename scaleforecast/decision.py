@@ -475,7 +475,10 @@ class SweepStopper(ForecastStopCheck):
         self._rank: int | None = None if rank is None else int(rank)
         self._run_id: str | None = run_id
         self._knows_job: bool | None = True if run_id is not None else None
-        self._own_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._given_id = run_id is not None
+        self._runs = 0  # runs before this one with this stopper (a reused one: a sweep loop, HF's search)
+        self._finished = False
+        self._own_id = _own_run_id()
         self._worker.refresh()  # the first read starts now, off this thread
 
     # The job's identity is read from the environment when first needed, not at construction: a launcher
@@ -494,7 +497,11 @@ class SweepStopper(ForecastStopCheck):
             shared = job_run_id()
             explicit = bool(os.environ.get("SCALEFORECAST_RUN_ID", "").strip())
             if shared is not None and (explicit or job_world_size() > 1 or self.rank != 0):
-                self._run_id = shared + (f"-{self._ordinal}" if self._ordinal else "")
+                self._run_id = (
+                    shared
+                    + (f"-{self._ordinal}" if self._ordinal else "")
+                    + (f"-r{self._runs}" if self._runs else "")
+                )
                 self._knows_job = True
             else:
                 self._run_id = self._own_id
@@ -513,7 +520,27 @@ class SweepStopper(ForecastStopCheck):
         if rank is not None:
             self._rank = int(rank)
         if run_id is not None:
-            self._run_id, self._knows_job = run_id, True
+            self._run_id, self._knows_job, self._given_id = run_id, True, True
+
+    def on_run_start(self) -> None:
+        """A run starts (the training adapters call it where a run starts from its first step). After a
+        :meth:`finish`, another run reuses this stopper: a sweep loop, or HF's ``hyperparameter_search``, which
+        runs every trial with the same callbacks. It is judged afresh and recorded under a run id of its own
+        (it overwrote the last run's record and inherited its stop); an id given as ``run_id=`` or to
+        :meth:`bind` is kept, with a warning (the new run replaces the last one's record)."""
+        if not self._finished:
+            return
+        self._finished = False
+        self.stopped_at = self.decision = self.last_forecast = None
+        self._runs += 1
+        if self._given_id:
+            _log.warning(
+                "scaleforecast sweep stopper: a new run reuses the run id %r given to this stopper: its record "
+                "replaces the last run's (give each run its own stopper or run_id)",
+                self._run_id,
+            )
+            return
+        self._run_id, self._knows_job, self._own_id = None, None, _own_run_id()
 
     @property
     def writes(self) -> bool:
@@ -648,6 +675,7 @@ class SweepStopper(ForecastStopCheck):
 
         Waits at most ``finish_timeout_s`` for the record to land (the run is over; a locked registry costs
         that bound, with a warning, and the write keeps being retried while the process lives)."""
+        self._finished = True
         if not self.writes:
             self._worker.close()
             return
@@ -663,6 +691,11 @@ class SweepStopper(ForecastStopCheck):
                 self.run_id,
                 self._worker.failure or "registry busy",
             )
+
+
+def _own_run_id() -> str:
+    """A run id no other process or run draws: ``host-pid-random``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _age_text(seconds: float) -> str:

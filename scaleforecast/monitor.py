@@ -431,6 +431,15 @@ class RunMonitor:
             if callable(end):
                 self.guard(f"listener {_name(listener, i)}", end, step, stopped)
 
+    def start_run(self) -> None:
+        """Tell the listeners that have ``on_run_start`` that another run starts with them (a sweep loop or a
+        hyperparameter search reusing one callback): e.g. a sweep stopper records it under a new run id. Each
+        failure is reported once."""
+        for i, listener in enumerate(self.listeners):
+            start = getattr(listener, "on_run_start", None)
+            if callable(start):
+                self.guard(f"listener {_name(listener, i)}", start)
+
     def ended_early(self, step: int, stopped: bool) -> bool:
         """Whether a run that ended at ``step`` ended before it finished: ``stopped`` (by any rule), or short
         of its planned last step (a failure, a time budget). A run of unknown length ends where it ends."""

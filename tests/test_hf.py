@@ -24,7 +24,9 @@ from scaleforecast.callbacks import HFLossForecast
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import TrainerCallback
 
+from scaleforecast.decision import SweepStopper
 from scaleforecast.detectors import HealthMonitor
+from scaleforecast.registry import RunState, SQLiteRegistry
 
 MAX_STEPS = 60
 LOGGING_STEPS = 5
@@ -205,7 +207,10 @@ def test_a_callback_reused_for_a_new_run_starts_afresh(tmp_path: Path) -> None:
     """``hyperparameter_search`` trains every trial with the same callback objects, each from step 0 with a new
     model: each trial is a run of its own (it was taken for a resume of the last one, "step went back to 1",
     with the last one's stop and the health detectors' state carried over)."""
-    cb = HFLossForecast(target_loss=0.5, confidence=0.9, min_fraction=0.2, refit_every=5, flush_every=5)
+    stopper = SweepStopper(tmp_path / "sweep.sqlite", sweep="trials")
+    cb = HFLossForecast(
+        target_loss=0.5, confidence=0.9, min_fraction=0.2, refit_every=5, flush_every=5, listeners=[stopper]
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = make_trainer(tmp_path / "a", [cb], max_steps=MAX_STEPS, report_to="none")
@@ -217,6 +222,9 @@ def test_a_callback_reused_for_a_new_run_starts_afresh(tmp_path: Path) -> None:
     assert cb.forecaster.last_step == second.state.global_step <= 20
     assert cb.forecaster.observations().end.min() >= 1 and cb.forecaster.n_observations <= 20
     assert cb.stopped_at is None or cb.stopped_at <= 20  # not the first run's stop
+    # each trial is a run of the sweep: the second overwrote the first's record, under the same run id
+    records = SQLiteRegistry("trials", tmp_path / "sweep.sqlite").records()
+    assert sorted(r.state for r in records) == sorted([RunState.STOPPED, RunState.FINISHED]), records
 
 
 @pytest.mark.slow

@@ -450,6 +450,31 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(tmp_path: Path) -> None:
     assert recs["cut-short"].state is RunState.STOPPED
 
 
+def test_a_reused_stopper_records_each_run_under_its_own_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopper reused for another run (a sweep loop, HF's ``hyperparameter_search``): the run kept the last
+    one's id, overwriting its record, and its stop. After ``finish`` a run start draws a new id and forgets the
+    stop; before any finish (the first run) it changes nothing; an id the user gave is kept, with a warning."""
+    stopper = SweepStopper(tmp_path / "s.sqlite", sweep="s")
+    first = stopper.run_id
+    stopper.on_run_start()
+    assert stopper.run_id == first
+    stopper.stopped_at = 40
+    stopper.finish(stopped=True)
+    stopper.on_run_start()
+    assert stopper.run_id != first and stopper.stopped_at is None and stopper.decision is None
+    stopper.finish(final_loss=2.0)
+    states = {r.run_id: r.state for r in SQLiteRegistry("s", tmp_path / "s.sqlite").records()}
+    assert states == {first: RunState.STOPPED, stopper.run_id: RunState.FINISHED}
+
+    named = SweepStopper(tmp_path / "s.sqlite", "mine", sweep="s")
+    named.finish(final_loss=2.0)
+    with caplog.at_level(logging.WARNING):
+        named.on_run_start()
+    assert named.run_id == "mine" and "reuses the run id 'mine'" in caplog.text
+
+
 def test_runs_that_name_no_sweep_share_one_per_script_and_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
