@@ -31,11 +31,10 @@ schedule looked ahead from the Trainer's ``lr_scheduler``, the saved state) is t
 :class:`~scaleforecast.integrations.session.TrainingSession`. TensorBoard output goes, on the world process
 zero only, into the writer of HF's own ``TensorBoardCallback`` when it is active (one run directory), else under
 ``dirpath`` (default: where HF's would write, ``output_dir/runs/<time>_<host>``, a new folder for each run). The state travels in the checkpoint through
-``ExportableState``; with ``restore_callback_states_from_checkpoint=True`` the Trainer rebuilds this object from
-its JSON-safe arguments, which drops ``writer=``, ``listeners=``, ``advisor=``, ``on_event=`` and custom
-``detectors=`` (the rebuilt callback runs the default health checks, or none when built with ``detectors=[]``).
-The object you passed then stops updating: read the forecast from the Trainer's own, e.g.
-``next(c for c in trainer.callback_handler.callbacks if isinstance(c, HFLossForecast))``.
+``ExportableState``; with ``restore_callback_states_from_checkpoint=True`` the Trainer swaps in a new object built
+from the saved JSON-safe arguments, which would drop ``writer=``, ``listeners=``, ``advisor=``, ``on_event=`` and
+custom ``detectors=``: the new object takes over the one you passed (of the same ``name``), its arguments and
+session, so both show the run as it goes on, with the history from the checkpoint, as without that flag.
 """
 
 from __future__ import annotations
@@ -44,9 +43,10 @@ import inspect
 import math
 import os
 import socket
+import weakref
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from scaleforecast.integrations.arguments import ForecastArgs
@@ -204,14 +204,24 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
     with a checkpoint of its step when the run saves checkpoints (``save_strategy`` other than ``"no"``).
     """
 
+    # the object last made under each name, while it lives: the Trainer's restore rebuilds it from the checkpoint
+    # (it holds it until the new one is built)
+    _passed: ClassVar[weakref.WeakValueDictionary[str, HFLossForecast]] = weakref.WeakValueDictionary()
+
     def __init__(
         self,
         target_loss: float | None = None,
         *,
         resolution: Resolution = "auto",
         name: str = "scaleforecast",
+        _rebuilt: bool = False,
         **kwargs: Unpack[ForecastArgs],
     ) -> None:
+        original = HFLossForecast._passed.get(name) if _rebuilt else None
+        if original is not None:
+            # built by the Trainer's restore from the saved arguments: the object passed goes on, in this one
+            self.__dict__.update(original.__dict__)
+            return
         if resolution not in ("auto", "step", "window"):
             raise ValueError(f"resolution: must be 'auto', 'step' or 'window', got {resolution!r}")
         if not isinstance(name, str):
@@ -235,6 +245,8 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         self._hf_tb: Any = None
         self._started = False
         self._last_log_step = 0
+        if not _rebuilt:
+            HFLossForecast._passed[name] = self
 
     def _set_mode(self, mode: Literal["step", "window"]) -> None:
         self.mode = mode
@@ -364,7 +376,12 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         """``ExportableState``: JSON-safe constructor arguments and the session's saved state."""
         self.session.extra.update(mode=self.mode, name=self.name)
-        args = {**self.session.json_args(), "resolution": self.resolution, "name": self.name}
+        args = {
+            **self.session.json_args(),
+            "resolution": self.resolution,
+            "name": self.name,
+            "_rebuilt": True,
+        }
         saved = self.state_dict()  # never raises: a checkpoint must not fail because of this callback
         return {"args": args, "attributes": {"_saved_state": saved} if saved else {}}
 

@@ -275,7 +275,9 @@ def test_window_means_too_sparse_for_a_forecast_are_said_at_once(tmp_path: Path)
 @pytest.mark.slow
 def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> None:
     """With ``restore_callback_states_from_checkpoint=True`` the Trainer swaps in a new instance built from the
-    saved arguments; it keeps the history, and health checks switched off stay off."""
+    saved arguments; it keeps the history, and health checks switched off stay off. It dropped the listeners
+    and ``on_event`` of the object passed (a resumed sweep run lost its sweep stopper), in silence, and that
+    object stopped updating: the new one takes it over."""
     hf_restore = True
     first = HFLossForecast(refit_every=10, flush_every=7, writer=False, detectors=[])
     common: dict[str, Any] = dict(
@@ -286,7 +288,14 @@ def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> No
         make_trainer(tmp_path, [first], **common).train()
     before = first.forecaster.observations()
 
-    second = HFLossForecast(refit_every=10, flush_every=7, writer=False, detectors=[])
+    heard: list[int] = []
+
+    class Listener:
+        def on_forecast(self, step: int, forecast: Any) -> list[Any]:
+            heard.append(step)
+            return []
+
+    second = HFLossForecast(refit_every=10, flush_every=7, writer=False, detectors=[], listeners=[Listener()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = make_trainer(
@@ -296,6 +305,7 @@ def test_hf_restore_rebuilds_the_callback_with_its_history(tmp_path: Path) -> No
     # With HF's own restore the Trainer swaps in a new instance built from the saved arguments.
     resumed = next(c for c in trainer.callback_handler.callbacks if isinstance(c, HFLossForecast))
     assert resumed is not second and resumed.session.detectors == []
+    assert resumed.session is second.session and heard and max(heard) == 40 and second.forecast is not None
     after = resumed.forecaster.observations()
     np.testing.assert_array_equal(after.end, np.arange(1, 41))
     np.testing.assert_allclose(after.y[:20], before.y[:20], rtol=1e-6)
