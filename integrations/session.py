@@ -393,6 +393,7 @@ class TrainingSession:
         self.monitor = self._new_monitor(log_events=self.is_zero)
         self.step = self.flushed_at = int(step)
         self.run_length, self.source = run_length, source
+        self._advise_on(source)
         self.buffer = DeviceBuffer(self.config.flush_every, channels=3 if self.config.track_grad_norm else 2)
         self._resume()
         if self.is_zero and self.writer is not False and tensorboard:
@@ -514,6 +515,20 @@ class TrainingSession:
         mid-run): the plan is read ahead from them at the next flush, keeping the LRs used so far."""
         self.source = source
         self.planner.stale = None
+        self._advise_on(source)
+
+    def _advise_on(self, source: LRSource | None) -> None:
+        """Schedule advice judges the rest of a planned schedule: none while a metric-driven scheduler
+        (ReduceLROnPlateau) sets the LR, whose future the plan can only guess (it holds the LR constant, which
+        the advice would call a schedule that ends at a high LR)."""
+        steered = source is not None and any(metric_driven(s) for s in source.schedulers)
+        self.monitor.advisor = None if steered else self.advisor
+        if steered and self.advisor is not None:
+            self.warn(
+                "no schedule advice: a metric-driven LR scheduler sets the rest of the schedule, which the plan "
+                "can only guess",
+                key="advice off",
+            )
 
     def _plan(self, step: int | None = None) -> None:
         known = self.monitor.forecaster.schedule
@@ -536,9 +551,14 @@ class TrainingSession:
             if self.stopped_at is not None:
                 # a stopped run resumed (on purpose or from its last checkpoint by accident): it trains on, and
                 # the rule decides again, rather than training to the end silently and reporting the old stop
+                judged = self.stop.target_loss is not None or bool(self.listeners)
                 self.warn(
                     f"this run was stopped at step {self.stopped_at} ({self.stop_reason}); it is resumed, so the "
-                    "stop rule decides again from its next forecast"
+                    + (
+                        "stop rule decides again from its next forecast"
+                        if judged
+                        else "run trains on (no target loss now: only the health checks can stop it)"
+                    )
                 )
                 self.stopped_at = self.stop_reason = None
                 self.monitor.clear_stop()
@@ -563,7 +583,7 @@ class TrainingSession:
     def _attach_tensorboard(self, find_writer: Callable[[], Any] | None, default_logdir: Any) -> None:
         from scaleforecast.integrations.tensorboard import ADVICE_CHARTS, TensorBoardSink
 
-        extra = ADVICE_CHARTS if self.advisor is not None else None
+        extra = ADVICE_CHARTS if self.monitor.advisor is not None else None
         writer, own = self.writer, False
         logdir = Path(self.config.dirpath or default_logdir)
         if writer is None and find_writer is not None:

@@ -427,6 +427,12 @@ def test_a_stopped_run_resumed_is_judged_again() -> None:
     # had stopped on (the same numbers, fitted before the resume)
     latest = fc.forecaster.latest
     assert latest is not None and latest.fitted_at_step > first
+    # resumed with no target: no stop rule is left to decide again, and the warning does not promise one
+    opt = _sgd(0.1)
+    untargeted = LossForecastSession(opt, total_steps=total, flush_every=10, writer=False, verbose=False)
+    with pytest.warns(RuntimeWarning, match="no target loss now: only the health checks can stop it"):
+        untargeted.load_state_dict(saved)
+    untargeted.close()
 
 
 class OtherRankDecides(TorchCollectives):
@@ -525,14 +531,27 @@ def test_a_loop_that_runs_past_total_steps_is_told() -> None:
 
 def test_a_plateau_schedulers_cuts_are_followed_without_advice_to_pass_a_schedule() -> None:
     """ReduceLROnPlateau cuts the LR when the metric stalls: each cut re-plans, as it must, and the loop is not
-    told to pass ``schedule=`` (which it cannot know)."""
+    told to pass ``schedule=`` (which it cannot know). No schedule advice is given on the plan's guess of its
+    future (the LR held constant: "ends at a high LR"), with one warning that says why."""
     from scaleforecast.callbacks import LossForecastSession
+
+    from scaleforecast.advice import ScheduleAdvisor
 
     opt = _sgd(0.1)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    events: list[Any] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fc = LossForecastSession(opt, sched, total_steps=100, flush_every=10, writer=False, verbose=False)
+        fc = LossForecastSession(
+            opt,
+            sched,
+            total_steps=100,
+            flush_every=10,
+            writer=False,
+            verbose=False,
+            advisor=ScheduleAdvisor(),
+            on_event=events.append,
+        )
         for n in range(1, 101):
             opt.step()
             if n % 20 == 0:
@@ -543,6 +562,8 @@ def test_a_plateau_schedulers_cuts_are_followed_without_advice_to_pass_a_schedul
     assert not [w for w in caught if "left the planned schedule" in str(w.message)]
     held = [w for w in caught if "ReduceLROnPlateau changes the LR from future metrics" in str(w.message)]
     assert len(held) == 1  # said once, not again at each re-plan
+    assert not [e for e in events if e.kind == "schedule_advice"], [e.message for e in events]
+    assert len([w for w in caught if "no schedule advice" in str(w.message)]) == 1
 
 
 @pytest.mark.parametrize("every", [None, 10])
