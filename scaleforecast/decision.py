@@ -142,6 +142,12 @@ def decide_stop(
             f"it is {above:.2f} % above it, more than {shown} measured for {made}; "
             f"confidence {p:.3f} >= {confidence:.2f}"
         )
+        if final.lower <= reference <= final.upper:
+            # the band printed beside the stop holds the target: say which of the two the stop trusts, and why
+            reason += (
+                f" (the fit's own band [{final.lower:.4f}, {final.upper:.4f}] holds {reference:.4f}, but the "
+                "forecasts of real runs made this far erred less than that band)"
+            )
         return StopDecision(
             stop=True, reason=reason, probability=p, reference=reference, step=step, scale=scale
         )

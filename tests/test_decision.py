@@ -55,6 +55,10 @@ def test_stop_when_the_measured_error_cannot_explain_the_gap() -> None:
         one_point(3.5, 0.1), 3.0, step=500, total_steps=1000, features=untested, model=MODEL, confidence=0.9
     )
     assert not d.stop and d.probability == pytest.approx(60 / 101)
+    assert "band" not in d.reason  # the fit's own band, [3.4, 3.6], does not hold 3.0
+    # a band wider than the measured error, holding the target, beside a stop: the reason says which it trusts
+    d = decide_stop(one_point(3.5, 0.5), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
+    assert d.stop and "the fit's own band [3.0000, 4.0000] holds 3.0000" in d.reason, d.reason
     # a forecast below the reference never stops, however confident
     d = decide_stop(one_point(2.9, 1e-6), 3.0, step=500, total_steps=1000, features=TESTED, model=MODEL)
     assert not d.stop and d.probability == 0.0
