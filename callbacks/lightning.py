@@ -42,6 +42,8 @@ from scaleforecast.integrations.planner import LRSource
 from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter
 from typing_extensions import Unpack
 
+from scaleforecast.sinks import MetricsSink
+
 __all__ = ["LossForecast"]
 
 
@@ -133,6 +135,13 @@ def _logger_writer(trainer: pl.Trainer) -> Any:
     return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
+def _other_loggers(trainer: pl.Trainer) -> list[MetricsSink]:
+    """The trainer's loggers of other kinds (CSV, W&B, MLflow), each fed the forecast's scalars."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return [MetricsSink(lg.log_metrics) for lg in trainer.loggers if not isinstance(lg, TensorBoardLogger)]
+
+
 class LossForecast(SessionFace, Callback):
     """Forecast the final training loss with the LR-annealing law; optionally stop when a target is out of reach.
 
@@ -148,6 +157,8 @@ class LossForecast(SessionFace, Callback):
     e.g. ``listeners=[SweepStopper()]``, ``writer=False``, ``detectors=[]`` (no health checks). Without a
     ``TensorBoardLogger`` the callback writes under ``dirpath`` (default: ``scaleforecast`` in the other logger's
     version folder, e.g. a ``CSVLogger``'s, else the next free ``lightning_logs/version_N`` in ``default_root_dir``).
+    The trainer's other loggers (CSV, W&B, MLflow) get each forecast's scalars (``forecast/final_loss``,
+    ``forecast/lower``, ``forecast/upper``, ...) at the step it was made.
     """
 
     def __init__(self, target_loss: float | None = None, **kwargs: Unpack[ForecastArgs]) -> None:
@@ -195,6 +206,7 @@ class LossForecast(SessionFace, Callback):
             source=self.session.guard("schedule look-ahead", _lr_source, trainer, group),
             find_writer=lambda: _logger_writer(trainer),
             default_logdir=_own_run_dir(trainer),
+            sinks=self.session.guard("loggers", _other_loggers, trainer) or [],
             # fast_dev_run: Lightning logs and checkpoints nothing, and neither does the forecast
             tensorboard=not getattr(trainer, "fast_dev_run", False),
         )

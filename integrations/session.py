@@ -361,11 +361,13 @@ class TrainingSession:
         find_writer: Callable[[], Any] | None = None,
         default_logdir: str | os.PathLike[str] = "runs/scaleforecast",
         tensorboard: bool = True,
+        sinks: Sequence[Any] = (),
     ) -> None:
         """Begin watching at optimizer step ``step`` (> 0 on resume). ``find_writer()`` returns the trainer's
         own TensorBoard writer, if it has one; else the session writes under ``dirpath`` or
         ``default_logdir``; ``tensorboard=False``: nothing is written for this run (a trainer's smoke test, which
-        writes nothing of its own). Never raises: a failing part is reported and switched off.
+        writes nothing of its own). ``sinks``: more sinks on rank 0 (the trainer's other metrics loggers), unless
+        ``writer=False`` or ``tensorboard=False``. Never raises: a failing part is reported and switched off.
 
         Started again in the same process without a state to restore, it goes on from the history it holds
         when training goes on (``step > 0``: Lightning's ``fit()`` called again on the same trainer), and starts
@@ -398,6 +400,8 @@ class TrainingSession:
         self._resume()
         if self.is_zero and self.writer is not False and tensorboard:
             self.guard("TensorBoard", self._attach_tensorboard, find_writer, default_logdir)
+            for sink in sinks:
+                self.monitor.add_sink(sink)
         if source is not None:
             self.guard("LR capture", self._watch, source.optimizer)
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CurveSnapshot", "FanoutSink", "Sink"]
+__all__ = ["CurveSnapshot", "FanoutSink", "MetricsSink", "Sink"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,33 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class MetricsSink:
+    """Each forecast as scalars for a metrics logger of another kind than TensorBoard (Lightning's ``CSVLogger``,
+    W&B, MLflow): ``log(metrics, step)`` with TensorBoard's tags, ``forecast/final_loss``, ``forecast/lower``,
+    ``forecast/upper``, ``forecast/std`` and the forecast's extras (``forecast/target``, ``forecast/p_miss_target``,
+    the advice's scalars), finite values only. Events and figures stay in TensorBoard."""
+
+    def __init__(self, log: Callable[[dict[str, float], int], Any]) -> None:
+        self.log = log
+
+    def write_forecast(self, step: int, forecast: Forecast, extras: Mapping[str, float]) -> None:
+        final = forecast.final
+        metrics: dict[str, float] = {}
+        if final is not None:
+            metrics.update(
+                {
+                    "forecast/final_loss": final.loss,
+                    "forecast/lower": final.lower,
+                    "forecast/upper": final.upper,
+                    "forecast/std": final.std,
+                }
+            )
+        metrics.update(extras)
+        metrics = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+        if metrics:
+            self.log(metrics, step)
 
 
 class FanoutSink:

@@ -3,6 +3,7 @@ observe manual optimisation. Everything the three adapters share is in ``test_ad
 
 from __future__ import annotations
 
+import csv
 import inspect
 import warnings
 from pathlib import Path
@@ -251,6 +252,12 @@ def test_with_a_csv_logger_each_run_writes_tensorboard_into_its_version_folder(t
         logger = CSVLogger(str(tmp_path), name="csv")
         _trainer(tmp_path, [cb], 30, logger=logger).fit(TinyRegressor(total=30))
         assert cb.log_dir == str(Path(logger.log_dir) / "scaleforecast")
+        # the forecasts reach the CSV too (they went to TensorBoard alone, which this user does not watch)
+        with open(Path(logger.log_dir) / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("forecast/final_loss")]
+        assert cb.forecast is not None and cb.forecast.final is not None and rows
+        assert float(rows[-1]["forecast/final_loss"]) == pytest.approx(cb.forecast.final.loss, rel=1e-6)
+        assert float(rows[-1]["forecast/lower"]) < float(rows[-1]["forecast/upper"])
     assert sorted(
         p.parent.parent.name for p in tmp_path.glob("csv/*/scaleforecast/events.out.tfevents.*")
     ) == [
