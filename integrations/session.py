@@ -983,6 +983,13 @@ class TrainingSession:
         # that only rank 0 holds stops rank 0's monitor alone)
         if self.stopped_at is None:
             self.guard("forecaster", self._settle, step)
+            if total is not None and step < total:
+                # ended by something else (the loop, the trainer's own early stopping, a time budget): the last
+                # line printed forecast a step the run will not reach
+                self.say(
+                    f"training ended at update {step} of {total}, before its last: the forecasts printed are of "
+                    f"update {total}"
+                )
         self.monitor.end_run(step, self.stopped_at is not None)
         self._hook_off()
         if self.is_zero:

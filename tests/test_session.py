@@ -975,3 +975,19 @@ def test_lines_go_above_a_progress_bar(
     session.say("after the bar")
     assert written == ["probe: step 10: a forecast"]
     assert capsys.readouterr().out == "probe: after the bar\n"
+
+
+def test_a_run_ended_early_by_something_else_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """A loop (or the trainer's own early stopping) ends the run at update 60 of 100: the last line printed
+    forecast update 100, and nothing said the run would not get there."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=100, flush_every=10, refit_every=10, writer=False)
+    for n in range(1, 61):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    fc.close()
+    out = capsys.readouterr().out
+    assert "training ended at update 60 of 100, before its last: the forecasts printed are of update 100" in out
+    assert fc.stopped_at is None
