@@ -871,6 +871,11 @@ class TrainingSession:
                 f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
                 f"at step {forecast.final_step} ({seen}{forecast.status.value})"
             )
+            shape = next((w for w in forecast.warnings if w.startswith("[out_of_shape]")), None)
+            if shape is not None and "out of shape" not in self._warned:
+                # its status stays usable, and the fit says why it is less sure: once, not at every refit
+                self._warned.add("out of shape")
+                self.say(f"  {shape}")
 
     def observe_window(self, step: int, window: int, loss: float) -> None:
         """A logged mean loss over updates ``step - window + 1 .. step``, the same on every rank (e.g. HF's

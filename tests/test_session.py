@@ -989,5 +989,24 @@ def test_a_run_ended_early_by_something_else_says_so(capsys: pytest.CaptureFixtu
         fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
     fc.close()
     out = capsys.readouterr().out
-    assert "training ended at update 60 of 100, before its last: the forecasts printed are of update 100" in out
+    assert (
+        "training ended at update 60 of 100, before its last: the forecasts printed are of update 100" in out
+    )
     assert fc.stopped_at is None
+
+
+def test_a_forecast_out_of_the_laws_shape_says_why_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """A loss falling toward zero (a separable task) fits a floor below zero: its forecasts stay usable, and
+    the console line said "(ok)" while the forecast held the note that its band is an extrapolation. The note is
+    printed once, not at every refit."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=200, flush_every=10, refit_every=10, writer=False)
+    for n in range(1, 201):
+        opt.step()
+        fc.step(torch.tensor(3.0 * n**-0.9))
+    fc.close()
+    out = capsys.readouterr().out
+    assert fc.forecast is not None and any("[out_of_shape]" in w for w in fc.forecast.warnings)
+    assert out.count("[out_of_shape]") == 1, out
