@@ -30,11 +30,13 @@ Everything else (device buffer, flushes and agreement across ranks through ``tor
 schedule looked ahead from the Trainer's ``lr_scheduler``, the saved state) is the shared
 :class:`~scaleforecast.integrations.session.TrainingSession`. TensorBoard output goes, on the world process
 zero only, into the writer of HF's own ``TensorBoardCallback`` when it is active (one run directory), else under
-``dirpath`` (default: where HF's would write, ``output_dir/runs/<time>_<host>``, a new folder for each run). The state travels in the checkpoint through
-``ExportableState``; with ``restore_callback_states_from_checkpoint=True`` the Trainer swaps in a new object built
-from the saved JSON-safe arguments, which would drop ``writer=``, ``listeners=``, ``advisor=``, ``on_event=`` and
-custom ``detectors=``: the new object takes over the one you passed (of the same ``name``), its arguments and
-session, so both show the run as it goes on, with the history from the checkpoint, as without that flag.
+``dirpath`` (default: where HF's would write, ``output_dir/runs/<time>_<host>``, a new folder for each run).
+
+The state travels in the checkpoint through ``ExportableState``; with
+``restore_callback_states_from_checkpoint=True`` the Trainer swaps in a new object built from the saved JSON-safe
+arguments, which would drop ``writer=``, ``listeners=``, ``advisor=``, ``on_event=`` and custom ``detectors=``:
+the new object takes over the one you passed (of the same ``name``), its arguments and session, so both show
+the run as it goes on, with the history from the checkpoint, as without that flag.
 """
 
 from __future__ import annotations
