@@ -44,9 +44,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import socket
 import weakref
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -54,7 +52,7 @@ import torch
 from scaleforecast.integrations.arguments import ForecastArgs
 from scaleforecast.integrations.distributed import TorchCollectives
 from scaleforecast.integrations.planner import LRSource
-from scaleforecast.integrations.session import SessionFace, TrainingSession
+from scaleforecast.integrations.session import SessionFace, TrainingSession, new_run_dir
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from typing_extensions import Unpack
@@ -179,14 +177,9 @@ def _own_run_dir(args: Any, state: Any) -> Path:
     given = os.environ.get("TENSORBOARD_LOGGING_DIR")
     if given:
         return Path(os.path.expanduser(given))
-    run = Path(args.output_dir) / "runs" / f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}"
+    run = new_run_dir(Path(args.output_dir) / "runs")
     trial = getattr(state, "trial_name", None) if getattr(state, "is_hyper_param_search", False) else None
-    if trial:
-        return run / str(trial)
-    fresh, k = run, 1
-    while fresh.exists():  # another run began in the same second
-        fresh, k = run.with_name(f"{run.name}_{k}"), k + 1
-    return fresh
+    return run / str(trial) if trial else run
 
 
 class HFLossForecast(SessionFace, TrainerCallback, ExportableState):

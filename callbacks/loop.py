@@ -101,7 +101,8 @@ class LossForecastSession(SessionFace):
     read as Accelerate steps it, once per process at each update unless it splits batches);
     ``process_group``: the ``torch.distributed`` group the decision is agreed in. ``target_loss`` and the other
     keyword arguments are those of every adapter (:class:`~scaleforecast.integrations.arguments.ForecastArgs`);
-    without a ``writer`` the TensorBoard files go under ``dirpath`` (default ``runs/scaleforecast``).
+    without a ``writer`` the TensorBoard files go under ``dirpath`` (default: a new ``runs/<time>_<host>``, where
+    torch's ``SummaryWriter()`` writes).
     """
 
     def __init__(

@@ -34,12 +34,14 @@ import copy
 import json
 import math
 import os
+import socket
 import sys
 import tempfile
 import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,7 @@ from scaleforecast.registry import RunRegistry, SQLiteRegistry, default_registry
 from scaleforecast.results import FitStatus, Forecast
 from scaleforecast.schedules import as_lrs
 
-__all__ = ["STATE_FORMAT", "SessionFace", "TrainingSession"]
+__all__ = ["STATE_FORMAT", "SessionFace", "TrainingSession", "new_run_dir"]
 
 # the trainers' own TensorBoard writers, each with the session that writes into it
 _TRAINER_WRITERS: weakref.WeakKeyDictionary[Any, weakref.ref[TrainingSession]] = weakref.WeakKeyDictionary()
@@ -155,6 +157,17 @@ class UpdateCounter:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+def new_run_dir(root: str | os.PathLike[str]) -> Path:
+    """A folder for a new TensorBoard run in ``root``, named as torch's ``SummaryWriter()`` and HF's Trainer name
+    theirs, ``<Mon DD_HH-MM-SS>_<host>`` (``_1``, ``_2``, ... after it when a run began there in the same second):
+    one per run, so that the runs of one process (a sweep loop) never mix their lines."""
+    run = Path(root) / f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}"
+    fresh, k = run, 1
+    while fresh.exists():
+        fresh, k = run.with_name(f"{run.name}_{k}"), k + 1
+    return fresh
 
 
 class TrainingSession:
@@ -359,13 +372,13 @@ class TrainingSession:
         run_length: int | None,
         source: LRSource | None,
         find_writer: Callable[[], Any] | None = None,
-        default_logdir: str | os.PathLike[str] = "runs/scaleforecast",
+        default_logdir: str | os.PathLike[str] | None = None,
         tensorboard: bool = True,
         sinks: Sequence[Any] = (),
     ) -> None:
         """Begin watching at optimizer step ``step`` (> 0 on resume). ``find_writer()`` returns the trainer's
         own TensorBoard writer, if it has one; else the session writes under ``dirpath`` or
-        ``default_logdir``; ``tensorboard=False``: nothing is written for this run (a trainer's smoke test, which
+        ``default_logdir`` (default: a new run folder in ``runs``, :func:`new_run_dir`); ``tensorboard=False``: nothing is written for this run (a trainer's smoke test, which
         writes nothing of its own). ``sinks``: more sinks on rank 0 (the trainer's other metrics loggers), unless
         ``writer=False`` or ``tensorboard=False``. Never raises: a failing part is reported and switched off.
 
@@ -589,7 +602,7 @@ class TrainingSession:
 
         extra = ADVICE_CHARTS if self.monitor.advisor is not None else None
         writer, own = self.writer, False
-        logdir = Path(self.config.dirpath or default_logdir)
+        logdir = Path(self.config.dirpath or default_logdir or new_run_dir("runs"))
         if writer is None and find_writer is not None:
             writer = find_writer()
             other = _TRAINER_WRITERS.get(writer) if writer is not None else None

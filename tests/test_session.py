@@ -1010,3 +1010,25 @@ def test_a_forecast_out_of_the_laws_shape_says_why_once(capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert fc.forecast is not None and any("[out_of_shape]" in w for w in fc.forecast.warnings)
     assert out.count("[out_of_shape]") == 1, out
+
+
+def test_plain_loop_runs_of_one_process_write_a_tensorboard_run_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two plain-loop runs in a row with the default ``dirpath``: both wrote into ``runs/scaleforecast``, one
+    TensorBoard run whose lines zig-zag between them. Each writes a new ``runs/<time>_<host>``, where torch's
+    ``SummaryWriter()`` would."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    monkeypatch.chdir(tmp_path)
+    dirs = []
+    for _ in range(2):
+        opt = _sgd(0.1)
+        fc = LossForecastSession(opt, total_steps=40, flush_every=10, verbose=False)
+        for n in range(1, 41):
+            opt.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+        dirs.append(Path(fc.log_dir))
+    assert dirs[0] != dirs[1] and {d.parent.resolve() for d in dirs} == {(tmp_path / "runs").resolve()}
+    assert all(list(d.glob("events.out.tfevents.*")) for d in dirs)
