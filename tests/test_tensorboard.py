@@ -586,3 +586,45 @@ def test_a_run_that_ends_draws_its_last_figure(tmp_path: Path) -> None:
     fc.close()
     steps = [e.step for e in _read(tmp_path).Images("forecast/curve")]
     assert steps and steps[-1] == total, steps
+
+
+def test_figures_are_drawn_with_the_collector_paused_and_it_is_left_as_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A figure's draw with the garbage collector running promoted its objects until a full collection of
+    the whole process ran on the figure worker, holding the GIL 150-200 ms (a training-thread stall, about every
+    fifth figure: ``benchmarks/figure_stall.py``). The collector is paused for the draw, then left as found: on
+    again, or off when the program had switched it off."""
+    import gc
+
+    from scaleforecast import tensorboard_sink as tbs
+
+    seen: list[bool] = []
+    real = tbs.draw_snapshot
+
+    def spy(snapshot: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(snapshot)
+
+    steps = np.arange(1, 101)
+    snap = tbs.CurveSnapshot(
+        step=100,
+        final_step=200,
+        observed_steps=steps,
+        observed_loss=3.0 - 0.001 * steps,
+        steps=np.arange(100, 201),
+        mean=np.full(101, 2.8),
+        lower=np.full(101, 2.7),
+        upper=np.full(101, 2.9),
+        level=0.8,
+    )
+    monkeypatch.setattr(tbs, "draw_snapshot", spy)
+    assert gc.isenabled()
+    assert tbs._picture(snap).ndim == 3 and gc.isenabled()
+    gc.disable()
+    try:
+        tbs._picture(snap)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert seen == [False, False]
