@@ -1076,10 +1076,17 @@ class TrainingSession:
             return
         if version == 1 and "mode" in state:
             state = {**state, "adapter": {"mode": state["mode"]}}
-        self._saved = state
-        pending_steps = (state.get("pending") or {}).get("steps") or [0]
-        last = state["monitor"].get("forecaster", {}).get("last_step", 0)
-        self.step = int(state.get("step") or max(int(last or 0), *map(int, pending_steps)))
+        try:
+            pending_steps = (state.get("pending") or {}).get("steps") or [0]
+            last = (state["monitor"].get("forecaster") or {}).get("last_step", 0)
+            step = int(state.get("step") or max(int(last or 0), *map(int, pending_steps)))
+        except Exception as exc:  # a resume must never fail because of this state
+            self.warn(
+                f"the saved forecast state is garbled ({type(exc).__name__}: {exc}); starting a fresh history"
+            )
+            self._saved = None
+            return
+        self._saved, self.step = state, step
         if self.comm is not None:  # already started (a plain loop, restored after its construction)
             self.flushed_at = self.step
             self._resume()

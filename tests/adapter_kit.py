@@ -303,6 +303,14 @@ def garbled_state(state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "monitor": {"version": 2, "forecaster": {"version": 1, "schedule": "%%not base64%%"}}}
 
 
+def no_forecaster_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {**state, "monitor": {**state["monitor"], "forecaster": None}}
+
+
+def bad_step_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {**state, "step": "abc"}
+
+
 def finite_mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / max(len(finite), 1)

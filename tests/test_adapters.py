@@ -22,7 +22,17 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("tensorboard")
 
-from adapter_kit import ADAPTERS, Plan, Run, future_state, garbled_state, older_state, train
+from adapter_kit import (
+    ADAPTERS,
+    Plan,
+    Run,
+    bad_step_state,
+    future_state,
+    garbled_state,
+    no_forecaster_state,
+    older_state,
+    train,
+)
 from conftest import TwoRanks, framework_or_skip
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
@@ -174,15 +184,21 @@ def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     return Lazy(cache)
 
 
-@pytest.mark.parametrize("saved", ["same", "older", "future", "garbled"])
+@pytest.mark.parametrize("saved", ["same", "older", "future", "garbled", "no forecaster", "bad step"])
 def test_resume(adapter: str, tmp_path: Path, first_runs: dict[str, Run], saved: str) -> None:
     """Resuming from the checkpoint keeps the history (also from the format of the first release); a state of
-    an unknown version or a garbled one costs the history, with one warning, never the run."""
+    an unknown version or a garbled one costs the history, with one warning, never the run (a forecaster's
+    state of ``None`` and a step that is no number raised out of the resume, and every restart failed)."""
     first = first_runs[adapter]
     assert first.checkpoint is not None and first.checkpoint.exists()
-    doctor = {"same": lambda s: s, "older": older_state, "future": future_state, "garbled": garbled_state}[
-        saved
-    ]
+    doctor = {
+        "same": lambda s: s,
+        "older": older_state,
+        "future": future_state,
+        "garbled": garbled_state,
+        "no forecaster": no_forecaster_state,
+        "bad step": bad_step_state,
+    }[saved]
     plan = Plan(
         steps=40, resume=first.checkpoint, doctor=doctor, kwargs={**COMMON, "flush_every": 7, "writer": False}
     )
