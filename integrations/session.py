@@ -428,8 +428,13 @@ class TrainingSession:
         family = self.family or (None if registry is None else getattr(registry, "sweep", None))
         if not family:
             return None
-        if self.family_store is None and registry is not None:
-            store: RunRegistry = registry
+        if self.family_store is None and isinstance(registry, SQLiteRegistry):
+            # the sweep's database, with the family store's short waits: it is read at the start and written at
+            # the end, on the training thread (the sweep's own waits, 30 s a try, stalled the end of a run for
+            # as long as another process held the database)
+            store: RunRegistry = SQLiteRegistry(family, registry.path, busy_timeout_s=2.0, retries=1)
+        elif self.family_store is None and registry is not None:
+            store = registry
         elif isinstance(self.family_store, RunRegistry):
             store = self.family_store
         else:

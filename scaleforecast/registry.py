@@ -791,13 +791,20 @@ class BackgroundRegistry:
             self.recovered.set()
 
 
-def _beyond_retry(exc: Exception) -> bool:
-    """Whether ``exc`` says the storage cannot be used at all, rather than not now (a lock, a busy disk)."""
+def _beyond_retry(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or the error it wraps) says the storage cannot be used at all, rather than not now (a
+    lock, a busy disk)."""
+    if exc is None:
+        return False
     if isinstance(exc, (NotADirectoryError, IsADirectoryError, PermissionError)):
         return True
     if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.ENOTDIR, errno.EACCES):
         return True
-    return isinstance(exc, sqlite3.OperationalError) and "readonly database" in str(exc)
+    # a database that cannot be opened (its path is a folder) or written
+    permanent = ("readonly database", "unable to open database file")
+    if isinstance(exc, sqlite3.OperationalError) and any(m in str(exc) for m in permanent):
+        return True
+    return isinstance(exc, RegistryError) and _beyond_retry(exc.__cause__)
 
 
 def where(registry: RunRegistry) -> str:

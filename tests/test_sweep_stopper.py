@@ -511,18 +511,23 @@ def test_a_run_that_died_stops_counting_as_a_reference(tmp_path: Path) -> None:
     old.finish()
 
 
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
 def test_a_registry_that_cannot_be_used_is_said_once_and_never_waited_for(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
 ) -> None:
-    """``SCALEFORECAST_REGISTRY_DIR`` under a regular file: the worker retried forever (one thread per run of a
-    sweep loop) and each run's end waited its whole ``finish_timeout_s`` for a write that could never land. It
-    is said once, the worker ends, and the target alone still decides."""
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file")
+    """``SCALEFORECAST_REGISTRY_DIR`` under a regular file, or a database path that is a folder: the worker
+    retried forever (one thread per run of a sweep loop) and each run's end waited its whole
+    ``finish_timeout_s`` for a write that could never land. It is said once, the worker ends, and the target
+    alone still decides."""
+    if where == "under a file":
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("a file")
+        path, error = blocker / "reg" / "s.sqlite", "NotADirectoryError"
+    else:
+        path, error = tmp_path / "s.sqlite", "unable to open database file"
+        path.mkdir()
     caplog.set_level(logging.INFO, logger="scaleforecast")
-    stopper = SweepStopper(
-        SQLiteRegistry("s", blocker / "reg" / "s.sqlite"), "r", target=5.0, finish_timeout_s=60
-    )
+    stopper = SweepStopper(SQLiteRegistry("s", path), "r", target=5.0, finish_timeout_s=60)
     assert not stopper(400, one_point(4.0, 0.01))
     assert stopper._worker.failed.wait(30)
     thread = stopper._worker._thread
@@ -532,5 +537,40 @@ def test_a_registry_that_cannot_be_used_is_said_once_and_never_waited_for(
     assert stopper(500, one_point(9.0, 0.01))  # the target alone still stops a hopeless run
     stopper.finish(stopped=True)
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(said) == 1 and "cannot be used" in said[0] and "NotADirectoryError" in said[0], said
+    assert len(said) == 1 and "cannot be used" in said[0] and error in said[0], said
     assert stopper._worker._thread is None or not stopper._worker._thread.is_alive()
+
+
+@pytest.mark.slow
+def test_a_locked_sweep_database_does_not_stall_the_end_of_a_run(tmp_path: Path) -> None:
+    """Another process holds the sweep's database: the run's fit, kept for its family in that database at the
+    end of the run, waited the sweep's own 30 s a try, five tries, on the training thread (``close()`` took
+    minutes). The family store's short waits bound it to seconds."""
+    torch = pytest.importorskip("torch")
+    import sqlite3
+
+    from scaleforecast.callbacks import LossForecastSession
+
+    path = tmp_path / "s.sqlite"
+    SQLiteRegistry("s", path).records()  # the schema exists
+    total = 300
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / total)
+    stopper = SweepStopper(path, "run", sweep="s", finish_timeout_s=0.5)
+    fc = LossForecastSession(opt, sched, total_steps=total, listeners=[stopper], writer=False, flush_every=20)
+    area = 0.0
+    for _ in range(total):
+        area += opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        fc.step(torch.tensor(2.0 + 0.5 * area**-0.4))
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.monotonic()
+        fc.close()
+        took = time.monotonic() - start
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert took < 25, took  # two 2 s waits and the stopper's 0.5 s, against at least one 30 s wait before
