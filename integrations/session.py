@@ -692,6 +692,15 @@ class TrainingSession:
 
     def _record(self, step: int, loss: torch.Tensor | float | None) -> None:
         assert self.buffer is not None
+        if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+            # a per-sample or per-token loss: one bad value switched the recording off for the rest of the run,
+            # health checks included; its mean is what the update trained on
+            self.warn(
+                f"the loss given at step {step} has shape {tuple(loss.shape)}: its mean is taken (pass the "
+                "update's mean loss, one number, e.g. loss.mean())",
+                key="loss shape",
+            )
+            loss = loss.detach().float().mean() if loss.numel() else None
         seen = None if loss is None else 1.0
         values = (loss, seen, self._gnorm) if self.config.track_grad_norm else (loss, seen)
         self.buffer.push(*values)

@@ -1032,3 +1032,24 @@ def test_plain_loop_runs_of_one_process_write_a_tensorboard_run_each(
         dirs.append(Path(fc.log_dir))
     assert dirs[0] != dirs[1] and {d.parent.resolve() for d in dirs} == {(tmp_path / "runs").resolve()}
     assert all(list(d.glob("events.out.tfevents.*")) for d in dirs)
+
+
+def test_a_loss_of_many_values_is_read_as_its_mean_and_said_once() -> None:
+    """A loop passes a per-sample loss (shape ``[8]``) once at step 100: the recording was switched off for the
+    rest of the run (health checks included, and the steps buffered before it lost). Its mean is taken, with one
+    warning, and every step is observed."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=200, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 201):
+            opt.step()
+            loss = torch.tensor(2.0 + 3.0 * n**-0.3)
+            fc.step(loss.repeat(8) if n in (100, 150) else loss)
+        fc.close()
+    said = [str(w.message) for w in caught if "has shape (8,)" in str(w.message)]
+    assert len(said) == 1 and "its mean is taken" in said[0], said
+    assert fc.errors == {} and fc.forecaster.n_observations == 200
+    np.testing.assert_allclose(fc.forecaster.observations().y[99], 2.0 + 3.0 * 100**-0.3, rtol=1e-6)
