@@ -563,6 +563,12 @@ class TrainingSession:
             self.monitor.load_state_dict(saved["monitor"])
             self.stopped_at, self.stop_reason = saved.get("stopped_at"), saved.get("stop_reason")
             self.extra = dict(saved.get("adapter") or {})
+            if self.extra.get("run_id"):
+                # the run goes on under the id it had before the restart: a sweep holds one record of it
+                for listener in self.listeners:
+                    rejoin = getattr(listener, "on_run_resume", None)
+                    if callable(rejoin):
+                        self.guard("listener", rejoin, str(self.extra["run_id"]))
             fc = self.monitor.forecaster
             # with the steps the checkpoint held unflushed, fed right after this
             held = [int(s) for s in (saved.get("pending") or {}).get("steps") or [] if int(s) <= self.step]

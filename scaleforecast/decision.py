@@ -528,6 +528,13 @@ class SweepStopper(ForecastStopCheck):
         if run_id is not None:
             self._run_id, self._knows_job, self._given_id = run_id, True, True
 
+    def on_run_resume(self, run_id: str) -> None:
+        """The run resumes from a checkpoint whose saved state recorded ``run_id`` (the training adapters call
+        it): it goes on under that id, so that the sweep holds one record of it, not the one it left running
+        before the restart (a reference for a day) and another. An id given as ``run_id=`` stands."""
+        if not self._given_id:
+            self._run_id, self._knows_job = run_id, True
+
     def on_run_start(self) -> None:
         """A run starts (the training adapters call it where a run starts from its first step). After a
         :meth:`finish`, another run reuses this stopper: a sweep loop, or HF's ``hyperparameter_search``, which

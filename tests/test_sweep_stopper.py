@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -574,3 +575,37 @@ def test_a_locked_sweep_database_does_not_stall_the_end_of_a_run(tmp_path: Path)
         locker.execute("ROLLBACK")
         locker.close()
     assert took < 25, took  # two 2 s waits and the stopper's 0.5 s, against at least one 30 s wait before
+
+
+def test_a_resumed_run_keeps_its_record_in_the_sweep(tmp_path: Path) -> None:
+    """A run preempted at update 100 and resumed in a new process (a new stopper, a new id): the sweep held its
+    old record, still "running" (a reference for a day), and a second one for the rest of the run. It goes on
+    under the id its saved state recorded: one record, finished."""
+    torch = pytest.importorskip("torch")
+    from scaleforecast.callbacks import LossForecastSession
+
+    path, total = tmp_path / "s.sqlite", 300
+
+    def session() -> tuple[Any, Any, SweepStopper]:
+        opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        stopper = SweepStopper(path, sweep="s", finish_timeout_s=30)
+        fc = LossForecastSession(opt, total_steps=total, listeners=[stopper], writer=False, flush_every=20)
+        return opt, fc, stopper
+
+    opt, fc, first = session()
+    for n in range(1, 101):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 0.3 * n**-0.3))
+    saved = fc.state_dict()
+    assert first.sync()  # its forecasts are recorded; then the process dies (no close)
+    fc.session.comm = None
+    opt, fc, second = session()
+    assert second.run_id != first.run_id
+    fc.load_state_dict(saved)
+    assert second.run_id == first.run_id
+    for n in range(101, total + 1):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 0.3 * n**-0.3))
+    fc.close()
+    records = SQLiteRegistry("s", path).records()
+    assert [(r.run_id, r.state) for r in records] == [(first.run_id, RunState.FINISHED)], records
