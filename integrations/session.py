@@ -29,6 +29,7 @@ shows the result of rank 0 in the parent after training.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import json
@@ -88,6 +89,20 @@ __all__ = ["STATE_FORMAT", "SessionFace", "TrainingSession", "new_run_dir"]
 
 # the trainers' own TensorBoard writers, each with the session that writes into it
 _TRAINER_WRITERS: weakref.WeakKeyDictionary[Any, weakref.ref[TrainingSession]] = weakref.WeakKeyDictionary()
+# the sessions of this process that have started, until they are collected
+_STARTED: weakref.WeakSet[TrainingSession] = weakref.WeakSet()
+
+
+@atexit.register
+def _end_unfinished() -> None:
+    """At the interpreter's exit, the runs whose training ended without the adapter's end: an exception or
+    Ctrl-C out of HF's ``trainer.train()``, which has no exception event for its callbacks (the run stayed
+    "running" in its sweep, a reference for a day). Their end is recorded where they got to, with no collective,
+    and their TensorBoard runs are closed."""
+    for session in list(_STARTED):
+        if session.comm is not None:
+            session.abort()
+
 
 _REASON_BYTES = 1024
 """The longest stop reason shared between ranks, in UTF-8 bytes."""
@@ -399,6 +414,7 @@ class TrainingSession:
             # or a hyperparameter search) starts another; before the family is read, which names the run by it
             self.monitor.start_run()
         self._reset_process_state()
+        _STARTED.add(self)
         self.comm, self.is_zero = comm, comm.rank == 0
         ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""
         self.guard.label = self.name + ranked

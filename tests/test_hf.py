@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -534,3 +535,33 @@ def test_a_stopped_job_under_torchrun_exits_cleanly(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "terminate called" not in proc.stderr
         assert proc.stdout.count("rank stopped at") == 2
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_out_of_train_is_recorded_as_ended_early(tmp_path: Path) -> None:
+    """Ctrl-C (or any exception) out of ``trainer.train()``: HF calls no callback event on an exception, so the
+    run stayed "running" in its sweep (a reference for a day) and its TensorBoard run unclosed. At the
+    interpreter's exit its end is recorded where it got to."""
+    from procs import run_group
+
+    script = f"""
+import warnings
+warnings.simplefilter("ignore")
+from transformers import TrainerCallback
+from hf_worker import make_trainer
+from scaleforecast.callbacks import HFLossForecast
+from scaleforecast.decision import SweepStopper
+
+class Interrupt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 30:
+            raise KeyboardInterrupt
+
+stopper = SweepStopper({str(tmp_path / "s.sqlite")!r}, "run", sweep="s")
+cb = HFLossForecast(listeners=[stopper], flush_every=5, writer=False)
+make_trainer({str(tmp_path)!r}, [cb, Interrupt()], max_steps=60, report_to="none").train()
+"""
+    proc = run_group([sys.executable, "-c", script], timeout=300)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr, proc.stderr[-3000:]
+    records = SQLiteRegistry("s", tmp_path / "s.sqlite").records()
+    assert [(r.run_id, r.state) for r in records] == [("run", RunState.STOPPED)], records
