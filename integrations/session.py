@@ -400,6 +400,10 @@ class TrainingSession:
         Started again in the same process without a state to restore, it goes on from the history it holds
         when training goes on (``step > 0``: Lightning's ``fit()`` called again on the same trainer), and starts
         a new run from step 0 (HF's ``hyperparameter_search`` runs every trial with the same callbacks)."""
+        if self.comm is not None:
+            # the last run never ended (an exception out of HF's train(), in a notebook that trains again): it
+            # ends here, where it got to, as at the interpreter's exit
+            self.abort()
         if self._ran_here and self._saved is None and self.comm is None:
             if step > 0:
                 self._saved = self.guard("checkpoint state", self.state_dict)

@@ -565,3 +565,29 @@ make_trainer({str(tmp_path)!r}, [cb, Interrupt()], max_steps=60, report_to="none
     assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr, proc.stderr[-3000:]
     records = SQLiteRegistry("s", tmp_path / "s.sqlite").records()
     assert [(r.run_id, r.state) for r in records] == [("run", RunState.STOPPED)], records
+
+
+@pytest.mark.slow
+def test_training_again_after_an_interrupted_train_starts_a_new_run(tmp_path: Path) -> None:
+    """In a notebook: ``trainer.train()`` interrupted (an exception, Ctrl-C: HF tells its callbacks nothing),
+    then trained again with the same callback. The interrupted run is ended where it got to (a sweep records
+    it), and the new one starts afresh, not on the old one's history."""
+    stopper = SweepStopper(tmp_path / "s.sqlite", sweep="s", finish_timeout_s=30)
+    cb = HFLossForecast(listeners=[stopper], flush_every=5, writer=False, verbose=False)
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 30:
+                raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            make_trainer(tmp_path / "a", [cb, Interrupt()], max_steps=60, report_to="none").train()
+        interrupted = stopper.run_id
+        make_trainer(tmp_path / "b", [cb], max_steps=20, report_to="none").train()
+    assert cb.forecaster.n_observations <= 20 and cb.forecaster.last_step == 20
+    records = sorted((r.state.value, r.run_id) for r in SQLiteRegistry("s", tmp_path / "s.sqlite").records())
+    assert (
+        records == [("finished", stopper.run_id), ("stopped", interrupted)] and stopper.run_id != interrupted
+    )
