@@ -362,7 +362,7 @@ class TensorBoardSink:
             self._last_status = status
             text = f"step {step}: **{status}**, {status_text(forecast.status)} ({forecast.n_points} points)"
             if forecast.warnings:
-                text += "  \n" + "  \n".join(f"- {msg}" for msg in forecast.warnings)
+                text = _bullets(text, forecast.warnings)
             w.add_text("forecast/status", text, step)
         scalars = dict(extras)
         target = scalars.get("forecast/target")
@@ -393,9 +393,9 @@ class TensorBoardSink:
         end) to the band's upper end of the last forecast."""
         # a single spike is information, as the Python logger and the sidecar say it
         level = "INFO" if event_level(event) == logging.INFO else event.severity.upper()
-        lines = [f"**{level}** {event.kind} at step {event.step}: {event.message}"]
-        lines += [f"- {key}: {value}" for key, value in event.data.items()]
-        self.writer.add_text(f"events/{event.kind}", "  \n".join(lines), event.step)
+        head = f"**{level}** {event.kind} at step {event.step}: {event.message}"
+        details = [f"{key}: {_shown(value)}" for key, value in event.data.items()]
+        self.writer.add_text(f"events/{event.kind}", _bullets(head, details), event.step)
         if event.kind == "early_stop":
             # Its probability is already the forecast/p_miss_target curve; the stop gets its bar instead.
             self._mark_stop(event)
@@ -546,6 +546,17 @@ def _y_limits(snapshot: CurveSnapshot) -> tuple[float, float]:
     lo, hi = float(min(bottoms)), float(max(tops))
     pad = 0.08 * max(hi - lo, 1e-6 * max(abs(hi), 1.0))
     return lo - pad, hi + pad
+
+
+def _bullets(head: str, items: list[str]) -> str:
+    """``head`` and a markdown list of ``items`` (TensorBoard's text card renders a list only after a blank
+    line, one item per line)."""
+    return head if not items else head + "\n\n" + "\n".join(f"- {item}" for item in items)
+
+
+def _shown(value: Any) -> Any:
+    """An event's detail as a reader wants it: a float to 6 significant digits, anything else as it is."""
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 @contextlib.contextmanager

@@ -116,7 +116,7 @@ def _run_a_stopped_job(logdir: Path) -> None:
             severity="critical",
             score=0.99,
             message="forecast final loss 2.35 cannot reach 2.2",
-            data={"target_loss": 2.2, "confidence": 0.95, "action": "stop"},
+            data={"target_loss": 2.2, "confidence": 0.95, "action": "stop", "reference": 2.2000000000000024},
         )
     )
     sink.write_figure(_snapshot(300, stop_step=300))
@@ -152,6 +152,11 @@ def test_forecast_scalars_law_and_figure_land_in_the_users_run(tmp_path: Path) -
     # the observed loss is a line of its own beside the band (in this run it took the band's colour)
     assert COMPARE_TAG not in scalars
     assert [e.value for e in acc.Scalars("events/spike_score")] == [7.5]
+    # the details are a markdown list (after a blank line, one item a line), numbers to 6 digits
+    ((_, stop_text),) = _texts(acc, "events/early_stop")
+    assert stop_text.endswith(
+        "2.2\n\n- target_loss: 2.2\n- confidence: 0.95\n- action: stop\n- reference: 2.2"
+    )
     images = acc.Images("forecast/curve")
     assert [i.step for i in images] == [300]
     assert images[0].width >= 600 and images[0].height >= 300
