@@ -68,13 +68,16 @@ def _replan_hint(every: int) -> str:
     return cadence + " (a scheduler stepped once per epoch: scheduler_every=<updates per epoch>)"
 
 
+_NEVER_CLOSED = (
+    "was never closed (call close() after the loop, on every rank, or use `with`): the updates since its last "
+    "flush are not forecast, and its TensorBoard run was closed without them"
+)
+
+
 def _never_closed(session: TrainingSession) -> None:
-    if session.comm is None:  # closed, or aborted
+    if session.comm is None:  # closed, or aborted (at the interpreter's exit, having said this)
         return
-    session.warn(
-        "was never closed (call close() after the loop, on every rank, or use `with`): the updates since its last "
-        "flush are not forecast, and its TensorBoard run was closed without them"
-    )
+    session.warn(_NEVER_CLOSED)
     session.abort()
 
 
@@ -138,6 +141,7 @@ class LossForecastSession(SessionFace):
         # a loop that never calls close(): said, and closed at exit (or when this object goes) without the
         # last flush's collective, so that TensorBoard keeps what was written
         weakref.finalize(self, _never_closed, self.session)
+        self.session.unfinished_note = _NEVER_CLOSED
 
     def set_scheduler(
         self, scheduler: Any | Sequence[Any] | None, *, scheduler_every: int | None = None

@@ -101,6 +101,8 @@ def _end_unfinished() -> None:
     and their TensorBoard runs are closed."""
     for session in list(_STARTED):
         if session.comm is not None:
+            if session.unfinished_note:
+                session.warn(session.unfinished_note)
             session.abort()
 
 
@@ -298,6 +300,8 @@ class TrainingSession:
         # how a trainer that clips before its optimizer step can hand over the norms before clipping
         self.clip_hint = "pass the norm clip_grad_norm_ returns instead: step(loss, grad_norm=norm)"
         self._saved: dict[str, Any] | None = None
+        # what the adapter's user is told when the process exits with the run not ended (a loop with no close())
+        self.unfinished_note: str | None = None
         self._owner = (os.getpid(), uuid.uuid4().hex)
         self._ran_here = False
         self._stopping = self._went_past = False
