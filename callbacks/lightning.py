@@ -28,7 +28,7 @@ launching process shows rank 0's result after ``fit``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +136,21 @@ def _logger_writer(trainer: pl.Trainer) -> Any:
 
 
 def _other_loggers(trainer: pl.Trainer) -> list[MetricsSink]:
-    """The trainer's loggers of other kinds (CSV, W&B, MLflow), each fed the forecast's scalars."""
+    """The trainer's loggers of other kinds (CSV, W&B, MLflow), each fed the forecast's scalars at Lightning's
+    step numbers: the updates before the one logged (its own ``train_loss`` of update 100 is at step 99), so
+    that a forecast made after an update shares that update's row."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    return [MetricsSink(lg.log_metrics) for lg in trainer.loggers if not isinstance(lg, TensorBoardLogger)]
+    def at_lightnings_step(
+        log: Callable[[dict[str, float], int], Any],
+    ) -> Callable[[dict[str, float], int], Any]:
+        return lambda metrics, step: log(metrics, step - 1)
+
+    return [
+        MetricsSink(at_lightnings_step(lg.log_metrics))
+        for lg in trainer.loggers
+        if not isinstance(lg, TensorBoardLogger)
+    ]
 
 
 class LossForecast(SessionFace, Callback):

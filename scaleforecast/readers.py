@@ -112,11 +112,14 @@ def read_tensorboard(
 
 
 def lightning_csv(path: str | os.PathLike[str]) -> Path | None:
-    """The ``metrics.csv`` a Lightning CSVLogger wrote, for a directory that holds no event files: in it, or in
-    the one ``version_*`` folder below it (several: an error naming them). ``None`` for anything else."""
+    """The ``metrics.csv`` a Lightning CSVLogger wrote: in the directory (a version folder, also when the
+    forecast callback wrote its TensorBoard run beside it), or, for a directory that holds no event files, in the
+    one ``version_*`` folder below it (several: an error naming them). ``None`` for anything else."""
     p = Path(path)
     if not p.is_dir():
         return None
+    if (p / "metrics.csv").is_file():
+        return p / "metrics.csv"
     try:
         find_event_files(p)
         return None
@@ -124,8 +127,6 @@ def lightning_csv(path: str | os.PathLike[str]) -> Path | None:
         pass
     except ReadError:
         return None  # several runs of event files: said by the TensorBoard reader
-    if (p / "metrics.csv").is_file():
-        return p / "metrics.csv"
     found = sorted(f for f in p.rglob("metrics.csv") if f.is_file())
     if len(found) > 1:
         names = ", ".join(str(f.parent.relative_to(p)) for f in found[:8])
@@ -208,7 +209,7 @@ def read_run(
     else:
         run = read_table(table or path, loss=loss, lr=lr, window=window, strict=strict, progress=progress)
         if table is not None:
-            run.warnings.insert(0, f"{Path(path).name}: no event files; read the CSVLogger file {table}")
+            run.warnings.insert(0, f"{Path(path).name}: read the CSVLogger file {table}")
     total = total_steps
     if total is None and schedule is None and len(run.lr_steps):
         total = max(int(run.lr_steps[-1]), run.last_step, run.planned_steps or 0)

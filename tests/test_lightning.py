@@ -23,6 +23,7 @@ from scaleforecast.callbacks import LossForecast  # noqa: E402
 
 from scaleforecast.events import Event  # noqa: E402
 from scaleforecast.monitor import FlushBatch  # noqa: E402
+from scaleforecast.readers import read_run  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::UserWarning", "ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"
@@ -247,10 +248,16 @@ def test_with_a_csv_logger_each_run_writes_tensorboard_into_its_version_folder(t
     one run; each now writes beside its CSVLogger version."""
     from lightning.pytorch.loggers import CSVLogger
 
+    class Logged(TinyRegressor):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss)
+            return loss
+
     for _ in range(2):
         cb = LossForecast(flush_every=5, refit_every=5, verbose=False)
         logger = CSVLogger(str(tmp_path), name="csv")
-        _trainer(tmp_path, [cb], 30, logger=logger).fit(TinyRegressor(total=30))
+        _trainer(tmp_path, [cb], 30, logger=logger, log_every_n_steps=5).fit(Logged(total=30))
         assert cb.log_dir == str(Path(logger.log_dir) / "scaleforecast")
         # the forecasts reach the CSV too (they went to TensorBoard alone, which this user does not watch)
         with open(Path(logger.log_dir) / "metrics.csv") as f:
@@ -258,6 +265,14 @@ def test_with_a_csv_logger_each_run_writes_tensorboard_into_its_version_folder(t
         assert cb.forecast is not None and cb.forecast.final is not None and rows
         assert float(rows[-1]["forecast/final_loss"]) == pytest.approx(cb.forecast.final.loss, rel=1e-6)
         assert float(rows[-1]["forecast/lower"]) < float(rows[-1]["forecast/upper"])
+        # at Lightning's step numbers (the updates before the one logged), in the rows of its own metrics
+        assert int(rows[-1]["step"]) == 29
+        # and the folder is still a CSVLogger folder to the readers: its event files (the forecast's) held no
+        # loss, and the reader took them over metrics.csv
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            run = read_run(logger.log_dir, loss="train_loss", require_lr=False)
+        assert run.last_step == 29 and not [w for w in said if "not in step order" in str(w.message)]
     assert sorted(
         p.parent.parent.name for p in tmp_path.glob("csv/*/scaleforecast/events.out.tfevents.*")
     ) == [
