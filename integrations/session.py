@@ -1001,8 +1001,13 @@ class TrainingSession:
             self.stopped_at = step
             self.stop_reason = self.monitor.stop_reason or shared or "another rank decided to stop"
             # this rank's monitor has logged the event that stopped the run, reason and all, just before
-            # the reason in the same stream (the logger's event may go to another file, or come after it)
-            self.say(f"stopping at step {step}: {self.stop_reason}")
+            # the reason in the same stream (the logger's event may go to another file, or come after it);
+            # a reason that is that event's line is said by its message (this line says the step already)
+            event = next((e for e in (result.events if result is not None else []) if e.is_critical), None)
+            said = (
+                event.message if event is not None and self.stop_reason == event.text() else self.stop_reason
+            )
+            self.say(f"stopping at step {step}: {said}")
         if raising:
             if result is not None and result.error is not None:
                 raise result.error

@@ -609,3 +609,34 @@ def test_a_resumed_run_keeps_its_record_in_the_sweep(tmp_path: Path) -> None:
     fc.close()
     records = SQLiteRegistry("s", path).records()
     assert [(r.run_id, r.state) for r in records] == [(first.run_id, RunState.FINISHED)], records
+
+
+def test_a_sweep_stop_line_says_its_reason_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The console's stop line repeated the event's own prefix ("stopping at step 40: [critical] early_stop @
+    step 40: cannot beat ..."): it says the step once, then the reason."""
+    torch = pytest.importorskip("torch")
+    from scaleforecast.callbacks import LossForecastSession
+
+    path, total = tmp_path / "s.sqlite", 300
+
+    def train(offset: float) -> int | None:
+        opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        stopper = SweepStopper(path, sweep="s")
+        assert stopper.sync()
+        fc = LossForecastSession(opt, total_steps=total, listeners=[stopper], writer=False, flush_every=20)
+        for n in range(1, total + 1):
+            opt.step()
+            fc.step(torch.tensor(2.0 + offset + 0.3 * n**-0.3))
+            if fc.should_stop:
+                break
+        fc.close()
+        return fc.stopped_at
+
+    assert train(0.0) is None
+    capsys.readouterr()
+    stopped = train(1.0)
+    assert stopped is not None
+    line = next(x for x in capsys.readouterr().out.splitlines() if "stopping at step" in x)
+    assert line.startswith(f"LossForecastSession: stopping at step {stopped}: cannot beat its sweep 's'"), (
+        line
+    )
