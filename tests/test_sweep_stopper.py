@@ -413,10 +413,14 @@ def test_the_job_identity_is_read_when_first_needed(tmp_path: Path, monkeypatch:
     assert SQLiteRegistry("s", tmp_path / "s.sqlite").records() == []  # a non-zero rank never writes
 
 
-def test_the_adapters_record_each_runs_end_in_the_sweep(tmp_path: Path) -> None:
+def test_the_adapters_record_each_runs_end_in_the_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Three plain-loop runs of one sweep, with the stopper as the README shows it (no ``finish()`` of one's
     own): the first is recorded finished with its final forecast, a later worse one is stopped against it and
-    recorded stopped, and one stopped by its own target is recorded stopped too (not a reference)."""
+    recorded stopped (its console line says the reason once: it repeated the event's own prefix, "stopping at
+    step 40: [critical] early_stop @ step 40: ..."), and one stopped by its own target is recorded stopped too
+    (not a reference)."""
     torch = pytest.importorskip("torch")
     from scaleforecast.callbacks import LossForecastSession
 
@@ -439,7 +443,11 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(tmp_path: Path) -> None:
         return fc.stopped_at
 
     assert train("first", 0.0) is None
-    assert train("worse", 3.0) is not None
+    capsys.readouterr()
+    stopped = train("worse", 3.0)
+    assert stopped is not None
+    line = next(x for x in capsys.readouterr().out.splitlines() if "stopping at step" in x)
+    assert line.startswith(f"LossForecastSession: stopping at step {stopped}: cannot beat its sweep"), line
     assert train("own-target", 0.0, target=1.0) is not None
     assert train("cut-short", -1.0, until=120) is None
     recs = {r.run_id: r for r in SQLiteRegistry(default_sweep(), path).records()}
@@ -609,34 +617,3 @@ def test_a_resumed_run_keeps_its_record_in_the_sweep(tmp_path: Path) -> None:
     fc.close()
     records = SQLiteRegistry("s", path).records()
     assert [(r.run_id, r.state) for r in records] == [(first.run_id, RunState.FINISHED)], records
-
-
-def test_a_sweep_stop_line_says_its_reason_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """The console's stop line repeated the event's own prefix ("stopping at step 40: [critical] early_stop @
-    step 40: cannot beat ..."): it says the step once, then the reason."""
-    torch = pytest.importorskip("torch")
-    from scaleforecast.callbacks import LossForecastSession
-
-    path, total = tmp_path / "s.sqlite", 300
-
-    def train(offset: float) -> int | None:
-        opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
-        stopper = SweepStopper(path, sweep="s")
-        assert stopper.sync()
-        fc = LossForecastSession(opt, total_steps=total, listeners=[stopper], writer=False, flush_every=20)
-        for n in range(1, total + 1):
-            opt.step()
-            fc.step(torch.tensor(2.0 + offset + 0.3 * n**-0.3))
-            if fc.should_stop:
-                break
-        fc.close()
-        return fc.stopped_at
-
-    assert train(0.0) is None
-    capsys.readouterr()
-    stopped = train(1.0)
-    assert stopped is not None
-    line = next(x for x in capsys.readouterr().out.splitlines() if "stopping at step" in x)
-    assert line.startswith(f"LossForecastSession: stopping at step {stopped}: cannot beat its sweep 's'"), (
-        line
-    )
