@@ -74,13 +74,6 @@ _NEVER_CLOSED = (
 )
 
 
-def _never_closed(session: TrainingSession) -> None:
-    if session.comm is None:  # closed, or aborted (at the interpreter's exit, having said this)
-        return
-    session.warn(_NEVER_CLOSED)
-    session.abort()
-
-
 def _check_every(every: object) -> None:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"scheduler_every: expected an integer >= 1, got {every!r}")
@@ -140,8 +133,8 @@ class LossForecastSession(SessionFace):
         self.session.guard("step", self._updates.attach, optimizer)
         # a loop that never calls close(): said, and closed at exit (or when this object goes) without the
         # last flush's collective, so that TensorBoard keeps what was written
-        weakref.finalize(self, _never_closed, self.session)
         self.session.unfinished_note = _NEVER_CLOSED
+        weakref.finalize(self, self.session.end_unfinished)
 
     def set_scheduler(
         self, scheduler: Any | Sequence[Any] | None, *, scheduler_every: int | None = None

@@ -100,10 +100,7 @@ def _end_unfinished() -> None:
     "running" in its sweep, a reference for a day). Their end is recorded where they got to, with no collective,
     and their TensorBoard runs are closed."""
     for session in list(_STARTED):
-        if session.comm is not None:
-            if session.unfinished_note:
-                session.warn(session.unfinished_note)
-            session.abort()
+        session.end_unfinished()
 
 
 _REASON_BYTES = 1024
@@ -283,6 +280,7 @@ class TrainingSession:
         ]
         self.listeners = list(listeners)
         self.advisor, self.on_event, self.writer = advisor, on_event, writer
+        self._steered = False  # a metric-driven scheduler sets the LR: no schedule advice (see _advise_on)
         self.guard = Guard(name)
         self.monitor = self._new_monitor(log_events=False)
         self.stopped_at: int | None = None
@@ -343,7 +341,7 @@ class TrainingSession:
             stop=self.stop,
             detectors=self.detectors,
             listeners=self.listeners,
-            advisor=self.advisor,
+            advisor=None if self._steered else self.advisor,
             figure_every=self.config.log_figures_every,
             on_event=self.on_event,
             verbose=log_events,
@@ -404,11 +402,10 @@ class TrainingSession:
         Started again in the same process without a state to restore, it goes on from the history it holds
         when training goes on (``step > 0``: Lightning's ``fit()`` called again on the same trainer), and starts
         a new run from step 0 (HF's ``hyperparameter_search`` runs every trial with the same callbacks)."""
-        if self.comm is not None:
-            # the last run never ended (an exception out of HF's train(), in a notebook that trains again): it
-            # ends here, where it got to, as at the interpreter's exit
-            self.abort()
-        if self._ran_here and self._saved is None and self.comm is None:
+        # the last run never ended (an exception out of HF's train(), in a notebook that trains again): it ends
+        # here, where it got to, as at the interpreter's exit
+        self.end_unfinished()
+        if self._ran_here and self._saved is None:
             if step > 0:
                 self._saved = self.guard("checkpoint state", self.state_dict)
             else:  # another run: nothing of the last one (its stop, its id in a sweep or a family) carries over
@@ -567,9 +564,9 @@ class TrainingSession:
         """Schedule advice judges the rest of a planned schedule: none while a metric-driven scheduler
         (ReduceLROnPlateau) sets the LR, whose future the plan can only guess (it holds the LR constant, which
         the advice would call a schedule that ends at a high LR)."""
-        steered = source is not None and any(metric_driven(s) for s in source.schedulers)
-        self.monitor.advisor = None if steered else self.advisor
-        if steered and self.advisor is not None:
+        self._steered = source is not None and any(metric_driven(s) for s in source.schedulers)
+        self.monitor.advisor = None if self._steered else self.advisor
+        if self._steered and self.advisor is not None:
             self.warn(
                 "no schedule advice: a metric-driven LR scheduler sets the rest of the schedule, which the plan "
                 "can only guess",
@@ -589,10 +586,7 @@ class TrainingSession:
             self.extra = dict(saved.get("adapter") or {})
             if self.extra.get("run_id"):
                 # the run goes on under the id it had before the restart: a sweep holds one record of it
-                for listener in self.listeners:
-                    rejoin = getattr(listener, "on_run_resume", None)
-                    if callable(rejoin):
-                        self.guard("listener", rejoin, str(self.extra["run_id"]))
+                self.monitor.resume_run(str(self.extra["run_id"]))
             fc = self.monitor.forecaster
             # with the steps the checkpoint held unflushed, fed right after this
             held = [int(s) for s in (saved.get("pending") or {}).get("steps") or [] if int(s) <= self.step]
@@ -619,7 +613,10 @@ class TrainingSession:
             self.warn(
                 f"the saved forecast state could not be used ({type(exc).__name__}: {exc}); starting a fresh history"
             )
-            self.monitor = self._new_monitor(log_events=self.is_zero)
+            fresh = self._new_monitor(log_events=self.is_zero)
+            for sink in self.monitor.sinks.active:  # a plain loop restores after its TensorBoard run exists
+                fresh.add_sink(sink)
+            self.monitor = fresh
             return None
 
     def _feed_pending(self, pending: dict[str, Any]) -> None:
@@ -1050,7 +1047,7 @@ class TrainingSession:
         # that only rank 0 holds stops rank 0's monitor alone)
         if self.stopped_at is None:
             self.guard("forecaster", self._settle, step)
-            if total is not None and step < total:
+            if self.monitor.ended_early(step, stopped=False):
                 # ended by something else (the loop, the trainer's own early stopping, a time budget): the last
                 # line printed forecast a step the run will not reach
                 self.say(
@@ -1075,6 +1072,16 @@ class TrainingSession:
             with contextlib.suppress(Exception):
                 self.comm.any(False)
         self.comm = None
+
+    def end_unfinished(self) -> None:
+        """The run's training ended without the adapter's end (an exception no callback hears, a loop that never
+        called ``close()``, the process exiting): say ``unfinished_note`` when the adapter set one, then
+        :meth:`abort`. Nothing when the run has ended."""
+        if self.comm is None:
+            return
+        if self.unfinished_note:
+            self.warn(self.unfinished_note)
+        self.abort()
 
     def abort(self) -> None:
         """Training ended with an exception: record the run's end where it got to (a sweep's registry: stopped

@@ -425,20 +425,25 @@ class RunMonitor:
         """Tell the listeners that have ``on_run_end`` that the run ended at ``step`` (``stopped``: by any rule,
         as agreed across ranks, or before its planned last step: a failure, a time budget), e.g. a sweep stopper
         recording the run as finished or stopped for the runs after it. Each failure is reported once."""
-        stopped = self.ended_early(step, stopped)
-        for i, listener in enumerate(self.listeners):
-            end = getattr(listener, "on_run_end", None)
-            if callable(end):
-                self.guard(f"listener {_name(listener, i)}", end, step, stopped)
+        self._tell("on_run_end", step, self.ended_early(step, stopped))
 
     def start_run(self) -> None:
-        """Tell the listeners that have ``on_run_start`` that another run starts with them (a sweep loop or a
-        hyperparameter search reusing one callback): e.g. a sweep stopper records it under a new run id. Each
-        failure is reported once."""
+        """Tell the listeners that have ``on_run_start`` that a run starts from its first step (after another,
+        when a sweep loop or a hyperparameter search reuses one callback: a sweep stopper then records it under
+        a new run id). Each failure is reported once."""
+        self._tell("on_run_start")
+
+    def resume_run(self, run_id: str) -> None:
+        """Tell the listeners that have ``on_run_resume`` that the run resumes from a checkpoint whose saved
+        state named it ``run_id`` (a sweep stopper goes on under that id: one record per run across restarts).
+        Each failure is reported once."""
+        self._tell("on_run_resume", run_id)
+
+    def _tell(self, hook: str, *args: Any) -> None:
         for i, listener in enumerate(self.listeners):
-            start = getattr(listener, "on_run_start", None)
-            if callable(start):
-                self.guard(f"listener {_name(listener, i)}", start)
+            fn = getattr(listener, hook, None)
+            if callable(fn):
+                self.guard(f"listener {_name(listener, i)}", fn, *args)
 
     def ended_early(self, step: int, stopped: bool) -> bool:
         """Whether a run that ended at ``step`` ended before it finished: ``stopped`` (by any rule), or short

@@ -22,7 +22,7 @@ from scaleforecast.integrations.distributed import (  # noqa: E402
     reduce_ranks,
 )
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner, floor_lrs  # noqa: E402
-from scaleforecast.integrations.session import TrainingSession  # noqa: E402
+from scaleforecast.integrations.session import STATE_FORMAT, TrainingSession  # noqa: E402
 
 
 def _sgd(lr: float = 0.1) -> Any:
@@ -1053,3 +1053,23 @@ def test_a_loss_of_many_values_is_read_as_its_mean_and_said_once() -> None:
     assert len(said) == 1 and "its mean is taken" in said[0], said
     assert fc.errors == {} and fc.forecaster.n_observations == 200
     np.testing.assert_allclose(fc.forecaster.observations().y[99], 2.0 + 3.0 * 100**-0.3, rtol=1e-6)
+
+
+def test_a_garbled_state_restored_after_the_start_keeps_tensorboard(tmp_path: Path) -> None:
+    """A plain loop restores its state after its TensorBoard run exists: a garbled state replaced the monitor
+    with one without sinks, and nothing more reached TensorBoard. The fresh history keeps the run's sinks."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=100, flush_every=10, dirpath=str(tmp_path), verbose=False)
+    with pytest.warns(RuntimeWarning, match="could not be used"):
+        fc.load_state_dict({"format": STATE_FORMAT, "version": 2, "monitor": {"forecaster": {}}, "step": 0})
+    for n in range(1, 101):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    fc.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("forecast/final_loss")][-1] == 100
