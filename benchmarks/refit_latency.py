@@ -17,6 +17,11 @@ take effect one flush later).
     python benchmarks/refit_latency.py [latency] [--lengths 1000 10000 100000 1000000] [--repeats 5]
     python benchmarks/refit_latency.py state
     python benchmarks/refit_latency.py cadence [--replay]
+    python benchmarks/refit_latency.py first [--repeats 5]
+
+``first``: the first refit of a fresh process (what the training thread waits for at its second flush, when the
+refit started at the first has not finished): as the first thing the fitter does, and after the forecaster
+loaded the fitter's modules on its worker when the schedule was set (as the callbacks' forecaster does).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -236,6 +242,35 @@ def cadence(args: argparse.Namespace) -> None:
         print(f"{name:<16}" + "".join(f"{c:>14}" for c in cells))
 
 
+_FIRST = """
+import sys, time
+import numpy as np
+from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster
+from scaleforecast.background import refit_worker
+fc = OnlineForecaster("cosine:peak=1e-3,warmup=20,total=4000", ForecasterConfig(background=sys.argv[1] == "1"))
+refit_worker().submit(lambda: None).result()  # what the worker was given at set_schedule is done
+steps = np.arange(1, 101)
+fc.observe_many(steps, 2.0 + 3.0 * steps**-0.3)
+t = time.perf_counter()
+fc.refit()
+print(1000 * (time.perf_counter() - t), "scipy.signal" in sys.modules)
+"""
+
+
+def first(args: argparse.Namespace) -> None:
+    header = f"{'first refit of a process':<40}{'median ms':>12}{'max ms':>10}  scipy.signal loaded"
+    print(header)
+    print("-" * len(header))
+    for name, flag in (("cold (nothing loaded before it)", "0"), ("fitter loaded at set_schedule", "1")):
+        out = [
+            subprocess.run([sys.executable, "-c", _FIRST, flag], capture_output=True, text=True, check=True)
+            .stdout.split()
+            for _ in range(args.repeats)
+        ]
+        ms = [float(o[0]) for o in out]
+        print(f"{name:<40}{np.median(ms):>12.0f}{max(ms):>10.0f}  {out[0][1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -250,10 +285,12 @@ def main() -> None:
     p.add_argument("--replay", action="store_true", help="also replay real curves at both cadences")
     p.add_argument("--per-run", type=int, nargs="+", default=[ForecasterConfig().refits_per_run])
     p.add_argument("--no-fixed", action="store_true", help="leave out the fixed 100-step period")
+    p = sub.add_parser("first")
+    p.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.part is None:
         args = parser.parse_args(["latency", *sys.argv[1:]])
-    {"latency": latency, "state": state, "cadence": cadence}[args.part](args)
+    {"latency": latency, "state": state, "cadence": cadence, "first": first}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class TorchCollectives:
                 "group its decision is agreed in, one that holds the rank"
             )
         self.world_size = dist.get_world_size(group) if ready else 1
+        self._over_dist = ready
         self.device = collective_device(torch.device("cpu"), group)
         if ready and group is not None and self.world_size < dist.get_world_size():
             warnings.warn(
@@ -111,6 +112,11 @@ class TorchCollectives:
         if self.world_size == 1 and self.group is None and dist_ready() and dist.get_world_size() > 1:
             return int(dist.get_world_size())
         return None
+
+    def group_gone(self) -> bool:
+        """True when this spans processes over ``torch.distributed`` and its process group was destroyed since
+        (``destroy_process_group()``): no collective can run."""
+        return self.world_size > 1 and self._over_dist and not dist_ready()
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:

@@ -1030,6 +1030,15 @@ class TrainingSession:
         the TensorBoard writer even when the framework owns it (one it closed already, that writing reopened)."""
         if self.comm is None:
             return
+        if getattr(self.comm, "group_gone", lambda: False)():
+            # the loop destroyed the process group first: the last flush's collective would raise out of the
+            # end of a run that trained well
+            self.warn(
+                "the end came after torch.distributed.destroy_process_group(): the updates since the last flush "
+                "are not forecast (end it before destroying the process group: close() first)"
+            )
+            self.abort()
+            return
         if self.buffer is not None and (step > self.flushed_at or self.comm.world_size > 1):
             # training has ended: there is nothing left to stop; every rank of a job joins it, whatever it
             # buffered (a rank that counted one more update than the others went into it alone and hung)
@@ -1079,7 +1088,9 @@ class TrainingSession:
         :meth:`abort`. Nothing when the run has ended."""
         if self.comm is None:
             return
-        if self.unfinished_note:
+        if self.unfinished_note and getattr(sys, "last_value", None) is None:
+            # after an uncaught exception (Python keeps it in sys.last_value for the exit) the traceback says
+            # why the run ended; a note on a close() the exception skipped would only blame the loop
             self.warn(self.unfinished_note)
         self.abort()
 

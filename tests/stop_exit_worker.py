@@ -8,6 +8,7 @@ hang until the process group's timeout.
 With ``--uneven``, rank 1 calls ``step()`` once more than rank 0 (a bug of the loop's): the ranks are told
 their flushes differ, and the job still ends, every rank joining the last flush. With ``--subgroup``, every
 rank passes a group of rank 0 alone: rank 1 is told it is not in it, rank 0 that its group is a part of the job.
+With ``--destroy-first``, the loop destroys the process group before ``close()``: the run still ends cleanly.
 """
 
 from __future__ import annotations
@@ -35,12 +36,27 @@ def subgroup() -> None:
     print(f"rank {dist.get_rank()}: built", flush=True)
 
 
+def destroy_first() -> None:
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    fc = LossForecastSession(opt, total_steps=100, writer=False, flush_every=10)
+    for n in range(1, 56):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    dist.destroy_process_group()
+    fc.close()
+    print(f"closed, stopped_at={fc.stopped_at}", flush=True)
+
+
 def main() -> None:
     failing = "--raise" in sys.argv[1:]
     uneven = "--uneven" in sys.argv[1:]
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     if "--subgroup" in sys.argv[1:]:
         subgroup()
+        return
+    if "--destroy-first" in sys.argv[1:]:
+        destroy_first()
         return
     total, warmup = 400, 20
     w = torch.nn.Parameter(torch.zeros(1))

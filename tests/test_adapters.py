@@ -535,6 +535,21 @@ def test_a_loop_that_raises_on_one_rank_ends_at_once_with_close_in_finally() -> 
     assert "Timed out" not in proc.stderr and "timed out" not in proc.stderr.lower(), proc.stderr[-3000:]
 
 
+@pytest.mark.multiprocess
+def test_a_loop_that_destroys_the_process_group_before_close_ends_cleanly() -> None:
+    """``dist.destroy_process_group()`` before ``fc.close()``: the last flush's collective raised "Default process
+    group has not been initialized" out of every rank (exit status 1), then the exit said the session "was never
+    closed". Each rank ends without the collective, and rank 0 says once what was lost and why."""
+    pytest.importorskip("torch")
+    from procs import TESTS, run_group, torchrun
+
+    proc = run_group(torchrun(TESTS / "stop_exit_worker.py", "--destroy-first"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("closed, stopped_at=None") == 2, proc.stdout[-3000:]
+    assert proc.stderr.count("came after torch.distributed.destroy_process_group()") == 1, proc.stderr[-3000:]
+    assert "never closed" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_ranks_that_step_unevenly_are_told_and_the_job_ends() -> None:
     """Rank 1 calls ``step()`` once more than rank 0 (a bug of the loop's): the flushes paired up and averaged
     other updates in silence, and ``close()`` hung (rank 1 went into the last flush alone). The ranks are told,
@@ -608,6 +623,30 @@ def test_a_session_built_before_the_process_group_says_so() -> None:
     for rank in (0, 1):
         said = [line for line in proc.stdout.splitlines() if line.startswith(f"rank {rank}: ")]
         assert len(said) == 1 and "initialised (2 processes) after it was built" in said[0], proc.stdout
+
+
+def test_a_loop_that_dies_of_an_exception_is_not_told_it_never_closed(tmp_path: Path) -> None:
+    """An uncaught exception out of the loop (its own, or a collective's when a peer died) skips ``close()``; the
+    exit then blamed the loop ("was never closed (call close() ...)") under the traceback that says why the run
+    ended. The run is still ended and its TensorBoard run kept, without the note."""
+    from procs import run_group
+
+    script = tmp_path / "dies.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from scaleforecast.callbacks import LossForecastSession\n"
+        "w = torch.nn.Parameter(torch.zeros(1))\n"
+        "opt = torch.optim.SGD([w], lr=0.1)\n"
+        "fc = LossForecastSession(opt, total_steps=100, flush_every=20, dirpath=sys.argv[1], verbose=False)\n"
+        "for n in range(1, 91):\n"
+        "    opt.step()\n"
+        "    fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))\n"
+        "raise RuntimeError('the data loader died')\n"
+    )
+    proc = run_group([sys.executable, str(script), str(tmp_path / "tb")], timeout=300)
+    assert proc.returncode == 1 and "the data loader died" in proc.stderr, proc.stderr[-3000:]
+    assert "never closed" not in proc.stderr, proc.stderr[-3000:]
+    assert "forecast/final_loss" in _acc(tmp_path / "tb").Tags()["scalars"]
 
 
 def test_a_loop_that_never_closes_is_told_and_its_tensorboard_run_is_kept(tmp_path: Path) -> None:

@@ -59,6 +59,49 @@ def test_areas_match_brute_force(spec: str, lam: float) -> None:
     assert annealing_area(lrs, lam, "hold").min() >= -1e-15
 
 
+def test_annealing_memory_is_exact_on_long_runs_and_extreme_decays() -> None:
+    """The memory ``m_i = lam * m_{i-1} + d_i`` is summed in blocks (``lam^-k`` rescaled per block): against the
+    recurrence stepped one update at a time, on a 300k-step schedule with a noisy LR, for decays from none to
+    almost none (blocks of one update to one block)."""
+    from scaleforecast.laws import _decaying_sum
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=300_000) * 1e-3
+    d[::5] = 0.0
+    for lam in (0.0, 1e-9, 0.3, 0.9, 0.98, 0.9999, 1 - 1e-12):
+        want = np.empty_like(d)
+        m = 0.0
+        for i, v in enumerate(d.tolist()):
+            m = lam * m + v
+            want[i] = m
+        np.testing.assert_allclose(_decaying_sum(d, lam), want, rtol=0, atol=1e-12 * np.abs(want).max() + 1e-18)
+    assert _decaying_sum(np.zeros(0), 0.5).size == 0
+
+
+def test_the_fitter_loads_on_the_worker_and_never_imports_scipy_signal() -> None:
+    """The first refit of a process imported scipy.signal (for one filter) and scipy.optimize inside the fit, 0.5 s
+    (0.8 s on a loaded machine) that the training thread waited out at its second flush. S2 needs no scipy.signal,
+    and a background forecaster loads the optimizers on its worker when its schedule is set
+    (``benchmarks/refit_latency.py first``)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster\n"
+        "from scaleforecast.background import refit_worker\n"
+        "fc = OnlineForecaster('cosine:peak=1e-3,warmup=20,total=400', ForecasterConfig(background=True))\n"
+        "refit_worker().submit(lambda: None).result()\n"
+        "loaded = 'scipy.optimize' in sys.modules\n"
+        "s = np.arange(1, 101)\n"
+        "fc.observe_many(s, 2.0 + 3.0 * s**-0.3)\n"
+        "fc.refit()\n"
+        "print(loaded, 'scipy.signal' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
+
+
 def test_raw_warmup_makes_s2_negative() -> None:
     lrs = as_lrs("constant:peak=1e-3,warmup=100,total=500")
     assert annealing_area(lrs, 0.999)[-1] < 0
