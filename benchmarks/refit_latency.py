@@ -263,8 +263,9 @@ def first(args: argparse.Namespace) -> None:
     print("-" * len(header))
     for name, flag in (("cold (nothing loaded before it)", "0"), ("fitter loaded at set_schedule", "1")):
         out = [
-            subprocess.run([sys.executable, "-c", _FIRST, flag], capture_output=True, text=True, check=True)
-            .stdout.split()
+            subprocess.run(
+                [sys.executable, "-c", _FIRST, flag], capture_output=True, text=True, check=True
+            ).stdout.split()
             for _ in range(args.repeats)
         ]
         ms = [float(o[0]) for o in out]

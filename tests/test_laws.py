@@ -74,7 +74,9 @@ def test_annealing_memory_is_exact_on_long_runs_and_extreme_decays() -> None:
         for i, v in enumerate(d.tolist()):
             m = lam * m + v
             want[i] = m
-        np.testing.assert_allclose(_decaying_sum(d, lam), want, rtol=0, atol=1e-12 * np.abs(want).max() + 1e-18)
+        np.testing.assert_allclose(
+            _decaying_sum(d, lam), want, rtol=0, atol=1e-12 * np.abs(want).max() + 1e-18
+        )
     assert _decaying_sum(np.zeros(0), 0.5).size == 0
 
 
