@@ -116,6 +116,12 @@ def add_forecast_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lr-column", "--lr", dest="lr_column", metavar="NAME", help="LR column or tag (default: lr, ...)"
     )
     fc.add_argument(
+        "--step-column",
+        metavar="NAME",
+        help="step column of a CSV/JSONL, RUN's and each reference's (default: step, global_step, "
+        "trainer/global_step, ..., W&B's _step last)",
+    )
+    fc.add_argument(
         "--until-step", type=nonnegative_int, metavar="N", help="use only observations at steps <= N"
     )
     fc.add_argument(
@@ -164,6 +170,7 @@ def forecast_command(args: argparse.Namespace) -> int:
         strict=True,
         until_step=args.until_step,
         warn=False,
+        step=args.step_column,
     )
     lrs = run.lrs
     assert lrs is not None  # read_run raises when it has no LR
@@ -174,10 +181,13 @@ def forecast_command(args: argparse.Namespace) -> int:
     references, ignored, ref_notes = _load_references(args, run.loss_name, float(np.max(lrs)))
     run.warnings.extend(ref_notes)
     told_length = args.total_steps or args.schedule or args.lr_file or run.planned_steps
-    if not told_length and args.until_step is None and len(lrs) <= part.last_step:
-        # a log still being written read without its planned length "forecasts" the loss it has just shown
+    if not told_length and args.until_step is None:
+        # a log still being written, read without its planned length, "forecasts" the loss it has just shown
+        # (its LR column may run a little past its loss column: a validation loss logged less often)
+        high = float(lrs[-1]) / float(np.max(lrs))
+        still = f"; its LR there is still {100 * high:.0f}% of its peak" if high > 0.5 else ""
         run.warnings.append(
-            f"{Path(args.run).name}: the run is taken to end at its last logged step ({part.last_step}); "
+            f"{Path(args.run).name}: the run is taken to end at its last logged step ({len(lrs)}){still}; "
             "for a run still training, pass --total-steps N (or --schedule SPEC, --lr-file)"
         )
     forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level, references=references))
@@ -222,11 +232,23 @@ def _load_references(
     for i, ref in enumerate(refs):
         lr_file = lr_files[i] if i < len(lr_files) else None
         try:
-            data = read_run(ref, loss=[column, *LOSS_NAMES], lr_file=lr_file, strict=True, warn=False)
+            data = read_run(
+                ref,
+                loss=[column, *LOSS_NAMES],
+                lr_file=lr_file,
+                strict=True,
+                warn=False,
+                step=args.step_column,
+            )
         except ReadError as err:
             raise ReadError(f"--reference {ref}: {err}") from None
         named = Path(ref).name
         notes += [f"--reference {n if n.startswith(named) else f'{named}: {n}'}" for n in data.warnings]
+        if data.loss_name != column:
+            notes.append(
+                f"--reference {named}: fitted to its {data.loss_name!r}: it logs no {column!r}, this run's loss "
+                "(a training and a validation loss sit at different levels)"
+            )
         lrs = data.lrs
         assert lrs is not None  # read_run raises when it has no LR
         keep = (data.steps >= 1) & (data.steps <= len(lrs)) & np.isfinite(data.losses)
@@ -236,6 +258,17 @@ def _load_references(
         unfinished = _unfinished(data.steps[keep], len(lrs), lr_file)
         if unfinished is not None:
             ignored.append((ref, unfinished))
+            continue
+        if lr_file is not None and data.lr is not None and not data.lr.trusted:
+            # the tool's own check says this LR file is not the reference's: a prior from it misplaces the
+            # reference's annealing (the band of a sibling forecast from it missed)
+            ignored.append(
+                (
+                    ref,
+                    f"its LR file differs from its logged LR by up to {100 * (data.lr.max_error or 0):.0f}% of "
+                    "peak (the wrong file?)",
+                )
+            )
             continue
         steps, windows = data.steps[keep], data.windows[keep]
         obs = Observations(np.maximum(steps - windows + 1, 1), steps, data.losses[keep], np.ones(len(steps)))
@@ -295,7 +328,7 @@ def _format_forecast(forecast: Forecast, column: str, path: Path) -> str:
             memory = f"S2 memory {1 / (1 - fast):.0f} and {1 / (1 - slow):.0f} steps (mixed {w:g}/{1 - w:g})"
         lines.append(f"  L0={p.L0:.4g}  A={p.A:.4g}  alpha={p.alpha:.3g}  C={p.C:.4g}  {memory}")
     if forecast.points:
-        pct = round(100 * forecast.level)
+        pct = f"{100 * forecast.level:.6g}"
         lines.append(f"  {'step':>10}  {'forecast':>10}  {pct}% interval")
         for pt in forecast.points:
             lines.append(f"  {pt.step:>10}  {pt.loss:>10.4f}  [{pt.lower:.4f}, {pt.upper:.4f}]")

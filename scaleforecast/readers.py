@@ -16,9 +16,11 @@ reconstruction, a loss that rises) are in ``RunData.warnings``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,28 @@ def rising_loss_note(run: RunData) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _read_once(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """``path``, or for a pipe (``<(cat run.csv)``, a FIFO, ``/dev/stdin``) a file holding what it gave: the
+    readers open a run more than once (its format, then its rows), and a pipe gives its bytes once only (the
+    second read found the header gone, or waited forever on a FIFO)."""
+    p = Path(path)
+    if not p.exists() or p.is_file() or p.is_dir():
+        yield p
+        return
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise ReadError(f"cannot read {p}: {err.strerror or err}") from None
+    with tempfile.TemporaryDirectory(prefix="scaleforecast-") as tmp:
+        copy = Path(tmp) / (p.name or "stdin")
+        copy.write_bytes(data)
+        try:
+            yield copy
+        except ReadError as err:  # said of the pipe the user named, not of the copy
+            raise ReadError(str(err).replace(str(copy), str(p))) from None
+
+
 def read_run(
     path: str | os.PathLike[str],
     *,
@@ -185,6 +209,7 @@ def read_run(
     until_step: int | None = None,
     progress: bool | None = None,
     warn: bool = True,
+    step: str | None = None,
 ) -> RunData:
     """Read a run from a TensorBoard log dir, a CSV or a JSONL file, and attach its per-update LR.
 
@@ -193,8 +218,9 @@ def read_run(
     the logged points (see :func:`~scaleforecast.schedule_fit.rebuild_lrs`). ``total_steps`` sets the planned
     length when the LR is rebuilt (default: the last logged step). With ``require_lr=False`` a run without LR comes
     back with ``lr=None``. ``until_step``: only the losses up to it must fit in the schedule (the run as it looked
-    then; all points are returned). ``strict``: see the module doc. Notes about the data are in ``.warnings`` and,
-    with ``warn``, also issued as ``UserWarning``.
+    then; all points are returned). ``strict``: see the module doc. ``step``: the step column of a CSV or JSONL
+    (default: the first of :data:`STEP_COLUMNS`; TensorBoard logs carry their own). Notes about the data are in
+    ``.warnings`` and, with ``warn``, also issued as ``UserWarning``. A pipe (``<(...)``, a FIFO) is read once.
     """
     if lr_file is not None:
         if schedule is not None:
@@ -203,13 +229,18 @@ def read_run(
             schedule = load_lr_file(lr_file)
         except ScheduleError as err:
             raise ReadError(str(err)) from None
-    table = lightning_csv(path)
-    if table is None and detect_format(path) == "tensorboard":
-        run = read_tensorboard(path, loss=loss, lr=lr, window=window, progress=progress)
-    else:
-        run = read_table(table or path, loss=loss, lr=lr, window=window, strict=strict, progress=progress)
-        if table is not None:
-            run.warnings.insert(0, f"{Path(path).name}: read the CSVLogger file {table}")
+    with _read_once(path) as once:
+        table = lightning_csv(once)
+        if table is None and detect_format(once) == "tensorboard":
+            run = read_tensorboard(once, loss=loss, lr=lr, window=window, progress=progress)
+        else:
+            run = read_table(
+                table or once, loss=loss, lr=lr, window=window, strict=strict, progress=progress, step=step
+            )
+        if once != Path(path):
+            run.source = str(path)
+    if table is not None:
+        run.warnings.insert(0, f"{Path(path).name}: read the CSVLogger file {table}")
     total = total_steps
     if total is None and schedule is None and len(run.lr_steps):
         total = max(int(run.lr_steps[-1]), run.last_step, run.planned_steps or 0)

@@ -42,6 +42,8 @@ LOSS_NAMES: tuple[str, ...] = (
     "val_loss",
     "train_loss",
     "train/loss",
+    "val/loss",
+    "eval/loss",
     "lm loss",
     "train_loss_step",
     "reduced_train_loss",
@@ -64,7 +66,19 @@ LR_NAMES: tuple[str, ...] = (
     "*learning_rate*",
     "*learning-rate*",
 )
-STEP_COLUMNS: tuple[str, ...] = ("step", "global_step", "iteration", "iter", "_step", "trainer/global_step")
+# W&B's own row counter, ``_step``, comes last: an export of an HF or Lightning run also holds the trainer's step.
+STEP_COLUMNS: tuple[str, ...] = (
+    "step",
+    "global_step",
+    "trainer/global_step",
+    "train/global_step",
+    "iteration",
+    "iter",
+    "num_updates",
+    "optimizer_step",
+    "trainer/step",
+    "_step",
+)
 # Loggers that write the mean over the updates since the previous log (HF Trainer, Megatron).
 GAP_WINDOW_NAMES: tuple[str, ...] = (
     "train/loss",

@@ -65,9 +65,13 @@ def read_text(path: Path) -> str:
 
 
 def _delimiter(path: Path, text: str) -> str:
-    """A tab for a ``.tsv``, or for a ``.csv`` whose first line holds tabs and no comma; else a comma."""
+    """A tab for a ``.tsv``, or for a ``.csv`` whose first line holds tabs and no comma; a semicolon for one whose
+    first line holds semicolons and neither (a spreadsheet's export in a locale with decimal commas); else a
+    comma."""
     first = text.lstrip("\r\n").split("\n", 1)[0]
-    return "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
+    if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first):
+        return "\t"
+    return ";" if ";" in first and "," not in first else ","
 
 
 def _csv_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[Row]]:
@@ -76,9 +80,13 @@ def _csv_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[
     header: list[str] | None = None
     rows: list[Row] = []
     repeated: list[int] = []
+    comments = 0
     try:
         for cells in reader:
             if not cells or all(not c.strip() for c in cells):
+                continue
+            if cells[0].lstrip().startswith("#"):
+                comments += 1  # a comment line (a run's config written above its log)
                 continue
             if header is not None and [c.strip() for c in cells] == header:
                 repeated.append(reader.line_num)  # a job resumed into the same file writes its header again
@@ -100,6 +108,8 @@ def _csv_rows(path: Path, text: str, notes: list[str]) -> tuple[list[str], list[
         raise ReadError(f"{path}: not a readable CSV: {err}") from None
     if header is None:
         raise ReadError(f"{path}: empty CSV (no header)")
+    if comments:
+        notes.append(f"{path.name}: skipped {comments} comment line(s) (starting with '#')")
     if repeated:
         notes.append(
             f"{path.name}:{repeated[0]}: the header again (a job resumed into the same file?); skipped "
@@ -275,8 +285,10 @@ def read_table(
     window: WindowSpec | None = None,
     strict: bool = False,
     progress: bool | None = None,
+    step: str | None = None,
 ) -> RunData:
-    """Read a CSV or JSON-lines run (see the module doc): a step column (:data:`STEP_COLUMNS`), a loss column
+    """Read a CSV or JSON-lines run (see the module doc): a step column (``step`` by name, else the first of
+    :data:`STEP_COLUMNS`), a loss column
     (``loss`` by name or glob, else the first of :data:`LOSS_NAMES` that holds a value after step 0), the LR
     column when there is one (``lr``, else :data:`LR_NAMES`) and a ``window`` column if present. A last line
     without a line end is still being written (a cut JSON line does not parse, a cut CSV line may) and is skipped
@@ -297,7 +309,9 @@ def read_table(
         bar.advance(len(text) // 2)
         if state is not None and window is None and pick_loss(columns, loss, str(p)) == "loss":
             window = "gap"  # the Trainer logs the mean loss since its previous log
-        run = _rows_to_run(p, "jsonl" if is_json else "csv", columns, rows, loss, lr, window, strict, notes)
+        run = _rows_to_run(
+            p, "jsonl" if is_json else "csv", columns, rows, loss, lr, window, strict, notes, step
+        )
         run.planned_steps = None if state is None else state.max_steps
         bar.advance(len(text))
         return run
@@ -315,11 +329,13 @@ def _rows_to_run(
     window: WindowSpec | None,
     strict: bool,
     notes: list[str],
+    step: str | None = None,
 ) -> RunData:
     cols = ", ".join(columns)
-    step_col = pick(columns, None, STEP_COLUMNS)
+    step_col = pick(columns, step, () if step else STEP_COLUMNS)
     if step_col is None:
-        raise ReadError(f"{path}: no 'step' column (columns: {cols})")
+        wanted = f"no step column {step!r}" if step else "no 'step' column"
+        raise ReadError(f"{path}: {wanted} (columns: {cols})")
     present_step, steps = _steps(rows, step_col, str(path))
     back = steps_going_back(steps[present_step])
     if back:

@@ -267,9 +267,9 @@ def test_a_forecast_past_a_live_lr_log_says_the_lr_is_assumed(curves_dir: Path, 
     code, out, _ = _run(["forecast", str(live), "--lr-file", f"{base}.lr.npy", "--json"], capsys)
     assert json.loads(out)["lr_assumed_after"] is None
     # without its planned length the log is a finished run: said, as its "forecast" is the loss just shown
-    told = f"the run is taken to end at its last logged step ({steps[-1]}); for a run still training, pass"
+    told = f"the run is taken to end at its last logged step ({steps[-1]}); its LR there is still 100% of its peak"
     code, out, err = _run(["forecast", str(live)], capsys)
-    assert told in err, err
+    assert told in err and "for a run still training, pass --total-steps" in err, err
     for given in (
         ["--total-steps", str(lrs.size)],
         ["--lr-file", f"{base}.lr.npy"],
@@ -292,3 +292,61 @@ def test_a_finished_run_is_not_said_to_lack_its_annealing_coefficient(curves_dir
         out = capsys.readouterr()
         assert "fit status ok" in out.out.splitlines()[0], out.out
         assert "with C from the prior" not in out.out + out.err
+
+
+def test_a_reference_with_another_runs_lr_file_is_ignored_and_its_column_is_said(
+    curves_dir: Path, tmp_path: Path, capsys
+):
+    """A reference given the LR file of another run (a cosine plan for a WSD run of the same length): the tool said
+    the file "differs from the logged LR by up to 81% of peak" and used it anyway, its prior misplacing the
+    annealing (the sibling's band missed its final). It is ignored, with that reason. A reference fitted to
+    another loss column than RUN's (RUN logs ``loss``, the reference only ``val_loss``) is said to be."""
+    run = (
+        curves_dir
+        / "epfml_schaipp_haegele/ann0.2_openwebtext2_llama_norm_nlayers12_nhead10_lr0.001_sched_wsd_warmup300_iter17500"
+    )
+    ref = curves_dir / EPFML
+    other = (
+        curves_dir
+        / "epfml_schaipp_haegele/openwebtext2_llama_norm_nlayers12_nhead14_lr0.001_sched_cos_warmup300_iter25000"
+    )
+    argv = ["forecast", f"{run}.csv", "--lr-file", f"{run}.lr.npy", "--until-step", "8750", "--json"]
+    code, out, err = _run(
+        [*argv, "--reference", f"{ref}.csv", "--reference-lr-file", f"{other}.lr.npy"], capsys
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    ((path, why),) = [(r["reference"], r["reason"]) for r in result["references_ignored"]]
+    assert path == f"{ref}.csv" and why.startswith("its LR file differs from its logged LR by up to "), why
+    assert result["borrowed_from"] == []
+    code, out, err = _run(
+        [*argv, "--reference", f"{ref}.csv", "--reference-lr-file", f"{ref}.lr.npy"], capsys
+    )
+    assert code == 0 and json.loads(out)["references_ignored"] == [], err
+    # RUN read in its training loss: the reference logs train_loss too, so no note; asked for a column the
+    # reference lacks, the reference falls back to its own loss, and says so
+    code, out, err = _run([*argv, "--loss-column", "train_loss", "--reference", f"{ref}.csv"], capsys)
+    assert code == 0 and "fitted to its" not in json.dumps(json.loads(out)["data_warnings"]), out
+    renamed = tmp_path / "run.csv"
+    renamed.write_text((run.parent / f"{run.name}.csv").read_text().replace("train_loss", "loss", 1))
+    argv[1] = str(renamed)
+    code, out, err = _run([*argv, "--reference", f"{ref}.csv"], capsys)
+    assert code == 0, err
+    said = json.loads(out)["data_warnings"]
+    assert any("fitted to its 'val_loss': it logs no 'loss', this run's loss" in n for n in said), said
+
+
+def test_a_log_cut_while_training_is_said_to_be_taken_as_ended(curves_dir: Path, tmp_path: Path, capsys):
+    """Half of a WSD run's log, read with no planned length: it was forecast as a finished run ending at its last
+    logged step, a band 0.1 % wide around the loss just shown (7 % above the real final), with no note: the note
+    was skipped whenever the LR column ran a log past the loss column (a validation loss logged less often). It
+    is said, with the LR there (still at its peak)."""
+    lines = (curves_dir / f"{EPFML}.csv").read_text().splitlines()
+    cut = tmp_path / "half.csv"
+    cut.write_text("\n".join(lines[:251]) + "\n")
+    code, _, err = _run(["forecast", str(cut)], capsys)
+    assert code == 0, err
+    assert (
+        "the run is taken to end at its last logged step (12450); its LR there is still 100% of its peak"
+        in err
+    )

@@ -533,3 +533,99 @@ def test_a_table_that_logs_every_update_from_step_0_is_told_how_it_was_read(
             assert len(said) == 1 and "add 1 to the steps" in said[0], said
         else:
             assert said == []
+
+
+def _falling(steps: np.ndarray) -> np.ndarray:
+    return 2.0 + 3.0 * (steps * 1e-3) ** -0.4
+
+
+def test_a_wandb_export_is_read_on_the_trainers_step_not_wandbs_row_counter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A W&B export of an HF run holds ``_step`` (W&B's row counter: 0, 1, 2, ...) and ``train/global_step``
+    (50, 100, ...): ``_step`` won, and the forecast was of "step 523" (with an LR file: 20 % low, its band
+    missing). The trainer's step wins; ``--step-column`` names another."""
+    steps = np.arange(50, 5001, 50)
+    lines = ["_step,_runtime,train/global_step,train/loss,my_update"]
+    lines += [
+        f"{i},{0.1 * i:.1f},{s},{v:.6f},{s}"
+        for i, (s, v) in enumerate(zip(steps, _falling(steps), strict=True))
+    ]
+    p = _csv(tmp_path, "\n".join(lines) + "\n")
+    code, out, err = _cli(
+        ["forecast", str(p), "--schedule", "constant:peak=1e-3,total=5000", "--json"], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out)["fitted_at_step"] == 5000
+    code, out, err = _cli(
+        [
+            "forecast",
+            str(p),
+            "--schedule",
+            "constant:peak=1e-3,total=5000",
+            "--json",
+            "--step-column",
+            "my_update",
+        ],
+        capsys,
+    )
+    assert code == 0 and json.loads(out)["fitted_at_step"] == 5000, err
+    assert _error(["forecast", str(p), "--schedule", SCHED, "--step-column", "epoch"], capsys) == (
+        f"scaleforecast forecast: error: {p}: no step column 'epoch' (columns: _step, _runtime, train/global_step, train/loss, "
+        "my_update)"
+    )
+
+
+def test_semicolons_comments_and_a_pipe_are_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spreadsheet's semicolon CSV ("no 'step' column (columns: step;lr;loss)"), comment lines above the header
+    ("3 cells but the header has 2 columns"), and a pipe: ``forecast <(cat run.csv)`` found the header gone (the
+    file is opened twice), and a FIFO waited forever for a second writer."""
+    import os
+    import subprocess
+    import sys
+
+    steps = np.arange(10, 1001, 10)
+    rows = [f"{s};{v:.6f}" for s, v in zip(steps, _falling(steps), strict=True)]
+    semi = _csv(tmp_path, "step;loss\n" + "\n".join(rows) + "\n", "semi.csv")
+    commented = _csv(tmp_path, "# lr=1e-3, seed=0\n# model: tiny\n" + semi.read_text().replace(";", ","))
+    want = None
+    for p in (semi, commented):
+        code, out, err = _cli(
+            ["forecast", str(p), "--schedule", "constant:peak=1e-3,total=1000", "--json"], capsys
+        )
+        assert code == 0, err
+        got = json.loads(out)["forecasts"][0]["loss"]
+        want = got if want is None else want
+        assert got == pytest.approx(want)
+    assert "skipped 2 comment line(s)" in err
+    fifo = tmp_path / "run.fifo"
+    os.mkfifo(fifo)
+    cmd = [
+        sys.executable,
+        "-m",
+        "scaleforecast.cli",
+        "forecast",
+        str(fifo),
+        "--schedule",
+        "constant:peak=1e-3,total=1000",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(fifo, "w") as w:  # the one writer: the reader must take everything in one read
+        w.write(commented.read_text())
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"{want:.4f}" in out, out
+
+
+def test_an_interval_level_is_named_to_its_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--level 0.995`` was printed as a "100% interval", 0.975 as "98%"."""
+    steps = np.arange(10, 1001, 10)
+    p = _csv(
+        tmp_path,
+        "step,loss\n" + "\n".join(f"{s},{v:.6f}" for s, v in zip(steps, _falling(steps), strict=True)) + "\n",
+    )
+    for level, label in (("0.995", "99.5% interval"), ("0.975", "97.5% interval"), ("0.8", "80% interval")):
+        code, out, err = _cli(
+            ["forecast", str(p), "--schedule", "constant:peak=1e-3,total=1000", "--level", level], capsys
+        )
+        assert code == 0 and label in out, out + err
