@@ -7,17 +7,20 @@ schedule on the forecast::
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    scheduler = ASHAScheduler(time_attr="step", metric="forecast_lower", mode="min",
+    scheduler = ASHAScheduler(time_attr="step", metric="forecast_final_loss", mode="min",
                               max_t=total_steps, grace_period=total_steps // 10)
 
 Each refit reports ``{"forecast_final_loss", "forecast_lower", "forecast_std", "forecast_status", "step",
 "progress"}`` through ``ray.tune.report``, right after the refit that made the forecast. ASHA keeps a fixed
-share of the trials at each rung whatever the spread of what it compares: on forecast means, two runs whose
-forecasts differ by a hundredth of their spread are ranked by chance, and the better one can be stopped.
-``forecast_lower``, the lower end of the forecast's band, ranks a run whose band still reaches below the
-others' with the leaders until its own data rule it out. For stops with a stated confidence (a run is stopped
+share of the trials at each rung whatever the spread of what it compares: two runs whose forecasts differ by
+a hundredth of their spread are ranked by chance, and the better one can be stopped (on an 8-LR sweep of a
+tiny model it stopped the eventual best trial, ranked on ``forecast_final_loss`` as on ``forecast_lower``).
+Do not rank on ``forecast_lower``: a slow, poor run has the widest band, so the lowest lower end, and it
+outranks the good runs whose bands are already tight. For stops with a stated confidence (a run is stopped
 only when its forecast cannot beat the sweep's best as measured on real runs), put a
-:class:`scaleforecast.decision.SweepStopper` among the trial's listeners instead of, or beside, ASHA.
+:class:`scaleforecast.decision.SweepStopper` among the trial's listeners instead of ASHA: built in the
+trainable, the trials of one ``Tuner.fit`` share a sweep (``ray-<experiment name>``); built in the driver and
+sent to the trials, each trial is still a run of its own.
 
 ASHA stops a trial by ending its trainable (``SystemExit`` out of ``tune.report``, inside the adapter's step):
 the adapter then records the run's end (a sweep's registry, a family's fit) and closes TensorBoard before the

@@ -570,6 +570,10 @@ class SweepStopper(ForecastStopCheck):
         worker.__setstate__(state.pop("_worker"))
         self.__dict__.update(state)
         self._worker = worker
+        if not self._given_id:
+            # a copy sent to another process (a Ray Tune trial, a multiprocessing worker) is another run: with the
+            # id drawn where it was built, every trial wrote one record and took the others' for its own
+            self._run_id, self._knows_job, self._own_id = None, None, _own_run_id()
 
     def __call__(self, step: int, forecast: Forecast | None) -> bool:
         """Publish and decide; True means: stop this run now. Never waits on the registry."""

@@ -25,6 +25,7 @@ import sqlite3
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -442,10 +443,30 @@ class SQLiteRegistry(RunRegistry):
         return clone
 
 
+def _ray_tune_experiment() -> str | None:
+    """The Ray Tune experiment whose trial this process runs, else None. Tune runs each trial in a worker of Ray's
+    (``default_worker.py``) and a folder of its own, so neither the script nor the folder names the sweep: each
+    trial was a sweep alone. Ray is never imported here."""
+    tune = sys.modules.get("ray.tune")
+    if tune is None or not sys.argv or Path(sys.argv[0]).name != "default_worker.py":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray warns when asked outside a trial
+            name = tune.get_context().get_experiment_name()
+    except Exception:
+        return None
+    return name if isinstance(name, str) and name else None
+
+
 def default_sweep() -> str:
     """The sweep of runs that name none: their training script and the directory it runs in
     (``<script>-<8 hex digits>``), so that the runs of one script share a sweep and unrelated projects never meet
-    in one (a run of another project, stopped against this one's best, would be lost)."""
+    in one (a run of another project, stopped against this one's best, would be lost); in a Ray Tune trial, the
+    experiment (``ray-<experiment name>``), the trials of one ``Tuner.fit``."""
+    experiment = _ray_tune_experiment()
+    if experiment is not None:
+        return _SAFE.sub("_", f"ray-{experiment}")
     main = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
     script = Path(main).resolve() if main else Path("python")
     digest = hashlib.sha1(f"{Path.cwd().resolve()}|{script}".encode()).hexdigest()[:8]

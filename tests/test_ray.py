@@ -104,7 +104,7 @@ def test_asha_sweep_stops_bad_trials_on_forecast(tmp_path: Path) -> None:
             _trainable,
             param_space={"final": tune.grid_search([3.0, 4.0, 4.5])},
             tune_config=tune.TuneConfig(
-                metric="forecast_lower", mode="min", scheduler=scheduler, max_concurrent_trials=1
+                metric="forecast_final_loss", mode="min", scheduler=scheduler, max_concurrent_trials=1
             ),
             run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
         )
@@ -169,3 +169,50 @@ def test_a_trial_ended_from_inside_report_records_its_end(tmp_path: Path, ended_
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     assert max(e.step for e in acc.Scalars("forecast/final_loss")) == ended_at
+
+
+def _sweep_trainable(config: dict) -> None:
+    from ray import tune
+
+    from scaleforecast.decision import SweepStopper
+
+    inside = SweepStopper()  # no sweep named: the trials of one experiment must still share one
+    passed = config["stopper"]  # one built in the driver, sent to every trial
+    tune.report({"sweep": inside.registry.sweep, "run_id": passed.run_id, "step": 1})
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sweep_stoppers_in_ray_trials_share_the_experiment_and_keep_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``SweepStopper()`` built in each trial took its sweep from the script and folder, and Tune runs every
+    trial in its own folder from Ray's ``default_worker.py``: each trial was a sweep alone, nothing was ever
+    compared. One built in the driver and sent to the trials kept the run id drawn in the driver: every trial
+    wrote one record and took the others' for its own. The trials of one experiment share a sweep, and each
+    trial is a run of its own."""
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle, tune
+
+    from scaleforecast.decision import SweepStopper
+
+    monkeypatch.setenv("SCALEFORECAST_REGISTRY_DIR", str(tmp_path / "registry"))
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    driver_stopper = SweepStopper(sweep="ray-passed")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        tuner = tune.Tuner(
+            _sweep_trainable,
+            param_space={"stopper": driver_stopper, "trial": tune.grid_search([0, 1, 2])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=1),
+            run_config=tune.RunConfig(name="lr_sweep", storage_path=str(tmp_path / "ray"), verbose=0),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert not grid.errors, grid.errors
+    sweeps = {r.metrics["sweep"] for r in grid}
+    assert sweeps == {"ray-lr_sweep"}, sweeps
+    ids = {r.metrics["run_id"] for r in grid}
+    assert len(ids) == 3 and driver_stopper.run_id not in ids, (ids, driver_stopper.run_id)
