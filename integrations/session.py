@@ -33,6 +33,7 @@ import atexit
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import socket
@@ -345,6 +346,8 @@ class TrainingSession:
             figure_every=self.config.log_figures_every,
             on_event=self.on_event,
             verbose=log_events,
+            # the stop line this session prints holds the event's reason
+            stop_log_level=logging.INFO if self.config.verbose else logging.WARNING,
             guard=self.guard,
         )
 

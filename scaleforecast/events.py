@@ -104,6 +104,9 @@ def event_level(event: Event) -> int:
     return _LEVELS[event.severity]
 
 
-def log_event(event: Event, logger: logging.Logger | None = None) -> None:
-    """Write ``event`` to the Python logger (``scaleforecast.health`` by default) at :func:`event_level`."""
-    (logger or logging.getLogger("scaleforecast.health")).log(event_level(event), event.text())
+def log_event(event: Event, logger: logging.Logger | None = None, level: int | None = None) -> None:
+    """Write ``event`` to the Python logger (``scaleforecast.health`` by default) at ``level``, default
+    :func:`event_level`."""
+    (logger or logging.getLogger("scaleforecast.health")).log(
+        event_level(event) if level is None else level, event.text()
+    )

@@ -292,7 +292,9 @@ class RunMonitor:
 
     ``stop``: the stop rule and the action policy (:class:`StopConfig`); ``figure_every``: draw a figure every
     this many usable refits (0 = never); ``on_event``: a user hook called with every event; ``verbose``: log
-    events (adapters pass ``False`` on every rank but 0); ``guard``: the :class:`Guard` that reports failures
+    events (adapters pass ``False`` on every rank but 0); ``stop_log_level``: the logging level of the early
+    stop's event (an adapter that prints the stop itself passes ``logging.INFO``: said once, where it printed
+    the forecast it stops on, not also by Python's fallback handler, first); ``guard``: the :class:`Guard` that reports failures
     (adapters share theirs, so that every failure lands in one record). A failure inside the forecaster, a
     detector, a listener, the advisor or a sink is reported once and that part is switched off; the monitor
     itself never raises, except for ``action="raise"``.
@@ -312,6 +314,7 @@ class RunMonitor:
         figure_every: int = 5,
         on_event: Callable[[Event], None] | None = None,
         verbose: bool = True,
+        stop_log_level: int = logging.WARNING,
         guard: Guard | None = None,
     ) -> None:
         if figure_every < 0:
@@ -329,6 +332,7 @@ class RunMonitor:
         self.figure_every = figure_every
         self.on_event = on_event
         self.verbose = verbose
+        self.stop_log_level = stop_log_level
         self.refits = 0
         self.usable_refits = 0
         self._figure_at: int | None = None  # the step of the last figure drawn
@@ -631,7 +635,7 @@ class RunMonitor:
     def _emit(self, event: Event) -> None:
         self.events = [*self.events[-63:], event]
         if self.verbose:
-            log_event(event)
+            log_event(event, level=self.stop_log_level if event.kind == "early_stop" else None)
         self.guard("sinks", self.sinks.write_event, event)
         if self.on_event is not None:
             self.guard("on_event hook", self.on_event, event)

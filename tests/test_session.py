@@ -621,6 +621,38 @@ def test_events_reach_the_python_logger_when_quiet(caplog: pytest.LogCaptureFixt
     ]
 
 
+@pytest.mark.parametrize("verbose", [True, False])
+def test_a_stop_is_said_once(
+    verbose: bool, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop's reason came out twice (three times under Optuna): Python's fallback handler printed the
+    early-stop event at WARNING, before the forecast it stopped on, then the session printed "stopping at step
+    N: <the same reason>". A session that prints says it once (the event is logged at INFO); a quiet one leaves
+    it to the logger, at WARNING."""
+    import logging
+
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / 400)
+    fc = LossForecastSession(
+        opt, sched, total_steps=400, flush_every=20, writer=False, verbose=verbose, target_loss=1.0
+    )
+    with caplog.at_level(logging.INFO, logger="scaleforecast.health"):
+        for n in range(1, 401):
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+            if fc.should_stop:
+                break
+        fc.close()
+    assert fc.stopped_at is not None
+    (record,) = [r for r in caplog.records if "early_stop" in r.getMessage()]
+    assert record.levelno == (logging.INFO if verbose else logging.WARNING)
+    printed = capsys.readouterr().out
+    assert printed.count("cannot reach") == (1 if verbose else 0), printed
+
+
 @pytest.mark.parametrize("restore_state", [True, False])
 def test_a_resume_in_the_documented_order_is_not_told_the_lrs_are_unknown(restore_state: bool) -> None:
     """Optimizer and scheduler restored, the session built, then its state loaded (the order the docs give):
