@@ -64,7 +64,7 @@ from scaleforecast.integrations.lookahead import metric_driven
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
 from scaleforecast.caller import user_stacklevel
-from scaleforecast.decision import DEFAULT_CONFIDENCE
+from scaleforecast.decision import DEFAULT_CONFIDENCE, too_vague
 from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event, TrainingHealthError
 from scaleforecast.family import NotAnnealed, record_reference, reference_of, with_family
@@ -924,10 +924,18 @@ class TrainingSession:
         if forecast is not None and final is not None:
             # a refit runs off the training thread and takes effect at the next flush: say what it saw
             seen = f"fitted to step {forecast.fitted_at_step}, " if forecast.fitted_at_step < step else ""
-            self.say(
-                f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
-                f"at step {forecast.final_step} ({seen}{forecast.status.value})"
-            )
+            if too_vague(final.loss, final.std, float(self.stop.confidence)):
+                # a first fit on a handful of losses (1.09 [0.00, 2.51] for a run ending at 2.4) read as a forecast;
+                # the stop rule and the sweeps ignore it, and so should the eye
+                self.say(
+                    f"step {step}: too early to forecast: the loss at step {forecast.final_step} could be anywhere in "
+                    f"[{final.lower:.4f}, {final.upper:.4f}] ({seen}{forecast.status.value})"
+                )
+            else:
+                self.say(
+                    f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
+                    f"at step {forecast.final_step} ({seen}{forecast.status.value})"
+                )
             shape = next((w for w in forecast.warnings if w.startswith("[out_of_shape]")), None)
             if shape is not None and "out of shape" not in self._warned:
                 # its status stays usable, and the fit says why it is less sure: once, not at every refit

@@ -621,6 +621,26 @@ def test_events_reach_the_python_logger_when_quiet(caplog: pytest.LogCaptureFixt
     ]
 
 
+def test_a_forecast_too_vague_to_act_on_is_printed_as_too_early(capsys: pytest.CaptureFixture[str]) -> None:
+    """A first fit on ten losses printed "forecast final loss 1.0861 [0.0000, 2.5124]" for a run ending at 2.4,
+    like any forecast. One whose band puts more than 2 % of its mass below zero (the stop rule, the sweeps and
+    Tune ignore it) is printed as too early to forecast; a decisive one as a forecast."""
+    from forecasts import one_point
+    from scaleforecast.callbacks import LossForecastSession
+
+    fc = LossForecastSession(_sgd(0.1), total_steps=400, writer=False)
+    fc.session._say_forecast(100, one_point(1.0861, 0.7, final_step=400, fitted_at_step=50))
+    fc.session._say_forecast(150, one_point(2.41, 0.05, final_step=400, fitted_at_step=100))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "LossForecastSession: step 100: too early to forecast: the loss at step 400 could be anywhere in "
+        "[0.3861, 1.7861] (fitted to step 50, ok)",
+        "LossForecastSession: step 150: forecast final loss 2.4100 [2.3600, 2.4600] at step 400 (fitted to step "
+        "100, ok)",
+    ], lines
+    fc.close()
+
+
 @pytest.mark.parametrize("verbose", [True, False])
 def test_a_stop_is_said_once(
     verbose: bool, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
