@@ -123,6 +123,12 @@ class BinnedHistory:
             setattr(self, name, getattr(self, name)[keep])
         return dropped
 
+    def recent_level(self, bins: int = 5) -> float | None:
+        """The median of the last ``bins`` bins' mean losses (``None`` when empty)."""
+        if not len(self._key):
+            return None
+        return float(np.median(self._sum[-bins:] / self._count[-bins:]))
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(start, end, mean loss, count)`` of every bin, in step order."""
         return self._start.copy(), self._end.copy(), self._sum / self._count, self._count.copy()

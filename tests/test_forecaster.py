@@ -407,3 +407,39 @@ started.wait()
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert done.read_text() == "ok"
+
+
+def test_a_loss_far_above_its_neighbours_is_left_out_of_the_fit() -> None:
+    """One logged loss of 1e3 in a run at 3 moved the forecast by 2 %; 1e10 left no forecast ("fit status
+    failed", L0 = -5e22). A loss more than ten times the median of its neighbours is damage, not training: left
+    out, with a warning naming it, whether it comes in a long log or alone in a flush; a loss that rises and stays
+    up (a divergence, for the health checks) is kept."""
+    spec = "cosine:peak=1e-3,warmup=100,total=20000"
+    s = np.arange(1, 10001)
+    y = 2.0 + 3.0 * (s * 1e-3) ** -0.4 + 0.01 * np.random.default_rng(0).normal(size=s.size)
+    clean = OnlineForecaster(spec)
+    clean.observe_many(s, y)
+    want = clean.refit().final
+    for big in (1e3, 1e10):
+        damaged = y.copy()
+        damaged[6000] = big
+        fc = OnlineForecaster(spec)
+        fc.observe_many(s, damaged)
+        got = fc.refit()
+        assert got.final.loss == pytest.approx(want.loss, rel=1e-3)
+        assert any(w.startswith("[far_above]") and "at step 6001" in w for w in got.warnings), got.warnings
+    flushed = OnlineForecaster(spec)  # flush by flush, the spike alone in its flush
+    for lo in range(0, 10000, 50):
+        chunk = y[lo : lo + 50].copy()
+        if lo == 6000:
+            chunk = np.array([1e4])
+            flushed.observe_many(s[lo : lo + 1], chunk)
+            flushed.observe_many(s[lo + 1 : lo + 50], y[lo + 1 : lo + 50])
+            continue
+        flushed.observe_many(s[lo : lo + 50], chunk)
+    assert any(w.startswith("[far_above]") for w in flushed.refit().warnings)
+    risen = y.copy()
+    risen[8000:] *= 12.0  # sustained: its neighbours rise with it
+    fc = OnlineForecaster(spec)
+    fc.observe_many(s, risen)
+    assert not any(w.startswith("[far_above]") for w in fc.refit().warnings)
