@@ -45,6 +45,7 @@ import inspect
 import math
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -366,6 +367,35 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         if self._tap is not None:
             self._tap.detach()
         self._hf_tb, self._started = None, False
+
+    def pruning_objective(
+        self, objective: Callable[[dict[str, float]], float] | None = None
+    ) -> Callable[[dict[str, float]], float]:
+        """A ``compute_objective`` for ``Trainer.hyperparameter_search(backend="optuna")`` that ends a trial this
+        callback stopped as pruned (``optuna.TrialPruned``), not as complete with the loss of a model trained part
+        of the way, which Optuna's sampler would learn from as a result; the other trials get ``objective(metrics)``
+        (default: HF's ``default_compute_objective``).
+
+        >>> cb = HFLossForecast(target_loss=3.1)
+        >>> trainer = Trainer(model_init=build, args=args, train_dataset=ds, callbacks=[cb])  # doctest: +SKIP
+        >>> trainer.hyperparameter_search(backend="optuna", n_trials=20, compute_objective=cb.pruning_objective())  # doctest: +SKIP
+
+        HF asks for the objective after training when the trial evaluated nothing during it (``eval_strategy="no"``,
+        its default); with evaluations during training it keeps the last one's objective, and a stopped trial
+        ends as complete."""
+        if objective is None:
+            from transformers.trainer_utils import default_compute_objective
+
+            objective = default_compute_objective
+
+        def compute(metrics: dict[str, float]) -> float:
+            if self.stopped_at is not None and not self._started:
+                import optuna
+
+                raise optuna.TrialPruned(f"stopped at update {self.stopped_at}: {self.session.stop_reason}")
+            return objective(metrics)
+
+        return compute
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:

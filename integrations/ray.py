@@ -100,6 +100,8 @@ class RayTuneForecastReporter:
         self._report_fn = report_fn
         self._n = 0
         self._disabled = False
+        # Tune ends the trials its scheduler stops (the process may end with no close() after the loop)
+        self.ends_trials = True
         self.last_metrics: dict[str, Any] | None = None
 
     def _report(self, metrics: dict[str, Any]) -> None:

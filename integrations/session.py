@@ -1099,9 +1099,11 @@ class TrainingSession:
         :meth:`abort`. Nothing when the run has ended."""
         if self.comm is None:
             return
-        if self.unfinished_note and getattr(sys, "last_value", None) is None:
+        ended_by_engine = any(getattr(x, "ends_trials", False) for x in self.listeners)
+        if self.unfinished_note and getattr(sys, "last_value", None) is None and not ended_by_engine:
             # after an uncaught exception (Python keeps it in sys.last_value for the exit) the traceback says
-            # why the run ended; a note on a close() the exception skipped would only blame the loop
+            # why the run ended, and a sweep engine (Ray Tune's ASHA) ends the trials it stops where no close()
+            # can follow: a note on the close() they skipped would only blame the loop
             self.warn(self.unfinished_note)
         self.abort()
 

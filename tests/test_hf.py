@@ -591,3 +591,47 @@ def test_training_again_after_an_interrupted_train_starts_a_new_run(tmp_path: Pa
     assert (
         records == [("finished", stopper.run_id), ("stopped", interrupted)] and stopper.run_id != interrupted
     )
+
+
+@pytest.mark.slow
+def test_a_stopped_trial_of_an_optuna_search_ends_pruned(tmp_path: Path) -> None:
+    """``hyperparameter_search(backend="optuna")``: a trial the callback stopped was recorded COMPLETE, its value
+    the eval loss of a part-trained model, which the sampler learns from. With ``compute_objective=
+    cb.pruning_objective()`` it ends PRUNED, with the stop's reason; a trial that ran to its end is complete."""
+    optuna = pytest.importorskip("optuna")
+    from hf_worker import tiny_gpt2, training_args
+    from transformers import Trainer
+
+    cb = HFLossForecast(
+        target_loss=0.5, confidence=0.9, refit_every=5, flush_every=5, writer=False, verbose=False
+    )
+    text = ByteChunks(stdlib_text(200_000))
+    trainer = Trainer(
+        model_init=lambda trial=None: tiny_gpt2(),
+        args=training_args(tmp_path, max_steps=MAX_STEPS, report_to="none"),
+        train_dataset=text,
+        eval_dataset=text,
+        callbacks=[cb],
+    )
+    targets = iter([0.5, None])
+
+    def space(trial: Any) -> dict[str, Any]:
+        # the first trial cannot reach 0.5, the second has no target
+        cb.session.stop = cb.session.stop.model_copy(update={"target_loss": next(targets)})
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-3)}
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.hyperparameter_search(
+            direction="minimize",
+            backend="optuna",
+            n_trials=2,
+            hp_space=space,
+            compute_objective=cb.pruning_objective(),
+            storage=storage,
+            study_name="search",
+        )
+    trials = optuna.load_study(study_name="search", storage=storage).trials
+    states = [t.state for t in trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE], trials
