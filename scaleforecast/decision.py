@@ -546,6 +546,9 @@ class SweepStopper(ForecastStopCheck):
         self._finished = False
         self.stopped_at = self.decision = self.last_forecast = None
         self._runs += 1
+        # the records read before the last run's end hold it as running, at its last forecast: the next run's
+        # bar named it "the confident forecast of run X" after X had recorded a lower final loss
+        self._worker.forget()
         if self._given_id:
             _log.warning(
                 "scaleforecast sweep stopper: a new run reuses the run id %r given to this stopper: its record "

@@ -613,6 +613,13 @@ class BackgroundRegistry:
             self._want_read = True
             self._read_now = self._read_now or now
 
+    def forget(self) -> None:
+        """Drop the records read so far and ask for a read at once: what was read before a write of this process
+        (a run's end) must not be taken for the registry after it."""
+        with self._cond:
+            self._snapshot = None
+        self.refresh(now=True)
+
     def snapshot(self) -> Snapshot | None:
         """The latest records read, or ``None`` before the first read succeeded."""
         return self._snapshot

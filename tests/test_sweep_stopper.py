@@ -484,6 +484,24 @@ def test_a_reused_stopper_records_each_run_under_its_own_id(
     assert named.run_id == "mine" and "reuses the run id 'mine'" in caplog.text
 
 
+def test_a_reused_stopper_forgets_what_it_read_before_its_last_run_ended(tmp_path: Path) -> None:
+    """The records a reused stopper read while its last run trained hold that run as running, at its last
+    forecast: the next run's bar was "the confident forecast of run X" (0.68) after X had recorded a lower final
+    loss (0.53), a looser bar under a wrong label. A new run reads the registry afresh."""
+    stopper = SweepStopper(tmp_path / "s.sqlite", sweep="s", rank=0, min_fraction=0.0)
+    first = stopper.run_id
+    stopper(500, one_point(0.68, 0.01, heard_at=500))
+    assert stopper.sync()
+    stopper.finish(final_loss=0.53)
+    stopper.on_run_start()
+    seen = stopper._others()
+    assert not [r for r in seen if r.run_id == first and r.state is RunState.RUNNING], seen
+    assert stopper.sync()
+    (record,) = stopper._others()
+    assert record.run_id == first and record.state is RunState.FINISHED and record.final_loss == 0.53
+    stopper.finish(final_loss=0.6)
+
+
 def test_runs_that_name_no_sweep_share_one_per_script_and_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
