@@ -193,7 +193,8 @@ def forecast_command(args: argparse.Namespace) -> int:
     forecaster = OnlineForecaster(lrs, ForecasterConfig(level=args.level, references=references))
     part.feed(forecaster)
     forecaster.refit()
-    forecast = forecaster.forecast(steps=at)
+    # the steps asked about are held to the losses logged there: the band is of a logged loss, noise and all
+    forecast = forecaster.forecast(steps=at, observed=True)
     if args.json:
         out = forecast.to_cli_json()
         out["loss_column"] = run.loss_name
