@@ -137,11 +137,12 @@ def test_forecast_in_tensorboard_printed_and_stop_recorded(
 
     out = capsys.readouterr().out
     lines = re.findall(
-        rf"^{NAMES[adapter]}: step (\d+): forecast final loss [\d.]+ \[[-\d.]+, [-\d.]+\] at step 60",
+        rf"^{NAMES[adapter]}: step (\d+): (?:forecast final loss [\d.]+ \[[-\d.]+, [-\d.]+\] at step 60|"
+        r"too early to forecast: the loss at step 60 could be anywhere in \[[-\d.]+, [-\d.]+\])",
         out,
         re.M,
     )
-    assert [int(s) for s in lines] == [e.step for e in final]
+    assert [int(s) for s in lines] == [e.step for e in final]  # each forecast, a vague one as too early
     # the stop says its reason in the same stream: the logged event goes to stderr, maybe to another file, and
     # came after "the reason is above" under torchrun's --tee
     assert f"{NAMES[adapter]}: stopping at step {cb.stopped_at}: forecast final loss" in out

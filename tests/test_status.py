@@ -164,7 +164,8 @@ def test_nan_storm_in_real_training_without_a_health_check(
     assert len(stale) == 1 and 35 <= stale[0].step <= 45, seen
     out = run.cb.forecast
     assert out is not None and out.status is FitStatus.STALE and out.points == [] and not out.ok
-    printed = [line for line in capsys.readouterr().out.splitlines() if "forecast final loss" in line]
+    said = ("forecast final loss", "too early to forecast")  # a first fit too vague to act on says so
+    printed = [line for line in capsys.readouterr().out.splitlines() if any(s in line for s in said)]
     assert printed, "no forecast was printed before the storm"
     steps = [int(line.split("step ")[1].split(":")[0]) for line in printed]
     assert max(steps) < 40
