@@ -713,6 +713,27 @@ def test_a_resume_in_the_documented_order_is_not_told_the_lrs_are_unknown(restor
     assert fc.errors == {} and fc.forecaster.last_step == total
 
 
+def test_a_loop_that_calls_step_every_few_updates_is_no_resume() -> None:
+    """A fresh loop that hands over every tenth update's loss, ``fc.step(loss, step=n)``, was told "the run
+    resumes at update 10 with no saved forecast state": the updates before its first call were made in this
+    process, seen by the optimizer's hook. A run resumed in a new process is still told."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=200, flush_every=5, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 201):
+            opt.step()
+            if n % 10 == 0:
+                fc.step(torch.tensor(2.0 + 3.0 * n**-0.3), step=n)
+        fc.close()
+    assert not [w for w in caught if "no saved forecast state" in str(w.message)], [
+        str(w.message) for w in caught
+    ]
+    assert fc.forecaster.last_step == 200 and fc.errors == {}
+
+
 def test_a_saved_state_restored_without_its_scheduler_is_told() -> None:
     """The forecast state restored, the scheduler's not (a common slip): its schedule starts over, which the
     first update shows whatever the order of the restores."""
