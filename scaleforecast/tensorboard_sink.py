@@ -79,8 +79,10 @@ SERIES_DIR = "scaleforecast"
 STATUS_TEXT: dict[str, str] = {
     FitStatus.OK.value: "usable: every parameter of the law is pinned by the run's own losses",
     FitStatus.ANNEALING_UNIDENTIFIED.value: (
-        "usable: the run's own losses do not pin the annealing term C yet (the LR has not decayed enough, or "
-        "its decay is too short or noisy to read), so C leans on the prior"
+        "usable: the run's own losses do not pin the annealing term C yet, so C leans on the prior: the LR has "
+        "not decayed yet, or its decay is too short or noisy to read, or (a cosine, a long linear decay) it "
+        "decays so gradually that the drop it gives and the power law's own fall are hard to tell apart until "
+        "near the end"
     ),
     FitStatus.INSUFFICIENT_DATA.value: "no forecast yet: too few losses to fit the law",
     FitStatus.FAILED.value: (
