@@ -64,7 +64,7 @@ from scaleforecast.integrations.lookahead import metric_driven
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
 from scaleforecast.caller import user_stacklevel
-from scaleforecast.decision import DEFAULT_CONFIDENCE, too_vague
+from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, too_vague
 from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event, TrainingHealthError
 from scaleforecast.family import NotAnnealed, record_reference, reference_of, with_family
@@ -913,13 +913,15 @@ class TrainingSession:
             # tune.report; an interrupt): its end is recorded and the sinks closed before the exit goes on
             self.abort()
             raise
-        self._say_forecast(step, result.forecast)
+        self._say_forecast(step, result.forecast, result.decision)
         return result
 
     def _settle(self, step: int) -> None:
         self._say_forecast(step, self.monitor.settle(step))
 
-    def _say_forecast(self, step: int, forecast: Forecast | None) -> None:
+    def _say_forecast(
+        self, step: int, forecast: Forecast | None, decision: StopDecision | None = None
+    ) -> None:
         final = None if forecast is None else forecast.final
         if forecast is not None and final is not None:
             # a refit runs off the training thread and takes effect at the next flush: say what it saw
@@ -932,9 +934,17 @@ class TrainingSession:
                     f"[{final.lower:.4f}, {final.upper:.4f}] ({seen}{forecast.status.value})"
                 )
             else:
+                # the stop rule reads the error measured at this point of real runs, not this band: a band that
+                # leaves the target out does not stop the run by itself, and the line says how far the rule is
+                rule = ""
+                if decision is not None and decision.probability is not None and not decision.stop:
+                    rule = (
+                        f"; target {decision.reference:g} out of reach with confidence {decision.probability:.2f}, "
+                        f"stops at {float(self.stop.confidence):g}"
+                    )
                 self.say(
                     f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
-                    f"at step {forecast.final_step} ({seen}{forecast.status.value})"
+                    f"at step {forecast.final_step} ({seen}{forecast.status.value}){rule}"
                 )
             shape = next((w for w in forecast.warnings if w.startswith("[out_of_shape]")), None)
             if shape is not None and "out of shape" not in self._warned:

@@ -624,19 +624,28 @@ def test_events_reach_the_python_logger_when_quiet(caplog: pytest.LogCaptureFixt
 def test_a_forecast_too_vague_to_act_on_is_printed_as_too_early(capsys: pytest.CaptureFixture[str]) -> None:
     """A first fit on ten losses printed "forecast final loss 1.0861 [0.0000, 2.5124]" for a run ending at 2.4,
     like any forecast. One whose band puts more than 2 % of its mass below zero (the stop rule, the sweeps and
-    Tune ignore it) is printed as too early to forecast; a decisive one as a forecast."""
+    Tune ignore it) is printed as too early to forecast; a decisive one as a forecast. With a target, the line
+    says how sure the stop rule is: a band that left the target out for half a run did not stop it, and nothing
+    said why."""
     from forecasts import one_point
     from scaleforecast.callbacks import LossForecastSession
+
+    from scaleforecast.decision import StopDecision
 
     fc = LossForecastSession(_sgd(0.1), total_steps=400, writer=False)
     fc.session._say_forecast(100, one_point(1.0861, 0.7, final_step=400, fitted_at_step=50))
     fc.session._say_forecast(150, one_point(2.41, 0.05, final_step=400, fitted_at_step=100))
+    # with a target, how far the stop rule is (it reads the error measured on real runs, not the band)
+    judged = StopDecision(stop=False, reason="", probability=0.8512, reference=2.2, step=200)
+    fc.session._say_forecast(200, one_point(2.41, 0.05, final_step=400, fitted_at_step=150), judged)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "LossForecastSession: step 100: too early to forecast: the loss at step 400 could be anywhere in "
         "[0.3861, 1.7861] (fitted to step 50, ok)",
         "LossForecastSession: step 150: forecast final loss 2.4100 [2.3600, 2.4600] at step 400 (fitted to step "
         "100, ok)",
+        "LossForecastSession: step 200: forecast final loss 2.4100 [2.3600, 2.4600] at step 400 (fitted to step "
+        "150, ok); target 2.2 out of reach with confidence 0.85, stops at 0.98",
     ], lines
     fc.close()
 
