@@ -18,7 +18,7 @@ fit on all of its data (how well the law fits the run's end at all).
 ``--across lr`` pairs each run instead with runs of its model and data at another peak LR (the points of an LR
 sweep), ``--across size`` with runs of another model size at its LR: what borrowing across such a sweep gives.
 Measured: across peak LRs the borrowed prior forecast worse than none (median 1.73 / 1.29 / 0.84 % against
-cold 1.04 / 0.82 / 0.47 %, its 80 % bands covering 65 % at 75 %), so a forecaster borrowing from a sweep's
+cold 1.04 / 0.82 / 0.47 %, its 80 % bands covering 70 % at 75 %), so a forecaster borrowing from a sweep's
 registry takes only the runs at its own peak LR; across model sizes it helped (0.93 / 0.62 / 0.26 % against
 1.24 / 0.82 / 0.47 %).
 
