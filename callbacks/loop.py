@@ -222,7 +222,7 @@ class LossForecastSession(SessionFace):
                 f"the saved forecast state counts {first - 1} updates but the LR scheduler {done}: its state "
                 "was not restored (scheduler.load_state_dict), so the LR starts its schedule over"
             )
-        elif not self._restored and first > 1 and not self._updates.count >= first - 1:
+        elif not self._restored and first > 1 and self._updates.count < first - 1:
             # (updates this process saw made before the first call: a loop that calls step() only every few
             # updates, step= counting them, trains from its start)
             self.session.warn(

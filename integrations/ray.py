@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from scaleforecast.decision import DEFAULT_CONFIDENCE, check_probability, too_vague
 from scaleforecast.results import Forecast
@@ -83,6 +83,9 @@ class RayTuneForecastReporter:
     must report). Errors are logged once and disable the reporter; training goes on.
     """
 
+    # Tune ends the trials its scheduler stops, where no close() after the loop can follow
+    ends_trials: ClassVar[bool] = True
+
     def __init__(
         self,
         *,
@@ -100,8 +103,6 @@ class RayTuneForecastReporter:
         self._report_fn = report_fn
         self._n = 0
         self._disabled = False
-        # Tune ends the trials its scheduler stops (the process may end with no close() after the loop)
-        self.ends_trials = True
         self.last_metrics: dict[str, Any] | None = None
 
     def _report(self, metrics: dict[str, Any]) -> None:

@@ -556,7 +556,7 @@ class SweepStopper(ForecastStopCheck):
                 self._run_id,
             )
             return
-        self._run_id, self._knows_job, self._own_id = None, None, _own_run_id()
+        self._draw_run_id()
 
     @property
     def writes(self) -> bool:
@@ -576,7 +576,11 @@ class SweepStopper(ForecastStopCheck):
         if not self._given_id:
             # a copy sent to another process (a Ray Tune trial, a multiprocessing worker) is another run: with the
             # id drawn where it was built, every trial wrote one record and took the others' for its own
-            self._run_id, self._knows_job, self._own_id = None, None, _own_run_id()
+            self._draw_run_id()
+
+    def _draw_run_id(self) -> None:
+        """This stopper's next run gets an id of its own (read from the job, or drawn, when first needed)."""
+        self._run_id, self._knows_job, self._own_id = None, None, _own_run_id()
 
     def __call__(self, step: int, forecast: Forecast | None) -> bool:
         """Publish and decide; True means: stop this run now. Never waits on the registry."""
