@@ -152,12 +152,14 @@ def _find_on_stack(kind: str, attribute: str, max_depth: int = 16) -> Any | None
     return None
 
 
-def _stop(args: Any, control: Any) -> None:
+def _stop(args: Any, control: Any, lost: bool) -> None:
     """End training here, with a checkpoint of this step when the run saves any: the weights it stopped with,
-    and the stop itself, which a resume from it keeps (the last periodic checkpoint predates both)."""
+    and the stop itself, which a resume from it keeps (the last periodic checkpoint predates both). Not when
+    the run is ``lost`` (its health checks stopped it: NaN weights, a divergence): those weights are worth
+    nothing, and with ``save_total_limit`` the save rotated the last good checkpoint out."""
     control.should_training_stop = True
     strategy = getattr(args, "save_strategy", "no")
-    if getattr(strategy, "value", strategy) != "no":
+    if getattr(strategy, "value", strategy) != "no" and not lost:
         control.should_save = True
 
 
@@ -296,7 +298,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         self.session.guard("step", self._on_step_end, int(state.global_step))
         self.session.tick(int(state.global_step))
         if self.session.should_stop:
-            _stop(args, control)
+            _stop(args, control, self.session.stop_lost)
 
     def _on_step_end(self, step: int) -> None:
         # Without a working tap this rank records no loss, and still joins every flush.
@@ -311,9 +313,9 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         every = self._log_every
         if every and run_length and run_length / 2 / every < need:
             self.session.warn(
-                f"HF logs the loss every {every} updates: {run_length // every} window means over this "
-                f"{run_length}-update run, while the fit needs {need} after the warm-up; lower logging_steps for "
-                "a forecast before the end"
+                f"HF logs the loss every {every} updates: {run_length // 2 // every} window means by half of this "
+                f"{run_length}-update run ({run_length // every} by its end), while the fit needs {need} after "
+                "the warm-up: a forecast comes late, or not at all; lower logging_steps for one before the end"
                 + (" (or resolution='auto')" if self.resolution == "window" else "")
             )
 
@@ -354,7 +356,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             # ``logs`` were gathered over ranks, so every rank decides from the same value.
             self.session.observe_window(step, window, float(logs["loss"]))
             if self.session.should_stop:
-                _stop(args, control)
+                _stop(args, control, self.session.stop_lost)
         elif self.mode == "step":
             self.session.check_logged(step, window, float(logs["loss"]))
 

@@ -183,8 +183,10 @@ class LossForecast(SessionFace, Callback):
         # so that every rank keeps the same cadence.
         self._manual = False
         self._updates = UpdateCounter()
-        # (global_step, updates) at the start, until the steps per update are measured
-        self._length_from: tuple[int, int] | None = None
+        # (global_step, updates) at the first update and the update of the next measure, while the steps an update
+        # takes are measured (several optimizers under manual optimisation)
+        self._length_from: tuple[int, int, int] | None = None
+        self._measured = False  # whether the run's length is such a measure
 
     @property
     def state_key(self) -> str:
@@ -197,7 +199,6 @@ class LossForecast(SessionFace, Callback):
         if self._manual:
             resumed = self.session.resumed_step
             step = step if resumed is None else resumed
-            self._length_from = (int(trainer.global_step), step)
             self.session.guard("step", self._updates.attach, trainer.optimizers[0], step)
             # an optimizer without step hooks: count Lightning's global_step (right for one optimizer)
             self._manual = self._updates.attached
@@ -206,10 +207,12 @@ class LossForecast(SessionFace, Callback):
         group = self.session.config.param_group
         length = self.session.guard("schedule look-ahead", _run_length, trainer)
         n_opt = len(trainer.optimizers)
+        self._length_from, self._measured = None, False
         if self._manual and length and n_opt > 1 and trainer.max_steps and length >= trainer.max_steps > 0:
             # max_steps counts every optimizer's steps: first taken as one step of each per update (a GAN's),
-            # then measured at the first update (_measure_length)
+            # then measured as the run goes (_measure_length)
             length = math.ceil(trainer.max_steps / n_opt)
+            self._length_from = (0, 0, 1)
         self.session.start(
             _StrategyCollectives(trainer),
             step=step,
@@ -233,23 +236,34 @@ class LossForecast(SessionFace, Callback):
             trainer.should_stop = True
 
     def _measure_length(self, trainer: pl.Trainer) -> None:
-        """At the first update under manual optimisation: ``max_steps`` counts every optimizer's steps, so the
-        run's length in updates of the first optimizer is ``max_steps`` over the steps per update seen."""
+        """Under manual optimisation with several optimizers ``max_steps`` counts every optimizer's steps, so the
+        run's length in updates of the first optimizer is ``max_steps`` over the steps an update takes. Measured
+        from the first update to the 2nd, 3rd, 5th, 9th, ... (up to the 513th), not at the first alone: the
+        batch of a GAN's first update steps both optimizers, the next four its critic only."""
         assert self._length_from is not None
-        global0, updates0 = self._length_from
-        self._length_from = None
-        ratio = (int(trainer.global_step) - global0) / max(self._updates.count - updates0, 1)
-        if ratio > 1 and trainer.max_steps is not None and trainer.max_steps > 0:
-            length = updates0 + math.ceil((trainer.max_steps - global0) / ratio)
-            self.session.set_run_length(length, self._step)
+        global1, update1, due = self._length_from
+        step, updates = int(trainer.global_step), self._updates.count
+        if update1 == 0:  # the first update: the base of the measure
+            self._length_from = (step, updates, updates + 1)
+            return
+        if updates < due:
+            return
+        self._length_from = (global1, update1, update1 + 2 * (updates - update1)) if updates < 513 else None
+        ratio = (step - global1) / (updates - update1)
+        if ratio > 0 and trainer.max_steps is not None and trainer.max_steps > 0:
+            self._measured = True
+            self.session.set_run_length(updates + math.ceil((trainer.max_steps - step) / ratio), self._step)
 
     def _on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> None:
         loss = _loss_of(outputs)
+        # under manual optimisation a batch that did not step the first optimizer (a GAN's critic-only batch)
+        # owes no loss
         if loss is None:
-            self.session.warn(
-                "training_step returned no loss (return the loss tensor or a dict with 'loss'); "
-                "those steps are not observed"
-            )
+            if not (self._manual and self._updates.count == self._step):
+                self.session.warn(
+                    "training_step returned no loss (return the loss tensor or a dict with 'loss'); "
+                    "those steps are not observed"
+                )
         else:
             loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
             self._acc = loss if self._acc is None else self._acc + loss
@@ -281,6 +295,10 @@ class LossForecast(SessionFace, Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._updates.detach()
+        if self._measured and trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            # the run reached max_steps: it finished, at however many updates that made (the measure is good to
+            # an update: the optimizers' steps after the last update depend on where the run's cycle ends)
+            self.session.guard("step", self.session.set_run_length, self._updates.count, self._updates.count)
         self.session.finish(self._updates.count if self._manual else int(trainer.global_step))
 
     def on_exception(

@@ -132,7 +132,7 @@ def main() -> None:
     # a forecast is fitted on the steps up to one flush and published at the next (the step the console shows)
     print(f"{'fitted up to step':>22} {'forecast':>9} {'band (80%)':>19} {'error':>8}")
     for at, loss, lower, upper in record.forecasts:
-        inside = "in band" if lower <= actual <= upper else ""
+        inside = "in band" if lower <= actual <= upper else "outside"
         print(f"{at:>22} {loss:9.4f} [{lower:7.4f}, {upper:7.4f}] {loss - actual:+8.4f} {inside}")
     if watch.stopped_at is not None:
         print(f"stopped at step {watch.stopped_at}: {watch.stop_reason}")

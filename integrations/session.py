@@ -286,6 +286,7 @@ class TrainingSession:
         self.monitor = self._new_monitor(log_events=False)
         self.stopped_at: int | None = None
         self.stop_reason: str | None = None
+        self.stop_lost = False  # the agreed stop is the health checks' (the run is lost)
         self.extra: dict[str, Any] = {}  # adapter-specific state that travels with the session's
         self.step = 0
         self.log_dir: str | None = None
@@ -426,7 +427,7 @@ class TrainingSession:
         self.comm, self.is_zero = comm, comm.rank == 0
         ranked = f" (rank {comm.rank} of {comm.world_size})" if comm.world_size > 1 else ""
         self.guard.label = self.name + ranked
-        self._ran_here, self._stopping, self._went_past = True, False, False
+        self._ran_here, self._stopping, self._went_past, self.stop_lost = True, False, False, False
         # every rank reads the family's finished fits, so that every rank fits under the same prior
         self.guard("family store", self._borrow)
         self.monitor = self._new_monitor(log_events=self.is_zero)
@@ -1014,6 +1015,9 @@ class TrainingSession:
             None if result is None else result.reason or (None if result.error is None else str(result.error))
         )
         shared = self._agreed_reason(own if wants else None)
+        # whether the health checks stopped it (on any rank), the same answer on every rank: an adapter saves
+        # no checkpoint of a lost run's weights (one more would rotate the last good one out)
+        self.stop_lost = self.comm.any(result is not None and result.lost)
         self._stopping = True
         if self.stopped_at is None:
             self.stopped_at = step
@@ -1174,6 +1178,11 @@ class TrainingSession:
             self.warn(
                 f"the saved forecast state is garbled ({type(exc).__name__}: {exc}); starting a fresh history"
             )
+            self._saved = None
+            return
+        if step == 0:
+            # saved before the first update (Lightning's lr_find checkpoints the trainer before its trial and
+            # restores it after): nothing to resume; the run starts from its first step, as a new run
             self._saved = None
             return
         self._saved, self.step = state, step

@@ -277,8 +277,12 @@ class NonFiniteDetector:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.__init__(NonFiniteConfig.model_validate(state.get("config", {})))  # type: ignore[misc]
-        self.run_loss = int(state.get("run_loss", 0))
-        self.run_grad = int(state.get("run_grad", 0))
+        # A run saved past its limit (stopped as lost, or warned only) and resumed: held one short of it, so
+        # that its next non-finite value is said to be lost again (a run at the limit or past it never reaches
+        # the limit again, and the resumed run trained to its end on NaN with no stop)
+        cfg = self.config
+        self.run_loss = min(int(state.get("run_loss", 0)), cfg.patience - 1)
+        self.run_grad = min(int(state.get("run_grad", 0)), cfg.grad_patience - 1)
 
 
 # -------------------------------------------------------------------------------------------------- spike

@@ -190,13 +190,14 @@ def _make_forecast(
     check: LawCheck | None,
     family: Family,
     stale: str | None,
-    observed: bool = False,
+    observed: float | None = None,
 ) -> Forecast:
     """The :class:`Forecast` of ``fit_result`` at ``steps`` (default: the final step) under ``lrs``.
 
     ``check``: a failed law check widens the band (status ``law_violated``); ``stale``: the reason the fit
     is not current (status ``stale``, no points); ``family``: the borrowed prior's sources and warnings;
-    ``observed``: the band of a logged loss (:meth:`OnlineForecaster.forecast`)."""
+    ``observed``: the relative noise of one logged loss, for the band of a logged loss
+    (:meth:`OnlineForecaster.forecast`)."""
     total = len(lrs)
     steps_arr = np.array([total] if steps is None else steps, dtype=np.int64).ravel()
     if len(steps_arr) and (steps_arr.min() < 1 or steps_arr.max() > total):
@@ -234,8 +235,8 @@ def _make_forecast(
         mean, std = widen(mean, std, steps_arr, check, level)
         status = FitStatus.LAW_VIOLATED
         warns.append(f"[law_violated] {check.message}; the interval is widened to cover both outcomes")
-    if observed:
-        std = np.hypot(std, fit_result.sigma * np.abs(mean))
+    if observed is not None:
+        std = np.hypot(std, observed * np.abs(mean))
     z = float(ndtri(0.5 + level / 2.0))
     finite = np.isfinite(mean) & np.isfinite(std)
     # the fit models positive losses only (its residuals are relative): a law extrapolated to or below zero
@@ -651,8 +652,8 @@ class OnlineForecaster:
         With ``schedule`` the forecast is a what-if: the same fitted law under another per-update LR schedule
         (its length sets the final step). The interval is central at ``level`` (default: the config's), from
         the fit's normal predictive distribution ``mean ± z * std``. That is the band of the law's loss; with
-        ``observed`` it is the band of the loss as one log line will show it, ``std`` widened by the noise of one
-        logged value (``sigma * mean``, :attr:`FitResult.sigma`): what a forecast made near the end is held to
+        ``observed`` it is the band of the loss as one log line will show it, ``std`` widened by how far one
+        logged value strays from the law (:meth:`logged_noise`): what a forecast made near the end is held to
         (there the law's band is narrower than the noise, and held 71 % of the public runs' last logged losses
         at 97 % of the run, 82 % with the noise).
         """
@@ -679,8 +680,30 @@ class OnlineForecaster:
             self._check,
             self._family_prior(),
             self._stale_note(),
-            observed,
+            self.logged_noise() if observed else None,
         )
+
+    def logged_noise(self) -> float | None:
+        """How far one logged loss strays from the fitted law, relative to the loss (``None`` before a fit).
+
+        The fit's ``sigma`` is the spread of its windows' residuals scaled to one observation (times the root of
+        their counts), which is right for noise but multiplies the law's own misfit, alike for every loss of a
+        window, by that root: a 100k-step per-step log binned a hundred to a window got a band ten times the
+        misfit. Where bins hold several losses their own spread measures the noise of one, ``n``, and
+        ``sigma^2 = c * m^2 + n^2`` (``c`` losses a bin) gives the misfit ``m``: one logged loss strays by
+        ``sqrt(m^2 + n^2)``. Without repeats (a log of fewer points than bins) that is ``sigma`` itself."""
+        fit = self._fit
+        if fit is None or fit.params is None:
+            return None
+        sigma = float(fit.sigma)
+        lrs = self._lrs
+        peak = int(np.argmax(lrs)) + 1 if lrs is not None and len(lrs) else 0
+        got = self._history.spread(after=peak, until=self._step_at_fit)
+        level = self._history.recent_level()
+        if got is None or level is None or not level > 0:
+            return sigma
+        noise = got[0] / level
+        return math.sqrt(max(sigma * sigma - noise * noise, 0.0) / got[1] + noise * noise)
 
     def predict(self, steps: Sequence[int] | np.ndarray, schedule: ScheduleLike | None = None) -> np.ndarray:
         """Point predictions of the latest fit at ``steps`` (NaN everywhere before the first usable fit).

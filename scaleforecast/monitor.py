@@ -254,11 +254,13 @@ class FlushResult:
     """What a flush asks of the adapter: ``stop`` (with ``reason``), and what it produced.
 
     ``error`` holds the :class:`TrainingHealthError` of ``action="raise"`` when the flush was asked not to
-    raise it itself (an adapter first agrees with the other ranks, then raises on every rank).
+    raise it itself (an adapter first agrees with the other ranks, then raises on every rank). ``lost``: the
+    stop is the health checks' (the run is lost), not a stop rule's.
     """
 
     stop: bool = False
     reason: str | None = None
+    lost: bool = False
     forecast: Forecast | None = None
     decision: StopDecision | None = None
     events: list[Event] = field(default_factory=list)
@@ -559,6 +561,9 @@ class RunMonitor:
             scalars["forecast/observed"] = float(finite.mean())
         if result.decision is not None and result.decision.probability is not None:
             scalars["forecast/p_miss_target"] = result.decision.probability
+            # the level it stops at, beside it: a card of the probability alone scales its axis to the values
+            # before the stop and leaves the one that stopped the run off the chart
+            scalars["forecast/stop_confidence"] = self.stop.confidence
         if scalars:
             self.sinks.write_scalars(step, scalars)
         forecast = result.forecast
@@ -624,6 +629,7 @@ class RunMonitor:
             result.error = TrainingHealthError(critical)
         elif self.stop.action == "stop":
             result.stop = True
+            result.lost = critical.kind != "early_stop"
             result.reason = stop_reason or critical.text()
             self.stopped_at, self.stop_reason = step, result.reason
 

@@ -254,10 +254,21 @@ def read_run(
             raise ReadError(
                 f"the schedule has {len(run.lr.lrs)} steps but {path} has losses up to step {last}"
             )
+        if run.last_step > len(run.lr.lrs):
+            # the losses up to until_step fit, but the log says the run went on past the schedule's end
+            run.warnings.append(
+                f"{Path(path).name} has losses up to step {run.last_step}, past the schedule's "
+                f"{len(run.lr.lrs)} updates: the forecast is of step {len(run.lr.lrs)}, not of the log's end"
+            )
     elif require_lr:
         raise ReadError(
             f"{path}: no LR for every step; pass --lr-file RUN.lr.npy or --schedule SPEC (no LR logged: looked "
             f"for {', '.join(LR_NAMES[:4])}, ...)"
+        )
+    if until_step is not None and until_step > run.last_step:
+        run.warnings.append(
+            f"{Path(path).name}: --until-step {until_step} is past its last logged step ({run.last_step}): "
+            "every logged loss is used"
         )
     rising = rising_loss_note(run if until_step is None else run.until(until_step))
     if rising is not None:

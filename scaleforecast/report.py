@@ -109,8 +109,9 @@ class ReportData:
                     if obs.value != 0
                     else f"{final.loss - obs.value:+.4g} (absolute: the observed loss is 0)"
                 )
-                if obs.note is not None:
-                    err += ", observed value uncertain"
+                # a noisy end is a caveat only for an error of the size of its uncertainty (its note says how big)
+                if obs.note is not None and not abs(final.loss - obs.value) > 2.0 * obs.std:
+                    err += ", within the observed value's own uncertainty"
                 rows.append(("forecast error", f"{err} ({inside} the band)"))
         if fc.params is not None:
             p = fc.params

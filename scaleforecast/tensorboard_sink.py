@@ -21,7 +21,9 @@ Tags of the user's run:
 - ``forecast/observed_vs_forecast``: the mean observed loss of each flush, without series runs only;
 - ``forecast/p_miss_target``, ``forecast/n_points``, ``law/L0``, ``law/A``, ``law/alpha``, ``law/C``: the stop
   rule's probability that the target is out of reach (from the measured error of forecasts at this point of
-  real runs, not from the band), the points fitted and the fitted law;
+  real runs, not from the band), the points fitted and the fitted law; the confidence it stops at is a flat
+  line on the probability's card, in run ``<run>/scaleforecast/stop_confidence`` (without series runs, tag
+  ``forecast/stop_confidence``);
 - text ``forecast/status``: the fit's status in words whenever it changes, and the early stop;
 - image ``forecast/curve``: the observed loss, the law fitted so far, the forecast and its band to the end of
   the schedule, the target and the step of an early stop, with a legend; drawn on a worker thread (a figure
@@ -94,13 +96,14 @@ STATUS_TEXT: dict[str, str] = {
     ),
     FitStatus.STALE.value: "not current: the latest losses are not finite; no forecast is published until one is",
 }
+P_MISS_TAG = "forecast/p_miss_target"
+STOP_LEVEL_TAG = "forecast/stop_confidence"
 CATEGORY = "scaleforecast"
 BAND_CHART = "final loss forecast: band, observed, target, early stop"
+# One line, the loss the best candidate cooldown would save: the planned and the best final loss, drawn
+# together, were two lines of one colour (one run) a hundredth apart, which no one could tell apart.
 ADVICE_CHARTS: dict[str, list[Any]] = {
-    "schedule advice: final loss, planned vs best": [
-        "Multiline",
-        ["advice/planned_final", "advice/best_final"],
-    ],
+    "schedule advice: final loss a better cooldown would save": ["Multiline", ["advice/best_gain"]],
 }
 
 
@@ -387,6 +390,9 @@ class TensorBoardSink:
             if full == "forecast/observed":
                 if not self._line("observed", float(value), step):
                     self.writer.add_scalar(COMPARE_TAG, float(value), step)
+            elif full == STOP_LEVEL_TAG and (w := self._series.writer("stop_confidence")) is not None:
+                # a flat line on the probability's own card, in a run of its own (its own colour)
+                w.add_scalar(P_MISS_TAG, float(value), step)
             else:
                 self.writer.add_scalar(full, float(value), step)
 
@@ -395,9 +401,15 @@ class TensorBoardSink:
         ``events/<kind>_score``. An ``early_stop`` marks its step instead of scoring it: a line of
         ``forecast/status``, and a vertical bar on the ``early_stop`` line from the target (or the band's lower
         end) to the band's upper end of the last forecast."""
-        # a single spike is information, as the Python logger and the sidecar say it
-        level = "INFO" if event_level(event) == logging.INFO else event.severity.upper()
-        head = f"**{level}** {event.kind} at step {event.step}: {event.message}"
+        # a single spike is information, as the Python logger and the sidecar say it; a stop is the stop rule
+        # at work (the run's own "critical" is what makes it act), not a failure of the run
+        if event.kind == "early_stop":
+            level = "WARNING" if event.data.get("action") == "warn" else "STOP"
+        else:
+            level = "INFO" if event_level(event) == logging.INFO else event.severity.upper()
+        # most messages name their step already
+        where = "" if f"step {event.step}" in event.message else f" at step {event.step}"
+        head = f"**{level}** {event.kind}{where}: {event.message}"
         details = [f"{key}: {_shown(value)}" for key, value in event.data.items()]
         self.writer.add_text(f"events/{event.kind}", _bullets(head, details), event.step)
         if event.kind == "early_stop":
@@ -646,7 +658,7 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
             lw=1.2,
             ls="-",
             alpha=0.7,
-            label="law fitted so far",
+            label="law fitted so far (the latest losses weigh most)",
         )
     pct = round(100 * snapshot.level)
     if snapshot.steps.size > 1:  # at the last step there is no curve ahead: the final point says it all

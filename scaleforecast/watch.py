@@ -201,6 +201,7 @@ class Watcher:
         self.fed_losses = np.zeros(0)
         self.lr_rec: LRReconstruction | None = None
         self._lr_points = 0
+        self._lr_logged = 0  # the last step whose LR was logged and agrees with the schedule in use
         self._lr_notes: set[str] = set()
         self.loss_tag: str | None = None
         self.polls = 0
@@ -275,11 +276,15 @@ class Watcher:
         steps, values = steps[keep], values[keep]
         # Refit the schedule family when a fifth more LR points arrived (cheap and stable), or at once when the
         # new ones leave it (a cooldown starts: a late WSD decay is a few percent of the points)
-        if len(steps) < 3 or (
+        if len(steps) < 3:
+            return
+        if (
             self.lr_rec is not None
             and len(steps) < 1.2 * self._lr_points
             and not self._lr_left(steps[self._lr_points :], values[self._lr_points :])
         ):
+            # the schedule stands, and is now logged (known, not assumed) up to here
+            self._lr_logged = int(steps[-1])
             return
         if self.lr_rec is None and warming_up(steps, values):
             self._once(
@@ -295,6 +300,7 @@ class Watcher:
             return
         old = self.lr_rec
         self._lr_points = len(steps)
+        self._lr_logged = int(steps[-1])
         self.lr_rec = rec
         self.monitor.set_schedule(rec.lrs)
         last = int(steps[-1])
@@ -454,6 +460,10 @@ class Watcher:
         final = forecast.final
         # as `forecast --json` says it: the step after which the LR is a guess (None: known to the end)
         assumed = None if self.schedule is not None or self.lr_rec is None else self.lr_rec.assumed_after
+        if assumed is not None and self._lr_logged > assumed:
+            # the schedule is rebuilt only when a fifth more LRs arrived or they leave it: the LRs logged since
+            # agree with it, so it is assumed only after them
+            assumed = self._lr_logged if self._lr_logged < self.total else None
         if final is not None:
             guess = f"; the LR after step {assumed} is assumed" if assumed is not None else ""
             self.log(

@@ -629,3 +629,26 @@ def test_an_interval_level_is_named_to_its_digits(tmp_path: Path, capsys: pytest
             ["forecast", str(p), "--schedule", "constant:peak=1e-3,total=1000", "--level", level], capsys
         )
         assert code == 0 and label in out, out + err
+
+
+def test_a_log_past_its_lr_file_or_an_until_step_past_the_log_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An LR file shorter than the log is an error when the fit would need the missing LRs; fitted only up to
+    ``--until-step`` it forecast the LR file's last step with no word that the log went on past it. An
+    ``--until-step`` past the log's end used every loss, silently."""
+    s = np.arange(1, 601)
+    p = _csv(tmp_path, "step,loss\n" + "".join(f"{i},{2 + 3 * (i * 1e-3) ** -0.4:.6f}\n" for i in s))
+    lr = tmp_path / "run.lr.npy"
+    np.save(lr, np.full(400, 1e-3))
+    rc, out, err = _cli(["forecast", str(p), "--lr-file", str(lr), "--until-step", "300"], capsys)
+    assert rc == 0 and " 400 " in out
+    assert (
+        "run.csv has losses up to step 600, past the schedule's 400 updates: the forecast is of step 400"
+        in err
+    )
+    np.save(lr, np.full(600, 1e-3))
+    rc, out, err = _cli(["forecast", str(p), "--lr-file", str(lr), "--until-step", "900"], capsys)
+    assert rc == 0 and "--until-step 900 is past its last logged step (600): every logged loss is used" in err
+    rc, out, err = _cli(["forecast", str(p), "--lr-file", str(lr), "--until-step", "500"], capsys)
+    assert rc == 0 and "past" not in err

@@ -121,6 +121,21 @@ def test_nonfinite_loss_is_critical_only_when_it_persists() -> None:
     assert [e.step for e in ev if e.severity == "critical"] == [64]
 
 
+def test_a_run_resumed_past_its_nonfinite_limit_is_lost_again_at_its_next_nan() -> None:
+    """A checkpoint written when the run was stopped as lost (10 NaN losses in a row) and resumed: the count was
+    restored past the limit, never equalled it again, and the resumed run trained to its end on NaN."""
+    det = NonFiniteDetector(NonFiniteConfig(patience=8))
+    det.update(np.arange(1, 11), np.full(10, math.nan))
+    resumed = NonFiniteDetector()
+    resumed.load_state_dict(det.state_dict())
+    events = resumed.update(np.arange(11, 16), np.full(5, math.nan))
+    assert [e.step for e in events if e.severity == "critical"] == [11]
+    # a finite loss ends the run of NaN as before
+    healthy = NonFiniteDetector()
+    healthy.load_state_dict(det.state_dict())
+    assert healthy.update(np.arange(11, 13), np.array([1.0, math.nan]))[0].severity == "warning"
+
+
 def test_single_spikes_are_shown_but_never_critical() -> None:
     """However large, a spike the run recovers from is a warning: counted, recorded, never a stop."""
     steps, y = noisy_curve(4000)

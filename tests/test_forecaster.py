@@ -451,13 +451,36 @@ def test_the_band_of_a_logged_loss_holds_its_noise() -> None:
     forecast`` prints) widens the band by the noise of one logged value, the fit's ``sigma``; the law's band is
     what the callbacks and the stop rule read."""
     rng = np.random.default_rng(1)
-    s = np.arange(1, 2001)
-    fc = OnlineForecaster("constant:peak=1e-3,total=2000")  # the law exactly: its residuals are the noise
+    s = np.arange(1, 1001)
+    fc = OnlineForecaster("constant:peak=1e-3,total=1000")  # the law exactly: its residuals are the noise
     fc.observe_many(s, (2.0 + 3.0 * (s * 1e-3) ** -0.4) * (1 + 0.01 * rng.normal(size=s.size)))
     law = fc.refit().final
     logged = fc.forecast(observed=True).final
     sigma = fc.fit_result.sigma
     assert 0.008 < sigma < 0.015
     assert logged.loss == law.loss
+    # one loss a bin (fewer losses than bins): sigma is the noise of one
+    assert fc.logged_noise() == sigma
     assert logged.std == pytest.approx(math.hypot(law.std, sigma * law.loss), rel=1e-9)
     assert logged.std > 3 * law.std  # at the last step the noise is most of it
+
+
+def test_the_band_of_a_logged_loss_does_not_grow_with_the_rows_a_bin_holds() -> None:
+    """A per-step log of a loss the law misfits a little (a slow wave of 1 %, plus 1 % noise a step) is binned
+    20 losses a bin; the fit's ``sigma`` scales each bin's residual by the root of its count, which is right for
+    noise and multiplies the misfit by sqrt(20): the band of one logged loss was 3.7 times the width the same run
+    logged every 20th step got. It is now the same, and holds the spread of the logged losses."""
+    rng = np.random.default_rng(3)
+    total = 20_000
+    s = np.arange(1, total + 1)
+    law = 2.0 + 3.0 * (s * 1e-3) ** -0.4
+    y = law * (1 + 0.01 * np.sin(s / 900.0) + 0.01 * rng.normal(size=s.size))
+    width = {}
+    for every in (1, 20):
+        fc = OnlineForecaster(f"constant:peak=1e-3,total={total}")
+        fc.observe_many(s[::every], y[::every])
+        fc.refit()
+        width[every] = fc.logged_noise()
+    assert width[20] == fc.fit_result.sigma  # one loss a bin
+    assert width[1] == pytest.approx(width[20], rel=0.2)
+    assert 0.01 < width[1] < 0.02  # about sqrt(misfit^2 + noise^2): 1 % noise and a 0.7 % wave

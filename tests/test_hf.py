@@ -256,14 +256,14 @@ def test_the_health_checks_of_a_reused_callback_start_afresh(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_window_means_too_sparse_for_a_forecast_are_said_at_once(tmp_path: Path) -> None:
-    """``resolution="window"`` with ``logging_steps=25`` over 60 updates: two window means by half the run,
+    """``resolution="window"`` with ``logging_steps=25`` over 60 updates: one window mean by half the run,
     where the fit needs six. Said when training begins (there was only a status text in TensorBoard)."""
     cb = HFLossForecast(resolution="window", flush_every=5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer(tmp_path, [cb], max_steps=MAX_STEPS, logging_steps=25, report_to="none").train()
     told = [str(w.message) for w in caught if "HF logs the loss every 25 updates" in str(w.message)]
-    assert len(told) == 1 and "2 window means over this 60-update run" in told[0], told
+    assert len(told) == 1 and "1 window means by half of this 60-update run (2 by its end)" in told[0], told
     dense = HFLossForecast(resolution="window", flush_every=5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -498,7 +498,9 @@ def test_a_model_returning_a_tuple_keeps_per_step_losses(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_per_step_path_sees_nan_that_hf_logs_hide(tmp_path: Path) -> None:
     """HF's ``logging_nan_inf_filter`` keeps NaN out of ``logs``; the per-step source still counts them, and
-    the default health checks stop the run once they persist (8 observations, seen at the next flush)."""
+    the default health checks stop the run once they persist (8 observations, seen at the next flush). That
+    stop saves no checkpoint of the lost weights: one did, and ``save_total_limit=1`` rotated the last good one
+    out (a resume then loaded NaN weights)."""
     cb = HFLossForecast(refit_every=5, flush_every=5, writer=False)
     recorder = LogRecorder()
     nan_from = 25
@@ -510,11 +512,21 @@ def test_per_step_path_sees_nan_that_hf_logs_hide(tmp_path: Path) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = make_trainer(tmp_path, [cb, recorder], max_steps=40, logging_steps=5, report_to="none")
+        trainer = make_trainer(
+            tmp_path,
+            [cb, recorder],
+            max_steps=40,
+            logging_steps=5,
+            report_to="none",
+            save_strategy="steps",
+            save_steps=20,
+            save_total_limit=1,
+        )
         recorder.trainer = trainer
         trainer.model.register_forward_hook(poison)
         trainer.train()
     assert trainer.state.global_step == cb.stopped_at == 35
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-20"]
     assert "nonfinite" in (cb.stop_reason or "")
     assert all(math.isfinite(loss) for _, loss in recorder.logs)
     assert cb.forecaster.n_nonfinite == 35 - nan_from + 1

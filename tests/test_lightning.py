@@ -220,6 +220,81 @@ def test_manual_optimisation_with_two_optimizers(tmp_path: Path, capsys: pytest.
     assert cb.forecast is not None and cb.forecast.final_step == steps
 
 
+class NCritic(TwoOptimizers):
+    """A WGAN-style module: the critic (second optimizer) steps every batch, the generator (first) every third,
+    and training_step returns the generator's loss only from the batches that step it."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        (first, second), (sched, _) = self.optimizers(), self.lr_schedulers()
+        loss = self.update(first, sched, batch) if batch_idx % 3 == 0 else None
+        x, y = batch
+        other = torch.nn.functional.mse_loss(self.other(x), y) + 1.0
+        second.zero_grad()
+        self.manual_backward(other)
+        second.step()
+        return loss
+
+
+@pytest.mark.slow
+def test_an_n_critic_loop_is_measured_past_its_first_update(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """max_steps=80 counts both optimizers' steps: 4 a generator update (its batch and two critic-only ones), so
+    20 updates. Measured at the first update alone (whose batch steps both: 2), the plan was 40 updates, every
+    forecast was of update 40, and the run "ended at update 20 of 40"; the critic-only batches, which owe no
+    loss, were warned about as returning none."""
+    updates = 20
+    model = NCritic(total=updates)
+    cb = LossForecast(flush_every=5, writer=False, verbose=True)
+    plans: list[int | None] = []
+
+    class Probe(Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            plans.append(cb.forecaster.total_steps)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _trainer(tmp_path, [cb, Probe()], 4 * updates, logger=False)
+        trainer.fit(model)
+    assert trainer.global_step == 4 * updates and cb.errors == {}
+    assert len(model.raw_losses) == updates
+    # measured from the second update on: within one update of the truth for the rest of the run
+    assert all(abs(p - updates) <= 1 for p in plans[6:]), plans
+    assert cb.forecast is not None and cb.forecast.final_step == updates
+    out = capsys.readouterr().out
+    assert "before its last" not in out
+    said = [str(w.message) for w in caught if "LossForecast" in str(w.message)]
+    assert not [m for m in said if "no loss" in m or "past its planned length" in m], said
+
+
+@pytest.mark.slow
+def test_lr_find_before_fit_is_no_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``Tuner.lr_find`` checkpoints the trainer before its trial and restores it after, handing the callback
+    the state it had before training: the fit then said "resumed after update 0" and never told its listeners
+    a run started (a sweep stopper reused by the next trial recorded both trials under one run id)."""
+    from lightning.pytorch.tuner import Tuner
+
+    class Listener:
+        def __init__(self) -> None:
+            self.starts = 0
+
+        def on_run_start(self) -> None:
+            self.starts += 1
+
+        def on_forecast(self, *args: Any) -> list[Event]:
+            return []
+
+    listener = Listener()
+    cb = LossForecast(flush_every=5, writer=False, verbose=True, listeners=[listener])
+    trainer = _trainer(tmp_path, [cb], 40, logger=False)
+    Tuner(trainer).lr_find(TinyRegressor(total=40), num_training=10, update_attr=False)
+    trainer.fit(TinyRegressor(total=40))
+    assert cb.errors == {}
+    assert "resumed" not in capsys.readouterr().out
+    assert listener.starts == 1
+    assert cb.forecaster.last_step == 40
+
+
 @pytest.mark.slow
 def test_fit_called_again_goes_on_from_the_history(tmp_path: Path) -> None:
     """``trainer.fit`` a second time on the same trainer, with more epochs: the forecast goes on from the first

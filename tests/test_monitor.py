@@ -126,6 +126,9 @@ def test_forecasts_and_stops_when_target_is_out_of_reach() -> None:
     assert sink.usable and sink.figures == sorted({*sink.usable[::2], stopped})
     assert sink.stop_steps == [stopped]
     assert sink.scalars["forecast/p_miss_target"][-1] >= 0.95
+    # beside each probability, the level it stops at
+    probability, level = sink.scalars["forecast/p_miss_target"], sink.scalars["forecast/stop_confidence"]
+    assert len(level) == len(probability) and set(level) == {mon.stop.confidence}
     assert len(sink.scalars["forecast/observed"]) == stopped // 50
 
 

@@ -4,6 +4,7 @@ step like the forecast, with its uncertainty, and a warning when the log is too 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from scaleforecast.cli import main
 from scaleforecast.laws import annealing_area, forward_area
 from scaleforecast.observed import observed_final
 from scaleforecast.readers import read_run
+from scaleforecast.report import build_report
 from scaleforecast.schedules import as_lrs
 
 SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
@@ -59,6 +61,15 @@ def test_sparse_lightning_style_log_is_warned_about(
     assert main(["backtest", str(tmp_path / "lightning_logs"), "--no-picture", "--fractions", "0.5"]) == 0
     out = capsys.readouterr().out
     assert f"observed final loss {obs.value:.4f} ± {obs.std:.2g} at step 1000" in out and "note: " in out
+    # the report's error row calls the observed value's uncertainty a caveat only for an error of its size (it
+    # said "observed value uncertain" beside a 130 % miss of a final known to 3 %)
+    data = build_report(run)
+    final = data.forecast.final
+    assert final is not None
+    for miss, caveat in ((0.5 * obs.std, True), (10 * obs.std, False)):
+        data.observed = replace(obs, value=final.loss - miss)
+        (row,) = [value for label, value in data.table() if label == "forecast error"]
+        assert ("within the observed value's own uncertainty" in row) is caveat, row
 
 
 def test_a_dense_log_is_read_at_the_last_step_not_over_the_tail() -> None:

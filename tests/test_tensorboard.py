@@ -106,11 +106,24 @@ def _run_a_stopped_job(logdir: Path) -> None:
     sink.write_forecast(
         200,
         _forecast(200, 2.4),
-        {"forecast/target": 2.2, "forecast/p_miss_target": 0.97, "advice/gain": 0.03},
+        {
+            "forecast/target": 2.2,
+            "forecast/p_miss_target": 0.97,
+            "forecast/stop_confidence": 0.98,
+            "advice/gain": 0.03,
+        },
     )
     sink.write_scalars(300, {"forecast/observed": 2.6, "nan_is_skipped": float("nan")})
     sink.write_forecast(300, _forecast(300, 2.35), {"forecast/target": 2.2})
-    sink.write_event(Event(kind="spike", step=250, severity="warning", score=7.5, message="loss 3.1 vs 2.5"))
+    sink.write_event(
+        Event(
+            kind="spike",
+            step=250,
+            severity="warning",
+            score=7.5,
+            message="loss spike at step 250: 3.1 vs 2.5",
+        )
+    )
     sink.write_event(
         Event(
             kind="early_stop",
@@ -179,9 +192,13 @@ def test_the_comparison_lines_are_runs_named_for_the_legend(tmp_path: Path) -> N
         "scaleforecast/target",
         "scaleforecast/early_stop",
     }
-    assert set(runs) == {".", *beside}
+    assert set(runs) == {".", *beside, "scaleforecast/stop_confidence"}
     for run in beside:
         assert runs[run] == {COMPARE_TAG}, run
+    # the level the stop rule stops at is a flat line on its probability's card (alone, the card's axis left
+    # the value that stopped the run off the chart)
+    assert runs["scaleforecast/stop_confidence"] == {"forecast/p_miss_target"}
+    assert "forecast/stop_confidence" not in runs["."]
 
     def line(run: str) -> list[tuple[int, float]]:
         return [
@@ -226,10 +243,11 @@ def test_fit_status_is_text_in_words_and_never_a_number(tmp_path: Path) -> None:
     assert "**stopped early**" in texts[2][1] and "cannot reach 2.2" in texts[2][1]
     stop = _texts(acc, "events/early_stop")
     assert len(stop) == 1 and stop[0][0] == 300 and "target_loss: 2.2" in stop[0][1]
-    assert stop[0][1].startswith("**CRITICAL** early_stop")
-    # a single spike is information, as the console says it (the text said WARNING)
+    # the stop rule at work, not a failure of the run (it read CRITICAL, the level of a lost run)
+    assert stop[0][1].startswith("**STOP** early_stop at step 300: forecast final loss 2.35")
+    # a single spike is information, as the console says it (the text said WARNING); its step is said once
     (spike,) = _texts(acc, "events/spike")
-    assert spike[1].startswith("**INFO** spike at step 250"), spike
+    assert spike[1].startswith("**INFO** spike: loss spike at step 250"), spike
 
 
 def test_a_warn_only_stop_says_the_run_goes_on(tmp_path: Path) -> None:
@@ -283,7 +301,7 @@ def test_without_runs_beside_everything_stays_in_one_run(tmp_path: Path, how: st
         sink = TensorBoardSink(_BareWriter(writer), close_writer=True)
     else:
         sink = TensorBoardSink(writer, close_writer=True, series_runs=False)
-    sink.write_scalars(100, {"forecast/observed": 2.9})
+    sink.write_scalars(100, {"forecast/observed": 2.9, "forecast/stop_confidence": 0.98})
     sink.write_forecast(100, _forecast(100, 2.5), {"forecast/target": 2.2})
     sink.write_event(
         Event(kind="early_stop", step=100, severity="critical", message="x", data={"target_loss": 2.2})
@@ -291,6 +309,7 @@ def test_without_runs_beside_everything_stays_in_one_run(tmp_path: Path, how: st
     sink.close()
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
     acc = _read(tmp_path)
+    assert [e.value for e in acc.Scalars("forecast/stop_confidence")] == [pytest.approx(0.98)]
     assert [e.value for e in acc.Scalars("forecast/target")] == [pytest.approx(2.2)]
     assert [e.value for e in acc.Scalars("forecast/early_stop")] == [pytest.approx(2.2), pytest.approx(2.6)]
     charts = {c.title: c for cat in _layout(acc).category for c in cat.chart}
@@ -328,7 +347,8 @@ def test_figure_has_a_legend_the_target_and_the_stop() -> None:
     assert ymin < 2.0 and ymax < 3.0
     assert ax.get_xlim()[1] >= 1000
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert {"observed loss", "law fitted so far", "80% band", "forecast", "target 2.05"} <= set(labels)
+    fitted = "law fitted so far (the latest losses weigh most)"
+    assert {"observed loss", fitted, "80% band", "forecast", "target 2.05"} <= set(labels)
     assert "forecast made at step 400" in labels and not any("early stop" in lbl for lbl in labels)
 
     stopped = draw_snapshot(_snapshot(300, stop_step=300)).axes[0]

@@ -632,6 +632,25 @@ def test_a_guessed_lr_is_said_in_the_json_and_its_note_once(tmp_path: Path) -> N
     assert all(r["lr_assumed_after"] == r["step"] for r in forecasts), forecasts
     notes = [m for m in logs if "LR logged up to step" in m]
     assert len(notes) == 1, logs
+    # logged a little at a time, the schedule is rebuilt only when a fifth more LRs arrived: the LRs logged in
+    # between agree with it and are known, not assumed (it said "assumed after 1500" at step 1700)
+    few = Watcher(
+        tmp_path / "few",
+        total_steps=5000,
+        interval=0.01,
+        log=lambda _: None,
+        emit=records.append,
+        refit_every=100,
+    )
+    records.clear()
+    start = 10
+    for until in range(1500, 2001, 100):
+        _write(tmp_path / "few", range(start, until + 1, 10), spec=spec, falling=True)
+        start = until + 10
+        few.poll_once()
+    forecasts = [r for r in records if r["type"] == "forecast"]
+    assert len({r["step"] for r in forecasts}) >= 4, forecasts
+    assert all(r["lr_assumed_after"] == r["step"] for r in forecasts), forecasts
     assert "the LR after step 3000 is assumed" in [m for m in logs if m.startswith("step ")][-1]
     # no advice on the guess: the constant continuation "ends at a high LR" and "gains from a cooldown" the plan
     # has anyway
