@@ -159,8 +159,10 @@ def _stop(args: Any, control: Any, lost: bool) -> None:
     nothing, and with ``save_total_limit`` the save rotated the last good checkpoint out."""
     control.should_training_stop = True
     strategy = getattr(args, "save_strategy", "no")
-    if getattr(strategy, "value", strategy) != "no" and not lost:
-        control.should_save = True
+    if getattr(strategy, "value", strategy) != "no":
+        # lost: also not the periodic save HF asked for at this step (the stop falls on a logging step, which
+        # HF's defaults make a save step too)
+        control.should_save = not lost
 
 
 def _hf_tensorboard_callback() -> Any | None:

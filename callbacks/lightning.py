@@ -248,7 +248,9 @@ class LossForecast(SessionFace, Callback):
             return
         if updates < due:
             return
-        self._length_from = (global1, update1, update1 + 2 * (updates - update1)) if updates < 513 else None
+        self._length_from = (
+            (global1, update1, update1 + 2 * (updates - update1)) if updates - update1 < 512 else None
+        )
         ratio = (step - global1) / (updates - update1)
         if ratio > 0 and trainer.max_steps is not None and trainer.max_steps > 0:
             self._measured = True

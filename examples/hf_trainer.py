@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=None, help="stop early if this loss is out of reach")
     ns = parser.parse_args()
 
+    # warnings and alerts of the health checks; the forecast lines and the stop are the callback's own output
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("scaleforecast").setLevel(logging.INFO)
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -699,11 +699,11 @@ class OnlineForecaster:
         lrs = self._lrs
         peak = int(np.argmax(lrs)) + 1 if lrs is not None and len(lrs) else 0
         got = self._history.spread(after=peak, until=self._step_at_fit)
-        level = self._history.recent_level()
-        if got is None or level is None or not level > 0:
+        if got is None:
             return sigma
-        noise = got[0] / level
-        return math.sqrt(max(sigma * sigma - noise * noise, 0.0) / got[1] + noise * noise)
+        noise, count = got
+        # never wider than sigma: with no misfit the two measure the same noise
+        return min(math.sqrt(max(sigma * sigma - noise * noise, 0.0) / count + noise * noise), sigma)
 
     def predict(self, steps: Sequence[int] | np.ndarray, schedule: ScheduleLike | None = None) -> np.ndarray:
         """Point predictions of the latest fit at ``steps`` (NaN everywhere before the first usable fit).

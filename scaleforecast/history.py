@@ -142,17 +142,19 @@ class BinnedHistory:
         return float(np.sqrt(max(ss.sum(), 0.0) / dof))
 
     def spread(self, after: int = 0, until: int | None = None) -> tuple[float, float] | None:
-        """``(std, count)``: the standard deviation of one observation about its bin's mean, pooled over the bins
-        that end in ``after < end <= until`` and hold two or more, and their median count; ``None`` with fewer
-        than 5 degrees of freedom. Bins whose own spread is more than five times the median bin's are left
-        out: a bin across a steep stretch of the curve (early in a run) or a spike measures those, not noise."""
+        """``(std, count)``: the standard deviation of one observation about its bin's mean relative to that
+        mean, pooled over the bins that end in ``after < end <= until`` and hold two or more, and their median
+        count; ``None`` with fewer than 5 degrees of freedom. Relative, as the fit's residuals are: a noise
+        that scales with the loss is one number over a run whose loss fell tenfold. Bins whose own spread is
+        more than five times the median bin's are left out: a bin across a steep stretch of the curve (early
+        in a run) or a spike measures those, not noise."""
         ok = (self._count >= 2) & (self._end > after)
         if until is not None:
             ok &= self._end <= until
         count = self._count[ok]
-        var = np.maximum(self._sumsq[ok] - self._sum[ok] ** 2 / np.maximum(count, 1.0), 0.0) / np.maximum(
-            count - 1.0, 1.0
-        )
+        mean = self._sum[ok] / np.maximum(count, 1.0)
+        var = np.maximum(self._sumsq[ok] - self._sum[ok] * mean, 0.0) / np.maximum(count - 1.0, 1.0)
+        var = var / np.maximum(mean * mean, 1e-300)
         if count.size:
             keep = var <= 25.0 * float(np.median(var))
             count, var = count[keep], var[keep]

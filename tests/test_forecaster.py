@@ -484,3 +484,17 @@ def test_the_band_of_a_logged_loss_does_not_grow_with_the_rows_a_bin_holds() -> 
     assert width[20] == fc.fit_result.sigma  # one loss a bin
     assert width[1] == pytest.approx(width[20], rel=0.2)
     assert 0.01 < width[1] < 0.02  # about sqrt(misfit^2 + noise^2): 1 % noise and a 0.7 % wave
+
+
+def test_the_noise_of_a_logged_loss_is_relative_over_a_falling_loss() -> None:
+    """1 % noise on a loss that falls from about 30 to 3 (no warm-up: every bin after the first counts): its
+    spread pooled in the loss's own units and divided by the latest level came out twice the noise."""
+    rng = np.random.default_rng(5)
+    total = 20_000
+    s = np.arange(1, total + 1)
+    y = (2.0 + 3.0 * (s * 1e-3) ** -0.8) * (1 + 0.01 * rng.normal(size=s.size))
+    fc = OnlineForecaster(f"constant:peak=1e-3,total={total}")
+    seen = s <= 6000
+    fc.observe_many(s[seen], y[seen])
+    fc.refit()
+    assert fc.logged_noise() == pytest.approx(0.01, rel=0.25)
