@@ -180,12 +180,16 @@ class TwoOptimizers(ManualRegressor):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         (first, second), (sched, _) = self.optimizers(), self.lr_schedulers()
         loss = self.update(first, sched, batch)
+        self.critic(second, batch)
+        return loss
+
+    def critic(self, second: Any, batch: Any) -> None:
+        """One step of the second optimizer on its own loss."""
         x, y = batch
         other = torch.nn.functional.mse_loss(self.other(x), y) + 1.0
         second.zero_grad()
         self.manual_backward(other)
         second.step()
-        return loss
 
     def configure_optimizers(self) -> Any:
         (first,), (sched,) = super().configure_optimizers()
@@ -227,11 +231,7 @@ class NCritic(TwoOptimizers):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         (first, second), (sched, _) = self.optimizers(), self.lr_schedulers()
         loss = self.update(first, sched, batch) if batch_idx % 3 == 0 else None
-        x, y = batch
-        other = torch.nn.functional.mse_loss(self.other(x), y) + 1.0
-        second.zero_grad()
-        self.manual_backward(other)
-        second.step()
+        self.critic(second, batch)
         return loss
 
 
