@@ -135,11 +135,7 @@ class BinnedHistory:
 
     def within_bin_std(self) -> float | None:
         """Pooled standard deviation of single observations inside bins (``None`` with too few repeats)."""
-        dof = float((self._count - 1).sum())
-        if dof < 5:
-            return None
-        ss = self._sumsq - self._sum**2 / self._count
-        return float(np.sqrt(max(ss.sum(), 0.0) / dof))
+        return _pooled_std(self._count, self._sumsq - self._sum**2 / self._count)
 
     def spread(self, after: int = 0, until: int | None = None) -> tuple[float, float] | None:
         """``(std, count)``: the standard deviation of one observation about its bin's mean relative to that
@@ -158,10 +154,8 @@ class BinnedHistory:
         if count.size:
             keep = var <= 25.0 * float(np.median(var))
             count, var = count[keep], var[keep]
-        dof = float((count - 1.0).sum())
-        if dof < 5:
-            return None
-        return float(np.sqrt(float(((count - 1.0) * var).sum()) / dof)), float(np.median(count))
+        std = _pooled_std(count, (count - 1.0) * var)
+        return None if std is None else (std, float(np.median(count)))
 
     def state_dict(self) -> dict:
         return {
@@ -184,3 +178,11 @@ class BinnedHistory:
         self._sum = np.asarray(state["sum"], dtype=float)
         self._sumsq = np.asarray(state["sumsq"], dtype=float)
         self._count = np.asarray(state["count"], dtype=float)
+
+
+def _pooled_std(count: np.ndarray, ss: np.ndarray) -> float | None:
+    """The pooled standard deviation of bins holding ``count`` observations with ``ss`` summed squared
+    deviations from their means: ``sqrt(sum ss / sum (count - 1))``; ``None`` with fewer than 5 degrees of
+    freedom."""
+    dof = float((count - 1.0).sum())
+    return None if dof < 5 else float(np.sqrt(max(float(ss.sum()), 0.0) / dof))

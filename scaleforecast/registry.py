@@ -606,6 +606,8 @@ class BackgroundRegistry:
         if self.unusable is not None:
             return
         with self._started():
+            if self.unusable is not None:  # given up while this call waited for the lock
+                return
             # Wake the worker only when there was nothing to do: a wake-up per call would make the two
             # threads trade the interpreter lock at every flush.
             if not self._want_read or now:
@@ -632,6 +634,8 @@ class BackgroundRegistry:
         if self.unusable is not None:
             return
         with self._started():
+            if self.unusable is not None:
+                return
             if len(self._queue) >= self.max_pending:
                 # The head may be in the worker's hands right now: it is never the one dropped.
                 first = 1 if (self._busy and self._current != "read") else 0
@@ -651,7 +655,8 @@ class BackgroundRegistry:
             state = self.__getstate__()
             self.__setstate__(state)
         with self._cond:
-            self._closing = False  # a worker told to close and not yet gone simply carries on
+            # A worker told to close and not yet gone simply carries on; one that gave up stays closed.
+            self._closing = self.unusable is not None
             if self.unusable is None and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._work, name="scaleforecast-registry", daemon=True)
                 self._thread.start()
@@ -775,6 +780,7 @@ class BackgroundRegistry:
         """The storage cannot be used by this process: say so once, drop what is queued, end the worker (it
         retried forever, one thread per run, and each run's end waited its full bound for it)."""
         with self._cond:
+            said = self.unusable is not None
             self.unusable = self.failure = f"{type(exc).__name__}: {exc}"
             self._queue.clear()
             self._want_read = self._busy = False
@@ -784,6 +790,8 @@ class BackgroundRegistry:
             self.recovered.clear()
             self.failed.set()
             self._cond.notify_all()
+        if said:
+            return
         _log.warning(
             "scaleforecast registry %s cannot be used (%s): nothing is recorded or read in this process; set "
             "SCALEFORECAST_REGISTRY_DIR to a writable folder or pass registry=",

@@ -300,7 +300,6 @@ class Watcher:
             return
         old = self.lr_rec
         self._lr_points = len(steps)
-        self._lr_logged = int(steps[-1])
         self.lr_rec = rec
         self.monitor.set_schedule(rec.lrs)
         last = int(steps[-1])

@@ -79,6 +79,10 @@ def test_lightning_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path)
     acc.Reload()
     assert "events/spike_score" in acc.Tags()["scalars"]
     assert "advice/best_gain" in acc.Tags()["scalars"]  # the advisor's gain, written at each refit
+    # the custom-scalars chart of the advice draws what the advisor writes
+    from scaleforecast.integrations.tensorboard import ADVICE_CHARTS
+
+    assert {t for _, tags in ADVICE_CHARTS.values() for t in tags} <= set(acc.Tags()["scalars"])
 
 
 @pytest.mark.slow

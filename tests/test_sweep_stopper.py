@@ -568,6 +568,24 @@ def test_a_registry_that_cannot_be_used_is_said_once_and_never_waited_for(
     assert stopper._worker._thread is None or not stopper._worker._thread.is_alive()
 
 
+def test_a_call_racing_the_give_up_neither_revives_the_worker_nor_says_it_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write posted while the worker was giving up passed the "unusable" check, then reopened the worker
+    (``_closing`` reset), which tried the storage again and said "cannot be used" a second time. Replayed
+    here step by step: the give-up, then the racing call's start."""
+    caplog.set_level(logging.INFO, logger="scaleforecast")
+    bg = BackgroundRegistry(SQLiteRegistry("s", tmp_path / "s.sqlite"))
+    bg._give_up(NotADirectoryError("not a folder"))
+    with bg._started():  # what the racing call does once it holds the lock
+        assert bg._closing
+    bg._give_up(NotADirectoryError("not a folder"))  # a second failure of an op already in the worker's hands
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "cannot be used" in said[0], said
+    bg._post("forecast", lambda reg: None)
+    assert bg.pending == 0 and bg._thread is None
+
+
 @pytest.mark.slow
 def test_a_locked_sweep_database_does_not_stall_the_end_of_a_run(tmp_path: Path) -> None:
     """Another process holds the sweep's database: the run's fit, kept for its family in that database at the
