@@ -57,6 +57,7 @@ class BacktestRow(BaseModel):
     error: float | None = None
     error_pct: float | None
     inside: bool | None
+    reason: str | None = None  # why there is no forecast, when there is none
 
 
 class BacktestResult(BaseModel):
@@ -125,6 +126,7 @@ def backtest(
                         actual=actual,
                         error_pct=None,
                         inside=None,
+                        reason=fc.warnings[0] if fc.warnings else None,
                     )
                 )
             else:
@@ -178,6 +180,7 @@ def format_table(result: BacktestResult) -> str:
         if r.forecast is None:
             lines.append(
                 f"{r.fraction:>5.0%} {r.step:>8} {r.n_points:>7} {'-':>9} {'-':>19} {'-':>8}  {'-':>7}  {r.status}"
+                + (f" ({r.reason})" if r.reason else "")
             )
             continue
         band = f"[{r.lower:.4f}, {r.upper:.4f}]"

@@ -18,6 +18,12 @@ Severity = Literal["info", "warning", "critical"]
 
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
 
+# What went wrong with the run itself (the detectors' and the law check's kinds), as opposed to what the plugin
+# decided or advises (early_stop, schedule_advice, schedule): the forecast figure marks these.
+HEALTH_KINDS = frozenset(
+    {"nonfinite", "spike", "divergence", "drift", "stagnation", "grad_norm", "stale", "data_anomaly"}
+)
+
 
 class Event(BaseModel):
     """One health or advice event at optimizer step ``step`` (updates completed, 1-based).

@@ -37,7 +37,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from scaleforecast.caller import user_stacklevel
 from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, decide_stop
 from scaleforecast.detectors import forecaster_lr
-from scaleforecast.events import Event, TrainingHealthError, log_event
+from scaleforecast.events import HEALTH_KINDS, Event, TrainingHealthError, log_event
 from scaleforecast.evidence import ForecastTrack
 from scaleforecast.forecaster import ForecasterConfig, OnlineForecaster, ScheduleLike, status_event
 from scaleforecast.results import FitStatus, Forecast
@@ -681,6 +681,9 @@ class RunMonitor:
             fit_steps=past.astype(float),
             fit_mean=fc.predict(past),
             notes=[f"fit status: {curve.status.value}"],
+            events=[
+                (e.step, e.kind, e.severity) for e in self.events if e.kind in HEALTH_KINDS and e.step <= step
+            ],
         )
 
     def close(self) -> None:

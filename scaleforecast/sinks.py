@@ -35,7 +35,9 @@ class CurveSnapshot:
     ``lrs``: the planned per-update LR (element k = update k+1), drawn on a second axis when given;
     ``fit_steps``/``fit_mean``: the fitted law over the steps already seen (to judge the fit by eye);
     ``stop_step``: the step at which the run is being stopped early (the figure marks it), else ``None``;
-    ``target_label``: what ``target`` is (a sweep's stop draws the best run's loss there).
+    ``target_label``: what ``target`` is (a sweep's stop draws the best run's loss there);
+    ``events``: the health events so far as (step, kind, severity), marked on the figure (a spike is often
+    above its frame, and a drift is easier to believe beside the curve that drifted).
     """
 
     step: int
@@ -55,6 +57,7 @@ class CurveSnapshot:
     notes: list[str] = field(default_factory=list)
     stop_step: int | None = None
     target_label: str = "target"
+    events: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 @runtime_checkable

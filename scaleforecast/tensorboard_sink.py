@@ -26,7 +26,8 @@ Tags of the user's run:
   ``forecast/stop_confidence``);
 - text ``forecast/status``: the fit's status in words whenever it changes, and the early stop;
 - image ``forecast/curve``: the observed loss, the law fitted so far, the forecast and its band to the end of
-  the schedule, the target and the step of an early stop, with a legend; drawn on a worker thread (a figure
+  the schedule, the target, the step of an early stop and the health events so far (triangles along the top
+  edge), with a legend; drawn on a worker thread (a figure
   is a tenth of a second of matplotlib: the training thread only hands over the snapshot; while one figure
   is being drawn, the latest one asked for waits its turn and replaces any older one waiting);
 - text ``events/<kind>`` for alerts and decisions, with scalar ``events/<kind>_score`` when they have a score.
@@ -46,6 +47,7 @@ import numbers
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -542,6 +544,27 @@ class TensorBoardSink:
 _FIGURES = Worker("scaleforecast-figures")
 
 
+def _mark_events(ax: Any, events: list[tuple[int, str, str]]) -> None:
+    """Health events as triangles along the top edge at their steps (a spike is mostly above the frame, so
+    its marker cannot sit at its loss), red for critical ones, with one legend entry naming the kinds."""
+    for severity, color in (("warning", "tab:purple"), ("critical", "tab:red")):
+        steps = [step for step, _, sev in events if sev == severity]
+        if not steps:
+            continue
+        counts = Counter(kind for _, kind, sev in events if sev == severity)
+        ax.plot(
+            steps,
+            [0.985] * len(steps),
+            ls="",
+            marker="v",
+            ms=7,
+            color=color,
+            clip_on=False,
+            transform=ax.get_xaxis_transform(),  # x in steps, y in the axes' height
+            label=f"{severity} events: " + ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items())),
+        )
+
+
 def _y_limits(snapshot: CurveSnapshot) -> tuple[float, float]:
     """Frame the part that matters: the early loss is far above the rest, so the top is set by the observed
     curve after its first 10% of steps and by the band; the bottom by the band, the observations and the target.
@@ -699,6 +722,7 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
         )
     else:
         ax.axvline(snapshot.step, color="0.3", ls=":", lw=1.0, label=f"forecast made at step {snapshot.step}")
+    _mark_events(ax, snapshot.events)
     ax.set_xlim(0, snapshot.final_step * 1.02)
     ax.set_ylim(*_y_limits(snapshot))
     ax.set_xlabel("optimizer step")

@@ -54,6 +54,18 @@ def test_backtest_on_a_law_curve(tmp_path: Path) -> None:
     assert "median |error|" in text and "90%" in text
 
 
+def test_a_row_without_a_forecast_says_why(tmp_path: Path) -> None:
+    """A prefix too short to fit printed its status and nothing else ("failed" said no more): the row gives the
+    fit's reason, in the table and the JSON."""
+    csv = tmp_path / "run.csv"
+    write_csv(csv, noise=0.003)
+    result = backtest(read_run(csv, schedule=SPEC, warn=False), (0.01, 0.5))
+    empty, full = result.rows
+    assert empty.forecast is None and empty.reason is not None and "usable points" in empty.reason
+    assert full.forecast is not None and full.reason is None
+    assert f"{empty.status} ({empty.reason})" in format_table(result)
+
+
 def test_backtest_cli_json_and_picture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = tmp_path / "run.csv"
     write_csv(csv)

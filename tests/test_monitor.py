@@ -510,3 +510,28 @@ def test_a_figure_says_the_step_its_fit_saw_when_that_is_earlier() -> None:
     mon.flush(_batches(y, 1050)[-1])
     later = mon.snapshot(1050)
     assert later is not None and f"fitted to step {mon.forecaster.latest.fitted_at_step}" in later.title
+
+
+def test_the_figure_marks_the_health_events_at_their_steps() -> None:
+    """A spike is mostly above the figure's frame (the frame follows the curve): nothing on the figure said one
+    happened. Health events are marked along the top edge at their steps, named in the legend; what the
+    plugin itself decided (an early stop, advice) is not a health event."""
+    pytest.importorskip("matplotlib")
+    from scaleforecast.tensorboard_sink import draw_snapshot
+
+    y = _curve(noise=0.005)
+    y[420] *= 3.0  # the loss of update 421
+    mon = RunMonitor(LRS, detectors=[HealthMonitor()])
+    for batch in _batches(y, 600):
+        mon.flush(batch)
+    mon._emit(Event(kind="schedule_advice", step=550, message="a shorter cooldown"))
+    snap = mon.snapshot(600)
+    assert snap is not None
+    assert snap.events == [(421, "spike", "warning")], [e.text() for e in mon.events]
+    ax = draw_snapshot(snap).axes[0]
+    legend = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert "warning events: spike x1" in legend
+    (marks,) = [line for line in ax.get_lines() if line.get_label() == "warning events: spike x1"]
+    assert list(marks.get_xdata()) == [421]
+    # an event after the step drawn (a figure of an earlier step, redrawn) is not on it
+    assert mon.snapshot(400) is None or mon.snapshot(400).events == []
