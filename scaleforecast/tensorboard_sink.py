@@ -308,7 +308,7 @@ class TensorBoardSink:
         self.figure_tag = figure_tag
         self._series = _Series(_log_dir(writer) if series_runs else None)
         self._layout_written = False
-        self._last_status: str | None = None
+        self._last_status: tuple[str, tuple[str, ...]] | None = None
         self._last_band: tuple[float, float] | None = None
         self._target: float | None = None
         self.background_figures = background_figures
@@ -367,8 +367,11 @@ class TensorBoardSink:
                     w.add_scalar(f"law/{name}", value, step)
         w.add_scalar("forecast/n_points", forecast.n_points, step)
         status = forecast.status.value
-        if status != self._last_status:
-            self._last_status = status
+        # written again when a tagged note comes or goes (an [out_of_shape] of the first fits stood on the card
+        # long after the fits were fine), not when only a note's numbers move
+        said = (status, tuple(sorted({w.split("]")[0] for w in forecast.warnings if w.startswith("[")})))
+        if said != self._last_status:
+            self._last_status = said
             text = f"step {step}: **{status}**, {status_text(forecast.status)} ({forecast.n_points} points)"
             if forecast.warnings:
                 text = _bullets(text, forecast.warnings)

@@ -1155,3 +1155,28 @@ def test_a_garbled_state_restored_after_the_start_keeps_tensorboard(tmp_path: Pa
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("forecast/final_loss")][-1] == 100
+
+
+def test_an_out_of_shape_note_is_withdrawn_when_the_fits_are_back_in_shape(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A transient at the start (a loss falling toward zero, then a law curve) made the first fits out of
+    shape; the note printed then stood unanswered while every later forecast was in shape. It is withdrawn,
+    once each time, and what was said last matches the last forecast."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=400, flush_every=10, refit_every=10, writer=False)
+    for n in range(1, 401):
+        opt.step()
+        fc.step(torch.tensor(3.0 * n**-0.9 if n <= 60 else 3.0 * 60**-0.9 - 0.02 + 0.02 * (n - 59) ** -0.5))
+    fc.close()
+    said = [
+        "note" if "[out_of_shape] the" in line else "back"
+        for line in capsys.readouterr().out.splitlines()
+        if "[out_of_shape]" in line
+    ]
+    assert said[:2] == ["note", "back"], said
+    assert all(a != b for a, b in zip(said, said[1:], strict=False)), said  # each note answered once
+    assert fc.forecast is not None
+    assert (said[-1] == "note") == any(w.startswith("[out_of_shape]") for w in fc.forecast.warnings)

@@ -250,6 +250,25 @@ def test_fit_status_is_text_in_words_and_never_a_number(tmp_path: Path) -> None:
     assert spike[1].startswith("**INFO** spike: loss spike at step 250"), spike
 
 
+def test_the_status_card_drops_a_note_that_no_longer_holds(tmp_path: Path) -> None:
+    """The card was written when the status changed only: a first fit's ``[out_of_shape]`` note stood on it
+    for the rest of the run though every later fit (same status) was in shape. A note that comes or goes is
+    written; a note whose numbers move is not (a card per refit)."""
+    sink = TensorBoardSink(SummaryWriter(str(tmp_path)), close_writer=True)
+    odd = _forecast(100, 2.5)
+    for step, warnings in (
+        (100, ["[out_of_shape] alpha at its bound (0.05)"]),
+        (200, ["[out_of_shape] alpha at its bound (0.051)"]),
+        (300, []),
+        (400, []),
+    ):
+        sink.write_forecast(step, odd.model_copy(update={"fitted_at_step": step, "warnings": warnings}), {})
+    sink.close()
+    texts = _texts(_read(tmp_path), "forecast/status")
+    assert [step for step, _ in texts] == [100, 300], texts
+    assert "[out_of_shape]" in texts[0][1] and "[out_of_shape]" not in texts[1][1]
+
+
 def test_a_warn_only_stop_says_the_run_goes_on(tmp_path: Path) -> None:
     """The stop rule met under ``action="warn"`` (the monitor's message says the run goes on): a status line,
     no "stopped early" and no stop bar (it drew one at a step the run went on past); a real stop draws one."""
