@@ -267,6 +267,57 @@ def test_an_n_critic_loop_is_measured_past_its_first_update(
     assert not [m for m in said if "no loss" in m or "past its planned length" in m], said
 
 
+class Uneven(TwoOptimizers):
+    """The generator steps on two batches of every five, the critic on every batch: its updates are 2 and 5
+    steps of ``global_step`` apart in turn, 3.5 on average."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        (first, second), (sched, _) = self.optimizers(), self.lr_schedulers()
+        loss = self.update(first, sched, batch) if self.batches % 5 < 2 else None
+        self.batches += 1
+        self.critic(second, batch)
+        return loss
+
+    batches = 0
+
+
+@pytest.mark.slow
+def test_a_run_resumed_past_update_512_keeps_measuring_its_length(tmp_path: Path) -> None:
+    """The measure of a multi-optimizer run's length stopped at update 513 counted from the run's start: a run
+    resumed later measured one update (2 or 5 steps, not 3.5) and kept that plan to its end."""
+    updates, resume_at = 600, 540
+    max_steps = 7 * updates // 2
+
+    class Pause(Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+            trainer.should_stop = trainer.should_stop or len(pl_module.raw_losses) >= resume_at
+
+    first = Uneven(total=updates)
+    trainer = _trainer(
+        tmp_path, [LossForecast(flush_every=10, writer=False, verbose=False), Pause()], max_steps
+    )
+    trainer.fit(first)
+    assert len(first.raw_losses) == resume_at
+    ckpt = tmp_path / "paused.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    cb = LossForecast(flush_every=10, writer=False, verbose=False)
+    plans: list[int | None] = []
+
+    class Probe(Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            plans.append(cb.forecaster.total_steps)
+
+    model = Uneven(total=updates)
+    model.batches = first.batches
+    trainer = _trainer(tmp_path, [cb, Probe()], max_steps, logger=False)
+    trainer.fit(model, ckpt_path=str(ckpt))
+    done = resume_at + len(model.raw_losses)
+    assert trainer.global_step == max_steps and cb.errors == {} and abs(done - updates) <= 1
+    # a dozen updates past the resume, the plan is the run's length to within an update
+    assert all(abs(p - done) <= 1 for p in plans[40:]), plans
+
+
 @pytest.mark.slow
 def test_lr_find_before_fit_is_no_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``Tuner.lr_find`` checkpoints the trainer before its trial and restores it after, handing the callback
