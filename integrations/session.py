@@ -954,7 +954,9 @@ class TrainingSession:
                 self.say(f"  {shape}")
             elif shape is None and "out of shape" in self._warned:
                 self._warned.discard("out of shape")
-                self.say("  the fit is back in the law's shape: the [out_of_shape] note above no longer holds")
+                self.say(
+                    "  the fit is back in the law's shape: the [out_of_shape] note above no longer holds"
+                )
 
     def observe_window(self, step: int, window: int, loss: float) -> None:
         """A logged mean loss over updates ``step - window + 1 .. step``, the same on every rank (e.g. HF's

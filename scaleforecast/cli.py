@@ -5,8 +5,9 @@ is a stable contract used by external evaluation: its arguments and its ``--json
 (fields may be added). It reads through the one reader in strict mode (:func:`~scaleforecast.readers.read_run`),
 so it takes what ``report`` takes (TensorBoard log dirs, JSONL, an LR logged every few steps) and refuses what it
 cannot use with one line on stderr and exit status 2. A run read but with too few points to fit is not an
-error: it exits 0 with no forecast (``"forecasts": []``) and says why in ``status`` and ``warnings``. Every error of every command is one line (``--debug``
-shows the traceback); notes about the data go to stderr when the command succeeds.
+error: it exits 0 with no forecast (``"forecasts": []``) and says why in ``status`` and ``warnings``. Every
+error of every command is one line (``--debug`` shows the traceback); notes about the data go to stderr when the
+command succeeds.
 """
 
 from __future__ import annotations

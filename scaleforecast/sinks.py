@@ -36,8 +36,9 @@ class CurveSnapshot:
     ``fit_steps``/``fit_mean``: the fitted law over the steps already seen (to judge the fit by eye);
     ``stop_step``: the step at which the run is being stopped early (the figure marks it), else ``None``;
     ``target_label``: what ``target`` is (a sweep's stop draws the best run's loss there);
-    ``events``: the health events so far as (step, kind, severity), marked on the figure (a spike is often
-    above its frame, and a drift is easier to believe beside the curve that drifted).
+    ``events``: the health events so far (the monitor keeps the latest 64) as (step, kind, severity), marked on
+    the figure (a spike is often above its frame, and a drift is easier to believe beside the curve that
+    drifted).
     """
 
     step: int

@@ -27,9 +27,9 @@ Tags of the user's run:
 - text ``forecast/status``: the fit's status in words whenever it changes, and the early stop;
 - image ``forecast/curve``: the observed loss, the law fitted so far, the forecast and its band to the end of
   the schedule, the target, the step of an early stop and the health events so far (triangles along the top
-  edge), with a legend; drawn on a worker thread (a figure
-  is a tenth of a second of matplotlib: the training thread only hands over the snapshot; while one figure
-  is being drawn, the latest one asked for waits its turn and replaces any older one waiting);
+  edge), with a legend; drawn on a worker thread (a figure is a tenth of a second of matplotlib: the training
+  thread only hands over the snapshot; while one figure is being drawn, the latest one asked for waits its turn
+  and replaces any older one waiting);
 - text ``events/<kind>`` for alerts and decisions, with scalar ``events/<kind>_score`` when they have a score.
 
 Custom scalars: one Margin chart, "scaleforecast / final loss forecast: band, observed, target, early stop",

@@ -4,6 +4,7 @@ guarantee that a fault never changes which collectives a rank joins."""
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 import warnings
@@ -1177,6 +1178,6 @@ def test_an_out_of_shape_note_is_withdrawn_when_the_fits_are_back_in_shape(
         if "[out_of_shape]" in line
     ]
     assert said[:2] == ["note", "back"], said
-    assert all(a != b for a, b in zip(said, said[1:], strict=False)), said  # each note answered once
+    assert all(a != b for a, b in itertools.pairwise(said)), said  # each note answered once
     assert fc.forecast is not None
     assert (said[-1] == "note") == any(w.startswith("[out_of_shape]") for w in fc.forecast.warnings)

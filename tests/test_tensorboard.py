@@ -256,13 +256,13 @@ def test_the_status_card_drops_a_note_that_no_longer_holds(tmp_path: Path) -> No
     written; a note whose numbers move is not (a card per refit)."""
     sink = TensorBoardSink(SummaryWriter(str(tmp_path)), close_writer=True)
     odd = _forecast(100, 2.5)
-    for step, warnings in (
+    for step, notes in (
         (100, ["[out_of_shape] alpha at its bound (0.05)"]),
         (200, ["[out_of_shape] alpha at its bound (0.051)"]),
         (300, []),
         (400, []),
     ):
-        sink.write_forecast(step, odd.model_copy(update={"fitted_at_step": step, "warnings": warnings}), {})
+        sink.write_forecast(step, odd.model_copy(update={"fitted_at_step": step, "warnings": notes}), {})
     sink.close()
     texts = _texts(_read(tmp_path), "forecast/status")
     assert [step for step, _ in texts] == [100, 300], texts
