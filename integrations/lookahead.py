@@ -18,6 +18,7 @@ look-ahead agrees exactly with the LRs observed so far.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import functools
 import inspect
@@ -115,8 +116,36 @@ def _shadow_copy(schedulers: Sequence[Any], optimizer: Optimizer) -> tuple[list[
         collect(sched)
     for sched in schedulers:
         share_owners(sched)
-    copies = copy.deepcopy(list(schedulers), memo)
+    base = dict(memo)
+    try:
+        copies = copy.deepcopy(list(schedulers), memo)
+    except Exception as exc:  # a hand-written scheduler holding a lock, a logger's stream, a writer
+        # (a fresh memo: a failed deep copy leaves half-built objects in the old one)
+        copies = [_copy_sharing(sched, base) for sched in schedulers]
+        shared = [c for top in copies for c in _tree(top) if id(c) in copied]
+        if shared:
+            raise LookaheadError(
+                f"{type(shared[0]).__name__} cannot be copied to read its LRs ahead ({type(exc).__name__}: "
+                f"{exc}), and stepping it would move the real one"
+            ) from None
     return copies, shadow
+
+
+def _copy_sharing(obj: Any, memo: dict[int, Any]) -> Any:
+    """``obj`` with each attribute deep-copied, but the ones that cannot be (a lock, a stream, a writer) shared
+    with the original: a scheduler's step reads and writes its counters and its optimizer's LR, not those."""
+    new = copy.copy(obj)
+    memo[id(obj)] = new
+    state = getattr(new, "__dict__", None)
+    for key, value in list((state or {}).items()):
+        with contextlib.suppress(Exception):
+            state[key] = copy.deepcopy(value, memo)  # type: ignore[index]
+    return new
+
+
+def _tree(scheduler: Any) -> list[Any]:
+    """``scheduler`` and every scheduler nested in it."""
+    return [scheduler, *(s for child in _children(scheduler) for s in _tree(child))]
 
 
 def scheduler_epochs(

@@ -209,7 +209,19 @@ class SchedulePlanner:
             # what the look-ahead says (a metric-driven scheduler held constant) is said once, as the plan's
             # other notes are, not again at every re-plan
             warnings.simplefilter("always")
-            future = source.lookahead(total, min(steps_done, total))
+            try:
+                future = source.lookahead(total, min(steps_done, total))
+            except LookaheadError as exc:
+                # no look-ahead is no reason for no forecast: the current LR is held, as with no scheduler, and
+                # the plan follows the LRs used as they change
+                self.say(
+                    f"the LRs ahead cannot be read from the scheduler(s) given ({exc}): the current LR is held "
+                    "for the rest of the run, re-planned as the LRs used change; pass schedule= to forecast the "
+                    "decay still to come"
+                )
+                future = LRSource(source.optimizer, group=source.group).lookahead(
+                    total, min(steps_done, total)
+                )
         for note in said:
             self.say(str(note.message))
         if steps_done and (past is None or len(past) < steps_done):

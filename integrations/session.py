@@ -874,10 +874,14 @@ class TrainingSession:
                         "one".format(*self.planner.stale, self.replace_hint)
                     )
                 elif self.replans == _REPLANS_TOLD and not steered:
+                    read = (
+                        f"read ahead from the LR scheduler(s){self.replan_hint}"
+                        if self.source is not None and self.source.schedulers
+                        else "the latest LR held to the end (no LR scheduler was given)"
+                    )
                     self.warn(
-                        f"the LRs used have left the planned schedule {self.replans} times: the plan is read "
-                        f"ahead from the LR scheduler(s){self.replan_hint}; pass schedule= to give it "
-                        "(later re-plans are not said)"
+                        f"the LRs used have left the planned schedule {self.replans} times: the plan is {read}; "
+                        "pass schedule= to give it (later re-plans are not said)"
                     )
             self.monitor.set_schedule(plan)
 

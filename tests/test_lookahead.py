@@ -355,3 +355,49 @@ def test_a_lambda_that_is_the_schedulers_own_method_never_steps_the_real_one() -
     predicted = lookahead_lrs(opt, sched, 100, steps_done=30)
     assert sched.last_epoch == 30 and opt.param_groups[0]["lr"] == lr_now
     np.testing.assert_allclose(predicted, _real_lrs(opt, [sched], 70), rtol=1e-12)
+
+
+class _Locked:
+    """A hand-written scheduler holding a lock (as one holding a logger's stream or a writer does): it cannot
+    be deep-copied."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, every: int) -> None:
+        import threading
+
+        self.optimizer, self.every, self.count, self.lock = optimizer, every, 0, threading.Lock()
+
+    def step(self) -> None:
+        with self.lock:
+            self.count += 1
+            if self.count % self.every == 0:
+                for g in self.optimizer.param_groups:
+                    g["lr"] *= 0.5
+
+
+def test_a_scheduler_that_cannot_be_deep_copied_is_copied_sharing_what_cannot_be() -> None:
+    """``copy.deepcopy`` of a scheduler holding a lock raised, and the look-ahead was switched off for the run:
+    no forecast at all. Its copy shares the lock; its counters and LR are its own."""
+    opt = _optimizer(lr=0.08)
+    sched = _Locked(opt, 4)
+    lrs = lookahead_lrs(opt, [sched], 12)
+    np.testing.assert_allclose(lrs, 0.08 * 0.5 ** (np.arange(12) // 4))
+    assert opt.param_groups[0]["lr"] == 0.08 and sched.count == 0  # nothing real was stepped
+
+
+def test_a_nested_scheduler_that_cannot_be_copied_is_a_clear_error_not_a_real_step() -> None:
+    """Shared, a nested scheduler that cannot be copied would be the real one, stepped by the look-ahead: that
+    is refused with a reason (the session then holds the current LR, see test_session)."""
+    opt = _optimizer(lr=0.08)
+    inner = _Locked(opt, 4)
+
+    class Outer:
+        def __init__(self) -> None:
+            self.optimizer, self._schedulers = opt, [inner]
+
+        def step(self) -> None:
+            for s in self._schedulers:
+                s.step()
+
+    with pytest.raises(LookaheadError, match="_Locked cannot be copied"):
+        lookahead_lrs(opt, [Outer()], 12)
+    assert inner.count == 0 and opt.param_groups[0]["lr"] == 0.08

@@ -1181,3 +1181,61 @@ def test_an_out_of_shape_note_is_withdrawn_when_the_fits_are_back_in_shape(
     assert all(a != b for a, b in itertools.pairwise(said)), said  # each note answered once
     assert fc.forecast is not None
     assert (said[-1] == "note") == any(w.startswith("[out_of_shape]") for w in fc.forecast.warnings)
+
+
+def test_a_scheduler_whose_lrs_cannot_be_read_ahead_still_gets_a_forecast() -> None:
+    """The look-ahead failed (a scheduler that cannot be copied) and was switched off for the run: no forecast
+    at any step, one warning at the start that did not say what to do. The current LR is held for the rest of
+    the run, re-planned as the LRs used change, and the warning says to pass ``schedule=``."""
+    import threading
+
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+
+    class Locked:
+        def __init__(self) -> None:
+            self.optimizer, self.count, self.lock = opt, 0, threading.Lock()
+
+        def step(self) -> None:
+            self.count += 1
+
+    class Outer:  # a scheduler nesting one that cannot be copied: reading it ahead would step the real one
+        def __init__(self) -> None:
+            self.optimizer, self._schedulers = opt, [Locked()]
+
+        def step(self) -> None:
+            self._schedulers[0].step()
+
+    sched = Outer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fc = LossForecastSession(opt, sched, total_steps=200, flush_every=10, refit_every=20, writer=False)
+        for n in range(1, 201):
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * (0.1 * n) ** -0.4))
+        fc.close()
+    said = [str(w.message) for w in caught if "LossForecastSession" in str(w.message)]
+    assert any("cannot be read from the scheduler" in m and "schedule=" in m for m in said), said
+    assert not [m for m in said if "switched off" in m], said
+    assert sched._schedulers[0].count == 200  # only the loop stepped it
+    assert fc.forecast is not None and fc.forecast.final is not None and fc.errors == {}
+
+
+def test_a_hand_set_lr_that_keeps_changing_is_told_to_pass_the_schedule() -> None:
+    """No scheduler given and an LR set by hand each update: the warning after the re-plans said "the plan is
+    read ahead from the LR scheduler(s) ... scheduler_every=", of a scheduler that does not exist."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=200, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 201):
+            opt.param_groups[0]["lr"] = 0.1 * (1 - n / 201)
+            opt.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    (told,) = [str(w.message) for w in caught if "left the planned schedule" in str(w.message)]
+    assert "no LR scheduler was given" in told and "schedule=" in told and "scheduler_every" not in told, told
