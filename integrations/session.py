@@ -482,7 +482,8 @@ class TrainingSession:
             self.warn(note)
         names = [r.run_id for r in self.forecaster_config.references]
         if names:
-            self.say(f"{len(names)} finished run(s) of family {family!r}: {', '.join(names)}")
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            self.say(f"{len(names)} finished run(s) of family {family!r}: {shown}")
 
     def _say_borrowed(self) -> None:
         """Once the run's schedule (its peak LR) is known: which of its family's runs it borrows its prior from."""

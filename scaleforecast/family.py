@@ -268,8 +268,10 @@ def record_reference(registry: RunRegistry, ref: ReferenceFit, family: str | Non
 def load_references(
     registry: RunRegistry, family: str, *, exclude: str | None = None, limit: int = 8
 ) -> tuple[list[ReferenceFit], list[str]]:
-    """The family's stored references, newest first (at most ``limit``; ``exclude`` is the asking run), and
-    warnings for records that could not be read (written by another version)."""
+    """The family's stored references, newest first (at most ``limit`` of each peak LR; ``exclude`` is the
+    asking run), and warnings for records that could not be read (written by another version). The cap is per
+    peak LR because a run borrows only from its own (:func:`family_prior`): cut across all, the eight newest
+    points of an LR sweep hid an older run at the asking run's peak."""
     refs: list[ReferenceFit] = []
     warns: list[str] = []
     for run_id, payload in registry.family_fits(family):
@@ -280,4 +282,8 @@ def load_references(
         except (ValueError, ValidationError):
             warns.append(f"family {family!r}: the stored fit of run {run_id!r} is unreadable; left out")
     refs.sort(key=lambda r: r.recorded_at, reverse=True)
-    return refs[:limit], warns
+    kept: list[ReferenceFit] = []
+    for ref in refs:
+        if sum(same_peak_lr(k, ref.peak_lr) for k in kept) < limit:
+            kept.append(ref)
+    return kept, warns

@@ -90,6 +90,33 @@ def test_unreadable_stored_prior_is_left_out_with_a_warning(curves_dir: Path) ->
     assert len(warns) == 1 and "unreadable prior" in warns[0]
 
 
+def test_an_lr_sweep_of_more_than_eight_runs_keeps_the_older_run_at_each_peak(
+    tmp_path: Path, curves_dir: Path
+) -> None:
+    """The store kept the eight newest fits of the family, then the run kept those at its own peak LR: after
+    nine other points of an LR sweep, a rerun at the first point borrowed nothing and said no run of the family
+    had peaked there. The cap is per peak LR."""
+    reg = SQLiteRegistry("sweep", tmp_path / "reg.sqlite")
+    ref = _reference(curves_dir, WSD.format(cd="0.2", T=15000), family="f")
+    peak = ref.peak_lr
+    record_reference(reg, ref)
+    for i in range(1, 10):  # nine newer runs, each at another peak LR
+        other = ref.model_copy(
+            update={"run_id": f"lr{i}", "peak_lr": peak * 2.0**i, "recorded_at": ref.recorded_at + i}
+        )
+        record_reference(reg, other)
+    refs, _ = load_references(reg, "f")
+    assert ref.run_id in [r.run_id for r in refs] and len(refs) == 10
+    prior, names, _ = family_prior(refs, peak_lr=peak)
+    assert names == [ref.run_id] and prior is not None
+    for i in range(1, 10):  # nine more at the first peak: the eight newest of them are kept
+        record_reference(
+            reg, ref.model_copy(update={"run_id": f"same{i}", "recorded_at": ref.recorded_at + 10 + i})
+        )
+    at_peak = [r.run_id for r in load_references(reg, "f")[0] if r.peak_lr == peak]
+    assert at_peak == [f"same{i}" for i in range(9, 1, -1)]
+
+
 def test_family_store_round_trips_newest_first_and_skips_garbage(tmp_path: Path, curves_dir: Path) -> None:
     reg = SQLiteRegistry("sweep", tmp_path / "reg.sqlite")
     first = _reference(curves_dir, WSD.format(cd="0.2", T=15000), family="f")
