@@ -242,6 +242,7 @@ def _load_references(
                 strict=True,
                 warn=False,
                 step=args.step_column,
+                lr_hint="--reference-lr-file REF.lr.npy (one per --reference, in their order)",
             )
         except ReadError as err:
             raise ReadError(f"--reference {ref}: {err}") from None

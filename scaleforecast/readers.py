@@ -210,6 +210,7 @@ def read_run(
     progress: bool | None = None,
     warn: bool = True,
     step: str | None = None,
+    lr_hint: str = "--lr-file RUN.lr.npy or --schedule SPEC",
 ) -> RunData:
     """Read a run from a TensorBoard log dir, a CSV or a JSONL file, and attach its per-update LR.
 
@@ -219,7 +220,8 @@ def read_run(
     length when the LR is rebuilt (default: the last logged step). With ``require_lr=False`` a run without LR comes
     back with ``lr=None``. ``until_step``: only the losses up to it must fit in the schedule (the run as it looked
     then; all points are returned). ``strict``: see the module doc. ``step``: the step column of a CSV or JSONL
-    (default: the first of :data:`STEP_COLUMNS`; TensorBoard logs carry their own). Notes about the data are in
+    (default: the first of :data:`STEP_COLUMNS`; TensorBoard logs carry their own); ``lr_hint``: what the error
+    of a run without an LR tells to pass (the options of the command reading it). Notes about the data are in
     ``.warnings`` and, with ``warn``, also issued as ``UserWarning``. A pipe (``<(...)``, a FIFO) is read once.
     """
     if lr_file is not None:
@@ -262,7 +264,7 @@ def read_run(
             )
     elif require_lr:
         raise ReadError(
-            f"{path}: no LR for every step; pass --lr-file RUN.lr.npy or --schedule SPEC (no LR logged: looked "
+            f"{path}: no LR for every step; pass {lr_hint} (no LR logged: looked "
             f"for {', '.join(LR_NAMES[:4])}, ...)"
         )
     if until_step is not None and until_step > run.last_step:

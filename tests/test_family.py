@@ -308,6 +308,8 @@ def test_cli_reference_errors_are_one_line(
     no_lr.write_text("step,loss\n" + "".join(f"{s},{3 - s / 1000}\n" for s in range(1, 100)))
     rc, _, err = _cli_json(capsys, [*base, "--reference", str(no_lr)])
     assert rc == 2 and f"--reference {no_lr}" in err and err.count("\n") == 1
+    # the flag that gives a reference its LR, not RUN's (--lr-file / --schedule were already given, for RUN)
+    assert "pass --reference-lr-file" in err and "--schedule" not in err, err
 
 
 def test_cli_reference_with_a_sparse_lr_column_has_it_rebuilt(
