@@ -559,6 +559,9 @@ class RunMonitor:
         scalars: dict[str, float] = {}
         if finite.size:
             scalars["forecast/observed"] = float(finite.mean())
+        if batch.lrs is not None and len(batch.lrs):
+            # the LR beside the loss: the run's own TensorBoard folder then holds all the CLI needs to read it
+            scalars["forecast/lr"] = float(batch.lrs[-1])
         if result.decision is not None and result.decision.probability is not None:
             scalars["forecast/p_miss_target"] = result.decision.probability
             # the level it stops at, beside it: a card of the probability alone scales its axis to the values

@@ -22,12 +22,14 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from scaleforecast.runs import (
     LOSS_NAMES,
     LR_NAMES,
+    OBSERVED_TAG,
     ReadError,
     RunData,
     WindowSpec,
@@ -82,6 +84,8 @@ def read_tensorboard(
     if not tags:
         raise ReadError(f"{path}: the event files hold no scalars (empty, or written by another tool)")
     loss_tag = pick_loss(tags, loss, str(path))
+    if loss_tag is None and loss is None:
+        loss_tag = _callback_loss(Path(path), scalars, notes, progress)
     if loss_tag is None:
         want = loss if loss is not None else "any of " + ", ".join(LOSS_NAMES[:6]) + ", ..."
         raise ReadError(
@@ -111,6 +115,30 @@ def read_tensorboard(
         lr_name=lr_tag,
         warnings=notes,
     )
+
+
+def _callback_loss(
+    path: Path, scalars: dict[str, Any], notes: list[str], progress: bool | None
+) -> str | None:
+    """A run whose only loss is the one the forecast callbacks logged (a plain loop that logs nothing else):
+    the mean loss of each flush, in the ``scaleforecast/observed`` run beside it, is added to ``scalars`` under
+    its tag, with a note; ``None`` when there is none."""
+    observed = path / "scaleforecast" / "observed"
+    if not path.is_dir() or not observed.is_dir():
+        return None
+    try:
+        theirs, their_notes = read_event_scalars(observed, progress=progress)
+    except ReadError:
+        return None
+    if OBSERVED_TAG not in theirs:
+        return None
+    scalars[OBSERVED_TAG] = theirs[OBSERVED_TAG]
+    notes += their_notes
+    notes.append(
+        f"{path.name}: no loss of its own; read the one the forecast callback logged (the mean loss of each of "
+        f"its flushes, {OBSERVED_TAG!r} in scaleforecast/observed)"
+    )
+    return OBSERVED_TAG
 
 
 def lightning_csv(path: str | os.PathLike[str]) -> Path | None:

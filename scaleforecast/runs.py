@@ -65,6 +65,7 @@ LR_NAMES: tuple[str, ...] = (
     "lr-*",
     "*learning_rate*",
     "*learning-rate*",
+    "forecast/lr",  # the LR the forecast callbacks write beside the loss they saw
 )
 # W&B's own row counter, ``_step``, comes last: an export of an HF or Lightning run also holds the trainer's step.
 STEP_COLUMNS: tuple[str, ...] = (
@@ -80,12 +81,14 @@ STEP_COLUMNS: tuple[str, ...] = (
     "_step",
 )
 # Loggers that write the mean over the updates since the previous log (HF Trainer, Megatron).
+# the forecast callbacks' own record of the loss: the mean of each flush, in <run>/scaleforecast/observed
+OBSERVED_TAG = "forecast/observed_vs_forecast"
 GAP_WINDOW_NAMES: tuple[str, ...] = (
     "train/loss",
     "lm loss",
     "reduced_train_loss",
     "loss_metrics/global_avg_loss",
-    "forecast/observed_vs_forecast",
+    OBSERVED_TAG,
 )
 # Steps are kept exact in float64 and int64 below this.
 MAX_STEP = 2**53

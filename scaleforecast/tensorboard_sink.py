@@ -19,6 +19,7 @@ Tags of the user's run:
 - ``forecast/final_loss``, ``forecast/lower``, ``forecast/upper``, ``forecast/std``: the forecast of the loss
   at the schedule's last step and its central band;
 - ``forecast/observed_vs_forecast``: the mean observed loss of each flush, without series runs only;
+- ``forecast/lr``: the LR of each flush's last update (with the observed loss, all a reader of the folder needs);
 - ``forecast/p_miss_target``, ``forecast/n_points``, ``law/L0``, ``law/A``, ``law/alpha``, ``law/C``: the stop
   rule's probability that the target is out of reach (from the measured error of forecasts at this point of
   real runs, not from the band), the points fitted and the fitted law; the confidence it stops at is a flat
@@ -56,6 +57,7 @@ import numpy as np
 from scaleforecast.background import Job, Worker
 from scaleforecast.events import event_level
 from scaleforecast.results import FitStatus, Forecast
+from scaleforecast.runs import OBSERVED_TAG
 from scaleforecast.sinks import CurveSnapshot
 
 if TYPE_CHECKING:
@@ -78,7 +80,7 @@ __all__ = [
     "status_text",
 ]
 
-COMPARE_TAG = "forecast/observed_vs_forecast"
+COMPARE_TAG = OBSERVED_TAG
 SERIES_DIR = "scaleforecast"
 STATUS_TEXT: dict[str, str] = {
     FitStatus.OK.value: "usable: every parameter of the law is pinned by the run's own losses",

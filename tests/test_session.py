@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import math
 import re
 import warnings
@@ -1239,3 +1240,35 @@ def test_a_hand_set_lr_that_keeps_changing_is_told_to_pass_the_schedule() -> Non
         fc.close()
     (told,) = [str(w.message) for w in caught if "left the planned schedule" in str(w.message)]
     assert "no LR scheduler was given" in told and "schedule=" in told and "scheduler_every" not in told, told
+
+
+def test_the_cli_reads_the_tensorboard_folder_a_plain_loop_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain loop that logs nothing else: its folder held the forecast's tags and, beside it, the loss the
+    callback saw, but no loss tag of its own and no LR, so ``forecast``, ``report`` and ``backtest`` refused it.
+    The LR of each flush is written beside the loss, and the reader falls back on the callback's loss."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    from scaleforecast.cli import main
+
+    total = 400
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / 20) * (1.0 if i < 280 else (total - i) / (total - 280))
+    )
+    fc = LossForecastSession(opt, sched, total_steps=total, dirpath=str(tmp_path / "run"), flush_every=10)
+    area = 0.0
+    for _ in range(total):
+        area += opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        fc.step(torch.tensor(2.0 + 0.5 * area**-0.4))
+    fc.close()
+    capsys.readouterr()
+    assert main(["forecast", str(tmp_path / "run"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["loss_column"] == "forecast/observed_vs_forecast" and result["forecasts"], result
+    assert result["lr_source"].startswith("fit:wsd:"), result["lr_source"]
+    assert any("no loss of its own" in w for w in result["data_warnings"]), result["data_warnings"]
+    assert result["final_step"] == total
