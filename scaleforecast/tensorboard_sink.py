@@ -407,7 +407,8 @@ class TensorBoardSink:
         """Text ``events/<kind>`` (severity, message and details) and its score as scalar
         ``events/<kind>_score``. An ``early_stop`` marks its step instead of scoring it: a line of
         ``forecast/status``, and a vertical bar on the ``early_stop`` line from the target (or the band's lower
-        end) to the band's upper end of the last forecast."""
+        end) to the band's upper end of the last forecast. A critical event that stopped the run (its
+        ``data["action"]``) is a line of ``forecast/status`` too."""
         # a single spike is information, as the Python logger and the sidecar say it; a stop is the stop rule
         # at work (the run's own "critical" is what makes it act), not a failure of the run
         if event.kind == "early_stop":
@@ -422,7 +423,16 @@ class TensorBoardSink:
         if event.kind == "early_stop":
             # Its probability is already the forecast/p_miss_target curve; the stop gets its bar instead.
             self._mark_stop(event)
-        elif isinstance(event.score, (int, float)) and math.isfinite(event.score):
+            return
+        if event.is_critical and event.data.get("action") in ("stop", "raise"):
+            # a lost run stopped by the health checks: the status card says so, as it says a target's stop
+            how = (
+                "**stopped: the run is lost**"
+                if event.data["action"] == "stop"
+                else "**raised: the run is lost**"
+            )
+            self.writer.add_text("forecast/status", f"step {event.step}: {how}: {event.text()}", event.step)
+        if isinstance(event.score, (int, float)) and math.isfinite(event.score):
             self.writer.add_scalar(f"events/{event.kind}_score", float(event.score), event.step)
 
     def _mark_stop(self, event: Event) -> None:

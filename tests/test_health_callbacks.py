@@ -25,10 +25,11 @@ NAN_FROM = 44  # from this update on every loss is NaN (the weights went non-fin
 MAX_STEPS = 60
 
 
-def _event_text(run_dir: Path, kind: str) -> list[bytes]:
+def _texts(run_dir: Path, tag: str) -> list[bytes]:
+    """The texts written under ``tag`` in the run."""
     acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
-    tag = f"events/{kind}/text_summary"
+    tag = f"{tag}/text_summary"
     if tag not in acc.Tags()["tensors"]:
         return []
     return [tensor_util.make_ndarray(t.tensor_proto).item() for t in acc.Tensors(tag)]
@@ -72,9 +73,12 @@ def test_lightning_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path)
         cb.stop_reason or ""
     )
     assert json.loads((tmp_path / "skip.json").read_text()) == [SPIKE_STEP - 1, SPIKE_STEP]
-    texts = _event_text(Path(trainer.logger.log_dir), "spike")
+    texts = _texts(Path(trainer.logger.log_dir), "events/spike")
     assert texts and f"at step {SPIKE_STEP}".encode() in texts[0]
-    assert _event_text(Path(trainer.logger.log_dir), "nonfinite")
+    assert _texts(Path(trainer.logger.log_dir), "events/nonfinite")
+    # the status card says the run was stopped as lost (it ended at "stale", as if the run had gone on)
+    status = _texts(Path(trainer.logger.log_dir), "forecast/status")
+    assert b"stopped: the run is lost" in status[-1] and f"nonfinite @ step {lost}".encode() in status[-1]
     acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0})
     acc.Reload()
     assert "events/spike_score" in acc.Tags()["scalars"]
@@ -123,4 +127,4 @@ def test_hf_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path) -> Non
     assert cb.stopped_at == trainer.state.global_step
     assert f"nonfinite @ step {lost}" in (cb.stop_reason or "")
     run_dirs = sorted({p.parent for p in tmp_path.rglob("events.out.tfevents.*")})
-    assert any(_event_text(d, "spike") for d in run_dirs)
+    assert any(_texts(d, "events/spike") for d in run_dirs)
