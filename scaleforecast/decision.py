@@ -136,10 +136,11 @@ def decide_stop(
     margin = 100 * (math.exp(k * scale) - 1) if math.isfinite(k) else None  # the gap a stop needs, in %
     if p >= confidence:
         above = 100 * (final.loss / reference - 1) if reference > 0 else math.inf
-        shown = "the error" if margin is None else f"the {margin:.2f} % error"
+        # ">=": a forecast that just crossed the margin is the margin to the digits shown ("more than" it read)
+        shown = "more than the error" if margin is None else f">= {margin:.2f} %, the error"
         reason = (
             f"forecast final loss {final.loss:.4f} at step {forecast.final_step} cannot reach {reference:.4f}: "
-            f"it is {above:.2f} % above it, more than {shown} measured for {made}; "
+            f"it is {above:.2f} % above it, {shown} measured for {made}; "
             f"confidence {p:.3f} >= {confidence:.2f}"
         )
         if final.lower <= reference <= final.upper:
