@@ -54,6 +54,7 @@ class StopDecision(BaseModel):
     reference: float | None = None
     step: int
     scale: float | None = None
+    set_by: str | None = None  # the run whose loss is the bar of a sweep's stop
 
 
 def decide_stop(
@@ -338,6 +339,7 @@ def decide_stop_among(
     ``rel_std_floor`` is the smallest error scale assumed for any forecast, this run's and the others'.
     """
     model = _sweep_model(rel_std_floor, model)
+    records = list(records)
     reference = sweep_reference(
         records,
         target=target,
@@ -347,7 +349,7 @@ def decide_stop_among(
         model=model,
         confidence=confidence,
     )
-    return decide_stop(
+    decision = decide_stop(
         forecast,
         reference,
         step=step,
@@ -358,6 +360,16 @@ def decide_stop_among(
         features=features,
         model=model,
     )
+    if decision.stop and reference is not None and reference != target:
+        # which run set the bar, in the reason every engine shows (an Optuna trial's named none)
+        values = _reference_values(records, None, quantile, max_age_s, None, rel_std_floor, model, confidence)
+        setter = next((r for r, v in values if math.isclose(v, reference, rel_tol=1e-12)), None)
+        if setter is not None:
+            # a finished run's final loss as recorded: its last forecast's, a denoised estimate of its end
+            what = "recorded final loss" if setter.state == RunState.FINISHED else "confident forecast"
+            said = f"; the bar, {reference:.4g}, is the {what} of run {setter.run_id}"
+            decision = decision.model_copy(update={"reason": decision.reason + said, "set_by": setter.run_id})
+    return decision
 
 
 class ForecastStopCheck(abc.ABC):
@@ -623,6 +635,8 @@ class SweepStopper(ForecastStopCheck):
         )
         if self.decision.stop:
             self.stopped_at = step
+            when = self._bar_where(self.decision)
+            self.decision = self.decision.model_copy(update={"reason": self.decision.reason + when})
         return self.decision.stop
 
     def _others(self) -> list[RunRecord]:
@@ -652,41 +666,23 @@ class SweepStopper(ForecastStopCheck):
             step=step,
             severity="critical",
             score=None if d is None else d.probability,
-            message=f"cannot beat its sweep {self.registry.sweep!r}: {d.reason if d is not None else ''}"
-            + self._bar_text(None if d is None else d.reference),
+            message=f"cannot beat its sweep {self.registry.sweep!r}: {d.reason if d is not None else ''}",
             data={"source": "sweep", "reference": None if d is None else d.reference},
         )
 
-    def _bar_text(self, reference: float | None) -> str:
-        """Which run set the bar, and when: a sweep that names none is one per script and folder, so an earlier
-        invocation's runs (another task, other data) may be the ones a run is judged against."""
-        if reference is None or reference == self.target:
-            return ""
-        values = _reference_values(
-            self._others(),
-            None,
-            self.quantile,
-            self.max_run_age_s,
-            None,
-            self.rel_std_floor,
-            _sweep_model(self.rel_std_floor),
-            self.confidence,
-        )
-        setter = next((r for r, v in values if math.isclose(v, reference, rel_tol=1e-12)), None)
+    def _bar_where(self, decision: StopDecision) -> str:
+        """When and where the run that set the bar recorded it: a sweep that names none is one per script and
+        folder, so an earlier invocation's runs (another task, other data) may be the ones a run is judged
+        against."""
+        setter = next((r for r in self._others() if r.run_id == decision.set_by), None)
         if setter is None:
             return ""
-        # a finished run's final loss as recorded: its last forecast's, a denoised estimate of its end
-        what = "recorded final loss" if setter.state == RunState.FINISHED else "confident forecast"
-        age = _age_text(time.time() - setter.updated)
         hint = (
             "; runs that name no sweep share one per script and folder: SweepStopper(sweep=...) keeps sweeps apart"
             if self._default_sweep
             else ""
         )
-        return (
-            f"; the bar, {reference:.4g}, is the {what} of run {setter.run_id} (recorded {age} ago in "
-            f"{where(self.registry)}{hint})"
-        )
+        return f" (recorded {_age_text(time.time() - setter.updated)} ago in {where(self.registry)}{hint})"
 
     def on_run_end(self, step: int, stopped: bool) -> None:
         """:meth:`finish`, called by the training adapters where the run ends (``stopped`` also for a run that

@@ -122,6 +122,10 @@ def test_forecast_pruner_on_sqlite_storage_prunes_the_bad_trial(tmp_path: Path) 
     assert max(bad.intermediate_values) <= 200  # the far-off trial (50 % worse) stops early
     # why, in the study itself
     assert "cannot reach 3.0" in bad.user_attrs[PRUNED_ATTR] and "confidence" in bad.user_attrs[PRUNED_ATTR]
+    # and which trial set that bar (it named none: with trials running at once, the bar is often another's
+    # forecast, not a finished trial's value)
+    good = next(t for t in again.trials if t.params["lr"] == 1e-3)
+    assert f"is the recorded final loss of run {good.number}" in bad.user_attrs[PRUNED_ATTR], bad.user_attrs
     close = next(t for t in again.trials if t.params["lr"] == 3e-3)
     # 3.05 against 3.0 (1.7 % worse) is within the measured error of its forecasts until late in the run,
     # when most of its LR has decayed: it is not pruned before 80 % of it

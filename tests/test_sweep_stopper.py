@@ -116,6 +116,9 @@ def test_a_sweep_stop_shows_the_loss_it_could_not_beat(tmp_path: Path) -> None:
         stop.message,
     )
     assert said is not None and said.group(2) == str(tmp_path / "m.sqlite"), stop.message
+    # the decision a script reads says it too (only the event did)
+    assert stopper.decision is not None and said.group(0) in stopper.decision.reason
+    assert stopper.decision.set_by == "good"
     assert "SweepStopper(sweep=...)" not in stop.message  # a sweep of its own: no hint to name one
     assert figures.snapshots[-1].target_label == "best run of its sweep"
 
