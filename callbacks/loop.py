@@ -44,7 +44,7 @@ import torch
 from scaleforecast.integrations.arguments import ForecastArgs
 from scaleforecast.integrations.distributed import TorchCollectives
 from scaleforecast.integrations.planner import LRSource, unwrap_scheduler
-from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter
+from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter, raw_optimizer
 from typing_extensions import Unpack
 
 __all__ = ["LossForecastSession"]
@@ -60,6 +60,14 @@ def _unwrapped(scheduler: Any | Sequence[Any] | None) -> tuple[list[Any], int]:
     if len(paces) > 1:
         raise ValueError(f"scheduler: the schedulers step at different paces per update ({sorted(paces)})")
     return [s for s, _ in pairs], paces.pop() if paces else 1
+
+
+def _optimizer_updates(optimizer: Any) -> int | None:
+    """The updates ``optimizer`` has made as its own state counts them (the largest per-parameter ``step`` of
+    Adam-type optimizers), ``None`` for one that keeps no count (SGD). Read once, on resume: a count kept on
+    the device is a host sync."""
+    counts = [state["step"] for state in raw_optimizer(optimizer).state.values() if "step" in state]
+    return int(max(float(c) for c in counts)) if counts else None
 
 
 def _replan_hint(every: int) -> str:
@@ -170,14 +178,23 @@ class LossForecastSession(SessionFace):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore on resume (after the optimizer and scheduler, or before them). A saved state that counts
         other updates than the restored scheduler comes from another checkpoint: the scheduler's count is the
-        run's (it sets the LR), with a warning, and the history after it is dropped at the next flush."""
+        run's (it sets the LR), with a warning, and the history after it is dropped at the next flush. Without
+        one scheduler to ask (an LR set by hand), an optimizer restored first that keeps a step count (Adam and
+        its kin) is asked instead."""
         super().load_state_dict(state_dict)
         self._restored = True
         done, saved = self._updates_done(), self.session.step
+        counter = "the LR scheduler"
+        if done is None:
+            done, counter = _optimizer_updates(self._optimizer), "the optimizer's state"
+            # a gradient scaler's skipped updates are not in the optimizer's count (a dozen while its scale
+            # settles, then one now and then): only a larger gap says another checkpoint
+            if done is not None and abs(done - saved) <= max(64, saved // 50):
+                done = None
         if done and done != saved:
             self.session.warn(
-                f"the saved forecast state counts {saved} updates but the LR scheduler {done}: they come from "
-                f"different checkpoints; counting from the scheduler's {done}"
+                f"the saved forecast state counts {saved} updates but {counter} {done}: they come from "
+                f"different checkpoints; counting from update {done}"
             )
             self.session.recount(done)
 

@@ -3,6 +3,7 @@ guarantee that a fault never changes which collectives a rank joins."""
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
@@ -318,6 +319,48 @@ def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_fo
     fc.close()
     assert fc.errors == {} and fc.forecaster.last_step == 150 and fc.forecaster.n_observations == 150
     assert fc.session.replans == 0  # the plan held: the LRs used were the planned ones
+
+
+def test_a_hand_set_lr_resumed_from_an_older_optimizer_counts_from_the_optimizer() -> None:
+    """No scheduler (the LR set by hand, the schedule given): the forecast state saved at update 250, the
+    model and optimizer at 100. It said "resumed after update 250" and counted the updates 101.. as 251..,
+    every forecast labelled 150 updates late; told only at the end that the run went past its length. Adam's
+    own step count says the update: counted from it, with a warning."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 300
+    lrs = [1e-2 * min(1.0, 2 - 2 * i / total) for i in range(total)]
+
+    def session() -> tuple[Any, Any]:
+        opt = torch.optim.AdamW(torch.nn.Linear(2, 1).parameters(), lr=lrs[0])
+        return opt, LossForecastSession(opt, schedule=lrs, flush_every=20, writer=False, verbose=False)
+
+    def update(opt: Any, fc: Any, n: int) -> None:
+        opt.param_groups[0]["lr"] = lrs[n - 1]
+        opt.zero_grad()
+        opt.param_groups[0]["params"][0].sum().backward()
+        opt.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+
+    opt, fc = session()
+    saved: dict[int, Any] = {}
+    for n in range(1, 251):
+        update(opt, fc, n)
+        if n in (100, 250):
+            # (a copy, as a checkpoint on disk is: the state dict holds the live step tensors)
+            saved[n] = copy.deepcopy(opt.state_dict()) if n == 100 else fc.state_dict()
+    fc.close()
+    opt, fc = session()
+    opt.load_state_dict(saved[100])
+    with pytest.warns(RuntimeWarning, match="counts 250 updates but the optimizer's state 100"):
+        fc.load_state_dict(saved[250])
+    assert fc.steps == 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the step that went back, said once
+        for n in range(101, total + 1):
+            update(opt, fc, n)
+    fc.close()
+    assert fc.errors == {} and fc.forecaster.last_step == total and fc.forecaster.n_observations == total
 
 
 def test_training_that_goes_on_past_the_stop_to_its_end_is_recorded_as_finished(tmp_path: Path) -> None:
