@@ -5,7 +5,9 @@ the same quantity: a straight line fitted to the run's last points (each placed 
 loss averages, with far outliers dropped once) and read at the last step. A median over the tail would sit
 half a tail too early, and on a log of one batch every few steps it rests on two or three noisy batches; the
 line uses at least :data:`MIN_POINTS` points (reaching back at most :data:`MAX_SPAN` of the run) and comes with
-its standard error, so the comparison says how far the observed value itself can be trusted.
+its standard error, so the comparison says how far the observed value itself can be trusted. A log too noisy
+for its last 2% (one batch a step) is read over more of its end (:data:`WIDER`), as long as a parabola through
+those points does not bend away from the line.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ MIN_POINTS = 8
 MAX_SPAN = 0.10
 # Above this relative standard error, errors of the forecast smaller than it cannot be told apart.
 NOISY = 0.005
+# The spans (shares of the run) a noisy log's estimate may widen to, while its end is still a line.
+WIDER = (0.04, 0.06, MAX_SPAN)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,34 @@ def _line_at(x: np.ndarray, y: np.ndarray, at: float) -> tuple[float, float, np.
     return float(coef[0]), se, res
 
 
+def _trimmed_line(x: np.ndarray, y: np.ndarray, at: float) -> tuple[float, float]:
+    """:func:`_line_at` with the points more than 5 robust deviations off it dropped once (the mean of the
+    points, with no standard error, below 3 points)."""
+    n = len(y)
+    if n < 3:
+        return float(np.mean(y)), math.nan
+    value, se, res = _line_at(x, y, at)
+    mad = float(np.median(np.abs(res - np.median(res))))
+    keep = np.abs(res) <= 5.0 * 1.4826 * mad if mad > 0 else np.ones(n, dtype=bool)
+    if 3 <= keep.sum() < n:
+        value, se, _ = _line_at(x[keep], y[keep], at)
+    return value, se
+
+
+def _curved(x: np.ndarray, y: np.ndarray, at: float) -> bool:
+    """Whether the points bend away from a line: the quadratic term of a parabola through them is more than
+    two of its standard errors from zero."""
+    if len(y) < 6:
+        return True
+    u = (x - at) / max(float(np.ptp(x)), 1.0)
+    A = np.column_stack([np.ones_like(u), u, u**2])
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    res = y - A @ coef
+    s2 = float(res @ res) / (len(y) - 3)
+    cov = s2 * np.linalg.pinv(A.T @ A)
+    return bool(abs(coef[2]) > 2.0 * math.sqrt(max(float(cov[2, 2]), 0.0)))
+
+
 def observed_final(run: RunData) -> ObservedFinal | None:
     """The run's observed loss at its last scheduled step (see the module doc), or ``None`` when the run has not
     reached 98% of its schedule or has no finite loss near its end."""
@@ -78,19 +110,24 @@ def observed_final(run: RunData) -> ObservedFinal | None:
         if in_tail.sum() >= MIN_POINTS
         else recent & (np.arange(len(steps)) >= len(steps) - MIN_POINTS)
     )
-    xs, ys = x[take], y[take]
-    n = len(ys)
-    if n >= 3:
-        value, se, res = _line_at(xs, ys, total)
-        mad = float(np.median(np.abs(res - np.median(res))))
-        keep = np.abs(res) <= 5.0 * 1.4826 * mad if mad > 0 else np.ones(n, dtype=bool)
-        if 3 <= keep.sum() < n:
-            value, se, _ = _line_at(xs[keep], ys[keep], total)
-    else:
-        value, se = float(np.mean(ys)), math.nan
+    value, se = _trimmed_line(x[take], y[take], total)
+    scale = float(np.max(np.abs(y))) if len(y) else 1.0
+    for wider in WIDER:
+        # A noisy log (one batch a step): the last 2% pin the end down to a few %, when a line through more of
+        # the run's end would know it better, as long as the curve is still a line over it.
+        if not se > NOISY * max(abs(value), 1e-12 * scale):
+            break
+        more = recent & (steps >= (1 - wider) * total)
+        if more.sum() <= take.sum():
+            continue
+        if _curved(x[more], y[more], total):
+            break
+        v, e = _trimmed_line(x[more], y[more], total)
+        if e < se:
+            take, value, se = more, v, e
+    n = int(take.sum())
     span = int(total - int(steps[take].min()) + 1)
     # A loss that reaches 0 (a regression fitted exactly) leaves rounding dust, not a value to divide by.
-    scale = float(np.max(np.abs(y))) if len(y) else 1.0
     if abs(value) <= 1e-9 * scale:
         value = 0.0
     note = None
