@@ -284,6 +284,17 @@ def _loop(root: Path, plan: Plan) -> Run:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def step_along_the_law(opt: Any, sched: Any, fc: Any, total: int) -> None:
+    """``total`` updates of ``opt`` and ``sched``, each observed by ``fc`` at a loss that follows the law's
+    power term in the LR area so far, ``2 + 0.5 * S1^-0.4``: a plain loop with no model to train."""
+    area = 0.0
+    for _ in range(total):
+        area += opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        fc.step(torch.tensor(2.0 + 0.5 * area**-0.4))
+
+
 def older_state(state: dict[str, Any]) -> dict[str, Any]:
     """The same state in the format the first release wrote (version 1, detectors called ``health``)."""
     monitor = {k: v for k, v in state["monitor"].items() if k not in ("detectors", "listeners")}

@@ -165,27 +165,7 @@ def test_a_scheduler_that_is_no_torch_lr_scheduler_is_stepped_on_copies() -> Non
     """A plain class with ``optimizer``, ``step`` and ``state_dict`` (Lightning takes one through
     ``lr_scheduler_step``): read by stepping copies (its missing ``last_epoch`` switched the look-ahead off)."""
 
-    class Halving:
-        def __init__(self, optimizer: torch.optim.Optimizer, every: int) -> None:
-            self.optimizer, self.every, self.count = optimizer, every, 0
-
-        def step(self) -> None:
-            self.count += 1
-            if self.count % self.every == 0:
-                for g in self.optimizer.param_groups:
-                    g["lr"] *= 0.5
-
-        def state_dict(self) -> dict[str, int]:
-            return {"count": self.count}
-
-        def load_state_dict(self, state: dict[str, int]) -> None:
-            self.count = state["count"]
-
-    opt = _optimizer(lr=0.08)
-    sched = Halving(opt, 4)
-    lrs = lookahead_lrs(opt, [sched], 12)
-    np.testing.assert_allclose(lrs, 0.08 * 0.5 ** (np.arange(12) // 4))
-    assert opt.param_groups[0]["lr"] == 0.08 and sched.count == 0  # nothing real was stepped
+    _halving_is_read_on_copies(_Halving)
 
 
 def test_a_scheduler_whose_step_needs_a_metric_is_held_like_plateau() -> None:
@@ -357,31 +337,47 @@ def test_a_lambda_that_is_the_schedulers_own_method_never_steps_the_real_one() -
     np.testing.assert_allclose(predicted, _real_lrs(opt, [sched], 70), rtol=1e-12)
 
 
-class _Locked:
-    """A hand-written scheduler holding a lock (as one holding a logger's stream or a writer does): it cannot
-    be deep-copied."""
+class _Halving:
+    """A plain scheduler class (no torch LRScheduler): halves the LR every ``every`` steps."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, every: int) -> None:
+        self.optimizer, self.every, self.count = optimizer, every, 0
+
+    def step(self) -> None:
+        self.count += 1
+        if self.count % self.every == 0:
+            for g in self.optimizer.param_groups:
+                g["lr"] *= 0.5
+
+    def state_dict(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.count = state["count"]
+
+
+class _Locked(_Halving):
+    """One holding a lock (as one holding a logger's stream or a writer does): it cannot be deep-copied."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, every: int) -> None:
         import threading
 
-        self.optimizer, self.every, self.count, self.lock = optimizer, every, 0, threading.Lock()
+        super().__init__(optimizer, every)
+        self.lock = threading.Lock()
 
-    def step(self) -> None:
-        with self.lock:
-            self.count += 1
-            if self.count % self.every == 0:
-                for g in self.optimizer.param_groups:
-                    g["lr"] *= 0.5
+
+def _halving_is_read_on_copies(kind: type[_Halving]) -> None:
+    opt = _optimizer(lr=0.08)
+    sched = kind(opt, 4)
+    lrs = lookahead_lrs(opt, [sched], 12)
+    np.testing.assert_allclose(lrs, 0.08 * 0.5 ** (np.arange(12) // 4))
+    assert opt.param_groups[0]["lr"] == 0.08 and sched.count == 0  # nothing real was stepped
 
 
 def test_a_scheduler_that_cannot_be_deep_copied_is_copied_sharing_what_cannot_be() -> None:
     """``copy.deepcopy`` of a scheduler holding a lock raised, and the look-ahead was switched off for the run:
     no forecast at all. Its copy shares the lock; its counters and LR are its own."""
-    opt = _optimizer(lr=0.08)
-    sched = _Locked(opt, 4)
-    lrs = lookahead_lrs(opt, [sched], 12)
-    np.testing.assert_allclose(lrs, 0.08 * 0.5 ** (np.arange(12) // 4))
-    assert opt.param_groups[0]["lr"] == 0.08 and sched.count == 0  # nothing real was stepped
+    _halving_is_read_on_copies(_Locked)
 
 
 def test_a_nested_scheduler_that_cannot_be_copied_is_a_clear_error_not_a_real_step() -> None:

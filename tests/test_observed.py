@@ -15,6 +15,8 @@ from scaleforecast.laws import annealing_area, forward_area
 from scaleforecast.observed import observed_final
 from scaleforecast.readers import read_run
 from scaleforecast.report import build_report
+from scaleforecast.runs import RunData
+from scaleforecast.schedule_fit import rebuild_lrs
 from scaleforecast.schedules import as_lrs
 
 SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
@@ -23,6 +25,19 @@ SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
 def law(lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
     s1, s2 = forward_area(lrs), annealing_area(lrs)
     return 2.5 + 0.6 * s1[steps - 1] ** -0.5 - 0.4 * s2[steps - 1]
+
+
+def per_step_run(losses: np.ndarray, spec: str) -> RunData:
+    """A run logged at every update ``1..len(losses)`` under the schedule ``spec``."""
+    return RunData(
+        source="run.csv",
+        format="csv",
+        loss_name="loss",
+        steps=np.arange(1, len(losses) + 1),
+        losses=losses,
+        windows=np.ones(len(losses), dtype=np.int64),
+        lr=rebuild_lrs(np.zeros(0, np.int64), np.zeros(0), None, spec),
+    )
 
 
 def test_sparse_lightning_style_log_is_warned_about(
@@ -80,19 +95,7 @@ def test_a_dense_log_is_read_at_the_last_step_not_over_the_tail() -> None:
     lrs = as_lrs(spec)
     steps = np.arange(1, 5001)
     y = law(lrs, steps) + np.random.default_rng(0).normal(0.0, 0.002, len(steps))
-    from scaleforecast.runs import RunData
-    from scaleforecast.schedule_fit import rebuild_lrs
-
-    run = RunData(
-        source="wsd.csv",
-        format="csv",
-        loss_name="loss",
-        steps=steps,
-        losses=y,
-        windows=np.ones(len(steps), dtype=np.int64),
-        lr=rebuild_lrs(np.zeros(0, np.int64), np.zeros(0), None, spec),
-    )
-    obs = observed_final(run)
+    obs = observed_final(per_step_run(y, spec))
     truth = float(law(lrs, np.array([5000]))[0])
     tail_median = float(np.median(y[steps >= 0.98 * 5000]))
     assert obs is not None and obs.note is None and obs.n_points == 101
@@ -105,8 +108,6 @@ def test_a_noisy_per_step_log_is_read_over_as_much_of_its_end_as_is_a_line() -> 
     points) knew the final loss to about +-5 %, and backtest marked good forecasts "NO" against it. A line over
     more of the end, while the end is still a line, knows it about twice as well; a curved end keeps its 2 %."""
     from scaleforecast.observed import _line_at
-    from scaleforecast.runs import RunData
-    from scaleforecast.schedule_fit import rebuild_lrs
 
     spec = "wsd:peak=1e-3,warmup=20,total=1000,cooldown=0.3,shape=linear"
     lrs = as_lrs(spec)
@@ -116,16 +117,7 @@ def test_a_noisy_per_step_log_is_read_over_as_much_of_its_end_as_is_a_line() -> 
     wide, tail = [], []
     for seed in range(20):
         y = clean * (1 + np.random.default_rng(seed).normal(0.0, 0.10, len(steps)))
-        run = RunData(
-            source="noisy.csv",
-            format="csv",
-            loss_name="loss",
-            steps=steps,
-            losses=y,
-            windows=np.ones(len(steps), dtype=np.int64),
-            lr=rebuild_lrs(np.zeros(0, np.int64), np.zeros(0), None, spec),
-        )
-        obs = observed_final(run)
+        obs = observed_final(per_step_run(y, spec))
         assert obs is not None and obs.n_points > 20
         wide.append(abs(obs.value - truth) / truth)
         last = steps >= 980
@@ -135,16 +127,8 @@ def test_a_noisy_per_step_log_is_read_over_as_much_of_its_end_as_is_a_line() -> 
     short = "wsd:peak=1e-3,warmup=20,total=1000,cooldown=0.05,shape=linear"
     bent = law(as_lrs(short), steps)
     for seed in range(5):
-        run = RunData(
-            source="bent.csv",
-            format="csv",
-            loss_name="loss",
-            steps=steps,
-            losses=bent * (1 + np.random.default_rng(seed).normal(0.0, 0.01, len(steps))),
-            windows=np.ones(len(steps), dtype=np.int64),
-            lr=rebuild_lrs(np.zeros(0, np.int64), np.zeros(0), None, short),
-        )
-        obs = observed_final(run)
+        noisy = bent * (1 + np.random.default_rng(seed).normal(0.0, 0.01, len(steps)))
+        obs = observed_final(per_step_run(noisy, short))
         assert obs is not None and obs.span <= 50 and abs(obs.value - bent[-1]) < 3 * obs.std, obs
 
 

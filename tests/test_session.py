@@ -1300,13 +1300,10 @@ def test_the_cli_reads_the_tensorboard_folder_a_plain_loop_wrote(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / 20) * (1.0 if i < 280 else (total - i) / (total - 280))
     )
+    from adapter_kit import step_along_the_law
+
     fc = LossForecastSession(opt, sched, total_steps=total, dirpath=str(tmp_path / "run"), flush_every=10)
-    area = 0.0
-    for _ in range(total):
-        area += opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        fc.step(torch.tensor(2.0 + 0.5 * area**-0.4))
+    step_along_the_law(opt, sched, fc, total)
     fc.close()
     capsys.readouterr()
     assert main(["forecast", str(tmp_path / "run"), "--json"]) == 0

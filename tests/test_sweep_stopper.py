@@ -605,13 +605,10 @@ def test_a_locked_sweep_database_does_not_stall_the_end_of_a_run(tmp_path: Path)
     opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / total)
     stopper = SweepStopper(path, "run", sweep="s", finish_timeout_s=0.5)
+    from adapter_kit import step_along_the_law
+
     fc = LossForecastSession(opt, sched, total_steps=total, listeners=[stopper], writer=False, flush_every=20)
-    area = 0.0
-    for _ in range(total):
-        area += opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        fc.step(torch.tensor(2.0 + 0.5 * area**-0.4))
+    step_along_the_law(opt, sched, fc, total)
     locker = sqlite3.connect(path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
