@@ -426,12 +426,9 @@ class TensorBoardSink:
             return
         if event.is_critical and event.data.get("action") in ("stop", "raise"):
             # a lost run stopped by the health checks: the status card says so, as it says a target's stop
-            how = (
-                "**stopped: the run is lost**"
-                if event.data["action"] == "stop"
-                else "**raised: the run is lost**"
-            )
-            self.writer.add_text("forecast/status", f"step {event.step}: {how}: {event.text()}", event.step)
+            how = "**stopped**" if event.data["action"] == "stop" else "**TrainingHealthError raised**"
+            text = f"step {event.step}: {how} ({event.kind}): {event.message}"
+            self.writer.add_text("forecast/status", text, event.step)
         if isinstance(event.score, (int, float)) and math.isfinite(event.score):
             self.writer.add_scalar(f"events/{event.kind}_score", float(event.score), event.step)
 

@@ -78,7 +78,10 @@ def test_lightning_run_survives_a_spike_and_stops_on_a_nan_storm(tmp_path: Path)
     assert _texts(Path(trainer.logger.log_dir), "events/nonfinite")
     # the status card says the run was stopped as lost (it ended at "stale", as if the run had gone on)
     status = _texts(Path(trainer.logger.log_dir), "forecast/status")
-    assert b"stopped: the run is lost" in status[-1] and f"nonfinite @ step {lost}".encode() in status[-1]
+    said = status[-1].decode()
+    assert said.startswith(f"step {lost}: **stopped** (nonfinite): ") and said.endswith("the run is lost"), (
+        said
+    )
     acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0})
     acc.Reload()
     assert "events/spike_score" in acc.Tags()["scalars"]
