@@ -211,17 +211,20 @@ class SchedulePlanner:
             warnings.simplefilter("always")
             try:
                 future = source.lookahead(total, min(steps_done, total))
+                unread = None
             except LookaheadError as exc:
                 # no look-ahead is no reason for no forecast: the current LR is held, as with no scheduler, and
-                # the plan follows the LRs used as they change
-                self.say(
-                    f"the LRs ahead cannot be read from the scheduler(s) given ({exc}): the current LR is held "
-                    "for the rest of the run, re-planned as the LRs used change; pass schedule= to forecast the "
-                    "decay still to come"
-                )
+                # the plan follows the LRs used as they change (said below, out of the recording of warnings)
+                unread = exc
                 future = LRSource(source.optimizer, group=source.group).lookahead(
                     total, min(steps_done, total)
                 )
+        if unread is not None:
+            self.say(
+                f"the LRs ahead cannot be read from the scheduler(s) given ({unread}): the current LR is held "
+                "for the rest of the run, re-planned as the LRs used change; pass schedule= to forecast the "
+                "decay still to come"
+            )
         for note in said:
             self.say(str(note.message))
         if steps_done and (past is None or len(past) < steps_done):

@@ -622,17 +622,22 @@ class RunMonitor:
                 else e
                 for e in result.events
             ]
-        acts = self.stopped_at is None and not final and self.stop.action != "warn"
         first = next((i for i, e in enumerate(result.events) if e.is_critical), None)
-        if acts and first is not None and result.events[first].kind != "early_stop":
+        acts = self.stopped_at is None and not final
+        if (
+            acts
+            and first is not None
+            and self.stop.action != "warn"
+            and result.events[first].kind != "early_stop"
+        ):
             # the sinks say a lost run was stopped as they say a target's stop (the status card ended at "stale")
             lost = result.events[first]
             result.events[first] = lost.model_copy(update={"data": {**lost.data, "action": self.stop.action}})
         for event in result.events:
             self._emit(event)
-        critical = next((e for e in result.events if e.is_critical), None)
-        if critical is None or self.stopped_at is not None or final:
+        if not acts or first is None:
             return
+        critical = result.events[first]
         if self.stop.action == "raise":
             self.stopped_at, self.stop_reason = step, critical.text()
             result.error = TrainingHealthError(critical)

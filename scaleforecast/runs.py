@@ -80,9 +80,9 @@ STEP_COLUMNS: tuple[str, ...] = (
     "trainer/step",
     "_step",
 )
-# Loggers that write the mean over the updates since the previous log (HF Trainer, Megatron).
-# the forecast callbacks' own record of the loss: the mean of each flush, in <run>/scaleforecast/observed
+# The forecast callbacks' own record of the loss: the mean of each flush, in <run>/scaleforecast/observed.
 OBSERVED_TAG = "forecast/observed_vs_forecast"
+# Loggers that write the mean over the updates since the previous log (HF Trainer, Megatron, the callbacks).
 GAP_WINDOW_NAMES: tuple[str, ...] = (
     "train/loss",
     "lm loss",
