@@ -71,6 +71,23 @@ def test_spike_is_found_at_its_step(use_law: bool) -> None:
     assert events[0].data["law"] is use_law
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_spike_soon_after_a_steep_start_is_found_and_the_start_raises_nothing(seed: int) -> None:
+    """A minibatch loss's noise shrinks with the loss: after a fall from 10 to 0.3 in the first 100 steps (a
+    tiny model's MSE), the early blocks' noise is several times the current one, and a x8 spike at step 150
+    stood at z ~ 3 against it."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, 601)
+    clean = 0.3 + 10.0 / (1.0 + np.exp((steps - 60.0) / 10.0))
+    y = clean * (1.0 + 0.15 * rng.standard_normal(len(steps)))
+    assert feed(HealthMonitor(), steps, y, flush=10) == []
+    y[149] *= 8
+    det = SpikeDetector()
+    events = [e for i in range(0, 600, 10) for e in det.update(steps[i : i + 10], y[i : i + 10])]
+    assert [e.step for e in events] == [150]
+    assert events[0].score > 4.5
+
+
 def test_law_flattens_the_local_trends_overshoot_after_a_sudden_lr_drop() -> None:
     """A step schedule drops the loss fast; a local trend then overshoots the flattening curve (positive
     residuals), the law expects the drop. Logged every 50 steps, as sparse logs are where it matters."""
