@@ -646,6 +646,7 @@ class OnlineForecaster:
         schedule: ScheduleLike | None = None,
         level: float | None = None,
         observed: bool = False,
+        stale_ok: bool = False,
     ) -> Forecast:
         """Forecast the loss at ``steps`` (default: the final step) from the latest fit.
 
@@ -655,7 +656,9 @@ class OnlineForecaster:
         ``observed`` it is the band of the loss as one log line will show it, ``std`` widened by how far one
         logged value strays from the law (:meth:`logged_noise`): what a forecast made near the end is held to
         (there the law's band is narrower than the noise, and held 71 % of the public runs' last logged losses
-        at 97 % of the run, 82 % with the noise).
+        at 97 % of the run, 82 % with the noise). A fit that is no longer current (the latest losses are
+        NaN/Inf) forecasts nothing (status ``stale``), unless ``stale_ok``: then it forecasts as of the losses it
+        was fitted to (what the run looked set to reach before it was lost).
         """
         level = self.config.level if level is None else level
         if not 0.0 < level < 1.0:
@@ -679,7 +682,7 @@ class OnlineForecaster:
             self._warnings,
             self._check,
             self._family_prior(),
-            self._stale_note(),
+            None if stale_ok else self._stale_note(),
             self.logged_noise() if observed else None,
         )
 

@@ -496,10 +496,19 @@ class RunMonitor:
         if self._figure_at != step:
             self.guard("sinks", self._figure, step)
 
-    def _figure(self, step: int, stopping: bool = False, bar: float | None = None) -> None:
+    def _figure(
+        self,
+        step: int,
+        stopping: bool = False,
+        bar: float | None = None,
+        lost: bool = False,
+        pending: Sequence[Event] = (),
+    ) -> None:
         """The figure at ``step`` (with the stop marked when ``stopping``, and ``bar``, the loss a sweep's stop
-        could not beat, drawn as the target when there is none), when there is a forecast to draw."""
-        snapshot = self.snapshot(step)
+        could not beat, drawn as the target when there is none), when there is a forecast to draw; ``lost``: a
+        run stopped as lost is drawn with its last fit, whose forecast the NaNs left stale; ``pending``: the
+        flush's events, marked on it before they are emitted."""
+        snapshot = self.snapshot(step, lost=lost, pending=pending)
         if snapshot is not None:
             if stopping and snapshot.target is None and bar is not None:
                 snapshot = replace(snapshot, stop_step=step, target=bar, target_label="best run of its sweep")
@@ -589,7 +598,8 @@ class RunMonitor:
         if self.figure_every and (due or stopping):
             # a sweep's stop: the loss the run could not beat is the best run's, drawn where a target would be
             bar = next((e.data.get("reference") for e in result.events if e.kind == "early_stop"), None)
-            self._figure(step, stopping, bar if isinstance(bar, (int, float)) else None)
+            bar = bar if isinstance(bar, (int, float)) else None
+            self._figure(step, stopping, bar, lost=stopping and not decided, pending=result.events)
         self.sinks.flush()
 
     def _act(self, step: int, result: FlushResult, final: bool = False) -> None:
@@ -661,23 +671,36 @@ class RunMonitor:
             self.guard("on_event hook", self.on_event, event)
 
     # ----------------------------------------------------------------- figures
-    def snapshot(self, step: int, points: int = 200) -> CurveSnapshot | None:
-        """The observed (binned) curve and the forecast curve with its band from now to the final step."""
+    def snapshot(
+        self, step: int, points: int = 200, lost: bool = False, pending: Sequence[Event] = ()
+    ) -> CurveSnapshot | None:
+        """The observed (binned) curve and the forecast curve with its band from now to the final step;
+        ``lost``: the run is being stopped as lost, and a fit the NaNs left stale is drawn as of its losses;
+        ``pending``: this flush's events, not emitted yet, to mark beside the earlier ones."""
         fc = self.forecaster
         lrs = fc.schedule
-        if lrs is None or fc.latest is None or not fc.latest.ok:
+        if lrs is None or fc.latest is None:
+            return None
+        stale = fc.latest.status is FitStatus.STALE
+        if not (fc.latest.ok or (lost and stale)):
             return None
         total = len(lrs)
         obs = fc.observations()
         grid = np.unique(np.linspace(max(step, 1), total, points).round().astype(np.int64))
-        curve = fc.forecast(steps=grid)
+        curve = fc.forecast(steps=grid, stale_ok=lost)
+        if not curve.ok:
+            return None
         pts = curve.points
         final = curve.final
         past = np.unique(np.linspace(1, max(step, 1), points).round().astype(np.int64))
-        title = f"step {step}/{total}: forecast final loss"
+        title = f"step {step}/{total}: " + (
+            "run lost; its last fit's final loss" if stale else "forecast final loss"
+        )
         if final is not None:
             title += f" {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] ({round(100 * curve.level)}%)"
-        if curve.fitted_at_step < step:  # a refit takes effect at the flush after the one it was made at
+        if stale and len(obs.end):
+            title += f", fitted to the losses up to step {min(curve.fitted_at_step, int(obs.end[-1]))}"
+        elif curve.fitted_at_step < step:  # a refit takes effect at the flush after the one it was made at
             title += f", fitted to step {curve.fitted_at_step}"
         return CurveSnapshot(
             step=step,
@@ -694,9 +717,11 @@ class RunMonitor:
             title=title,
             fit_steps=past.astype(float),
             fit_mean=fc.predict(past),
-            notes=[f"fit status: {curve.status.value}"],
+            notes=[f"fit status: {'stale (the latest losses are NaN/Inf)' if stale else curve.status.value}"],
             events=[
-                (e.step, e.kind, e.severity) for e in self.events if e.kind in HEALTH_KINDS and e.step <= step
+                (e.step, e.kind, e.severity)
+                for e in [*self.events, *pending]
+                if e.kind in HEALTH_KINDS and e.step <= step
             ],
         )
 

@@ -72,6 +72,7 @@ class _Recorder:
 
     def write_figure(self, snapshot: Any) -> None:
         self.figures.append(snapshot.step)
+        self.last_figure = snapshot
         if snapshot.stop_step is not None:
             self.stop_steps.append(snapshot.stop_step)
 
@@ -401,6 +402,17 @@ def test_real_detectors_and_advisor_plug_into_the_hooks() -> None:
     assert any(e.kind == "nonfinite" and e.step == 741 and e.severity == "critical" for e in sink.events)
     assert "advice/planned_final" in sink.scalars
     assert mon.disabled == {}
+    # the stop is drawn, with the last fit's forecast (the NaNs made it stale) and the NaNs marked on it
+    assert sink.stop_steps == [750]
+    lost = sink.last_figure
+    assert lost.step == 750 and lost.title.startswith("step 750/2000: run lost; its last fit's final loss")
+    assert (
+        "fitted to the losses up to step 733" in lost.title
+        and len(lost.mean) > 0
+        and np.all(np.isfinite(lost.mean))
+    )
+    assert (734, "nonfinite", "warning") in lost.events and (741, "nonfinite", "critical") in lost.events
+    assert lost.notes == ["fit status: stale (the latest losses are NaN/Inf)"]
 
 
 def test_settle_takes_in_the_last_background_refit_unless_the_run_stopped() -> None:
