@@ -212,7 +212,8 @@ def stops_short(steps: np.ndarray, total: int) -> bool:
 def averages_gap(name: str, window: WindowSpec | None) -> bool:
     """Whether a loss named ``name`` read with ``window`` is the mean since the previous log (see
     :func:`loss_windows`)."""
-    return window == "gap" or (window in (None, "auto") and pick([name], None, GAP_WINDOW_NAMES) is not None)
+    gap = pick([name], None, GAP_WINDOW_NAMES) is not None or bool(_tail_matches([name], "lm loss"))
+    return window == "gap" or (window in (None, "auto") and gap)
 
 
 def _usual_gap(gaps: np.ndarray) -> int:
@@ -282,6 +283,19 @@ def _matches(available: Sequence[str], cand: str) -> list[str]:
     return sorted(a for a in available if low in _loose_names(a))
 
 
+def _tail(name: str) -> str:
+    """A tag's last path component in lower case (``lm-loss-training/lm loss`` -> ``lm loss``)."""
+    return name.rsplit("/", 1)[-1].strip().lower()
+
+
+def _tail_matches(available: Sequence[str], cand: str) -> list[str]:
+    """The tags whose last path component is ``cand`` (a plain name without a ``/``): Megatron-DeepSpeed files
+    Megatron's ``lm loss`` as ``lm-loss-training/lm loss``."""
+    if _is_pattern(cand) or "/" in cand:
+        return []
+    return sorted(a for a in available if "/" in a and _tail(a) == cand.lower() and not _is_companion(a))
+
+
 def _candidates(wanted: str | Sequence[str] | None, defaults: Sequence[str]) -> Sequence[str]:
     if wanted is None:
         return defaults
@@ -304,7 +318,8 @@ def pick_loss(available: Sequence[str], wanted: str | Sequence[str] | None, wher
     """The loss column or tag: like :func:`pick`, but a pattern never picks an LR or step column, and when it
     matches several names the known loss names win (``train/*`` on an HF log is ``train/loss``, not
     ``train/learning_rate``); a pattern or a name left ambiguous after that (a W&B export of several runs) is
-    an error naming the matches."""
+    an error naming the matches. When no name matches so, a plain name also matches the one tag whose path
+    ends in it (``lm loss`` is ``lm-loss-training/lm loss`` in a Megatron-DeepSpeed log)."""
     for cand in _candidates(wanted, LOSS_NAMES):
         hits = _matches(available, cand)
         if _is_pattern(cand):
@@ -321,5 +336,10 @@ def pick_loss(available: Sequence[str], wanted: str | Sequence[str] | None, wher
                 f"{where}: {cand!r} matches several columns/tags ({', '.join(hits[:6])}); name one exactly"
             )
         if hits:
+            return hits[0]
+    # then a name as the last component of a tag's path, where it names one tag only
+    for cand in _candidates(wanted, LOSS_NAMES):
+        hits = _tail_matches(available, cand)
+        if len(hits) == 1:
             return hits[0]
     return None

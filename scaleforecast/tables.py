@@ -319,6 +319,37 @@ def read_table(
         bar.close()
 
 
+def _note_loss_ends_early(
+    path: Path,
+    rows: list[Row],
+    present_step: np.ndarray,
+    steps: np.ndarray,
+    last_loss: int,
+    used: tuple[str | None, ...],
+    notes: list[str],
+) -> None:
+    """Say so when the log goes on well past the last value of its loss column (a logger that renamed its loss
+    key mid-run): the run is read only as far as that column goes, and the columns logged after it are named."""
+    later = [r for (_, r), ok, s in zip(rows, present_step, steps, strict=True) if ok and s > last_loss]
+    last = int(steps[present_step].max()) if present_step.any() else last_loss
+    if len(later) < 10 or last - last_loss < 0.05 * last:
+        return
+    others = sorted(
+        {
+            c
+            for r in later
+            for c, v in r.items()
+            if c not in used and str(v).strip().lower() not in ("", "none", "null")
+        }
+    )
+    shown = f" (logged after it: {', '.join(others[:6])})" if others else ""
+    notes.append(
+        f"{path.name}: its loss column {used[1]!r} ends at step {last_loss}, but the log goes on to step {last} "
+        f"in {len(later)} more rows{shown}: the run is read to step {last_loss}; if another column holds the loss "
+        "after it, name it with --loss"
+    )
+
+
 def _rows_to_run(
     path: Path,
     fmt: str,
@@ -414,6 +445,10 @@ def _rows_to_run(
     win_l = None if win_l is None else win_l[after]
     if not len(steps_l) and not strict:
         raise ReadError(f"{path}: {loss_col!r} has no values at steps >= 1")
+    if len(steps_l):
+        _note_loss_ends_early(
+            path, rows, present_step, steps, int(steps_l[-1]), (step_col, loss_col, lr_col), notes
+        )
     windows = loss_windows(steps_l, loss_col, window) if win_l is None else win_l
     pos = lr_steps >= 1
     return RunData(

@@ -58,6 +58,34 @@ def test_megatron_tags_several_files_gap_windows(tmp_path: Path) -> None:
     np.testing.assert_allclose(data.lrs[20:], LRS[20:], rtol=0, atol=0.01 * 1e-3)
 
 
+def test_megatron_deepspeed_tags_are_found_by_their_last_component(tmp_path: Path) -> None:
+    """Megatron-DeepSpeed files Megatron's ``lm loss`` under a folder of its own, beside the same loss against
+    samples and the validation loss: no default name matched, ``--loss "lm loss"`` neither, and ``watch``
+    waited for a tag that was there."""
+    run = tmp_path / "megatron_ds"
+    w = SummaryWriter(str(run))
+    for s in range(10, 401, 10):
+        w.add_scalar("lm-loss-training/lm loss", float(_loss(s)), s)
+        w.add_scalar("lm-loss-training/lm loss vs samples", float(_loss(s)), 8 * s)
+        w.add_scalar("learning-rate/learning-rate", float(LRS[s - 1]), s)
+        if s % 100 == 0:
+            w.add_scalar("lm-loss-validation/lm loss validation", float(_loss(s)) + 0.1, s)
+    w.close()
+    for wanted in (None, "lm loss", "LM loss"):
+        data = read_run(run, loss=wanted, warn=False)
+        assert data.loss_name == "lm-loss-training/lm loss" and data.lr_name == "learning-rate/learning-rate"
+        assert set(data.windows.tolist()) == {10}  # the mean over the log interval, as Megatron's own
+        np.testing.assert_array_equal(data.steps, np.arange(10, 401, 10))
+    # a name at the end of two tags' paths names neither
+    w = SummaryWriter(str(tmp_path / "two"))
+    for s in range(10, 401, 10):
+        w.add_scalar("a/lm loss", float(_loss(s)), s)
+        w.add_scalar("b/lm loss", float(_loss(s)), s)
+    w.close()
+    with pytest.raises(ReadError, match="no loss tag matching 'lm loss'"):
+        read_run(tmp_path / "two", loss="lm loss", warn=False)
+
+
 def test_lightning_tags_dense_lr_and_nested_version_dir(tmp_path: Path) -> None:
     run = tmp_path / "lightning_logs" / "version_0"
     _write(run, range(1, 401), "train_loss", "lr-AdamW")
@@ -275,6 +303,36 @@ def test_jsonl_nested_eval_lines_and_cut_tail(tmp_path: Path) -> None:
     assert len(data.steps) == 400
     assert data.lr is not None and data.lr.source == "logged"
     assert any("cut off" in w for w in data.warnings)
+
+
+def test_a_loss_key_renamed_mid_log_is_said_not_cut_silently(tmp_path: Path) -> None:
+    """A logger that renamed its loss key halfway: the run was fitted to the first half with no word of the
+    steps, LR and loss logged after it."""
+    p = tmp_path / "run.jsonl"
+    key = lambda s: "loss" if s <= 200 else "lm loss"  # noqa: E731
+    p.write_text(
+        "".join(
+            json.dumps({"step": s, key(s): float(_loss(s)), "lr": float(LRS[s - 1])}) + "\n"
+            for s in range(1, 401)
+        )
+    )
+    data = read_run(p, warn=False)
+    assert data.loss_name == "loss" and int(data.steps[-1]) == 200
+    (note,) = [w for w in data.warnings if "ends at step" in w]
+    assert note == (
+        "run.jsonl: its loss column 'loss' ends at step 200, but the log goes on to step 400 in 200 more rows "
+        "(logged after it: lm loss): the run is read to step 200; if another column holds the loss after it, "
+        "name it with --loss"
+    )
+    # a loss column that goes on to the end of its log says nothing
+    q = tmp_path / "fine.jsonl"
+    q.write_text(
+        "".join(
+            json.dumps({"step": s, "loss": float(_loss(s)), "lr": float(LRS[s - 1])}) + "\n"
+            for s in range(1, 401)
+        )
+    )
+    assert not [w for w in read_run(q, warn=False).warnings if "ends at step" in w]
 
 
 @pytest.mark.parametrize(
