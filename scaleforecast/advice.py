@@ -155,7 +155,12 @@ def candidate_schedules(
     }
     for c in cfg.cooldowns:
         for shape in cfg.shapes:
-            tails[f"WSD {round(100 * c)}% {shape} cooldown"] = _tail("wsd", lr_now, n, total, c, shape)
+            # a cooldown longer than what is left starts now: a decay over the rest, named for what it is (two
+            # such cooldowns were shown as two schedules, with one forecast)
+            whole = c * total >= n
+            name = f"{shape} decay to 0" if whole else f"WSD {round(100 * c)}% {shape} cooldown"
+            if name not in tails:
+                tails[name] = _tail("wsd", lr_now, n, total, c, shape)
     return {name: np.concatenate([planned[:step], tail]) for name, tail in tails.items()}
 
 

@@ -423,9 +423,14 @@ class Watcher:
         if fc.n_observations == 0 or steps[start] > fc.last_step:
             return start
         back_to = int(steps[start] - windows[start])
+        went = (
+            f"step {steps[start]} was logged again"
+            if steps[start] == fc.last_step
+            else f"steps went back to {steps[start]} after {fc.last_step}"
+        )
         self.log(
-            f"steps went back to {steps[start]} after {fc.last_step} (a resume from an older checkpoint?): the "
-            f"forecast now holds the points up to step {back_to} and those logged since"
+            f"{went} (a resume from an older checkpoint?): the forecast now holds the points up to step "
+            f"{back_to} and those logged since"
         )
         ends = fc.observations().end
         kept = ends[ends <= back_to]

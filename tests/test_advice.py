@@ -25,9 +25,17 @@ def test_candidates_keep_the_past_and_decay_from_the_current_lr() -> None:
         assert np.all(np.diff(lrs[600:]) <= 1e-18), name
     wsd10 = cands["WSD 10% linear cooldown"]
     assert np.all(wsd10[600:900] == pytest.approx(1e-3)) and wsd10[901] < 1e-3
-    # a 30% cooldown that would have started at update 700 still fits; one longer than what is left starts now
-    late = candidate_schedules(planned, 800)["WSD 30% 1-sqrt cooldown"]
-    assert late[801] < late[800]
+    # at update 800 a 30% cooldown would have started at update 700: it starts now, a decay over what is left,
+    # shown once per shape under its own name (20% and 30% were two names of one schedule), linear's is linear's
+    late = candidate_schedules(planned, 800)
+    assert list(late) == [
+        "linear decay to 0",
+        "cosine to 0",
+        "WSD 10% linear cooldown",
+        "WSD 10% 1-sqrt cooldown",
+        "1-sqrt decay to 0",
+    ]
+    assert late["1-sqrt decay to 0"][801] < late["1-sqrt decay to 0"][800]
 
 
 def test_no_candidates_at_the_end() -> None:

@@ -773,3 +773,23 @@ def test_the_sidecars_last_figure_is_drawn_at_the_end_of_the_log(tmp_path: Path)
     acc = ea.EventAccumulator(str(sidecar_dir(run)), size_guidance={ea.IMAGES: 0})
     acc.Reload()
     assert max(e.step for e in acc.Images("forecast/curve")) == 1990
+
+
+def test_a_step_logged_again_is_said_as_such(tmp_path: Path) -> None:
+    """A line of a step logged twice (a NaN, then the value of a resume from that step's checkpoint) was said
+    as "steps went back to 700 after 700"."""
+    path = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "loss": _law(s)}) for s in range(10, 701, 10)]
+    path.write_text("\n".join(lines) + "\n")
+    logs: list[str] = []
+    watcher = Watcher(
+        path, schedule=SPEC, interval=0.1, refit_every=100, emit=lambda r: None, log=logs.append
+    )
+    assert watcher.poll_once() == 70
+    with path.open("a") as f:
+        f.write(json.dumps({"step": 700, "loss": _law(700) + 0.01}) + "\n")
+    assert watcher.poll_once() == 1
+    (said,) = [m for m in logs if "logged again" in m or "went back" in m]
+    assert said.startswith(
+        "step 700 was logged again (a resume from an older checkpoint?): the forecast now "
+    )
