@@ -513,7 +513,7 @@ class RunMonitor:
             if stopping and snapshot.target is None and bar is not None:
                 snapshot = replace(snapshot, stop_step=step, target=bar, target_label="best run of its sweep")
             elif stopping:
-                snapshot = replace(snapshot, stop_step=step)
+                snapshot = replace(snapshot, stop_step=step, stop_label="stopped as lost" if lost else "early stop")
             self.sinks.write_figure(snapshot)
             self._figure_at = step
 
@@ -693,9 +693,7 @@ class RunMonitor:
         pts = curve.points
         final = curve.final
         past = np.unique(np.linspace(1, max(step, 1), points).round().astype(np.int64))
-        title = f"step {step}/{total}: " + (
-            "run lost; its last fit's final loss" if stale else "forecast final loss"
-        )
+        title = f"step {step}/{total}: " + ("its last fit's final loss" if stale else "forecast final loss")
         if final is not None:
             title += f" {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] ({round(100 * curve.level)}%)"
         if stale and len(obs.end):

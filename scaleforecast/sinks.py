@@ -35,6 +35,7 @@ class CurveSnapshot:
     ``lrs``: the planned per-update LR (element k = update k+1), drawn on a second axis when given;
     ``fit_steps``/``fit_mean``: the fitted law over the steps already seen (to judge the fit by eye);
     ``stop_step``: the step at which the run is being stopped early (the figure marks it), else ``None``;
+    ``stop_label``: what that stop is (a stop rule's early stop, or a run stopped as lost);
     ``target_label``: what ``target`` is (a sweep's stop draws the best run's loss there);
     ``events``: the health events so far (the monitor keeps the latest 64) as (step, kind, severity), marked on
     the figure (a spike is often above its frame, and a drift is easier to believe beside the curve that
@@ -57,6 +58,7 @@ class CurveSnapshot:
     fit_mean: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     stop_step: int | None = None
+    stop_label: str = "early stop"
     target_label: str = "target"
     events: list[tuple[int, str, str]] = field(default_factory=list)
 

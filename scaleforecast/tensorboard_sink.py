@@ -47,6 +47,7 @@ import math
 import numbers
 import os
 import threading
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -730,7 +731,7 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
             color="tab:red",
             ls="-",
             lw=1.6,
-            label=f"early stop at step {snapshot.stop_step}",
+            label=f"{snapshot.stop_label} at step {snapshot.stop_step}",
         )
     else:
         ax.axvline(snapshot.step, color="0.3", ls=":", lw=1.0, label=f"forecast made at step {snapshot.step}")
@@ -742,8 +743,9 @@ def draw_snapshot(snapshot: CurveSnapshot) -> Figure:
     ax.grid(alpha=0.3)
     title = snapshot.title or f"step {snapshot.step} of {snapshot.final_step}"
     if snapshot.stop_step is not None:
-        title = f"EARLY STOP · {title}"
-    ax.set_title(title, fontsize=11)
+        title = f"{snapshot.stop_label.upper()} · {title}"
+    # wrapped: a title with the fit's step ran past the figure's edges on both sides
+    ax.set_title(textwrap.fill(title, 96), fontsize=11)
     ax.legend(loc="upper right", fontsize=8, framealpha=0.85)
     if snapshot.notes:
         ax.text(

@@ -405,7 +405,8 @@ def test_real_detectors_and_advisor_plug_into_the_hooks() -> None:
     # the stop is drawn, with the last fit's forecast (the NaNs made it stale) and the NaNs marked on it
     assert sink.stop_steps == [750]
     lost = sink.last_figure
-    assert lost.step == 750 and lost.title.startswith("step 750/2000: run lost; its last fit's final loss")
+    assert lost.step == 750 and lost.title.startswith("step 750/2000: its last fit's final loss")
+    assert lost.stop_label == "stopped as lost"
     assert (
         "fitted to the losses up to step 733" in lost.title
         and len(lost.mean) > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +375,13 @@ def test_figure_has_a_legend_the_target_and_the_stop() -> None:
     labels = [t.get_text() for t in stopped.get_legend().get_texts()]
     assert "early stop at step 300" in labels and "forecast made at step 300" not in labels
     assert stopped.get_title().startswith("EARLY STOP")
+    # a run stopped as lost says so; a long title is wrapped, not cut at the figure's edges
+    title = "step 300/1000: its last fit's final loss 2.1234 [2.1000, 2.1500] (80%), fitted to the losses up to step 288"
+    long = replace(_snapshot(300, stop_step=300), stop_label="stopped as lost", title=title)
+    lost = draw_snapshot(long).axes[0]
+    assert "stopped as lost at step 300" in {t.get_text() for t in lost.get_legend().get_texts()}
+    head, *rest = lost.get_title().split("\n")
+    assert head.startswith("STOPPED AS LOST · ") and rest and max(len(line) for line in [head, *rest]) <= 96
     # at the last step nothing is ahead: the legend names no band and no forecast curve it does not draw
     last = draw_snapshot(_snapshot(1000)).axes[0]
     labels = [t.get_text() for t in last.get_legend().get_texts()]
