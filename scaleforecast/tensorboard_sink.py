@@ -46,8 +46,8 @@ import logging
 import math
 import numbers
 import os
-import threading
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
