@@ -513,7 +513,9 @@ class RunMonitor:
             if stopping and snapshot.target is None and bar is not None:
                 snapshot = replace(snapshot, stop_step=step, target=bar, target_label="best run of its sweep")
             elif stopping:
-                snapshot = replace(snapshot, stop_step=step, stop_label="stopped as lost" if lost else "early stop")
+                snapshot = replace(
+                    snapshot, stop_step=step, stop_label="stopped as lost" if lost else "early stop"
+                )
             self.sinks.write_figure(snapshot)
             self._figure_at = step
 
