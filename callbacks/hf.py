@@ -381,19 +381,23 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         (default: HF's ``default_compute_objective``).
 
         >>> cb = HFLossForecast(target_loss=3.1)
-        >>> trainer = Trainer(model_init=build, args=args, train_dataset=ds, callbacks=[cb])  # doctest: +SKIP
+        >>> trainer = Trainer(model_init=build, args=args, train_dataset=ds, eval_dataset=val, callbacks=[cb])  # doctest: +SKIP
         >>> trainer.hyperparameter_search(backend="optuna", n_trials=20, compute_objective=cb.pruning_objective())  # doctest: +SKIP
 
         HF asks for the objective after training when the trial evaluated nothing during it (``eval_strategy="no"``,
-        its default); with evaluations during training it keeps the last one's objective, and a stopped trial
-        ends as complete."""
+        its default), after an evaluation of its own: the Trainer needs an ``eval_dataset``. With evaluations
+        during training it keeps the last one's objective, and a stopped trial ends as complete. Under
+        ``torchrun`` the trial is pruned on rank 0, where the study runs. A search whose every trial is pruned
+        (a target no trial can reach) ends in Optuna's ``ValueError: No trials are completed yet``."""
         if objective is None:
             from transformers.trainer_utils import default_compute_objective
 
             objective = default_compute_objective
 
         def compute(metrics: dict[str, float]) -> float:
-            if self.stopped_at is not None and not self._started:
+            # Under torchrun the study runs on rank 0; the other ranks run each trial in a loop of HF's own, outside
+            # it, and ask this too: a raise there ends the process, and rank 0 fails at its next broadcast.
+            if self.stopped_at is not None and not self._started and self.session.is_zero:
                 import optuna
 
                 raise optuna.TrialPruned(f"stopped at update {self.stopped_at}: {self.session.stop_reason}")

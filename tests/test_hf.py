@@ -549,6 +549,21 @@ def test_a_stopped_job_under_torchrun_exits_cleanly(tmp_path: Path) -> None:
         assert proc.stdout.count("rank stopped at") == 2
 
 
+@pytest.mark.multiprocess
+def test_an_optuna_search_under_torchrun_prunes_on_rank_zero_and_goes_on(tmp_path: Path) -> None:
+    """Under ``torchrun`` HF runs the Optuna study on rank 0 and each trial in a plain loop on the others, which
+    ask ``compute_objective`` too: a pruned trial raised ``TrialPruned`` there, uncaught, rank 1 died and rank 0
+    failed the next trial in its broadcast. The other ranks get the objective; rank 0 prunes."""
+    pytest.importorskip("optuna")
+    from procs import TESTS, run_group, torchrun
+
+    proc = run_group(torchrun(TESTS / "hf_search_worker.py", str(tmp_path)), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "states: PRUNED COMPLETE" in proc.stdout and proc.stdout.count("rank done") == 2, proc.stdout[
+        -3000:
+    ]
+
+
 @pytest.mark.slow
 def test_a_run_interrupted_out_of_train_is_recorded_as_ended_early(tmp_path: Path) -> None:
     """Ctrl-C (or any exception) out of ``trainer.train()``: HF calls no callback event on an exception, so the
