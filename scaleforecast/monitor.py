@@ -656,7 +656,10 @@ class RunMonitor:
         elif self.stop.action == "stop":
             result.stop = True
             result.lost = critical.kind != "early_stop"
-            result.reason = stop_reason or critical.text()
+            # a sweep's stop (a listener's event) reads as the stop rule's own, the reason alone; a lost run's
+            # keeps its kind and step, what it was lost to
+            own = critical.message if critical.kind == "early_stop" else critical.text()
+            result.reason = stop_reason or own
             self.stopped_at, self.stop_reason = step, result.reason
 
     def note(self, event: Event) -> None:

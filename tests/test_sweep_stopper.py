@@ -429,6 +429,7 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(
 
     total = 400
     path = tmp_path / "sweep.sqlite"
+    reasons: dict[str, str | None] = {}
 
     def train(run_id: str, offset: float, target: float | None = None, until: int = total) -> int | None:
         opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
@@ -443,6 +444,7 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(
             if fc.should_stop:
                 break
         fc.close()
+        reasons[run_id] = fc.stop_reason
         return fc.stopped_at
 
     assert train("first", 0.0) is None
@@ -451,6 +453,8 @@ def test_the_adapters_record_each_runs_end_in_the_sweep(
     assert stopped is not None
     line = next(x for x in capsys.readouterr().out.splitlines() if "stopping at step" in x)
     assert line.startswith(f"LossForecastSession: stopping at step {stopped}: cannot beat its sweep"), line
+    # the reason a script reads has the shape of a target's stop: the reason alone, not the event's prefix
+    assert (reasons["worse"] or "").startswith("cannot beat its sweep"), reasons["worse"]
     assert train("own-target", 0.0, target=1.0) is not None
     assert train("cut-short", -1.0, until=120) is None
     recs = {r.run_id: r for r in SQLiteRegistry(default_sweep(), path).records()}
