@@ -176,9 +176,10 @@ def _hf_tensorboard_callback() -> Any | None:
 
 
 def _own_run_dir(args: Any, state: Any) -> Path:
-    """Where HF's own ``TensorBoardCallback`` would write this run, for when it is off: its
-    ``TENSORBOARD_LOGGING_DIR``, else a new ``output_dir/runs/<time>_<host>`` (a trial of a hyperparameter search
-    in a folder named after it below that), so that the runs of one process (a sweep loop) never share one."""
+    """Where HF's own ``TensorBoardCallback`` would write this run, for when it is off (or writes the trials of
+    an Optuna search into one run): its ``TENSORBOARD_LOGGING_DIR``, else a new ``output_dir/runs/<time>_<host>``
+    (a trial of a hyperparameter search in a folder named after it below that), so that the runs of one process
+    (a sweep loop) never share one."""
     given = os.environ.get("TENSORBOARD_LOGGING_DIR")
     if given:
         return Path(os.path.expanduser(given))
@@ -270,12 +271,16 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         group = self.session.config.param_group
         source = None if optimizer is None else LRSource(optimizer, [scheduler] if scheduler else [], group)
         comm = TorchCollectives()
+        # HF names a search's trials for Ray only: an Optuna search writes every trial into one TensorBoard run,
+        # where the trials' forecast lines would run back and forth over each other; each gets a run of its own
+        shared = bool(getattr(state, "is_hyper_param_search", False)) and not getattr(state, "trial_name", None)
+        self._hf_tb = None
         self.session.start(
             comm,
             step=int(state.global_step),
             run_length=int(state.max_steps) if state.max_steps else None,
             source=source,
-            find_writer=self._hf_writer,
+            find_writer=None if shared else self._hf_writer,
             default_logdir=_own_run_dir(args, state),
         )
         self._set_mode("window" if self.session.extra.get("mode") == "window" else self.mode)

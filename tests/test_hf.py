@@ -549,6 +549,44 @@ def test_a_stopped_job_under_torchrun_exits_cleanly(tmp_path: Path) -> None:
         assert proc.stdout.count("rank stopped at") == 2
 
 
+@pytest.mark.slow
+def test_each_trial_of_an_optuna_search_has_a_tensorboard_run_of_its_own(tmp_path: Path) -> None:
+    """HF names a search's trials for Ray only: with ``report_to=["tensorboard"]`` every trial of an Optuna search
+    went into HF's one run, and the forecast lines of the trials ran back and forth over each other there (the
+    custom-scalar chart zigzagged from the last step back to the first at each trial). Each trial's forecasts
+    now go to a run of their own."""
+    pytest.importorskip("optuna")
+    from hf_worker import tiny_gpt2, training_args
+    from transformers import Trainer
+
+    cb = HFLossForecast(refit_every=5, flush_every=5, verbose=False)
+    text = ByteChunks(stdlib_text(100_000))
+    trainer = Trainer(
+        model_init=lambda trial=None: tiny_gpt2(),
+        args=training_args(tmp_path, max_steps=30),
+        train_dataset=text,
+        eval_dataset=text,
+        callbacks=[cb],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.hyperparameter_search(
+            direction="minimize",
+            backend="optuna",
+            n_trials=2,
+            hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 3e-3)},
+        )
+    runs: dict[Path, list[int]] = {}
+    for events in tmp_path.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        if "forecast/final_loss" in acc.Tags()["scalars"]:
+            runs[events.parent] = [e.step for e in acc.Scalars("forecast/final_loss")]
+    assert len(runs) == 2, runs
+    for steps in runs.values():
+        assert steps == sorted(steps) and steps[-1] == 30, runs
+
+
 @pytest.mark.multiprocess
 def test_an_optuna_search_under_torchrun_prunes_on_rank_zero_and_goes_on(tmp_path: Path) -> None:
     """Under ``torchrun`` HF runs the Optuna study on rank 0 and each trial in a plain loop on the others, which
