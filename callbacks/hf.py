@@ -273,7 +273,8 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
         comm = TorchCollectives()
         # HF names a search's trials for Ray only: an Optuna search writes every trial into one TensorBoard run,
         # where the trials' forecast lines would run back and forth over each other; each gets a run of its own
-        shared = bool(getattr(state, "is_hyper_param_search", False)) and not getattr(state, "trial_name", None)
+        search = bool(getattr(state, "is_hyper_param_search", False))
+        shared = search and not getattr(state, "trial_name", None)
         self._hf_tb = None
         self.session.start(
             comm,
