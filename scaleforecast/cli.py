@@ -263,6 +263,15 @@ def _load_references(
         if unfinished is not None:
             ignored.append((ref, unfinished))
             continue
+        last = int(data.steps[keep][-1])
+        high = float(lrs[last - 1]) / float(np.max(lrs))
+        if lr_file is None and high > 0.3:
+            # its LR read from its log ends where its log does: a run cut mid-decay looks finished
+            notes.append(
+                f"--reference {named}: its LR at its last logged step ({last}) is still {100 * high:.0f}% of its "
+                "peak: a run still training? A reference should be a finished run (give its --reference-lr-file "
+                "if it is one)"
+            )
         if lr_file is not None and data.lr is not None and not data.lr.trusted:
             # the tool's own check says this LR file is not the reference's: a prior from it misplaces the
             # reference's annealing (the band of a sibling forecast from it missed)

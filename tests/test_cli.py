@@ -245,6 +245,30 @@ def test_a_references_data_notes_are_said_and_a_wrong_length_lr_file_is_named(cu
     assert not any(n.startswith("--reference") for n in result["data_warnings"])
 
 
+def test_a_reference_cut_mid_decay_is_said_to_look_unfinished(curves_dir: Path, tmp_path: Path, capsys):
+    """A reference whose LR comes from its own log, cut halfway down its cooldown: its log ends where its LR
+    does, so it looked finished and was used without a word."""
+    run, ref = (
+        curves_dir / f"{FAMILY}_decay_linear_0.2_iter50000",
+        curves_dir / f"{FAMILY}_decay_linear_0.2_iter25000",
+    )
+    rows = [line for line in Path(f"{ref}.csv").read_text().splitlines() if line.split(",")[0].isdigit()]
+    cut = tmp_path / "ref_cut.csv"
+    cut.write_text(
+        "step,lr,train_loss,val_loss\n" + "\n".join(r for r in rows if int(r.split(",")[0]) <= 22500)
+    )
+    base = ["forecast", f"{run}.csv", "--lr-file", f"{run}.lr.npy", "--until-step", "30000", "--json"]
+    code, out, err = _run([*base, "--reference", str(cut)], capsys)
+    assert code == 0, err
+    (note,) = [n for n in json.loads(out)["data_warnings"] if "still training" in n]
+    assert note.startswith(
+        "--reference ref_cut.csv: its LR at its last logged step (22400) is still 52% of its peak"
+    ), note
+    # the whole run, or its own LR file: nothing to say
+    code, out, err = _run([*base, "--reference", f"{ref}.csv"], capsys)
+    assert code == 0 and not [n for n in json.loads(out)["data_warnings"] if "still training" in n]
+
+
 def test_a_forecast_past_a_live_lr_log_says_the_lr_is_assumed(curves_dir: Path, capsys, tmp_path: Path):
     """A real WSD run's CSV cut at 60 %, before its cooldown, with its LR column and --total-steps: the LR after
     the log is the constant continued, which the forecast row says (it printed an ``ok`` forecast, the note
