@@ -100,6 +100,7 @@ class ScheduleAdvice(BaseModel):
     significant: bool
     flags: list[str] = Field(default_factory=list)
     c_from_prior: bool = False
+    out_of_shape: bool = False
 
     @property
     def gain(self) -> float:
@@ -231,6 +232,7 @@ class ScheduleAdvisor:
         # whether the latest refit gave advice (none once too little of the run is left)
         self._current = False
         self._flagged: set[str] = set()
+        self._advised: str | None = None  # the candidate the last advice event recommended
 
     def evaluate(self, view: Any) -> ScheduleAdvice | None:
         """Compare the remaining plan with every candidate under the latest fit (see the class doc)."""
@@ -267,21 +269,38 @@ class ScheduleAdvisor:
             significant=best is not None and best.gain > bar,
             flags=schedule_flags(planned, cfg),
             c_from_prior=plan.status.value == "annealing_unidentified" or not _decayed(planned, step),
+            out_of_shape=any(w.startswith("[out_of_shape]") for w in plan.warnings),
         )
         self.latest, self._current = advice, True
         return advice
 
     def events(self, advice: ScheduleAdvice | None) -> list[Event]:
-        """The advice event (when significant) and the plan's flags (each once)."""
+        """The advice event and the plan's flags (each once). Advice is re-evaluated at every refit, and said the
+        same again it was a warning per refit: it is said when significant and new, the first advice, or a
+        candidate that beats the one said last by more than the forecast's std (candidates of near-equal gain
+        trade places from one refit to the next)."""
         if advice is None:
             return []
         out: list[Event] = []
-        if advice.significant and advice.best is not None:
+        said = next((c for c in advice.candidates if c.name == self._advised), None)
+        new = advice.best is not None and (
+            said is None
+            or (advice.best.name != said.name and advice.best.gain - said.gain > advice.planned_std)
+        )
+        if advice.significant and advice.best is not None and new:
+            self._advised = advice.best.name
             prior = (
                 " (the annealing coefficient C is not pinned down by this run's data yet: it comes from the prior)"
                 if advice.c_from_prior
                 else ""
             )
+            if advice.out_of_shape or advice.best.final_loss <= 0:
+                # a fit that is not of the law's shape (a loss falling toward zero) ranks the schedules right and
+                # overstates the gains, down to losses below zero
+                prior += (
+                    "; the fit is out of the law's shape ([out_of_shape]): the direction holds, not the size of "
+                    "the gain"
+                )
             out.append(
                 Event(
                     kind="schedule_advice",
@@ -338,11 +357,13 @@ class ScheduleAdvisor:
         return {
             "config": self.config.model_dump(),
             "flagged": sorted(self._flagged),
+            "advised": self._advised,
             "latest": None if self.latest is None else self.latest.model_dump(mode="json"),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.config = AdviceConfig.model_validate(state["config"])
         self._flagged = set(state.get("flagged", []))
+        self._advised = state.get("advised")
         latest = state.get("latest")
         self.latest = None if latest is None else ScheduleAdvice.model_validate(latest)

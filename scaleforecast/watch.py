@@ -211,7 +211,6 @@ class Watcher:
         self._waiting: str | None = None
         self._said: set[str] = set()
         self._past_max = 0
-        self._advice: str | None = None
         if schedule is not None:
             self.lr_rec = rebuild_lrs(
                 np.zeros(0, np.int64), np.zeros(0), total_steps, schedule, what="--schedule"
@@ -245,12 +244,6 @@ class Watcher:
 
     def _on_event(self, event: Event) -> None:
         self.emit({"type": "event", **event.model_dump(mode="json")})
-        if event.kind == "schedule_advice" and "best" in event.data:
-            # Advice is re-evaluated at every refit: say it again only when the recommendation changes.
-            best = str(event.data["best"])
-            if best == self._advice:
-                return
-            self._advice = best
         self.log(
             f"{logging.getLevelName(event_level(event))} {event.kind} at step {event.step}: {event.message}"
         )

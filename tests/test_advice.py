@@ -163,3 +163,54 @@ def test_no_what_if_for_a_run_that_has_left_its_law(curves_dir: Path) -> None:
     advice = adv.latest
     assert advice is not None and advice.candidates == [] and advice.best is None and not advice.significant
     assert not [e for e in events if e.severity == "warning"]
+
+
+def test_the_same_advice_is_said_once_and_a_resumed_run_remembers_it(curves_dir: Path) -> None:
+    """Advice is re-evaluated at every refit: the same recommendation was a warning at each of them (six in a
+    2000-step run). It is said again only when the recommended schedule changes; the scalars follow every
+    refit."""
+    steps, loss, lrs = _real(curves_dir, CONSTANT)
+    fc = OnlineForecaster(lrs)
+    adv = ScheduleAdvisor()
+    said = []
+    for fraction in (0.5, 0.6, 0.7):
+        seen = steps <= fraction * len(lrs)
+        fc.observe_many(steps[seen & (steps > fc.last_step)], loss[seen & (steps > fc.last_step)])
+        fc.refit()
+        said.append([e for e in adv.advise(fc, fc.last_step) if e.severity == "warning"])
+        assert adv.latest is not None and adv.latest.significant
+        assert adv.scalars()["advice/best_gain"] == pytest.approx(adv.latest.best.gain)
+    # (by 70 % another candidate leads the one said, by less than the forecast's std: nothing new to say)
+    assert [len(s) for s in said] == [1, 0, 0]
+    again = ScheduleAdvisor()
+    again.load_state_dict(json.loads(json.dumps(adv.state_dict())))
+    assert [e for e in again.advise(fc, fc.last_step) if e.severity == "warning"] == []
+
+
+def test_advice_on_a_fit_out_of_the_laws_shape_says_its_gain_is_not_to_be_trusted() -> None:
+    """A tiny MLP's loss falling toward its noise floor, fitted only out of the law's shape (a floor below zero):
+    the advice's direction was right in every retrained case, its gains three to seven times too large, and its
+    alternative's final MSE below zero, with no word of the fit's shape."""
+    from scaleforecast.advice import Candidate, ScheduleAdvice
+
+    best = Candidate(name="WSD 10% linear cooldown", final_loss=-0.0535, gain=0.1816)
+    advice = ScheduleAdvice(
+        step=400,
+        final_step=2000,
+        planned_final=0.1282,
+        planned_std=0.093,
+        candidates=[best],
+        best=best,
+        significant=True,
+        out_of_shape=True,
+    )
+    (event,) = ScheduleAdvisor().events(advice)
+    assert event.message.endswith(
+        "; the fit is out of the law's shape ([out_of_shape]): the direction holds, not the size of the gain"
+    )
+    shaped = ScheduleAdvisor().events(advice.model_copy(update={"out_of_shape": False}))
+    assert "out of the law's shape" in shaped[0].message  # a loss below zero says the same of the fit
+    fine = advice.model_copy(
+        update={"out_of_shape": False, "best": best.model_copy(update={"final_loss": 0.05})}
+    )
+    assert "shape" not in ScheduleAdvisor().events(fine)[0].message

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from scaleforecast.cli import main
-from scaleforecast.events import Event
 from scaleforecast.fitting import FitConfig
 from scaleforecast.laws import schedule_areas
 from scaleforecast.schedules import as_lrs
@@ -408,25 +407,6 @@ def test_a_cooldown_that_starts_between_two_rebuilds_is_followed_at_once(tmp_pat
     assert watcher.lr_rec.schedule.kind == "wsd"
     assert any(m.startswith("LR schedule revised at step 4200: now WSD") for m in logs), logs
     assert watcher.monitor.forecaster.schedule[-1] < 0.01 * 3e-3
-
-
-def test_advice_is_said_again_only_when_it_changes(tmp_path: Path) -> None:
-    logs: list[str] = []
-    records: list[dict] = []
-    watcher = Watcher(tmp_path, schedule=SPEC, log=logs.append, emit=records.append)
-    for step, best in [
-        (100, "wsd-0.2"),
-        (200, "wsd-0.2"),
-        (300, "cosine"),
-        (400, "cosine"),
-        (500, "wsd-0.2"),
-    ]:
-        watcher._on_event(
-            Event(kind="schedule_advice", step=step, message=f"switching to '{best}'", data={"best": best})
-        )
-    said = [m for m in logs if "schedule_advice" in m]
-    assert [m.split(" at step ")[1].split(":")[0] for m in said] == ["100", "300", "500"]
-    assert len(records) == 5  # --json still gets every evaluation
 
 
 def test_a_log_resumed_into_a_new_folder_gets_one_interval_for_its_first_point(tmp_path: Path) -> None:
