@@ -225,7 +225,8 @@ def what_if_schedules(
     """The best alternative schedules from the schedule advisor.
 
     Returns up to ``top`` ``(label, lrs)`` pairs, best predicted gain first (they keep the run's past LR and
-    change only what is left), and the advisor's events (significant advice, flags on the plan).
+    change only what is left), and the advisor's events (significant advice, flags on the plan). A candidate that
+    is the plan itself (a WSD run's own cooldown) is no alternative, and is left out.
     """
     try:
         advisor = ScheduleAdvisor()
@@ -233,11 +234,14 @@ def what_if_schedules(
         if result is None or fc.schedule is None:
             return [], []
         events = list(advisor.events(result))
-        tails = candidate_schedules(fc.schedule, step)
-        ranked = sorted(result.candidates, key=lambda c: -c.gain)
-        return [
-            (c.name, np.asarray(tails[c.name], dtype=float)) for c in ranked[:top] if c.name in tails
-        ], events
+        plan = np.asarray(fc.schedule, dtype=float)
+        tails = {
+            name: np.asarray(lrs, dtype=float)
+            for name, lrs in candidate_schedules(plan, step).items()
+            if not np.allclose(lrs, plan, rtol=1e-6, atol=0.0)
+        }
+        ranked = sorted((c for c in result.candidates if c.name in tails), key=lambda c: -c.gain)
+        return [(c.name, tails[c.name]) for c in ranked[:top]], events
     except Exception as err:
         print(f"scaleforecast report: what-if schedules skipped ({err})", file=sys.stderr)
         return [], []

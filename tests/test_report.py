@@ -12,7 +12,7 @@ import pytest
 from scaleforecast.cli import main
 from scaleforecast.laws import annealing_area, forward_area
 from scaleforecast.readers import read_run
-from scaleforecast.report import build_report, draw_report, png_bytes
+from scaleforecast.report import build_report, draw_report, png_bytes, what_if_schedules
 
 SPEC = "wsd:peak=1e-3,warmup=50,total=3000,cooldown=0.2,shape=linear"
 
@@ -168,6 +168,17 @@ def test_the_frame_is_set_after_the_warm_up(tmp_path: Path) -> None:
     later = data.run.losses[data.run.steps >= 600]
     lo, hi = _y_limits(data)
     assert hi < later.max() + 0.5 * (later.max() - later.min()), (lo, hi, later.max())
+
+
+def test_the_plan_itself_is_no_what_if(tmp_path: Path) -> None:
+    """A WSD run with a 20 % cooldown: among the what-ifs was "WSD 20% linear cooldown", the plan itself."""
+    spec = "wsd:peak=1e-3,warmup=50,total=3000,cooldown=0.2"
+    csv = tmp_path / "run.csv"
+    write_csv(csv, spec=spec, upto=1500)
+    data = build_report(read_run(csv, schedule=spec, warn=False))
+    schedules, _ = what_if_schedules(data.forecaster, data.fit_step, top=20)
+    labels = [label for label, _ in schedules]
+    assert "WSD 10% linear cooldown" in labels and "WSD 20% linear cooldown" not in labels, labels
 
 
 def test_no_advice_on_a_plan_that_is_a_guess(tmp_path: Path) -> None:
