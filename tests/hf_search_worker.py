@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch.distributed as dist
-from hf_stop_exit_worker import Patterns
+from hf_stop_exit_worker import Patterns, ddp_args
+from hf_worker import optuna_search
 from scaleforecast.callbacks import HFLossForecast
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer
 
 
 def main() -> None:
@@ -33,20 +32,7 @@ def main() -> None:
         )
         return {"learning_rate": trial.suggest_float("learning_rate", 3e-3, 3e-3)}
 
-    args = TrainingArguments(
-        str(out),
-        max_steps=120,
-        per_device_train_batch_size=8,
-        warmup_steps=10,
-        lr_scheduler_type="cosine",
-        logging_steps=10,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        ddp_backend="gloo",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = ddp_args(str(out), max_steps=120)
     trainer = Trainer(
         model_init=lambda trial=None: GPT2LMHeadModel(
             GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
@@ -56,20 +42,8 @@ def main() -> None:
         eval_dataset=Patterns(),
         callbacks=[cb],
     )
-    storage = f"sqlite:///{out / 'study.db'}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.hyperparameter_search(
-            direction="minimize",
-            backend="optuna",
-            n_trials=2,
-            hp_space=space,
-            compute_objective=cb.pruning_objective(),
-            storage=storage,
-            study_name="search",
-        )
+    trials = optuna_search(trainer, space, out / "study.db", cb.pruning_objective())
     if dist.get_rank() == 0:
-        trials = optuna.load_study(study_name="search", storage=storage).trials
         print("states:", " ".join(t.state.name for t in trials), flush=True)
     print("rank done", flush=True)
     dist.destroy_process_group()

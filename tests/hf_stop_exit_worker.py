@@ -47,12 +47,11 @@ class StopAt(TrainerCallback):
             self.stopped_at = self.step
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
-    args = TrainingArguments(
-        sys.argv[1],
-        max_steps=200,
+def ddp_args(output_dir: str, max_steps: int) -> TrainingArguments:
+    """CPU arguments for a gloo job under ``torchrun``: a short cosine run, no checkpoints, no loggers."""
+    return TrainingArguments(
+        output_dir,
+        max_steps=max_steps,
         per_device_train_batch_size=8,
         learning_rate=3e-3,
         warmup_steps=10,
@@ -65,6 +64,12 @@ def main() -> None:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    args = ddp_args(sys.argv[1], max_steps=200)
     fc: Any = (
         StopAt(40)
         if "--no-plugin" in sys.argv

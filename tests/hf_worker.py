@@ -108,3 +108,27 @@ def make_trainer(
         eval_dataset=eval_dataset,
         callbacks=callbacks,
     )
+
+
+def optuna_search(trainer: Any, space: Any, storage: Path | None = None, objective: Any = None) -> list[Any]:
+    """``trainer.hyperparameter_search(backend="optuna")`` of two trials (HF's and Optuna's warnings silenced);
+    with ``storage`` (an SQLite file) the study is kept there and its trials are returned (on the process that
+    ran the study)."""
+    import warnings
+
+    kept = {} if storage is None else {"storage": f"sqlite:///{storage}", "study_name": "search"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.hyperparameter_search(
+            direction="minimize",
+            backend="optuna",
+            n_trials=2,
+            hp_space=space,
+            compute_objective=objective,
+            **kept,
+        )
+    if storage is None or getattr(trainer.args, "process_index", 0) != 0:
+        return []
+    import optuna
+
+    return list(optuna.load_study(study_name="search", storage=kept["storage"]).trials)

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("tensorboard")
 
-from hf_worker import ByteChunks, make_trainer, stdlib_text
+from hf_worker import ByteChunks, make_trainer, optuna_search, stdlib_text
 from scaleforecast.callbacks import HFLossForecast
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import TrainerCallback
@@ -568,14 +568,7 @@ def test_each_trial_of_an_optuna_search_has_a_tensorboard_run_of_its_own(tmp_pat
         eval_dataset=text,
         callbacks=[cb],
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.hyperparameter_search(
-            direction="minimize",
-            backend="optuna",
-            n_trials=2,
-            hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 3e-3)},
-        )
+    optuna_search(trainer, lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 3e-3)})
     runs: dict[Path, list[int]] = {}
     for events in tmp_path.rglob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events.parent))
@@ -685,18 +678,6 @@ def test_a_stopped_trial_of_an_optuna_search_ends_pruned(tmp_path: Path) -> None
         cb.session.stop = cb.session.stop.model_copy(update={"target_loss": next(targets)})
         return {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-3)}
 
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.hyperparameter_search(
-            direction="minimize",
-            backend="optuna",
-            n_trials=2,
-            hp_space=space,
-            compute_objective=cb.pruning_objective(),
-            storage=storage,
-            study_name="search",
-        )
-    trials = optuna.load_study(study_name="search", storage=storage).trials
+    trials = optuna_search(trainer, space, tmp_path / "study.db", cb.pruning_objective())
     states = [t.state for t in trials]
     assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE], trials
