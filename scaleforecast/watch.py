@@ -467,7 +467,18 @@ class Watcher:
                 f"step {step}: final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] at step "
                 f"{forecast.final_step} ({forecast.status.value}, {forecast.n_points} points{guess})"
             )
-        self.emit({"type": "forecast", "step": step, **forecast.to_cli_json(), "lr_assumed_after": assumed})
+        # what it read, as `forecast --json` says it (the notes on the data are said as they come, on stderr)
+        lr_source = None if self.lr_rec is None else self.lr_rec.source
+        self.emit(
+            {
+                "type": "forecast",
+                "step": step,
+                **forecast.to_cli_json(),
+                "lr_assumed_after": assumed,
+                "loss_column": self.loss_tag,
+                "lr_source": lr_source,
+            }
+        )
 
     def finished(self) -> bool:
         """Whether the run has reached its last step (the user's, never one the data suggest)."""

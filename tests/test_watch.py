@@ -495,6 +495,8 @@ def test_watch_a_table_on_the_command_line(tmp_path: Path, capsys: pytest.Captur
     assert "not a TensorBoard event file" not in captured.err
     last = [json.loads(x) for x in captured.out.splitlines() if '"forecast"' in x][-1]
     assert last["forecasts"][0]["loss"] == pytest.approx(_law(2000), abs=0.05)
+    # what it read, as `forecast --json` says it
+    assert last["loss_column"] == "loss" and last["lr_source"] == "schedule"
     assert scalars_of(tmp_path / "log.jsonl-scaleforecast")["forecast/final_loss"][-1][0] == 2000
 
 
