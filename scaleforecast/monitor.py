@@ -601,7 +601,9 @@ class RunMonitor:
             # a sweep's stop: the loss the run could not beat is the best run's, drawn where a target would be
             bar = next((e.data.get("reference") for e in result.events if e.kind == "early_stop"), None)
             bar = bar if isinstance(bar, (int, float)) else None
-            self._figure(step, stopping, bar, lost=stopping and not decided, pending=result.events)
+            # a stop the stop rule did not decide: a sweep's (an early_stop event of a listener), else a lost run
+            swept = any(e.kind == "early_stop" and e.is_critical for e in result.events)
+            self._figure(step, stopping, bar, lost=stopping and not (decided or swept), pending=result.events)
         self.sinks.flush()
 
     def _act(self, step: int, result: FlushResult, final: bool = False) -> None:

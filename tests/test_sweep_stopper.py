@@ -121,6 +121,39 @@ def test_a_sweep_stop_shows_the_loss_it_could_not_beat(tmp_path: Path) -> None:
     assert stopper.decision.set_by == "good"
     assert "SweepStopper(sweep=...)" not in stop.message  # a sweep of its own: no hint to name one
     assert figures.snapshots[-1].target_label == "best run of its sweep"
+    assert figures.snapshots[-1].stop_label == "early stop"
+
+
+def test_a_sweep_stop_of_a_run_with_a_target_is_drawn_as_a_stop_not_a_lost_run(tmp_path: Path) -> None:
+    """A run with a target it can reach, stopped by its sweep: its figure said "stopped as lost" (only the stop
+    rule's own stop was told apart from a lost run's)."""
+    from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig
+
+    reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
+    total = 400
+    lrs = np.full(total, 1e-3)
+    steps = np.arange(1, total + 1)
+    good = 2.0 + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
+    first = SweepStopper(reg, "good", min_fraction=0.2)
+    first.finish(float(good[-1]))
+    snapshots: list = []
+
+    class Figures:
+        def write_figure(self, snapshot: object) -> None:
+            snapshots.append(snapshot)
+
+    monitor = RunMonitor(
+        lrs,
+        listeners=[SweepStopper(reg, "bad", min_fraction=0.2)],
+        sinks=[Figures()],
+        stop=StopConfig(target_loss=50.0),
+        verbose=False,
+        figure_every=1,
+    )
+    for lo in range(0, total, 20):
+        if monitor.flush(FlushBatch(steps=steps[lo : lo + 20], loss=good[lo : lo + 20] + 6.0)).stop:
+            break
+    assert snapshots[-1].stop_step is not None and snapshots[-1].stop_label == "early stop"
 
 
 def test_sweep_stopper_defaults_need_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
