@@ -60,6 +60,17 @@ def test_sweep_stopper_through_the_run_monitor(tmp_path: Path) -> None:
     assert recs["good"].features is not None and recs["good"].features.phase == "flat"
 
 
+def _after_a_good_run(reg: SQLiteRegistry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 400-step constant-LR sweep whose run "good" finished: its LRs, steps and losses."""
+    lrs = np.full(400, 1e-3)
+    steps = np.arange(1, len(lrs) + 1)
+    good = 2.0 + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
+    first = SweepStopper(reg, "good", min_fraction=0.2)
+    first.sync()
+    first.finish(float(good[-1]))
+    return lrs, steps, good
+
+
 @pytest.mark.slow
 def test_a_sweep_stop_shows_the_loss_it_could_not_beat(tmp_path: Path) -> None:
     """TensorBoard's stop bar and the figure at a sweep's stop reach the best run's loss, which the run could
@@ -80,13 +91,8 @@ def test_a_sweep_stop_shows_the_loss_it_could_not_beat(tmp_path: Path) -> None:
             self.snapshots.append(snapshot)
 
     reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
-    total = 400
-    lrs = np.full(total, 1e-3)
-    steps = np.arange(1, total + 1)
-    good = 2.0 + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
-    first = SweepStopper(reg, "good", min_fraction=0.2)
-    first.sync()
-    first.finish(float(good[-1]))
+    lrs, steps, good = _after_a_good_run(reg)
+    total = len(lrs)
     stopper = SweepStopper(reg, "bad", min_fraction=0.2)
     stopper.sync()
     figures = Figures()
@@ -130,12 +136,8 @@ def test_a_sweep_stop_of_a_run_with_a_target_is_drawn_as_a_stop_not_a_lost_run(t
     from scaleforecast.monitor import FlushBatch, RunMonitor, StopConfig
 
     reg = SQLiteRegistry("m", tmp_path / "m.sqlite")
-    total = 400
-    lrs = np.full(total, 1e-3)
-    steps = np.arange(1, total + 1)
-    good = 2.0 + 3.0 * (1e-3 * steps) ** -0.3 * 0.1
-    first = SweepStopper(reg, "good", min_fraction=0.2)
-    first.finish(float(good[-1]))
+    lrs, steps, good = _after_a_good_run(reg)
+    total = len(lrs)
     snapshots: list = []
 
     class Figures:
