@@ -275,10 +275,10 @@ class ScheduleAdvisor:
         return advice
 
     def events(self, advice: ScheduleAdvice | None) -> list[Event]:
-        """The advice event and the plan's flags (each once). Advice is re-evaluated at every refit, and said the
-        same again it was a warning per refit: it is said when significant and new, the first advice, or a
-        candidate that beats the one said last by more than the forecast's std (candidates of near-equal gain
-        trade places from one refit to the next)."""
+        """The advice event and the plan's flags (each once). Advice is re-evaluated at every refit; its event (a
+        warning) comes when the advice is significant and new: the first, or a candidate that beats the one said
+        last by more than the forecast's std (candidates of near-equal gain trade places from one refit to the
+        next, and each refit said its own again)."""
         if advice is None:
             return []
         out: list[Event] = []
@@ -289,7 +289,7 @@ class ScheduleAdvisor:
         )
         if advice.significant and advice.best is not None and new:
             self._advised = advice.best.name
-            prior = (
+            caveat = (
                 " (the annealing coefficient C is not pinned down by this run's data yet: it comes from the prior)"
                 if advice.c_from_prior
                 else ""
@@ -297,10 +297,9 @@ class ScheduleAdvisor:
             if advice.out_of_shape or advice.best.final_loss <= 0:
                 # a fit that is not of the law's shape (a loss falling toward zero) ranks the schedules right and
                 # overstates the gains, down to losses below zero
-                prior += (
-                    "; the fit is out of the law's shape ([out_of_shape]): the direction holds, not the size of "
-                    "the gain"
-                )
+                why = "[out_of_shape]" if advice.out_of_shape else "a loss below zero ahead"
+                caveat += f"; the fit is out of the law's shape ({why}): the direction holds, not the size of the gain"
+
             out.append(
                 Event(
                     kind="schedule_advice",
@@ -310,7 +309,7 @@ class ScheduleAdvisor:
                     message=(
                         f"switching to '{advice.best.name}' from step {advice.step} is predicted to lower the final "
                         f"loss by {advice.best.gain:.4g} ({advice.planned_final:.4g} -> {advice.best.final_loss:.4g}, "
-                        f"forecast std {advice.planned_std:.2g}){prior}"
+                        f"forecast std {advice.planned_std:.2g}){caveat}"
                     ),
                     data={
                         "best": advice.best.name,
