@@ -93,29 +93,16 @@ def _shadow_copy(schedulers: Sequence[Any], optimizer: Optimizer) -> tuple[list[
     shadow = _ShadowOptimizer(optimizer)
     memo: dict[int, Any] = {id(optimizer): shadow}
 
-    copied: set[int] = set()
-
-    def collect(sched: Any) -> None:
-        copied.add(id(sched))
-        for child in _children(sched):
-            collect(child)
-
+    copied = {id(s) for top in schedulers for s in _tree(top)}
     # A bound method used as an LR lambda would drag its owner (often the model) into the deep copy;
     # lambdas are read-only functions of the epoch, so sharing their owner is safe. Not when the owner is a
     # scheduler being copied (a LambdaLR subclass passing its own method): shared, the "copy" would be the
     # real scheduler, stepped by the look-ahead.
-    def share_owners(sched: Any) -> None:
+    for sched in (s for top in schedulers for s in _tree(top)):
         for fn in getattr(sched, "lr_lambdas", []) or []:
             owner = getattr(fn, "__self__", None)
             if isinstance(fn, types.MethodType) and owner is not None and id(owner) not in copied:
                 memo[id(owner)] = owner
-        for child in _children(sched):
-            share_owners(child)
-
-    for sched in schedulers:
-        collect(sched)
-    for sched in schedulers:
-        share_owners(sched)
     base = dict(memo)
     try:
         copies = copy.deepcopy(list(schedulers), memo)

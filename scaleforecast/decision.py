@@ -207,16 +207,21 @@ def sweep_reference(
     Stopped runs deliver no model and never count. ``exclude`` is the asking run; ``max_age_s`` drops running
     records not updated for that long (a run that died). None when nothing counts.
     """
-    check_probability("quantile", quantile)
-    if rel_std_floor < 0:
-        raise ValueError(f"rel_std_floor must be >= 0, got {rel_std_floor}")
+    values = _reference_values(records, exclude, quantile, max_age_s, now, rel_std_floor, model, confidence)
+    return _lowest(values, target)[0]
+
+
+def _lowest(
+    values: Iterable[tuple[RunRecord, float]], target: float | None
+) -> tuple[float | None, RunRecord | None]:
+    """The smallest of ``target`` and the records' values, and the record that has it (``None`` when the target
+    does, or nothing counts)."""
     best = target if target is not None and math.isfinite(target) else None
-    for _, value in _reference_values(
-        records, exclude, quantile, max_age_s, now, rel_std_floor, model, confidence
-    ):
+    setter: RunRecord | None = None
+    for record, value in values:
         if best is None or value < best:
-            best = value
-    return best
+            best, setter = value, record
+    return best, setter
 
 
 def _reference_values(
@@ -230,6 +235,9 @@ def _reference_values(
     confidence: float,
 ) -> Iterator[tuple[RunRecord, float]]:
     """Each record that counts in :func:`sweep_reference`, with the loss it counts at."""
+    check_probability("quantile", quantile)
+    if rel_std_floor < 0:
+        raise ValueError(f"rel_std_floor must be >= 0, got {rel_std_floor}")
     z = NormalDist().inv_cdf(quantile)
     k = model.optimistic_margin(quantile) if model is not None else 0.0
     now = time.time() if now is None else now
@@ -339,16 +347,8 @@ def decide_stop_among(
     ``rel_std_floor`` is the smallest error scale assumed for any forecast, this run's and the others'.
     """
     model = _sweep_model(rel_std_floor, model)
-    records = list(records)
-    reference = sweep_reference(
-        records,
-        target=target,
-        quantile=quantile,
-        max_age_s=max_age_s,
-        rel_std_floor=rel_std_floor,
-        model=model,
-        confidence=confidence,
-    )
+    values = _reference_values(records, None, quantile, max_age_s, None, rel_std_floor, model, confidence)
+    reference, setter = _lowest(values, target)
     decision = decide_stop(
         forecast,
         reference,
@@ -360,15 +360,12 @@ def decide_stop_among(
         features=features,
         model=model,
     )
-    if decision.stop and reference is not None and reference != target:
-        # which run set the bar, in the reason every engine shows (an Optuna trial's named none)
-        values = _reference_values(records, None, quantile, max_age_s, None, rel_std_floor, model, confidence)
-        setter = next((r for r, v in values if math.isclose(v, reference, rel_tol=1e-12)), None)
-        if setter is not None:
-            # a finished run's final loss as recorded: its last forecast's, a denoised estimate of its end
-            what = "recorded final loss" if setter.state == RunState.FINISHED else "confident forecast"
-            said = f"; the bar, {reference:.4g}, is the {what} of run {setter.run_id}"
-            decision = decision.model_copy(update={"reason": decision.reason + said, "set_by": setter.run_id})
+    if decision.stop and setter is not None:
+        # which run set the bar, in the reason every engine shows (an Optuna trial's named none); a finished
+        # run's final loss as recorded: its last forecast's, a denoised estimate of its end
+        what = "recorded final loss" if setter.state == RunState.FINISHED else "confident forecast"
+        said = f"; the bar, {reference:.4g}, is the {what} of run {setter.run_id}"
+        decision = decision.model_copy(update={"reason": decision.reason + said, "set_by": setter.run_id})
     return decision
 
 

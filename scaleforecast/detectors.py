@@ -147,7 +147,7 @@ class _Noise:
         """The noise sd at loss ``level``: the median of the blocks' scales relative to their median loss,
         times ``level``, when that level and every block's are positive; else :attr:`sigma`."""
         levels = np.asarray(self.levels, dtype=float)
-        if not (level > 0 and levels.size == len(self.scales) > 0 and np.all(levels > 0)):
+        if not (level > 0 and levels.size and np.all(levels > 0)):
             return self.sigma
         return self.to_sigma * float(np.median(np.asarray(self.scales) / levels)) * level
 

@@ -212,7 +212,10 @@ def stops_short(steps: np.ndarray, total: int) -> bool:
 def averages_gap(name: str, window: WindowSpec | None) -> bool:
     """Whether a loss named ``name`` read with ``window`` is the mean since the previous log (see
     :func:`loss_windows`)."""
-    gap = pick([name], None, GAP_WINDOW_NAMES) is not None or bool(_tail_matches([name], "lm loss"))
+    # a name at the end of the tag's path counts as the loss picked it (Megatron-DeepSpeed's lm-loss-training/lm loss)
+    gap = pick([name], None, GAP_WINDOW_NAMES) is not None or any(
+        _tail_matches([name], n) for n in GAP_WINDOW_NAMES
+    )
     return window == "gap" or (window in (None, "auto") and gap)
 
 

@@ -191,19 +191,30 @@ def test_advice_on_a_fit_out_of_the_laws_shape_says_its_gain_is_not_to_be_truste
     """A tiny MLP's loss falling toward its noise floor, fitted only out of the law's shape (a floor below zero):
     the advice's direction was right in every retrained case, its gains three to seven times too large, and its
     alternative's final MSE below zero, with no word of the fit's shape."""
-    from scaleforecast.advice import Candidate, ScheduleAdvice
+    from scaleforecast.advice import Candidate
 
-    best = Candidate(name="WSD 10% linear cooldown", final_loss=-0.0535, gain=0.1816)
-    advice = ScheduleAdvice(
-        step=400,
-        final_step=2000,
-        planned_final=0.1282,
-        planned_std=0.093,
-        candidates=[best],
-        best=best,
-        significant=True,
-        out_of_shape=True,
+    # a real fit out of the law's shape: a loss falling exponentially to a floor of 0.05 under a constant LR
+    total = 8000
+    steps = np.arange(1, total + 1)
+    loss = (2.0 * np.exp(-steps / 1000.0) + 0.05) * (
+        1 + 0.02 * np.random.default_rng(0).standard_normal(total)
     )
+    fc = OnlineForecaster(ConstantSchedule(peak=1e-3, total=total, warmup=100).lrs())
+    fc.observe_many(steps[:4000], loss[:4000])
+    fc.refit()
+    evaluated = ScheduleAdvisor().evaluate(fc)
+    assert evaluated is not None and evaluated.out_of_shape
+    # its gains as the MLP's were (this curve's are within its noise, so no advice is due on it)
+    best = Candidate(name="WSD 10% linear cooldown", final_loss=-0.0535, gain=0.1816)
+    update = {
+        "planned_final": 0.1282,
+        "planned_std": 0.093,
+        "candidates": [best],
+        "best": best,
+        "significant": True,
+        "flags": [],
+    }
+    advice = evaluated.model_copy(update=update)
     (event,) = ScheduleAdvisor().events(advice)
     assert event.message.endswith(
         "; the fit is out of the law's shape ([out_of_shape]): the direction holds, not the size of the gain"
