@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from scaleforecast.caller import warn_user
+
 __all__ = [
     "Collectives",
     "DeviceBuffer",
@@ -98,12 +100,10 @@ class TorchCollectives:
         self._over_dist = ready
         self.device = collective_device(torch.device("cpu"), group)
         if ready and group is not None and self.world_size < dist.get_world_size():
-            warnings.warn(
+            warn_user(
                 f"process_group: {self.world_size} of the job's {dist.get_world_size()} processes: each group decides "
                 "to stop on its own; a group that stops leaves the others waiting in the job's own collectives "
-                "(DDP's), unless the groups train apart",
-                RuntimeWarning,
-                stacklevel=3,
+                "(DDP's), unless the groups train apart"
             )
 
     def late_world(self) -> int | None:

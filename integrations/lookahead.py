@@ -51,6 +51,8 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
+from scaleforecast.caller import warn_user
+
 __all__ = ["LookaheadError", "lookahead_lrs", "metric_driven", "scheduler_epochs"]
 
 
@@ -627,9 +629,9 @@ def lookahead_lrs(
             raise LookaheadError(f"{type(sched).__name__} is attached to a different optimizer")
     plateau = [s for s in scheds if metric_driven(s)]
     if plateau:
-        warnings.warn(
+        warn_user(
             f"{type(plateau[0]).__name__} changes the LR from future metrics; the look-ahead holds its LR constant",
-            stacklevel=2,
+            UserWarning,
         )
         scheds = [s for s in scheds if not metric_driven(s)]
 
@@ -676,10 +678,8 @@ def _read_ahead(
         return None
     check = _simulate(schedulers, optimizer, group, min(n_steps, _CHECK_STEPS))
     if not np.allclose(lrs[: check.size], check, rtol=1e-9, atol=0.0):
-        warnings.warn(
-            "the LR look-ahead's vectorised reading disagrees with stepping the scheduler; stepping instead",
-            RuntimeWarning,
-            stacklevel=3,
+        warn_user(
+            "the LR look-ahead's vectorised reading disagrees with stepping the scheduler; stepping instead"
         )
         return None
     return lrs

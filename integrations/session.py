@@ -40,7 +40,6 @@ import socket
 import sys
 import tempfile
 import uuid
-import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -63,7 +62,7 @@ from scaleforecast.integrations.distributed import (
 from scaleforecast.integrations.lookahead import metric_driven
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
-from scaleforecast.caller import user_stacklevel
+from scaleforecast.caller import warn_user
 from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, too_vague
 from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event, TrainingHealthError
@@ -382,7 +381,7 @@ class TrainingSession:
         """A ``RuntimeWarning`` on rank 0, once per message (or per ``key``, for a message that names a step)."""
         if self.is_zero and (key or message) not in self._warned:
             self._warned.add(key or message)
-            warnings.warn(f"{self.name}: {message}", RuntimeWarning, stacklevel=user_stacklevel())
+            warn_user(f"{self.name}: {message}")
 
     # ---------------------------------------------------------------- lifecycle
     def start(
@@ -759,12 +758,10 @@ class TrainingSession:
             late = getattr(self.comm, "late_world", lambda: None)()
             if late:
                 # every process believes it is rank 0 of 1: each prints, writes TensorBoard and decides alone
-                warnings.warn(
+                warn_user(
                     f"{self.name}: torch.distributed was initialised ({late} processes) after it was built: "
                     "each process prints, writes TensorBoard and decides to stop on its own losses, and a "
-                    "process that stops alone leaves the others waiting; build it after init_process_group",
-                    RuntimeWarning,
-                    stacklevel=user_stacklevel(),
+                    "process that stops alone leaves the others waiting; build it after init_process_group"
                 )
         msg = None if "step" in self.guard.disabled else self.guard("step", self._pack)
         if msg is None:
@@ -1244,8 +1241,10 @@ class TrainingSession:
             self.warn(f"could not read the result of the training processes ({type(exc).__name__}: {exc})")
 
     def __getstate__(self) -> dict[str, Any]:
+        # what is bound to this process (its collectives, hooks, device buffers, TensorBoard files) stays here;
+        # a copy (``ddp_spawn`` pickles the callbacks, even after a fit) sets up its own
         state = self.__dict__.copy()
-        for key in ("comm", "buffer", "_hook", "_gnorm", "source"):
+        for key in ("comm", "buffer", "_hook", "_gnorm", "source", "_tb_sink"):
             state[key] = None
         return state
 

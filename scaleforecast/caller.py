@@ -1,4 +1,4 @@
-"""Where a warning of the plugin points: at the first frame outside it.
+"""Where a warning of the plugin points: at the first frame outside it; and that it never raises.
 
 A warning raised deep inside a training session (a planner, the monitor's guard) pointing at that line tells a
 user nothing; pointing at the first frame outside the plugin shows the line of their loop that called it, and
@@ -8,10 +8,14 @@ pointing at ``lightning/pytorch/trainer/call.py`` cannot be filtered by the user
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 
-__all__ = ["user_stacklevel"]
+__all__ = ["user_stacklevel", "warn_user"]
+
+log = logging.getLogger("scaleforecast")
 
 # the plugin's packages: the core, and the adapters installed as its subpackages (wherever they lie on disk)
 _PACKAGES = ("scaleforecast", "scaleforecast.callbacks", "scaleforecast.integrations")
@@ -49,3 +53,13 @@ def user_stacklevel() -> int:
         outer = outer.f_back
         up += 1
     return up if not os.path.abspath(outer.f_code.co_filename).startswith(frameworks) else level
+
+
+def warn_user(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """Warn with ``message`` at the first frame outside the plugin (:func:`user_stacklevel`). Where warnings
+    are errors (``python -W error``, pytest's ``filterwarnings = error``) the message is logged instead: a
+    notice of the plugin must never end the training it watches."""
+    try:
+        warnings.warn(message, category, stacklevel=user_stacklevel())
+    except Warning:
+        log.warning("%s", message)

@@ -39,6 +39,7 @@ with debouncing and the spike record; it plugs into :class:`scaleforecast.monito
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -1446,7 +1447,7 @@ def _law_mean(view: Any, fit: Any, lrs: np.ndarray) -> Callable[[np.ndarray], np
     law = LAWS.get(getattr(fit, "law", None))  # type: ignore[arg-type]
     if law is None:
         return view.predict
-    return lambda steps: law.predict(fit.params, lrs, steps)
+    return functools.partial(law.predict, fit.params, lrs)  # not a lambda: a session must stay picklable
 
 
 def forecaster_lr(view: Any) -> LrFn:

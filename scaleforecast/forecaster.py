@@ -13,7 +13,6 @@ rank of a job, fed the same flushes, acts on the same forecast at the same step.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import ndtri
 
 from scaleforecast.background import Job, refit_worker
-from scaleforecast.caller import user_stacklevel
+from scaleforecast.caller import warn_user
 from scaleforecast.events import Event
 from scaleforecast.family import ReferenceFit, family_prior
 from scaleforecast.fitting import FitConfig, FitResult, Observations, fit, predict
@@ -439,9 +438,7 @@ class OnlineForecaster:
 
     def _rewind(self, step: int) -> None:
         last = self._last_step
-        warnings.warn(
-            self.rewind_note(step, last, self.rewind(step)), RuntimeWarning, stacklevel=user_stacklevel()
-        )
+        warn_user(self.rewind_note(step, last, self.rewind(step)))
 
     @staticmethod
     def rewind_note(step: int, last: int, dropped: int) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
@@ -34,7 +33,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from scaleforecast.caller import user_stacklevel
+from scaleforecast.caller import warn_user
 from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, decide_stop
 from scaleforecast.detectors import forecaster_lr
 from scaleforecast.events import HEALTH_KINDS, Event, TrainingHealthError, log_event
@@ -166,7 +165,7 @@ class Guard:
         msg = f"{self.label}: {part} failed ({detail}); it is switched off for this run"
         self.disabled[part] = msg
         log.debug(msg, exc_info=True)
-        warnings.warn(msg, RuntimeWarning, stacklevel=user_stacklevel())
+        warn_user(msg)
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,13 @@ writer) is reported once and switched off while the others, and the training run
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from scaleforecast.caller import user_stacklevel
+from scaleforecast.caller import warn_user
 from scaleforecast.results import Forecast
 
 if TYPE_CHECKING:
@@ -153,7 +152,7 @@ class FanoutSink:
                     self.report(part, detail)
                     continue
                 log.warning(self.disabled[id(sink)], exc_info=True)
-                warnings.warn(self.disabled[id(sink)], RuntimeWarning, stacklevel=user_stacklevel())
+                warn_user(self.disabled[id(sink)])
 
     def write_forecast(self, step: int, forecast: Forecast, extras: Mapping[str, float]) -> None:
         self._call("write_forecast", step, forecast, extras)

@@ -62,6 +62,21 @@ def _fit(adapter: str, root: Path, plan: Plan) -> tuple[Run, list[str]]:
     return run, [str(w.message) for w in caught if "Forecast" in str(w.message)]
 
 
+def test_a_trained_callback_copies_and_pickles_with_its_history(adapter: str, tmp_path: Path) -> None:
+    """Lightning's ``ddp_spawn`` pickles the callbacks at each launch (a ``trainer.test`` after a fit too), and
+    HF's and Lightning's copies of a trainer deep-copy them: once trained, a callback failed both (a lambda of
+    the spike detector's fitted law, the TensorBoard sink's lock). The copy keeps the history."""
+    import copy
+    import pickle
+
+    run, _ = _fit(adapter, tmp_path, Plan(steps=40, kwargs=dict(COMMON)))
+    seen = run.cb.forecaster.n_observations
+    assert seen > 0 and run.cb.forecast is not None
+    for copied in (copy.deepcopy(run.cb), pickle.loads(pickle.dumps(run.cb))):
+        assert copied.forecaster.n_observations == seen
+        assert copied.forecast is not None and copied.forecast.final == run.cb.forecast.final
+
+
 def _forecast_dir(root: Path) -> Path:
     """The one run directory holding the forecast (each framework has its own place for it)."""
     dirs = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
@@ -379,10 +394,11 @@ def test_a_state_of_another_version_never_raises(adapter: str) -> None:
     cb = _make(adapter)
     with pytest.warns(RuntimeWarning, match="saved forecast state is of another version"):
         cb.load_state_dict({"version": 99})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
         cb.load_state_dict({"version": 99})  # once: the same message is not repeated
         cb.load_state_dict({**cb.state_dict()})  # its own format loads
+    assert not again
 
 
 def test_saving_the_state_never_raises(adapter: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -657,3 +673,24 @@ def test_a_loop_that_never_closes_is_told_and_its_tensorboard_run_is_kept(
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stderr.count("was never closed (call close() after the loop") == 1, proc.stderr[-3000:]
     assert "forecast/final_loss" in _acc(tmp_path / "tb").Tags()["scalars"]
+
+
+@pytest.mark.trainer
+def test_warnings_as_errors_never_end_the_run(tmp_path: Path) -> None:
+    """Under ``python -W error`` (or pytest's ``filterwarnings = error``) every notice of the plugin was raised:
+    the guard's own report of a failure raised out of the callback, a metric-driven scheduler failed the
+    session's constructor, and the exit handler of a session never closed raised before closing TensorBoard.
+    The notices are logged instead, and the loop trains to its end with its forecast."""
+    from procs import TESTS
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # TensorBoard's folder cannot be made below a file
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(TESTS / "werror_worker.py"), str(blocked / "tb")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "trained to 400; forecast status ok" in proc.stdout
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr
+    for notice in ("ReduceLROnPlateau changes the LR", "TensorBoard failed", "was never closed"):
+        assert notice in proc.stderr
