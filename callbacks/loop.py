@@ -220,8 +220,14 @@ class LossForecastSession(SessionFace):
         it is never read back). ``step``: its number, when the loop counts updates itself (1-based).
         ``grad_norm`` (with ``track_grad_norm=True``): the update's gradient norm before clipping, the tensor
         ``torch.nn.utils.clip_grad_norm_`` returns; without it the norm is read after the optimizer step,
-        where a clipped norm never exceeds the clip value."""
+        where a clipped norm never exceeds the clip value. Raises ``ValueError`` for a ``step`` below 1."""
         n = self.session.step + 1 if step is None else int(step)
+        if n < 1:
+            # a counter from 0 (nanoGPT's iter_num) filled the flush buffer and switched the plugin off
+            raise ValueError(
+                f"step={step}: steps count the optimizer updates completed, from 1 (the update just made by "
+                "the first optimizer.step() is step 1); pass a counter from 0 plus one, or no step at all"
+            )
         if self._calls == 0:
             self.session.guard("step", self._check_resume, n)
         self.session.record(n, loss, grad_norm)

@@ -269,7 +269,8 @@ class SchedulePlanner:
             return self.plan(source, run_length, step_now)
         idx = np.asarray(steps, dtype=np.int64) - 1
         used = np.asarray(used, dtype=float)
-        ok = (idx >= 0) & (idx < len(planned)) & np.isfinite(used) & (used > 0)
+        # an LR of 0 used is one too (a pause set by hand): the plan holds the floor there, not its positive LR
+        ok = (idx >= 0) & (idx < len(planned)) & np.isfinite(used) & (used >= 0)
         if self._peak is None or self._peak[0] is not planned:  # once per plan, not per flush: O(run length)
             self._peak = (planned, float(np.max(planned)))
         tol = DRIFT_RTOL * np.abs(planned[idx[ok]]) + DRIFT_ATOL * self._peak[1]

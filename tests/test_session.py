@@ -282,6 +282,48 @@ def test_a_step_count_that_goes_back_rewinds_the_history() -> None:
     assert fc.forecast is not None and fc.forecast.fitted_at_step > 150
 
 
+def test_an_lr_set_to_zero_by_hand_is_the_lr_of_the_plan() -> None:
+    """A pause set by hand (the LR 0 for updates 101-120, on top of a scheduler): the plan kept the scheduler's
+    positive LRs there (a used LR of 0 was no evidence of drift), so the LR area counted updates that never
+    moved the weights. The plan holds the zero-LR floor there, said once."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 300
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1 - i / total, 0.01))
+    fc = LossForecastSession(opt, sched, total_steps=total, flush_every=20, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 201):
+            if 101 <= n <= 120:
+                opt.param_groups[0]["lr"] = 0.0
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    plan = fc.forecaster.schedule
+    assert plan is not None and np.all(plan[100:120] < 1e-9) and plan[99] > 0.05 and plan[120] > 0.05
+    told = [str(w.message) for w in caught if "LR is 0" in str(w.message)]
+    assert len(told) == 1 and "update 101" in told[0], told
+
+
+def test_a_step_counted_from_zero_is_refused_at_once() -> None:
+    """nanoGPT counts ``iter_num`` from 0: passed as ``step=``, the first update's 0 let 51 steps into a 50-step
+    flush buffer, and the plugin switched itself off for the run with a message about a full buffer."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=100, flush_every=10, writer=False, verbose=False)
+    opt.step()
+    with pytest.raises(ValueError, match="from 1"):
+        fc.step(torch.tensor(3.0), step=0)
+    for n in range(1, 101):  # counted right, the same session trains on
+        opt.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3), step=n)
+    fc.close()
+    assert fc.errors == {} and fc.forecaster.n_observations == 100
+
+
 def test_a_saved_state_from_another_checkpoint_than_the_scheduler_is_said_and_follows_the_scheduler() -> None:
     """The forecast state saved at update 190, the optimizer and scheduler restored from update 110: the
     scheduler's count is the run's, with a warning; the plan ahead is the scheduler's from there (not the old
