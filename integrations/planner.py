@@ -19,6 +19,7 @@ copies), or takes a schedule the user gave. The rules, the same for Lightning, t
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -164,6 +165,7 @@ class SchedulePlanner:
     def __init__(self, fixed: np.ndarray | None, total_steps: int | None, say: Callable[[str], None]) -> None:
         self.total_steps = total_steps
         self.say = say
+        self._told: set[str | None] = set()
         self.fixed = None if fixed is None else self._floored(fixed)
         self.key: tuple[Any, ...] | None = None
         self.guessed_past = False
@@ -236,9 +238,12 @@ class SchedulePlanner:
         return self._floored(np.concatenate([head, future])[:total])
 
     def _floored(self, lrs: np.ndarray) -> np.ndarray:
-        """:func:`floor_lrs`, saying what it hides (:func:`lr_trouble`)."""
+        """:func:`floor_lrs`, saying what it hides (:func:`lr_trouble`), once per kind of trouble: a plan that
+        keeps failing (a scheduler read at the wrong pace) puts its zeros at another update at each re-plan."""
         trouble = lr_trouble(lrs)
-        if trouble is not None:
+        kind = None if trouble is None else re.sub(r"\d[\d.eE+-]*", "#", trouble)
+        if trouble is not None and kind not in self._told:
+            self._told.add(kind)
             self.say(trouble)
         return floor_lrs(lrs)
 

@@ -867,9 +867,9 @@ class TrainingSession:
                     self.monitor.note(changed)
                 if self.planner.stale is not None:
                     self.warn(
-                        "the LR scheduler(s) given were not stepped over updates {}..{} while the LR went on "
-                        "changing: if the scheduler was replaced, {}; until then the plan is read from the old "
-                        "one".format(*self.planner.stale, self.replace_hint)
+                        "the LRs used left the plan read from the LR scheduler(s){}, which were not stepped over "
+                        "updates {}..{}: if the scheduler was replaced, {}; until then the plan is read from the "
+                        "old one".format(self.replan_hint, *self.planner.stale, self.replace_hint)
                     )
                 elif self.replans == _REPLANS_TOLD and not steered:
                     read = (

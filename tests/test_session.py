@@ -686,6 +686,31 @@ def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
         LossForecastSession(opt, sched, scheduler_every=0, total_steps=10)
 
 
+def test_a_scheduler_stepped_per_epoch_longer_than_a_flush_is_told_once() -> None:
+    """Epochs of 40 updates, flushes every 10, no ``scheduler_every``: the plan (a cosine of 8 steps read as 8
+    updates, then up again) put its zeros at another update at each re-plan, each said as a new warning (16 in
+    an 800-update run), and the loop was told its scheduler "was not stepped while the LR went on changing",
+    with no word of ``scheduler_every``: the LR had not changed. One notice of the zeros, and the hint."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8)
+    fc = LossForecastSession(opt, sched, total_steps=320, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 321):
+            opt.step()
+            if n % 40 == 0:
+                sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    said = [str(w.message) for w in caught]
+    assert len([m for m in said if "the LR is 0 at update" in m]) <= 1, said
+    assert not [m for m in said if "went on changing" in m], said
+    hints = [m for m in said if "scheduler_every=<updates per epoch>" in m]
+    assert len(hints) == 1, said
+
+
 def test_events_reach_the_python_logger_when_quiet(caplog: pytest.LogCaptureFixture) -> None:
     """``verbose=False`` quiets what the session prints, not the Python logger: a run lost to NaN logs its
     critical event on ``scaleforecast.health`` (it logged nothing at all)."""
