@@ -524,7 +524,8 @@ class OnlineForecaster:
         a wait only when a refit takes longer than one call interval. The call that reaches the last step of
         the schedule refits there, on all the losses; :meth:`wait` takes in the last refit at the end of a run
         that stops before it. Without ``background`` the refit runs inside call ``k`` and takes effect there.
-        When the latest losses are NaN/Inf the call returns a ``stale`` forecast at once, whatever the refits.
+        When the latest two losses or more are NaN/Inf the call returns a ``stale`` forecast at once, whatever
+        the refits.
         """
         installed = self._install()
         self.observe_many(steps, losses, window)
@@ -537,7 +538,7 @@ class OnlineForecaster:
             self._submit(inline=last)
             if not self.config.background or last:
                 return self._install()
-        if self._nonfinite_tail and self._latest is not None and self._latest.status is not FitStatus.STALE:
+        if self._off_track and self._latest is not None and self._latest.status is not FitStatus.STALE:
             # the latest losses are NaN/Inf: the last forecast is no longer current, say so now
             self._latest = self.forecast()
             return self._latest
@@ -584,7 +585,7 @@ class OnlineForecaster:
             forecast = None
         self._raw_at_fit = pending.n_raw
         self._step_at_fit = pending.step
-        if forecast is None or pending.lrs is not self._lrs or self._nonfinite_tail:
+        if forecast is None or pending.lrs is not self._lrs or self._off_track:
             # the fit was kept from before, or the schedule was re-planned while it ran: forecast under the
             # current plan (the next update refits against it, as it is stale)
             forecast = self.forecast()
@@ -622,8 +623,14 @@ class OnlineForecaster:
         holds references."""
         return _fit_config(self.config, self._family_prior())
 
+    @property
+    def _off_track(self) -> bool:
+        """Whether the latest losses are NaN/Inf, two or more in a row: the fit is no longer current. One is
+        left out as any other (a loss scaler's skipped update), wherever it falls in a flush."""
+        return self._nonfinite_tail >= 2
+
     def _stale_note(self) -> str | None:
-        if not self._nonfinite_tail:
+        if not self._off_track:
             return None
         return (
             f"[stale] no usable loss since step {self._last_finite_step} ({self._nonfinite_tail} "

@@ -65,12 +65,27 @@ def test_a_nan_inside_the_batch_followed_by_finite_losses_is_not_stale(curves_di
     assert any("1 non-finite loss value(s) seen and left out" in w for w in out.warnings)
 
 
+def test_one_nan_is_left_out_wherever_it_falls_in_a_flush(curves_dir: Path) -> None:
+    """A NaN on the last step of a flush made the forecast stale (no forecast printed or written at that
+    flush), one a step earlier was left out: one bad batch (a loss scaler's skipped update) is left out
+    wherever it falls; two in a row at the end are a run that lost its loss."""
+    st, y, lrs = _train_curve(curves_dir)
+    fc = OnlineForecaster(lrs)
+    fc.observe_many(st[st <= 6000], y[st <= 6000])
+    fc.refit()
+    out = fc.update([6050, 6100], [3.3, float("nan")])
+    assert fc.latest is not None and fc.latest.status is not FitStatus.STALE and fc.latest.ok
+    assert out is None or out.status is not FitStatus.STALE
+    out = fc.update([6150], [float("nan")])
+    assert out is not None and out.status is FitStatus.STALE
+
+
 def test_stale_state_survives_a_checkpoint(curves_dir: Path) -> None:
     st, y, lrs = _train_curve(curves_dir)
     fc = OnlineForecaster(lrs)
     fc.observe_many(st[st <= 6000], y[st <= 6000])
     fc.refit()
-    fc.update([6050], [float("nan")])
+    fc.update([6050, 6100], [float("nan"), float("nan")])
     again = OnlineForecaster()
     again.load_state_dict(fc.state_dict())
     assert again.forecast().status is FitStatus.STALE
