@@ -23,6 +23,10 @@ Rules compared:
 Under each rule, the default confidence by when the run's LR starts to decay (first below 99.9 % of its peak):
 before the decay the annealing drop is unseen, so where the decay starts bounds how early a run can be stopped.
 
+Then the runs that have a finished sibling of their family (``stop_replay.warm_pairs``), replayed again with
+the sibling's fit as their prior, as a sweep's later runs borrow from its finished ones: the same rules on the
+same runs, cold and warm.
+
 Then the new-user scenario: the 3,000-step Lightning char model (WSD) and the HF tiny GPT-2 (cosine), with their
 targets at the same ratios to the final loss as in the report that found the problem.
 
@@ -47,7 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stop_calibration import group_folds, learn, samples
-from stop_replay import TINY_DIR, Trace, all_runs, first_stop, replay_all
+from stop_replay import TINY_DIR, Trace, all_runs, first_stop, replay_all, warm_pairs
 
 from scaleforecast.calibration import ErrorModel, load_error_model
 from scaleforecast.decision import DEFAULT_CONFIDENCE, decide_stop
@@ -284,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = all_runs(args.root, tiny=None if args.no_tiny else TINY_DIR)
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
     traces = replay_all(runs, cache=args.cache, progress=say)
-    print(f"replayed {len(traces)} runs in {time.time() - t0:.0f} s\n")
+    pairs = warm_pairs(runs, args.root)
+    warm = replay_all([r for r, _ in pairs], cache=args.cache, progress=say, siblings=[s for _, s in pairs])
+    print(f"replayed {len(traces)} runs, {len(warm)} of them warm too, in {time.time() - t0:.0f} s\n")
     shipped = load_error_model(args.model)
     folds = cross_fitted_models(traces)
     rules = [
@@ -302,9 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     start = {r.key: decay_start(r.lrs) for r in runs}
     bands = {name: {k for k in origin if lo <= start[k] < hi} for lo, hi, name in DECAY_BANDS}
+    paired = {t.key for t in warm}
+    results = {}
     for rule in rules:
         t1 = time.time()
-        res = measure(traces, rule)
+        res = results[rule.name] = measure(traces, rule)
         print(f"### {rule.name}\n")
         for name, keys in populations.items():
             if keys:
@@ -313,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             by_band = {name: cells(res, keys) for name, keys in bands.items() if keys}
             print(decay_table(by_band, DEFAULT_CONFIDENCE) + "\n")
         print(f"({time.time() - t1:.0f} s)\n")
+    print(f"### Runs with a finished sibling ({len(paired)}): cold, and warm from the sibling's prior\n")
+    for rule in rules[1:3]:
+        print(table(f"{rule.name}, cold", cells(results[rule.name], paired)) + "\n")
+        print(table(f"{rule.name}, warm", cells(measure(warm, rule), paired)) + "\n")
     print("### New-user scenario\n")
     print(scenario(traces, [rules[0], before_rule(0.25), *rules[1:3]]) + "\n")
     print(f"total {time.time() - t0:.0f} s")

@@ -34,6 +34,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scaleforecast.evidence import StopFeatures
+from scaleforecast.family import NotAnnealed, fit_reference
+from scaleforecast.fitting import Observations
+from scaleforecast.forecaster import ForecasterConfig
 from scaleforecast.monitor import FlushBatch, RunMonitor
 from scaleforecast.results import FitStatus, Forecast, ForecastPoint
 
@@ -194,9 +197,16 @@ class Trace:
         return np.array([s in USABLE for s in self.status], dtype=bool) & np.isfinite(self.mean)
 
 
-def replay(run: Run, flush_every: int = FLUSH_EVERY) -> Trace:
-    """Feed ``run`` to a fresh :class:`RunMonitor` (no target: nothing stops) flush by flush and record it."""
-    mon = RunMonitor(run.lrs, verbose=False)
+def replay(run: Run, flush_every: int = FLUSH_EVERY, sibling: Run | None = None) -> Trace:
+    """Feed ``run`` to a fresh :class:`RunMonitor` (no target: nothing stops) flush by flush and record it.
+
+    With ``sibling``, a finished run of ``run``'s family, the forecaster borrows its prior from the sibling's
+    whole fit (as a sweep's later runs borrow from its finished ones): a *warm* trace, ``meta["sibling"]``."""
+    config = None
+    if sibling is not None:
+        obs = Observations.from_steps(sibling.steps, sibling.loss)
+        config = ForecasterConfig(references=[fit_reference(sibling.key, obs, sibling.lrs)])
+    mon = RunMonitor(run.lrs, config=config, verbose=False)
     flush_steps: list[int] = []
     latest: list[int] = []
     fit_step: list[int] = []
@@ -226,6 +236,7 @@ def replay(run: Run, flush_every: int = FLUSH_EVERY) -> Trace:
             latest.append(len(mean) - 1)
     if mon.disabled:
         log.warning("%s: monitor parts switched off: %s", run.key, mon.disabled)
+    meta = dict(run.meta) | ({} if sibling is None else {"sibling": sibling.key})
     return Trace(
         key=run.key,
         source=run.source,
@@ -239,12 +250,13 @@ def replay(run: Run, flush_every: int = FLUSH_EVERY) -> Trace:
         std=np.asarray(std, dtype=float),
         status=status,
         features=feats,
-        meta=dict(run.meta),
+        meta=meta,
     )
 
 
 _FORECASTING = {
     "evidence",
+    "family",
     "fitting",
     "forecaster",
     "history",
@@ -282,25 +294,52 @@ def replay_all(
     flush_every: int = FLUSH_EVERY,
     cache: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    siblings: Sequence[Run | None] | None = None,
 ) -> list[Trace]:
-    """:func:`replay` every run (one process). With ``cache`` (a folder), each trace is stored under a key of
-    its run's data and of the forecasting code, and reused while neither changes."""
+    """:func:`replay` every run (one process), warm from ``siblings[i]`` where given. With ``cache`` (a
+    folder), each trace is stored under a key of its run's (and sibling's) data and of the forecasting code,
+    and reused while neither changes."""
     folder = None if cache is None else Path(cache) / code_fingerprint(flush_every)
+    sibs = list(siblings) if siblings is not None else [None] * len(runs)
     out = []
     t0 = time.time()
-    for i, r in enumerate(runs):
-        path = None if folder is None else folder / f"{_run_fingerprint(r)}.pkl"
+    for i, (r, sib) in enumerate(zip(runs, sibs, strict=True)):
+        name = _run_fingerprint(r) + ("" if sib is None else "-" + _run_fingerprint(sib))
+        path = None if folder is None else folder / f"{name}.pkl"
         if path is not None and path.is_file():
             with open(path, "rb") as fh:
                 out.append(pickle.load(fh))
             continue
-        out.append(replay(r, flush_every))
+        out.append(replay(r, flush_every, sib))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as fh:
                 pickle.dump(out[-1], fh)
         if progress is not None:
             progress(f"[{i + 1}/{len(runs)}] {r.key} ({time.time() - t0:.0f} s)")
+    return out
+
+
+def warm_pairs(runs: Sequence[Run], root: str | Path | None = None) -> list[tuple[Run, Run]]:
+    """``(run, sibling)``: each run of ``runs`` that has a finished run of its family which annealed (another
+    length or schedule: ``warm_accuracy.py``'s families), with the first such sibling in a fixed hash order."""
+    from curves import TINY_ROOT, default_root, load_curves
+    from warm_accuracy import pairs
+
+    base = Path(root) if root is not None else default_root()
+    roots = [r for r in (base, TINY_ROOT) if r is not None and (r / "index.csv").is_file()]
+    by_key = {r.key: r for r in runs}
+    out, seen = [], set()
+    for c, s in pairs(load_curves(roots), per_run=3):
+        if c.key in seen or c.key not in by_key or s.key not in by_key:
+            continue
+        sib = by_key[s.key]
+        try:
+            fit_reference(sib.key, Observations.from_steps(sib.steps, sib.loss), sib.lrs)
+        except NotAnnealed:
+            continue
+        seen.add(c.key)
+        out.append((by_key[c.key], sib))
     return out
 
 

@@ -29,6 +29,12 @@ Policies compared in one run:
 - ``oracle``: knows every run's final loss and stops each run that is not the sweep's best (or not within a gap
   of it) at its first checkpoint: the ceiling no policy can pass on these sweeps.
 
+With workers, the calibrated rules are replayed again *warm*: a run that starts after a finished sibling of its
+family (``stop_replay.warm_pairs``: same model, data and peak LR, another length or schedule) in its sweep
+borrows that sibling's fit as its prior, as a sweep's later runs borrow from its finished ones (the live
+forecaster pools every finished run of the family at the run's peak LR; the replay borrows from one fixed
+sibling, and only once that sibling has finished in the replayed order).
+
 Reported per policy: the fraction of all steps saved, how often the sweep's true best run survives to the end,
 and the regret (final loss of the best surviving run minus the true best). Target: >= 50 % steps saved while
 keeping the true best in >= 95 % of the sweeps.
@@ -56,7 +62,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stop_replay import Run, Trace, all_runs, replay_all
+from stop_replay import Run, Trace, all_runs, replay_all, warm_pairs
 
 from scaleforecast.calibration import ErrorModel, load_error_model
 from scaleforecast.decision import DEFAULT_CONFIDENCE, decide_stop_among, sweep_reference
@@ -95,6 +101,8 @@ class RunTrace:
     nni: np.ndarray
     features: list[StopFeatures | None] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    warm: RunTrace | None = None
+    """The same run replayed with the fit of ``meta["sibling"]``, a run of its family, as its prior."""
 
     def forecast(self, k: int, monitored: bool = False) -> Forecast | None:
         """The forecast at checkpoint ``k`` as a one-point :class:`Forecast` (None when it holds no number); with
@@ -267,6 +275,7 @@ class SweepView:
 
     def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
+        self.runs = list(sweep.runs)  # the trace each run follows: cold, or warm once it borrowed
         n = len(sweep.runs)
         self.state = ["pending"] * n
         self.latest = [-1] * n
@@ -275,7 +284,7 @@ class SweepView:
         """The other runs as registry records (what a run would read from the shared registry: with
         ``features``, the stop features each running run published with its forecast)."""
         out = []
-        for i, r in enumerate(self.sweep.runs):
+        for i, r in enumerate(self.runs):
             if i == exclude or self.state[i] == "pending":
                 continue
             k = self.latest[i]
@@ -371,7 +380,7 @@ class ForecastRule(NoStop):
         self.name = f"before: normal rule (conf {confidence:g}, floor {100 * rel_std_floor:g} %)"
 
     def check(self, i: int, k: int) -> bool:
-        run = self.view.sweep.runs[i]
+        run = self.view.runs[i]
         if run.steps[k] < int(self.min_fraction * run.total_steps) or run.fc_status[k] not in USABLE:
             return False
         reference = sweep_reference(
@@ -400,7 +409,7 @@ class CalibratedRule(NoStop):
         self.forecast_only = forecast_only
 
     def check(self, i: int, k: int) -> bool:
-        run = self.view.sweep.runs[i]
+        run = self.view.runs[i]
         d = decide_stop_among(
             run.forecast(k),
             self.view.records(i, features=not self.forecast_only),
@@ -425,7 +434,7 @@ class Oracle(NoStop):
 
     def check(self, i: int, k: int) -> bool:
         best = min(r.final for r in self.view.sweep.runs)
-        return k == 0 and self.view.sweep.runs[i].final > (1.0 + self.gap) * best
+        return k == 0 and self.view.runs[i].final > (1.0 + self.gap) * best
 
 
 class NNICurveFit(NoStop):
@@ -436,7 +445,7 @@ class NNICurveFit(NoStop):
         self.name = f"nni curvefit (x{threshold:g})"
 
     def check(self, i: int, k: int) -> bool:
-        run = self.view.sweep.runs[i]
+        run = self.view.runs[i]
         best = self.view.best_finished()
         pred = run.nni[k]
         if best is None or not math.isfinite(pred) or run.steps[k] < self.min_fraction * run.total_steps:
@@ -475,7 +484,7 @@ class OptunaPolicy(NoStop):
         self.reporters[i] = OptunaForecastReporter(trial, n_grid=self.n_grid)
 
     def check(self, i: int, k: int) -> bool:
-        run, trial = self.view.sweep.runs[i], self.trials[i]
+        run, trial = self.view.runs[i], self.trials[i]
         if self.value == "forecast":
             return self.reporters[i](int(run.steps[k]), run.forecast(k, monitored=not self.bare))
         if not math.isfinite(run.raw[k]):
@@ -487,7 +496,7 @@ class OptunaPolicy(NoStop):
         import optuna
 
         if finished:
-            self.study.tell(self.trials[i], self.view.sweep.runs[i].final)
+            self.study.tell(self.trials[i], self.view.runs[i].final)
         else:
             self.study.tell(self.trials[i], state=optuna.trial.TrialState.PRUNED)
 
@@ -612,11 +621,13 @@ class Outcome:
     true_best: float = 0.0
 
 
-def replay(sweep: Sweep, policy: Policy, order: Sequence[int], workers: int) -> Outcome:
+def replay(sweep: Sweep, policy: Policy, order: Sequence[int], workers: int, warm: bool = False) -> Outcome:
     """Replay ``sweep`` under ``policy``: ``workers`` runs at once (0 = all), started in ``order``.
 
     The clock counts optimizer steps (all runs train at the same speed). Events at one instant are taken in
     start order. A run's last checkpoint is its end: it finishes there, so the policy cannot stop it then.
+    With ``warm``, a run that starts after the sibling of its warm trace finished (ran to its end) in this
+    sweep follows that trace: it borrows the sibling's fit as its prior, as a sweep's later runs do.
     """
     view = SweepView(sweep)
     policy.begin(view)
@@ -632,19 +643,23 @@ def replay(sweep: Sweep, policy: Policy, order: Sequence[int], workers: int) -> 
         while pending and sum(s == "running" for s in view.state) < slots:
             i = pending.pop(0)
             view.state[i] = "running"
+            if warm and (w := sweep.runs[i].warm) is not None and finished.get(w.meta["sibling"], False):
+                view.runs[i] = w
             t0[i] = now
             policy.start(i)
-            heapq.heappush(heap, (now + int(sweep.runs[i].steps[0]), seq, i, 0))
+            heapq.heappush(heap, (now + int(view.runs[i].steps[0]), seq, i, 0))
             seq += 1
 
+    finished: dict[str, bool] = {}
     launch(0)
     while heap:
         now, _, i, k = heapq.heappop(heap)
-        run = sweep.runs[i]
+        run = view.runs[i]
         view.latest[i] = k
         used[i] = int(run.steps[k])
         if k == len(run.steps) - 1:
             view.state[i] = "finished"
+            finished[run.key] = True
             policy.end(i, True)
             launch(now)
             continue
@@ -706,15 +721,21 @@ def summarise(name: str, outcomes: list[Outcome]) -> Summary:
 
 
 def run_benchmark(
-    sweeps: Sequence[Sweep], policies: Sequence[Policy], *, workers: int, orders: int, seed: int = 0
+    sweeps: Sequence[Sweep],
+    policies: Sequence[Policy],
+    *,
+    workers: int,
+    orders: int,
+    seed: int = 0,
+    warm: bool = False,
 ) -> list[Summary]:
     """Every policy on every sweep in ``orders`` random start orders (the same orders for every policy)."""
     rng = np.random.default_rng(seed)
     plan = [(s, [list(rng.permutation(len(s.runs))) for _ in range(orders)]) for s in sweeps]
     out = []
     for policy in policies:
-        outcomes = [replay(s, policy, order, workers) for s, ords in plan for order in ords]
-        out.append(summarise(policy.name, outcomes))
+        outcomes = [replay(s, policy, order, workers, warm) for s, ords in plan for order in ords]
+        out.append(summarise(policy.name + (", warm" if warm else ""), outcomes))
     return out
 
 
@@ -754,12 +775,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.time()
     runs = all_runs(args.root)
     replayed = replay_all(runs, cache=args.cache)
+    pairs = warm_pairs(runs, args.root)
+    replayed_warm = replay_all([r for r, _ in pairs], cache=args.cache, siblings=[s for _, s in pairs])
     by_key = {r.key: r for r in runs}
     traces = {}
     for t in replayed:
         rt = run_trace(by_key[t.key], t, args.checkpoints)
         if rt is not None:
             traces[t.key] = rt
+    for t in replayed_warm:
+        if t.key in traces:
+            traces[t.key].warm = run_trace(by_key[t.key], t, args.checkpoints)
     folds = {}
     if not args.no_cross_fit:
         from early_stop import cross_fitted_models
@@ -783,6 +809,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.time()
             rows = run_benchmark(sweeps, policies, workers=w, orders=args.orders, seed=args.seed)
             who = "all runs at once" if w <= 0 else f"{w} workers"
+            if w > 0:
+                calibrated = [p for p in policies if isinstance(p, CalibratedRule)]
+                rows += run_benchmark(
+                    sweeps, calibrated, workers=w, orders=args.orders, seed=args.seed, warm=True
+                )
             print(table(f"{len(sweeps)} {title} ({n_runs} runs), {who}, {args.orders} orders", rows))
             print(f"({time.time() - t0:.1f} s)\n")
     print(f"total {time.time() - t_start:.1f} s")

@@ -96,6 +96,21 @@ def test_workers_share_a_clock() -> None:
     assert view_states == [["finished", "running", "running"]]
 
 
+def test_a_run_borrows_only_after_its_sibling_finished() -> None:
+    """A warm trace is followed by a run that starts after its sibling ran to its end in the sweep."""
+    a, b = _trace("a", 1000, 3.0), _trace("b", 1000, 3.8)
+    b.warm = _trace("b", 1000, 3.8, std=0.001)
+    b.warm.steps = b.warm.steps - 50  # tells the traces apart by the steps trained
+    b.warm.meta["sibling"] = "a"
+    sweep = sr.Sweep("s", [a, b])
+    assert sr.replay(sweep, sr.NoStop(), [0, 1], workers=1, warm=True).steps_used == 1000 + 950
+    # started before its sibling finished, or replayed cold: the cold trace
+    assert sr.replay(sweep, sr.NoStop(), [0, 1], workers=2, warm=True).steps_used == 2000
+    assert sr.replay(sweep, sr.NoStop(), [0, 1], workers=1).steps_used == 2000
+    # a sibling stopped early is no finished run to borrow from
+    assert sr.replay(sweep, StopAt(victim=0, k=3), [0, 1], workers=1, warm=True).steps_used == 400 + 1000
+
+
 def test_forecast_rule_stops_the_hopeless_run_only() -> None:
     sweep = sr.Sweep("s", [_trace("good", 1000, 3.0), _trace("close", 1000, 3.005), _trace("bad", 1000, 3.8)])
     rule = sr.ForecastRule(confidence=0.95, min_fraction=0.2)
