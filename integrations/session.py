@@ -854,7 +854,7 @@ class TrainingSession:
             if self.monitor.forecaster.schedule is not None:
                 self.replans += 1
                 # a metric-driven scheduler (ReduceLROnPlateau) re-plans at each of its cuts, as it should
-                steered = self.source is not None and any(metric_driven(s) for s in self.source.schedulers)
+                steered = self._steered
                 if self.replans <= _REPLANS_TOLD or steered:
                     self.say(f"the LR schedule changed at step {step}; re-planning")
                     changed = Event(
@@ -945,9 +945,11 @@ class TrainingSession:
                         f"; target {decision.reference:g} out of reach with confidence {decision.probability:.2f}, "
                         f"stops at {float(self.stop.confidence):g}"
                     )
+                # a metric-driven scheduler's cuts are not in the plan: the forecast is of the LR held from here
+                held = ", the LR held as it is" if self._steered else ""
                 self.say(
                     f"step {step}: forecast final loss {final.loss:.4f} [{final.lower:.4f}, {final.upper:.4f}] "
-                    f"at step {forecast.final_step} ({seen}{forecast.status.value}){rule}"
+                    f"at step {forecast.final_step} ({seen}{forecast.status.value}{held}){rule}"
                 )
             shape = next((w for w in forecast.warnings if w.startswith("[out_of_shape]")), None)
             if shape is not None and "out of shape" not in self._warned:

@@ -653,6 +653,26 @@ def test_a_plateau_schedulers_cuts_are_followed_without_advice_to_pass_a_schedul
     assert len([w for w in caught if "no schedule advice" in str(w.message)]) == 1
 
 
+def test_forecasts_under_a_metric_driven_scheduler_say_the_lr_is_held(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ReduceLROnPlateau`` cuts the LR on metrics the run has not produced: the plan holds the LR, and each
+    printed forecast says it is of the LR held (it read as a plain forecast, under an ``ok`` status)."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc = LossForecastSession(opt, sched, total_steps=200, flush_every=20, writer=False)
+        for n in range(1, 201):
+            opt.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "forecast final loss" in line]
+    assert lines and all("the LR held as it is" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("every", [None, 10])
 def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
     """A loop that steps its scheduler once per epoch of 10 updates: with ``scheduler_every=10`` the plan is
