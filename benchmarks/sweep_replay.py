@@ -191,7 +191,7 @@ def run_trace(run: Run, trace: Trace, n_checkpoints: int) -> RunTrace | None:
         fc_status=status,
         nni=nni,
         features=feats,
-        meta=dict(run.meta),
+        meta=dict(trace.meta),
     )
 
 

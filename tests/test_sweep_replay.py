@@ -249,6 +249,25 @@ def test_real_curves_trace_and_group(curves_dir: Path) -> None:
     assert [s.name for s in sweeps] == ["mpl/25M"] and len(sweeps[0].runs) == 3
     out = sr.replay(sweeps[0], sr.NoStop(), [0, 1, 2], workers=0)
     assert out.steps_used == sum(r.total for r in runs)
+    # a run replayed warm from a sibling of the sweep follows that trace once the sibling has finished
+    from stop_replay import warm_pairs
+
+    run, sibling = warm_pairs(runs, curves_dir)[0]
+    warm = sr.run_trace(run, replay(run, sibling=sibling), N_CK)
+    assert warm is not None and warm.meta["sibling"] == sibling.key
+    traces[run.key].warm = warm
+    keys = [r.key for r in sweeps[0].runs]
+    i, j = keys.index(run.key), keys.index(sibling.key)
+    followed: list[bool] = []
+
+    class Spy(sr.NoStop):
+        def check(self, n: int, k: int) -> bool:
+            if n == i:
+                followed.append(self.view.runs[n] is warm)
+            return False
+
+    sr.replay(sweeps[0], Spy(), [j, i, *(set(range(3)) - {i, j})], workers=1, warm=True)
+    assert followed and all(followed)
 
 
 def test_widen_forecast_of_the_before_rule() -> None:
