@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from scaleforecast.integrations.arguments import ForecastArgs
 from scaleforecast.integrations.distributed import TorchCollectives
-from scaleforecast.integrations.planner import LRSource, unwrap_scheduler
+from scaleforecast.integrations.planner import LRSource, SchedulerPace, unwrap_scheduler
 from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter, raw_optimizer
 from typing_extensions import Unpack
 
@@ -138,6 +138,7 @@ class LossForecastSession(SessionFace):
         self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=self._source())
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
         self._calls, self._updates, self._restored = 0, UpdateCounter(), False
+        self._pace = self._pace_watch(done)
         self.session.guard("step", self._updates.attach, optimizer)
         # a loop that never calls close(): said, and closed at exit (or when this object goes) without the
         # last flush's collective, so that TensorBoard keeps what was written
@@ -157,6 +158,29 @@ class LossForecastSession(SessionFace):
         self._scheduler_every = every
         self.session.replan_hint = _replan_hint(every)
         self.session.set_source(self._source())
+        self._pace = self._pace_watch(self.session.step)
+
+    def _pace_watch(self, start: int) -> SchedulerPace | None:
+        """A watch on the schedulers' pace, while they are read as stepped once per update."""
+        return (
+            SchedulerPace(start)
+            if self._schedulers and self._scheduler_every == self._per_update == 1
+            else None
+        )
+
+    def _check_pace(self, update: int) -> None:
+        """A scheduler stepped once every few updates (once per epoch) with no ``scheduler_every``: the plan,
+        read as one scheduler step per update, failed at every flush and the run had no forecast. Once the
+        pace is plain, it is read at that pace from here on, and the loop is told."""
+        assert self._pace is not None
+        count = sum(int(getattr(s, "last_epoch", 0)) for s in self._schedulers)
+        pace = self._pace.see(update, count, self.session.update_lr)
+        if pace is not None:
+            self.session.warn(
+                f"the LR scheduler steps once every {pace} updates (once per epoch?), not once per update: the "
+                f"plan reads it so from update {update}; pass scheduler_every={pace} to say so from the start"
+            )
+            self.set_scheduler(list(self._schedulers), scheduler_every=pace)
 
     def _source(self) -> LRSource:
         """The optimizer and the schedulers that step it, at their cadence, for the plan's look-ahead."""
@@ -230,6 +254,8 @@ class LossForecastSession(SessionFace):
             )
         if self._calls == 0:
             self.session.guard("step", self._check_resume, n)
+        if self._pace is not None:
+            self.session.guard("scheduler pace", self._check_pace, n)
         self.session.record(n, loss, grad_norm)
         self.session.tick(n)
         self._calls += 1

@@ -19,6 +19,7 @@ copies), or takes a schedule the user gave. The rules, the same for Lightning, t
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs, 
 
 from scaleforecast.schedules import edge_zeros
 
-__all__ = ["LRSource", "SchedulePlanner", "floor_lrs", "lr_trouble", "unwrap_scheduler"]
+__all__ = ["LRSource", "SchedulePlanner", "SchedulerPace", "floor_lrs", "lr_trouble", "unwrap_scheduler"]
 
 DRIFT_RTOL = 1e-6
 DRIFT_ATOL = 1e-9  # times the plan's largest LR
@@ -151,6 +152,37 @@ class LRSource:
 def _counts(source: LRSource) -> tuple[int, ...]:
     """The steps each of ``source``'s schedulers has taken (its ``last_epoch``; -1 when it keeps none)."""
     return tuple(int(getattr(s, "last_epoch", -1)) for s in source.schedulers)
+
+
+class SchedulerPace:
+    """How many updates one step of the LR scheduler(s) spans, as a loop shows it update by update: the updates
+    at which the schedulers' step count moved, and whether the LR changed anywhere else.
+
+    :meth:`see` returns the pace once two successive gaps between moves are equal and longer than one update
+    (a scheduler stepped once per epoch, whatever the order of ``scheduler.step()`` and the loop's call), with
+    the LR changed only at the moves (or the update after one); ``None`` until then, and for good once the LR
+    changed elsewhere (an LR set by hand, a scheduler that sets fractional epochs itself).
+    """
+
+    def __init__(self, start: int) -> None:
+        self._moves = [int(start)]
+        self._count: int | None = None
+        self._lr = math.nan
+        self.steady = True
+
+    def see(self, update: int, count: int, lr: float) -> int | None:
+        """Take update ``update``: the schedulers' total step ``count`` after it and the ``lr`` it used."""
+        if self._count is not None and count != self._count:
+            self._moves.append(int(update))
+        self._count = count
+        if math.isfinite(lr):
+            if math.isfinite(self._lr) and lr != self._lr and update - self._moves[-1] > 1:
+                self.steady = False
+            self._lr = lr
+        if not self.steady or len(self._moves) < 3:
+            return None
+        a, b = self._moves[-2] - self._moves[-3], self._moves[-1] - self._moves[-2]
+        return a if a == b > 1 else None
 
 
 class SchedulePlanner:

@@ -377,6 +377,11 @@ class TrainingSession:
         if self.is_zero and self.config.verbose:
             _print_line(f"{self.name}: {message}")
 
+    @property
+    def update_lr(self) -> float:
+        """The LR the latest optimizer update used, until that update is recorded (NaN otherwise)."""
+        return self._lr
+
     def warn(self, message: str, key: str | None = None) -> None:
         """A ``RuntimeWarning`` on rank 0, once per message (or per ``key``, for a message that names a step)."""
         if self.is_zero and (key or message) not in self._warned:

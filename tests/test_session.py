@@ -676,8 +676,9 @@ def test_forecasts_under_a_metric_driven_scheduler_say_the_lr_is_held(
 @pytest.mark.parametrize("every", [None, 10])
 def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
     """A loop that steps its scheduler once per epoch of 10 updates: with ``scheduler_every=10`` the plan is
-    the LRs used from the start; without it the plan (read as one scheduler step per update) keeps failing,
-    is re-planned at every flush, and the loop is told, once, what to pass."""
+    the LRs used from the start; without it the plan (read as one scheduler step per update) kept failing, was
+    re-planned at every flush, and the run had no usable forecast: the pace is read off the scheduler's own
+    count once two epochs have shown it, said once, and the plan is the LRs used from there."""
     from scaleforecast.callbacks import LossForecastSession
 
     opt = _sgd(0.1)
@@ -697,11 +698,14 @@ def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
             fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
         fc.close()
     told = [str(w.message) for w in caught if "left the planned schedule" in str(w.message)]
+    assert told == []
+    paced = [str(w.message) for w in caught if "steps once every" in str(w.message)]
     if every is None:
-        assert len(told) == 1 and "scheduler_every=<updates per epoch>" in told[0], told
+        # told the pace once, at the second epoch's end; read at that pace from there, the plan is the LRs used
+        assert len(paced) == 1 and "scheduler_every=10" in paced[0] and "from update 20" in paced[0], paced
     else:
-        assert told == []
-        np.testing.assert_allclose(fc.forecaster.schedule, used, rtol=1e-12)
+        assert paced == []
+    np.testing.assert_allclose(fc.forecaster.schedule, used, rtol=1e-12)
     with pytest.raises(ValueError, match="scheduler_every"):
         LossForecastSession(opt, sched, scheduler_every=0, total_steps=10)
 
@@ -716,15 +720,20 @@ def test_a_scheduler_stepped_per_epoch_longer_than_a_flush_is_told_once() -> Non
     opt = _sgd(0.1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8)
     fc = LossForecastSession(opt, sched, total_steps=320, flush_every=10, writer=False, verbose=False)
+    used = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for n in range(1, 321):
+            used.append(opt.param_groups[0]["lr"])
             opt.step()
-            if n % 40 == 0:
-                sched.step()
             fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+            if n % 40 == 0:
+                sched.step()  # after the loop's call: the pace is read all the same
         fc.close()
     said = [str(w.message) for w in caught]
+    assert len([m for m in said if "scheduler_every=40" in m]) == 1, said
+    np.testing.assert_allclose(fc.forecaster.schedule, used, rtol=1e-12)
+    assert fc.forecast is not None and fc.forecast.ok
     assert len([m for m in said if "the LR is 0 at update" in m]) <= 1, said
     assert not [m for m in said if "went on changing" in m], said
     hints = [m for m in said if "scheduler_every=<updates per epoch>" in m]
