@@ -673,6 +673,33 @@ def test_forecasts_under_a_metric_driven_scheduler_say_the_lr_is_held(
     assert lines and all("the LR held as it is" in line for line in lines), lines
 
 
+def _per_epoch_run(
+    epoch: int, t_max: int, total: int, after: bool = False, **kwargs: Any
+) -> tuple[Any, list[float], list[str]]:
+    """A loop whose cosine scheduler steps once every ``epoch`` updates (``after`` the loop's call, or
+    before it): the session, the LRs used and what it warned."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
+    fc = LossForecastSession(
+        opt, sched, total_steps=total, flush_every=10, writer=False, verbose=False, **kwargs
+    )
+    used = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, total + 1):
+            used.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if n % epoch == 0 and not after:
+                sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+            if n % epoch == 0 and after:
+                sched.step()
+        fc.close()
+    return fc, used, [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("every", [None, 10])
 def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
     """A loop that steps its scheduler once per epoch of 10 updates: with ``scheduler_every=10`` the plan is
@@ -681,25 +708,9 @@ def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
     count once two epochs have shown it, said once, and the plan is the LRs used from there."""
     from scaleforecast.callbacks import LossForecastSession
 
-    opt = _sgd(0.1)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=12)
-    kwargs: dict[str, Any] = {"total_steps": 120, "flush_every": 10, "writer": False, "verbose": False}
-    if every is not None:
-        kwargs["scheduler_every"] = every
-    fc = LossForecastSession(opt, sched, **kwargs)
-    used = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for n in range(1, 121):
-            used.append(opt.param_groups[0]["lr"])
-            opt.step()
-            if n % 10 == 0:
-                sched.step()
-            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
-        fc.close()
-    told = [str(w.message) for w in caught if "left the planned schedule" in str(w.message)]
-    assert told == []
-    paced = [str(w.message) for w in caught if "steps once every" in str(w.message)]
+    fc, used, said = _per_epoch_run(10, 12, 120, **({} if every is None else {"scheduler_every": every}))
+    assert [m for m in said if "left the planned schedule" in m] == []
+    paced = [m for m in said if "steps once every" in m]
     if every is None:
         # told the pace once, at the second epoch's end; read at that pace from there, the plan is the LRs used
         assert len(paced) == 1 and "scheduler_every=10" in paced[0] and "from update 20" in paced[0], paced
@@ -707,7 +718,7 @@ def test_a_scheduler_stepped_per_epoch(every: int | None) -> None:
         assert paced == []
     np.testing.assert_allclose(fc.forecaster.schedule, used, rtol=1e-12)
     with pytest.raises(ValueError, match="scheduler_every"):
-        LossForecastSession(opt, sched, scheduler_every=0, total_steps=10)
+        LossForecastSession(_sgd(0.1), scheduler_every=0, total_steps=10)
 
 
 def test_a_scheduler_stepped_per_epoch_longer_than_a_flush_is_told_once() -> None:
@@ -715,22 +726,9 @@ def test_a_scheduler_stepped_per_epoch_longer_than_a_flush_is_told_once() -> Non
     updates, then up again) put its zeros at another update at each re-plan, each said as a new warning (16 in
     an 800-update run), and the loop was told its scheduler "was not stepped while the LR went on changing",
     with no word of ``scheduler_every``: the LR had not changed. One notice of the zeros, and the hint."""
-    from scaleforecast.callbacks import LossForecastSession
-
-    opt = _sgd(0.1)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8)
-    fc = LossForecastSession(opt, sched, total_steps=320, flush_every=10, writer=False, verbose=False)
-    used = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for n in range(1, 321):
-            used.append(opt.param_groups[0]["lr"])
-            opt.step()
-            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
-            if n % 40 == 0:
-                sched.step()  # after the loop's call: the pace is read all the same
-        fc.close()
-    said = [str(w.message) for w in caught]
+    fc, used, said = _per_epoch_run(
+        40, 8, 320, after=True
+    )  # stepped after the loop's call: read all the same
     assert len([m for m in said if "scheduler_every=40" in m]) == 1, said
     np.testing.assert_allclose(fc.forecaster.schedule, used, rtol=1e-12)
     assert fc.forecast is not None and fc.forecast.ok
