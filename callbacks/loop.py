@@ -176,6 +176,8 @@ class LossForecastSession(SessionFace):
         count = sum(int(getattr(s, "last_epoch", 0)) for s in self._schedulers)
         pace = self._pace.see(update, count, self.session.update_lr)
         if pace is not None:
+            self._pace = None  # the pace is known: watched no longer
+        if pace is not None and pace > 1:
             self.session.warn(
                 f"the LR scheduler steps once every {pace} updates (once per epoch?), not once per update: the "
                 f"plan reads it so from update {update}; pass scheduler_every={pace} to say so from the start"

@@ -158,10 +158,11 @@ class SchedulerPace:
     """How many updates one step of the LR scheduler(s) spans, as a loop shows it update by update: the updates
     at which the schedulers' step count moved, and whether the LR changed anywhere else.
 
-    :meth:`see` returns the pace once two successive gaps between moves are equal and longer than one update
-    (a scheduler stepped once per epoch, whatever the order of ``scheduler.step()`` and the loop's call), with
-    the LR changed only at the moves (or the update after one); ``None`` until then, and for good once the LR
-    changed elsewhere (an LR set by hand, a scheduler that sets fractional epochs itself).
+    :meth:`see` returns the pace once two successive gaps between moves are equal (more than one update: a
+    scheduler stepped once per epoch, whatever the order of ``scheduler.step()`` and the loop's call), with the
+    LR changed only at the moves (or the update after one); ``None`` until then, and for good once the LR
+    changed elsewhere (an LR set by hand, a scheduler that sets fractional epochs itself). It holds three
+    numbers whatever the run's length.
     """
 
     def __init__(self, start: int) -> None:
@@ -173,7 +174,7 @@ class SchedulerPace:
     def see(self, update: int, count: int, lr: float) -> int | None:
         """Take update ``update``: the schedulers' total step ``count`` after it and the ``lr`` it used."""
         if self._count is not None and count != self._count:
-            self._moves.append(int(update))
+            self._moves = [*self._moves[-2:], int(update)]
         self._count = count
         if math.isfinite(lr):
             if math.isfinite(self._lr) and lr != self._lr and update - self._moves[-1] > 1:
@@ -181,8 +182,8 @@ class SchedulerPace:
             self._lr = lr
         if not self.steady or len(self._moves) < 3:
             return None
-        a, b = self._moves[-2] - self._moves[-3], self._moves[-1] - self._moves[-2]
-        return a if a == b > 1 else None
+        a, b = self._moves[1] - self._moves[0], self._moves[2] - self._moves[1]
+        return a if a == b else None
 
 
 class SchedulePlanner:

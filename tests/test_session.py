@@ -24,7 +24,12 @@ from scaleforecast.integrations.distributed import (  # noqa: E402
     misaligned_ranks,
     reduce_ranks,
 )
-from scaleforecast.integrations.planner import LRSource, SchedulePlanner, floor_lrs  # noqa: E402
+from scaleforecast.integrations.planner import (  # noqa: E402
+    LRSource,
+    SchedulePlanner,
+    SchedulerPace,
+    floor_lrs,
+)
 from scaleforecast.integrations.session import STATE_FORMAT, TrainingSession  # noqa: E402
 
 
@@ -671,6 +676,21 @@ def test_forecasts_under_a_metric_driven_scheduler_say_the_lr_is_held(
         fc.close()
     lines = [line for line in capsys.readouterr().out.splitlines() if "forecast final loss" in line]
     assert lines and all("the LR held as it is" in line for line in lines), lines
+
+
+def test_the_scheduler_pace_is_read_off_its_count() -> None:
+    """Two equal gaps between the updates at which the count moved give the pace; an LR that changed between
+    them (set by hand) rules it out for good."""
+    pace = SchedulerPace(0)
+    lrs = [0.1] * 100 + [0.09] * 100 + [0.07] * 100
+    seen = [pace.see(n, n // 100, lr) for n, lr in enumerate(lrs, start=1)]
+    # stepped after updates 100 and 200, whose next updates use the new LRs
+    assert seen[:199] == [None] * 199 and seen[199] == 100
+    every = SchedulerPace(0)
+    assert [every.see(n, n, 0.1 / n) for n in range(1, 5)] == [None, None, None, 1]  # stepped at every update
+    by_hand = SchedulerPace(0)
+    lrs[150] = 0.05
+    assert all(by_hand.see(n, n // 100, lr) is None for n, lr in enumerate(lrs, start=1))
 
 
 def _per_epoch_run(
