@@ -643,14 +643,16 @@ def replay(sweep: Sweep, policy: Policy, order: Sequence[int], workers: int, war
         while pending and sum(s == "running" for s in view.state) < slots:
             i = pending.pop(0)
             view.state[i] = "running"
-            if warm and (w := sweep.runs[i].warm) is not None and finished.get(w.meta["sibling"], False):
+            w = sweep.runs[i].warm if warm else None
+            if w is not None and any(
+                r.key == w.meta["sibling"] and view.state[j] == "finished" for j, r in enumerate(sweep.runs)
+            ):
                 view.runs[i] = w
             t0[i] = now
             policy.start(i)
             heapq.heappush(heap, (now + int(view.runs[i].steps[0]), seq, i, 0))
             seq += 1
 
-    finished: dict[str, bool] = {}
     launch(0)
     while heap:
         now, _, i, k = heapq.heappop(heap)
@@ -659,7 +661,6 @@ def replay(sweep: Sweep, policy: Policy, order: Sequence[int], workers: int, war
         used[i] = int(run.steps[k])
         if k == len(run.steps) - 1:
             view.state[i] = "finished"
-            finished[run.key] = True
             policy.end(i, True)
             launch(now)
             continue

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from scaleforecast.integrations.arguments import ForecastArgs
 from scaleforecast.integrations.distributed import TorchCollectives
-from scaleforecast.integrations.planner import LRSource, SchedulerPace, unwrap_scheduler
+from scaleforecast.integrations.planner import LRSource, SchedulerPace, step_counts, unwrap_scheduler
 from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter, raw_optimizer
 from typing_extensions import Unpack
 
@@ -173,10 +173,9 @@ class LossForecastSession(SessionFace):
         read as one scheduler step per update, failed at every flush and the run had no forecast. Once the
         pace is plain, it is read at that pace from here on, and the loop is told."""
         assert self._pace is not None
-        count = sum(int(getattr(s, "last_epoch", 0)) for s in self._schedulers)
-        pace = self._pace.see(update, count, self.session.update_lr)
-        if pace is not None:
-            self._pace = None  # the pace is known: watched no longer
+        pace = self._pace.see(update, step_counts(self._schedulers), self.session.update_lr)
+        if pace is not None or not self._pace.steady:
+            self._pace = None  # known, or ruled out: watched no longer (it runs at every update till then)
         if pace is not None and pace > 1:
             self.session.warn(
                 f"the LR scheduler steps once every {pace} updates (once per epoch?), not once per update: the "

@@ -31,7 +31,15 @@ from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs, 
 
 from scaleforecast.schedules import edge_zeros
 
-__all__ = ["LRSource", "SchedulePlanner", "SchedulerPace", "floor_lrs", "lr_trouble", "unwrap_scheduler"]
+__all__ = [
+    "LRSource",
+    "SchedulePlanner",
+    "SchedulerPace",
+    "floor_lrs",
+    "lr_trouble",
+    "step_counts",
+    "unwrap_scheduler",
+]
 
 DRIFT_RTOL = 1e-6
 DRIFT_ATOL = 1e-9  # times the plan's largest LR
@@ -149,9 +157,9 @@ class LRSource:
         return base * np.array([float(fn(int(k))) for k in distinct])[where]
 
 
-def _counts(source: LRSource) -> tuple[int, ...]:
-    """The steps each of ``source``'s schedulers has taken (its ``last_epoch``; -1 when it keeps none)."""
-    return tuple(int(getattr(s, "last_epoch", -1)) for s in source.schedulers)
+def step_counts(schedulers: Sequence[Any]) -> tuple[int, ...]:
+    """The steps each scheduler has taken (its ``last_epoch``; -1 when it keeps none)."""
+    return tuple(int(getattr(s, "last_epoch", -1)) for s in schedulers)
 
 
 class SchedulerPace:
@@ -161,18 +169,19 @@ class SchedulerPace:
     :meth:`see` returns the pace once two successive gaps between moves are equal (more than one update: a
     scheduler stepped once per epoch, whatever the order of ``scheduler.step()`` and the loop's call), with the
     LR changed only at the moves (or the update after one); ``None`` until then, and for good once the LR
-    changed elsewhere (an LR set by hand, a scheduler that sets fractional epochs itself). It holds three
-    numbers whatever the run's length.
+    changed elsewhere (an LR set by hand, a scheduler that sets fractional epochs itself: :attr:`steady` turns
+    False, and the watch can end). It holds three numbers whatever the run's length.
     """
 
     def __init__(self, start: int) -> None:
         self._moves = [int(start)]
-        self._count: int | None = None
+        self._count: tuple[int, ...] | None = None
         self._lr = math.nan
         self.steady = True
 
-    def see(self, update: int, count: int, lr: float) -> int | None:
-        """Take update ``update``: the schedulers' total step ``count`` after it and the ``lr`` it used."""
+    def see(self, update: int, count: tuple[int, ...], lr: float) -> int | None:
+        """Take update ``update``: the schedulers' step counts after it (:func:`step_counts`) and the ``lr`` it
+        used."""
         if self._count is not None and count != self._count:
             self._moves = [*self._moves[-2:], int(update)]
         self._count = count
@@ -239,7 +248,7 @@ class SchedulePlanner:
         if source is None:
             raise ValueError("no optimizer or LR scheduler to look ahead with: pass schedule=")
         self.key = (*source.key, total)
-        self._marks = (steps_done, _counts(source))
+        self._marks = (steps_done, step_counts(source.schedulers))
         with warnings.catch_warnings(record=True) as said:
             # what the look-ahead says (a metric-driven scheduler held constant) is said once, as the plan's
             # other notes are, not again at every re-plan
@@ -287,7 +296,7 @@ class SchedulePlanner:
         if source is None or not source.schedulers or self._marks is None:
             return None
         since, counts = self._marks
-        if step_now - since >= 2 * source.step_every and _counts(source) == counts:
+        if step_now - since >= 2 * source.step_every and step_counts(source.schedulers) == counts:
             return since, step_now
         return None
 

@@ -859,8 +859,7 @@ class TrainingSession:
             if self.monitor.forecaster.schedule is not None:
                 self.replans += 1
                 # a metric-driven scheduler (ReduceLROnPlateau) re-plans at each of its cuts, as it should
-                steered = self._steered
-                if self.replans <= _REPLANS_TOLD or steered:
+                if self.replans <= _REPLANS_TOLD or self._steered:
                     self.say(f"the LR schedule changed at step {step}; re-planning")
                     changed = Event(
                         kind="schedule",
@@ -876,7 +875,7 @@ class TrainingSession:
                         "updates {}..{}: if the scheduler was replaced, {}; until then the plan is read from the "
                         "old one".format(self.replan_hint, *self.planner.stale, self.replace_hint)
                     )
-                elif self.replans == _REPLANS_TOLD and not steered:
+                elif self.replans == _REPLANS_TOLD and not self._steered:
                     read = (
                         f"read ahead from the LR scheduler(s){self.replan_hint}"
                         if self.source is not None and self.source.schedulers

@@ -225,3 +225,29 @@ def test_advice_on_a_fit_out_of_the_laws_shape_says_its_gain_is_not_to_be_truste
         update={"out_of_shape": False, "best": best.model_copy(update={"final_loss": 0.05})}
     )
     assert "shape" not in ScheduleAdvisor().events(fine)[0].message
+
+
+def test_advice_is_said_again_only_for_a_candidate_better_by_more_than_the_std() -> None:
+    """A recommendation is said once; another is said when it beats the one said by more than the forecast's
+    std (near-equal candidates trade places from one refit to the next), and not when it beats it by less."""
+    from scaleforecast.advice import Candidate, ScheduleAdvice
+
+    def advice(gains: dict[str, float]) -> ScheduleAdvice:
+        cands = [Candidate(name=n, final_loss=3.0 - g, gain=g) for n, g in gains.items()]
+        best = max(cands, key=lambda c: c.gain)
+        return ScheduleAdvice(
+            step=500, final_step=1000, planned_final=3.0, planned_std=0.01, candidates=cands, best=best,
+            significant=True,
+        )  # fmt: skip
+
+    adv = ScheduleAdvisor()
+    said = [
+        [e.data["best"] for e in adv.events(advice(gains)) if e.kind == "schedule_advice"]
+        for gains in (
+            {"cosine": 0.05, "wsd": 0.04},  # said
+            {"cosine": 0.05, "wsd": 0.055},  # wsd leads by 0.005 < std: not said
+            {"cosine": 0.05, "wsd": 0.07},  # wsd leads by 0.02 > std: said
+            {"cosine": 0.05, "wsd": 0.07},  # the same again: not said
+        )
+    ]
+    assert said == [["cosine"], [], ["wsd"], []]

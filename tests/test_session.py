@@ -683,14 +683,15 @@ def test_the_scheduler_pace_is_read_off_its_count() -> None:
     them (set by hand) rules it out for good."""
     pace = SchedulerPace(0)
     lrs = [0.1] * 100 + [0.09] * 100 + [0.07] * 100
-    seen = [pace.see(n, n // 100, lr) for n, lr in enumerate(lrs, start=1)]
+    seen = [pace.see(n, (n // 100,), lr) for n, lr in enumerate(lrs, start=1)]
     # stepped after updates 100 and 200, whose next updates use the new LRs
     assert seen[:199] == [None] * 199 and seen[199] == 100
     every = SchedulerPace(0)
-    assert [every.see(n, n, 0.1 / n) for n in range(1, 5)] == [None, None, None, 1]  # stepped at every update
+    assert [every.see(n, (n,), 0.1 / n) for n in range(1, 5)] == [None, None, None, 1]  # stepped every update
     by_hand = SchedulerPace(0)
     lrs[150] = 0.05
-    assert all(by_hand.see(n, n // 100, lr) is None for n, lr in enumerate(lrs, start=1))
+    assert all(by_hand.see(n, (n // 100,), lr) is None for n, lr in enumerate(lrs, start=1))
+    assert not by_hand.steady  # ruled out: the watch can end
 
 
 def _per_epoch_run(
