@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from scaleforecast.integrations.lookahead import LookaheadError, lookahead_lrs, scheduler_epochs
 
+from scaleforecast.advice import idle_tail
 from scaleforecast.schedules import edge_zeros
 
 __all__ = [
@@ -213,6 +214,7 @@ class SchedulePlanner:
         self.guessed_past = False
         self._warned_length = False
         self._peak: tuple[np.ndarray, float] | None = None  # (the plan it belongs to, its largest LR)
+        self._idle: tuple[np.ndarray, str | None] | None = None  # (the plan it belongs to, its idle tail)
         # (update, the schedulers' own counts) when the plan was read ahead, to tell schedulers nobody steps
         self._marks: tuple[int, tuple[int, ...]] | None = None
         self.stale: tuple[int, int] | None = None  # updates over which the schedulers were not stepped
@@ -282,12 +284,22 @@ class SchedulePlanner:
     def _floored(self, lrs: np.ndarray) -> np.ndarray:
         """:func:`floor_lrs`, saying what it hides (:func:`lr_trouble`), once per kind of trouble: a plan that
         keeps failing (a scheduler read at the wrong pace) puts its zeros at another update at each re-plan."""
-        trouble = lr_trouble(lrs)
+        self._tell(lr_trouble(lrs))
+        return floor_lrs(lrs)
+
+    def _tell(self, trouble: str | None) -> None:
         kind = None if trouble is None else re.sub(r"\d[\d.eE+-]*", "#", trouble)
         if trouble is not None and kind not in self._told:
             self._told.add(kind)
             self.say(trouble)
-        return floor_lrs(lrs)
+
+    def _tell_idle(self, planned: np.ndarray) -> None:
+        """Say a tail of updates at LR 0 (:func:`scaleforecast.advice.idle_tail`) once the LRs used have held
+        to the plan over a flush (or the user gave it): a scheduler read at the wrong pace, until its pace is
+        known, plans zeros that the run will never use."""
+        if self._idle is None or self._idle[0] is not planned:  # once per plan, not per flush: O(run length)
+            self._idle = (planned, idle_tail(planned))
+        self._tell(self._idle[1])
 
     def _unstepped(self, source: LRSource | None, step_now: int) -> tuple[int, int] | None:
         """``(since, step_now)`` when the plan was read from schedulers whose own counts have not moved for two
@@ -311,6 +323,7 @@ class SchedulePlanner:
     ) -> np.ndarray | None:
         """A new plan when the schedulers, the length or the LRs used left the plan; ``None`` when it holds."""
         if self.fixed is not None:
+            self._tell_idle(self.fixed)
             return None
         if planned is None:
             return self.plan(source, run_length, step_now)
@@ -324,6 +337,7 @@ class SchedulePlanner:
         drift = bool(np.any(np.abs(planned[idx[ok]] - used[ok]) > tol))
         key = None if source is None else (*source.key, self.length(run_length))
         if not drift and key == self.key:
+            self._tell_idle(planned)
             return None
         if drift and key == self.key and self.stale is None:
             self.stale = self._unstepped(source, step_now)

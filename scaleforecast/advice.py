@@ -11,8 +11,8 @@ current step on, start at the current LR and
 It reports the best candidate and its predicted gain (a scalar every refit, an event when the gain exceeds
 the forecast's own uncertainty, the predictive std of the final loss) and flags plans that decay too early
 (the LR falls below 10% of its peak with more than a quarter of the run to go: most of the forward area
-``S1`` is given up) or end at too high an LR (above 10% of the peak: the annealing term ``C * S2`` is left
-unused).
+``S1`` is given up), end at too high an LR (above 10% of the peak: the annealing term ``C * S2`` is left
+unused) or end with updates at LR 0 (which train nothing).
 
 What the law can judge, and what it cannot
 ------------------------------------------
@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaleforecast.events import Event
+from scaleforecast.laws import IDLE_LR
 from scaleforecast.results import FitStatus
 
 log = logging.getLogger("scaleforecast.health")
@@ -165,8 +166,28 @@ def candidate_schedules(
     return {name: np.concatenate([planned[:step], tail]) for name, tail in tails.items()}
 
 
+IDLE_TAIL = "trains nothing at the end"
+
+
+def idle_tail(planned: np.ndarray) -> str | None:
+    """The plan's last updates at LR 0 (:data:`scaleforecast.laws.IDLE_LR`), in words, when they are over 1 % of
+    the run (and more than one: a decay that ends at 0 has one): updates that cannot lower the loss, most
+    often a scheduler set up for fewer updates than the run makes. ``None`` otherwise."""
+    lrs = np.asarray(planned, dtype=float)
+    total = lrs.size
+    live = np.flatnonzero(lrs > IDLE_LR * float(lrs.max())) if total else np.empty(0, dtype=int)
+    idle = total - (int(live[-1]) + 1 if live.size else 0)
+    if idle < max(2, 0.01 * total):
+        return None
+    return (
+        f"{IDLE_TAIL}: the LR is 0 from update {total - idle + 1} to {total}, {100 * idle / total:.0f}% of the "
+        "run: those updates cannot lower the loss (a scheduler set up for fewer updates than the run makes?)"
+    )
+
+
 def schedule_flags(planned: np.ndarray, config: AdviceConfig | None = None) -> list[str]:
-    """Plain-language flags on a whole planned schedule: decays too early, ends at too high an LR."""
+    """Plain-language flags on a whole planned schedule: decays too early, ends at too high an LR, or ends with
+    updates at LR 0 (over 1 % of the run: updates that cannot lower the loss, a warning)."""
     cfg = config or AdviceConfig()
     lrs = np.asarray(planned, dtype=float)
     total = len(lrs)
@@ -184,6 +205,9 @@ def schedule_flags(planned: np.ndarray, config: AdviceConfig | None = None) -> l
                 f"{first_low + 1}, with {100 * left:.0f}% of the run to go (the plan keeps {100 * s1_kept:.0f}% of "
                 "the forward area S1 of holding the peak)"
             )
+    idle = idle_tail(lrs)
+    if idle is not None:
+        flags.append(idle)
     if lrs[-1] > cfg.high_final * peak:
         flags.append(
             f"ends at a high LR: the last update runs at {100 * lrs[-1] / peak:.0f}% of the peak; decaying further "
@@ -329,7 +353,7 @@ class ScheduleAdvisor:
                 Event(
                     kind="schedule_advice",
                     step=advice.step,
-                    severity="info",
+                    severity="warning" if key == IDLE_TAIL else "info",
                     message=flag,
                     data={"flag": key},
                 )

@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 WarmupS2 = Literal["raw", "hold"]
+IDLE_LR = 1e-9
+"""An LR at most this share of the schedule's largest is an update that trains nothing (S2 holds there)."""
 Memory = tuple[tuple[float, float], ...]
 """An annealing memory: ``((lam_1, weight_1), (lam_2, weight_2), ...)``, weights summing to 1."""
 
@@ -84,6 +86,18 @@ def annealing_area(lrs: ArrayLike, lam: float = 0.999, warmup: WarmupS2 = "raw")
     if not 0.0 <= lam < 1.0:
         raise ValueError(f"lam must be in [0, 1), got {lam}")
     a = hold_warmup(lrs) if warmup == "hold" else _as_lrs(lrs)
+    # an update at LR 0 moves no weight (nor does AdamW's decoupled decay, which scales with the LR): it is no
+    # time for the law, so S2 holds there and its memory resumes where it was when the LR is positive again;
+    # otherwise a tail of zeros (a scheduler built for fewer updates than the run makes) keeps lowering the
+    # forecast through updates that cannot change the loss
+    live = a > IDLE_LR * float(np.abs(a).max())
+    if not live.all():
+        out = np.zeros_like(a)
+        if live.any():
+            held = np.cumsum(live) - 1
+            s2 = annealing_area(a[live], lam, "raw")
+            out[held >= 0] = s2[held[held >= 0]]
+        return out
     d = np.zeros_like(a)
     d[1:] = a[:-1] - a[1:]
     return np.cumsum(_decaying_sum(d, lam))

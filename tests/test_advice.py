@@ -52,6 +52,11 @@ def test_flags() -> None:
     assert len(flags) == 1 and flags[0].startswith("decays too early")
     assert "forward area S1" in flags[0]
     assert schedule_flags(ConstantSchedule(peak=1e-3, total=1000).lrs())[0].startswith("ends at a high LR")
+    # a decay that ends at 0 has one update at LR 0; a scheduler built for 750 of 1000 updates leaves 250
+    assert schedule_flags(LinearSchedule(peak=1e-3, total=1000, final=0.0).lrs()) == []
+    short = np.concatenate([LinearSchedule(peak=1e-3, total=750, final=0.0).lrs(), np.zeros(250)])
+    idle = [f for f in schedule_flags(short) if f.startswith("trains nothing at the end")]
+    assert len(idle) == 1 and "from update 751 to 1000, 25% of the run" in idle[0], idle
 
 
 def test_advisor_without_a_fit_is_silent() -> None:

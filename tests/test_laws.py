@@ -144,9 +144,9 @@ def test_two_timescale_memory() -> None:
     np.testing.assert_array_equal(
         schedule_areas(lrs, 0.999, "hold", mem)[1], mixed_annealing_area(lrs, mem, 0.999, "hold")
     )
-    # a settled decay to zero reaches the full-anneal value lr_peak / (1 - lam) whatever the memory
+    # a settled decay to (almost) zero reaches the full-anneal value lr_peak / (1 - lam) whatever the memory
     down = as_lrs("wsd:peak=1e-3,warmup=0,total=4000,cooldown=0.5,shape=linear,final=0")
-    down = np.concatenate([down, np.zeros(20000)])
+    down = np.concatenate([down, np.full(20000, 1e-11)])
     full = mixed_annealing_area(down, ((0.99, 0.5), (0.999, 0.5)), 0.999)[-1]
     assert full == pytest.approx(1e-3 / (1 - 0.999), rel=1e-6)
     # the law carries its memory in its parameters
@@ -255,3 +255,31 @@ def test_areas_memo_is_safe_across_threads():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_an_update_at_lr_zero_is_no_time_for_the_annealing_area() -> None:
+    """An update at LR 0 moves no weight, so the law's areas hold through it: a tail of zeros (a scheduler built
+    for fewer updates than the run makes) does not keep lowering the loss, and a paused schedule's memory
+    resumes where it stopped. Without the rule S2 went on growing through the zeros (by 24 % of the full-anneal
+    value over 20000 zeros after a linear cooldown)."""
+    mem = ((0.99, 0.5), (0.999, 0.5))
+    down = as_lrs("wsd:peak=1e-3,warmup=0,total=4000,cooldown=0.5,shape=linear,final=0")
+    s2 = mixed_annealing_area(down, mem, 0.999)
+    tail = mixed_annealing_area(np.concatenate([down, np.zeros(20000)]), mem, 0.999)
+    np.testing.assert_array_equal(tail[:4000], s2)
+    assert np.all(tail[4000:] == s2[-1])
+    assert np.all(forward_area(np.concatenate([down, np.zeros(5)]))[-6:] == forward_area(down)[-1])
+    # a pause in the middle: the areas after it are those of the schedule without the pause
+    lrs = as_lrs("cosine:peak=1e-3,warmup=50,total=600,final=1e-5")
+    paused = np.concatenate([lrs[:300], np.zeros(100), lrs[300:]])
+    for warm in ("raw", "hold"):
+        got = annealing_area(paused, 0.99, warm)  # type: ignore[arg-type]
+        want = annealing_area(lrs, 0.99, warm)  # type: ignore[arg-type]
+        np.testing.assert_allclose(got[:300], want[:300], rtol=1e-12)
+        assert np.all(got[300:400] == want[299])
+        np.testing.assert_allclose(got[400:], want[300:], rtol=1e-9)
+    # the idle rule is relative to the schedule's peak: an LR logged as a multiplier is the same schedule
+    np.testing.assert_allclose(
+        annealing_area(paused * 1e3, 0.99) / 1e3, annealing_area(paused, 0.99), rtol=1e-12
+    )
+    assert np.all(annealing_area(np.zeros(10), 0.99) == 0.0)

@@ -312,6 +312,48 @@ def test_an_lr_set_to_zero_by_hand_is_the_lr_of_the_plan() -> None:
     assert len(told) == 1 and "update 101" in told[0], told
 
 
+def test_a_scheduler_built_for_fewer_updates_than_the_run_is_said_and_its_zeros_train_nothing() -> None:
+    """A linear decay set up for 300 updates in a 400-update run (``get_linear_schedule_with_warmup`` given the
+    wrong length): its LR is 0 for the last 100 updates and the loss stays where it was. The law's areas went
+    on growing through the zeros, so the forecast of the final loss was below the loss the run holds (by 1.1 %
+    here) and no one said the last quarter trains nothing. The forecast now holds the loss there, and the
+    idle tail is said once (and flagged by the schedule advisor)."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    from scaleforecast.advice import ScheduleAdvisor
+
+    total, built_for = 400, 300
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / built_for))
+    events: list[Any] = []
+    rng = np.random.default_rng(0)
+    area, losses = 0.0, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fc = LossForecastSession(
+            opt, sched, total_steps=total, flush_every=25, writer=False, verbose=False,
+            advisor=ScheduleAdvisor(), on_event=events.append,
+        )  # fmt: skip
+        for n in range(1, total + 1):
+            lr = opt.param_groups[0]["lr"]
+            area += lr
+            # the law's shape while the LR is positive; an update at LR 0 leaves the weights (and loss) alone
+            loss = 2.0 + 0.3 * (area / 0.1) ** -0.4 - 0.2 * (1 - lr / 0.1) if lr > 0 else losses[-1]
+            losses.append(loss)
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(loss + 0.002 * rng.standard_normal()))
+            if n == 350:
+                mid = fc.forecast
+        fc.close()
+    told = [str(w.message) for w in caught if "trains nothing at the end" in str(w.message)]
+    assert len(told) == 1 and "from update 301 to 400, 25% of the run" in told[0], told
+    flagged = [e for e in events if e.kind == "schedule_advice" and "trains nothing" in e.message]
+    assert len(flagged) == 1 and flagged[0].severity == "warning"
+    assert mid is not None and mid.final is not None
+    assert abs(mid.final.loss / losses[-1] - 1) < 0.003, (mid.final.loss, losses[-1])
+
+
 def test_a_step_counted_from_zero_is_refused_at_once() -> None:
     """nanoGPT counts ``iter_num`` from 0: passed as ``step=``, the first update's 0 let 51 steps into a 50-step
     flush buffer, and the plugin switched itself off for the run with a message about a full buffer."""
