@@ -81,6 +81,13 @@ class RayTuneForecastReporter:
     ``every`` reports only every n-th usable forecast (to bound Tune's result traffic). ``report_fn`` replaces
     ``ray.tune.report`` (e.g. ``ray.train.report`` under a Ray Train ``TorchTrainer``, where every worker
     must report). Errors are logged once and disable the reporter; training goes on.
+
+    A run the plugin stops reports once more where it ends, so that Tune's results say so: a run stopped by a
+    stop rule (a target, :class:`~scaleforecast.decision.SweepStopper`) reports its last forecast with
+    ``forecast_status="stopped"``; a run lost to a health check (NaN losses, divergence) reports
+    ``forecast_final_loss`` NaN with ``forecast_status="lost"`` and the reason in ``stop_reason``, so that
+    ``ResultGrid.get_best_result()`` (which leaves NaN out) cannot name it the best trial on a forecast made
+    before it was lost. Not after Tune ended the trial itself (ASHA's ``SystemExit`` out of ``tune.report``).
     """
 
     # Tune ends the trials its scheduler stops, where no close() after the loop can follow
@@ -103,15 +110,23 @@ class RayTuneForecastReporter:
         self._report_fn = report_fn
         self._n = 0
         self._disabled = False
+        self._ended = False  # Tune ended the trial from inside a report: nothing more may be reported
+        self._lost = False
+        self._planned: int | None = None  # the run's length as the forecasts know it
         self.last_metrics: dict[str, Any] | None = None
 
     def _report(self, metrics: dict[str, Any]) -> None:
-        if self._report_fn is not None:
-            self._report_fn(metrics)
-            return
-        from ray import tune
+        try:
+            if self._report_fn is not None:
+                self._report_fn(metrics)
+                return
+            from ray import tune
 
-        tune.report(metrics)
+            tune.report(metrics)
+        except BaseException as exc:
+            # Tune ends a trial it stops with SystemExit out of tune.report: the trial is over for Tune
+            self._ended = not isinstance(exc, Exception)
+            raise
 
     def __call__(self, step: int, forecast: Forecast | None) -> bool:
         """Report the forecast (when usable and due); never requests a stop."""
@@ -120,6 +135,7 @@ class RayTuneForecastReporter:
         metrics = forecast_metrics(step, forecast, self.total_steps)
         if metrics is None or too_vague(metrics[METRIC], metrics["forecast_std"], self.confidence):
             return False
+        self._planned = int(forecast.final_step)
         self._n += 1
         if (self._n - 1) % self.every:
             return False
@@ -136,3 +152,33 @@ class RayTuneForecastReporter:
         """The listener hook: report the new forecast; never raises an event."""
         self(step, forecast)
         return []
+
+    def on_run_lost(self, step: int, reason: str) -> None:
+        """The run monitor stopped the run as lost at ``step`` (``reason``): report a NaN forecast, status
+        ``lost``."""
+        self._lost = True
+        nan = float("nan")
+        self._final(
+            {METRIC: nan, "forecast_lower": nan, "forecast_std": nan, "forecast_status": "lost"}, step, reason
+        )
+
+    def on_run_end(self, step: int, stopped: bool) -> None:
+        """The run ended at ``step``: a run stopped by a stop rule reports its last forecast once more, status
+        ``stopped`` (a finished run's last report stands as it is)."""
+        if stopped and not self._lost and self.last_metrics is not None:
+            self._final({**self.last_metrics, "forecast_status": "stopped"}, step, None)
+
+    def _final(self, metrics: dict[str, Any], step: int, reason: str | None) -> None:
+        if self._disabled or self._ended:
+            return
+        total = self.total_steps or self._planned
+        progress = (1000 * int(step)) // max(total, 1) if total else None
+        try:
+            self._report({**metrics, "step": int(step), "progress": progress, "stop_reason": reason or ""})
+        except Exception as exc:
+            log.warning(
+                "scaleforecast Ray Tune reporter could not report the run's end: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+            self._disabled = True

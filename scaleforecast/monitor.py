@@ -238,7 +238,8 @@ class Listener(Protocol):
 
     def on_forecast(self, step: int, forecast: Forecast) -> list[Event]: ...
 
-    # optional: ``on_run_end(step, stopped)``, told once where the run ends (:meth:`RunMonitor.end_run`)
+    # optional: ``on_run_end(step, stopped)``, told once where the run ends (:meth:`RunMonitor.end_run`);
+    # ``on_run_lost(step, reason)``, told when the monitor stops (or raises out of) a run lost to a health check
 
 
 @runtime_checkable
@@ -651,6 +652,8 @@ class RunMonitor:
         if not acts or first is None:
             return
         critical = result.events[first]
+        if critical.kind != "early_stop" and self.stop.action in ("raise", "stop"):
+            self._tell("on_run_lost", step, critical.text())
         if self.stop.action == "raise":
             self.stopped_at, self.stop_reason = step, critical.text()
             result.error = TrainingHealthError(critical)

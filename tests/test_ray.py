@@ -239,3 +239,93 @@ def test_a_trial_that_tune_ends_is_not_told_it_never_closed(recwarn: pytest.Warn
     fc.session.end_unfinished()  # what the interpreter's exit does with a run left open
     assert fc.session.comm is None
     assert not [w for w in recwarn if "never closed" in str(w.message)], [str(w.message) for w in recwarn]
+
+
+def test_a_stopped_run_says_so_where_it_ends() -> None:
+    """A run the plugin stops ended in Tune's results like one that finished: its last report, the forecast
+    before the stop. A stop rule's stop reports that forecast once more as ``stopped``; a lost run reports a
+    NaN forecast, ``lost``, with the reason; after Tune ended the trial itself nothing more is reported."""
+    sent: list[dict] = []
+    rep = RayTuneForecastReporter(report_fn=sent.append)
+    rep(100, _forecast(3.0, 0.1))
+    rep.on_run_end(120, stopped=True)
+    assert sent[-1] == {
+        **sent[0],
+        "forecast_status": "stopped",
+        "step": 120,
+        "progress": 120,
+        "stop_reason": "",
+    }
+    finished = RayTuneForecastReporter(report_fn=sent.append)
+    finished(1000, _forecast(3.0, 0.1))
+    finished.on_run_end(1000, stopped=False)
+    assert len(sent) == 3 and sent[-1]["forecast_status"] == "ok"
+    lost = RayTuneForecastReporter(report_fn=sent.append)
+    lost(100, _forecast(2.5, 0.1))
+    lost.on_run_lost(108, "nonfinite @ step 108: the run is lost")
+    lost.on_run_end(120, stopped=True)
+    last = sent[-1]
+    assert len(sent) == 5 and last["forecast_status"] == "lost" and last["step"] == 108
+    assert last["forecast_final_loss"] != last["forecast_final_loss"] and "nonfinite" in last["stop_reason"]
+
+    def ended(metrics: dict) -> None:  # ASHA's stop: SystemExit out of tune.report
+        raise SystemExit(0)
+
+    by_tune = RayTuneForecastReporter(report_fn=ended)
+    with pytest.raises(SystemExit):
+        by_tune(100, _forecast(3.0, 0.1))
+    by_tune.on_run_end(100, stopped=True)  # no second SystemExit out of the adapter's end of run
+
+
+def _lost_trainable(config: dict) -> None:
+    import torch
+    from scaleforecast.callbacks import LossForecastSession
+
+    total = 300
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1.0 - i / total, 0.01))
+    fc = LossForecastSession(
+        opt, sched, total_steps=total, flush_every=25, writer=False, verbose=False,
+        listeners=[RayTuneForecastReporter()],
+    )  # fmt: skip
+    for n in range(1, total + 1):
+        opt.step()
+        sched.step()
+        loss = config["case"]["level"] + 3.0 * (n + 10) ** -0.4
+        lost = config["case"]["nan_at"] and n >= config["case"]["nan_at"]
+        fc.step(torch.tensor(float("nan") if lost else loss))
+        if fc.should_stop:
+            break
+    fc.close()
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_trial_lost_to_nans_is_not_tunes_best(tmp_path: Path) -> None:
+    """Two trials, the one whose losses were lower going NaN at update 150: the health check stopped it as lost,
+    but its last report was the forecast made before the NaNs, and Tune named it the best trial. It now ends
+    with a NaN forecast, ``lost``, and the healthy trial is the best."""
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle, tune
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        tuner = tune.Tuner(
+            _lost_trainable,
+            param_space={
+                "case": tune.grid_search([{"level": 1.0, "nan_at": 150}, {"level": 2.0, "nan_at": 0}])
+            },
+            tune_config=tune.TuneConfig(metric="forecast_final_loss", mode="min", max_concurrent_trials=1),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert not grid.errors, grid.errors
+    ends = {r.config["case"]["level"]: r.metrics for r in grid}
+    assert ends[1.0]["forecast_status"] == "lost" and ends[1.0]["step"] < 300, ends[1.0]
+    assert ends[2.0]["forecast_status"] == "ok" and ends[2.0]["step"] == 300, ends[2.0]
+    assert grid.get_best_result().config["case"]["level"] == 2.0

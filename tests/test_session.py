@@ -315,7 +315,7 @@ def test_an_lr_set_to_zero_by_hand_is_the_lr_of_the_plan() -> None:
 def test_a_scheduler_built_for_fewer_updates_than_the_run_is_said_and_its_zeros_train_nothing() -> None:
     """A linear decay set up for 300 updates in a 400-update run (``get_linear_schedule_with_warmup`` given the
     wrong length): its LR is 0 for the last 100 updates and the loss stays where it was. The law's areas went
-    on growing through the zeros, so the forecast of the final loss was below the loss the run holds (by 1.1 %
+    on growing through the zeros, so the forecast of the final loss was below the loss the run holds (by 0.9 %
     here) and no one said the last quarter trains nothing. The forecast now holds the loss there, and the
     idle tail is said once (and flagged by the schedule advisor)."""
     from scaleforecast.callbacks import LossForecastSession
