@@ -176,6 +176,8 @@ class LossForecastSession(SessionFace):
         pace = self._pace.see(update, step_counts(self._schedulers), self.session.update_lr)
         if pace is not None or not self._pace.steady:
             self._pace = None  # known, or ruled out: watched no longer (it runs at every update till then)
+        if pace is not None and pace > 1 and self._check_cadence():
+            return  # step() called per micro-batch: the scheduler steps once per update, and so must step()
         if pace is not None and pace > 1:
             self.session.warn(
                 f"the LR scheduler steps once every {pace} updates (once per epoch?), not once per update: the "
@@ -255,11 +257,11 @@ class LossForecastSession(SessionFace):
             )
         if self._calls == 0:
             self.session.guard("step", self._check_resume, n)
+        self._calls += 1
         if self._pace is not None:
             self.session.guard("scheduler pace", self._check_pace, n)
         self.session.record(n, loss, grad_norm)
         self.session.tick(n)
-        self._calls += 1
         if self._calls == _CHECK_CALLS:
             self._check_cadence()
 
@@ -281,17 +283,22 @@ class LossForecastSession(SessionFace):
                 "keep the history"
             )
 
-    def _check_cadence(self) -> None:
-        """Once, early: step() called for micro-batches (gradient accumulation) counts k times too many updates,
-        so the run reaches total_steps at 1/k of its length and the forecast stops there. A gradient scaler
-        that skips a few updates keeps the ratio near one."""
+    def _check_cadence(self) -> bool:
+        """Early, and said once: step() called for micro-batches (gradient accumulation) counts k times too many
+        updates, so the run reaches total_steps at 1/k of its length and the forecast stops there. A gradient
+        scaler that skips a few updates keeps the ratio near one. Also asked when the scheduler's count seems to
+        move every few updates (which a scheduler stepped once per update does under such a loop): whether it
+        is this, not a scheduler stepped per epoch."""
         updates = self._updates.count
-        if self._updates.attached and 0 < updates <= self._calls // 2:
-            self.session.warn(
-                f"step() was called {self._calls} times for {updates} optimizer updates: call it once per "
-                "update, after optimizer.step(), with the mean loss of the update's micro-batches (each call "
-                "counts as an update, so the forecast now runs ahead of the training)"
-            )
+        if not (self._updates.attached and 0 < updates <= self._calls // 2):
+            return False
+        self.session.warn(
+            f"step() was called {self._calls} times for {updates} optimizer updates: call it once per "
+            "update, after optimizer.step(), with the mean loss of the update's micro-batches (each call "
+            "counts as an update, so the forecast now runs ahead of the training)",
+            key="cadence",
+        )
+        return True
 
     def close(self) -> None:
         """The end of the loop, on every rank: the last flush and agreement, then TensorBoard is closed.

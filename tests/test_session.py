@@ -623,6 +623,34 @@ def test_a_loop_that_calls_step_per_micro_batch_is_told(micro: int) -> None:
         assert len(told) == 1 and "step() was called 64 times for 16 optimizer updates" in told[0], told
 
 
+def test_a_loop_with_a_scheduler_that_calls_step_per_micro_batch_is_told_why() -> None:
+    """The same loop with its LR scheduler stepped once per update: the scheduler's count moved every four of
+    the session's "updates", so the loop was first told its scheduler steps once per epoch and to pass
+    ``scheduler_every=4`` (which keeps the bug), and only at the 64th call why. It is told why, at the call that
+    shows it, once, and the plan is not re-read at another pace."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / 200)
+    fc = LossForecastSession(opt, sched, total_steps=200, flush_every=10, writer=False, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 201):
+            if n % 4 == 0:
+                opt.step()
+                sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "scheduler_every=4" in m], said
+    told = [m for m in said if "optimizer updates" in m]
+    assert (
+        len(told) == 1
+        and "call it once per update" in told[0]
+        and "called 8 times for 2 optimizer updates" in told[0]
+    ), told
+
+
 def test_the_same_step_given_per_micro_batch_is_said_once() -> None:
     """Gradient accumulation with ``fc.step(loss, step=it)`` at every micro-batch: each repeat of a step was a
     "step went back to 17 after 17 (resumed from an older checkpoint?)" warning of its own, 150 of them. It is
