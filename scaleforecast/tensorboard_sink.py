@@ -23,7 +23,7 @@ Tags of the user's run:
 - ``forecast/p_miss_target``, ``forecast/n_points``, ``law/L0``, ``law/A``, ``law/alpha``, ``law/C``: the stop
   rule's probability that the target is out of reach (from the measured error of forecasts at this point of
   real runs, not from the band), the points fitted and the fitted law; the confidence it stops at is a flat
-  line on the probability's card, in run ``<run>/scaleforecast/stop_confidence`` (without series runs, tag
+  line on the probability's card, in run ``<run>/scaleforecast/target`` (without series runs, tag
   ``forecast/stop_confidence``);
 - text ``forecast/status``: the fit's status in words whenever it changes, and the early stop;
 - image ``forecast/curve``: the observed loss, the law fitted so far, the forecast and its band to the end of
@@ -398,8 +398,10 @@ class TensorBoardSink:
             if full == "forecast/observed":
                 if not self._line("observed", float(value), step):
                     self.writer.add_scalar(COMPARE_TAG, float(value), step)
-            elif full == STOP_LEVEL_TAG and (w := self._series.writer("stop_confidence")) is not None:
-                # a flat line on the probability's own card, in a run of its own (its own colour)
+            elif full == STOP_LEVEL_TAG and (w := self._series.writer("target")) is not None:
+                # a flat line on the probability's own card, in a colour of its own: the target run's, the bar
+                # the run is held to (a run of its own held none of the Margin chart's tags, and TensorBoard
+                # showed a "Missing Tags" error under the chart for every run with a target)
                 w.add_scalar(P_MISS_TAG, float(value), step)
             else:
                 self.writer.add_scalar(full, float(value), step)
