@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from scaleforecast.caller import warn_user
-from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, decide_stop
+from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, decide_stop, too_vague
 from scaleforecast.detectors import forecaster_lr
 from scaleforecast.events import HEALTH_KINDS, Event, TrainingHealthError, log_event
 from scaleforecast.evidence import ForecastTrack
@@ -589,7 +589,7 @@ class RunMonitor:
             advice = getattr(self.advisor, "scalars", None)
             if callable(advice):
                 extras.update(self.guard("advisor", advice) or {})
-            self.sinks.write_forecast(step, forecast, extras)
+            self.sinks.write_forecast(step, self._shown(forecast), extras)
             if self.figure_every and forecast.ok:
                 self.usable_refits += 1
                 due = (self.usable_refits - 1) % self.figure_every == 0
@@ -605,6 +605,19 @@ class RunMonitor:
             swept = any(e.kind == "early_stop" and e.is_critical for e in result.events)
             self._figure(step, stopping, bar, lost=stopping and not (decided or swept), pending=result.events)
         self.sinks.flush()
+
+    def _shown(self, forecast: Forecast) -> Forecast:
+        """The forecast as the sinks show it: one too vague to tell the final loss (:func:`too_vague` at the
+        stop's confidence: its band reaches below zero) keeps its fit but loses its points, with a note, as the
+        console says "too early to forecast" (TensorBoard's cards drew 0.03 for a run heading to 0.14)."""
+        final = forecast.final
+        if final is None or not too_vague(final.loss, final.std, float(self.stop.confidence)):
+            return forecast
+        note = (
+            f"[too_early] too early to forecast: the loss at step {forecast.final_step} could be anywhere in "
+            f"[{max(final.lower, 0.0):.4g}, {final.upper:.4g}]"
+        )
+        return forecast.model_copy(update={"points": [], "warnings": [*forecast.warnings, note]})
 
     def _act(self, step: int, result: FlushResult, final: bool = False) -> None:
         """Route events, then turn a stop decision or a critical event into ``result.stop`` per ``action`` (not

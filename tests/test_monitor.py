@@ -550,3 +550,35 @@ def test_the_figure_marks_the_health_events_at_their_steps() -> None:
     # an event after the step drawn (a figure of an earlier step, redrawn) is not on it
     earlier = mon.snapshot(400)
     assert earlier is not None and earlier.events == []
+
+
+def test_a_forecast_too_vague_to_tell_the_final_loss_is_not_drawn_as_one() -> None:
+    """The console says "too early to forecast" of a forecast whose band at the stop's confidence reaches below
+    zero, while the sinks drew its mean (TensorBoard's card showed 0.03 for a run heading to 0.14). The sinks
+    get the fit without its points, with a note that says why; a forecast that can tell is written whole."""
+    from scaleforecast.decision import too_vague
+
+    class Keeper(_Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kept: list[Any] = []
+
+        def write_forecast(self, step: int, forecast: Any, extras: dict[str, float]) -> None:
+            super().write_forecast(step, forecast, extras)
+            self.kept.append(forecast)
+
+    sink = Keeper()
+    mon = RunMonitor(LRS, config=ForecasterConfig(refit_every=50), sinks=[sink])
+    made = []
+    for batch in _batches(_curve(noise=0.6), TOTAL):
+        made.append(mon.flush(batch).forecast)
+    made = [f for f in made if f is not None]
+    vague = [f for f in made if f.final is not None and too_vague(f.final.loss, f.final.std)]
+    assert vague and len(vague) < len(made)
+    assert len(sink.kept) == len(made)
+    for shown, f in zip(sink.kept, made, strict=True):
+        if f in vague:
+            assert shown.final is None and shown.params == f.params
+            assert any(w.startswith("[too_early] too early to forecast") for w in shown.warnings)
+        else:
+            assert shown == f
