@@ -84,6 +84,7 @@ from scaleforecast.monitor import (
 from scaleforecast.registry import RunRegistry, SQLiteRegistry, default_registry_path
 from scaleforecast.results import FitStatus, Forecast
 from scaleforecast.schedules import as_lrs
+from scaleforecast.tfevents import EVENT_FILE_PREFIX
 
 __all__ = ["STATE_FORMAT", "SessionFace", "TrainingSession", "new_run_dir"]
 
@@ -325,6 +326,7 @@ class TrainingSession:
         self._hook: Any = None
         self._tb_sink: Any = None  # the TensorBoardSink this session attached
         self._first_flush = True  # of this process: a resumed run restarts its TensorBoard lines there
+        self._reused_dir: str | None = None  # a dirpath given that held a TensorBoard run before this one
         self.replans = 0
         self._warned: set[str] = set()
         self._told_borrowed = False
@@ -655,6 +657,8 @@ class TrainingSession:
         if writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            if self.config.dirpath and logdir.is_dir() and any(logdir.glob(f"{EVENT_FILE_PREFIX}*")):
+                self._reused_dir = str(logdir)
             writer, own = SummaryWriter(str(logdir)), True
         self._tb_sink = TensorBoardSink(writer, layout_extra=extra, close_writer=own)
         self.monitor.add_sink(self._tb_sink)
@@ -910,6 +914,13 @@ class TrainingSession:
         if self._tb_sink is not None and (went_back or (self._first_flush and start > 1)):
             # what an earlier process (or this one, before the rewind) wrote from here on is hidden
             self.guard("TensorBoard", self._tb_sink.restart, start)
+        elif self._tb_sink is not None and self._first_flush and self._reused_dir is not None:
+            # a new run from update 1 in a folder that holds one: their lines drew one zigzag in every card
+            self.warn(
+                f"{self._reused_dir} already holds a TensorBoard run: this run's lines replace its lines there (the "
+                "old event files stay on disk); pass another dirpath to keep both"
+            )
+            self.guard("TensorBoard", self._tb_sink.restart, start, "a new run in this folder")
         # the first flush that TensorBoard hears (a resumed run's steps fed before its writer exists are not)
         self._first_flush = self._first_flush and self._tb_sink is None
         self.guard("family store", self._say_borrowed)

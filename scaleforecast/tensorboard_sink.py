@@ -520,18 +520,21 @@ class TensorBoardSink:
         """Wait for the figures being drawn or waiting (re-raising a failure)."""
         self._collect(wait=True)
 
-    def restart(self, step: int) -> None:
-        """The run went back to ``step`` (a resume from an older checkpoint, in this process or a new one): what
-        the runs this sink owns hold at ``step`` and after, written before now, is hidden in TensorBoard, so
-        that the lines do not fold back on themselves. The lines beside the user's run are the sink's; the
-        writer's own run only when the sink's owner made it (``close_writer``): a framework's writer is its
-        owner's to purge."""
+    def restart(self, step: int, why: str | None = None) -> None:
+        """The run went back to ``step`` (a resume from an older checkpoint, in this process or a new one, or
+        ``why``: a new run in a folder that held one): what the runs this sink owns hold at ``step`` and after,
+        written before now, is hidden in TensorBoard, so that the lines do not fold back on themselves. The
+        lines beside the user's run are the sink's; the writer's own run only when the sink's owner made it
+        (``close_writer``): a framework's writer is its owner's to purge."""
         self._series.restart(step)
         package = _writer_package(self.writer)
         if self.close_writer and package is not None:
             _restart_marker(self.writer._get_file_writer().add_event, step, package)
         self._last_status = None  # the status is written again at the next forecast
-        self.note(step, f"step {step}: **resumed** after update {step - 1}")
+        self.note(
+            step,
+            f"step {step}: **resumed** after update {step - 1}" if why is None else f"step {step}: **{why}**",
+        )
 
     def note(self, step: int, text: str) -> None:
         """A line of ``forecast/status`` at ``step``: what happened to the run (a resume, a stop overridden)."""

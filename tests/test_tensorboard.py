@@ -716,3 +716,49 @@ def test_the_full_collection_a_process_owes_is_made_before_training(tmp_path: Pa
             check=True,
         )
         assert out.stdout.split() == [made], out.stdout + out.stderr
+
+
+def test_a_new_run_in_a_folder_that_holds_one_replaces_its_lines(tmp_path: Path) -> None:
+    """A script run twice with the same ``dirpath`` wrote both runs into one TensorBoard run: every card drew
+    steps 50..300 and then 50..300 again, one zigzag, and nothing was said. The second run is told once, and
+    its lines replace the first's (TensorBoard hides what was written there before it started); a run that
+    resumes there from its saved state hears nothing of it."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    def run(level: float, upto: int, state: dict | None = None) -> tuple[LossForecastSession, list[str]]:
+        total = 120
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / total)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fc = LossForecastSession(
+                opt, sched, total_steps=total, flush_every=10, dirpath=str(tmp_path), verbose=False
+            )
+            start = 0
+            if state is not None:
+                for _ in range(state["steps"]):
+                    opt.step()
+                    sched.step()
+                fc.load_state_dict(state["fc"])
+                start = state["steps"]
+            for n in range(start + 1, upto + 1):
+                opt.step()
+                sched.step()
+                fc.step(torch.tensor(level + 3.0 * n**-0.4))
+            fc.close()
+        return fc, [str(w.message) for w in caught]
+
+    _, said = run(2.0, 120)
+    assert not [m for m in said if "already holds" in m], said
+    _, said = run(5.0, 120)
+    told = [m for m in said if "already holds a TensorBoard run" in m]
+    assert len(told) == 1 and str(tmp_path) in told[0], said
+    acc = EventAccumulator(str(tmp_path / "scaleforecast" / "observed"))
+    acc.Reload()
+    seen = acc.Scalars(COMPARE_TAG)
+    assert [e.step for e in seen] == list(range(10, 121, 10))  # one line, not two folded together
+    assert all(e.value > 5.0 for e in seen)  # the second run's
+    # a resume into the same folder with its saved state is no new run
+    half, _ = run(5.0, 60)
+    _, said = run(5.0, 120, {"steps": 60, "fc": half.state_dict()})
+    assert not [m for m in said if "already holds" in m], said
