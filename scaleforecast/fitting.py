@@ -440,8 +440,8 @@ def fit(
 
 def _said_out_of_shape(res: FitResult, cfg: FitConfig) -> FitResult:
     """``res`` with a warning when its law is out of the shape of a loss curve the law describes: a floor below
-    zero, or an exponent at its bound (a loss falling toward zero on a separable task, a transient): its
-    forecast and band are extrapolations of a curve it does not model."""
+    zero, an exponent at its bound (a loss falling toward zero on a separable task, a transient) or a power
+    law's term of zero: its forecast and band are extrapolations of a curve it does not model."""
     p = res.params
     if p is None:
         return res
@@ -451,6 +451,10 @@ def _said_out_of_shape(res: FitResult, cfg: FitConfig) -> FitResult:
     lo, hi = cfg.alpha_bounds
     if res.law == "tissue" and not lo * (1 + 1e-3) < p.alpha < hi * (1 - 1e-3):
         said.append(f"the power law's exponent sits at its bound ({p.alpha:.3g})")
+    elif res.law == "tissue" and p.A <= 0:
+        # a loss that fell fast and then held: the fit keeps its level and the annealing drop, and alpha,
+        # multiplying nothing, is no measurement (the status said every parameter was pinned)
+        said.append("the power law's term is zero (A = 0: its exponent is not measured)")
     if not said:
         return res
     note = (

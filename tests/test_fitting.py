@@ -624,3 +624,17 @@ def test_a_loss_falling_toward_zero_is_said_to_be_out_of_the_laws_shape() -> Non
     law = LAWS["tissue"].predict(LawParams(L0=2.0, A=0.4, alpha=0.5, C=0.3), lrs, steps) * noise
     r = fit(Observations.from_steps(steps[seen], law[seen]), lrs)
     assert not [w for w in r.warnings if w.startswith("[out_of_shape]")], r.warnings
+
+
+def test_a_loss_that_fell_and_held_is_said_to_leave_the_power_law_unmeasured() -> None:
+    """A loss that falls within a few dozen updates and then holds (a small model on an easy task): the fit
+    keeps its level and the annealing drop with the power law's term at zero, and its status said every
+    parameter was pinned by the run's own losses while the exponent multiplied nothing. It says so."""
+    total = 300
+    lrs = as_lrs(f"cosine:peak=3e-3,warmup=30,total={total},final=3e-5")
+    steps = np.arange(1, total + 1)
+    y = (0.16 + 0.3 * np.exp(-steps / 15)) * (1 + 0.03 * np.random.default_rng(0).standard_normal(total))
+    r = fit(Observations.from_steps(steps, y), lrs)
+    assert r.params is not None and r.params.A == 0.0
+    said = [w for w in r.warnings if w.startswith("[out_of_shape]")]
+    assert len(said) == 1 and "power law's term is zero" in said[0], r.warnings
