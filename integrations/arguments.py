@@ -105,6 +105,17 @@ class ForecastArgs(TypedDict, total=False):
     family_store: Any
 
 
+def _writer_like(obj: Any) -> bool:
+    return obj is not None and all(callable(getattr(obj, m, None)) for m in ("add_scalar", "add_text"))
+
+
+def _experiment(logger: Any) -> Any:
+    try:  # a logger's experiment is a property that may create its writer (or fail to)
+        return getattr(logger, "experiment", None)
+    except Exception:
+        return None
+
+
 def check_plugins(
     detectors: Sequence[Any], listeners: Sequence[Any], advisor: Any, on_event: Any, writer: Any
 ) -> None:
@@ -118,7 +129,11 @@ def check_plugins(
         raise ValueError(f"advisor: {type(advisor).__name__} has no advise() method")
     if on_event is not None and not callable(on_event):
         raise ValueError(f"on_event: must be callable, got {type(on_event).__name__}")
-    if writer not in (None, False) and not all(
-        callable(getattr(writer, m, None)) for m in ("add_scalar", "add_text")
-    ):
-        raise ValueError(f"writer: {type(writer).__name__} is not SummaryWriter-like (add_scalar, add_text)")
+    if writer not in (None, False) and not _writer_like(writer):
+        # a logger (Fabric's, Lightning's) wraps its SummaryWriter as .experiment
+        inner = (
+            " (pass its .experiment, the SummaryWriter it wraps)" if _writer_like(_experiment(writer)) else ""
+        )
+        raise ValueError(
+            f"writer: {type(writer).__name__} is not SummaryWriter-like (add_scalar, add_text){inner}"
+        )

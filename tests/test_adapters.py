@@ -389,6 +389,19 @@ def test_arguments_are_validated_up_front(adapter: str, kwargs: dict[str, Any], 
         _make(adapter, **kwargs)
 
 
+def test_a_logger_passed_as_the_writer_is_told_to_pass_its_experiment(adapter: str, tmp_path: Path) -> None:
+    """Fabric's (and Lightning's) TensorBoard logger wraps its SummaryWriter: passed as ``writer=``, it was
+    refused as not SummaryWriter-like with no word of the writer inside it."""
+    from lightning.fabric.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"TensorBoardLogger is not SummaryWriter-like .*pass its \.experiment"
+    ):
+        _make(adapter, writer=logger)
+    _make(adapter, writer=logger.experiment)
+
+
 def test_a_state_of_another_version_never_raises(adapter: str) -> None:
     """Loading a state this version cannot read costs the history, with one warning, never the run."""
     cb = _make(adapter)

@@ -279,15 +279,17 @@ def test_a_stopped_run_says_so_where_it_ends() -> None:
 
 def _lost_trainable(config: dict) -> None:
     import torch
+    from ray import tune
     from scaleforecast.callbacks import LossForecastSession
 
     total = 300
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(1.0 - i / total, 0.01))
+    # the trial's own folder, kept with the results (Tune runs the trial in a working folder it does not keep)
     fc = LossForecastSession(
-        opt, sched, total_steps=total, flush_every=25, writer=False, verbose=False,
-        listeners=[RayTuneForecastReporter()],
+        opt, sched, total_steps=total, flush_every=25, dirpath=tune.get_context().get_trial_dir(),
+        verbose=False, log_figures_every=0, listeners=[RayTuneForecastReporter()],
     )  # fmt: skip
     for n in range(1, total + 1):
         opt.step()
@@ -302,7 +304,7 @@ def _lost_trainable(config: dict) -> None:
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # Ray's start and two trials with TensorBoard: 2.5 min on a loaded 2-core machine
 def test_a_trial_lost_to_nans_is_not_tunes_best(tmp_path: Path) -> None:
     """Two trials, the one whose losses were lower going NaN at update 150: the health check stopped it as lost,
     but its last report was the forecast made before the NaNs, and Tune named it the best trial. It now ends
@@ -329,3 +331,6 @@ def test_a_trial_lost_to_nans_is_not_tunes_best(tmp_path: Path) -> None:
     assert ends[1.0]["forecast_status"] == "lost" and ends[1.0]["step"] < 300, ends[1.0]
     assert ends[2.0]["forecast_status"] == "ok" and ends[2.0]["step"] == 300, ends[2.0]
     assert grid.get_best_result().config["case"]["level"] == 2.0
+    # each trial's TensorBoard run is in its trial folder, under the experiment's storage path
+    assert len({f.parent for f in tmp_path.rglob("events.out.tfevents.*") if f.parent.name != "observed"}) >= 2
+    assert {r.path for r in grid} == {str(f.parent) for f in tmp_path.rglob("scaleforecast")}
