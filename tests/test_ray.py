@@ -332,5 +332,4 @@ def test_a_trial_lost_to_nans_is_not_tunes_best(tmp_path: Path) -> None:
     assert ends[2.0]["forecast_status"] == "ok" and ends[2.0]["step"] == 300, ends[2.0]
     assert grid.get_best_result().config["case"]["level"] == 2.0
     # each trial's TensorBoard run is in its trial folder, under the experiment's storage path
-    assert len({f.parent for f in tmp_path.rglob("events.out.tfevents.*") if f.parent.name != "observed"}) >= 2
     assert {r.path for r in grid} == {str(f.parent) for f in tmp_path.rglob("scaleforecast")}
