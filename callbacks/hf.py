@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from scaleforecast.integrations.arguments import ForecastArgs
+from scaleforecast.integrations.arguments import ForecastArgs, check_arguments
 from scaleforecast.integrations.distributed import TorchCollectives
 from scaleforecast.integrations.planner import LRSource
 from scaleforecast.integrations.session import SessionFace, TrainingSession, new_run_dir
@@ -223,6 +223,7 @@ class HFLossForecast(SessionFace, TrainerCallback, ExportableState):
             # built by the Trainer's restore from the saved arguments: the object passed goes on, in this one
             self.__dict__.update(original.__dict__)
             return
+        check_arguments("HFLossForecast", kwargs)
         if resolution not in ("auto", "step", "window"):
             raise ValueError(f"resolution: must be 'auto', 'step' or 'window', got {resolution!r}")
         if not isinstance(name, str):

@@ -36,7 +36,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from scaleforecast.integrations.arguments import ForecastArgs
+from scaleforecast.integrations.arguments import ForecastArgs, check_arguments
 from scaleforecast.integrations.distributed import TorchCollectives, dist_ready
 from scaleforecast.integrations.planner import LRSource
 from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter
@@ -174,6 +174,7 @@ class LossForecast(SessionFace, Callback):
 
     def __init__(self, target_loss: float | None = None, **kwargs: Unpack[ForecastArgs]) -> None:
         super().__init__()
+        check_arguments("LossForecast", kwargs)
         self.session = TrainingSession("LossForecast", target_loss, **kwargs)
         self._acc: torch.Tensor | float | None = None
         self._micro = 0

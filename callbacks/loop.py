@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any
 
 import torch
-from scaleforecast.integrations.arguments import ForecastArgs
+from scaleforecast.integrations.arguments import ForecastArgs, check_arguments, check_optimizer
 from scaleforecast.integrations.distributed import TorchCollectives
 from scaleforecast.integrations.planner import LRSource, SchedulerPace, step_counts, unwrap_scheduler
 from scaleforecast.integrations.session import SessionFace, TrainingSession, UpdateCounter, raw_optimizer
@@ -119,8 +119,8 @@ class LossForecastSession(SessionFace):
         scheduler_every: int = 1,
         **kwargs: Unpack[ForecastArgs],
     ) -> None:
-        if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "param_groups"):
-            raise ValueError(f"optimizer: expected a torch optimizer, got {type(optimizer).__name__}")
+        check_arguments("LossForecastSession", kwargs)
+        check_optimizer(optimizer, scheduler, kwargs.get("param_group", 0))
         _check_every(scheduler_every)
         schedulers, per_update = _unwrapped(scheduler)
         if kwargs.get("total_steps") is None and kwargs.get("schedule") is None:

@@ -2,13 +2,14 @@
 
 :class:`ForecastArgs` documents them (the adapters take ``**kwargs: Unpack[ForecastArgs]``, so editors and type
 checkers see every name); :class:`SessionConfig` (pydantic, strict, unknown keys forbidden) and
-:func:`check_plugins` validate them, with messages that name the argument.
+:func:`check_arguments` and :func:`check_plugins` validate them, with messages that name the argument.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -17,7 +18,7 @@ from scaleforecast.events import Event
 from scaleforecast.forecaster import ForecasterConfig, ScheduleLike
 from scaleforecast.monitor import Action, Advisor, Count, Detector, Listener, Real
 
-__all__ = ["ForecastArgs", "SessionConfig", "check_plugins"]
+__all__ = ["ForecastArgs", "SessionConfig", "check_arguments", "check_optimizer", "check_plugins"]
 
 
 def _as_path_text(value: Any) -> Any:
@@ -116,12 +117,63 @@ def _experiment(logger: Any) -> Any:
         return None
 
 
+# the arguments of one adapter only, to say where a misplaced one belongs
+_ADAPTER_ONLY = {
+    "scheduler_every": "LossForecastSession",
+    "process_group": "LossForecastSession",
+    "resolution": "HFLossForecast",
+    "name": "HFLossForecast",
+}
+
+
+def check_arguments(adapter: str, given: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming a keyword argument that is not one of :class:`ForecastArgs` (a misspelt
+    name, or one that only another adapter takes), with the nearest name: unchecked, it came out as a
+    ``TypeError`` of an internal class, or (``total_step=``) as the complaint that ``total_steps`` is missing."""
+    for key in given:
+        if key in ForecastArgs.__annotations__:
+            continue
+        owner = _ADAPTER_ONLY.get(key)
+        if owner is not None and owner != adapter:
+            raise ValueError(f"{key}: an argument of {owner}, not of {adapter}")
+        near = difflib.get_close_matches(key, ForecastArgs.__annotations__, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ValueError(f"{key}: {adapter} takes no such argument{hint}")
+
+
+def check_optimizer(optimizer: Any, schedulers: Any, param_group: Any) -> None:
+    """Raise ``ValueError`` for an optimizer, LR scheduler(s) or ``param_group`` a plain loop cannot use: not a
+    torch optimizer, a schedule spec or other object in the scheduler's place, a param group the optimizer does
+    not have (it made the plugin's hook fail inside the first ``optimizer.step()``)."""
+    if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "param_groups"):
+        raise ValueError(f"optimizer: expected a torch optimizer, got {type(optimizer).__name__}")
+    given = (
+        []
+        if schedulers is None
+        else list(schedulers)
+        if isinstance(schedulers, (list, tuple))
+        else [schedulers]
+    )
+    for sched in given:
+        if isinstance(sched, str):
+            raise ValueError(f"scheduler: got the string {sched!r}; a schedule spec goes in schedule=")
+        if not callable(getattr(sched, "step", None)):
+            raise ValueError(f"scheduler: expected a torch LR scheduler, got {type(sched).__name__}")
+    groups = len(optimizer.param_groups)
+    if isinstance(param_group, int) and not isinstance(param_group, bool) and not 0 <= param_group < groups:
+        raise ValueError(f"param_group: {param_group}, but the optimizer has {groups} param group(s)")
+
+
 def check_plugins(
     detectors: Sequence[Any], listeners: Sequence[Any], advisor: Any, on_event: Any, writer: Any
 ) -> None:
     """Raise ``ValueError`` naming the first plug-in that lacks its method, or a writer that is not
     ``SummaryWriter``-like."""
     for name, items, method in (("detectors", detectors, "check"), ("listeners", listeners, "on_forecast")):
+        if not isinstance(items, Sequence) or isinstance(items, str):
+            raise ValueError(
+                f"{name}: expected a list, got {type(items).__name__} (pass [{type(items).__name__}(...)])"
+            )
         for i, item in enumerate(items):
             if not callable(getattr(item, method, None)):
                 raise ValueError(f"{name}[{i}]: {type(item).__name__} has no {method}() method")

@@ -255,6 +255,17 @@ class TrainingSession:
             raise ValueError(f"schedule: {err}") from None
         if self.schedule is not None and total_steps is not None and len(self.schedule) != total_steps:
             raise ValueError(f"schedule: has {len(self.schedule)} steps but total_steps is {total_steps}")
+        overridden = [
+            k
+            for k, v, default in (("law", law, "tissue"), ("lam", lam, 0.999), ("level", level, 0.8))
+            if v != default
+        ] + (["refit_every"] if refit_every is not None else [])
+        if forecaster_config is not None and overridden:
+            # a ForecasterConfig holds all four: the ones given beside it were ignored with no word
+            raise ValueError(
+                f"forecaster_config: given with {', '.join(overridden)}, which it replaces: set them in the "
+                "ForecasterConfig (fit=FitConfig(law=..., lam=...), level=..., refit_every=...)"
+            )
         if isinstance(forecaster_config, dict):
             forecaster_config = checked(ForecasterConfig, **forecaster_config)
         elif forecaster_config is not None and not isinstance(forecaster_config, ForecasterConfig):
@@ -324,6 +335,7 @@ class TrainingSession:
         # False while the adapter reads window means instead of per-step losses: no gradient norm is recorded
         self.per_step = True
         self._hook: Any = None
+        self._hook_failed = False
         self._tb_sink: Any = None  # the TensorBoardSink this session attached
         self._first_flush = True  # of this process: a resumed run restarts its TensorBoard lines there
         self._reused_dir: str | None = None  # a dirpath given that held a TensorBoard run before this one
@@ -671,6 +683,8 @@ class TrainingSession:
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         # Runs inside the user's optimizer.step(): it must never raise, nor read a device value back.
+        if self._hook_failed:
+            return
         try:
             group = optimizer.param_groups[self.config.param_group]
             lr = group["lr"]
@@ -679,12 +693,15 @@ class TrainingSession:
                 self._gnorm = _total_norm(optimizer)
         except Exception as exc:
             self.guard.report("LR capture", f"{type(exc).__name__}: {exc}")
-            self._hook_off()
+            # not removed here: torch is going through its hooks, and removing one from inside it raised
+            # "OrderedDict mutated during iteration" out of the user's optimizer.step(); it goes at the run's end
+            self._hook_failed = True
 
     def _hook_off(self) -> None:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._hook_failed = False
 
     # ----------------------------------------------------------------- per step
     def grad_norm_before_step(self, optimizer: Any) -> None:

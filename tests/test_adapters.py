@@ -151,13 +151,19 @@ def test_forecast_in_tensorboard_printed_and_stop_recorded(
     assert b"cannot reach" in _texts(acc, "events/early_stop")[0]
 
     out = capsys.readouterr().out
-    lines = re.findall(
-        rf"^{NAMES[adapter]}: step (\d+): (?:forecast final loss [\d.]+ \[[-\d.]+, [-\d.]+\] at step 60|"
+    said = re.findall(
+        rf"^{NAMES[adapter]}: step (\d+): (forecast final loss [\d.]+ \[[-\d.]+, [-\d.]+\] at step 60|"
         r"too early to forecast: the loss at step 60 could be anywhere in \[[-\d.]+, [-\d.]+\])",
         out,
         re.M,
     )
-    assert [int(s) for s in lines] == [e.step for e in final]  # each forecast, a vague one as too early
+    # each forecast with a final loss printed, a vague one as too early; TensorBoard draws as numbers the ones
+    # printed as forecasts (it drew the vague ones' means too)
+    printed = [int(s) for s, _ in said]
+    assert printed == sorted(set(printed)) and set(printed) <= {
+        e.step for e in acc.Scalars("forecast/n_points")
+    }
+    assert [int(s) for s, what in said if what.startswith("forecast")] == [e.step for e in final]
     # the stop says its reason in the same stream: the logged event goes to stderr, maybe to another file, and
     # came after "the reason is above" under torchrun's --tee
     assert f"{NAMES[adapter]}: stopping at step {cb.stopped_at}: forecast final loss" in out
@@ -381,12 +387,75 @@ def _close_loops() -> Any:
         ({"listeners": [object()]}, r"listeners\[0\]: object has no on_forecast"),
         ({"writer": object()}, "writer: object is not SummaryWriter-like"),
         ({"forecaster_config": {"refit_every": 0}}, "refit_every"),
+        # each of these was ignored with no word, or came out as a TypeError of an internal class
+        ({"law": "mpl", "forecaster_config": {}}, "forecaster_config: given with law, which it replaces"),
+        ({"refit_every": 7, "forecaster_config": {}}, "forecaster_config: given with refit_every"),
+        ({"flush_evry": 10}, r"flush_evry: \w+ takes no such argument \(did you mean flush_every\?\)"),
+        ({"total_step": 200}, r"total_step: .*did you mean total_steps\?"),
+        ({"detectors": object()}, r"detectors: expected a list, got object"),
     ],
 )
 def test_arguments_are_validated_up_front(adapter: str, kwargs: dict[str, Any], named: str) -> None:
     """Every argument is checked at construction, with a message that names it."""
     with pytest.raises(ValueError, match=named):
         _make(adapter, **kwargs)
+
+
+def test_an_argument_of_another_adapter_is_named_as_such() -> None:
+    """``LossForecast(name=...)`` (an argument of HFLossForecast's) was a TypeError about TrainingSession."""
+    from scaleforecast.callbacks import HFLossForecast, LossForecast
+
+    with pytest.raises(ValueError, match="name: an argument of HFLossForecast, not of LossForecast"):
+        LossForecast(name="x")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="scheduler_every: an argument of LossForecastSession, not of HF"):
+        HFLossForecast(scheduler_every=2)  # type: ignore[call-arg]
+
+
+def test_a_plain_loops_optimizer_scheduler_and_param_group_are_checked_up_front() -> None:
+    """A param group the optimizer lacks passed construction with a warning, and the first optimizer.step()
+    raised "OrderedDict mutated during iteration" out of torch (the plugin's hook removed itself while torch
+    went through its hooks); a schedule spec in the scheduler's place ran on with the LR held."""
+    import torch
+    from scaleforecast.callbacks import LossForecastSession
+
+    sgd = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"param_group: 3, but the optimizer has 1 param group\(s\)"):
+        LossForecastSession(sgd, total_steps=100, param_group=3, writer=False)
+    with pytest.raises(
+        ValueError, match=r"scheduler: got the string 'cosine:.*'; a schedule spec goes in schedule="
+    ):
+        LossForecastSession(sgd, "cosine:peak=0.1,total=100", total_steps=100, writer=False)  # type: ignore[arg-type]
+
+
+def test_a_failure_inside_the_optimizer_hook_never_reaches_the_optimizer_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hook that reads each update's LR (and gradient norm) runs inside the user's optimizer.step(): when
+    it failed, it removed itself while torch was going through the optimizer's hooks, and the loop's next hook
+    made optimizer.step() raise "OrderedDict mutated during iteration". It is reported once and training goes
+    on (a fault injected into the gradient-norm read)."""
+    import torch
+    from scaleforecast.callbacks import LossForecastSession
+    from scaleforecast.integrations import session as session_module
+
+    def broken(optimizer: Any) -> Any:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(session_module, "_total_norm", broken)
+    model = torch.nn.Linear(2, 1)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fc = LossForecastSession(
+            sgd, total_steps=60, flush_every=10, track_grad_norm=True, writer=False, verbose=False
+        )
+        for n in range(1, 61):
+            model(torch.ones(1, 2)).sum().backward()
+            sgd.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+        fc.close()
+    assert fc.steps == 60 and list(fc.errors) == ["LR capture"], fc.errors
+    assert len([w for w in caught if "injected" in str(w.message)]) == 1
 
 
 def test_a_logger_passed_as_the_writer_is_told_to_pass_its_experiment(adapter: str, tmp_path: Path) -> None:
@@ -446,7 +515,7 @@ def test_a_plain_loop_must_say_its_length() -> None:
 def test_numbers_of_any_kind_are_accepted(adapter: str) -> None:
     cb = _make(adapter, target_loss=np.float32(3.1), total_steps=np.int64(1000), flush_every=1e1)
     assert cb.session.stop.target_loss == pytest.approx(3.1) and cb.session.config.total_steps == 1000
-    with pytest.raises(TypeError, match="health"):
+    with pytest.raises(ValueError, match=r"health: .* takes no such argument"):
         _make(adapter, health=[])
 
 
