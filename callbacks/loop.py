@@ -137,7 +137,8 @@ class LossForecastSession(SessionFace):
         done = self._updates_done() or 0
         self.session.start(TorchCollectives(process_group), step=done, run_length=None, source=self._source())
         # to tell a loop that calls step() per micro-batch: the optimizer's own count of its updates
-        self._calls, self._updates, self._restored = 0, UpdateCounter(), False
+        self._calls, self._updates, self._restored, self._closed = 0, UpdateCounter(), False, False
+        self._first = (1, 0)  # (the step given and the optimizer's updates) at the first call
         self._pace = self._pace_watch(done)
         self.session.guard("step", self._updates.attach, optimizer)
         # a loop that never calls close(): said, and closed at exit (or when this object goes) without the
@@ -176,7 +177,7 @@ class LossForecastSession(SessionFace):
         pace = self._pace.see(update, step_counts(self._schedulers), self.session.update_lr)
         if pace is not None or not self._pace.steady:
             self._pace = None  # known, or ruled out: watched no longer (it runs at every update till then)
-        if pace is not None and pace > 1 and self._check_cadence():
+        if pace is not None and pace > 1 and self._check_cadence(update):
             return  # step() called per micro-batch: the scheduler steps once per update, and so must step()
         if pace is not None and pace > 1:
             self.session.warn(
@@ -255,15 +256,19 @@ class LossForecastSession(SessionFace):
                 f"step={step}: steps count the optimizer updates completed, from 1 (the update just made by "
                 "the first optimizer.step() is step 1); pass a counter from 0 plus one, or no step at all"
             )
+        if self._closed:
+            self.session.warn("step() after close() is ignored: the run was closed", key="after close")
+            return
         if self._calls == 0:
             self.session.guard("step", self._check_resume, n)
+            self._first = (n, self._updates.count)
         self._calls += 1
         if self._pace is not None:
             self.session.guard("scheduler pace", self._check_pace, n)
         self.session.record(n, loss, grad_norm)
         self.session.tick(n)
         if self._calls == _CHECK_CALLS:
-            self._check_cadence()
+            self._check_cadence(n)
 
     def _check_resume(self, first: int) -> None:
         """At the first update after the start, when the restore is done whatever its order: a saved state with
@@ -283,22 +288,35 @@ class LossForecastSession(SessionFace):
                 "keep the history"
             )
 
-    def _check_cadence(self) -> bool:
+    def _check_cadence(self, step: int) -> bool:
         """Early, and said once: step() called for micro-batches (gradient accumulation) counts k times too many
         updates, so the run reaches total_steps at 1/k of its length and the forecast stops there. A gradient
         scaler that skips a few updates keeps the ratio near one. Also asked when the scheduler's count seems to
         move every few updates (which a scheduler stepped once per update does under such a loop): whether it
-        is this, not a scheduler stepped per epoch."""
+        is this, not a scheduler stepped per epoch. ``step=`` values that run ahead of the optimizer's updates
+        (micro-batches counted) are the same fault, said by their cause."""
         updates = self._updates.count
-        if not (self._updates.attached and 0 < updates <= self._calls // 2):
+        if not (self._updates.attached and updates > 0):
             return False
-        self.session.warn(
-            f"step() was called {self._calls} times for {updates} optimizer updates: call it once per "
-            "update, after optimizer.step(), with the mean loss of the update's micro-batches (each call "
-            "counts as an update, so the forecast now runs ahead of the training)",
-            key="cadence",
-        )
-        return True
+        if updates <= self._calls // 2:
+            self.session.warn(
+                f"step() was called {self._calls} times for {updates} optimizer updates: call it once per "
+                "update, after optimizer.step(), with the mean loss of the update's micro-batches (each call "
+                "counts as an update, so the forecast now runs ahead of the training)",
+                key="cadence",
+            )
+            return True
+        # step= counting faster than the updates (micro-batches, or tokens): the same fault, told by its cause
+        first, before = self._first
+        counted, made = step - first + 1, updates - before
+        if made > 0 and made <= counted // 2:
+            self.session.warn(
+                f"step= went from {first} to {step} over {made} optimizer updates: step= counts optimizer updates "
+                "(from 1), and these run ahead of the training (micro-batches counted?), so the forecast does too",
+                key="cadence",
+            )
+            return True
+        return False
 
     def close(self) -> None:
         """The end of the loop, on every rank: the last flush and agreement, then TensorBoard is closed.
@@ -307,6 +325,7 @@ class LossForecastSession(SessionFace):
         closes without the last flush and its collective, as ``with fc:`` does: the other ranks may be in a
         collective of their own and never reach this one (the job hung until the process group's timeout)."""
         self._updates.detach()
+        self._closed = True
         if sys.exc_info()[1] is not None:
             self.session.abort()
             return
@@ -322,4 +341,5 @@ class LossForecastSession(SessionFace):
             self.close()
         else:  # the other ranks may never reach a collective: close without one
             self._updates.detach()
+            self._closed = True
             self.session.abort()

@@ -463,7 +463,24 @@ class SweepStopper(ForecastStopCheck):
         finish_timeout_s: float = 10.0,
         max_run_age_s: float | None = 86_400.0,
     ) -> None:
-        check_probability("confidence", confidence)
+        from scaleforecast.monitor import StopConfig, checked  # here: the monitor imports this module
+
+        try:  # the stop's arguments as the adapters check theirs (a target of "3.1" switched the stopper off)
+            checked(
+                StopConfig,
+                target_loss=target,
+                confidence=confidence,
+                min_steps=min_steps,
+                min_fraction=min_fraction,
+            )
+        except ValueError as err:
+            raise ValueError(str(err).replace("target_loss:", "target:", 1)) from None
+        if isinstance(registry, str) and not Path(registry).suffix and os.sep not in registry:
+            # SweepStopper("lr-sweep") opened a database file named lr-sweep in the working directory
+            raise ValueError(
+                f"registry: {registry!r} reads as a sweep's name, not a database file (no suffix): name the sweep "
+                f"with sweep={registry!r}, or give the file with its suffix ({registry}.sqlite)"
+            )
         if (
             max_records_age_s <= 0
             or finish_timeout_s < 0

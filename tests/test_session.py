@@ -651,6 +651,47 @@ def test_a_loop_with_a_scheduler_that_calls_step_per_micro_batch_is_told_why() -
     ), told
 
 
+def test_a_step_counter_that_runs_ahead_of_the_updates_is_told_by_its_cause() -> None:
+    """``fc.step(loss, step=2 * n)`` (a counter of micro-batches) with a scheduler stepped per update: the
+    scheduler's count moved every second "update", and the loop was told its scheduler steps once every 2
+    updates, to pass scheduler_every=2 (which keeps the bug). It is told that step= runs ahead, once."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / 200)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fc = LossForecastSession(opt, sched, total_steps=200, flush_every=10, writer=False, verbose=False)
+        for n in range(1, 101):
+            opt.step()
+            sched.step()
+            fc.step(torch.tensor(2.0 + 3.0 * n**-0.3), step=2 * n)
+        fc.close()
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "scheduler_every=2" in m], said
+    told = [m for m in said if "run ahead of the training" in m]
+    assert len(told) == 1 and "step= went from 2 to 8 over 3 optimizer updates" in told[0], said
+
+
+def test_a_step_after_close_is_said_and_ignored() -> None:
+    """Steps given after ``close()`` were taken with no word (the count went on past the closed run)."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    fc = LossForecastSession(opt, total_steps=100, flush_every=10, writer=False, verbose=False)
+    for n in range(1, 61):
+        opt.step()
+        fc.step(torch.tensor(2.0 + 3.0 * n**-0.3))
+    fc.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            opt.step()
+            fc.step(torch.tensor(2.0))
+    assert fc.steps == 60
+    assert len([w for w in caught if "step() after close() is ignored" in str(w.message)]) == 1
+
+
 def test_the_same_step_given_per_micro_batch_is_said_once() -> None:
     """Gradient accumulation with ``fc.step(loss, step=it)`` at every micro-batch: each repeat of a step was a
     "step went back to 17 after 17 (resumed from an older checkpoint?)" warning of its own, 150 of them. It is

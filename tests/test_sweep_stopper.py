@@ -692,3 +692,21 @@ def test_a_resumed_run_keeps_its_record_in_the_sweep(tmp_path: Path) -> None:
     fc.close()
     records = SQLiteRegistry("s", path).records()
     assert [(r.run_id, r.state) for r in records] == [(first.run_id, RunState.FINISHED)], records
+
+
+def test_a_sweep_stoppers_arguments_are_checked_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SweepStopper(target="3.1")`` was taken, and the stopper switched itself off at the first forecast;
+    ``min_fraction=50`` never let it stop; ``SweepStopper("lr-sweep")`` opened a database file named lr-sweep in
+    the working directory, where the README names a sweep with ``sweep=``. Each is refused at construction,
+    named as the adapters name theirs."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"target: input should be a valid number, got '3.1' \(str\)"):
+        SweepStopper(target="3.1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_fraction: input should be less than or equal to 1"):
+        SweepStopper(target=1.5, min_fraction=50)
+    with pytest.raises(ValueError, match=r"registry: 'lr-sweep' reads as a sweep's name.*sweep='lr-sweep'"):
+        SweepStopper("lr-sweep")
+    assert not list(tmp_path.iterdir())
+    SweepStopper(tmp_path / "lr-sweep.sqlite", sweep="s").finish(stopped=True)
