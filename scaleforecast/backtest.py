@@ -98,7 +98,8 @@ def backtest(
             )
         raise ValueError(
             f"{run.source}: the run is not finished (last loss at step {run.last_step} of {total}); "
-            "a backtest needs the final loss (set --total-steps if the schedule is longer than the run)"
+            "a backtest needs the loss at the schedule's last step (when the run's length was read off a logged "
+            "LR column, --total-steps N sets it)"
         )
     for f in fractions:
         if not 0.0 < f < 1.0:

@@ -67,7 +67,8 @@ well it fits); --total-steps then sets the run's planned length.
 A --reference is a finished run of the same family (same model and data, another schedule or length): it is
 fitted whole and its fit becomes the prior of RUN ("fit one, predict the rest"). The i-th --reference-lr-file
 goes with the i-th --reference; a reference without one uses its own LR column. A reference whose LR never
-fell to half its peak says nothing about the annealing drop: it is reported and ignored.
+fell to half its peak, or whose whole fit finds no annealing drop (C = 0), says nothing about the drop: it is
+reported ("reference ignored: ...", in --json its references_ignored) and ignored.
 """
 
 

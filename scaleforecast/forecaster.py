@@ -302,6 +302,14 @@ class OnlineForecaster:
     """
 
     def __init__(self, schedule: ScheduleLike | None = None, config: ForecasterConfig | None = None) -> None:
+        # arguments swapped, or a FitConfig where a ForecasterConfig goes: an AttributeError from inside before
+        if isinstance(schedule, (ForecasterConfig, FitConfig)):
+            raise TypeError(f"schedule: got a {type(schedule).__name__}: OnlineForecaster(schedule, config)")
+        if config is not None and not isinstance(config, ForecasterConfig):
+            fit_hint = (
+                " (a FitConfig goes in ForecasterConfig(fit=...))" if isinstance(config, FitConfig) else ""
+            )
+            raise TypeError(f"config: expected a ForecasterConfig, got {type(config).__name__}{fit_hint}")
         self.config = config or ForecasterConfig()
         self._history = BinnedHistory(self.config.max_bins)
         self._lrs: np.ndarray | None = None

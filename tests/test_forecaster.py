@@ -499,3 +499,20 @@ def test_the_noise_of_a_logged_loss_is_relative_over_a_falling_loss() -> None:
     fc.observe_many(s[seen], y[seen])
     fc.refit()
     assert fc.logged_noise() == pytest.approx(0.01, rel=0.25)
+
+
+def test_a_config_in_the_wrong_place_is_named() -> None:
+    """``OnlineForecaster(ForecasterConfig(), spec)``, ``OnlineForecaster(spec, FitConfig())`` and a dict for the
+    config failed with ``AttributeError: ... has no attribute 'max_bins'`` from inside the constructor."""
+    from scaleforecast.fitting import FitConfig
+
+    spec = "cosine:peak=1e-3,total=100"
+    with pytest.raises(TypeError, match="schedule: got a ForecasterConfig"):
+        OnlineForecaster(ForecasterConfig(), spec)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"config: expected a ForecasterConfig, got FitConfig \(a FitConfig goes in"
+    ):
+        OnlineForecaster(spec, FitConfig())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="config: expected a ForecasterConfig, got dict"):
+        OnlineForecaster(spec, {"level": 0.9})  # type: ignore[arg-type]
+    assert OnlineForecaster(spec, ForecasterConfig(level=0.9)).config.level == 0.9
