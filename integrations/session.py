@@ -339,6 +339,7 @@ class TrainingSession:
         self._tb_sink: Any = None  # the TensorBoardSink this session attached
         self._first_flush = True  # of this process: a resumed run restarts its TensorBoard lines there
         self._reused_dir: str | None = None  # a dirpath given that held a TensorBoard run before this one
+        self._started_at = 0  # the step this process started watching at
         self.replans = 0
         self._warned: set[str] = set()
         self._told_borrowed = False
@@ -449,7 +450,7 @@ class TrainingSession:
         # every rank reads the family's finished fits, so that every rank fits under the same prior
         self.guard("family store", self._borrow)
         self.monitor = self._new_monitor(log_events=self.is_zero)
-        self.step = self.flushed_at = int(step)
+        self.step = self.flushed_at = self._started_at = int(step)
         self.run_length, self.source = run_length, source
         self._advise_on(source)
         self.buffer = DeviceBuffer(self.config.flush_every, channels=3 if self.config.track_grad_norm else 2)
@@ -1155,7 +1156,15 @@ class TrainingSession:
         if self.comm is None:
             return
         ended_by_engine = any(getattr(x, "ends_trials", False) for x in self.listeners)
-        if self.unfinished_note and getattr(sys, "last_value", None) is None and not ended_by_engine:
+        stepped = (
+            self.step > self._started_at
+        )  # a session only constructed (a script that failed first) ran nothing
+        if (
+            self.unfinished_note
+            and stepped
+            and getattr(sys, "last_value", None) is None
+            and not ended_by_engine
+        ):
             # after an uncaught exception (Python keeps it in sys.last_value for the exit) the traceback says
             # why the run ended, and a sweep engine (Ray Tune's ASHA) ends the trials it stops where no close()
             # can follow: a note on the close() they skipped would only blame the loop

@@ -673,6 +673,26 @@ def test_a_step_counter_that_runs_ahead_of_the_updates_is_told_by_its_cause() ->
     assert len(told) == 1 and "step= went from 2 to 8 over 3 optimizer updates" in told[0], said
 
 
+def test_a_session_never_stepped_is_not_told_it_was_never_closed() -> None:
+    """A session only constructed (a script that failed before its loop, a notebook cell run again) was told at
+    garbage collection that it "was never closed ... the updates since its last flush are not forecast": it had
+    none. A session that trained is told."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idle = LossForecastSession(_sgd(0.1), total_steps=100, writer=False, verbose=False)
+        idle.session.end_unfinished()
+        opt = _sgd(0.1)
+        busy = LossForecastSession(opt, total_steps=100, flush_every=10, writer=False, verbose=False)
+        for n in range(1, 16):
+            opt.step()
+            busy.step(torch.tensor(2.0 + n**-0.3))
+        busy.session.end_unfinished()
+    told = [w for w in caught if "was never closed" in str(w.message)]
+    assert len(told) == 1, [str(w.message) for w in caught]
+
+
 def test_a_step_after_close_is_said_and_ignored() -> None:
     """Steps given after ``close()`` were taken with no word (the count went on past the closed run)."""
     from scaleforecast.callbacks import LossForecastSession
