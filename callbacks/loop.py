@@ -52,9 +52,17 @@ __all__ = ["LossForecastSession"]
 _CHECK_CALLS = 64  # step() calls before the cadence check: past a gradient scaler's first skipped updates
 
 
-def _unwrapped(scheduler: Any | Sequence[Any] | None) -> tuple[list[Any], int]:
+def _given(scheduler: Any | Sequence[Any] | None) -> list[Any]:
+    """The scheduler(s) passed, as a list (a string is one thing passed, not a sequence of them)."""
+    if scheduler is None:
+        return []
+    return (
+        list(scheduler) if isinstance(scheduler, Sequence) and not isinstance(scheduler, str) else [scheduler]
+    )
+
+
+def _unwrapped(given: list[Any]) -> tuple[list[Any], int]:
     """The torch schedulers and their steps per update (Accelerate's wrapper steps its own once per process)."""
-    given = [] if scheduler is None else list(scheduler) if isinstance(scheduler, Sequence) else [scheduler]
     pairs = [unwrap_scheduler(s) for s in given]
     paces = {k for _, k in pairs}
     if len(paces) > 1:
@@ -120,9 +128,10 @@ class LossForecastSession(SessionFace):
         **kwargs: Unpack[ForecastArgs],
     ) -> None:
         check_arguments("LossForecastSession", kwargs)
-        check_optimizer(optimizer, scheduler, kwargs.get("param_group", 0))
+        given = _given(scheduler)
+        check_optimizer(optimizer, given, kwargs.get("param_group", 0))
         _check_every(scheduler_every)
-        schedulers, per_update = _unwrapped(scheduler)
+        schedulers, per_update = _unwrapped(given)
         if kwargs.get("total_steps") is None and kwargs.get("schedule") is None:
             raise ValueError(
                 "total_steps: a plain loop must say how many optimizer steps it runs (or pass schedule=)"
@@ -155,7 +164,9 @@ class LossForecastSession(SessionFace):
         construction (default: unchanged)."""
         every = self._scheduler_every if scheduler_every is None else scheduler_every
         _check_every(every)
-        self._schedulers, self._per_update = _unwrapped(scheduler)
+        given = _given(scheduler)
+        check_optimizer(self._optimizer, given, self.session.config.param_group)
+        self._schedulers, self._per_update = _unwrapped(given)
         self._scheduler_every = every
         self.session.replan_hint = _replan_hint(every)
         self.session.set_source(self._source())
@@ -177,14 +188,14 @@ class LossForecastSession(SessionFace):
         pace = self._pace.see(update, step_counts(self._schedulers), self.session.update_lr)
         if pace is not None or not self._pace.steady:
             self._pace = None  # known, or ruled out: watched no longer (it runs at every update till then)
-        if pace is not None and pace > 1 and self._check_cadence(update):
-            return  # step() called per micro-batch: the scheduler steps once per update, and so must step()
-        if pace is not None and pace > 1:
-            self.session.warn(
-                f"the LR scheduler steps once every {pace} updates (once per epoch?), not once per update: the "
-                f"plan reads it so from update {update}; pass scheduler_every={pace} to say so from the start"
-            )
-            self.set_scheduler(list(self._schedulers), scheduler_every=pace)
+        # step() called per micro-batch moves a scheduler stepped once per update every few "updates" too
+        if pace is None or pace == 1 or self._check_cadence(update):
+            return
+        self.session.warn(
+            f"the LR scheduler steps once every {pace} updates (once per epoch?), not once per update: the "
+            f"plan reads it so from update {update}; pass scheduler_every={pace} to say so from the start"
+        )
+        self.set_scheduler(list(self._schedulers), scheduler_every=pace)
 
     def _source(self) -> LRSource:
         """The optimizer and the schedulers that step it, at their cadence, for the plan's look-ahead."""
@@ -324,12 +335,15 @@ class LossForecastSession(SessionFace):
         Called while an exception propagates (``try: ... finally: fc.close()``, or in an ``except`` block) it
         closes without the last flush and its collective, as ``with fc:`` does: the other ranks may be in a
         collective of their own and never reach this one (the job hung until the process group's timeout)."""
+        self._end(aborted=sys.exc_info()[1] is not None)
+
+    def _end(self, aborted: bool) -> None:
         self._updates.detach()
         self._closed = True
-        if sys.exc_info()[1] is not None:
+        if aborted:
             self.session.abort()
-            return
-        self.session.finish(self.session.step)
+        else:
+            self.session.finish(self.session.step)
 
     def __enter__(self) -> LossForecastSession:
         return self
@@ -337,9 +351,5 @@ class LossForecastSession(SessionFace):
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is None:
-            self.close()
-        else:  # the other ranks may never reach a collective: close without one
-            self._updates.detach()
-            self._closed = True
-            self.session.abort()
+        # on an exception the other ranks may never reach a collective: close without one
+        self._end(aborted=exc is not None)

@@ -141,20 +141,13 @@ def check_arguments(adapter: str, given: Mapping[str, Any]) -> None:
         raise ValueError(f"{key}: {adapter} takes no such argument{hint}")
 
 
-def check_optimizer(optimizer: Any, schedulers: Any, param_group: Any) -> None:
-    """Raise ``ValueError`` for an optimizer, LR scheduler(s) or ``param_group`` a plain loop cannot use: not a
-    torch optimizer, a schedule spec or other object in the scheduler's place, a param group the optimizer does
-    not have (it made the plugin's hook fail inside the first ``optimizer.step()``)."""
+def check_optimizer(optimizer: Any, schedulers: Sequence[Any], param_group: Any) -> None:
+    """Raise ``ValueError`` for an optimizer, the list of its LR schedulers or a ``param_group`` a plain loop
+    cannot use: not a torch optimizer, a schedule spec or other object in a scheduler's place, a param group the
+    optimizer does not have (it made the plugin's hook fail inside the first ``optimizer.step()``)."""
     if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "param_groups"):
         raise ValueError(f"optimizer: expected a torch optimizer, got {type(optimizer).__name__}")
-    given = (
-        []
-        if schedulers is None
-        else list(schedulers)
-        if isinstance(schedulers, (list, tuple))
-        else [schedulers]
-    )
-    for sched in given:
+    for sched in schedulers:
         if isinstance(sched, str):
             raise ValueError(f"scheduler: got the string {sched!r}; a schedule spec goes in schedule=")
         if not callable(getattr(sched, "step", None)):

@@ -213,8 +213,8 @@ class SchedulePlanner:
         self.key: tuple[Any, ...] | None = None
         self.guessed_past = False
         self._warned_length = False
-        self._peak: tuple[np.ndarray, float] | None = None  # (the plan it belongs to, its largest LR)
-        self._idle: tuple[np.ndarray, str | None] | None = None  # (the plan it belongs to, its idle tail)
+        # (the plan they belong to, its largest LR, its idle tail): read once per plan, not per flush (O(length))
+        self._read: tuple[np.ndarray, float, str | None] | None = None
         # (update, the schedulers' own counts) when the plan was read ahead, to tell schedulers nobody steps
         self._marks: tuple[int, tuple[int, ...]] | None = None
         self.stale: tuple[int, int] | None = None  # updates over which the schedulers were not stepped
@@ -293,13 +293,16 @@ class SchedulePlanner:
             self._told.add(kind)
             self.say(trouble)
 
+    def _reading(self, planned: np.ndarray) -> tuple[np.ndarray, float, str | None]:
+        if self._read is None or self._read[0] is not planned:
+            self._read = (planned, float(np.max(planned)), idle_tail(planned))
+        return self._read
+
     def _tell_idle(self, planned: np.ndarray) -> None:
         """Say a tail of updates at LR 0 (:func:`scaleforecast.advice.idle_tail`) once the LRs used have held
         to the plan over a flush (or the user gave it): a scheduler read at the wrong pace, until its pace is
         known, plans zeros that the run will never use."""
-        if self._idle is None or self._idle[0] is not planned:  # once per plan, not per flush: O(run length)
-            self._idle = (planned, idle_tail(planned))
-        self._tell(self._idle[1])
+        self._tell(self._reading(planned)[2])
 
     def _unstepped(self, source: LRSource | None, step_now: int) -> tuple[int, int] | None:
         """``(since, step_now)`` when the plan was read from schedulers whose own counts have not moved for two
@@ -331,9 +334,7 @@ class SchedulePlanner:
         used = np.asarray(used, dtype=float)
         # an LR of 0 used is one too (a pause set by hand): the plan holds the floor there, not its positive LR
         ok = (idx >= 0) & (idx < len(planned)) & np.isfinite(used) & (used >= 0)
-        if self._peak is None or self._peak[0] is not planned:  # once per plan, not per flush: O(run length)
-            self._peak = (planned, float(np.max(planned)))
-        tol = DRIFT_RTOL * np.abs(planned[idx[ok]]) + DRIFT_ATOL * self._peak[1]
+        tol = DRIFT_RTOL * np.abs(planned[idx[ok]]) + DRIFT_ATOL * self._reading(planned)[1]
         drift = bool(np.any(np.abs(planned[idx[ok]] - used[ok]) > tol))
         key = None if source is None else (*source.key, self.length(run_length))
         if not drift and key == self.key:

@@ -63,7 +63,7 @@ from scaleforecast.integrations.lookahead import metric_driven
 from scaleforecast.integrations.planner import LRSource, SchedulePlanner
 
 from scaleforecast.caller import warn_user
-from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, too_vague
+from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, too_early
 from scaleforecast.detectors import HealthMonitor
 from scaleforecast.events import Event, TrainingHealthError
 from scaleforecast.family import NotAnnealed, record_reference, reference_of, with_family
@@ -255,11 +255,13 @@ class TrainingSession:
             raise ValueError(f"schedule: {err}") from None
         if self.schedule is not None and total_steps is not None and len(self.schedule) != total_steps:
             raise ValueError(f"schedule: has {len(self.schedule)} steps but total_steps is {total_steps}")
-        overridden = [
-            k
-            for k, v, default in (("law", law, "tissue"), ("lam", lam, 0.999), ("level", level, 0.8))
-            if v != default
-        ] + (["refit_every"] if refit_every is not None else [])
+        given = {
+            "law": law != "tissue",
+            "lam": lam != 0.999,
+            "level": level != 0.8,
+            "refit_every": refit_every is not None,
+        }
+        overridden = [name for name, set_ in given.items() if set_]
         if forecaster_config is not None and overridden:
             # a ForecasterConfig holds all four: the ones given beside it were ignored with no word
             raise ValueError(
@@ -962,13 +964,11 @@ class TrainingSession:
         if forecast is not None and final is not None:
             # a refit runs off the training thread and takes effect at the next flush: say what it saw
             seen = f"fitted to step {forecast.fitted_at_step}, " if forecast.fitted_at_step < step else ""
-            if too_vague(final.loss, final.std, float(self.stop.confidence)):
+            early = too_early(forecast, float(self.stop.confidence))
+            if early is not None:
                 # a first fit on a handful of losses (1.09 [0.00, 2.51] for a run ending at 2.4) read as a forecast;
                 # the stop rule and the sweeps ignore it, and so should the eye
-                self.say(
-                    f"step {step}: too early to forecast: the loss at step {forecast.final_step} could be anywhere in "
-                    f"[{final.lower:.4f}, {final.upper:.4f}] ({seen}{forecast.status.value})"
-                )
+                self.say(f"step {step}: {early} ({seen}{forecast.status.value})")
             else:
                 # the stop rule reads the error measured at this point of real runs, not this band: a band that
                 # leaves the target out does not stop the run by itself, and the line says how far the rule is
@@ -1156,9 +1156,8 @@ class TrainingSession:
         if self.comm is None:
             return
         ended_by_engine = any(getattr(x, "ends_trials", False) for x in self.listeners)
-        stepped = (
-            self.step > self._started_at
-        )  # a session only constructed (a script that failed first) ran nothing
+        # a session only constructed (a script that failed before its loop) ran nothing it could lose
+        stepped = self.step > self._started_at
         if (
             self.unfinished_note
             and stepped

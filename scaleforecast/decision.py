@@ -179,6 +179,19 @@ def too_vague(loss: float, std: float, confidence: float = DEFAULT_CONFIDENCE) -
     return loss < NormalDist().inv_cdf(confidence) * std
 
 
+def too_early(forecast: Forecast, confidence: float = DEFAULT_CONFIDENCE) -> str | None:
+    """ "too early to forecast: ..." for a forecast :func:`too_vague` at ``confidence`` (its band reaching below
+    zero), else ``None``: what the console prints instead of the forecast, and the note the sinks draw instead of
+    its numbers."""
+    final = forecast.final
+    if final is None or not too_vague(final.loss, final.std, confidence):
+        return None
+    return (
+        f"too early to forecast: the loss at step {forecast.final_step} could be anywhere in "
+        f"[{final.lower:.4f}, {final.upper:.4f}]"
+    )
+
+
 def sweep_reference(
     records: Iterable[RunRecord],
     *,

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from scaleforecast.caller import warn_user
-from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, decide_stop, too_vague
+from scaleforecast.decision import DEFAULT_CONFIDENCE, StopDecision, decide_stop, too_early
 from scaleforecast.detectors import forecaster_lr
 from scaleforecast.events import HEALTH_KINDS, Event, TrainingHealthError, log_event
 from scaleforecast.evidence import ForecastTrack
@@ -607,17 +607,15 @@ class RunMonitor:
         self.sinks.flush()
 
     def _shown(self, forecast: Forecast) -> Forecast:
-        """The forecast as the sinks show it: one too vague to tell the final loss (:func:`too_vague` at the
+        """The forecast as the sinks show it: one too vague to tell the final loss (:func:`too_early` at the
         stop's confidence: its band reaches below zero) keeps its fit but loses its points, with a note, as the
         console says "too early to forecast" (TensorBoard's cards drew 0.03 for a run heading to 0.14)."""
-        final = forecast.final
-        if final is None or not too_vague(final.loss, final.std, float(self.stop.confidence)):
+        early = too_early(forecast, float(self.stop.confidence))
+        if early is None:
             return forecast
-        note = (
-            f"[too_early] too early to forecast: the loss at step {forecast.final_step} could be anywhere in "
-            f"[{max(final.lower, 0.0):.4g}, {final.upper:.4g}]"
+        return forecast.model_copy(
+            update={"points": [], "warnings": [*forecast.warnings, f"[too_early] {early}"]}
         )
-        return forecast.model_copy(update={"points": [], "warnings": [*forecast.warnings, note]})
 
     def _act(self, step: int, result: FlushResult, final: bool = False) -> None:
         """Route events, then turn a stop decision or a critical event into ``result.stop`` per ``action`` (not

@@ -278,8 +278,9 @@ def test_an_update_at_lr_zero_is_no_time_for_the_annealing_area() -> None:
         np.testing.assert_allclose(got[:300], want[:300], rtol=1e-12)
         assert np.all(got[300:400] == want[299])
         np.testing.assert_allclose(got[400:], want[300:], rtol=1e-9)
-    # the idle rule is relative to the schedule's peak: an LR logged as a multiplier is the same schedule
+    # the idle rule is relative to the schedule's peak: LRs a trillion times smaller are the same schedule (an
+    # absolute threshold would call every update idle)
     np.testing.assert_allclose(
-        annealing_area(paused * 1e3, 0.99) / 1e3, annealing_area(paused, 0.99), rtol=1e-12
+        annealing_area(paused * 1e-12, 0.99) / 1e-12, annealing_area(paused, 0.99), rtol=1e-9
     )
     assert np.all(annealing_area(np.zeros(10), 0.99) == 0.0)

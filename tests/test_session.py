@@ -354,6 +354,27 @@ def test_a_scheduler_built_for_fewer_updates_than_the_run_is_said_and_its_zeros_
     assert abs(mid.final.loss / losses[-1] - 1) < 0.003, (mid.final.loss, losses[-1])
 
 
+def test_an_idle_tail_is_said_only_of_a_plan_the_lrs_used_hold_to() -> None:
+    """A linear decay to 0 over 8 epochs of 40 updates, stepped per epoch with no ``scheduler_every``: read at
+    first as stepped per update, the plan is at LR 0 from update 9, which the run never uses. The idle tail is
+    said once, of the plan read at the scheduler's pace (LR 0 from update 321), not of that first misreading."""
+    from scaleforecast.callbacks import LossForecastSession
+
+    opt = _sgd(0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: max(0.0, 1 - e / 8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fc = LossForecastSession(opt, sched, total_steps=400, flush_every=10, writer=False, verbose=False)
+        for n in range(1, 401):
+            opt.step()
+            fc.step(torch.tensor(2.0 + n**-0.3))
+            if n % 40 == 0:
+                sched.step()
+        fc.close()
+    told = [str(w.message) for w in caught if "trains nothing at the end" in str(w.message)]
+    assert len(told) == 1 and "from update 321 to 400" in told[0], told
+
+
 def test_a_step_counted_from_zero_is_refused_at_once() -> None:
     """nanoGPT counts ``iter_num`` from 0: passed as ``step=``, the first update's 0 let 51 steps into a 50-step
     flush buffer, and the plugin switched itself off for the run with a message about a full buffer."""
